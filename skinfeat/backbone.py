@@ -1,0 +1,243 @@
+"""The frozen image branch: a timm model, where its weights come from, and its image transform.
+
+Knows nothing of HAM10000. Three weight sources, stamped into every cache and report so nobody
+mistakes random-weight numbers for real ones:
+  * ``pretrained``: timm's pretrained weights (Hugging Face hub, cached by huggingface_hub);
+  * ``file``: a local checkpoint, loaded through timm's ``pretrained_cfg_overlay=dict(file=...)``;
+  * ``random``: seeded random init, for offline tests and the demo.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "convnext_tiny.fb_in1k"
+RESIZE_MODES = ("squash", "crop")
+# PIL refuses images above ~179 Mpx (decompression bombs) by raising; we keep its limit but make
+# the warning band an error too, so a 30000x30000 file is refused instead of eating the RAM.
+MAX_IMAGE_PIXELS = 89_478_485
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights could not be loaded (offline, no cache)."""
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where the backbone weights come from; part of the cache identity."""
+    kind: str                      # pretrained | file | random
+    file: str | None = None        # for kind == file
+    sha256: str | None = None      # of the file, so a changed checkpoint is a new identity
+    seed: int = 0                  # for kind == random
+
+    def describe(self) -> str:
+        if self.kind == "random":
+            return f"RANDOM weights (seed {self.seed}): numbers say nothing about real performance"
+        if self.kind == "file":
+            return f"local checkpoint {self.file} (sha256 {str(self.sha256)[:12]})"
+        return "pretrained (timm / Hugging Face hub)"
+
+    def identity(self) -> dict:
+        # The file path may differ between machines; the checksum is what identifies it.
+        d = asdict(self)
+        d.pop("file")
+        return d
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(weights: str = "pretrained", weights_file: str | Path | None = None,
+                    seed: int = 0) -> WeightSource:
+    if weights_file is not None:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: weights file not found")
+        return WeightSource("file", str(path.resolve()), sha256_file(path))
+    if weights not in ("pretrained", "random"):
+        raise ValueError(f"--weights must be 'pretrained' or 'random', got {weights!r}")
+    return WeightSource(weights, seed=seed if weights == "random" else 0)
+
+
+def pretrained_location(name: str) -> tuple[str | None, bool]:
+    """(hub id, is it already in the local Hugging Face cache) for a timm model name."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return None, False
+    for fname in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub_id, fname)
+        if isinstance(hit, str):
+            return hub_id, True
+    return hub_id, False
+
+
+def create_backbone(name: str, source: WeightSource) -> torch.nn.Module:
+    """A frozen, eval-mode timm model that returns pooled features (``num_classes=0``)."""
+    import timm
+
+    kwargs: dict = {"num_classes": 0}
+    try:
+        if source.kind == "random":
+            # Seeded so that predict can rebuild exactly the backbone that filled the cache.
+            state = torch.random.get_rng_state()
+            torch.manual_seed(source.seed)
+            try:
+                model = timm.create_model(name, pretrained=False, **kwargs)
+            finally:
+                torch.random.set_rng_state(state)
+        elif source.kind == "file":
+            model = timm.create_model(name, pretrained=True,
+                                      pretrained_cfg_overlay={"file": source.file}, **kwargs)
+        else:
+            model = timm.create_model(name, pretrained=True, **kwargs)
+    except RuntimeError as exc:
+        if source.kind == "pretrained" and "Unknown model" not in str(exc):
+            raise WeightsUnavailable(_offline_message(name, exc)) from exc
+        raise
+    except OSError as exc:  # huggingface_hub raises OSError subclasses when offline
+        raise WeightsUnavailable(_offline_message(name, exc)) from exc
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _offline_message(name: str, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first if len(first) <= 120 else first[:117] + "..."
+    return (f"pretrained weights for {name} could not be loaded ({first}); "
+            "connect to the network once, or pass --weights-file PATH (a local checkpoint), "
+            "or --weights random for a smoke test")
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """Everything needed to turn an image file into the backbone's input; travels with models."""
+    size: int = 224
+    resize: str = "squash"          # squash: whole image to size x size (the reference); crop: timm eval
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    draft: bool = True              # let the JPEG decoder downscale while decoding (fast, deterministic)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformSpec":
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+def transform_for(model: torch.nn.Module, resize: str = "squash",
+                  image_size: int | None = None) -> TransformSpec:
+    """The transform from the model's pretrained config (mean, std, size, crop_pct)."""
+    import timm
+
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"--resize must be one of {RESIZE_MODES}, got {resize!r}")
+    cfg = timm.data.resolve_model_data_config(model)
+    size = int(image_size or cfg["input_size"][-1])
+    # The reference squashed with a plain bilinear resize; timm's eval transform uses the
+    # model's own interpolation.
+    interpolation = "bilinear" if resize == "squash" else str(cfg.get("interpolation", "bicubic"))
+    return TransformSpec(size=size, resize=resize, crop_pct=float(cfg.get("crop_pct", 0.875)),
+                         interpolation=interpolation, mean=tuple(map(float, cfg["mean"])),
+                         std=tuple(map(float, cfg["std"])))
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:
+    """Open, honour EXIF orientation, convert to RGB (grayscale, RGBA, CMYK, palette)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(path)
+        if spec.draft and img.format == "JPEG":
+            need = spec.size if spec.resize == "squash" else int(spec.size / spec.crop_pct)
+            img.draft("RGB", (need, need))
+        img.load()
+    img = ImageOps.exif_transpose(img)
+    if img.mode != "RGB":
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            # Composite transparency on white rather than letting it turn black.
+            rgba = img.convert("RGBA")
+            base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(base, rgba)
+        img = img.convert("RGB")
+    return img
+
+
+def to_tensor(img: Image.Image, spec: TransformSpec) -> torch.Tensor:
+    """PIL RGB image -> normalised CHW float32 tensor, as the backbone expects."""
+    resample = _RESAMPLE[spec.interpolation]
+    if spec.resize == "squash":
+        img = img.resize((spec.size, spec.size), resample)
+    else:
+        short = int(spec.size / spec.crop_pct)
+        w, h = img.size
+        scale = short / min(w, h)
+        img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), resample)
+        w, h = img.size
+        left, top = (w - spec.size) // 2, (h - spec.size) // 2
+        img = img.crop((left, top, left + spec.size, top + spec.size))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def preprocess(path: str | Path, spec: TransformSpec) -> torch.Tensor:
+    return to_tensor(load_image(path, spec), spec)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    # Without native bf16 (AMX or avx512_bf16) autocast emulates it and is slower than fp32.
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision

@@ -1,0 +1,115 @@
+"""LightGBM baseline on [image embedding (optionally PCA-reduced), encoded metadata].
+
+Cost is the thing to watch: a 7-class LightGBM on 8,000 x 768 dense columns takes ~9 s per fit
+on 2 cores even with light settings, and minutes with heavy ones. By default the embedding is
+reduced by a PCA fitted on the training rows only (``pca_dim=64``), which brings a fit under a
+second; ``benchmarks/stage_two.py`` prints what that costs in balanced accuracy.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LGBMConfig:
+    inputs: str = "fused"          # fused | image | meta
+    pca_dim: int = 64              # 0 keeps all embedding columns
+    num_leaves: int = 15
+    max_bin: int = 63
+    colsample: float = 0.3
+    learning_rate: float = 0.1
+    n_estimators: int = 400
+    early_stopping: int = 20
+    seed: int = 42
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PCAProjection:
+    """PCA of the embedding, fitted on training rows only; plain arrays so it saves as JSON."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray):
+        self.mean, self.components = mean, components
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dim: int, seed: int) -> "PCAProjection":
+        from sklearn.decomposition import PCA
+        pca = PCA(n_components=min(dim, *x.shape), random_state=seed, svd_solver="randomized")
+        pca.fit(x)
+        return cls(pca.mean_.astype(np.float32), pca.components_.astype(np.float32))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) @ self.components.T
+
+
+def design_matrix(image: np.ndarray | None, meta: np.ndarray, inputs: str,
+                  pca: PCAProjection | None) -> np.ndarray:
+    parts = []
+    if inputs in ("fused", "image"):
+        parts.append(pca(image) if pca is not None else image)
+    if inputs in ("fused", "meta"):
+        parts.append(meta)
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+@dataclass
+class LGBMModel:
+    booster: object
+    pca: PCAProjection | None
+    cfg: LGBMConfig
+    n_classes: int
+
+    def predict_proba(self, image: np.ndarray, meta: np.ndarray) -> np.ndarray:
+        image = image[:, 0] if image is not None and image.ndim == 3 else image
+        x = design_matrix(image, meta, self.cfg.inputs, self.pca)
+        return self.booster.predict(x, num_iteration=self.booster.best_iteration or None)
+
+    def to_state(self) -> tuple[str, dict]:
+        pca = None if self.pca is None else {"mean": self.pca.mean.tolist(),
+                                             "components": self.pca.components.tolist()}
+        return self.booster.model_to_string(), {"cfg": self.cfg.to_dict(), "pca": pca,
+                                                 "n_classes": self.n_classes}
+
+    @classmethod
+    def from_state(cls, model_str: str, state: dict) -> "LGBMModel":
+        import lightgbm as lgb
+        pca = state.get("pca")
+        pca = None if pca is None else PCAProjection(np.asarray(pca["mean"], np.float32),
+                                                     np.asarray(pca["components"], np.float32))
+        return cls(lgb.Booster(model_str=model_str), pca, LGBMConfig(**state["cfg"]),
+                   int(state["n_classes"]))
+
+
+def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],
+             val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
+             cfg: LGBMConfig = LGBMConfig()) -> LGBMModel:
+    """Class-balanced multiclass LightGBM with early stopping on ``val`` (never the scored rows)."""
+    import lightgbm as lgb
+    from .head import balanced_class_weights
+
+    (xi, xm, y), (vi, vm, vy) = train, val
+    xi = xi[:, 0] if xi.ndim == 3 else xi
+    vi = vi[:, 0] if vi.ndim == 3 else vi
+    pca = PCAProjection.fit(xi, cfg.pca_dim, cfg.seed) \
+        if cfg.pca_dim and cfg.inputs != "meta" and cfg.pca_dim < xi.shape[1] else None
+    x_tr = design_matrix(xi, xm, cfg.inputs, pca)
+    x_va = design_matrix(vi, vm, cfg.inputs, pca)
+    w = balanced_class_weights(y, n_classes)
+    params = {"objective": "multiclass", "num_class": n_classes, "num_leaves": cfg.num_leaves,
+              "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample,
+              "learning_rate": cfg.learning_rate, "min_data_in_leaf": 10,
+              "num_threads": os.cpu_count() or 1, "seed": cfg.seed, "deterministic": True,
+              "force_col_wise": True, "verbosity": -1}
+    dtrain = lgb.Dataset(x_tr, label=y, weight=w[y], params={"max_bin": cfg.max_bin})
+    dval = lgb.Dataset(x_va, label=vy, reference=dtrain)
+    booster = lgb.train(params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dval],
+                        callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
+    log.info("lgbm: best iteration %d of %d", booster.best_iteration, cfg.n_estimators)
+    return LGBMModel(booster, pca, cfg, n_classes)

@@ -1,0 +1,308 @@
+"""The HDF5 embedding store: plain layout, identity, crash-safe append/resume, merge.
+
+Layout (kept plain so any tool can write or read it):
+  * dataset ``image_id``: (N,) UTF-8 strings;
+  * dataset ``embedding``: (N, D) float32, row i belongs to ``image_id[i]``;
+  * optional dataset ``view_embedding``: (N, V, D) float32, embeddings of deterministic views
+    (attribute ``views`` names them, e.g. ``["flip", "rot90"]``);
+  * file attributes: ``identity`` (JSON: backbone, weights, preprocessing, precision, views),
+    ``versions`` (JSON), ``failures`` (JSON list of [image_id, reason]), ``format`` = "skinfeat-cache/1".
+
+Crash safety: the .h5 file is only ever produced by writing a temporary file and renaming it over
+the old one, so a reader never sees a half-written cache. Work in progress lives in
+``NAME.h5.partial/`` as small chunk files, each also renamed into place; an interrupted run
+(Ctrl-C, kill -9) resumes from the chunks. A lock file keeps two writers off one cache.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT = "skinfeat-cache/1"
+
+
+class CacheError(RuntimeError):
+    """A cache that cannot be used as asked (identity mismatch, missing rows, locked, bad file)."""
+
+
+@dataclass
+class CacheContents:
+    image_ids: np.ndarray                       # (N,) str
+    embeddings: np.ndarray                      # (N, D) float32
+    view_embeddings: np.ndarray | None = None   # (N, V, D) float32
+    identity: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def views(self) -> list[str]:
+        return list(self.identity.get("views", [])) if self.view_embeddings is not None else []
+
+    def rows_for(self, image_ids) -> np.ndarray:
+        """Row index of each id; a clear error for ids that are not cached."""
+        pos = {iid: i for i, iid in enumerate(self.image_ids)}
+        missing = [i for i in image_ids if i not in pos]
+        if missing:
+            raise CacheError(f"{len(missing)} image(s) have no cached embedding, e.g. "
+                             f"{', '.join(missing[:5])}; run skinfeat extract on this data first")
+        return np.fromiter((pos[i] for i in image_ids), dtype=np.int64, count=len(image_ids))
+
+
+def read_cache(path: str | Path) -> CacheContents:
+    """Load a cache (ours, or any HDF5 file with ``image_id`` and ``embedding`` datasets)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"{path}: cache file not found; create it with skinfeat extract")
+    try:
+        with h5py.File(path, "r") as f:
+            for name in ("image_id", "embedding"):
+                if name not in f:
+                    raise CacheError(f"{path}: not an embedding cache (no '{name}' dataset)")
+            ids = np.array(f["image_id"].asstr()[()], dtype=object) if \
+                f["image_id"].dtype.kind in "OS" else f["image_id"][()].astype(str).astype(object)
+            emb = np.asarray(f["embedding"][()], dtype=np.float32)
+            views = np.asarray(f["view_embedding"][()], np.float32) if "view_embedding" in f else None
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise CacheError(f"{path}: unreadable HDF5 file ({exc})") from exc
+    if emb.ndim != 2 or len(ids) != len(emb):
+        raise CacheError(f"{path}: 'embedding' must be (N, D) with N = len(image_id); "
+                         f"got {emb.shape} for {len(ids)} ids")
+    if not np.isfinite(emb).all():
+        raise CacheError(f"{path}: embeddings contain NaN or inf")
+    identity = json.loads(attrs["identity"]) if "identity" in attrs else {}
+    return CacheContents(ids, emb, views, identity, attrs)
+
+
+def read_identity(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("identity")
+    return json.loads(raw) if raw is not None else {}
+
+
+def identity_diff(have: dict, want: dict) -> list[str]:
+    keys = sorted(set(have) | set(want))
+    return [f"{k}: cache has {have.get(k)!r}, asked for {want.get(k)!r}"
+            for k in keys if have.get(k) != want.get(k)]
+
+
+def write_cache(path: Path, contents: CacheContents) -> None:
+    """Write a whole cache atomically (temp file + rename); the old file survives any failure."""
+    order = np.argsort(contents.image_ids.astype(str), kind="stable")  # canonical row order
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("image_id", data=contents.image_ids[order].astype(str).astype(object),
+                             dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset("embedding", data=contents.embeddings[order].astype(np.float32))
+            if contents.view_embeddings is not None:
+                f.create_dataset("view_embedding",
+                                 data=contents.view_embeddings[order].astype(np.float32))
+            for k, v in contents.attrs.items():
+                f.attrs[k] = v
+            f.attrs["identity"] = json.dumps(contents.identity, sort_keys=True)
+            f.attrs["format"] = FORMAT
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            hint = " (disk full)" if exc.errno == errno.ENOSPC else ""
+            raise CacheError(f"{path}: could not write the cache{hint}: {exc}; "
+                             "the previous cache is left intact") from exc
+        raise
+
+
+class CacheWriter:
+    """Append embeddings to a cache with resume; use as a context manager.
+
+    ``done`` holds the ids already embedded (in the cache or in saved chunks), so callers skip
+    them. ``finalize`` folds everything into the .h5 file atomically.
+    """
+
+    def __init__(self, path: str | Path, identity: dict, attrs: dict | None = None,
+                 chunk_size: int = 256):
+        self.path = Path(path)
+        self.partial = Path(f"{self.path}.partial")
+        self.identity = identity
+        self.attrs = dict(attrs or {})
+        self.chunk_size = chunk_size
+        self._buf_ids: list[str] = []
+        self._buf_emb: list[np.ndarray] = []
+        self._buf_views: list[np.ndarray] = []
+        self.failures: dict[str, str] = {}
+        self._new_failures = False
+        self._lock_fh = None
+        self.done: set[str] = set()
+
+    def __enter__(self) -> "CacheWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(f"{self.path}.lock", "w")
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            raise CacheError(f"{self.path}: another skinfeat extract is writing this cache "
+                             f"(lock {self.path}.lock held); wait for it or use another --cache")
+        self._check_identity()
+        self.done = set(self._existing_ids()) | set(self._chunk_ids())
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.flush()
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+
+    def _check_identity(self) -> None:
+        for source, have in ((self.path, read_identity(self.path)),
+                             (self.partial, self._partial_identity())):
+            if have is not None and have != self.identity:
+                diff = "; ".join(identity_diff(have, self.identity))
+                raise CacheError(f"{source}: made with another backbone, weights or "
+                                 f"preprocessing ({diff}); use another --cache file")
+
+    def _partial_identity(self) -> dict | None:
+        f = self.partial / "identity.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def _existing_ids(self) -> list[str]:
+        if not self.path.is_file():
+            return []
+        with h5py.File(self.path, "r") as f:
+            return list(f["image_id"].asstr()[()])
+
+    def _chunks(self) -> list[Path]:
+        return sorted(self.partial.glob("chunk_*.npz")) if self.partial.is_dir() else []
+
+    def _chunk_ids(self) -> list[str]:
+        ids: list[str] = []
+        for c in self._chunks():
+            with np.load(c, allow_pickle=False) as z:
+                ids += z["image_id"].tolist()
+                self.failures.update(zip(z["failed_id"].tolist(), z["failed_reason"].tolist()))
+        return ids
+
+    def add(self, image_ids: list[str], embeddings: np.ndarray,
+            views: np.ndarray | None = None) -> None:
+        self._buf_ids += list(image_ids)
+        self._buf_emb.append(np.asarray(embeddings, np.float32))
+        if views is not None:
+            self._buf_views.append(np.asarray(views, np.float32))
+        self.done.update(image_ids)
+        if len(self._buf_ids) >= self.chunk_size:
+            self.flush()
+
+    def add_failure(self, image_id: str, reason: str) -> None:
+        self.failures[image_id] = reason
+        self._new_failures = True
+
+    def flush(self) -> None:
+        """Save buffered rows as one chunk file (temp + rename, so a kill never half-writes)."""
+        if not self._buf_ids and not self._new_failures:
+            return
+        self.partial.mkdir(exist_ok=True)
+        ident = self.partial / "identity.json"
+        if not ident.is_file():
+            ident.write_text(json.dumps(self.identity, sort_keys=True))
+        n = len(self._chunks())
+        dim = self._buf_emb[0].shape[1] if self._buf_emb else 0
+        arrays = {
+            "image_id": np.array(self._buf_ids, dtype=str),
+            "embedding": np.concatenate(self._buf_emb) if self._buf_emb else np.zeros((0, dim)),
+            "failed_id": np.array(list(self.failures), dtype=str),
+            "failed_reason": np.array(list(self.failures.values()), dtype=str),
+        }
+        if self._buf_views:
+            arrays["view_embedding"] = np.concatenate(self._buf_views)
+        tmp = self.partial / f".chunk_{n:06d}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.partial / f"chunk_{n:06d}.npz")
+        self._buf_ids, self._buf_emb, self._buf_views = [], [], []
+        self._new_failures = False
+
+    def finalize(self) -> CacheContents:
+        """Fold the existing cache and all chunks into the .h5 file; drop the chunks."""
+        self.flush()
+        if not self._chunks() and self.path.is_file():  # nothing new: leave the file untouched
+            contents = read_cache(self.path)
+            self.failures = dict(json.loads(contents.attrs.get("failures", "[]")))
+            return contents
+        parts = [read_cache(self.path)] if self.path.is_file() else []
+        old_failures = json.loads(parts[0].attrs.get("failures", "[]")) if parts else []
+        for c in self._chunks():
+            with np.load(c, allow_pickle=False) as z:
+                parts.append(CacheContents(z["image_id"].astype(object), z["embedding"],
+                                           z["view_embedding"] if "view_embedding" in z else None))
+        parts = [p for p in parts if len(p.image_ids)]
+        if not parts:
+            raise CacheError(f"{self.path}: no image could be embedded")
+        done = set()
+        for p in parts:
+            done.update(p.image_ids)
+        failures = {k: v for k, v in old_failures if k not in done}
+        failures.update({k: v for k, v in self.failures.items() if k not in done})
+        contents = concat(parts, self.identity)
+        contents.attrs = {**self.attrs,
+                          "failures": json.dumps(sorted(failures.items()))}
+        write_cache(self.path, contents)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self.failures = failures
+        return contents
+
+
+def concat(parts: list[CacheContents], identity: dict) -> CacheContents:
+    """Concatenate caches of one identity; an image present twice must have one embedding."""
+    ids = np.concatenate([p.image_ids for p in parts])
+    emb = np.concatenate([p.embeddings for p in parts])
+    has_views = [p.view_embeddings is not None for p in parts]
+    if any(has_views) and not all(has_views):
+        raise CacheError("cannot merge caches with and without view embeddings")
+    views = np.concatenate([p.view_embeddings for p in parts]) if all(has_views) else None
+    _, first = np.unique(ids.astype(str), return_index=True)
+    if len(first) < len(ids):
+        first.sort()
+        keep = np.zeros(len(ids), bool)
+        keep[first] = True
+        ids, emb, views = ids[keep], emb[keep], views[keep] if views is not None else None
+    return CacheContents(ids, emb, views, identity)
+
+
+def merge_caches(inputs: list[str | Path], out: str | Path) -> CacheContents:
+    """Merge shard caches that share one identity into ``out``."""
+    parts = [read_cache(p) for p in inputs]
+    base = {k: v for k, v in parts[0].identity.items() if k != "shard"}
+    for path, part in zip(inputs[1:], parts[1:]):
+        other = {k: v for k, v in part.identity.items() if k != "shard"}
+        if other != base:
+            raise CacheError(f"{path}: identity differs from {inputs[0]}: "
+                             + "; ".join(identity_diff(other, base)))
+    contents = concat(parts, base)
+    failures = {}
+    for p in parts:
+        failures.update(dict(json.loads(p.attrs.get("failures", "[]"))))
+    done = set(contents.image_ids)
+    contents.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("identity", "format")}
+    contents.attrs["failures"] = json.dumps(sorted((k, v) for k, v in failures.items()
+                                                   if k not in done))
+    write_cache(Path(out), contents)
+    return contents

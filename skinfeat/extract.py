@@ -1,0 +1,166 @@
+"""Stage one: every image once through the frozen backbone, pooled embeddings into the cache."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_backbone, preprocess,
+                       resolve_device, resolve_precision, transform_for)
+from .cache import CacheContents, CacheWriter
+
+log = logging.getLogger(__name__)
+
+VIEW_NAMES = ("flip", "rot90", "rot180", "rot270")
+VIEW_PRESETS = {"none": (), "flip": ("flip",), "rot90": ("rot90",), "all": VIEW_NAMES}
+
+
+def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """Deterministic view of an NCHW batch: horizontal flip or rotation by k*90 degrees."""
+    if view == "flip":
+        return torch.flip(x, dims=[3])
+    k = {"rot90": 1, "rot180": 2, "rot270": 3}[view]
+    return torch.rot90(x, k, dims=[2, 3])
+
+
+class ImageFiles(Dataset):
+    """Decodes images for the DataLoader; a bad file yields a reason instead of a crash."""
+
+    def __init__(self, paths: Sequence[str], spec: TransformSpec):
+        self.paths, self.spec = list(paths), spec
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, preprocess(self.paths[i], self.spec), ""
+        except Exception as exc:  # any decoder error means "skip this image", recorded by id
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            return i, torch.zeros(3, self.spec.size, self.spec.size), reason
+
+
+@dataclass
+class ExtractResult:
+    contents: CacheContents
+    embedded: int          # newly embedded in this run
+    skipped: int           # already in the cache
+    failures: dict         # image_id -> reason, over the whole cache
+    precision: str
+    device: str
+
+
+def library_versions() -> dict:
+    import h5py
+    import timm
+    return {"skinfeat": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "h5py": h5py.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def cache_identity(backbone: str, weights: WeightSource, spec: TransformSpec, precision: str,
+                   views: Sequence[str], shard: tuple[int, int] | None = None) -> dict:
+    """What makes two embeddings comparable; a cache refuses rows of another identity."""
+    ident = {"backbone": backbone, "weights": weights.identity(), "preprocessing": spec.to_dict(),
+             "pool": "avg", "precision": precision, "views": list(views)}
+    if shard is not None and shard[1] > 1:
+        ident["shard"] = f"{shard[0]}/{shard[1]}"
+    return ident
+
+
+class Embedder:
+    """The frozen backbone plus how to run it (device, precision, channels-last).
+
+    Pooling is a plain global average of the last feature map, as Keras' ``pooling="avg"`` in
+    the reference; timm's pre-logits output would add ConvNeXt's head LayerNorm, which the
+    reference does not have. Models whose features are not a 2-D map (ViTs) use timm's head pooling.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str):
+        self.device, self.precision = device, precision
+        self.model = model.to(device).to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            feats = self.model.forward_features(x)
+            pooled = feats.mean(dim=(2, 3)) if feats.ndim == 4 else \
+                self.model.forward_head(feats, pre_logits=True)
+            return pooled.float().cpu()
+
+
+def shard_rows(image_ids: Sequence[str], shard: tuple[int, int]) -> np.ndarray:
+    """Rows of shard i of n, by sorted image id, so every worker agrees without talking."""
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
+    order = np.argsort(np.asarray(image_ids, dtype=str), kind="stable")
+    return np.sort(order[i::n])
+
+
+def default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
+            weights: WeightSource = WeightSource("pretrained"), resize: str = "squash",
+            image_size: int | None = None, precision: str = "auto", device: str = "auto",
+            batch_size: int = 32, num_workers: int | None = None, views: Sequence[str] = (),
+            shard: tuple[int, int] | None = None,
+            progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int, int], None] | None = None) -> ExtractResult:
+    """Embed every image of ``table`` not yet in the cache; resumable and crash-safe.
+
+    ``on_start(todo, skipped)`` is called once the work is known; ``progress(n)`` after each batch.
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    unknown = sorted(set(views) - set(VIEW_NAMES))
+    if unknown:
+        raise ValueError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
+    model = create_backbone(backbone, weights)
+    spec = transform_for(model, resize, image_size)
+    identity = cache_identity(backbone, weights, spec, prec, views, shard)
+    attrs = {"versions": __import__("json").dumps(library_versions()), "backbone": backbone,
+             "weights": weights.describe(), "precision": prec}
+    rows = shard_rows(table["image_id"].tolist(), shard) if shard else np.arange(len(table))
+    sub = table.iloc[rows]
+    with CacheWriter(cache_path, identity, attrs) as writer:
+        todo = sub[~sub["image_id"].isin(writer.done)]
+        skipped = len(sub) - len(todo)
+        log.info("extract: %d to embed, %d already cached (%s, %s, %s)", len(todo), skipped,
+                 backbone, prec, dev)
+        if on_start:
+            on_start(len(todo), skipped)
+        if len(todo):
+            embedder = Embedder(model, dev, prec)
+            workers = default_workers() if num_workers is None else num_workers
+            loader = DataLoader(ImageFiles(todo["path"].tolist(), spec), batch_size=batch_size,
+                                num_workers=workers, pin_memory=dev.type == "cuda",
+                                persistent_workers=False)
+            ids = todo["image_id"].tolist()
+            for idx, x, reasons in loader:
+                ok = np.array([r == "" for r in reasons])
+                for j in np.flatnonzero(~ok):
+                    writer.add_failure(ids[int(idx[j])], reasons[j])
+                    log.warning("skipped %s: %s", todo["path"].iloc[int(idx[j])], reasons[j])
+                if ok.any():
+                    x = x[torch.from_numpy(ok)]
+                    emb = embedder(x).numpy()
+                    vemb = np.stack([embedder(apply_view(x, v)).numpy() for v in views], 1) \
+                        if views else None
+                    writer.add([ids[int(k)] for k in idx[torch.from_numpy(ok)]], emb, vemb)
+                if progress:
+                    progress(len(reasons))
+        contents = writer.finalize()
+    return ExtractResult(contents, len(todo) - len(writer.failures.keys() & set(todo["image_id"])),
+                         skipped, writer.failures, prec, str(dev))

@@ -1,0 +1,196 @@
+"""Stage two: FusionHead (image embedding + encoded metadata -> 7 classes) and its fit loop.
+
+``head="reference"`` is the published Keras recipe, layer for layer: dropout 0.3 on the image
+embedding; metadata MLP 32 -> 16 (ReLU); concatenate; dropout 0.4; dense 64 (ReLU); dense K.
+Keras defaults are kept where they change results: Glorot-uniform weights and zero biases,
+Adam eps 1e-7, class weights that scale each sample's loss (mean over the batch, not over the
+weights), validation loss without class weights, early stopping with best weights restored.
+
+``head="film"`` gates the image embedding with the metadata branch, FiLM-style
+(Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer", AAAI 2018), as
+MetaBlock does for skin lesions (Pacheco & Krohling, "An attention-based mechanism to combine
+images and metadata in deep learning models applied to skin cancer classification", IEEE JBHI 2021).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+HEADS = ("reference", "film")
+INPUTS = ("fused", "image", "meta")
+
+
+@dataclass
+class HeadConfig:
+    head: str = "reference"
+    inputs: str = "fused"
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 40
+    patience: int = 5
+    class_weight: str = "balanced"        # balanced | none
+    seed: int = 42
+    meta_dropout: float = 0.0             # probability of blanking a whole metadata field
+    view_augment: bool = True             # sample one cached view per row per epoch, if present
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FusionHead(nn.Module):
+    """Image embedding and/or encoded metadata -> class logits."""
+
+    def __init__(self, embed_dim: int, meta_dim: int, n_classes: int = 7,
+                 head: str = "reference", inputs: str = "fused"):
+        super().__init__()
+        if head not in HEADS or inputs not in INPUTS:
+            raise ValueError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
+        self.head, self.inputs = head, inputs
+        self.use_image = inputs in ("fused", "image")
+        self.use_meta = inputs in ("fused", "meta") and meta_dim > 0
+        if not (self.use_image or self.use_meta):
+            raise ValueError("a metadata-only head needs metadata features")
+        width = 0
+        if self.use_image:
+            self.image_dropout = nn.Dropout(0.3)
+            width += embed_dim
+        if self.use_meta:
+            self.meta_mlp = nn.Sequential(nn.Linear(meta_dim, 32), nn.ReLU(),
+                                          nn.Linear(32, 16), nn.ReLU())
+            width += 16
+        if head == "film" and self.use_image and self.use_meta:
+            self.film = nn.Linear(16, 2 * embed_dim)
+        self.classifier = nn.Sequential(nn.Dropout(0.4), nn.Linear(width, 64), nn.ReLU(),
+                                        nn.Linear(64, n_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):  # Keras Dense defaults
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        if hasattr(self, "film"):
+            nn.init.zeros_(self.film.weight)  # start as the identity gate: scale 1, shift 0
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        parts = []
+        m = self.meta_mlp(meta) if self.use_meta else None
+        if self.use_image:
+            x = self.image_dropout(image)
+            if hasattr(self, "film"):
+                gamma, beta = self.film(m).chunk(2, dim=1)
+                x = x * (1.0 + torch.tanh(gamma)) + beta
+            parts.append(x)
+        if m is not None:
+            parts.append(m)
+        return self.classifier(torch.cat(parts, dim=1))
+
+
+@dataclass
+class FitResult:
+    model: FusionHead
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    class_weights: list[float] = field(default_factory=list)
+
+
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """sklearn's 'balanced': n_samples / (n_present_classes * count); absent classes get 0."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = len(y) / (present.sum() * counts[present])
+    return w
+
+
+def _pick_view(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(N, V, D) -> (N, D): one random view per row (feature-level augmentation)."""
+    choice = torch.randint(image.shape[1], (image.shape[0],), generator=gen)
+    return image[torch.arange(image.shape[0]), choice]
+
+
+def _blank_fields(meta: torch.Tensor, fields: list[tuple[int, int]], p: float,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Zero whole metadata fields at random so the head copes with missing metadata."""
+    meta = meta.clone()
+    for lo, hi in fields:
+        drop = torch.rand(meta.shape[0], generator=gen) < p
+        meta[drop, lo:hi] = 0.0
+    return meta
+
+
+def _eval_view(image: torch.Tensor) -> torch.Tensor:
+    return image[:, 0] if image.ndim == 3 else image
+
+
+def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
+             val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
+             cfg: HeadConfig = HeadConfig(),
+             meta_fields: list[tuple[int, int]] | None = None) -> FitResult:
+    """Train on ``(image, meta, y)`` arrays; early stopping on ``val`` loss, best weights kept.
+
+    ``image`` is (N, D), or (N, V, D) with view 0 the original image: then training samples one
+    view per row per epoch when ``cfg.view_augment``, and validation uses view 0.
+    """
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xi, xm, y = (torch.as_tensor(a) for a in train)
+    vi, vm, vy = (torch.as_tensor(a) for a in val)
+    xi, xm, vi, vm = xi.float(), xm.float(), _eval_view(vi.float()), vm.float()
+    y, vy = y.long(), vy.long()
+    model = FusionHead(xi.shape[-1], xm.shape[1], n_classes, cfg.head, cfg.inputs)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7)
+    weights = balanced_class_weights(y.numpy(), n_classes) if cfg.class_weight == "balanced" \
+        else np.ones(n_classes)
+    sample_w = torch.as_tensor(weights, dtype=torch.float32)
+    best_loss, best_state, best_epoch, waited, history = np.inf, None, 0, 0, []
+    n = len(y)
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        epoch_img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)
+        epoch_meta = _blank_fields(xm, meta_fields, cfg.meta_dropout, gen) \
+            if cfg.meta_dropout > 0 and meta_fields else xm
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            logits = model(epoch_img[idx], epoch_meta[idx])
+            loss = (F.cross_entropy(logits, y[idx], reduction="none") * sample_w[y[idx]]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(F.cross_entropy(model(vi, vm), vy))
+        history.append({"epoch": epoch, "loss": total / n, "val_loss": val_loss})
+        log.debug("epoch %d loss %.4f val_loss %.4f", epoch, total / n, val_loss)
+        if val_loss < best_loss:
+            best_loss, best_epoch, waited = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    log.info("head: %d epochs, best epoch %d (val loss %.4f)", len(history), best_epoch, best_loss)
+    return FitResult(model, history, best_epoch, weights.tolist())
+
+
+@torch.no_grad()
+def head_logits(model: FusionHead, image: np.ndarray, meta: np.ndarray,
+                tta: bool = False) -> np.ndarray:
+    """Logits for (N, D) or (N, V, D) image arrays; ``tta`` averages probabilities over views."""
+    model.eval()
+    img = torch.as_tensor(image).float()
+    m = torch.as_tensor(meta).float()
+    if img.ndim == 3 and tta:
+        probs = torch.stack([F.softmax(model(img[:, v], m), 1) for v in range(img.shape[1])])
+        return torch.log(probs.mean(0)).numpy()
+    return model(_eval_view(img), m).numpy()

@@ -1,0 +1,151 @@
+"""Report writing: metrics.json, report.md, MODEL_CARD.md and PNG figures for one run."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .bundle import atomic_write_text
+from .datasets import CLASSES
+from .metrics import bootstrap_ci, reliability_bins, softmax
+
+# The published Keras model's numbers (image-level split, epoch chosen on the scored set).
+REFERENCE = {"accuracy": 0.7324, "weighted_f1": 0.75, "macro_f1": 0.55}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
+                       title: str = "Confusion matrix") -> None:
+    plt = _plt()
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes, rotation=45)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (row-normalised colour)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_reliability_png(y_true: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+    for name, proba in curves.items():
+        b = reliability_bins(y_true, proba)
+        ax.plot(b["confidence"], b["accuracy"], "o-", label=name)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    ax.set_title("Reliability diagram")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fmt(x: float | None, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.2f} %" if pct else f"{x:.3f}"
+
+
+def per_class_table(metrics: dict) -> list[str]:
+    lines = ["| class | support | precision | recall | F1 | AUC |", "|---|---|---|---|---|---|"]
+    for c, m in metrics["per_class"].items():
+        lines.append(f"| {c} | {m['support']} | {fmt(m['precision'])} | {fmt(m['recall'])} | "
+                     f"{fmt(m['f1'])} | {fmt(m['auc'])} |")
+    return lines
+
+
+def weights_warning(info: dict) -> list[str]:
+    if info.get("random_weights"):
+        return ["> **RANDOM backbone weights.** The embeddings come from a randomly initialised "
+                "network: these numbers show the pipeline works, not how well a real model "
+                "classifies lesions.", ""]
+    return []
+
+
+def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_true: np.ndarray,
+                     logits: np.ndarray, temperature: float) -> None:
+    ci = bootstrap_ci(y_true, softmax(logits, temperature), CLASSES)
+    payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci, "info": info}
+    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
+    save_confusion_png(metrics["confusion_matrix"], CLASSES, out / "confusion.png")
+    save_reliability_png(y_true, {"before (T=1)": softmax(logits),
+                                  f"after (T={temperature:.2f})": softmax(logits, temperature)},
+                         out / "reliability.png")
+    rows = [("accuracy", True), ("balanced_accuracy", True), ("macro_f1", False),
+            ("weighted_f1", False), ("macro_auc", False)]
+    lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info) + [
+        f"- model: **{info['model']}** ({info['config'].get('head', 'lightgbm')}, "
+        f"inputs {info['config'].get('inputs')}), best epoch/round {info['best_epoch']}",
+        f"- split: **{info['split']}**: {info['protocol']}; seed {info['seed']}",
+        f"- early stopping and calibration on: **{info['select_on']}**"
+        + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
+           if info["select_on"] == "test" else " (never the scored set)"),
+        f"- sizes (images / lesions): " + ", ".join(
+            f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in ("train", "val", "test")),
+        f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: {info['weights']}",
+        f"- metadata features ({len(info['meta_features'])}), encoder fitted on train only",
+        "", "## Test metrics", "",
+        "| metric | model | 95 % CI | majority baseline |", "|---|---|---|---|"]
+    for key, pct in rows:
+        c = ci.get(key)
+        lines.append(f"| {key} | {fmt(metrics[key], pct)} | "
+                     + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") +
+                     f" | {fmt(baseline[key], pct)} |")
+    lines += [f"| ECE (T={temperature:.2f}) | {fmt(metrics['ece'])} | | |",
+              f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |",
+              "", f"Majority baseline always predicts `{baseline['predicts']}`.", "",
+              "## Per class", ""] + per_class_table(metrics) + [
+              "", "![confusion matrix](confusion.png) ![reliability](reliability.png)", "",
+              "## Reference recipe (published)", "",
+              f"accuracy {fmt(REFERENCE['accuracy'], True)}, weighted F1 {REFERENCE['weighted_f1']}, "
+              f"macro F1 {REFERENCE['macro_f1']}, on an image-level split whose test set also "
+              "chose the epoch and fitted the age scaler: not comparable to a lesion-grouped run."]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    write_model_card(out, metrics, ci, info)
+
+
+def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
+    lines = [f"# Model card: {out.name}", "",
+             "## Intended use",
+             "Research and teaching only. **Not a medical device**; not for diagnosis or triage "
+             "of patients.", "",
+             "## Model",
+             f"Frozen {info['identity'].get('backbone', 'unknown')} image embeddings "
+             f"({info['weights']}) fused with age, sex and lesion site by a {info['model']} "
+             f"model; 7 classes: {', '.join(CLASSES)}.", "",
+             "## Data and protocol",
+             f"Trained on {info['sizes']['train']} images, early stopping on {info['select_on']}, "
+             f"scored on {info['sizes']['test']} held-out images; split: {info['protocol']}.", "",
+             "## Metrics (test, 95 % bootstrap CI)"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        lines.append(f"- {key}: {fmt(metrics[key])} ({fmt(ci[key][0])} to {fmt(ci[key][1])})")
+    lines += ["", "## Known limits",
+              "- HAM10000 comes from two clinics (Vienna, Queensland): mostly light-skinned "
+              "European-descent patients; performance on darker skin types is unknown.",
+              "- Dermoscopic images only; clinical (macroscopic) photographs are out of scope.",
+              "- Rare classes (df, vasc, akiec) have few lesions: their per-class numbers are noisy.",
+              "- Probabilities are calibrated by one temperature on the validation split; "
+              "calibration can drift on other populations."]
+    if info.get("random_weights"):
+        lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
+    atomic_write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")

@@ -1,0 +1,36 @@
+"""Shared fixtures: small synthetic HAM10000-layout data and a test_convnext cache, built once."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: the hub is told to stay offline before anything imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+TINY = "test_convnext"   # timm's tiny ConvNeXt: 64-d, a few ms per image, random weights
+SAMPLE = Path(os.environ.get("SKINFEAT_SAMPLE",
+                             Path(__file__).resolve().parents[2] / "shared/data/ham10000-sample"))
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    from skinfeat.synthetic import make_synthetic_ham
+    return make_synthetic_ham(tmp_path_factory.mktemp("synth"), n_images=160, seed=1)
+
+
+@pytest.fixture(scope="session")
+def synth_table(synth_dir):
+    from skinfeat.datasets import load_ham10000
+    return load_ham10000(synth_dir)
+
+
+@pytest.fixture(scope="session")
+def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
+    from skinfeat.backbone import WeightSource
+    from skinfeat.extract import extract
+    path = tmp_path_factory.mktemp("cache") / "synth.h5"
+    extract(synth_table, path, backbone=TINY, weights=WeightSource("random"), precision="fp32",
+            num_workers=0)
+    return path

@@ -1,0 +1,56 @@
+"""No lesion on both sides; every class in train; the image split is the reference's."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import train_test_split
+
+from skinfeat.splits import assign_split, check_grouped, fold_ids, load_split, save_split
+
+
+def test_lesion_split_keeps_lesions_whole_and_classes_in_train(synth_table):
+    split = assign_split(synth_table, "lesion", seed=42)
+    per_lesion = pd.DataFrame({"l": synth_table["lesion_id"], "s": split}).groupby("l")["s"].nunique()
+    assert per_lesion.max() == 1
+    assert set(synth_table.loc[split == "train", "dx"]) == set(synth_table["dx"])
+    assert set(split) == {"train", "val", "test"}
+    assert 0.12 < (split == "test").mean() < 0.30
+
+
+def test_image_split_is_the_reference_split(synth_table):
+    split = assign_split(synth_table, "image", seed=42)
+    _, ref_test = train_test_split(np.arange(len(synth_table)), test_size=0.2,
+                                   stratify=synth_table["dx"], random_state=42)
+    assert set(np.flatnonzero(split == "test")) == set(ref_test)
+
+
+def test_image_split_lets_lesions_cross_and_the_guard_sees_it(synth_table):
+    split = assign_split(synth_table, "image", seed=42)
+    with pytest.raises(ValueError, match="both sides"):
+        check_grouped(synth_table["lesion_id"], split)
+
+
+def test_folds_disjoint_by_lesion(synth_table):
+    folds = fold_ids(synth_table, 5, "lesion", seed=0)
+    assert set(folds) == set(range(5))
+    assert pd.Series(folds).groupby(synth_table["lesion_id"].to_numpy()).nunique().max() == 1
+
+
+def test_too_few_lesions_for_folds_is_explained(synth_table):
+    with pytest.raises(ValueError, match="Use fewer folds"):
+        fold_ids(synth_table, 50, "lesion")
+
+
+def test_saved_split_round_trip_and_refusal(synth_table, tmp_path):
+    split = assign_split(synth_table)
+    save_split(synth_table, split, tmp_path / "splits.csv", "lesion", 42)
+    again, kind = load_split(synth_table, tmp_path / "splits.csv")
+    assert kind == "lesion" and (again == split).all()
+    other = synth_table.assign(image_id=synth_table["image_id"] + "x")
+    with pytest.raises(ValueError, match="not in the saved split"):
+        load_split(other, tmp_path / "splits.csv")
+
+
+def test_same_seed_same_split(synth_table):
+    assert (assign_split(synth_table, seed=3) == assign_split(synth_table, seed=3)).all()
