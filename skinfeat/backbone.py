@@ -179,11 +179,21 @@ def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(path)
-        if spec.draft and img.format == "JPEG":
-            need = spec.size if spec.resize == "squash" else int(spec.size / spec.crop_pct)
-            img.draft("RGB", (need, need))
-        img.load()
+        try:
+            if spec.draft and img.format == "JPEG":
+                need = spec.size if spec.resize == "squash" else int(spec.size / spec.crop_pct)
+                img.draft("RGB", (need, need))
+            img.load()
+        except BaseException:
+            img.close()  # a bad file is closed now, not whenever the garbage collector runs
+            raise
     img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16"):
+        # PIL's convert() clips 16-bit values at 255 (a mid-grey image turns white): rescale.
+        img = Image.fromarray(np.round(np.asarray(img, np.float64) / 257.0).astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        raise ValueError(f"{img.mode!r} pixels (32-bit integer or float) have no known value "
+                         "range; save the image as 8- or 16-bit")
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "P", "PA"):
             # Composite transparency on white rather than letting it turn black.

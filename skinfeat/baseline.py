@@ -27,6 +27,7 @@ class LGBMConfig:
     n_estimators: int = 400
     early_stopping: int = 20
     seed: int = 42
+    num_threads: int = 0           # 0: every core (cv's worker processes use 1 each)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,8 +106,8 @@ def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],
     params = {"objective": "multiclass", "num_class": n_classes, "num_leaves": cfg.num_leaves,
               "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample,
               "learning_rate": cfg.learning_rate, "min_data_in_leaf": 10,
-              "num_threads": os.cpu_count() or 1, "seed": cfg.seed, "deterministic": True,
-              "force_col_wise": True, "verbosity": -1}
+              "num_threads": cfg.num_threads or os.cpu_count() or 1, "seed": cfg.seed,
+              "deterministic": True, "force_col_wise": True, "verbosity": -1}
     dtrain = lgb.Dataset(x_tr, label=y, weight=w[y], params={"max_bin": cfg.max_bin})
     dval = lgb.Dataset(x_va, label=vy, reference=dtrain)
     booster = lgb.train(params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dval],

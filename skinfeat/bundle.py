@@ -7,9 +7,11 @@ calibration temperature.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -26,10 +28,22 @@ class BundleError(ValueError):
     """A bundle that is missing, incomplete or does not match its own config."""
 
 
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O errors
+        hint = " (disk full)" if getattr(exc, "errno", None) == errno.ENOSPC else ""
+        raise BundleError(f"{path}: could not write{hint}: {exc}; "
+                          "the previous file, if any, is left intact") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None = None,
@@ -37,9 +51,8 @@ def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None =
     """Write weights first and config last, each atomically: a config means a complete bundle."""
     out.mkdir(parents=True, exist_ok=True)
     if state is not None:
-        tmp = out / f".{WEIGHTS}.tmp-{os.getpid()}"
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, out / WEIGHTS)
+        tensors = {k: v.detach().contiguous() for k, v in state.items()}
+        atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
     if lgbm_model is not None:
         atomic_write_text(out / LGBM, lgbm_model)
     atomic_write_text(out / CONFIG, json.dumps({"format": FORMAT, **config}, indent=2))
@@ -54,6 +67,9 @@ def load_config(run: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise BundleError(f"{path}: not a bundle config (a JSON {type(config).__name__}, "
+                          "expected an object)")
     missing = [k for k in REQUIRED if k not in config]
     if missing:
         raise BundleError(f"{path}: missing key(s) {', '.join(missing)}")
@@ -82,4 +98,7 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
     if missing or extra or shapes:
         raise BundleError(f"{source}: weights do not match config.json (missing {missing[:3]}, "
                           f"unexpected {extra[:3]}, shape mismatch {shapes[:2]})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # NaN weights would give NaN probabilities for every image, silently
+        raise BundleError(f"{source}: weights contain NaN or inf ({', '.join(bad[:3])})")
     model.load_state_dict(state)

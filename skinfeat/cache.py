@@ -220,10 +220,22 @@ class CacheWriter:
         """Save buffered rows as one chunk file (temp + rename, so a kill never half-writes)."""
         if not self._buf_ids and not self._new_failures:
             return
+        try:
+            self._write_chunk()
+        except OSError as exc:
+            hint = " (disk full)" if exc.errno == errno.ENOSPC else ""
+            raise CacheError(f"{self.partial}: could not save embeddings{hint}: {exc}; "
+                             "chunks saved so far are kept, rerun to resume") from exc
+        self._buf_ids, self._buf_emb, self._buf_views = [], [], []
+        self._new_failures = False
+
+    def _write_chunk(self) -> None:
         self.partial.mkdir(exist_ok=True)
         ident = self.partial / "identity.json"
-        if not ident.is_file():
-            ident.write_text(json.dumps(self.identity, sort_keys=True))
+        if not ident.is_file():  # renamed into place too: a kill must not leave half a JSON
+            tmp = self.partial / ".identity.json.tmp"
+            tmp.write_text(json.dumps(self.identity, sort_keys=True))
+            os.replace(tmp, ident)
         n = len(self._chunks())
         dim = self._buf_emb[0].shape[1] if self._buf_emb else 0
         arrays = {
@@ -235,10 +247,11 @@ class CacheWriter:
         if self._buf_views:
             arrays["view_embedding"] = np.concatenate(self._buf_views)
         tmp = self.partial / f".chunk_{n:06d}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.partial / f"chunk_{n:06d}.npz")
-        self._buf_ids, self._buf_emb, self._buf_views = [], [], []
-        self._new_failures = False
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, self.partial / f"chunk_{n:06d}.npz")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def finalize(self) -> CacheContents:
         """Fold the existing cache and all chunks into the .h5 file; drop the chunks."""

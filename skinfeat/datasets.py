@@ -189,3 +189,137 @@ def summarize(table: pd.DataFrame) -> dict:
         "unknown_sex": int((table["sex"] == MISSING_CATEGORY).sum()),
         "unknown_localization": int((table["localization"] == MISSING_CATEGORY).sum()),
     }
+
+
+# ---------------------------------------------------------------- other sets (evaluate, predict)
+# ISIC 2018 Task 3 test set: a folder of images plus a one-hot ground-truth table (columns image,
+# MEL, NV, BCC, AKIEC, BKL, DF, VASC) and no patient metadata at all.
+ISIC2018_GROUND_TRUTH = "ISIC2018_Task3_Test_GroundTruth"
+LAYOUTS: tuple[str, ...] = ("ham10000", "isic2018-test", "csv")
+PATH_COLUMNS: tuple[str, ...] = ("image", "path")   # a generic table names its files in one of these
+
+
+def clean_metadata(df: pd.DataFrame, source: Path | str) -> pd.DataFrame:
+    """age (NaN when missing or implausible), sex and localization (``unknown`` when blank)."""
+    # Rows built in code (predict) hold None / NaN where a file would hold an empty string.
+    present = [c for c in METADATA_COLUMNS if c in df.columns]
+    df = df[present].astype(object).where(df[present].notna(), "")
+    return pd.DataFrame({"age": _clean_age(df, Path(source)),
+                         "sex": _clean_category(df, "sex"),
+                         "localization": _clean_category(df, "localization")}, index=df.index)
+
+
+def find_isic2018_ground_truth(root: Path) -> Path | None:
+    tables = ("", ".csv", ".tab", ".txt")
+    hits = [root / f"{ISIC2018_GROUND_TRUTH}{s}" for s in tables]
+    hits = [p for p in hits if p.is_file()] or sorted(
+        p for p in root.rglob(f"{ISIC2018_GROUND_TRUTH}*") if p.is_file() and p.suffix in tables)
+    return hits[0] if hits else None
+
+
+def load_isic2018_test(root: str | Path) -> pd.DataFrame:
+    """The ISIC 2018 Task 3 test set (folder, or its ground-truth file) as the validated table.
+
+    The set has no metadata: age is missing and sex and site are ``unknown`` on every row, which
+    is exactly how a trained model's encoder is told that a field is missing.
+    """
+    root = Path(root)
+    gt = root if root.is_file() else find_isic2018_ground_truth(root)
+    if gt is None:
+        raise DataError(f"{root}: no {ISIC2018_GROUND_TRUTH}.csv found")
+    root = gt.parent if root.is_file() else root
+    raw = read_table(gt)
+    missing = [c for c in ("image", *CLASSES) if c not in raw.columns]
+    if missing:
+        raise DataError(f"{gt}: missing required column(s) {', '.join(missing)} "
+                        f"(found: {', '.join(raw.columns)})")
+    onehot = raw[list(CLASSES)].apply(pd.to_numeric, errors="coerce")
+    bad = ~(onehot.isin([0, 1]).all(axis=1) & (onehot.sum(axis=1) == 1)).to_numpy()
+    if bad.any():
+        lines = ", ".join(str(i + 2) for i in np.flatnonzero(bad)[:5])
+        raise DataError(f"{gt}: {int(bad.sum())} row(s) are not one-hot over "
+                        f"{', '.join(c.upper() for c in CLASSES)} (line {lines})")
+    df = pd.DataFrame({"image_id": raw["image"].astype(str).str.strip(),
+                       "dx": np.asarray(CLASSES)[onehot.to_numpy().argmax(axis=1)]})
+    table = validate_table(attach_paths(df, index_images(root), gt), gt, require_lesion=False)
+    log.info("%s: %d images, no metadata (every field treated as missing)", gt, len(table))
+    return table
+
+
+def resolve_images(raw: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """Add ``image_id`` and ``path`` to a generic table.
+
+    A path column (``image`` or ``path``; relative paths are read from the table's folder) wins;
+    a value that is not a file is looked up as an image id under that folder. Without one, the
+    ``image_id`` column is looked up under the table's folder.
+    """
+    base = source.parent
+    col = next((c for c in PATH_COLUMNS if c in raw.columns), None)
+    if col is None:
+        if "image_id" not in raw.columns:
+            raise DataError(f"{source}: needs a column image (file path) or image_id "
+                            f"(found: {', '.join(raw.columns)})")
+        return attach_paths(raw, index_images(base), source)
+    values = raw[col].astype(str).str.strip()
+    index: dict[str, Path] | None = None
+    paths, missing = [], []
+    for value in values:
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if value and not path.is_file():
+            index = index_images(base) if index is None else index
+            path = index.get(Path(value).stem, path)
+        if value and path.is_file():
+            paths.append(str(path))
+        else:
+            missing.append(value or "(blank)")
+    if missing:
+        raise DataError(f"{source}: {len(missing)} image(s) not found (relative paths are read "
+                        f"from {base}), e.g. {', '.join(missing[:3])}")
+    ids = raw["image_id"].astype(str).str.strip() if "image_id" in raw.columns else \
+        [Path(p).stem for p in paths]
+    return raw.assign(image_id=ids, path=paths)
+
+
+def load_generic_csv(path: str | Path, labelled: bool = True) -> pd.DataFrame:
+    """A table of images (column image/path or image_id), dx when ``labelled``, optional metadata.
+
+    Labelled: the validated table. Unlabelled (predict): image_id, path, age, sex, localization.
+    """
+    path = Path(path)
+    raw = read_table(path)
+    if len(raw) == 0:
+        raise DataError(f"{path}: the table has no rows")
+    raw = resolve_images(raw, path)
+    if labelled:
+        return validate_table(raw, path, require_lesion=False)
+    table = pd.DataFrame({"image_id": raw["image_id"].astype(str), "path": raw["path"]})
+    return pd.concat([table, clean_metadata(raw, path)], axis=1)
+
+
+def detect_layout(path: str | Path) -> str:
+    """``ham10000``, ``isic2018-test`` or ``csv``: what ``load_any`` will read at ``path``."""
+    path = Path(path)
+    if path.is_file():
+        return "isic2018-test" if path.name.startswith(ISIC2018_GROUND_TRUTH) else "csv"
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    if find_isic2018_ground_truth(path) is not None:
+        return "isic2018-test"
+    try:
+        find_metadata_file(path)
+    except DataError:
+        raise DataError(f"{path}: neither a HAM10000 folder (no HAM10000_metadata file) nor the "
+                        f"ISIC 2018 Task 3 test set (no {ISIC2018_GROUND_TRUTH}.csv); "
+                        "for other data pass a CSV with columns image or image_id, dx") from None
+    return "ham10000"
+
+
+def load_any(path: str | Path, layout: str = "auto") -> pd.DataFrame:
+    """Read any supported labelled set (see ``LAYOUTS``) into the validated table."""
+    layout = detect_layout(path) if layout == "auto" else layout
+    readers = {"ham10000": load_ham10000, "isic2018-test": load_isic2018_test,
+               "csv": load_generic_csv}
+    if layout not in readers:
+        raise DataError(f"unknown layout {layout!r}; expected auto or one of {', '.join(LAYOUTS)}")
+    return readers[layout](path)

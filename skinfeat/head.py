@@ -14,6 +14,7 @@ images and metadata in deep learning models applied to skin cancer classificatio
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import asdict, dataclass, field
 
@@ -45,6 +46,23 @@ class HeadConfig:
         return asdict(self)
 
 
+class MaskDropout(nn.Dropout):
+    """``nn.Dropout`` with the very same mask and result, drawn about 2x faster on CPU.
+
+    torch's CPU ``bernoulli_(1 - p)`` (inside ``F.dropout``) draws one uniform double per element
+    through a slow generic path; ``rand(float64) < 1 - p`` consumes the generator identically
+    (tests/test_head_dropout.py checks it). Dropout was two thirds of a head step on CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        keep = 1.0 - self.p
+        noise = (torch.rand(x.shape, dtype=torch.float64) < keep).to(x.dtype)
+        noise.div_(keep)
+        return x * noise
+
+
 class FusionHead(nn.Module):
     """Image embedding and/or encoded metadata -> class logits."""
 
@@ -60,7 +78,7 @@ class FusionHead(nn.Module):
             raise ValueError("a metadata-only head needs metadata features")
         width = 0
         if self.use_image:
-            self.image_dropout = nn.Dropout(0.3)
+            self.image_dropout = MaskDropout(0.3)
             width += embed_dim
         if self.use_meta:
             self.meta_mlp = nn.Sequential(nn.Linear(meta_dim, 32), nn.ReLU(),
@@ -68,7 +86,7 @@ class FusionHead(nn.Module):
             width += 16
         if head == "film" and self.use_image and self.use_meta:
             self.film = nn.Linear(16, 2 * embed_dim)
-        self.classifier = nn.Sequential(nn.Dropout(0.4), nn.Linear(width, 64), nn.ReLU(),
+        self.classifier = nn.Sequential(MaskDropout(0.4), nn.Linear(width, 64), nn.ReLU(),
                                         nn.Linear(64, n_classes))
         for m in self.modules():
             if isinstance(m, nn.Linear):  # Keras Dense defaults
@@ -128,6 +146,22 @@ def _eval_view(image: torch.Tensor) -> torch.Tensor:
     return image[:, 0] if image.ndim == 3 else image
 
 
+def one_thread(fn):
+    """Run ``fn`` on one torch thread. A batch-64 step is far too small for intra-op threads:
+    they only add barriers (3-5x slower on a busy 2-core machine), and the weights would
+    change in the last bits with the machine's core count."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper
+
+
+@one_thread
 def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
              val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
              cfg: HeadConfig = HeadConfig(),
@@ -144,7 +178,8 @@ def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
     xi, xm, vi, vm = xi.float(), xm.float(), _eval_view(vi.float()), vm.float()
     y, vy = y.long(), vy.long()
     model = FusionHead(xi.shape[-1], xm.shape[1], n_classes, cfg.head, cfg.inputs)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7)
+    # foreach: the same arithmetic as the per-parameter loop (bit-identical), fewer op launches.
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7, foreach=True)
     weights = balanced_class_weights(y.numpy(), n_classes) if cfg.class_weight == "balanced" \
         else np.ones(n_classes)
     sample_w = torch.as_tensor(weights, dtype=torch.float32)
@@ -156,15 +191,19 @@ def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
         epoch_meta = _blank_fields(xm, meta_fields, cfg.meta_dropout, gen) \
             if cfg.meta_dropout > 0 and meta_fields else xm
         order = torch.randperm(n, generator=gen)
+        # One gather per epoch: each minibatch is then a contiguous slice, not five gathers.
+        shuf_img, shuf_meta, shuf_y = epoch_img[order], epoch_meta[order], y[order]
+        shuf_w = sample_w[shuf_y]
         total = 0.0
         for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            logits = model(epoch_img[idx], epoch_meta[idx])
-            loss = (F.cross_entropy(logits, y[idx], reduction="none") * sample_w[y[idx]]).mean()
+            batch = slice(start, start + cfg.batch_size)
+            logits = model(shuf_img[batch], shuf_meta[batch])
+            loss = (F.cross_entropy(logits, shuf_y[batch], reduction="none")
+                    * shuf_w[batch]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(shuf_y[batch])
         model.eval()
         with torch.no_grad():
             val_loss = float(F.cross_entropy(model(vi, vm), vy))

@@ -42,9 +42,11 @@ class MetadataEncoder:
             mean = float(values.mean()) if values.notna().any() else 0.0
             filled = values.fillna(mean).to_numpy()
             # Like sklearn's StandardScaler after the reference's fillna(mean): population std of
-            # the filled column; a constant column keeps scale 1 instead of dividing by zero.
+            # the filled column; a constant column keeps scale 1 instead of dividing by zero, and
+            # so does a nearly constant one, whose rounding-error std would blow values up to inf.
             std = float(filled.std())
-            self.means[col], self.stds[col] = mean, std if std > 0 else 1.0
+            constant = std <= 1e-6 * max(1.0, abs(mean))
+            self.means[col], self.stds[col] = mean, 1.0 if constant else std
         for col in self.categorical:
             self.categories[col] = sorted(df[col].dropna().astype(str).unique().tolist())
         return self

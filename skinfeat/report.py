@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bundle import atomic_write_text
+from .bundle import atomic_write, atomic_write_text
 from .datasets import CLASSES
 from .metrics import bootstrap_ci, reliability_bins, softmax
 
@@ -40,7 +40,7 @@ def save_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path
     ax.set_ylabel("true (row-normalised colour)")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -56,7 +56,7 @@ def save_reliability_png(y_true: np.ndarray, curves: dict[str, np.ndarray], path
     ax.legend()
     ax.set_title("Reliability diagram")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -100,7 +100,7 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
         f"- early stopping and calibration on: **{info['select_on']}**"
         + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
            if info["select_on"] == "test" else " (never the scored set)"),
-        f"- sizes (images / lesions): " + ", ".join(
+        "- sizes (images / lesions): " + ", ".join(
             f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in ("train", "val", "test")),
         f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: {info['weights']}",
         f"- metadata features ({len(info['meta_features'])}), encoder fitted on train only",

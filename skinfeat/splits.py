@@ -71,6 +71,12 @@ def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "lesion",
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
     if kind == "image":
+        few = table["dx"].value_counts()
+        few = few[few < 2]
+        if len(few):  # sklearn's own message names no class
+            raise ValueError("a stratified image-level split needs at least 2 images per class; "
+                             + ", ".join(f"{dx} has {n}" for dx, n in few.items())
+                             + ". The data set is too small for it")
         # Exactly the reference: train_test_split(stratify=y, test_size=0.2, random_state=42).
         _, test_idx = train_test_split(np.arange(len(table)), test_size=fraction,
                                        stratify=table["dx"].to_numpy(), random_state=seed)
@@ -78,6 +84,10 @@ def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "lesion",
         mask[test_idx] = True
         return mask
     n_folds = max(2, int(round(1.0 / fraction)))
+    lesions = table["lesion_id"].nunique()
+    if lesions < n_folds:
+        raise ValueError(f"a {fraction:.0%} lesion-level hold-out needs at least {n_folds} "
+                         f"lesions, got {lesions}; the data set is too small for it")
     return fold_ids(table, n_folds, "lesion", seed, strict=False) == 0
 
 

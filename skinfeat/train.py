@@ -72,6 +72,7 @@ class Trained:
     model: FusionHead | LGBMModel
     config: dict
     best_epoch: int | None = None
+    epochs_run: int | None = None
 
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         if self.kind == "head":
@@ -84,7 +85,7 @@ def train_model(kind: str, train: tuple, val: tuple, n_classes: int,
                 meta_fields: list[tuple[int, int]] | None = None) -> Trained:
     if kind == "head":
         res = fit_head(train, val, n_classes, head_cfg, meta_fields)
-        return Trained("head", res.model, head_cfg.to_dict(), res.best_epoch)
+        return Trained("head", res.model, head_cfg.to_dict(), res.best_epoch, len(res.history))
     if kind == "lgbm":
         model = fit_lgbm(train, val, n_classes, lgbm_cfg)
         return Trained("lgbm", model, lgbm_cfg.to_dict(), int(model.booster.best_iteration))
@@ -138,6 +139,7 @@ def fit_run(table: pd.DataFrame, cache_path: str | Path, out: str | Path, *, spl
     baseline = majority_baseline(part["train"][2], part["test"][2], CLASSES)
     info = {
         "model": model, "config": trained.config, "best_epoch": trained.best_epoch,
+        "epochs_run": trained.epochs_run,
         "split": kind, "protocol": PROTOCOLS[kind], "select_on": select_on, "seed": seed,
         "sizes": {s: int(m.sum()) for s, m in masks.items()},
         "lesions": {s: int(table.loc[m, "lesion_id"].nunique()) for s, m in masks.items()},

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from skinfeat.datasets import CLASSES, DataError, load_ham10000, summarize

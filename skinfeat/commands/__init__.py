@@ -1,0 +1,1 @@
+"""The click commands, one module per stage; ``skinfeat.cli`` assembles them."""

@@ -1,0 +1,111 @@
+"""Stage one commands: extract, cache info, cache merge."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..backbone import RESIZE_MODES
+from .common import default_cache, progress_bar, weights_options
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    import os
+    if value:
+        try:
+            i, n = (int(x) for x in value.split("/"))
+        except ValueError:
+            raise click.BadParameter("use I/N, e.g. 0/4") from None
+        return i, n
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:  # torchrun
+        return int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"])
+    return None
+
+
+@click.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="HAM10000 folder (Kaggle or Dataverse layout).")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+              help="HDF5 cache file [default: cache/<data>-<backbone>-<weights>.h5].")
+@weights_options
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="squash", show_default=True,
+              help="squash: whole image to NxN (the reference); crop: timm eval transform.")
+@click.option("--image-size", type=int, help="Input size [default: the model's].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+              show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=None, help="DataLoader decode workers.")
+@click.option("--views", type=click.Choice(["none", "flip", "rot90", "all"]), default="none",
+              show_default=True, help="Also store embeddings of flipped/rotated copies.")
+@click.option("--shard", help="Embed only shard I of N (I/N); automatic under torchrun.")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]),
+              default="auto", show_default=True,
+              help="torch.compile the backbone (auto: from 2,000 images to embed).")
+def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image_size, precision,
+            device, batch_size, workers, views, shard, compile_mode) -> None:
+    """Stage one: embed every image once into the HDF5 cache (resumable)."""
+    from ..backbone import resolve_weights
+    from ..datasets import load_ham10000
+    from ..extract import VIEW_PRESETS, extract as run_extract
+
+    table = load_ham10000(data_dir)
+    source = resolve_weights(weights, weights_file)
+    shard_t = parse_shard(shard)
+    kind = "file" if weights_file else weights
+    cache_path = Path(cache_path) if cache_path else default_cache(data_dir, backbone, kind)
+    if shard_t and not shard:  # torchrun: one file per rank
+        cache_path = cache_path.with_name(f"{cache_path.stem}.shard{shard_t[0]}of{shard_t[1]}.h5")
+    if source.kind == "random":
+        click.echo("NOTE: random backbone weights: embeddings carry no ImageNet knowledge.")
+    bar = progress_bar("extract")
+    res = run_extract(table, cache_path, backbone=backbone, weights=source, resize=resize,
+                      image_size=image_size, precision=precision, device=device,
+                      batch_size=batch_size, num_workers=workers, views=VIEW_PRESETS[views],
+                      shard=shard_t, compile=compile_mode, progress=bar.update,
+                      on_start=lambda todo, skipped: setattr(bar, "total", todo))
+    bar.close()
+    click.echo(f"{cache_path}: {len(res.contents.image_ids)} embeddings of dim "
+               f"{res.contents.dim} ({res.embedded} new, {res.skipped} already cached; "
+               f"{res.precision} on {res.device})")
+    if res.failures:
+        click.echo(f"{len(res.failures)} image(s) could not be read and were skipped:")
+        for iid, why in sorted(res.failures.items())[:20]:
+            click.echo(f"  {iid}: {why}")
+
+
+@click.group()
+def cache() -> None:
+    """Inspect and merge embedding caches."""
+
+
+@cache.command("info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def cache_info(path: str) -> None:
+    """Identity, counts, views and failures of a cache file."""
+    from ..cache import read_cache
+
+    c = read_cache(path)
+    failures = json.loads(c.attrs.get("failures", "[]"))
+    click.echo(f"{path}: {len(c.image_ids)} images x {c.dim} dims, format "
+               f"{c.attrs.get('format', 'external')}")
+    click.echo(f"weights: {c.attrs.get('weights', 'unknown')}")
+    click.echo(f"views: {', '.join(c.views) or 'none'}")
+    click.echo("identity: " + json.dumps(c.identity, sort_keys=True))
+    click.echo("versions: " + str(c.attrs.get("versions", "unknown")))
+    click.echo(f"failures: {len(failures)}")
+    for iid, why in failures[:20]:
+        click.echo(f"  {iid}: {why}")
+
+
+@cache.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+def cache_merge(inputs: tuple[str, ...], out: str) -> None:
+    """Merge shard caches of one identity into OUT."""
+    from ..cache import merge_caches
+
+    c = merge_caches(list(inputs), out)
+    click.echo(f"{out}: {len(c.image_ids)} embeddings merged from {len(inputs)} file(s)")

@@ -1,0 +1,135 @@
+"""Stage two commands: fit-head and cv on the cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import find_cache, progress_bar
+
+
+def head_options(f):
+    for opt in reversed([
+        click.option("--split", type=click.Choice(["lesion", "image"]), default="lesion",
+                     show_default=True, help="lesion: grouped by lesion_id (honest); image: the "
+                     "reference's leaky image-level split."),
+        click.option("--seed", type=int, default=42, show_default=True),
+        click.option("--head", "head_kind", type=click.Choice(["reference", "film"]),
+                     default="reference", show_default=True),
+        click.option("--epochs", type=int, default=40, show_default=True),
+        click.option("--meta-dropout", type=float, default=0.0, show_default=True,
+                     help="Probability of blanking a metadata field per sample in training."),
+        click.option("--tta/--no-tta", default=False, show_default=True,
+                     help="Average predictions over cached views."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@click.command("fit-head")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--cache", "cache_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@head_options
+@click.option("--inputs", type=click.Choice(["fused", "image", "meta"]), default="fused",
+              show_default=True)
+@click.option("--model", type=click.Choice(["head", "lgbm"]), default="head", show_default=True)
+@click.option("--select-on", type=click.Choice(["val", "test"]), default="val", show_default=True,
+              help="Split that picks the epoch; 'test' reproduces the reference's flaw.")
+def fit_head(data_dir, cache_path, out, split, seed, head_kind, epochs, meta_dropout, tta, inputs,
+             model, select_on) -> None:
+    """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
+    from ..baseline import LGBMConfig
+    from ..datasets import load_ham10000
+    from ..head import HeadConfig
+    from ..train import fit_run
+
+    table = load_ham10000(data_dir)
+    cache_path = cache_path or find_cache(data_dir)
+    res = fit_run(table, cache_path, out, split=split, seed=seed, select_on=select_on, model=model,
+                  head_cfg=HeadConfig(head=head_kind, inputs=inputs, seed=seed, max_epochs=epochs,
+                                      meta_dropout=meta_dropout),
+                  lgbm_cfg=LGBMConfig(inputs=inputs, seed=seed), tta=tta)
+    print_run_summary(res, out)
+
+
+def print_run_summary(res: dict, out: str | Path) -> None:
+    m, b, info = res["metrics"], res["baseline"], res["info"]
+    if info["random_weights"]:
+        click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
+    click.echo(f"split {info['split']} (test {info['sizes']['test']} images), "
+               f"epoch chosen on {info['select_on']}")
+    click.echo(f"{'':<20}{'model':>10}{'majority':>10}")
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1"):
+        click.echo(f"{k:<20}{m[k]:>10.4f}{b[k]:>10.4f}")
+    click.echo(f"report: {Path(out) / 'report.md'}")
+
+
+def comma_list(allowed: tuple[str, ...]):
+    """Click callback: 'a,b' -> ('a', 'b'), each from ``allowed``."""
+    def parse(ctx, param, value: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        bad = [v for v in items if v not in allowed]
+        if bad or not items:
+            raise click.BadParameter(f"{', '.join(bad) or 'empty'}; use a comma list of "
+                                     f"{', '.join(allowed)}")
+        return items
+    return parse
+
+
+def parse_seeds(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(v) for v in (value or "").split(",") if v.strip()) or None
+    except ValueError:
+        raise click.BadParameter("use integers, e.g. 0,1,2") from None
+
+
+@click.command("cv")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--cache", "cache_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@head_options
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Stratified folds, grouped by lesion unless --split image.")
+@click.option("--seeds", callback=parse_seeds, help="Comma list: repeat the CV once per seed "
+              "and report the spread across seeds [default: --seed].")
+@click.option("--inputs", default="image,meta,fused", show_default=True,
+              callback=comma_list(("image", "meta", "fused")),
+              help="Comma list of input sets, each trained on the same folds.")
+@click.option("--models", default="head,lgbm", show_default=True,
+              callback=comma_list(("head", "lgbm")), help="Comma list: fusion head, LightGBM.")
+@click.option("--jobs", type=int, default=0, show_default=True,
+              help="Fits at a time, one thread each (0: one per CPU core); the results do not "
+              "depend on it.")
+def cv(data_dir, cache_path, out, split, seed, head_kind, epochs, meta_dropout, tta, folds, seeds,
+       inputs, models, jobs) -> None:
+    """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
+    from ..cv import CVConfig, cv_run
+    from ..datasets import load_ham10000
+    from ..head import HeadConfig
+
+    table = load_ham10000(data_dir)
+    cache_path = cache_path or find_cache(data_dir)
+    cfg = CVConfig(folds=folds, split=split, seeds=seeds or (seed,), models=models, inputs=inputs,
+                   head=HeadConfig(head=head_kind, max_epochs=epochs, meta_dropout=meta_dropout),
+                   tta=tta)
+    bar = progress_bar("cv", unit="fit")
+    res = cv_run(table, cache_path, out, cfg, jobs=jobs, progress=bar.update,
+                 on_start=lambda n: setattr(bar, "total", n))
+    bar.close()
+    print_cv_summary(res, out)
+
+
+def print_cv_summary(res: dict, out: str | Path) -> None:
+    if res["info"]["random_weights"]:
+        click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
+    cfg = res["config"]
+    click.echo(f"{res['split']} split, {cfg['folds']} folds x {len(cfg['seeds'])} seed(s): "
+               f"{res['protocol']}")
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+    click.echo(f"{'model':<6}{'inputs':<8}" + "".join(f"{k:>22}" for k in keys))
+    for model, by_inputs in res["summary"].items():
+        for inputs, e in by_inputs.items():
+            click.echo(f"{model:<6}{inputs:<8}" + "".join(
+                f"{e[k]['mean']:>13.4f} ± {e[k]['std']:.4f}" for k in keys))
+    click.echo(f"report: {Path(out) / 'cv_report.md'}")

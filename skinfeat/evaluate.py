@@ -1,0 +1,162 @@
+"""Score a trained run on another labelled set: a HAM10000 folder, the ISIC 2018 Task 3 test set,
+or a generic CSV (``datasets.load_any``).
+
+Images go through the ``Predictor`` (the backbone, transform and precision of the training cache)
+and the stored temperature is applied. The report leads with ISIC 2018 Task 3's headline metric,
+balanced multi-class accuracy (the mean of per-class recall), with a bootstrap 95 % CI.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .bundle import atomic_write_text
+from .datasets import MISSING_CATEGORY, detect_layout, load_any
+from .metrics import (bootstrap_ci, classification_metrics, expected_calibration_error,
+                      majority_baseline, softmax)
+from .predict import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def default_eval_dir(run: str | Path, data: str | Path) -> Path:
+    data = Path(data)
+    return Path(run) / f"eval-{data.stem if data.is_file() else data.resolve().name}"
+
+
+def metadata_coverage(table: pd.DataFrame) -> dict[str, float]:
+    """Share of rows with a known value, per metadata field."""
+    return {"age": float(table["age"].notna().mean()),
+            "sex": float((table["sex"] != MISSING_CATEGORY).mean()),
+            "localization": float((table["localization"] != MISSING_CATEGORY).mean())}
+
+
+def metadata_note(layout: str, coverage: dict[str, float]) -> str:
+    if layout == "isic2018-test" or not any(coverage.values()):
+        why = "the ISIC 2018 Task 3 test set ships no metadata" if layout == "isic2018-test" \
+            else "the data has no age, sex or site"
+        return (f"**metadata missing**: {why}; every field was treated as missing, as in "
+                f"training (age = the training mean, sex and site = `{MISSING_CATEGORY}`)")
+    known = ", ".join(f"{k} {100 * v:.0f} %" for k, v in coverage.items())
+    return f"metadata known for {known} of images (missing values handled as in training)"
+
+
+def split_overlap(run: Path, table: pd.DataFrame) -> dict[str, int]:
+    """Images / lesions of the scored set that the model trained or early-stopped on."""
+    path = run / "splits.csv"
+    if not path.is_file():
+        return {}
+    saved = pd.read_csv(path, dtype=str)
+    seen = saved[saved["split"].isin(["train", "val"])]
+    image = table["image_id"].isin(seen["image_id"])
+    lesion = table["lesion_id"].isin(seen["lesion_id"])
+    return {"images": int(image.sum()), "lesions": int(lesion.sum()),
+            "rows": int((image | lesion).sum())}
+
+
+def train_labels(run: Path, classes: list[str]) -> np.ndarray | None:
+    path = run / "splits.csv"
+    if not path.is_file():
+        return None
+    saved = pd.read_csv(path, dtype=str)
+    dx = saved.loc[saved["split"] == "train", "dx"]
+    return dx.map({c: i for i, c in enumerate(classes)}).dropna().astype(int).to_numpy()
+
+
+def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = None, *,
+                 layout: str = "auto", weights_file: str | Path | None = None,
+                 device: str = "auto", batch_size: int = 32, num_workers: int = 0,
+                 progress: Callable[[int], None] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> dict:
+    """Embed, predict and score ``data``; write evaluate_metrics.json, evaluate_report.md, PNGs."""
+    run = Path(run)
+    out = Path(out) if out else default_eval_dir(run, data)
+    layout = detect_layout(data) if layout == "auto" else layout
+    table = load_any(data, layout)
+    predictor = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
+                          num_workers=num_workers)
+    if on_start:
+        on_start(len(table))
+    preds = predictor.predict_table(table, progress)
+    ok = preds.ok
+    scored = table[ok].reset_index(drop=True)
+    if len(scored) == 0:
+        raise ValueError(f"{data}: no image could be read; nothing to score")
+    classes = predictor.classes
+    y = scored["dx"].map({c: i for i, c in enumerate(classes)}).astype(int).to_numpy()
+    logits, proba = preds.logits[ok], preds.proba[ok]
+    metrics = classification_metrics(y, proba, classes)
+    metrics["ece_uncalibrated"] = expected_calibration_error(y, softmax(logits))
+    ci = bootstrap_ci(y, proba, classes)
+    y_train = train_labels(run, classes)
+    baseline = majority_baseline(y_train, y, classes) if y_train is not None and len(y_train) \
+        else None
+    coverage = metadata_coverage(scored)
+    overlap = split_overlap(run, scored)
+    if overlap.get("rows"):
+        log.warning("%s: %d image(s) (or their lesions) were used to train or early-stop the "
+                    "model; these scores are optimistic", data, overlap["rows"])
+    info = {"run": str(run), "data": str(data), "layout": layout, "n": int(len(scored)),
+            "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok) if not k},
+            "metadata_coverage": coverage, "metadata_note": metadata_note(layout, coverage),
+            "metadata_missing": layout == "isic2018-test" or not any(coverage.values()),
+            "overlap_with_training": overlap, "temperature": predictor.temperature,
+            "model_type": predictor.config["model_type"], "head": predictor.config["head"],
+            "backbone": predictor.identity.get("backbone", "unknown"),
+            "weights": predictor.weights, "random_weights": predictor.random_weights}
+    write_evaluate_report(out, metrics, ci, baseline, info, y, logits, classes)
+    return {"metrics": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
+            "info": info, "out": out}
+
+
+def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | None, info: dict,
+                          y: np.ndarray, logits: np.ndarray, classes: list[str]) -> None:
+    from .report import (fmt, per_class_table, save_confusion_png, save_reliability_png,
+                         weights_warning)
+
+    out.mkdir(parents=True, exist_ok=True)
+    t = info["temperature"]
+    payload = {"model": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
+               "info": info}
+    atomic_write_text(out / "evaluate_metrics.json", json.dumps(payload, indent=2))
+    save_confusion_png(metrics["confusion_matrix"], classes, out / "confusion.png",
+                       title=f"Confusion matrix: {Path(info['data']).name}")
+    save_reliability_png(y, {"before (T=1)": softmax(logits),
+                             f"after (T={t:.2f})": softmax(logits, t)}, out / "reliability.png")
+    bacc = ci["balanced_accuracy"]
+    lines = [f"# skinfeat evaluation: {Path(info['run']).name} on {Path(info['data']).name}", ""]
+    lines += weights_warning(info) + [
+        f"**Balanced multi-class accuracy (mean per-class recall, the ISIC 2018 Task 3 metric): "
+        f"{fmt(metrics['balanced_accuracy'], True)}** (95 % CI {fmt(bacc[0], True)} to "
+        f"{fmt(bacc[1], True)})", "",
+        f"- model: `{info['run']}` ({info['model_type']}, {info['head'].get('head', 'lightgbm')}, "
+        f"inputs {info['head'].get('inputs')}); calibration temperature T={t:.2f} applied",
+        f"- data: `{info['data']}` (layout {info['layout']}): {info['n']} images scored"
+        + (f", {len(info['unreadable'])} unreadable and left out" if info["unreadable"] else ""),
+        f"- {info['metadata_note']}",
+        f"- backbone: {info['backbone']}; weights: {info['weights']}"]
+    if info["overlap_with_training"].get("rows"):
+        lines.append(f"- **overlap**: {info['overlap_with_training']['rows']} image(s) (or their "
+                     "lesions) were used to train or early-stop the model: scores are optimistic")
+    lines += ["", "## All metrics", "", "| metric | model | 95 % CI | majority baseline |",
+              "|---|---|---|---|"]
+    for key in ("balanced_accuracy", "accuracy", "macro_f1", "weighted_f1", "macro_auc"):
+        pct = key in ("balanced_accuracy", "accuracy")
+        c = ci.get(key)
+        lines.append(f"| {key} | {fmt(metrics[key], pct)} | "
+                     + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") + " | "
+                     + (fmt(baseline[key], pct) if baseline else "") + " |")
+    lines += [f"| ECE (T={t:.2f}) | {fmt(metrics['ece'])} | | |",
+              f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |", ""]
+    if baseline:
+        lines += [f"Majority baseline always predicts `{baseline['predicts']}` (the most "
+                  "frequent training class).", ""]
+    lines += ["## Per class", ""] + per_class_table(metrics) + [
+        "", "![confusion matrix](confusion.png) ![reliability](reliability.png)", "",
+        "Every number, with the confusion matrix: `evaluate_metrics.json`."]
+    atomic_write_text(out / "evaluate_report.md", "\n".join(lines) + "\n")
