@@ -91,11 +91,34 @@ def pretrained_location(name: str) -> tuple[str | None, bool]:
     return hub_id, False
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the Hugging Face hub be reached at all? A TCP connect, so that an offline machine
+    learns it in seconds instead of sitting through huggingface_hub's five retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def create_backbone(name: str, source: WeightSource) -> torch.nn.Module:
     """A frozen, eval-mode timm model that returns pooled features (``num_classes=0``)."""
     import timm
 
     kwargs: dict = {"num_classes": 0}
+    if source.kind == "pretrained":
+        hub_id, cached = pretrained_location(name)
+        if hub_id and not cached and not hub_reachable():
+            raise WeightsUnavailable(_offline_message(
+                name, OSError(f"not in the local cache and the hub is unreachable ({hub_id})")))
     try:
         if source.kind == "random":
             # Seeded so that predict can rebuild exactly the backbone that filled the cache.

@@ -109,3 +109,28 @@ def test_compiled_bf16_matches_eager_fp32(synth_table):
     got = torch.cat([fast(x[:2]), fast(x[2:])])  # a short last batch is padded, not recompiled
     cos = torch.nn.functional.cosine_similarity(ref, got)
     assert cos.min() > 0.99, cos
+
+
+def test_local_weights_file_is_loaded_and_stamped(synth_table, tmp_path):
+    """--weights-file: a local checkpoint, no network; its sha256 is the identity."""
+    import timm
+    from safetensors.torch import save_file
+
+    from skinfeat.backbone import resolve_weights
+
+    torch.manual_seed(3)
+    full = timm.create_model(TINY, pretrained=False)  # as a user's checkpoint: with its classifier
+    save_file(full.state_dict(), str(tmp_path / "w.safetensors"))
+    source = resolve_weights(weights_file=tmp_path / "w.safetensors")
+    sub = synth_table.iloc[:4]
+    c = extract(sub, tmp_path / "f.h5", backbone=TINY, weights=source, precision="fp32",
+                num_workers=0).contents
+    assert c.identity["weights"]["kind"] == "file" and len(c.identity["weights"]["sha256"]) == 64
+    model = create_backbone(TINY, WeightSource("random"))
+    model.load_state_dict({k: v for k, v in full.state_dict().items()
+                           if not k.startswith("head.fc")})
+    spec = transform_for(model)
+    x = torch.stack([preprocess(p, spec) for p in sub["path"]])
+    want = Embedder(model, torch.device("cpu"), "fp32")(x).numpy()
+    np.testing.assert_allclose(c.embeddings[c.rows_for(sub["image_id"].tolist())], want,
+                               rtol=1e-5, atol=1e-6)
