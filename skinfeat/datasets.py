@@ -89,8 +89,13 @@ def index_images(root: Path) -> dict[str, Path]:
     return index
 
 
+def _as_text(column: pd.Series) -> pd.Series:
+    """Stripped strings, with "" for None / NaN (pandas 3 keeps those missing through astype(str))."""
+    return column.astype(object).where(column.notna(), "").astype(str).str.strip()
+
+
 def _clean_age(df: pd.DataFrame, source: Path) -> pd.Series:
-    raw = df["age"].astype(str).str.strip() if "age" in df else pd.Series("", index=df.index)
+    raw = _as_text(df["age"]) if "age" in df else pd.Series("", index=df.index)
     age = pd.to_numeric(raw, errors="coerce")
     bad_text = age.isna() & ~raw.str.lower().isin(["", "nan", "na", "none", "null"])
     out_of_range = age.notna() & ((age < AGE_RANGE[0]) | (age > AGE_RANGE[1]))
@@ -105,7 +110,7 @@ def _clean_age(df: pd.DataFrame, source: Path) -> pd.Series:
 def _clean_category(df: pd.DataFrame, column: str) -> pd.Series:
     if column not in df:
         return pd.Series(MISSING_CATEGORY, index=df.index, dtype=object)
-    values = df[column].astype(str).str.strip().str.lower()
+    values = _as_text(df[column]).str.lower()
     return values.mask(values.isin(["", "nan", "none", "null"]), MISSING_CATEGORY).astype(object)
 
 
@@ -132,9 +137,7 @@ def validate_table(df: pd.DataFrame, source: Path, *, require_lesion: bool = Tru
                         f"expected one of {', '.join(CLASSES)}")
     out["dx"] = dx
     out["label"] = dx.map({c: i for i, c in enumerate(CLASSES)}).astype(np.int64)
-    out["age"] = _clean_age(df, source)
-    out["sex"] = _clean_category(df, "sex")
-    out["localization"] = _clean_category(df, "localization")
+    out[list(METADATA_COLUMNS)] = clean_metadata(df, source)
     return out.reset_index(drop=True)
 
 
@@ -201,9 +204,6 @@ PATH_COLUMNS: tuple[str, ...] = ("image", "path")   # a generic table names its 
 
 def clean_metadata(df: pd.DataFrame, source: Path | str) -> pd.DataFrame:
     """age (NaN when missing or implausible), sex and localization (``unknown`` when blank)."""
-    # Rows built in code (predict) hold None / NaN where a file would hold an empty string.
-    present = [c for c in METADATA_COLUMNS if c in df.columns]
-    df = df[present].astype(object).where(df[present].notna(), "")
     return pd.DataFrame({"age": _clean_age(df, Path(source)),
                          "sex": _clean_category(df, "sex"),
                          "localization": _clean_category(df, "localization")}, index=df.index)
