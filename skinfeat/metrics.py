@@ -89,19 +89,26 @@ def reliability_bins(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) ->
 
 def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
                  n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
-    """Percentile bootstrap (1 - alpha) intervals of the headline metrics, resampling rows."""
+    """Percentile bootstrap (1 - alpha) intervals of the headline metrics, resampling rows.
+
+    Each resample's metrics come from its confusion matrix (one bincount), which gives the same
+    numbers as sklearn's functions (averages over the classes present in the resample) at a
+    fraction of the cost: 1,000 sklearn calls took over a second of every fit-head.
+    """
     rng = np.random.default_rng(seed)
-    y_true = np.asarray(y_true)
+    y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(proba).argmax(1)
+    k = len(classes)
     draws: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_f1": []}
     for _ in range(n_boot):
         i = rng.integers(0, len(y_true), len(y_true))
-        yt, yp = y_true[i], y_pred[i]
-        draws["accuracy"].append(float((yt == yp).mean()))
-        draws["balanced_accuracy"].append(float(np.mean([(yp[yt == c] == c).mean()
-                                                         for c in np.unique(yt)])))
-        draws["macro_f1"].append(float(f1_score(yt, yp, labels=np.unique(yt), average="macro",
-                                                zero_division=0)))
+        cm = np.bincount(y_true[i] * k + y_pred[i], minlength=k * k).reshape(k, k)
+        tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+        present = support > 0
+        f1 = np.divide(2 * tp, support + predicted, out=np.zeros(k), where=support + predicted > 0)
+        draws["accuracy"].append(float(tp.sum() / len(i)))
+        draws["balanced_accuracy"].append(float((tp[present] / support[present]).mean()))
+        draws["macro_f1"].append(float(f1[present].mean()))
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
     return {k: [float(np.percentile(v, q[0])), float(np.percentile(v, q[1]))]
             for k, v in draws.items()}
