@@ -7,15 +7,15 @@ calibration temperature.
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_write as _atomic_write, disk_full_hint
 
 FORMAT = "skinfeat-bundle/1"
 CONFIG = "config.json"
@@ -30,16 +30,11 @@ class BundleError(ValueError):
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` then rename over ``path``: a reader (or a kill) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        _atomic_write(path, write)
     except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O errors
-        hint = " (disk full)" if getattr(exc, "errno", None) == errno.ENOSPC else ""
-        raise BundleError(f"{path}: could not write{hint}: {exc}; "
+        raise BundleError(f"{path}: could not write{disk_full_hint(exc)}: {exc}; "
                           "the previous file, if any, is left intact") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -15,17 +15,17 @@ the old one, so a reader never sees a half-written cache. Work in progress lives
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from .atomic import atomic_write, disk_full_hint
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,8 @@ def identity_diff(have: dict, want: dict) -> list[str]:
 def write_cache(path: Path, contents: CacheContents) -> None:
     """Write a whole cache atomically (temp file + rename); the old file survives any failure."""
     order = np.argsort(contents.image_ids.astype(str), kind="stable")  # canonical row order
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("image_id", data=contents.image_ids[order].astype(str).astype(object),
                              dtype=h5py.string_dtype("utf-8"))
@@ -119,16 +118,13 @@ def write_cache(path: Path, contents: CacheContents) -> None:
                 f.attrs[k] = v
             f.attrs["identity"] = json.dumps(contents.identity, sort_keys=True)
             f.attrs["format"] = FORMAT
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            hint = " (disk full)" if exc.errno == errno.ENOSPC else ""
-            raise CacheError(f"{path}: could not write the cache{hint}: {exc}; "
-                             "the previous cache is left intact") from exc
-        raise
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(path, write, fsync=True)
+    except OSError as exc:
+        raise CacheError(f"{path}: could not write the cache{disk_full_hint(exc)}: {exc}; "
+                         "the previous cache is left intact") from exc
 
 
 class CacheWriter:
@@ -223,8 +219,8 @@ class CacheWriter:
         try:
             self._write_chunk()
         except OSError as exc:
-            hint = " (disk full)" if exc.errno == errno.ENOSPC else ""
-            raise CacheError(f"{self.partial}: could not save embeddings{hint}: {exc}; "
+            raise CacheError(f"{self.partial}: could not save embeddings{disk_full_hint(exc)}: "
+                             f"{exc}; "
                              "chunks saved so far are kept, rerun to resume") from exc
         self._buf_ids, self._buf_emb, self._buf_views = [], [], []
         self._new_failures = False
@@ -233,9 +229,8 @@ class CacheWriter:
         self.partial.mkdir(exist_ok=True)
         ident = self.partial / "identity.json"
         if not ident.is_file():  # renamed into place too: a kill must not leave half a JSON
-            tmp = self.partial / ".identity.json.tmp"
-            tmp.write_text(json.dumps(self.identity, sort_keys=True))
-            os.replace(tmp, ident)
+            text = json.dumps(self.identity, sort_keys=True)
+            atomic_write(ident, lambda tmp: tmp.write_text(text))
         n = len(self._chunks())
         dim = self._buf_emb[0].shape[1] if self._buf_emb else 0
         arrays = {
@@ -246,12 +241,7 @@ class CacheWriter:
         }
         if self._buf_views:
             arrays["view_embedding"] = np.concatenate(self._buf_views)
-        tmp = self.partial / f".chunk_{n:06d}.tmp.npz"
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, self.partial / f"chunk_{n:06d}.npz")
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(self.partial / f"chunk_{n:06d}.npz", lambda tmp: np.savez(tmp, **arrays))
 
     def finalize(self) -> CacheContents:
         """Fold the existing cache and all chunks into the .h5 file; drop the chunks."""

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from .atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 SPLIT_KINDS = ("lesion", "image")
@@ -128,9 +130,7 @@ def check_split(table: pd.DataFrame, split: pd.Series, kind: str) -> None:
 
 def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: str, seed: int) -> None:
     out = table[["image_id", "lesion_id", "dx"]].assign(split=split.to_numpy(), kind=kind, seed=seed)
-    tmp = Path(f"{path}.tmp")
-    out.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(Path(path), lambda tmp: out.to_csv(tmp, index=False))
 
 
 def load_split(table: pd.DataFrame, path: Path) -> tuple[pd.Series, str]:
