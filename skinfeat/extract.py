@@ -5,7 +5,7 @@ import logging
 import os
 import platform
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -136,6 +136,36 @@ class Embedder:
             return self._run(x).float().cpu()
 
 
+@dataclass
+class EmbeddedBatch:
+    """One DataLoader batch embedded: ``rows`` index the input paths; unreadable ones are in
+    ``failed`` (row -> reason) and have no embedding."""
+    rows: np.ndarray
+    embeddings: np.ndarray | None        # (len(rows), D)
+    views: np.ndarray | None             # (len(rows), V, D) when views were asked for
+    failed: dict[int, str]
+    size: int                            # rows read in this batch, embedded or not
+
+
+def embed_files(embedder: Embedder, paths: Sequence[str], spec: TransformSpec, *,
+                views: Sequence[str] = (), batch_size: int = 32,
+                num_workers: int = 0) -> Iterator[EmbeddedBatch]:
+    """Decode (in DataLoader workers) and embed image files batch by batch, streaming: stage
+    one and predict share this loop, so a raw image is embedded exactly as the cache was filled."""
+    loader = DataLoader(ImageFiles(list(paths), spec), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=embedder.device.type == "cuda")
+    for idx, x, reasons in loader:
+        ok = torch.tensor([r == "" for r in reasons], dtype=torch.bool)
+        failed = {int(i): r for i, r in zip(idx.tolist(), reasons) if r}
+        emb = vemb = None
+        if ok.any():
+            x = x[ok]
+            emb = embedder(x).numpy()
+            if views:
+                vemb = np.stack([embedder(apply_view(x, v)).numpy() for v in views], 1)
+        yield EmbeddedBatch(idx[ok].numpy(), emb, vemb, failed, len(reasons))
+
+
 def shard_rows(image_ids: Sequence[str], shard: tuple[int, int]) -> np.ndarray:
     """Rows of shard i of n, by sorted image id, so every worker agrees without talking."""
     i, n = shard
@@ -184,23 +214,16 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
             use_compile = compile == "on" or (compile == "auto" and len(todo) >= COMPILE_MIN_IMAGES)
             embedder = Embedder(model, dev, prec, compile=use_compile)
             workers = default_workers() if num_workers is None else num_workers
-            loader = DataLoader(ImageFiles(todo["path"].tolist(), spec), batch_size=batch_size,
-                                num_workers=workers, pin_memory=dev.type == "cuda",
-                                persistent_workers=False)
-            ids = todo["image_id"].tolist()
-            for idx, x, reasons in loader:
-                ok = np.array([r == "" for r in reasons])
-                for j in np.flatnonzero(~ok):
-                    writer.add_failure(ids[int(idx[j])], reasons[j])
-                    log.warning("skipped %s: %s", todo["path"].iloc[int(idx[j])], reasons[j])
-                if ok.any():
-                    x = x[torch.from_numpy(ok)]
-                    emb = embedder(x).numpy()
-                    vemb = np.stack([embedder(apply_view(x, v)).numpy() for v in views], 1) \
-                        if views else None
-                    writer.add([ids[int(k)] for k in idx[torch.from_numpy(ok)]], emb, vemb)
+            ids, paths = todo["image_id"].tolist(), todo["path"].tolist()
+            for batch in embed_files(embedder, paths, spec, views=views, batch_size=batch_size,
+                                     num_workers=workers):
+                for j, reason in batch.failed.items():
+                    writer.add_failure(ids[j], reason)
+                    log.warning("skipped %s: %s", paths[j], reason)
+                if len(batch.rows):
+                    writer.add([ids[j] for j in batch.rows], batch.embeddings, batch.views)
                 if progress:
-                    progress(len(reasons))
+                    progress(batch.size)
         contents = writer.finalize()
     return ExtractResult(contents, len(todo) - len(writer.failures.keys() & set(todo["image_id"])),
                          skipped, writer.failures, prec, str(dev))

@@ -16,15 +16,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
 
 from .backbone import (TransformSpec, WeightSource, create_backbone, resolve_device,
                        resolve_weights)
 from .bundle import (CONFIG, LGBM, WEIGHTS, BundleError, atomic_write_text, load_config, load_into,
                      load_state)
 from .datasets import DataError, clean_metadata
-from .extract import Embedder, ImageFiles, apply_view
+from .extract import Embedder, embed_files
 from .head import FusionHead
 from .metadata import MetadataEncoder
 from .metrics import softmax
@@ -205,24 +203,20 @@ class Predictor:
             (len(paths), self.embed_dim)
         out = np.zeros(shape, dtype=np.float32)
         errors = [""] * len(paths)
-        loader = DataLoader(ImageFiles(list(paths), spec), batch_size=self.batch_size,
-                            num_workers=self.num_workers)
-        for idx, x, reasons in loader:
-            ok = torch.tensor([r == "" for r in reasons])
-            for j, r in zip(idx.tolist(), reasons):
-                errors[j] = r
-            if ok.any():
-                x = x[ok]
-                emb = embedder(x)
-                if emb.shape[-1] != self.embed_dim:
+        for batch in embed_files(embedder, paths, spec, views=self.views,
+                                 batch_size=self.batch_size, num_workers=self.num_workers):
+            for j, reason in batch.failed.items():
+                errors[j] = reason
+            if len(batch.rows):
+                if batch.embeddings.shape[-1] != self.embed_dim:
                     raise BundleError(f"{self.run / CONFIG}: backbone "
-                                      f"{self.identity['backbone']} gives {emb.shape[-1]}-d "
-                                      f"embeddings, the head expects embed_dim {self.embed_dim}")
-                if self.views:
-                    emb = torch.stack([emb] + [embedder(apply_view(x, v)) for v in self.views], 1)
-                out[idx[ok].numpy()] = emb.numpy()
+                                      f"{self.identity['backbone']} gives "
+                                      f"{batch.embeddings.shape[-1]}-d embeddings, the head "
+                                      f"expects embed_dim {self.embed_dim}")
+                out[batch.rows] = np.concatenate([batch.embeddings[:, None], batch.views], 1) \
+                    if self.views else batch.embeddings
             if progress:
-                progress(len(reasons))
+                progress(batch.size)
         return out, errors
 
     def logits(self, image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
