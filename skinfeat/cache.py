@@ -36,6 +36,11 @@ class CacheError(RuntimeError):
     """A cache that cannot be used as asked (identity mismatch, missing rows, locked, bad file)."""
 
 
+def random_weights(identity: dict) -> bool:
+    """Did the backbone behind these embeddings have random weights (tests, demo, smoke runs)?"""
+    return (identity.get("weights") or {}).get("kind") == "random"
+
+
 @dataclass
 class CacheContents:
     image_ids: np.ndarray                       # (N,) str
@@ -51,6 +56,13 @@ class CacheContents:
     @property
     def views(self) -> list[str]:
         return list(self.identity.get("views", [])) if self.view_embeddings is not None else []
+
+    def provenance(self, path: str | Path) -> dict:
+        """Where the embeddings came from, for reports: file, identity, weight source."""
+        return {"cache": str(path), "identity": self.identity,
+                "weights": str(self.attrs.get("weights",
+                                              "unknown (embeddings made outside skinfeat)")),
+                "random_weights": random_weights(self.identity)}
 
     def rows_for(self, image_ids) -> np.ndarray:
         """Row index of each id; a clear error for ids that are not cached."""

@@ -255,9 +255,6 @@ def cv_run(table: pd.DataFrame, cache_path: str | Path, out: str | Path, cfg: CV
     contents = read_cache(cache_path)
     res = run_cv(table, contents, cfg, jobs=jobs, source=str(cache_path), progress=progress,
                  on_start=on_start)
-    res["info"] = {
-        "cache": str(cache_path), "identity": contents.identity,
-        "weights": contents.attrs.get("weights", "unknown (embeddings made outside skinfeat)"),
-        "random_weights": contents.identity.get("weights", {}).get("kind") == "random"}
+    res["info"] = contents.provenance(cache_path)
     write_cv_report(out, res)
     return res

@@ -116,18 +116,15 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
 
 def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | None, info: dict,
                           y: np.ndarray, logits: np.ndarray, classes: list[str]) -> None:
-    from .report import (fmt, per_class_table, save_confusion_png, save_reliability_png,
-                         weights_warning)
+    from .report import fmt, metrics_table, per_class_table, save_run_figures, weights_warning
 
     out.mkdir(parents=True, exist_ok=True)
     t = info["temperature"]
     payload = {"model": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
                "info": info}
     atomic_write_text(out / "evaluate_metrics.json", json.dumps(payload, indent=2))
-    save_confusion_png(metrics["confusion_matrix"], classes, out / "confusion.png",
-                       title=f"Confusion matrix: {Path(info['data']).name}")
-    save_reliability_png(y, {"before (T=1)": softmax(logits),
-                             f"after (T={t:.2f})": softmax(logits, t)}, out / "reliability.png")
+    save_run_figures(out, metrics, classes, y, logits, t,
+                     title=f"Confusion matrix: {Path(info['data']).name}")
     bacc = ci["balanced_accuracy"]
     lines = [f"# skinfeat evaluation: {Path(info['run']).name} on {Path(info['data']).name}", ""]
     lines += weights_warning(info) + [
@@ -143,16 +140,9 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
     if info["overlap_with_training"].get("rows"):
         lines.append(f"- **overlap**: {info['overlap_with_training']['rows']} image(s) (or their "
                      "lesions) were used to train or early-stop the model: scores are optimistic")
-    lines += ["", "## All metrics", "", "| metric | model | 95 % CI | majority baseline |",
-              "|---|---|---|---|"]
-    for key in ("balanced_accuracy", "accuracy", "macro_f1", "weighted_f1", "macro_auc"):
-        pct = key in ("balanced_accuracy", "accuracy")
-        c = ci.get(key)
-        lines.append(f"| {key} | {fmt(metrics[key], pct)} | "
-                     + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") + " | "
-                     + (fmt(baseline[key], pct) if baseline else "") + " |")
-    lines += [f"| ECE (T={t:.2f}) | {fmt(metrics['ece'])} | | |",
-              f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |", ""]
+    lines += ["", "## All metrics", ""]
+    lines += metrics_table(metrics, ci, baseline, t, ("balanced_accuracy", "accuracy", "macro_f1",
+                                                      "weighted_f1", "macro_auc")) + [""]
     if baseline:
         lines += [f"Majority baseline always predicts `{baseline['predicts']}` (the most "
                   "frequent training class).", ""]

@@ -21,6 +21,7 @@ from .backbone import (TransformSpec, WeightSource, create_backbone, resolve_dev
                        resolve_weights)
 from .bundle import (CONFIG, LGBM, WEIGHTS, BundleError, atomic_write_text, load_config, load_into,
                      load_state)
+from .cache import random_weights
 from .datasets import DataError, clean_metadata
 from .extract import Embedder, embed_files
 from .head import FusionHead
@@ -169,7 +170,7 @@ class Predictor:
 
     @property
     def random_weights(self) -> bool:
-        return (self.identity.get("weights") or {}).get("kind") == "random"
+        return random_weights(self.identity)
 
     @property
     def weights(self) -> str:

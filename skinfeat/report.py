@@ -82,17 +82,39 @@ def weights_warning(info: dict) -> list[str]:
     return []
 
 
+PERCENT_METRICS = ("accuracy", "balanced_accuracy")
+
+
+def save_run_figures(out: Path, metrics: dict, classes: Sequence[str], y_true: np.ndarray,
+                     logits: np.ndarray, temperature: float,
+                     title: str = "Confusion matrix") -> None:
+    """``confusion.png`` and ``reliability.png`` (before and after temperature scaling)."""
+    save_confusion_png(metrics["confusion_matrix"], classes, out / "confusion.png", title=title)
+    save_reliability_png(y_true, {"before (T=1)": softmax(logits),
+                                  f"after (T={temperature:.2f})": softmax(logits, temperature)},
+                         out / "reliability.png")
+
+
+def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: float,
+                  keys: Sequence[str]) -> list[str]:
+    """Markdown rows: each metric with its bootstrap CI and the majority baseline, then ECE."""
+    lines = ["| metric | model | 95 % CI | majority baseline |", "|---|---|---|---|"]
+    for key in keys:
+        pct = key in PERCENT_METRICS
+        c = ci.get(key)
+        lines.append(f"| {key} | {fmt(metrics[key], pct)} | "
+                     + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") + " | "
+                     + (fmt(baseline[key], pct) if baseline else "") + " |")
+    return lines + [f"| ECE (T={temperature:.2f}) | {fmt(metrics['ece'])} | | |",
+                    f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |"]
+
+
 def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_true: np.ndarray,
                      logits: np.ndarray, temperature: float) -> None:
     ci = bootstrap_ci(y_true, softmax(logits, temperature), CLASSES)
     payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci, "info": info}
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
-    save_confusion_png(metrics["confusion_matrix"], CLASSES, out / "confusion.png")
-    save_reliability_png(y_true, {"before (T=1)": softmax(logits),
-                                  f"after (T={temperature:.2f})": softmax(logits, temperature)},
-                         out / "reliability.png")
-    rows = [("accuracy", True), ("balanced_accuracy", True), ("macro_f1", False),
-            ("weighted_f1", False), ("macro_auc", False)]
+    save_run_figures(out, metrics, CLASSES, y_true, logits, temperature)
     lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info) + [
         f"- model: **{info['model']}** ({info['config'].get('head', 'lightgbm')}, "
         f"inputs {info['config'].get('inputs')}), best epoch/round {info['best_epoch']}",
@@ -104,16 +126,10 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
             f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in ("train", "val", "test")),
         f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: {info['weights']}",
         f"- metadata features ({len(info['meta_features'])}), encoder fitted on train only",
-        "", "## Test metrics", "",
-        "| metric | model | 95 % CI | majority baseline |", "|---|---|---|---|"]
-    for key, pct in rows:
-        c = ci.get(key)
-        lines.append(f"| {key} | {fmt(metrics[key], pct)} | "
-                     + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") +
-                     f" | {fmt(baseline[key], pct)} |")
-    lines += [f"| ECE (T={temperature:.2f}) | {fmt(metrics['ece'])} | | |",
-              f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |",
-              "", f"Majority baseline always predicts `{baseline['predicts']}`.", "",
+        "", "## Test metrics", ""]
+    lines += metrics_table(metrics, ci, baseline, temperature,
+                           ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc"))
+    lines += ["", f"Majority baseline always predicts `{baseline['predicts']}`.", "",
               "## Per class", ""] + per_class_table(metrics) + [
               "", "![confusion matrix](confusion.png) ![reliability](reliability.png)", "",
               "## Reference recipe (published)", "",

@@ -143,9 +143,7 @@ def fit_run(table: pd.DataFrame, cache_path: str | Path, out: str | Path, *, spl
         "split": kind, "protocol": PROTOCOLS[kind], "select_on": select_on, "seed": seed,
         "sizes": {s: int(m.sum()) for s, m in masks.items()},
         "lesions": {s: int(table.loc[m, "lesion_id"].nunique()) for s, m in masks.items()},
-        "cache": str(cache_path), "identity": contents.identity,
-        "weights": contents.attrs.get("weights", "unknown (embeddings made outside skinfeat)"),
-        "random_weights": contents.identity.get("weights", {}).get("kind") == "random",
+        **contents.provenance(cache_path),
         "temperature": temperature, "tta": tta, "skinfeat": __version__,
         "embed_dim": int(image.shape[-1]), "meta_features": encoder.feature_names,
     }
