@@ -23,7 +23,8 @@ from .calibration import fit_temperature
 from .datasets import CLASSES
 from .head import FusionHead, HeadConfig, fit_head, head_logits
 from .metadata import MetadataEncoder
-from .metrics import classification_metrics, majority_baseline, softmax
+from .metrics import (classification_metrics, expected_calibration_error, majority_baseline,
+                      softmax)
 from .splits import PROTOCOLS, assign_split, load_split, save_split
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,7 @@ def fit_run(table: pd.DataFrame, cache_path: str | Path, out: str | Path, *, spl
         temperature = fit_temperature(trained.logits(*select[:2], tta=tta), select[2])
     test_logits = trained.logits(*part["test"][:2], tta=tta)
     metrics = classification_metrics(part["test"][2], softmax(test_logits, temperature), CLASSES)
-    metrics["ece_uncalibrated"] = classification_metrics(
-        part["test"][2], softmax(test_logits), CLASSES)["ece"]
+    metrics["ece_uncalibrated"] = expected_calibration_error(part["test"][2], softmax(test_logits))
     baseline = majority_baseline(part["train"][2], part["test"][2], CLASSES)
     info = {
         "model": model, "config": trained.config, "best_epoch": trained.best_epoch,
