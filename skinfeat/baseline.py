@@ -67,8 +67,12 @@ class LGBMModel:
     cfg: LGBMConfig
     n_classes: int
 
-    def predict_proba(self, image: np.ndarray, meta: np.ndarray) -> np.ndarray:
-        image = image[:, 0] if image is not None and image.ndim == 3 else image
+    def predict_proba(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Class probabilities; with ``tta`` and (N, V, D) embeddings, averaged over the views
+        (as the head does), else from view 0, the original image."""
+        if image is not None and image.ndim == 3:
+            views = range(image.shape[1]) if tta else (0,)
+            return np.mean([self.predict_proba(image[:, v], meta) for v in views], axis=0)
         x = design_matrix(image, meta, self.cfg.inputs, self.pca)
         return self.booster.predict(x, num_iteration=self.booster.best_iteration or None)
 

@@ -1,10 +1,12 @@
 """K-fold cross-validation and input ablations over the embedding cache (``skinfeat cv``).
 
 Every (seed, fold) trains each model on each input set on the same rows, so one table shows what
-metadata adds. Folds are stratified by dx and grouped by lesion (``split="lesion"``) unless the
-reference's leaky image-level protocol is asked for. Inside each fold the metadata encoder is
-fitted on the training rows only, and early stopping uses an inner validation part carved from
-the training folds (``splits.holdout_mask``): the scored fold never picks an epoch or a round.
+metadata adds. Folds are stratified by class and grouped by the dataset's groups (lesions,
+patients; ``split="lesion"``) unless the reference's leaky image-level protocol is asked for.
+Each fit is ``train.fit_split``, the same path as ``fit-head``: the metadata encoder is fitted on
+the fold's training rows only, and early stopping and calibration use an inner validation part
+carved from the training folds (``splits.holdout_mask``): the scored fold never picks an epoch,
+a round, a temperature or a threshold.
 
 Each fit seeds itself, so fits are independent of their order and ``jobs`` of them run at once:
 this process and ``jobs - 1`` worker processes (spawned: call it under ``if __name__ ==
@@ -31,12 +33,11 @@ import pandas as pd
 
 from .baseline import LGBMConfig
 from .cache import CacheContents, read_cache
-from .datasets import CLASSES
+from .datasets import Dataset
 from .head import INPUTS, HeadConfig, one_thread
-from .metadata import MetadataEncoder
-from .metrics import HEADLINE, classification_metrics, majority_baseline, mean_std, softmax
+from .metrics import headline, majority_baseline, mean_std
 from .splits import PROTOCOLS, SPLIT_KINDS, check_split, fold_ids, holdout_mask
-from .train import MODELS, align_embeddings, meta_field_slices, train_model
+from .train import MODELS, align_embeddings, as_dataset, fit_split
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,7 @@ class FitTask:
     model: str
     inputs: str
     rows: Fold
-    meta: np.ndarray                 # all rows, encoded by this fold's training-rows encoder
-    y: np.ndarray
-    meta_fields: list[tuple[int, int]]
+    data: Dataset                    # the validated table (metadata not yet encoded) and its spec
     head: HeadConfig
     lgbm: LGBMConfig
     tta: bool
@@ -116,15 +115,12 @@ class FitTask:
 
 def run_task(task: FitTask, image: np.ndarray) -> dict:
     """Train on the fold's training rows, stop early on its inner val, score the held-out fold."""
-    part = {s: (image[idx], task.meta[idx], task.y[idx])
-            for s, idx in (("train", task.rows.train), ("val", task.rows.val),
-                           ("test", task.rows.test))}
-    trained = train_model(task.model, part["train"], part["val"], len(CLASSES), task.head,
-                          task.lgbm, task.meta_fields)
-    logits = trained.logits(*part["test"][:2], tta=task.tta)
+    rows = {"train": task.rows.train, "val": task.rows.val, "test": task.rows.test}
+    fit = fit_split(task.data, image, rows, model=task.model, head_cfg=task.head,
+                    lgbm_cfg=task.lgbm, tta=task.tta)
     return {"seed": task.rows.seed, "fold": task.rows.fold, "model": task.model,
-            "inputs": task.inputs, "best_epoch": trained.best_epoch,
-            "metrics": classification_metrics(part["test"][2], softmax(logits), CLASSES)}
+            "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
+            "temperature": fit.temperature, "threshold": fit.threshold, "metrics": fit.metrics}
 
 
 _WORKER_IMAGE: np.ndarray | None = None  # the embeddings, sent once to each worker process
@@ -174,25 +170,27 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
     return [results[i] for i in range(len(results))]
 
 
-def fold_tasks(table: pd.DataFrame, fold: Fold, cfg: CVConfig) -> list[FitTask]:
-    encoder = MetadataEncoder().fit(table.iloc[fold.train])
-    meta, fields = encoder.transform(table), meta_field_slices(encoder)
-    y = table["label"].to_numpy()
-    return [FitTask(model, inputs, fold, meta, y, fields,
+def fold_tasks(data: Dataset, fold: Fold, cfg: CVConfig) -> list[FitTask]:
+    return [FitTask(model, inputs, fold, data,
                     replace(cfg.head, inputs=inputs, seed=fold.seed),
                     replace(cfg.lgbm, inputs=inputs, seed=fold.seed, num_threads=1), cfg.tta)
             for model in cfg.models for inputs in cfg.inputs]
 
 
-def run_cv(table: pd.DataFrame, contents: CacheContents, cfg: CVConfig, *, jobs: int = 1,
-           source: str = "cache", progress: Callable[[int], None] | None = None,
+def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
+           jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
            on_start: Callable[[int], None] | None = None) -> dict:
     """Cross-validate every model x input set; per-fit records plus mean +- std summaries.
 
     ``jobs`` fits at a time (0: one per CPU core); the results do not depend on it.
     """
     cfg.check()
-    table, image = align_embeddings(table, contents, source)
+    data = as_dataset(data)
+    if data.spec.evaluation_only:
+        raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
+    table, image = align_embeddings(data.table, contents, source)
+    data = replace(data, table=table)
+    classes = list(data.classes)
     if cfg.tta and image.ndim != 3:
         log.warning("%s has no view embeddings: --tta has no effect", source)
     ids = {seed: fold_ids(table, cfg.folds, cfg.split, seed) for seed in cfg.seeds}  # fail early
@@ -202,22 +200,27 @@ def run_cv(table: pd.DataFrame, contents: CacheContents, cfg: CVConfig, *, jobs:
         for seed, fold_of_row in ids.items():
             for fold in iter_folds(table, fold_of_row, cfg.split, seed, cfg.val_fraction):
                 folds.append(fold)
-                yield from fold_tasks(table, fold, cfg)
+                yield from fold_tasks(data, fold, cfg)
 
     n_tasks = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
         on_start(n_tasks)
     records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress)
     y = table["label"].to_numpy()
-    majority = [majority_baseline(y[f.train], y[f.test], CLASSES) for f in folds]
+    majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
+    keys = headline(len(classes))
     return {"split": cfg.split, "protocol": PROTOCOLS[cfg.split], "config": cfg.to_dict(),
+            "dataset": data.spec.name, "task": str(data.task), "classes": classes,
+            "group": data.spec.group_name,
+            "reference_recipe": data.spec.reference_recipe and not data.task.binary,
+            "headline": list(keys),
             "images": int(len(table)), "lesions": int(table["lesion_id"].nunique()),
             "views": int(image.shape[1] - 1) if image.ndim == 3 else 0,
             "embed_dim": int(image.shape[-1]),
             "folds_table": table[["image_id", "lesion_id", "dx"]].assign(
                 **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
-            "records": records, "summary": summarize(records, cfg),
-            "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in HEADLINE}}
+            "records": records, "summary": summarize(records, cfg, classes),
+            "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
 
 
 def _mean_std(values) -> dict:
@@ -225,7 +228,7 @@ def _mean_std(values) -> dict:
     return {"mean": mean, "std": std}
 
 
-def summarize(records: list[dict], cfg: CVConfig) -> dict:
+def summarize(records: list[dict], cfg: CVConfig, classes: list[str]) -> dict:
     """``summary[model][inputs]``: mean and std over all folds (and seeds) of each metric,
     per-class recall and F1, the summed confusion matrix, and the spread of per-seed means."""
     summary: dict = {}
@@ -233,18 +236,21 @@ def summarize(records: list[dict], cfg: CVConfig) -> dict:
         for inputs in cfg.inputs:
             rs = [r for r in records if r["model"] == model and r["inputs"] == inputs]
             ms = [r["metrics"] for r in rs]
-            entry = {k: _mean_std([m[k] for m in ms]) for k in HEADLINE}
+            keys = headline(len(classes))
+            entry = {k: _mean_std([m[k] for m in ms]) for k in keys}
+            entry["ece"] = _mean_std([m["ece"] for m in ms])
             entry["per_class"] = {c: {s: _mean_std([m["per_class"][c][s] for m in ms])
-                                      for s in ("recall", "f1")} for c in CLASSES}
+                                      for s in ("recall", "f1")} for c in classes}
             entry["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in ms], 0).tolist()
             entry["seed_spread"] = {k: _mean_std([_mean_std(
                 [r["metrics"][k] for r in rs if r["seed"] == s])["mean"] for s in cfg.seeds])
-                for k in HEADLINE}
+                for k in keys}
             summary.setdefault(model, {})[inputs] = entry
     return summary
 
 
-def cv_run(table: pd.DataFrame, cache_path: str | Path, out: str | Path, cfg: CVConfig, *,
+def cv_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Path,
+           cfg: CVConfig, *,
            jobs: int = 1, progress: Callable[[int], None] | None = None,
            on_start: Callable[[int], None] | None = None) -> dict:
     """Run the CV on a cache file; write cv_metrics.json, cv_report.md, cv_folds.csv and PNGs."""
@@ -253,7 +259,7 @@ def cv_run(table: pd.DataFrame, cache_path: str | Path, out: str | Path, cfg: CV
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     contents = read_cache(cache_path)
-    res = run_cv(table, contents, cfg, jobs=jobs, source=str(cache_path), progress=progress,
+    res = run_cv(data, contents, cfg, jobs=jobs, source=str(cache_path), progress=progress,
                  on_start=on_start)
     res["info"] = contents.provenance(cache_path)
     write_cv_report(out, res)

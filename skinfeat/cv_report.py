@@ -5,13 +5,9 @@ import json
 import math
 from pathlib import Path
 
+from .atomic import atomic_write
 from .bundle import atomic_write_text
-from .datasets import CLASSES
-from .report import REFERENCE, fmt, save_confusion_png, weights_warning
-
-METRICS = (("accuracy", "accuracy", True), ("balanced_accuracy", "balanced accuracy", True),
-           ("macro_f1", "macro F1", False), ("weighted_f1", "weighted F1", False),
-           ("macro_auc", "macro AUC (OvR)", False))
+from .report import REFERENCE, fmt, metric_label, save_confusion_png, weights_warning
 REFERENCE_PROTOCOL = ("image-level 80/20 split (images of one lesion on both sides); the scored "
                       "set also chose the epoch and the age scaler saw it; one split, no folds")
 
@@ -42,12 +38,19 @@ def _table(res: dict, pick, header: list[str]) -> list[str]:
     return lines
 
 
+def metric_columns(res: dict) -> list[tuple[str, str, bool]]:
+    """(key, label, in percent) of the task's headline metrics."""
+    return [(k, *metric_label(k)) for k in res["headline"]]
+
+
 def _protocol_lines(res: dict) -> list[str]:
     cfg, info = res["config"], res["info"]
     seeds = ", ".join(str(s) for s in cfg["seeds"])
     lgbm_cols = (f"PCA to {cfg['lgbm']['pca_dim']} dims fitted on the training rows"
                  if cfg["lgbm"]["pca_dim"] else "all embedding columns")
     return [
+        f"- data: {res['dataset']}, task {res['task']} ({len(res['classes'])} classes: "
+        f"{', '.join(res['classes'])}); groups: {res['group']}s",
         f"- protocol: **{res['split']}**: {res['protocol']}",
         f"- {cfg['folds']} folds, seed(s) {seeds}: every model and input set is trained and "
         "scored on identical folds",
@@ -55,7 +58,7 @@ def _protocol_lines(res: dict) -> list[str]:
         "stopping (head epoch, LightGBM round) uses an inner validation part "
         f"({100 * cfg['val_fraction']:.1f} % of the training folds, split the same way), "
         "**never the scored fold**",
-        f"- data: {res['images']} images, {res['lesions']} lesions; {res['embed_dim']}-d "
+        f"- data: {res['images']} images, {res['lesions']} {res['group']}s; {res['embed_dim']}-d "
         f"embeddings from {info['identity'].get('backbone', 'an external model')}; "
         f"weights: {info['weights']}",
         f"- head: {cfg['head']['head']}, up to {cfg['head']['max_epochs']} epochs (patience "
@@ -94,49 +97,54 @@ def _reference_lines(res: dict) -> list[str]:
 
 
 def _per_fold_lines(res: dict) -> list[str]:
+    columns = metric_columns(res)
     lines = ["## Per fold", "", "| model | inputs | seed | fold | best epoch / round | "
-             + " | ".join(name for _, name, _ in METRICS) + " |", "|---|---|---|---|---|"
-             + "---|" * len(METRICS)]
+             + " | ".join(name for _, name, _ in columns) + " |", "|---|---|---|---|---|"
+             + "---|" * len(columns)]
     order = {(m, i): n for n, (m, i, _) in enumerate(_rows(res))}
     for r in sorted(res["records"], key=lambda r: (order[r["model"], r["inputs"]], r["seed"],
                                                    r["fold"])):
         lines.append(f"| {r['model']} | {r['inputs']} | {r['seed']} | {r['fold']} | "
                      f"{r['best_epoch']} | "
-                     + " | ".join(fmt(r["metrics"][k], pct) for k, _, pct in METRICS) + " |")
+                     + " | ".join(fmt(r["metrics"][k], pct) for k, _, pct in columns) + " |")
     return lines
 
 
 def write_cv_report(out: Path, res: dict) -> None:
     """Write everything about one CV run into ``out``."""
-    res["folds_table"].to_csv(out / "cv_folds.csv", index=False)
+    atomic_write(out / "cv_folds.csv", lambda tmp: res["folds_table"].to_csv(tmp, index=False))
     payload = {k: v for k, v in res.items() if k != "folds_table"}
-    atomic_write_text(out / "cv_metrics.json",
-                      json.dumps({**payload, "reference": REFERENCE}, indent=2, default=float))
+    if res["reference_recipe"]:
+        payload["reference"] = REFERENCE
+    atomic_write_text(out / "cv_metrics.json", json.dumps(payload, indent=2, default=float))
     for model, inputs, entry in _rows(res):
-        save_confusion_png(entry["confusion_matrix"], CLASSES,
+        save_confusion_png(entry["confusion_matrix"], res["classes"],
                            out / confusion_png_name(model, inputs),
                            title=f"{model}, {inputs}: summed over folds")
     n_seeds = len(res["config"]["seeds"])
+    columns = metric_columns(res)
     lines = [f"# skinfeat cross-validation: {out.name}", ""] + weights_warning(res["info"])
     lines += _protocol_lines(res) + [
         "", f"## Mean ± std over {res['config']['folds']} folds"
         + (f" x {n_seeds} seeds" if n_seeds > 1 else ""), ""]
-    lines += _table(res, lambda e: [pm(e[k], pct) for k, _, pct in METRICS],
-                    [name for _, name, _ in METRICS])
+    lines += _table(res, lambda e: [pm(e[k], pct) for k, _, pct in columns],
+                    [name for _, name, _ in columns])
     base = res["majority_baseline"]
-    lines.append("| majority class | - | " + " | ".join(pm(base[k], pct) for k, _, pct in METRICS)
+    lines.append("| majority class | - | " + " | ".join(pm(base[k], pct) for k, _, pct in columns)
                  + " |")
     if n_seeds > 1:
         lines += ["", "## Spread across seeds (mean ± std of the per-seed means)", ""]
-        lines += _table(res, lambda e: [pm(e["seed_spread"][k], pct) for k, _, pct in METRICS],
-                        [name for _, name, _ in METRICS])
+        lines += _table(res, lambda e: [pm(e["seed_spread"][k], pct) for k, _, pct in columns],
+                        [name for _, name, _ in columns])
     for stat in ("recall", "f1"):
         lines += ["", f"## Per-class {'recall' if stat == 'recall' else 'F1'} (mean ± std)", ""]
-        lines += _table(res, lambda e: [pm(e["per_class"][c][stat]) for c in CLASSES],
-                        list(CLASSES))
+        lines += _table(res, lambda e: [pm(e["per_class"][c][stat]) for c in res["classes"]],
+                        list(res["classes"]))
     lines += ["", "## Confusion matrices (summed over folds" + (" and seeds)" if n_seeds > 1
                                                                   else ")"), ""]
     lines += [f"![{model} {inputs}]({confusion_png_name(model, inputs)})"
               for model, inputs, _ in _rows(res)]
-    lines += [""] + _reference_lines(res) + [""] + _per_fold_lines(res)
+    if res["reference_recipe"]:
+        lines += [""] + _reference_lines(res)
+    lines += [""] + _per_fold_lines(res)
     atomic_write_text(out / "cv_report.md", "\n".join(lines) + "\n")

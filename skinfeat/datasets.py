@@ -1,62 +1,62 @@
-"""Dataset facts and readers: a dataset folder in, one validated table out.
+"""Readers: a dataset folder (or table) and its ``DatasetSpec`` in, one validated table out.
 
-Every fact about HAM10000 (class names, columns, folder layouts, the columns that leak the
-label) lives here, so no other module restates it. The validated table has one row per image:
-image_id, lesion_id, path, dx, label, age, sex, localization.
+The validated table has one row per image: ``image_id``, ``lesion_id`` (the grouping id: a lesion,
+a patient, or the image itself where the set has no groups), ``path``, ``dx`` (class code),
+``label`` (its index in the class list), then the spec's metadata fields, numeric as floats (NaN
+when missing) and categorical as lower-case strings (None when missing). Every dataset fact lives
+in ``dataspec``; this module only applies it.
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .dataspec import (IMAGE_SUFFIXES, PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task,
+                       load_spec)
+
 log = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-CLASS_NAMES: dict[str, str] = {
-    "akiec": "actinic keratosis / intraepithelial carcinoma",
-    "bcc": "basal cell carcinoma",
-    "bkl": "benign keratosis-like lesion",
-    "df": "dermatofibroma",
-    "mel": "melanoma",
-    "nv": "melanocytic nevus",
-    "vasc": "vascular lesion",
-}
-REQUIRED_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx")
-METADATA_COLUMNS: tuple[str, ...] = ("age", "sex", "localization")
-# dx_type (how the diagnosis was confirmed) and dataset (the source clinic) predict the label
-# without looking at the lesion: they must never reach a model.
+# HAM10000's facts, kept as names because the reference recipe and older callers use them.
+HAM10000 = PRESETS["ham10000"]
+CLASSES: tuple[str, ...] = HAM10000.classes
+CLASS_NAMES: dict[str, str] = HAM10000.class_names
+METADATA_COLUMNS: tuple[str, ...] = HAM10000.metadata
 LEAKY_COLUMNS: tuple[str, ...] = ("dx_type", "dataset")
-# HAM10000 writes a missing sex or site as "unknown"; we map blanks to the same value so that
-# missing metadata is one category everywhere (training, predict, external sets).
 MISSING_CATEGORY = "unknown"
-AGE_RANGE = (0.0, 120.0)
-METADATA_FILENAMES = ("HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata",
-                      "HAM10000_metadata.txt")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-TABLE_COLUMNS = ("image_id", "lesion_id", "path", "dx", "label", "age", "sex", "localization")
+AGE_RANGE = HAM10000.ranges["age"]
+LAYOUTS: tuple[str, ...] = tuple(PRESETS)
+PATH_COLUMNS: tuple[str, ...] = ("image", "path", "image_id")  # a generic table's image column
+DETECT_DEPTH = 2   # label tables are looked for in the folder and at most two levels below
 
 
 class DataError(ValueError):
     """A dataset problem, with a one-line message that names the file and the problem."""
 
 
-def find_metadata_file(root: Path) -> Path:
-    """The HAM10000 metadata file in ``root`` (Kaggle ``.csv`` or Dataverse, with or without extension)."""
-    for name in METADATA_FILENAMES:
-        if (root / name).is_file():
-            return root / name
-    found = sorted(p for p in root.rglob("HAM10000_metadata*") if p.is_file())
-    if found:
-        return found[0]
-    raise DataError(f"{root}: no HAM10000 metadata file (looked for {', '.join(METADATA_FILENAMES)})")
+@dataclass
+class Dataset:
+    """A loaded set: the validated table, its description and the task learned from it."""
+    table: pd.DataFrame
+    spec: DatasetSpec
+    classes: tuple[str, ...]
+    task: Task = field(default_factory=Task)
+    source: Path = Path(".")
+    dropped_classes: tuple[str, ...] = ()
+
+    @property
+    def class_names(self) -> dict[str, str]:
+        return {c: self.spec.class_names.get(c, c) for c in self.classes}
 
 
+# ---------------------------------------------------------------- tables and images
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or tab-separated table; tolerates a BOM, CRLF line ends and quoted fields."""
+    """Read a CSV or tab-separated table; tolerates a BOM, CRLF line ends and quoted fields.
+    Column names are stripped and lower-cased; every value is a string."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with open(path, "r", encoding="utf-8-sig", errors="replace") as fh:
@@ -72,87 +72,386 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def index_images(root: Path) -> dict[str, Path]:
-    """Map image id (file stem) -> path for every image under ``root``.
+def header_of(path: Path) -> set[str]:
+    try:
+        with open(path, "r", encoding="utf-8-sig", errors="replace") as fh:
+            first = fh.readline()
+    except OSError:
+        return set()
+    sep = "\t" if first.count("\t") > first.count(",") else ","
+    return {c.strip().strip('"').lower() for c in first.split(sep)}
 
-    The Kaggle archive holds each image twice (``HAM10000_images_part_1`` and the lower-case
-    ``ham10000_images_part_1``, sometimes nested one level deeper); the first path in sorted
-    order wins, so the choice is stable.
+
+def image_key(name: str, spec: DatasetSpec) -> str:
+    """The id an image file or a table value stands for: no folder, no image extension, no
+    spec suffix (ISIC 2019's ``_downsampled``)."""
+    stem = name.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    root, ext = os.path.splitext(stem)
+    stem = root if ext.lower() in spec.image_suffixes else stem
+    for suffix in spec.id_suffixes:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def image_folders(root: Path, spec: DatasetSpec) -> list[Path]:
+    """The spec's image folders under ``root`` (one or two levels down, matched
+    case-insensitively: the Kaggle HAM10000 archive has lower-case copies), else ``root``."""
+    if not spec.image_dirs:
+        return [root]
+    wanted = {d.lower() for d in spec.image_dirs}
+    found = [p for depth in (1, 2) for p in sorted(root.glob("/".join(["*"] * depth)))
+             if p.is_dir() and p.relative_to(root).as_posix().lower() in wanted]
+    return found or [root]
+
+
+def index_images(root: Path, spec: DatasetSpec | None = None) -> dict[str, Path]:
+    """Map image id -> path for every image under ``root`` (or the spec's image folders).
+
+    The Kaggle HAM10000 archive holds each image twice (``HAM10000_images_part_1`` and the
+    lower-case ``ham10000_images_part_1``, sometimes nested one level deeper); the first path in
+    sorted order wins, so the choice is stable.
     """
+    spec = spec or HAM10000
     index: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            stem, suffix = os.path.splitext(name)
-            if suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                index.setdefault(stem, Path(dirpath) / name)
+    for folder in image_folders(Path(root), spec):
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if os.path.splitext(name)[1].lower() in spec.image_suffixes and \
+                        not name.startswith("."):
+                    index.setdefault(image_key(name, spec), Path(dirpath) / name)
     return index
 
 
+def resolve_images(raw: pd.DataFrame, column: str, base: Path, spec: DatasetSpec,
+                   source: Path, index: dict[str, Path] | None = None
+                   ) -> tuple[list[str], list[str]]:
+    """(image ids, paths) of every row. A value that is a file (absolute, or relative to the
+    table's folder) is used as is; any other value is looked up as an id among the images."""
+    ids, paths, missing = [], [], []
+    for value in raw[column].astype(str).str.strip():
+        path = Path(value).expanduser() if value else None
+        if path is not None and not path.is_absolute():
+            path = base / path
+        if path is None or not path.is_file():
+            index = index_images(base, spec) if index is None else index
+            path = index.get(image_key(value, spec)) if value else None
+        if path is None:
+            missing.append(value or "(blank)")
+            continue
+        ids.append(image_key(value, spec))
+        paths.append(str(path))
+    if missing:
+        where = ", ".join(str(f) for f in image_folders(base, spec))
+        raise DataError(f"{source}: {len(missing)} listed image(s) not found under {where}, e.g. "
+                        f"{', '.join(missing[:5])}")
+    if index is not None and len(ids) == len(raw):
+        unlisted = set(index) - set(ids)
+        if unlisted:
+            log.warning("%s: %d image file(s) present but not listed, ignored (e.g. %s)", source,
+                        len(unlisted), ", ".join(sorted(unlisted)[:3]))
+    return ids, paths
+
+
+# ---------------------------------------------------------------- values
 def _as_text(column: pd.Series) -> pd.Series:
     """Stripped strings, with "" for None / NaN (pandas 3 keeps those missing through astype(str))."""
     return column.astype(object).where(column.notna(), "").astype(str).str.strip()
 
 
-def _clean_age(df: pd.DataFrame, source: Path) -> pd.Series:
-    raw = _as_text(df["age"]) if "age" in df else pd.Series("", index=df.index)
-    age = pd.to_numeric(raw, errors="coerce")
-    bad_text = age.isna() & ~raw.str.lower().isin(["", "nan", "na", "none", "null"])
-    out_of_range = age.notna() & ((age < AGE_RANGE[0]) | (age > AGE_RANGE[1]))
-    for mask, what in ((bad_text, "not a number"), (out_of_range, f"outside {AGE_RANGE}")):
+def clean_numeric(df: pd.DataFrame, column: str, spec: DatasetSpec, source: Path) -> pd.Series:
+    """Floats; missing tokens, text and implausible values (the spec's range) become NaN."""
+    raw = _as_text(df[column]) if column in df else pd.Series("", index=df.index)
+    values = pd.to_numeric(raw, errors="coerce")
+    bad_text = values.isna() & ~raw.str.lower().isin(spec.missing)
+    lo, hi = spec.ranges.get(column, (-np.inf, np.inf))
+    out_of_range = values.notna() & ((values < lo) | (values > hi))
+    for mask, what in ((bad_text, "not a number"), (out_of_range, f"outside {(lo, hi)}")):
         if mask.any():
             rows = ", ".join(str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5])
-            log.warning("%s: %d age value(s) %s treated as missing (line %s)", source,
-                        int(mask.sum()), what, rows)
-    return age.mask(out_of_range).astype(float)
+            log.warning("%s: %d %s value(s) %s treated as missing (line %s)", source,
+                        int(mask.sum()), column, what, rows)
+    return values.mask(out_of_range).astype(float)
 
 
-def _clean_category(df: pd.DataFrame, column: str) -> pd.Series:
+def clean_category(df: pd.DataFrame, column: str, spec: DatasetSpec) -> pd.Series:
+    """Lower-case strings; blanks and the spec's missing tokens become None (missing)."""
     if column not in df:
-        return pd.Series(MISSING_CATEGORY, index=df.index, dtype=object)
+        return pd.Series(None, index=df.index, dtype=object)
     values = _as_text(df[column]).str.lower()
-    return values.mask(values.isin(["", "nan", "none", "null"]), MISSING_CATEGORY).astype(object)
+    return values.where(~values.isin(spec.missing), None).astype(object)
 
 
-def validate_table(df: pd.DataFrame, source: Path, *, require_lesion: bool = True) -> pd.DataFrame:
-    """Check columns, labels and ids; normalise values. ``df`` must already have a ``path`` column."""
-    required = REQUIRED_COLUMNS if require_lesion else ("image_id", "dx")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DataError(f"{source}: missing required column(s) {', '.join(missing)} "
-                        f"(found: {', '.join(df.columns)})")
-    if len(df) == 0:
+def clean_metadata(df: pd.DataFrame, spec: DatasetSpec | None = None,
+                   source: Path | str = "input") -> pd.DataFrame:
+    """The spec's metadata fields of ``df`` (absent columns: all missing)."""
+    spec = spec or HAM10000
+    source = Path(source)
+    cols = {c: clean_numeric(df, c, spec, source) for c in spec.numeric}
+    cols.update({c: clean_category(df, c, spec) for c in spec.categorical})
+    return pd.DataFrame(cols, index=df.index, columns=list(spec.metadata))
+
+
+# ---------------------------------------------------------------- finding the label table
+def find_files(root: Path, names: tuple[str, ...], depth: int = DETECT_DEPTH) -> list[Path]:
+    """Files called one of ``names`` (case-insensitive) in ``root`` and ``depth`` levels below,
+    shallowest first. Never walks a whole tree."""
+    wanted = {n.lower() for n in names}
+    hits: list[Path] = []
+    for level in range(depth + 1):
+        pattern = "/".join(["*"] * (level + 1))
+        hits += sorted(p for p in root.glob(pattern) if p.name.lower() in wanted and p.is_file())
+    return hits
+
+
+def _matches(preset: str, path: Path) -> bool:
+    need = REQUIRED_COLUMNS.get(preset)
+    return need is None or set(need) <= header_of(path)
+
+
+def candidates(path: Path) -> list[tuple[str, Path]]:
+    """Every (preset, label table) that ``path`` could be, shallowest first."""
+    out = []
+    for name, spec in PRESETS.items():
+        if name == "csv":
+            continue
+        if path.is_file():
+            hits = [path] if path.name.lower() in {n.lower() for n in spec.labels_file} else []
+        else:
+            hits = find_files(path, spec.labels_file)
+        out += [(name, h) for h in hits if _matches(name, h)]
+    return out
+
+
+def detect(path: str | Path) -> tuple[str, Path]:
+    """The preset and label table at ``path``; several candidates are an error listing them."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    found = candidates(path)
+    if len(found) > 1:
+        listed = "; ".join(f"{name}: {p}" for name, p in found)
+        raise DataError(f"{path}: several dataset tables found ({listed}); pass --preset NAME "
+                        "(or the table file itself) to choose")
+    if found:
+        name, table = found[0]
+        log.info("%s: detected preset %s (table %s)", path, name, table)
+        return found[0]
+    if path.is_file():
+        return "csv", path
+    tables = sorted(p for p in path.glob("*.csv") if p.is_file())
+    if len(tables) == 1:
+        return "csv", tables[0]
+    looked = ", ".join(sorted({n for s in PRESETS.values() for n in s.labels_file}))
+    raise DataError(f"{path}: no known dataset layout found (looked {DETECT_DEPTH} levels deep "
+                    f"for {looked}); for any other set pass its CSV file (columns image or "
+                    "image_id, dx) or --preset csv with --spec FILE")
+
+
+def detect_layout(path: str | Path) -> str:
+    """The preset name ``load_dataset`` would use for ``path``."""
+    return detect(path)[0]
+
+
+def table_file(path: Path, spec: DatasetSpec) -> Path:
+    """The label table of ``spec`` at ``path`` (the file itself, or found in the folder)."""
+    if path.is_file():
+        return path
+    hits = find_files(path, spec.labels_file) if spec.labels_file else []
+    if not hits and not spec.labels_file:
+        hits = sorted(p for p in path.glob("*.csv") if p.is_file())
+    if len(hits) == 1 or (hits and spec.labels_file):
+        if len(hits) > 1:
+            log.warning("%s: several %s tables; using %s", path, spec.name, hits[0])
+        return hits[0]
+    if not hits:
+        want = ", ".join(spec.labels_file) or "a .csv table"
+        if not any(path.iterdir()):
+            raise DataError(f"{path}: the folder is empty (no {want})")
+        raise DataError(f"{path}: no {spec.name} table found (looked for {want})")
+    raise DataError(f"{path}: several tables ({', '.join(p.name for p in hits)}); pass the one "
+                    "to read")
+
+
+# ---------------------------------------------------------------- loading
+def resolve_spec(path: str | Path, preset: str = "auto", spec: DatasetSpec | str | Path | None =
+                 None, **columns) -> tuple[DatasetSpec, Path]:
+    """The description and label table for ``path``: a spec (object or file) wins, then a named
+    preset, then detection. ``columns`` override spec fields (the csv flags)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if spec is not None and not isinstance(spec, DatasetSpec):
+        spec = load_spec(spec)
+    if spec is None:
+        if preset in ("auto", None):
+            preset, found = detect(path)
+            spec = PRESETS[preset]
+        elif preset not in PRESETS:
+            raise DataError(f"unknown preset {preset!r}; expected auto or one of "
+                            f"{', '.join(PRESETS)}")
+        else:
+            spec = PRESETS[preset]
+    try:
+        spec = spec.with_columns(**columns)
+    except SpecError as exc:
+        raise DataError(str(exc)) from exc
+    return spec, table_file(path, spec)
+
+
+def _labels(raw: pd.DataFrame, spec: DatasetSpec, source: Path) -> pd.Series:
+    """Class codes per row, from one-hot columns or a label column, merges applied."""
+    if spec.onehot:
+        missing = [c for c in spec.classes if c not in raw.columns]
+        if missing:
+            raise DataError(f"{source}: missing required column(s) "
+                            f"{', '.join(c.upper() for c in missing)} (found: "
+                            f"{', '.join(raw.columns)})")
+        onehot = raw[list(spec.classes)].apply(pd.to_numeric, errors="coerce")
+        bad = ~(onehot.isin([0, 1]).all(axis=1) & (onehot.sum(axis=1) == 1)).to_numpy()
+        if bad.any():
+            lines = ", ".join(str(i + 2) for i in np.flatnonzero(bad)[:5])
+            raise DataError(f"{source}: {int(bad.sum())} row(s) are not one-hot over "
+                            f"{', '.join(c.upper() for c in spec.classes)} (line {lines})")
+        dx = pd.Series(np.asarray(spec.classes)[onehot.to_numpy().argmax(axis=1)], index=raw.index)
+    else:
+        col = spec.label_column.lower()
+        if col not in raw.columns:
+            raise DataError(f"{source}: missing required column(s) {col} "
+                            f"(found: {', '.join(raw.columns)})")
+        dx = raw[col].astype(str).str.strip().str.lower()
+    dx = dx.replace(spec.merges)
+    if spec.classes:
+        unknown = sorted(set(dx) - set(spec.classes))
+        if unknown:
+            raise DataError(f"{source}: unknown {spec.label_column or 'label'} label(s) "
+                            f"{', '.join(map(repr, unknown[:5]))}; expected one of "
+                            f"{', '.join(spec.classes)}")
+    elif (dx == "").any():
+        raise DataError(f"{source}: {int((dx == '').sum())} row(s) with a blank label")
+    return dx
+
+
+def _image_column(raw: pd.DataFrame, spec: DatasetSpec, source: Path) -> str:
+    col = spec.image_column.lower()
+    if col in raw.columns:
+        return col
+    if spec.name == "csv" or col in PATH_COLUMNS:
+        hit = next((c for c in PATH_COLUMNS if c in raw.columns), None)
+        if hit:
+            return hit
+    raise DataError(f"{source}: missing required column(s) {col} (found: "
+                    f"{', '.join(raw.columns)})")
+
+
+def _default_fields(spec: DatasetSpec, raw: pd.DataFrame) -> DatasetSpec:
+    """A generic table without declared fields: the HAM10000 fields it has, a lesion or patient
+    column as groups (today's generic CSV)."""
+    if spec.name != "csv":
+        return spec
+    changes: dict = {}
+    if not spec.numeric and not spec.categorical:
+        changes["numeric"] = tuple(c for c in HAM10000.numeric if c in raw.columns)
+        changes["categorical"] = tuple(c for c in HAM10000.categorical if c in raw.columns)
+        changes["ranges"] = {**HAM10000.ranges, **spec.ranges}
+    if spec.group_column is None:
+        group = next((c for c in ("lesion_id", "patient_id") if c in raw.columns), None)
+        if group:
+            changes.update(group_column=group, group_name=group.split("_")[0])
+    return spec.with_columns(**changes) if changes else spec
+
+
+def _join_metadata(raw: pd.DataFrame, root: Path, spec: DatasetSpec, image_col: str) -> pd.DataFrame:
+    hits = find_files(root, spec.metadata_file, depth=1)
+    if not hits:
+        log.warning("%s: no %s; every metadata field is missing", root,
+                    " or ".join(spec.metadata_file))
+        return raw
+    meta = read_table(hits[0])
+    if image_col not in meta.columns:
+        raise DataError(f"{hits[0]}: missing required column(s) {image_col}")
+    meta = meta.drop_duplicates(image_col).set_index(image_col)
+    keep = [c for c in meta.columns if c not in raw.columns]
+    log.info("%s: metadata from %s", root, hits[0])
+    return raw.join(meta[keep], on=image_col)
+
+
+def apply_task(dx: pd.Series, classes: tuple[str, ...], task: Task | None,
+               spec: DatasetSpec) -> tuple[pd.Series, tuple[str, ...], Task]:
+    """Class codes and class list for ``task``; a two-class set with a positive class is binary."""
+    if task is None:
+        task = Task("binary", spec.positive) if spec.positive and len(classes) == 2 else Task()
+    if not task.binary:
+        return dx, classes, task
+    positive = task.positive or spec.positive
+    if positive is None:
+        raise DataError(f"--task binary needs a class: binary:CODE with CODE one of "
+                        f"{', '.join(classes)}")
+    if positive not in classes:
+        raise DataError(f"--task binary:{positive}: no class {positive!r}; the classes are "
+                        f"{', '.join(classes)}")
+    if set(classes) == {positive} or len(classes) == 2:
+        negative = next(c for c in classes if c != positive)
+        binary = (negative, positive)
+    else:
+        negative = f"not_{positive}"
+        binary = (negative, positive)
+    return dx.where(dx == positive, negative), binary, Task("binary", positive)
+
+
+def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str | Path | None =
+                 None, task: Task | str | None = None, **columns) -> Dataset:
+    """Read any supported labelled set into the validated table (see the module docstring)."""
+    spec, source = resolve_spec(path, preset, spec, **columns)
+    root = source.parent
+    index = None
+    if Path(path).is_dir() and spec.name != "csv":  # a dataset folder: its images must be there
+        index = index_images(root, spec)
+        if not index:
+            zips = sorted(p.name for p in root.glob("*.zip"))
+            if zips:
+                raise DataError(f"{root}: images are still packed in {', '.join(zips)}; "
+                                f"run: skinfeat data unpack {root}")
+            raise DataError(f"{root}: no images ({', '.join(spec.image_suffixes)}) found")
+    raw = read_table(source)
+    if len(raw) == 0:
         raise DataError(f"{source}: the table has no rows")
-    out = pd.DataFrame({"image_id": df["image_id"].astype(str).str.strip()})
-    dupes = out["image_id"][out["image_id"].duplicated()].unique()
+    image_col = _image_column(raw, spec, source)
+    if spec.metadata_file:
+        raw = _join_metadata(raw, root, spec, image_col)
+    spec = _default_fields(spec, raw)
+    dx = _labels(raw, spec, source)
+    ids, paths = resolve_images(raw, image_col, root, spec, source, index)
+    table = pd.DataFrame({"image_id": ids})
+    dupes = table["image_id"][table["image_id"].duplicated()].unique()
     if len(dupes):
         raise DataError(f"{source}: {len(dupes)} duplicate image id(s), e.g. {', '.join(dupes[:3])}")
-    lesion = df["lesion_id"].astype(str).str.strip() if "lesion_id" in df else out["image_id"]
-    out["lesion_id"] = lesion.where(lesion != "", out["image_id"])
-    out["path"] = df["path"].astype(str)
-    dx = df["dx"].astype(str).str.strip().str.lower()
-    unknown = sorted(set(dx) - set(CLASSES))
-    if unknown:
-        raise DataError(f"{source}: unknown dx label(s) {', '.join(map(repr, unknown[:5]))}; "
-                        f"expected one of {', '.join(CLASSES)}")
-    out["dx"] = dx
-    out["label"] = dx.map({c: i for i, c in enumerate(CLASSES)}).astype(np.int64)
-    out[list(METADATA_COLUMNS)] = clean_metadata(df, source)
-    return out.reset_index(drop=True)
+    group = _as_text(raw[spec.group_column.lower()]).reset_index(drop=True) \
+        if spec.group_column and spec.group_column.lower() in raw.columns else table["image_id"]
+    table["lesion_id"] = group.where(group != "", table["image_id"])  # blank group: the image
+    table["path"] = paths
+    table["dx"] = dx.to_numpy()
+    classes = spec.classes or tuple(sorted(set(dx)))
+    # A class the release lists but never uses (ISIC 2019's UNK) is dropped; any other class of
+    # a fixed list stays, so that models of one set always share one output order.
+    dropped = tuple(c for c in spec.optional_classes if c not in set(table["dx"]))
+    if dropped:
+        log.warning("%s: class(es) %s have no images and are dropped", source, ", ".join(dropped))
+        classes = tuple(c for c in classes if c not in dropped)
+    table["dx"], classes, task = apply_task(table["dx"], classes, Task.parse(task) if
+                                            isinstance(task, str) else task, spec)
+    table["label"] = table["dx"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
+    meta = clean_metadata(raw.reset_index(drop=True), spec, source)
+    table = pd.concat([table, meta], axis=1)
+    log.info("%s (%s): %d images, %d %ss", source, spec.name, len(table),
+             table["lesion_id"].nunique(), spec.group_name)
+    return Dataset(table, spec, classes, task, source, dropped)
 
 
-def attach_paths(df: pd.DataFrame, images: dict[str, Path], source: Path) -> pd.DataFrame:
-    """Add the ``path`` column; refuse listed images that are missing, warn on unlisted ones."""
-    ids = df["image_id"].astype(str).str.strip()
-    missing = [i for i in ids if i not in images]
-    if missing:
-        raise DataError(f"{source}: {len(missing)} listed image(s) not found under "
-                        f"{source.parent}, e.g. {', '.join(missing[:5])}")
-    unlisted = set(images) - set(ids)
-    if unlisted:
-        log.warning("%s: %d image file(s) present but not listed, ignored (e.g. %s)", source,
-                    len(unlisted), ", ".join(sorted(unlisted)[:3]))
-    return df.assign(path=[str(images[i]) for i in ids])
+def load_any(path: str | Path, layout: str = "auto") -> pd.DataFrame:
+    """The validated table of any supported labelled set (``layout``: a preset name or auto)."""
+    return load_dataset(path, layout).table
 
 
 def load_ham10000(root: str | Path) -> pd.DataFrame:
@@ -160,166 +459,56 @@ def load_ham10000(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    meta_path = find_metadata_file(root)
-    images = index_images(root)
-    if not images:
-        zips = sorted(p.name for p in root.glob("*.zip"))
-        if zips:
-            raise DataError(f"{root}: images are still packed in {', '.join(zips)}; "
-                            f"run: skinfeat data unpack {root}")
-        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    raw = read_table(meta_path)
-    if "image_id" not in raw.columns:
-        raise DataError(f"{meta_path}: missing required column(s) image_id "
-                        f"(found: {', '.join(raw.columns)})")
-    raw = attach_paths(raw, images, meta_path)
-    table = validate_table(raw, meta_path)
-    log.info("%s: %d images, %d lesions", meta_path, len(table), table["lesion_id"].nunique())
-    return table
-
-
-def summarize(table: pd.DataFrame) -> dict:
-    """Counts for ``skinfeat data check``: per class, images per lesion, missing metadata."""
-    per_class = table.groupby("dx").agg(images=("image_id", "size"), lesions=("lesion_id", "nunique"))
-    per_class = per_class.reindex(list(CLASSES), fill_value=0)
-    per_lesion = table.groupby("lesion_id").size().value_counts().sort_index()
-    return {
-        "images": int(len(table)),
-        "lesions": int(table["lesion_id"].nunique()),
-        "per_class": {dx: {k: int(v) for k, v in row.items()} for dx, row in per_class.iterrows()},
-        "images_per_lesion": {int(k): int(v) for k, v in per_lesion.items()},
-        "missing_age": int(table["age"].isna().sum()),
-        "unknown_sex": int((table["sex"] == MISSING_CATEGORY).sum()),
-        "unknown_localization": int((table["localization"] == MISSING_CATEGORY).sum()),
-    }
-
-
-# ---------------------------------------------------------------- other sets (evaluate, predict)
-# ISIC 2018 Task 3 test set: a folder of images plus a one-hot ground-truth table (columns image,
-# MEL, NV, BCC, AKIEC, BKL, DF, VASC) and no patient metadata at all.
-ISIC2018_GROUND_TRUTH = "ISIC2018_Task3_Test_GroundTruth"
-LAYOUTS: tuple[str, ...] = ("ham10000", "isic2018-test", "csv")
-PATH_COLUMNS: tuple[str, ...] = ("image", "path")   # a generic table names its files in one of these
-
-
-def clean_metadata(df: pd.DataFrame, source: Path | str) -> pd.DataFrame:
-    """age (NaN when missing or implausible), sex and localization (``unknown`` when blank)."""
-    return pd.DataFrame({"age": _clean_age(df, Path(source)),
-                         "sex": _clean_category(df, "sex"),
-                         "localization": _clean_category(df, "localization")}, index=df.index)
-
-
-def find_isic2018_ground_truth(root: Path) -> Path | None:
-    tables = ("", ".csv", ".tab", ".txt")
-    hits = [root / f"{ISIC2018_GROUND_TRUTH}{s}" for s in tables]
-    hits = [p for p in hits if p.is_file()] or sorted(
-        p for p in root.rglob(f"{ISIC2018_GROUND_TRUTH}*") if p.is_file() and p.suffix in tables)
-    return hits[0] if hits else None
+    return load_dataset(root, "ham10000").table
 
 
 def load_isic2018_test(root: str | Path) -> pd.DataFrame:
-    """The ISIC 2018 Task 3 test set (folder, or its ground-truth file) as the validated table.
-
-    The set has no metadata: age is missing and sex and site are ``unknown`` on every row, which
-    is exactly how a trained model's encoder is told that a field is missing.
-    """
-    root = Path(root)
-    gt = root if root.is_file() else find_isic2018_ground_truth(root)
-    if gt is None:
-        raise DataError(f"{root}: no {ISIC2018_GROUND_TRUTH}.csv found")
-    root = gt.parent if root.is_file() else root
-    raw = read_table(gt)
-    missing = [c for c in ("image", *CLASSES) if c not in raw.columns]
-    if missing:
-        raise DataError(f"{gt}: missing required column(s) {', '.join(missing)} "
-                        f"(found: {', '.join(raw.columns)})")
-    onehot = raw[list(CLASSES)].apply(pd.to_numeric, errors="coerce")
-    bad = ~(onehot.isin([0, 1]).all(axis=1) & (onehot.sum(axis=1) == 1)).to_numpy()
-    if bad.any():
-        lines = ", ".join(str(i + 2) for i in np.flatnonzero(bad)[:5])
-        raise DataError(f"{gt}: {int(bad.sum())} row(s) are not one-hot over "
-                        f"{', '.join(c.upper() for c in CLASSES)} (line {lines})")
-    df = pd.DataFrame({"image_id": raw["image"].astype(str).str.strip(),
-                       "dx": np.asarray(CLASSES)[onehot.to_numpy().argmax(axis=1)]})
-    table = validate_table(attach_paths(df, index_images(root), gt), gt, require_lesion=False)
-    log.info("%s: %d images, no metadata (every field treated as missing)", gt, len(table))
-    return table
+    """The ISIC 2018 Task 3 test set (folder, or its ground-truth file): no metadata at all."""
+    return load_dataset(root, "isic2018-test").table
 
 
-def resolve_images(raw: pd.DataFrame, source: Path) -> pd.DataFrame:
-    """Add ``image_id`` and ``path`` to a generic table.
-
-    A path column (``image`` or ``path``; relative paths are read from the table's folder) wins;
-    a value that is not a file is looked up as an image id under that folder. Without one, the
-    ``image_id`` column is looked up under the table's folder.
-    """
-    base = source.parent
-    col = next((c for c in PATH_COLUMNS if c in raw.columns), None)
-    if col is None:
-        if "image_id" not in raw.columns:
-            raise DataError(f"{source}: needs a column image (file path) or image_id "
-                            f"(found: {', '.join(raw.columns)})")
-        return attach_paths(raw, index_images(base), source)
-    values = raw[col].astype(str).str.strip()
-    index: dict[str, Path] | None = None
-    paths, missing = [], []
-    for value in values:
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else base / path
-        if value and not path.is_file():
-            index = index_images(base) if index is None else index
-            path = index.get(Path(value).stem, path)
-        if value and path.is_file():
-            paths.append(str(path))
-        else:
-            missing.append(value or "(blank)")
-    if missing:
-        raise DataError(f"{source}: {len(missing)} image(s) not found (relative paths are read "
-                        f"from {base}), e.g. {', '.join(missing[:3])}")
-    ids = raw["image_id"].astype(str).str.strip() if "image_id" in raw.columns else \
-        [Path(p).stem for p in paths]
-    return raw.assign(image_id=ids, path=paths)
-
-
-def load_generic_csv(path: str | Path, labelled: bool = True) -> pd.DataFrame:
-    """A table of images (column image/path or image_id), dx when ``labelled``, optional metadata.
-
-    Labelled: the validated table. Unlabelled (predict): image_id, path, age, sex, localization.
-    """
+def load_images(path: str | Path, spec: DatasetSpec | None = None) -> pd.DataFrame:
+    """An unlabelled table of images for predict: ``image_id``, ``path`` and its other columns
+    (metadata is cleaned later, by the model's own description)."""
     path = Path(path)
+    spec = spec or PRESETS["csv"]
     raw = read_table(path)
     if len(raw) == 0:
         raise DataError(f"{path}: the table has no rows")
-    raw = resolve_images(raw, path)
-    if labelled:
-        return validate_table(raw, path, require_lesion=False)
-    table = pd.DataFrame({"image_id": raw["image_id"].astype(str), "path": raw["path"]})
-    return pd.concat([table, clean_metadata(raw, path)], axis=1)
+    col = next((c for c in (spec.image_column.lower(), *PATH_COLUMNS) if c in raw.columns), None)
+    if col is None:
+        raise DataError(f"{path}: needs a column image (file path) or image_id "
+                        f"(found: {', '.join(raw.columns)})")
+    ids, paths = resolve_images(raw, col, path.parent, spec, path)
+    rest = raw.drop(columns=[c for c in ("image_id", "path") if c in raw.columns])
+    return pd.concat([pd.DataFrame({"image_id": ids, "path": paths}), rest.reset_index(drop=True)],
+                     axis=1)
 
 
-def detect_layout(path: str | Path) -> str:
-    """``ham10000``, ``isic2018-test`` or ``csv``: what ``load_any`` will read at ``path``."""
-    path = Path(path)
-    if path.is_file():
-        return "isic2018-test" if path.name.startswith(ISIC2018_GROUND_TRUTH) else "csv"
-    if not path.is_dir():
-        raise DataError(f"{path}: no such file or folder")
-    if find_isic2018_ground_truth(path) is not None:
-        return "isic2018-test"
-    try:
-        find_metadata_file(path)
-    except DataError:
-        raise DataError(f"{path}: neither a HAM10000 folder (no HAM10000_metadata file) nor the "
-                        f"ISIC 2018 Task 3 test set (no {ISIC2018_GROUND_TRUTH}.csv); "
-                        "for other data pass a CSV with columns image or image_id, dx") from None
-    return "ham10000"
+def load_generic_csv(path: str | Path, labelled: bool = True) -> pd.DataFrame:
+    """A table of images (column image/path or image_id), dx when ``labelled``, optional metadata."""
+    return load_dataset(path, "csv").table if labelled else load_images(path)
 
 
-def load_any(path: str | Path, layout: str = "auto") -> pd.DataFrame:
-    """Read any supported labelled set (see ``LAYOUTS``) into the validated table."""
-    layout = detect_layout(path) if layout == "auto" else layout
-    readers = {"ham10000": load_ham10000, "isic2018-test": load_isic2018_test,
-               "csv": load_generic_csv}
-    if layout not in readers:
-        raise DataError(f"unknown layout {layout!r}; expected auto or one of {', '.join(LAYOUTS)}")
-    return readers[layout](path)
+def summarize(data: Dataset | pd.DataFrame) -> dict:
+    """Counts for ``skinfeat data check``: per class, images per group, missing metadata."""
+    if isinstance(data, pd.DataFrame):  # a HAM10000 table
+        data = Dataset(data, HAM10000, CLASSES)
+    table, spec = data.table, data.spec
+    per_class = table.groupby("dx").agg(images=("image_id", "size"), groups=("lesion_id", "nunique"))
+    per_class = per_class.reindex(list(data.classes), fill_value=0)
+    per_group = table.groupby("lesion_id").size().value_counts().sort_index()
+    missing = {c: int(table[c].isna().sum()) for c in spec.metadata}
+    return {
+        "preset": spec.name, "table": str(data.source), "task": str(data.task),
+        "classes": list(data.classes), "dropped_classes": list(data.dropped_classes),
+        "images": int(len(table)), "group": spec.group_name,
+        "groups": int(table["lesion_id"].nunique()),
+        "lesions": int(table["lesion_id"].nunique()),
+        "per_class": {dx: {"images": int(row["images"]), "groups": int(row["groups"])}
+                      for dx, row in per_class.iterrows()},
+        "images_per_group": {int(k): int(v) for k, v in per_group.items()},
+        "fields": {"numeric": list(spec.numeric), "categorical": list(spec.categorical)},
+        "missing": missing,
+        "leaky_columns_ignored": [c for c in spec.leaky],
+    }

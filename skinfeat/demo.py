@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from .backbone import WeightSource, WeightsUnavailable, create_backbone, pretrained_location
-from .datasets import load_ham10000
+from .datasets import load_dataset
 from .extract import extract
 from .synthetic import make_synthetic_ham
 from .train import fit_run
@@ -45,7 +45,8 @@ def run_demo(out: Path, *, n_images: int = 1500, backbone: str = "convnext_tiny.
     if not (data_dir / "HAM10000_metadata.csv").is_file():
         echo(f"[1/3] writing a synthetic HAM10000-layout dataset ({n_images} images) to {data_dir}")
         make_synthetic_ham(data_dir, n_images=n_images)
-    table = load_ham10000(data_dir)
+    data = load_dataset(data_dir, "ham10000")
+    table = data.table
     source = choose_weights(backbone, weights, echo)
     cache_path = out / f"cache-{backbone}-{source.kind}.h5"
     echo(f"[2/3] stage one: {len(table)} images through {backbone} ({source.describe()})")
@@ -58,6 +59,6 @@ def run_demo(out: Path, *, n_images: int = 1500, backbone: str = "convnext_tiny.
         bar.close()
     echo(f"      {cache_path}: {len(res.contents.image_ids)} embeddings ({res.precision})")
     echo("[3/3] stage two: fusion head on the cached embeddings, lesion-grouped split")
-    result = fit_run(table, cache_path, out)
+    result = fit_run(data, cache_path, out)
     echo(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return result

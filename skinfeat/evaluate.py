@@ -1,5 +1,5 @@
-"""Score a trained run on another labelled set: a HAM10000 folder, the ISIC 2018 Task 3 test set,
-or a generic CSV (``datasets.load_any``).
+"""Score a trained run on another labelled set: any preset's folder (HAM10000, the ISIC 2018 Task 3
+test set, ISIC 2019/2020, PAD-UFES-20) or a generic CSV (``datasets.load_dataset``).
 
 Images go through the ``Predictor`` (the backbone, transform and precision of the training cache)
 and the stored temperature is applied. The report leads with ISIC 2018 Task 3's headline metric,
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .bundle import atomic_write_text
-from .datasets import MISSING_CATEGORY, detect_layout, load_any
-from .metrics import (bootstrap_ci, classification_metrics, expected_calibration_error,
+from .datasets import DataError, load_dataset
+from .metrics import (bootstrap_ci, classification_metrics, expected_calibration_error, headline,
                       majority_baseline, softmax)
 from .predict import Predictor
 
@@ -29,19 +29,19 @@ def default_eval_dir(run: str | Path, data: str | Path) -> Path:
     return Path(run) / f"eval-{data.stem if data.is_file() else data.resolve().name}"
 
 
-def metadata_coverage(table: pd.DataFrame) -> dict[str, float]:
-    """Share of rows with a known value, per metadata field."""
-    return {"age": float(table["age"].notna().mean()),
-            "sex": float((table["sex"] != MISSING_CATEGORY).mean()),
-            "localization": float((table["localization"] != MISSING_CATEGORY).mean())}
+def metadata_coverage(table: pd.DataFrame, fields: tuple[str, ...]) -> dict[str, float]:
+    """Share of rows with a known value, per metadata field of the model."""
+    return {f: float(table[f].notna().mean()) if f in table else 0.0 for f in fields}
 
 
 def metadata_note(layout: str, coverage: dict[str, float]) -> str:
+    if not coverage:
+        return "the model takes no metadata"
     if layout == "isic2018-test" or not any(coverage.values()):
         why = "the ISIC 2018 Task 3 test set ships no metadata" if layout == "isic2018-test" \
-            else "the data has no age, sex or site"
-        return (f"**metadata missing**: {why}; every field was treated as missing, as in "
-                f"training (age = the training mean, sex and site = `{MISSING_CATEGORY}`)")
+            else f"the data has none of the model's fields ({', '.join(coverage)})"
+        return (f"**metadata missing**: {why}; every field was treated as missing, exactly as "
+                "in training")
     known = ", ".join(f"{k} {100 * v:.0f} %" for k, v in coverage.items())
     return f"metadata known for {known} of images (missing values handled as in training)"
 
@@ -68,18 +68,30 @@ def train_labels(run: Path, classes: list[str]) -> np.ndarray | None:
     return dx.map({c: i for i, c in enumerate(classes)}).dropna().astype(int).to_numpy()
 
 
+def model_labels(table: pd.DataFrame, classes: list[str], source: str) -> np.ndarray:
+    """The scored set's class codes as the model's class indices; codes the model does not know
+    are an error (a model can only be scored on its own classes)."""
+    unknown = sorted(set(table["dx"]) - set(classes))
+    if unknown:
+        raise DataError(f"{source}: label(s) {', '.join(unknown[:5])} are not among the model's "
+                        f"classes ({', '.join(classes)})")
+    return table["dx"].map({c: i for i, c in enumerate(classes)}).astype(int).to_numpy()
+
+
 def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = None, *,
-                 layout: str = "auto", weights_file: str | Path | None = None,
+                 layout: str = "auto", spec: str | Path | None = None,
+                 columns: dict | None = None, weights_file: str | Path | None = None,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0,
                  progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> dict:
     """Embed, predict and score ``data``; write evaluate_metrics.json, evaluate_report.md, PNGs."""
     run = Path(run)
     out = Path(out) if out else default_eval_dir(run, data)
-    layout = detect_layout(data) if layout == "auto" else layout
-    table = load_any(data, layout)
     predictor = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
                           num_workers=num_workers)
+    # The scored set's labels are read as the model's task (e.g. binary:mel from a 7-class set).
+    dataset = load_dataset(data, layout, spec, task=predictor.task, **(columns or {}))
+    table, layout = dataset.table, dataset.spec.name
     if on_start:
         on_start(len(table))
     preds = predictor.predict_table(table, progress)
@@ -88,23 +100,25 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     if len(scored) == 0:
         raise ValueError(f"{data}: no image could be read; nothing to score")
     classes = predictor.classes
-    y = scored["dx"].map({c: i for i, c in enumerate(classes)}).astype(int).to_numpy()
+    y = model_labels(scored, classes, str(dataset.source))
     logits, proba = preds.logits[ok], preds.proba[ok]
-    metrics = classification_metrics(y, proba, classes)
+    metrics = classification_metrics(y, proba, classes, threshold=predictor.threshold)
     metrics["ece_uncalibrated"] = expected_calibration_error(y, softmax(logits))
     ci = bootstrap_ci(y, proba, classes)
     y_train = train_labels(run, classes)
     baseline = majority_baseline(y_train, y, classes) if y_train is not None and len(y_train) \
         else None
-    coverage = metadata_coverage(scored)
+    coverage = metadata_coverage(scored, predictor.fields)
     overlap = split_overlap(run, scored)
     if overlap.get("rows"):
         log.warning("%s: %d image(s) (or their lesions) were used to train or early-stop the "
                     "model; these scores are optimistic", data, overlap["rows"])
     info = {"run": str(run), "data": str(data), "layout": layout, "n": int(len(scored)),
+            "task": str(predictor.task), "classes": classes, "threshold": predictor.threshold,
             "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok) if not k},
             "metadata_coverage": coverage, "metadata_note": metadata_note(layout, coverage),
-            "metadata_missing": layout == "isic2018-test" or not any(coverage.values()),
+            "metadata_missing": bool(coverage) and (layout == "isic2018-test"
+                                                    or not any(coverage.values())),
             "overlap_with_training": overlap, "temperature": predictor.temperature,
             "model_type": predictor.config["model_type"], "head": predictor.config["head"],
             "backbone": predictor.identity.get("backbone", "unknown"),
@@ -114,9 +128,24 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
             "info": info, "out": out}
 
 
+def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:
+    """The report's first line: balanced multi-class accuracy (the ISIC 2018 Task 3 metric), or
+    ROC AUC for a binary task (the ISIC 2020 metric)."""
+    from .report import fmt
+
+    if len(classes) == 2:
+        key, text, pct = "auc", f"ROC AUC of `{classes[1]}` (the ISIC 2020 metric)", False
+    else:
+        key, pct = "balanced_accuracy", True
+        text = "Balanced multi-class accuracy (mean per-class recall, the ISIC 2018 Task 3 metric)"
+    c = ci.get(key)
+    interval = f" (95 % CI {fmt(c[0], pct)} to {fmt(c[1], pct)})" if c else ""
+    return f"**{text}: {fmt(metrics[key], pct)}**{interval}"
+
+
 def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | None, info: dict,
                           y: np.ndarray, logits: np.ndarray, classes: list[str]) -> None:
-    from .report import fmt, metrics_table, per_class_table, save_run_figures, weights_warning
+    from .report import metrics_table, per_class_table, save_run_figures, weights_warning
 
     out.mkdir(parents=True, exist_ok=True)
     t = info["temperature"]
@@ -125,12 +154,11 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
     atomic_write_text(out / "evaluate_metrics.json", json.dumps(payload, indent=2))
     save_run_figures(out, metrics, classes, y, logits, t,
                      title=f"Confusion matrix: {Path(info['data']).name}")
-    bacc = ci["balanced_accuracy"]
     lines = [f"# skinfeat evaluation: {Path(info['run']).name} on {Path(info['data']).name}", ""]
-    lines += weights_warning(info) + [
-        f"**Balanced multi-class accuracy (mean per-class recall, the ISIC 2018 Task 3 metric): "
-        f"{fmt(metrics['balanced_accuracy'], True)}** (95 % CI {fmt(bacc[0], True)} to "
-        f"{fmt(bacc[1], True)})", "",
+    lines += weights_warning(info) + [headline_sentence(metrics, ci, classes), "",
+        f"- task: {info['task']}; classes: {', '.join(classes)}"
+        + (f"; decision threshold on p({classes[1]}) = {info['threshold']:.3f} (chosen on the "
+           "model's validation split)" if info.get("threshold") is not None else ""),
         f"- model: `{info['run']}` ({info['model_type']}, {info['head'].get('head', 'lightgbm')}, "
         f"inputs {info['head'].get('inputs')}); calibration temperature T={t:.2f} applied",
         f"- data: `{info['data']}` (layout {info['layout']}): {info['n']} images scored"
@@ -141,8 +169,8 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
         lines.append(f"- **overlap**: {info['overlap_with_training']['rows']} image(s) (or their "
                      "lesions) were used to train or early-stop the model: scores are optimistic")
     lines += ["", "## All metrics", ""]
-    lines += metrics_table(metrics, ci, baseline, t, ("balanced_accuracy", "accuracy", "macro_f1",
-                                                      "weighted_f1", "macro_auc")) + [""]
+    keys = headline(len(classes))
+    lines += metrics_table(metrics, ci, baseline, t, keys) + [""]
     if baseline:
         lines += [f"Majority baseline always predicts `{baseline['predicts']}` (the most "
                   "frequent training class).", ""]

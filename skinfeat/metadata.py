@@ -17,6 +17,14 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
+def _category(df: pd.DataFrame, col: str) -> pd.Series:
+    """A categorical column with missing values (None, NaN, absent column) as ``unknown``,
+    the reference recipe's own category for them."""
+    if col not in df:
+        return pd.Series("unknown", index=df.index, dtype=object)
+    return df[col].astype(object).where(df[col].notna(), "unknown")
+
+
 class MetadataEncoder:
     """Encode ``age``, ``sex``, ``localization`` columns into a float32 matrix."""
 
@@ -48,7 +56,7 @@ class MetadataEncoder:
             constant = std <= 1e-6 * max(1.0, abs(mean))
             self.means[col], self.stds[col] = mean, 1.0 if constant else std
         for col in self.categorical:
-            self.categories[col] = sorted(df[col].dropna().astype(str).unique().tolist())
+            self.categories[col] = sorted(_category(df, col).astype(str).unique().tolist())
         return self
 
     def kept_categories(self, col: str) -> list[str]:
@@ -76,7 +84,7 @@ class MetadataEncoder:
             blocks.append(((values.fillna(self.means[col]) - self.means[col]) / self.stds[col])
                           .to_numpy()[:, None])
         for col in self.categorical:
-            values = df[col].astype(object).where(df[col].notna(), None)
+            values = _category(df, col)
             unseen = sorted({str(v) for v in values if v is not None} - set(self.categories[col]))
             if unseen:
                 log.warning("metadata: %s value(s) %s never seen in training; encoded as all-zero",

@@ -9,6 +9,16 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, roc_auc_score)
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc")
+# A binary task leads with ROC AUC, then sensitivity at fixed specificities and the balanced
+# accuracy at the threshold chosen on validation.
+SPECIFICITIES = (0.80, 0.90, 0.95)
+BINARY_HEADLINE = ("auc", "balanced_accuracy", *(f"sensitivity_at_{round(100 * s)}_specificity"
+                                                 for s in SPECIFICITIES), "accuracy", "macro_f1")
+
+
+def headline(n_classes: int) -> tuple[str, ...]:
+    """The metrics every report leads with, for a task with ``n_classes`` classes."""
+    return BINARY_HEADLINE if n_classes == 2 else HEADLINE
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -18,17 +28,45 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def sensitivity_at_specificity(y_true: np.ndarray, score: np.ndarray,
+                               specificity: float) -> float | None:
+    """Share of positives caught at the strictest threshold that keeps at least
+    ``specificity`` of the negatives below it (``None`` without both classes)."""
+    pos, neg = score[y_true == 1], np.sort(score[y_true == 0])
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    # The threshold t with at least `specificity` of the negatives strictly below it.
+    k = int(np.ceil(specificity * len(neg)))
+    t = neg[k - 1] if k > 0 else -np.inf
+    return float((pos > t).mean())
+
+
+def binary_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float | None) -> dict:
+    """ROC AUC of the positive class (index 1) and sensitivity at fixed specificities."""
+    score = proba[:, 1]
+    both = 0 < (y_true == 1).sum() < len(y_true)
+    out = {"auc": float(roc_auc_score(y_true == 1, score)) if both else None,
+           "threshold": threshold}
+    for s in SPECIFICITIES:
+        out[f"sensitivity_at_{round(100 * s)}_specificity"] = \
+            sensitivity_at_specificity(y_true, score, s)
+    return out
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
-                           classes: Sequence[str]) -> dict:
+                           classes: Sequence[str], threshold: float | None = None) -> dict:
     """Accuracy, balanced accuracy, macro / weighted F1, per-class P/R/F1/AUC, confusion matrix.
 
     Averages run over the classes present in ``y_true`` (sklearn's behaviour for balanced
-    accuracy); a class absent from ``y_true`` gets ``null`` recall and AUC.
+    accuracy); a class absent from ``y_true`` gets ``null`` recall and AUC. With two classes,
+    also ROC AUC and sensitivity at fixed specificities; ``threshold`` (on the probability of
+    class 1) then decides the predicted class instead of the argmax.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     k = len(classes)
-    y_pred = proba.argmax(axis=1)
+    y_pred = (proba[:, 1] >= threshold).astype(np.int64) if k == 2 and threshold is not None \
+        else proba.argmax(axis=1)
     labels = np.arange(k)
     present = np.unique(y_true)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -40,7 +78,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
                               "f1": float(f[c]), "support": int(s[c]), "auc": aucs[c]}
                  for c in labels}
     valid_auc = [a for a in aucs.values() if a is not None]
-    return {
+    extra = binary_metrics(y_true, proba, threshold) if k == 2 else {}
+    return {**extra,
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(np.mean([(y_pred[y_true == c] == c).mean() for c in present])),

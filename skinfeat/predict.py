@@ -4,8 +4,8 @@ An image goes through exactly what filled the training cache: the backbone rebui
 bundle's identity (timm name; random weights from the stored seed, timm's pretrained weights, or
 a local checkpoint whose sha256 must match), the stored ``TransformSpec``, and stage one's
 ``Embedder`` at the cache's precision. Then the bundle's metadata encoder, the head and the stored
-temperature. Missing metadata is handled as in training: a missing age becomes the training mean,
-a blank sex or site becomes ``unknown``.
+temperature. Metadata fields are the ones the model was trained with (its dataset description
+travels in the bundle); a field that is absent or blank is missing, exactly as in training.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from .backbone import (TransformSpec, WeightSource, create_backbone, resolve_dev
 from .bundle import (CONFIG, LGBM, WEIGHTS, BundleError, atomic_write_text, load_config, load_into,
                      load_state)
 from .cache import random_weights
-from .datasets import DataError, clean_metadata
+from .dataspec import DatasetSpec, SpecError, Task
+from .datasets import HAM10000, DataError, clean_metadata
 from .extract import Embedder, embed_files
 from .head import FusionHead
 from .metadata import MetadataEncoder
@@ -81,6 +82,33 @@ def load_lgbm(run: Path, config: dict, embed_dim: int):
     return model
 
 
+def bundle_spec(config: dict, source: Path) -> tuple[DatasetSpec, Task]:
+    """The dataset description and task the model was trained with (HAM10000 for bundles made
+    before descriptions were stored)."""
+    try:
+        spec = DatasetSpec.from_dict(config["dataset"]) if "dataset" in config else HAM10000
+        task = Task(**config["task"]) if "task" in config else Task()
+    except (SpecError, TypeError) as exc:
+        raise BundleError(f"{source}: invalid dataset description ({exc})") from exc
+    return spec, task
+
+
+def parse_meta(pairs: Sequence[str], spec: DatasetSpec) -> dict[str, str]:
+    """``FIELD=VALUE`` pairs (``--meta``) -> a dict; unknown fields are an error naming the
+    model's fields."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().lower()
+        if not sep or not name:
+            raise DataError(f"--meta {pair!r}: use FIELD=VALUE, e.g. age=55")
+        if name not in spec.metadata:
+            raise DataError(f"--meta {name}: this model has no such field; its fields are "
+                            f"{', '.join(spec.metadata) or '(none)'}")
+        out[name] = value
+    return out
+
+
 def weight_source(identity: dict, weights_file: str | Path | None, source: Path) -> WeightSource:
     """The backbone weights the training cache was made with; a checkpoint must match its sha256."""
     w = identity.get("weights") or {}
@@ -119,6 +147,13 @@ def calibration_temperature(config: dict, source: Path) -> float:
     return t
 
 
+def decide(proba: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Class index per row: the argmax, or for a binary model its threshold (chosen on val)."""
+    if threshold is not None and proba.shape[1] == 2:
+        return (proba[:, 1] >= threshold).astype(np.int64)
+    return proba.argmax(axis=1)
+
+
 @dataclass
 class Predictions:
     """Per input row: calibrated probabilities, raw logits, and a reason when unreadable."""
@@ -133,9 +168,13 @@ class Predictions:
     def ok(self) -> np.ndarray:
         return np.array([e == "" for e in self.errors], dtype=bool)
 
+    threshold: float | None = None   # a binary model's decision threshold on p(classes[1])
+
+    def predicted(self) -> np.ndarray:
+        return decide(np.nan_to_num(self.proba, nan=-1.0), self.threshold)
+
     def to_frame(self) -> pd.DataFrame:
-        pred = [self.classes[int(i)] if ok else "" for i, ok in
-                zip(np.nan_to_num(self.proba, nan=-1.0).argmax(axis=1), self.ok)]
+        pred = [self.classes[int(i)] if ok else "" for i, ok in zip(self.predicted(), self.ok)]
         frame = pd.DataFrame({"image_id": self.image_ids, "path": self.paths, "prediction": pred})
         for j, c in enumerate(self.classes):
             frame[f"p_{c}"] = np.round(self.proba[:, j], 6)
@@ -158,6 +197,8 @@ class Predictor:
         self.config = load_config(self.run)
         self.trained, self.encoder = load_model(self.run, self.config)
         self.classes = [str(c) for c in self.config["classes"]]
+        self.spec, self.task = bundle_spec(self.config, self.run / CONFIG)
+        self.threshold = self.config.get("threshold")
         self.temperature = calibration_temperature(self.config, self.run / CONFIG)
         self.identity = self.config["backbone"] or {}
         self.embed_dim = int(self.config["head"]["embed_dim"])
@@ -220,10 +261,17 @@ class Predictor:
                 progress(batch.size)
         return out, errors
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The metadata fields the model takes (the others of a table are ignored)."""
+        return self.spec.metadata
+
     def logits(self, image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
-        """Uncalibrated logits for embeddings + metadata rows (age, sex, localization)."""
-        meta = self.encoder.transform(clean_metadata(table, "input"))
+        """Uncalibrated logits for embeddings + metadata rows (the model's fields; absent
+        columns and blank values are missing)."""
+        meta = self.encoder.transform(clean_metadata(table, self.spec, "input"))
         return self.trained.logits(image, meta, tta=bool(self.views))
+
 
     def predict_table(self, table: pd.DataFrame,
                       progress: Callable[[int], None] | None = None) -> Predictions:
@@ -233,7 +281,8 @@ class Predictor:
         preds = Predictions(table["image_id"].astype(str).tolist(),
                             table["path"].astype(str).tolist(), self.classes,
                             np.full((len(table), len(self.classes)), np.nan),
-                            np.full((len(table), len(self.classes)), np.nan), errors)
+                            np.full((len(table), len(self.classes)), np.nan), errors,
+                            None if self.threshold is None else float(self.threshold))
         ok = preds.ok
         if ok.any():
             preds.logits[ok] = self.logits(image[ok], table[ok])
@@ -243,11 +292,13 @@ class Predictor:
                 f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])
         return preds
 
-    def predict_image(self, path: str | Path, age: float | None = None, sex: str | None = None,
-                      localization: str | None = None) -> dict[str, float]:
-        """Calibrated class probabilities for one image; ``None`` metadata counts as missing."""
-        table = pd.DataFrame({"image_id": [Path(path).stem], "path": [str(path)], "age": [age],
-                              "sex": [sex], "localization": [localization]}, dtype=object)
+    def predict_image(self, path: str | Path, meta: dict | None = None,
+                      **fields) -> dict[str, float]:
+        """Calibrated class probabilities for one image. Metadata by field name (``meta`` or
+        keywords, e.g. ``age=55``); an absent field or ``None`` is missing."""
+        values = {**(meta or {}), **fields}
+        table = pd.DataFrame({"image_id": [Path(path).stem], "path": [str(path)],
+                              **{k: [v] for k, v in values.items()}}, dtype=object)
         preds = self.predict_table(table)
         if preds.errors[0]:
             raise DataError(f"{path}: cannot read the image ({preds.errors[0]})")

@@ -9,8 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import atomic_write, atomic_write_text
-from .datasets import CLASSES
-from .metrics import bootstrap_ci, reliability_bins, softmax
+from .metrics import bootstrap_ci, headline, reliability_bins, softmax
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).
 REFERENCE = {"accuracy": 0.7324, "weighted_f1": 0.75, "macro_f1": 0.55}
@@ -83,6 +82,15 @@ def weights_warning(info: dict) -> list[str]:
 
 
 PERCENT_METRICS = ("accuracy", "balanced_accuracy")
+LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
+          "weighted_f1": "weighted F1", "macro_auc": "macro AUC (OvR)", "auc": "ROC AUC"}
+
+
+def metric_label(key: str) -> tuple[str, bool]:
+    """(readable name, shown in percent) of a metric key."""
+    if key.startswith("sensitivity_at_"):
+        return f"sensitivity at {key.split('_')[2]} % specificity", True
+    return LABELS.get(key, key), key in PERCENT_METRICS
 
 
 def save_run_figures(out: Path, metrics: dict, classes: Sequence[str], y_true: np.ndarray,
@@ -100,7 +108,7 @@ def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: f
     """Markdown rows: each metric with its bootstrap CI and the majority baseline, then ECE."""
     lines = ["| metric | model | 95 % CI | majority baseline |", "|---|---|---|---|"]
     for key in keys:
-        pct = key in PERCENT_METRICS
+        pct = metric_label(key)[1]
         c = ci.get(key)
         lines.append(f"| {key} | {fmt(metrics[key], pct)} | "
                      + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") + " | "
@@ -111,33 +119,52 @@ def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: f
 
 def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_true: np.ndarray,
                      logits: np.ndarray, temperature: float) -> None:
-    ci = bootstrap_ci(y_true, softmax(logits, temperature), CLASSES)
+    classes = info["classes"]
+    ci = bootstrap_ci(y_true, softmax(logits, temperature), classes)
     payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci, "info": info}
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
-    save_run_figures(out, metrics, CLASSES, y_true, logits, temperature)
+    save_run_figures(out, metrics, classes, y_true, logits, temperature)
     lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info) + [
         f"- model: **{info['model']}** ({info['config'].get('head', 'lightgbm')}, "
         f"inputs {info['config'].get('inputs')}), best epoch/round {info['best_epoch']}",
-        f"- split: **{info['split']}**: {info['protocol']}; seed {info['seed']}",
+        f"- data: {info['dataset']}, task {info['task']}; classes: "
+        + ", ".join(f"`{c}` ({info['class_names'].get(c, c)})" for c in classes),
+        f"- split: **{info['split']}** ({info['group']}s): {info['protocol']}; seed {info['seed']}",
         f"- early stopping and calibration on: **{info['select_on']}**"
         + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
            if info["select_on"] == "test" else " (never the scored set)"),
-        "- sizes (images / lesions): " + ", ".join(
+        f"- sizes (images / {info['group']}s): " + ", ".join(
             f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in ("train", "val", "test")),
         f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: {info['weights']}",
         f"- metadata features ({len(info['meta_features'])}), encoder fitted on train only",
-        "", "## Test metrics", ""]
-    lines += metrics_table(metrics, ci, baseline, temperature,
-                           ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc"))
+    ]
+    if info.get("threshold") is not None:
+        lines.append(f"- decision threshold on p({classes[1]}) = {info['threshold']:.3f}, chosen "
+                     f"on {info['select_on']} (maximal balanced accuracy)")
+    lines += ["", "## Test metrics", ""]
+    lines += metrics_table(metrics, ci, baseline, temperature, headline(len(classes)))
     lines += ["", f"Majority baseline always predicts `{baseline['predicts']}`.", "",
               "## Per class", ""] + per_class_table(metrics) + [
-              "", "![confusion matrix](confusion.png) ![reliability](reliability.png)", "",
-              "## Reference recipe (published)", "",
-              f"accuracy {fmt(REFERENCE['accuracy'], True)}, weighted F1 {REFERENCE['weighted_f1']}, "
-              f"macro F1 {REFERENCE['macro_f1']}, on an image-level split whose test set also "
-              "chose the epoch and fitted the age scaler: not comparable to a lesion-grouped run."]
+              "", "![confusion matrix](confusion.png) ![reliability](reliability.png)"]
+    if info.get("reference_recipe"):
+        lines += [
+            "", "## Reference recipe (published)", "",
+            f"accuracy {fmt(REFERENCE['accuracy'], True)}, weighted F1 "
+            f"{REFERENCE['weighted_f1']}, macro F1 {REFERENCE['macro_f1']}, on an image-level "
+            "split whose test set also chose the epoch and fitted the age scaler: not comparable "
+            "to a lesion-grouped run."]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     write_model_card(out, metrics, ci, info)
+
+
+# What each public set's provenance means for a model trained on it (the model card's limits).
+DATASET_LIMITS = {
+    "ham10000": ["- HAM10000 comes from two clinics (Vienna, Queensland): mostly light-skinned "
+                 "European-descent patients; performance on darker skin types is unknown.",
+                 "- Dermoscopic images only; clinical (macroscopic) photographs are out of scope."],
+    "pad-ufes-20": ["- PAD-UFES-20 holds smartphone (clinical) photographs from one Brazilian "
+                    "programme; dermoscopic images are out of scope."],
+}
 
 
 def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
@@ -147,19 +174,20 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
              "of patients.", "",
              "## Model",
              f"Frozen {info['identity'].get('backbone', 'unknown')} image embeddings "
-             f"({info['weights']}) fused with age, sex and lesion site by a {info['model']} "
-             f"model; 7 classes: {', '.join(CLASSES)}.", "",
+             f"({info['weights']}) fused with the metadata fields "
+             f"{', '.join(info.get('fields', [])) or '(none)'} by a {info['model']} model; "
+             f"{len(info['classes'])} classes: {', '.join(info['classes'])}.", "",
              "## Data and protocol",
-             f"Trained on {info['sizes']['train']} images, early stopping on {info['select_on']}, "
-             f"scored on {info['sizes']['test']} held-out images; split: {info['protocol']}.", "",
+             f"Trained on {info['sizes']['train']} images of {info['dataset']} (task "
+             f"{info['task']}), early stopping on {info['select_on']}, scored on "
+             f"{info['sizes']['test']} held-out images; split: {info['protocol']}.", "",
              "## Metrics (test, 95 % bootstrap CI)"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
         lines.append(f"- {key}: {fmt(metrics[key])} ({fmt(ci[key][0])} to {fmt(ci[key][1])})")
-    lines += ["", "## Known limits",
-              "- HAM10000 comes from two clinics (Vienna, Queensland): mostly light-skinned "
-              "European-descent patients; performance on darker skin types is unknown.",
-              "- Dermoscopic images only; clinical (macroscopic) photographs are out of scope.",
-              "- Rare classes (df, vasc, akiec) have few lesions: their per-class numbers are noisy.",
+    lines += ["", "## Known limits"] + DATASET_LIMITS.get(info["dataset"], [
+              f"- Trained on one data set ({info['dataset']}): performance on other populations, "
+              "cameras and clinics is unknown."]) + [
+              "- Rare classes have few groups: their per-class numbers are noisy.",
               "- Probabilities are calibrated by one temperature on the validation split; "
               "calibration can drift on other populations."]
     if info.get("random_weights"):

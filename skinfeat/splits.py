@@ -133,15 +133,16 @@ def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: str, see
     atomic_write(Path(path), lambda tmp: out.to_csv(tmp, index=False))
 
 
-def load_split(table: pd.DataFrame, path: Path) -> tuple[pd.Series, str]:
-    """The saved split aligned to ``table``; refuses a split made for other images."""
+def load_split(table: pd.DataFrame, path: Path) -> tuple[pd.Series, str, int]:
+    """The saved split aligned to ``table``, its kind and seed; refuses a split made for other
+    images."""
     saved = pd.read_csv(path, dtype=str)
     by_id = saved.set_index("image_id")["split"]
     missing = table["image_id"][~table["image_id"].isin(by_id.index)]
     if len(missing):
         raise ValueError(f"{path}: {len(missing)} image(s) of the data set are not in the saved "
                          f"split, e.g. {', '.join(missing[:3])}; use a new --out folder")
-    kind = str(saved["kind"].iloc[0])
+    kind, seed = str(saved["kind"].iloc[0]), int(saved["seed"].iloc[0])
     split = pd.Series(by_id.reindex(table["image_id"]).to_numpy(), index=table.index, dtype=object)
     check_split(table, split, kind)
-    return split, kind
+    return split, kind, seed

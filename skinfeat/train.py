@@ -1,15 +1,16 @@
 """Stage two for one split: cached embeddings + metadata -> trained bundle, metrics and report.
 
-This is what ``skinfeat fit-head`` runs. The split is saved in the run folder and reused by every
-later command on that run; the metadata encoder is fitted on training rows only; the epoch (or
-boosting round) is chosen on ``val`` and the scores are computed on ``test`` unless the reference's
-protocol is asked for explicitly (``select_on="test"``).
+``fit_split`` is the one training path: ``fit-head`` runs it on one saved split and ``cv`` on every
+fold, so encoding, training, calibration and scoring cannot drift apart. The metadata encoder is
+fitted on training rows only; the epoch (or boosting round), the calibration temperature and a
+binary task's threshold are chosen on ``val``; the scores are computed on ``test`` unless the
+reference's protocol is asked for explicitly (``select_on="test"``).
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from .baseline import LGBMConfig, LGBMModel, fit_lgbm
 from .bundle import save_bundle
 from .cache import CacheContents, read_cache
 from .calibration import fit_temperature
-from .datasets import CLASSES
+from .datasets import HAM10000, Dataset
 from .head import FusionHead, HeadConfig, fit_head, head_logits
 from .metadata import MetadataEncoder
 from .metrics import (classification_metrics, expected_calibration_error, majority_baseline,
@@ -78,7 +79,7 @@ class Trained:
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         if self.kind == "head":
             return head_logits(self.model, image, meta, tta=tta)
-        return np.log(np.clip(self.model.predict_proba(image, meta), 1e-12, None))
+        return np.log(np.clip(self.model.predict_proba(image, meta, tta=tta), 1e-12, None))
 
 
 def train_model(kind: str, train: tuple, val: tuple, n_classes: int,
@@ -93,70 +94,128 @@ def train_model(kind: str, train: tuple, val: tuple, n_classes: int,
     raise ValueError(f"--model must be one of {MODELS}, got {kind!r}")
 
 
+def as_dataset(data: Dataset | pd.DataFrame) -> Dataset:
+    """A validated table without its description is HAM10000's (older callers, tests)."""
+    return data if isinstance(data, Dataset) else Dataset(data, HAM10000, HAM10000.classes)
+
+
+@dataclass
+class SplitFit:
+    """One model fitted on one split's ``train`` rows, calibrated on ``val``, scored on ``test``."""
+    trained: Trained
+    encoder: MetadataEncoder
+    temperature: float
+    threshold: float | None       # a binary task's decision threshold, chosen on val
+    metrics: dict                 # on test, from the calibrated probabilities
+    test_logits: np.ndarray
+    meta_dim: int
+
+
+def choose_threshold(y: np.ndarray, p_positive: np.ndarray) -> float:
+    """The threshold on the positive probability that maximises balanced accuracy (on val)."""
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(y)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, p_positive)
+    best = int(np.argmax(tpr - fpr))   # Youden's J = 2 * balanced accuracy - 1
+    return float(min(thresholds[best], 1.0))
+
+
+def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], *, model: str,
+              head_cfg: HeadConfig, lgbm_cfg: LGBMConfig, tta: bool = False,
+              calibrate: bool = True, select_on: str = "val") -> SplitFit:
+    """Encode (fitted on ``rows["train"]``), train, calibrate on ``rows[select_on]``, score
+    ``rows["test"]``: the whole of stage two for one split, shared by fit-head and cv."""
+    table, classes = data.table, data.classes
+    encoder = MetadataEncoder(data.spec.numeric, data.spec.categorical).fit(
+        table.iloc[rows["train"]])
+    meta = encoder.transform(table)
+    y = table["label"].to_numpy()
+    part = {s: (image[i], meta[i], y[i]) for s, i in rows.items()}
+    select = part[select_on]
+    trained = train_model(model, part["train"], select, len(classes), head_cfg, lgbm_cfg,
+                          meta_field_slices(encoder))
+    select_logits = trained.logits(*select[:2], tta=tta)
+    temperature = fit_temperature(select_logits, select[2]) if calibrate else 1.0
+    threshold = choose_threshold(select[2] == 1, softmax(select_logits, temperature)[:, 1]) \
+        if data.task.binary else None
+    test_logits = trained.logits(*part["test"][:2], tta=tta)
+    metrics = classification_metrics(part["test"][2], softmax(test_logits, temperature), classes,
+                                     threshold=threshold)
+    metrics["ece_uncalibrated"] = expected_calibration_error(part["test"][2], softmax(test_logits))
+    return SplitFit(trained, encoder, temperature, threshold, metrics, test_logits,
+                    int(meta.shape[1]))
+
+
 def prepare_split(table: pd.DataFrame, out: Path, kind: str, seed: int) -> tuple[pd.Series, str]:
-    """Reuse ``out/splits.csv`` when it exists, else make and save the split."""
+    """Reuse ``out/splits.csv`` when it was made with this kind and seed, else make and save it;
+    a saved split of another kind or seed is an error, never a silent reuse."""
     path = out / "splits.csv"
     if path.is_file():
-        split, saved_kind = load_split(table, path)
-        if saved_kind != kind:
-            log.warning("%s holds a %s-level split; reusing it (asked for %s)", path, saved_kind, kind)
+        split, saved_kind, saved_seed = load_split(table, path)
+        if saved_kind != kind or saved_seed != seed:
+            raise ValueError(f"{path} holds a {saved_kind}-level split with seed {saved_seed}, "
+                             f"but this run asks for {kind} with seed {seed}; use a new --out "
+                             "folder (or the same --split and --seed)")
         return split, saved_kind
     split = assign_split(table, kind, seed=seed)
     save_split(table, split, path, kind, seed)
     return split, kind
 
 
-def fit_run(table: pd.DataFrame, cache_path: str | Path, out: str | Path, *, split: str = "lesion",
-            seed: int = 42, select_on: str = "val", model: str = "head",
+def fit_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Path, *,
+            split: str = "lesion", seed: int = 42, select_on: str = "val", model: str = "head",
             head_cfg: HeadConfig | None = None, lgbm_cfg: LGBMConfig | None = None,
             tta: bool = False, calibrate: bool = True) -> dict:
     """Train one model on one split; write bundle, metrics.json, report.md and figures to ``out``."""
     from .report import write_run_report
 
+    data = as_dataset(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     head_cfg = head_cfg or HeadConfig(seed=seed)
     lgbm_cfg = lgbm_cfg or LGBMConfig(seed=seed)
     if select_on not in ("val", "test"):
         raise ValueError("--select-on must be 'val' or 'test'")
+    if data.spec.evaluation_only:
+        raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     contents = read_cache(cache_path)
-    table, image = align_embeddings(table, contents, str(cache_path))
+    table, image = align_embeddings(data.table, contents, str(cache_path))
+    data = replace(data, table=table)
     sides, kind = prepare_split(table, out, split, seed)
-    masks = {s: (sides == s).to_numpy() for s in ("train", "val", "test")}
-    encoder = MetadataEncoder().fit(table[masks["train"]])
-    meta = encoder.transform(table)
-    y = table["label"].to_numpy()
-    part = {s: (image[m], meta[m], y[m]) for s, m in masks.items()}
-    select = part[select_on]
-    trained = train_model(model, part["train"], select, len(CLASSES), head_cfg, lgbm_cfg,
-                          meta_field_slices(encoder))
-    temperature = 1.0
-    if calibrate:
-        temperature = fit_temperature(trained.logits(*select[:2], tta=tta), select[2])
-    test_logits = trained.logits(*part["test"][:2], tta=tta)
-    metrics = classification_metrics(part["test"][2], softmax(test_logits, temperature), CLASSES)
-    metrics["ece_uncalibrated"] = expected_calibration_error(part["test"][2], softmax(test_logits))
-    baseline = majority_baseline(part["train"][2], part["test"][2], CLASSES)
+    rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in ("train", "val", "test")}
+    fit = fit_split(data, image, rows, model=model, head_cfg=head_cfg, lgbm_cfg=lgbm_cfg, tta=tta,
+                    calibrate=calibrate, select_on=select_on)
+    classes, y = list(data.classes), table["label"].to_numpy()
+    baseline = majority_baseline(y[rows["train"]], y[rows["test"]], classes)
     info = {
-        "model": model, "config": trained.config, "best_epoch": trained.best_epoch,
-        "epochs_run": trained.epochs_run,
+        "model": model, "config": fit.trained.config, "best_epoch": fit.trained.best_epoch,
+        "epochs_run": fit.trained.epochs_run,
         "split": kind, "protocol": PROTOCOLS[kind], "select_on": select_on, "seed": seed,
-        "sizes": {s: int(m.sum()) for s, m in masks.items()},
-        "lesions": {s: int(table.loc[m, "lesion_id"].nunique()) for s, m in masks.items()},
+        "dataset": data.spec.name, "task": str(data.task), "classes": classes,
+        "class_names": data.class_names, "group": data.spec.group_name,
+        "fields": list(data.spec.metadata),
+        "reference_recipe": data.spec.reference_recipe and not data.task.binary,
+        "sizes": {s: int(len(r)) for s, r in rows.items()},
+        "lesions": {s: int(table["lesion_id"].iloc[r].nunique()) for s, r in rows.items()},
         **contents.provenance(cache_path),
-        "temperature": temperature, "tta": tta, "skinfeat": __version__,
-        "embed_dim": int(image.shape[-1]), "meta_features": encoder.feature_names,
+        "temperature": fit.temperature, "threshold": fit.threshold, "tta": tta,
+        "skinfeat": __version__, "embed_dim": int(image.shape[-1]),
+        "meta_features": fit.encoder.feature_names,
     }
-    config = {"model_type": model, "classes": list(CLASSES), "encoder": encoder.to_dict(),
+    config = {"model_type": model, "classes": classes, "encoder": fit.encoder.to_dict(),
+              "dataset": data.spec.to_dict(), "task": data.task.to_dict(),
               "backbone": contents.identity, "weights": info["weights"],
-              "head": {**trained.config, "embed_dim": int(image.shape[-1]),
-                       "meta_dim": int(meta.shape[1]), "n_classes": len(CLASSES)},
-              "temperature": temperature, "tta": tta, "split": kind, "skinfeat": __version__}
+              "head": {**fit.trained.config, "embed_dim": int(image.shape[-1]),
+                       "meta_dim": fit.meta_dim, "n_classes": len(classes)},
+              "temperature": fit.temperature, "threshold": fit.threshold, "tta": tta,
+              "split": kind, "skinfeat": __version__}
     if model == "head":
-        save_bundle(out, config, state=trained.model.state_dict())
+        save_bundle(out, config, state=fit.trained.model.state_dict())
     else:
-        model_str, state = trained.model.to_state()
+        model_str, state = fit.trained.model.to_state()
         save_bundle(out, {**config, "lgbm": state}, lgbm_model=model_str)
-    write_run_report(out, metrics, baseline, info, y_true=part["test"][2],
-                     logits=test_logits, temperature=temperature)
-    return {"metrics": metrics, "baseline": baseline, "info": info}
+    write_run_report(out, fit.metrics, baseline, info, y_true=y[rows["test"]],
+                     logits=fit.test_logits, temperature=fit.temperature)
+    return {"metrics": fit.metrics, "baseline": baseline, "info": info}

@@ -349,7 +349,7 @@ def test_table_formats_that_are_read(tmp_path, case, kwargs, rows):
     r = cli("data", "check", "--json", root)
     assert_ok(r)
     s = json.loads(r.output)
-    assert s["images"] == 4 and s["lesions"] == 3 and s["missing_age"] == 1
+    assert s["images"] == 4 and s["lesions"] == 3 and s["missing"]["age"] == 1
     assert {dx: c["images"] for dx, c in s["per_class"].items() if c["images"]} == \
         {"nv": 2, "mel": 1, "bcc": 1}
     assert list(load_ham10000(root).columns) == ["image_id", "lesion_id", "path", "dx", "label",
@@ -365,6 +365,6 @@ def test_bad_ages_and_blank_categories_become_missing(tmp_path, caplog):
         r = cli("data", "check", "--json", root)
     assert_ok(r)
     s = json.loads(r.output)
-    assert s["missing_age"] == 2 and s["unknown_sex"] == 2 and s["unknown_localization"] == 1
+    assert s["missing"]["age"] == 2 and s["missing"]["sex"] == 2 and s["missing"]["localization"] == 1
     assert "not a number treated as missing (line 2)" in caplog.text
     assert "outside (0.0, 120.0) treated as missing (line 3)" in caplog.text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import skinfeat.cv as cv
+import skinfeat.train as train
 from skinfeat.baseline import LGBMConfig
 from skinfeat.cache import CacheContents, read_cache
 from skinfeat.cli import main
@@ -46,22 +46,23 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
     row_of = {e.tobytes(): i for i, e in enumerate(contents.embeddings)}
     id_of = dict(enumerate(contents.image_ids))
     calls, encoded = [], []
-    real_train = cv.train_model
+    real_train = train.train_model
 
     def spy_train(kind, train, val, *args, **kw):
         calls.append(({id_of[row_of[e.tobytes()]] for e in train[0]},
                       {id_of[row_of[e.tobytes()]] for e in val[0]}))
         return real_train(kind, train, val, *args, **kw)
 
-    class SpyEncoder(cv.MetadataEncoder):
+    class SpyEncoder(train.MetadataEncoder):
         def fit(self, df):
             encoded.append(set(df["image_id"]))
             return super().fit(df)
 
-    monkeypatch.setattr(cv, "train_model", spy_train)
-    monkeypatch.setattr(cv, "MetadataEncoder", SpyEncoder)
+    monkeypatch.setattr(train, "train_model", spy_train)
+    monkeypatch.setattr(train, "MetadataEncoder", SpyEncoder)
     res = run_cv(synth_table, contents, replace(FAST, inputs=("fused",)))
-    assert len(calls) == 3 * 2 and len(encoded) == 3
+    # cv runs train.fit_split, fit-head's path: one encoder fit per model and fold.
+    assert len(calls) == 3 * 2 and len(encoded) == 3 * 2
     folds = res["folds_table"]
     by_id = folds.set_index("image_id")["lesion_id"]
     for i, (train_ids, val_ids) in enumerate(calls):
@@ -70,7 +71,7 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
         assert not (train_ids & scored) and not (val_ids & scored)
         assert train_ids | val_ids | scored == set(folds["image_id"])
         assert not set(by_id[list(train_ids)]) & set(by_id[list(val_ids)])  # lesion-disjoint
-        assert encoded[fold] == train_ids   # encoder fitted on the training rows only
+        assert encoded[i] == train_ids   # encoder fitted on the training rows only
 
 
 def test_same_seed_same_folds_and_metrics(synth_table, synth_cache):

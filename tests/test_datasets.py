@@ -107,5 +107,5 @@ def test_summary_counts(synth_table):
     s = summarize(synth_table)
     assert s["images"] == len(synth_table)
     assert sum(c["images"] for c in s["per_class"].values()) == s["images"]
-    assert sum(k * v for k, v in s["images_per_lesion"].items()) == s["images"]
+    assert sum(k * v for k, v in s["images_per_group"].items()) == s["images"]
     assert s["lesions"] == synth_table["lesion_id"].nunique()

@@ -45,8 +45,8 @@ def test_too_few_lesions_for_folds_is_explained(synth_table):
 def test_saved_split_round_trip_and_refusal(synth_table, tmp_path):
     split = assign_split(synth_table)
     save_split(synth_table, split, tmp_path / "splits.csv", "lesion", 42)
-    again, kind = load_split(synth_table, tmp_path / "splits.csv")
-    assert kind == "lesion" and (again == split).all()
+    again, kind, seed = load_split(synth_table, tmp_path / "splits.csv")
+    assert kind == "lesion" and seed == 42 and (again == split).all()
     other = synth_table.assign(image_id=synth_table["image_id"] + "x")
     with pytest.raises(ValueError, match="not in the saved split"):
         load_split(other, tmp_path / "splits.csv")

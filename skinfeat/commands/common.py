@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..backbone import DEFAULT_BACKBONE
+from ..dataspec import PRESETS
 
 DEFAULT_CACHE_DIR = Path("cache")
 
@@ -25,12 +26,71 @@ def weights_options(f):
                         help="Any timm model name.")(f)
 
 
+def _fields(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip().lower() for v in value.split(",")
+                                            if v.strip())
+
+
+def dataset_options(f):
+    """--preset / --spec / --task and the column flags of a generic CSV, on every command that
+    reads a dataset (``load_data`` turns them into a ``Dataset``)."""
+    for opt in reversed([
+        click.option("--preset", type=click.Choice(["auto", *PRESETS]), default="auto",
+                     show_default=True, help="Dataset layout; auto detects it from the files."),
+        click.option("--spec", "spec_file", type=click.Path(exists=True, dir_okay=False),
+                     help="Dataset description file (JSON or TOML; see the README)."),
+        click.option("--task", help="multiclass, or binary:CLASS (one class against the rest) "
+                     "[default: the set's own; two-class sets are binary]."),
+        click.option("--image-col", help="CSV: column of image ids or paths."),
+        click.option("--label-col", help="CSV: column of class labels."),
+        click.option("--group-col", help="CSV: column that groups images (lesion, patient)."),
+        click.option("--numeric", callback=_fields, help="CSV: comma list of numeric fields."),
+        click.option("--categorical", callback=_fields,
+                     help="CSV: comma list of categorical fields."),
+    ]):
+        f = opt(f)
+    return f
+
+
+DATASET_KEYS = ("preset", "spec_file", "task", "image_col", "label_col", "group_col", "numeric",
+                "categorical")
+
+
+def pop_dataset_options(kwargs: dict) -> dict:
+    """Remove the dataset options from a command's keyword arguments."""
+    return {k: kwargs.pop(k) for k in DATASET_KEYS}
+
+
+def column_overrides(opts: dict) -> dict:
+    """The CSV column flags as ``DatasetSpec`` field changes."""
+    cols = {"image_column": opts.get("image_col"), "label_column": opts.get("label_col"),
+            "group_column": opts.get("group_col"), "numeric": opts.get("numeric"),
+            "categorical": opts.get("categorical")}
+    if opts.get("group_col"):
+        cols["group_name"] = opts["group_col"].split("_")[0]
+    return {k: v for k, v in cols.items() if v is not None}
+
+
+def load_data(data: str, opts: dict):
+    """The ``Dataset`` at ``data`` as the dataset options describe it."""
+    from ..dataspec import Task
+    from ..datasets import load_dataset
+
+    return load_dataset(data, opts["preset"], opts["spec_file"], task=Task.parse(opts["task"]),
+                        **column_overrides(opts))
+
+
+def data_name(data: str) -> str:
+    path = Path(data).resolve()
+    return path.stem if path.is_file() else path.name
+
+
 def default_cache(data: str, backbone: str, weights: str) -> Path:
-    return DEFAULT_CACHE_DIR / f"{Path(data).resolve().name}-{backbone}-{weights}.h5"
+    return DEFAULT_CACHE_DIR / f"{data_name(data)}-{backbone}-{weights}.h5"
 
 
 def find_cache(data: str) -> Path:
-    hits = sorted(DEFAULT_CACHE_DIR.glob(f"{Path(data).resolve().name}-*.h5"))
+    hits = sorted(DEFAULT_CACHE_DIR.glob(f"{data_name(data)}-*.h5"))
     if len(hits) != 1:
         raise click.UsageError(f"pass --cache: {len(hits)} candidate caches for {data} in "
                                f"{DEFAULT_CACHE_DIR}/ ({', '.join(map(str, hits)) or 'none'})")

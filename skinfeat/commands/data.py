@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..backbone import DEFAULT_BACKBONE
-from .common import progress_bar
+from .common import dataset_options, load_data, pop_dataset_options, progress_bar
 
 
 @click.group()
@@ -16,24 +16,36 @@ def data() -> None:
 
 
 @data.command("check")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.argument("root", type=click.Path(exists=True))
+@dataset_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def data_check(root: str, as_json: bool) -> None:
-    """Validate a HAM10000 folder and print images/lesions per class and metadata gaps."""
-    from ..datasets import load_ham10000, summarize
+def data_check(root: str, as_json: bool, **kwargs) -> None:
+    """Detect the layout of ROOT (a dataset folder or table), validate it and print images and
+    groups per class, and the missing values of every metadata field."""
+    from ..datasets import summarize
 
-    s = summarize(load_ham10000(root))
+    s = summarize(load_data(root, pop_dataset_options(kwargs)))
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
-    click.echo(f"{root}: {s['images']} images, {s['lesions']} lesions")
-    click.echo(f"{'class':<7}{'images':>8}{'lesions':>9}")
+    group = s["group"]
+    click.echo(f"{root}: preset {s['preset']} (table {s['table']}), task {s['task']}")
+    click.echo(f"{s['images']} images, {s['groups']} {group}s, {len(s['classes'])} classes")
+    if s["dropped_classes"]:
+        click.echo(f"dropped (no images): {', '.join(s['dropped_classes'])}")
+    width = max(7, *(len(c) + 2 for c in s["per_class"]))
+    click.echo(f"{'class':<{width}}{'images':>8}{group + 's':>10}")
     for dx, c in s["per_class"].items():
-        click.echo(f"{dx:<7}{c['images']:>8}{c['lesions']:>9}")
-    per = ", ".join(f"{k}: {v}" for k, v in s["images_per_lesion"].items())
-    click.echo(f"images per lesion (lesions): {per}")
-    click.echo(f"missing age: {s['missing_age']}, unknown sex: {s['unknown_sex']}, "
-               f"unknown localization: {s['unknown_localization']}")
+        click.echo(f"{dx:<{width}}{c['images']:>8}{c['groups']:>10}")
+    per = ", ".join(f"{k}: {v}" for k, v in s["images_per_group"].items())
+    click.echo(f"images per {group} ({group}s): {per}")
+    fields = s["fields"]
+    if not fields["numeric"] and not fields["categorical"]:
+        click.echo("metadata: none")
+    for kind in ("numeric", "categorical"):
+        for name in fields[kind]:
+            click.echo(f"missing {name}: {s['missing'][name]} of {s['images']} ({kind})")
+    click.echo(f"never model inputs (leak the label): {', '.join(s['leaky_columns_ignored'])}")
 
 
 @data.command("unpack")
@@ -88,4 +100,6 @@ def download_ham10000(dest: str, with_isic2018_test: bool) -> None:
     fetch(Path(dest), with_isic2018_test=with_isic2018_test, progress=progress)
     for b in bars.values():
         b.close()
-    click.echo(f"done; next: skinfeat data check {dest}")
+    # With the test set beside it the folder holds two tables: name the one to read.
+    preset = " --preset ham10000" if with_isic2018_test else ""
+    click.echo(f"done; next: skinfeat data check {dest}{preset}")

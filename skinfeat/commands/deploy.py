@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
-import click
 
-from .common import progress_bar
+import click
+import numpy as np
+
+from .common import column_overrides, dataset_options, pop_dataset_options, progress_bar
 
 
 def predictor_options(f):
@@ -28,43 +30,60 @@ def predictor_options(f):
 @predictor_options
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="One image file.")
 @click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False),
-              help="Batch: columns image (path) or image_id, optional age, sex, localization.")
-@click.option("--age", type=float, help="Patient age in years (missing: the training mean).")
-@click.option("--sex", help="male / female (missing: unknown).")
-@click.option("--localization", help="Lesion site, HAM10000 spelling, e.g. back (missing: unknown).")
+              help="Batch: a column image (path) or image_id, plus any of the model's metadata "
+              "fields as columns.")
+@click.option("--meta", multiple=True, metavar="FIELD=VALUE",
+              help="A metadata value for --image, repeatable (e.g. --meta age=55 --meta "
+              "anatom_site_general=head/neck); a field not given is missing.")
+@click.option("--age", type=float, help="HAM10000 models: same as --meta age=AGE.")
+@click.option("--sex", help="HAM10000 models: same as --meta sex=SEX.")
+@click.option("--localization", help="HAM10000 models: same as --meta localization=SITE.")
 @click.option("--output", default="predictions.csv", show_default=True,
               type=click.Path(dir_okay=False), help="Where --csv predictions are written.")
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print probabilities as JSON.")
-def predict(run, weights_file, device, batch_size, workers, image, csv_path, age, sex,
+def predict(run, weights_file, device, batch_size, workers, image, csv_path, meta, age, sex,
             localization, output, top_k, as_json) -> None:
     """Calibrated class probabilities for a raw image (or a CSV of them) and its metadata."""
-    from ..datasets import CLASS_NAMES, load_generic_csv
-    from ..predict import Predictor, save_predictions
+    from ..datasets import load_images
+    from ..predict import Predictor, decide, parse_meta, save_predictions
 
     if bool(image) == bool(csv_path):
         raise click.UsageError("pass exactly one of --image or --csv")
-    if csv_path and (age is not None or sex or localization):
-        raise click.UsageError("--age/--sex/--localization go with --image; a CSV has columns")
+    aliases = [f"{k}={v}" for k, v in (("age", age), ("sex", sex), ("localization", localization))
+               if v is not None and v != ""]
+    if csv_path and (meta or aliases):
+        raise click.UsageError("--meta/--age/--sex/--localization go with --image; a CSV has "
+                               "columns")
     p = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
                   num_workers=workers)
     if p.random_weights:
         click.echo("NOTE: RANDOM backbone weights: these probabilities mean nothing clinically.",
                    err=True)
     if image:
-        probs = p.predict_image(image, age=age, sex=sex, localization=localization)
+        values = parse_meta([*aliases, *meta], p.spec)
+        probs = p.predict_image(image, values)
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+        chosen = p.classes[int(decide(np.array([list(probs.values())]), p.threshold)[0])]
         if as_json:
-            click.echo(json.dumps({"image": image, "prediction": ranked[0][0],
-                                   "probabilities": probs, "temperature": p.temperature,
-                                   "model": run, "weights": p.weights}, indent=2))
+            click.echo(json.dumps({"image": image, "prediction": chosen, "probabilities": probs,
+                                   "metadata": values, "temperature": p.temperature,
+                                   "threshold": p.threshold, "model": run, "weights": p.weights},
+                                  indent=2))
             return
-        click.echo(f"{'class':<7}{'probability':>12}  diagnosis")
+        width = max(7, *(len(c) + 2 for c in p.classes))
+        click.echo(f"{'class':<{width}}{'probability':>12}  diagnosis")
         for c, v in ranked[:top_k]:
-            click.echo(f"{c:<7}{100 * v:>10.2f} %  {CLASS_NAMES.get(c, '')}")
+            click.echo(f"{c:<{width}}{100 * v:>10.2f} %  {p.spec.class_names.get(c, '')}")
+        if p.threshold is not None:
+            click.echo(f"prediction: {chosen} (threshold {p.threshold:.3f} on p({p.classes[1]}))")
+        missing = [f for f in p.fields if f not in values]
+        if missing:
+            click.echo(f"missing metadata (treated as missing, as in training): "
+                       f"{', '.join(missing)}")
         click.echo(f"(temperature {p.temperature:.2f}; research use only, not a diagnosis)")
         return
-    table = load_generic_csv(csv_path, labelled=False)
+    table = load_images(csv_path, p.spec)
     bar = progress_bar("predict")
     bar.total = len(table)
     preds = p.predict_table(table, progress=bar.update)
@@ -79,17 +98,22 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, age
 @click.command()
 @predictor_options
 @click.option("--data", required=True, type=click.Path(exists=True),
-              help="HAM10000 folder, ISIC 2018 Task 3 test folder, or a CSV (image/image_id, dx).")
-@click.option("--layout", type=click.Choice(["auto", "ham10000", "isic2018-test", "csv"]),
-              default="auto", show_default=True)
+              help="Any preset's folder (e.g. the ISIC 2018 Task 3 test set) or a CSV "
+              "(image/image_id, dx).")
+@dataset_options
 @click.option("--out", type=click.Path(file_okay=False),
               help="Report folder [default: MODEL/eval-<data name>].")
-def evaluate(run, weights_file, device, batch_size, workers, data, layout, out) -> None:
-    """Score a trained model on another labelled set (report leads with balanced accuracy)."""
+def evaluate(run, weights_file, device, batch_size, workers, data, out, **kwargs) -> None:
+    """Score a trained model on another labelled set (the report leads with balanced accuracy,
+    or ROC AUC for a binary model). The labels are read as the model's task."""
     from ..evaluate import evaluate_run
 
+    opts = pop_dataset_options(kwargs)
+    if opts["task"]:
+        raise click.UsageError("evaluate reads the labels as the model's own task; drop --task")
     bar = progress_bar("evaluate")
-    res = evaluate_run(run, data, out, layout=layout, weights_file=weights_file, device=device,
+    res = evaluate_run(run, data, out, layout=opts["preset"], spec=opts["spec_file"],
+                       columns=column_overrides(opts), weights_file=weights_file, device=device,
                        batch_size=batch_size, num_workers=workers, progress=bar.update,
                        on_start=lambda n: setattr(bar, "total", n))
     bar.close()
@@ -97,6 +121,8 @@ def evaluate(run, weights_file, device, batch_size, workers, data, layout, out) 
     if info["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
     click.echo(f"{info['n']} images ({info['layout']}); {info['metadata_note'].replace('**', '')}")
-    for k in ("balanced_accuracy", "accuracy", "macro_f1"):
-        click.echo(f"{k:<20}{m[k]:>8.4f}  (95 % CI {ci[k][0]:.4f} to {ci[k][1]:.4f})")
+    for k in ("auc", "balanced_accuracy", "accuracy") if len(info["classes"]) == 2 else \
+            ("balanced_accuracy", "accuracy", "macro_f1"):
+        interval = f"  (95 % CI {ci[k][0]:.4f} to {ci[k][1]:.4f})" if k in ci else ""
+        click.echo(f"{k:<20}{m[k]:>8.4f}{interval}" if m[k] is not None else f"{k:<20}     n/a")
     click.echo(f"report: {res['out'] / 'evaluate_report.md'}")

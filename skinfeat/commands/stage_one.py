@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from ..backbone import RESIZE_MODES
-from .common import default_cache, progress_bar, weights_options
+from .common import (dataset_options, default_cache, load_data, pop_dataset_options, progress_bar,
+                     weights_options)
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -24,8 +25,9 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 
 
 @click.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="HAM10000 folder (Kaggle or Dataverse layout).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+              help="Dataset folder (any preset) or a CSV table of images.")
+@dataset_options
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
               help="HDF5 cache file [default: cache/<data>-<backbone>-<weights>.h5].")
 @weights_options
@@ -45,13 +47,15 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
               default="auto", show_default=True,
               help="torch.compile the backbone (auto: from 2,000 images to embed).")
 def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image_size, precision,
-            device, batch_size, workers, views, shard, compile_mode) -> None:
-    """Stage one: embed every image once into the HDF5 cache (resumable)."""
+            device, batch_size, workers, views, shard, compile_mode, **kwargs) -> None:
+    """Stage one: embed every image of a dataset once into the HDF5 cache (resumable).
+
+    Any preset works, test sets (isic2018-test) and CSV tables included, so evaluation sets are
+    cached once too."""
     from ..backbone import resolve_weights
-    from ..datasets import load_ham10000
     from ..extract import VIEW_PRESETS, extract as run_extract
 
-    table = load_ham10000(data_dir)
+    table = load_data(data_dir, pop_dataset_options(kwargs)).table
     source = resolve_weights(weights, weights_file)
     shard_t = parse_shard(shard)
     kind = "file" if weights_file else weights

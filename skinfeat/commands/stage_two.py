@@ -5,13 +5,13 @@ from pathlib import Path
 
 import click
 
-from .common import find_cache, progress_bar
+from .common import dataset_options, find_cache, load_data, pop_dataset_options, progress_bar
 
 
 def head_options(f):
     for opt in reversed([
         click.option("--split", type=click.Choice(["lesion", "image"]), default="lesion",
-                     show_default=True, help="lesion: grouped by lesion_id (honest); image: the "
+                     show_default=True, help="lesion: grouped by the dataset's groups (lesions, patients; honest); image: the "
                      "reference's leaky image-level split."),
         click.option("--seed", type=int, default=42, show_default=True),
         click.option("--head", "head_kind", type=click.Choice(["reference", "film"]),
@@ -27,7 +27,9 @@ def head_options(f):
 
 
 @click.command("fit-head")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+              help="Dataset folder (any preset) or a CSV table.")
+@dataset_options
 @click.option("--cache", "cache_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @head_options
@@ -37,16 +39,15 @@ def head_options(f):
 @click.option("--select-on", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Split that picks the epoch; 'test' reproduces the reference's flaw.")
 def fit_head(data_dir, cache_path, out, split, seed, head_kind, epochs, meta_dropout, tta, inputs,
-             model, select_on) -> None:
+             model, select_on, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
     from ..baseline import LGBMConfig
-    from ..datasets import load_ham10000
     from ..head import HeadConfig
     from ..train import fit_run
 
-    table = load_ham10000(data_dir)
+    data = load_data(data_dir, pop_dataset_options(kwargs))
     cache_path = cache_path or find_cache(data_dir)
-    res = fit_run(table, cache_path, out, split=split, seed=seed, select_on=select_on, model=model,
+    res = fit_run(data, cache_path, out, split=split, seed=seed, select_on=select_on, model=model,
                   head_cfg=HeadConfig(head=head_kind, inputs=inputs, seed=seed, max_epochs=epochs,
                                       meta_dropout=meta_dropout),
                   lgbm_cfg=LGBMConfig(inputs=inputs, seed=seed), tta=tta)
@@ -54,15 +55,22 @@ def fit_head(data_dir, cache_path, out, split, seed, head_kind, epochs, meta_dro
 
 
 def print_run_summary(res: dict, out: str | Path) -> None:
+    from ..metrics import headline
+
     m, b, info = res["metrics"], res["baseline"], res["info"]
     if info["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
-    click.echo(f"split {info['split']} (test {info['sizes']['test']} images), "
-               f"epoch chosen on {info['select_on']}")
-    click.echo(f"{'':<20}{'model':>10}{'majority':>10}")
-    for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1"):
-        click.echo(f"{k:<20}{m[k]:>10.4f}{b[k]:>10.4f}")
+    click.echo(f"{info['dataset']}, task {info['task']}; split {info['split']} (test "
+               f"{info['sizes']['test']} images), epoch chosen on {info['select_on']}")
+    width = max(len(k) for k in headline(len(info["classes"]))) + 2
+    click.echo(f"{'':<{width}}{'model':>10}{'majority':>10}")
+    for k in headline(len(info["classes"])):
+        click.echo(f"{k:<{width}}{_num(m[k]):>10}{_num(b[k]):>10}")
     click.echo(f"report: {Path(out) / 'report.md'}")
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def comma_list(allowed: tuple[str, ...]):
@@ -85,7 +93,9 @@ def parse_seeds(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 
 @click.command("cv")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+              help="Dataset folder (any preset) or a CSV table.")
+@dataset_options
 @click.option("--cache", "cache_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @head_options
@@ -102,13 +112,12 @@ def parse_seeds(ctx, param, value: str | None) -> tuple[int, ...] | None:
               help="Fits at a time, one thread each (0: one per CPU core); the results do not "
               "depend on it.")
 def cv(data_dir, cache_path, out, split, seed, head_kind, epochs, meta_dropout, tta, folds, seeds,
-       inputs, models, jobs) -> None:
+       inputs, models, jobs, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
     from ..cv import CVConfig, cv_run
-    from ..datasets import load_ham10000
     from ..head import HeadConfig
 
-    table = load_ham10000(data_dir)
+    table = load_data(data_dir, pop_dataset_options(kwargs))
     cache_path = cache_path or find_cache(data_dir)
     cfg = CVConfig(folds=folds, split=split, seeds=seeds or (seed,), models=models, inputs=inputs,
                    head=HeadConfig(head=head_kind, max_epochs=epochs, meta_dropout=meta_dropout),
@@ -124,9 +133,10 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
     if res["info"]["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
     cfg = res["config"]
-    click.echo(f"{res['split']} split, {cfg['folds']} folds x {len(cfg['seeds'])} seed(s): "
-               f"{res['protocol']}")
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+    click.echo(f"{res['dataset']}, task {res['task']}; {res['split']} split, {cfg['folds']} "
+               f"folds x {len(cfg['seeds'])} seed(s): {res['protocol']}")
+    keys = ("auc", "balanced_accuracy", "sensitivity_at_90_specificity", "accuracy") \
+        if len(res["classes"]) == 2 else ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
     click.echo(f"{'model':<6}{'inputs':<8}" + "".join(f"{k:>22}" for k in keys))
     for model, by_inputs in res["summary"].items():
         for inputs, e in by_inputs.items():

@@ -1,0 +1,257 @@
+"""Dataset descriptions: what a dermatology set looks like, as a value every command reads.
+
+A ``DatasetSpec`` says where the labels come from (a column of codes, or one-hot columns), how
+image ids map to files, which column groups related images (lesion, patient, or none), which
+columns are metadata, which tokens mean "missing", and which columns must never reach a model
+because they leak the label. The built-in presets match the public releases file for file;
+``csv`` describes any table given by flags or by a spec file (JSON or TOML).
+
+A ``Task`` picks what is learned from the labels: every class (``multiclass``) or one class
+against the rest (``binary:mel``). Sets with two classes (ISIC 2020) are binary by themselves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Columns that leak the label in the public sets: how the diagnosis was confirmed (HAM10000
+# dx_type, PAD-UFES-20 biopsed), the source clinic, and ISIC 2020's label spelled three ways.
+KNOWN_LEAKY = ("dx_type", "dataset", "biopsed", "diagnosis", "benign_malignant", "target")
+# Values that mean "missing" in every set (compared after strip + lower-case).
+COMMON_MISSING = ("", "nan", "none", "null", "na", "n/a")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class SpecError(ValueError):
+    """A dataset description that cannot be used (unknown key, leaky column as input, ...)."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything skinfeat needs to know about one dataset layout."""
+    name: str
+    classes: tuple[str, ...] = ()              # ordered class codes; () = the sorted labels found
+    class_names: dict[str, str] = field(default_factory=dict)
+    labels_file: tuple[str, ...] = ()          # candidate names of the label table, in root
+    label_column: str | None = "dx"            # a column of class codes ...
+    onehot: bool = False                       # ... or one column per class code (ISIC style)
+    metadata_file: tuple[str, ...] = ()        # a separate metadata table joined on the image id
+    image_column: str = "image_id"             # ids, file names or paths (relative to the table)
+    image_dirs: tuple[str, ...] = ()           # folders (under root) that hold the images
+    image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+    id_suffixes: tuple[str, ...] = ()          # file-name endings that are not part of the id
+    group_column: str | None = None            # images of one group stay on one side of splits
+    group_name: str = "image"                  # what a group is, for reports: lesion, patient
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    missing_tokens: tuple[str, ...] = ()       # this set's own spellings of "missing"
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # plausible numeric values
+    leaky: tuple[str, ...] = KNOWN_LEAKY
+    merges: dict[str, str] = field(default_factory=dict)   # class code -> code it is merged into
+    optional_classes: tuple[str, ...] = ()     # dropped, with a note, when they have no images
+    positive: str | None = None                # the positive class of a two-class set
+    evaluation_only: bool = False              # a test set: no training on it (ISIC 2018 Task 3)
+    reference_recipe: bool = False             # the published Keras recipe was reported on it
+    citation: str = ""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    @property
+    def metadata(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.categorical)
+
+    @property
+    def missing(self) -> frozenset[str]:
+        """Every token that means missing in this set, lower-cased."""
+        return frozenset(COMMON_MISSING) | {t.strip().lower() for t in self.missing_tokens}
+
+    def check(self) -> None:
+        """The leakage guard: no label-leaking column, no label column, as a model input."""
+        if not self.onehot and not self.label_column:
+            raise SpecError(f"spec {self.name!r}: give label_column, or onehot = true")
+        forbidden = set(map(str.lower, self.leaky))
+        if self.label_column:
+            forbidden.add(self.label_column.lower())
+        if self.onehot:
+            forbidden |= set(self.classes)
+        bad = sorted(c for c in self.metadata if c.lower() in forbidden)
+        if bad:
+            raise SpecError(f"spec {self.name!r}: {', '.join(bad)} leak(s) the label and can never "
+                            "be a model input (dx_type, dataset, biopsed, diagnosis, "
+                            "benign_malignant, target and the label itself)")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise SpecError(f"spec {self.name!r}: {', '.join(both)} both numeric and categorical")
+        unknown = sorted(set(self.merges.values()) - set(self.classes)) if self.classes else []
+        if unknown:
+            raise SpecError(f"spec {self.name!r}: merges into unknown class(es) {unknown}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ranges"] = {k: list(v) for k, v in self.ranges.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetSpec":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SpecError(f"unknown dataset spec key(s) {unknown}; known: {sorted(names)}")
+        if "name" not in d:
+            raise SpecError("a dataset spec needs a name")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        for key in ("labels_file", "metadata_file"):  # a single file name is fine too
+            if isinstance(kw.get(key), str):
+                kw[key] = (kw[key],)
+        if "classes" in kw:
+            kw["classes"] = tuple(str(c).lower() for c in kw["classes"])
+        if "ranges" in kw:
+            kw["ranges"] = {k: (float(v[0]), float(v[1])) for k, v in kw["ranges"].items()}
+        return cls(**kw)
+
+    def with_columns(self, **changes) -> "DatasetSpec":
+        """A copy with some fields changed (command-line flags over a preset or a spec file)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """A spec file: JSON, or TOML (``.toml``), with the keys of ``DatasetSpec``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".toml":
+            import tomllib
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path}: cannot read the dataset spec ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a dataset spec is a table of keys, not a {type(data).__name__}")
+    data = data.get("dataset", data)  # [dataset] table in TOML is allowed
+    try:
+        return DatasetSpec.from_dict(data)
+    except TypeError as exc:
+        raise SpecError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Task:
+    """``multiclass`` (every class) or ``binary`` (``positive`` against the rest)."""
+    kind: str = "multiclass"
+    positive: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Task | None":
+        """``multiclass``, ``binary`` (the set's own positive class) or ``binary:CODE``."""
+        if text is None or text == "":
+            return None
+        kind, _, positive = text.partition(":")
+        if kind not in ("multiclass", "binary") or (kind == "multiclass" and positive):
+            raise SpecError(f"--task {text!r}: use multiclass, binary or binary:CLASS (e.g. "
+                            "binary:mel)")
+        return cls(kind, positive.strip().lower() or None)
+
+    @property
+    def binary(self) -> bool:
+        return self.kind == "binary"
+
+    def __str__(self) -> str:
+        return f"binary:{self.positive}" if self.binary else "multiclass"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- the public releases
+HAM_CLASS_NAMES = {
+    "akiec": "actinic keratosis / intraepithelial carcinoma",
+    "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis-like lesion",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "melanocytic nevus",
+    "vasc": "vascular lesion",
+}
+ISIC_SITES_NOTE = "ISIC sites: anterior/posterior/lateral torso, head/neck, upper/lower extremity"
+
+PRESETS: dict[str, DatasetSpec] = {
+    # Tschandl et al., Sci. Data 5, 180161 (2018). Kaggle: HAM10000_metadata.csv; Harvard
+    # Dataverse: HAM10000_metadata (tab-separated, no extension, or .tab) plus a dataset column.
+    "ham10000": DatasetSpec(
+        name="ham10000", classes=tuple(HAM_CLASS_NAMES), class_names=HAM_CLASS_NAMES,
+        labels_file=("HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata",
+                     "HAM10000_metadata.txt"),
+        label_column="dx", image_column="image_id",
+        image_dirs=("HAM10000_images_part_1", "HAM10000_images_part_2"),
+        group_column="lesion_id", group_name="lesion",
+        numeric=("age",), categorical=("sex", "localization"), missing_tokens=("unknown",),
+        ranges={"age": (0.0, 120.0)}, reference_recipe=True,
+        citation="HAM10000 (Tschandl et al. 2018), CC BY-NC 4.0"),
+    # ISIC 2019 Task 1: one-hot ground truth + a separate metadata table; UNK has no training
+    # images; lesion_id is blank for part of the set (those images are their own group).
+    "isic2019": DatasetSpec(
+        name="isic2019", classes=("mel", "nv", "bcc", "ak", "bkl", "df", "vasc", "scc", "unk"),
+        class_names={"mel": "melanoma", "nv": "melanocytic nevus", "bcc": "basal cell carcinoma",
+                     "ak": "actinic keratosis", "bkl": "benign keratosis",
+                     "df": "dermatofibroma", "vasc": "vascular lesion",
+                     "scc": "squamous cell carcinoma", "unk": "none of the others"},
+        labels_file=("ISIC_2019_Training_GroundTruth.csv",), label_column=None, onehot=True,
+        metadata_file=("ISIC_2019_Training_Metadata.csv",), image_column="image",
+        image_dirs=("ISIC_2019_Training_Input",), id_suffixes=("_downsampled",),
+        group_column="lesion_id", group_name="lesion", numeric=("age_approx",),
+        categorical=("anatom_site_general", "sex"), missing_tokens=("unknown",),
+        optional_classes=("unk",),
+        ranges={"age_approx": (0.0, 120.0)}, citation="ISIC 2019 (BCN20000, HAM10000, MSK), "
+        "CC BY-NC 4.0"),
+    # SIIM-ISIC 2020: binary melanoma task, grouped by patient. Kaggle names the table
+    # train.csv, the ISIC archive ISIC_2020_Training_GroundTruth(_v2).csv.
+    "isic2020": DatasetSpec(
+        name="isic2020", classes=("benign", "malignant"),
+        class_names={"benign": "benign", "malignant": "malignant (melanoma)"},
+        labels_file=("train.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
+                     "ISIC_2020_Training_GroundTruth.csv"),
+        label_column="benign_malignant", image_column="image_name",
+        image_dirs=("train", "jpeg/train", "ISIC_2020_Training_JPEG"), group_column="patient_id",
+        group_name="patient", numeric=("age_approx",),
+        categorical=("sex", "anatom_site_general_challenge"), missing_tokens=("unknown",),
+        ranges={"age_approx": (0.0, 120.0)}, positive="malignant",
+        citation="SIIM-ISIC 2020 (Rotemberg et al. 2021), CC BY-NC 4.0"),
+    # PAD-UFES-20 (Pacheco et al., Data in Brief 2020): smartphone images, 6 classes (BOD is
+    # already merged into SCC), about 20 clinical fields, UNK = unknown.
+    "pad-ufes-20": DatasetSpec(
+        name="pad-ufes-20", classes=("ack", "bcc", "mel", "nev", "scc", "sek"),
+        class_names={"ack": "actinic keratosis", "bcc": "basal cell carcinoma",
+                     "mel": "melanoma", "nev": "nevus",
+                     "scc": "squamous cell carcinoma (incl. Bowen's disease)",
+                     "sek": "seborrheic keratosis"},
+        labels_file=("metadata.csv",), label_column="diagnostic", image_column="img_id",
+        image_dirs=("images",), group_column="patient_id", group_name="patient",
+        numeric=("age", "diameter_1", "diameter_2"),
+        categorical=("smoke", "drink", "background_father", "background_mother", "pesticide",
+                     "gender", "skin_cancer_history", "cancer_history", "has_piped_water",
+                     "has_sewage_system", "fitspatrick", "region", "itch", "grew", "hurt",
+                     "changed", "bleed", "elevation"),
+        missing_tokens=("unk",), ranges={"age": (0.0, 120.0)}, merges={"bod": "scc"},
+        citation="PAD-UFES-20 (Pacheco et al. 2020), CC BY 4.0"),
+    # ISIC 2018 Task 3 test set: one-hot ground truth with HAM10000's classes, no metadata.
+    "isic2018-test": DatasetSpec(
+        name="isic2018-test", classes=tuple(HAM_CLASS_NAMES), class_names=HAM_CLASS_NAMES,
+        labels_file=("ISIC2018_Task3_Test_GroundTruth.csv", "ISIC2018_Task3_Test_GroundTruth",
+                     "ISIC2018_Task3_Test_GroundTruth.tab", "ISIC2018_Task3_Test_GroundTruth.txt"),
+        label_column=None, onehot=True, image_column="image",
+        image_dirs=("ISIC2018_Task3_Test_Input", "ISIC2018_Task3_Test_Images"), evaluation_only=True,
+        citation="ISIC 2018 Task 3 test set, CC BY-NC 4.0"),
+    # Any table: columns given by flags or a spec file; defaults read today's generic CSV
+    # (image or path or image_id, dx, optional lesion_id, age, sex, localization).
+    "csv": DatasetSpec(name="csv", label_column="dx", image_column="image",
+                       missing_tokens=("unknown",)),
+}
+# What makes a file the label table of a preset, beyond its name (train.csv is a common name).
+REQUIRED_COLUMNS = {"isic2020": ("image_name", "benign_malignant"),
+                    "pad-ufes-20": ("img_id", "diagnostic"), "isic2019": ("image", "mel")}
