@@ -26,7 +26,7 @@ import pandas as pd
 from skinfeat.baseline import LGBMConfig, fit_lgbm
 from skinfeat.cache import CacheContents, write_cache
 from skinfeat.cv import CVConfig, cv_run, make_folds
-from skinfeat.datasets import CLASSES, read_table, validate_table
+from skinfeat.datasets import CLASSES, load_dataset
 from skinfeat.metadata import MetadataEncoder
 from skinfeat.metrics import classification_metrics
 from skinfeat.train import fit_run
@@ -38,7 +38,7 @@ TARGETS = {"fit-head": 10.0, "cv": 90.0, "rss": 2.0}   # seconds, seconds, GB
 
 def load_table(path: Path) -> pd.DataFrame:
     """The validated table from the metadata file alone (no images needed here)."""
-    return validate_table(read_table(path).assign(path=""), path)
+    return load_dataset(path, "ham10000", images=False).table
 
 
 def synthetic_cache(table: pd.DataFrame, dim: int = 768, signal: float = 0.05,

@@ -36,7 +36,7 @@ from .cache import CacheContents, read_cache
 from .datasets import Dataset
 from .head import INPUTS, HeadConfig, one_thread
 from .metrics import headline, majority_baseline, mean_std
-from .splits import PROTOCOLS, SPLIT_KINDS, check_split, fold_ids, holdout_mask
+from .splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol
 from .train import MODELS, align_embeddings, as_dataset, fit_split
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,8 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     y = table["label"].to_numpy()
     majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
     keys = headline(len(classes))
-    return {"split": cfg.split, "protocol": PROTOCOLS[cfg.split], "config": cfg.to_dict(),
+    return {"split": cfg.split, "protocol": protocol(cfg.split, data.spec.group_name),
+            "config": cfg.to_dict(),
             "dataset": data.spec.name, "task": str(data.task), "classes": classes,
             "group": data.spec.group_name,
             "reference_recipe": data.spec.reference_recipe and not data.task.binary,

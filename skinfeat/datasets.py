@@ -401,12 +401,16 @@ def apply_task(dx: pd.Series, classes: tuple[str, ...], task: Task | None,
 
 
 def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str | Path | None =
-                 None, task: Task | str | None = None, **columns) -> Dataset:
-    """Read any supported labelled set into the validated table (see the module docstring)."""
+                 None, task: Task | str | None = None, images: bool = True,
+                 **columns) -> Dataset:
+    """Read any supported labelled set into the validated table (see the module docstring).
+
+    ``images=False`` reads the tables alone (``path`` left blank): enough for stage two, which
+    needs the labels, groups and metadata beside a cache, not the image files."""
     spec, source = resolve_spec(path, preset, spec, **columns)
     root = source.parent
     index = None
-    if Path(path).is_dir() and spec.name != "csv":  # a dataset folder: its images must be there
+    if images and Path(path).is_dir() and spec.name != "csv":  # its images must be there
         index = index_images(root, spec)
         if not index:
             zips = sorted(p.name for p in root.glob("*.zip"))
@@ -422,7 +426,11 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
         raw = _join_metadata(raw, root, spec, image_col)
     spec = _default_fields(spec, raw)
     dx = _labels(raw, spec, source)
-    ids, paths = resolve_images(raw, image_col, root, spec, source, index)
+    if images:
+        ids, paths = resolve_images(raw, image_col, root, spec, source, index)
+    else:
+        ids = [image_key(v, spec) for v in raw[image_col].astype(str)]
+        paths = [""] * len(ids)
     table = pd.DataFrame({"image_id": ids})
     dupes = table["image_id"][table["image_id"].duplicated()].unique()
     if len(dupes):

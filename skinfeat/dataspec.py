@@ -50,7 +50,7 @@ class DatasetSpec:
     categorical: tuple[str, ...] = ()
     missing_tokens: tuple[str, ...] = ()       # this set's own spellings of "missing"
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # plausible numeric values
-    leaky: tuple[str, ...] = KNOWN_LEAKY
+    leaky: tuple[str, ...] = KNOWN_LEAKY       # KNOWN_LEAKY is refused as an input in any case
     merges: dict[str, str] = field(default_factory=dict)   # class code -> code it is merged into
     optional_classes: tuple[str, ...] = ()     # dropped, with a note, when they have no images
     positive: str | None = None                # the positive class of a two-class set
@@ -74,7 +74,7 @@ class DatasetSpec:
         """The leakage guard: no label-leaking column, no label column, as a model input."""
         if not self.onehot and not self.label_column:
             raise SpecError(f"spec {self.name!r}: give label_column, or onehot = true")
-        forbidden = set(map(str.lower, self.leaky))
+        forbidden = {c.lower() for c in (*KNOWN_LEAKY, *self.leaky)}
         if self.label_column:
             forbidden.add(self.label_column.lower())
         if self.onehot:

@@ -108,9 +108,9 @@ def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: f
     """Markdown rows: each metric with its bootstrap CI and the majority baseline, then ECE."""
     lines = ["| metric | model | 95 % CI | majority baseline |", "|---|---|---|---|"]
     for key in keys:
-        pct = metric_label(key)[1]
+        label, pct = metric_label(key)
         c = ci.get(key)
-        lines.append(f"| {key} | {fmt(metrics[key], pct)} | "
+        lines.append(f"| {label} | {fmt(metrics[key], pct)} | "
                      + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") + " | "
                      + (fmt(baseline[key], pct) if baseline else "") + " |")
     return lines + [f"| ECE (T={temperature:.2f}) | {fmt(metrics['ece'])} | | |",

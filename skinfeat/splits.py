@@ -27,6 +27,17 @@ PROTOCOLS = {
 }
 
 
+def protocol(kind: str, group: str = "lesion") -> str:
+    """The split's description for reports, in the dataset's own words (lesion, patient)."""
+    if group == "lesion":
+        return PROTOCOLS[kind]
+    if kind == "lesion":
+        return (f"{group}-grouped, stratified by class: no {group} on both sides"
+                if group != "image" else "image-level stratified (the set has no groups)")
+    return (f"image-level stratified: images of one {group} may sit on both sides, which "
+            "inflates scores")
+
+
 def _check_kind(kind: str) -> None:
     if kind not in SPLIT_KINDS:
         raise ValueError(f"unknown split kind {kind!r}; expected one of {SPLIT_KINDS}")

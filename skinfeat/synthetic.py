@@ -1,8 +1,9 @@
-"""A synthetic dataset in the HAM10000 Kaggle layout, for the demo and the tests.
+"""Synthetic datasets in each public layout, for the demo and the tests.
 
 Images carry a class-dependent visual signal (lesion colour, size, border and texture on a skin
 background); metadata follows HAM10000-like distributions with missing ages and "unknown"
 categories; some lesions have several images (jittered copies), as in the real data.
+``make_synthetic(preset, root)`` writes the other presets' exact layouts (``synthetic_layouts``).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ LOOK = {
     "mel": ((45, 30, 30), 0.30, 0.45, 58, ("back", "upper extremity", "trunk")),
     "nv": ((110, 70, 45), 0.18, 0.05, 42, ("back", "lower extremity", "trunk", "abdomen")),
     "vasc": ((150, 30, 70), 0.16, 0.10, 50, ("abdomen", "trunk", "lower extremity")),
+    "scc": ((175, 75, 55), 0.24, 0.35, 72, ("face", "hand", "scalp")),
 }
 
 
@@ -59,6 +61,28 @@ def _draw_lesion(rng: np.random.Generator, dx: str, size: tuple[int, int],
     img = img.filter(ImageFilter.GaussianBlur(1.2))
     noise = rng.normal(0, 6, (h, w, 3))
     return Image.fromarray(np.clip(np.asarray(img, np.float64) + noise, 0, 255).astype(np.uint8))
+
+
+def draw(rng: np.random.Generator, look: str, size: tuple[int, int]) -> Image.Image:
+    """One image of a new lesion that looks like ``look`` (a key of ``LOOK``)."""
+    color, radius, irregular, _, _ = LOOK[look]
+    params = {"color": color, "radius": radius, "irregular": irregular,
+              "shape": rng.normal(0, 1, 40)}
+    return _draw_lesion(rng, look, size, params)
+
+
+def make_synthetic(preset: str, root: str | Path, n_images: int = 120, seed: int = 0,
+                   image_size: tuple[int, int] = (64, 48)) -> Path:
+    """Write a small synthetic set in ``preset``'s public layout under ``root``."""
+    from .synthetic_layouts import WRITERS
+
+    if preset == "ham10000":
+        return make_synthetic_ham(root, n_images=n_images, seed=seed, image_size=image_size,
+                                  min_lesions_per_class=4)
+    if preset not in WRITERS:
+        raise ValueError(f"no synthetic layout for {preset!r}; expected one of "
+                         f"ham10000, {', '.join(WRITERS)}")
+    return WRITERS[preset](Path(root), n_images, np.random.default_rng(seed), image_size)
 
 
 def make_synthetic_ham(root: str | Path, n_images: int = 700, seed: int = 0,

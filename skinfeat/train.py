@@ -26,7 +26,7 @@ from .head import FusionHead, HeadConfig, fit_head, head_logits
 from .metadata import MetadataEncoder
 from .metrics import (classification_metrics, expected_calibration_error, majority_baseline,
                       softmax)
-from .splits import PROTOCOLS, assign_split, load_split, save_split
+from .splits import assign_split, load_split, protocol, save_split
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,8 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Pat
     info = {
         "model": model, "config": fit.trained.config, "best_epoch": fit.trained.best_epoch,
         "epochs_run": fit.trained.epochs_run,
-        "split": kind, "protocol": PROTOCOLS[kind], "select_on": select_on, "seed": seed,
+        "split": kind, "protocol": protocol(kind, data.spec.group_name), "select_on": select_on,
+        "seed": seed,
         "dataset": data.spec.name, "task": str(data.task), "classes": classes,
         "class_names": data.class_names, "group": data.spec.group_name,
         "fields": list(data.spec.metadata),

@@ -30,7 +30,8 @@ def data_check(root: str, as_json: bool, **kwargs) -> None:
         return
     group = s["group"]
     click.echo(f"{root}: preset {s['preset']} (table {s['table']}), task {s['task']}")
-    click.echo(f"{s['images']} images, {s['groups']} {group}s, {len(s['classes'])} classes")
+    groups = f"{s['groups']} {group}s" if group != "image" else "no groups (each image alone)"
+    click.echo(f"{s['images']} images, {groups}, {len(s['classes'])} classes")
     if s["dropped_classes"]:
         click.echo(f"dropped (no images): {', '.join(s['dropped_classes'])}")
     width = max(7, *(len(c) + 2 for c in s["per_class"]))

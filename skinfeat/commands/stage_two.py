@@ -10,9 +10,11 @@ from .common import dataset_options, find_cache, load_data, pop_dataset_options,
 
 def head_options(f):
     for opt in reversed([
-        click.option("--split", type=click.Choice(["lesion", "image"]), default="lesion",
-                     show_default=True, help="lesion: grouped by the dataset's groups (lesions, patients; honest); image: the "
-                     "reference's leaky image-level split."),
+        click.option("--split", type=click.Choice(["lesion", "group", "image"]),
+                     default="lesion", show_default=True, callback=lambda c, p, v:
+                     "lesion" if v == "group" else v,
+                     help="lesion (or group): grouped by the dataset's groups, lesions or "
+                     "patients (honest); image: the reference's leaky image-level split."),
         click.option("--seed", type=int, default=42, show_default=True),
         click.option("--head", "head_kind", type=click.Choice(["reference", "film"]),
                      default="reference", show_default=True),
