@@ -38,7 +38,8 @@ def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ship_runs(synth_table, synth_cache, tmp_path_factory) -> dict:
-    """A fusion-head run and a LightGBM run on the synthetic cache (explain, export, serve)."""
+    """A fusion-head run and a LightGBM run on the synthetic cache (predict, explain, export,
+    serve); tests copy a run before changing it."""
     from skinfeat.head import HeadConfig
     from skinfeat.train import fit_run
     root = tmp_path_factory.mktemp("ship_runs")
