@@ -1,10 +1,11 @@
-# Two entry points: `make demo` and `make test`. Each builds .venv and installs the package itself.
+# Two entry points: `make demo` and `make test`. Each builds .venv and installs the package itself,
+# with every optional extra (explain, export, serve), so the tests cover every feature.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall when the package metadata changes.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,explain,export,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +23,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The web page in headless Chromium (Debian/Ubuntu packages; needs root or sudo for apt-get).
+# The screenshot is written to runs/browser-test.png.
+browser-test: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update && apt-get install -y chromium chromium-driver; } || \
+		{ sudo apt-get update && sudo apt-get install -y chromium chromium-driver; }
+	mkdir -p runs
+	SKINFEAT_SCREENSHOT=runs/browser-test.png $(BIN)/python -m pytest -q -s -rs tests/test_browser.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .backbone import DEFAULT_BACKBONE
-from .commands import data as data_cmds, deploy, stage_one, stage_two
+from .commands import data as data_cmds, deploy, ship, stage_one, stage_two
 from .commands.common import progress_bar
 
 log = logging.getLogger("skinfeat")
@@ -63,7 +63,8 @@ def demo(out: str, n_images: int, backbone: str, weights: str) -> None:
 
 
 for command in (data_cmds.data, data_cmds.download, data_cmds.weights, stage_one.extract,
-                stage_one.cache, stage_two.fit_head, stage_two.cv, deploy.predict, deploy.evaluate):
+                stage_one.cache, stage_two.fit_head, stage_two.cv, deploy.predict, deploy.evaluate,
+                ship.explain, ship.export, ship.serve):
     main.add_command(command)
 
 

@@ -217,6 +217,10 @@ class Predictor:
     def weights(self) -> str:
         return str(self.config.get("weights", "unknown"))
 
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities from the head's logits (the one place calibration is applied)."""
+        return softmax(logits, self.temperature)
+
     def _backbone(self) -> tuple[Embedder, TransformSpec]:
         if self._embedder is None:
             ident, source = self.identity, self.run / CONFIG
@@ -266,11 +270,14 @@ class Predictor:
         """The metadata fields the model takes (the others of a table are ignored)."""
         return self.spec.metadata
 
+    def encode_metadata(self, table: pd.DataFrame) -> np.ndarray:
+        """Metadata rows -> the head's metadata features (the model's fields; absent columns,
+        None and blank values are missing)."""
+        return self.encoder.transform(clean_metadata(table, self.spec, "input"))
+
     def logits(self, image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
-        """Uncalibrated logits for embeddings + metadata rows (the model's fields; absent
-        columns and blank values are missing)."""
-        meta = self.encoder.transform(clean_metadata(table, self.spec, "input"))
-        return self.trained.logits(image, meta, tta=bool(self.views))
+        """Uncalibrated logits for embeddings + metadata rows."""
+        return self.trained.logits(image, self.encode_metadata(table), tta=bool(self.views))
 
 
     def predict_table(self, table: pd.DataFrame,
@@ -286,7 +293,7 @@ class Predictor:
         ok = preds.ok
         if ok.any():
             preds.logits[ok] = self.logits(image[ok], table[ok])
-            preds.proba[ok] = softmax(preds.logits[ok], self.temperature)
+            preds.proba[ok] = self.calibrate(preds.logits[ok])
         if not ok.all():
             log.warning("%d image(s) could not be read: %s", int((~ok).sum()), "; ".join(
                 f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])

@@ -34,3 +34,16 @@ def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
     extract(synth_table, path, backbone=TINY, weights=WeightSource("random"), precision="fp32",
             num_workers=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def ship_runs(synth_table, synth_cache, tmp_path_factory) -> dict:
+    """A fusion-head run and a LightGBM run on the synthetic cache (predict, explain, export,
+    serve); tests copy a run before changing it."""
+    from skinfeat.head import HeadConfig
+    from skinfeat.train import fit_run
+    root = tmp_path_factory.mktemp("ship_runs")
+    for model in ("head", "lgbm"):
+        fit_run(synth_table, synth_cache, root / model, seed=0, model=model,
+                head_cfg=HeadConfig(seed=0, max_epochs=8))
+    return {"head": root / "head", "lgbm": root / "lgbm"}

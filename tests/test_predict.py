@@ -13,7 +13,7 @@ from skinfeat.bundle import BundleError, load_config, load_into, load_state
 from skinfeat.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.datasets import CLASSES
-from skinfeat.head import FusionHead, HeadConfig, head_logits
+from skinfeat.head import FusionHead, head_logits
 from skinfeat.metadata import MetadataEncoder
 from skinfeat.metrics import softmax
 from skinfeat.predict import Predictor
@@ -24,13 +24,9 @@ def cli(*args: str):
 
 
 @pytest.fixture(scope="module")
-def runs(synth_table, synth_cache, tmp_path_factory) -> dict:
-    from skinfeat.train import fit_run
-    root = tmp_path_factory.mktemp("runs")
-    for model in ("head", "lgbm"):
-        fit_run(synth_table, synth_cache, root / model, seed=0, model=model,
-                head_cfg=HeadConfig(seed=0, max_epochs=8))
-    return {"head": root / "head", "lgbm": root / "lgbm"}
+def runs(ship_runs) -> dict:
+    """The session's head and LightGBM runs (tests/conftest.py), shared with explain/export/serve."""
+    return ship_runs
 
 
 def cached_probabilities(run, cache, table) -> np.ndarray:

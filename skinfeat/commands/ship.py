@@ -1,0 +1,118 @@
+"""See why, and ship it: explain (heatmaps + metadata attribution), export (ONNX), serve (web page)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from .deploy import predictor_options
+
+
+def safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem) or "image"
+
+
+def needs(module: str, extra: str):
+    try:
+        __import__(module)
+    except ImportError as exc:
+        raise click.ClickException(f"this command needs the '{extra}' extra: "
+                                   f"pip install 'skinfeat[{extra}]' ({exc})") from exc
+
+
+@click.command()
+@predictor_options
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="One image file.")
+@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False),
+              help="Batch: columns image (path) or image_id, plus metadata columns.")
+@click.option("--meta", "meta_pairs", multiple=True, metavar="FIELD=VALUE",
+              help="Metadata for --image, repeatable (e.g. --meta age=55 --meta sex=female); "
+              "fields left out are missing.")
+@click.option("--class", "target", help="Also show the heatmap for this class.")
+@click.option("--method", type=click.Choice(["gradcam", "gradcam++", "xgradcam", "hirescam",
+                                             "layercam", "scorecam", "eigencam"]),
+              help="CAM variant [default: gradcam; scorecam for LightGBM models].")
+@click.option("--out", default="explain", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the PNGs (one per image, named after it).")
+def explain(run, weights_file, device, batch_size, workers, image, csv_path, meta_pairs, target,
+            method, out) -> None:
+    """Where the model looked (Grad-CAM) and how much each metadata field moved it, as PNGs."""
+    needs("pytorch_grad_cam", "explain")
+    from ..datasets import load_images
+    from ..explain import ExplainError, Explainer, save_figure
+    from ..predict import Predictor, parse_meta
+
+    if bool(image) == bool(csv_path):
+        raise click.UsageError("pass exactly one of --image or --csv")
+    if csv_path and meta_pairs:
+        raise click.UsageError("--meta goes with --image; a CSV has metadata columns")
+    p = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
+                  num_workers=workers)
+    if p.random_weights:
+        click.echo("NOTE: RANDOM backbone weights: heatmaps and probabilities mean nothing "
+                   "clinically.", err=True)
+    ex = Explainer(p)
+    if image:
+        jobs = [(image, Path(image).stem, parse_meta(meta_pairs, p.spec))]
+    else:
+        table = load_images(csv_path, p.spec)
+        jobs = [(row["path"], row["image_id"], {f: row[f] for f in ex.fields if f in row})
+                for _, row in table.iterrows()]
+    try:
+        for path, name, meta in jobs:
+            res = ex.explain(path, meta, target=target, method=method)
+            png = save_figure(res, Path(out) / f"{safe_stem(name)}.png", p.weights,
+                              p.random_weights)
+            top = ", ".join(f"{c} {100 * v:.1f} %" for c, v in res.top(3))
+            click.echo(f"{png}: {top}")
+    except ExplainError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.command()
+@predictor_options
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the graph; FILE.json is written beside it.")
+@click.option("--opset", type=int, default=17, show_default=True)
+def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> None:
+    """One ONNX graph: image tensor + encoded metadata -> calibrated probabilities."""
+    needs("onnx", "export")
+    from ..export import export_onnx
+    from ..predict import Predictor
+
+    p = Predictor(run, weights_file=weights_file, device="cpu")
+    graph, side = export_onnx(p, onnx_path, opset=opset)
+    click.echo(f"{graph}: {graph.stat().st_size / 1e6:.1f} MB; preprocessing, classes and "
+               f"metadata encoding in {side} (and in the graph's metadata)")
+    if p.random_weights:
+        click.echo("NOTE: RANDOM backbone weights in this graph.", err=True)
+
+
+@click.command()
+@predictor_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the default is reachable from this machine only.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-upload-mb", type=float, default=20.0, show_default=True)
+@click.option("--top-k", type=int, default=3, show_default=True)
+def serve(run, weights_file, device, batch_size, workers, host, port, max_upload_mb,
+          top_k) -> None:
+    """A local web page (and JSON API): upload an image, fill in metadata, see why."""
+    needs("fastapi", "serve")
+    needs("uvicorn", "serve")
+    import uvicorn
+
+    from ..predict import Predictor
+    from ..serve import create_app
+
+    p = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
+                  num_workers=workers)
+    app = create_app(p, max_upload_bytes=int(max_upload_mb * 1e6), top_k=top_k)
+    where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else \
+        "EVERY machine that can reach this address: no authentication, no encryption"
+    click.echo(f"serving {run} on http://{host}:{port}/ , reachable from {where} "
+               "(--host sets the address). Research use only.")
+    if p.random_weights:
+        click.echo("NOTE: RANDOM backbone weights: the page says so on every result.", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,304 @@
+"""Why did the model say that: a class activation map over the image, and metadata attribution.
+
+The heatmap comes from ``pytorch-grad-cam`` (Gildenblat et al., the ``grad-cam`` package on PyPI:
+maintained, many CAM variants behind one interface, plain PyTorch hooks), computed on the frozen
+backbone's last stage through the pooling and the trained head, so it shows what moved *this*
+model's logit, not the backbone's ImageNet classes. A LightGBM model is not differentiable, so
+it gets a gradient-free method (Score-CAM by default).
+
+Metadata attribution: for a fusion head, each field in turn is set to missing (the encoder's own
+missing representation) and the change in every calibrated class probability is reported. For
+LightGBM, its own per-feature contributions (``pred_contrib``, TreeSHAP in raw-score units) are
+summed over each field's encoded columns.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .backbone import load_image, to_tensor
+from .datasets import DataError
+
+log = logging.getLogger(__name__)
+
+# name -> (pytorch_grad_cam class name, needs gradients through the head)
+METHODS = {"gradcam": ("GradCAM", True), "gradcam++": ("GradCAMPlusPlus", True),
+           "xgradcam": ("XGradCAM", True), "hirescam": ("HiResCAM", True),
+           "layercam": ("LayerCAM", True), "scorecam": ("ScoreCAM", False),
+           "eigencam": ("EigenCAM", False)}
+# The CAM methods hook into the model: one explanation at a time per process.
+_CAM_LOCK = threading.Lock()
+
+
+class ExplainError(ValueError):
+    """A request explain cannot honour (unknown class or method, field, model kind)."""
+
+
+def last_stage(model: nn.Module) -> nn.Module:
+    """The backbone's last feature stage: timm's ``feature_info``, else the last convolution."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        last = info[-1] if isinstance(info, (list, tuple)) else info.info[-1]
+        return model.get_submodule(last["module"])
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ExplainError(f"{type(model).__name__} has no convolutional stage to explain")
+    return convs[-1]
+
+
+class ImageToLogits(nn.Module):
+    """Image tensor -> class logits, with the metadata held fixed: what the CAM differentiates.
+
+    ``features`` is stage one's pooled backbone; ``head`` maps (embedding, meta) to logits.
+    """
+
+    def __init__(self, features: nn.Module, head, meta: torch.Tensor):
+        super().__init__()
+        self.features, self.head, self.meta = features, head, meta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        meta = self.meta.expand(x.shape[0], -1)
+        if not isinstance(self.head, nn.Module):  # LightGBM: numpy in, numpy out (no gradient)
+            emb = self.features(x).detach().cpu().numpy()
+            return torch.as_tensor(self.head(emb, meta.cpu().numpy()), dtype=torch.float32,
+                                   device=x.device)
+        if not x.requires_grad:
+            # The backbone is frozen: without an input that needs grad, no gradient reaches the
+            # hooked activations at all.
+            x = x.detach().requires_grad_(True)
+        return self.head(self.features(x), meta)
+
+
+def class_activation(net: nn.Module, layer: nn.Module, x: torch.Tensor, target: int,
+                     method: str = "gradcam") -> np.ndarray:
+    """(H, W) heatmap in [0, 1] for class index ``target`` on one image tensor (1, 3, H, W)."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if method not in METHODS:
+        raise ExplainError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    cls = getattr(pytorch_grad_cam, METHODS[method][0])
+    with _CAM_LOCK, torch.enable_grad():
+        cam = cls(model=net, target_layers=[layer])
+        try:
+            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target))])
+        finally:
+            cam.activations_and_grads.release()
+    heat = np.nan_to_num(np.asarray(heat[0], dtype=np.float32))
+    top = float(heat.max())
+    return heat / top if top > 0 else heat
+
+
+def field_columns(feature_names: Sequence[str], fields: Sequence[str]) -> dict[str, list[int]]:
+    """Encoded column indices of each metadata field (``age``, ``sex_male`` -> ``sex``, ...)."""
+    out: dict[str, list[int]] = {f: [] for f in fields}
+    for j, name in enumerate(feature_names):
+        owners = [f for f in fields if name == f or name.startswith(f + "_")]
+        if owners:  # the longest field name wins ("site" vs "site_group")
+            out[max(owners, key=len)].append(j)
+    return out
+
+
+@dataclass
+class Explanation:
+    """One image explained: probabilities, heatmaps per explained class, metadata attribution."""
+    image: str
+    classes: list[str]
+    proba: np.ndarray                   # (K,) calibrated
+    predicted: str
+    view: np.ndarray                    # (H, W, 3) uint8: the image as the backbone saw it
+    cams: dict[str, np.ndarray]         # class -> (H, W) heatmap in [0, 1]
+    method: str
+    attribution: dict[str, np.ndarray]  # field -> (K,) effect of the field's value, per class
+    attribution_kind: str               # what the attribution numbers are
+    metadata: dict = field(default_factory=dict)
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-self.proba)[:k]
+        return [(self.classes[i], float(self.proba[i])) for i in order]
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no pixel arrays)."""
+        return {"image": self.image, "prediction": self.predicted,
+                "probabilities": dict(zip(self.classes, map(float, self.proba))),
+                "cam_method": self.method, "cam_classes": list(self.cams),
+                "metadata": self.metadata, "attribution_kind": self.attribution_kind,
+                "attribution": {f: dict(zip(self.classes, map(float, v)))
+                                for f, v in self.attribution.items()}}
+
+
+class Explainer:
+    """Explanations for a ``Predictor``'s model: heatmaps and metadata attribution."""
+
+    def __init__(self, predictor):
+        self.p = predictor
+        enc = predictor.encoder
+        self.fields = list(enc.numeric) + list(enc.categorical)
+
+    def metadata_table(self, meta: Mapping[str, object] | None) -> pd.DataFrame:
+        """One metadata row from ``{field: value}``; absent or blank fields are missing."""
+        meta = dict(meta or {})
+        unknown = sorted(set(meta) - set(self.fields))
+        if unknown:
+            raise ExplainError(f"unknown metadata field(s) {', '.join(unknown)}; this model "
+                               f"takes {', '.join(self.fields) or 'no metadata'}")
+        row = {f: None if _missing(meta.get(f)) else meta[f] for f in self.fields}
+        return pd.DataFrame([row], dtype=object)
+
+    def default_method(self) -> str:
+        return "gradcam" if self.p.trained.kind == "head" else "scorecam"
+
+    def _head(self, method: str):
+        trained = self.p.trained
+        if trained.kind == "head":
+            return trained.model
+        if METHODS[method][1]:
+            raise ExplainError("a LightGBM model is not differentiable: use a gradient-free "
+                               "CAM method (--method scorecam or eigencam)")
+        return lambda emb, meta: np.log(np.clip(trained.model.predict_proba(emb, meta),
+                                                1e-12, None))
+
+    def heatmap(self, x: torch.Tensor, meta: np.ndarray, target: int, method: str) -> np.ndarray:
+        embedder, _ = self.p._backbone()
+        net = ImageToLogits(embedder.net, self._head(method),
+                            torch.as_tensor(meta, dtype=torch.float32,
+                                            device=embedder.device)).eval()
+        return class_activation(net, last_stage(embedder.net.model), x.to(embedder.device),
+                                target, method)
+
+    def attribution(self, embedding: np.ndarray, table: pd.DataFrame) -> tuple[dict, str]:
+        """Per field, how much its value moved each class (see the module docstring)."""
+        if self.p.trained.kind == "lgbm":
+            return self._lgbm_contributions(embedding, table), \
+                "LightGBM feature contribution (raw score, summed over the field's columns)"
+        base = self.p.calibrate(self.p.logits(embedding, table))[0]
+        out = {}
+        for f in self.fields:
+            missing = table.copy()
+            missing[f] = None
+            out[f] = base - self.p.calibrate(self.p.logits(embedding, missing))[0]
+        return out, "probability minus probability with the field missing"
+
+    def _lgbm_contributions(self, embedding: np.ndarray, table: pd.DataFrame) -> dict:
+        from .baseline import design_matrix
+
+        model, k = self.p.trained.model, len(self.p.classes)
+        if model.cfg.inputs == "image":
+            return {f: np.zeros(k) for f in self.fields}
+        meta = self.p.encode_metadata(table)
+        image = embedding[:, 0] if embedding.ndim == 3 else embedding
+        x = design_matrix(image, meta, model.cfg.inputs, model.pca)
+        contrib = model.booster.predict(x, pred_contrib=True,
+                                        num_iteration=model.booster.best_iteration or None)
+        # (1, K * (F + 1)): per class, one value per column, then the bias; metadata comes last.
+        per_class = np.asarray(contrib).reshape(k, x.shape[1] + 1)[:, :-1]
+        meta_part = per_class[:, x.shape[1] - meta.shape[1]:]
+        cols = field_columns(self.p.encoder.feature_names, self.fields)
+        return {f: meta_part[:, cols[f]].sum(axis=1) for f in self.fields}
+
+    def explain(self, path: str | Path, meta: Mapping[str, object] | None = None,
+                target: str | None = None, method: str | None = None) -> Explanation:
+        """Probabilities, a heatmap for the predicted class (and ``target``), and attribution."""
+        method = method or self.default_method()
+        if method not in METHODS:
+            raise ExplainError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+        if target is not None and target not in self.p.classes:
+            raise ExplainError(f"unknown class {target!r}; the model's classes are "
+                               f"{', '.join(self.p.classes)}")
+        table = self.metadata_table(meta)
+        embedding, errors = self.p.embed([str(path)])
+        if errors[0]:
+            raise DataError(f"{path}: cannot read the image ({errors[0]})")
+        proba = self.p.calibrate(self.p.logits(embedding, table))[0]
+        predicted = self.p.classes[int(np.argmax(proba))]
+        _, spec = self.p._backbone()
+        x = to_tensor(load_image(path, spec), spec)[None]
+        encoded = self.p.encode_metadata(table)
+        cams = {}
+        for c in dict.fromkeys([predicted] + ([target] if target else [])):
+            cams[c] = self.heatmap(x, encoded, self.p.classes.index(c), method)
+        attribution, kind = self.attribution(embedding, table)
+        return Explanation(str(path), list(self.p.classes), proba, predicted,
+                           model_view(x[0], spec), cams, method, attribution, kind,
+                           {f: _plain(table.iloc[0][f]) for f in self.fields})
+
+
+def _plain(value):
+    """A metadata value as JSON can hold it (missing: None)."""
+    return None if _missing(value) else value.item() if hasattr(value, "item") else value
+
+
+def _missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and np.isnan(value))
+
+
+def model_view(x: torch.Tensor, spec) -> np.ndarray:
+    """Undo the normalisation of a (3, H, W) input tensor: the pixels the backbone saw."""
+    mean = np.asarray(spec.mean, np.float32)[:, None, None]
+    std = np.asarray(spec.std, np.float32)[:, None, None]
+    rgb = (x.detach().numpy() * std + mean).transpose(1, 2, 0)
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def overlay(view: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The heatmap (jet colours) blended over the image, uint8 RGB."""
+    from matplotlib import colormaps
+    colour = colormaps["jet"](heat)[..., :3]
+    return np.clip(np.round((1 - alpha) * view + alpha * 255 * colour), 0, 255).astype(np.uint8)
+
+
+def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights: bool) -> Path:
+    """One PNG: the image, one overlay per explained class, and the metadata attribution chart."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .atomic import atomic_write
+
+    path = Path(path)
+    n = 2 + len(ex.cams)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1.5, 3.8),
+                             gridspec_kw={"width_ratios": [1] * (n - 1) + [1.8]})
+    axes[0].imshow(ex.view)
+    axes[0].set_title(Path(ex.image).name, fontsize=9)
+    for ax, (c, heat) in zip(axes[1:], ex.cams.items()):
+        ax.imshow(overlay(ex.view, heat))
+        ax.set_title(f"{ex.method}: {c} ({100 * ex.proba[ex.classes.index(c)]:.1f} %)",
+                     fontsize=9)
+    for ax in axes[:-1]:
+        ax.axis("off")
+    ax = axes[-1]
+    fields = list(ex.attribution)
+    if fields:
+        width = 0.8 / len(ex.classes)
+        for k, c in enumerate(ex.classes):
+            ax.bar(np.arange(len(fields)) + (k - (len(ex.classes) - 1) / 2) * width,
+                   [ex.attribution[f][k] for f in fields], width, label=c)
+        ax.set_xticks(np.arange(len(fields)),
+                      [f"{f}={_show(ex.metadata.get(f))}" for f in fields], fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "the model takes no metadata", ha="center", va="center")
+    ax.set_title("metadata: " + ex.attribution_kind, fontsize=8)
+    top = ", ".join(f"{c} {100 * p:.1f} %" for c, p in ex.top(3))
+    banner = "RANDOM backbone weights: meaningless clinically. " if random_weights else ""
+    fig.suptitle(f"{banner}{top}   |   weights: {weights}   |   research use only",
+                 fontsize=9, color="red" if random_weights else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return path
+
+
+def _show(value) -> str:
+    return "missing" if _missing(value) else str(value)

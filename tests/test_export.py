@@ -1,0 +1,90 @@
+"""export: one ONNX graph whose ONNX Runtime probabilities equal predict's; the README example runs."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from skinfeat.backbone import preprocess  # noqa: E402
+from skinfeat.cli import main  # noqa: E402
+from skinfeat.export import onnx_probabilities  # noqa: E402
+from skinfeat.predict import Predictor  # noqa: E402
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def exported(ship_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    r = CliRunner().invoke(main, ["export", "--model", str(ship_runs["head"]), "--onnx", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_onnx_runtime_equals_predict(exported, ship_runs, synth_table):
+    p = Predictor(ship_runs["head"])
+    rows = synth_table.iloc[:6][["image_id", "path", "age", "sex", "localization"]].astype(object)
+    rows.iloc[1, 2:] = None                                   # all metadata missing
+    rows.iloc[2, 3] = None                                    # sex missing
+    want = p.predict_table(rows).proba
+    _, spec = p._backbone()
+    image = np.stack([preprocess(path, spec).numpy() for path in rows["path"]])
+    got = onnx_probabilities(exported, image, p.encode_metadata(rows))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_the_graph_and_its_json_carry_what_a_caller_needs(exported, ship_runs):
+    p = Predictor(ship_runs["head"])
+    side = json.loads(exported.with_suffix(".json").read_text())
+    graph = onnx.load(str(exported))
+    stored = json.loads({e.key: e.value for e in graph.metadata_props}["skinfeat"])
+    assert stored == side
+    assert side["classes"] == p.classes and side["temperature"] == p.temperature
+    assert side["preprocessing"] == p.identity["preprocessing"] and side["random_weights"]
+    assert side["metadata"]["feature_names"] == p.encoder.feature_names
+    missing = pd.DataFrame([{f: None for f in side["metadata"]["fields"]}], dtype=object)
+    np.testing.assert_allclose(side["metadata"]["missing"], p.encode_metadata(missing)[0])
+    assert [i.name for i in graph.graph.input] == ["image", "meta"]
+
+
+def test_lightgbm_export_is_refused(ship_runs, tmp_path):
+    r = CliRunner().invoke(main, ["export", "--model", str(ship_runs["lgbm"]), "--onnx",
+                                  str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "LightGBM" in r.output and not (tmp_path / "m.onnx").exists()
+
+
+def readme_example() -> str:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"<!-- onnx-example -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README lost its ONNX example"
+    return match.group(1)
+
+
+def test_readme_onnx_example_runs_and_matches_predict(exported, ship_runs, synth_table, tmp_path):
+    code = readme_example()
+    assert len(code.strip().splitlines()) <= 20 and not re.search(r"^(import|from) skinfeat", code, re.M)
+    shutil.copy(exported, tmp_path / "model.onnx")
+    shutil.copy(exported.with_suffix(".json"), tmp_path / "model.json")
+    image = synth_table["path"].iloc[5]
+    shutil.copy(image, tmp_path / "lesion.jpg")
+    (tmp_path / "example.py").write_text(code)
+    r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = ast.literal_eval(r.stdout.strip().splitlines()[-1])
+    want = Predictor(ship_runs["head"]).predict_image(image, age=55, sex="female",
+                                                      localization="back")
+    assert list(got) == list(want)
+    np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-4)
