@@ -15,7 +15,11 @@ over, and one T fitted at natural prevalence only trades their over-confidence a
   Adaptation", ICML 2020).
 
 Every method is a monotone map of each logit plus per-class offsets: ``temperature`` never moves
-the argmax; the other two may (they move the decision towards the natural prior).
+the argmax; the other two do, towards the natural prior (more nv), which is what calibrated
+probabilities mean but not what balanced accuracy rewards. ``predict`` therefore decides with
+the balanced rule, argmax p(c | x) / prior(c): the probabilities say how likely each class is,
+the decision is the one that a class-balanced metric scores (the prior comes from the training
+class weights, w_c ~ 1 / prior(c), so the rule is argmax of the calibrated logits + log w_c).
 """
 from __future__ import annotations
 
@@ -82,17 +86,21 @@ class Calibrator:
         self.temperature = 1.0
         self.adjust: list[float] | None = None   # subtracted from the logits before T
         self.bias: list[float] | None = None     # added after T
+        self.decision_offset: list[float] | None = None  # log w_c: the balanced decision rule
 
     def fit(self, logits: np.ndarray, y: np.ndarray,
             class_weights: np.ndarray | None = None) -> "Calibrator":
         logits = np.asarray(logits, np.float64)
         y = np.asarray(y, dtype=np.int64)
         k = logits.shape[1]
-        self.adjust, self.bias = None, None
-        if self.method == "logit_adjust" and class_weights is not None:
+        self.adjust, self.bias, self.decision_offset = None, None, None
+        if class_weights is not None and self.method != "temperature":
             w = np.asarray(class_weights, np.float64)
             # A class absent from training has weight 0: leave its logit alone.
-            self.adjust = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), 0.0).tolist()
+            log_w = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), 0.0).tolist()
+            self.decision_offset = log_w
+            if self.method == "logit_adjust":
+                self.adjust = log_w
         if len(y) == 0 or not np.isfinite(logits).all():
             self.temperature = 1.0
             return self
@@ -115,9 +123,15 @@ class Calibrator:
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         return np.exp(_log_softmax(self.logits(logits)))
 
+    def predict(self, logits: np.ndarray) -> np.ndarray:
+        """Class indices by the balanced decision rule (see the module docstring)."""
+        z = self.logits(logits)
+        return (z + np.asarray(self.decision_offset) if self.decision_offset is not None
+                else z).argmax(1)
+
     def to_dict(self) -> dict:
         return {"method": self.method, "temperature": self.temperature, "adjust": self.adjust,
-                "bias": self.bias}
+                "bias": self.bias, "decision_offset": self.decision_offset}
 
     @classmethod
     def from_dict(cls, state: dict | float | None) -> "Calibrator":
@@ -129,8 +143,9 @@ class Calibrator:
         try:
             cal = cls(str(state["method"]))
             cal.temperature = float(state["temperature"])
-            cal.adjust = None if state.get("adjust") is None else [float(v) for v in state["adjust"]]
-            cal.bias = None if state.get("bias") is None else [float(v) for v in state["bias"]]
+            cal.adjust, cal.bias, cal.decision_offset = (
+                None if state.get(k) is None else [float(v) for v in state[k]]
+                for k in ("adjust", "bias", "decision_offset"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid calibration state: {exc!r}") from exc
         return cal

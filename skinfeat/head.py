@@ -45,6 +45,7 @@ class HeadConfig:
     class_weight: str = "balanced"        # balanced | none
     seed: int = 42
     meta_dropout: float = 0.0             # probability of blanking a whole metadata field
+    meta_dropout_all: float = 0.0         # probability of blanking every field of a row at once
     view_augment: bool = True             # sample one cached view per row per epoch, if present
     stop_on: str = "loss"                 # early stopping criterion on val: see STOP_ON
 
@@ -54,7 +55,8 @@ class HeadConfig:
     @classmethod
     def reference(cls, **changes) -> "HeadConfig":
         """The published recipe: no field dropout, early stopping on plain validation loss."""
-        return cls(**{"meta_dropout": 0.0, "stop_on": "loss", **changes})
+        return cls(**{"meta_dropout": 0.0, "meta_dropout_all": 0.0, "stop_on": "loss",
+                      **changes})
 
 
 class MaskDropout(nn.Dropout):
@@ -147,14 +149,19 @@ MetaField = tuple  # (lo, hi) or (lo, hi, missing values): columns lo:hi of one 
 
 
 def _blank_fields(meta: torch.Tensor, fields: list[MetaField], p: float,
-                  gen: torch.Generator) -> torch.Tensor:
+                  gen: torch.Generator, p_all: float = 0.0) -> torch.Tensor:
     """Set whole metadata fields to their "missing" encoding at random, so that training sees
     exactly the vector that a blank, unknown, unseen or absent value gets at predict time
-    (``MetadataEncoder.dropout_fields``). A field given as ``(lo, hi)`` is blanked to zeros."""
+    (``MetadataEncoder.dropout_fields``). A field given as ``(lo, hi)`` is blanked to zeros.
+    ``p_all`` blanks every field of a row at once: independent fields at ``p`` alone leave a
+    row with no metadata at all only ``p ** len(fields)`` of the time."""
     meta = meta.clone()
+    every = torch.rand(meta.shape[0], generator=gen) < p_all if p_all > 0 else None
     for f in fields:
         lo, hi = int(f[0]), int(f[1])
         drop = torch.rand(meta.shape[0], generator=gen) < p
+        if every is not None:
+            drop |= every
         fill = torch.as_tensor(f[2], dtype=meta.dtype) if len(f) > 2 else 0.0
         meta[drop, lo:hi] = fill
     return meta
@@ -234,8 +241,9 @@ def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         epoch_img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)
-        epoch_meta = _blank_fields(xm, meta_fields, cfg.meta_dropout, gen) \
-            if cfg.meta_dropout > 0 and meta_fields else xm
+        blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and meta_fields
+        epoch_meta = _blank_fields(xm, meta_fields, cfg.meta_dropout, gen,
+                                   cfg.meta_dropout_all) if blanking else xm
         order = torch.randperm(n, generator=gen)
         # One gather per epoch: each minibatch is then a contiguous slice, not five gathers.
         shuf_img, shuf_meta, shuf_y = epoch_img[order], epoch_meta[order], y[order]

@@ -20,16 +20,18 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
-                           classes: Sequence[str]) -> dict:
+                           classes: Sequence[str], y_pred: np.ndarray | None = None) -> dict:
     """Accuracy, balanced accuracy, macro / weighted F1, per-class P/R/F1/AUC, confusion matrix.
 
     Averages run over the classes present in ``y_true`` (sklearn's behaviour for balanced
-    accuracy); a class absent from ``y_true`` gets ``null`` recall and AUC.
+    accuracy); a class absent from ``y_true`` gets ``null`` recall and AUC. ``y_pred`` defaults
+    to the argmax of ``proba`` (give it when decisions follow another rule, e.g.
+    ``Calibrator.predict``); AUC and ECE always come from ``proba``.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     k = len(classes)
-    y_pred = proba.argmax(axis=1)
+    y_pred = proba.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
     labels = np.arange(k)
     present = np.unique(y_true)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -106,7 +108,8 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
 
 def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
                  n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                 groups: np.ndarray | None = None, chunk: int = 100) -> dict:
+                 groups: np.ndarray | None = None, chunk: int = 100,
+                 y_pred: np.ndarray | None = None) -> dict:
     """Percentile bootstrap (1 - alpha) intervals of the headline metrics.
 
     ``groups`` (a lesion or patient id per row) resamples whole groups, the cluster bootstrap:
@@ -120,7 +123,7 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     rng = np.random.default_rng(seed)
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
-    y_pred = proba.argmax(1)
+    y_pred = proba.argmax(1) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
     k, n = len(classes), len(y_true)
     codes = np.arange(n) if groups is None else pd_codes(groups)
     n_groups = int(codes.max()) + 1 if n else 0

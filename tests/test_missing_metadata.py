@@ -77,7 +77,8 @@ def test_unseen_values_warn_with_field_and_values(caplog):
 def test_case_whitespace_and_aliases_are_not_unseen():
     enc = encoder()
     variants = pd.DataFrame({"age": ["45", 45.0, 45], "sex": ["M", " Male", "MALE"],
-                             "localization": ["Lower_Extremity", "lower  extremity", "LOWER EXTREMITY"]})
+                             "localization": ["Lower_Extremity", "lower  extremity",
+                                              "LOWER EXTREMITY"]})
     x = enc.transform(variants)
     np.testing.assert_array_equal(x, np.tile(x[0], (3, 1)))
     assert x[0, enc.feature_names.index("sex_male")] == 1
