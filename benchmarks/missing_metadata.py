@@ -1,7 +1,7 @@
 """Robustness to missing metadata, on real HAM10000 embeddings (issue #10).
 
     .venv/bin/python benchmarks/missing_metadata.py \
-        [--study table|defaults|calibration|bootstrap|all]
+        [--study table,calibration,bootstrap,defaults | all]
 
 Real ImageNet MobileNetV2 embeddings of all 10,015 HAM10000 images with the real metadata,
 lesion-grouped stratified 5-fold CV; in each fold the encoder is fitted on the training rows,
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--embeddings", type=Path, default=DATA / "ham10000-mobilenetv2-embeddings.h5")
     ap.add_argument("--metadata", type=Path, default=DATA / "HAM10000_metadata_full.csv")
-    ap.add_argument("--study", choices=("table", "defaults", "calibration", "bootstrap", "all"),
-                    default="table")
+    ap.add_argument("--study", default="table", help="comma-separated: table, defaults, "
+                    "calibration, bootstrap, or all")
     ap.add_argument("--grid", default=GRID, help="settings of --study defaults: "
                     "DROPOUT:DROPOUT_ALL:STOP_ON or image:STOP_ON, comma-separated")
     ap.add_argument("--folds", type=int, default=5)
@@ -252,14 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = HeadConfig(seed=args.seed, meta_dropout=args.meta_dropout,
                      meta_dropout_all=args.meta_dropout_all, stop_on=args.stop_on)
     folds = make_folds(table, args.folds, args.seed)
-    if args.study in ("table", "calibration", "all"):
-        rows = study_table(table, image, y, folds, cfg) if args.study != "calibration" else \
+    studies = {"table", "defaults", "calibration", "bootstrap"} if args.study == "all" else \
+        set(args.study.split(","))
+    if studies & {"table", "calibration"}:
+        rows = study_table(table, image, y, folds, cfg) if "table" in studies else \
             {"fused (robust)": cross_validate(table, image, y, folds, cfg)}
-        if args.study != "table":
+        if "calibration" in studies:
             study_calibration(y, folds, rows["fused (robust)"]["fits"])
-    if args.study in ("defaults", "all"):
+    if "defaults" in studies:
         study_defaults(table, image, y, folds, cfg, args.grid)
-    if args.study in ("bootstrap", "all"):
+    if "bootstrap" in studies:
         study_bootstrap(table, image, y, cfg, args.seed, args.n_boot)
     print(f"\n{time.perf_counter() - start:.0f} s")
     return 0

@@ -55,3 +55,18 @@ def test_round_trip_and_old_bundles(method):
 def test_nothing_to_fit_is_the_identity():
     cal = Calibrator("bias_temperature").fit(np.zeros((0, 3)), np.zeros(0, int))
     np.testing.assert_allclose(cal(np.array([[1.0, 2.0, 3.0]])), softmax(np.array([[1., 2, 3]])))
+
+
+def test_predict_keeps_the_balanced_decision():
+    val_logits, val_y, w = prior_shifted(3000, 0)
+    test_logits, test_y, _ = prior_shifted(6000, 1)
+    cal = Calibrator("bias_temperature").fit(val_logits, val_y, w)
+
+    def balanced(pred):
+        return np.mean([(pred[test_y == c] == c).mean() for c in range(3)])
+
+    # The calibrated probabilities' argmax is the natural-prior decision (mostly class 0);
+    # predict() divides by the prior again, as balanced accuracy asks.
+    assert balanced(cal.predict(test_logits)) > balanced(cal(test_logits).argmax(1)) + 0.05
+    assert abs(balanced(cal.predict(test_logits)) - balanced(test_logits.argmax(1))) < 0.02
+    assert Calibrator("temperature").fit(val_logits, val_y, w).decision_offset is None

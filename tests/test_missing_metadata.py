@@ -139,15 +139,16 @@ def test_blank_by_name_index_or_all():
 # ---------------------------------------------------------------- the head on missing metadata
 def synthetic_problem(n: int, seed: int, d: int = 16):
     """Weak image signal; age and site carry real signal; "unknown" is label-correlated
-    (class 0 writes its site as unknown half of the time), as in HAM10000."""
+    (class 0 writes 10 % of its sites as unknown: 2.5 % of rows, as in HAM10000, where 2.3 %
+    of sites are unknown and 84 % of those are nv)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 4, n)
     centers = np.random.default_rng(7).normal(0, 1, (4, d))
-    image = (0.9 * centers[y] + rng.normal(0, 1, (n, d))).astype(np.float32)
-    age = np.array([30, 45, 60, 75])[y] + rng.normal(0, 8, n)
+    image = (0.5 * centers[y] + rng.normal(0, 1, (n, d))).astype(np.float32)
+    age = np.array([30, 45, 60, 75])[y] + rng.normal(0, 25, n)
     sites = np.array(["back", "face", "lower extremity", "trunk"])
-    site = np.where(rng.random(n) < 0.8, sites[y], sites[rng.integers(0, 4, n)]).astype(object)
-    site[(y == 0) & (rng.random(n) < 0.5)] = "unknown"
+    site = np.where(rng.random(n) < 0.35, sites[y], sites[rng.integers(0, 4, n)]).astype(object)
+    site[(y == 0) & (rng.random(n) < 0.1)] = "unknown"
     sex = np.where(rng.random(n) < 0.5, "male", "female").astype(object)
     return image, pd.DataFrame({"age": age, "sex": sex, "localization": site}), y
 
@@ -168,5 +169,5 @@ def test_fused_head_is_not_hurt_by_missing_metadata():
     image_only = score("image", tm)
     fused_full = score("fused", tm)
     fused_missing = score("fused", enc.blank(tm))
-    assert fused_full > image_only + 0.05, (fused_full, image_only)
+    assert fused_full > image_only + 0.03, (fused_full, image_only)
     assert fused_missing >= image_only - 0.03, (fused_missing, image_only)
