@@ -14,6 +14,12 @@ over, and one T fitted at natural prevalence only trades their over-confidence a
   "Maximum Likelihood with Bias-Corrected Calibration is Hard-To-Beat at Label Shift
   Adaptation", ICML 2020).
 
+The default, ``logit_adjust``, was chosen on held-out folds of real HAM10000 embeddings
+(``benchmarks/missing_metadata.py --study calibration``): it and ``bias_temperature`` both cut the
+class-wise ECE about tenfold (0.072 -> 0.007) and bring every class's mean predicted probability
+to within 1.13x (bias: 1.22x) of its prevalence (temperature alone: df 7.5x), with one fitted
+parameter instead of K + 1. Without class weights it is temperature scaling.
+
 Every method is a monotone map of each logit plus per-class offsets: ``temperature`` never moves
 the argmax; the other two do, towards the natural prior (more nv), which is what calibrated
 probabilities mean but not what balanced accuracy rewards. ``predict`` therefore decides with
@@ -79,7 +85,7 @@ def _fit_bias_temperature(logits: np.ndarray, y: np.ndarray,
 class Calibrator:
     """``fit(val_logits, val_y, class_weights)`` then ``calibrator(logits) -> probabilities``."""
 
-    def __init__(self, method: str = "bias_temperature"):
+    def __init__(self, method: str = "logit_adjust"):
         if method not in METHODS:
             raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
         self.method = method
