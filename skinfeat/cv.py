@@ -57,6 +57,8 @@ class CVConfig:
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
     tta: bool = False
     val_fraction: float = VAL_FRACTION
+    encoding: str = "robust"               # or "reference": the published 17-feature encoder
+    calibration: str = "logit_adjust"
 
     def check(self) -> None:
         for name, got, allowed in (("models", self.models, MODELS), ("inputs", self.inputs, INPUTS),
@@ -111,13 +113,16 @@ class FitTask:
     head: HeadConfig
     lgbm: LGBMConfig
     tta: bool
+    encoding: str = "robust"
+    calibration: str = "logit_adjust"
 
 
 def run_task(task: FitTask, image: np.ndarray) -> dict:
     """Train on the fold's training rows, stop early on its inner val, score the held-out fold."""
     rows = {"train": task.rows.train, "val": task.rows.val, "test": task.rows.test}
     fit = fit_split(task.data, image, rows, model=task.model, head_cfg=task.head,
-                    lgbm_cfg=task.lgbm, tta=task.tta)
+                    lgbm_cfg=task.lgbm, tta=task.tta, encoding=task.encoding,
+                    calibration=task.calibration)
     return {"seed": task.rows.seed, "fold": task.rows.fold, "model": task.model,
             "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
             "temperature": fit.temperature, "threshold": fit.threshold, "metrics": fit.metrics}
@@ -173,7 +178,8 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
 def fold_tasks(data: Dataset, fold: Fold, cfg: CVConfig) -> list[FitTask]:
     return [FitTask(model, inputs, fold, data,
                     replace(cfg.head, inputs=inputs, seed=fold.seed),
-                    replace(cfg.lgbm, inputs=inputs, seed=fold.seed, num_threads=1), cfg.tta)
+                    replace(cfg.lgbm, inputs=inputs, seed=fold.seed, num_threads=1), cfg.tta,
+                    cfg.encoding, cfg.calibration)
             for model in cfg.models for inputs in cfg.inputs]
 
 
@@ -240,6 +246,8 @@ def summarize(records: list[dict], cfg: CVConfig, classes: list[str]) -> dict:
             keys = headline(len(classes))
             entry = {k: _mean_std([m[k] for m in ms]) for k in keys}
             entry["ece"] = _mean_std([m["ece"] for m in ms])
+            entry["classwise_ece"] = _mean_std([m["classwise_calibration"]["classwise_ece"]
+                                                for m in ms])
             entry["per_class"] = {c: {s: _mean_std([m["per_class"][c][s] for m in ms])
                                       for s in ("recall", "f1")} for c in classes}
             entry["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in ms], 0).tolist()

@@ -62,11 +62,15 @@ def _protocol_lines(res: dict) -> list[str]:
         f"embeddings from {info['identity'].get('backbone', 'an external model')}; "
         f"weights: {info['weights']}",
         f"- head: {cfg['head']['head']}, up to {cfg['head']['max_epochs']} epochs (patience "
-        f"{cfg['head']['patience']}), batch {cfg['head']['batch_size']}, metadata dropout "
-        f"{cfg['head']['meta_dropout']}; cached views: {res['views']} (feature-level "
+        f"{cfg['head']['patience']}, on {cfg['head']['stop_on']}), batch "
+        f"{cfg['head']['batch_size']}, metadata dropout {cfg['head']['meta_dropout']} per field; "
+        f"cached views: {res['views']} (feature-level "
         f"augmentation {'on' if res['views'] and cfg['head']['view_augment'] else 'off'}, "
         f"test-time averaging {'on' if res['views'] and cfg['tta'] else 'off'})",
         f"- LightGBM: {lgbm_cols}; up to {cfg['lgbm']['n_estimators']} rounds",
+        f"- metadata encoding: {cfg['encoding']}; calibration: {cfg['calibration']}, fitted on "
+        "the inner validation part; decisions by the balanced rule (binary: the threshold "
+        "chosen there)",
     ]
 
 

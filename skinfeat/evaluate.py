@@ -2,7 +2,7 @@
 test set, ISIC 2019/2020, PAD-UFES-20) or a generic CSV (``datasets.load_dataset``).
 
 Images go through the ``Predictor`` (the backbone, transform and precision of the training cache)
-and the stored temperature is applied. The report leads with ISIC 2018 Task 3's headline metric,
+and the stored calibration is applied. The report leads with ISIC 2018 Task 3's headline metric,
 balanced multi-class accuracy (the mean of per-class recall), with a bootstrap 95 % CI.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pandas as pd
 
 from .bundle import atomic_write_text
 from .datasets import DataError, load_dataset
-from .metrics import (bootstrap_ci, classification_metrics, expected_calibration_error, headline,
-                      majority_baseline, softmax)
+from .metrics import (bootstrap_ci, classification_metrics, classwise_calibration,
+                      expected_calibration_error, headline, majority_baseline, softmax)
 from .predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,24 @@ def metadata_note(layout: str, coverage: dict[str, float]) -> str:
     return f"metadata known for {known} of images (missing values handled as in training)"
 
 
+def seen_in_training(run: Path, table: pd.DataFrame) -> np.ndarray:
+    """Rows whose image, or whose group (lesion, patient), the model trained or early-stopped on
+    (its ``splits.csv``); all False for a model without one."""
+    path = run / "splits.csv"
+    if not path.is_file():
+        return np.zeros(len(table), dtype=bool)
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    seen = saved[saved["split"].isin(["train", "val"])]
+    return (table["image_id"].isin(seen["image_id"]) |
+            table["lesion_id"].isin(seen["lesion_id"])).to_numpy()
+
+
 def split_overlap(run: Path, table: pd.DataFrame) -> dict[str, int]:
     """Images / lesions of the scored set that the model trained or early-stopped on."""
     path = run / "splits.csv"
     if not path.is_file():
         return {}
-    saved = pd.read_csv(path, dtype=str)
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
     seen = saved[saved["split"].isin(["train", "val"])]
     image = table["image_id"].isin(seen["image_id"])
     lesion = table["lesion_id"].isin(seen["lesion_id"])
@@ -82,9 +94,12 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                  layout: str = "auto", spec: str | Path | None = None,
                  columns: dict | None = None, weights_file: str | Path | None = None,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0,
-                 progress: Callable[[int], None] | None = None,
+                 include_seen: bool = False, progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> dict:
-    """Embed, predict and score ``data``; write evaluate_metrics.json, evaluate_report.md, PNGs."""
+    """Embed, predict and score ``data``; write evaluate_metrics.json, evaluate_report.md, PNGs.
+
+    Images, and images of groups, that the model trained or early-stopped on are left out
+    unless ``include_seen``: scores on them are optimistic."""
     run = Path(run)
     out = Path(out) if out else default_eval_dir(run, data)
     predictor = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
@@ -92,6 +107,17 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     # The scored set's labels are read as the model's task (e.g. binary:mel from a 7-class set).
     dataset = load_dataset(data, layout, spec, task=predictor.task, **(columns or {}))
     table, layout = dataset.table, dataset.spec.name
+    seen = seen_in_training(run, table)
+    left_out = {"images": int(seen.sum()), "groups": int(table.loc[seen, "lesion_id"].nunique())}
+    if seen.any() and not include_seen:
+        if seen.all():
+            raise DataError(f"{data}: every image (or its {dataset.spec.group_name}) was used to "
+                            "train or early-stop this model; pass --include-seen to score them "
+                            "anyway (optimistic)")
+        log.warning("%s: %d image(s) of %d %s(s) seen in training are left out (--include-seen "
+                    "keeps them)", data, left_out["images"], left_out["groups"],
+                    dataset.spec.group_name)
+        table = table[~seen].reset_index(drop=True)
     if on_start:
         on_start(len(table))
     preds = predictor.predict_table(table, progress)
@@ -101,10 +127,13 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
         raise ValueError(f"{data}: no image could be read; nothing to score")
     classes = predictor.classes
     y = model_labels(scored, classes, str(dataset.source))
-    logits, proba = preds.logits[ok], preds.proba[ok]
-    metrics = classification_metrics(y, proba, classes, threshold=predictor.threshold)
+    logits, proba, decided = preds.logits[ok], preds.proba[ok], preds.decided[ok]
+    metrics = classification_metrics(y, proba, classes, y_pred=decided)
     metrics["ece_uncalibrated"] = expected_calibration_error(y, softmax(logits))
-    ci = bootstrap_ci(y, proba, classes)
+    metrics["classwise_calibration"] = classwise_calibration(y, proba, classes)
+    metrics["classwise_calibration_uncalibrated"] = classwise_calibration(y, softmax(logits),
+                                                                          classes)
+    ci = bootstrap_ci(y, proba, classes, groups=scored["lesion_id"].to_numpy(), y_pred=decided)
     y_train = train_labels(run, classes)
     baseline = majority_baseline(y_train, y, classes) if y_train is not None and len(y_train) \
         else None
@@ -119,11 +148,15 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
             "metadata_coverage": coverage, "metadata_note": metadata_note(layout, coverage),
             "metadata_missing": bool(coverage) and (layout == "isic2018-test"
                                                     or not any(coverage.values())),
-            "overlap_with_training": overlap, "temperature": predictor.temperature,
+            "overlap_with_training": overlap, "include_seen": include_seen,
+            "seen_in_training": left_out, "group": dataset.spec.group_name,
+            "temperature": predictor.temperature,
+            "calibration": predictor.calibrator.describe(),
             "model_type": predictor.config["model_type"], "head": predictor.config["head"],
             "backbone": predictor.identity.get("backbone", "unknown"),
             "weights": predictor.weights, "random_weights": predictor.random_weights}
-    write_evaluate_report(out, metrics, ci, baseline, info, y, logits, classes)
+    write_evaluate_report(out, metrics, ci, baseline, info, y, logits, classes,
+                          predictor.calibrator)
     return {"metrics": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
             "info": info, "out": out}
 
@@ -144,15 +177,17 @@ def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:
 
 
 def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | None, info: dict,
-                          y: np.ndarray, logits: np.ndarray, classes: list[str]) -> None:
-    from .report import metrics_table, per_class_table, save_run_figures, weights_warning
+                          y: np.ndarray, logits: np.ndarray, classes: list[str],
+                          calibrator) -> None:
+    from .report import (calibration_table, metrics_table, per_class_table, save_run_figures,
+                         weights_warning)
 
     out.mkdir(parents=True, exist_ok=True)
     t = info["temperature"]
     payload = {"model": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
                "info": info}
     atomic_write_text(out / "evaluate_metrics.json", json.dumps(payload, indent=2))
-    save_run_figures(out, metrics, classes, y, logits, t,
+    save_run_figures(out, metrics, classes, y, logits, calibrator,
                      title=f"Confusion matrix: {Path(info['data']).name}")
     lines = [f"# skinfeat evaluation: {Path(info['run']).name} on {Path(info['data']).name}", ""]
     lines += weights_warning(info) + [headline_sentence(metrics, ci, classes), "",
@@ -160,21 +195,27 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
         + (f"; decision threshold on p({classes[1]}) = {info['threshold']:.3f} (chosen on the "
            "model's validation split)" if info.get("threshold") is not None else ""),
         f"- model: `{info['run']}` ({info['model_type']}, {info['head'].get('head', 'lightgbm')}, "
-        f"inputs {info['head'].get('inputs')}); calibration temperature T={t:.2f} applied",
+        f"inputs {info['head'].get('inputs')}); calibration applied: {info['calibration']}",
         f"- data: `{info['data']}` (layout {info['layout']}): {info['n']} images scored"
         + (f", {len(info['unreadable'])} unreadable and left out" if info["unreadable"] else ""),
         f"- {info['metadata_note']}",
         f"- backbone: {info['backbone']}; weights: {info['weights']}"]
+    seen, group = info["seen_in_training"], info["group"]
     if info["overlap_with_training"].get("rows"):
-        lines.append(f"- **overlap**: {info['overlap_with_training']['rows']} image(s) (or their "
-                     "lesions) were used to train or early-stop the model: scores are optimistic")
-    lines += ["", "## All metrics", ""]
+        lines.append(f"- **overlap** (`--include-seen`): {info['overlap_with_training']['rows']} "
+                     f"scored image(s) (or their {group}s) were used to train or early-stop the "
+                     "model: scores are optimistic")
+    elif seen["images"]:
+        lines.append(f"- left out: {seen['images']} image(s) of {seen['groups']} {group}(s) "
+                     "that the model trained or early-stopped on (`--include-seen` keeps them)")
+    lines += ["", "## All metrics", "", f"95 % CIs: bootstrap over {group}s.", ""]
     keys = headline(len(classes))
     lines += metrics_table(metrics, ci, baseline, t, keys) + [""]
     if baseline:
         lines += [f"Majority baseline always predicts `{baseline['predicts']}` (the most "
                   "frequent training class).", ""]
     lines += ["## Per class", ""] + per_class_table(metrics) + [
+        "", "## Calibration per class", ""] + calibration_table(metrics) + [
         "", "![confusion matrix](confusion.png) ![reliability](reliability.png)", "",
         "Every number, with the confusion matrix: `evaluate_metrics.json`."]
     atomic_write_text(out / "evaluate_report.md", "\n".join(lines) + "\n")

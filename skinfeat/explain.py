@@ -218,7 +218,7 @@ class Explainer:
         if errors[0]:
             raise DataError(f"{path}: cannot read the image ({errors[0]})")
         proba = self.p.calibrate(self.p.logits(embedding, table))[0]
-        predicted = self.p.classes[int(np.argmax(proba))]
+        predicted = self.p.classes[int(self.p.decide(proba[None])[0])]
         _, spec = self.p._backbone()
         x = to_tensor(load_image(path, spec), spec)[None]
         encoded = self.p.encode_metadata(table)

@@ -25,15 +25,27 @@ META_KEY = "skinfeat"
 
 
 class CalibratedModel(nn.Module):
-    """Backbone (pooled) + head + temperature, as one module: (image, meta) -> probabilities."""
+    """Backbone (pooled) + head + calibration, as one module: (image, meta) -> probabilities.
 
-    def __init__(self, features: nn.Module, head: nn.Module, temperature: float):
+    The calibration is the bundle's ``Calibrator``: softmax((logits - adjust) / T + bias), with
+    ``adjust`` the log training class weights (logit adjustment) and ``bias`` a fitted per-class
+    offset, each zero where the method has none."""
+
+    def __init__(self, features: nn.Module, head: nn.Module, calibrator):
         super().__init__()
         self.features, self.head = features, head
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        k = head.classifier[-1].out_features
+
+        def vector(values) -> torch.Tensor:
+            return torch.tensor(values if values is not None else [0.0] * k, dtype=torch.float32)
+
+        self.register_buffer("adjust", vector(calibrator.adjust))
+        self.register_buffer("temperature", torch.tensor(float(calibrator.temperature)))
+        self.register_buffer("bias", vector(calibrator.bias))
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(self.features(image), meta) / self.temperature, dim=1)
+        logits = self.head(self.features(image), meta)
+        return torch.softmax((logits - self.adjust) / self.temperature + self.bias, dim=1)
 
 
 def sidecar(predictor) -> dict:
@@ -48,6 +60,9 @@ def sidecar(predictor) -> dict:
                                                     "encoded as in metadata"},
             "output": "probabilities: float32 (N, K), calibrated, in the order of classes",
             "classes": list(predictor.classes), "temperature": predictor.temperature,
+            "calibration": predictor.calibrator.to_dict(), "threshold": predictor.threshold,
+            "decision": "argmax of log(probabilities) + calibration.decision_offset (the "
+                        "balanced rule), or for two classes probabilities[:, 1] >= threshold",
             "preprocessing": spec.to_dict(), "backbone": predictor.identity.get("backbone"),
             "weights": predictor.weights, "random_weights": predictor.random_weights,
             "metadata": {"fields": fields, "feature_names": enc.feature_names,
@@ -71,7 +86,7 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
     if embedder.precision != "fp32":
         warnings.warn(f"the model's cache was made in {embedder.precision}; the ONNX graph "
                       "runs in fp32, so probabilities may differ slightly from predict's")
-    model = CalibratedModel(embedder.net, predictor.trained.model, predictor.temperature)
+    model = CalibratedModel(embedder.net, predictor.trained.model, predictor.calibrator)
     model = model.to("cpu").eval()
     image = torch.zeros(1, 3, spec.size, spec.size)
     meta = torch.zeros(1, predictor.encoder.n_features)

@@ -1,62 +1,130 @@
 """MetadataEncoder: age + one-hot sex and localization, fitted on training rows only.
 
-The default reproduces the reference recipe exactly (17 features on HAM10000): age with missing
+Two encodings:
+
+``robust`` (the default) gives every field one representation of "missing", used identically for
+a blank value, the data set's own missing token (HAM10000 writes ``unknown``), a value never seen
+in training (with a warning), a column absent at predict time, and the field dropout of training
+(``blank``): a numeric field is its standardized value (missing -> the training mean, i.e. 0)
+plus a missing-indicator column; a categorical field is one-hot over the categories seen in
+training, with no dropped category, and all-zero means missing. Values are normalised first
+(stripped, lower-case, runs of spaces and underscores -> one space, a small alias table: ``m``
+-> ``male``), so ``Male`` or ``M`` are not "unseen". In HAM10000 ``unknown`` predicts the label
+(``localization=unknown`` is 196 nv and no akiec, df or vasc), so treating it as a category
+teaches the head "unknown means nv", and external data without metadata is then scored as nv.
+
+``reference`` reproduces the published recipe exactly (17 features on HAM10000): age with missing
 values filled by the mean and then standardized, and one-hot sex and localization with the first
-category (in sorted order, as ``pandas.get_dummies(drop_first=True)``) dropped. The reference
-fitted all of this on the whole data set; here ``fit`` sees training rows only and the fitted
-state travels inside the saved model.
+category (in sorted order, as ``pandas.get_dummies(drop_first=True)``) dropped and ``unknown`` a
+category like any other (a blank or absent value is ``unknown``). The reference fitted all of this
+on the whole data set; here ``fit`` sees training rows only and the fitted state travels inside
+the saved model.
 """
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+import re
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
+ENCODINGS = ("robust", "reference")
+# Spellings of "no value" in metadata files; a field may have its own list (``missing_tokens``).
+MISSING_TOKENS: tuple[str, ...] = ("unknown", "unk", "nan", "none", "null", "n/a", "na", "?")
+# Obvious aliases only; a data set's own vocabulary (another site list) belongs to its DatasetSpec.
+ALIASES: dict[str, dict[str, str]] = {"sex": {"m": "male", "f": "female", "man": "male",
+                                              "woman": "female"}}
+REFERENCE_MISSING = "unknown"  # the reference encodes a missing category as HAM10000's spelling
 
-def _category(df: pd.DataFrame, col: str) -> pd.Series:
-    """A categorical column with missing values (None, NaN, absent column) as ``unknown``,
-    the reference recipe's own category for them."""
-    if col not in df:
-        return pd.Series("unknown", index=df.index, dtype=object)
-    return df[col].astype(object).where(df[col].notna(), "unknown")
+
+def normalize(value: object) -> str:
+    """``"  Lower_Extremity "`` -> ``"lower extremity"``; None / NaN -> ``""``."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    return re.sub(r"[\s_]+", " ", str(value)).strip().lower()
 
 
 class MetadataEncoder:
-    """Encode ``age``, ``sex``, ``localization`` columns into a float32 matrix."""
+    """Encode numeric (``age``) and categorical (``sex``, ``localization``) columns to float32."""
 
     def __init__(self, numeric: Sequence[str] = ("age",),
-                 categorical: Sequence[str] = ("sex", "localization"), drop_first: bool = True):
+                 categorical: Sequence[str] = ("sex", "localization"),
+                 encoding: str = "robust", *,
+                 missing_tokens: Mapping[str, Sequence[str]] | None = None,
+                 aliases: Mapping[str, Mapping[str, str]] | None = None,
+                 drop_first: bool | None = None):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.numeric = list(numeric)
         self.categorical = list(categorical)
-        self.drop_first = drop_first
+        self.encoding = encoding
+        # drop_first is the reference's get_dummies(drop_first=True); robust keeps every category.
+        self.drop_first = (encoding == "reference") if drop_first is None else bool(drop_first)
+        tokens = dict(missing_tokens or {})
+        self.missing_tokens = {c: sorted({normalize(t) for t in tokens.get(c, MISSING_TOKENS)})
+                               for c in self.numeric + self.categorical}
+        given = ALIASES if aliases is None else aliases
+        self.aliases = {c: {normalize(k): normalize(v) for k, v in given.get(c, {}).items()}
+                        for c in self.categorical if given.get(c)}
         self.means: dict[str, float] = {}
         self.stds: dict[str, float] = {}
         self.categories: dict[str, list[str]] = {}
 
     @property
+    def robust(self) -> bool:
+        return self.encoding == "robust"
+
+    @property
     def fitted(self) -> bool:
         return bool(self.means or self.categories)
 
+    # ------------------------------------------------------------------ reading values
+    def _numeric(self, df: pd.DataFrame, col: str) -> pd.Series:
+        """Floats, NaN where missing (absent column, blank, a token, not a number, inf)."""
+        if col not in df:
+            return pd.Series(np.nan, index=df.index, dtype=float)
+        values = pd.to_numeric(df[col], errors="coerce").astype(float)
+        return values.where(np.isfinite(values))
+
+    def _categories(self, df: pd.DataFrame, col: str) -> pd.Series:
+        """Normalised strings, None where missing (robust) or ``unknown`` (reference)."""
+        if self.robust:
+            if col not in df:
+                return pd.Series([None] * len(df), index=df.index, dtype=object)
+            alias = self.aliases.get(col, {})
+            missing = set(self.missing_tokens[col]) | {""}
+            out = [normalize(v) for v in df[col].tolist()]
+            out = [None if v in missing else alias.get(v, v) for v in out]
+            return pd.Series(out, index=df.index, dtype=object)
+        # Reference: values as given (the dataset reader has already lower-cased them), a blank
+        # or absent value is the reference's "unknown" category.
+        if col not in df:
+            return pd.Series(REFERENCE_MISSING, index=df.index, dtype=object)
+        values = df[col].astype(object)
+        return values.where(values.notna(), REFERENCE_MISSING).map(str)
+
+    # ------------------------------------------------------------------ fitting
     def fit(self, df: pd.DataFrame) -> "MetadataEncoder":
         """Learn means, scales and category lists from ``df`` (training rows only)."""
         if len(df) == 0:
             raise ValueError("cannot fit the metadata encoder on zero rows")
         for col in self.numeric:
-            values = pd.to_numeric(df[col], errors="coerce").astype(float)
+            values = self._numeric(df, col)
             mean = float(values.mean()) if values.notna().any() else 0.0
-            filled = values.fillna(mean).to_numpy()
-            # Like sklearn's StandardScaler after the reference's fillna(mean): population std of
-            # the filled column; a constant column keeps scale 1 instead of dividing by zero, and
-            # so does a nearly constant one, whose rounding-error std would blow values up to inf.
-            std = float(filled.std())
+            # Reference: StandardScaler after fillna(mean), the population std of the filled
+            # column. Robust: the std of the observed values (filling would shrink it).
+            filled = values.fillna(mean).to_numpy() if not self.robust else \
+                values.dropna().to_numpy()
+            std = float(filled.std()) if len(filled) else 0.0
+            # A constant column keeps scale 1 instead of dividing by zero, and so does a nearly
+            # constant one, whose rounding-error std would blow values up to inf.
             constant = std <= 1e-6 * max(1.0, abs(mean))
             self.means[col], self.stds[col] = mean, 1.0 if constant else std
         for col in self.categorical:
-            self.categories[col] = sorted(_category(df, col).astype(str).unique().tolist())
+            self.categories[col] = sorted(self._categories(df, col).dropna().unique().tolist())
         return self
 
     def kept_categories(self, col: str) -> list[str]:
@@ -65,7 +133,9 @@ class MetadataEncoder:
 
     @property
     def feature_names(self) -> list[str]:
-        names = list(self.numeric)
+        names = []
+        for col in self.numeric:
+            names += [col, f"{col}_missing"] if self.robust else [col]
         for col in self.categorical:
             names += [f"{col}_{c}" for c in self.kept_categories(col)]
         return names
@@ -74,26 +144,44 @@ class MetadataEncoder:
     def n_features(self) -> int:
         return len(self.feature_names)
 
+    @property
+    def fields(self) -> list[tuple[str, int, int]]:
+        """``(name, lo, hi)``: the columns ``lo:hi`` of the encoded matrix that hold each field."""
+        out, start = [], 0
+        for col in self.numeric:
+            width = 2 if self.robust else 1
+            out.append((col, start, start + width))
+            start += width
+        for col in self.categorical:
+            width = len(self.kept_categories(col))
+            out.append((col, start, start + width))
+            start += width
+        return out
+
+    # ------------------------------------------------------------------ encoding
     def transform(self, df: pd.DataFrame) -> np.ndarray:
-        """Encode rows; a category never seen in training encodes as all-zero, with a warning."""
+        """Encode rows; a column absent from ``df`` is missing on every row."""
         if not self.fitted:
             raise RuntimeError("MetadataEncoder.transform called before fit")
         blocks = []
         for col in self.numeric:
-            values = pd.to_numeric(df[col], errors="coerce").astype(float)
-            blocks.append(((values.fillna(self.means[col]) - self.means[col]) / self.stds[col])
-                          .to_numpy()[:, None])
+            values = self._numeric(df, col)
+            z = ((values.fillna(self.means[col]) - self.means[col]) / self.stds[col]).to_numpy()
+            blocks.append(z[:, None])
+            if self.robust:
+                blocks.append(values.isna().to_numpy(np.float64)[:, None])
         for col in self.categorical:
-            values = _category(df, col)
-            unseen = sorted({str(v) for v in values if v is not None} - set(self.categories[col]))
+            values = self._categories(df, col)
+            unseen = sorted({v for v in values if v is not None} - set(self.categories[col]))
             if unseen:
-                log.warning("metadata: %s value(s) %s never seen in training; encoded as all-zero",
-                            col, ", ".join(map(repr, unseen[:5])))
+                log.warning("metadata: %s value(s) %s never seen in training; encoded as %s",
+                            col, ", ".join(map(repr, unseen[:5])),
+                            "missing" if self.robust else "all-zero")
             kept = self.kept_categories(col)
             onehot = np.zeros((len(df), len(kept)), dtype=np.float32)
             lookup = {c: j for j, c in enumerate(kept)}
             for i, v in enumerate(values):
-                j = lookup.get(str(v)) if v is not None else None
+                j = lookup.get(v) if v is not None else None
                 if j is not None:
                     onehot[i, j] = 1.0
             blocks.append(onehot)
@@ -103,15 +191,58 @@ class MetadataEncoder:
     def fit_transform(self, df: pd.DataFrame) -> np.ndarray:
         return self.fit(df).transform(df)
 
+    def missing_row(self) -> np.ndarray:
+        """The encoded vector (1-D float32) of a row whose every field is missing."""
+        return self.transform(pd.DataFrame(index=range(1)))[0]
+
+    def field_index(self, field: int | str) -> int:
+        names = [name for name, _, _ in self.fields]
+        if isinstance(field, str):
+            if field not in names:
+                raise ValueError(f"no metadata field {field!r}; fields are {names}")
+            return names.index(field)
+        return int(field)
+
+    def blank(self, meta: np.ndarray, field: int | str | None = None) -> np.ndarray:
+        """A copy of encoded ``meta`` with one field (by index or name), or all, set to missing."""
+        out = np.array(meta, dtype=np.float32, copy=True)
+        missing = self.missing_row()
+        chosen = self.fields if field is None else [self.fields[self.field_index(field)]]
+        for _, lo, hi in chosen:
+            out[..., lo:hi] = missing[lo:hi]
+        return out
+
+    def dropout_fields(self) -> list[tuple[int, int, list[float]]]:
+        """``(lo, hi, missing values)`` per field: what ``head.fit_head`` blanks in training."""
+        missing = self.missing_row()
+        return [(lo, hi, missing[lo:hi].tolist()) for _, lo, hi in self.fields]
+
+    def describe(self) -> str:
+        """One line for reports: which encoding, how many features, what "missing" becomes."""
+        if self.robust:
+            return (f"robust: {self.n_features} features; numeric standardized with a missing "
+                    "indicator (missing -> training mean), categorical one-hot over training "
+                    "categories with no dropped category, all-zero = missing (blank, dataset "
+                    "missing token, unseen value or absent column)")
+        return (f"reference: {self.n_features} features, the published recipe; age filled "
+                "with the training mean and standardized, one-hot with the first category "
+                "dropped, 'unknown' a category like any other")
+
+    # ------------------------------------------------------------------ state
     def to_dict(self) -> dict:
-        return {"numeric": self.numeric, "categorical": self.categorical,
-                "drop_first": self.drop_first, "means": self.means, "stds": self.stds,
-                "categories": self.categories}
+        return {"encoding": self.encoding, "numeric": self.numeric,
+                "categorical": self.categorical, "drop_first": self.drop_first,
+                "means": self.means, "stds": self.stds, "categories": self.categories,
+                "missing_tokens": self.missing_tokens, "aliases": self.aliases}
 
     @classmethod
     def from_dict(cls, state: dict) -> "MetadataEncoder":
+        """Rebuild a fitted encoder; a bundle saved before encodings existed is ``reference``."""
         try:
-            enc = cls(state["numeric"], state["categorical"], bool(state["drop_first"]))
+            enc = cls(state["numeric"], state["categorical"],
+                      str(state.get("encoding", "reference")),
+                      missing_tokens=state.get("missing_tokens"), aliases=state.get("aliases"),
+                      drop_first=bool(state["drop_first"]))
             enc.means = {k: float(v) for k, v in state["means"].items()}
             enc.stds = {k: float(v) for k, v in state["stds"].items()}
             enc.categories = {k: [str(c) for c in v] for k, v in state["categories"].items()}

@@ -27,7 +27,7 @@ from .datasets import HAM10000, DataError, clean_metadata
 from .extract import Embedder, embed_files
 from .head import FusionHead
 from .metadata import MetadataEncoder
-from .metrics import softmax
+from .calibration import Calibrator
 from .train import Trained
 
 log = logging.getLogger(__name__)
@@ -135,23 +135,17 @@ def weight_source(identity: dict, weights_file: str | Path | None, source: Path)
     raise BundleError(f"{source}: unknown backbone weight source {kind!r}")
 
 
-def calibration_temperature(config: dict, source: Path) -> float:
-    """The temperature fitted on the validation split at training time (1.0: uncalibrated)."""
+def bundle_calibrator(config: dict, source: Path) -> Calibrator:
+    """The calibration fitted on the validation split at training time (older bundles: their
+    temperature alone)."""
     try:
-        t = float(config.get("temperature", 1.0))
-    except (TypeError, ValueError):
-        t = float("nan")
+        cal = Calibrator.from_dict(config.get("calibration", config.get("temperature")))
+    except ValueError as exc:
+        raise BundleError(f"{source}: {exc}") from exc
+    t = cal.temperature
     if not np.isfinite(t) or t <= 0:
-        raise BundleError(f"{source}: temperature must be a positive number, "
-                          f"got {config.get('temperature')!r}")
-    return t
-
-
-def decide(proba: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Class index per row: the argmax, or for a binary model its threshold (chosen on val)."""
-    if threshold is not None and proba.shape[1] == 2:
-        return (proba[:, 1] >= threshold).astype(np.int64)
-    return proba.argmax(axis=1)
+        raise BundleError(f"{source}: temperature must be a positive number, got {t!r}")
+    return cal
 
 
 @dataclass
@@ -161,17 +155,17 @@ class Predictions:
     paths: list[str]
     classes: list[str]
     logits: np.ndarray          # (N, K); NaN rows for unreadable images
-    proba: np.ndarray           # (N, K) softmax(logits / T)
+    proba: np.ndarray           # (N, K) calibrated probabilities
     errors: list[str]           # "" when the image was read
+    decided: np.ndarray | None = None   # (N,) the model's decision, -1 where unreadable
 
     @property
     def ok(self) -> np.ndarray:
         return np.array([e == "" for e in self.errors], dtype=bool)
 
-    threshold: float | None = None   # a binary model's decision threshold on p(classes[1])
-
     def predicted(self) -> np.ndarray:
-        return decide(np.nan_to_num(self.proba, nan=-1.0), self.threshold)
+        return self.decided if self.decided is not None else \
+            np.nan_to_num(self.proba, nan=-1.0).argmax(axis=1)
 
     def to_frame(self) -> pd.DataFrame:
         pred = [self.classes[int(i)] if ok else "" for i, ok in zip(self.predicted(), self.ok)]
@@ -199,7 +193,8 @@ class Predictor:
         self.classes = [str(c) for c in self.config["classes"]]
         self.spec, self.task = bundle_spec(self.config, self.run / CONFIG)
         self.threshold = self.config.get("threshold")
-        self.temperature = calibration_temperature(self.config, self.run / CONFIG)
+        self.calibrator = bundle_calibrator(self.config, self.run / CONFIG)
+        self.temperature = self.calibrator.temperature
         self.identity = self.config["backbone"] or {}
         self.embed_dim = int(self.config["head"]["embed_dim"])
         # Test-time augmentation over the cached views, when the model was scored that way.
@@ -219,7 +214,12 @@ class Predictor:
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from the head's logits (the one place calibration is applied)."""
-        return softmax(logits, self.temperature)
+        return self.calibrator(logits)
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """The model's decisions from calibrated probabilities: the calibrator's balanced rule,
+        or a binary model's threshold chosen on validation."""
+        return self.calibrator.decide(proba, self.threshold)
 
     def _backbone(self) -> tuple[Embedder, TransformSpec]:
         if self._embedder is None:
@@ -289,11 +289,12 @@ class Predictor:
                             table["path"].astype(str).tolist(), self.classes,
                             np.full((len(table), len(self.classes)), np.nan),
                             np.full((len(table), len(self.classes)), np.nan), errors,
-                            None if self.threshold is None else float(self.threshold))
+                            np.full(len(table), -1, dtype=np.int64))
         ok = preds.ok
         if ok.any():
             preds.logits[ok] = self.logits(image[ok], table[ok])
             preds.proba[ok] = self.calibrate(preds.logits[ok])
+            preds.decided[ok] = self.decide(preds.proba[ok])
         if not ok.all():
             log.warning("%d image(s) could not be read: %s", int((~ok).sum()), "; ".join(
                 f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])

@@ -94,13 +94,28 @@ def metric_label(key: str) -> tuple[str, bool]:
 
 
 def save_run_figures(out: Path, metrics: dict, classes: Sequence[str], y_true: np.ndarray,
-                     logits: np.ndarray, temperature: float,
-                     title: str = "Confusion matrix") -> None:
-    """``confusion.png`` and ``reliability.png`` (before and after temperature scaling)."""
+                     logits: np.ndarray, calibrator, title: str = "Confusion matrix") -> None:
+    """``confusion.png`` and ``reliability.png`` (before and after calibration)."""
     save_confusion_png(metrics["confusion_matrix"], classes, out / "confusion.png", title=title)
-    save_reliability_png(y_true, {"before (T=1)": softmax(logits),
-                                  f"after (T={temperature:.2f})": softmax(logits, temperature)},
+    save_reliability_png(y_true, {"before calibration": softmax(logits),
+                                  f"after ({calibrator.method})": calibrator(logits)},
                          out / "reliability.png")
+
+
+def calibration_table(metrics: dict) -> list[str]:
+    """Per class: prevalence, mean predicted probability and one-vs-rest ECE, before and after
+    calibration (balanced class weights shift the predicted priors; calibration undoes it)."""
+    after, before = metrics["classwise_calibration"], metrics["classwise_calibration_uncalibrated"]
+    lines = ["| class | prevalence | mean p before | mean p after | ECE before | ECE after |",
+             "|---|---|---|---|---|---|"]
+    for c, a in after["per_class"].items():
+        b = before["per_class"][c]
+        lines.append(f"| {c} | {fmt(a['prevalence'])} | {fmt(b['mean_proba'])} | "
+                     f"{fmt(a['mean_proba'])} | {fmt(b['ece'])} | {fmt(a['ece'])} |")
+    return lines + [f"| **mean** | | | | {fmt(before['classwise_ece'])} | "
+                    f"{fmt(after['classwise_ece'])} |", "",
+                    f"Largest ratio of mean predicted probability to prevalence: before "
+                    f"{before['max_prior_ratio']:.2f}x, after {after['max_prior_ratio']:.2f}x."]
 
 
 def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: float,
@@ -113,17 +128,21 @@ def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: f
         lines.append(f"| {label} | {fmt(metrics[key], pct)} | "
                      + (f"{fmt(c[0], pct)} to {fmt(c[1], pct)}" if c else "") + " | "
                      + (fmt(baseline[key], pct) if baseline else "") + " |")
-    return lines + [f"| ECE (T={temperature:.2f}) | {fmt(metrics['ece'])} | | |",
+    return lines + [f"| ECE, calibrated (T={temperature:.2f}) | {fmt(metrics['ece'])} | | |",
                     f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |"]
 
 
 def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_true: np.ndarray,
-                     logits: np.ndarray, temperature: float) -> None:
+                     logits: np.ndarray, calibrator, y_pred: np.ndarray,
+                     groups: np.ndarray) -> None:
     classes = info["classes"]
-    ci = bootstrap_ci(y_true, softmax(logits, temperature), classes)
+    temperature = calibrator.temperature
+    # Resampling groups (lesions, patients), not images: images of one group are not
+    # independent, and an image bootstrap is about a quarter too narrow on a grouped split.
+    ci = bootstrap_ci(y_true, calibrator(logits), classes, groups=groups, y_pred=y_pred)
     payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci, "info": info}
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
-    save_run_figures(out, metrics, classes, y_true, logits, temperature)
+    save_run_figures(out, metrics, classes, y_true, logits, calibrator)
     lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info) + [
         f"- model: **{info['model']}** ({info['config'].get('head', 'lightgbm')}, "
         f"inputs {info['config'].get('inputs')}), best epoch/round {info['best_epoch']}",
@@ -136,15 +155,20 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
         f"- sizes (images / {info['group']}s): " + ", ".join(
             f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in ("train", "val", "test")),
         f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: {info['weights']}",
-        f"- metadata features ({len(info['meta_features'])}), encoder fitted on train only",
+        f"- metadata: {info['encoding']}; {len(info['meta_features'])} features, encoder "
+        "fitted on train only",
+        f"- calibration (fitted on {info['select_on']}): {info['calibration']}",
+        f"- test-time augmentation: {info['tta_models']}",
     ]
     if info.get("threshold") is not None:
         lines.append(f"- decision threshold on p({classes[1]}) = {info['threshold']:.3f}, chosen "
                      f"on {info['select_on']} (maximal balanced accuracy)")
-    lines += ["", "## Test metrics", ""]
+    lines += ["", "## Test metrics", "",
+              f"95 % CIs: bootstrap over {info['group']}s (1,000 resamples).", ""]
     lines += metrics_table(metrics, ci, baseline, temperature, headline(len(classes)))
     lines += ["", f"Majority baseline always predicts `{baseline['predicts']}`.", "",
               "## Per class", ""] + per_class_table(metrics) + [
+              "", "## Calibration per class (test)", ""] + calibration_table(metrics) + [
               "", "![confusion matrix](confusion.png) ![reliability](reliability.png)"]
     if info.get("reference_recipe"):
         lines += [
@@ -188,8 +212,8 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
               f"- Trained on one data set ({info['dataset']}): performance on other populations, "
               "cameras and clinics is unknown."]) + [
               "- Rare classes have few groups: their per-class numbers are noisy.",
-              "- Probabilities are calibrated by one temperature on the validation split; "
-              "calibration can drift on other populations."]
+              f"- Probabilities are calibrated on the validation split ({info['calibration']}); "
+              "calibration can drift on other populations, whose class prevalence differs."]
     if info.get("random_weights"):
         lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
     atomic_write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")

@@ -20,12 +20,12 @@ from . import __version__
 from .baseline import LGBMConfig, LGBMModel, fit_lgbm
 from .bundle import save_bundle
 from .cache import CacheContents, read_cache
-from .calibration import fit_temperature
+from .calibration import Calibrator
 from .datasets import HAM10000, Dataset
-from .head import FusionHead, HeadConfig, fit_head, head_logits
+from .head import FusionHead, HeadConfig, balanced_class_weights, fit_head, head_logits
 from .metadata import MetadataEncoder
-from .metrics import (classification_metrics, expected_calibration_error, majority_baseline,
-                      softmax)
+from .metrics import (classification_metrics, classwise_calibration, expected_calibration_error,
+                      majority_baseline, softmax)
 from .splits import assign_split, load_split, protocol, save_split
 
 log = logging.getLogger(__name__)
@@ -54,19 +54,6 @@ def align_embeddings(table: pd.DataFrame, contents: CacheContents,
     return table, image
 
 
-def meta_field_slices(encoder: MetadataEncoder) -> list[tuple[int, int]]:
-    """Column ranges of each metadata field in the encoded matrix (for field dropout)."""
-    slices, start = [], 0
-    for col in encoder.numeric:
-        slices.append((start, start + 1))
-        start += 1
-    for col in encoder.categorical:
-        width = len(encoder.kept_categories(col))
-        slices.append((start, start + width))
-        start += width
-    return slices
-
-
 @dataclass
 class Trained:
     """A fitted stage-two model with one way to get logits, whatever its kind."""
@@ -75,6 +62,7 @@ class Trained:
     config: dict
     best_epoch: int | None = None
     epochs_run: int | None = None
+    class_weights: list[float] | None = None   # of the training loss: the prior it shifted
 
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         if self.kind == "head":
@@ -84,14 +72,27 @@ class Trained:
 
 def train_model(kind: str, train: tuple, val: tuple, n_classes: int,
                 head_cfg: HeadConfig, lgbm_cfg: LGBMConfig,
-                meta_fields: list[tuple[int, int]] | None = None) -> Trained:
+                meta_fields: list | None = None) -> Trained:
+    """``meta_fields``: the encoder's ``dropout_fields()``, what metadata dropout blanks to."""
     if kind == "head":
         res = fit_head(train, val, n_classes, head_cfg, meta_fields)
-        return Trained("head", res.model, head_cfg.to_dict(), res.best_epoch, len(res.history))
+        return Trained("head", res.model, head_cfg.to_dict(), res.best_epoch, len(res.history),
+                       res.class_weights)
     if kind == "lgbm":
         model = fit_lgbm(train, val, n_classes, lgbm_cfg)
-        return Trained("lgbm", model, lgbm_cfg.to_dict(), int(model.booster.best_iteration))
+        return Trained("lgbm", model, lgbm_cfg.to_dict(), int(model.booster.best_iteration),
+                       class_weights=balanced_class_weights(train[2], n_classes).tolist())
     raise ValueError(f"--model must be one of {MODELS}, got {kind!r}")
+
+
+def _tta_note(model: str, tta: bool, image: np.ndarray) -> str:
+    """What --tta did, for the report and the bundle."""
+    if not tta:
+        return "off"
+    if image.ndim != 3:
+        return "asked for, but the cache has no view embeddings: off"
+    what = "probabilities" if model == "head" else "LightGBM probabilities"
+    return f"{what} averaged over the original and {image.shape[1] - 1} cached view(s)"
 
 
 def as_dataset(data: Dataset | pd.DataFrame) -> Dataset:
@@ -104,11 +105,16 @@ class SplitFit:
     """One model fitted on one split's ``train`` rows, calibrated on ``val``, scored on ``test``."""
     trained: Trained
     encoder: MetadataEncoder
-    temperature: float
+    calibrator: Calibrator
     threshold: float | None       # a binary task's decision threshold, chosen on val
-    metrics: dict                 # on test, from the calibrated probabilities
+    metrics: dict                 # on test: calibrated probabilities, the model's decisions
     test_logits: np.ndarray
+    test_pred: np.ndarray         # decided class per test row
     meta_dim: int
+
+    @property
+    def temperature(self) -> float:
+        return self.calibrator.temperature
 
 
 def choose_threshold(y: np.ndarray, p_positive: np.ndarray) -> float:
@@ -122,29 +128,50 @@ def choose_threshold(y: np.ndarray, p_positive: np.ndarray) -> float:
     return float(min(thresholds[best], 1.0))
 
 
+ENCODINGS = ("robust", "reference")
+
+
+def make_encoder(data: Dataset, encoding: str = "robust") -> MetadataEncoder:
+    """The dataset's metadata fields, with its own missing tokens, in ``encoding``."""
+    tokens = {f: list(data.spec.missing_tokens) for f in data.spec.metadata} \
+        if data.spec.missing_tokens else None
+    return MetadataEncoder(data.spec.numeric, data.spec.categorical, encoding,
+                           missing_tokens=tokens)
+
+
 def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], *, model: str,
               head_cfg: HeadConfig, lgbm_cfg: LGBMConfig, tta: bool = False,
-              calibrate: bool = True, select_on: str = "val") -> SplitFit:
+              calibrate: bool = True, select_on: str = "val", encoding: str = "robust",
+              calibration: str = "logit_adjust") -> SplitFit:
     """Encode (fitted on ``rows["train"]``), train, calibrate on ``rows[select_on]``, score
-    ``rows["test"]``: the whole of stage two for one split, shared by fit-head and cv."""
+    ``rows["test"]``: the whole of stage two for one split, shared by fit-head and cv.
+
+    Scores use the calibrated probabilities (AUC, ECE) and the model's decisions: the balanced
+    rule of the calibrator for a multi-class task, the threshold chosen on val for a binary one.
+    """
     table, classes = data.table, data.classes
-    encoder = MetadataEncoder(data.spec.numeric, data.spec.categorical).fit(
-        table.iloc[rows["train"]])
+    encoder = make_encoder(data, encoding).fit(table.iloc[rows["train"]])
     meta = encoder.transform(table)
     y = table["label"].to_numpy()
     part = {s: (image[i], meta[i], y[i]) for s, i in rows.items()}
     select = part[select_on]
     trained = train_model(model, part["train"], select, len(classes), head_cfg, lgbm_cfg,
-                          meta_field_slices(encoder))
+                          encoder.dropout_fields())
     select_logits = trained.logits(*select[:2], tta=tta)
-    temperature = fit_temperature(select_logits, select[2]) if calibrate else 1.0
-    threshold = choose_threshold(select[2] == 1, softmax(select_logits, temperature)[:, 1]) \
+    calibrator = Calibrator(calibration if calibrate else "temperature")
+    if calibrate:
+        calibrator.fit(select_logits, select[2], class_weights=trained.class_weights)
+    threshold = choose_threshold(select[2] == 1, calibrator(select_logits)[:, 1]) \
         if data.task.binary else None
     test_logits = trained.logits(*part["test"][:2], tta=tta)
-    metrics = classification_metrics(part["test"][2], softmax(test_logits, temperature), classes,
-                                     threshold=threshold)
+    proba = calibrator(test_logits)
+    pred = calibrator.decide(proba, threshold)
+    metrics = classification_metrics(part["test"][2], proba, classes, y_pred=pred)
     metrics["ece_uncalibrated"] = expected_calibration_error(part["test"][2], softmax(test_logits))
-    return SplitFit(trained, encoder, temperature, threshold, metrics, test_logits,
+    metrics["classwise_calibration"] = classwise_calibration(part["test"][2], proba, classes)
+    metrics["classwise_calibration_uncalibrated"] = classwise_calibration(
+        part["test"][2], softmax(test_logits), classes)
+    return SplitFit(trained, encoder, calibrator, threshold, metrics, test_logits, pred,
                     int(meta.shape[1]))
 
 
@@ -167,14 +194,16 @@ def prepare_split(table: pd.DataFrame, out: Path, kind: str, seed: int) -> tuple
 def fit_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Path, *,
             split: str = "lesion", seed: int = 42, select_on: str = "val", model: str = "head",
             head_cfg: HeadConfig | None = None, lgbm_cfg: LGBMConfig | None = None,
-            tta: bool = False, calibrate: bool = True) -> dict:
+            tta: bool = False, calibrate: bool = True, encoding: str = "robust",
+            calibration: str = "logit_adjust") -> dict:
     """Train one model on one split; write bundle, metrics.json, report.md and figures to ``out``."""
     from .report import write_run_report
 
     data = as_dataset(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    head_cfg = head_cfg or HeadConfig(seed=seed)
+    head_cfg = head_cfg or (HeadConfig.reference(seed=seed) if encoding == "reference"
+                            else HeadConfig(seed=seed))
     lgbm_cfg = lgbm_cfg or LGBMConfig(seed=seed)
     if select_on not in ("val", "test"):
         raise ValueError("--select-on must be 'val' or 'test'")
@@ -186,7 +215,8 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Pat
     sides, kind = prepare_split(table, out, split, seed)
     rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in ("train", "val", "test")}
     fit = fit_split(data, image, rows, model=model, head_cfg=head_cfg, lgbm_cfg=lgbm_cfg, tta=tta,
-                    calibrate=calibrate, select_on=select_on)
+                    calibrate=calibrate, select_on=select_on, encoding=encoding,
+                    calibration=calibration)
     classes, y = list(data.classes), table["label"].to_numpy()
     baseline = majority_baseline(y[rows["train"]], y[rows["test"]], classes)
     info = {
@@ -201,22 +231,25 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Pat
         "sizes": {s: int(len(r)) for s, r in rows.items()},
         "lesions": {s: int(table["lesion_id"].iloc[r].nunique()) for s, r in rows.items()},
         **contents.provenance(cache_path),
-        "temperature": fit.temperature, "threshold": fit.threshold, "tta": tta,
-        "skinfeat": __version__, "embed_dim": int(image.shape[-1]),
-        "meta_features": fit.encoder.feature_names,
+        "temperature": fit.temperature, "calibration": fit.calibrator.describe(),
+        "threshold": fit.threshold, "tta": tta, "tta_models": _tta_note(model, tta, image),
+        "encoding": fit.encoder.describe(), "skinfeat": __version__,
+        "embed_dim": int(image.shape[-1]), "meta_features": fit.encoder.feature_names,
     }
     config = {"model_type": model, "classes": classes, "encoder": fit.encoder.to_dict(),
               "dataset": data.spec.to_dict(), "task": data.task.to_dict(),
               "backbone": contents.identity, "weights": info["weights"],
               "head": {**fit.trained.config, "embed_dim": int(image.shape[-1]),
                        "meta_dim": fit.meta_dim, "n_classes": len(classes)},
-              "temperature": fit.temperature, "threshold": fit.threshold, "tta": tta,
-              "split": kind, "skinfeat": __version__}
+              "temperature": fit.temperature, "calibration": fit.calibrator.to_dict(),
+              "threshold": fit.threshold, "tta": tta, "split": kind, "seed": seed,
+              "skinfeat": __version__}
     if model == "head":
         save_bundle(out, config, state=fit.trained.model.state_dict())
     else:
         model_str, state = fit.trained.model.to_state()
         save_bundle(out, {**config, "lgbm": state}, lgbm_model=model_str)
     write_run_report(out, fit.metrics, baseline, info, y_true=y[rows["test"]],
-                     logits=fit.test_logits, temperature=fit.temperature)
+                     logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,
+                     groups=table["lesion_id"].to_numpy()[rows["test"]])
     return {"metrics": fit.metrics, "baseline": baseline, "info": info}

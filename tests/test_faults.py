@@ -307,8 +307,8 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 # ---------------------------------------------------------------- tampered bundles
 def small_bundle(out: Path, meta_dim: int = 5, head: str = "reference") -> dict:
-    encoder = MetadataEncoder().fit(pd.DataFrame({"age": [40.0, 60.0], "sex": ["female", "male"],
-                                                  "localization": ["back", "face"]}))
+    encoder = MetadataEncoder(encoding="reference").fit(pd.DataFrame({
+        "age": [40.0, 60.0], "sex": ["female", "male"], "localization": ["back", "face"]}))
     config = {"model_type": "head", "classes": list(CLASSES), "encoder": encoder.to_dict(),
               "backbone": {"backbone": TINY},
               "head": {"head": head, "inputs": "fused", "embed_dim": 64, "meta_dim": meta_dim,

@@ -49,3 +49,36 @@ def test_same_seed_same_weights():
     a = fit_head(train, val, 7, HeadConfig(max_epochs=5, seed=7)).model.state_dict()
     b = fit_head(train, val, 7, HeadConfig(max_epochs=5, seed=7)).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_leaves_the_callers_global_rng_alone():
+    train, val = separable(100, 0), separable(40, 1)
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    fit_head(train, val, 7, HeadConfig(max_epochs=2, seed=9))
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_stopping_criteria_restore_their_best_epoch():
+    import pytest
+    train, val = separable(300, 0), separable(100, 1)
+    for stop_on in ("balanced_loss", "balanced_accuracy"):
+        res = fit_head(train, val, 7, HeadConfig(max_epochs=30, patience=3, stop_on=stop_on))
+        best = min(h["val_score"] for h in res.history)
+        assert res.history[res.best_epoch - 1]["val_score"] == best
+        assert all(h["val_score"] > best for h in res.history[:res.best_epoch - 1])
+    with pytest.raises(ValueError, match="stop_on"):
+        fit_head(train, val, 7, HeadConfig(stop_on="auc"))
+    ref = HeadConfig.reference(seed=3)
+    assert (ref.meta_dropout, ref.stop_on, ref.seed) == (0.0, "loss", 3)
+
+
+def test_dropout_blanks_to_the_given_missing_values():
+    from skinfeat.head import _blank_fields
+    meta = torch.ones(2000, 5)
+    out = _blank_fields(meta, [(0, 2, [0.0, 1.0]), (2, 5)], 0.25, torch.Generator().manual_seed(0))
+    age_blank = (out[:, :2] == torch.tensor([0.0, 1.0])).all(1)
+    assert 0.2 < float(age_blank.float().mean()) < 0.3
+    assert set(out[:, 2:].sum(1).tolist()) == {0.0, 3.0}  # (lo, hi) alone: zeros, as before
+    assert torch.equal(meta, torch.ones(2000, 5))          # the input is not modified

@@ -23,7 +23,7 @@ def hand_table() -> pd.DataFrame:
 
 def test_reference_parity_17_columns_exact_values():
     df = hand_table()
-    x = MetadataEncoder().fit_transform(df)
+    x = MetadataEncoder(encoding="reference").fit_transform(df)
     assert x.shape == (15, 17)
     # Reference: fillna(mean) -> StandardScaler; pd.get_dummies(drop_first=True).
     age = df["age"].fillna(df["age"].mean())
@@ -33,13 +33,14 @@ def test_reference_parity_17_columns_exact_values():
     np.testing.assert_array_equal(x[:, 1:], dummies.to_numpy())
     # Mean of [30, 50, 70, 40] is 47.5: the NaN row encodes as exactly zero.
     assert x[1, 0] == 0.0
-    assert MetadataEncoder().fit(df).feature_names[1:3] == ["sex_male", "sex_unknown"]
+    names = MetadataEncoder(encoding="reference").fit(df).feature_names
+    assert names[1:3] == ["sex_male", "sex_unknown"]
 
 
 def test_fitted_on_training_rows_only():
     train = hand_table()
     test = pd.DataFrame({"age": [100.0], "sex": ["male"], "localization": ["back"]})
-    enc = MetadataEncoder().fit(train)
+    enc = MetadataEncoder(encoding="reference").fit(train)
     before = enc.to_dict()
     enc.transform(test)
     assert enc.to_dict() == before
@@ -47,7 +48,7 @@ def test_fitted_on_training_rows_only():
 
 
 def test_unseen_category_is_all_zero_with_warning(caplog):
-    enc = MetadataEncoder().fit(hand_table())
+    enc = MetadataEncoder(encoding="reference").fit(hand_table())
     new = pd.DataFrame({"age": [50.0], "sex": ["other"], "localization": ["tail"]})
     with caplog.at_level(logging.WARNING):
         x = enc.transform(new)
@@ -56,13 +57,13 @@ def test_unseen_category_is_all_zero_with_warning(caplog):
 
 
 def test_round_trip_through_dict():
-    enc = MetadataEncoder().fit(hand_table())
+    enc = MetadataEncoder(encoding="reference").fit(hand_table())
     again = MetadataEncoder.from_dict(enc.to_dict())
     np.testing.assert_array_equal(enc.transform(hand_table()), again.transform(hand_table()))
 
 
 def test_corrupt_state_is_a_clear_error():
-    state = MetadataEncoder().fit(hand_table()).to_dict()
+    state = MetadataEncoder(encoding="reference").fit(hand_table()).to_dict()
     del state["means"]["age"]
     with pytest.raises(ValueError, match="no fitted values"):
         MetadataEncoder.from_dict(state)

@@ -15,6 +15,7 @@ from skinfeat.cli import main
 from skinfeat.datasets import CLASSES
 from skinfeat.head import FusionHead, head_logits
 from skinfeat.metadata import MetadataEncoder
+from skinfeat.calibration import Calibrator
 from skinfeat.metrics import softmax
 from skinfeat.predict import Predictor
 
@@ -44,7 +45,7 @@ def cached_probabilities(run, cache, table) -> np.ndarray:
         from skinfeat.baseline import LGBMModel
         lgbm = LGBMModel.from_state((run / "model.lgbm.txt").read_text(), config["lgbm"])
         logits = np.log(np.clip(lgbm.predict_proba(emb, meta), 1e-12, None))
-    return softmax(logits, config["temperature"])
+    return Calibrator.from_dict(config["calibration"])(logits)
 
 
 @pytest.mark.parametrize("kind", ["head", "lgbm"])
@@ -78,16 +79,16 @@ def test_batch_csv_with_missing_metadata(runs, synth_table, tmp_path):
     prob_cols = [f"p_{c}" for c in CLASSES]
     np.testing.assert_allclose(preds[prob_cols].sum(axis=1), 1.0, atol=1e-4)
     assert (preds["error"] == "").all() and set(preds["prediction"]) <= set(CLASSES)
-    # Missing age = the training mean; blank sex = "unknown": as in training.
+    # A blank is missing, exactly as None or the set's own token ("unknown") is (the robust
+    # encoding: a missing age is not the training mean, it also sets age's missing indicator).
     p = Predictor(runs["head"])
-    mean_age = p.encoder.means["age"]
-    want0 = p.predict_image(rows["path"].iloc[0], age=mean_age, sex="female", localization="back")
+    want0 = p.predict_image(rows["path"].iloc[0], age=None, sex="female", localization="back")
     want1 = p.predict_image(rows["path"].iloc[1], age=55, sex="unknown", localization="trunk")
     np.testing.assert_allclose(preds.loc[0, prob_cols], list(want0.values()), atol=1e-5)
     np.testing.assert_allclose(preds.loc[1, prob_cols], list(want1.values()), atol=1e-5)
     # No metadata at all (as for the ISIC 2018 test set): every field is treated as missing.
     none = p.predict_image(rows["path"].iloc[2])
-    explicit = p.predict_image(rows["path"].iloc[2], age=mean_age, sex="unknown",
+    explicit = p.predict_image(rows["path"].iloc[2], age=None, sex="unknown",
                                localization="unknown")
     np.testing.assert_allclose(list(none.values()), list(explicit.values()), atol=1e-6)
 
@@ -127,7 +128,9 @@ def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
     assert not {"age", "sex", "localization"} & set(table.columns)
     card = (runs["head"] / "MODEL_CARD.md").read_text()
     out = tmp_path / "eval"
-    r = cli("evaluate", "--model", str(runs["head"]), "--data", str(data), "--out", str(out))
+    # The set reuses training images: scored only with --include-seen.
+    r = cli("evaluate", "--model", str(runs["head"]), "--data", str(data), "--out", str(out),
+            "--include-seen")
     assert r.exit_code == 0, r.output
     report = (out / "evaluate_report.md").read_text()
     first = [ln for ln in report.splitlines()[1:] if ln and not ln.startswith(">")][0]
@@ -150,9 +153,15 @@ def test_evaluate_generic_csv_flags_training_overlap(runs, synth_table, tmp_path
     res = evaluate_run(runs["head"], tmp_path / "ext.csv")
     assert res["out"] == runs["head"] / "eval-ext"
     assert res["info"]["layout"] == "csv" and not res["info"]["metadata_missing"]
-    assert res["info"]["overlap_with_training"]["rows"] > 0
+    # By default the images (and lesions) the model trained or early-stopped on are left out.
+    seen = res["info"]["seen_in_training"]
+    assert seen["images"] > 0 and res["info"]["n"] == 30 - seen["images"]
+    assert res["info"]["overlap_with_training"]["rows"] == 0
     report = (res["out"] / "evaluate_report.md").read_text()
-    assert "optimistic" in report and "majority baseline" in report
+    assert f"left out: {seen['images']} image(s)" in report and "majority baseline" in report
+    res = evaluate_run(runs["head"], tmp_path / "ext.csv", tmp_path / "all", include_seen=True)
+    assert res["info"]["n"] == 30 and res["info"]["overlap_with_training"]["rows"] == seen["images"]
+    assert "optimistic" in (tmp_path / "all" / "evaluate_report.md").read_text()
 
 
 @pytest.fixture
@@ -181,8 +190,12 @@ def test_tampered_bundles_give_clear_errors(runs, tampered, synth_table):
     with pytest.raises(BundleError, match="missing key.*encoder"):
         Predictor(tampered)
     shutil.copy(runs["head"] / "config.json", tampered / "config.json")
-    edit_config(tampered, lambda c: c.update(temperature="hot"))
-    with pytest.raises(BundleError, match="temperature"):
+    edit_config(tampered, lambda c: c["calibration"].update(temperature="hot"))
+    with pytest.raises(BundleError, match="invalid calibration state"):
+        Predictor(tampered)
+    shutil.copy(runs["head"] / "config.json", tampered / "config.json")
+    edit_config(tampered, lambda c: c["calibration"].update(temperature=-1.0))
+    with pytest.raises(BundleError, match="temperature must be a positive number"):
         Predictor(tampered)
 
 

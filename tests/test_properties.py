@@ -30,6 +30,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=["age", "sex", "localization"])
 
 
+@pytest.mark.parametrize("encoding", ["robust", "reference"])
 @SETTINGS
 @example(  # found by hypothesis: a rounding-error std once scaled ages to inf
     train=[{"age": 0.0, "sex": "male", "localization": "back"},
@@ -37,21 +38,20 @@ def frame(records: list[dict]) -> pd.DataFrame:
     others=[[{"age": 1.0, "sex": "male", "localization": "back"}]])
 @given(train=st.lists(rows, min_size=1, max_size=30),
        others=st.lists(st.lists(rows, min_size=0, max_size=20), min_size=1, max_size=3))
-def test_encoder_output_is_finite_and_of_fixed_width(train, others):
-    enc = MetadataEncoder().fit(frame(train))
+def test_encoder_output_is_finite_and_of_fixed_width(encoding, train, others):
+    enc = MetadataEncoder(encoding=encoding).fit(frame(train))
     logging.getLogger("skinfeat.metadata").disabled = True  # unseen values warn, by design
     try:
         for records in [train, *others]:
             x = enc.transform(frame(records))
             assert x.shape == (len(records), enc.n_features) and x.dtype == np.float32
             assert np.isfinite(x).all()
-            # Each one-hot field holds at most a single 1 (none for the dropped first category
-            # or a value never seen in training).
-            start = len(enc.numeric)
-            for col in enc.categorical:
-                block = x[:, start:start + len(enc.kept_categories(col))]
-                start += block.shape[1]
-                assert set(np.unique(block)) <= {0.0, 1.0} and (block.sum(1) <= 1).all()
+            # Each one-hot field holds at most a single 1 (none for a missing value, a value
+            # never seen in training, or the reference's dropped first category).
+            for name, lo, hi in enc.fields:
+                if name in enc.categorical:
+                    block = x[:, lo:hi]
+                    assert set(np.unique(block)) <= {0.0, 1.0} and (block.sum(1) <= 1).all()
     finally:
         logging.getLogger("skinfeat.metadata").disabled = False
     again = MetadataEncoder.from_dict(enc.to_dict())

@@ -46,7 +46,7 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, met
             localization, output, top_k, as_json) -> None:
     """Calibrated class probabilities for a raw image (or a CSV of them) and its metadata."""
     from ..datasets import load_images
-    from ..predict import Predictor, decide, parse_meta, save_predictions
+    from ..predict import Predictor, parse_meta, save_predictions
 
     if bool(image) == bool(csv_path):
         raise click.UsageError("pass exactly one of --image or --csv")
@@ -64,7 +64,7 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, met
         values = parse_meta([*aliases, *meta], p.spec)
         probs = p.predict_image(image, values)
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])
-        chosen = p.classes[int(decide(np.array([list(probs.values())]), p.threshold)[0])]
+        chosen = p.classes[int(p.decide(np.array([list(probs.values())]))[0])]
         if as_json:
             click.echo(json.dumps({"image": image, "prediction": chosen, "probabilities": probs,
                                    "metadata": values, "temperature": p.temperature,
@@ -75,13 +75,15 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, met
         click.echo(f"{'class':<{width}}{'probability':>12}  diagnosis")
         for c, v in ranked[:top_k]:
             click.echo(f"{c:<{width}}{100 * v:>10.2f} %  {p.spec.class_names.get(c, '')}")
-        if p.threshold is not None:
-            click.echo(f"prediction: {chosen} (threshold {p.threshold:.3f} on p({p.classes[1]}))")
+        rule = f"threshold {p.threshold:.3f} on p({p.classes[1]})" if p.threshold is not None \
+            else "balanced decision rule: the class most above its training prevalence"
+        click.echo(f"prediction: {chosen} ({rule})")
         missing = [f for f in p.fields if f not in values]
         if missing:
             click.echo(f"missing metadata (treated as missing, as in training): "
                        f"{', '.join(missing)}")
-        click.echo(f"(temperature {p.temperature:.2f}; research use only, not a diagnosis)")
+        click.echo(f"(calibrated: {p.calibrator.describe()}; research use only, not a "
+                   "diagnosis)")
         return
     table = load_images(csv_path, p.spec)
     bar = progress_bar("predict")
@@ -103,7 +105,10 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, met
 @dataset_options
 @click.option("--out", type=click.Path(file_okay=False),
               help="Report folder [default: MODEL/eval-<data name>].")
-def evaluate(run, weights_file, device, batch_size, workers, data, out, **kwargs) -> None:
+@click.option("--include-seen", is_flag=True, help="Also score images (and images of lesions or "
+              "patients) that the model trained or early-stopped on; optimistic.")
+def evaluate(run, weights_file, device, batch_size, workers, data, out, include_seen,
+             **kwargs) -> None:
     """Score a trained model on another labelled set (the report leads with balanced accuracy,
     or ROC AUC for a binary model). The labels are read as the model's task."""
     from ..evaluate import evaluate_run
@@ -114,6 +119,7 @@ def evaluate(run, weights_file, device, batch_size, workers, data, out, **kwargs
     bar = progress_bar("evaluate")
     res = evaluate_run(run, data, out, layout=opts["preset"], spec=opts["spec_file"],
                        columns=column_overrides(opts), weights_file=weights_file, device=device,
+                       include_seen=include_seen,
                        batch_size=batch_size, num_workers=workers, progress=bar.update,
                        on_start=lambda n: setattr(bar, "total", n))
     bar.close()

@@ -19,13 +19,38 @@ def head_options(f):
         click.option("--head", "head_kind", type=click.Choice(["reference", "film"]),
                      default="reference", show_default=True),
         click.option("--epochs", type=int, default=40, show_default=True),
-        click.option("--meta-dropout", type=float, default=0.0, show_default=True,
-                     help="Probability of blanking a metadata field per sample in training."),
+        click.option("--encoding", type=click.Choice(["robust", "reference"]),
+                     default="robust", show_default=True,
+                     help="robust: every field has one 'missing' value (blank, the set's token, "
+                     "unseen, absent) and no dropped category; reference: the published 17-"
+                     "feature encoder (mean fill, drop_first, 'unknown' a category), with "
+                     "the reference's head defaults (no metadata dropout, stop on val loss)."),
+        click.option("--meta-dropout", type=float, help="Probability of blanking each metadata "
+                     "field of a sample in training [default: 0.2; 0 with --encoding "
+                     "reference]."),
+        click.option("--stop-on", type=click.Choice(["balanced_loss", "loss",
+                                                     "balanced_accuracy"]),
+                     help="Early-stopping criterion on val [default: balanced_loss, the class-"
+                     "weighted loss that matches balanced accuracy; loss with --encoding "
+                     "reference]."),
+        click.option("--calibration", type=click.Choice(["logit_adjust", "temperature",
+                                                         "bias_temperature"]),
+                     default="logit_adjust", show_default=True,
+                     help="Fitted on val: undo the class-weight prior shift, then a temperature."),
         click.option("--tta/--no-tta", default=False, show_default=True,
                      help="Average predictions over cached views."),
     ]):
         f = opt(f)
     return f
+
+
+def head_config(encoding: str, **fields):
+    """The head's recipe: the reference's defaults with --encoding reference, ours otherwise;
+    flags given on the command line win."""
+    from ..head import HeadConfig
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    return HeadConfig.reference(**given) if encoding == "reference" else HeadConfig(**given)
 
 
 @click.command("fit-head")
@@ -40,19 +65,20 @@ def head_options(f):
 @click.option("--model", type=click.Choice(["head", "lgbm"]), default="head", show_default=True)
 @click.option("--select-on", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Split that picks the epoch; 'test' reproduces the reference's flaw.")
-def fit_head(data_dir, cache_path, out, split, seed, head_kind, epochs, meta_dropout, tta, inputs,
-             model, select_on, **kwargs) -> None:
+def fit_head(data_dir, cache_path, out, split, seed, head_kind, epochs, encoding, meta_dropout,
+             stop_on, calibration, tta, inputs, model, select_on, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
     from ..baseline import LGBMConfig
-    from ..head import HeadConfig
     from ..train import fit_run
 
     data = load_data(data_dir, pop_dataset_options(kwargs))
     cache_path = cache_path or find_cache(data_dir)
     res = fit_run(data, cache_path, out, split=split, seed=seed, select_on=select_on, model=model,
-                  head_cfg=HeadConfig(head=head_kind, inputs=inputs, seed=seed, max_epochs=epochs,
-                                      meta_dropout=meta_dropout),
-                  lgbm_cfg=LGBMConfig(inputs=inputs, seed=seed), tta=tta)
+                  head_cfg=head_config(encoding, head=head_kind, inputs=inputs, seed=seed,
+                                       max_epochs=epochs, meta_dropout=meta_dropout,
+                                       stop_on=stop_on),
+                  lgbm_cfg=LGBMConfig(inputs=inputs, seed=seed), tta=tta, encoding=encoding,
+                  calibration=calibration)
     print_run_summary(res, out)
 
 
@@ -113,17 +139,17 @@ def parse_seeds(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--jobs", type=int, default=0, show_default=True,
               help="Fits at a time, one thread each (0: one per CPU core); the results do not "
               "depend on it.")
-def cv(data_dir, cache_path, out, split, seed, head_kind, epochs, meta_dropout, tta, folds, seeds,
-       inputs, models, jobs, **kwargs) -> None:
+def cv(data_dir, cache_path, out, split, seed, head_kind, epochs, encoding, meta_dropout, stop_on,
+       calibration, tta, folds, seeds, inputs, models, jobs, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
     from ..cv import CVConfig, cv_run
-    from ..head import HeadConfig
 
     table = load_data(data_dir, pop_dataset_options(kwargs))
     cache_path = cache_path or find_cache(data_dir)
     cfg = CVConfig(folds=folds, split=split, seeds=seeds or (seed,), models=models, inputs=inputs,
-                   head=HeadConfig(head=head_kind, max_epochs=epochs, meta_dropout=meta_dropout),
-                   tta=tta)
+                   head=head_config(encoding, head=head_kind, max_epochs=epochs,
+                                    meta_dropout=meta_dropout, stop_on=stop_on),
+                   tta=tta, encoding=encoding, calibration=calibration)
     bar = progress_bar("cv", unit="fit")
     res = cv_run(table, cache_path, out, cfg, jobs=jobs, progress=bar.update,
                  on_start=lambda n: setattr(bar, "total", n))
