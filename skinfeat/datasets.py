@@ -391,13 +391,10 @@ def apply_task(dx: pd.Series, classes: tuple[str, ...], task: Task | None,
     if positive not in classes:
         raise DataError(f"--task binary:{positive}: no class {positive!r}; the classes are "
                         f"{', '.join(classes)}")
-    if set(classes) == {positive} or len(classes) == 2:
-        negative = next(c for c in classes if c != positive)
-        binary = (negative, positive)
-    else:
-        negative = f"not_{positive}"
-        binary = (negative, positive)
-    return dx.where(dx == positive, negative), binary, Task("binary", positive)
+    # A two-class set keeps its own names (benign, malignant); otherwise "not_<class>".
+    negative = next(c for c in classes if c != positive) if len(classes) == 2 else \
+        f"not_{positive}"
+    return dx.where(dx == positive, negative), (negative, positive), Task("binary", positive)
 
 
 def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str | Path | None =

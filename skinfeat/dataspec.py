@@ -59,6 +59,16 @@ class DatasetSpec:
     citation: str = ""
 
     def __post_init__(self) -> None:
+        # Tables are read with lower-case column names: so are a spec's column names.
+        lower = {"image_column": self.image_column.lower(),
+                 "label_column": self.label_column.lower() if self.label_column else None,
+                 "group_column": self.group_column.lower() if self.group_column else None,
+                 "numeric": tuple(c.lower() for c in self.numeric),
+                 "categorical": tuple(c.lower() for c in self.categorical),
+                 "leaky": tuple(c.lower() for c in self.leaky),
+                 "ranges": {k.lower(): tuple(v) for k, v in self.ranges.items()}}
+        for name, value in lower.items():
+            object.__setattr__(self, name, value)
         self.check()
 
     @property
