@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -256,3 +257,29 @@ def test_layout_detection_and_malformed_ground_truth(synth_dir, synth_table, tmp
         load_isic2018_test(data)
     with pytest.raises(DataError, match="no known dataset layout found"):
         detect_layout(tmp_path / "isic" / "ISIC2018_Task3_Test_Input")
+
+
+def test_every_way_of_missing_metadata_at_predict_time_is_one_input(runs, synth_table, caplog):
+    """Absent fields, blanks, None, the data set's token and a value never seen in training all
+    reach the head as the same vector, so they give the same probabilities."""
+    p = Predictor(runs["head"])
+    path = synth_table["path"].iloc[5]
+    absent = p.predict_image(path)
+    with caplog.at_level(logging.WARNING):
+        variants = [p.predict_image(path, age="", sex="", localization=""),
+                    p.predict_image(path, age=None, sex=None, localization=None),
+                    p.predict_image(path, age="unknown", sex="unknown", localization="unknown"),
+                    p.predict_image(path, age=float("nan"), sex="martian", localization="tail")]
+    assert "never seen in training" in caplog.text and "'martian'" in caplog.text
+    for got in variants:
+        np.testing.assert_allclose(list(got.values()), list(absent.values()), atol=1e-7)
+    known = p.predict_image(path, age=40, sex="male", localization="back")
+    assert max(abs(a - b) for a, b in zip(known.values(), absent.values())) > 1e-6
+
+
+def test_decisions_follow_the_balanced_rule(runs, synth_table, synth_cache):
+    p = Predictor(runs["head"])
+    rows = synth_table.iloc[:20]
+    contents = read_cache(synth_cache)
+    logits = p.logits(contents.embeddings[contents.rows_for(rows["image_id"].tolist())], rows)
+    np.testing.assert_array_equal(p.decide(p.calibrate(logits)), p.calibrator.predict(logits))
