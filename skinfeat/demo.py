@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .backbone import WeightSource, WeightsUnavailable, create_backbone, pretrained_location
+from .backbone import (WeightSource, WeightsUnavailable, bf16_supported, create_backbone,
+                       pretrained_location, resolve_device)
+from .engines import int8_available
 from .datasets import load_ham10000
 from .extract import extract
 from .synthetic import make_synthetic_ham
@@ -37,8 +39,18 @@ def choose_weights(backbone: str, weights: str, echo: Callable[[str], None]) -> 
     return WeightSource("pretrained")
 
 
+def fastest_precision() -> str:
+    """The fastest lossless-or-validated stage one this machine has: a GPU or native bf16
+    (``auto``), else OpenVINO int8 where installed (``benchmarks/extract.py`` checks its agreement
+    with fp32), else fp32."""
+    device = resolve_device("auto")
+    if device.type != "cpu" or bf16_supported(device) or not int8_available():
+        return "auto"
+    return "int8"
+
+
 def run_demo(out: Path, *, n_images: int = 1500, backbone: str = "convnext_tiny.fb_in1k",
-             weights: str = "auto", echo: Callable[[str], None] = print,
+             weights: str = "auto", precision: str = "fastest", echo: Callable[[str], None] = print,
              progress: Callable | None = None) -> dict:
     t0 = time.perf_counter()
     data_dir = out / "data"
@@ -47,10 +59,12 @@ def run_demo(out: Path, *, n_images: int = 1500, backbone: str = "convnext_tiny.
         make_synthetic_ham(data_dir, n_images=n_images)
     table = load_ham10000(data_dir)
     source = choose_weights(backbone, weights, echo)
-    cache_path = out / f"cache-{backbone}-{source.kind}.h5"
-    echo(f"[2/3] stage one: {len(table)} images through {backbone} ({source.describe()})")
+    precision = fastest_precision() if precision == "fastest" else precision
+    cache_path = out / f"cache-{backbone}-{source.kind}-{precision}.h5"
+    echo(f"[2/3] stage one: {len(table)} images through {backbone} ({source.describe()}; "
+         f"precision {precision})")
     bar = progress("extract") if progress else None
-    res = extract(table, cache_path, backbone=backbone, weights=source,
+    res = extract(table, cache_path, backbone=backbone, weights=source, precision=precision,
                   progress=bar.update if bar is not None else None,
                   on_start=(lambda todo, skipped: setattr(bar, "total", todo))
                   if bar is not None else None)
