@@ -32,8 +32,11 @@ COMPILE_MIN_IMAGES = 2000
 
 _TRANSPOSE = {"flip": Image.Transpose.FLIP_LEFT_RIGHT, "rot90": Image.Transpose.ROTATE_90,
               "rot180": Image.Transpose.ROTATE_180, "rot270": Image.Transpose.ROTATE_270}
-# Views are made from the decoded image before the resize (a rotated 600x450 photo squashed to
-# 224x224 is not the squashed photo rotated); part of the identity of caches with views.
+# Views are made from the decoded image before the resize, so a view is exactly the embedding of
+# the photo turned: with the centre crop, turning the resized tensor instead shifts the crop by a
+# pixel wherever (side - size) is odd; with the squash it changes only rounding (the squash scales
+# each axis on its own, and a quarter turn swaps the axes with their scales). Part of the identity
+# of caches with views, so caches made the old way are not mixed with new ones.
 VIEW_TRANSFORM = "image-before-resize"
 
 
