@@ -9,9 +9,11 @@ so ``extract.embed_files`` and ``predict`` work unchanged whichever filled the c
     built once per backbone, weights, preprocessing and calibration set, and kept on disk
     (``quantized_store()``), so a resumed extract and ``predict`` use the very same model.
 
-Why OpenVINO + NNCF for int8 (``benchmarks/engines.py`` measures the alternatives): it was the
-only engine that made convnext_tiny much faster than torch fp32 on AVX-512 CPUs without bf16;
-ONNX Runtime's int8 and torch's dynamic int8 were slower than fp32 there. It is an optional extra
+Why OpenVINO + NNCF for int8 (``benchmarks/engines.py`` measures the candidates; numbers in the
+README): on an AVX-512 CPU it ran convnext_tiny about 3x faster than torch fp32, as fast as ONNX
+Runtime's static (QDQ) int8 and well ahead of torch's dynamic int8; it converts the torch module
+directly (ONNX Runtime needs an ONNX export first), quantizes with one call, and was the engine
+that reached 2.66x on the Ice Lake machine (no bf16) of issue 12. It is an optional extra
 (``pip install skinfeat[openvino]``): nothing here imports it until int8 is asked for.
 """
 from __future__ import annotations
