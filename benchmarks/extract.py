@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precisions", help="comma-separated (default: all the machine offers)")
     ap.add_argument("--calibration-images", type=int, default=300)
-    ap.add_argument("--seeds", default="0,1,2", help="fit-head seeds averaged per precision")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="fit-head seeds averaged per precision")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
