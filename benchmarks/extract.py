@@ -99,6 +99,7 @@ def interleaved_rates(table, args, precisions: list[str], device: torch.device,
                                calibration=args.calibration.get(prec))
         engines[prec] = make_embedder(model, device, ident, spec, compile=prec != "fp32")
         engines[prec](x)  # warm-up (and compile); int8 comes from the store the pass filled
+    batches = max(1, min(batches, len(table) // bs - 1))
     paths = table["path"].iloc[bs:bs * (batches + 1)].tolist()
     loops = {p: embed_files(e, paths, spec, batch_size=bs, num_workers=0)
              for p, e in engines.items()}
@@ -119,9 +120,9 @@ def interleaved_rates(table, args, precisions: list[str], device: torch.device,
     return {p: done[p] / spent[p] for p in precisions}, {p: len(x) / t for p, t in best.items()}
 
 
-def cosines(a, b) -> np.ndarray:
+def cosines(a, b, center: np.ndarray | float = 0.0) -> np.ndarray:
     rows = b.rows_for(list(a.image_ids))
-    x, y = a.embeddings, b.embeddings[rows]
+    x, y = a.embeddings - center, b.embeddings[rows] - center
     return (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
 
 
@@ -246,8 +247,14 @@ def main() -> None:
         for prec in precisions[1:]:
             cos = cosines(fp32["cache"], runs[prec]["cache"])
             runs[prec]["cos"] = cos
+            centred = cosines(fp32["cache"], runs[prec]["cache"],
+                              center=fp32["cache"].embeddings.mean(0))
             print(f"   {prec:<5} min {cos.min():.5f}  median {np.median(cos):.5f}  "
-                  f"(images below 0.99: {(cos < 0.99).sum()} of {len(cos)})")
+                  f"(images below 0.99: {(cos < 0.99).sum()} of {len(cos)}); mean-centred: "
+                  f"min {centred.min():.4f}  median {np.median(centred):.4f}")
+        print("   (random-weight embeddings of different images are nearly parallel, so the "
+              "mean-centred cosine\n   shows better what a precision does to the part that "
+              "tells images apart)")
 
         # Head training is chaotic (early stopping may pick another epoch for a one-ulp change),
         # so compare means over seeds on one shared split.
