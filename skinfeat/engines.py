@@ -9,11 +9,12 @@ so ``extract.embed_files`` and ``predict`` work unchanged whichever filled the c
     built once per backbone, weights, preprocessing and calibration set, and kept on disk
     (``quantized_store()``), so a resumed extract and ``predict`` use the very same model.
 
-Why OpenVINO + NNCF for int8 (``benchmarks/engines.py`` measures the candidates; numbers in the
-README): on an AVX-512 CPU it ran convnext_tiny about 3x faster than torch fp32, as fast as ONNX
-Runtime's static (QDQ) int8 and well ahead of torch's dynamic int8; it converts the torch module
-directly (ONNX Runtime needs an ONNX export first), quantizes with one call, and was the engine
-that reached 2.66x on the Ice Lake machine (no bf16) of issue 12. It is an optional extra
+Why OpenVINO + NNCF for int8 (``benchmarks/engines.py`` measures the candidates, model alone,
+interleaved, on 2 AVX-512 cores): it ran convnext_tiny 3.3x torch fp32, ahead of ONNX Runtime's
+static QDQ int8 (2.7x to 3.1x, which agreed slightly better with fp32 on random weights), torch's
+dynamic int8 (1.9x) and torch's PT2E x86 static int8 compiled (1.3x); it converts the torch
+module directly (ONNX Runtime needs an ONNX export first) and quantizes in one call.
+It is an optional extra
 (``pip install skinfeat[openvino]``): nothing here imports it until int8 is asked for.
 """
 from __future__ import annotations
