@@ -13,9 +13,9 @@ Why OpenVINO + NNCF for int8 (``benchmarks/engines.py`` measures the candidates,
 interleaved, on 2 AVX-512 cores): it ran convnext_tiny 3.3x torch fp32, ahead of ONNX Runtime's
 static QDQ int8 (2.7x to 3.1x, which agreed slightly better with fp32 on random weights), torch's
 dynamic int8 (1.9x) and torch's PT2E x86 static int8 compiled (1.3x); it converts the torch
-module directly (ONNX Runtime needs an ONNX export first) and quantizes in one call.
-It is an optional extra
-(``pip install skinfeat[openvino]``): nothing here imports it until int8 is asked for.
+module directly (ONNX Runtime needs an ONNX export first) and quantizes in one call. It is an
+optional extra (``pip install skinfeat[openvino]``): nothing here imports it until int8 is asked
+for.
 """
 from __future__ import annotations
 
