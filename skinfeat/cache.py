@@ -15,7 +15,6 @@ the old one, so a reader never sees a half-written cache. Work in progress lives
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .atomic import atomic_write, disk_full_hint
 
@@ -108,6 +108,17 @@ def read_identity(path: Path) -> dict | None:
     return json.loads(raw) if raw is not None else {}
 
 
+def partial_identity(partial: Path) -> dict | None:
+    f = partial / "identity.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def stored_identity(path: str | Path) -> dict | None:
+    """The identity of a cache file, or of its unfinished work (``NAME.h5.partial/``)."""
+    have = read_identity(Path(path))
+    return have if have is not None else partial_identity(Path(f"{path}.partial"))
+
+
 def identity_diff(have: dict, want: dict) -> list[str]:
     keys = sorted(set(have) | set(want))
     return [f"{k}: cache has {have.get(k)!r}, asked for {want.get(k)!r}"
@@ -158,28 +169,30 @@ class CacheWriter:
         self._buf_views: list[np.ndarray] = []
         self.failures: dict[str, str] = {}
         self._new_failures = False
-        self._lock_fh = None
+        # filelock: fcntl on POSIX, msvcrt on Windows (fcntl alone would not even import there).
+        self._lock = FileLock(f"{self.path}.lock")
         self.done: set[str] = set()
 
     def __enter__(self) -> "CacheWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(f"{self.path}.lock", "w")
         try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
+            self._lock.acquire(timeout=0)
+        except Timeout:
             raise CacheError(f"{self.path}: another skinfeat extract is writing this cache "
-                             f"(lock {self.path}.lock held); wait for it or use another --cache")
-        self._check_identity()
-        self.done = set(self._existing_ids()) | set(self._chunk_ids())
+                             f"(lock {self.path}.lock held); wait for it or use another --cache") \
+                from None
+        try:
+            self._check_identity()
+            self.done = set(self._existing_ids()) | set(self._chunk_ids())
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.flush()
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
+        self._lock.release()
 
     def _check_identity(self) -> None:
         for source, have in ((self.path, read_identity(self.path)),
@@ -190,8 +203,7 @@ class CacheWriter:
                                  f"preprocessing ({diff}); use another --cache file")
 
     def _partial_identity(self) -> dict | None:
-        f = self.partial / "identity.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        return partial_identity(self.partial)
 
     def _existing_ids(self) -> list[str]:
         if not self.path.is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .backbone import DEFAULT_BACKBONE
+from .backbone import DEFAULT_BACKBONE, PRECISIONS
 from .commands import data as data_cmds, deploy, ship, stage_one, stage_two
 from .commands.common import progress_bar
 
@@ -23,11 +23,12 @@ class Group(click.Group):
         from .cache import CacheError
         from .datasets import DataError
         from .download import DownloadError
+        from .engines import EngineUnavailable
 
         try:
             return super().invoke(ctx)
         except (DataError, CacheError, BundleError, WeightsUnavailable, DownloadError,
-                OSError, ValueError) as exc:
+                EngineUnavailable, OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:
             click.echo("\ninterrupted; rerun the same command to resume", err=True)
@@ -48,16 +49,19 @@ def main(verbose: int) -> None:
 # ---------------------------------------------------------------- demo, weights, download
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--n-images", default=1500, show_default=True)
+@click.option("--n-images", default=1000, show_default=True)
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", type=click.Choice(["auto", "pretrained", "random"]), default="auto",
               show_default=True, help="auto: pretrained if cached or fetchable, else random.")
-def demo(out: str, n_images: int, backbone: str, weights: str) -> None:
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: the fastest lossless path (a GPU, native bf16, else fp32); int8 "
+              "(OpenVINO) is faster without bf16 but not validated: see the README.")
+def demo(out: str, n_images: int, backbone: str, weights: str, precision: str) -> None:
     """Synthetic HAM10000-layout data -> extract -> fit-head -> report, offline, in minutes."""
     from .demo import run_demo
 
     res = run_demo(Path(out), n_images=n_images, backbone=backbone, weights=weights,
-                   echo=click.echo, progress=progress_bar)
+                   precision=precision, echo=click.echo, progress=progress_bar)
     stage_two.print_run_summary(res, out)
 
 

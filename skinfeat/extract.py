@@ -10,12 +10,16 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_backbone, preprocess,
-                       resolve_device, resolve_precision, transform_for)
-from .cache import CacheContents, CacheWriter
+from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_backbone,
+                       default_batch_size, load_image, resolve_device, resolve_precision,
+                       to_tensor, transform_for)
+from .cache import CacheContents, CacheWriter, stored_identity
+from .engines import (CALIBRATION_IMAGES, Embedder, Int8Embedder, PooledFeatures,  # noqa: F401
+                      calibration_files, calibration_identity, make_embedder, require_int8)
 
 log = logging.getLogger(__name__)
 
@@ -26,29 +30,41 @@ VIEW_PRESETS = {"none": (), "flip": ("flip",), "rot90": ("rot90",), "all": VIEW_
 COMPILE_MIN_IMAGES = 2000
 
 
-def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    """Deterministic view of an NCHW batch: horizontal flip or rotation by k*90 degrees."""
-    if view == "flip":
-        return torch.flip(x, dims=[3])
-    k = {"rot90": 1, "rot180": 2, "rot270": 3}[view]
-    return torch.rot90(x, k, dims=[2, 3])
+_TRANSPOSE = {"flip": Image.Transpose.FLIP_LEFT_RIGHT, "rot90": Image.Transpose.ROTATE_90,
+              "rot180": Image.Transpose.ROTATE_180, "rot270": Image.Transpose.ROTATE_270}
+# Views are made from the decoded image before the resize, so a view is exactly the embedding of
+# the photo turned: with the centre crop, turning the resized tensor instead shifts the crop by a
+# pixel wherever (side - size) is odd; with the squash it changes only rounding (the squash scales
+# each axis on its own, and a quarter turn swaps the axes with their scales). Part of the identity
+# of caches with views, so caches made the old way are not mixed with new ones.
+VIEW_TRANSFORM = "image-before-resize"
+
+
+def apply_view(img: Image.Image, view: str) -> Image.Image:
+    """Deterministic view of a decoded image: horizontal flip or counter-clockwise rotation by
+    k*90 degrees (``torch.rot90`` on an HxW array turns the same way)."""
+    return img.transpose(_TRANSPOSE[view])
 
 
 class ImageFiles(Dataset):
-    """Decodes images for the DataLoader; a bad file yields a reason instead of a crash."""
+    """Decodes images for the DataLoader: each item is the image and its views, stacked
+    (1 + V, C, H, W); a bad file yields a reason instead of a crash."""
 
-    def __init__(self, paths: Sequence[str], spec: TransformSpec):
-        self.paths, self.spec = list(paths), spec
+    def __init__(self, paths: Sequence[str], spec: TransformSpec, views: Sequence[str] = ()):
+        self.paths, self.spec, self.views = list(paths), spec, tuple(views)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, preprocess(self.paths[i], self.spec), ""
+            img = load_image(self.paths[i], self.spec)
+            x = [to_tensor(img, self.spec)] + [to_tensor(apply_view(img, v), self.spec)
+                                               for v in self.views]
+            return i, torch.stack(x), ""
         except Exception as exc:  # any decoder error means "skip this image", recorded by id
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-            return i, torch.zeros(3, self.spec.size, self.spec.size), reason
+            return i, torch.zeros(1 + len(self.views), 3, self.spec.size, self.spec.size), reason
 
 
 @dataclass
@@ -69,71 +85,20 @@ def library_versions() -> dict:
 
 
 def cache_identity(backbone: str, weights: WeightSource, spec: TransformSpec, precision: str,
-                   views: Sequence[str], shard: tuple[int, int] | None = None) -> dict:
-    """What makes two embeddings comparable; a cache refuses rows of another identity."""
+                   views: Sequence[str], shard: tuple[int, int] | None = None,
+                   calibration: dict | None = None) -> dict:
+    """What makes two embeddings comparable; a cache refuses rows of another identity.
+
+    int8 caches also name their calibration set (the quantized model depends on it)."""
     ident = {"backbone": backbone, "weights": weights.identity(), "preprocessing": spec.to_dict(),
              "pool": "avg", "precision": precision, "views": list(views)}
+    if views:
+        ident["view_transform"] = VIEW_TRANSFORM
+    if calibration is not None:
+        ident["calibration"] = calibration
     if shard is not None and shard[1] > 1:
         ident["shard"] = f"{shard[0]}/{shard[1]}"
     return ident
-
-
-class PooledFeatures(torch.nn.Module):
-    """Backbone -> one vector per image.
-
-    Pooling is a plain global average of the last feature map, as Keras' ``pooling="avg"`` in
-    the reference; timm's pre-logits output would add ConvNeXt's head LayerNorm, which the
-    reference does not have. Models whose features are not a 2-D map (ViTs) use timm's head pooling.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.model.forward_features(x)
-        if feats.ndim == 4:
-            return feats.mean(dim=(2, 3))
-        return self.model.forward_head(feats, pre_logits=True)
-
-
-class Embedder:
-    """The frozen backbone plus how to run it: device, precision, channels-last, compilation.
-
-    ``compile`` uses ``torch.compile`` (Inductor fuses the bf16 convolutions, LayerNorms and
-    GELUs); it costs ~30 s once, so it pays off on thousands of images, not on tests. Batches are
-    padded to one fixed size so the compiled graph is never rebuilt for the last short batch.
-    """
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str,
-                 compile: bool = False):
-        self.device, self.precision = device, precision
-        self.net = PooledFeatures(model.to(device).to(memory_format=torch.channels_last)).eval()
-        self.compiled = torch.compile(self.net, dynamic=False) if compile else None
-        self.batch_size: int | None = None
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None:
-            return self.net(x)
-        n = x.shape[0]
-        self.batch_size = self.batch_size or n
-        if n < self.batch_size:
-            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
-            x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
-        try:
-            return self.compiled(x)[:n]
-        except Exception as exc:  # no C++ compiler, unsupported op: eager still works
-            log.warning("torch.compile failed (%s); continuing without it",
-                        str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
-            self.compiled = None
-            return self.net(x)[:n]
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.precision == "bf16"):
-            return self._run(x).float().cpu()
 
 
 @dataclass
@@ -147,12 +112,12 @@ class EmbeddedBatch:
     size: int                            # rows read in this batch, embedded or not
 
 
-def embed_files(embedder: Embedder, paths: Sequence[str], spec: TransformSpec, *,
+def embed_files(embedder: Embedder | Int8Embedder, paths: Sequence[str], spec: TransformSpec, *,
                 views: Sequence[str] = (), batch_size: int = 32,
                 num_workers: int = 0) -> Iterator[EmbeddedBatch]:
     """Decode (in DataLoader workers) and embed image files batch by batch, streaming: stage
     one and predict share this loop, so a raw image is embedded exactly as the cache was filled."""
-    loader = DataLoader(ImageFiles(list(paths), spec), batch_size=batch_size,
+    loader = DataLoader(ImageFiles(list(paths), spec, views), batch_size=batch_size,
                         num_workers=num_workers, pin_memory=embedder.device.type == "cuda")
     for idx, x, reasons in loader:
         ok = torch.tensor([r == "" for r in reasons], dtype=torch.bool)
@@ -160,9 +125,9 @@ def embed_files(embedder: Embedder, paths: Sequence[str], spec: TransformSpec, *
         emb = vemb = None
         if ok.any():
             x = x[ok]
-            emb = embedder(x).numpy()
+            emb = embedder(x[:, 0]).numpy()
             if views:
-                vemb = np.stack([embedder(apply_view(x, v)).numpy() for v in views], 1)
+                vemb = np.stack([embedder(x[:, 1 + k]).numpy() for k in range(len(views))], 1)
         yield EmbeddedBatch(idx[ok].numpy(), emb, vemb, failed, len(reasons))
 
 
@@ -175,30 +140,67 @@ def shard_rows(image_ids: Sequence[str], shard: tuple[int, int]) -> np.ndarray:
     return np.sort(order[i::n])
 
 
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+def default_workers(device: torch.device | None = None) -> int:
+    """Decode workers: on a CPU one per core but one (decoding shares the cores with the model);
+    a GPU waits on decoding, so it gets more."""
+    cores = os.cpu_count() or 1
+    cap = 8 if device is not None and device.type in ("cuda", "mps") else 4
+    return max(0, min(cap, cores - 1))
+
+
+def resume_calibration(cache_path: str | os.PathLike, identity: dict) -> dict | None:
+    """The calibration set of an existing int8 cache that matches ``identity`` in all else.
+
+    A resumed or grown extract keeps the quantized model that filled the cache, even when new
+    images shift the hash-ranked calibration sample: with the same engine and sample size, the
+    cache's calibration is the one to use.
+    """
+    have = stored_identity(cache_path)
+    if not have or have.get("precision") != "int8" or "calibration" not in have:
+        return None
+    mine, theirs = identity["calibration"], have["calibration"]
+    if any(theirs.get(k) != mine.get(k) for k in ("engine", "images")):
+        return None  # another engine or sample size was asked for: refused as another identity
+    same = {k: v for k, v in have.items() if k != "calibration"} == \
+        {k: v for k, v in identity.items() if k != "calibration"}
+    return have["calibration"] if same else None
 
 
 def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
             weights: WeightSource = WeightSource("pretrained"), resize: str = "squash",
             image_size: int | None = None, precision: str = "auto", device: str = "auto",
-            batch_size: int = 32, num_workers: int | None = None, views: Sequence[str] = (),
-            shard: tuple[int, int] | None = None, compile: str = "auto",
+            batch_size: int | None = None, num_workers: int | None = None,
+            views: Sequence[str] = (), shard: tuple[int, int] | None = None,
+            compile: str = "auto", calibration_images: int = CALIBRATION_IMAGES,
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> ExtractResult:
     """Embed every image of ``table`` not yet in the cache; resumable and crash-safe.
 
     ``on_start(todo, skipped)`` is called once the work is known; ``progress(n)`` after each batch.
     ``compile``: ``on``, ``off`` or ``auto`` (on from COMPILE_MIN_IMAGES images to embed).
+    ``precision="int8"``: OpenVINO int8, calibrated on ``calibration_images`` images of the whole
+    ``table`` (before sharding, so every shard gets the same model).
     """
-    dev = resolve_device(device)
+    # int8 runs on the CPU whatever GPU is present; an explicit GPU device is an error.
+    dev = torch.device("cpu") if precision == "int8" and device == "auto" else resolve_device(device)
     prec = resolve_precision(precision, dev)
     unknown = sorted(set(views) - set(VIEW_NAMES))
     if unknown:
         raise ValueError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
     model = create_backbone(backbone, weights)
     spec = transform_for(model, resize, image_size)
-    identity = cache_identity(backbone, weights, spec, prec, views, shard)
+    calib_files, calibration = None, None
+    if prec == "int8":
+        require_int8()
+        calib_files = calibration_files(table["image_id"].tolist(), table["path"].tolist(),
+                                        calibration_images)
+        calibration = calibration_identity(calib_files)
+    identity = cache_identity(backbone, weights, spec, prec, views, shard, calibration)
+    if prec == "int8":
+        kept = resume_calibration(cache_path, identity)
+        if kept is not None and kept != calibration:
+            log.info("int8: keeping the calibration set the cache was made with")
+            identity["calibration"], calib_files = kept, None
     attrs = {"versions": __import__("json").dumps(library_versions()), "backbone": backbone,
              "weights": weights.describe(), "precision": prec}
     rows = shard_rows(table["image_id"].tolist(), shard) if shard else np.arange(len(table))
@@ -212,10 +214,12 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
             on_start(len(todo), skipped)
         if len(todo):
             use_compile = compile == "on" or (compile == "auto" and len(todo) >= COMPILE_MIN_IMAGES)
-            embedder = Embedder(model, dev, prec, compile=use_compile)
-            workers = default_workers() if num_workers is None else num_workers
+            embedder = make_embedder(model, dev, identity, spec, compile=use_compile,
+                                     calibration=calib_files)
+            workers = default_workers(dev) if num_workers is None else num_workers
             ids, paths = todo["image_id"].tolist(), todo["path"].tolist()
-            for batch in embed_files(embedder, paths, spec, views=views, batch_size=batch_size,
+            for batch in embed_files(embedder, paths, spec, views=views,
+                                     batch_size=batch_size or default_batch_size(dev),
                                      num_workers=workers):
                 for j, reason in batch.failed.items():
                     writer.add_failure(ids[j], reason)

@@ -22,9 +22,10 @@ from .backbone import (TransformSpec, WeightSource, create_backbone, resolve_dev
 from .bundle import (CONFIG, LGBM, WEIGHTS, BundleError, atomic_write_text, load_config, load_into,
                      load_state)
 from .cache import random_weights
-from .dataspec import DatasetSpec, SpecError, Task
 from .datasets import HAM10000, DataError, clean_metadata
-from .extract import Embedder, embed_files
+from .dataspec import DatasetSpec, SpecError, Task
+from .engines import QuantizedModelMissing, make_embedder
+from .extract import Embedder, Int8Embedder, embed_files
 from .head import FusionHead
 from .metadata import MetadataEncoder
 from .calibration import Calibrator
@@ -201,7 +202,7 @@ class Predictor:
         self.views = list(self.identity.get("views", [])) if self.config.get("tta") else []
         self.weights_file, self.device = weights_file, device
         self.batch_size, self.num_workers = batch_size, num_workers
-        self._embedder: Embedder | None = None
+        self._embedder: Embedder | Int8Embedder | None = None
         self._spec: TransformSpec | None = None
 
     @property
@@ -221,7 +222,7 @@ class Predictor:
         or a binary model's threshold chosen on validation."""
         return self.calibrator.decide(proba, self.threshold)
 
-    def _backbone(self) -> tuple[Embedder, TransformSpec]:
+    def _backbone(self) -> tuple[Embedder | Int8Embedder, TransformSpec]:
         if self._embedder is None:
             ident, source = self.identity, self.run / CONFIG
             if not ident.get("backbone") or "preprocessing" not in ident:
@@ -231,10 +232,18 @@ class Predictor:
                 spec = TransformSpec.from_dict(ident["preprocessing"])
             except (KeyError, TypeError) as exc:
                 raise BundleError(f"{source}: invalid preprocessing ({exc!r})") from exc
+            if self.views and "view_transform" not in ident:
+                raise BundleError(f"{source}: trained with test-time views from a cache made "
+                                  "before views were taken from the full image; re-extract the "
+                                  "cache and refit to use --tta models on raw images")
             model = create_backbone(ident["backbone"],
                                     weight_source(ident, self.weights_file, source))
-            self._embedder = Embedder(model, resolve_device(self.device),
-                                      str(ident.get("precision", "fp32")))
+            int8 = ident.get("precision") == "int8"
+            device = resolve_device("cpu" if int8 and self.device == "auto" else self.device)
+            try:  # int8: the quantized model the cache was made with, from the on-disk store
+                self._embedder = make_embedder(model, device, ident, spec)
+            except QuantizedModelMissing as exc:
+                raise BundleError(f"{source}: {exc}") from exc
             self._spec = spec
         return self._embedder, self._spec
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Tests never touch the network: the hub is told to stay offline before anything imports it.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Quantized (int8) models go to a throw-away store, never the user's ~/.cache/skinfeat.
+os.environ["SKINFEAT_HOME"] = tempfile.mkdtemp(prefix="skinfeat-test-home-")
 
 TINY = "test_convnext"   # timm's tiny ConvNeXt: 64-d, a few ms per image, random weights
 SAMPLE = Path(os.environ.get("SKINFEAT_SAMPLE",

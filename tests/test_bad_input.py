@@ -128,7 +128,7 @@ def test_unreadable_image_is_a_recorded_skip_with_a_reason(tmp_path, kind):
     write(path)
     i, x, why = ImageFiles([str(path)], TransformSpec(size=32))[0]
     assert why.startswith(reason) and "\n" not in why, why
-    assert x.shape == (3, 32, 32)
+    assert x.shape == (1, 3, 32, 32)  # the image and no views
 
 
 def test_bomb_test_files_stay_small(tmp_path):

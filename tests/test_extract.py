@@ -30,16 +30,48 @@ def test_views_are_an_extra_axis(synth_table, tmp_path):
     assert not np.allclose(c.view_embeddings[:, 0], c.embeddings)
 
 
-def test_views_match_embedding_the_flipped_image(synth_table, tmp_path):
+@pytest.mark.parametrize("view,resize", [("flip", "squash"), ("rot90", "squash"),
+                                         ("rot90", "crop")])
+def test_views_are_made_before_the_resize(synth_table, tmp_path, view, resize):
+    """A view embeds the whole decoded image flipped or rotated, then resized. With the centre
+    crop, turning the resized tensor instead shifts the crop by a pixel: another input."""
+    from PIL import Image
+
+    from skinfeat.backbone import load_image, to_tensor
+
     sub = synth_table.iloc[:4]
-    extract(sub, tmp_path / "v.h5", views=("flip",), **KW)
+    extract(sub, tmp_path / "v.h5", views=(view,), resize=resize, **KW)
     c = read_cache(tmp_path / "v.h5")
+    assert c.identity["view_transform"] == "image-before-resize"
     model = create_backbone(TINY, WeightSource("random"))
-    spec = transform_for(model)
-    x = torch.stack([preprocess(p, spec) for p in sub["path"]])
-    flipped = Embedder(model, torch.device("cpu"), "fp32")(torch.flip(x, dims=[3])).numpy()
+    spec = transform_for(model, resize)
+    imgs = [load_image(p, spec) for p in sub["path"]]
+    assert all(i.width != i.height for i in imgs)  # the synthetic photos are not square
+    how = {"flip": Image.Transpose.FLIP_LEFT_RIGHT, "rot90": Image.Transpose.ROTATE_90}[view]
+    x = torch.stack([to_tensor(i.transpose(how), spec) for i in imgs])
+    emb = Embedder(model, torch.device("cpu"), "fp32")
     rows = c.rows_for(sub["image_id"].tolist())
-    np.testing.assert_allclose(c.view_embeddings[rows, 0], flipped, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(c.view_embeddings[rows, 0], emb(x).numpy(), rtol=1e-4, atol=1e-5)
+    if resize == "crop":
+        resized = torch.stack([to_tensor(i, spec) for i in imgs])
+        late = emb(torch.rot90(resized, 1, dims=[2, 3])).numpy()
+        assert not np.allclose(c.view_embeddings[rows, 0], late, rtol=1e-3, atol=1e-4)
+
+
+def test_caches_with_views_made_after_the_resize_are_refused(synth_table, tmp_path):
+    """Caches from before views were made on the full image have no ``view_transform``: their
+    rot90 rows must not be mixed with new ones."""
+    import h5py
+    import json
+
+    sub = synth_table.iloc[:4]
+    extract(sub, tmp_path / "v.h5", views=("rot90",), **KW)
+    with h5py.File(tmp_path / "v.h5", "r+") as f:
+        ident = json.loads(f.attrs["identity"])
+        del ident["view_transform"]
+        f.attrs["identity"] = json.dumps(ident)
+    with pytest.raises(Exception, match="view_transform"):
+        extract(synth_table.iloc[:8], tmp_path / "v.h5", views=("rot90",), **KW)
 
 
 def test_crop_and_image_size_are_part_of_the_identity(synth_table, tmp_path):

@@ -6,6 +6,7 @@ import json
 import click
 import numpy as np
 
+from ..backbone import DEVICES
 from .common import column_overrides, dataset_options, pop_dataset_options, progress_bar
 
 
@@ -16,7 +17,7 @@ def predictor_options(f):
         click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
                      help="Local backbone checkpoint (required when the model was trained on "
                      "embeddings from one; its sha256 must match)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+        click.option("--device", type=click.Choice(DEVICES), default="auto",
                      show_default=True),
         click.option("--batch-size", type=int, default=32, show_default=True),
         click.option("--workers", type=int, default=0, show_default=True,

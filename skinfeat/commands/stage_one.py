@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..backbone import RESIZE_MODES
+from ..backbone import DEVICES, PRECISIONS, RESIZE_MODES
 from .common import (dataset_options, default_cache, load_data, pop_dataset_options, progress_bar,
                      weights_options)
 
@@ -34,12 +34,18 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="squash", show_default=True,
               help="squash: whole image to NxN (the reference); crop: timm eval transform.")
 @click.option("--image-size", type=int, help="Input size [default: the model's].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
-              show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=None, help="DataLoader decode workers.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: bf16 where native (AMX / avx512-bf16 CPUs, CUDA), fp16 on Apple and "
+              "older CUDA GPUs, else fp32. int8: OpenVINO post-training quantization calibrated "
+              "on this data set (pip install 'skinfeat[openvino]').")
+@click.option("--calibration-images", type=int, default=300, show_default=True,
+              help="int8: images of the data set used to calibrate the quantization.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="auto: CUDA, else Apple GPU (mps), else CPU.")
+@click.option("--batch-size", type=int, default=None,
+              help="[default: 32 on a CPU, 64 on mps, up to 256 on CUDA by memory]")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader decode workers [default: cores - 1, at most 4 (8 on a GPU)].")
 @click.option("--views", type=click.Choice(["none", "flip", "rot90", "all"]), default="none",
               show_default=True, help="Also store embeddings of flipped/rotated copies.")
 @click.option("--shard", help="Embed only shard I of N (I/N); automatic under torchrun.")
@@ -47,7 +53,8 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
               default="auto", show_default=True,
               help="torch.compile the backbone (auto: from 2,000 images to embed).")
 def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image_size, precision,
-            device, batch_size, workers, views, shard, compile_mode, **kwargs) -> None:
+            calibration_images, device, batch_size, workers, views, shard, compile_mode,
+            **kwargs) -> None:
     """Stage one: embed every image of a dataset once into the HDF5 cache (resumable).
 
     Any preset works, test sets (isic2018-test) and CSV tables included, so evaluation sets are
@@ -68,7 +75,8 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
     res = run_extract(table, cache_path, backbone=backbone, weights=source, resize=resize,
                       image_size=image_size, precision=precision, device=device,
                       batch_size=batch_size, num_workers=workers, views=VIEW_PRESETS[views],
-                      shard=shard_t, compile=compile_mode, progress=bar.update,
+                      shard=shard_t, compile=compile_mode,
+                      calibration_images=calibration_images, progress=bar.update,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo))
     bar.close()
     click.echo(f"{cache_path}: {len(res.contents.image_ids)} embeddings of dim "

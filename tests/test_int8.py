@@ -1,0 +1,141 @@
+"""int8 stage one (OpenVINO + NNCF, an optional extra): cache identity, resume, predict."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from skinfeat.backbone import WeightSource  # noqa: E402
+from skinfeat.bundle import BundleError  # noqa: E402
+from skinfeat.cache import CacheError, read_cache  # noqa: E402
+from skinfeat.engines import (Int8Embedder, calibration_files, calibration_identity,  # noqa: E402
+                              quantized_path)
+from skinfeat.extract import extract  # noqa: E402
+
+from conftest import TINY  # noqa: E402
+
+KW = dict(backbone=TINY, weights=WeightSource("random"), num_workers=0, batch_size=8)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def int8_cache(synth_table, tmp_path_factory):
+    """The whole synthetic set embedded in int8, calibrated on 32 of its images."""
+    path = tmp_path_factory.mktemp("int8") / "int8.h5"
+    extract(synth_table, path, precision="int8", calibration_images=32, **KW)
+    return path
+
+
+def test_int8_identity_names_the_calibration_set(int8_cache, synth_table, synth_cache):
+    c = read_cache(int8_cache)
+    files = calibration_files(synth_table["image_id"], synth_table["path"], 32)
+    assert c.identity["precision"] == "int8"
+    assert c.identity["calibration"] == calibration_identity(files)
+    assert c.identity["calibration"]["images"] == 32
+    assert quantized_path(c.identity).is_file()  # built once, kept on disk
+    # Agreement with fp32 on test_convnext's random weights: an int8 model, not another model.
+    fp32 = read_cache(synth_cache)
+    cos = cosine(c.embeddings, fp32.embeddings[fp32.rows_for(list(c.image_ids))])
+    assert np.median(cos) > 0.99 and cos.min() > 0.95, (cos.min(), np.median(cos))
+
+
+def test_int8_and_fp32_rows_never_mix(int8_cache, synth_cache, synth_table):
+    with pytest.raises(CacheError, match="precision"):
+        extract(synth_table, synth_cache, precision="int8", calibration_images=32, **KW)
+    with pytest.raises(CacheError, match="precision"):
+        extract(synth_table, int8_cache, precision="fp32", **KW)
+    # Another calibration set is another quantized model: refused too.
+    with pytest.raises(CacheError, match="calibration"):
+        extract(synth_table, int8_cache, precision="int8", calibration_images=16, **KW)
+
+
+def test_int8_rerun_skips_everything(int8_cache, synth_table):
+    before = read_cache(int8_cache).embeddings
+    res = extract(synth_table, int8_cache, precision="int8", calibration_images=32, **KW)
+    assert res.embedded == 0 and res.skipped == len(synth_table)
+    np.testing.assert_array_equal(read_cache(int8_cache).embeddings, before)
+
+
+def test_a_grown_int8_cache_keeps_its_quantized_model(synth_table, tmp_path, monkeypatch):
+    """New images shift the hash-ranked calibration sample; the cache keeps the model that
+    filled it, so old and new rows come from one quantized model."""
+    small, grown = synth_table.iloc[:20], synth_table.iloc[:40]
+    n = 6
+    first = calibration_identity(calibration_files(small["image_id"], small["path"], n))
+    assert first != calibration_identity(calibration_files(grown["image_id"], grown["path"], n))
+    path = tmp_path / "g.h5"
+    extract(small, path, precision="int8", calibration_images=n, **KW)
+    before = read_cache(path)
+    res = extract(grown, path, precision="int8", calibration_images=n, **KW)
+    after = read_cache(path)
+    assert res.embedded == 20 and after.identity == before.identity
+    assert after.identity["calibration"] == first
+    np.testing.assert_array_equal(after.embeddings[after.rows_for(list(before.image_ids))],
+                                  before.embeddings)
+    # The new rows are exactly what the stored quantized model gives.
+    from skinfeat.backbone import TransformSpec, preprocess
+    spec = TransformSpec.from_dict(after.identity["preprocessing"])
+    new = grown.iloc[20:]
+    x = torch.stack([preprocess(p, spec) for p in new["path"]])
+    want = Int8Embedder(quantized_path(after.identity))(x).numpy()
+    np.testing.assert_allclose(after.embeddings[after.rows_for(new["image_id"].tolist())], want,
+                               rtol=1e-4, atol=1e-4)
+    # Without the stored model and with its calibration images gone from the table: a clear error.
+    shutil.rmtree(quantized_path(after.identity).parent)
+    more = synth_table.iloc[:60]
+    with pytest.raises(RuntimeError, match="not in"):
+        extract(more, path, precision="int8", calibration_images=n, **KW)
+
+
+def test_int8_runs_on_the_cpu_even_beside_a_gpu(synth_table, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    res = extract(synth_table.iloc[:4], tmp_path / "c.h5", precision="int8", calibration_images=4,
+                  **KW)
+    assert res.device == "cpu" and res.precision == "int8"
+    with pytest.raises(ValueError, match="int8 runs on the CPU"):
+        extract(synth_table.iloc[:4], tmp_path / "d.h5", precision="int8", device="cuda", **KW)
+
+
+@pytest.fixture(scope="module")
+def int8_run(synth_table, int8_cache, tmp_path_factory):
+    from skinfeat.head import HeadConfig
+    from skinfeat.train import fit_run
+    out = tmp_path_factory.mktemp("int8run") / "head"
+    fit_run(synth_table, int8_cache, out, seed=0, head_cfg=HeadConfig(seed=0, max_epochs=8))
+    return out
+
+
+def test_predict_on_an_int8_model_matches_the_cached_path(int8_run, int8_cache, synth_table):
+    """Predict rebuilds the same quantized model (from the store) and embeds through it.
+
+    Tolerance: the same int8 IR on the same pixels; only the batch composition differs (one image
+    here, batches of 8 in the cache), which can change oneDNN's blocking and so the last float
+    bits of the fp32 accumulations around the int8 layers: 1e-4 on probabilities is far above
+    that and far below any change of model.
+    """
+    from skinfeat.predict import Predictor
+    from test_predict import cached_probabilities
+
+    rows = synth_table.iloc[[3, 7]]
+    p = Predictor(int8_run)
+    got = p.predict_table(rows).proba
+    want = cached_probabilities(int8_run, int8_cache, rows)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_predict_without_the_quantized_model_says_how_to_rebuild(int8_run, int8_cache,
+                                                                 synth_table, monkeypatch,
+                                                                 tmp_path):
+    from skinfeat.predict import Predictor
+
+    monkeypatch.setenv("SKINFEAT_HOME", str(tmp_path / "empty"))
+    with pytest.raises(BundleError, match="rerun skinfeat extract --precision int8"):
+        Predictor(int8_run).predict_table(synth_table.iloc[[0]])
