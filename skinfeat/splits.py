@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 SPLIT_KINDS = ("lesion", "image")
 PROTOCOLS = {
+    "none": "no test part: every row trains except a lesion-grouped validation part that stops "
+            "early and calibrates (a model to deploy; its scores come from cv)",
     "lesion": "lesion-grouped, stratified by dx: no lesion on both sides",
     "image": "image-level stratified (the reference's protocol): images of one lesion may sit "
              "on both sides, which inflates scores",
@@ -29,8 +31,8 @@ PROTOCOLS = {
 
 def protocol(kind: str, group: str = "lesion") -> str:
     """The split's description for reports, in the dataset's own words (lesion, patient)."""
-    if group == "lesion":
-        return PROTOCOLS[kind]
+    if group == "lesion" or kind == "none":
+        return PROTOCOLS[kind].replace("lesion", group) if group != "image" else PROTOCOLS[kind]
     if kind == "lesion":
         return (f"{group}-grouped, stratified by class: no {group} on both sides"
                 if group != "image" else "image-level stratified (the set has no groups)")
@@ -156,6 +158,10 @@ def assign_split(table: pd.DataFrame, kind: str = "lesion", test_size: float = 0
     """``train`` / ``val`` / ``test`` per row. ``val`` (early stopping) is carved from the
     non-test rows, so the rows that pick the epoch are never the rows that are scored."""
     split = pd.Series("train", index=table.index, dtype=object)
+    if kind == "none":   # every row trains, but a grouped validation part (stop, calibrate)
+        split[holdout_mask(table, val_size, "lesion", seed)] = "val"
+        check_split(table, split, kind)
+        return split
     test = holdout_mask(table, test_size, kind, seed)
     split[test] = "test"
     rest = table[~test]
@@ -177,7 +183,7 @@ def check_grouped(lesions: pd.Series, split: pd.Series) -> None:
 
 def check_split(table: pd.DataFrame, split: pd.Series, kind: str) -> None:
     """Leakage guard plus the basic sanity every later step relies on."""
-    if kind == "lesion":
+    if kind in ("lesion", "none"):
         check_grouped(table["lesion_id"], split)
     train_classes = set(table.loc[split == "train", "dx"])
     absent = sorted(set(table["dx"]) - train_classes)

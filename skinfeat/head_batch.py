@@ -1,0 +1,211 @@
+"""Train the heads of k splits (the folds of a CV, one configuration) as one batched network.
+
+Each split's head is what ``head.fit_head`` would train on it, up to float rounding: the same
+initial weights (each built from the same seed), the same dropout masks and the same shuffles
+(each split draws from its own copy of the generators ``fit_head`` uses), its own Adam state and
+step count, its own early stopping. What is shared is the work: the k weight sets are stacked
+along a first axis, so a step is one batched matrix product per layer and one optimizer update
+for all splits, instead of k small steps whose cost is mostly per-op overhead on a CPU.
+
+Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
+step out (no update, no optimizer step). A split whose metadata encoder saw fewer categories
+has fewer metadata columns: its first metadata layer is padded with zero columns that meet zero
+inputs, so they get zero gradients and stay zero (removed again in the returned heads).
+``tests/test_head_batch.py`` checks the weights and the cv metrics against independent fits.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .head import (Adam, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
+                   _eval_view, _pick_view, _val_score, balanced_class_weights, one_thread)
+
+log = logging.getLogger(__name__)
+
+Part = tuple  # (image, meta, y) arrays of one split side
+
+
+class _Split:
+    """One split's data and the generators ``fit_head`` would use for it."""
+
+    def __init__(self, train: Part, val: Part, n_classes: int, cfg: HeadConfig,
+                 meta_fields: list[MetaField] | None, meta_dim: int):
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        xi, xm, y = (torch.as_tensor(a) for a in train)
+        vi, vm, vy = (torch.as_tensor(a) for a in val)
+        self.xi, self.xm, self.y = xi.float(), xm.float(), y.long()
+        self.vi, self.vm, self.vy = _eval_view(vi.float()), vm.float(), vy.long()
+        self.meta_fields, self.n = meta_fields, len(self.y)
+        self.model = FusionHead.from_config(self.xi.shape[-1], self.xm.shape[1], n_classes, cfg)
+        # The global generator after the initial weights draws the dropout masks in fit_head.
+        self.masks = torch.Generator()
+        self.masks.set_state(torch.get_rng_state())
+        weights = balanced_class_weights(self.y.numpy(), n_classes) \
+            if cfg.class_weight == "balanced" else np.ones(n_classes)
+        self.class_weights = weights
+        self.sample_w = torch.as_tensor(weights, dtype=torch.float32)
+        self.pad = meta_dim - self.xm.shape[1]
+        self.history: list[dict] = []
+        self.best, self.best_epoch, self.best_state, self.waited = np.inf, 0, None, 0
+        self.stopped = False
+
+    def epoch(self, cfg: HeadConfig, rows: int) -> tuple[torch.Tensor, ...]:
+        """This epoch's shuffled (image, meta, labels, sample weights), padded to ``rows``."""
+        img = _pick_view(self.xi, self.gen) if self.xi.ndim == 3 and cfg.view_augment \
+            else _eval_view(self.xi)
+        blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and self.meta_fields
+        meta = _blank_fields(self.xm, self.meta_fields, cfg.meta_dropout, self.gen,
+                             cfg.meta_dropout_all) if blanking else self.xm
+        order = torch.randperm(self.n, generator=self.gen)
+        y = self.y[order]
+        extra = rows - self.n
+        return (F.pad(img[order], (0, 0, 0, extra)), F.pad(meta[order], (0, self.pad, 0, extra)),
+                F.pad(y, (0, extra)), F.pad(self.sample_w[y], (0, extra)))
+
+
+def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
+    """The splits' parameters stacked on a first axis (metadata inputs padded with zeros)."""
+    out = {}
+    for name in splits[0].model.state_dict():
+        parts = [s.model.state_dict()[name] for s in splits]
+        if name == "meta_mlp.0.weight" and any(s.pad for s in splits):
+            parts = [F.pad(p, (0, s.pad)) for p, s in zip(parts, splits)]
+        out[name] = torch.stack(parts).clone().requires_grad_(True)
+    return out
+
+
+def _linear(x: torch.Tensor, params: dict, name: str) -> torch.Tensor:
+    return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), x,
+                         params[f"{name}.weight"].transpose(1, 2))
+
+
+def _mask(splits: list[_Split], active: list[int], rows: list[int], shape: tuple[int, int],
+          p: float) -> torch.Tensor | None:
+    """MaskDropout's masks, each split's from its own generator; None when dropout is off."""
+    if not 0.0 < p < 1.0:
+        return None
+    keep = 1.0 - p
+    out = torch.zeros(len(splits), *shape)
+    for k in active:
+        noise = (torch.rand((rows[k], shape[1]), dtype=torch.float64,
+                            generator=splits[k].masks) < keep).to(torch.float32)
+        out[k, :rows[k]] = noise.div_(keep)
+    return out
+
+
+def _forward(params: dict, model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
+             masks: tuple | None = None) -> torch.Tensor:
+    """FusionHead.forward for stacked weights: (k, B, D), (k, B, M) -> (k, B, classes)."""
+    parts = []
+    m = None
+    if model.use_meta:
+        m = F.relu(_linear(F.relu(_linear(meta, params, "meta_mlp.0")), params, "meta_mlp.2"))
+    if model.use_image:
+        x = image if masks is None or masks[0] is None else image * masks[0]
+        if hasattr(model, "film"):
+            gamma, beta = _linear(m, params, "film").chunk(2, dim=2)
+            x = x * (1.0 + torch.tanh(gamma)) + beta
+        parts.append(x)
+    if m is not None:
+        parts.append(m)
+    h = torch.cat(parts, dim=2)
+    if masks is not None and masks[1] is not None:
+        h = h * masks[1]
+    return _linear(F.relu(_linear(h, params, "classifier.1")), params, "classifier.3")
+
+
+def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
+    state = {name: p[k].detach().clone() for name, p in params.items()}
+    if pad and "meta_mlp.0.weight" in state:
+        state["meta_mlp.0.weight"] = state["meta_mlp.0.weight"][:, :-pad].contiguous()
+    return state
+
+
+@one_thread
+def fit_heads(parts: list[tuple[Part, Part]], n_classes: int, cfg: HeadConfig = HeadConfig(),
+              meta_fields: list[list[MetaField] | None] | None = None) -> list[FitResult]:
+    """``[fit_head(train, val, n_classes, cfg, fields) for ...]``, trained together (see the
+    module docstring). The caller's global torch RNG is left as it was."""
+    cfg.check()
+    meta_fields = meta_fields or [None] * len(parts)
+    with torch.random.fork_rng(devices=[]):
+        return _fit_heads(parts, n_classes, cfg, meta_fields)
+
+
+def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitResult]:
+    meta_dim = max(int(np.shape(train[1])[1]) for train, _ in parts)
+    splits = [_Split(train, val, n_classes, cfg, fields, meta_dim)
+              for (train, val), fields in zip(parts, meta_fields)]
+    model, k_all = splits[0].model, len(splits)
+    params = _stack(splits)
+    opt = Adam(params.values(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,
+               stacked=k_all)
+    bs = cfg.batch_size
+    steps = [-(-s.n // bs) for s in splits]
+    val_rows = max(len(s.vy) for s in splits)
+    val_img = torch.stack([F.pad(s.vi, (0, 0, 0, val_rows - len(s.vy))) for s in splits])
+    val_meta = torch.stack([F.pad(s.vm, (0, s.pad, 0, val_rows - len(s.vy))) for s in splits])
+    widths = (splits[0].xi.shape[-1] if model.use_image else 0,
+              model.classifier[1].in_features)
+    for epoch in range(1, cfg.n_epochs + 1):
+        live = [k for k, s in enumerate(splits) if not s.stopped]
+        if not live:
+            break
+        rows = max(steps[k] for k in live) * bs
+        data = [splits[k].epoch(cfg, rows) if k in live else None for k in range(k_all)]
+        zero = next(d for d in data if d is not None)
+        img, meta, y, w = (torch.stack([d[i] if d is not None else torch.zeros_like(zero[i])
+                                        for d in data]) for i in range(4))
+        totals = [0.0] * k_all
+        for step in range(rows // bs):
+            active = [k for k in live if step < steps[k]]
+            if not active:
+                continue
+            batch = slice(step * bs, (step + 1) * bs)
+            n_rows = [min(bs, splits[k].n - step * bs) if k in active else 0
+                      for k in range(k_all)]
+            masks = (_mask(splits, active, n_rows, (bs, widths[0]), cfg.image_dropout)
+                     if model.use_image else None,
+                     _mask(splits, active, n_rows, (bs, widths[1]), cfg.dropout))
+            logits = _forward(params, model, img[:, batch], meta[:, batch], masks)
+            ce = F.cross_entropy(logits.reshape(-1, n_classes), y[:, batch].reshape(-1),
+                                 reduction="none").view(k_all, -1) * w[:, batch]
+            per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
+                                                 dtype=torch.float32)
+            opt.zero_grad()
+            per_split.sum().backward()
+            opt.step([k in active for k in range(k_all)])
+            for k in active:
+                totals[k] += float(per_split[k].detach()) * n_rows[k]
+        with torch.no_grad():
+            val_logits = _forward(params, model, val_img, val_meta)
+        for k in live:
+            s = splits[k]
+            vl = val_logits[k, :len(s.vy)]
+            val_loss = float(F.cross_entropy(vl, s.vy))
+            score = val_loss if cfg.stop_on == "loss" else \
+                _val_score(vl, s.vy, n_classes, cfg.stop_on)
+            s.history.append({"epoch": epoch, "loss": totals[k] / s.n, "val_loss": val_loss,
+                              "val_score": score})
+            if not cfg.early_stopping:
+                s.best, s.best_epoch = score, epoch
+            elif score < s.best:
+                s.best, s.best_epoch, s.waited = score, epoch, 0
+                s.best_state = _state(params, k, s.pad)
+            else:
+                s.waited += 1
+                s.stopped = s.waited >= cfg.patience
+    results = []
+    for k, s in enumerate(splits):
+        s.model.load_state_dict(s.best_state if s.best_state is not None
+                                else _state(params, k, s.pad))
+        s.model.eval()
+        log.info("head %d of %d: %d epochs, best epoch %d (val %s %.4f)", k + 1, k_all,
+                 len(s.history), s.best_epoch, cfg.stop_on, s.best)
+        results.append(FitResult(s.model, s.history, s.best_epoch, s.class_weights.tolist()))
+    return results
