@@ -10,6 +10,15 @@ import numpy as np
 from .common import column_overrides, dataset_options, pop_dataset_options, progress_bar
 
 
+def cache_option(f):
+    return click.option("--cache", "caches", multiple=True,
+                        type=click.Path(exists=True, dir_okay=False),
+                        help="Take the embeddings of the rows from this HDF5 cache (by image id) "
+                        "instead of embedding image files; repeat for a model on fused caches, "
+                        "in training order. Needed for a model trained on embeddings made "
+                        "outside skinfeat.")(f)
+
+
 def predictor_options(f):
     for opt in reversed([
         click.option("--model", "run", required=True, type=click.Path(exists=True, file_okay=False),
@@ -22,12 +31,6 @@ def predictor_options(f):
         click.option("--batch-size", type=int, default=32, show_default=True),
         click.option("--workers", type=int, default=0, show_default=True,
                      help="DataLoader decode workers."),
-        click.option("--cache", "caches", multiple=True,
-                     type=click.Path(exists=True, dir_okay=False),
-                     help="Take the embeddings of the rows from this HDF5 cache (by image id) "
-                     "instead of embedding image files; repeat for a model on fused caches, "
-                     "in training order. Needed for a model trained on embeddings made "
-                     "outside skinfeat."),
     ]):
         f = opt(f)
     return f
@@ -35,6 +38,7 @@ def predictor_options(f):
 
 @click.command()
 @predictor_options
+@cache_option
 @click.option("--image", type=click.Path(dir_okay=False), help="One image file (with --cache: "
               "its id is the file name's stem; the file need not exist).")
 @click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False),
@@ -110,6 +114,7 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
 
 @click.command()
 @predictor_options
+@cache_option
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Any preset's folder (e.g. the ISIC 2018 Task 3 test set) or a CSV "
               "(image/image_id, dx).")

@@ -275,3 +275,48 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
     for name, where in res.get("models", {}).items():
         click.echo(f"models {name}: {where} (fold ensemble; each fold in its own folder)")
     click.echo(f"report: {Path(out) / 'cv_report.md'}")
+
+
+@click.command("tune")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+              help="Dataset folder (any preset) or a CSV table (image files not needed).")
+@dataset_options
+@cache_option
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--trials", type=int, default=50, show_default=True,
+              help="Finished trials the study should hold (shared by every worker).")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="CV folds per trial, on the rows outside the held-out test part.")
+@click.option("--test-size", type=float, default=0.2, show_default=True,
+              help="Grouped test part held out before the search, scored once at the end.")
+@click.option("--split", type=click.Choice(["lesion", "group", "image"]), default="lesion",
+              show_default=True, callback=lambda c, p, v: "lesion" if v == "group" else v)
+@click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
+              help="[default: fused]")
+@click.option("--storage", help="Optuna storage URL (sqlite:///tune.db; postgresql://...): "
+              "workers with the same URL and --study-name share one study; a rerun resumes.")
+@click.option("--study-name", default="skinfeat-tune", show_default=True)
+@recipe_options
+def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage, study_name,
+         config_file, **kwargs) -> None:
+    """Search the head's hyperparameters (Optuna), honestly: grouped CV on the rows outside a
+    held-out test part, which scores the chosen configuration once."""
+    try:
+        from ..tune import TuneConfig, tune_run
+    except ImportError as exc:
+        raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
+    head, lgbm = pop_recipe(kwargs)
+    head["inputs"] = inputs
+    data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
+    start = run_config(config_file, kwargs, head, lgbm)
+    cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
+                     seed=start.seed, storage=storage, study_name=study_name, start=start)
+    bar = progress_bar("tune", unit="trial")
+    res = tune_run(data, caches_of(caches, data_dir), out, cfg, progress=bar.update)
+    bar.close()
+    metric = res["metric"]
+    click.echo(f"best trial {res['best']['number']}: CV {metric} {res['best']['value']:.4f}; "
+               f"held-out {metric} {res['held_out']['metrics'][metric]:.4f} "
+               f"({res['held_out']['n']} images)")
+    click.echo(f"config: {Path(out) / 'best_config.json'} (fit-head --config)")
+    click.echo(f"report: {Path(out) / 'tune_report.md'}")
