@@ -201,6 +201,15 @@ class Adam:
         for p in self.params:
             p.grad = None
 
+    def keep(self, positions: list[int], params) -> None:
+        """Stacked models: keep those at ``positions`` (their state), now stacked as ``params``
+        (the old parameters indexed the same way): finished models stop costing work."""
+        self.params = [p for p in params if p.requires_grad]
+        self.exp_avg = [m[positions].clone() for m in self.exp_avg]
+        self.exp_avg_sq = [v[positions].clone() for v in self.exp_avg_sq]
+        self.steps = [self.steps[i] for i in positions]
+        self.stacked = len(positions)
+
     @torch.no_grad()
     def step(self, active: list[bool] | None = None) -> None:
         grads = [p.grad for p in self.params]

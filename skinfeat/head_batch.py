@@ -54,18 +54,20 @@ class _Split:
         self.best, self.best_epoch, self.best_state, self.waited = np.inf, 0, None, 0
         self.stopped = False
 
-    def epoch(self, cfg: HeadConfig, rows: int) -> tuple[torch.Tensor, ...]:
-        """This epoch's shuffled (image, meta, labels, sample weights), padded to ``rows``."""
+    def epoch(self, cfg: HeadConfig, out: tuple[torch.Tensor, ...], k: int) -> None:
+        """This epoch's shuffled (image, meta, labels, sample weights) into row k of ``out``
+        (rows beyond the split's own stay zero: weight 0, no gradient)."""
         img = _pick_view(self.xi, self.gen) if self.xi.ndim == 3 and cfg.view_augment \
             else _eval_view(self.xi)
         blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and self.meta_fields
         meta = _blank_fields(self.xm, self.meta_fields, cfg.meta_dropout, self.gen,
                              cfg.meta_dropout_all) if blanking else self.xm
         order = torch.randperm(self.n, generator=self.gen)
-        y = self.y[order]
-        extra = rows - self.n
-        return (F.pad(img[order], (0, 0, 0, extra)), F.pad(meta[order], (0, self.pad, 0, extra)),
-                F.pad(y, (0, extra)), F.pad(self.sample_w[y], (0, extra)))
+        n, m = self.n, self.xm.shape[1]
+        torch.index_select(img, 0, order, out=out[0][k, :n])
+        torch.index_select(meta, 0, order, out=out[1][k, :n, :m])
+        torch.index_select(self.y, 0, order, out=out[2][k, :n])
+        torch.index_select(self.sample_w, 0, out[2][k, :n], out=out[3][k, :n])
 
 
 def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
@@ -84,18 +86,35 @@ def _linear(x: torch.Tensor, params: dict, name: str) -> torch.Tensor:
                          params[f"{name}.weight"].transpose(1, 2))
 
 
-def _mask(splits: list[_Split], active: list[int], rows: list[int], shape: tuple[int, int],
-          p: float) -> torch.Tensor | None:
-    """MaskDropout's masks, each split's from its own generator; None when dropout is off."""
-    if not 0.0 < p < 1.0:
-        return None
-    keep = 1.0 - p
-    out = torch.zeros(len(splits), *shape)
-    for k in active:
-        noise = (torch.rand((rows[k], shape[1]), dtype=torch.float64,
-                            generator=splits[k].masks) < keep).to(torch.float32)
-        out[k, :rows[k]] = noise.div_(keep)
-    return out
+class _Noise:
+    """MaskDropout's noise for the stacked splits of one step, each split's from its own copy
+    of the generator fit_head draws it from: per split one draw of the step's uniforms for
+    both layers (the same stream as fit_head's two draws, in the same order: image layer, then
+    classifier), compared in place into preallocated masks."""
+
+    def __init__(self, k: int, bs: int, widths: tuple[int, int], ps: tuple[float | None, ...]):
+        self.ps = ps
+        self.widths = [w if p is not None and 0.0 < p < 1.0 else 0 for w, p in zip(widths, ps)]
+        self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps)]
+        # The kept elements' scale exactly as MaskDropout computes it (float32 division).
+        self.scale = [torch.ones(1).div_(keep) if keep else None for keep in self.keep]
+        self.masks = [torch.zeros(k, bs, w, dtype=torch.bool) if w else None
+                      for w in self.widths]
+
+    def draw(self, splits: list[_Split], active: list[int], rows: list[int]) -> tuple:
+        per_row = sum(self.widths)
+        if per_row == 0:
+            return None, None
+        for k in active:
+            u = torch.rand(rows[k] * per_row, dtype=torch.float64, generator=splits[k].masks)
+            offset = 0
+            for mask, width, keep in zip(self.masks, self.widths, self.keep):
+                if width:
+                    block = u[offset:offset + rows[k] * width].view(rows[k], width)
+                    torch.lt(block, keep, out=mask[k, :rows[k]])
+                    offset += rows[k] * width
+        return tuple(None if m is None else m.to(torch.float32).mul_(scale)
+                     for m, scale in zip(self.masks, self.scale))
 
 
 def _forward(params: dict, model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
@@ -152,58 +171,71 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     val_meta = torch.stack([F.pad(s.vm, (0, s.pad, 0, val_rows - len(s.vy))) for s in splits])
     widths = (splits[0].xi.shape[-1] if model.use_image else 0,
               model.classifier[1].in_features)
+    noise = _Noise(k_all, bs, widths, (cfg.image_dropout if model.use_image else None,
+                                       cfg.dropout))
+    buffers, group = None, list(range(k_all))    # group: the splits stacked, in order
     for epoch in range(1, cfg.n_epochs + 1):
-        live = [k for k, s in enumerate(splits) if not s.stopped]
+        live = [k for k in group if not splits[k].stopped]
         if not live:
             break
-        rows = max(steps[k] for k in live) * bs
-        data = [splits[k].epoch(cfg, rows) if k in live else None for k in range(k_all)]
-        zero = next(d for d in data if d is not None)
-        img, meta, y, w = (torch.stack([d[i] if d is not None else torch.zeros_like(zero[i])
-                                        for d in data]) for i in range(4))
-        totals = [0.0] * k_all
+        if live != group:   # drop the stopped splits from the stack: no more work for them
+            pos = [group.index(k) for k in live]
+            params = {n: p.detach()[pos].clone().requires_grad_(True) for n, p in params.items()}
+            opt.keep(pos, params.values())
+            val_img, val_meta = val_img[pos], val_meta[pos]
+            group, buffers = live, None
+            noise = _Noise(len(group), bs, widths, noise.ps)
+        kk = len(group)
+        rows = max(steps[k] for k in group) * bs
+        if buffers is None or buffers[0].shape[1] != rows:
+            buffers = (torch.zeros(kk, rows, splits[0].xi.shape[-1]),
+                       torch.zeros(kk, rows, meta_dim), torch.zeros(kk, rows, dtype=torch.long),
+                       torch.zeros(kk, rows))
+        members = [splits[k] for k in group]
+        for i, s in enumerate(members):
+            s.epoch(cfg, buffers, i)
+        img, meta, y, w = buffers
+        totals = [0.0] * kk
         for step in range(rows // bs):
-            active = [k for k in live if step < steps[k]]
-            if not active:
-                continue
+            active = [i for i, s in enumerate(members) if step * bs < s.n]
             batch = slice(step * bs, (step + 1) * bs)
-            n_rows = [min(bs, splits[k].n - step * bs) if k in active else 0
-                      for k in range(k_all)]
-            masks = (_mask(splits, active, n_rows, (bs, widths[0]), cfg.image_dropout)
-                     if model.use_image else None,
-                     _mask(splits, active, n_rows, (bs, widths[1]), cfg.dropout))
+            n_rows = [min(bs, s.n - step * bs) if i in active else 0
+                      for i, s in enumerate(members)]
+            masks = noise.draw(members, active, n_rows)
             logits = _forward(params, model, img[:, batch], meta[:, batch], masks)
             ce = F.cross_entropy(logits.reshape(-1, n_classes), y[:, batch].reshape(-1),
-                                 reduction="none").view(k_all, -1) * w[:, batch]
+                                 reduction="none").view(kk, -1) * w[:, batch]
             per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
                                                  dtype=torch.float32)
             opt.zero_grad()
             per_split.sum().backward()
-            opt.step([k in active for k in range(k_all)])
-            for k in active:
-                totals[k] += float(per_split[k].detach()) * n_rows[k]
+            opt.step([i in active for i in range(kk)])
+            done = per_split.detach().tolist()
+            for i in active:
+                totals[i] += done[i] * n_rows[i]
         with torch.no_grad():
             val_logits = _forward(params, model, val_img, val_meta)
-        for k in live:
-            s = splits[k]
-            vl = val_logits[k, :len(s.vy)]
+        for i, s in enumerate(members):
+            vl = val_logits[i, :len(s.vy)]
             val_loss = float(F.cross_entropy(vl, s.vy))
             score = val_loss if cfg.stop_on == "loss" else \
                 _val_score(vl, s.vy, n_classes, cfg.stop_on)
-            s.history.append({"epoch": epoch, "loss": totals[k] / s.n, "val_loss": val_loss,
+            s.history.append({"epoch": epoch, "loss": totals[i] / s.n, "val_loss": val_loss,
                               "val_score": score})
             if not cfg.early_stopping:
                 s.best, s.best_epoch = score, epoch
             elif score < s.best:
                 s.best, s.best_epoch, s.waited = score, epoch, 0
-                s.best_state = _state(params, k, s.pad)
+                s.best_state = _state(params, i, s.pad)
             else:
                 s.waited += 1
                 s.stopped = s.waited >= cfg.patience
+    for i, k in enumerate(group):   # still stacked: their last weights (fixed epochs)
+        if splits[k].best_state is None:
+            splits[k].best_state = _state(params, i, splits[k].pad)
     results = []
     for k, s in enumerate(splits):
-        s.model.load_state_dict(s.best_state if s.best_state is not None
-                                else _state(params, k, s.pad))
+        s.model.load_state_dict(s.best_state)
         s.model.eval()
         log.info("head %d of %d: %d epochs, best epoch %d (val %s %.4f)", k + 1, k_all,
                  len(s.history), s.best_epoch, cfg.stop_on, s.best)
