@@ -61,20 +61,31 @@ class TuneConfig:
 
 def suggest(trial, start: HeadConfig) -> HeadConfig:
     """One trial's head: learning rate, widths, dropouts, metadata dropout, weight decay,
-    patience and epoch bound, head type. Everything else stays as in ``start``."""
-    meta_width = trial.suggest_categorical("meta_width", [16, 32, 64])
+    patience and epoch bound, head type. Everything else stays as in ``start``; every range
+    is widened to hold ``start`` (trial 0), however bad a start it is."""
+    def between(name: str, lo: float, hi: float, value: float, **kw) -> float:
+        return trial.suggest_float(name, min(lo, value), max(hi, value), **kw)
+
+    def whole(name: str, lo: int, hi: int, value: int) -> int:
+        return trial.suggest_int(name, min(lo, value), max(hi, value))
+
+    def choice(name: str, options: list, value):
+        return trial.suggest_categorical(name, sorted(set(options) | {value}, key=str))
+
+    meta_width = choice("meta_width", [16, 32, 64], start.meta_width)
     return replace(
         start,
-        lr=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-        dense_width=trial.suggest_categorical("dense_width", [32, 64, 128, 256]),
-        meta_width=meta_width, meta_out=meta_width // 2,
-        image_dropout=trial.suggest_float("image_dropout", 0.0, 0.6),
-        dropout=trial.suggest_float("dropout", 0.0, 0.6),
-        meta_dropout=trial.suggest_float("meta_dropout", 0.0, 0.5),
-        weight_decay=trial.suggest_float("weight_decay", 1e-7, 1e-2, log=True),
-        patience=trial.suggest_int("patience", 2, 10),
-        max_epochs=trial.suggest_int("max_epochs", 10, 60),
-        head=trial.suggest_categorical("head", ["reference", "film"]),
+        lr=between("lr", 1e-4, 1e-2, start.lr, log=True),
+        dense_width=choice("dense_width", [32, 64, 128, 256], start.dense_width),
+        meta_width=meta_width, meta_out=max(1, meta_width // 2),
+        image_dropout=between("image_dropout", 0.0, 0.6, start.image_dropout),
+        dropout=between("dropout", 0.0, 0.6, start.dropout),
+        meta_dropout=between("meta_dropout", 0.0, 0.5, start.meta_dropout),
+        weight_decay=between("weight_decay", 1e-7, 1e-2, max(start.weight_decay, 1e-7),
+                             log=True),
+        patience=whole("patience", 2, 10, start.patience),
+        max_epochs=whole("max_epochs", 10, 60, start.max_epochs),
+        head=choice("head", ["reference", "film"], start.head),
         epochs=None)
 
 
@@ -155,7 +166,8 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
         study.optimize(objective, n_trials=cfg.trials - done(), callbacks=[
             optuna.study.MaxTrialsCallback(cfg.trials, states=None)])
     best = study.best_trial
-    best_head = suggest(optuna.trial.FixedTrial(best.params), replace(start.head, seed=cfg.seed))
+    best_head = replace(suggest(optuna.trial.FixedTrial(best.params),
+                                replace(start.head, seed=cfg.seed)))
     # The chosen configuration, trained once on all of the search rows, scored once on test.
     inner = holdout_mask(rest_table, start.val_size / (1 - cfg.test_size), cfg.split, cfg.seed)
     final = fit_split(data, image, {"train": rest[~inner], "val": rest[inner],
