@@ -85,14 +85,16 @@ class Trained:
 
 def train_models(kind: str, trains: list[tuple], vals: list[tuple], n_classes: int,
                  head_cfg: HeadConfig, lgbm_cfg: LGBMConfig,
-                 meta_fields: list[list | None] | None = None) -> list[Trained]:
+                 meta_fields: list[list | None] | None = None,
+                 batched: bool = True) -> list[Trained]:
     """One model per (train, val) pair, all with one recipe. Several heads train together as
     one batched network (``head_batch.fit_heads``: each equals its own ``fit_head`` up to float
     rounding). ``meta_fields``: each encoder's ``dropout_fields()``, what dropout blanks to."""
     meta_fields = meta_fields or [None] * len(trains)
     if kind == "head":
-        if len(trains) == 1:
-            results = [fit_head(trains[0], vals[0], n_classes, head_cfg, meta_fields[0])]
+        if len(trains) == 1 or not batched:
+            results = [fit_head(t, v, n_classes, head_cfg, f)
+                       for t, v, f in zip(trains, vals, meta_fields)]
         else:
             from .head_batch import fit_heads
             results = fit_heads(list(zip(trains, vals)), n_classes, head_cfg, meta_fields)
@@ -208,7 +210,7 @@ def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, *, tta: boo
 def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarray]], *,
                model: str, head_cfg: HeadConfig, lgbm_cfg: LGBMConfig, tta: bool = False,
                calibrate: bool = True, select_on: str = "val", encoding: str = "robust",
-               calibration: str = "logit_adjust") -> list[SplitFit]:
+               calibration: str = "logit_adjust", batched: bool = True) -> list[SplitFit]:
     """Encode (fitted on each split's ``train`` rows), train, calibrate on ``select_on``, score
     ``test``: the whole of stage two for one or more splits with one recipe (the folds of a
     CV), shared by fit-head, cv and tune.
@@ -219,7 +221,7 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     encs = [encode_split(data, image, rows, encoding) for rows in splits]
     trained = train_models(model, [e.parts["train"] for e in encs],
                            [e.parts[select_on] for e in encs], len(data.classes), head_cfg,
-                           lgbm_cfg, [e.encoder.dropout_fields() for e in encs])
+                           lgbm_cfg, [e.encoder.dropout_fields() for e in encs], batched)
     return [finish_split(data, e, t, tta=tta, calibrate=calibrate, select_on=select_on,
                          calibration=calibration) for e, t in zip(encs, trained)]
 

@@ -32,7 +32,7 @@ from .bundle import atomic_write_text
 from .cache import cache_label, read_caches
 from .cv import iter_folds
 from .datasets import Dataset
-from .head import HeadConfig
+from .head import HeadConfig, one_thread
 from .runconfig import RunConfig
 from .splits import fold_ids, holdout_mask
 from .train import align_embeddings, as_dataset, fit_split, fit_splits
@@ -51,6 +51,8 @@ class TuneConfig:
     storage: str | None = None            # an Optuna storage URL; None: in memory
     study_name: str = "skinfeat-tune"
     start: RunConfig = field(default_factory=RunConfig)
+    jobs: int = 1                         # worker processes sharing the study on this machine
+    batched: bool = True                  # each trial's fold heads as one batched network
 
     def check(self) -> None:
         if self.trials < 1 or self.folds < 2:
@@ -106,11 +108,23 @@ def protocol_key(table: pd.DataFrame, cfg: TuneConfig) -> str:
                       sort_keys=True)
 
 
-def open_study(cfg: TuneConfig, key: str):
+def storage_of(cfg: TuneConfig, out: Path):
+    """The study's storage: the given URL; with local workers and none given, a journal file
+    in ``out`` (Optuna's file storage for several processes); else in memory."""
+    if cfg.storage or cfg.jobs <= 1:
+        return cfg.storage
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
+
+
+def open_study(cfg: TuneConfig, key: str, storage=None, worker: int = 0):
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
-    study = optuna.create_study(study_name=cfg.study_name, storage=cfg.storage,
+    # Workers draw from differently seeded samplers, or they would all propose the same trial.
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed + worker)
+    study = optuna.create_study(study_name=cfg.study_name, storage=storage,
                                 direction="maximize", sampler=sampler, load_if_exists=True)
     have = study.user_attrs.get("protocol")
     if have is None:
@@ -118,9 +132,55 @@ def open_study(cfg: TuneConfig, key: str):
     elif have != key:
         raise ValueError(f"study {cfg.study_name!r} in {cfg.storage} was made with another "
                          f"protocol ({have}); this run has {key}: use another --study-name")
-    if not study.trials:
+    if not study.trials and worker == 0:
         study.enqueue_trial(start_params(cfg.start.head))
     return study
+
+
+@dataclass
+class Search:
+    """What a search worker needs: the data, the embeddings, the folds, the recipe."""
+    data: Dataset
+    image: np.ndarray
+    folds: list[dict]
+    metric: str
+    cfg: TuneConfig
+    key: str
+
+
+def search(job: Search, storage, worker: int = 0,
+           progress: Callable[[int], None] | None = None):
+    """Run trials until the study holds ``trials`` of them (any worker's)."""
+    import optuna
+
+    cfg, start = job.cfg, job.cfg.start
+    fit_args = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
+                    calibration=start.calibration, batched=cfg.batched)
+
+    def objective(trial) -> float:
+        head = suggest(trial, replace(start.head, seed=cfg.seed))
+        fits = fit_splits(job.data, job.image, job.folds, head_cfg=head, **fit_args)
+        scores = [f.metrics[job.metric] for f in fits]
+        trial.set_user_attr("std", float(np.std(scores)))
+        trial.set_user_attr("best_epochs", [f.trained.best_epoch for f in fits])
+        if progress:
+            progress(1)
+        return float(np.mean(scores))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(cfg, job.key, storage, worker)
+    waiting = optuna.trial.TrialState.WAITING   # trial 0, queued but not run yet
+    left = cfg.trials - sum(t.state != waiting for t in study.trials)
+    if left > 0:
+        study.optimize(objective, n_trials=left, callbacks=[
+            optuna.study.MaxTrialsCallback(cfg.trials, states=None)])
+    return study
+
+
+def _search_worker(job: Search, out: str, worker: int) -> None:
+    import torch
+    torch.set_num_threads(1)
+    search(job, storage_of(job.cfg, Path(out)), worker)
 
 
 def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: TuneConfig, *,
@@ -147,24 +207,24 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     folds = [{"train": rest[f.train], "val": rest[f.val], "test": rest[f.test]}
              for f in iter_folds(rest_table, fold_ids(rest_table, cfg.folds, cfg.split,
                                                       cfg.seed), cfg.split, cfg.seed)]
+    job = Search(data, image, folds, metric, cfg, protocol_key(table, cfg))
+    storage = storage_of(cfg, out)
+    if cfg.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        open_study(cfg, job.key, storage)   # made (and trial 0 queued) before the workers
+        with ProcessPoolExecutor(cfg.jobs - 1, get_context("spawn")) as pool:
+            others = [pool.submit(_search_worker, job, str(out), w)
+                      for w in range(1, cfg.jobs)]
+            study = one_thread(search)(job, storage, 0, progress)
+            for f in others:
+                f.result()
+        study = open_study(cfg, job.key, storage)
+    else:
+        study = one_thread(search)(job, storage, 0, progress)
     recipe = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
                   calibration=start.calibration)
-
-    def objective(trial) -> float:
-        head = suggest(trial, replace(start.head, seed=cfg.seed))
-        fits = fit_splits(data, image, folds, head_cfg=head, **recipe)
-        scores = [f.metrics[metric] for f in fits]
-        trial.set_user_attr("std", float(np.std(scores)))
-        trial.set_user_attr("best_epochs", [f.trained.best_epoch for f in fits])
-        if progress:
-            progress(1)
-        return float(np.mean(scores))
-
-    study = open_study(cfg, protocol_key(table, cfg))
-    done = lambda: sum(t.state.is_finished() for t in study.trials)  # noqa: E731
-    if done() < cfg.trials:
-        study.optimize(objective, n_trials=cfg.trials - done(), callbacks=[
-            optuna.study.MaxTrialsCallback(cfg.trials, states=None)])
     best = study.best_trial
     best_head = replace(suggest(optuna.trial.FixedTrial(best.params),
                                 replace(start.head, seed=cfg.seed)))

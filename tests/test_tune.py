@@ -46,7 +46,7 @@ def test_tune_beats_a_bad_start_and_its_config_trains(easy, tmp_path, monkeypatc
     monkeypatch.setattr(tune_module, "fit_splits", spy)
     out = tmp_path / "tune"
     r = cli("tune", "--data", data, "--cache", cache, "--out", out, "--trials", "5", "--folds",
-            "3", *BAD)
+            "3", "--jobs", "1", *BAD)
     assert "held-out" in r.output
     res = json.loads((out / "tune_metrics.json").read_text())
     start = next(h for h in res["history"] if h["number"] == 0)
@@ -70,7 +70,7 @@ def test_a_study_in_sqlite_resumes_and_refuses_another_protocol(easy, tmp_path):
     data, cache = easy
     url = f"sqlite:///{tmp_path / 'study.db'}"
     args = ("tune", "--data", data, "--cache", cache, "--storage", url, "--folds", "2",
-            "--study-name", "s1", "--max-epochs", "3")
+            "--study-name", "s1", "--max-epochs", "3", "--jobs", "1")
     cli(*args, "--out", tmp_path / "a", "--trials", "2")
     first = json.loads((tmp_path / "a" / "tune_metrics.json").read_text())["history"]
     cli(*args, "--out", tmp_path / "b", "--trials", "4")     # e.g. after an interruption
@@ -84,3 +84,15 @@ def test_a_study_in_sqlite_resumes_and_refuses_another_protocol(easy, tmp_path):
     study = optuna.load_study(study_name="s1", storage=url)
     assert len(study.trials) == 4
     assert isinstance(pd.DataFrame(again), pd.DataFrame)
+
+
+def test_local_workers_share_one_study(easy, tmp_path):
+    data, cache = easy
+    out = tmp_path / "par"
+    cli("tune", "--data", data, "--cache", cache, "--out", out, "--trials", "4", "--folds", "2",
+        "--max-epochs", "3", "--jobs", "2")
+    res = json.loads((out / "tune_metrics.json").read_text())
+    assert sorted(h["number"] for h in res["history"]) == [0, 1, 2, 3]
+    assert (out / "study.journal").is_file()
+    params = [json.dumps(h["params"], sort_keys=True) for h in res["history"]]
+    assert len(set(params)) == 4        # the workers did not repeat each other's trials

@@ -1,6 +1,7 @@
 """Stage two commands: fit-head, cv and tune on the cache(s)."""
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -296,9 +297,12 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
 @click.option("--storage", help="Optuna storage URL (sqlite:///tune.db; postgresql://...): "
               "workers with the same URL and --study-name share one study; a rerun resumes.")
 @click.option("--study-name", default="skinfeat-tune", show_default=True)
+@click.option("--jobs", type=int, default=0, show_default=True,
+              help="Worker processes on this machine sharing the study, one thread each (0: "
+              "one per CPU core); with more than one, the search order depends on timing.")
 @recipe_options
 def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage, study_name,
-         config_file, **kwargs) -> None:
+         jobs, config_file, **kwargs) -> None:
     """Search the head's hyperparameters (Optuna), honestly: grouped CV on the rows outside a
     held-out test part, which scores the chosen configuration once."""
     try:
@@ -310,7 +314,8 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
     start = run_config(config_file, kwargs, head, lgbm)
     cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
-                     seed=start.seed, storage=storage, study_name=study_name, start=start)
+                     seed=start.seed, storage=storage, study_name=study_name, start=start,
+                     jobs=jobs or os.cpu_count() or 1)
     bar = progress_bar("tune", unit="trial")
     res = tune_run(data, caches_of(caches, data_dir), out, cfg, progress=bar.update)
     bar.close()
