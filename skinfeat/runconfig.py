@@ -9,11 +9,11 @@ sets any subset. Unknown keys are an error that names the known ones.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .baseline import LGBMConfig
+from .dataspec import read_settings
 from .head import HeadConfig
 
 SPLITS = ("lesion", "image", "none")
@@ -82,12 +82,7 @@ def read_config_file(path: str | Path) -> RunConfig:
     written by ``skinfeat tune``, or a hand-written one (keys as ``RunConfig``'s)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".toml":
-            import tomllib
-            d = tomllib.loads(text)
-        else:
-            d = json.loads(text)
+        d = read_settings(path)
     except (OSError, ValueError) as exc:   # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise ConfigError(f"{path}: unreadable config ({exc})") from exc
     if not isinstance(d, dict):

@@ -99,6 +99,16 @@ def cache_option(f):
                         "repeat to fuse several per image, in order.")(f)
 
 
+def stage_two_inputs(f):
+    """--data, the dataset options, --cache (repeatable) and --out of fit-head, cv and tune."""
+    f = click.option("--out", required=True, type=click.Path(file_okay=False))(f)
+    f = cache_option(f)
+    f = dataset_options(f)
+    return click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+                        help="Dataset folder (any preset) or a CSV table (image files not "
+                        "needed).")(f)
+
+
 def pop_recipe(kwargs: dict) -> tuple[dict, dict]:
     """Remove the --NAME / --lgbm-NAME values from a command's keyword arguments."""
     head = {k[6:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("head__")}
@@ -123,11 +133,7 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 
 
 @click.command("fit-head")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
-              help="Dataset folder (any preset) or a CSV table (image files not needed).")
-@dataset_options
-@cache_option
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@stage_two_inputs
 @click.option("--split", type=click.Choice(["lesion", "group", "image", "none"]),
               callback=lambda c, p, v: "lesion" if v == "group" else v,
               help="lesion (or group): grouped by the dataset's groups, lesions or patients "
@@ -232,11 +238,7 @@ def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
 
 
 @click.command("cv")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
-              help="Dataset folder (any preset) or a CSV table (image files not needed).")
-@dataset_options
-@cache_option
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@stage_two_inputs
 @cv_options
 @click.option("--inputs", default="image,meta,fused", show_default=True,
               callback=comma_list(("image", "meta", "fused")),
@@ -279,11 +281,7 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
 
 
 @click.command("tune")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
-              help="Dataset folder (any preset) or a CSV table (image files not needed).")
-@dataset_options
-@cache_option
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@stage_two_inputs
 @click.option("--trials", type=int, default=50, show_default=True,
               help="Finished trials the study should hold (shared by every worker).")
 @click.option("--folds", type=int, default=5, show_default=True,
