@@ -219,12 +219,13 @@ def main() -> int:
     print(f"{len(table)} images, {table['lesion_id'].nunique()} lesions, "
           f"{contents.dim}-d synthetic embeddings; {os.cpu_count()} CPU cores, jobs {jobs}")
     rows = []
+    # The previous code first, in its own processes, outside the memory measurement.
+    old = today(args.today, jobs) if args.today else {}
     sampler = MemorySampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "bench.h5"
         write_cache(cache, contents)
-        old = today(args.today, jobs) if args.today else {}
         seconds, res = timed(lambda: fit_run(table, cache, Path(tmp) / "fit-head", model="head"))
         rows.append(("fit-head (reference head, bundle + report)", seconds, TARGETS["fit-head"],
                      old.get("fit-head"), f"today ({args.today})",

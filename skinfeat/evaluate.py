@@ -156,6 +156,7 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
             "temperature": predictor.temperature,
             "calibration": predictor.calibrator.describe(),
             "model_type": predictor.config["model_type"], "head": predictor.config["head"],
+            "members": len(predictor.members) or None,
             "backbone": " + ".join(str(i.get("backbone", "outside skinfeat"))
                                    for i in predictor.sources),
             "cache": [str(c) for c in cache] if cache else None,
@@ -164,6 +165,14 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                           predictor.calibrator)
     return {"metrics": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
             "info": info, "out": out}
+
+
+def model_kind(info: dict) -> str:
+    head = info["head"]
+    if info["model_type"] == "ensemble":
+        return (f"fold ensemble of {info.get('members', '?')} {head.get('members')} models, "
+                "calibrated probabilities averaged")
+    return f"{info['model_type']}, {head.get('head', 'lightgbm')}"
 
 
 def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:
@@ -199,8 +208,8 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
         f"- task: {info['task']}; classes: {', '.join(classes)}"
         + (f"; decision threshold on p({classes[1]}) = {info['threshold']:.3f} (chosen on the "
            "model's validation split)" if info.get("threshold") is not None else ""),
-        f"- model: `{info['run']}` ({info['model_type']}, {info['head'].get('head', 'lightgbm')}, "
-        f"inputs {info['head'].get('inputs')}); calibration applied: {info['calibration']}",
+        f"- model: `{info['run']}` ({model_kind(info)}, inputs {info['head'].get('inputs')}); "
+        f"calibration applied: {info['calibration']}",
         f"- data: `{info['data']}` (layout {info['layout']}): {info['n']} images scored"
         + (f", {len(info['unreadable'])} unreadable (or without an embedding) and left out"
            if info["unreadable"] else "")

@@ -85,8 +85,8 @@ def suggest(trial, start: HeadConfig) -> HeadConfig:
         meta_dropout=between("meta_dropout", 0.0, 0.5, start.meta_dropout),
         weight_decay=between("weight_decay", 1e-7, 1e-2, max(start.weight_decay, 1e-7),
                              log=True),
-        patience=whole("patience", 2, 10, start.patience),
-        max_epochs=whole("max_epochs", 10, 60, start.max_epochs),
+        patience=whole("patience", 2, 8, start.patience),
+        max_epochs=whole("max_epochs", 10, 40, start.max_epochs),
         head=choice("head", ["reference", "film"], start.head),
         epochs=None)
 
