@@ -3,12 +3,15 @@
 Every (seed, fold) trains each model on each input set on the same rows, so one table shows what
 metadata adds. Folds are stratified by class and grouped by the dataset's groups (lesions,
 patients; ``split="lesion"``) unless the reference's leaky image-level protocol is asked for.
-Each fit is ``train.fit_split``, the same path as ``fit-head``: the metadata encoder is fitted on
-the fold's training rows only, and early stopping and calibration use an inner validation part
-carved from the training folds (``splits.holdout_mask``): the scored fold never picks an epoch,
-a round, a temperature or a threshold.
+Each fit goes through ``train.fit_splits``, the path of ``fit-head``: the metadata encoder is
+fitted on the fold's training rows only, and early stopping and calibration use an inner
+validation part carved from the training folds (``splits.holdout_mask``): the scored fold never
+picks an epoch, a round, a temperature or a threshold. The heads of one input set's folds train
+together as one batched network (``head_batch``; ``CVConfig.batched=False`` trains them one by
+one, with per-fold metrics equal up to float rounding: tests/test_head_batch.py); LightGBM fits
+fold by fold.
 
-Each fit seeds itself, so fits are independent of their order and ``jobs`` of them run at once:
+Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once:
 this process and ``jobs - 1`` worker processes (spawned: call it under ``if __name__ ==
 "__main__"``), one thread each. That is how the CV uses every core: batch-64 head steps are far
 too small for intra-op threads, and on a busy machine OpenMP threads wait on each other at every
