@@ -9,9 +9,9 @@ heads, in a subprocess), ``cv --folds 5 --models head`` over the three input set
 heads beside sequential ones, and beside ``--today``'s), ``cv --folds 5`` with head and LightGBM,
 and ``tune --trials 50`` (beside the sequential heads on ``--sequential-tune-trials`` trials,
 scaled); reports peak memory, and compares LightGBM on PCA-64 (the default) with all 768 columns
-on one CV fold. Prints the CPU's lscpu flags, a table and PASS/FAIL per target. The embeddings carry a weak class signal plus a per-lesion component
-(so images of one lesion look alike, as real ones do); their scores say nothing about real
-performance, only the times do.
+on one CV fold. Prints the CPU's lscpu flags, a table and PASS/FAIL per target. The embeddings
+carry a weak class signal plus a per-lesion component (so images of one lesion look alike, as
+real ones do); their scores say nothing about real performance, only the times do.
 """
 from __future__ import annotations
 

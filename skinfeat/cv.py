@@ -178,6 +178,10 @@ def _init_worker(image: np.ndarray) -> None:
     torch.set_num_threads(1)
 
 
+def _warm_up() -> None:
+    """Nothing: unpickling this function imports skinfeat.cv and torch in the worker."""
+
+
 def _run_in_worker(task: FitTask) -> list[dict]:
     return run_task(task, _WORKER_IMAGE)
 
@@ -189,7 +193,6 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
     are made as they are needed, so workers start while later folds are still being carved."""
     results: dict[int, list[dict]] = {}
     queue, running = enumerate(tasks), {}
-    nxt = next(queue, None)
 
     def finished(i: int, records: list[dict]) -> None:
         results[i] = records
@@ -199,6 +202,10 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
     pool = ProcessPoolExecutor(jobs - 1, get_context("spawn"), initializer=_init_worker,
                                initargs=(image,)) if jobs > 1 else nullcontext()
     with pool:
+        # Workers start (a torch import each, seconds) while this process carves the folds.
+        for _ in range(jobs - 1):
+            pool.submit(_warm_up)
+        nxt = next(queue, None)
         while nxt is not None or running:
             while nxt is not None and len(running) < jobs - 1:
                 running[pool.submit(_run_in_worker, nxt[1])] = nxt[0]

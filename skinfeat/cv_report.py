@@ -77,10 +77,11 @@ def _protocol_lines(res: dict) -> list[str]:
         "chosen there)",
     ] + ([f"- heads: the folds' heads of each input set trained as one batched network "
           "(each equal to its own fit up to float rounding)" if cfg.get("batched") else
-          "- heads: trained fold by fold"] if "head" in cfg["models"] else []) + ([f"- saved models (`--save-models`): " + ", ".join(
-        f"`{where}`" for where in res["models"].values())
-        + " (fold ensembles: mean of the members' calibrated probabilities)"]
-         if res.get("models") else [])
+          "- heads: trained fold by fold"] if "head" in cfg["models"] else []) + (
+        ["- saved models (`--save-models`): " + ", ".join(
+            f"`{where}`" for where in res["models"].values())
+         + " (fold ensembles: mean of the members' calibrated probabilities)"]
+        if res.get("models") else [])
 
 
 def _reference_lines(res: dict) -> list[str]:

@@ -54,20 +54,27 @@ class _Split:
         self.best, self.best_epoch, self.best_state, self.waited = np.inf, 0, None, 0
         self.stopped = False
 
-    def epoch(self, cfg: HeadConfig, out: tuple[torch.Tensor, ...], k: int) -> None:
-        """This epoch's shuffled (image, meta, labels, sample weights) into row k of ``out``
-        (rows beyond the split's own stay zero: weight 0, no gradient)."""
+    def epoch(self, cfg: HeadConfig) -> None:
+        """Draw this epoch's view choice, metadata blanking and shuffle, as fit_head does."""
         img = _pick_view(self.xi, self.gen) if self.xi.ndim == 3 and cfg.view_augment \
             else _eval_view(self.xi)
         blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and self.meta_fields
         meta = _blank_fields(self.xm, self.meta_fields, cfg.meta_dropout, self.gen,
                              cfg.meta_dropout_all) if blanking else self.xm
         order = torch.randperm(self.n, generator=self.gen)
-        n, m = self.n, self.xm.shape[1]
-        torch.index_select(img, 0, order, out=out[0][k, :n])
-        torch.index_select(meta, 0, order, out=out[1][k, :n, :m])
-        torch.index_select(self.y, 0, order, out=out[2][k, :n])
-        torch.index_select(self.sample_w, 0, out[2][k, :n], out=out[3][k, :n])
+        y = self.y[order]
+        self.current = (img, meta, order, y, self.sample_w[y])
+
+    def batch(self, start: int, rows: int, out: tuple[torch.Tensor, ...], k: int) -> None:
+        """Rows ``start:start + rows`` of this epoch's order into slot k of the step's inputs
+        (the slot's other rows get weight 0: no loss, no gradient)."""
+        img, meta, order, y, w = self.current
+        take = order[start:start + rows]
+        torch.index_select(img, 0, take, out=out[0][k, :rows])
+        torch.index_select(meta, 0, take, out=out[1][k, :rows, :meta.shape[1]])
+        out[2][k, :rows] = y[start:start + rows]
+        out[3][k, :rows] = w[start:start + rows]
+        out[3][k, rows:] = 0.0
 
 
 def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
@@ -90,7 +97,8 @@ class _Noise:
     """MaskDropout's noise for the stacked splits of one step, each split's from its own copy
     of the generator fit_head draws it from: per split one draw of the step's uniforms for
     both layers (the same stream as fit_head's two draws, in the same order: image layer, then
-    classifier), compared in place into preallocated masks."""
+    classifier), compared in place into preallocated masks, then scaled (a kept element's
+    noise is exactly MaskDropout's ``1 / keep`` in float32)."""
 
     def __init__(self, k: int, bs: int, widths: tuple[int, int], ps: tuple[float | None, ...]):
         self.ps = ps
@@ -98,23 +106,27 @@ class _Noise:
         self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps)]
         # The kept elements' scale exactly as MaskDropout computes it (float32 division).
         self.scale = [torch.ones(1).div_(keep) if keep else None for keep in self.keep]
-        self.masks = [torch.zeros(k, bs, w, dtype=torch.bool) if w else None
-                      for w in self.widths]
+        self.masks = [torch.zeros(k, bs, w) if w else None for w in self.widths]
 
     def draw(self, splits: list[_Split], active: list[int], rows: list[int]) -> tuple:
         per_row = sum(self.widths)
         if per_row == 0:
             return None, None
+        for k in range(len(splits)):   # rows without data: noise 0 (the scaling is in place)
+            if rows[k] < self.masks[0 if self.widths[0] else 1].shape[1]:
+                for mask in self.masks:
+                    if mask is not None:
+                        mask[k, rows[k]:] = 0.0
         for k in active:
             u = torch.rand(rows[k] * per_row, dtype=torch.float64, generator=splits[k].masks)
             offset = 0
             for mask, width, keep in zip(self.masks, self.widths, self.keep):
                 if width:
                     block = u[offset:offset + rows[k] * width].view(rows[k], width)
-                    torch.lt(block, keep, out=mask[k, :rows[k]])
+                    torch.lt(block, keep, out=mask[k, :rows[k]])   # 1.0 kept, 0.0 dropped
                     offset += rows[k] * width
-        return tuple(None if m is None else m.to(torch.float32).mul_(scale)
-                     for m, scale in zip(self.masks, self.scale))
+        return tuple(None if m is None else m.mul_(scale) for m, scale in zip(self.masks,
+                                                                             self.scale))
 
 
 def _forward(params: dict, model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
@@ -187,24 +199,28 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             noise = _Noise(len(group), bs, widths, noise.ps)
         kk = len(group)
         rows = max(steps[k] for k in group) * bs
-        if buffers is None or buffers[0].shape[1] != rows:
-            buffers = (torch.zeros(kk, rows, splits[0].xi.shape[-1]),
-                       torch.zeros(kk, rows, meta_dim), torch.zeros(kk, rows, dtype=torch.long),
-                       torch.zeros(kk, rows))
+        if buffers is None:   # one step's inputs: (splits, batch, features)
+            buffers = (torch.zeros(kk, bs, splits[0].xi.shape[-1]),
+                       torch.zeros(kk, bs, meta_dim), torch.zeros(kk, bs, dtype=torch.long),
+                       torch.zeros(kk, bs))
         members = [splits[k] for k in group]
-        for i, s in enumerate(members):
-            s.epoch(cfg, buffers, i)
+        for s in members:
+            s.epoch(cfg)
         img, meta, y, w = buffers
         totals = [0.0] * kk
         for step in range(rows // bs):
             active = [i for i, s in enumerate(members) if step * bs < s.n]
-            batch = slice(step * bs, (step + 1) * bs)
             n_rows = [min(bs, s.n - step * bs) if i in active else 0
                       for i, s in enumerate(members)]
+            for i, s in enumerate(members):
+                if i in active:
+                    s.batch(step * bs, n_rows[i], buffers, i)
+                else:
+                    w[i] = 0.0
             masks = noise.draw(members, active, n_rows)
-            logits = _forward(params, model, img[:, batch], meta[:, batch], masks)
-            ce = F.cross_entropy(logits.reshape(-1, n_classes), y[:, batch].reshape(-1),
-                                 reduction="none").view(kk, -1) * w[:, batch]
+            logits = _forward(params, model, img, meta, masks)
+            ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
+                                 reduction="none").view(kk, -1) * w
             per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
                                                  dtype=torch.float32)
             opt.zero_grad()

@@ -210,12 +210,14 @@ DATASET_LIMITS = {
 
 
 def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
+    backbones = " + ".join(str(s["backbone"]) for s in info.get("sources") or []) \
+        or info["identity"].get("backbone", "unknown")
     lines = [f"# Model card: {out.name}", "",
              "## Intended use",
              "Research and teaching only. **Not a medical device**; not for diagnosis or triage "
              "of patients.", "",
              "## Model",
-             f"Frozen {' + '.join(str(x['backbone']) for x in info.get('sources') or []) or info['identity'].get('backbone', 'unknown')} image embeddings "
+             f"Frozen {backbones} image embeddings "
              f"({info['weights']}) fused with the metadata fields "
              f"{', '.join(info.get('fields', [])) or '(none)'} by a {info['model']} model; "
              f"{len(info['classes'])} classes: {', '.join(info['classes'])}.", "",

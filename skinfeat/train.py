@@ -332,8 +332,9 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
         "encoding": fit.encoder.describe(), "skinfeat": __version__,
         "embed_dim": int(image.shape[-1]), "meta_features": fit.encoder.feature_names,
     }
-    config = bundle_config(data, fit, contents.identity, info["weights"], embed_dim=int(image.shape[-1]), tta=tta,
-                           split=kind, seed=seed, run=run.to_dict())
+    config = bundle_config(data, fit, contents.identity, info["weights"],
+                           embed_dim=int(image.shape[-1]), tta=tta, split=kind, seed=seed,
+                           run=run.to_dict())
     save_fit(out, fit, config)
     write_run_report(out, fit.metrics, baseline, info, y_true=y[scored],
                      logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,

@@ -42,8 +42,8 @@ def test_adam_is_torchs_including_stacked_models_out_of_step():
 
 def test_fit_head_trains_as_torchs_adam_would(monkeypatch):
     rng = np.random.default_rng(0)
-    data = [(rng.normal(size=(n, 24)).astype(np.float32), rng.normal(size=(n, 5)).astype(np.float32),
-             rng.integers(0, 4, n)) for n in (200, 60)]
+    data = [(rng.normal(size=(n, 24)).astype(np.float32),
+             rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, 4, n)) for n in (200, 60)]
     cfg = HeadConfig(max_epochs=4, weight_decay=1e-3)
     ours = fit_head(*data, 4, cfg, [(0, 2), (2, 5)]).model.state_dict()
 
@@ -88,6 +88,19 @@ def test_batched_heads_equal_independent_fits(cfg, views):
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-5)
         np.testing.assert_allclose([h["val_loss"] for h in a.history],
                                    [h["val_loss"] for h in b.history], rtol=1e-5)
+
+
+def test_splits_of_very_different_sizes():
+    """A small split sits out most steps of each epoch (no update, no Adam step), with high
+    dropout: still its own independent fit."""
+    rng = np.random.default_rng(2)
+    parts = [(_part(rng, n, 6), _part(rng, 30, 6)) for n in (240, 12)]
+    cfg = HeadConfig(epochs=2, batch_size=4, dropout=0.9, dense_width=8)
+    alone = [fit_head(t, v, 5, cfg) for t, v in parts]
+    together = fit_heads(parts, 5, cfg)
+    for a, b in zip(alone, together):
+        for k, v in a.model.state_dict().items():
+            torch.testing.assert_close(v, b.model.state_dict()[k], rtol=0, atol=1e-5)
 
 
 def test_batched_cv_equals_sequential_cv(synth_table, synth_cache):
