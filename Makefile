@@ -1,5 +1,5 @@
 # Two entry points: `make demo` and `make test`. Each builds .venv and installs the package itself,
-# with every optional extra (explain, export, serve, openvino), so the tests cover every feature.
+# with every optional extra (explain, export, serve, openvino, tune), so the tests cover every feature.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall when the package metadata changes. Every extra, so that the tests cover every feature.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,explain,export,serve,openvino]"
+	$(BIN)/python -m pip install --quiet -e ".[test,explain,export,serve,openvino,tune]"
 	touch $(STAMP)
 
 install: $(STAMP)

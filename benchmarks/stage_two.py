@@ -1,13 +1,17 @@
 """Stage two's speed on HAM10000's real metadata (10,015 rows) with synthetic 768-d embeddings.
 
-    .venv/bin/python benchmarks/stage_two.py [--jobs N] [--skip-lgbm-compare]
+    .venv/bin/python benchmarks/stage_two.py [--jobs N] [--today REF] [--skip-full-cv]
+                                             [--skip-lgbm-compare]
 
-Times a full ``fit-head`` run (reference head, early stopping, bundle and report included) and a
-``cv --folds 5`` run (head + LightGBM x image, meta, fused, report included), reports peak RSS,
-and compares LightGBM on PCA-64 (the default) with all 768 columns on one CV fold. Prints a table
-and PASS/FAIL per target. The embeddings carry a weak class signal plus a per-lesion component
-(so images of one lesion look alike, as real ones do); their scores say nothing about real
-performance, only the times do.
+Times, in one run and beside the sequential path: a full ``fit-head`` (reference head, early
+stopping, bundle and report; beside the same on commit ``--today``, the code before batched
+heads, in a subprocess), ``cv --folds 5 --models head`` over the three input sets (batched fold
+heads beside sequential ones, and beside ``--today``'s), ``cv --folds 5`` with head and LightGBM,
+and ``tune --trials 50`` (beside the sequential heads on ``--sequential-tune-trials`` trials,
+scaled); reports peak memory, and compares LightGBM on PCA-64 (the default) with all 768 columns
+on one CV fold. Prints the CPU's lscpu flags, a table and PASS/FAIL per target. The embeddings
+carry a weak class signal plus a per-lesion component (so images of one lesion look alike, as
+real ones do); their scores say nothing about real performance, only the times do.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,8 @@ from skinfeat.train import fit_run
 
 ROOT = Path(__file__).resolve().parents[1]
 METADATA = ROOT.parent / "shared/data/HAM10000_metadata_full.csv"
-TARGETS = {"fit-head": 10.0, "cv": 90.0, "rss": 2.0}   # seconds, seconds, GB
+# seconds (fit-head, cv of the head on 3 input sets, full cv, tune --trials 50), GB
+TARGETS = {"fit-head": 8.0, "cv-head": 15.0, "cv": 90.0, "tune": 300.0, "rss": 2.0}
 
 
 def load_table(path: Path) -> pd.DataFrame:
@@ -124,9 +130,79 @@ class MemorySampler(threading.Thread):
             self.worker_kb = max([self.worker_kb] + [_proc_kb(p, "VmHWM") for p in workers])
 
 
+TODAY_SNIPPET = """
+import sys, time, tempfile, json
+from pathlib import Path
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+from stage_two import load_table, synthetic_cache, METADATA
+from skinfeat.cache import write_cache
+from skinfeat.cv import CVConfig, cv_run
+from skinfeat.train import fit_run
+if __name__ == "__main__":
+    table = load_table(Path(sys.argv[2]))
+    tmp = Path(tempfile.mkdtemp())
+    write_cache(tmp / "bench.h5", synthetic_cache(table))
+    t = time.perf_counter()
+    fit_run(table, tmp / "bench.h5", tmp / "fit-head", model="head")
+    fit = time.perf_counter() - t
+    t = time.perf_counter()
+    cv_run(table, tmp / "bench.h5", tmp / "cv", CVConfig(folds=5, models=("head",)),
+           jobs=int(sys.argv[3]))
+    print(json.dumps({"fit-head": fit, "cv-head": time.perf_counter() - t}))
+"""
+
+
+def today(ref: str, jobs: int) -> dict:
+    """fit-head and cv --models head of commit ``ref`` (the code before this change), on the
+    same data, in a subprocess: the sequential path as it was, measured in this run."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "skinfeat",
+                                  "benchmarks"], capture_output=True)
+        if archive.returncode:
+            print(f"(today's path not measured: git archive {ref} failed)")
+            return {}
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        (Path(tmp) / "run_today.py").write_text(TODAY_SNIPPET)
+        env = {**os.environ, "PYTHONPATH": tmp}
+        out = subprocess.run([sys.executable, str(Path(tmp) / "run_today.py"), tmp,
+                              str(METADATA), str(jobs)], capture_output=True, text=True,
+                             env=env, cwd=tmp)
+        if out.returncode:
+            print(f"(today's path failed: {out.stderr.strip().splitlines()[-1:]})")
+            return {}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_flags() -> str:
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "lscpu not available"
+    lines = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.splitlines())}
+    return f"{lines.get('Model name', '?')}; Flags: {lines.get('Flags', '?')}"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    res = fn()
+    return time.perf_counter() - start, res
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=0, help="cv worker processes (0: all cores)")
+    parser.add_argument("--jobs", type=int, default=0, help="cv/tune processes (0: all cores)")
+    parser.add_argument("--today", default="0dcca73", help="git commit whose fit-head and cv "
+                        "are timed beside this code ('' to skip)")
+    parser.add_argument("--tune-trials", type=int, default=50)
+    parser.add_argument("--sequential-tune-trials", type=int, default=10,
+                        help="trials of the sequential tune path (scaled to --tune-trials)")
+    parser.add_argument("--skip-full-cv", action="store_true",
+                        help="skip cv with head and LightGBM (30 fits)")
     parser.add_argument("--skip-lgbm-compare", action="store_true",
                         help="skip the (slow) PCA vs all-columns LightGBM comparison")
     args = parser.parse_args()
@@ -134,38 +210,70 @@ def main() -> int:
         print(f"SKIP: {METADATA} not found; this benchmark needs HAM10000's metadata file "
               "(10,015 rows) there.")
         return 0
+    from skinfeat.tune import TuneConfig, tune_run
+
     table = load_table(METADATA)
     contents = synthetic_cache(table)
     jobs = args.jobs or os.cpu_count() or 1
+    print(cpu_flags())
     print(f"{len(table)} images, {table['lesion_id'].nunique()} lesions, "
-          f"{contents.dim}-d synthetic embeddings; {os.cpu_count()} CPU cores, cv jobs {jobs}")
+          f"{contents.dim}-d synthetic embeddings; {os.cpu_count()} CPU cores, jobs {jobs}")
     rows = []
+    # The previous code first, in its own processes, outside the memory measurement.
+    old = today(args.today, jobs) if args.today else {}
     sampler = MemorySampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "bench.h5"
         write_cache(cache, contents)
-        start = time.perf_counter()
-        res = fit_run(table, cache, Path(tmp) / "fit-head", model="head")
-        seconds = time.perf_counter() - start
+        seconds, res = timed(lambda: fit_run(table, cache, Path(tmp) / "fit-head", model="head"))
         rows.append(("fit-head (reference head, bundle + report)", seconds, TARGETS["fit-head"],
+                     old.get("fit-head"), f"today ({args.today})",
                      f"best epoch {res['info']['best_epoch']}, balanced acc "
                      f"{res['metrics']['balanced_accuracy']:.3f}"))
-        start = time.perf_counter()
-        cv = cv_run(table, cache, Path(tmp) / "cv", CVConfig(folds=5), jobs=jobs)
-        seconds = time.perf_counter() - start
+        head_cv = CVConfig(folds=5, models=("head",))
+        seq, _ = timed(lambda: cv_run(table, cache, Path(tmp) / "cv-seq",
+                                      replace(head_cv, batched=False), jobs=jobs))
+        seconds, cv = timed(lambda: cv_run(table, cache, Path(tmp) / "cv-head", head_cv,
+                                           jobs=jobs))
         fused = cv["summary"]["head"]["fused"]["balanced_accuracy"]
-        rows.append(("cv --folds 5 (head + lgbm x image/meta/fused)", seconds, TARGETS["cv"],
-                     f"30 fits; head fused balanced acc {fused['mean']:.3f} ± {fused['std']:.3f}"))
+        rows.append(("cv --folds 5 --models head (3 input sets)", seconds, TARGETS["cv-head"],
+                     seq, "sequential, this code",
+                     f"15 fits; fused balanced acc {fused['mean']:.3f} ± {fused['std']:.3f}"))
+        if old.get("cv-head"):
+            rows.append(("  the same, today's code", old["cv-head"], None, None, "", ""))
+        if not args.skip_full_cv:
+            seconds, _ = timed(lambda: cv_run(table, cache, Path(tmp) / "cv",
+                                              CVConfig(folds=5), jobs=jobs))
+            rows.append(("cv --folds 5 (head + lgbm x image/meta/fused)", seconds,
+                         TARGETS["cv"], None, "", "30 fits"))
+        n_seq = args.sequential_tune_trials
+        if n_seq:
+            slow, _ = timed(lambda: tune_run(table, cache, Path(tmp) / "tune-seq", TuneConfig(
+                trials=n_seq, jobs=jobs, batched=False)))
+            slow = slow * args.tune_trials / n_seq
+        seconds, tuned = timed(lambda: tune_run(table, cache, Path(tmp) / "tune", TuneConfig(
+            trials=args.tune_trials, jobs=jobs)))
+        rows.append((f"tune --trials {args.tune_trials}", seconds, TARGETS["tune"],
+                     slow if n_seq else None,
+                     f"sequential heads, {n_seq} trials x {args.tune_trials / max(n_seq, 1):g}",
+                     f"best CV {tuned['best']['value']:.3f}, held-out "
+                     f"{tuned['held_out']['metrics']['balanced_accuracy']:.3f}"))
     lgbm = {} if args.skip_lgbm_compare else lgbm_pca_cost(table, contents)
     sampler.halt.set()
     sampler.join()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KB -> GB
     total, worker = sampler.total_kb / 2**20 or own, sampler.worker_kb / 2**20
-    print(f"\n{'step':<48}{'value':>8}{'target':>8}  result  notes")
-    for name, seconds, target, note in rows:
-        print(f"{name:<48}{seconds:>7.1f}s{target:>7.0f}s  {verdict(seconds, target)}    {note}")
-    print(f"{'peak memory, all processes (summed PSS)':<48}{total:>6.2f}GB"
+    print(f"\n{'step':<46}{'value':>8}{'target':>8}  result{'before':>9}  x   before is  notes")
+    ok = True
+    for name, seconds, target, before, what, note in rows:
+        ratio = f"{before / seconds:4.1f}" if before else "    "
+        verdict_ = verdict(seconds, target) if target else "    "
+        ok &= target is None or seconds <= target
+        print(f"{name:<46}{seconds:>7.1f}s" + (f"{target:>7.0f}s" if target else " " * 8)
+              + f"  {verdict_}  " + (f"{before:>7.1f}s" if before else " " * 8)
+              + f" {ratio}  {what}  {note}")
+    print(f"{'peak memory, all processes (summed PSS)':<46}{total:>6.2f}GB"
           f"{TARGETS['rss']:>6.0f}GB  "
           f"{verdict(total, TARGETS['rss'])}    peak RSS: this process {own:.2f} GB "
           f"(getrusage), largest worker {worker:.2f} GB")
@@ -174,7 +282,7 @@ def main() -> int:
         for name, row in lgbm.items():
             print(f"  {name:<8} {row['seconds']:6.1f} s  {row['rounds']:3d} rounds  "
                   f"balanced acc {row['balanced_accuracy']:.3f}")
-    return 0 if all(r[1] <= r[2] for r in rows) and total <= TARGETS["rss"] else 1
+    return 0 if ok and total <= TARGETS["rss"] else 1
 
 
 def verdict(value: float, target: float) -> str:

@@ -38,6 +38,8 @@ class CacheError(RuntimeError):
 
 def random_weights(identity: dict) -> bool:
     """Did the backbone behind these embeddings have random weights (tests, demo, smoke runs)?"""
+    if "fused" in identity:
+        return any(random_weights(part) for part in identity["fused"])
     return (identity.get("weights") or {}).get("kind") == "random"
 
 
@@ -333,3 +335,57 @@ def merge_caches(inputs: list[str | Path], out: str | Path) -> CacheContents:
                                                    if k not in done))
     write_cache(Path(out), contents)
     return contents
+
+
+def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents:
+    """Several caches as one: per image, the embeddings concatenated in the given order, over the
+    images that every cache has (the others are left out with a count per cache). The identity
+    lists each part's identity, width and file (``{"fused": [...], "dims": [...], "sources":
+    [...]}``), so a model trained on it can rebuild every backbone in the same order."""
+    if len(parts) == 1:
+        return parts[0]
+    common = set(parts[0].image_ids)
+    for p in parts[1:]:
+        common &= set(p.image_ids)
+    if not common:
+        raise CacheError(f"{' + '.join(sources)}: the caches have no image id in common")
+    ids = np.array(sorted(common), dtype=object)
+    for src, p in zip(sources, parts):
+        if len(p.image_ids) > len(ids):
+            log.warning("%s: %d of its %d image(s) are not in every other cache and are left "
+                        "out of the fusion", src, len(p.image_ids) - len(ids), len(p.image_ids))
+    rows = [p.rows_for(ids) for p in parts]
+    emb = np.concatenate([p.embeddings[r] for p, r in zip(parts, rows)], axis=1)
+    views = None
+    if all(p.view_embeddings is not None for p in parts):
+        if len({tuple(p.views) for p in parts}) == 1:
+            views = np.concatenate([p.view_embeddings[r] for p, r in zip(parts, rows)], axis=2)
+        else:
+            log.warning("the caches hold different views; the fusion keeps none")
+    elif any(p.view_embeddings is not None for p in parts):
+        log.warning("only some caches hold view embeddings; the fusion keeps none")
+    identity = {"fused": [p.identity for p in parts], "dims": [p.dim for p in parts],
+                "sources": [str(s) for s in sources]}
+    if views is not None:
+        identity["views"] = parts[0].views
+    failures: dict[str, str] = {}
+    for p in parts:
+        failures.update(dict(json.loads(p.attrs.get("failures", "[]"))))
+    weights = " + ".join(str(p.attrs.get("weights", "unknown (embeddings made outside skinfeat)"))
+                         for p in parts)
+    return CacheContents(ids, emb, views, identity,
+                         {"weights": weights, "failures": json.dumps(sorted(failures.items()))})
+
+
+def read_caches(paths) -> CacheContents:
+    """One cache file, or several fused per image (``fuse_caches``) in the order given."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise CacheError("no cache file given")
+    return fuse_caches([read_cache(p) for p in paths], [str(p) for p in paths])
+
+
+def cache_label(paths) -> str:
+    """How reports name the cache file(s)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return " + ".join(str(p) for p in paths)

@@ -3,12 +3,15 @@
 Every (seed, fold) trains each model on each input set on the same rows, so one table shows what
 metadata adds. Folds are stratified by class and grouped by the dataset's groups (lesions,
 patients; ``split="lesion"``) unless the reference's leaky image-level protocol is asked for.
-Each fit is ``train.fit_split``, the same path as ``fit-head``: the metadata encoder is fitted on
-the fold's training rows only, and early stopping and calibration use an inner validation part
-carved from the training folds (``splits.holdout_mask``): the scored fold never picks an epoch,
-a round, a temperature or a threshold.
+Each fit goes through ``train.fit_splits``, the path of ``fit-head``: the metadata encoder is
+fitted on the fold's training rows only, and early stopping and calibration use an inner
+validation part carved from the training folds (``splits.holdout_mask``): the scored fold never
+picks an epoch, a round, a temperature or a threshold. The heads of one input set's folds train
+together as one batched network (``head_batch``; ``CVConfig.batched=False`` trains them one by
+one, with per-fold metrics equal up to float rounding: tests/test_head_batch.py); LightGBM fits
+fold by fold.
 
-Each fit seeds itself, so fits are independent of their order and ``jobs`` of them run at once:
+Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once:
 this process and ``jobs - 1`` worker processes (spawned: call it under ``if __name__ ==
 "__main__"``), one thread each. That is how the CV uses every core: batch-64 head steps are far
 too small for intra-op threads, and on a busy machine OpenMP threads wait on each other at every
@@ -32,12 +35,14 @@ import numpy as np
 import pandas as pd
 
 from .baseline import LGBMConfig
-from .cache import CacheContents, read_cache
+from .cache import CacheContents, cache_label, read_caches
 from .datasets import Dataset
 from .head import INPUTS, HeadConfig, one_thread
 from .metrics import headline, majority_baseline, mean_std
-from .splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol
-from .train import MODELS, align_embeddings, as_dataset, fit_split
+from .splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol, save_split
+from .runconfig import RunConfig
+from .train import (MODELS, align_embeddings, as_dataset, bundle_config, cache_sources,
+                    fit_splits, save_fit)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ class CVConfig:
     val_fraction: float = VAL_FRACTION
     encoding: str = "robust"               # or "reference": the published 17-feature encoder
     calibration: str = "logit_adjust"
+    batched: bool = True                   # a head's folds as one batched network (head_batch)
 
     def check(self) -> None:
         for name, got, allowed in (("models", self.models, MODELS), ("inputs", self.inputs, INPUTS),
@@ -105,27 +111,61 @@ def iter_folds(table: pd.DataFrame, folds: np.ndarray, kind: str, seed: int,
 
 @dataclass
 class FitTask:
-    """One model on one input set on one fold: everything a worker needs except the embeddings."""
+    """One model on one input set on one or more folds of one seed (a head's folds train as one
+    batched network): everything a worker needs except the embeddings."""
     model: str
     inputs: str
-    rows: Fold
+    rows: list[Fold]
     data: Dataset                    # the validated table (metadata not yet encoded) and its spec
     head: HeadConfig
     lgbm: LGBMConfig
     tta: bool
     encoding: str = "robust"
     calibration: str = "logit_adjust"
+    save: dict | None = None         # where and how to write each fold's bundle (save_models)
 
 
-def run_task(task: FitTask, image: np.ndarray) -> dict:
-    """Train on the fold's training rows, stop early on its inner val, score the held-out fold."""
-    rows = {"train": task.rows.train, "val": task.rows.val, "test": task.rows.test}
-    fit = fit_split(task.data, image, rows, model=task.model, head_cfg=task.head,
-                    lgbm_cfg=task.lgbm, tta=task.tta, encoding=task.encoding,
-                    calibration=task.calibration)
-    return {"seed": task.rows.seed, "fold": task.rows.fold, "model": task.model,
-            "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
-            "temperature": fit.temperature, "threshold": fit.threshold, "metrics": fit.metrics}
+def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
+    """Train on each fold's training rows, stop early on its inner val, score the held-out fold."""
+    splits = [{"train": f.train, "val": f.val, "test": f.test} for f in task.rows]
+    fits = fit_splits(task.data, image, splits, model=task.model, head_cfg=task.head,
+                      lgbm_cfg=task.lgbm, tta=task.tta, encoding=task.encoding,
+                      calibration=task.calibration)
+    records = []
+    for fold, fit in zip(task.rows, fits):
+        if task.save is not None:
+            save_fold_bundle(task, fold, fit, image)
+        records.append({"seed": fold.seed, "fold": fold.fold, "model": task.model,
+                        "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
+                        "temperature": fit.temperature, "threshold": fit.threshold,
+                        "metrics": fit.metrics})
+    return records
+
+
+def model_dir(out: Path, model: str, inputs: str) -> Path:
+    return Path(out) / "models" / f"{model}_{inputs}"
+
+
+def fold_name(seed: int, fold: int) -> str:
+    return f"seed{seed}_fold{fold}"
+
+
+def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
+    """The fold's model as a bundle of its own (``models/MODEL_INPUTS/seedS_foldK``), with the
+    image ids it trained and early-stopped on, so evaluate can leave them out."""
+    out = model_dir(Path(task.save["out"]), task.model, task.inputs) / fold_name(fold.seed,
+                                                                                 fold.fold)
+    run = RunConfig(model=task.model, split=task.save["split"], seed=fold.seed,
+                    encoding=task.encoding, calibration=task.calibration, tta=task.tta,
+                    head=task.head, lgbm=replace(task.lgbm, num_threads=0))
+    config = bundle_config(task.data, fit, task.save["identity"], task.save["weights"],
+                           embed_dim=int(image.shape[-1]), tta=task.tta, split=task.save["split"],
+                           seed=fold.seed, run=run.to_dict())
+    save_fit(out, fit, config)
+    table = task.data.table
+    side = np.full(len(table), "test", dtype=object)
+    side[fold.train], side[fold.val] = "train", "val"
+    save_split(table, pd.Series(side), out / "splits.csv", task.save["split"], fold.seed)
 
 
 _WORKER_IMAGE: np.ndarray | None = None  # the embeddings, sent once to each worker process
@@ -138,7 +178,11 @@ def _init_worker(image: np.ndarray) -> None:
     torch.set_num_threads(1)
 
 
-def _run_in_worker(task: FitTask) -> dict:
+def _warm_up() -> None:
+    """Nothing: unpickling this function imports skinfeat.cv and torch in the worker."""
+
+
+def _run_in_worker(task: FitTask) -> list[dict]:
     return run_task(task, _WORKER_IMAGE)
 
 
@@ -147,18 +191,21 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
                progress: Callable[[int], None] | None) -> list[dict]:
     """This process and ``jobs - 1`` workers take the next task whenever they are free; tasks
     are made as they are needed, so workers start while later folds are still being carved."""
-    results: dict[int, dict] = {}
+    results: dict[int, list[dict]] = {}
     queue, running = enumerate(tasks), {}
-    nxt = next(queue, None)
 
-    def finished(i: int, record: dict) -> None:
-        results[i] = record
+    def finished(i: int, records: list[dict]) -> None:
+        results[i] = records
         if progress:
-            progress(1)
+            progress(len(records))
 
     pool = ProcessPoolExecutor(jobs - 1, get_context("spawn"), initializer=_init_worker,
                                initargs=(image,)) if jobs > 1 else nullcontext()
     with pool:
+        # Workers start (a torch import each, seconds) while this process carves the folds.
+        for _ in range(jobs - 1):
+            pool.submit(_warm_up)
+        nxt = next(queue, None)
         while nxt is not None or running:
             while nxt is not None and len(running) < jobs - 1:
                 running[pool.submit(_run_in_worker, nxt[1])] = nxt[0]
@@ -172,23 +219,33 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
                                return_when=FIRST_COMPLETED)
                 for fut in done:
                     finished(running.pop(fut), fut.result())
-    return [results[i] for i in range(len(results))]
+    return [r for i in range(len(results)) for r in results[i]]
 
 
-def fold_tasks(data: Dataset, fold: Fold, cfg: CVConfig) -> list[FitTask]:
-    return [FitTask(model, inputs, fold, data,
-                    replace(cfg.head, inputs=inputs, seed=fold.seed),
-                    replace(cfg.lgbm, inputs=inputs, seed=fold.seed, num_threads=1), cfg.tta,
-                    cfg.encoding, cfg.calibration)
-            for model in cfg.models for inputs in cfg.inputs]
+def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
+               save: dict | None = None) -> list[FitTask]:
+    """The fits of one seed's folds: per input set, the head on all folds at once (batched) and
+    LightGBM fold by fold. Heaviest first, so that workers finish together."""
+    tasks = []
+    for model in cfg.models:
+        for inputs in cfg.inputs:
+            groups = [folds] if model == "head" and cfg.batched else [[f] for f in folds]
+            tasks += [FitTask(model, inputs, group, data,
+                              replace(cfg.head, inputs=inputs, seed=folds[0].seed),
+                              replace(cfg.lgbm, inputs=inputs, seed=folds[0].seed,
+                                      num_threads=1),
+                              cfg.tta, cfg.encoding, cfg.calibration, save) for group in groups]
+    cost = {"fused": 2, "image": 1, "meta": 0}
+    return sorted(tasks, key=lambda t: (t.model != "head", -len(t.rows), -cost[t.inputs]))
 
 
 def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None) -> dict:
+           on_start: Callable[[int], None] | None = None, save: dict | None = None) -> dict:
     """Cross-validate every model x input set; per-fit records plus mean +- std summaries.
 
-    ``jobs`` fits at a time (0: one per CPU core); the results do not depend on it.
+    ``jobs`` tasks at a time (0: one per CPU core); the results do not depend on it. ``save``
+    (``save_models``): each fold's bundle is written as it is fitted.
     """
     cfg.check()
     data = as_dataset(data)
@@ -204,14 +261,18 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
 
     def tasks() -> Iterator[FitTask]:
         for seed, fold_of_row in ids.items():
-            for fold in iter_folds(table, fold_of_row, cfg.split, seed, cfg.val_fraction):
-                folds.append(fold)
-                yield from fold_tasks(data, fold, cfg)
+            seed_folds = list(iter_folds(table, fold_of_row, cfg.split, seed, cfg.val_fraction))
+            folds.extend(seed_folds)
+            yield from fold_tasks(data, seed_folds, cfg, save)
 
-    n_tasks = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
+    n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
-        on_start(n_tasks)
+        on_start(n_fits)
+    n_tasks = len(cfg.seeds) * len(cfg.inputs) * sum(
+        1 if m == "head" and cfg.batched else cfg.folds for m in cfg.models)
     records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress)
+    records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
+                                cfg.inputs.index(r["inputs"])))
     y = table["label"].to_numpy()
     majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
     keys = headline(len(classes))
@@ -258,18 +319,59 @@ def summarize(records: list[dict], cfg: CVConfig, classes: list[str]) -> dict:
     return summary
 
 
-def cv_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Path,
+def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
            cfg: CVConfig, *,
            jobs: int = 1, progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None) -> dict:
-    """Run the CV on a cache file; write cv_metrics.json, cv_report.md, cv_folds.csv and PNGs."""
+           on_start: Callable[[int], None] | None = None, save_models: bool = False) -> dict:
+    """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
+    cv_report.md, cv_folds.csv and PNGs. ``save_models``: every fold's bundle and, per model and
+    input set, an ensemble bundle of its folds (``models/MODEL_INPUTS/``)."""
     from .cv_report import write_cv_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    contents = read_cache(cache_path)
-    res = run_cv(data, contents, cfg, jobs=jobs, source=str(cache_path), progress=progress,
-                 on_start=on_start)
-    res["info"] = contents.provenance(cache_path)
+    contents = read_caches(cache_path)
+    source = cache_label(cache_path)
+    info = contents.provenance(source)
+    save = {"out": str(out), "identity": contents.identity, "weights": info["weights"],
+            "split": cfg.split} if save_models else None
+    res = run_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
+                 on_start=on_start, save=save)
+    res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
+    if save_models:
+        res["models"] = write_ensembles(out, res, cfg)
     write_cv_report(out, res)
     return res
+
+
+def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
+    """Per model and input set, an ensemble bundle over its fold bundles (predict and evaluate
+    average the members' calibrated probabilities; see ``predict.Predictor``)."""
+    from .bundle import atomic_write_text, load_config, save_bundle
+
+    made = {}
+    table = res["folds_table"]
+    for model in cfg.models:
+        for inputs in cfg.inputs:
+            where = model_dir(out, model, inputs)
+            members = [fold_name(seed, k) for seed in cfg.seeds for k in range(cfg.folds)]
+            first = load_config(where / members[0])
+            save_bundle(where, {
+                "model_type": "ensemble", "members": members, "classes": first["classes"],
+                "dataset": first["dataset"], "task": first["task"],
+                "backbone": first["backbone"], "weights": first["weights"],
+                "encoder": None, "head": {"members": model, "inputs": inputs,
+                                          "embed_dim": first["head"]["embed_dim"]},
+                "tta": first["tta"], "split": f"{cfg.split} cv, {cfg.folds} folds",
+                "seeds": list(cfg.seeds), "combine": ENSEMBLE_RULE})
+            # Every image trained or early-stopped some member: evaluate leaves them all out.
+            seen = table[["image_id", "lesion_id", "dx"]].assign(split="train", kind=cfg.split,
+                                                                 seed=cfg.seeds[0])
+            atomic_write_text(where / "splits.csv", seen.to_csv(index=False))
+            made[f"{model}_{inputs}"] = str(where)
+    return made
+
+
+ENSEMBLE_RULE = ("mean of the members' calibrated probabilities; decisions by the balanced rule "
+                 "with the mean of the members' log class weights (a binary model: the mean "
+                 "of their thresholds)")

@@ -59,8 +59,12 @@ def _protocol_lines(res: dict) -> list[str]:
         f"({100 * cfg['val_fraction']:.1f} % of the training folds, split the same way), "
         "**never the scored fold**",
         f"- data: {res['images']} images, {res['lesions']} {res['group']}s; {res['embed_dim']}-d "
-        f"embeddings from {info['identity'].get('backbone', 'an external model')}; "
-        f"weights: {info['weights']}",
+        f"embeddings from " + (" + ".join(f"`{s['cache']}` ({s['backbone']}, {s['dim']}-d)"
+                                         for s in info["sources"])
+                               + " (fused per image, in this order)"
+                               if len(info.get("sources") or []) > 1 else
+                               info['identity'].get('backbone', 'an external model'))
+        + f"; weights: {info['weights']}",
         f"- head: {cfg['head']['head']}, up to {cfg['head']['max_epochs']} epochs (patience "
         f"{cfg['head']['patience']}, on {cfg['head']['stop_on']}), batch "
         f"{cfg['head']['batch_size']}, metadata dropout {cfg['head']['meta_dropout']} per field; "
@@ -71,7 +75,13 @@ def _protocol_lines(res: dict) -> list[str]:
         f"- metadata encoding: {cfg['encoding']}; calibration: {cfg['calibration']}, fitted on "
         "the inner validation part; decisions by the balanced rule (binary: the threshold "
         "chosen there)",
-    ]
+    ] + ([f"- heads: the folds' heads of each input set trained as one batched network "
+          "(each equal to its own fit up to float rounding)" if cfg.get("batched") else
+          "- heads: trained fold by fold"] if "head" in cfg["models"] else []) + (
+        ["- saved models (`--save-models`): " + ", ".join(
+            f"`{where}`" for where in res["models"].values())
+         + " (fold ensembles: mean of the members' calibrated probabilities)"]
+        if res.get("models") else [])
 
 
 def _reference_lines(res: dict) -> list[str]:

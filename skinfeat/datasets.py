@@ -472,9 +472,11 @@ def load_isic2018_test(root: str | Path) -> pd.DataFrame:
     return load_dataset(root, "isic2018-test").table
 
 
-def load_images(path: str | Path, spec: DatasetSpec | None = None) -> pd.DataFrame:
+def load_images(path: str | Path, spec: DatasetSpec | None = None,
+                files: bool = True) -> pd.DataFrame:
     """An unlabelled table of images for predict: ``image_id``, ``path`` and its other columns
-    (metadata is cleaned later, by the model's own description)."""
+    (metadata is cleaned later, by the model's own description). ``files=False`` reads the ids
+    alone (``path`` left blank), for embeddings looked up in a cache."""
     path = Path(path)
     spec = spec or PRESETS["csv"]
     raw = read_table(path)
@@ -484,7 +486,11 @@ def load_images(path: str | Path, spec: DatasetSpec | None = None) -> pd.DataFra
     if col is None:
         raise DataError(f"{path}: needs a column image (file path) or image_id "
                         f"(found: {', '.join(raw.columns)})")
-    ids, paths = resolve_images(raw, col, path.parent, spec, path)
+    if files:
+        ids, paths = resolve_images(raw, col, path.parent, spec, path)
+    else:
+        ids = [image_key(v, spec) for v in raw[col].astype(str).str.strip()]
+        paths = [""] * len(ids)
     rest = raw.drop(columns=[c for c in ("image_id", "path") if c in raw.columns])
     return pd.concat([pd.DataFrame({"image_id": ids, "path": paths}), rest.reset_index(drop=True)],
                      axis=1)

@@ -129,16 +129,20 @@ class DatasetSpec:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def read_settings(path: Path):
+    """A settings file's contents: TOML for ``.toml``, else JSON (OSError / ValueError raise)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix.lower() == ".toml":
+        import tomllib
+        return tomllib.loads(text)
+    return json.loads(text)
+
+
 def load_spec(path: str | Path) -> DatasetSpec:
     """A spec file: JSON, or TOML (``.toml``), with the keys of ``DatasetSpec``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".toml":
-            import tomllib
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
+        data = read_settings(path)
     except (OSError, ValueError) as exc:
         raise SpecError(f"{path}: cannot read the dataset spec ({exc})") from exc
     if not isinstance(data, dict):

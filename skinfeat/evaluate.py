@@ -95,17 +95,20 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                  columns: dict | None = None, weights_file: str | Path | None = None,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0,
                  include_seen: bool = False, progress: Callable[[int], None] | None = None,
-                 on_start: Callable[[int], None] | None = None) -> dict:
+                 on_start: Callable[[int], None] | None = None, cache=None) -> dict:
     """Embed, predict and score ``data``; write evaluate_metrics.json, evaluate_report.md, PNGs.
 
     Images, and images of groups, that the model trained or early-stopped on are left out
-    unless ``include_seen``: scores on them are optimistic."""
+    unless ``include_seen``: scores on them are optimistic. With ``cache`` (one file or several,
+    fused as in training) the embeddings come from there and no image file is read; rows
+    without an embedding are left out with a count."""
     run = Path(run)
     out = Path(out) if out else default_eval_dir(run, data)
     predictor = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
                           num_workers=num_workers)
     # The scored set's labels are read as the model's task (e.g. binary:mel from a 7-class set).
-    dataset = load_dataset(data, layout, spec, task=predictor.task, **(columns or {}))
+    dataset = load_dataset(data, layout, spec, task=predictor.task, images=not cache,
+                           **(columns or {}))
     table, layout = dataset.table, dataset.spec.name
     seen = seen_in_training(run, table)
     left_out = {"images": int(seen.sum()), "groups": int(table.loc[seen, "lesion_id"].nunique())}
@@ -120,7 +123,7 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
         table = table[~seen].reset_index(drop=True)
     if on_start:
         on_start(len(table))
-    preds = predictor.predict_table(table, progress)
+    preds = predictor.predict_table(table, progress, cache=cache)
     ok = preds.ok
     scored = table[ok].reset_index(drop=True)
     if len(scored) == 0:
@@ -153,12 +156,23 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
             "temperature": predictor.temperature,
             "calibration": predictor.calibrator.describe(),
             "model_type": predictor.config["model_type"], "head": predictor.config["head"],
-            "backbone": predictor.identity.get("backbone", "unknown"),
+            "members": len(predictor.members) or None,
+            "backbone": " + ".join(str(i.get("backbone", "outside skinfeat"))
+                                   for i in predictor.sources),
+            "cache": [str(c) for c in cache] if cache else None,
             "weights": predictor.weights, "random_weights": predictor.random_weights}
     write_evaluate_report(out, metrics, ci, baseline, info, y, logits, classes,
                           predictor.calibrator)
     return {"metrics": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
             "info": info, "out": out}
+
+
+def model_kind(info: dict) -> str:
+    head = info["head"]
+    if info["model_type"] == "ensemble":
+        return (f"fold ensemble of {info.get('members', '?')} {head.get('members')} models, "
+                "calibrated probabilities averaged")
+    return f"{info['model_type']}, {head.get('head', 'lightgbm')}"
 
 
 def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:
@@ -194,10 +208,13 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
         f"- task: {info['task']}; classes: {', '.join(classes)}"
         + (f"; decision threshold on p({classes[1]}) = {info['threshold']:.3f} (chosen on the "
            "model's validation split)" if info.get("threshold") is not None else ""),
-        f"- model: `{info['run']}` ({info['model_type']}, {info['head'].get('head', 'lightgbm')}, "
-        f"inputs {info['head'].get('inputs')}); calibration applied: {info['calibration']}",
+        f"- model: `{info['run']}` ({model_kind(info)}, inputs {info['head'].get('inputs')}); "
+        f"calibration applied: {info['calibration']}",
         f"- data: `{info['data']}` (layout {info['layout']}): {info['n']} images scored"
-        + (f", {len(info['unreadable'])} unreadable and left out" if info["unreadable"] else ""),
+        + (f", {len(info['unreadable'])} unreadable (or without an embedding) and left out"
+           if info["unreadable"] else "")
+        + (f"; embeddings from {', '.join(f'`{c}`' for c in info['cache'])}"
+           if info.get("cache") else ""),
         f"- {info['metadata_note']}",
         f"- backbone: {info['backbone']}; weights: {info['weights']}"]
     seen, group = info["seen_in_training"], info["group"]

@@ -43,21 +43,58 @@ STOP_ON = ("loss", "balanced_loss", "balanced_accuracy")
 
 @dataclass
 class HeadConfig:
+    """The head's recipe. The defaults of the architecture fields (widths, dropouts) are the
+    published Keras recipe's layers; ``epochs`` set trains exactly that many epochs (no early
+    stopping, the last weights kept) instead of up to ``max_epochs`` with early stopping."""
     head: str = "reference"
     inputs: str = "fused"
     lr: float = 1e-3
     batch_size: int = 64
     max_epochs: int = 40
     patience: int = 5
+    epochs: int | None = None             # fixed number of epochs: no early stopping
     class_weight: str = "balanced"        # balanced | none
     seed: int = 42
     meta_dropout: float = 0.2             # probability of blanking a whole metadata field
     meta_dropout_all: float = 0.0         # probability of blanking every field of a row at once
     view_augment: bool = True             # sample one cached view per row per epoch, if present
     stop_on: str = "balanced_loss"        # early stopping criterion on val: see STOP_ON
+    meta_width: int = 32                  # metadata MLP: meta_width -> meta_out (ReLU each)
+    meta_out: int = 16
+    dense_width: int = 64                 # the dense layer before the class logits
+    image_dropout: float = 0.3            # on the image embedding
+    dropout: float = 0.4                  # on the concatenated features
+    weight_decay: float = 0.0             # Adam's L2 penalty (added to the gradient)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check(self) -> None:
+        if self.head not in HEADS or self.inputs not in INPUTS:
+            raise ValueError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
+        if self.stop_on not in STOP_ON:
+            raise ValueError(f"stop_on must be one of {STOP_ON}, got {self.stop_on!r}")
+        if self.class_weight not in ("balanced", "none"):
+            raise ValueError(f"class_weight must be balanced or none, got {self.class_weight!r}")
+        for name in ("meta_dropout", "meta_dropout_all", "image_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("batch_size", "max_epochs", "patience", "meta_width", "meta_out",
+                     "dense_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay not negative")
+
+    @property
+    def n_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else self.max_epochs
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.epochs is None
 
     @classmethod
     def reference(cls, **changes) -> "HeadConfig":
@@ -87,7 +124,9 @@ class FusionHead(nn.Module):
     """Image embedding and/or encoded metadata -> class logits."""
 
     def __init__(self, embed_dim: int, meta_dim: int, n_classes: int = 7,
-                 head: str = "reference", inputs: str = "fused"):
+                 head: str = "reference", inputs: str = "fused", *, meta_width: int = 32,
+                 meta_out: int = 16, dense_width: int = 64, image_dropout: float = 0.3,
+                 dropout: float = 0.4):
         super().__init__()
         if head not in HEADS or inputs not in INPUTS:
             raise ValueError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
@@ -98,22 +137,34 @@ class FusionHead(nn.Module):
             raise ValueError("a metadata-only head needs metadata features")
         width = 0
         if self.use_image:
-            self.image_dropout = MaskDropout(0.3)
+            self.image_dropout = MaskDropout(image_dropout)
             width += embed_dim
         if self.use_meta:
-            self.meta_mlp = nn.Sequential(nn.Linear(meta_dim, 32), nn.ReLU(),
-                                          nn.Linear(32, 16), nn.ReLU())
-            width += 16
+            self.meta_mlp = nn.Sequential(nn.Linear(meta_dim, meta_width), nn.ReLU(),
+                                          nn.Linear(meta_width, meta_out), nn.ReLU())
+            width += meta_out
         if head == "film" and self.use_image and self.use_meta:
-            self.film = nn.Linear(16, 2 * embed_dim)
-        self.classifier = nn.Sequential(MaskDropout(0.4), nn.Linear(width, 64), nn.ReLU(),
-                                        nn.Linear(64, n_classes))
+            self.film = nn.Linear(meta_out, 2 * embed_dim)
+        self.classifier = nn.Sequential(MaskDropout(dropout), nn.Linear(width, dense_width),
+                                        nn.ReLU(), nn.Linear(dense_width, n_classes))
         for m in self.modules():
             if isinstance(m, nn.Linear):  # Keras Dense defaults
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         if hasattr(self, "film"):
             nn.init.zeros_(self.film.weight)  # start as the identity gate: scale 1, shift 0
+
+    ARCHITECTURE = ("meta_width", "meta_out", "dense_width", "image_dropout", "dropout")
+
+    @classmethod
+    def from_config(cls, embed_dim: int, meta_dim: int, n_classes: int,
+                    cfg: "HeadConfig | dict") -> "FusionHead":
+        """The head a config describes (a bundle's ``head`` dict: fields it lacks, from bundles
+        made before they existed, take the recipe's defaults)."""
+        d = cfg.to_dict() if isinstance(cfg, HeadConfig) else cfg
+        arch = {k: d[k] for k in cls.ARCHITECTURE if d.get(k) is not None}
+        return cls(embed_dim, meta_dim, n_classes, d.get("head", "reference"),
+                   d.get("inputs", "fused"), **arch)
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         parts = []
@@ -127,6 +178,81 @@ class FusionHead(nn.Module):
         if m is not None:
             parts.append(m)
         return self.classifier(torch.cat(parts, dim=1))
+
+
+class Adam:
+    """``torch.optim.Adam(foreach=True)``'s arithmetic, op for op (bit-identical weights:
+    tests/test_head.py), written out because constructing a torch optimizer imports
+    ``torch._dynamo``, 2.5 s of every fit-head process and of every cv worker. With parameters
+    stacked along a first axis of k models (``head_batch``), ``step(active)`` updates only the
+    models marked active, each with its own step count, exactly as k separate optimizers."""
+
+    def __init__(self, params, lr: float, eps: float = 1e-7, betas=(0.9, 0.999),
+                 weight_decay: float = 0.0, stacked: int | None = None):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.eps, self.weight_decay = lr, eps, weight_decay
+        self.beta1, self.beta2 = betas
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.stacked = stacked
+        self.steps = [0] * (stacked or 1)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def keep(self, positions: list[int], params) -> None:
+        """Stacked models: keep those at ``positions`` (their state), now stacked as ``params``
+        (the old parameters indexed the same way): finished models stop costing work."""
+        self.params = [p for p in params if p.requires_grad]
+        self.exp_avg = [m[positions].clone() for m in self.exp_avg]
+        self.exp_avg_sq = [v[positions].clone() for v in self.exp_avg_sq]
+        self.steps = [self.steps[i] for i in positions]
+        self.stacked = len(positions)
+
+    @torch.no_grad()
+    def step(self, active: list[bool] | None = None) -> None:
+        grads = [p.grad for p in self.params]
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
+        if self.stacked is None:
+            self.steps[0] += 1
+            self._update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps[0])
+            return
+        active = [True] * self.stacked if active is None else active
+        for k, on in enumerate(active):
+            self.steps[k] += bool(on)
+        if all(active) and len(set(self.steps)) == 1:
+            self._update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps[0])
+            return
+        # Models out of step: each its own bias corrections, inactive ones left as they are.
+        # The same float32 operations as _update's scalar ones (addcdiv is (value * t1) / t2).
+        on = torch.tensor(active)
+        step_size = torch.tensor([(self.lr / (1 - self.beta1 ** max(t, 1))) * -1
+                                  for t in self.steps], dtype=torch.float32)
+        bc2_sqrt = torch.tensor([(1 - self.beta2 ** max(t, 1)) ** 0.5 for t in self.steps],
+                                dtype=torch.float32)
+        m_new = torch._foreach_lerp(self.exp_avg, grads, 1 - self.beta1)
+        v_new = torch._foreach_mul(self.exp_avg_sq, self.beta2)
+        torch._foreach_addcmul_(v_new, grads, grads, 1 - self.beta2)
+        for p, m, v, mn, vn in zip(self.params, self.exp_avg, self.exp_avg_sq, m_new, v_new):
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            mask = on.view(shape)
+            denom = vn.sqrt().div_(bc2_sqrt.view(shape)).add_(self.eps)
+            p.add_(torch.where(mask, step_size.view(shape) * mn / denom, 0.0))
+            m.copy_(torch.where(mask, mn, m))
+            v.copy_(torch.where(mask, vn, v))
+
+    def _update(self, params, grads, exp_avg, exp_avg_sq, step: int) -> None:
+        torch._foreach_lerp_(exp_avg, grads, 1 - self.beta1)
+        torch._foreach_mul_(exp_avg_sq, self.beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - self.beta2)
+        step_size = (self.lr / (1 - self.beta1 ** step)) * -1
+        bias_correction2_sqrt = (1 - self.beta2 ** step) ** 0.5
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, exp_avg, denom, step_size)
 
 
 @dataclass
@@ -222,8 +348,7 @@ def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
     gives each metadata field's columns and missing encoding, for ``cfg.meta_dropout``.
     The caller's global torch RNG is left as it was (the fit seeds a forked copy).
     """
-    if cfg.stop_on not in STOP_ON:
-        raise ValueError(f"stop_on must be one of {STOP_ON}, got {cfg.stop_on!r}")
+    cfg.check()
     with torch.random.fork_rng(devices=[]):
         return _fit_head(train, val, n_classes, cfg, meta_fields)
 
@@ -237,15 +362,14 @@ def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
     vi, vm, vy = (torch.as_tensor(a) for a in val)
     xi, xm, vi, vm = xi.float(), xm.float(), _eval_view(vi.float()), vm.float()
     y, vy = y.long(), vy.long()
-    model = FusionHead(xi.shape[-1], xm.shape[1], n_classes, cfg.head, cfg.inputs)
-    # foreach: the same arithmetic as the per-parameter loop (bit-identical), fewer op launches.
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7, foreach=True)
+    model = FusionHead.from_config(xi.shape[-1], xm.shape[1], n_classes, cfg)
+    opt = Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
     weights = balanced_class_weights(y.numpy(), n_classes) if cfg.class_weight == "balanced" \
         else np.ones(n_classes)
     sample_w = torch.as_tensor(weights, dtype=torch.float32)
     best_loss, best_state, best_epoch, waited, history = np.inf, None, 0, 0, []
     n = len(y)
-    for epoch in range(1, cfg.max_epochs + 1):
+    for epoch in range(1, cfg.n_epochs + 1):
         model.train()
         epoch_img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)
         blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and meta_fields
@@ -261,7 +385,7 @@ def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
             logits = model(shuf_img[batch], shuf_meta[batch])
             loss = (F.cross_entropy(logits, shuf_y[batch], reduction="none")
                     * shuf_w[batch]).mean()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(shuf_y[batch])
@@ -275,14 +399,17 @@ def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
                         "val_score": score})
         log.debug("epoch %d loss %.4f val_loss %.4f %s %.4f", epoch, total / n, val_loss,
                   cfg.stop_on, score)
-        if score < best_loss:
+        if not cfg.early_stopping:   # a fixed number of epochs: the last weights
+            best_loss, best_epoch, best_state = score, epoch, None
+        elif score < best_loss:
             best_loss, best_epoch, waited = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             waited += 1
             if waited >= cfg.patience:
                 break
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     log.info("head: %d epochs, best epoch %d (val %s %.4f)", len(history), best_epoch,
              cfg.stop_on, best_loss)

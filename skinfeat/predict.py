@@ -52,9 +52,8 @@ def load_model(run: Path, config: dict) -> tuple[Trained, MetadataEncoder]:
     kind = config["model_type"]
     if kind == "head":
         try:
-            model = FusionHead(embed_dim, meta_dim, n_classes, head.get("head", "reference"),
-                               head.get("inputs", "fused"))
-        except ValueError as exc:
+            model = FusionHead.from_config(embed_dim, meta_dim, n_classes, head)
+        except (ValueError, TypeError) as exc:
             raise BundleError(f"{source}: {exc}") from exc
         load_into(model, load_state(run), run / WEIGHTS)
         model.eval()
@@ -190,11 +189,15 @@ class Predictor:
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0):
         self.run = Path(run)
         self.config = load_config(self.run)
-        self.trained, self.encoder = load_model(self.run, self.config)
         self.classes = [str(c) for c in self.config["classes"]]
         self.spec, self.task = bundle_spec(self.config, self.run / CONFIG)
-        self.threshold = self.config.get("threshold")
-        self.calibrator = bundle_calibrator(self.config, self.run / CONFIG)
+        self.members: list[Predictor] = []
+        if self.config["model_type"] == "ensemble":
+            self._load_members(weights_file, device, batch_size, num_workers)
+        else:
+            self.trained, self.encoder = load_model(self.run, self.config)
+            self.threshold = self.config.get("threshold")
+            self.calibrator = bundle_calibrator(self.config, self.run / CONFIG)
         self.temperature = self.calibrator.temperature
         self.identity = self.config["backbone"] or {}
         self.embed_dim = int(self.config["head"]["embed_dim"])
@@ -202,8 +205,29 @@ class Predictor:
         self.views = list(self.identity.get("views", [])) if self.config.get("tta") else []
         self.weights_file, self.device = weights_file, device
         self.batch_size, self.num_workers = batch_size, num_workers
-        self._embedder: Embedder | Int8Embedder | None = None
-        self._spec: TransformSpec | None = None
+        self._embedders: list[tuple[Embedder, TransformSpec]] | None = None
+
+    def _load_members(self, weights_file, device, batch_size, num_workers) -> None:
+        """A fold ensemble (``cv --save-models``): its members' calibrated probabilities are
+        averaged. The members' class weights differ only by fold noise; the ensemble decides by
+        the balanced rule with their mean log weight (for a binary task, their mean threshold),
+        and its own calibrator is the identity on the log of the averaged probabilities."""
+        source = self.run / CONFIG
+        names = self.config.get("members")
+        if not isinstance(names, list) or not names:
+            raise BundleError(f"{source}: an ensemble needs a list of members")
+        self.members = [Predictor(self.run / str(m), weights_file=weights_file, device=device,
+                                  batch_size=batch_size, num_workers=num_workers) for m in names]
+        for m in self.members:
+            if m.classes != self.classes or m.members:
+                raise BundleError(f"{m.run / CONFIG}: not a member of {source} (other classes)")
+        self.trained, self.encoder = self.members[0].trained, self.members[0].encoder
+        offsets = [m.calibrator.decision_offset for m in self.members]
+        self.calibrator = Calibrator("temperature")
+        if all(o is not None for o in offsets):
+            self.calibrator.decision_offset = np.mean(offsets, axis=0).tolist()
+        thresholds = [m.threshold for m in self.members]
+        self.threshold = float(np.mean(thresholds)) if None not in thresholds else None
 
     @property
     def random_weights(self) -> bool:
@@ -222,57 +246,107 @@ class Predictor:
         or a binary model's threshold chosen on validation."""
         return self.calibrator.decide(proba, self.threshold)
 
+    @property
+    def sources(self) -> list[dict]:
+        """The identity of each embedding source, in the order their embeddings are joined."""
+        return list(self.identity["fused"]) if "fused" in self.identity else [self.identity]
+
+    def _backbones(self) -> list[tuple[Embedder | Int8Embedder, TransformSpec]]:
+        """Every source's backbone, rebuilt from the bundle (a fused model has several)."""
+        if self._embedders is None:
+            source, built = self.run / CONFIG, []
+            dims = self.identity.get("dims", [self.embed_dim])
+            files = self.identity.get("sources", ["the training cache"])
+            for i, ident in enumerate(self.sources):
+                if not ident.get("backbone") or "preprocessing" not in ident:
+                    which = f" (source {i + 1} of {len(self.sources)}, {files[i]})" \
+                        if len(self.sources) > 1 else ""
+                    raise BundleError(
+                        f"{source}: this model was trained on embeddings made outside skinfeat"
+                        f"{which}, so it cannot embed raw images; pass --cache FILE: an HDF5 "
+                        f"file with the same encoder's {dims[i]}-d embeddings of these images "
+                        "(datasets image_id and embedding)"
+                        + (", one --cache per source in training order" if which else ""))
+                try:
+                    spec = TransformSpec.from_dict(ident["preprocessing"])
+                except (KeyError, TypeError) as exc:
+                    raise BundleError(f"{source}: invalid preprocessing ({exc!r})") from exc
+                if self.views and "view_transform" not in ident:
+                    raise BundleError(f"{source}: trained with test-time views from a cache made "
+                                      "before views were taken from the full image; re-extract "
+                                      "the cache and refit to use --tta models on raw images")
+                model = create_backbone(ident["backbone"],
+                                        weight_source(ident, self.weights_file, source))
+                int8 = ident.get("precision") == "int8"
+                device = resolve_device("cpu" if int8 and self.device == "auto" else self.device)
+                try:  # int8: the quantized model the cache was made with, from the on-disk store
+                    built.append((make_embedder(model, device, ident, spec), spec))
+                except QuantizedModelMissing as exc:
+                    raise BundleError(f"{source}: {exc}") from exc
+            self._embedders = built
+        return self._embedders
+
     def _backbone(self) -> tuple[Embedder | Int8Embedder, TransformSpec]:
-        if self._embedder is None:
-            ident, source = self.identity, self.run / CONFIG
-            if not ident.get("backbone") or "preprocessing" not in ident:
-                raise BundleError(f"{source}: this model was trained on embeddings made outside "
-                                  "skinfeat (no backbone identity), so it cannot embed raw images")
-            try:
-                spec = TransformSpec.from_dict(ident["preprocessing"])
-            except (KeyError, TypeError) as exc:
-                raise BundleError(f"{source}: invalid preprocessing ({exc!r})") from exc
-            if self.views and "view_transform" not in ident:
-                raise BundleError(f"{source}: trained with test-time views from a cache made "
-                                  "before views were taken from the full image; re-extract the "
-                                  "cache and refit to use --tta models on raw images")
-            model = create_backbone(ident["backbone"],
-                                    weight_source(ident, self.weights_file, source))
-            int8 = ident.get("precision") == "int8"
-            device = resolve_device("cpu" if int8 and self.device == "auto" else self.device)
-            try:  # int8: the quantized model the cache was made with, from the on-disk store
-                self._embedder = make_embedder(model, device, ident, spec)
-            except QuantizedModelMissing as exc:
-                raise BundleError(f"{source}: {exc}") from exc
-            self._spec = spec
-        return self._embedder, self._spec
+        """The one backbone of a single-source model (explain, export, serve need one)."""
+        if len(self.sources) > 1:
+            raise BundleError(f"{self.run / CONFIG}: a model on fused embeddings "
+                              f"({len(self.sources)} backbones) cannot be explained, exported "
+                              "or served; predict and evaluate work")
+        return self._backbones()[0]
 
     def embed(self, paths: Sequence[str],
               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
-        """Embeddings (N, D), or (N, 1+V, D) with TTA views, and per-image read errors ("" if ok).
+        """Embeddings (N, D), or (N, 1+V, D) with TTA views, and per-image read errors ("" if ok);
+        a fused model's sources are embedded in turn and joined in training order.
 
         Unreadable images get a zero row and their reason, as stage one records them.
         """
-        embedder, spec = self._backbone()
-        shape = (len(paths), 1 + len(self.views), self.embed_dim) if self.views else \
-            (len(paths), self.embed_dim)
-        out = np.zeros(shape, dtype=np.float32)
-        errors = [""] * len(paths)
-        for batch in embed_files(embedder, paths, spec, views=self.views,
-                                 batch_size=self.batch_size, num_workers=self.num_workers):
-            for j, reason in batch.failed.items():
-                errors[j] = reason
-            if len(batch.rows):
-                if batch.embeddings.shape[-1] != self.embed_dim:
-                    raise BundleError(f"{self.run / CONFIG}: backbone "
-                                      f"{self.identity['backbone']} gives "
-                                      f"{batch.embeddings.shape[-1]}-d embeddings, the head "
-                                      f"expects embed_dim {self.embed_dim}")
-                out[batch.rows] = np.concatenate([batch.embeddings[:, None], batch.views], 1) \
-                    if self.views else batch.embeddings
-            if progress:
-                progress(batch.size)
-        return out, errors
+        outs, errors = [], [""] * len(paths)
+        dims = self.identity.get("dims", [self.embed_dim])
+        for i, (embedder, spec) in enumerate(self._backbones()):
+            dim = int(dims[i])
+            shape = (len(paths), 1 + len(self.views), dim) if self.views else (len(paths), dim)
+            out = np.zeros(shape, dtype=np.float32)
+            for batch in embed_files(embedder, paths, spec, views=self.views,
+                                     batch_size=self.batch_size,
+                                     num_workers=self.num_workers):
+                for j, reason in batch.failed.items():
+                    errors[j] = reason
+                if len(batch.rows):
+                    if batch.embeddings.shape[-1] != dim:
+                        raise BundleError(f"{self.run / CONFIG}: backbone "
+                                          f"{self.sources[i]['backbone']} gives "
+                                          f"{batch.embeddings.shape[-1]}-d embeddings, the "
+                                          f"head expects {dim}")
+                    out[batch.rows] = np.concatenate([batch.embeddings[:, None], batch.views],
+                                                     1) if self.views else batch.embeddings
+                if progress and i == len(self.sources) - 1:
+                    progress(batch.size)
+            outs.append(out)
+        return np.concatenate(outs, axis=-1), errors
+
+    def cached(self, image_ids: Sequence[str], caches) -> tuple[np.ndarray, list[str]]:
+        """Embeddings of ``image_ids`` from cache file(s) (several: fused per image in the
+        order given, as in training), and per-row errors for ids that are not cached."""
+        from .cache import read_caches
+
+        contents = read_caches(caches)
+        if contents.dim != self.embed_dim:
+            raise BundleError(f"{', '.join(map(str, caches))}: {contents.dim}-d embeddings, but "
+                              f"the model takes {self.embed_dim}-d ones"
+                              + (f" ({' + '.join(map(str, self.identity['dims']))}, one cache "
+                                 "per source in training order)" if "dims" in self.identity
+                                 else ""))
+        pos = {iid: i for i, iid in enumerate(contents.image_ids)}
+        errors = ["" if i in pos else "no embedding in the cache" for i in image_ids]
+        rows = np.array([pos.get(i, 0) for i in image_ids], dtype=np.int64)
+        image = contents.embeddings[rows]
+        if self.views:
+            if contents.view_embeddings is None or contents.views != self.views:
+                raise BundleError(f"the model averages over the views {self.views}; the cache "
+                                  "has " + (", ".join(contents.views) or "none"))
+            image = np.concatenate([image[:, None], contents.view_embeddings[rows]], axis=1)
+        return image, errors
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -285,15 +359,26 @@ class Predictor:
         return self.encoder.transform(clean_metadata(table, self.spec, "input"))
 
     def logits(self, image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
-        """Uncalibrated logits for embeddings + metadata rows."""
+        """Uncalibrated logits for embeddings + metadata rows (an ensemble: the log of its
+        members' mean calibrated probabilities)."""
+        if self.members:
+            proba = np.mean([m.calibrate(m.logits(image, table)) for m in self.members], axis=0)
+            return np.log(np.clip(proba, 1e-12, None))
         return self.trained.logits(image, self.encode_metadata(table), tta=bool(self.views))
 
 
     def predict_table(self, table: pd.DataFrame,
-                      progress: Callable[[int], None] | None = None) -> Predictions:
-        """Rows with ``path`` and optional age/sex/localization -> calibrated probabilities."""
+                      progress: Callable[[int], None] | None = None,
+                      cache=None) -> Predictions:
+        """Rows with ``path`` (or, with ``cache``, ``image_id``s of cached embeddings) and the
+        model's metadata fields -> calibrated probabilities."""
         table = table.reset_index(drop=True)
-        image, errors = self.embed(table["path"].astype(str).tolist(), progress)
+        if cache:
+            image, errors = self.cached(table["image_id"].astype(str).tolist(), cache)
+            if progress:
+                progress(len(table))
+        else:
+            image, errors = self.embed(table["path"].astype(str).tolist(), progress)
         preds = Predictions(table["image_id"].astype(str).tolist(),
                             table["path"].astype(str).tolist(), self.classes,
                             np.full((len(table), len(self.classes)), np.nan),
@@ -305,18 +390,19 @@ class Predictor:
             preds.proba[ok] = self.calibrate(preds.logits[ok])
             preds.decided[ok] = self.decide(preds.proba[ok])
         if not ok.all():
-            log.warning("%d image(s) could not be read: %s", int((~ok).sum()), "; ".join(
+            log.warning("%d image(s) could not be scored: %s", int((~ok).sum()), "; ".join(
                 f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])
         return preds
 
-    def predict_image(self, path: str | Path, meta: dict | None = None,
+    def predict_image(self, path: str | Path, meta: dict | None = None, cache=None,
                       **fields) -> dict[str, float]:
         """Calibrated class probabilities for one image. Metadata by field name (``meta`` or
-        keywords, e.g. ``age=55``); an absent field or ``None`` is missing."""
+        keywords, e.g. ``age=55``); an absent field or ``None`` is missing. With ``cache``,
+        the image's embedding is looked up by its id (the file name's stem)."""
         values = {**(meta or {}), **fields}
         table = pd.DataFrame({"image_id": [Path(path).stem], "path": [str(path)],
                               **{k: [v] for k, v in values.items()}}, dtype=object)
-        preds = self.predict_table(table)
+        preds = self.predict_table(table, cache=cache)
         if preds.errors[0]:
             raise DataError(f"{path}: cannot read the image ({preds.errors[0]})")
         return dict(zip(self.classes, map(float, preds.proba[0])))

@@ -132,6 +132,18 @@ def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: f
                     f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |"]
 
 
+def source_lines(info: dict) -> list[str]:
+    """The embedding source(s) of a run: one backbone, or each fused cache in order."""
+    sources = info.get("sources") or []
+    if len(sources) > 1:
+        return [f"- embeddings: {len(sources)} caches fused per image (concatenated in this "
+                f"order, {info.get('embed_dim')}-d): " + "; ".join(
+                    f"`{s['cache']}` ({s['backbone']}, {s['dim']}-d)" for s in sources),
+                f"- weights: {info['weights']}"]
+    return [f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: "
+            f"{info['weights']}"]
+
+
 def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_true: np.ndarray,
                      logits: np.ndarray, calibrator, y_pred: np.ndarray,
                      groups: np.ndarray) -> None:
@@ -153,8 +165,10 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
         + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
            if info["select_on"] == "test" else " (never the scored set)"),
         f"- sizes (images / {info['group']}s): " + ", ".join(
-            f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in ("train", "val", "test")),
-        f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: {info['weights']}",
+            f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in info["sizes"])
+        + (f"; {info['without_embedding']} image(s) of the table had no embedding and were "
+           "left out" if info.get("without_embedding") else ""),
+        *source_lines(info),
         f"- metadata: {info['encoding']}; {len(info['meta_features'])} features, encoder "
         "fitted on train only",
         f"- calibration (fitted on {info['select_on']}): {info['calibration']}",
@@ -163,12 +177,16 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
     if info.get("threshold") is not None:
         lines.append(f"- decision threshold on p({classes[1]}) = {info['threshold']:.3f}, chosen "
                      f"on {info['select_on']} (maximal balanced accuracy)")
-    lines += ["", "## Test metrics", "",
+    scored_on = info.get("scored_on", "test")
+    lines += ["", "## Test metrics" if scored_on == "test" else
+              f"## Metrics on {scored_on} (optimistic: this part also chose the epoch and the "
+              "calibration; `--split none` has no test part, the honest scores of this recipe "
+              "come from `skinfeat cv`)", "",
               f"95 % CIs: bootstrap over {info['group']}s (1,000 resamples).", ""]
     lines += metrics_table(metrics, ci, baseline, temperature, headline(len(classes)))
     lines += ["", f"Majority baseline always predicts `{baseline['predicts']}`.", "",
               "## Per class", ""] + per_class_table(metrics) + [
-              "", "## Calibration per class (test)", ""] + calibration_table(metrics) + [
+              "", f"## Calibration per class ({scored_on})", ""] + calibration_table(metrics) + [
               "", "![confusion matrix](confusion.png) ![reliability](reliability.png)"]
     if info.get("reference_recipe"):
         lines += [
@@ -192,20 +210,24 @@ DATASET_LIMITS = {
 
 
 def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
+    backbones = " + ".join(str(s["backbone"]) for s in info.get("sources") or []) \
+        or info["identity"].get("backbone", "unknown")
     lines = [f"# Model card: {out.name}", "",
              "## Intended use",
              "Research and teaching only. **Not a medical device**; not for diagnosis or triage "
              "of patients.", "",
              "## Model",
-             f"Frozen {info['identity'].get('backbone', 'unknown')} image embeddings "
+             f"Frozen {backbones} image embeddings "
              f"({info['weights']}) fused with the metadata fields "
              f"{', '.join(info.get('fields', [])) or '(none)'} by a {info['model']} model; "
              f"{len(info['classes'])} classes: {', '.join(info['classes'])}.", "",
              "## Data and protocol",
              f"Trained on {info['sizes']['train']} images of {info['dataset']} (task "
              f"{info['task']}), early stopping on {info['select_on']}, scored on "
-             f"{info['sizes']['test']} held-out images; split: {info['protocol']}.", "",
-             "## Metrics (test, 95 % bootstrap CI)"]
+             f"{info['sizes'].get('test', info['sizes']['val'])} "
+             f"{'held-out' if 'test' in info['sizes'] else 'validation (optimistic)'} images; "
+             f"split: {info['protocol']}.", "",
+             f"## Metrics ({info.get('scored_on', 'test')}, 95 % bootstrap CI)"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
         lines.append(f"- {key}: {fmt(metrics[key])} ({fmt(ci[key][0])} to {fmt(ci[key][1])})")
     lines += ["", "## Known limits"] + DATASET_LIMITS.get(info["dataset"], [

@@ -19,7 +19,7 @@ import pandas as pd
 from . import __version__
 from .baseline import LGBMConfig, LGBMModel, fit_lgbm
 from .bundle import save_bundle
-from .cache import CacheContents, read_cache
+from .cache import CacheContents, CacheError, cache_label, read_caches
 from .calibration import Calibrator
 from .datasets import HAM10000, Dataset
 from .head import FusionHead, HeadConfig, balanced_class_weights, fit_head, head_logits
@@ -37,16 +37,29 @@ def align_embeddings(table: pd.DataFrame, contents: CacheContents,
                      source: str = "cache") -> tuple[pd.DataFrame, np.ndarray]:
     """Rows of ``table`` with their embeddings, (N, D) or (N, 1+V, D) with view 0 the original.
 
-    Images that the cache records as unreadable are dropped with a warning; any other image
-    without an embedding is an error (the cache belongs to other data, or extract was not run).
+    Rows without an embedding (unreadable at extract time, or simply not in the cache: a cache
+    made elsewhere may cover part of a table) are left out with a count; no row left is an
+    error (the cache belongs to other data, or extract was not run).
     """
     failed = dict(json.loads(contents.attrs.get("failures", "[]")))
     known = set(contents.image_ids)
-    drop = table["image_id"].isin(failed.keys()) & ~table["image_id"].isin(known)
-    if drop.any():
+    absent = ~table["image_id"].isin(known)
+    unreadable = absent & table["image_id"].isin(failed.keys())
+    if absent.all():
+        raise CacheError(f"{source}: none of the {len(table)} image(s) of the data set has an "
+                         f"embedding (e.g. {', '.join(table['image_id'][:3])}; the cache has "
+                         f"e.g. {', '.join(map(str, contents.image_ids[:3]))}); run skinfeat "
+                         "extract on this data, or check that the ids match")
+    if unreadable.any():
         log.warning("%s: %d image(s) could not be read at extract time and are left out: %s",
-                    source, int(drop.sum()), ", ".join(table.loc[drop, "image_id"][:5]))
-        table = table[~drop].reset_index(drop=True)
+                    source, int(unreadable.sum()), ", ".join(table.loc[unreadable, "image_id"][:5]))
+    other = absent & ~unreadable
+    if other.any():
+        log.warning("%s: %d of %d image(s) have no embedding in the cache and are left out "
+                    "(e.g. %s)", source, int(other.sum()), len(table),
+                    ", ".join(table.loc[other, "image_id"][:5]))
+    if absent.any():
+        table = table[~absent].reset_index(drop=True)
     rows = contents.rows_for(table["image_id"].tolist())
     image = contents.embeddings[rows]
     if contents.view_embeddings is not None:
@@ -70,18 +83,32 @@ class Trained:
         return np.log(np.clip(self.model.predict_proba(image, meta, tta=tta), 1e-12, None))
 
 
-def train_model(kind: str, train: tuple, val: tuple, n_classes: int,
-                head_cfg: HeadConfig, lgbm_cfg: LGBMConfig,
-                meta_fields: list | None = None) -> Trained:
-    """``meta_fields``: the encoder's ``dropout_fields()``, what metadata dropout blanks to."""
+def train_models(kind: str, trains: list[tuple], vals: list[tuple], n_classes: int,
+                 head_cfg: HeadConfig, lgbm_cfg: LGBMConfig,
+                 meta_fields: list[list | None] | None = None,
+                 batched: bool = True) -> list[Trained]:
+    """One model per (train, val) pair, all with one recipe. Several heads train together as
+    one batched network (``head_batch.fit_heads``: each equals its own ``fit_head`` up to float
+    rounding). ``meta_fields``: each encoder's ``dropout_fields()``, what dropout blanks to."""
+    meta_fields = meta_fields or [None] * len(trains)
     if kind == "head":
-        res = fit_head(train, val, n_classes, head_cfg, meta_fields)
-        return Trained("head", res.model, head_cfg.to_dict(), res.best_epoch, len(res.history),
-                       res.class_weights)
+        if len(trains) == 1 or not batched:
+            results = [fit_head(t, v, n_classes, head_cfg, f)
+                       for t, v, f in zip(trains, vals, meta_fields)]
+        else:
+            from .head_batch import fit_heads
+            results = fit_heads(list(zip(trains, vals)), n_classes, head_cfg, meta_fields)
+        return [Trained("head", r.model, head_cfg.to_dict(), r.best_epoch, len(r.history),
+                        r.class_weights) for r in results]
     if kind == "lgbm":
-        model = fit_lgbm(train, val, n_classes, lgbm_cfg)
-        return Trained("lgbm", model, lgbm_cfg.to_dict(), int(model.booster.best_iteration),
-                       class_weights=balanced_class_weights(train[2], n_classes).tolist())
+        out = []
+        for train, val in zip(trains, vals):
+            model = fit_lgbm(train, val, n_classes, lgbm_cfg)
+            out.append(Trained("lgbm", model, lgbm_cfg.to_dict(),
+                               int(model.booster.best_iteration),
+                               class_weights=balanced_class_weights(train[2],
+                                                                    n_classes).tolist()))
+        return out
     raise ValueError(f"--model must be one of {MODELS}, got {kind!r}")
 
 
@@ -139,43 +166,74 @@ def make_encoder(data: Dataset, encoding: str = "robust") -> MetadataEncoder:
                            missing_tokens=tokens)
 
 
-def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], *, model: str,
-              head_cfg: HeadConfig, lgbm_cfg: LGBMConfig, tta: bool = False,
-              calibrate: bool = True, select_on: str = "val", encoding: str = "robust",
-              calibration: str = "logit_adjust") -> SplitFit:
-    """Encode (fitted on ``rows["train"]``), train, calibrate on ``rows[select_on]``, score
-    ``rows["test"]``: the whole of stage two for one split, shared by fit-head and cv.
+@dataclass
+class EncodedSplit:
+    """One split's rows with the metadata encoded by an encoder fitted on its training rows."""
+    encoder: MetadataEncoder
+    parts: dict[str, tuple]          # side -> (image, meta, y)
+    meta_dim: int
 
-    Scores use the calibrated probabilities (AUC, ECE) and the model's decisions: the balanced
-    rule of the calibrator for a multi-class task, the threshold chosen on val for a binary one.
-    """
-    table, classes = data.table, data.classes
-    encoder = make_encoder(data, encoding).fit(table.iloc[rows["train"]])
-    meta = encoder.transform(table)
-    y = table["label"].to_numpy()
-    part = {s: (image[i], meta[i], y[i]) for s, i in rows.items()}
-    select = part[select_on]
-    trained = train_model(model, part["train"], select, len(classes), head_cfg, lgbm_cfg,
-                          encoder.dropout_fields())
+
+def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
+                 encoding: str) -> EncodedSplit:
+    encoder = make_encoder(data, encoding).fit(data.table.iloc[rows["train"]])
+    meta = encoder.transform(data.table)
+    y = data.table["label"].to_numpy()
+    return EncodedSplit(encoder, {s: (image[i], meta[i], y[i]) for s, i in rows.items()},
+                        int(meta.shape[1]))
+
+
+def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, *, tta: bool,
+                 calibrate: bool, select_on: str, calibration: str) -> SplitFit:
+    """Calibrate on ``select_on``, choose a binary threshold there, score ``test`` (or, for a
+    split without one, the ``select_on`` part itself: optimistic, and reported as such)."""
+    classes, select = data.classes, enc.parts[select_on]
     select_logits = trained.logits(*select[:2], tta=tta)
     calibrator = Calibrator(calibration if calibrate else "temperature")
     if calibrate:
         calibrator.fit(select_logits, select[2], class_weights=trained.class_weights)
     threshold = choose_threshold(select[2] == 1, calibrator(select_logits)[:, 1]) \
         if data.task.binary else None
-    test_logits = trained.logits(*part["test"][:2], tta=tta)
+    scored = enc.parts.get("test", select)
+    test_logits = trained.logits(*scored[:2], tta=tta)
     proba = calibrator(test_logits)
     pred = calibrator.decide(proba, threshold)
-    metrics = classification_metrics(part["test"][2], proba, classes, y_pred=pred)
-    metrics["ece_uncalibrated"] = expected_calibration_error(part["test"][2], softmax(test_logits))
-    metrics["classwise_calibration"] = classwise_calibration(part["test"][2], proba, classes)
+    metrics = classification_metrics(scored[2], proba, classes, y_pred=pred)
+    metrics["ece_uncalibrated"] = expected_calibration_error(scored[2], softmax(test_logits))
+    metrics["classwise_calibration"] = classwise_calibration(scored[2], proba, classes)
     metrics["classwise_calibration_uncalibrated"] = classwise_calibration(
-        part["test"][2], softmax(test_logits), classes)
-    return SplitFit(trained, encoder, calibrator, threshold, metrics, test_logits, pred,
-                    int(meta.shape[1]))
+        scored[2], softmax(test_logits), classes)
+    return SplitFit(trained, enc.encoder, calibrator, threshold, metrics, test_logits, pred,
+                    enc.meta_dim)
 
 
-def prepare_split(table: pd.DataFrame, out: Path, kind: str, seed: int) -> tuple[pd.Series, str]:
+def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarray]], *,
+               model: str, head_cfg: HeadConfig, lgbm_cfg: LGBMConfig, tta: bool = False,
+               calibrate: bool = True, select_on: str = "val", encoding: str = "robust",
+               calibration: str = "logit_adjust", batched: bool = True) -> list[SplitFit]:
+    """Encode (fitted on each split's ``train`` rows), train, calibrate on ``select_on``, score
+    ``test``: the whole of stage two for one or more splits with one recipe (the folds of a
+    CV), shared by fit-head, cv and tune.
+
+    Scores use the calibrated probabilities (AUC, ECE) and the model's decisions: the balanced
+    rule of the calibrator for a multi-class task, the threshold chosen on val for a binary one.
+    """
+    encs = [encode_split(data, image, rows, encoding) for rows in splits]
+    trained = train_models(model, [e.parts["train"] for e in encs],
+                           [e.parts[select_on] for e in encs], len(data.classes), head_cfg,
+                           lgbm_cfg, [e.encoder.dropout_fields() for e in encs], batched)
+    return [finish_split(data, e, t, tta=tta, calibrate=calibrate, select_on=select_on,
+                         calibration=calibration) for e, t in zip(encs, trained)]
+
+
+def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
+              **kwargs) -> SplitFit:
+    """``fit_splits`` for one split."""
+    return fit_splits(data, image, [rows], **kwargs)[0]
+
+
+def prepare_split(table: pd.DataFrame, out: Path, kind: str, seed: int, test_size: float = 0.2,
+                  val_size: float = 0.1) -> tuple[pd.Series, str]:
     """Reuse ``out/splits.csv`` when it was made with this kind and seed, else make and save it;
     a saved split of another kind or seed is an error, never a silent reuse."""
     path = out / "splits.csv"
@@ -186,18 +244,49 @@ def prepare_split(table: pd.DataFrame, out: Path, kind: str, seed: int) -> tuple
                              f"but this run asks for {kind} with seed {seed}; use a new --out "
                              "folder (or the same --split and --seed)")
         return split, saved_kind
-    split = assign_split(table, kind, seed=seed)
+    split = assign_split(table, kind, test_size=test_size, val_size=val_size, seed=seed)
     save_split(table, split, path, kind, seed)
     return split, kind
 
 
-def fit_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Path, *,
+def bundle_config(data: Dataset, fit: SplitFit, identity: dict, weights: str, *, embed_dim: int,
+                  tta: bool, split: str, seed: int, run: dict | None = None) -> dict:
+    """A fitted split's ``config.json``: everything predict needs, and the recipe (``run``)."""
+    classes = list(data.classes)
+    return {"model_type": fit.trained.kind, "classes": classes, "encoder": fit.encoder.to_dict(),
+            "dataset": data.spec.to_dict(), "task": data.task.to_dict(),
+            "backbone": identity, "weights": weights,
+            "head": {**fit.trained.config, "embed_dim": embed_dim, "meta_dim": fit.meta_dim,
+                     "n_classes": len(classes)},
+            "temperature": fit.temperature, "calibration": fit.calibrator.to_dict(),
+            "threshold": fit.threshold, "tta": tta, "split": split, "seed": seed,
+            "best_epoch": fit.trained.best_epoch, "run": run, "skinfeat": __version__}
+
+
+def save_fit(out: Path, fit: SplitFit, config: dict) -> None:
+    """The bundle of one fitted split: safetensors weights (or LightGBM's text) + config.json."""
+    if fit.trained.kind == "head":
+        save_bundle(out, config, state=fit.trained.model.state_dict())
+    else:
+        model_str, state = fit.trained.model.to_state()
+        save_bundle(out, {**config, "lgbm": state}, lgbm_model=model_str)
+
+
+def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
             split: str = "lesion", seed: int = 42, select_on: str = "val", model: str = "head",
             head_cfg: HeadConfig | None = None, lgbm_cfg: LGBMConfig | None = None,
             tta: bool = False, calibrate: bool = True, encoding: str = "robust",
-            calibration: str = "logit_adjust") -> dict:
-    """Train one model on one split; write bundle, metrics.json, report.md and figures to ``out``."""
+            calibration: str = "logit_adjust", test_size: float = 0.2,
+            val_size: float = 0.1) -> dict:
+    """Train one model on one split; write bundle, metrics.json, report.md and figures to ``out``.
+
+    ``cache_path``: one cache file or several (fused per image, in order). ``split="none"``
+    trains on every row but an inner validation part (``val_size``, grouped) that stops early
+    and calibrates: the model to deploy after a CV study; its report's scores are on that
+    part, optimistic, and say so.
+    """
     from .report import write_run_report
+    from .runconfig import RunConfig
 
     data = as_dataset(data)
     out = Path(out)
@@ -205,51 +294,60 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path: str | Path, out: str | Pat
     head_cfg = head_cfg or (HeadConfig.reference(seed=seed) if encoding == "reference"
                             else HeadConfig(seed=seed))
     lgbm_cfg = lgbm_cfg or LGBMConfig(seed=seed)
-    if select_on not in ("val", "test"):
-        raise ValueError("--select-on must be 'val' or 'test'")
+    run = RunConfig(model=model, split=split, seed=seed, select_on=select_on,
+                    test_size=test_size, val_size=val_size, encoding=encoding,
+                    calibration=calibration, tta=tta, head=head_cfg, lgbm=lgbm_cfg)
+    run.check()
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
-    contents = read_cache(cache_path)
-    table, image = align_embeddings(data.table, contents, str(cache_path))
+    contents = read_caches(cache_path)
+    source = cache_label(cache_path)
+    table, image = align_embeddings(data.table, contents, source)
+    dropped = len(data.table) - len(table)
     data = replace(data, table=table)
-    sides, kind = prepare_split(table, out, split, seed)
-    rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in ("train", "val", "test")}
+    sides, kind = prepare_split(table, out, split, seed, test_size, val_size)
+    names = ("train", "val", "test") if kind != "none" else ("train", "val")
+    rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in names}
     fit = fit_split(data, image, rows, model=model, head_cfg=head_cfg, lgbm_cfg=lgbm_cfg, tta=tta,
                     calibrate=calibrate, select_on=select_on, encoding=encoding,
                     calibration=calibration)
     classes, y = list(data.classes), table["label"].to_numpy()
-    baseline = majority_baseline(y[rows["train"]], y[rows["test"]], classes)
+    scored = rows.get("test", rows[select_on])
+    baseline = majority_baseline(y[rows["train"]], y[scored], classes)
     info = {
         "model": model, "config": fit.trained.config, "best_epoch": fit.trained.best_epoch,
         "epochs_run": fit.trained.epochs_run,
         "split": kind, "protocol": protocol(kind, data.spec.group_name), "select_on": select_on,
-        "seed": seed,
+        "scored_on": "test" if "test" in rows else select_on, "seed": seed,
         "dataset": data.spec.name, "task": str(data.task), "classes": classes,
         "class_names": data.class_names, "group": data.spec.group_name,
         "fields": list(data.spec.metadata),
         "reference_recipe": data.spec.reference_recipe and not data.task.binary,
         "sizes": {s: int(len(r)) for s, r in rows.items()},
         "lesions": {s: int(table["lesion_id"].iloc[r].nunique()) for s, r in rows.items()},
-        **contents.provenance(cache_path),
+        "without_embedding": dropped,
+        **contents.provenance(source), "sources": cache_sources(contents, cache_path),
         "temperature": fit.temperature, "calibration": fit.calibrator.describe(),
         "threshold": fit.threshold, "tta": tta, "tta_models": _tta_note(model, tta, image),
         "encoding": fit.encoder.describe(), "skinfeat": __version__,
         "embed_dim": int(image.shape[-1]), "meta_features": fit.encoder.feature_names,
     }
-    config = {"model_type": model, "classes": classes, "encoder": fit.encoder.to_dict(),
-              "dataset": data.spec.to_dict(), "task": data.task.to_dict(),
-              "backbone": contents.identity, "weights": info["weights"],
-              "head": {**fit.trained.config, "embed_dim": int(image.shape[-1]),
-                       "meta_dim": fit.meta_dim, "n_classes": len(classes)},
-              "temperature": fit.temperature, "calibration": fit.calibrator.to_dict(),
-              "threshold": fit.threshold, "tta": tta, "split": kind, "seed": seed,
-              "skinfeat": __version__}
-    if model == "head":
-        save_bundle(out, config, state=fit.trained.model.state_dict())
-    else:
-        model_str, state = fit.trained.model.to_state()
-        save_bundle(out, {**config, "lgbm": state}, lgbm_model=model_str)
-    write_run_report(out, fit.metrics, baseline, info, y_true=y[rows["test"]],
+    config = bundle_config(data, fit, contents.identity, info["weights"],
+                           embed_dim=int(image.shape[-1]), tta=tta, split=kind, seed=seed,
+                           run=run.to_dict())
+    save_fit(out, fit, config)
+    write_run_report(out, fit.metrics, baseline, info, y_true=y[scored],
                      logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,
-                     groups=table["lesion_id"].to_numpy()[rows["test"]])
+                     groups=table["lesion_id"].to_numpy()[scored])
     return {"metrics": fit.metrics, "baseline": baseline, "info": info}
+
+
+def cache_sources(contents: CacheContents, paths) -> list[dict]:
+    """Each embedding source of a run, for its reports: file, backbone, width."""
+    if "fused" in contents.identity:
+        ident = contents.identity
+        return [{"cache": src, "backbone": i.get("backbone", "outside skinfeat"), "dim": d}
+                for src, i, d in zip(ident["sources"], ident["fused"], ident["dims"])]
+    return [{"cache": cache_label(paths),
+             "backbone": contents.identity.get("backbone", "outside skinfeat"),
+             "dim": contents.dim}]

@@ -46,32 +46,34 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
     row_of = {e.tobytes(): i for i, e in enumerate(contents.embeddings)}
     id_of = dict(enumerate(contents.image_ids))
     calls, encoded = [], []
-    real_train = train.train_model
+    real_train = train.train_models
 
-    def spy_train(kind, train, val, *args, **kw):
-        calls.append(({id_of[row_of[e.tobytes()]] for e in train[0]},
-                      {id_of[row_of[e.tobytes()]] for e in val[0]}))
-        return real_train(kind, train, val, *args, **kw)
+    def spy_train(kind, trains, vals, *args, **kw):
+        calls.extend(({id_of[row_of[e.tobytes()]] for e in t[0]},
+                      {id_of[row_of[e.tobytes()]] for e in v[0]}) for t, v in zip(trains, vals))
+        return real_train(kind, trains, vals, *args, **kw)
 
     class SpyEncoder(train.MetadataEncoder):
         def fit(self, df):
             encoded.append(set(df["image_id"]))
             return super().fit(df)
 
-    monkeypatch.setattr(train, "train_model", spy_train)
+    monkeypatch.setattr(train, "train_models", spy_train)
     monkeypatch.setattr(train, "MetadataEncoder", SpyEncoder)
     res = run_cv(synth_table, contents, replace(FAST, inputs=("fused",)))
-    # cv runs train.fit_split, fit-head's path: one encoder fit per model and fold.
+    # cv runs train.fit_splits, fit-head's path: one encoder fit per model and fold.
     assert len(calls) == 3 * 2 and len(encoded) == 3 * 2
     folds = res["folds_table"]
     by_id = folds.set_index("image_id")["lesion_id"]
-    for i, (train_ids, val_ids) in enumerate(calls):
-        fold = i // 2   # models run fold by fold: head then lgbm
-        scored = set(folds.loc[folds["fold_seed42"] == fold, "image_id"])
-        assert not (train_ids & scored) and not (val_ids & scored)
-        assert train_ids | val_ids | scored == set(folds["image_id"])
+    every = set(folds["image_id"])
+    scored_sets = [set(folds.loc[folds["fold_seed42"] == k, "image_id"]) for k in range(3)]
+    for train_ids, val_ids in calls:
+        scored = every - train_ids - val_ids
+        assert scored in scored_sets                   # exactly one held-out fold left out
+        assert not train_ids & val_ids
         assert not set(by_id[list(train_ids)]) & set(by_id[list(val_ids)])  # lesion-disjoint
-        assert encoded[i] == train_ids   # encoder fitted on the training rows only
+    # encoder fitted on the training rows only, once per model and fold
+    assert sorted(map(sorted, encoded)) == sorted(sorted(t) for t, _ in calls)
 
 
 def test_same_seed_same_folds_and_metrics(synth_table, synth_cache):

@@ -91,7 +91,7 @@ def quadrant_model(tmp_path_factory):
                 state=head.state_dict())
     p = Predictor(run)
     # The bundle cannot rebuild a test's CNN from a timm name: hand the Predictor its backbone.
-    p._embedder, p._spec = Embedder(cnn.eval(), torch.device("cpu"), "fp32"), SPEC
+    p._embedders = [(Embedder(cnn.eval(), torch.device("cpu"), "fp32"), SPEC)]
     images_dir = run / "images"
     images_dir.mkdir()
     paths = []

@@ -54,3 +54,22 @@ def test_saved_split_round_trip_and_refusal(synth_table, tmp_path):
 
 def test_same_seed_same_split(synth_table):
     assert (assign_split(synth_table, seed=3) == assign_split(synth_table, seed=3)).all()
+
+
+@pytest.mark.parametrize("n_folds, seed", [(5, 42), (8, 0), (3, 7)])
+def test_fast_grouped_folds_equal_sklearns(n_folds, seed):
+    import warnings
+    from sklearn.model_selection import StratifiedGroupKFold
+    from skinfeat.splits import stratified_group_folds
+
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 400, 1200).astype(str)          # 1-10 images per group
+    y = np.where(rng.random(1200) < 0.6, "nv", rng.choice(list("abcdef"), 1200))
+    ours = stratified_group_folds(y, groups, n_folds, seed)
+    ref = np.empty(len(y), dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k, (_, test) in enumerate(StratifiedGroupKFold(n_folds, shuffle=True,
+                                                           random_state=seed).split(y, y, groups)):
+            ref[test] = k
+    assert np.array_equal(ours, ref)

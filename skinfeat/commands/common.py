@@ -71,13 +71,14 @@ def column_overrides(opts: dict) -> dict:
     return {k: v for k, v in cols.items() if v is not None}
 
 
-def load_data(data: str, opts: dict):
-    """The ``Dataset`` at ``data`` as the dataset options describe it."""
+def load_data(data: str, opts: dict, images: bool = True):
+    """The ``Dataset`` at ``data`` as the dataset options describe it (``images=False``: the
+    tables alone; stage two needs the labels and the cache, not the image files)."""
     from ..dataspec import Task
     from ..datasets import load_dataset
 
     return load_dataset(data, opts["preset"], opts["spec_file"], task=Task.parse(opts["task"]),
-                        **column_overrides(opts))
+                        images=images, **column_overrides(opts))
 
 
 def data_name(data: str) -> str:

@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 import numpy as np
 
 from ..backbone import DEVICES
 from .common import column_overrides, dataset_options, pop_dataset_options, progress_bar
+
+
+def cache_option(f):
+    return click.option("--cache", "caches", multiple=True,
+                        type=click.Path(exists=True, dir_okay=False),
+                        help="Take the embeddings of the rows from this HDF5 cache (by image id) "
+                        "instead of embedding image files; repeat for a model on fused caches, "
+                        "in training order. Needed for a model trained on embeddings made "
+                        "outside skinfeat.")(f)
 
 
 def predictor_options(f):
@@ -29,7 +39,9 @@ def predictor_options(f):
 
 @click.command()
 @predictor_options
-@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="One image file.")
+@cache_option
+@click.option("--image", type=click.Path(dir_okay=False), help="One image file (with --cache: "
+              "its id is the file name's stem; the file need not exist).")
 @click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False),
               help="Batch: a column image (path) or image_id, plus any of the model's metadata "
               "fields as columns.")
@@ -43,14 +55,16 @@ def predictor_options(f):
               type=click.Path(dir_okay=False), help="Where --csv predictions are written.")
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print probabilities as JSON.")
-def predict(run, weights_file, device, batch_size, workers, image, csv_path, meta, age, sex,
-            localization, output, top_k, as_json) -> None:
+def predict(run, weights_file, device, batch_size, workers, caches, image, csv_path, meta, age,
+            sex, localization, output, top_k, as_json) -> None:
     """Calibrated class probabilities for a raw image (or a CSV of them) and its metadata."""
     from ..datasets import load_images
     from ..predict import Predictor, parse_meta, save_predictions
 
     if bool(image) == bool(csv_path):
         raise click.UsageError("pass exactly one of --image or --csv")
+    if image and not caches and not Path(image).is_file():
+        raise click.BadParameter(f"{image}: no such file", param_hint="--image")
     aliases = [f"{k}={v}" for k, v in (("age", age), ("sex", sex), ("localization", localization))
                if v is not None and v != ""]
     if csv_path and (meta or aliases):
@@ -63,7 +77,7 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, met
                    err=True)
     if image:
         values = parse_meta([*aliases, *meta], p.spec)
-        probs = p.predict_image(image, values)
+        probs = p.predict_image(image, values, cache=list(caches) or None)
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])
         chosen = p.classes[int(p.decide(np.array([list(probs.values())]))[0])]
         if as_json:
@@ -86,20 +100,22 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, met
         click.echo(f"(calibrated: {p.calibrator.describe()}; research use only, not a "
                    "diagnosis)")
         return
-    table = load_images(csv_path, p.spec)
+    table = load_images(csv_path, p.spec, files=not caches)
     bar = progress_bar("predict")
     bar.total = len(table)
-    preds = p.predict_table(table, progress=bar.update)
+    preds = p.predict_table(table, progress=bar.update, cache=list(caches) or None)
     bar.close()
     save_predictions(preds, output)
     if as_json:
         click.echo(preds.to_frame().to_json(orient="records", indent=2))
     click.echo(f"{output}: {int(preds.ok.sum())} predictions, {int((~preds.ok).sum())} "
-               "unreadable image(s)", err=as_json)
+               f"{'row(s) without an embedding' if caches else 'unreadable image(s)'}",
+               err=as_json)
 
 
 @click.command()
 @predictor_options
+@cache_option
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Any preset's folder (e.g. the ISIC 2018 Task 3 test set) or a CSV "
               "(image/image_id, dx).")
@@ -108,7 +124,7 @@ def predict(run, weights_file, device, batch_size, workers, image, csv_path, met
               help="Report folder [default: MODEL/eval-<data name>].")
 @click.option("--include-seen", is_flag=True, help="Also score images (and images of lesions or "
               "patients) that the model trained or early-stopped on; optimistic.")
-def evaluate(run, weights_file, device, batch_size, workers, data, out, include_seen,
+def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, include_seen,
              **kwargs) -> None:
     """Score a trained model on another labelled set (the report leads with balanced accuracy,
     or ROC AUC for a binary model). The labels are read as the model's task."""
@@ -120,7 +136,7 @@ def evaluate(run, weights_file, device, batch_size, workers, data, out, include_
     bar = progress_bar("evaluate")
     res = evaluate_run(run, data, out, layout=opts["preset"], spec=opts["spec_file"],
                        columns=column_overrides(opts), weights_file=weights_file, device=device,
-                       include_seen=include_seen,
+                       include_seen=include_seen, cache=list(caches) or None,
                        batch_size=batch_size, num_workers=workers, progress=bar.update,
                        on_start=lambda n: setattr(bar, "total", n))
     bar.close()

@@ -1,84 +1,166 @@
-"""Stage two commands: fit-head and cv on the cache."""
+"""Stage two commands: fit-head, cv and tune on the cache(s)."""
 from __future__ import annotations
 
+import os
+from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from .common import dataset_options, find_cache, load_data, pop_dataset_options, progress_bar
 
+# Help for the recipe's flags; every field of HeadConfig and LGBMConfig gets a flag, so a
+# field added there is settable at once (and from --config).
+HEAD_HELP = {
+    "head": "reference: the published Keras head; film: metadata gates the image embedding.",
+    "lr": "Adam learning rate.", "batch_size": "Minibatch size.",
+    "max_epochs": "Upper bound on epochs with early stopping.",
+    "patience": "Epochs without improvement on val before stopping.",
+    "epochs": "Train exactly this many epochs: no early stopping, the last weights kept (val "
+              "still calibrates).",
+    "class_weight": "balanced: each class weighs alike in the loss; none: natural prevalence.",
+    "meta_dropout": "Probability of blanking each metadata field of a sample in training "
+                    "[0.2; 0 with --encoding reference].",
+    "meta_dropout_all": "Probability of blanking every metadata field of a sample at once.",
+    "view_augment": "Sample one cached view (flip, rotation) per image per epoch, if cached.",
+    "stop_on": "Early-stopping criterion on val [balanced_loss; loss with --encoding "
+               "reference].",
+    "meta_width": "Metadata MLP: first layer width.",
+    "meta_out": "Metadata MLP: output width.",
+    "dense_width": "Width of the dense layer before the logits.",
+    "image_dropout": "Dropout on the image embedding.",
+    "dropout": "Dropout on the joined features.",
+    "weight_decay": "Adam's L2 penalty.",
+}
+LGBM_HELP = {"pca_dim": "PCA width of the embedding (0: every column).",
+             "num_leaves": "Leaves per tree.", "max_bin": "Histogram bins.",
+             "colsample": "Feature fraction per tree.", "learning_rate": "Boosting rate.",
+             "n_estimators": "Most boosting rounds.",
+             "early_stopping": "Rounds without improvement on val before stopping.",
+             "num_threads": "Threads (0: every core; cv workers use 1)."}
+CHOICES = {"head": ("reference", "film"), "stop_on": ("balanced_loss", "loss",
+                                                      "balanced_accuracy"),
+           "class_weight": ("balanced", "none")}
+SHARED = ("inputs", "seed")   # set by the run, not per model
 
-def head_options(f):
-    for opt in reversed([
-        click.option("--split", type=click.Choice(["lesion", "group", "image"]),
-                     default="lesion", show_default=True, callback=lambda c, p, v:
-                     "lesion" if v == "group" else v,
-                     help="lesion (or group): grouped by the dataset's groups, lesions or "
-                     "patients (honest); image: the reference's leaky image-level split."),
-        click.option("--seed", type=int, default=42, show_default=True),
-        click.option("--head", "head_kind", type=click.Choice(["reference", "film"]),
-                     default="reference", show_default=True),
-        click.option("--epochs", type=int, default=40, show_default=True),
+
+def _option(prefix: str, field, help_text: str):
+    """A click option for one dataclass field, default None (so a file's value survives)."""
+    flag = "--" + prefix + field.name.replace("_", "-")
+    dest = ("lgbm__" if prefix else "head__") + field.name
+    kind = str(field.type)
+    if "bool" in kind:
+        no = "--" + prefix + "no-" + field.name.replace("_", "-")
+        return click.option(f"{flag}/{no}", dest, default=None, help=help_text)
+    if field.name in CHOICES:
+        return click.option(flag, dest, type=click.Choice(CHOICES[field.name]), help=help_text)
+    typ = int if "int" in kind else float if "float" in kind else str
+    return click.option(flag, dest, type=typ, help=f"{help_text} [default: {field.default}]"
+                        if field.name not in ("meta_dropout", "stop_on", "epochs") else help_text)
+
+
+def recipe_options(f):
+    """Every HeadConfig field as --NAME and every LGBMConfig field as --lgbm-NAME, plus
+    --config FILE and the run-level flags; values are None unless given."""
+    from ..baseline import LGBMConfig
+    from ..head import HeadConfig
+
+    opts = [
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                     help="A recipe (JSON or TOML; a run's config.json or a tune result "
+                     "reproduces it); flags given here win."),
+        click.option("--seed", type=int, help="Split and training seed [default: 42]."),
         click.option("--encoding", type=click.Choice(["robust", "reference"]),
-                     default="robust", show_default=True,
                      help="robust: every field has one 'missing' value (blank, the set's token, "
                      "unseen, absent) and no dropped category; reference: the published 17-"
                      "feature encoder (mean fill, drop_first, 'unknown' a category), with "
-                     "the reference's head defaults (no metadata dropout, stop on val loss)."),
-        click.option("--meta-dropout", type=float, help="Probability of blanking each metadata "
-                     "field of a sample in training [default: 0.2; 0 with --encoding "
-                     "reference]."),
-        click.option("--stop-on", type=click.Choice(["balanced_loss", "loss",
-                                                     "balanced_accuracy"]),
-                     help="Early-stopping criterion on val [default: balanced_loss, the class-"
-                     "weighted loss that matches balanced accuracy; loss with --encoding "
-                     "reference]."),
+                     "the reference's head defaults (no metadata dropout, stop on val loss) "
+                     "[default: robust]."),
         click.option("--calibration", type=click.Choice(["logit_adjust", "temperature",
                                                          "bias_temperature"]),
-                     default="logit_adjust", show_default=True,
-                     help="Fitted on val: undo the class-weight prior shift, then a temperature."),
-        click.option("--tta/--no-tta", default=False, show_default=True,
-                     help="Average predictions over cached views."),
-    ]):
+                     help="Fitted on val: undo the class-weight prior shift, then a "
+                     "temperature [default: logit_adjust]."),
+        click.option("--tta/--no-tta", default=None,
+                     help="Average predictions over cached views [default: off]."),
+    ]
+    opts += [_option("", fl, HEAD_HELP.get(fl.name, fl.name)) for fl in fields(HeadConfig)
+             if fl.name not in SHARED]
+    opts += [_option("lgbm-", fl, LGBM_HELP.get(fl.name, fl.name)) for fl in fields(LGBMConfig)
+             if fl.name not in SHARED]
+    for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def head_config(encoding: str, **fields):
-    """The head's recipe: the reference's defaults with --encoding reference, ours otherwise;
-    flags given on the command line win."""
-    from ..head import HeadConfig
+def cache_option(f):
+    return click.option("--cache", "caches", multiple=True,
+                        type=click.Path(exists=True, dir_okay=False),
+                        help="Embedding cache (any HDF5 file with image_id and embedding); "
+                        "repeat to fuse several per image, in order.")(f)
 
-    given = {k: v for k, v in fields.items() if v is not None}
-    return HeadConfig.reference(**given) if encoding == "reference" else HeadConfig(**given)
+
+def stage_two_inputs(f):
+    """--data, the dataset options, --cache (repeatable) and --out of fit-head, cv and tune."""
+    f = click.option("--out", required=True, type=click.Path(file_okay=False))(f)
+    f = cache_option(f)
+    f = dataset_options(f)
+    return click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+                        help="Dataset folder (any preset) or a CSV table (image files not "
+                        "needed).")(f)
+
+
+def pop_recipe(kwargs: dict) -> tuple[dict, dict]:
+    """Remove the --NAME / --lgbm-NAME values from a command's keyword arguments."""
+    head = {k[6:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("head__")}
+    lgbm = {k[6:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("lgbm__")}
+    return head, lgbm
+
+
+def run_config(config_file: str | None, run: dict, head: dict, lgbm: dict):
+    """Defaults < --config FILE < flags. --encoding reference without a file starts from the
+    reference head's defaults."""
+    from ..head import HeadConfig
+    from ..runconfig import RunConfig, merge, read_config_file
+
+    base = read_config_file(config_file) if config_file else RunConfig()
+    if not config_file and run.get("encoding") == "reference":
+        base.head = HeadConfig.reference()
+    return merge(base, run, head, lgbm)
+
+
+def caches_of(caches: tuple, data_dir: str) -> list:
+    return list(caches) if caches else [find_cache(data_dir)]
 
 
 @click.command("fit-head")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
-              help="Dataset folder (any preset) or a CSV table.")
-@dataset_options
-@click.option("--cache", "cache_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@head_options
-@click.option("--inputs", type=click.Choice(["fused", "image", "meta"]), default="fused",
-              show_default=True)
-@click.option("--model", type=click.Choice(["head", "lgbm"]), default="head", show_default=True)
-@click.option("--select-on", type=click.Choice(["val", "test"]), default="val", show_default=True,
-              help="Split that picks the epoch; 'test' reproduces the reference's flaw.")
-def fit_head(data_dir, cache_path, out, split, seed, head_kind, epochs, encoding, meta_dropout,
-             stop_on, calibration, tta, inputs, model, select_on, **kwargs) -> None:
+@stage_two_inputs
+@click.option("--split", type=click.Choice(["lesion", "group", "image", "none"]),
+              callback=lambda c, p, v: "lesion" if v == "group" else v,
+              help="lesion (or group): grouped by the dataset's groups, lesions or patients "
+              "(honest); image: the reference's leaky image-level split; none: train on every "
+              "row but a grouped validation part (the model to deploy) [default: lesion].")
+@click.option("--test-size", type=float, help="Test share of the rows [default: 0.2].")
+@click.option("--val-size", type=float, help="Validation share of the rows [default: 0.1].")
+@click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
+              help="[default: fused]")
+@click.option("--model", type=click.Choice(["head", "lgbm"]), help="[default: head]")
+@click.option("--select-on", type=click.Choice(["val", "test"]),
+              help="Split that picks the epoch; 'test' reproduces the reference's flaw "
+              "[default: val].")
+@recipe_options
+def fit_head(data_dir, caches, out, config_file, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
-    from ..baseline import LGBMConfig
     from ..train import fit_run
 
-    data = load_data(data_dir, pop_dataset_options(kwargs))
-    cache_path = cache_path or find_cache(data_dir)
-    res = fit_run(data, cache_path, out, split=split, seed=seed, select_on=select_on, model=model,
-                  head_cfg=head_config(encoding, head=head_kind, inputs=inputs, seed=seed,
-                                       max_epochs=epochs, meta_dropout=meta_dropout,
-                                       stop_on=stop_on),
-                  lgbm_cfg=LGBMConfig(inputs=inputs, seed=seed), tta=tta, encoding=encoding,
-                  calibration=calibration)
+    head, lgbm = pop_recipe(kwargs)
+    data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
+    inputs = kwargs.pop("inputs")
+    head["inputs"] = lgbm["inputs"] = inputs
+    cfg = run_config(config_file, kwargs, head, lgbm)
+    res = fit_run(data, caches_of(caches, data_dir), out, split=cfg.split, seed=cfg.seed,
+                  select_on=cfg.select_on, model=cfg.model, head_cfg=cfg.head, lgbm_cfg=cfg.lgbm,
+                  tta=cfg.tta, encoding=cfg.encoding, calibration=cfg.calibration,
+                  test_size=cfg.test_size, val_size=cfg.val_size)
     print_run_summary(res, out)
 
 
@@ -88,8 +170,10 @@ def print_run_summary(res: dict, out: str | Path) -> None:
     m, b, info = res["metrics"], res["baseline"], res["info"]
     if info["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
-    click.echo(f"{info['dataset']}, task {info['task']}; split {info['split']} (test "
-               f"{info['sizes']['test']} images), epoch chosen on {info['select_on']}")
+    scored = info.get("scored_on", "test")
+    click.echo(f"{info['dataset']}, task {info['task']}; split {info['split']} ({scored} "
+               f"{info['sizes'][scored]} images), epoch chosen on {info['select_on']}"
+               + ("; scores on val are optimistic" if scored != "test" else ""))
     width = max(len(k) for k in headline(len(info["classes"]))) + 2
     click.echo(f"{'':<{width}}{'model':>10}{'majority':>10}")
     for k in headline(len(info["classes"])):
@@ -103,7 +187,9 @@ def _num(x) -> str:
 
 def comma_list(allowed: tuple[str, ...]):
     """Click callback: 'a,b' -> ('a', 'b'), each from ``allowed``."""
-    def parse(ctx, param, value: str) -> tuple[str, ...]:
+    def parse(ctx, param, value: str | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
         items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
         bad = [v for v in items if v not in allowed]
         if bad or not items:
@@ -120,39 +206,58 @@ def parse_seeds(ctx, param, value: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter("use integers, e.g. 0,1,2") from None
 
 
+def cv_options(f):
+    for opt in reversed([
+        click.option("--split", type=click.Choice(["lesion", "group", "image"]),
+                     default="lesion", show_default=True, callback=lambda c, p, v:
+                     "lesion" if v == "group" else v,
+                     help="lesion (or group): grouped folds (honest); image: the reference's "
+                     "leaky image-level folds."),
+        click.option("--folds", type=int, default=5, show_default=True,
+                     help="Stratified folds, grouped by lesion unless --split image."),
+        click.option("--seeds", callback=parse_seeds, help="Comma list: repeat the CV once per "
+                     "seed and report the spread across seeds [default: --seed]."),
+        click.option("--jobs", type=int, default=0, show_default=True,
+                     help="Tasks at a time, one thread each (0: one per CPU core); the results "
+                     "do not depend on it."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
+    """The CVConfig of the cv and tune commands: the recipe (file < flags) and the protocol."""
+    from ..cv import CVConfig
+
+    head, lgbm = pop_recipe(kwargs)
+    run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta")}
+    cfg = run_config(config_file, run, head, lgbm)
+    return CVConfig(folds=folds, split=split, seeds=seeds or (cfg.seed,), models=models,
+                    inputs=inputs, head=cfg.head, lgbm=cfg.lgbm, tta=cfg.tta,
+                    encoding=cfg.encoding, calibration=cfg.calibration)
+
+
 @click.command("cv")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
-              help="Dataset folder (any preset) or a CSV table.")
-@dataset_options
-@click.option("--cache", "cache_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@head_options
-@click.option("--folds", type=int, default=5, show_default=True,
-              help="Stratified folds, grouped by lesion unless --split image.")
-@click.option("--seeds", callback=parse_seeds, help="Comma list: repeat the CV once per seed "
-              "and report the spread across seeds [default: --seed].")
+@stage_two_inputs
+@cv_options
 @click.option("--inputs", default="image,meta,fused", show_default=True,
               callback=comma_list(("image", "meta", "fused")),
               help="Comma list of input sets, each trained on the same folds.")
 @click.option("--models", default="head,lgbm", show_default=True,
               callback=comma_list(("head", "lgbm")), help="Comma list: fusion head, LightGBM.")
-@click.option("--jobs", type=int, default=0, show_default=True,
-              help="Fits at a time, one thread each (0: one per CPU core); the results do not "
-              "depend on it.")
-def cv(data_dir, cache_path, out, split, seed, head_kind, epochs, encoding, meta_dropout, stop_on,
-       calibration, tta, folds, seeds, inputs, models, jobs, **kwargs) -> None:
+@click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
+              "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
+@recipe_options
+def cv(data_dir, caches, out, split, folds, seeds, jobs, inputs, models, save_models,
+       config_file, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
-    from ..cv import CVConfig, cv_run
+    from ..cv import cv_run
 
-    table = load_data(data_dir, pop_dataset_options(kwargs))
-    cache_path = cache_path or find_cache(data_dir)
-    cfg = CVConfig(folds=folds, split=split, seeds=seeds or (seed,), models=models, inputs=inputs,
-                   head=head_config(encoding, head=head_kind, max_epochs=epochs,
-                                    meta_dropout=meta_dropout, stop_on=stop_on),
-                   tta=tta, encoding=encoding, calibration=calibration)
+    table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
+    cfg = cv_config(config_file, folds, split, seeds, models, inputs, kwargs)
     bar = progress_bar("cv", unit="fit")
-    res = cv_run(table, cache_path, out, cfg, jobs=jobs, progress=bar.update,
-                 on_start=lambda n: setattr(bar, "total", n))
+    res = cv_run(table, caches_of(caches, data_dir), out, cfg, jobs=jobs, progress=bar.update,
+                 on_start=lambda n: setattr(bar, "total", n), save_models=save_models)
     bar.close()
     print_cv_summary(res, out)
 
@@ -170,4 +275,51 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
         for inputs, e in by_inputs.items():
             click.echo(f"{model:<6}{inputs:<8}" + "".join(
                 f"{e[k]['mean']:>13.4f} ± {e[k]['std']:.4f}" for k in keys))
+    for name, where in res.get("models", {}).items():
+        click.echo(f"models {name}: {where} (fold ensemble; each fold in its own folder)")
     click.echo(f"report: {Path(out) / 'cv_report.md'}")
+
+
+@click.command("tune")
+@stage_two_inputs
+@click.option("--trials", type=int, default=50, show_default=True,
+              help="Finished trials the study should hold (shared by every worker).")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="CV folds per trial, on the rows outside the held-out test part.")
+@click.option("--test-size", type=float, default=0.2, show_default=True,
+              help="Grouped test part held out before the search, scored once at the end.")
+@click.option("--split", type=click.Choice(["lesion", "group", "image"]), default="lesion",
+              show_default=True, callback=lambda c, p, v: "lesion" if v == "group" else v)
+@click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
+              help="[default: fused]")
+@click.option("--storage", help="Optuna storage URL (sqlite:///tune.db; postgresql://...): "
+              "workers with the same URL and --study-name share one study; a rerun resumes.")
+@click.option("--study-name", default="skinfeat-tune", show_default=True)
+@click.option("--jobs", type=int, default=0, show_default=True,
+              help="Worker processes on this machine sharing the study, one thread each (0: "
+              "one per CPU core); with more than one, the search order depends on timing.")
+@recipe_options
+def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage, study_name,
+         jobs, config_file, **kwargs) -> None:
+    """Search the head's hyperparameters (Optuna), honestly: grouped CV on the rows outside a
+    held-out test part, which scores the chosen configuration once."""
+    try:
+        from ..tune import TuneConfig, tune_run
+    except ImportError as exc:
+        raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
+    head, lgbm = pop_recipe(kwargs)
+    head["inputs"] = inputs
+    data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
+    start = run_config(config_file, kwargs, head, lgbm)
+    cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
+                     seed=start.seed, storage=storage, study_name=study_name, start=start,
+                     jobs=jobs or os.cpu_count() or 1)
+    bar = progress_bar("tune", unit="trial")
+    res = tune_run(data, caches_of(caches, data_dir), out, cfg, progress=bar.update)
+    bar.close()
+    metric = res["metric"]
+    click.echo(f"best trial {res['best']['number']}: CV {metric} {res['best']['value']:.4f}; "
+               f"held-out {metric} {res['held_out']['metrics'][metric]:.4f} "
+               f"({res['held_out']['n']} images)")
+    click.echo(f"config: {Path(out) / 'best_config.json'} (fit-head --config)")
+    click.echo(f"report: {Path(out) / 'tune_report.md'}")

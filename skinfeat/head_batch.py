@@ -1,0 +1,259 @@
+"""Train the heads of k splits (the folds of a CV, one configuration) as one batched network.
+
+Each split's head is what ``head.fit_head`` would train on it, up to float rounding: the same
+initial weights (each built from the same seed), the same dropout masks and the same shuffles
+(each split draws from its own copy of the generators ``fit_head`` uses), its own Adam state and
+step count, its own early stopping. What is shared is the work: the k weight sets are stacked
+along a first axis, so a step is one batched matrix product per layer and one optimizer update
+for all splits, instead of k small steps whose cost is mostly per-op overhead on a CPU.
+
+Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
+step out (no update, no optimizer step). A split whose metadata encoder saw fewer categories
+has fewer metadata columns: its first metadata layer is padded with zero columns that meet zero
+inputs, so they get zero gradients and stay zero (removed again in the returned heads).
+``tests/test_head_batch.py`` checks the weights and the cv metrics against independent fits.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .head import (Adam, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
+                   _eval_view, _pick_view, _val_score, balanced_class_weights, one_thread)
+
+log = logging.getLogger(__name__)
+
+Part = tuple  # (image, meta, y) arrays of one split side
+
+
+class _Split:
+    """One split's data and the generators ``fit_head`` would use for it."""
+
+    def __init__(self, train: Part, val: Part, n_classes: int, cfg: HeadConfig,
+                 meta_fields: list[MetaField] | None, meta_dim: int):
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        xi, xm, y = (torch.as_tensor(a) for a in train)
+        vi, vm, vy = (torch.as_tensor(a) for a in val)
+        self.xi, self.xm, self.y = xi.float(), xm.float(), y.long()
+        self.vi, self.vm, self.vy = _eval_view(vi.float()), vm.float(), vy.long()
+        self.meta_fields, self.n = meta_fields, len(self.y)
+        self.model = FusionHead.from_config(self.xi.shape[-1], self.xm.shape[1], n_classes, cfg)
+        # The global generator after the initial weights draws the dropout masks in fit_head.
+        self.masks = torch.Generator()
+        self.masks.set_state(torch.get_rng_state())
+        weights = balanced_class_weights(self.y.numpy(), n_classes) \
+            if cfg.class_weight == "balanced" else np.ones(n_classes)
+        self.class_weights = weights
+        self.sample_w = torch.as_tensor(weights, dtype=torch.float32)
+        self.pad = meta_dim - self.xm.shape[1]
+        self.history: list[dict] = []
+        self.best, self.best_epoch, self.best_state, self.waited = np.inf, 0, None, 0
+        self.stopped = False
+
+    def epoch(self, cfg: HeadConfig) -> None:
+        """Draw this epoch's view choice, metadata blanking and shuffle, as fit_head does."""
+        img = _pick_view(self.xi, self.gen) if self.xi.ndim == 3 and cfg.view_augment \
+            else _eval_view(self.xi)
+        blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and self.meta_fields
+        meta = _blank_fields(self.xm, self.meta_fields, cfg.meta_dropout, self.gen,
+                             cfg.meta_dropout_all) if blanking else self.xm
+        order = torch.randperm(self.n, generator=self.gen)
+        y = self.y[order]
+        self.current = (img, meta, order, y, self.sample_w[y])
+
+    def batch(self, start: int, rows: int, out: tuple[torch.Tensor, ...], k: int) -> None:
+        """Rows ``start:start + rows`` of this epoch's order into slot k of the step's inputs
+        (the slot's other rows get weight 0: no loss, no gradient)."""
+        img, meta, order, y, w = self.current
+        take = order[start:start + rows]
+        torch.index_select(img, 0, take, out=out[0][k, :rows])
+        torch.index_select(meta, 0, take, out=out[1][k, :rows, :meta.shape[1]])
+        out[2][k, :rows] = y[start:start + rows]
+        out[3][k, :rows] = w[start:start + rows]
+        out[3][k, rows:] = 0.0
+
+
+def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
+    """The splits' parameters stacked on a first axis (metadata inputs padded with zeros)."""
+    out = {}
+    for name in splits[0].model.state_dict():
+        parts = [s.model.state_dict()[name] for s in splits]
+        if name == "meta_mlp.0.weight" and any(s.pad for s in splits):
+            parts = [F.pad(p, (0, s.pad)) for p, s in zip(parts, splits)]
+        out[name] = torch.stack(parts).clone().requires_grad_(True)
+    return out
+
+
+def _linear(x: torch.Tensor, params: dict, name: str) -> torch.Tensor:
+    return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), x,
+                         params[f"{name}.weight"].transpose(1, 2))
+
+
+class _Noise:
+    """MaskDropout's noise for the stacked splits of one step, each split's from its own copy
+    of the generator fit_head draws it from: per split one draw of the step's uniforms for
+    both layers (the same stream as fit_head's two draws, in the same order: image layer, then
+    classifier), compared in place into preallocated masks, then scaled (a kept element's
+    noise is exactly MaskDropout's ``1 / keep`` in float32)."""
+
+    def __init__(self, k: int, bs: int, widths: tuple[int, int], ps: tuple[float | None, ...]):
+        self.ps = ps
+        self.widths = [w if p is not None and 0.0 < p < 1.0 else 0 for w, p in zip(widths, ps)]
+        self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps)]
+        # The kept elements' scale exactly as MaskDropout computes it (float32 division).
+        self.scale = [torch.ones(1).div_(keep) if keep else None for keep in self.keep]
+        self.masks = [torch.zeros(k, bs, w) if w else None for w in self.widths]
+
+    def draw(self, splits: list[_Split], active: list[int], rows: list[int]) -> tuple:
+        per_row = sum(self.widths)
+        if per_row == 0:
+            return None, None
+        for k in range(len(splits)):   # rows without data: noise 0 (the scaling is in place)
+            if rows[k] < self.masks[0 if self.widths[0] else 1].shape[1]:
+                for mask in self.masks:
+                    if mask is not None:
+                        mask[k, rows[k]:] = 0.0
+        for k in active:
+            u = torch.rand(rows[k] * per_row, dtype=torch.float64, generator=splits[k].masks)
+            offset = 0
+            for mask, width, keep in zip(self.masks, self.widths, self.keep):
+                if width:
+                    block = u[offset:offset + rows[k] * width].view(rows[k], width)
+                    torch.lt(block, keep, out=mask[k, :rows[k]])   # 1.0 kept, 0.0 dropped
+                    offset += rows[k] * width
+        return tuple(None if m is None else m.mul_(scale) for m, scale in zip(self.masks,
+                                                                             self.scale))
+
+
+def _forward(params: dict, model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
+             masks: tuple | None = None) -> torch.Tensor:
+    """FusionHead.forward for stacked weights: (k, B, D), (k, B, M) -> (k, B, classes)."""
+    parts = []
+    m = None
+    if model.use_meta:
+        m = F.relu(_linear(F.relu(_linear(meta, params, "meta_mlp.0")), params, "meta_mlp.2"))
+    if model.use_image:
+        x = image if masks is None or masks[0] is None else image * masks[0]
+        if hasattr(model, "film"):
+            gamma, beta = _linear(m, params, "film").chunk(2, dim=2)
+            x = x * (1.0 + torch.tanh(gamma)) + beta
+        parts.append(x)
+    if m is not None:
+        parts.append(m)
+    h = torch.cat(parts, dim=2)
+    if masks is not None and masks[1] is not None:
+        h = h * masks[1]
+    return _linear(F.relu(_linear(h, params, "classifier.1")), params, "classifier.3")
+
+
+def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
+    state = {name: p[k].detach().clone() for name, p in params.items()}
+    if pad and "meta_mlp.0.weight" in state:
+        state["meta_mlp.0.weight"] = state["meta_mlp.0.weight"][:, :-pad].contiguous()
+    return state
+
+
+@one_thread
+def fit_heads(parts: list[tuple[Part, Part]], n_classes: int, cfg: HeadConfig = HeadConfig(),
+              meta_fields: list[list[MetaField] | None] | None = None) -> list[FitResult]:
+    """``[fit_head(train, val, n_classes, cfg, fields) for ...]``, trained together (see the
+    module docstring). The caller's global torch RNG is left as it was."""
+    cfg.check()
+    meta_fields = meta_fields or [None] * len(parts)
+    with torch.random.fork_rng(devices=[]):
+        return _fit_heads(parts, n_classes, cfg, meta_fields)
+
+
+def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitResult]:
+    meta_dim = max(int(np.shape(train[1])[1]) for train, _ in parts)
+    splits = [_Split(train, val, n_classes, cfg, fields, meta_dim)
+              for (train, val), fields in zip(parts, meta_fields)]
+    model, k_all = splits[0].model, len(splits)
+    params = _stack(splits)
+    opt = Adam(params.values(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,
+               stacked=k_all)
+    bs = cfg.batch_size
+    steps = [-(-s.n // bs) for s in splits]
+    val_rows = max(len(s.vy) for s in splits)
+    val_img = torch.stack([F.pad(s.vi, (0, 0, 0, val_rows - len(s.vy))) for s in splits])
+    val_meta = torch.stack([F.pad(s.vm, (0, s.pad, 0, val_rows - len(s.vy))) for s in splits])
+    widths = (splits[0].xi.shape[-1] if model.use_image else 0,
+              model.classifier[1].in_features)
+    noise = _Noise(k_all, bs, widths, (cfg.image_dropout if model.use_image else None,
+                                       cfg.dropout))
+    buffers, group = None, list(range(k_all))    # group: the splits stacked, in order
+    for epoch in range(1, cfg.n_epochs + 1):
+        live = [k for k in group if not splits[k].stopped]
+        if not live:
+            break
+        if live != group:   # drop the stopped splits from the stack: no more work for them
+            pos = [group.index(k) for k in live]
+            params = {n: p.detach()[pos].clone().requires_grad_(True) for n, p in params.items()}
+            opt.keep(pos, params.values())
+            val_img, val_meta = val_img[pos], val_meta[pos]
+            group, buffers = live, None
+            noise = _Noise(len(group), bs, widths, noise.ps)
+        kk = len(group)
+        rows = max(steps[k] for k in group) * bs
+        if buffers is None:   # one step's inputs: (splits, batch, features)
+            buffers = (torch.zeros(kk, bs, splits[0].xi.shape[-1]),
+                       torch.zeros(kk, bs, meta_dim), torch.zeros(kk, bs, dtype=torch.long),
+                       torch.zeros(kk, bs))
+        members = [splits[k] for k in group]
+        for s in members:
+            s.epoch(cfg)
+        img, meta, y, w = buffers
+        totals = [0.0] * kk
+        for step in range(rows // bs):
+            active = [i for i, s in enumerate(members) if step * bs < s.n]
+            n_rows = [min(bs, s.n - step * bs) if i in active else 0
+                      for i, s in enumerate(members)]
+            for i, s in enumerate(members):
+                if i in active:
+                    s.batch(step * bs, n_rows[i], buffers, i)
+                else:
+                    w[i] = 0.0
+            masks = noise.draw(members, active, n_rows)
+            logits = _forward(params, model, img, meta, masks)
+            ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
+                                 reduction="none").view(kk, -1) * w
+            per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
+                                                 dtype=torch.float32)
+            opt.zero_grad()
+            per_split.sum().backward()
+            opt.step([i in active for i in range(kk)])
+            done = per_split.detach().tolist()
+            for i in active:
+                totals[i] += done[i] * n_rows[i]
+        with torch.no_grad():
+            val_logits = _forward(params, model, val_img, val_meta)
+        for i, s in enumerate(members):
+            vl = val_logits[i, :len(s.vy)]
+            val_loss = float(F.cross_entropy(vl, s.vy))
+            score = val_loss if cfg.stop_on == "loss" else \
+                _val_score(vl, s.vy, n_classes, cfg.stop_on)
+            s.history.append({"epoch": epoch, "loss": totals[i] / s.n, "val_loss": val_loss,
+                              "val_score": score})
+            if not cfg.early_stopping:
+                s.best, s.best_epoch = score, epoch
+            elif score < s.best:
+                s.best, s.best_epoch, s.waited = score, epoch, 0
+                s.best_state = _state(params, i, s.pad)
+            else:
+                s.waited += 1
+                s.stopped = s.waited >= cfg.patience
+    for i, k in enumerate(group):   # still stacked: their last weights (fixed epochs)
+        if splits[k].best_state is None:
+            splits[k].best_state = _state(params, i, splits[k].pad)
+    results = []
+    for k, s in enumerate(splits):
+        s.model.load_state_dict(s.best_state)
+        s.model.eval()
+        log.info("head %d of %d: %d epochs, best epoch %d (val %s %.4f)", k + 1, k_all,
+                 len(s.history), s.best_epoch, cfg.stop_on, s.best)
+        results.append(FitResult(s.model, s.history, s.best_epoch, s.class_weights.tolist()))
+    return results

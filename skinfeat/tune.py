@@ -1,0 +1,301 @@
+"""``skinfeat tune``: a hyperparameter search over the head with Optuna, honest by construction.
+
+1. A grouped, stratified test part is held out first (``test_size``, by lesion or patient) and
+   never seen by the search.
+2. Every trial is a k-fold grouped CV of one head configuration on the rest: ``train.fit_splits``,
+   the one training path, with the k heads trained as one batched network. Its score is the
+   mean of the task's headline metric over the folds (balanced accuracy, or ROC AUC for a
+   binary task).
+3. The best configuration is trained once more on the rest (early stopping and calibration on a
+   grouped validation part of it) and scored once on the held-out part.
+
+Trial 0 is the starting configuration (the defaults, or ``--config``), so the report shows what
+the search gained over it. ``storage`` is an Optuna storage URL (``sqlite:///tune.db`` locally,
+``postgresql://...`` across machines): workers started with the same URL and study name share
+one study and stop when it holds ``trials`` finished trials, and a rerun after an interruption
+resumes it. The protocol (data, seed, test part, folds) is stored in the study and a worker with
+another one is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .bundle import atomic_write_text
+from .cache import cache_label, read_caches
+from .cv import iter_folds
+from .datasets import Dataset
+from .head import HeadConfig, one_thread
+from .runconfig import RunConfig
+from .splits import fold_ids, holdout_mask
+from .train import align_embeddings, as_dataset, fit_split, fit_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneConfig:
+    """The search: how many trials, the protocol, where the study lives, where it starts."""
+    trials: int = 50
+    folds: int = 5
+    test_size: float = 0.2
+    split: str = "lesion"
+    seed: int = 42
+    storage: str | None = None            # an Optuna storage URL; None: in memory
+    study_name: str = "skinfeat-tune"
+    start: RunConfig = field(default_factory=RunConfig)
+    jobs: int = 1                         # worker processes sharing the study on this machine
+    batched: bool = True                  # each trial's fold heads as one batched network
+
+    def check(self) -> None:
+        if self.trials < 1 or self.folds < 2:
+            raise ValueError("tune needs at least 1 trial and 2 folds")
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size must be in (0, 1), got {self.test_size}")
+
+
+def suggest(trial, start: HeadConfig) -> HeadConfig:
+    """One trial's head: learning rate, widths, dropouts, metadata dropout, weight decay,
+    patience and epoch bound, head type. Everything else stays as in ``start``; every range
+    is widened to hold ``start`` (trial 0), however bad a start it is."""
+    def between(name: str, lo: float, hi: float, value: float, **kw) -> float:
+        return trial.suggest_float(name, min(lo, value), max(hi, value), **kw)
+
+    def whole(name: str, lo: int, hi: int, value: int) -> int:
+        return trial.suggest_int(name, min(lo, value), max(hi, value))
+
+    def choice(name: str, options: list, value):
+        return trial.suggest_categorical(name, sorted(set(options) | {value}, key=str))
+
+    meta_width = choice("meta_width", [16, 32, 64], start.meta_width)
+    return replace(
+        start,
+        lr=between("lr", 1e-4, 1e-2, start.lr, log=True),
+        dense_width=choice("dense_width", [32, 64, 128, 256], start.dense_width),
+        meta_width=meta_width, meta_out=max(1, meta_width // 2),
+        image_dropout=between("image_dropout", 0.0, 0.6, start.image_dropout),
+        dropout=between("dropout", 0.0, 0.6, start.dropout),
+        meta_dropout=between("meta_dropout", 0.0, 0.5, start.meta_dropout),
+        weight_decay=between("weight_decay", 1e-7, 1e-2, max(start.weight_decay, 1e-7),
+                             log=True),
+        patience=whole("patience", 2, 8, start.patience),
+        max_epochs=whole("max_epochs", 10, 40, start.max_epochs),
+        head=choice("head", ["reference", "film"], start.head),
+        epochs=None)
+
+
+def start_params(head: HeadConfig) -> dict:
+    """``start`` as trial parameters (trial 0). A weight decay of 0 is the log range's floor."""
+    return {"lr": head.lr, "dense_width": head.dense_width, "meta_width": head.meta_width,
+            "image_dropout": head.image_dropout, "dropout": head.dropout,
+            "meta_dropout": head.meta_dropout, "weight_decay": max(head.weight_decay, 1e-7),
+            "patience": head.patience, "max_epochs": head.max_epochs, "head": head.head}
+
+
+def protocol_key(table: pd.DataFrame, cfg: TuneConfig) -> str:
+    """What every worker of one study must share: the rows, the seed, the parts."""
+    digest = hashlib.sha256("\n".join(sorted(table["image_id"])).encode()).hexdigest()[:16]
+    return json.dumps({"rows": digest, "n": len(table), "seed": cfg.seed, "split": cfg.split,
+                       "test_size": cfg.test_size, "folds": cfg.folds,
+                       "inputs": cfg.start.head.inputs, "encoding": cfg.start.encoding},
+                      sort_keys=True)
+
+
+def storage_of(cfg: TuneConfig, out: Path):
+    """The study's storage: the given URL; with local workers and none given, a journal file
+    in ``out`` (Optuna's file storage for several processes); else in memory."""
+    if cfg.storage or cfg.jobs <= 1:
+        return cfg.storage
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
+
+
+def open_study(cfg: TuneConfig, key: str, storage=None, worker: int = 0):
+    import optuna
+
+    # Workers draw from differently seeded samplers, or they would all propose the same trial.
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed + worker)
+    study = optuna.create_study(study_name=cfg.study_name, storage=storage,
+                                direction="maximize", sampler=sampler, load_if_exists=True)
+    have = study.user_attrs.get("protocol")
+    if have is None:
+        study.set_user_attr("protocol", key)
+    elif have != key:
+        raise ValueError(f"study {cfg.study_name!r} in {cfg.storage} was made with another "
+                         f"protocol ({have}); this run has {key}: use another --study-name")
+    if not study.trials and worker == 0:
+        study.enqueue_trial(start_params(cfg.start.head))
+    return study
+
+
+@dataclass
+class Search:
+    """What a search worker needs: the data, the embeddings, the folds, the recipe."""
+    data: Dataset
+    image: np.ndarray
+    folds: list[dict]
+    metric: str
+    cfg: TuneConfig
+    key: str
+
+
+def search(job: Search, storage, worker: int = 0,
+           progress: Callable[[int], None] | None = None):
+    """Run trials until the study holds ``trials`` of them (any worker's)."""
+    import optuna
+
+    cfg, start = job.cfg, job.cfg.start
+    fit_args = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
+                    calibration=start.calibration, batched=cfg.batched)
+
+    def objective(trial) -> float:
+        head = suggest(trial, replace(start.head, seed=cfg.seed))
+        fits = fit_splits(job.data, job.image, job.folds, head_cfg=head, **fit_args)
+        scores = [f.metrics[job.metric] for f in fits]
+        trial.set_user_attr("std", float(np.std(scores)))
+        trial.set_user_attr("best_epochs", [f.trained.best_epoch for f in fits])
+        if progress:
+            progress(1)
+        return float(np.mean(scores))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(cfg, job.key, storage, worker)
+    waiting = optuna.trial.TrialState.WAITING   # trial 0, queued but not run yet
+    left = cfg.trials - sum(t.state != waiting for t in study.trials)
+    if left > 0:
+        study.optimize(objective, n_trials=left, callbacks=[
+            optuna.study.MaxTrialsCallback(cfg.trials, states=None)])
+    return study
+
+
+def _search_worker(job: Search, out: str, worker: int) -> None:
+    import torch
+    torch.set_num_threads(1)
+    search(job, storage_of(job.cfg, Path(out)), worker)
+
+
+def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: TuneConfig, *,
+             progress: Callable[[int], None] | None = None) -> dict:
+    """Search, choose, score once on the held-out part; write the report, the history plot,
+    ``tune_metrics.json`` and ``best_config.json`` (a ``fit-head --config`` file)."""
+    import optuna
+
+    cfg.check()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = as_dataset(data)
+    if data.spec.evaluation_only:
+        raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    contents = read_caches(cache_path)
+    table, image = align_embeddings(data.table, contents, cache_label(cache_path))
+    data = replace(data, table=table)
+    metric = "auc" if data.task.binary else "balanced_accuracy"
+    start = cfg.start
+    test = holdout_mask(table, cfg.test_size, cfg.split, cfg.seed)
+    rest = np.flatnonzero(~test)
+    rest_table = table.iloc[rest].reset_index(drop=True)
+    folds = [{"train": rest[f.train], "val": rest[f.val], "test": rest[f.test]}
+             for f in iter_folds(rest_table, fold_ids(rest_table, cfg.folds, cfg.split,
+                                                      cfg.seed), cfg.split, cfg.seed)]
+    job = Search(data, image, folds, metric, cfg, protocol_key(table, cfg))
+    storage = storage_of(cfg, out)
+    if cfg.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        open_study(cfg, job.key, storage)   # made (and trial 0 queued) before the workers
+        with ProcessPoolExecutor(cfg.jobs - 1, get_context("spawn")) as pool:
+            others = [pool.submit(_search_worker, job, str(out), w)
+                      for w in range(1, cfg.jobs)]
+            study = one_thread(search)(job, storage, 0, progress)
+            for f in others:
+                f.result()
+        study = open_study(cfg, job.key, storage)
+    else:
+        study = one_thread(search)(job, storage, 0, progress)
+    recipe = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
+                  calibration=start.calibration)
+    best = study.best_trial
+    best_head = replace(suggest(optuna.trial.FixedTrial(best.params),
+                                replace(start.head, seed=cfg.seed)))
+    # The chosen configuration, trained once on all of the search rows, scored once on test.
+    inner = holdout_mask(rest_table, start.val_size / (1 - cfg.test_size), cfg.split, cfg.seed)
+    final = fit_split(data, image, {"train": rest[~inner], "val": rest[inner],
+                                    "test": np.flatnonzero(test)}, head_cfg=best_head, **recipe)
+    chosen = replace(start, model="head", seed=cfg.seed, head=best_head,
+                     test_size=cfg.test_size)
+    atomic_write_text(out / "best_config.json", json.dumps({"run": chosen.to_dict()}, indent=2))
+    history = [{"number": t.number, "value": t.value, "state": t.state.name,
+                "params": t.params, **t.user_attrs} for t in study.trials]
+    res = {"metric": metric, "best": {"number": best.number, "value": best.value,
+                                      "params": best.params, "head": asdict(best_head)},
+           "start": next((h for h in history if h["number"] == 0), None),
+           "held_out": {"n": int(test.sum()), "groups": int(table.loc[test, "lesion_id"].nunique()),
+                        "metrics": final.metrics},
+           "history": history, "config": {**asdict(cfg), "start": start.to_dict()},
+           "sizes": {"search": int(len(rest)), "held_out": int(test.sum())},
+           "dataset": data.spec.name, "task": str(data.task), "group": data.spec.group_name,
+           "info": contents.provenance(cache_label(cache_path))}
+    write_tune_report(out, res)
+    return res
+
+
+def write_tune_report(out: Path, res: dict) -> None:
+    from .report import _plt, fmt
+    from .bundle import atomic_write
+
+    plt = _plt()
+    done = [h for h in res["history"] if h["value"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([h["number"] for h in done], [h["value"] for h in done], "o", alpha=0.6,
+            label="trial (mean over folds)")
+    ax.plot([h["number"] for h in done], np.maximum.accumulate([h["value"] for h in done]),
+            "-", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(res["metric"].replace("_", " ") + " (CV)")
+    ax.set_title("Search history")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(out / "tune_history.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    atomic_write_text(out / "tune_metrics.json", json.dumps(res, indent=2, default=str))
+    cfg, best, held = res["config"], res["best"], res["held_out"]
+    pct = res["metric"] != "auc"
+    start = res["start"]
+    lines = [f"# skinfeat tune: {out.name}", "",
+             f"**Held-out {res['metric'].replace('_', ' ')} of the chosen configuration: "
+             f"{fmt(held['metrics'][res['metric']], pct)}** ({held['n']} images of "
+             f"{held['groups']} {res['group']}s, scored once)", "",
+             f"- data: {res['dataset']}, task {res['task']}; cache: {res['info']['cache']}",
+             f"- protocol: a {res['group']}-grouped test part ({100 * cfg['test_size']:.0f} %) "
+             f"held out first; each trial is a {cfg['folds']}-fold {res['group']}-grouped CV "
+             f"on the other {res['sizes']['search']} images (early stopping and calibration "
+             "on an inner validation part of each fold's training rows); the chosen "
+             "configuration is trained on those rows and scored once on the held-out part",
+             f"- {len(done)} finished trials (Optuna TPE, seed {cfg['seed']}"
+             + (f", study `{cfg['study_name']}` in `{cfg['storage']}`" if cfg["storage"] else "")
+             + ")",
+             f"- best: trial {best['number']}, CV {fmt(best['value'], pct)}"
+             + (f"; the starting configuration (trial 0): CV {fmt(start['value'], pct)}"
+                if start and start["value"] is not None else ""), "",
+             "![search history](tune_history.png)", "", "## Chosen configuration", "",
+             "| parameter | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+              for k, v in best["params"].items()]
+    lines += ["", "`best_config.json` holds the whole recipe: `skinfeat fit-head --config "
+              "best_config.json --split none` trains the model to deploy.", "",
+              "## Held-out metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {fmt(held['metrics'][k], k in ('accuracy', 'balanced_accuracy'))} |"
+              for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc")
+              if held["metrics"].get(k) is not None]
+    atomic_write_text(out / "tune_report.md", "\n".join(lines) + "\n")
