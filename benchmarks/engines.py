@@ -134,9 +134,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import warnings
     warnings.filterwarnings("ignore")
-    from skinfeat.backbone import WeightSource, create_backbone, preprocess, transform_for
-    from skinfeat.datasets import load_ham10000
-    from skinfeat.engines import PooledFeatures
+    from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+    from skinfeat.data.datasets import load_ham10000
+    from skinfeat.embed.engines import PooledFeatures
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from extract import cpu_line

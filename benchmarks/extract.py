@@ -43,7 +43,7 @@ FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"
 
 def cpu_line() -> str:
     """Model name and the flags that decide the fast path (lscpu's, from /proc/cpuinfo)."""
-    from skinfeat.backbone import cpu_flags
+    from skinfeat.embed.backbone import cpu_flags
 
     name = ""
     if os.path.exists("/proc/cpuinfo"):
@@ -57,8 +57,8 @@ def cpu_line() -> str:
 
 
 def offered_precisions(device: torch.device) -> list[str]:
-    from skinfeat.backbone import bf16_supported
-    from skinfeat.engines import int8_available
+    from skinfeat.embed.backbone import bf16_supported
+    from skinfeat.embed.engines import int8_available
 
     if device.type == "cpu":
         return ["fp32"] + ["bf16"] * bf16_supported(device) + ["int8"] * int8_available()
@@ -66,7 +66,7 @@ def offered_precisions(device: torch.device) -> list[str]:
 
 
 def timed_extract(table, path, **kw) -> dict:
-    from skinfeat.extract import extract
+    from skinfeat.embed.extract import extract
 
     marks: list[float] = []
     t0 = time.perf_counter()
@@ -85,9 +85,9 @@ def interleaved_rates(table, args, precisions: list[str], device: torch.device,
     comparable). Two rates: decode + model (stage one's own loop, decoding in the process: no
     overlap, so a lower bound for runs with decode workers) and the model alone on one
     preloaded batch (best of ``rounds``)."""
-    from skinfeat.backbone import create_backbone, preprocess, transform_for
-    from skinfeat.engines import make_embedder
-    from skinfeat.extract import cache_identity, embed_files
+    from skinfeat.embed.backbone import create_backbone, preprocess, transform_for
+    from skinfeat.embed.engines import make_embedder
+    from skinfeat.embed.extract import cache_identity, embed_files
 
     model = create_backbone(args.backbone, args.source)
     spec = transform_for(model)
@@ -131,9 +131,9 @@ def peak_rss_child(data: Path, limit: int, backbone: str) -> float:
     code = f"""
 import resource, tempfile, sys
 sys.path.insert(0, {str(ROOT)!r})
-from skinfeat.datasets import load_ham10000
-from skinfeat.backbone import WeightSource
-from skinfeat.extract import extract
+from skinfeat.data.datasets import load_ham10000
+from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.extract import extract
 t = load_ham10000({str(data)!r}).sort_values('image_id').iloc[:{limit}]
 with tempfile.TemporaryDirectory() as d:
     extract(t, d + '/c.h5', backbone={backbone!r}, weights=WeightSource('random'),
@@ -147,8 +147,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 def reference_epoch_seconds(table, backbone: str, batch: int = 64) -> float:
     """One epoch the reference's way: decode + fp32 backbone forward for every image, then the head."""
-    from skinfeat.backbone import WeightSource, create_backbone, preprocess, transform_for
-    from skinfeat.extract import Embedder
+    from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+    from skinfeat.embed.extract import Embedder
 
     model = create_backbone(backbone, WeightSource("random"))
     spec = transform_for(model)
@@ -184,10 +184,10 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from skinfeat.backbone import WeightSource, resolve_device, resolve_weights
-    from skinfeat.datasets import load_ham10000
-    from skinfeat.engines import calibration_files, calibration_identity
-    from skinfeat.train import fit_run
+    from skinfeat.embed.backbone import WeightSource, resolve_device, resolve_weights
+    from skinfeat.data.datasets import load_ham10000
+    from skinfeat.embed.engines import calibration_files, calibration_identity
+    from skinfeat.learn.train import fit_run
 
     if not (args.data / "HAM10000_metadata.csv").is_file():
         sys.exit(f"no HAM10000 sample at {args.data}; pass --data DIR")

@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinfeat.cache import read_cache
-from skinfeat.calibration import METHODS, Calibrator
-from skinfeat.datasets import CLASSES, load_dataset
-from skinfeat.head import STOP_ON, HeadConfig, fit_head, head_logits
-from skinfeat.metadata import MetadataEncoder
-from skinfeat.metrics import bootstrap_ci, classification_metrics, classwise_calibration, softmax
-from skinfeat.splits import fold_ids, holdout_mask
+from skinfeat.embed.cache import read_cache
+from skinfeat.learn.calibration import METHODS, Calibrator
+from skinfeat.data.datasets import CLASSES, load_dataset
+from skinfeat.learn.head import STOP_ON, HeadConfig, fit_head, head_logits
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.evaluate.metrics import bootstrap_ci, classification_metrics, classwise_calibration, softmax
+from skinfeat.data.splits import fold_ids, holdout_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data"
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     print(cpu_flags())
     # HAM10000 has 7 'acral' images: a fold may train without one; that warning is expected here.
-    logging.getLogger("skinfeat.metadata").setLevel(logging.ERROR)
+    logging.getLogger("skinfeat.data.metadata").setLevel(logging.ERROR)
     start = time.perf_counter()
     table, image, y = load(args.embeddings, args.metadata)
     print(f"{len(table)} images, {table['lesion_id'].nunique()} lesions, embeddings "

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinfeat.baseline import LGBMConfig, fit_lgbm
-from skinfeat.cache import CacheContents, write_cache
-from skinfeat.cv import CVConfig, cv_run, make_folds
-from skinfeat.datasets import CLASSES, load_dataset
-from skinfeat.metadata import MetadataEncoder
-from skinfeat.metrics import classification_metrics
-from skinfeat.train import fit_run
+from skinfeat.learn.baseline import LGBMConfig, fit_lgbm
+from skinfeat.embed.cache import CacheContents, write_cache
+from skinfeat.learn.cv import CVConfig, cv_run, make_folds
+from skinfeat.data.datasets import CLASSES, load_dataset
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.evaluate.metrics import classification_metrics
+from skinfeat.learn.train import fit_run
 
 ROOT = Path(__file__).resolve().parents[1]
 METADATA = ROOT.parent / "shared/data/HAM10000_metadata_full.csv"
@@ -135,9 +135,9 @@ import sys, time, tempfile, json
 from pathlib import Path
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
 from stage_two import load_table, synthetic_cache, METADATA
-from skinfeat.cache import write_cache
-from skinfeat.cv import CVConfig, cv_run
-from skinfeat.train import fit_run
+from skinfeat.embed.cache import write_cache
+from skinfeat.learn.cv import CVConfig, cv_run
+from skinfeat.learn.train import fit_run
 if __name__ == "__main__":
     table = load_table(Path(sys.argv[2]))
     tmp = Path(tempfile.mkdtemp())
@@ -210,7 +210,7 @@ def main() -> int:
         print(f"SKIP: {METADATA} not found; this benchmark needs HAM10000's metadata file "
               "(10,015 rows) there.")
         return 0
-    from skinfeat.tune import TuneConfig, tune_run
+    from skinfeat.learn.tune import TuneConfig, tune_run
 
     table = load_table(METADATA)
     contents = synthetic_cache(table)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from .backbone import DEFAULT_BACKBONE, PRECISIONS
 from .commands import data as data_cmds, deploy, ship, stage_one, stage_two
 from .commands.common import progress_bar
+from .embed.backbone import DEFAULT_BACKBONE, PRECISIONS
 
 log = logging.getLogger("skinfeat")
 
@@ -18,12 +18,12 @@ class Group(click.Group):
     """Turns the library's expected errors into one-line messages instead of tracebacks."""
 
     def invoke(self, ctx: click.Context):
-        from .bundle import BundleError
-        from .backbone import WeightsUnavailable
-        from .cache import CacheError
-        from .datasets import DataError
-        from .download import DownloadError
-        from .engines import EngineUnavailable
+        from .deploy.bundle import BundleError
+        from .embed.backbone import WeightsUnavailable
+        from .embed.cache import CacheError
+        from .data.datasets import DataError
+        from .data.download import DownloadError
+        from .embed.engines import EngineUnavailable
 
         try:
             return super().invoke(ctx)

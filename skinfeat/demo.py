@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .backbone import WeightSource, WeightsUnavailable, create_backbone, pretrained_location
-from .datasets import load_dataset
-from .extract import extract
-from .synthetic import make_synthetic_ham
-from .train import fit_run
+from .data.datasets import load_dataset
+from .data.synthetic import make_synthetic_ham
+from .embed.backbone import WeightSource, WeightsUnavailable, create_backbone, pretrained_location
+from .embed.extract import extract
+from .learn.train import fit_run
 
 log = logging.getLogger(__name__)
 

@@ -19,20 +19,20 @@ SAMPLE = Path(os.environ.get("SKINFEAT_SAMPLE",
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    from skinfeat.synthetic import make_synthetic_ham
+    from skinfeat.data.synthetic import make_synthetic_ham
     return make_synthetic_ham(tmp_path_factory.mktemp("synth"), n_images=160, seed=1)
 
 
 @pytest.fixture(scope="session")
 def synth_table(synth_dir):
-    from skinfeat.datasets import load_ham10000
+    from skinfeat.data.datasets import load_ham10000
     return load_ham10000(synth_dir)
 
 
 @pytest.fixture(scope="session")
 def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
-    from skinfeat.backbone import WeightSource
-    from skinfeat.extract import extract
+    from skinfeat.embed.backbone import WeightSource
+    from skinfeat.embed.extract import extract
     path = tmp_path_factory.mktemp("cache") / "synth.h5"
     extract(synth_table, path, backbone=TINY, weights=WeightSource("random"), precision="fp32",
             num_workers=0)
@@ -43,8 +43,8 @@ def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
 def ship_runs(synth_table, synth_cache, tmp_path_factory) -> dict:
     """A fusion-head run and a LightGBM run on the synthetic cache (predict, explain, export,
     serve); tests copy a run before changing it."""
-    from skinfeat.head import HeadConfig
-    from skinfeat.train import fit_run
+    from skinfeat.learn.head import HeadConfig
+    from skinfeat.learn.train import fit_run
     root = tmp_path_factory.mktemp("ship_runs")
     for model in ("head", "lgbm"):
         fit_run(synth_table, synth_cache, root / model, seed=0, model=model,

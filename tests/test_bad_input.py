@@ -19,14 +19,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from skinfeat.backbone import TransformSpec, load_image, preprocess
-from skinfeat.cache import read_cache
+from skinfeat.embed.backbone import TransformSpec, load_image, preprocess
+from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
-from skinfeat.datasets import index_images, load_ham10000
-from skinfeat.extract import ImageFiles
-from skinfeat.head import HeadConfig
-from skinfeat.splits import assign_split, fold_ids
-from skinfeat.train import align_embeddings, fit_run
+from skinfeat.data.datasets import index_images, load_ham10000
+from skinfeat.embed.extract import ImageFiles
+from skinfeat.learn.head import HeadConfig
+from skinfeat.data.splits import assign_split, fold_ids
+from skinfeat.learn.train import align_embeddings, fit_run
 
 from conftest import TINY
 from test_datasets import COLUMNS, ROWS, make_dir

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(not (BROWSER and DRIVER),
 def server(ship_runs):
     import uvicorn
 
-    from skinfeat.predict import Predictor
-    from skinfeat.serve import create_app
+    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.serve import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +85,7 @@ def test_page_in_headless_chromium(server, ship_runs, synth_table, tmp_path):
         driver.quit()
     print(f"\nprobabilities read from the page: {probs}\nattribution table: "
           f"{attribution!r}\nscreenshot: {shot}")
-    from skinfeat.predict import Predictor
+    from skinfeat.deploy.predict import Predictor
     want = Predictor(ship_runs["head"]).predict_image(synth_table["path"].iloc[0], age=55,
                                                       sex="female")
     top3 = sorted(want, key=want.get, reverse=True)[:3]

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinfeat.backbone import WeightSource
+from skinfeat.embed.backbone import WeightSource
 from skinfeat.cli import main
-from skinfeat.extract import extract
-from skinfeat.predict import Predictor
+from skinfeat.embed.extract import extract
+from skinfeat.deploy.predict import Predictor
 
 from conftest import TINY
 

@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from skinfeat.backbone import WeightSource
-from skinfeat.cache import CacheError, CacheWriter, merge_caches, read_cache
-from skinfeat.extract import extract
+from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.cache import CacheError, CacheWriter, merge_caches, read_cache
+from skinfeat.embed.extract import extract
 
 from conftest import TINY
 

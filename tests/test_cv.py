@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import skinfeat.train as train
-from skinfeat.baseline import LGBMConfig
-from skinfeat.cache import CacheContents, read_cache
+import skinfeat.learn.train as train
+from skinfeat.learn.baseline import LGBMConfig
+from skinfeat.embed.cache import CacheContents, read_cache
 from skinfeat.cli import main
-from skinfeat.cv import CVConfig, cv_run, make_folds, run_cv
-from skinfeat.head import HeadConfig
+from skinfeat.learn.cv import CVConfig, cv_run, make_folds, run_cv
+from skinfeat.learn.head import HeadConfig
 
 FAST = CVConfig(folds=3, head=HeadConfig(max_epochs=3), lgbm=LGBMConfig(n_estimators=15))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skinfeat.datasets import CLASSES, DataError, load_ham10000, summarize
+from skinfeat.data.datasets import CLASSES, DataError, load_ham10000, summarize
 
 COLUMNS = "lesion_id,image_id,dx,dx_type,age,sex,localization"
 

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from skinfeat import backbone, demo, engines
-from skinfeat.backbone import default_batch_size, resolve_device, resolve_precision
-from skinfeat.extract import default_workers
+from skinfeat import demo
+from skinfeat.embed import backbone, engines
+from skinfeat.embed.backbone import default_batch_size, resolve_device, resolve_precision
+from skinfeat.embed.extract import default_workers
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 

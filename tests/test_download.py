@@ -1,4 +1,4 @@
-"""Offline tests for skinfeat.download against a fake Dataverse on 127.0.0.1."""
+"""Offline tests for skinfeat.data.download against a fake Dataverse on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -16,12 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from skinfeat.download import (
-    DATAVERSE_DOI,
-    DownloadError,
-    download_ham10000,
-    unpack_zip,
-)
+from skinfeat.data.download import (DATAVERSE_DOI, DownloadError, download_ham10000, unpack_zip)
 
 METADATA_CSV = (
     b"lesion_id,image_id,dx,dx_type,age,sex,localization\n"

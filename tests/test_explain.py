@@ -11,14 +11,14 @@ from torch import nn
 
 pytest.importorskip("pytorch_grad_cam")
 
-from skinfeat.backbone import TransformSpec  # noqa: E402
-from skinfeat.bundle import save_bundle  # noqa: E402
+from skinfeat.embed.backbone import TransformSpec  # noqa: E402
+from skinfeat.deploy.bundle import save_bundle  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
-from skinfeat.explain import Explainer  # noqa: E402
-from skinfeat.extract import Embedder  # noqa: E402
-from skinfeat.head import FusionHead  # noqa: E402
-from skinfeat.metadata import MetadataEncoder  # noqa: E402
-from skinfeat.predict import Predictor  # noqa: E402
+from skinfeat.deploy.explain import Explainer  # noqa: E402
+from skinfeat.embed.extract import Embedder  # noqa: E402
+from skinfeat.learn.head import FusionHead  # noqa: E402
+from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
+from skinfeat.deploy.predict import Predictor  # noqa: E402
 
 SIZE = 64
 SPEC = TransformSpec(size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), draft=False)
@@ -139,7 +139,7 @@ def test_lightgbm_attribution_uses_its_own_contributions(ship_runs, synth_table)
     assert res.method == "scorecam" and "LightGBM" in res.attribution_kind
     assert set(res.attribution) == set(p.encoder.numeric + p.encoder.categorical)
     # Age is one encoded column: its attribution is exactly the booster's contribution of it.
-    from skinfeat.baseline import design_matrix
+    from skinfeat.learn.baseline import design_matrix
     model = p.trained.model
     meta = p.encode_metadata(ex.metadata_table({"age": row["age"], "sex": row["sex"],
                                                 "localization": row["localization"]}))

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from skinfeat.backbone import preprocess  # noqa: E402
+from skinfeat.embed.backbone import preprocess  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
-from skinfeat.export import onnx_probabilities  # noqa: E402
-from skinfeat.predict import Predictor  # noqa: E402
+from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
+from skinfeat.deploy.predict import Predictor  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

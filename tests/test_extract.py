@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from skinfeat.backbone import WeightSource, create_backbone, preprocess, transform_for
-from skinfeat.cache import read_cache
+from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
-from skinfeat.extract import Embedder, extract
+from skinfeat.embed.extract import Embedder, extract
 
 from conftest import TINY
 
@@ -37,7 +37,7 @@ def test_views_are_made_before_the_resize(synth_table, tmp_path, view, resize):
     crop, turning the resized tensor instead shifts the crop by a pixel: another input."""
     from PIL import Image
 
-    from skinfeat.backbone import load_image, to_tensor
+    from skinfeat.embed.backbone import load_image, to_tensor
 
     sub = synth_table.iloc[:4]
     extract(sub, tmp_path / "v.h5", views=(view,), resize=resize, **KW)
@@ -148,7 +148,7 @@ def test_local_weights_file_is_loaded_and_stamped(synth_table, tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from skinfeat.backbone import resolve_weights
+    from skinfeat.embed.backbone import resolve_weights
 
     torch.manual_seed(3)
     full = timm.create_model(TINY, pretrained=False)  # as a user's checkpoint: with its classifier

@@ -23,16 +23,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from skinfeat.backbone import WeightSource
-from skinfeat.baseline import LGBMConfig
-from skinfeat.bundle import (BundleError, atomic_write, load_config, load_into, load_state,
-                             save_bundle)
-from skinfeat.cache import CacheError, CacheWriter, read_cache
-from skinfeat.datasets import CLASSES, index_images, load_ham10000
-from skinfeat.extract import extract
-from skinfeat.head import FusionHead, HeadConfig
-from skinfeat.metadata import MetadataEncoder
-from skinfeat.train import fit_run
+from skinfeat.embed.backbone import WeightSource
+from skinfeat.learn.baseline import LGBMConfig
+from skinfeat.deploy.bundle import (BundleError, atomic_write, load_config, load_into, load_state,
+                                    save_bundle)
+from skinfeat.embed.cache import CacheError, CacheWriter, read_cache
+from skinfeat.data.datasets import CLASSES, index_images, load_ham10000
+from skinfeat.embed.extract import extract
+from skinfeat.learn.head import FusionHead, HeadConfig
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.learn.train import fit_run
 
 from conftest import TINY
 from test_bad_input import EXTRACT, assert_ok, assert_one_line_error, cli

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import skinfeat.head as head
-from skinfeat.baseline import LGBMConfig
-from skinfeat.cache import read_cache
-from skinfeat.cv import CVConfig, run_cv
-from skinfeat.head import Adam, HeadConfig, fit_head
-from skinfeat.head_batch import fit_heads
+import skinfeat.learn.head as head
+from skinfeat.learn.baseline import LGBMConfig
+from skinfeat.embed.cache import read_cache
+from skinfeat.learn.cv import CVConfig, run_cv
+from skinfeat.learn.head import Adam, HeadConfig, fit_head
+from skinfeat.learn.head_batch import fit_heads
 
 
 def test_adam_is_torchs_including_stacked_models_out_of_step():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import skinfeat.head as head
-from skinfeat.head import HeadConfig, MaskDropout, fit_head
+import skinfeat.learn.head as head
+from skinfeat.learn.head import HeadConfig, MaskDropout, fit_head
 
 
 def test_same_mask_and_generator_state_as_nn_dropout():

@@ -10,12 +10,12 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from skinfeat.backbone import WeightSource  # noqa: E402
-from skinfeat.bundle import BundleError  # noqa: E402
-from skinfeat.cache import CacheError, read_cache  # noqa: E402
-from skinfeat.engines import (Int8Embedder, calibration_files, calibration_identity,  # noqa: E402
-                              quantized_path)
-from skinfeat.extract import extract  # noqa: E402
+from skinfeat.embed.backbone import WeightSource  # noqa: E402
+from skinfeat.deploy.bundle import BundleError  # noqa: E402
+from skinfeat.embed.cache import CacheError, read_cache  # noqa: E402
+from skinfeat.embed.engines import (Int8Embedder, calibration_files,  # noqa: E402
+                                    calibration_identity, quantized_path)
+from skinfeat.embed.extract import extract  # noqa: E402
 
 from conftest import TINY  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_a_grown_int8_cache_keeps_its_quantized_model(synth_table, tmp_path, mon
     np.testing.assert_array_equal(after.embeddings[after.rows_for(list(before.image_ids))],
                                   before.embeddings)
     # The new rows are exactly what the stored quantized model gives.
-    from skinfeat.backbone import TransformSpec, preprocess
+    from skinfeat.embed.backbone import TransformSpec, preprocess
     spec = TransformSpec.from_dict(after.identity["preprocessing"])
     new = grown.iloc[20:]
     x = torch.stack([preprocess(p, spec) for p in new["path"]])
@@ -106,8 +106,8 @@ def test_int8_runs_on_the_cpu_even_beside_a_gpu(synth_table, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def int8_run(synth_table, int8_cache, tmp_path_factory):
-    from skinfeat.head import HeadConfig
-    from skinfeat.train import fit_run
+    from skinfeat.learn.head import HeadConfig
+    from skinfeat.learn.train import fit_run
     out = tmp_path_factory.mktemp("int8run") / "head"
     fit_run(synth_table, int8_cache, out, seed=0, head_cfg=HeadConfig(seed=0, max_epochs=8))
     return out
@@ -121,7 +121,7 @@ def test_predict_on_an_int8_model_matches_the_cached_path(int8_run, int8_cache, 
     bits of the fp32 accumulations around the int8 layers: 1e-4 on probabilities is far above
     that and far below any change of model.
     """
-    from skinfeat.predict import Predictor
+    from skinfeat.deploy.predict import Predictor
     from test_predict import cached_probabilities
 
     rows = synth_table.iloc[[3, 7]]
@@ -134,7 +134,7 @@ def test_predict_on_an_int8_model_matches_the_cached_path(int8_run, int8_cache, 
 def test_predict_without_the_quantized_model_says_how_to_rebuild(int8_run, int8_cache,
                                                                  synth_table, monkeypatch,
                                                                  tmp_path):
-    from skinfeat.predict import Predictor
+    from skinfeat.deploy.predict import Predictor
 
     monkeypatch.setenv("SKINFEAT_HOME", str(tmp_path / "empty"))
     with pytest.raises(BundleError, match="rerun skinfeat extract --precision int8"):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skinfeat.metadata import MetadataEncoder
+from skinfeat.data.metadata import MetadataEncoder
 
 SEX = ["female", "male", "unknown"]
 SITES = ["abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand",

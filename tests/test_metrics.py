@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from skinfeat.metrics import (bootstrap_ci, classification_metrics, expected_calibration_error,
-                              majority_baseline)
+from skinfeat.evaluate.metrics import (bootstrap_ci, classification_metrics,
+                                       expected_calibration_error, majority_baseline)
 
 CLASSES = ["a", "b", "c"]
 
@@ -119,7 +119,7 @@ def test_duplicated_images_widen_the_group_interval():
 
 
 def test_classwise_calibration_by_hand():
-    from skinfeat.metrics import classwise_calibration
+    from skinfeat.evaluate.metrics import classwise_calibration
     y = np.array([0, 0, 1, 1])
     proba = np.array([[0.9, 0.1], [0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
     cw = classwise_calibration(y, proba, ["a", "b"], n_bins=2)

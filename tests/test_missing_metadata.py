@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from skinfeat.head import HeadConfig, _blank_fields, fit_head, head_logits
-from skinfeat.metadata import MetadataEncoder
-from skinfeat.metrics import classification_metrics, softmax
+from skinfeat.learn.head import HeadConfig, _blank_fields, fit_head, head_logits
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.evaluate.metrics import classification_metrics, softmax
 
 TRAIN = pd.DataFrame({
     "age": [30.0, 45.0, np.nan, 70.0, 55.0, 60.0],
@@ -44,7 +44,7 @@ def test_every_path_into_missing_gives_the_identical_vector(field, values, caplo
     enc = encoder()
     known = {"age": 40.0, "sex": "female", "localization": "back"}
     base = pd.DataFrame([known] * len(values))
-    with caplog.at_level(logging.WARNING, logger="skinfeat.metadata"):
+    with caplog.at_level(logging.WARNING, logger="skinfeat.data.metadata"):
         given = enc.transform(base.assign(**{field: values}))           # blank / token / unseen
     absent = enc.transform(base.drop(columns=[field]))                  # column absent
     dropped = enc.blank(enc.transform(base), field)                     # blanked afterwards
@@ -65,11 +65,11 @@ def test_every_path_into_missing_gives_the_identical_vector(field, values, caplo
 
 def test_unseen_values_warn_with_field_and_values(caplog):
     enc = encoder()
-    with caplog.at_level(logging.WARNING, logger="skinfeat.metadata"):
+    with caplog.at_level(logging.WARNING, logger="skinfeat.data.metadata"):
         enc.transform(pd.DataFrame({"age": [1.0], "sex": ["other"], "localization": ["tail"]}))
     assert "sex" in caplog.text and "'other'" in caplog.text and "'tail'" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="skinfeat.metadata"):
+    with caplog.at_level(logging.WARNING, logger="skinfeat.data.metadata"):
         enc.transform(pd.DataFrame({"age": [1.0], "sex": ["unknown"], "localization": [None]}))
     assert caplog.text == ""  # a missing token is not "unseen"
 

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinfeat.bundle import BundleError, load_config, load_into, load_state
-from skinfeat.cache import read_cache
+from skinfeat.deploy.bundle import BundleError, load_config, load_into, load_state
+from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
-from skinfeat.datasets import CLASSES
-from skinfeat.head import FusionHead, head_logits
-from skinfeat.metadata import MetadataEncoder
-from skinfeat.calibration import Calibrator
-from skinfeat.metrics import softmax
-from skinfeat.predict import Predictor
+from skinfeat.data.datasets import CLASSES
+from skinfeat.learn.head import FusionHead, head_logits
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.learn.calibration import Calibrator
+from skinfeat.evaluate.metrics import softmax
+from skinfeat.deploy.predict import Predictor
 
 
 def cli(*args: str):
@@ -43,7 +43,7 @@ def cached_probabilities(run, cache, table) -> np.ndarray:
         load_into(model, load_state(run), run)
         logits = head_logits(model, emb, meta)
     else:
-        from skinfeat.baseline import LGBMModel
+        from skinfeat.learn.baseline import LGBMModel
         lgbm = LGBMModel.from_state((run / "model.lgbm.txt").read_text(), config["lgbm"])
         logits = np.log(np.clip(lgbm.predict_proba(emb, meta), 1e-12, None))
     return Calibrator.from_dict(config["calibration"])(logits)
@@ -121,7 +121,7 @@ def make_isic2018_test(synth_table, root):
 
 
 def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
-    from skinfeat.datasets import load_any
+    from skinfeat.data.datasets import load_any
     data = make_isic2018_test(synth_table, tmp_path / "isic")
     table = load_any(data)
     assert table["dx"].tolist() == synth_table["dx"].iloc[:40].tolist()
@@ -147,7 +147,7 @@ def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
 
 
 def test_evaluate_generic_csv_flags_training_overlap(runs, synth_table, tmp_path):
-    from skinfeat.evaluate import evaluate_run
+    from skinfeat.evaluate.external import evaluate_run
     rows = synth_table.iloc[:30]
     rows[["path", "image_id", "dx", "age", "sex", "localization"]].rename(
         columns={"path": "image"}).to_csv(tmp_path / "ext.csv", index=False)
@@ -221,8 +221,8 @@ def test_truncated_weights_and_wrong_backbone_source(runs, tmp_path, synth_table
 
 
 def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
-    from skinfeat.calibration import fit_temperature
-    from skinfeat.metrics import expected_calibration_error
+    from skinfeat.learn.calibration import fit_temperature
+    from skinfeat.evaluate.metrics import expected_calibration_error
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 1.5, (6000, 7))
     p = softmax(logits)
@@ -237,7 +237,7 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
 
 
 def test_offline_pretrained_weights_are_a_one_line_error():
-    from skinfeat.backbone import WeightSource, WeightsUnavailable, create_backbone
+    from skinfeat.embed.backbone import WeightSource, WeightsUnavailable, create_backbone
     with pytest.raises(WeightsUnavailable) as exc:
         create_backbone("test_convnext.r160_in1k", WeightSource("pretrained"))
     msg = str(exc.value)
@@ -245,7 +245,7 @@ def test_offline_pretrained_weights_are_a_one_line_error():
 
 
 def test_layout_detection_and_malformed_ground_truth(synth_dir, synth_table, tmp_path):
-    from skinfeat.datasets import DataError, detect_layout, load_isic2018_test
+    from skinfeat.data.datasets import DataError, detect_layout, load_isic2018_test
     assert detect_layout(synth_dir) == "ham10000"
     data = make_isic2018_test(synth_table, tmp_path / "isic")
     assert detect_layout(data) == "isic2018-test"

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from skinfeat.cli import main
-from skinfeat.datasets import DataError, detect, load_dataset
-from skinfeat.dataspec import PRESETS, DatasetSpec, SpecError, load_spec
-from skinfeat.synthetic import make_synthetic
+from skinfeat.data.datasets import DataError, detect, load_dataset
+from skinfeat.data.spec import PRESETS, DatasetSpec, SpecError, load_spec
+from skinfeat.data.synthetic import make_synthetic
 
 from conftest import TINY
 
@@ -153,7 +153,7 @@ def test_spec_file_round_trips_through_the_bundle(tmp_path, suffix):
         "--out", tmp_path / "run", "--epochs", "4")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert DatasetSpec.from_dict(config["dataset"]) == spec
-    from skinfeat.predict import Predictor
+    from skinfeat.deploy.predict import Predictor
     p = Predictor(tmp_path / "run")
     assert p.spec == spec and p.fields == ("age_years", "body_site")
     image = next((root / "photos").glob("*.jpg"))

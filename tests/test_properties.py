@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from skinfeat.datasets import AGE_RANGE, CLASSES, MISSING_CATEGORY
-from skinfeat.metadata import MetadataEncoder
-from skinfeat.splits import assign_split, fold_ids
+from skinfeat.data.datasets import AGE_RANGE, CLASSES, MISSING_CATEGORY
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.data.splits import assign_split, fold_ids
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -40,7 +40,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
        others=st.lists(st.lists(rows, min_size=0, max_size=20), min_size=1, max_size=3))
 def test_encoder_output_is_finite_and_of_fixed_width(encoding, train, others):
     enc = MetadataEncoder(encoding=encoding).fit(frame(train))
-    logging.getLogger("skinfeat.metadata").disabled = True  # unseen values warn, by design
+    logging.getLogger("skinfeat.data.metadata").disabled = True  # unseen values warn, by design
     try:
         for records in [train, *others]:
             x = enc.transform(frame(records))
@@ -53,7 +53,7 @@ def test_encoder_output_is_finite_and_of_fixed_width(encoding, train, others):
                     block = x[:, lo:hi]
                     assert set(np.unique(block)) <= {0.0, 1.0} and (block.sum(1) <= 1).all()
     finally:
-        logging.getLogger("skinfeat.metadata").disabled = False
+        logging.getLogger("skinfeat.data.metadata").disabled = False
     again = MetadataEncoder.from_dict(enc.to_dict())
     np.testing.assert_array_equal(again.transform(frame(train)), enc.transform(frame(train)))
 

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from skinfeat.backbone import WeightSource
-from skinfeat.cache import read_cache
-from skinfeat.extract import extract
-from skinfeat.train import fit_run
+from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.cache import read_cache
+from skinfeat.embed.extract import extract
+from skinfeat.learn.train import fit_run
 
 from conftest import TINY
 

@@ -19,8 +19,8 @@ pytest.importorskip("pytorch_grad_cam")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from skinfeat.cli import main  # noqa: E402
-from skinfeat.predict import Predictor  # noqa: E402
-from skinfeat.serve import create_app  # noqa: E402
+from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.deploy.serve import create_app  # noqa: E402
 
 LIMIT = 300_000
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from skinfeat.splits import assign_split, check_grouped, fold_ids, load_split, save_split
+from skinfeat.data.splits import assign_split, check_grouped, fold_ids, load_split, save_split
 
 
 def test_lesion_split_keeps_lesions_whole_and_classes_in_train(synth_table):
@@ -60,7 +60,7 @@ def test_same_seed_same_split(synth_table):
 def test_fast_grouped_folds_equal_sklearns(n_folds, seed):
     import warnings
     from sklearn.model_selection import StratifiedGroupKFold
-    from skinfeat.splits import stratified_group_folds
+    from skinfeat.data.splits import stratified_group_folds
 
     rng = np.random.default_rng(seed)
     groups = rng.integers(0, 400, 1200).astype(str)          # 1-10 images per group

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..backbone import DEFAULT_BACKBONE
-from ..dataspec import PRESETS
+from ..data.spec import PRESETS
+from ..embed.backbone import DEFAULT_BACKBONE
 
 DEFAULT_CACHE_DIR = Path("cache")
 
@@ -74,8 +74,8 @@ def column_overrides(opts: dict) -> dict:
 def load_data(data: str, opts: dict, images: bool = True):
     """The ``Dataset`` at ``data`` as the dataset options describe it (``images=False``: the
     tables alone; stage two needs the labels and the cache, not the image files)."""
-    from ..dataspec import Task
-    from ..datasets import load_dataset
+    from ..data.spec import Task
+    from ..data.datasets import load_dataset
 
     return load_dataset(data, opts["preset"], opts["spec_file"], task=Task.parse(opts["task"]),
                         images=images, **column_overrides(opts))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..backbone import DEFAULT_BACKBONE
+from ..embed.backbone import DEFAULT_BACKBONE
 from .common import dataset_options, load_data, pop_dataset_options, progress_bar
 
 
@@ -22,7 +22,7 @@ def data() -> None:
 def data_check(root: str, as_json: bool, **kwargs) -> None:
     """Detect the layout of ROOT (a dataset folder or table), validate it and print images and
     groups per class, and the missing values of every metadata field."""
-    from ..datasets import summarize
+    from ..data.datasets import summarize
 
     s = summarize(load_data(root, pop_dataset_options(kwargs)))
     if as_json:
@@ -53,7 +53,7 @@ def data_check(root: str, as_json: bool, **kwargs) -> None:
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 def data_unpack(root: str) -> None:
     """Extract the dataset zips in ROOT (Harvard Dataverse download) in place."""
-    from ..download import unpack_zip
+    from ..data.download import unpack_zip
 
     zips = sorted(Path(root).glob("*.zip"))
     if not zips:
@@ -66,7 +66,7 @@ def data_unpack(root: str) -> None:
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True)
 def weights(backbone: str) -> None:
     """Where the backbone's pretrained weights come from and whether they are cached."""
-    from ..backbone import pretrained_location
+    from ..embed.backbone import pretrained_location
 
     hub_id, cached = pretrained_location(backbone)
     if hub_id is None:
@@ -87,7 +87,7 @@ def download() -> None:
 @click.option("--with-isic2018-test", is_flag=True, help="Also the ISIC 2018 Task 3 test set.")
 def download_ham10000(dest: str, with_isic2018_test: bool) -> None:
     """HAM10000 from Harvard Dataverse (doi:10.7910/DVN/DBW86T), resumable and checksummed."""
-    from ..download import download_ham10000 as fetch
+    from ..data.download import download_ham10000 as fetch
 
     bars: dict = {}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..backbone import DEVICES
+from ..embed.backbone import DEVICES
 from .common import column_overrides, dataset_options, pop_dataset_options, progress_bar
 
 
@@ -58,8 +58,8 @@ def predictor_options(f):
 def predict(run, weights_file, device, batch_size, workers, caches, image, csv_path, meta, age,
             sex, localization, output, top_k, as_json) -> None:
     """Calibrated class probabilities for a raw image (or a CSV of them) and its metadata."""
-    from ..datasets import load_images
-    from ..predict import Predictor, parse_meta, save_predictions
+    from ..data.datasets import load_images
+    from ..deploy.predict import Predictor, parse_meta, save_predictions
 
     if bool(image) == bool(csv_path):
         raise click.UsageError("pass exactly one of --image or --csv")
@@ -128,7 +128,7 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
              **kwargs) -> None:
     """Score a trained model on another labelled set (the report leads with balanced accuracy,
     or ROC AUC for a binary model). The labels are read as the model's task."""
-    from ..evaluate import evaluate_run
+    from ..evaluate.external import evaluate_run
 
     opts = pop_dataset_options(kwargs)
     if opts["task"]:

@@ -39,9 +39,9 @@ def explain(run, weights_file, device, batch_size, workers, image, csv_path, met
             method, out) -> None:
     """Where the model looked (Grad-CAM) and how much each metadata field moved it, as PNGs."""
     needs("pytorch_grad_cam", "explain")
-    from ..datasets import load_images
-    from ..explain import ExplainError, Explainer, save_figure
-    from ..predict import Predictor, parse_meta
+    from ..data.datasets import load_images
+    from ..deploy.explain import ExplainError, Explainer, save_figure
+    from ..deploy.predict import Predictor, parse_meta
 
     if bool(image) == bool(csv_path):
         raise click.UsageError("pass exactly one of --image or --csv")
@@ -78,8 +78,8 @@ def explain(run, weights_file, device, batch_size, workers, image, csv_path, met
 def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> None:
     """One ONNX graph: image tensor + encoded metadata -> calibrated probabilities."""
     needs("onnx", "export")
-    from ..export import export_onnx
-    from ..predict import Predictor
+    from ..deploy.export import export_onnx
+    from ..deploy.predict import Predictor
 
     p = Predictor(run, weights_file=weights_file, device="cpu")
     graph, side = export_onnx(p, onnx_path, opset=opset)
@@ -103,8 +103,8 @@ def serve(run, weights_file, device, batch_size, workers, host, port, max_upload
     needs("uvicorn", "serve")
     import uvicorn
 
-    from ..predict import Predictor
-    from ..serve import create_app
+    from ..deploy.predict import Predictor
+    from ..deploy.serve import create_app
 
     p = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
                   num_workers=workers)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..backbone import DEVICES, PRECISIONS, RESIZE_MODES
+from ..embed.backbone import DEVICES, PRECISIONS, RESIZE_MODES
 from .common import (dataset_options, default_cache, load_data, pop_dataset_options, progress_bar,
                      weights_options)
 
@@ -59,8 +59,8 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
 
     Any preset works, test sets (isic2018-test) and CSV tables included, so evaluation sets are
     cached once too."""
-    from ..backbone import resolve_weights
-    from ..extract import VIEW_PRESETS, extract as run_extract
+    from ..embed.backbone import resolve_weights
+    from ..embed.extract import VIEW_PRESETS, extract as run_extract
 
     table = load_data(data_dir, pop_dataset_options(kwargs)).table
     source = resolve_weights(weights, weights_file)
@@ -97,7 +97,7 @@ def cache() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def cache_info(path: str) -> None:
     """Identity, counts, views and failures of a cache file."""
-    from ..cache import read_cache
+    from ..embed.cache import read_cache
 
     c = read_cache(path)
     failures = json.loads(c.attrs.get("failures", "[]"))
@@ -117,7 +117,7 @@ def cache_info(path: str) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def cache_merge(inputs: tuple[str, ...], out: str) -> None:
     """Merge shard caches of one identity into OUT."""
-    from ..cache import merge_caches
+    from ..embed.cache import merge_caches
 
     c = merge_caches(list(inputs), out)
     click.echo(f"{out}: {len(c.image_ids)} embeddings merged from {len(inputs)} file(s)")

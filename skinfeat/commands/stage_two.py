@@ -62,8 +62,8 @@ def _option(prefix: str, field, help_text: str):
 def recipe_options(f):
     """Every HeadConfig field as --NAME and every LGBMConfig field as --lgbm-NAME, plus
     --config FILE and the run-level flags; values are None unless given."""
-    from ..baseline import LGBMConfig
-    from ..head import HeadConfig
+    from ..learn.baseline import LGBMConfig
+    from ..learn.head import HeadConfig
 
     opts = [
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -119,8 +119,8 @@ def pop_recipe(kwargs: dict) -> tuple[dict, dict]:
 def run_config(config_file: str | None, run: dict, head: dict, lgbm: dict):
     """Defaults < --config FILE < flags. --encoding reference without a file starts from the
     reference head's defaults."""
-    from ..head import HeadConfig
-    from ..runconfig import RunConfig, merge, read_config_file
+    from ..learn.head import HeadConfig
+    from ..learn.runconfig import RunConfig, merge, read_config_file
 
     base = read_config_file(config_file) if config_file else RunConfig()
     if not config_file and run.get("encoding") == "reference":
@@ -150,7 +150,7 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 @recipe_options
 def fit_head(data_dir, caches, out, config_file, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
-    from ..train import fit_run
+    from ..learn.train import fit_run
 
     head, lgbm = pop_recipe(kwargs)
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
@@ -165,7 +165,7 @@ def fit_head(data_dir, caches, out, config_file, **kwargs) -> None:
 
 
 def print_run_summary(res: dict, out: str | Path) -> None:
-    from ..metrics import headline
+    from ..evaluate.metrics import headline
 
     m, b, info = res["metrics"], res["baseline"], res["info"]
     if info["random_weights"]:
@@ -227,7 +227,7 @@ def cv_options(f):
 
 def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
     """The CVConfig of the cv and tune commands: the recipe (file < flags) and the protocol."""
-    from ..cv import CVConfig
+    from ..learn.cv import CVConfig
 
     head, lgbm = pop_recipe(kwargs)
     run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta")}
@@ -251,7 +251,7 @@ def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
 def cv(data_dir, caches, out, split, folds, seeds, jobs, inputs, models, save_models,
        config_file, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
-    from ..cv import cv_run
+    from ..learn.cv import cv_run
 
     table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
     cfg = cv_config(config_file, folds, split, seeds, models, inputs, kwargs)
@@ -304,7 +304,7 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     """Search the head's hyperparameters (Optuna), honestly: grouped CV on the rows outside a
     held-out test part, which scores the chosen configuration once."""
     try:
-        from ..tune import TuneConfig, tune_run
+        from ..learn.tune import TuneConfig, tune_run
     except ImportError as exc:
         raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
     head, lgbm = pop_recipe(kwargs)

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write as _atomic_write, disk_full_hint
+from ..atomic import atomic_write as _atomic_write, disk_full_hint
 
 FORMAT = "skinfeat-bundle/1"
 CONFIG = "config.json"

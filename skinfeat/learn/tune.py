@@ -28,13 +28,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .bundle import atomic_write_text
-from .cache import cache_label, read_caches
+from ..data.datasets import Dataset
+from ..data.splits import fold_ids, holdout_mask
+from ..deploy.bundle import atomic_write_text
+from ..embed.cache import cache_label, read_caches
 from .cv import iter_folds
-from .datasets import Dataset
 from .head import HeadConfig, one_thread
 from .runconfig import RunConfig
-from .splits import fold_ids, holdout_mask
 from .train import align_embeddings, as_dataset, fit_split, fit_splits
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,8 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
 
 
 def write_tune_report(out: Path, res: dict) -> None:
-    from .report import _plt, fmt
-    from .bundle import atomic_write
+    from ..evaluate.report import _plt, fmt
+    from ..deploy.bundle import atomic_write
 
     plt = _plt()
     done = [h for h in res["history"] if h["value"] is not None]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..data.spec import read_settings
 from .baseline import LGBMConfig
-from .dataspec import read_settings
 from .head import HeadConfig
 
 SPLITS = ("lesion", "image", "none")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

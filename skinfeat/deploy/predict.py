@@ -17,19 +17,19 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .backbone import (TransformSpec, WeightSource, create_backbone, resolve_device,
-                       resolve_weights)
+from ..data.datasets import HAM10000, DataError, clean_metadata
+from ..data.metadata import MetadataEncoder
+from ..data.spec import DatasetSpec, SpecError, Task
+from ..embed.backbone import (TransformSpec, WeightSource, create_backbone, resolve_device,
+                              resolve_weights)
+from ..embed.cache import random_weights
+from ..embed.engines import QuantizedModelMissing, make_embedder
+from ..embed.extract import Embedder, Int8Embedder, embed_files
+from ..learn.calibration import Calibrator
+from ..learn.head import FusionHead
+from ..learn.train import Trained
 from .bundle import (CONFIG, LGBM, WEIGHTS, BundleError, atomic_write_text, load_config, load_into,
                      load_state)
-from .cache import random_weights
-from .datasets import HAM10000, DataError, clean_metadata
-from .dataspec import DatasetSpec, SpecError, Task
-from .engines import QuantizedModelMissing, make_embedder
-from .extract import Embedder, Int8Embedder, embed_files
-from .head import FusionHead
-from .metadata import MetadataEncoder
-from .calibration import Calibrator
-from .train import Trained
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def load_model(run: Path, config: dict) -> tuple[Trained, MetadataEncoder]:
 
 def load_lgbm(run: Path, config: dict, embed_dim: int):
     import lightgbm as lgb
-    from .baseline import LGBMModel
+    from ..learn.baseline import LGBMModel
 
     path = run / LGBM
     if not path.is_file():
@@ -328,7 +328,7 @@ class Predictor:
     def cached(self, image_ids: Sequence[str], caches) -> tuple[np.ndarray, list[str]]:
         """Embeddings of ``image_ids`` from cache file(s) (several: fused per image in the
         order given, as in training), and per-row errors for ids that are not cached."""
-        from .cache import read_caches
+        from ..embed.cache import read_caches
 
         contents = read_caches(caches)
         if contents.dim != self.embed_dim:

@@ -28,8 +28,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
-from .backbone import MAX_IMAGE_PIXELS, load_image
-from .datasets import DataError
+from ..data.datasets import DataError
+from ..embed.backbone import MAX_IMAGE_PIXELS, load_image
 from .explain import ExplainError, Explainer, overlay
 
 log = logging.getLogger(__name__)

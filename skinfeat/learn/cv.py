@@ -34,15 +34,15 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from ..data.datasets import Dataset
+from ..data.splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol, save_split
+from ..embed.cache import CacheContents, cache_label, read_caches
+from ..evaluate.metrics import headline, majority_baseline, mean_std
 from .baseline import LGBMConfig
-from .cache import CacheContents, cache_label, read_caches
-from .datasets import Dataset
 from .head import INPUTS, HeadConfig, one_thread
-from .metrics import headline, majority_baseline, mean_std
-from .splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol, save_split
 from .runconfig import RunConfig
-from .train import (MODELS, align_embeddings, as_dataset, bundle_config, cache_sources,
-                    fit_splits, save_fit)
+from .train import (MODELS, align_embeddings, as_dataset, bundle_config, cache_sources, fit_splits,
+                    save_fit)
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _init_worker(image: np.ndarray) -> None:
 
 
 def _warm_up() -> None:
-    """Nothing: unpickling this function imports skinfeat.cv and torch in the worker."""
+    """Nothing: unpickling this function imports skinfeat.learn.cv and torch in the worker."""
 
 
 def _run_in_worker(task: FitTask) -> list[dict]:
@@ -326,7 +326,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
     cv_report.md, cv_folds.csv and PNGs. ``save_models``: every fold's bundle and, per model and
     input set, an ensemble bundle of its folds (``models/MODEL_INPUTS/``)."""
-    from .cv_report import write_cv_report
+    from ..evaluate.cv_report import write_cv_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,7 +347,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
 def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
     """Per model and input set, an ensemble bundle over its fold bundles (predict and evaluate
     average the members' calibrated probabilities; see ``predict.Predictor``)."""
-    from .bundle import atomic_write_text, load_config, save_bundle
+    from ..deploy.bundle import atomic_write_text, load_config, save_bundle
 
     made = {}
     table = res["folds_table"]

@@ -74,7 +74,7 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
     """Write ``out`` (the ONNX graph) and ``out`` with suffix .json; returns both paths."""
     import onnx
 
-    from .atomic import atomic_write
+    from ..atomic import atomic_write
 
     if predictor.trained.kind != "head":
         raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one is "

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
+from .. import __version__
 from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_backbone,
-                       default_batch_size, load_image, resolve_device, resolve_precision,
-                       to_tensor, transform_for)
+                       default_batch_size, load_image, resolve_device, resolve_precision, to_tensor,
+                       transform_for)
 from .cache import CacheContents, CacheWriter, stored_identity
 from .engines import (CALIBRATION_IMAGES, Embedder, Int8Embedder, PooledFeatures,  # noqa: F401
                       calibration_files, calibration_identity, make_embedder, require_int8)

@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .backbone import load_image, to_tensor
-from .datasets import DataError
+from ..data.datasets import DataError
+from ..embed.backbone import load_image, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Explainer:
         return out, "probability minus probability with the field missing"
 
     def _lgbm_contributions(self, embedding: np.ndarray, table: pd.DataFrame) -> dict:
-        from .baseline import design_matrix
+        from ..learn.baseline import design_matrix
 
         model, k = self.p.trained.model, len(self.p.classes)
         if model.cfg.inputs == "image":
@@ -261,7 +261,7 @@ def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_write
+    from ..atomic import atomic_write
 
     path = Path(path)
     n = 2 + len(ex.cams)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bundle import atomic_write, atomic_write_text
+from ..deploy.bundle import atomic_write, atomic_write_text
 from .metrics import bootstrap_ci, headline, reliability_bins, softmax
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).

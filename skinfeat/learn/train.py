@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from .. import __version__
+from ..data.datasets import HAM10000, Dataset
+from ..data.metadata import MetadataEncoder
+from ..data.splits import assign_split, load_split, protocol, save_split
+from ..deploy.bundle import save_bundle
+from ..embed.cache import CacheContents, CacheError, cache_label, read_caches
+from ..evaluate.metrics import (classification_metrics, classwise_calibration,
+                                expected_calibration_error, majority_baseline, softmax)
 from .baseline import LGBMConfig, LGBMModel, fit_lgbm
-from .bundle import save_bundle
-from .cache import CacheContents, CacheError, cache_label, read_caches
 from .calibration import Calibrator
-from .datasets import HAM10000, Dataset
 from .head import FusionHead, HeadConfig, balanced_class_weights, fit_head, head_logits
-from .metadata import MetadataEncoder
-from .metrics import (classification_metrics, classwise_calibration, expected_calibration_error,
-                      majority_baseline, softmax)
-from .splits import assign_split, load_split, protocol, save_split
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
     and calibrates: the model to deploy after a CV study; its report's scores are on that
     part, optimistic, and say so.
     """
-    from .report import write_run_report
+    from ..evaluate.report import write_run_report
     from .runconfig import RunConfig
 
     data = as_dataset(data)

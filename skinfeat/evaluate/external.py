@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .bundle import atomic_write_text
-from .datasets import DataError, load_dataset
+from ..data.datasets import DataError, load_dataset
+from ..deploy.bundle import atomic_write_text
+from ..deploy.predict import Predictor
 from .metrics import (bootstrap_ci, classification_metrics, classwise_calibration,
                       expected_calibration_error, headline, majority_baseline, softmax)
-from .predict import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .dataspec import (IMAGE_SUFFIXES, PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task,
-                       load_spec)
+from .spec import (IMAGE_SUFFIXES, PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task,
+                   load_spec)
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .atomic import atomic_write, disk_full_hint
+from ..atomic import atomic_write, disk_full_hint
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""A trained model in use: the bundle, predict, explain, export, serve."""

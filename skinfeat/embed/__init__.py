@@ -1,0 +1,1 @@
+"""Stage one: the frozen backbone, its engines, the embedding cache, extract."""

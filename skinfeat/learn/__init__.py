@@ -1,0 +1,1 @@
+"""Stage two: heads, LightGBM, the one fit path, calibration, cv, tuning."""
