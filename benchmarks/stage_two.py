@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinfeat.learn.baseline import LGBMConfig, fit_lgbm
-from skinfeat.embed.cache import CacheContents, write_cache
-from skinfeat.learn.cv import CVConfig, cv_run, make_folds
 from skinfeat.data.datasets import CLASSES, load_dataset
 from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.embed.cache import CacheContents, write_cache
 from skinfeat.evaluate.metrics import classification_metrics
+from skinfeat.learn.baseline import LGBMConfig, fit_lgbm
+from skinfeat.learn.cv import CVConfig, cv_run, make_folds
 from skinfeat.learn.train import fit_run
 
 ROOT = Path(__file__).resolve().parents[1]
