@@ -130,14 +130,15 @@ class MemorySampler(threading.Thread):
             self.worker_kb = max([self.worker_kb] + [_proc_kb(p, "VmHWM") for p in workers])
 
 
+# Runs inside ``--today``'s tree, so it names that commit's (flat) modules, not today's layout.
 TODAY_SNIPPET = """
 import sys, time, tempfile, json
 from pathlib import Path
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
 from stage_two import load_table, synthetic_cache, METADATA
-from skinfeat.embed.cache import write_cache
-from skinfeat.learn.cv import CVConfig, cv_run
-from skinfeat.learn.train import fit_run
+from skinfeat.cache import write_cache
+from skinfeat.cv import CVConfig, cv_run
+from skinfeat.train import fit_run
 if __name__ == "__main__":
     table = load_table(Path(sys.argv[2]))
     tmp = Path(tempfile.mkdtemp())
