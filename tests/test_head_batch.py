@@ -12,7 +12,8 @@ import skinfeat.learn.head as head
 from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
-from skinfeat.learn.head import Adam, HeadConfig, fit_head
+from skinfeat.learn.head import HeadConfig, fit_head
+from skinfeat.learn.optim import Adam
 from skinfeat.learn.head_batch import fit_heads
 
 

@@ -4,20 +4,20 @@ The validated table has one row per image: ``image_id``, ``lesion_id`` (the grou
 a patient, or the image itself where the set has no groups), ``path``, ``dx`` (class code),
 ``label`` (its index in the class list), then the spec's metadata fields, numeric as floats (NaN
 when missing) and categorical as lower-case strings (None when missing). Every dataset fact lives
-in ``dataspec``; this module only applies it.
+in ``spec``; the building blocks (tables, image files, values) are in ``tables``.
 """
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .spec import (IMAGE_SUFFIXES, PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task,
-                   load_spec)
+from .spec import PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task, load_spec
+from .tables import (DETECT_DEPTH, DataError, _as_text, clean_metadata, find_files, header_of,
+                     image_key, index_images, read_table, resolve_images)
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,6 @@ MISSING_CATEGORY = "unknown"
 AGE_RANGE = HAM10000.ranges["age"]
 LAYOUTS: tuple[str, ...] = tuple(PRESETS)
 PATH_COLUMNS: tuple[str, ...] = ("image", "path", "image_id")  # a generic table's image column
-DETECT_DEPTH = 2   # label tables are looked for in the folder and at most two levels below
-
-
-class DataError(ValueError):
-    """A dataset problem, with a one-line message that names the file and the problem."""
 
 
 @dataclass
@@ -51,158 +46,6 @@ class Dataset:
     @property
     def class_names(self) -> dict[str, str]:
         return {c: self.spec.class_names.get(c, c) for c in self.classes}
-
-
-# ---------------------------------------------------------------- tables and images
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or tab-separated table; tolerates a BOM, CRLF line ends and quoted fields.
-    Column names are stripped and lower-cased; every value is a string."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with open(path, "r", encoding="utf-8-sig", errors="replace") as fh:
-        first = fh.readline()
-    if not first.strip():
-        raise DataError(f"{path}: file is empty")
-    sep = "\t" if first.count("\t") > first.count(",") else ","
-    try:
-        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot parse table ({str(exc).splitlines()[0]})") from exc
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    return df
-
-
-def header_of(path: Path) -> set[str]:
-    try:
-        with open(path, "r", encoding="utf-8-sig", errors="replace") as fh:
-            first = fh.readline()
-    except OSError:
-        return set()
-    sep = "\t" if first.count("\t") > first.count(",") else ","
-    return {c.strip().strip('"').lower() for c in first.split(sep)}
-
-
-def image_key(name: str, spec: DatasetSpec) -> str:
-    """The id an image file or a table value stands for: no folder, no image extension, no
-    spec suffix (ISIC 2019's ``_downsampled``)."""
-    stem = name.strip().replace("\\", "/").rsplit("/", 1)[-1]
-    root, ext = os.path.splitext(stem)
-    stem = root if ext.lower() in spec.image_suffixes else stem
-    for suffix in spec.id_suffixes:
-        if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
-def image_folders(root: Path, spec: DatasetSpec) -> list[Path]:
-    """The spec's image folders under ``root`` (one or two levels down, matched
-    case-insensitively: the Kaggle HAM10000 archive has lower-case copies), else ``root``."""
-    if not spec.image_dirs:
-        return [root]
-    wanted = {d.lower() for d in spec.image_dirs}
-    found = [p for depth in (1, 2) for p in sorted(root.glob("/".join(["*"] * depth)))
-             if p.is_dir() and p.relative_to(root).as_posix().lower() in wanted]
-    return found or [root]
-
-
-def index_images(root: Path, spec: DatasetSpec | None = None) -> dict[str, Path]:
-    """Map image id -> path for every image under ``root`` (or the spec's image folders).
-
-    The Kaggle HAM10000 archive holds each image twice (``HAM10000_images_part_1`` and the
-    lower-case ``ham10000_images_part_1``, sometimes nested one level deeper); the first path in
-    sorted order wins, so the choice is stable.
-    """
-    spec = spec or HAM10000
-    index: dict[str, Path] = {}
-    for folder in image_folders(Path(root), spec):
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if os.path.splitext(name)[1].lower() in spec.image_suffixes and \
-                        not name.startswith("."):
-                    index.setdefault(image_key(name, spec), Path(dirpath) / name)
-    return index
-
-
-def resolve_images(raw: pd.DataFrame, column: str, base: Path, spec: DatasetSpec,
-                   source: Path, index: dict[str, Path] | None = None
-                   ) -> tuple[list[str], list[str]]:
-    """(image ids, paths) of every row. A value that is a file (absolute, or relative to the
-    table's folder) is used as is; any other value is looked up as an id among the images."""
-    ids, paths, missing = [], [], []
-    for value in raw[column].astype(str).str.strip():
-        path = Path(value).expanduser() if value else None
-        if path is not None and not path.is_absolute():
-            path = base / path
-        if path is None or not path.is_file():
-            index = index_images(base, spec) if index is None else index
-            path = index.get(image_key(value, spec)) if value else None
-        if path is None:
-            missing.append(value or "(blank)")
-            continue
-        ids.append(image_key(value, spec))
-        paths.append(str(path))
-    if missing:
-        where = ", ".join(str(f) for f in image_folders(base, spec))
-        raise DataError(f"{source}: {len(missing)} listed image(s) not found under {where}, e.g. "
-                        f"{', '.join(missing[:5])}")
-    if index is not None and len(ids) == len(raw):
-        unlisted = set(index) - set(ids)
-        if unlisted:
-            log.warning("%s: %d image file(s) present but not listed, ignored (e.g. %s)", source,
-                        len(unlisted), ", ".join(sorted(unlisted)[:3]))
-    return ids, paths
-
-
-# ---------------------------------------------------------------- values
-def _as_text(column: pd.Series) -> pd.Series:
-    """Stripped strings, with "" for None / NaN (pandas 3 keeps those missing through astype(str))."""
-    return column.astype(object).where(column.notna(), "").astype(str).str.strip()
-
-
-def clean_numeric(df: pd.DataFrame, column: str, spec: DatasetSpec, source: Path) -> pd.Series:
-    """Floats; missing tokens, text and implausible values (the spec's range) become NaN."""
-    raw = _as_text(df[column]) if column in df else pd.Series("", index=df.index)
-    values = pd.to_numeric(raw, errors="coerce")
-    bad_text = values.isna() & ~raw.str.lower().isin(spec.missing)
-    lo, hi = spec.ranges.get(column, (-np.inf, np.inf))
-    out_of_range = values.notna() & ((values < lo) | (values > hi))
-    for mask, what in ((bad_text, "not a number"), (out_of_range, f"outside {(lo, hi)}")):
-        if mask.any():
-            rows = ", ".join(str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5])
-            log.warning("%s: %d %s value(s) %s treated as missing (line %s)", source,
-                        int(mask.sum()), column, what, rows)
-    return values.mask(out_of_range).astype(float)
-
-
-def clean_category(df: pd.DataFrame, column: str, spec: DatasetSpec) -> pd.Series:
-    """Lower-case strings; blanks and the spec's missing tokens become None (missing)."""
-    if column not in df:
-        return pd.Series(None, index=df.index, dtype=object)
-    values = _as_text(df[column]).str.lower()
-    return values.where(~values.isin(spec.missing), None).astype(object)
-
-
-def clean_metadata(df: pd.DataFrame, spec: DatasetSpec | None = None,
-                   source: Path | str = "input") -> pd.DataFrame:
-    """The spec's metadata fields of ``df`` (absent columns: all missing)."""
-    spec = spec or HAM10000
-    source = Path(source)
-    cols = {c: clean_numeric(df, c, spec, source) for c in spec.numeric}
-    cols.update({c: clean_category(df, c, spec) for c in spec.categorical})
-    return pd.DataFrame(cols, index=df.index, columns=list(spec.metadata))
-
-
-# ---------------------------------------------------------------- finding the label table
-def find_files(root: Path, names: tuple[str, ...], depth: int = DETECT_DEPTH) -> list[Path]:
-    """Files called one of ``names`` (case-insensitive) in ``root`` and ``depth`` levels below,
-    shallowest first. Never walks a whole tree."""
-    wanted = {n.lower() for n in names}
-    hits: list[Path] = []
-    for level in range(depth + 1):
-        pattern = "/".join(["*"] * (level + 1))
-        hits += sorted(p for p in root.glob(pattern) if p.name.lower() in wanted and p.is_file())
-    return hits
 
 
 def _matches(preset: str, path: Path) -> bool:

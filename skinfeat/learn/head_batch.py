@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .head import (Adam, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields, _eval_view,
+from .head import (FitResult, FusionHead, HeadConfig, MetaField, _blank_fields, _eval_view,
                    _pick_view, _val_score, balanced_class_weights, one_thread)
+from .optim import Adam
 
 log = logging.getLogger(__name__)
 
