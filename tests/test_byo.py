@@ -159,7 +159,7 @@ def test_two_caches_fuse_and_raw_images_equal_the_cached_path(synth_dir, synth_t
     a = p.predict_table(rows)
     b = p.predict_table(rows, cache=[synth_cache, other])
     np.testing.assert_allclose(a.proba, b.proba, atol=1e-5)
-    assert list(a.predicted()) == list(b.predicted())
+    assert list(a.decided) == list(b.decided)
 
 
 def test_config_file_reproduces_a_run_and_flags_win(synth_dir, synth_cache, tmp_path):

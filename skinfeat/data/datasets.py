@@ -25,11 +25,8 @@ log = logging.getLogger(__name__)
 HAM10000 = PRESETS["ham10000"]
 CLASSES: tuple[str, ...] = HAM10000.classes
 CLASS_NAMES: dict[str, str] = HAM10000.class_names
-METADATA_COLUMNS: tuple[str, ...] = HAM10000.metadata
-LEAKY_COLUMNS: tuple[str, ...] = ("dx_type", "dataset")
 MISSING_CATEGORY = "unknown"
 AGE_RANGE = HAM10000.ranges["age"]
-LAYOUTS: tuple[str, ...] = tuple(PRESETS)
 PATH_COLUMNS: tuple[str, ...] = ("image", "path", "image_id")  # a generic table's image column
 
 
@@ -337,11 +334,6 @@ def load_images(path: str | Path, spec: DatasetSpec | None = None,
     rest = raw.drop(columns=[c for c in ("image_id", "path") if c in raw.columns])
     return pd.concat([pd.DataFrame({"image_id": ids, "path": paths}), rest.reset_index(drop=True)],
                      axis=1)
-
-
-def load_generic_csv(path: str | Path, labelled: bool = True) -> pd.DataFrame:
-    """A table of images (column image/path or image_id), dx when ``labelled``, optional metadata."""
-    return load_dataset(path, "csv").table if labelled else load_images(path)
 
 
 def summarize(data: Dataset | pd.DataFrame) -> dict:

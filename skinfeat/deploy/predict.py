@@ -157,18 +157,14 @@ class Predictions:
     logits: np.ndarray          # (N, K); NaN rows for unreadable images
     proba: np.ndarray           # (N, K) calibrated probabilities
     errors: list[str]           # "" when the image was read
-    decided: np.ndarray | None = None   # (N,) the model's decision, -1 where unreadable
+    decided: np.ndarray         # (N,) the model's decision (class index), -1 where unreadable
 
     @property
     def ok(self) -> np.ndarray:
         return np.array([e == "" for e in self.errors], dtype=bool)
 
-    def predicted(self) -> np.ndarray:
-        return self.decided if self.decided is not None else \
-            np.nan_to_num(self.proba, nan=-1.0).argmax(axis=1)
-
     def to_frame(self) -> pd.DataFrame:
-        pred = [self.classes[int(i)] if ok else "" for i, ok in zip(self.predicted(), self.ok)]
+        pred = [self.classes[int(i)] if ok else "" for i, ok in zip(self.decided, self.ok)]
         frame = pd.DataFrame({"image_id": self.image_ids, "path": self.paths, "prediction": pred})
         for j, c in enumerate(self.classes):
             frame[f"p_{c}"] = np.round(self.proba[:, j], 6)

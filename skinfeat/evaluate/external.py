@@ -18,8 +18,7 @@ import pandas as pd
 from ..data.datasets import DataError, load_dataset
 from ..deploy.bundle import atomic_write_text
 from ..deploy.predict import Predictor
-from .metrics import (bootstrap_ci, classification_metrics, classwise_calibration,
-                      expected_calibration_error, headline, majority_baseline, softmax)
+from .metrics import bootstrap_ci, calibrated_metrics, headline, majority_baseline
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +45,30 @@ def metadata_note(layout: str, coverage: dict[str, float]) -> str:
     return f"metadata known for {known} of images (missing values handled as in training)"
 
 
-def seen_in_training(run: Path, table: pd.DataFrame) -> np.ndarray:
-    """Rows whose image, or whose group (lesion, patient), the model trained or early-stopped on
-    (its ``splits.csv``); all False for a model without one."""
+def seen_masks(run: Path, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per row of ``table``: is its image, is its group (lesion, patient), one the model trained
+    or early-stopped on (its ``splits.csv``)? ``None`` for a model without one."""
     path = run / "splits.csv"
     if not path.is_file():
-        return np.zeros(len(table), dtype=bool)
+        return None
     saved = pd.read_csv(path, dtype=str, keep_default_na=False)
     seen = saved[saved["split"].isin(["train", "val"])]
-    return (table["image_id"].isin(seen["image_id"]) |
-            table["lesion_id"].isin(seen["lesion_id"])).to_numpy()
+    return (table["image_id"].isin(seen["image_id"]).to_numpy(),
+            table["lesion_id"].isin(seen["lesion_id"]).to_numpy())
+
+
+def seen_in_training(run: Path, table: pd.DataFrame) -> np.ndarray:
+    """Rows whose image or group the model trained or early-stopped on."""
+    masks = seen_masks(run, table)
+    return np.zeros(len(table), dtype=bool) if masks is None else masks[0] | masks[1]
 
 
 def split_overlap(run: Path, table: pd.DataFrame) -> dict[str, int]:
     """Images / lesions of the scored set that the model trained or early-stopped on."""
-    path = run / "splits.csv"
-    if not path.is_file():
+    masks = seen_masks(run, table)
+    if masks is None:
         return {}
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
-    seen = saved[saved["split"].isin(["train", "val"])]
-    image = table["image_id"].isin(seen["image_id"])
-    lesion = table["lesion_id"].isin(seen["lesion_id"])
+    image, lesion = masks
     return {"images": int(image.sum()), "lesions": int(lesion.sum()),
             "rows": int((image | lesion).sum())}
 
@@ -131,11 +133,7 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     classes = predictor.classes
     y = model_labels(scored, classes, str(dataset.source))
     logits, proba, decided = preds.logits[ok], preds.proba[ok], preds.decided[ok]
-    metrics = classification_metrics(y, proba, classes, y_pred=decided)
-    metrics["ece_uncalibrated"] = expected_calibration_error(y, softmax(logits))
-    metrics["classwise_calibration"] = classwise_calibration(y, proba, classes)
-    metrics["classwise_calibration_uncalibrated"] = classwise_calibration(y, softmax(logits),
-                                                                          classes)
+    metrics = calibrated_metrics(y, logits, proba, classes, decided)
     ci = bootstrap_ci(y, proba, classes, groups=scored["lesion_id"].to_numpy(), y_pred=decided)
     y_train = train_labels(run, classes)
     baseline = majority_baseline(y_train, y, classes) if y_train is not None and len(y_train) \

@@ -240,6 +240,18 @@ def classwise_calibration(y_true: np.ndarray, proba: np.ndarray, classes: Sequen
             "max_prior_ratio": float(max(max(ratio), 1 / min(ratio))) if ratio else math.nan}
 
 
+def calibrated_metrics(y_true: np.ndarray, logits: np.ndarray, proba: np.ndarray,
+                       classes: Sequence[str], y_pred: np.ndarray) -> dict:
+    """``classification_metrics`` of a model's calibrated probabilities and decisions, plus
+    calibration before and after (top-label ECE of the raw softmax, class-wise both ways)."""
+    raw = softmax(logits)
+    metrics = classification_metrics(y_true, proba, classes, y_pred=y_pred)
+    metrics["ece_uncalibrated"] = expected_calibration_error(y_true, raw)
+    metrics["classwise_calibration"] = classwise_calibration(y_true, proba, classes)
+    metrics["classwise_calibration_uncalibrated"] = classwise_calibration(y_true, raw, classes)
+    return metrics
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     v = np.array([x for x in values if x is not None], dtype=np.float64)
     return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else \

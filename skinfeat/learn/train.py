@@ -22,8 +22,7 @@ from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, protocol, save_split
 from ..deploy.bundle import save_bundle
 from ..embed.cache import CacheContents, CacheError, cache_label, read_caches
-from ..evaluate.metrics import (classification_metrics, classwise_calibration,
-                                expected_calibration_error, majority_baseline, softmax)
+from ..evaluate.metrics import calibrated_metrics, majority_baseline
 from .baseline import LGBMConfig, LGBMModel, fit_lgbm
 from .calibration import Calibrator
 from .head import FusionHead, HeadConfig, balanced_class_weights, fit_head, head_logits
@@ -198,11 +197,7 @@ def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, *, tta: boo
     test_logits = trained.logits(*scored[:2], tta=tta)
     proba = calibrator(test_logits)
     pred = calibrator.decide(proba, threshold)
-    metrics = classification_metrics(scored[2], proba, classes, y_pred=pred)
-    metrics["ece_uncalibrated"] = expected_calibration_error(scored[2], softmax(test_logits))
-    metrics["classwise_calibration"] = classwise_calibration(scored[2], proba, classes)
-    metrics["classwise_calibration_uncalibrated"] = classwise_calibration(
-        scored[2], softmax(test_logits), classes)
+    metrics = calibrated_metrics(scored[2], test_logits, proba, classes, pred)
     return SplitFit(trained, enc.encoder, calibrator, threshold, metrics, test_logits, pred,
                     enc.meta_dim)
 
