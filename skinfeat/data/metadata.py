@@ -96,9 +96,12 @@ class MetadataEncoder:
                 return pd.Series([None] * len(df), index=df.index, dtype=object)
             alias = self.aliases.get(col, {})
             missing = set(self.missing_tokens[col]) | {""}
-            out = [normalize(v) for v in df[col].tolist()]
-            out = [None if v in missing else alias.get(v, v) for v in out]
-            return pd.Series(out, index=df.index, dtype=object)
+            # Each distinct value is normalised once (a table has few; a CV encodes it often).
+            codes, uniques = pd.factorize(df[col], use_na_sentinel=True)
+            names = [normalize(v) for v in uniques.tolist()]
+            lookup = np.array([None if v in missing else alias.get(v, v) for v in names]
+                              + [None], dtype=object)   # code -1 (NaN, None) -> None
+            return pd.Series(lookup[codes], index=df.index, dtype=object)
         # Reference: values as given (the dataset reader has already lower-cased them), a blank
         # or absent value is the reference's "unknown" category.
         if col not in df:

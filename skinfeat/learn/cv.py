@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Callable, Iterator
 
 import numpy as np
@@ -168,13 +170,16 @@ def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
     save_split(table, pd.Series(side), out / "splits.csv", task.save["split"], fold.seed)
 
 
-_WORKER_IMAGE: np.ndarray | None = None  # the embeddings, sent once to each worker process
+_WORKER_IMAGE: np.ndarray | None = None  # the embeddings, read once by each worker process
 
 
-def _init_worker(image: np.ndarray) -> None:
+def _init_worker(path: str) -> None:
+    """Map the embeddings this process saved (copy-on-write: pages are shared until written).
+    Handing the array over in ``initargs`` instead would pickle it down the spawn pipe, and
+    the parent blocks on that write until the child has imported torch (2-3 s)."""
     import torch
     global _WORKER_IMAGE
-    _WORKER_IMAGE = image
+    _WORKER_IMAGE = np.load(path, mmap_mode="c")
     torch.set_num_threads(1)
 
 
@@ -189,36 +194,67 @@ def _run_in_worker(task: FitTask) -> list[dict]:
 @one_thread
 def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
                progress: Callable[[int], None] | None) -> list[dict]:
-    """This process and ``jobs - 1`` workers take the next task whenever they are free; tasks
-    are made as they are needed, so workers start while later folds are still being carved."""
+    """This process and ``jobs - 1`` workers each take the next task whenever they are free.
+
+    A feeder thread hands tasks to the workers the moment one finishes, so a worker never idles
+    while this process is busy with a task of its own (the thread only waits; the work is in the
+    processes). Tasks are made as they are needed, so workers start while later folds are still
+    being carved.
+    """
     results: dict[int, list[dict]] = {}
-    queue, running = enumerate(tasks), {}
+    queue, lock, errors = enumerate(tasks), threading.Lock(), []
+
+    def take():
+        with lock:
+            return None if errors else next(queue, None)
 
     def finished(i: int, records: list[dict]) -> None:
-        results[i] = records
-        if progress:
-            progress(len(records))
+        with lock:
+            results[i] = records
+            if progress:
+                progress(len(records))
 
-    pool = ProcessPoolExecutor(jobs - 1, get_context("spawn"), initializer=_init_worker,
-                               initargs=(image,)) if jobs > 1 else nullcontext()
-    with pool:
-        # Workers start (a torch import each, seconds) while this process carves the folds.
-        for _ in range(jobs - 1):
-            pool.submit(_warm_up)
-        nxt = next(queue, None)
-        while nxt is not None or running:
-            while nxt is not None and len(running) < jobs - 1:
-                running[pool.submit(_run_in_worker, nxt[1])] = nxt[0]
-                nxt = next(queue, None)
-            if nxt is not None:
-                i, task = nxt
-                finished(i, run_task(task, image))
-                nxt = next(queue, None)
-            if running:
-                done, _ = wait(running, timeout=None if nxt is None else 0,
-                               return_when=FIRST_COMPLETED)
+    def feed(pool: ProcessPoolExecutor) -> None:
+        running: dict = {}
+        try:
+            while True:
+                while len(running) < jobs - 1 and (nxt := take()) is not None:
+                    running[pool.submit(_run_in_worker, nxt[1])] = nxt[0]
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     finished(running.pop(fut), fut.result())
+        except BaseException as exc:   # re-raised by the main thread
+            errors.append(exc)
+            for fut in running:
+                fut.cancel()
+
+    with ExitStack() as stack:
+        pool = None
+        if jobs > 1:
+            shared = Path(stack.enter_context(TemporaryDirectory(prefix="skinfeat-cv-"))) / \
+                "embeddings.npy"
+            np.save(shared, image)
+            pool = stack.enter_context(ProcessPoolExecutor(
+                jobs - 1, get_context("spawn"), initializer=_init_worker,
+                initargs=(str(shared),)))
+        feeder = None
+        if pool is not None:
+            # Workers start (a torch import each, seconds) while the folds are carved.
+            for _ in range(jobs - 1):
+                pool.submit(_warm_up)
+            feeder = threading.Thread(target=feed, args=(pool,), daemon=True)
+            feeder.start()
+        try:
+            while (nxt := take()) is not None:
+                finished(nxt[0], run_task(nxt[1], image))
+        except BaseException as exc:
+            errors.append(exc)
+        if feeder is not None:
+            feeder.join()
+    if errors:
+        raise errors[0]
     return [r for i in range(len(results)) for r in results[i]]
 
 

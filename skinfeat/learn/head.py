@@ -105,21 +105,43 @@ class HeadConfig:
                       **changes})
 
 
-class MaskDropout(nn.Dropout):
-    """``nn.Dropout`` with the very same mask and result, drawn about 2x faster on CPU.
+class DropoutNoise:
+    """The dropout masks of one fit, from their own seeded numpy stream (PCG64).
 
-    torch's CPU ``bernoulli_(1 - p)`` (inside ``F.dropout``) draws one uniform double per element
-    through a slow generic path; ``rand(float64) < 1 - p`` consumes the generator identically
-    (tests/test_head_dropout.py checks it). Dropout was two thirds of a head step on CPU.
+    Each element takes 16 random bits, kept when they fall below ``round(keep * 2**16)``: the
+    keep probability is exact to 1/65536, and a mask costs a sixth of torch's CPU
+    ``bernoulli_`` (one generic-path double per element), which was a third of a head step.
+    Sequential and batched fits draw the same masks from the same seed, in the same order
+    (image layer, then classifier), so they train the same weights.
     """
 
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng([seed, 0xD2])   # a stream of its own, not the weights'
+
+    def keep(self, n: int, keep: float) -> np.ndarray:
+        """``n`` booleans, each True with probability ``keep``."""
+        bits = self.rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
+        return bits < np.uint16(min(round(keep * 65536), 65535))
+
+
+class MaskDropout(nn.Dropout):
+    """``nn.Dropout`` whose masks come from a :class:`DropoutNoise` while a fit sets ``noise``
+    (plain ``nn.Dropout`` otherwise). A kept element is scaled by ``1 / keep`` in float32."""
+
+    noise: DropoutNoise | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu" or self.inplace:
+        if not self.training or not 0.0 < self.p < 1.0 or self.noise is None or self.inplace:
             return super().forward(x)
         keep = 1.0 - self.p
-        noise = (torch.rand(x.shape, dtype=torch.float64) < keep).to(x.dtype)
-        noise.div_(keep)
-        return x * noise
+        mask = torch.from_numpy(self.noise.keep(x.numel(), keep)).view(x.shape).to(x.dtype)
+        return x * mask.mul_(dropout_scale(keep))
+
+
+def dropout_scale(keep: float) -> torch.Tensor:
+    """A kept element's factor, ``1 / keep`` computed in float32 (sequential and batched fits
+    scale identically)."""
+    return torch.ones(1).div_(keep)
 
 
 class FusionHead(nn.Module):
@@ -167,6 +189,12 @@ class FusionHead(nn.Module):
         arch = {k: d[k] for k in cls.ARCHITECTURE if d.get(k) is not None}
         return cls(embed_dim, meta_dim, n_classes, d.get("head", "reference"),
                    d.get("inputs", "fused"), **arch)
+
+    def set_noise(self, noise: DropoutNoise | None) -> None:
+        """Draw training dropout masks from ``noise`` (None: nn.Dropout's own)."""
+        for m in self.modules():
+            if isinstance(m, MaskDropout):
+                m.noise = noise
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         parts = []
@@ -282,7 +310,8 @@ def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
               meta_fields: list[MetaField] | None) -> FitResult:
-    # The global seed draws the initial weights and the dropout masks (as Keras' seed would).
+    # The seed draws the initial weights (global generator), the dropout masks (DropoutNoise)
+    # and the epochs' shuffles, views and field blanking (gen), as Keras' seed would.
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     xi, xm, y = (torch.as_tensor(a) for a in train)
@@ -290,6 +319,7 @@ def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
     xi, xm, vi, vm = xi.float(), xm.float(), _eval_view(vi.float()), vm.float()
     y, vy = y.long(), vy.long()
     model = FusionHead.from_config(xi.shape[-1], xm.shape[1], n_classes, cfg)
+    model.set_noise(DropoutNoise(cfg.seed))
     opt = Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
     weights = balanced_class_weights(y.numpy(), n_classes) if cfg.class_weight == "balanced" \
         else np.ones(n_classes)
@@ -337,6 +367,7 @@ def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.set_noise(None)
     model.eval()
     log.info("head: %d epochs, best epoch %d (val %s %.4f)", len(history), best_epoch,
              cfg.stop_on, best_loss)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .head import (FitResult, FusionHead, HeadConfig, MetaField, _blank_fields, _eval_view,
-                   _pick_view, _val_score, balanced_class_weights, one_thread)
+from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
+                   _eval_view, _pick_view, _val_score, balanced_class_weights, dropout_scale,
+                   one_thread)
 from .optim import Adam
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,7 @@ class _Split:
         self.vi, self.vm, self.vy = _eval_view(vi.float()), vm.float(), vy.long()
         self.meta_fields, self.n = meta_fields, len(self.y)
         self.model = FusionHead.from_config(self.xi.shape[-1], self.xm.shape[1], n_classes, cfg)
-        # The global generator after the initial weights draws the dropout masks in fit_head.
-        self.masks = torch.Generator()
-        self.masks.set_state(torch.get_rng_state())
+        self.masks = DropoutNoise(cfg.seed)
         weights = balanced_class_weights(self.y.numpy(), n_classes) \
             if cfg.class_weight == "balanced" else np.ones(n_classes)
         self.class_weights = weights
@@ -95,37 +94,28 @@ def _linear(x: torch.Tensor, params: dict, name: str) -> torch.Tensor:
 
 
 class _Noise:
-    """MaskDropout's noise for the stacked splits of one step, each split's from its own copy
-    of the generator fit_head draws it from: per split one draw of the step's uniforms for
-    both layers (the same stream as fit_head's two draws, in the same order: image layer, then
-    classifier), compared in place into preallocated masks, then scaled (a kept element's
-    noise is exactly MaskDropout's ``1 / keep`` in float32)."""
+    """MaskDropout's noise for the stacked splits of one step, each split's from its own
+    DropoutNoise, drawn as fit_head draws it (image layer, then classifier) into preallocated
+    masks, then scaled (a kept element's noise is exactly MaskDropout's ``1 / keep``)."""
 
     def __init__(self, k: int, bs: int, widths: tuple[int, int], ps: tuple[float | None, ...]):
         self.ps = ps
         self.widths = [w if p is not None and 0.0 < p < 1.0 else 0 for w, p in zip(widths, ps)]
         self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps)]
-        # The kept elements' scale exactly as MaskDropout computes it (float32 division).
-        self.scale = [torch.ones(1).div_(keep) if keep else None for keep in self.keep]
+        self.scale = [dropout_scale(keep) if keep else None for keep in self.keep]
         self.masks = [torch.zeros(k, bs, w) if w else None for w in self.widths]
 
     def draw(self, splits: list[_Split], active: list[int], rows: list[int]) -> tuple:
-        per_row = sum(self.widths)
-        if per_row == 0:
+        if sum(self.widths) == 0:
             return None, None
-        for k in range(len(splits)):   # rows without data: noise 0 (the scaling is in place)
-            if rows[k] < self.masks[0 if self.widths[0] else 1].shape[1]:
-                for mask in self.masks:
-                    if mask is not None:
-                        mask[k, rows[k]:] = 0.0
-        for k in active:
-            u = torch.rand(rows[k] * per_row, dtype=torch.float64, generator=splits[k].masks)
-            offset = 0
-            for mask, width, keep in zip(self.masks, self.widths, self.keep):
-                if width:
-                    block = u[offset:offset + rows[k] * width].view(rows[k], width)
-                    torch.lt(block, keep, out=mask[k, :rows[k]])   # 1.0 kept, 0.0 dropped
-                    offset += rows[k] * width
+        for mask, width, keep in zip(self.masks, self.widths, self.keep):
+            if not width:
+                continue
+            for k in range(len(splits)):
+                if k in active:
+                    kept = splits[k].masks.keep(rows[k] * width, keep)
+                    mask[k, :rows[k]].copy_(torch.from_numpy(kept).view(rows[k], width))
+                mask[k, rows[k]:] = 0.0   # rows without data: noise 0 (scaled in place below)
         return tuple(None if m is None else m.mul_(scale) for m, scale in zip(self.masks,
                                                                              self.scale))
 
