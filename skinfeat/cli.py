@@ -54,8 +54,8 @@ def main(verbose: int) -> None:
 @click.option("--weights", type=click.Choice(["auto", "pretrained", "random"]), default="auto",
               show_default=True, help="auto: pretrained if cached or fetchable, else random.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: the fastest lossless path (a GPU, native bf16, else fp32); int8 "
-              "(OpenVINO) is faster without bf16 but not validated: see the README.")
+              help="auto: the fastest lossless or validated path: a GPU, native bf16, else "
+              "int8 (OpenVINO, validated on the sample: see the README), else fp32.")
 def demo(out: str, n_images: int, backbone: str, weights: str, precision: str) -> None:
     """Synthetic HAM10000-layout data -> extract -> fit-head -> report, offline, in minutes."""
     from .demo import run_demo

@@ -83,17 +83,29 @@ def test_gpus_get_more_decode_workers(monkeypatch):
     assert default_workers(CUDA) == 0
 
 
-@pytest.mark.parametrize("kw,want", [
-    (dict(flags="avx512_vnni"), "fp32"),    # no bf16: fp32 (int8 failed its agreement check)
-    (dict(flags="avx512_bf16"), "bf16"),    # native bf16 is lossless and fast
-    (dict(cuda=True), "bf16"),
-    (dict(mps=True), "fp16"),
+@pytest.mark.parametrize("kw,int8,want", [
+    (dict(flags="avx512_vnni"), True, "int8"),     # no bf16: int8, validated on the sample
+    (dict(flags="avx512_vnni"), False, "auto"),    # ... unless OpenVINO is missing: fp32
+    (dict(flags="avx512_bf16"), True, "auto"),     # native bf16 is lossless and fast
+    (dict(cuda=True), True, "auto"),
+    (dict(mps=True), True, "auto"),
 ])
-def test_demo_takes_the_fastest_lossless_path(machine, kw, want):
-    import inspect
+def test_demo_takes_the_fastest_validated_path(machine, monkeypatch, kw, int8, want):
     machine(**kw)
-    assert inspect.signature(demo.run_demo).parameters["precision"].default == "auto"
-    assert resolve_precision("auto", resolve_device("auto")) == want
+    monkeypatch.setattr(demo, "int8_available", lambda: int8)
+    chosen, why = demo.demo_precision("auto")
+    assert chosen == want and (("no native bf16" in why) == (want == "int8"))
+    assert demo.demo_precision("fp32") == ("fp32", "")     # asked for: kept
+    # extract's own auto stays lossless whatever the demo does
+    assert resolve_precision("auto", resolve_device("auto")) != "int8"
+
+
+@pytest.mark.parametrize("cap,want", [("AVX512_CORE_VNNI", "fp32"), ("avx2", "fp32"),
+                                      ("AVX512_CORE_BF16", "bf16"), ("ALL", "bf16"), ("", "bf16")])
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(machine, monkeypatch, cap, want):
+    machine(flags="avx512f avx512_vnni avx512_bf16")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert resolve_precision("auto", CPU) == want
 
 
 def test_int8_without_the_extra_says_what_to_install(monkeypatch):

@@ -8,6 +8,7 @@ calibration temperature.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_write as _atomic_write, disk_full_hint
 
+log = logging.getLogger(__name__)
+
 FORMAT = "skinfeat-bundle/1"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 LGBM = "model.lgbm.txt"
+QUANTIZED = "int8"   # bundled int8 backbones: int8/<key>/model.xml, .bin
 REQUIRED = ("format", "model_type", "classes", "encoder", "backbone", "head")
 
 
@@ -51,6 +55,24 @@ def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None =
     if lgbm_model is not None:
         atomic_write_text(out / LGBM, lgbm_model)
     atomic_write_text(out / CONFIG, json.dumps({"format": FORMAT, **config}, indent=2))
+
+
+def source_identities(identity: dict | None) -> list[dict]:
+    """The identity of each embedding source of a bundle's ``backbone`` entry (fused: several)."""
+    identity = identity or {}
+    return list(identity["fused"]) if "fused" in identity else [identity]
+
+
+def bundle_quantized(out: Path, identity: dict | None) -> None:
+    """Copy the int8 backbones the model needs into ``out/int8``: predict finds them there on a
+    machine that never ran the quantization (its own store is looked at first)."""
+    from ..embed.engines import copy_quantized
+
+    for ident in source_identities(identity):
+        if ident.get("precision") == "int8" and not copy_quantized(ident, out / QUANTIZED):
+            log.warning("%s: the int8 model of %s is not in this machine's store, so it is not "
+                        "bundled; predict on raw images will need it there", out,
+                        ident.get("backbone"))
 
 
 def load_config(run: Path) -> dict:

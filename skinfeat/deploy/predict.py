@@ -28,8 +28,8 @@ from ..embed.extract import Embedder, Int8Embedder, embed_files
 from ..learn.calibration import Calibrator
 from ..learn.head import FusionHead
 from ..learn.train import Trained
-from .bundle import (CONFIG, LGBM, WEIGHTS, BundleError, atomic_write_text, load_config, load_into,
-                     load_state)
+from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleError, atomic_write_text,
+                     load_config, load_into, load_state)
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,10 @@ class Predictor:
                 int8 = ident.get("precision") == "int8"
                 device = resolve_device("cpu" if int8 and self.device == "auto" else self.device)
                 try:  # int8: the quantized model the cache was made with, from the on-disk store
-                    built.append((make_embedder(model, device, ident, spec), spec))
+                    # ... or the bundle's copy (a CV fold looks in its ensemble's folder)
+                    bundled = (self.run / QUANTIZED, self.run.parent / QUANTIZED)
+                    built.append((make_embedder(model, device, ident, spec, bundled=bundled),
+                                  spec))
                 except QuantizedModelMissing as exc:
                     raise BundleError(f"{source}: {exc}") from exc
             self._embedders = built

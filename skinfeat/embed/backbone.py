@@ -261,12 +261,25 @@ def cpu_flags() -> str:
         return next((line for line in fh if line.startswith("flags")), "")
 
 
+# oneDNN's ISA caps below AVX512_CORE_BF16: with one of them in ONEDNN_MAX_CPU_ISA, torch's and
+# OpenVINO's kernels run as on a CPU without bf16 (an Ice Lake, say), whatever this CPU has.
+_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def isa_capped_below_bf16() -> bool:
+    """Has the user capped oneDNN's instruction set below bf16 (``ONEDNN_MAX_CPU_ISA``)?"""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return cap.strip().upper() in _ISA_WITHOUT_BF16
+
+
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "mps":
         return False  # fp16 is the MPS half precision that every macOS version runs
     # Without native bf16 (AMX or avx512_bf16) autocast emulates it and is slower than fp32.
+    if isa_capped_below_bf16():
+        return False
     flags = cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
@@ -293,7 +306,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` stays lossless or validated: bf16 where the hardware runs it natively (AMX /
     avx512-bf16 CPUs, recent CUDA cards), fp16 on older CUDA cards and Apple GPUs, else fp32.
-    int8 is never chosen by ``auto``: it is asked for (see README, "Stage one at speed")."""
+    int8 is never chosen by ``auto`` here: a cache is quantized only when asked (the demo alone
+    picks it on CPUs without bf16; see README, "Stage one at speed")."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":

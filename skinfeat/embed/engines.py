@@ -156,8 +156,27 @@ def quantized_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def quantized_path(identity: dict) -> Path:
-    return quantized_store() / quantized_key(identity) / "model.xml"
+def quantized_path(identity: dict, store: Path | None = None) -> Path:
+    return (store or quantized_store()) / quantized_key(identity) / "model.xml"
+
+
+def copy_quantized(identity: dict, store: Path) -> bool:
+    """Copy the int8 model of ``identity`` from the store into ``store`` (a model bundle's), so
+    that the bundle predicts on machines that never quantized it. False if it is not here."""
+    src = quantized_path(identity).parent
+    dst = Path(store) / src.name
+    if (dst / "model.xml").is_file():
+        return True
+    if not (src / "model.xml").is_file():
+        return False
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 def build_int8_model(model: torch.nn.Module, spec: TransformSpec,
@@ -217,12 +236,18 @@ class Int8Embedder:
 
 
 def int8_embedder(model: torch.nn.Module, identity: dict, spec: TransformSpec,
-                  files: Sequence[tuple[str, str]] | None) -> Int8Embedder:
-    """The quantized model of ``identity``, from the store or built now from ``files``."""
+                  files: Sequence[tuple[str, str]] | None,
+                  bundled: Sequence[Path] = ()) -> Int8Embedder:
+    """The quantized model of ``identity``: from the store, else from a model bundle's copy
+    (``bundled`` stores), else built now from ``files``."""
     require_int8()
     from filelock import FileLock
 
     xml = quantized_path(identity)
+    copy = next((p for p in (quantized_path(identity, Path(d)) for d in bundled) if p.is_file()),
+                None)
+    if not xml.is_file() and copy is not None:
+        return Int8Embedder(copy)
     if not xml.is_file():
         if files is None:
             raise QuantizedModelMissing(
@@ -241,8 +266,9 @@ def int8_embedder(model: torch.nn.Module, identity: dict, spec: TransformSpec,
 
 def make_embedder(model: torch.nn.Module, device: torch.device, identity: dict,
                   spec: TransformSpec, *, compile: bool = False,
-                  calibration: Sequence[tuple[str, str]] | None = None):
+                  calibration: Sequence[tuple[str, str]] | None = None,
+                  bundled: Sequence[Path] = ()):
     """The engine for a cache identity: int8 through OpenVINO, everything else through torch."""
     if identity.get("precision") == "int8":
-        return int8_embedder(model, identity, spec, calibration)
+        return int8_embedder(model, identity, spec, calibration, bundled)
     return Embedder(model, device, str(identity.get("precision", "fp32")), compile=compile)

@@ -163,7 +163,7 @@ def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
     config = bundle_config(task.data, fit, task.save["identity"], task.save["weights"],
                            embed_dim=int(image.shape[-1]), tta=task.tta, split=task.save["split"],
                            seed=fold.seed, run=run.to_dict())
-    save_fit(out, fit, config)
+    save_fit(out, fit, config, quantized=False)   # the ensemble's folder holds the int8 model
     table = task.data.table
     side = np.full(len(table), "test", dtype=object)
     side[fold.train], side[fold.val] = "train", "val"
@@ -383,7 +383,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
 def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
     """Per model and input set, an ensemble bundle over its fold bundles (predict and evaluate
     average the members' calibrated probabilities; see ``predict.Predictor``)."""
-    from ..deploy.bundle import atomic_write_text, load_config, save_bundle
+    from ..deploy.bundle import atomic_write_text, bundle_quantized, load_config, save_bundle
 
     made = {}
     table = res["folds_table"]
@@ -392,6 +392,7 @@ def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
             where = model_dir(out, model, inputs)
             members = [fold_name(seed, k) for seed in cfg.seeds for k in range(cfg.folds)]
             first = load_config(where / members[0])
+            bundle_quantized(where, first["backbone"])
             save_bundle(where, {
                 "model_type": "ensemble", "members": members, "classes": first["classes"],
                 "dataset": first["dataset"], "task": first["task"],

@@ -20,7 +20,7 @@ from .. import __version__
 from ..data.datasets import HAM10000, Dataset
 from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, protocol, save_split
-from ..deploy.bundle import save_bundle
+from ..deploy.bundle import bundle_quantized, save_bundle
 from ..embed.cache import CacheContents, CacheError, cache_label, read_caches
 from ..evaluate.metrics import calibrated_metrics, majority_baseline
 from .baseline import LGBMConfig, LGBMModel, fit_lgbm
@@ -258,8 +258,12 @@ def bundle_config(data: Dataset, fit: SplitFit, identity: dict, weights: str, *,
             "best_epoch": fit.trained.best_epoch, "run": run, "skinfeat": __version__}
 
 
-def save_fit(out: Path, fit: SplitFit, config: dict) -> None:
-    """The bundle of one fitted split: safetensors weights (or LightGBM's text) + config.json."""
+def save_fit(out: Path, fit: SplitFit, config: dict, quantized: bool = True) -> None:
+    """The bundle of one fitted split: safetensors weights (or LightGBM's text) + config.json,
+    and a copy of its int8 backbone, if any (``quantized``; a CV's folds share their
+    ensemble's)."""
+    if quantized:
+        bundle_quantized(out, config.get("backbone"))
     if fit.trained.kind == "head":
         save_bundle(out, config, state=fit.trained.model.state_dict())
     else:
