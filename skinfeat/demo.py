@@ -42,9 +42,9 @@ def choose_weights(backbone: str, weights: str, echo: Callable[[str], None]) -> 
 def demo_precision(precision: str) -> tuple[str, str]:
     """The demo's precision and why: ``auto`` is the fastest lossless path (a GPU, native bf16),
     except on a CPU without native bf16 where OpenVINO is installed: there the demo runs int8,
-    3.5x fp32 and validated on the sample (benchmarks/extract.py: fit-head's balanced accuracy
-    and macro F1 within 1 point of fp32 over 100 paired fits). ``extract``'s own ``auto`` stays
-    lossless: a researcher's cache is quantized only when asked."""
+    3.3x fp32 and validated on the sample with random weights (benchmarks/extract.py: fit-head's
+    balanced accuracy and macro F1 within 1 point of fp32 over 100 paired fits). ``extract``'s
+    own ``auto`` stays lossless: a researcher's cache is quantized only when asked."""
     if precision != "auto":
         return precision, ""
     device = resolve_device("auto")
