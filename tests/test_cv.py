@@ -166,3 +166,19 @@ def test_views_tta_film_and_metadata_dropout(synth_table, synth_cache, tmp_path)
     res = run_cv(synth_table, contents, cfg)
     assert res["views"] == 2 and res["config"]["head"]["head"] == "film"
     assert all(np.isfinite(r["metrics"]["accuracy"]) for r in res["records"])
+
+
+def test_a_failing_fit_in_a_worker_stops_the_cv_with_its_error(synth_table, synth_cache):
+    """Three tasks on two processes: the worker's failure (and this process's) reaches the
+    caller as the fit's own error, and nothing hangs."""
+    from skinfeat.learn import cv
+
+    contents = read_cache(synth_cache)
+    folds = list(cv.iter_folds(synth_table, cv.fold_ids(synth_table, 2, "lesion", 0),
+                               "lesion", 0, 0.2))
+    data = cv.as_dataset(synth_table)
+    bad = [cv.FitTask("nope", "fused", folds, data, HeadConfig(), LGBMConfig(), False)
+           for _ in range(3)]
+    image = contents.embeddings[contents.rows_for(list(synth_table["image_id"]))]
+    with pytest.raises(ValueError, match="nope"):
+        cv._run_tasks(iter(bad), image, 2, None)
