@@ -109,8 +109,9 @@ class DropoutNoise:
     """The dropout masks of one fit, from their own seeded numpy stream (PCG64).
 
     Each element takes 16 random bits, kept when they fall below ``round(keep * 2**16)``: the
-    keep probability is exact to 1/65536, and a mask costs a sixth of torch's CPU
-    ``bernoulli_`` (one generic-path double per element), which was a third of a head step.
+    keep probability is exact to 1/65536, and a mask costs a sixth of drawing it from torch's CPU
+    generator (one double per element; ``bernoulli_`` twice that), which was a third of a head
+    step.
     Sequential and batched fits draw the same masks from the same seed, in the same order
     (image layer, then classifier), so they train the same weights.
     """
@@ -134,7 +135,8 @@ class MaskDropout(nn.Dropout):
         if not self.training or not 0.0 < self.p < 1.0 or self.noise is None or self.inplace:
             return super().forward(x)
         keep = 1.0 - self.p
-        mask = torch.from_numpy(self.noise.keep(x.numel(), keep)).view(x.shape).to(x.dtype)
+        mask = torch.from_numpy(self.noise.keep(x.numel(), keep)).view(x.shape).to(x.device,
+                                                                                    x.dtype)
         return x * mask.mul_(dropout_scale(keep))
 
 
