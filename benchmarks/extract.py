@@ -54,11 +54,10 @@ def cpu_line() -> str:
                         "")
     flags = cpu_flags().split()
     have = [f for f in FLAGS if f in flags]
-    from skinfeat.embed.backbone import isa_capped_below_bf16
+    from skinfeat.embed.backbone import isa_capped_below_bf16, onednn_isa_cap
 
-    cap = ("; oneDNN capped at ONEDNN_MAX_CPU_ISA="
-           f"{os.environ.get('ONEDNN_MAX_CPU_ISA') or os.environ.get('DNNL_MAX_CPU_ISA')}: "
-           "run as a CPU without bf16") if isa_capped_below_bf16() else ""
+    cap = (f"; oneDNN capped at ONEDNN_MAX_CPU_ISA={onednn_isa_cap()}: run as a CPU without "
+           "bf16") if isa_capped_below_bf16() else ""
     return (f"CPU: {name or 'unknown'}, {os.cpu_count()} logical cores; flags: "
             f"{' '.join(have) or '(none of ' + ' '.join(FLAGS) + ')'}{cap}")
 
@@ -283,10 +282,10 @@ def main() -> None:
               f"(5-fold lesion-grouped CV x {len(seeds)} seeds, the same folds for all); mean "
               "difference in points,\n   its standard error, and one fit's spread (sd), "
               "which is why a handful of fits cannot tell")
+        keys = sorted(runs["fp32"]["cv"])
         for prec in precisions:
             line, worst = [], 0.0
             for k in ("balanced_accuracy", "macro_f1", "accuracy"):
-                keys = sorted(runs["fp32"]["cv"])
                 mine = np.array([runs[prec]["cv"][key][k] for key in keys])
                 diff = 100 * (mine - np.array([runs["fp32"]["cv"][key][k] for key in keys]))
                 if prec == "fp32":

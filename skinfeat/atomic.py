@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,18 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, fsync: bool = F
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_dir(path: Path, fill: Callable[[Path], object]) -> None:
+    """``fill(tmp)`` (a fresh directory) then rename it to ``path``; the temp directory is
+    removed whatever happens. A reader sees the whole directory or none of it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def disk_full_hint(exc: BaseException) -> str:

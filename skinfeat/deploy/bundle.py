@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_write as _atomic_write, disk_full_hint
+from ..embed.cache import source_identities
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,6 @@ def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None =
     if lgbm_model is not None:
         atomic_write_text(out / LGBM, lgbm_model)
     atomic_write_text(out / CONFIG, json.dumps({"format": FORMAT, **config}, indent=2))
-
-
-def source_identities(identity: dict | None) -> list[dict]:
-    """The identity of each embedding source of a bundle's ``backbone`` entry (fused: several)."""
-    identity = identity or {}
-    return list(identity["fused"]) if "fused" in identity else [identity]
 
 
 def bundle_quantized(out: Path, identity: dict | None) -> None:

@@ -22,7 +22,7 @@ from ..data.metadata import MetadataEncoder
 from ..data.spec import DatasetSpec, SpecError, Task
 from ..embed.backbone import (TransformSpec, WeightSource, create_backbone, resolve_device,
                               resolve_weights)
-from ..embed.cache import random_weights
+from ..embed.cache import random_weights, source_identities
 from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder, embed_files
 from ..learn.calibration import Calibrator
@@ -245,7 +245,7 @@ class Predictor:
     @property
     def sources(self) -> list[dict]:
         """The identity of each embedding source, in the order their embeddings are joined."""
-        return list(self.identity["fused"]) if "fused" in self.identity else [self.identity]
+        return source_identities(self.identity)
 
     def _backbones(self) -> list[tuple[Embedder | Int8Embedder, TransformSpec]]:
         """Every source's backbone, rebuilt from the bundle (a fused model has several)."""

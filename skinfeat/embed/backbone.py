@@ -266,10 +266,15 @@ def cpu_flags() -> str:
 _ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
-def isa_capped_below_bf16() -> bool:
-    """Has the user capped oneDNN's instruction set below bf16 (``ONEDNN_MAX_CPU_ISA``)?"""
+def onednn_isa_cap() -> str:
+    """The instruction-set cap given to oneDNN (``ONEDNN_MAX_CPU_ISA``, or its old name), if any."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    return cap.strip().upper() in _ISA_WITHOUT_BF16
+    return cap.strip().upper()
+
+
+def isa_capped_below_bf16() -> bool:
+    """Has the user capped oneDNN's instruction set below bf16?"""
+    return onednn_isa_cap() in _ISA_WITHOUT_BF16
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -36,11 +36,16 @@ class CacheError(RuntimeError):
     """A cache that cannot be used as asked (identity mismatch, missing rows, locked, bad file)."""
 
 
+def source_identities(identity: dict | None) -> list[dict]:
+    """The identity of each embedding source (a fused cache's parts, in order; else itself)."""
+    identity = identity or {}
+    return list(identity["fused"]) if "fused" in identity else [identity]
+
+
 def random_weights(identity: dict) -> bool:
     """Did the backbone behind these embeddings have random weights (tests, demo, smoke runs)?"""
-    if "fused" in identity:
-        return any(random_weights(part) for part in identity["fused"])
-    return (identity.get("weights") or {}).get("kind") == "random"
+    return any((part.get("weights") or {}).get("kind") == "random"
+               for part in source_identities(identity))
 
 
 @dataclass

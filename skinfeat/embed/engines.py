@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..atomic import atomic_dir
 from .backbone import TransformSpec, preprocess, sha256_file
 
 log = logging.getLogger(__name__)
@@ -169,13 +170,7 @@ def copy_quantized(identity: dict, store: Path) -> bool:
         return True
     if not (src / "model.xml").is_file():
         return False
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_dir(dst, lambda tmp: shutil.copytree(src, tmp))
     return True
 
 
@@ -199,17 +194,15 @@ def build_int8_model(model: torch.nn.Module, spec: TransformSpec,
                                     input=[(-1, 3, spec.size, spec.size)])
     # One image per calibration item: NNCF's activation statistics are per sample.
     quantized = nncf.quantize(ov_model, nncf.Dataset(images), subset_size=len(images))
-    tmp = out.parent.with_name(f".{out.parent.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
         ov.save_model(quantized, tmp / out.name, compress_to_fp16=False)
         (tmp / "calibration.json").write_text(json.dumps(
             {"images": [iid for iid, _ in files], "openvino": ov.__version__,
              "nncf": nncf.__version__}, indent=1))
-        os.replace(tmp, out.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_dir(out.parent, write)
 
 
 class Int8Embedder:
@@ -244,11 +237,11 @@ def int8_embedder(model: torch.nn.Module, identity: dict, spec: TransformSpec,
     from filelock import FileLock
 
     xml = quantized_path(identity)
-    copy = next((p for p in (quantized_path(identity, Path(d)) for d in bundled) if p.is_file()),
-                None)
-    if not xml.is_file() and copy is not None:
-        return Int8Embedder(copy)
     if not xml.is_file():
+        copy = next((p for p in (quantized_path(identity, Path(d)) for d in bundled)
+                     if p.is_file()), None)
+        if copy is not None:
+            return Int8Embedder(copy)
         if files is None:
             raise QuantizedModelMissing(
                 f"the int8 model for this backbone and calibration set "

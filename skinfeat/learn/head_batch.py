@@ -44,7 +44,7 @@ class _Split:
         self.vi, self.vm, self.vy = _eval_view(vi.float()), vm.float(), vy.long()
         self.meta_fields, self.n = meta_fields, len(self.y)
         self.model = FusionHead.from_config(self.xi.shape[-1], self.xm.shape[1], n_classes, cfg)
-        self.masks = DropoutNoise(cfg.seed)
+        self.noise = DropoutNoise(cfg.seed)
         weights = balanced_class_weights(self.y.numpy(), n_classes) \
             if cfg.class_weight == "balanced" else np.ones(n_classes)
         self.class_weights = weights
@@ -113,7 +113,7 @@ class _Noise:
                 continue
             for k in range(len(splits)):
                 if k in active:
-                    kept = splits[k].masks.keep(rows[k] * width, keep)
+                    kept = splits[k].noise.keep(rows[k] * width, keep)
                     mask[k, :rows[k]].copy_(torch.from_numpy(kept).view(rows[k], width))
                 mask[k, rows[k]:] = 0.0   # rows without data: noise 0 (scaled in place below)
         return tuple(None if m is None else m.mul_(scale) for m, scale in zip(self.masks,
