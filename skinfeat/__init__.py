@@ -1,6 +1,23 @@
 """skinfeat: multi-modal skin lesion classification on cached frozen-backbone embeddings.
 
-Stage one (``skinfeat.embed.extract``) embeds every image once into an HDF5 cache; stage two
-(``skinfeat.learn.head``, ``skinfeat.learn.baseline``, ``skinfeat.learn.cv``) trains on the cache in seconds.
+Stage one (``extract``) embeds every image once into an HDF5 cache; stage two (``fit``,
+``cross_validate``, ``tune``) trains the fusion head or LightGBM on the cache in seconds;
+``load_model(...).predict`` scores raw images or cached embeddings with metadata. See
+``skinfeat.api`` and the README's "Python API" section.
 """
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult", "Model",
+           "Predictions", "Recipe", "RunConfig", "Task", "cross_validate", "extract", "fit",
+           "load_dataset", "load_model", "tune", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy (PEP 562): ``import skinfeat`` and ``skinfeat --help`` stay fast; torch, timm and
+    # pandas load on the first use of the API.
+    if name in __all__:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'skinfeat' has no attribute {name!r}")
