@@ -1,5 +1,6 @@
-"""The batched k-fold head trainer equals independent training (up to float rounding), its Adam
-is torch's op for op, and the batched cv equals the sequential cv."""
+"""The head's one training loop: a single fit (a batch of one) equals a plain PyTorch loop
+written out here, its Adam is torch's op for op, k heads trained together equal each trained
+alone (up to float rounding), and the batched cv equals the fold-by-fold cv."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import skinfeat.learn.head as head
+import skinfeat.learn.head_batch as head_batch
+from torch.nn import functional as F
 from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
@@ -48,14 +50,82 @@ def test_fit_head_trains_as_torchs_adam_would(monkeypatch):
     cfg = HeadConfig(max_epochs=4, weight_decay=1e-3)
     ours = fit_head(*data, 4, cfg, [(0, 2), (2, 5)]).model.state_dict()
 
-    def torch_adam(params, lr, eps, weight_decay):
+    def torch_adam(params, lr, eps, weight_decay, stacked):
+        assert stacked == 1   # one member: always active, so torch's Adam is the reference
         opt = torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, foreach=True)
         opt.zero_grad = lambda: torch.optim.Adam.zero_grad(opt, set_to_none=True)
+        step = opt.step
+        opt.step = lambda active=None: step()
         return opt
 
-    monkeypatch.setattr(head, "Adam", torch_adam)
+    monkeypatch.setattr(head_batch, "Adam", torch_adam)
     ref = fit_head(*data, 4, cfg, [(0, 2), (2, 5)]).model.state_dict()
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
+    """The loop written out plainly for one head (what fit_head did before it became the
+    batched loop with one member): Keras-style weighted loss, masks from the fit's own stream
+    (image layer, then classifier), early stopping with the best weights restored."""
+    import copy
+
+    from skinfeat.learn.head import (DropoutNoise, FusionHead, _blank_fields, _eval_view,
+                                     _pick_view, _val_score, balanced_class_weights,
+                                     dropout_scale)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        xi, xm, y = (torch.as_tensor(a) for a in train)
+        vi, vm, vy = (torch.as_tensor(a) for a in val)
+        xi, xm, vi, vm, y, vy = xi.float(), xm.float(), _eval_view(vi.float()), vm.float(), \
+            y.long(), vy.long()
+        model = FusionHead.from_config(xi.shape[-1], xm.shape[1], n_classes, cfg).eval()
+        noise = DropoutNoise(cfg.seed)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7,
+                               weight_decay=cfg.weight_decay, foreach=True)
+        w = torch.as_tensor(balanced_class_weights(y.numpy(), n_classes), dtype=torch.float32)
+        best, best_state, waited = np.inf, None, 0
+        widths = (xi.shape[-1] if model.use_image else 0, model.classifier[1].in_features)
+        ps = (cfg.image_dropout if model.use_image else 0.0, cfg.dropout)
+        for epoch in range(cfg.n_epochs):
+            img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)
+            meta = _blank_fields(xm, fields, cfg.meta_dropout, gen, cfg.meta_dropout_all) \
+                if fields and (cfg.meta_dropout or cfg.meta_dropout_all) else xm
+            order = torch.randperm(len(y), generator=gen)
+            for start in range(0, len(y), cfg.batch_size):
+                take = order[start:start + cfg.batch_size]
+                masks = tuple(
+                    torch.from_numpy(noise.keep(len(take) * d, 1 - p)).view(len(take), d)
+                    .float().mul_(dropout_scale(1 - p)) if d and 0 < p < 1 else None
+                    for d, p in zip(widths, ps))
+                logits = model(img[take], meta[take], masks)
+                loss = (F.cross_entropy(logits, y[take], reduction="none") * w[y[take]]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                score = _val_score(model(vi, vm), vy, n_classes, cfg.stop_on)
+            if score < best:
+                best, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= cfg.patience:
+                    break
+        model.load_state_dict(best_state)
+        return model
+
+
+@pytest.mark.parametrize("cfg", [HeadConfig(max_epochs=8, patience=2),
+                                 HeadConfig(head="film", max_epochs=4, meta_dropout=0.3,
+                                            weight_decay=1e-3, stop_on="balanced_accuracy")])
+def test_a_single_fit_is_the_plain_loop(cfg):
+    rng = np.random.default_rng(4)
+    train, val = _part(rng, 230, 6), _part(rng, 70, 6)
+    fields = [(0, 2), (2, 6)]
+    ours = fit_head(train, val, 5, cfg, fields).model.state_dict()
+    ref = reference_fit(train, val, 5, cfg, fields).state_dict()
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=0, atol=1e-5)
 
 
 def _part(rng, n, meta_dim, views=False):

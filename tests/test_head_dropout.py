@@ -4,44 +4,36 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skinfeat.learn.head import DropoutNoise, HeadConfig, MaskDropout, fit_head
+from skinfeat.learn.head import DropoutNoise, FusionHead, HeadConfig, dropout_scale, fit_head
 
 
-def test_keep_rate_and_scale():
-    x = torch.ones(2000, 500)
-    layer = MaskDropout(0.3)
-    layer.noise = DropoutNoise(0)
-    out = layer(x)
-    kept = out != 0
-    assert abs(kept.float().mean().item() - 0.7) < 0.002   # 1e6 draws: sd 0.0005
-    assert torch.allclose(out[kept], torch.tensor(1 / 0.7))
+def test_keep_rate_and_independence():
+    kept = DropoutNoise(0).keep(2000 * 500, 0.7).reshape(2000, 500)
+    assert abs(kept.mean() - 0.7) < 0.002   # 1e6 draws: sd 0.0005
     # Rows and columns are independent: no block of the mask repeats another.
-    assert not torch.equal(kept[0], kept[1]) and not torch.equal(kept[:, 0], kept[:, 1])
-    assert torch.equal(layer.eval()(x), x)
+    assert not np.array_equal(kept[0], kept[1]) and not np.array_equal(kept[:, 0], kept[:, 1])
+    assert np.array_equal(DropoutNoise(3).keep(1000, 0.6), DropoutNoise(3).keep(1000, 0.6))
+    assert not np.array_equal(DropoutNoise(3).keep(1000, 0.6), DropoutNoise(4).keep(1000, 0.6))
 
 
-def test_masks_come_from_the_seed_not_the_global_generator():
-    x = torch.randn(64, 784, requires_grad=True)
-    a, b = MaskDropout(0.4), MaskDropout(0.4)
-    a.noise, b.noise = DropoutNoise(3), DropoutNoise(3)
+def test_masks_replace_the_dropout_layers():
     torch.manual_seed(0)
-    out_a = a(x)
-    torch.manual_seed(1)
-    out_b = b(x)
-    assert torch.equal(out_a, out_b)
-    grad, = torch.autograd.grad(out_a.sum(), x)
-    assert torch.equal(grad == 0, out_a == 0)           # dropped elements get no gradient
-    c = MaskDropout(0.4)
-    c.noise = DropoutNoise(4)
-    assert not torch.equal(c(x), out_a)
-
-
-def test_without_noise_it_is_nn_dropout():
-    x = torch.randn(64, 100)
+    head = FusionHead(8, 3, 4).eval()
+    image, meta = torch.ones(5, 8), torch.randn(5, 3)
+    plain = head(image, meta)
+    ones = (torch.ones(5, 8), torch.ones(5, head.classifier[1].in_features))
+    assert torch.equal(head(image, meta, ones), plain)      # all kept, scale 1: no change
+    drop = torch.zeros(5, 8), ones[1]
+    # the image dropped entirely: the logits see only the metadata branch
+    no_image = head(torch.zeros(5, 8), meta)
+    torch.testing.assert_close(head(image, meta, drop), no_image)
+    assert torch.allclose(dropout_scale(0.7), torch.tensor(1 / 0.7))
+    head.train()   # without masks, the layers are nn.Dropout
     torch.manual_seed(3)
-    ours = MaskDropout(0.4)(x)
+    a = head(image, meta)
     torch.manual_seed(3)
-    assert torch.equal(ours, torch.nn.Dropout(0.4)(x))
+    b = head(image, meta)
+    assert torch.equal(a, b) and not torch.equal(a, plain)
 
 
 def test_fit_depends_on_the_seed_only():
@@ -58,4 +50,4 @@ def test_fit_depends_on_the_seed_only():
     sa, sb, sc = (r.model.state_dict() for r in (one, two, other))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
-    assert all(m.noise is None for m in one.model.modules() if isinstance(m, MaskDropout))
+    assert not one.model.training

@@ -20,7 +20,6 @@ images and metadata in deep learning models applied to skin cancer classificatio
 """
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .optim import Adam
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +110,8 @@ class DropoutNoise:
     keep probability is exact to 1/65536, and a mask costs a sixth of drawing it from torch's CPU
     generator (one double per element; ``bernoulli_`` twice that), which was a third of a head
     step.
-    Sequential and batched fits draw the same masks from the same seed, in the same order
-    (image layer, then classifier), so they train the same weights.
+    Each member of a batched fit draws from its own stream, in the same order (image layer,
+    then classifier), so a head's weights do not depend on which heads it trained beside.
     """
 
     def __init__(self, seed: int):
@@ -125,24 +123,8 @@ class DropoutNoise:
         return bits < np.uint16(min(round(keep * 65536), 65535))
 
 
-class MaskDropout(nn.Dropout):
-    """``nn.Dropout`` whose masks come from a :class:`DropoutNoise` while a fit sets ``noise``
-    (plain ``nn.Dropout`` otherwise). A kept element is scaled by ``1 / keep`` in float32."""
-
-    noise: DropoutNoise | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not 0.0 < self.p < 1.0 or self.noise is None or self.inplace:
-            return super().forward(x)
-        keep = 1.0 - self.p
-        mask = torch.from_numpy(self.noise.keep(x.numel(), keep)).view(x.shape).to(x.device,
-                                                                                    x.dtype)
-        return x * mask.mul_(dropout_scale(keep))
-
-
 def dropout_scale(keep: float) -> torch.Tensor:
-    """A kept element's factor, ``1 / keep`` computed in float32 (sequential and batched fits
-    scale identically)."""
+    """A kept element's factor, ``1 / keep``, computed in float32."""
     return torch.ones(1).div_(keep)
 
 
@@ -163,7 +145,7 @@ class FusionHead(nn.Module):
             raise ValueError("a metadata-only head needs metadata features")
         width = 0
         if self.use_image:
-            self.image_dropout = MaskDropout(image_dropout)
+            self.image_dropout = nn.Dropout(image_dropout)
             width += embed_dim
         if self.use_meta:
             self.meta_mlp = nn.Sequential(nn.Linear(meta_dim, meta_width), nn.ReLU(),
@@ -171,7 +153,7 @@ class FusionHead(nn.Module):
             width += meta_out
         if head == "film" and self.use_image and self.use_meta:
             self.film = nn.Linear(meta_out, 2 * embed_dim)
-        self.classifier = nn.Sequential(MaskDropout(dropout), nn.Linear(width, dense_width),
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, dense_width),
                                         nn.ReLU(), nn.Linear(dense_width, n_classes))
         for m in self.modules():
             if isinstance(m, nn.Linear):  # Keras Dense defaults
@@ -192,24 +174,27 @@ class FusionHead(nn.Module):
         return cls(embed_dim, meta_dim, n_classes, d.get("head", "reference"),
                    d.get("inputs", "fused"), **arch)
 
-    def set_noise(self, noise: DropoutNoise | None) -> None:
-        """Draw training dropout masks from ``noise`` (None: nn.Dropout's own)."""
-        for m in self.modules():
-            if isinstance(m, MaskDropout):
-                m.noise = noise
-
-    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, meta: torch.Tensor,
+                masks: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+                ) -> torch.Tensor:
+        """Class logits. ``masks`` (image mask, joined-features mask), each already scaled by
+        ``1 / keep``, replace the two dropout layers: the trainer draws them from the fit's own
+        seeded stream (``DropoutNoise``). Without them the layers are ``nn.Dropout``."""
+        image_mask, joint_mask = masks if masks is not None else (None, None)
         parts = []
         m = self.meta_mlp(meta) if self.use_meta else None
         if self.use_image:
-            x = self.image_dropout(image)
+            x = self.image_dropout(image) if image_mask is None else image * image_mask
             if hasattr(self, "film"):
-                gamma, beta = self.film(m).chunk(2, dim=1)
+                gamma, beta = self.film(m).chunk(2, dim=-1)
                 x = x * (1.0 + torch.tanh(gamma)) + beta
             parts.append(x)
         if m is not None:
             parts.append(m)
-        return self.classifier(torch.cat(parts, dim=1))
+        h = torch.cat(parts, dim=-1)
+        if joint_mask is None:
+            return self.classifier(h)
+        return self.classifier[3](self.classifier[2](self.classifier[1](h * joint_mask)))
 
 
 @dataclass
@@ -292,88 +277,21 @@ def one_thread(fn):
     return wrapper
 
 
-@one_thread
 def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
              val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
              cfg: HeadConfig = HeadConfig(),
              meta_fields: list[MetaField] | None = None) -> FitResult:
     """Train on ``(image, meta, y)`` arrays; early stopping on ``val`` (``cfg.stop_on``), best
-    weights kept.
+    weights kept. The one training loop with one member (``head_batch.fit_heads``).
 
     ``image`` is (N, D), or (N, V, D) with view 0 the original image: then training samples one
     view per row per epoch when ``cfg.view_augment``, and validation uses view 0. ``meta_fields``
     gives each metadata field's columns and missing encoding, for ``cfg.meta_dropout``.
     The caller's global torch RNG is left as it was (the fit seeds a forked copy).
     """
-    cfg.check()
-    with torch.random.fork_rng(devices=[]):
-        return _fit_head(train, val, n_classes, cfg, meta_fields)
+    from .head_batch import fit_heads   # the loop module builds on this one
 
-
-def _fit_head(train, val, n_classes: int, cfg: HeadConfig,
-              meta_fields: list[MetaField] | None) -> FitResult:
-    # The seed draws the initial weights (global generator), the dropout masks (DropoutNoise)
-    # and the epochs' shuffles, views and field blanking (gen), as Keras' seed would.
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    xi, xm, y = (torch.as_tensor(a) for a in train)
-    vi, vm, vy = (torch.as_tensor(a) for a in val)
-    xi, xm, vi, vm = xi.float(), xm.float(), _eval_view(vi.float()), vm.float()
-    y, vy = y.long(), vy.long()
-    model = FusionHead.from_config(xi.shape[-1], xm.shape[1], n_classes, cfg)
-    model.set_noise(DropoutNoise(cfg.seed))
-    opt = Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
-    weights = balanced_class_weights(y.numpy(), n_classes) if cfg.class_weight == "balanced" \
-        else np.ones(n_classes)
-    sample_w = torch.as_tensor(weights, dtype=torch.float32)
-    best_loss, best_state, best_epoch, waited, history = np.inf, None, 0, 0, []
-    n = len(y)
-    for epoch in range(1, cfg.n_epochs + 1):
-        model.train()
-        epoch_img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)
-        blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and meta_fields
-        epoch_meta = _blank_fields(xm, meta_fields, cfg.meta_dropout, gen,
-                                   cfg.meta_dropout_all) if blanking else xm
-        order = torch.randperm(n, generator=gen)
-        # One gather per epoch: each minibatch is then a contiguous slice, not five gathers.
-        shuf_img, shuf_meta, shuf_y = epoch_img[order], epoch_meta[order], y[order]
-        shuf_w = sample_w[shuf_y]
-        total = 0.0
-        for start in range(0, n, cfg.batch_size):
-            batch = slice(start, start + cfg.batch_size)
-            logits = model(shuf_img[batch], shuf_meta[batch])
-            loss = (F.cross_entropy(logits, shuf_y[batch], reduction="none")
-                    * shuf_w[batch]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(shuf_y[batch])
-        model.eval()
-        with torch.no_grad():
-            val_logits = model(vi, vm)
-            val_loss = float(F.cross_entropy(val_logits, vy))
-            score = val_loss if cfg.stop_on == "loss" else \
-                _val_score(val_logits, vy, n_classes, cfg.stop_on)
-        history.append({"epoch": epoch, "loss": total / n, "val_loss": val_loss,
-                        "val_score": score})
-        log.debug("epoch %d loss %.4f val_loss %.4f %s %.4f", epoch, total / n, val_loss,
-                  cfg.stop_on, score)
-        if not cfg.early_stopping:   # a fixed number of epochs: the last weights
-            best_loss, best_epoch, best_state = score, epoch, None
-        elif score < best_loss:
-            best_loss, best_epoch, waited = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.set_noise(None)
-    model.eval()
-    log.info("head: %d epochs, best epoch %d (val %s %.4f)", len(history), best_epoch,
-             cfg.stop_on, best_loss)
-    return FitResult(model, history, best_epoch, weights.tolist())
+    return fit_heads([(train, val)], n_classes, cfg, [meta_fields])[0]
 
 
 @torch.no_grad()

@@ -1,11 +1,13 @@
-"""Train the heads of k splits (the folds of a CV, one configuration) as one batched network.
+"""The head's one training loop: the heads of k splits (the folds of a CV, one configuration)
+trained as one batched network; a single fit (``head.fit_head``) is a batch of one.
 
-Each split's head is what ``head.fit_head`` would train on it, up to float rounding: the same
-initial weights (each built from the same seed), the same dropout masks and the same shuffles
-(each split draws from its own copy of the generators ``fit_head`` uses), its own Adam state and
-step count, its own early stopping. What is shared is the work: the k weight sets are stacked
-along a first axis, so a step is one batched matrix product per layer and one optimizer update
-for all splits, instead of k small steps whose cost is mostly per-op overhead on a CPU.
+Each split's head is what it would be trained alone, up to float rounding: the same initial
+weights (each built from the same seed), the same dropout masks and the same shuffles (each
+split draws from its own generators), its own Adam state and step count, its own early
+stopping. What is shared is the work: the k weight sets are stacked along a first axis and the
+step runs the module's own ``forward`` over them (``torch.func.functional_call`` under
+``vmap``), one batched matrix product per layer and one optimizer update for all splits,
+instead of k small steps whose cost is mostly per-op overhead on a CPU.
 
 Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
 step out (no update, no optimizer step). A split whose metadata encoder saw fewer categories
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from torch.func import functional_call, vmap
+
 from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
                    _eval_view, _pick_view, _val_score, balanced_class_weights, dropout_scale,
                    one_thread)
@@ -32,7 +36,7 @@ Part = tuple  # (image, meta, y) arrays of one split side
 
 
 class _Split:
-    """One split's data and the generators ``fit_head`` would use for it."""
+    """One split's data and its own generators: weights, dropout masks, epoch draws."""
 
     def __init__(self, train: Part, val: Part, n_classes: int, cfg: HeadConfig,
                  meta_fields: list[MetaField] | None, meta_dim: int):
@@ -55,7 +59,7 @@ class _Split:
         self.stopped = False
 
     def epoch(self, cfg: HeadConfig) -> None:
-        """Draw this epoch's view choice, metadata blanking and shuffle, as fit_head does."""
+        """Draw this epoch's view choice, metadata blanking and shuffle."""
         img = _pick_view(self.xi, self.gen) if self.xi.ndim == 3 and cfg.view_augment \
             else _eval_view(self.xi)
         blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and self.meta_fields
@@ -88,15 +92,10 @@ def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _linear(x: torch.Tensor, params: dict, name: str) -> torch.Tensor:
-    return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), x,
-                         params[f"{name}.weight"].transpose(1, 2))
-
-
 class _Noise:
-    """MaskDropout's noise for the stacked splits of one step, each split's from its own
-    DropoutNoise, drawn as fit_head draws it (image layer, then classifier) into preallocated
-    masks, then scaled (a kept element's noise is exactly MaskDropout's ``1 / keep``)."""
+    """The dropout masks of the stacked splits for one step, each split's from its own
+    DropoutNoise (image layer, then classifier), drawn into preallocated masks and scaled by
+    ``1 / keep``."""
 
     def __init__(self, k: int, bs: int, widths: tuple[int, int], ps: tuple[float | None, ...]):
         self.ps = ps
@@ -122,23 +121,14 @@ class _Noise:
 
 def _forward(params: dict, model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
              masks: tuple | None = None) -> torch.Tensor:
-    """FusionHead.forward for stacked weights: (k, B, D), (k, B, M) -> (k, B, classes)."""
-    parts = []
-    m = None
-    if model.use_meta:
-        m = F.relu(_linear(F.relu(_linear(meta, params, "meta_mlp.0")), params, "meta_mlp.2"))
-    if model.use_image:
-        x = image if masks is None or masks[0] is None else image * masks[0]
-        if hasattr(model, "film"):
-            gamma, beta = _linear(m, params, "film").chunk(2, dim=2)
-            x = x * (1.0 + torch.tanh(gamma)) + beta
-        parts.append(x)
-    if m is not None:
-        parts.append(m)
-    h = torch.cat(parts, dim=2)
-    if masks is not None and masks[1] is not None:
-        h = h * masks[1]
-    return _linear(F.relu(_linear(h, params, "classifier.1")), params, "classifier.3")
+    """``model.forward`` for k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes).
+    ``model`` stays in eval mode: the step's dropout comes in as ``masks``."""
+    if masks is None:
+        return vmap(lambda p, x, m: functional_call(model, p, (x, m)))(params, image, meta)
+    a, b = masks
+    run = vmap(lambda p, x, m, ma, mb: functional_call(model, p, (x, m), {"masks": (ma, mb)}),
+               in_dims=(0, 0, 0, None if a is None else 0, None if b is None else 0))
+    return run(params, image, meta, a, b)
 
 
 def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
@@ -151,8 +141,10 @@ def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
 @one_thread
 def fit_heads(parts: list[tuple[Part, Part]], n_classes: int, cfg: HeadConfig = HeadConfig(),
               meta_fields: list[list[MetaField] | None] | None = None) -> list[FitResult]:
-    """``[fit_head(train, val, n_classes, cfg, fields) for ...]``, trained together (see the
-    module docstring). The caller's global torch RNG is left as it was."""
+    """One head per (train, val) part, trained together (see the module docstring); early
+    stopping on each part's val (``cfg.stop_on``), best weights kept. ``meta_fields``: each
+    part's metadata fields and missing encodings, for ``cfg.meta_dropout``. The caller's
+    global torch RNG is left as it was (the fit seeds a forked copy)."""
     cfg.check()
     meta_fields = meta_fields or [None] * len(parts)
     with torch.random.fork_rng(devices=[]):
@@ -164,6 +156,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     splits = [_Split(train, val, n_classes, cfg, fields, meta_dim)
               for (train, val), fields in zip(parts, meta_fields)]
     model, k_all = splits[0].model, len(splits)
+    model.eval()   # a template for the stacked weights; dropout comes in as masks
     params = _stack(splits)
     opt = Adam(params.values(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,
                stacked=k_all)

@@ -25,7 +25,7 @@ from ..embed.cache import CacheContents, CacheError, cache_label, read_caches
 from ..evaluate.metrics import calibrated_metrics, majority_baseline
 from .baseline import LGBMConfig, LGBMModel, fit_lgbm
 from .calibration import Calibrator
-from .head import FusionHead, HeadConfig, balanced_class_weights, fit_head, head_logits
+from .head import FusionHead, HeadConfig, balanced_class_weights, head_logits
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +86,18 @@ def train_models(kind: str, trains: list[tuple], vals: list[tuple], n_classes: i
                  head_cfg: HeadConfig, lgbm_cfg: LGBMConfig,
                  meta_fields: list[list | None] | None = None,
                  batched: bool = True) -> list[Trained]:
-    """One model per (train, val) pair, all with one recipe. Several heads train together as
-    one batched network (``head_batch.fit_heads``: each equals its own ``fit_head`` up to float
-    rounding). ``meta_fields``: each encoder's ``dropout_fields()``, what dropout blanks to."""
+    """One model per (train, val) pair, all with one recipe. Heads go through the one training
+    loop (``head_batch.fit_heads``): together as one batched network, or with ``batched=False``
+    one batch of one each (the same weights up to float rounding). ``meta_fields``: each
+    encoder's ``dropout_fields()``, what dropout blanks to."""
     meta_fields = meta_fields or [None] * len(trains)
     if kind == "head":
-        if len(trains) == 1 or not batched:
-            results = [fit_head(t, v, n_classes, head_cfg, f)
-                       for t, v, f in zip(trains, vals, meta_fields)]
-        else:
-            from .head_batch import fit_heads
-            results = fit_heads(list(zip(trains, vals)), n_classes, head_cfg, meta_fields)
+        from .head_batch import fit_heads
+
+        parts = list(zip(trains, vals))
+        groups = [list(range(len(parts)))] if batched else [[i] for i in range(len(parts))]
+        results = [r for g in groups for r in fit_heads([parts[i] for i in g], n_classes,
+                                                        head_cfg, [meta_fields[i] for i in g])]
         return [Trained("head", r.model, head_cfg.to_dict(), r.best_epoch, len(r.history),
                         r.class_weights) for r in results]
     if kind == "lgbm":
