@@ -1,12 +1,12 @@
 """Stage two's speed on HAM10000's real metadata (10,015 rows) with synthetic 768-d embeddings.
 
-    .venv/bin/python benchmarks/stage_two.py [--jobs N] [--today REF] [--skip-full-cv]
+    .venv/bin/python benchmarks/stage_two.py [--jobs N] [--before REF] [--skip-full-cv]
                                              [--skip-lgbm-compare]
 
 Times, in one run and beside the sequential path: a full ``fit-head`` (reference head, early
-stopping, bundle and report; beside the same on commit ``--today``, the code before batched
-heads, in a subprocess), ``cv --folds 5 --models head`` over the three input sets (batched fold
-heads beside sequential ones, and beside ``--today``'s), ``cv --folds 5`` with head and LightGBM,
+stopping, bundle and report; beside the same on commit ``--before``, e.g. the commit before a
+change, in a subprocess), ``cv --folds 5 --models head`` over the three input sets (batched fold
+heads beside fold-by-fold ones, and beside ``--before``'s), ``cv --folds 5`` with head and LightGBM,
 and ``tune --trials 50`` (and, beside it, ``--sequential-tune-trials`` trials on one worker
 with sequential and with batched heads); reports peak memory, and compares LightGBM on PCA-64 (the default) with all 768 columns
 on one CV fold. Prints the CPU's lscpu flags, a table and PASS/FAIL per target. The embeddings
@@ -130,15 +130,15 @@ class MemorySampler(threading.Thread):
             self.worker_kb = max([self.worker_kb] + [_proc_kb(p, "VmHWM") for p in workers])
 
 
-# Runs inside ``--today``'s tree, so it names that commit's (flat) modules, not today's layout.
-TODAY_SNIPPET = """
+# Runs inside ``--before``'s tree (any commit with the stage-grouped layout, a02a792 or later).
+BEFORE_SNIPPET = """
 import sys, time, tempfile, json
 from pathlib import Path
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
 from stage_two import load_table, synthetic_cache, METADATA
-from skinfeat.cache import write_cache
-from skinfeat.cv import CVConfig, cv_run
-from skinfeat.train import fit_run
+from skinfeat.embed.cache import write_cache
+from skinfeat.learn.cv import CVConfig, cv_run
+from skinfeat.learn.train import fit_run
 if __name__ == "__main__":
     table = load_table(Path(sys.argv[2]))
     tmp = Path(tempfile.mkdtemp())
@@ -153,9 +153,9 @@ if __name__ == "__main__":
 """
 
 
-def today(ref: str, jobs: int) -> dict:
-    """fit-head and cv --models head of commit ``ref`` (the code before this change), on the
-    same data, in a subprocess: the sequential path as it was, measured in this run."""
+def before(ref: str, jobs: int) -> dict:
+    """fit-head and cv --models head of commit ``ref`` (the code before a change), on the
+    same data, in a subprocess, measured in this run."""
     import json
     import subprocess
 
@@ -163,16 +163,16 @@ def today(ref: str, jobs: int) -> dict:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "skinfeat",
                                   "benchmarks"], capture_output=True)
         if archive.returncode:
-            print(f"(today's path not measured: git archive {ref} failed)")
+            print(f"(--before not measured: git archive {ref} failed)")
             return {}
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        (Path(tmp) / "run_today.py").write_text(TODAY_SNIPPET)
+        (Path(tmp) / "run_before.py").write_text(BEFORE_SNIPPET)
         env = {**os.environ, "PYTHONPATH": tmp}
-        out = subprocess.run([sys.executable, str(Path(tmp) / "run_today.py"), tmp,
+        out = subprocess.run([sys.executable, str(Path(tmp) / "run_before.py"), tmp,
                               str(METADATA), str(jobs)], capture_output=True, text=True,
                              env=env, cwd=tmp)
         if out.returncode:
-            print(f"(today's path failed: {out.stderr.strip().splitlines()[-1:]})")
+            print(f"(--before {ref} failed: {out.stderr.strip().splitlines()[-1:]})")
             return {}
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -197,8 +197,9 @@ def timed(fn):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=0, help="cv/tune processes (0: all cores)")
-    parser.add_argument("--today", default="0dcca73", help="git commit whose fit-head and cv "
-                        "are timed beside this code ('' to skip)")
+    parser.add_argument("--before", default="HEAD", help="git commit whose fit-head and cv "
+                        "are timed beside this working tree, e.g. the commit before a change "
+                        "('' to skip)")
     parser.add_argument("--tune-trials", type=int, default=50)
     parser.add_argument("--sequential-tune-trials", type=int, default=10,
                         help="trials run twice with one worker, sequential and batched heads "
@@ -222,7 +223,7 @@ def main() -> int:
           f"{contents.dim}-d synthetic embeddings; {os.cpu_count()} CPU cores, jobs {jobs}")
     rows = []
     # The previous code first, in its own processes, outside the memory measurement.
-    old = today(args.today, jobs) if args.today else {}
+    old = before(args.before, jobs) if args.before else {}
     sampler = MemorySampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,7 +231,7 @@ def main() -> int:
         write_cache(cache, contents)
         seconds, res = timed(lambda: fit_run(table, cache, Path(tmp) / "fit-head", model="head"))
         rows.append(("fit-head (reference head, bundle + report)", seconds, TARGETS["fit-head"],
-                     old.get("fit-head"), f"today ({args.today})",
+                     old.get("fit-head"), f"--before {args.before}",
                      f"best epoch {res['info']['best_epoch']}, balanced acc "
                      f"{res['metrics']['balanced_accuracy']:.3f}"))
         head_cv = CVConfig(folds=5, models=("head",))
@@ -240,10 +241,11 @@ def main() -> int:
                                            jobs=jobs))
         fused = cv["summary"]["head"]["fused"]["balanced_accuracy"]
         rows.append(("cv --folds 5 --models head (3 input sets)", seconds, TARGETS["cv-head"],
-                     seq, "sequential, this code",
+                     seq, "fold by fold, this code",
                      f"15 fits; fused balanced acc {fused['mean']:.3f} ± {fused['std']:.3f}"))
         if old.get("cv-head"):
-            rows.append(("  the same, today's code", old["cv-head"], None, None, "", ""))
+            rows.append((f"  the same, --before {args.before}", old["cv-head"], None, None, "",
+                         ""))
         if not args.skip_full_cv:
             seconds, _ = timed(lambda: cv_run(table, cache, Path(tmp) / "cv",
                                               CVConfig(folds=5), jobs=jobs))

@@ -24,10 +24,11 @@ def choose_weights(backbone: str, weights: str, echo: Callable[[str], None]) -> 
         return WeightSource("random")
     if weights == "auto":
         _, cached = pretrained_location(backbone)
-        if not cached:
-            # Fail fast when offline rather than waiting on the hub's default timeouts.
-            os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-            os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        # Fail fast when offline rather than waiting on the hub's default timeouts; the
+        # caller's environment is restored afterwards.
+        quick = {} if cached else {"HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "10"}
+        saved = {k: os.environ.get(k) for k in quick}
+        os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
         try:
             create_backbone(backbone, WeightSource("pretrained"))
             return WeightSource("pretrained")
@@ -36,6 +37,10 @@ def choose_weights(backbone: str, weights: str, echo: Callable[[str], None]) -> 
             echo("NOTICE: the demo continues with RANDOM backbone weights; its numbers show the "
                  "pipeline works, not how well a real model classifies lesions.")
             return WeightSource("random")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
     return WeightSource("pretrained")
 
 

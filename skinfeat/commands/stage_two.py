@@ -304,9 +304,12 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     """Search the head's hyperparameters (Optuna), honestly: grouped CV on the rows outside a
     held-out test part, which scores the chosen configuration once."""
     try:
+        import optuna
+
         from ..learn.tune import TuneConfig, tune_run
     except ImportError as exc:
         raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # the progress bar says it all
     head, lgbm = pop_recipe(kwargs)
     head["inputs"] = inputs
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)

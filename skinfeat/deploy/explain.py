@@ -257,16 +257,13 @@ def overlay(view: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarr
 
 def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights: bool) -> Path:
     """One PNG: the image, one overlay per explained class, and the metadata attribution chart."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..atomic import atomic_write
+    from ..evaluate.report import new_figure
 
     path = Path(path)
     n = 2 + len(ex.cams)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1.5, 3.8),
-                             gridspec_kw={"width_ratios": [1] * (n - 1) + [1.8]})
+    fig, axes = new_figure((3.2 * n + 1.5, 3.8), 1, n,
+                           gridspec_kw={"width_ratios": [1] * (n - 1) + [1.8]})
     axes[0].imshow(ex.view)
     axes[0].set_title(Path(ex.image).name, fontsize=9)
     for ax, (c, heat) in zip(axes[1:], ex.cams.items()):
@@ -296,7 +293,6 @@ def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
     return path
 
 

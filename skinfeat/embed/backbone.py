@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "convnext_tiny.fb_in1k"
 RESIZE_MODES = ("squash", "crop")
-# PIL refuses images above ~179 Mpx (decompression bombs) by raising; we keep its limit but make
-# the warning band an error too, so a 30000x30000 file is refused instead of eating the RAM.
+# PIL warns above ~89.5 Mpx and raises above twice that (decompression bombs); we refuse from
+# the warning band on, so a 30000x30000 file is refused instead of eating the RAM. Checked on
+# the header (``load_image``), not by setting PIL's global ``Image.MAX_IMAGE_PIXELS``.
 MAX_IMAGE_PIXELS = 89_478_485
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
 class WeightsUnavailable(RuntimeError):
@@ -202,6 +202,11 @@ def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(path)
+        if img.width * img.height > MAX_IMAGE_PIXELS:   # the header only: nothing decoded yet
+            img.close()
+            raise Image.DecompressionBombError(
+                f"{img.width}x{img.height} = {img.width * img.height:,} pixels, over "
+                f"{MAX_IMAGE_PIXELS:,}: refused as a possible decompression bomb")
         try:
             if spec.draft and img.format == "JPEG":
                 need = spec.size if spec.resize == "squash" else int(spec.size / spec.crop_pct)

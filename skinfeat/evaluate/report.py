@@ -15,19 +15,20 @@ from .metrics import bootstrap_ci, headline, reliability_bins, softmax
 REFERENCE = {"accuracy": 0.7324, "weighted_f1": 0.75, "macro_f1": 0.55}
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def new_figure(figsize: tuple[float, float], *subplots, **kwargs):
+    """A matplotlib ``Figure`` and its axes, made without pyplot: no backend is chosen and no
+    global figure state is touched (a notebook's own matplotlib settings stay as they are)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*subplots, **kwargs)
 
 
 def save_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
                        title: str = "Confusion matrix") -> None:
-    plt = _plt()
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = new_figure((6, 5))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -40,12 +41,10 @@ def save_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path
     ax.set_title(title)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 def save_reliability_png(y_true: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = new_figure((5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
     for name, proba in curves.items():
         b = reliability_bins(y_true, proba)
@@ -56,7 +55,6 @@ def save_reliability_png(y_true: np.ndarray, curves: dict[str, np.ndarray], path
     ax.set_title("Reliability diagram")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 def fmt(x: float | None, pct: bool = False) -> str:

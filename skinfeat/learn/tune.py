@@ -167,7 +167,6 @@ def search(job: Search, storage, worker: int = 0,
             progress(1)
         return float(np.mean(scores))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, job.key, storage, worker)
     waiting = optuna.trial.TrialState.WAITING   # trial 0, queued but not run yet
     left = cfg.trials - sum(t.state != waiting for t in study.trials)
@@ -178,7 +177,12 @@ def search(job: Search, storage, worker: int = 0,
 
 
 def _search_worker(job: Search, out: str, worker: int) -> None:
+    import optuna
     import torch
+
+    # This process is the library's own worker: its global settings are ours to choose (a
+    # line per trial from every worker would bury the progress bar).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)
     search(job, storage_of(job.cfg, Path(out)), worker)
 
@@ -190,7 +194,6 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     import optuna
 
     cfg.check()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = as_dataset(data)
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
@@ -251,12 +254,11 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
 
 
 def write_tune_report(out: Path, res: dict) -> None:
-    from ..evaluate.report import _plt, fmt
+    from ..evaluate.report import fmt, new_figure
     from ..deploy.bundle import atomic_write
 
-    plt = _plt()
     done = [h for h in res["history"] if h["value"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
     ax.plot([h["number"] for h in done], [h["value"] for h in done], "o", alpha=0.6,
             label="trial (mean over folds)")
     ax.plot([h["number"] for h in done], np.maximum.accumulate([h["value"] for h in done]),
@@ -267,7 +269,6 @@ def write_tune_report(out: Path, res: dict) -> None:
     ax.legend()
     fig.tight_layout()
     atomic_write(out / "tune_history.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
     atomic_write_text(out / "tune_metrics.json", json.dumps(res, indent=2, default=str))
     cfg, best, held = res["config"], res["best"], res["held_out"]
     pct = res["metric"] != "auc"
