@@ -5,7 +5,8 @@ split (sizes, seed, or ``none``: every row trains), the metadata encoding, the c
 the full ``HeadConfig`` and ``LGBMConfig``. A run's bundle stores it under ``"run"``, so
 ``--config runs/NAME/config.json`` reproduces that run; a hand-written file (JSON, or TOML with
 the same keys, optionally under a ``[run]`` table, with ``[head]`` and ``[lgbm]`` sub-tables)
-sets any subset. Unknown keys are an error that names the known ones.
+sets any subset. Every key is typed and checked by ``skinfeat.schema``: an unknown key, a wrong
+type or an out-of-range value is one error naming the file and the key (``head.lr``).
 """
 from __future__ import annotations
 
