@@ -85,11 +85,12 @@ def load_lgbm(run: Path, config: dict, embed_dim: int):
 def bundle_spec(config: dict, source: Path) -> tuple[DatasetSpec, Task]:
     """The dataset description and task the model was trained with (HAM10000 for bundles made
     before descriptions were stored)."""
-    try:
-        spec = DatasetSpec.from_dict(config["dataset"]) if "dataset" in config else HAM10000
-        task = Task(**config["task"]) if "task" in config else Task()
-    except (SpecError, TypeError) as exc:
-        raise BundleError(f"{source}: invalid dataset description ({exc})") from exc
+    try:   # each error names the file and the key (dataset.classes, task.kind, ...)
+        spec = DatasetSpec.from_dict(config["dataset"], str(source), "dataset") \
+            if "dataset" in config else HAM10000
+        task = Task.from_dict(config["task"], str(source), "task") if "task" in config else Task()
+    except SpecError as exc:
+        raise BundleError(str(exc)) from exc
     return spec, task
 
 

@@ -10,27 +10,34 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
 
 import numpy as np
+
+from ..schema import Ge, Gt, Le, validate
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LGBMConfig:
-    inputs: str = "fused"          # fused | image | meta
-    pca_dim: int = 64              # 0 keeps all embedding columns
-    num_leaves: int = 15
-    max_bin: int = 63
-    colsample: float = 0.3
-    learning_rate: float = 0.1
-    n_estimators: int = 400
-    early_stopping: int = 20
+    inputs: Literal["fused", "image", "meta"] = "fused"
+    pca_dim: Annotated[int, Ge(0)] = 64          # 0 keeps all embedding columns
+    num_leaves: Annotated[int, Ge(2)] = 15       # LightGBM needs at least 2
+    max_bin: Annotated[int, Ge(2)] = 63
+    colsample: Annotated[float, Gt(0), Le(1)] = 0.3
+    learning_rate: Annotated[float, Gt(0)] = 0.1
+    n_estimators: Annotated[int, Ge(1)] = 400
+    early_stopping: Annotated[int, Ge(1)] = 20   # rounds without improvement on val
     seed: int = 42
-    num_threads: int = 0           # 0: every core (cv's worker processes use 1 each)
+    num_threads: Annotated[int, Ge(0)] = 0       # 0: every core (cv's worker processes use 1 each)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check(self) -> None:
+        """Every field's type, choices and range (the annotations above; ``skinfeat.schema``)."""
+        validate(self)
 
 
 class PCAProjection:

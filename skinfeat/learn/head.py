@@ -23,12 +23,14 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..schema import Ge, Gt, Lt, validate
 
 log = logging.getLogger(__name__)
 
@@ -46,47 +48,32 @@ class HeadConfig:
     """The head's recipe. The defaults of the architecture fields (widths, dropouts) are the
     published Keras recipe's layers; ``epochs`` set trains exactly that many epochs (no early
     stopping, the last weights kept) instead of up to ``max_epochs`` with early stopping."""
-    head: str = "reference"
-    inputs: str = "fused"
-    lr: float = 1e-3
-    batch_size: int = 64
-    max_epochs: int = 40
-    patience: int = 5
-    epochs: int | None = None             # fixed number of epochs: no early stopping
-    class_weight: str = "balanced"        # balanced | none
+    head: Literal[HEADS] = "reference"
+    inputs: Literal[INPUTS] = "fused"
+    lr: Annotated[float, Gt(0)] = 1e-3
+    batch_size: Annotated[int, Ge(1)] = 64
+    max_epochs: Annotated[int, Ge(1)] = 40
+    patience: Annotated[int, Ge(1)] = 5
+    epochs: Annotated[int, Ge(1)] | None = None   # fixed number of epochs: no early stopping
+    class_weight: Literal["balanced", "none"] = "balanced"
     seed: int = 42
-    meta_dropout: float = 0.2             # probability of blanking a whole metadata field
-    meta_dropout_all: float = 0.0         # probability of blanking every field of a row at once
+    meta_dropout: Annotated[float, Ge(0), Lt(1)] = 0.2   # P(blanking a whole metadata field)
+    meta_dropout_all: Annotated[float, Ge(0), Lt(1)] = 0.0   # P(blanking all fields of a row)
     view_augment: bool = True             # sample one cached view per row per epoch, if present
-    stop_on: str = "balanced_loss"        # early stopping criterion on val: see STOP_ON
-    meta_width: int = 32                  # metadata MLP: meta_width -> meta_out (ReLU each)
-    meta_out: int = 16
-    dense_width: int = 64                 # the dense layer before the class logits
-    image_dropout: float = 0.3            # on the image embedding
-    dropout: float = 0.4                  # on the concatenated features
-    weight_decay: float = 0.0             # Adam's L2 penalty (added to the gradient)
+    stop_on: Literal[STOP_ON] = "balanced_loss"   # early stopping criterion on val: see STOP_ON
+    meta_width: Annotated[int, Ge(1)] = 32   # metadata MLP: meta_width -> meta_out (ReLU each)
+    meta_out: Annotated[int, Ge(1)] = 16
+    dense_width: Annotated[int, Ge(1)] = 64   # the dense layer before the class logits
+    image_dropout: Annotated[float, Ge(0), Lt(1)] = 0.3   # on the image embedding
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.4         # on the concatenated features
+    weight_decay: Annotated[float, Ge(0)] = 0.0   # Adam's L2 penalty (added to the gradient)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def check(self) -> None:
-        if self.head not in HEADS or self.inputs not in INPUTS:
-            raise ValueError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
-        if self.stop_on not in STOP_ON:
-            raise ValueError(f"stop_on must be one of {STOP_ON}, got {self.stop_on!r}")
-        if self.class_weight not in ("balanced", "none"):
-            raise ValueError(f"class_weight must be balanced or none, got {self.class_weight!r}")
-        for name in ("meta_dropout", "meta_dropout_all", "image_dropout", "dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("batch_size", "max_epochs", "patience", "meta_width", "meta_out",
-                     "dense_width"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError("lr must be positive and weight_decay not negative")
+        """Every field's type, choices and range (the annotations above; ``skinfeat.schema``)."""
+        validate(self)
 
     @property
     def n_epochs(self) -> int:

@@ -5,97 +5,90 @@ split (sizes, seed, or ``none``: every row trains), the metadata encoding, the c
 the full ``HeadConfig`` and ``LGBMConfig``. A run's bundle stores it under ``"run"``, so
 ``--config runs/NAME/config.json`` reproduces that run; a hand-written file (JSON, or TOML with
 the same keys, optionally under a ``[run]`` table, with ``[head]`` and ``[lgbm]`` sub-tables)
-sets any subset. Unknown keys are an error that names the known ones.
+sets any subset. Every key is typed and checked by ``skinfeat.schema``: an unknown key, a wrong
+type or an out-of-range value is one error naming the file and the key (``head.lr``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated, Literal, Mapping
 
-from ..data.spec import read_settings
+from ..data.metadata import ENCODINGS
+from ..schema import Gt, Lt, SchemaError, dump, parse, read_settings, validate
 from .baseline import LGBMConfig
+from .calibration import METHODS
 from .head import HeadConfig
 
 SPLITS = ("lesion", "image", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(SchemaError):
     """A config file or value that cannot be used."""
 
 
 @dataclass
 class RunConfig:
-    model: str = "head"                   # head | lgbm
-    split: str = "lesion"                 # lesion (grouped) | image (reference) | none
+    model: Literal["head", "lgbm"] = "head"
+    split: Literal[SPLITS] = "lesion"     # lesion (grouped) | image (reference) | none
     seed: int = 42
-    select_on: str = "val"                # val | test (the reference's flaw)
-    test_size: float = 0.2
-    val_size: float = 0.1                 # of all rows; with split none, of the rows
-    encoding: str = "robust"              # robust | reference
-    calibration: str = "logit_adjust"
+    select_on: Literal["val", "test"] = "val"   # test: the reference's flaw
+    test_size: Annotated[float, Gt(0), Lt(1)] = 0.2
+    val_size: Annotated[float, Gt(0), Lt(1)] = 0.1   # of all rows; with split none, of the rows
+    encoding: Literal[ENCODINGS] = "robust"
+    calibration: Literal[METHODS] = "logit_adjust"
     tta: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dump(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
-        d = dict(d)
-        head = d.pop("head", {}) or {}
-        if d.get("encoding") == "reference" and isinstance(head, dict):  # its head defaults
-            head = {**HeadConfig.reference().to_dict(), **head}
-        head = _typed(HeadConfig, head, f"{source}: [head]")
-        lgbm = _typed(LGBMConfig, d.pop("lgbm", {}) or {}, f"{source}: [lgbm]")
-        return _typed(cls, {**d, "head": head, "lgbm": lgbm}, source)
+    def from_dict(cls, d: Mapping, source: str = "config", at: str = "") -> "RunConfig":
+        """A recipe from a table (under the key ``at`` in its file); every key typed and
+        checked, errors naming ``source`` and the key."""
+        if isinstance(d, Mapping) and d.get("encoding") == "reference" \
+                and isinstance(d.get("head", {}), Mapping):   # the reference head's defaults
+            d = {**d, "head": {**HeadConfig.reference().to_dict(), **d.get("head", {})}}
+        return parse(cls, d, source, ConfigError, at)
 
     def check(self) -> None:
-        if self.model not in ("head", "lgbm"):
-            raise ConfigError(f"model must be head or lgbm, got {self.model!r}")
-        if self.split not in SPLITS:
-            raise ConfigError(f"split must be one of {SPLITS}, got {self.split!r}")
+        """Types, choices and ranges of every field (the head's and LightGBM's too), then the
+        values that must agree."""
+        validate(self, error=ConfigError)
         if self.split == "none" and self.select_on == "test":
-            raise ConfigError("--split none has no test part to select on")
-        if not (0 < self.test_size < 1 and 0 < self.val_size < 1
-                and self.test_size + self.val_size < 1):
-            raise ConfigError("test_size and val_size must be in (0, 1), together below 1")
-        self.head.check()
-
-
-def _typed(cls, d: dict, source: str):
-    if not isinstance(d, dict):
-        raise ConfigError(f"{source}: expected a table of keys, got {type(d).__name__}")
-    names = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(names)}")
-    try:
-        return cls(**d)
-    except TypeError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+            raise ConfigError("split none has no test part to select on", "select_on")
+        if self.test_size + self.val_size >= 1:
+            raise ConfigError(f"test_size + val_size must be below 1, got {self.test_size:g} + "
+                              f"{self.val_size:g}", "val_size")
 
 
 def read_config_file(path: str | Path) -> RunConfig:
     """A ``RunConfig`` from JSON or TOML: a run's ``config.json`` (its ``"run"`` entry), a file
     written by ``skinfeat tune``, or a hand-written one (keys as ``RunConfig``'s)."""
-    path = Path(path)
+    path, at = Path(path), ""
     try:
-        d = read_settings(path)
-    except (OSError, ValueError) as exc:   # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ConfigError(f"{path}: unreadable config ({exc})") from exc
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected an object of settings")
-    if "run" in d:
-        d = d["run"]
-    return RunConfig.from_dict(d, str(path))
+        d = read_settings(path, ConfigError)
+    except OSError as exc:
+        raise ConfigError(f"unreadable config ({exc.strerror or exc})", source=str(path)) from exc
+    if isinstance(d, Mapping) and "format" in d:   # a bundle's config.json: its recipe
+        if not isinstance(d.get("run"), Mapping):
+            raise ConfigError("this bundle's config.json holds no recipe (no 'run' entry); "
+                              "pass the recipe as flags", source=str(path))
+        d, at = d["run"], "run"
+    elif isinstance(d, Mapping) and "run" in d:
+        rest = [k for k in d if k != "run"]
+        if rest:   # [head] beside [run] would be ignored: in TOML it is [run.head]
+            raise ConfigError(f"key(s) {', '.join(rest)} outside the [run] table: move them "
+                              "into it ([run.head], [run.lgbm]), or drop the table",
+                              source=str(path))
+        d, at = d["run"], "run"
+    return RunConfig.from_dict(d, str(path), at)
 
 
 def merge(base: RunConfig, run: dict, head: dict, lgbm: dict) -> RunConfig:
     """``base`` with the given (not None) values replaced: command-line flags over a file."""
-    from dataclasses import replace
-
     given = {k: v for k, v in run.items() if v is not None}
     cfg = replace(base, **given)
     cfg.head = replace(cfg.head, **{k: v for k, v in head.items() if v is not None},
