@@ -18,7 +18,7 @@ import pytest
 
 from hostile import ok, refused
 from skinfeat.deploy.predict import Predictor
-from skinfeat.embed.cache import CacheContents, merge_caches, read_cache
+from skinfeat.embed.cache import CacheContents, fuse_caches, merge_caches, read_cache
 from skinfeat.embed.sources import check_sources
 
 DIM = 16
@@ -110,6 +110,9 @@ MALFORMED = {
                ["'image_id'", "1-D"]),
     "ids_float": (lambda p, ids, e: write(p, np.arange(len(ids), dtype=np.float64), e),
                   ["'image_id'", "strings"]),
+    "empty_id": (lambda p, ids, e: write(p, [""] + ids[1:], e), ["'image_id'", "1 empty id"]),
+    "embedding_text": (lambda p, ids, e: write(p, ids, np.array([["x"] * DIM] * len(ids), "S1")),
+                       ["'embedding'", "must hold numbers"]),
     "view_rows": (lambda p, ids, e: write(p, ids, e, views=np.zeros((5, 1, DIM), np.float32)),
                   ["'view_embedding'", "(5, 1, 16)"]),
     "view_width": (lambda p, ids, e: write(p, ids, e,
@@ -398,3 +401,14 @@ def test_merge_keeps_identical_overlapping_ids_once(tmp_path):
     assert back.failures == {"img99": "unreadable"}
     r = ok("cache", "merge", one, two, "--out", tmp_path / "m2.h5")
     assert "12 embeddings merged from 2 file(s)" in r.output
+
+
+def test_fusing_caches_with_other_numbers_of_views_keeps_none(caplog):
+    ids = np.array(["x", "y", "z"], dtype=object)
+    e = np.ones((3, 4), np.float32)
+    one = CacheContents(ids, e, np.ones((3, 1, 4), np.float32), source="one.h5")
+    two = CacheContents(ids, e * 2, np.ones((3, 2, 4), np.float32), source="two.h5")
+    with caplog.at_level(logging.WARNING, logger="skinfeat"):
+        fused = fuse_caches([one, two], ["one.h5", "two.h5"])
+    assert fused.embeddings.shape == (3, 8) and fused.view_embeddings is None
+    assert "different views" in caplog.text and fused.identity["dims"] == [4, 4]

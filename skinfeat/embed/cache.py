@@ -12,6 +12,12 @@ Crash safety: the .h5 file is only ever produced by writing a temporary file and
 the old one, so a reader never sees a half-written cache. Work in progress lives in
 ``NAME.h5.partial/`` as small chunk files, each also renamed into place; an interrupted run
 (Ctrl-C, kill -9) resumes from the chunks. A lock file keeps two writers off one cache.
+
+Validation: ``read_cache`` is the one way in for every reader, ours or a user's file
+(``check_contents``): one row per unique id, a width, views of the same rows and width, finite
+values, well-formed ``identity`` / ``failures``; each problem is one ``CacheError`` naming the file
+and the dataset or attribute. ``merge``: an image in several inputs is kept once when its
+embeddings agree within 1e-5, else refused naming both files (never "last wins").
 """
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ def check_sources(recorded: dict, dim: int, paths: list[str],
         ident = want[k]
         what = ident.get("backbone") or ("made outside skinfeat" if not ident else
                                          json.dumps(encoder_identity(ident), sort_keys=True)[:60])
-        return f"{k + 1}. {what}, {dims[k]}-d" + (f", trained on {names[k]}" if names else "")
+        return f"{k + 1}. {what}, {dims[k]}-d" + (f", trained on {names[k]}" if k < len(names)
+                                                  else "")
 
     order = "; ".join(describe(k) for k in range(len(want)))
     label = " + ".join(map(str, paths))
@@ -142,7 +143,8 @@ def _check_look_alikes(group: list[int], profiles: list | None, paths: list[str]
         score = {q: np.mean([profile_similarity(mine[k], profiles[m]) for k, m in zip(group, q)])
                  for q in perms}
         given, best = tuple(group), max(perms, key=score.get)
-        if best != given and score[best] >= SWAP_CLEAR and score[best] - score[given] >= SWAP_MARGIN:
+        if best != given and score[best] >= SWAP_CLEAR and \
+                score[best] - score[given] >= SWAP_MARGIN:
             k, m = next((k, m) for k, m in zip(group, best) if k != m)
             raise CacheError(f"{paths[k]}: given as the {_nth(k + 1)} --cache, but its values "
                              f"match the model's source {m + 1} (profile correlation "
@@ -157,7 +159,8 @@ def _check_look_alikes(group: list[int], profiles: list | None, paths: list[str]
             return
     given_names = [Path(paths[k]).name for k in group]
     trained_names = [names[k] for k in group] if names else []
-    if trained_names and len(set(trained_names)) == len(group) and             sorted(given_names) == sorted(trained_names) and given_names != trained_names:
+    if trained_names and len(set(trained_names)) == len(group) and \
+            sorted(given_names) == sorted(trained_names) and given_names != trained_names:
         k = next(k for k, a, b in zip(group, given_names, trained_names) if a != b)
         m = group[trained_names.index(given_names[group.index(k)])]
         raise CacheError(f"{paths[k]}: given as the {_nth(k + 1)} --cache, but the model was "
