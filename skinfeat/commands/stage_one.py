@@ -100,7 +100,7 @@ def cache_info(path: str) -> None:
     from ..embed.cache import read_cache
 
     c = read_cache(path)
-    failures = json.loads(c.attrs.get("failures", "[]"))
+    failures = sorted(c.failures.items())
     click.echo(f"{path}: {len(c.image_ids)} images x {c.dim} dims, format "
                f"{c.attrs.get('format', 'external')}")
     click.echo(f"weights: {c.attrs.get('weights', 'unknown')}")

@@ -327,24 +327,25 @@ class Predictor:
 
     def cached(self, image_ids: Sequence[str], caches) -> tuple[np.ndarray, list[str]]:
         """Embeddings of ``image_ids`` from cache file(s) (several: fused per image in the
-        order given, as in training), and per-row errors for ids that are not cached."""
-        from ..embed.cache import read_caches
+        order given, as in training), and per-row errors for ids that are not cached. The
+        caches must be the model's sources in training order: their number, and each one's
+        width and encoder identity (``sources.check_sources``)."""
+        from ..embed.cache import fuse_caches, read_cache
+        from ..embed.sources import check_sources
 
-        contents = read_caches(caches)
-        if contents.dim != self.embed_dim:
-            raise BundleError(f"{', '.join(map(str, caches))}: {contents.dim}-d embeddings, but "
-                              f"the model takes {self.embed_dim}-d ones"
-                              + (f" ({' + '.join(map(str, self.identity['dims']))}, one cache "
-                                 "per source in training order)" if "dims" in self.identity
-                                 else ""))
+        paths = [str(caches)] if isinstance(caches, (str, Path)) else [str(c) for c in caches]
+        parts = [read_cache(c) for c in paths]
+        check_sources(self.identity, self.embed_dim, paths, parts)
+        contents = fuse_caches(parts, paths)
         pos = {iid: i for i, iid in enumerate(contents.image_ids)}
         errors = ["" if i in pos else "no embedding in the cache" for i in image_ids]
         rows = np.array([pos.get(i, 0) for i in image_ids], dtype=np.int64)
         image = contents.embeddings[rows]
         if self.views:
             if contents.view_embeddings is None or contents.views != self.views:
-                raise BundleError(f"the model averages over the views {self.views}; the cache "
-                                  "has " + (", ".join(contents.views) or "none"))
+                raise BundleError(f"{contents.source}: the model averages over the views "
+                                  f"{self.views}; the cache has "
+                                  + (", ".join(contents.views) or "none"))
             image = np.concatenate([image[:, None], contents.view_embeddings[rows]], axis=1)
         return image, errors
 

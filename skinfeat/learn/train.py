@@ -8,7 +8,6 @@ reference's protocol is asked for explicitly (``select_on="test"``).
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ def align_embeddings(table: pd.DataFrame, contents: CacheContents,
     made elsewhere may cover part of a table) are left out with a count; no row left is an
     error (the cache belongs to other data, or extract was not run).
     """
-    failed = dict(json.loads(contents.attrs.get("failures", "[]")))
+    failed = contents.failures
     known = set(contents.image_ids)
     absent = ~table["image_id"].isin(known)
     unreadable = absent & table["image_id"].isin(failed.keys())
