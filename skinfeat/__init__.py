@@ -7,7 +7,7 @@ Stage one (``extract``) embeds every image once into an HDF5 cache; stage two (`
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult", "Model",
            "Predictions", "Recipe", "RunConfig", "Task", "cross_validate", "extract", "fit",

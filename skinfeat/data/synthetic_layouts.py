@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from .synthetic import LOOK, draw
+from .synthetic_draw import LOOK, draw
 
 Writer = Callable[[Path, int, np.random.Generator, tuple[int, int]], Path]
 

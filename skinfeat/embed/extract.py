@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .. import __version__
+from ..version import __version__
 from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_backbone,
                        default_batch_size, load_image, resolve_device, resolve_precision, to_tensor,
                        transform_for)

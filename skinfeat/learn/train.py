@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from ..version import __version__
 from ..data.datasets import HAM10000, Dataset
 from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, protocol, save_split
