@@ -188,6 +188,7 @@ def tune_args(synth_dir, synth_cache, out, *extra) -> list:
     ("sqlite:///{tmp}/notdb.db", ["notdb.db", "not an SQLite database"]),
     ("sqlite:///{tmp}", ["is a folder"]),
     ("sqlite://", ["--storage sqlite://", "in-memory"]),
+    ("sqlite:///{tmp}/t.db?timeout=soon", ["t.db?timeout=soon", "cannot open the database"]),
     ("postgresql://me:s3cret@127.0.0.1:9/study", ["postgresql://me:***@127.0.0.1:9/study"]),
 ])
 def test_bad_storage_is_one_line(synth_dir, synth_cache, tmp_path, url, needles):

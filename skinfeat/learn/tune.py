@@ -174,13 +174,16 @@ def url_storage(url: str):
     except ImportError as exc:
         cause = exc.__cause__ or exc
         raise fail(f"the {parsed.drivername} driver is not installed ({cause})") from exc
-    except SQLAlchemyError as exc:
-        raise fail(f"cannot open the database ({first_line(exc.orig or exc)})") from exc
+    except (SQLAlchemyError, TypeError, ValueError) as exc:   # the latter: bad URL options
+        raise fail(f"cannot open the database ({first_line(exc)})") from exc
     except RuntimeError as exc:   # e.g. tables made by another Optuna version
         raise fail(first_line(exc)) from exc
 
 
 def first_line(exc: BaseException) -> str:
+    """An error's first line; for a database error, the driver's own (SQLAlchemy appends SQL
+    and a link)."""
+    exc = getattr(exc, "orig", None) or exc
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -243,7 +246,7 @@ def open_study(cfg: TuneConfig, key: str, storage=None, worker: int = 0):
                                     direction="maximize", sampler=sampler, load_if_exists=True)
     except SQLAlchemyError as exc:
         raise ValueError(f"--storage {where}: cannot open the study "
-                         f"({first_line(exc.orig or exc)})") from exc
+                         f"({first_line(exc)})") from exc
     have = study.user_attrs.get("protocol")
     if have is None:
         study.set_user_attr("protocol", key)
