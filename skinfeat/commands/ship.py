@@ -76,7 +76,8 @@ def explain(run, weights_file, device, batch_size, workers, image, csv_path, met
               help="Where to write the graph; FILE.json is written beside it.")
 @click.option("--opset", type=int, default=17, show_default=True)
 def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> None:
-    """One ONNX graph: image tensor + encoded metadata -> calibrated probabilities."""
+    """One ONNX graph: image tensor + encoded metadata -> calibrated probabilities (a fold
+    ensemble: every member in one graph, as predict averages them)."""
     needs("onnx", "export")
     from ..deploy.export import export_onnx
     from ..deploy.predict import Predictor
@@ -85,6 +86,10 @@ def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> 
     graph, side = export_onnx(p, onnx_path, opset=opset)
     click.echo(f"{graph}: {graph.stat().st_size / 1e6:.1f} MB; preprocessing, classes and "
                f"metadata encoding in {side} (and in the graph's metadata)")
+    if p.members:
+        click.echo(f"a fold ensemble of {len(p.members)} members: one shared backbone and one "
+                   f"metadata input per member (meta_0 .. meta_{len(p.members) - 1}), each "
+                   f"encoded with its member's encoder (members[i].metadata in {side.name})")
     if p.random_weights:
         click.echo("NOTE: RANDOM backbone weights in this graph.", err=True)
 

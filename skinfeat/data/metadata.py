@@ -239,20 +239,79 @@ class MetadataEncoder:
                 "missing_tokens": self.missing_tokens, "aliases": self.aliases}
 
     @classmethod
-    def from_dict(cls, state: dict) -> "MetadataEncoder":
-        """Rebuild a fitted encoder; a bundle saved before encodings existed is ``reference``."""
-        try:
-            enc = cls(state["numeric"], state["categorical"],
-                      str(state.get("encoding", "reference")),
-                      missing_tokens=state.get("missing_tokens"), aliases=state.get("aliases"),
-                      drop_first=bool(state["drop_first"]))
-            enc.means = {k: float(v) for k, v in state["means"].items()}
-            enc.stds = {k: float(v) for k, v in state["stds"].items()}
-            enc.categories = {k: [str(c) for c in v] for k, v in state["categories"].items()}
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise ValueError(f"invalid metadata encoder state: {exc!r}") from exc
-        missing = [c for c in enc.numeric if c not in enc.means] + \
-                  [c for c in enc.categorical if c not in enc.categories]
-        if missing:
-            raise ValueError(f"invalid metadata encoder state: no fitted values for {missing}")
+    def from_dict(cls, state: dict, key: str = "encoder") -> "MetadataEncoder":
+        """Rebuild a fitted encoder, checking every value (a bundle's config.json may have been
+        edited: a zero std would encode every age as NaN); a bundle saved before encodings
+        existed is ``reference``. Errors name the key under ``key``."""
+        def bad(where: str, why: str, value: object) -> ValueError:
+            text = repr(value)
+            return ValueError(f"key '{key}{where}': invalid metadata encoder state: {why}, got "
+                              f"{text if len(text) <= 40 else text[:37] + '...'}")
+
+        def names(where: str) -> list[str]:
+            value = state.get(where)
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) \
+                    or len(set(value)) != len(value):
+                raise bad(f".{where}", "expected a list of distinct field names", value)
+            return value
+
+        def number(where: str, value: object, positive: bool = False) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not np.isfinite(value) or (positive and value <= 0):
+                raise bad(where, "expected a finite number" + (" > 0" if positive else ""),
+                          value)
+            return float(value)
+
+        def table(where: str, value: object, fields: list[str]) -> dict:
+            """A table with exactly one entry per field (``no fitted values`` otherwise)."""
+            if not isinstance(value, dict):
+                raise bad(where, "expected a table of fields", value)
+            missing = [c for c in fields if c not in value]
+            if missing:
+                raise bad(where, f"no fitted values for {missing}", sorted(value))
+            extra = sorted(str(c) for c in value if c not in fields)
+            if extra:
+                raise bad(f"{where}.{extra[0]}", f"not a field of the encoder ({fields})", extra)
+            return value
+
+        if not isinstance(state, dict):
+            raise bad("", "expected a table", state)
+        encoding = state.get("encoding", "reference")
+        if encoding not in ENCODINGS:
+            raise bad(".encoding", f"expected one of {ENCODINGS}", encoding)
+        numeric, categorical = names("numeric"), names("categorical")
+        both = sorted(set(numeric) & set(categorical))
+        if both:
+            raise bad(".categorical", "a field cannot be both numeric and categorical", both)
+        if not isinstance(state.get("drop_first"), bool):
+            raise bad(".drop_first", "expected true or false", state.get("drop_first"))
+        tokens, aliases = state.get("missing_tokens"), state.get("aliases")
+        if tokens is not None and not (isinstance(tokens, dict) and all(
+                isinstance(v, list) and all(isinstance(t, str) for t in v)
+                for v in tokens.values())):
+            raise bad(".missing_tokens", "expected a table of fields to lists of strings", tokens)
+        if aliases is not None and not (isinstance(aliases, dict) and all(
+                isinstance(v, dict) and all(isinstance(t, str) for t in v.values())
+                for v in aliases.values())):
+            raise bad(".aliases", "expected a table of fields to tables of strings", aliases)
+        enc = cls(numeric, categorical, encoding, missing_tokens=tokens, aliases=aliases,
+                  drop_first=state["drop_first"])
+        means = table(".means", state.get("means"), numeric)
+        stds = table(".stds", state.get("stds"), numeric)
+        enc.means = {c: number(f".means.{c}", means[c]) for c in numeric}
+        enc.stds = {c: number(f".stds.{c}", stds[c], positive=True) for c in numeric}
+        categories = table(".categories", state.get("categories"), categorical)
+        for c in categorical:
+            cats = categories[c]
+            if not isinstance(cats, list) or not all(isinstance(v, str) for v in cats) \
+                    or len(set(cats)) != len(cats):
+                raise bad(f".categories.{c}", "expected a list of distinct strings", cats)
+            # The robust encoder compares normalised values: a category that is not normalised
+            # (or is a missing token) could never match, and the field would always be missing.
+            odd = [v for v in cats if enc.robust and (normalize(v) != v or not v
+                                                      or v in enc.missing_tokens[c])]
+            if odd:
+                raise bad(f".categories.{c}", "a category the robust encoding can never match "
+                          "(not normalised, blank or a missing token)", odd[0])
+            enc.categories[c] = list(cats)
         return enc

@@ -1,17 +1,24 @@
 """Export a trained run to one ONNX graph: image tensor + encoded metadata -> calibrated probabilities.
 
 The graph holds the frozen backbone (with stage one's average pooling), the fusion head and the
-calibration temperature. What the graph does not hold travels beside it, both as ONNX model
-metadata (key ``skinfeat``) and as ``FILE.json``: the preprocessing spec (size, resize, mean,
-std), the class order, the metadata encoder's fitted state with its feature names, and the
-encoded vector of "every field missing". The exporter is torch's TorchScript-based one
-(``dynamo=False``), which needs nothing beyond ``onnx``.
+calibration. A fold ensemble (``cv --save-models``) is exported exactly as ``predict`` scores it:
+one backbone shared by every member, each member's head and calibration, the members'
+probabilities averaged, then the ensemble's own calibration. Each member has its own metadata
+encoder (fitted on its fold's training rows), so the graph takes one encoded metadata input per
+member, ``meta_0 .. meta_{k-1}``; a single model takes ``meta``.
+
+What the graph does not hold travels beside it, both as ONNX model metadata (key ``skinfeat``)
+and as ``FILE.json``: the preprocessing spec (size, resize, mean, std), the class order, each
+metadata input's encoder state with its feature names and the encoded vector of "every field
+missing", the decision rule. The exporter is torch's TorchScript-based one (``dynamo=False``),
+which needs nothing beyond ``onnx``.
 """
 from __future__ import annotations
 
 import json
 import warnings
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,52 +29,132 @@ from .bundle import BundleError
 
 OPSET = 17
 META_KEY = "skinfeat"
+FLOOR = 1e-12   # predict's floor on an ensemble's mean probability before its log
 
 
-class CalibratedModel(nn.Module):
-    """Backbone (pooled) + head + calibration, as one module: (image, meta) -> probabilities.
+class Calibration(nn.Module):
+    """The bundle's ``Calibrator`` on logits: softmax((logits - adjust) / T + bias), with
+    ``adjust`` the log training class weights (logit adjustment) and ``bias`` a fitted
+    per-class offset, each zero where the method has none."""
 
-    The calibration is the bundle's ``Calibrator``: softmax((logits - adjust) / T + bias), with
-    ``adjust`` the log training class weights (logit adjustment) and ``bias`` a fitted per-class
-    offset, each zero where the method has none."""
-
-    def __init__(self, features: nn.Module, head: nn.Module, calibrator):
+    def __init__(self, calibrator, n_classes: int):
         super().__init__()
-        self.features, self.head = features, head
-        k = head.classifier[-1].out_features
 
         def vector(values) -> torch.Tensor:
-            return torch.tensor(values if values is not None else [0.0] * k, dtype=torch.float32)
+            return torch.tensor(values if values is not None else [0.0] * n_classes,
+                                dtype=torch.float32)
 
         self.register_buffer("adjust", vector(calibrator.adjust))
         self.register_buffer("temperature", torch.tensor(float(calibrator.temperature)))
         self.register_buffer("bias", vector(calibrator.bias))
 
-    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.features(image), meta)
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax((logits - self.adjust) / self.temperature + self.bias, dim=1)
 
 
-def sidecar(predictor) -> dict:
-    """What a caller needs besides the graph: preprocessing, classes, metadata encoding."""
-    _, spec = predictor._backbone()
+class CalibratedHead(nn.Module):
+    """One model's head and calibration: (pooled features, encoded meta) -> probabilities."""
+
+    def __init__(self, head: nn.Module, calibrator):
+        super().__init__()
+        self.head = head
+        self.calibration = Calibration(calibrator, head.classifier[-1].out_features)
+
+    def forward(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.calibration(self.head(features, meta))
+
+
+class ExportGraph(nn.Module):
+    """Backbone (pooled) once, then every member's calibrated head on its own metadata input.
+
+    One member is a single model. Several are a fold ensemble, combined as
+    ``Predictor.logits`` / ``calibrate`` do: the ensemble calibration of
+    log(max(mean of the members' probabilities, 1e-12))."""
+
+    def __init__(self, features: nn.Module, members: Sequence[CalibratedHead],
+                 combined: Calibration | None = None):
+        super().__init__()
+        self.features, self.members, self.combined = features, nn.ModuleList(members), combined
+
+    def forward(self, image: torch.Tensor, *metas: torch.Tensor) -> torch.Tensor:
+        features = self.features(image)
+        probs = [m(features, meta) for m, meta in zip(self.members, metas)]
+        if self.combined is None:
+            return probs[0]
+        mean = torch.stack(probs).mean(dim=0)
+        return self.combined(torch.log(torch.clamp(mean, min=FLOOR)))
+
+
+def meta_inputs(predictor) -> list[tuple[str, object]]:
+    """``(input name, the predictor whose encoder fills it)`` for each metadata input."""
+    if predictor.members:
+        return [(f"meta_{i}", m) for i, m in enumerate(predictor.members)]
+    return [("meta", predictor)]
+
+
+def metadata_info(predictor) -> dict:
+    """How a caller builds one metadata input: its fields, the encoder's fitted state, the
+    encoded vector of "every field missing"."""
     enc = predictor.encoder
     fields = list(enc.numeric) + list(enc.categorical)
     missing = predictor.encode_metadata(pd.DataFrame([{f: None for f in fields}], dtype=object))
-    return {"format": "skinfeat-onnx/1", "inputs": {"image": "float32 (N, 3, size, size), "
-                                                    "normalised as in preprocessing",
-                                                    "meta": f"float32 (N, {enc.n_features}), "
-                                                    "encoded as in metadata"},
+    return {"fields": fields, "feature_names": enc.feature_names,
+            "missing": [float(v) for v in missing[0]], "encoder": enc.to_dict()}
+
+
+def sidecar(predictor) -> dict:
+    """What a caller needs besides the graph: preprocessing, classes, metadata encoding, the
+    decision rule (an ensemble: every member's encoder and calibration, and how they combine)."""
+    _, spec = predictor._backbone()
+    inputs = {"image": "float32 (N, 3, size, size), normalised as in preprocessing"}
+    for i, (name, p) in enumerate(meta_inputs(predictor)):
+        where = f"members[{i}].metadata" if predictor.members else "metadata"
+        inputs[name] = f"float32 (N, {p.encoder.n_features}), encoded as in {where}"
+    info = {"format": "skinfeat-onnx/1", "inputs": inputs,
             "output": "probabilities: float32 (N, K), calibrated, in the order of classes",
             "classes": list(predictor.classes), "temperature": predictor.temperature,
             "calibration": predictor.calibrator.to_dict(), "threshold": predictor.threshold,
             "decision": "argmax of log(probabilities) + calibration.decision_offset (the "
                         "balanced rule), or for two classes probabilities[:, 1] >= threshold",
             "preprocessing": spec.to_dict(), "backbone": predictor.identity.get("backbone"),
-            "weights": predictor.weights, "random_weights": predictor.random_weights,
-            "metadata": {"fields": fields, "feature_names": enc.feature_names,
-                         "missing": [float(v) for v in missing[0]], "encoder": enc.to_dict()},
-            "note": "research use only; not a medical device"}
+            "weights": predictor.weights, "random_weights": predictor.random_weights}
+    if not predictor.members:
+        info["metadata"] = metadata_info(predictor)
+    else:
+        # No top-level encoder: code written for a single model fails instead of feeding
+        # every member one member's encoding.
+        info["metadata"] = {"fields": metadata_info(predictor.members[0])["fields"],
+                            "inputs": [name for name, _ in meta_inputs(predictor)],
+                            "note": "one encoded input per member: meta_i is encoded with "
+                                    "members[i].metadata.encoder"}
+        info["combine"] = ("the mean of the members' calibrated probabilities, floored at "
+                           f"{FLOOR:g}, renormalised (calibration: the identity); threshold "
+                           "and calibration.decision_offset are the means of the members'")
+        info["members"] = [{"name": m.run.name, "input": name, "metadata": metadata_info(m),
+                            "calibration": m.calibrator.to_dict(), "threshold": m.threshold}
+                           for name, m in meta_inputs(predictor)]
+    info["note"] = "research use only; not a medical device"
+    return info
+
+
+def export_graph(predictor) -> ExportGraph:
+    """The module to export, or a one-line refusal where the graph could not equal predict."""
+    models = predictor.members or [predictor]
+    lgbm = [m.run.name for m in models if m.trained.kind != "head"]
+    if lgbm:
+        raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one is "
+                          "LightGBM" + (f" (members {', '.join(lgbm)})" if predictor.members
+                                        else "")
+                          + " (predict with skinfeat, or convert it with onnxmltools)")
+    if predictor.views or any(m.views for m in models):
+        raise BundleError(f"{predictor.run}: this model averages over test-time views (--tta); "
+                          "export supports single-view models only")
+    embedder, _ = predictor._backbone()
+    combined = Calibration(predictor.calibrator, len(predictor.classes)) \
+        if predictor.members else None
+    graph = ExportGraph(embedder.net, [CalibratedHead(m.trained.model, m.calibrator)
+                                       for m in models], combined)
+    return graph.to("cpu").eval()
 
 
 def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, Path]:
@@ -76,20 +163,14 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
 
     from ..atomic import atomic_write
 
-    if predictor.trained.kind != "head":
-        raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one is "
-                          "LightGBM (predict with skinfeat, or convert it with onnxmltools)")
-    if predictor.views:
-        raise BundleError(f"{predictor.run}: this model averages over test-time views (--tta); "
-                          "export supports single-view models only")
+    model = export_graph(predictor)
     embedder, spec = predictor._backbone()
     if embedder.precision != "fp32":
         warnings.warn(f"the model's cache was made in {embedder.precision}; the ONNX graph "
                       "runs in fp32, so probabilities may differ slightly from predict's")
-    model = CalibratedModel(embedder.net, predictor.trained.model, predictor.calibrator)
-    model = model.to("cpu").eval()
-    image = torch.zeros(1, 3, spec.size, spec.size)
-    meta = torch.zeros(1, predictor.encoder.n_features)
+    names = ["image"] + [name for name, _ in meta_inputs(predictor)]
+    example = (torch.zeros(1, 3, spec.size, spec.size),
+               *(torch.zeros(1, p.encoder.n_features) for _, p in meta_inputs(predictor)))
     info = sidecar(predictor)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,10 +178,9 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():  # the legacy exporter announces its own deprecation
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (image, meta), str(tmp), input_names=["image", "meta"],
+            torch.onnx.export(model, example, str(tmp), input_names=names,
                               output_names=["probabilities"], opset_version=opset, dynamo=False,
-                              dynamic_axes={"image": {0: "batch"}, "meta": {0: "batch"},
-                                            "probabilities": {0: "batch"}})
+                              dynamic_axes={n: {0: "batch"} for n in names + ["probabilities"]})
         graph = onnx.load(str(tmp))
         graph.doc_string = "skinfeat: image + encoded metadata -> calibrated probabilities"
         entry = graph.metadata_props.add()
@@ -113,9 +193,22 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
     return out, side
 
 
-def onnx_probabilities(path: str | Path, image: np.ndarray, meta: np.ndarray) -> np.ndarray:
-    """Run an exported graph with ONNX Runtime (CPU)."""
+def onnx_probabilities(path: str | Path, image: np.ndarray,
+                       meta: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
+                       ) -> np.ndarray:
+    """Run an exported graph with ONNX Runtime (CPU). ``meta``: the encoded metadata; for an
+    ensemble, one array per member in order (or a dict by input name)."""
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs() if i.name != "image"]
+    if not isinstance(meta, Mapping):
+        arrays = [meta] if isinstance(meta, np.ndarray) else list(meta)
+        if len(arrays) != len(names):
+            raise ValueError(f"{path}: the graph takes {len(names)} metadata input(s) "
+                             f"({', '.join(names)}), got {len(arrays)}")
+        meta = dict(zip(names, arrays))
+    if sorted(meta) != sorted(names):
+        raise ValueError(f"{path}: the graph takes the metadata inputs {', '.join(names)}, "
+                         f"got {', '.join(sorted(meta))}")
     return session.run(None, {"image": image.astype(np.float32),
-                              "meta": meta.astype(np.float32)})[0]
+                              **{k: np.asarray(v, np.float32) for k, v in meta.items()}})[0]

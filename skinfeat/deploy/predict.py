@@ -28,27 +28,26 @@ from ..embed.extract import Embedder, Int8Embedder, embed_files
 from ..learn.calibration import Calibrator
 from ..learn.head import FusionHead
 from ..learn.train import Trained
-from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleError, atomic_write_text,
-                     load_config, load_into, load_state)
+from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleError, HeadDims,
+                     atomic_write_text, load_config, load_into, load_state)
 
 log = logging.getLogger(__name__)
 
 
 def load_model(run: Path, config: dict) -> tuple[Trained, MetadataEncoder]:
-    """The bundle's stage-two model and metadata encoder, checked against each other."""
+    """The bundle's stage-two model and metadata encoder, checked against each other (the
+    config's plain values were checked by ``load_config``)."""
     source = run / CONFIG
+    head = config["head"]
+    dims = HeadDims.parse(head, source)
+    embed_dim, meta_dim, n_classes = dims.embed_dim, dims.meta_dim, dims.n_classes
     try:
-        head = config["head"]
-        embed_dim, meta_dim, n_classes = (int(head[k]) for k in ("embed_dim", "meta_dim",
-                                                                  "n_classes"))
-        encoder = MetadataEncoder.from_dict(config["encoder"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{source}: invalid head or encoder config ({exc!r})") from exc
+        encoder = MetadataEncoder.from_dict(config["encoder"], key="encoder")
+    except ValueError as exc:
+        raise BundleError(f"{source}: {exc}") from exc
     if encoder.n_features != meta_dim:
         raise BundleError(f"{source}: the encoder makes {encoder.n_features} metadata features "
                           f"but the head expects meta_dim {meta_dim}")
-    if len(config["classes"]) != n_classes:
-        raise BundleError(f"{source}: {len(config['classes'])} classes but n_classes {n_classes}")
     kind = config["model_type"]
     if kind == "head":
         try:
@@ -138,15 +137,12 @@ def weight_source(identity: dict, weights_file: str | Path | None, source: Path)
 
 def bundle_calibrator(config: dict, source: Path) -> Calibrator:
     """The calibration fitted on the validation split at training time (older bundles: their
-    temperature alone)."""
+    temperature alone); its vectors must have one entry per class."""
+    key = "calibration" if "calibration" in config else "temperature"
     try:
-        cal = Calibrator.from_dict(config.get("calibration", config.get("temperature")))
+        return Calibrator.from_dict(config.get(key), n_classes=len(config["classes"]), key=key)
     except ValueError as exc:
         raise BundleError(f"{source}: {exc}") from exc
-    t = cal.temperature
-    if not np.isfinite(t) or t <= 0:
-        raise BundleError(f"{source}: temperature must be a positive number, got {t!r}")
-    return cal
 
 
 @dataclass
@@ -195,6 +191,7 @@ class Predictor:
             self.trained, self.encoder = load_model(self.run, self.config)
             self.threshold = self.config.get("threshold")
             self.calibrator = bundle_calibrator(self.config, self.run / CONFIG)
+            self._check_fields()
         self.temperature = self.calibrator.temperature
         self.identity = self.config["backbone"] or {}
         self.embed_dim = int(self.config["head"]["embed_dim"])
@@ -204,20 +201,42 @@ class Predictor:
         self.batch_size, self.num_workers = batch_size, num_workers
         self._embedders: list[tuple[Embedder, TransformSpec]] | None = None
 
+    def _check_fields(self) -> None:
+        """The encoder reads the dataset description's fields, each as its kind: a field the
+        description lacks (or of the other kind) would be missing on every row, silently."""
+        for kind in ("numeric", "categorical"):
+            odd = [f for f in getattr(self.encoder, kind) if f not in getattr(self.spec, kind)]
+            if odd:
+                raise BundleError(f"{self.run / CONFIG}: key 'encoder.{kind}': {odd[0]!r} is "
+                                  f"not a {kind} field of the model's dataset description "
+                                  f"({', '.join(getattr(self.spec, kind)) or 'none'})")
+
     def _load_members(self, weights_file, device, batch_size, num_workers) -> None:
         """A fold ensemble (``cv --save-models``): its members' calibrated probabilities are
         averaged. The members' class weights differ only by fold noise; the ensemble decides by
         the balanced rule with their mean log weight (for a binary task, their mean threshold),
-        and its own calibrator is the identity on the log of the averaged probabilities."""
+        and its own calibrator is the identity on the log of the averaged probabilities.
+
+        Every member takes the ensemble's embeddings (one backbone embeds each image for all of
+        them), so each must have been trained on that backbone, size and view set."""
         source = self.run / CONFIG
-        names = self.config.get("members")
-        if not isinstance(names, list) or not names:
-            raise BundleError(f"{source}: an ensemble needs a list of members")
-        self.members = [Predictor(self.run / str(m), weights_file=weights_file, device=device,
-                                  batch_size=batch_size, num_workers=num_workers) for m in names]
-        for m in self.members:
-            if m.classes != self.classes or m.members:
-                raise BundleError(f"{m.run / CONFIG}: not a member of {source} (other classes)")
+        self.members = [Predictor(self.run / m, weights_file=weights_file, device=device,
+                                  batch_size=batch_size, num_workers=num_workers)
+                        for m in self.config["members"]]
+        for i, m in enumerate(self.members):
+            theirs = m.run / CONFIG
+            if m.members:
+                raise BundleError(f"{theirs}: an ensemble cannot be a member of {source}")
+            for key, mine, other in (
+                    ("classes", self.classes, m.classes),
+                    ("backbone", self.config["backbone"], m.config["backbone"]),
+                    ("head.embed_dim", self.config["head"]["embed_dim"],
+                     m.config["head"]["embed_dim"]),
+                    ("tta", bool(self.config.get("tta")), bool(m.config.get("tta")))):
+                if mine != other:
+                    raise BundleError(f"{theirs}: key '{key}' differs from the ensemble's "
+                                      f"({source}, members[{i}]), so it cannot take the "
+                                      "ensemble's embeddings")
         self.trained, self.encoder = self.members[0].trained, self.members[0].encoder
         offsets = [m.calibrator.decision_offset for m in self.members]
         self.calibrator = Calibrator("temperature")

@@ -153,20 +153,49 @@ class Calibrator:
                 "bias": self.bias, "decision_offset": self.decision_offset}
 
     @classmethod
-    def from_dict(cls, state: dict | float | None) -> "Calibrator":
-        """From ``to_dict``; a bare number (an old bundle's ``temperature``) is temperature only."""
+    def from_dict(cls, state: dict | float | None, n_classes: int | None = None,
+                  key: str = "calibration") -> "Calibrator":
+        """From ``to_dict``; a bare number (an old bundle's ``temperature``) is temperature only.
+
+        Every value is checked, since a bundle's config.json may have been edited: a temperature
+        of 0 or a NaN bias would make every probability NaN. With ``n_classes``, the vectors must
+        have that length. Errors name the key under ``key``."""
+        def bad(where: str, why: str, value: object) -> ValueError:
+            text = repr(value)
+            return ValueError(f"key '{key}{where}': invalid calibration state: {why}, got "
+                              f"{text if len(text) <= 40 else text[:37] + '...'}")
+
+        def finite(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and bool(np.isfinite(value))
+
         if state is None or isinstance(state, (int, float)):
+            t = 1.0 if state is None else state
+            if not finite(t) or t <= 0:
+                raise bad("", "temperature must be a positive number", t)
             cal = cls("temperature")
-            cal.temperature = 1.0 if state is None else float(state)
+            cal.temperature = float(t)
             return cal
-        try:
-            cal = cls(str(state["method"]))
-            cal.temperature = float(state["temperature"])
-            cal.adjust, cal.bias, cal.decision_offset = (
-                None if state.get(k) is None else [float(v) for v in state[k]]
-                for k in ("adjust", "bias", "decision_offset"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"invalid calibration state: {exc!r}") from exc
+        if not isinstance(state, dict):
+            raise bad("", "expected a table or a temperature", state)
+        if state.get("method") not in METHODS:
+            raise bad(".method", f"calibration method must be one of {METHODS}",
+                      state.get("method"))
+        cal = cls(state["method"])
+        t = state.get("temperature")
+        if not finite(t) or t <= 0:
+            raise bad(".temperature", "temperature must be a positive number", t)
+        cal.temperature = float(t)
+        for name in ("adjust", "bias", "decision_offset"):
+            v = state.get(name)
+            if v is None:
+                continue
+            if not isinstance(v, list) or not all(map(finite, v)) or not v \
+                    or (n_classes is not None and len(v) != n_classes):
+                size = f"{n_classes} " if n_classes is not None else ""
+                raise bad(f".{name}", f"expected a list of {size}finite numbers (one per "
+                          "class) or null", v)
+            setattr(cal, name, [float(x) for x in v])
         return cal
 
     def describe(self) -> str:
