@@ -79,7 +79,10 @@ class MetadataEncoder:
 
     @property
     def fitted(self) -> bool:
-        return bool(self.means or self.categories)
+        """Every field has its training values; an encoder of no fields (an image-only data
+        set) is fitted by definition and encodes every row to zero features."""
+        return all(c in self.means for c in self.numeric) and \
+            all(c in self.categories for c in self.categorical)
 
     # ------------------------------------------------------------------ reading values
     def _numeric(self, df: pd.DataFrame, col: str) -> pd.Series:
@@ -222,6 +225,9 @@ class MetadataEncoder:
 
     def describe(self) -> str:
         """One line for reports: which encoding, how many features, what "missing" becomes."""
+        if not (self.numeric or self.categorical):
+            return ("none: the data set has no metadata fields, so the model sees the image "
+                    "alone (a fused model is an image-only model)")
         if self.robust:
             return (f"robust: {self.n_features} features; numeric standardized with a missing "
                     "indicator (missing -> training mean), categorical one-hot over training "

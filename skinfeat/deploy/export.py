@@ -45,6 +45,12 @@ class CalibratedModel(nn.Module):
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.features(image), meta)
+        if not getattr(self.head, "use_meta", True):
+            # A head without metadata (an image-only set: zero features) ignores ``meta``, and
+            # the exporter would drop the unused input; adding the sum of its empty slice (0,
+            # even for NaN values) keeps "meta" in the graph, so every graph takes (image,
+            # meta) and an (N, 0) array runs (ONNX Runtime accepts zero-width inputs).
+            logits = logits + meta[:, :0].sum(dim=1, keepdim=True)
         return torch.softmax((logits - self.adjust) / self.temperature + self.bias, dim=1)
 
 
