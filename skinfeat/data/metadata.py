@@ -194,6 +194,17 @@ class MetadataEncoder:
         return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else \
             np.zeros((len(df), 0), dtype=np.float32)
 
+    def missing_mask(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per field, the rows ``transform`` encodes as missing: absent column, blank, a missing
+        token, not a finite number, and (robust) a category never seen in training. In the
+        reference encoding ``unknown`` is the missing category and an unseen one is all-zero."""
+        out = {col: self._numeric(df, col).isna().to_numpy() for col in self.numeric}
+        for col in self.categorical:
+            values = self._categories(df, col)
+            out[col] = (values.isna() | ~values.isin(self.categories.get(col, []))).to_numpy() \
+                if self.robust else (values == REFERENCE_MISSING).to_numpy()
+        return out
+
     def fit_transform(self, df: pd.DataFrame) -> np.ndarray:
         return self.fit(df).transform(df)
 
