@@ -77,12 +77,15 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
                    err=True)
     if image:
         values = parse_meta([*aliases, *meta], p.spec)
-        probs = p.predict_image(image, values, cache=list(caches) or None)
+        scored = p.score_image(image, values, cache=list(caches) or None)
+        probs = dict(zip(p.classes, map(float, scored.proba[0])))
+        missing = [f for f, n in scored.missing.items() if n]
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])
         chosen = p.classes[int(p.decide(np.array([list(probs.values())]))[0])]
         if as_json:
             click.echo(json.dumps({"image": image, "prediction": chosen, "probabilities": probs,
-                                   "metadata": values, "temperature": p.temperature,
+                                   "metadata": values, "missing_metadata": missing,
+                                   "temperature": p.temperature,
                                    "threshold": p.threshold, "model": run, "weights": p.weights},
                                   indent=2))
             return
@@ -93,7 +96,6 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
         rule = f"threshold {p.threshold:.3f} on p({p.classes[1]})" if p.threshold is not None \
             else "balanced decision rule: the class most above its training prevalence"
         click.echo(f"prediction: {chosen} ({rule})")
-        missing = [f for f in p.fields if f not in values]
         if missing:
             click.echo(f"missing metadata (treated as missing, as in training): "
                        f"{', '.join(missing)}")
@@ -103,7 +105,8 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
     table = load_images(csv_path, p.spec, files=not caches)
     bar = progress_bar("predict")
     bar.total = len(table)
-    preds = p.predict_table(table, progress=bar.update, cache=list(caches) or None)
+    preds = p.predict_table(table, progress=bar.update, cache=list(caches) or None,
+                            source=csv_path)
     bar.close()
     save_predictions(preds, output)
     if as_json:
@@ -111,6 +114,10 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
     click.echo(f"{output}: {int(preds.ok.sum())} predictions, {int((~preds.ok).sum())} "
                f"{'row(s) without an embedding' if caches else 'unreadable image(s)'}",
                err=as_json)
+    missing = ", ".join(f"{f} on {n}" for f, n in preds.missing.items() if n)
+    if missing:
+        click.echo(f"missing metadata (treated as missing, as in training), rows: {missing} "
+                   f"of {int(preds.ok.sum())}", err=as_json)
 
 
 @click.command()

@@ -240,9 +240,9 @@ def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
 @click.command("cv")
 @stage_two_inputs
 @cv_options
-@click.option("--inputs", default="image,meta,fused", show_default=True,
-              callback=comma_list(("image", "meta", "fused")),
-              help="Comma list of input sets, each trained on the same folds.")
+@click.option("--inputs", callback=comma_list(("image", "meta", "fused")),
+              help="Comma list of input sets, each trained on the same folds [default: "
+              "image,meta,fused; a set without metadata fields: image].")
 @click.option("--models", default="head,lgbm", show_default=True,
               callback=comma_list(("head", "lgbm")), help="Comma list: fusion head, LightGBM.")
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "

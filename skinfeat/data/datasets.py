@@ -202,6 +202,32 @@ def _default_fields(spec: DatasetSpec, raw: pd.DataFrame) -> DatasetSpec:
     return spec.with_columns(**changes) if changes else spec
 
 
+def _groups(raw: pd.DataFrame, spec: DatasetSpec, source: Path) -> tuple[pd.Series, DatasetSpec]:
+    """The group of every row ("" where blank: the image alone) and the spec with a
+    ``group_name`` that says what was done. A group column that is named but absent is an
+    error: falling back to the image id would make a grouped split image-level, silently."""
+    col = spec.group_column
+    if col is None:
+        if spec.group_name != "image":
+            log.warning("%s: spec %r names %ss but no group_column: each image is its own "
+                        "group", source, spec.name, spec.group_name)
+        return pd.Series("", index=range(len(raw))), spec.with_columns(group_name="image")
+    if col not in raw.columns:
+        joined = f" (nor in its {' / '.join(spec.metadata_file)})" if spec.metadata_file else ""
+        raise DataError(f"{source}: group column {col} not found{joined} (found: "
+                        f"{', '.join(raw.columns)}); name the column that groups images with "
+                        "--group-col (spec file: group_column), or drop it for a set without "
+                        "groups")
+    group = _as_text(raw[col]).reset_index(drop=True)
+    if spec.group_name == "image":   # a spec file naming the column but not what a group is
+        spec = spec.with_columns(group_name=col.removesuffix("_id") or col)
+    if (group == "").all():
+        log.warning("%s: group column %s is blank on every row: each image is its own group "
+                    "(an image-level split)", source, col)
+        spec = spec.with_columns(group_name="image")
+    return group, spec
+
+
 def _join_metadata(raw: pd.DataFrame, root: Path, spec: DatasetSpec, image_col: str) -> pd.DataFrame:
     hits = find_files(root, spec.metadata_file, depth=1)
     if not hits:
@@ -263,6 +289,7 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
         raw = _join_metadata(raw, root, spec, image_col)
     spec = _default_fields(spec, raw)
     dx = _labels(raw, spec, source)
+    group, spec = _groups(raw, spec, source)   # before the (slow) image look-up
     if images:
         ids, paths = resolve_images(raw, image_col, root, spec, source, index)
     else:
@@ -272,8 +299,6 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     dupes = table["image_id"][table["image_id"].duplicated()].unique()
     if len(dupes):
         raise DataError(f"{source}: {len(dupes)} duplicate image id(s), e.g. {', '.join(dupes[:3])}")
-    group = _as_text(raw[spec.group_column.lower()]).reset_index(drop=True) \
-        if spec.group_column and spec.group_column.lower() in raw.columns else table["image_id"]
     table["lesion_id"] = group.where(group != "", table["image_id"])  # blank group: the image
     table["path"] = paths
     table["dx"] = dx.to_numpy()

@@ -79,7 +79,10 @@ class MetadataEncoder:
 
     @property
     def fitted(self) -> bool:
-        return bool(self.means or self.categories)
+        """Every field has its training values; an encoder of no fields (an image-only data
+        set) is fitted by definition and encodes every row to zero features."""
+        return all(c in self.means for c in self.numeric) and \
+            all(c in self.categories for c in self.categorical)
 
     # ------------------------------------------------------------------ reading values
     def _numeric(self, df: pd.DataFrame, col: str) -> pd.Series:
@@ -191,6 +194,17 @@ class MetadataEncoder:
         return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else \
             np.zeros((len(df), 0), dtype=np.float32)
 
+    def missing_mask(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per field, the rows ``transform`` encodes as missing: absent column, blank, a missing
+        token, not a finite number, and (robust) a category never seen in training. In the
+        reference encoding ``unknown`` is the missing category and an unseen one is all-zero."""
+        out = {col: self._numeric(df, col).isna().to_numpy() for col in self.numeric}
+        for col in self.categorical:
+            values = self._categories(df, col)
+            out[col] = (values.isna() | ~values.isin(self.categories.get(col, []))).to_numpy() \
+                if self.robust else (values == REFERENCE_MISSING).to_numpy()
+        return out
+
     def fit_transform(self, df: pd.DataFrame) -> np.ndarray:
         return self.fit(df).transform(df)
 
@@ -222,6 +236,9 @@ class MetadataEncoder:
 
     def describe(self) -> str:
         """One line for reports: which encoding, how many features, what "missing" becomes."""
+        if not (self.numeric or self.categorical):
+            return ("none: the data set has no metadata fields, so the model sees the image "
+                    "alone (a fused model is an image-only model)")
         if self.robust:
             return (f"robust: {self.n_features} features; numeric standardized with a missing "
                     "indicator (missing -> training mean), categorical one-hot over training "

@@ -31,6 +31,10 @@ PROTOCOLS = {
 
 def protocol(kind: str, group: str = "lesion") -> str:
     """The split's description for reports, in the dataset's own words (lesion, patient)."""
+    if group == "image" and kind == "none":
+        return ("no test part: every row trains except an image-level validation part (the set "
+                "has no groups) that stops early and calibrates (a model to deploy; its scores "
+                "come from cv)")
     if group == "lesion" or kind == "none":
         return PROTOCOLS[kind].replace("lesion", group) if group != "image" else PROTOCOLS[kind]
     if kind == "lesion":

@@ -138,14 +138,18 @@ def clean_numeric(df: pd.DataFrame, column: str, spec: DatasetSpec, source: Path
     raw = _as_text(df[column]) if column in df else pd.Series("", index=df.index)
     values = pd.to_numeric(raw, errors="coerce")
     bad_text = values.isna() & ~raw.str.lower().isin(spec.missing)
+    # inf / -inf parse as numbers; never a value a model can use ("nan" is a missing token).
+    infinite = values.notna() & ~np.isfinite(values.astype(float))
     lo, hi = spec.ranges.get(column, (-np.inf, np.inf))
-    out_of_range = values.notna() & ((values < lo) | (values > hi))
-    for mask, what in ((bad_text, "not a number"), (out_of_range, f"outside {(lo, hi)}")):
+    out_of_range = values.notna() & ~infinite & ((values < lo) | (values > hi))
+    for mask, what in ((bad_text, "not a number"), (infinite, "not a finite number"),
+                       (out_of_range, f"outside {(lo, hi)}")):
         if mask.any():
-            rows = ", ".join(str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5])
-            log.warning("%s: %d %s value(s) %s treated as missing (line %s)", source,
-                        int(mask.sum()), column, what, rows)
-    return values.mask(out_of_range).astype(float)
+            rows = np.flatnonzero(mask.to_numpy())[:5]
+            log.warning("%s: %d %s value(s) %s treated as missing (line %s): %s", source,
+                        int(mask.sum()), column, what, ", ".join(str(i + 2) for i in rows),
+                        ", ".join(repr(raw.iloc[i][:20]) for i in rows))
+    return values.mask(out_of_range | infinite).astype(float)
 
 
 def clean_category(df: pd.DataFrame, column: str, spec: DatasetSpec) -> pd.Series:

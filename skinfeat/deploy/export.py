@@ -61,7 +61,14 @@ class CalibratedHead(nn.Module):
         self.calibration = Calibration(calibrator, head.classifier[-1].out_features)
 
     def forward(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return self.calibration(self.head(features, meta))
+        logits = self.head(features, meta)
+        if not getattr(self.head, "use_meta", True):
+            # A head without metadata (an image-only set: zero features) ignores ``meta``, and
+            # the exporter would drop the unused input; adding the sum of its empty slice (0,
+            # even for NaN values) keeps "meta" in the graph, so every graph takes (image,
+            # meta) and an (N, 0) array runs (ONNX Runtime accepts zero-width inputs).
+            logits = logits + meta[:, :0].sum(dim=1, keepdim=True)
+        return self.calibration(logits)
 
 
 class ExportGraph(nn.Module):

@@ -10,7 +10,7 @@ travels in the bundle); a field that is absent or blank is missing, exactly as i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -95,7 +95,9 @@ def bundle_spec(config: dict, source: Path) -> tuple[DatasetSpec, Task]:
 
 def parse_meta(pairs: Sequence[str], spec: DatasetSpec) -> dict[str, str]:
     """``FIELD=VALUE`` pairs (``--meta``) -> a dict; unknown fields are an error naming the
-    model's fields."""
+    model's fields. A value that spells "missing" (``nan``, ``unknown``, ...) is kept, and so
+    missing, with a warning: ``--age nan`` is more often a slip than a choice. (Text, inf and
+    implausible numbers are warned about where the values are read, ``tables.clean_numeric``.)"""
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -103,8 +105,14 @@ def parse_meta(pairs: Sequence[str], spec: DatasetSpec) -> dict[str, str]:
         if not sep or not name:
             raise DataError(f"--meta {pair!r}: use FIELD=VALUE, e.g. age=55")
         if name not in spec.metadata:
+            if not spec.metadata:
+                raise DataError(f"--meta {name}: this model takes no metadata fields (it was "
+                                "trained on the image alone); drop --meta")
             raise DataError(f"--meta {name}: this model has no such field; its fields are "
-                            f"{', '.join(spec.metadata) or '(none)'}")
+                            f"{', '.join(spec.metadata)}")
+        if value.strip() and value.strip().lower() in spec.missing:
+            log.warning("--meta %s=%s: %r means missing; %s is treated as missing", name,
+                        value, value, name)
         out[name] = value
     return out
 
@@ -155,6 +163,7 @@ class Predictions:
     proba: np.ndarray           # (N, K) calibrated probabilities
     errors: list[str]           # "" when the image was read
     decided: np.ndarray         # (N,) the model's decision (class index), -1 where unreadable
+    missing: dict[str, int] = field(default_factory=dict)  # per field: scored rows missing it
 
     @property
     def ok(self) -> np.ndarray:
@@ -389,9 +398,10 @@ class Predictor:
 
     def predict_table(self, table: pd.DataFrame,
                       progress: Callable[[int], None] | None = None,
-                      cache=None) -> Predictions:
+                      cache=None, source: str | Path = "input") -> Predictions:
         """Rows with ``path`` (or, with ``cache``, ``image_id``s of cached embeddings) and the
-        model's metadata fields -> calibrated probabilities."""
+        model's metadata fields -> calibrated probabilities. ``source`` names the table in
+        warnings about its values."""
         table = table.reset_index(drop=True)
         if cache:
             image, errors = self.cached(table["image_id"].astype(str).tolist(), cache)
@@ -405,8 +415,12 @@ class Predictor:
                             np.full((len(table), len(self.classes)), np.nan), errors,
                             np.full(len(table), -1, dtype=np.int64))
         ok = preds.ok
+        # Cleaned once here (each bad value warned about once); cleaning is idempotent, so the
+        # encoder reads the same values through ``logits``.
+        clean = clean_metadata(table, self.spec, source)
+        preds.missing = {f: int(m[ok].sum()) for f, m in self.encoder.missing_mask(clean).items()}
         if ok.any():
-            preds.logits[ok] = self.logits(image[ok], table[ok])
+            preds.logits[ok] = self.logits(image[ok], clean[ok])
             preds.proba[ok] = self.calibrate(preds.logits[ok])
             preds.decided[ok] = self.decide(preds.proba[ok])
         if not ok.all():
@@ -414,15 +428,21 @@ class Predictor:
                 f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])
         return preds
 
-    def predict_image(self, path: str | Path, meta: dict | None = None, cache=None,
-                      **fields) -> dict[str, float]:
-        """Calibrated class probabilities for one image. Metadata by field name (``meta`` or
-        keywords, e.g. ``age=55``); an absent field or ``None`` is missing. With ``cache``,
-        the image's embedding is looked up by its id (the file name's stem)."""
+    def score_image(self, path: str | Path, meta: dict | None = None, cache=None,
+                    **fields) -> Predictions:
+        """``predict_image`` as one row of ``Predictions`` (with the fields it was missing)."""
         values = {**(meta or {}), **fields}
         table = pd.DataFrame({"image_id": [Path(path).stem], "path": [str(path)],
                               **{k: [v] for k, v in values.items()}}, dtype=object)
         preds = self.predict_table(table, cache=cache)
         if preds.errors[0]:
             raise DataError(f"{path}: cannot read the image ({preds.errors[0]})")
+        return preds
+
+    def predict_image(self, path: str | Path, meta: dict | None = None, cache=None,
+                      **fields) -> dict[str, float]:
+        """Calibrated class probabilities for one image. Metadata by field name (``meta`` or
+        keywords, e.g. ``age=55``); an absent field or ``None`` is missing. With ``cache``,
+        the image's embedding is looked up by its id (the file name's stem)."""
+        preds = self.score_image(path, meta, cache, **fields)
         return dict(zip(self.classes, map(float, preds.proba[0])))

@@ -142,6 +142,9 @@ class Service:
                 except ValueError:
                     raise UploadRejected(422, f"{f} must be a number, got {value[:40]!r}") \
                         from None
+                if not np.isfinite(meta[f]):   # nan / inf would be silently "missing"
+                    raise UploadRejected(422, f"{f} must be a finite number or blank (blank "
+                                              f"is missing), got {value[:40]!r}")
         for f in enc.categorical:
             value = str(form.get(f, "")).strip()
             if value and value not in enc.categories[f]:
@@ -152,7 +155,9 @@ class Service:
         unknown = sorted(set(form) - set(enc.numeric) - set(enc.categorical) -
                          {"image", "class", "method"})
         if unknown:
-            raise UploadRejected(422, f"unknown field(s) {', '.join(unknown)[:200]}")
+            raise UploadRejected(422, f"unknown field(s) {', '.join(unknown)[:200]}; this model "
+                                      "takes " + (", ".join(enc.numeric + enc.categorical)
+                                                  or "no metadata fields (the image alone)"))
         return meta
 
     def run(self, data: bytes, form: dict) -> dict:

@@ -81,7 +81,7 @@ def _protocol_lines(res: dict) -> list[str]:
         ["- saved models (`--save-models`): " + ", ".join(
             f"`{where}`" for where in res["models"].values())
          + " (fold ensembles: mean of the members' calibrated probabilities)"]
-        if res.get("models") else [])
+        if res.get("models") else []) + [f"- note: {note}" for note in res.get("notes", [])]
 
 
 def _reference_lines(res: dict) -> list[str]:

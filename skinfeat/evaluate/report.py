@@ -158,7 +158,9 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
         f"inputs {info['config'].get('inputs')}), best epoch/round {info['best_epoch']}",
         f"- data: {info['dataset']}, task {info['task']}; classes: "
         + ", ".join(f"`{c}` ({info['class_names'].get(c, c)})" for c in classes),
-        f"- split: **{info['split']}** ({info['group']}s): {info['protocol']}; seed {info['seed']}",
+        f"- split: **{info['split']}** ("
+        + (f"{info['group']}s" if info["group"] != "image" else "no groups: each image alone")
+        + f"): {info['protocol']}; seed {info['seed']}",
         f"- early stopping and calibration on: **{info['select_on']}**"
         + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
            if info["select_on"] == "test" else " (never the scored set)"),

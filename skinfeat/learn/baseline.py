@@ -113,6 +113,9 @@ def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],
         if cfg.pca_dim and cfg.inputs != "meta" and cfg.pca_dim < xi.shape[1] else None
     x_tr = design_matrix(xi, xm, cfg.inputs, pca)
     x_va = design_matrix(vi, vm, cfg.inputs, pca)
+    if x_tr.shape[1] == 0:   # LightGBM's own message on zero columns names a "forced split"
+        raise ValueError(f"LightGBM on inputs {cfg.inputs} has no features: the metadata "
+                         "encoder made none (no field has a value in the training rows)")
     w = balanced_class_weights(y, n_classes)
     params = {"objective": "multiclass", "num_class": n_classes, "num_leaves": cfg.num_leaves,
               "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample,

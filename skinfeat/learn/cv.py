@@ -43,8 +43,8 @@ from ..evaluate.metrics import headline, majority_baseline, mean_std
 from .baseline import LGBMConfig
 from .head import INPUTS, HeadConfig, one_thread
 from .runconfig import RunConfig
-from .train import (MODELS, align_embeddings, as_dataset, bundle_config, cache_sources, fit_splits,
-                    save_fit)
+from .train import (MODELS, align_embeddings, as_dataset, bundle_config, cache_sources,
+                    check_inputs, fit_splits, save_fit)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class CVConfig:
     split: str = "lesion"
     seeds: tuple[int, ...] = (42,)
     models: tuple[str, ...] = MODELS
-    inputs: tuple[str, ...] = ("image", "meta", "fused")
+    inputs: tuple[str, ...] | None = None  # None: every set the data has (see input_sets)
     head: HeadConfig = field(default_factory=HeadConfig)
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
     tta: bool = False
@@ -69,7 +69,8 @@ class CVConfig:
     batched: bool = True                   # a head's folds as one batched network (head_batch)
 
     def check(self) -> None:
-        for name, got, allowed in (("models", self.models, MODELS), ("inputs", self.inputs, INPUTS),
+        inputs = INPUTS if self.inputs is None else self.inputs
+        for name, got, allowed in (("models", self.models, MODELS), ("inputs", inputs, INPUTS),
                                    ("split", (self.split,), SPLIT_KINDS)):
             bad = [x for x in got if x not in allowed]
             if bad or not got:
@@ -275,6 +276,27 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
     return sorted(tasks, key=lambda t: (t.model != "head", -len(t.rows), -cost[t.inputs]))
 
 
+ALL_INPUTS = ("image", "meta", "fused")
+
+
+def input_sets(cfg: CVConfig, data: Dataset) -> tuple[CVConfig, list[str]]:
+    """``cfg`` with the input sets to run on ``data``, and the report's notes about them.
+
+    By default (``inputs=None``) every set: image, meta, fused. A data set without metadata
+    fields has only ``image``: ``meta`` cannot exist and ``fused`` would be the image alone, so
+    both are left out with a note. Asked for explicitly, ``meta`` is refused there and
+    ``fused`` runs (an image-only model under that name, noted)."""
+    if data.spec.metadata:
+        return (cfg if cfg.inputs is not None else replace(cfg, inputs=ALL_INPUTS)), []
+    if cfg.inputs is None:
+        return replace(cfg, inputs=("image",)), [
+            "the data set has no metadata fields: only the image input set is cross-validated "
+            "(meta cannot exist; fused would be the image alone)"]
+    check_inputs(data, cfg.inputs)
+    return cfg, (["the data set has no metadata fields: fused is the image alone"]
+                 if "fused" in cfg.inputs else [])
+
+
 def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
            on_start: Callable[[int], None] | None = None, save: dict | None = None) -> dict:
@@ -283,10 +305,13 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     ``jobs`` tasks at a time (0: one per CPU core); the results do not depend on it. ``save``
     (``save_models``): each fold's bundle is written as it is fitted.
     """
-    cfg.check()
     data = as_dataset(data)
+    cfg, notes = input_sets(cfg, data)
+    cfg.check()
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
+    for note in notes:
+        log.warning("%s: %s", data.source, note)
     table, image = align_embeddings(data.table, contents, source)
     data = replace(data, table=table)
     classes = list(data.classes)
@@ -323,7 +348,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "embed_dim": int(image.shape[-1]),
             "folds_table": table[["image_id", "lesion_id", "dx"]].assign(
                 **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
-            "records": records, "summary": summarize(records, cfg, classes),
+            "records": records, "summary": summarize(records, cfg, classes), "notes": notes,
             "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
 
 
@@ -365,6 +390,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     from ..evaluate.cv_report import write_cv_report
 
     out = Path(out)
+    input_sets(cfg, as_dataset(data))   # refused input sets fail before anything is written
     out.mkdir(parents=True, exist_ok=True)
     contents = read_caches(cache_path)
     source = cache_label(cache_path)
@@ -375,7 +401,8 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
                  on_start=on_start, save=save)
     res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
     if save_models:
-        res["models"] = write_ensembles(out, res, cfg)
+        res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
+            res["config"]["inputs"])))
     write_cv_report(out, res)
     return res
 

@@ -129,7 +129,8 @@ class FusionHead(nn.Module):
         self.use_image = inputs in ("fused", "image")
         self.use_meta = inputs in ("fused", "meta") and meta_dim > 0
         if not (self.use_image or self.use_meta):
-            raise ValueError("a metadata-only head needs metadata features")
+            raise ValueError("a metadata-only head (inputs meta) needs metadata features, and "
+                             "the encoder made none (no field, or no value in the training rows)")
         width = 0
         if self.use_image:
             self.image_dropout = nn.Dropout(image_dropout)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..version import __version__
-from ..data.datasets import HAM10000, Dataset
+from ..data.datasets import HAM10000, DataError, Dataset
 from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, protocol, save_split
 from ..deploy.bundle import bundle_quantized, save_bundle
@@ -157,6 +157,17 @@ def choose_threshold(y: np.ndarray, p_positive: np.ndarray) -> float:
 ENCODINGS = ("robust", "reference")
 
 
+def check_inputs(data: Dataset, inputs: str | tuple[str, ...]) -> None:
+    """A metadata-only model needs metadata fields: refused before anything is written (a
+    set without fields trains ``image``, and ``fused``, which is then the image alone)."""
+    asked = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+    if "meta" in asked and not data.spec.metadata:
+        raise DataError(f"{data.source}: --inputs meta needs metadata fields, and this data set "
+                        "has none (no numeric or categorical columns declared); use --inputs "
+                        "image, or name its fields with --numeric / --categorical (spec file: "
+                        "numeric = [...], categorical = [...])")
+
+
 def make_encoder(data: Dataset, encoding: str = "robust") -> MetadataEncoder:
     """The dataset's metadata fields, with its own missing tokens, in ``encoding``."""
     tokens = {f: list(data.spec.missing_tokens) for f in data.spec.metadata} \
@@ -289,7 +300,6 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
 
     data = as_dataset(data)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     head_cfg = head_cfg or (HeadConfig.reference(seed=seed) if encoding == "reference"
                             else HeadConfig(seed=seed))
     lgbm_cfg = lgbm_cfg or LGBMConfig(seed=seed)
@@ -299,11 +309,13 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
     run.check()
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
+    check_inputs(data, (head_cfg if model == "head" else lgbm_cfg).inputs)
     contents = read_caches(cache_path)
     source = cache_label(cache_path)
     table, image = align_embeddings(data.table, contents, source)
     dropped = len(data.table) - len(table)
     data = replace(data, table=table)
+    out.mkdir(parents=True, exist_ok=True)   # after the checks: a refused run leaves nothing
     sides, kind = prepare_split(table, out, split, seed, test_size, val_size)
     names = ("train", "val", "test") if kind != "none" else ("train", "val")
     rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in names}

@@ -36,7 +36,7 @@ from ..embed.cache import cache_label, read_caches
 from .cv import iter_folds
 from .head import HeadConfig, one_thread
 from .runconfig import RunConfig
-from .train import align_embeddings, as_dataset, fit_split, fit_splits
+from .train import align_embeddings, as_dataset, check_inputs, fit_split, fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +318,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     data = as_dataset(data)
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
+    check_inputs(data, cfg.start.head.inputs)
     out = Path(out)
     storage = storage_of(cfg, out, repair=True)   # a storage that fails, fails before the work
     out.mkdir(parents=True, exist_ok=True)
