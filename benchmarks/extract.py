@@ -196,7 +196,7 @@ def main() -> None:
     from skinfeat.data.datasets import load_ham10000
     from skinfeat.embed.engines import calibration_files, calibration_identity
     from skinfeat.learn.cv import CVConfig, run_cv
-    from skinfeat.learn.train import fit_run
+    from skinfeat.workflows.fit import fit_run
 
     if not (args.data / "HAM10000_metadata.csv").is_file():
         sys.exit(f"no HAM10000 sample at {args.data}; pass --data DIR")

@@ -33,8 +33,9 @@ from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.embed.cache import CacheContents, write_cache
 from skinfeat.evaluate.metrics import classification_metrics
 from skinfeat.learn.baseline import LGBMConfig, fit_lgbm
-from skinfeat.learn.cv import CVConfig, cv_run, make_folds
-from skinfeat.learn.train import fit_run
+from skinfeat.learn.cv import CVConfig, make_folds
+from skinfeat.workflows.cv import cv_run
+from skinfeat.workflows.fit import fit_run
 
 ROOT = Path(__file__).resolve().parents[1]
 METADATA = ROOT.parent / "shared/data/HAM10000_metadata_full.csv"
@@ -213,7 +214,8 @@ def main() -> int:
         print(f"SKIP: {METADATA} not found; this benchmark needs HAM10000's metadata file "
               "(10,015 rows) there.")
         return 0
-    from skinfeat.learn.tune import TuneConfig, tune_run
+    from skinfeat.learn.tune import TuneConfig
+    from skinfeat.workflows.tune import tune_run
 
     table = load_table(METADATA)
     contents = synthetic_cache(table)

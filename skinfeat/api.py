@@ -156,7 +156,7 @@ class Model:
                  out: PathLike | None = None, include_seen: bool = False) -> dict:
         """Score the model on another labelled set (a folder of any preset or a CSV); returns
         metrics, bootstrap intervals and the majority baseline (see ``skinfeat evaluate``)."""
-        from .evaluate.external import evaluate_run
+        from .workflows.evaluate import evaluate_run
 
         folder = _RunFolder(out, "evaluate")
         return evaluate_run(self.path, data, folder.path, include_seen=include_seen,
@@ -202,7 +202,7 @@ def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = 
         out: PathLike | None = None) -> FitResult:
     """Stage two on one split (``skinfeat fit-head``): train, calibrate on validation, score
     on the held-out test part (``recipe.split="none"``: every row trains)."""
-    from .learn.train import fit_run
+    from .workflows.fit import fit_run
 
     recipe = recipe or RunConfig()
     recipe.check()
@@ -244,7 +244,8 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
                    out: PathLike | None = None,
                    progress: Callable[[int], None] | None = None) -> CVResult:
     """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``)."""
-    from .learn.cv import CVConfig, cv_run
+    from .learn.cv import CVConfig
+    from .workflows.cv import cv_run
 
     recipe = recipe or RunConfig()
     cfg = CVConfig(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
@@ -270,7 +271,8 @@ def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int
     """Optuna search over the head's settings, grouped CV per trial on the rows outside a held-
     out test part that scores the chosen recipe once (``skinfeat tune``; needs the ``tune``
     extra). Returns the best trial, the held-out score and ``out/best_config.json``."""
-    from .learn.tune import TuneConfig, tune_run
+    from .learn.tune import TuneConfig
+    from .workflows.tune import tune_run
 
     recipe = recipe or RunConfig()
     cfg = TuneConfig(trials=trials, folds=folds, seed=recipe.seed, storage=storage,

@@ -39,3 +39,22 @@ def atomic_dir(path: Path, fill: Callable[[Path], object]) -> None:
 
 def disk_full_hint(exc: BaseException) -> str:
     return " (disk full)" if getattr(exc, "errno", None) == errno.ENOSPC else ""
+
+
+class WriteError(OSError):
+    """A run artifact that could not be written; the previous file, if any, is intact."""
+
+
+def write_artifact(path: Path, write: Callable[[Path], object],
+                   errors: tuple[type[BaseException], ...] = (OSError,),
+                   error: Callable[[str], BaseException] = WriteError) -> None:
+    """``atomic_write`` whose failure is one line naming the file (and a full disk)."""
+    try:
+        atomic_write(path, write)
+    except errors as exc:
+        raise error(f"{path}: could not write{disk_full_hint(exc)}: {exc}; the previous file, "
+                    "if any, is left intact") from exc
+
+
+def write_text(path: Path, text: str) -> None:
+    write_artifact(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

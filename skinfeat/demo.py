@@ -13,7 +13,7 @@ from .embed.backbone import (WeightSource, WeightsUnavailable, bf16_supported, c
                              pretrained_location, resolve_device)
 from .embed.engines import int8_available
 from .embed.extract import extract
-from .learn.train import fit_run
+from .workflows.fit import fit_run
 
 log = logging.getLogger(__name__)
 

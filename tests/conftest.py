@@ -44,7 +44,7 @@ def ship_runs(synth_table, synth_cache, tmp_path_factory) -> dict:
     """A fusion-head run and a LightGBM run on the synthetic cache (predict, explain, export,
     serve); tests copy a run before changing it."""
     from skinfeat.learn.head import HeadConfig
-    from skinfeat.learn.train import fit_run
+    from skinfeat.workflows.fit import fit_run
     root = tmp_path_factory.mktemp("ship_runs")
     for model in ("head", "lgbm"):
         fit_run(synth_table, synth_cache, root / model, seed=0, model=model,

@@ -26,7 +26,8 @@ from skinfeat.data.datasets import index_images, load_ham10000
 from skinfeat.embed.extract import ImageFiles
 from skinfeat.learn.head import HeadConfig
 from skinfeat.data.splits import assign_split, fold_ids
-from skinfeat.learn.train import align_embeddings, fit_run
+from skinfeat.learn.train import align_embeddings
+from skinfeat.workflows.fit import fit_run
 
 from conftest import TINY
 from test_datasets import COLUMNS, ROWS, make_dir

@@ -14,7 +14,8 @@ import skinfeat.learn.train as train
 from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.embed.cache import CacheContents, read_cache
 from skinfeat.cli import main
-from skinfeat.learn.cv import CVConfig, cv_run, make_folds, run_cv
+from skinfeat.learn.cv import CVConfig, make_folds, run_cv
+from skinfeat.workflows.cv import cv_run
 from skinfeat.learn.head import HeadConfig
 
 FAST = CVConfig(folds=3, head=HeadConfig(max_epochs=3), lgbm=LGBMConfig(n_estimators=15))

@@ -32,7 +32,7 @@ from skinfeat.data.datasets import CLASSES, index_images, load_ham10000
 from skinfeat.embed.extract import extract
 from skinfeat.learn.head import FusionHead, HeadConfig
 from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.learn.train import fit_run
+from skinfeat.workflows.fit import fit_run
 
 from conftest import TINY
 from test_bad_input import EXTRACT, assert_ok, assert_one_line_error, cli

@@ -60,7 +60,8 @@ def test_tune_leaves_optuna_verbosity_alone(synth_table, synth_cache, tmp_path):
 
     from skinfeat.learn.head import HeadConfig
     from skinfeat.learn.runconfig import RunConfig
-    from skinfeat.learn.tune import TuneConfig, tune_run
+    from skinfeat.learn.tune import TuneConfig
+    from skinfeat.workflows.tune import tune_run
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG)
     try:

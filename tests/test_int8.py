@@ -107,7 +107,7 @@ def test_int8_runs_on_the_cpu_even_beside_a_gpu(synth_table, tmp_path, monkeypat
 @pytest.fixture(scope="module")
 def int8_run(synth_table, int8_cache, tmp_path_factory):
     from skinfeat.learn.head import HeadConfig
-    from skinfeat.learn.train import fit_run
+    from skinfeat.workflows.fit import fit_run
     out = tmp_path_factory.mktemp("int8run") / "head"
     fit_run(synth_table, int8_cache, out, seed=0, head_cfg=HeadConfig(seed=0, max_epochs=8))
     return out
@@ -162,7 +162,8 @@ def test_predict_without_the_quantized_model_says_how_to_rebuild(int8_run, int8_
 def test_a_fold_ensemble_holds_one_int8_copy_for_its_folds(int8_cache, synth_table, tmp_path,
                                                            monkeypatch):
     from skinfeat.deploy.predict import Predictor
-    from skinfeat.learn.cv import CVConfig, cv_run
+    from skinfeat.learn.cv import CVConfig
+    from skinfeat.workflows.cv import cv_run
     from skinfeat.learn.head import HeadConfig
 
     cv_run(synth_table, int8_cache, tmp_path / "cv", CVConfig(

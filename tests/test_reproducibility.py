@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from skinfeat.embed.backbone import WeightSource
 from skinfeat.embed.cache import read_cache
 from skinfeat.embed.extract import extract
-from skinfeat.learn.train import fit_run
+from skinfeat.workflows.fit import fit_run
 
 from conftest import TINY
 

@@ -135,7 +135,7 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
              **kwargs) -> None:
     """Score a trained model on another labelled set (the report leads with balanced accuracy,
     or ROC AUC for a binary model). The labels are read as the model's task."""
-    from ..evaluate.external import evaluate_run
+    from ..workflows.evaluate import evaluate_run
 
     opts = pop_dataset_options(kwargs)
     if opts["task"]:

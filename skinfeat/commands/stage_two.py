@@ -150,7 +150,7 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 @recipe_options
 def fit_head(data_dir, caches, out, config_file, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
-    from ..learn.train import fit_run
+    from ..workflows.fit import fit_run
 
     head, lgbm = pop_recipe(kwargs)
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
@@ -251,7 +251,7 @@ def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
 def cv(data_dir, caches, out, split, folds, seeds, jobs, inputs, models, save_models,
        config_file, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
-    from ..learn.cv import cv_run
+    from ..workflows.cv import cv_run
 
     table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
     cfg = cv_config(config_file, folds, split, seeds, models, inputs, kwargs)
@@ -306,7 +306,8 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     try:
         import optuna
 
-        from ..learn.tune import TuneConfig, tune_run
+        from ..learn.tune import TuneConfig
+        from ..workflows.tune import tune_run
     except ImportError as exc:
         raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # the progress bar says it all

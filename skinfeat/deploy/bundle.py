@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write as _atomic_write, disk_full_hint
+from ..atomic import write_artifact
 from ..embed.cache import source_identities
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,8 @@ class BundleError(ValueError):
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` then rename over ``path``: a reader (or a kill) never sees half a file."""
-    try:
-        _atomic_write(path, write)
-    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O errors
-        raise BundleError(f"{path}: could not write{disk_full_hint(exc)}: {exc}; "
-                          "the previous file, if any, is left intact") from exc
+    # safetensors reports its own I/O errors
+    write_artifact(path, write, errors=(OSError, SafetensorError), error=BundleError)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -5,8 +5,7 @@ import json
 import math
 from pathlib import Path
 
-from ..atomic import atomic_write
-from ..deploy.bundle import atomic_write_text
+from ..atomic import write_artifact, write_text
 from .report import REFERENCE, fmt, metric_label, save_confusion_png, weights_warning
 REFERENCE_PROTOCOL = ("image-level 80/20 split (images of one lesion on both sides); the scored "
                       "set also chose the epoch and the age scaler saw it; one split, no folds")
@@ -126,11 +125,11 @@ def _per_fold_lines(res: dict) -> list[str]:
 
 def write_cv_report(out: Path, res: dict) -> None:
     """Write everything about one CV run into ``out``."""
-    atomic_write(out / "cv_folds.csv", lambda tmp: res["folds_table"].to_csv(tmp, index=False))
+    write_artifact(out / "cv_folds.csv", lambda tmp: res["folds_table"].to_csv(tmp, index=False))
     payload = {k: v for k, v in res.items() if k != "folds_table"}
     if res["reference_recipe"]:
         payload["reference"] = REFERENCE
-    atomic_write_text(out / "cv_metrics.json", json.dumps(payload, indent=2, default=float))
+    write_text(out / "cv_metrics.json", json.dumps(payload, indent=2, default=float))
     for model, inputs, entry in _rows(res):
         save_confusion_png(entry["confusion_matrix"], res["classes"],
                            out / confusion_png_name(model, inputs),
@@ -161,4 +160,4 @@ def write_cv_report(out: Path, res: dict) -> None:
     if res["reference_recipe"]:
         lines += [""] + _reference_lines(res)
     lines += [""] + _per_fold_lines(res)
-    atomic_write_text(out / "cv_report.md", "\n".join(lines) + "\n")
+    write_text(out / "cv_report.md", "\n".join(lines) + "\n")

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..deploy.bundle import atomic_write, atomic_write_text
+from ..atomic import write_artifact, write_text
 from .metrics import bootstrap_ci, headline, reliability_bins, softmax
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).
@@ -40,7 +40,7 @@ def save_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path
     ax.set_ylabel("true (row-normalised colour)")
     ax.set_title(title)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    write_artifact(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def save_reliability_png(y_true: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> None:
@@ -54,7 +54,7 @@ def save_reliability_png(y_true: np.ndarray, curves: dict[str, np.ndarray], path
     ax.legend()
     ax.set_title("Reliability diagram")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    write_artifact(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def fmt(x: float | None, pct: bool = False) -> str:
@@ -151,7 +151,7 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
     # independent, and an image bootstrap is about a quarter too narrow on a grouped split.
     ci = bootstrap_ci(y_true, calibrator(logits), classes, groups=groups, y_pred=y_pred)
     payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci, "info": info}
-    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
+    write_text(out / "metrics.json", json.dumps(payload, indent=2))
     save_run_figures(out, metrics, classes, y_true, logits, calibrator)
     lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info) + [
         f"- model: **{info['model']}** ({info['config'].get('head', 'lightgbm')}, "
@@ -195,7 +195,7 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
             f"{REFERENCE['weighted_f1']}, macro F1 {REFERENCE['macro_f1']}, on an image-level "
             "split whose test set also chose the epoch and fitted the age scaler: not comparable "
             "to a lesion-grouped run."]
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
     write_model_card(out, metrics, ci, info)
 
 
@@ -238,4 +238,4 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
               "calibration can drift on other populations, whose class prevalence differs."]
     if info.get("random_weights"):
         lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
-    atomic_write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
+    write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")

@@ -37,14 +37,12 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol, save_split
-from ..embed.cache import CacheContents, cache_label, read_caches
+from ..data.splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol
+from ..embed.cache import CacheContents
 from ..evaluate.metrics import headline, majority_baseline, mean_std
 from .baseline import LGBMConfig
 from .head import INPUTS, HeadConfig, one_thread
-from .runconfig import RunConfig
-from .train import (MODELS, align_embeddings, as_dataset, bundle_config, cache_sources,
-                    check_inputs, fit_splits, save_fit)
+from .train import MODELS, align_embeddings, as_dataset, check_inputs, fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +124,7 @@ class FitTask:
     encoding: str = "robust"
     calibration: str = "logit_adjust"
     save: dict | None = None         # where and how to write each fold's bundle (save_models)
+    on_fit: Callable | None = None   # on_fit(task, fold, fit, image) after each fold's fit
 
 
 def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
@@ -136,39 +135,13 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
                       calibration=task.calibration)
     records = []
     for fold, fit in zip(task.rows, fits):
-        if task.save is not None:
-            save_fold_bundle(task, fold, fit, image)
+        if task.on_fit is not None:
+            task.on_fit(task, fold, fit, image)
         records.append({"seed": fold.seed, "fold": fold.fold, "model": task.model,
                         "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
                         "temperature": fit.temperature, "threshold": fit.threshold,
                         "metrics": fit.metrics})
     return records
-
-
-def model_dir(out: Path, model: str, inputs: str) -> Path:
-    return Path(out) / "models" / f"{model}_{inputs}"
-
-
-def fold_name(seed: int, fold: int) -> str:
-    return f"seed{seed}_fold{fold}"
-
-
-def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
-    """The fold's model as a bundle of its own (``models/MODEL_INPUTS/seedS_foldK``), with the
-    image ids it trained and early-stopped on, so evaluate can leave them out."""
-    out = model_dir(Path(task.save["out"]), task.model, task.inputs) / fold_name(fold.seed,
-                                                                                 fold.fold)
-    run = RunConfig(model=task.model, split=task.save["split"], seed=fold.seed,
-                    encoding=task.encoding, calibration=task.calibration, tta=task.tta,
-                    head=task.head, lgbm=replace(task.lgbm, num_threads=0))
-    config = bundle_config(task.data, fit, task.save["identity"], task.save["weights"],
-                           embed_dim=int(image.shape[-1]), tta=task.tta, split=task.save["split"],
-                           seed=fold.seed, run=run.to_dict())
-    save_fit(out, fit, config, quantized=False)   # the ensemble's folder holds the int8 model
-    table = task.data.table
-    side = np.full(len(table), "test", dtype=object)
-    side[fold.train], side[fold.val] = "train", "val"
-    save_split(table, pd.Series(side), out / "splits.csv", task.save["split"], fold.seed)
 
 
 _WORKER_IMAGE: np.ndarray | None = None  # the embeddings, read once by each worker process
@@ -259,8 +232,8 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
     return [r for i in range(len(results)) for r in results[i]]
 
 
-def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
-               save: dict | None = None) -> list[FitTask]:
+def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | None = None,
+               on_fit: Callable | None = None) -> list[FitTask]:
     """The fits of one seed's folds: per input set, the head on all folds at once (batched) and
     LightGBM fold by fold. Heaviest first, so that workers finish together."""
     tasks = []
@@ -271,7 +244,8 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
                               replace(cfg.head, inputs=inputs, seed=folds[0].seed),
                               replace(cfg.lgbm, inputs=inputs, seed=folds[0].seed,
                                       num_threads=1),
-                              cfg.tta, cfg.encoding, cfg.calibration, save) for group in groups]
+                              cfg.tta, cfg.encoding, cfg.calibration, save, on_fit)
+                      for group in groups]
     cost = {"fused": 2, "image": 1, "meta": 0}
     return sorted(tasks, key=lambda t: (t.model != "head", -len(t.rows), -cost[t.inputs]))
 
@@ -299,11 +273,14 @@ def input_sets(cfg: CVConfig, data: Dataset) -> tuple[CVConfig, list[str]]:
 
 def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None, save: dict | None = None) -> dict:
+           on_start: Callable[[int], None] | None = None, save: dict | None = None,
+           on_fit: Callable | None = None) -> dict:
     """Cross-validate every model x input set; per-fit records plus mean +- std summaries.
 
-    ``jobs`` tasks at a time (0: one per CPU core); the results do not depend on it. ``save``
-    (``save_models``): each fold's bundle is written as it is fitted.
+    ``jobs`` tasks at a time (0: one per CPU core); the results do not depend on it.
+    ``on_fit(task, fold, fit, image)`` runs after each fold's fit, in the process that fitted
+    it (a module-level function: workers receive it by name), with ``save`` in ``task.save``:
+    the workflow writes each fold's bundle that way.
     """
     data = as_dataset(data)
     cfg, notes = input_sets(cfg, data)
@@ -324,7 +301,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
         for seed, fold_of_row in ids.items():
             seed_folds = list(iter_folds(table, fold_of_row, cfg.split, seed, cfg.val_fraction))
             folds.extend(seed_folds)
-            yield from fold_tasks(data, seed_folds, cfg, save)
+            yield from fold_tasks(data, seed_folds, cfg, save, on_fit)
 
     n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
@@ -378,64 +355,3 @@ def summarize(records: list[dict], cfg: CVConfig, classes: list[str]) -> dict:
                 for k in keys}
             summary.setdefault(model, {})[inputs] = entry
     return summary
-
-
-def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
-           cfg: CVConfig, *,
-           jobs: int = 1, progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None, save_models: bool = False) -> dict:
-    """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
-    cv_report.md, cv_folds.csv and PNGs. ``save_models``: every fold's bundle and, per model and
-    input set, an ensemble bundle of its folds (``models/MODEL_INPUTS/``)."""
-    from ..evaluate.cv_report import write_cv_report
-
-    out = Path(out)
-    input_sets(cfg, as_dataset(data))   # refused input sets fail before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    contents = read_caches(cache_path)
-    source = cache_label(cache_path)
-    info = contents.provenance(source)
-    save = {"out": str(out), "identity": contents.identity, "weights": info["weights"],
-            "split": cfg.split} if save_models else None
-    res = run_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
-                 on_start=on_start, save=save)
-    res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
-    if save_models:
-        res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
-            res["config"]["inputs"])))
-    write_cv_report(out, res)
-    return res
-
-
-def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
-    """Per model and input set, an ensemble bundle over its fold bundles (predict and evaluate
-    average the members' calibrated probabilities; see ``predict.Predictor``)."""
-    from ..deploy.bundle import atomic_write_text, bundle_quantized, load_config, save_bundle
-
-    made = {}
-    table = res["folds_table"]
-    for model in cfg.models:
-        for inputs in cfg.inputs:
-            where = model_dir(out, model, inputs)
-            members = [fold_name(seed, k) for seed in cfg.seeds for k in range(cfg.folds)]
-            first = load_config(where / members[0])
-            bundle_quantized(where, first["backbone"])
-            save_bundle(where, {
-                "model_type": "ensemble", "members": members, "classes": first["classes"],
-                "dataset": first["dataset"], "task": first["task"],
-                "backbone": first["backbone"], "weights": first["weights"],
-                "encoder": None, "head": {"members": model, "inputs": inputs,
-                                          "embed_dim": first["head"]["embed_dim"]},
-                "tta": first["tta"], "split": f"{cfg.split} cv, {cfg.folds} folds",
-                "seeds": list(cfg.seeds), "combine": ENSEMBLE_RULE})
-            # Every image trained or early-stopped some member: evaluate leaves them all out.
-            seen = table[["image_id", "lesion_id", "dx"]].assign(split="train", kind=cfg.split,
-                                                                 seed=cfg.seeds[0])
-            atomic_write_text(where / "splits.csv", seen.to_csv(index=False))
-            made[f"{model}_{inputs}"] = str(where)
-    return made
-
-
-ENSEMBLE_RULE = ("mean of the members' calibrated probabilities; decisions by the balanced rule "
-                 "with the mean of the members' log class weights (a binary model: the mean "
-                 "of their thresholds)")

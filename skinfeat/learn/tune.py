@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,13 +30,10 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import fold_ids, holdout_mask
-from ..deploy.bundle import atomic_write, atomic_write_text
-from ..embed.cache import cache_label, read_caches
-from .cv import iter_folds
-from .head import HeadConfig, one_thread
+from ..atomic import write_artifact
+from .head import HeadConfig
 from .runconfig import RunConfig
-from .train import align_embeddings, as_dataset, check_inputs, fit_split, fit_splits
+from .train import fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +221,7 @@ def check_journal(path: Path) -> None:
             while side.exists():
                 n += 1
                 side = path.with_name(f"{path.name}.torn.{n}")
-            atomic_write(side, lambda tmp: tmp.write_bytes(torn))
+            write_artifact(side, lambda tmp: tmp.write_bytes(torn))
             os.truncate(path, len(data) - len(torn))
             log.warning("%s line %d: a torn last record (%d bytes without a newline: an append "
                         "cut short by a kill or a full disk) was set aside in %s; the study "
@@ -306,119 +303,3 @@ def _search_worker(job: Search, out: str, worker: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)
     search(job, storage_of(job.cfg, Path(out)), worker)
-
-
-def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: TuneConfig, *,
-             progress: Callable[[int], None] | None = None) -> dict:
-    """Search, choose, score once on the held-out part; write the report, the history plot,
-    ``tune_metrics.json`` and ``best_config.json`` (a ``fit-head --config`` file)."""
-    import optuna
-
-    cfg.check()
-    data = as_dataset(data)
-    if data.spec.evaluation_only:
-        raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
-    check_inputs(data, cfg.start.head.inputs)
-    out = Path(out)
-    storage = storage_of(cfg, out, repair=True)   # a storage that fails, fails before the work
-    out.mkdir(parents=True, exist_ok=True)
-    contents = read_caches(cache_path)
-    table, image = align_embeddings(data.table, contents, cache_label(cache_path))
-    data = replace(data, table=table)
-    metric = "auc" if data.task.binary else "balanced_accuracy"
-    start = cfg.start
-    test = holdout_mask(table, cfg.test_size, cfg.split, cfg.seed)
-    rest = np.flatnonzero(~test)
-    rest_table = table.iloc[rest].reset_index(drop=True)
-    folds = [{"train": rest[f.train], "val": rest[f.val], "test": rest[f.test]}
-             for f in iter_folds(rest_table, fold_ids(rest_table, cfg.folds, cfg.split,
-                                                      cfg.seed), cfg.split, cfg.seed)]
-    job = Search(data, image, folds, metric, cfg, protocol_key(table, cfg))
-    if cfg.jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        open_study(cfg, job.key, storage)   # made (and trial 0 queued) before the workers
-        with ProcessPoolExecutor(cfg.jobs - 1, get_context("spawn")) as pool:
-            others = [pool.submit(_search_worker, job, str(out), w)
-                      for w in range(1, cfg.jobs)]
-            study = one_thread(search)(job, storage, 0, progress)
-            for f in others:
-                f.result()
-        study = open_study(cfg, job.key, storage)
-    else:
-        study = one_thread(search)(job, storage, 0, progress)
-    recipe = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
-                  calibration=start.calibration)
-    best = study.best_trial
-    best_head = replace(suggest(optuna.trial.FixedTrial(best.params),
-                                replace(start.head, seed=cfg.seed)))
-    # The chosen configuration, trained once on all of the search rows, scored once on test.
-    inner = holdout_mask(rest_table, start.val_size / (1 - cfg.test_size), cfg.split, cfg.seed)
-    final = fit_split(data, image, {"train": rest[~inner], "val": rest[inner],
-                                    "test": np.flatnonzero(test)}, head_cfg=best_head, **recipe)
-    chosen = replace(start, model="head", seed=cfg.seed, head=best_head,
-                     test_size=cfg.test_size)
-    atomic_write_text(out / "best_config.json", json.dumps({"run": chosen.to_dict()}, indent=2))
-    history = [{"number": t.number, "value": t.value, "state": t.state.name,
-                "params": t.params, **t.user_attrs} for t in study.trials]
-    res = {"metric": metric, "best": {"number": best.number, "value": best.value,
-                                      "params": best.params, "head": asdict(best_head)},
-           "start": next((h for h in history if h["number"] == 0), None),
-           "held_out": {"n": int(test.sum()), "groups": int(table.loc[test, "lesion_id"].nunique()),
-                        "metrics": final.metrics},
-           "history": history, "config": {**asdict(cfg), "start": start.to_dict()},
-           "sizes": {"search": int(len(rest)), "held_out": int(test.sum())},
-           "dataset": data.spec.name, "task": str(data.task), "group": data.spec.group_name,
-           "info": contents.provenance(cache_label(cache_path))}
-    write_tune_report(out, res)
-    return res
-
-
-def write_tune_report(out: Path, res: dict) -> None:
-    from ..evaluate.report import fmt, new_figure
-    from ..deploy.bundle import atomic_write
-
-    done = [h for h in res["history"] if h["value"] is not None]
-    fig, ax = new_figure((6, 4))
-    ax.plot([h["number"] for h in done], [h["value"] for h in done], "o", alpha=0.6,
-            label="trial (mean over folds)")
-    ax.plot([h["number"] for h in done], np.maximum.accumulate([h["value"] for h in done]),
-            "-", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(res["metric"].replace("_", " ") + " (CV)")
-    ax.set_title("Search history")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(out / "tune_history.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    atomic_write_text(out / "tune_metrics.json", json.dumps(res, indent=2, default=str))
-    cfg, best, held = res["config"], res["best"], res["held_out"]
-    pct = res["metric"] != "auc"
-    start = res["start"]
-    lines = [f"# skinfeat tune: {out.name}", "",
-             f"**Held-out {res['metric'].replace('_', ' ')} of the chosen configuration: "
-             f"{fmt(held['metrics'][res['metric']], pct)}** ({held['n']} images of "
-             f"{held['groups']} {res['group']}s, scored once)", "",
-             f"- data: {res['dataset']}, task {res['task']}; cache: {res['info']['cache']}",
-             f"- protocol: a {res['group']}-grouped test part ({100 * cfg['test_size']:.0f} %) "
-             f"held out first; each trial is a {cfg['folds']}-fold {res['group']}-grouped CV "
-             f"on the other {res['sizes']['search']} images (early stopping and calibration "
-             "on an inner validation part of each fold's training rows); the chosen "
-             "configuration is trained on those rows and scored once on the held-out part",
-             f"- {len(done)} finished trials (Optuna TPE, seed {cfg['seed']}"
-             + (f", study `{cfg['study_name']}` in `{cfg['storage']}`" if cfg["storage"] else "")
-             + ")",
-             f"- best: trial {best['number']}, CV {fmt(best['value'], pct)}"
-             + (f"; the starting configuration (trial 0): CV {fmt(start['value'], pct)}"
-                if start and start["value"] is not None else ""), "",
-             "![search history](tune_history.png)", "", "## Chosen configuration", "",
-             "| parameter | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-              for k, v in best["params"].items()]
-    lines += ["", "`best_config.json` holds the whole recipe: `skinfeat fit-head --config "
-              "best_config.json --split none` trains the model to deploy.", "",
-              "## Held-out metrics", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {fmt(held['metrics'][k], k in ('accuracy', 'balanced_accuracy'))} |"
-              for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc")
-              if held["metrics"].get(k) is not None]
-    atomic_write_text(out / "tune_report.md", "\n".join(lines) + "\n")

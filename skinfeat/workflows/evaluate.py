@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import DataError, load_dataset
-from ..deploy.bundle import atomic_write_text
+from ..atomic import write_text
 from ..deploy.predict import Predictor
-from .metrics import bootstrap_ci, calibrated_metrics, headline, majority_baseline
+from ..evaluate.metrics import bootstrap_ci, calibrated_metrics, headline, majority_baseline
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def model_kind(info: dict) -> str:
 def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:
     """The report's first line: balanced multi-class accuracy (the ISIC 2018 Task 3 metric), or
     ROC AUC for a binary task (the ISIC 2020 metric)."""
-    from .report import fmt
+    from ..evaluate.report import fmt
 
     if len(classes) == 2:
         key, text, pct = "auc", f"ROC AUC of `{classes[1]}` (the ISIC 2020 metric)", False
@@ -191,14 +191,14 @@ def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:
 def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | None, info: dict,
                           y: np.ndarray, logits: np.ndarray, classes: list[str],
                           calibrator) -> None:
-    from .report import (calibration_table, metrics_table, per_class_table, save_run_figures,
+    from ..evaluate.report import (calibration_table, metrics_table, per_class_table, save_run_figures,
                          weights_warning)
 
     out.mkdir(parents=True, exist_ok=True)
     t = info["temperature"]
     payload = {"model": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
                "info": info}
-    atomic_write_text(out / "evaluate_metrics.json", json.dumps(payload, indent=2))
+    write_text(out / "evaluate_metrics.json", json.dumps(payload, indent=2))
     save_run_figures(out, metrics, classes, y, logits, calibrator,
                      title=f"Confusion matrix: {Path(info['data']).name}")
     lines = [f"# skinfeat evaluation: {Path(info['run']).name} on {Path(info['data']).name}", ""]
@@ -233,4 +233,4 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
         "", "## Calibration per class", ""] + calibration_table(metrics) + [
         "", "![confusion matrix](confusion.png) ![reliability](reliability.png)", "",
         "Every number, with the confusion matrix: `evaluate_metrics.json`."]
-    atomic_write_text(out / "evaluate_report.md", "\n".join(lines) + "\n")
+    write_text(out / "evaluate_report.md", "\n".join(lines) + "\n")

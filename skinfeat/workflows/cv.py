@@ -1,0 +1,106 @@
+"""cv as a function: k-fold CV of every model x input set, the report, and (``save_models``)
+every fold's bundle plus a fold-ensemble bundle per model and input set. It combines
+``learn.cv`` (the folds and fits) with the bundle and report writers."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..data.datasets import Dataset
+from ..data.splits import save_split
+from ..deploy.bundle import bundle_quantized, load_config, save_bundle
+from ..atomic import write_text
+from ..embed.cache import cache_label, read_caches
+from ..learn.cv import CVConfig, FitTask, Fold, input_sets, run_cv
+from ..learn.runconfig import RunConfig
+from ..learn.train import as_dataset, bundle_config
+from .fit import cache_sources, save_fit
+
+
+def model_dir(out: Path, model: str, inputs: str) -> Path:
+    return Path(out) / "models" / f"{model}_{inputs}"
+
+
+def fold_name(seed: int, fold: int) -> str:
+    return f"seed{seed}_fold{fold}"
+
+
+def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
+    """The fold's model as a bundle of its own (``models/MODEL_INPUTS/seedS_foldK``), with the
+    image ids it trained and early-stopped on, so evaluate can leave them out."""
+    out = model_dir(Path(task.save["out"]), task.model, task.inputs) / fold_name(fold.seed,
+                                                                                 fold.fold)
+    run = RunConfig(model=task.model, split=task.save["split"], seed=fold.seed,
+                    encoding=task.encoding, calibration=task.calibration, tta=task.tta,
+                    head=task.head, lgbm=replace(task.lgbm, num_threads=0))
+    config = bundle_config(task.data, fit, task.save["identity"], task.save["weights"],
+                           embed_dim=int(image.shape[-1]), tta=task.tta, split=task.save["split"],
+                           seed=fold.seed, run=run.to_dict())
+    save_fit(out, fit, config, quantized=False)   # the ensemble's folder holds the int8 model
+    table = task.data.table
+    side = np.full(len(table), "test", dtype=object)
+    side[fold.train], side[fold.val] = "train", "val"
+    save_split(table, pd.Series(side), out / "splits.csv", task.save["split"], fold.seed)
+
+
+def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
+           cfg: CVConfig, *,
+           jobs: int = 1, progress: Callable[[int], None] | None = None,
+           on_start: Callable[[int], None] | None = None, save_models: bool = False) -> dict:
+    """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
+    cv_report.md, cv_folds.csv and PNGs. ``save_models``: every fold's bundle and, per model and
+    input set, an ensemble bundle of its folds (``models/MODEL_INPUTS/``)."""
+    from ..evaluate.cv_report import write_cv_report
+
+    out = Path(out)
+    input_sets(cfg, as_dataset(data))   # refused input sets fail before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    contents = read_caches(cache_path)
+    source = cache_label(cache_path)
+    info = contents.provenance(source)
+    save = {"out": str(out), "identity": contents.identity, "weights": info["weights"],
+            "split": cfg.split} if save_models else None
+    res = run_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
+                 on_start=on_start, save=save, on_fit=save_fold_bundle if save else None)
+    res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
+    if save_models:
+        res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
+            res["config"]["inputs"])))
+    write_cv_report(out, res)
+    return res
+
+
+def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
+    """Per model and input set, an ensemble bundle over its fold bundles (predict and evaluate
+    average the members' calibrated probabilities; see ``predict.Predictor``)."""
+    made = {}
+    table = res["folds_table"]
+    for model in cfg.models:
+        for inputs in cfg.inputs:
+            where = model_dir(out, model, inputs)
+            members = [fold_name(seed, k) for seed in cfg.seeds for k in range(cfg.folds)]
+            first = load_config(where / members[0])
+            bundle_quantized(where, first["backbone"])
+            save_bundle(where, {
+                "model_type": "ensemble", "members": members, "classes": first["classes"],
+                "dataset": first["dataset"], "task": first["task"],
+                "backbone": first["backbone"], "weights": first["weights"],
+                "encoder": None, "head": {"members": model, "inputs": inputs,
+                                          "embed_dim": first["head"]["embed_dim"]},
+                "tta": first["tta"], "split": f"{cfg.split} cv, {cfg.folds} folds",
+                "seeds": list(cfg.seeds), "combine": ENSEMBLE_RULE})
+            # Every image trained or early-stopped some member: evaluate leaves them all out.
+            seen = table[["image_id", "lesion_id", "dx"]].assign(split="train", kind=cfg.split,
+                                                                 seed=cfg.seeds[0])
+            write_text(where / "splits.csv", seen.to_csv(index=False))
+            made[f"{model}_{inputs}"] = str(where)
+    return made
+
+
+ENSEMBLE_RULE = ("mean of the members' calibrated probabilities; decisions by the balanced rule "
+                 "with the mean of the members' log class weights (a binary model: the mean "
+                 "of their thresholds)")
