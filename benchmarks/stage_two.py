@@ -154,7 +154,7 @@ if __name__ == "__main__":
 """
 
 
-def before(ref: str, jobs: int) -> dict:
+def run_before(ref: str, jobs: int) -> dict:
     """fit-head and cv --models head of commit ``ref`` (the code before a change), on the
     same data, in a subprocess, measured in this run."""
     import json
@@ -214,8 +214,12 @@ def main() -> int:
         print(f"SKIP: {METADATA} not found; this benchmark needs HAM10000's metadata file "
               "(10,015 rows) there.")
         return 0
+    import optuna
+
     from skinfeat.learn.tune import TuneConfig
     from skinfeat.workflows.tune import tune_run
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # a line per trial buries the table
 
     table = load_table(METADATA)
     contents = synthetic_cache(table)
@@ -225,7 +229,7 @@ def main() -> int:
           f"{contents.dim}-d synthetic embeddings; {os.cpu_count()} CPU cores, jobs {jobs}")
     rows = []
     # The previous code first, in its own processes, outside the memory measurement.
-    old = before(args.before, jobs) if args.before else {}
+    old = run_before(args.before, jobs) if args.before else {}
     sampler = MemorySampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:

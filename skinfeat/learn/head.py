@@ -115,6 +115,17 @@ def dropout_scale(keep: float) -> torch.Tensor:
     return torch.ones(1).div_(keep)
 
 
+class StackableLinear(nn.Linear):
+    """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (through
+    ``torch.func.functional_call``) and (k, B, in) inputs, one batched product for all k. This
+    is how the one training loop trains k heads with the head's own ``forward``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dim() == 3:
+            return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        return F.linear(x, self.weight, self.bias)
+
+
 class FusionHead(nn.Module):
     """Image embedding and/or encoded metadata -> class logits."""
 
@@ -136,13 +147,13 @@ class FusionHead(nn.Module):
             self.image_dropout = nn.Dropout(image_dropout)
             width += embed_dim
         if self.use_meta:
-            self.meta_mlp = nn.Sequential(nn.Linear(meta_dim, meta_width), nn.ReLU(),
-                                          nn.Linear(meta_width, meta_out), nn.ReLU())
+            self.meta_mlp = nn.Sequential(StackableLinear(meta_dim, meta_width), nn.ReLU(),
+                                          StackableLinear(meta_width, meta_out), nn.ReLU())
             width += meta_out
         if head == "film" and self.use_image and self.use_meta:
-            self.film = nn.Linear(meta_out, 2 * embed_dim)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, dense_width),
-                                        nn.ReLU(), nn.Linear(dense_width, n_classes))
+            self.film = StackableLinear(meta_out, 2 * embed_dim)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), StackableLinear(width, dense_width),
+                                        nn.ReLU(), StackableLinear(dense_width, n_classes))
         for m in self.modules():
             if isinstance(m, nn.Linear):  # Keras Dense defaults
                 nn.init.xavier_uniform_(m.weight)

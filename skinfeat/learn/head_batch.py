@@ -5,8 +5,8 @@ Each split's head is what it would be trained alone, up to float rounding: the s
 weights (each built from the same seed), the same dropout masks and the same shuffles (each
 split draws from its own generators), its own Adam state and step count, its own early
 stopping. What is shared is the work: the k weight sets are stacked along a first axis and the
-step runs the module's own ``forward`` over them (``torch.func.functional_call`` under
-``vmap``), one batched matrix product per layer and one optimizer update for all splits,
+step runs the module's own ``forward`` on them (``torch.func.functional_call``; its layers
+take stacked weights, ``head.StackableLinear``), one batched matrix product per layer and one optimizer update for all splits,
 instead of k small steps whose cost is mostly per-op overhead on a CPU.
 
 Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
                    _eval_view, _pick_view, _val_score, balanced_class_weights, dropout_scale,
@@ -121,14 +121,16 @@ class _Noise:
 
 def _forward(params: dict, model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
              masks: tuple | None = None) -> torch.Tensor:
-    """``model.forward`` for k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes).
-    ``model`` stays in eval mode: the step's dropout comes in as ``masks``."""
-    if masks is None:
-        return vmap(lambda p, x, m: functional_call(model, p, (x, m)))(params, image, meta)
-    a, b = masks
-    run = vmap(lambda p, x, m, ma, mb: functional_call(model, p, (x, m), {"masks": (ma, mb)}),
-               in_dims=(0, 0, 0, None if a is None else 0, None if b is None else 0))
-    return run(params, image, meta, a, b)
+    """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes).
+    The head's layers run stacked weights as batched products (``StackableLinear``); ``model``
+    stays in eval mode: the step's dropout comes in as ``masks``. One member (a single fit)
+    runs on views of its weights, as a plain module."""
+    kwargs = {} if masks is None else {"masks": masks}
+    if image.shape[0] == 1:
+        one = {name: p[0] for name, p in params.items()}
+        kwargs = {k: tuple(None if m is None else m[0] for m in v) for k, v in kwargs.items()}
+        return functional_call(model, one, (image[0], meta[0]), kwargs).unsqueeze(0)
+    return functional_call(model, params, (image, meta), kwargs)
 
 
 def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
