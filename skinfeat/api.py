@@ -31,7 +31,7 @@ from .data.datasets import Dataset, load_dataset
 from .data.spec import DatasetSpec, Task
 from .deploy.predict import Predictions, Predictor
 from .embed.backbone import DEFAULT_BACKBONE
-from .embed.cache import CacheContents, read_cache, read_caches
+from .embed.cache import CacheContents, read_cache
 from .learn.runconfig import RunConfig
 
 Recipe = RunConfig   # the recipe of a stage-two run: model, split, encoding, head, lgbm, ...
@@ -282,4 +282,4 @@ def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int
 
 __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult", "Model",
            "Predictions", "Recipe", "RunConfig", "Task", "cross_validate", "extract", "fit",
-           "load_dataset", "load_model", "read_caches", "tune"]
+           "load_dataset", "load_model", "tune"]

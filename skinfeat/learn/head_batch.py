@@ -6,8 +6,9 @@ weights (each built from the same seed), the same dropout masks and the same shu
 split draws from its own generators), its own Adam state and step count, its own early
 stopping. What is shared is the work: the k weight sets are stacked along a first axis and the
 step runs the module's own ``forward`` on them (``torch.func.functional_call``; its layers
-take stacked weights, ``head.StackableLinear``), one batched matrix product per layer and one optimizer update for all splits,
-instead of k small steps whose cost is mostly per-op overhead on a CPU.
+take stacked weights, ``head.StackableLinear``): one batched matrix product per layer and one
+optimizer update for all splits, instead of k small steps whose cost is mostly per-op overhead
+on a CPU.
 
 Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
 step out (no update, no optimizer step). A split whose metadata encoder saw fewer categories
@@ -21,9 +22,8 @@ import logging
 
 import numpy as np
 import torch
-from torch.nn import functional as F
-
 from torch.func import functional_call
+from torch.nn import functional as F
 
 from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
                    _eval_view, _pick_view, _val_score, balanced_class_weights, dropout_scale,
