@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .images import image_index, resolve_hdf5
 from .spec import PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task, load_spec
 from .tables import (DETECT_DEPTH, DataError, _as_text, clean_metadata, find_files, header_of,
                      image_key, index_images, read_table, resolve_images)
@@ -273,7 +274,8 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     spec, source = resolve_spec(path, preset, spec, **columns)
     root = source.parent
     index = None
-    if images and Path(path).is_dir() and spec.name != "csv":  # its images must be there
+    stored = image_index(root, spec) if images else None   # images as bytes in an HDF5 file
+    if stored is None and images and Path(path).is_dir() and spec.name != "csv":
         index = index_images(root, spec)
         if not index:
             zips = sorted(p.name for p in root.glob("*.zip"))
@@ -290,7 +292,9 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     spec = _default_fields(spec, raw)
     dx = _labels(raw, spec, source)
     group, spec = _groups(raw, spec, source)   # before the (slow) image look-up
-    if images:
+    if stored is not None:
+        ids, paths = resolve_hdf5(raw[image_col], root, spec, source, stored)
+    elif images:
         ids, paths = resolve_images(raw, image_col, root, spec, source, index)
     else:
         ids = [image_key(v, spec) for v in raw[image_col].astype(str)]
@@ -351,7 +355,10 @@ def load_images(path: str | Path, spec: DatasetSpec | None = None,
     if col is None:
         raise DataError(f"{path}: needs a column image (file path) or image_id "
                         f"(found: {', '.join(raw.columns)})")
-    if files:
+    stored = image_index(path.parent, spec) if files else None
+    if stored is not None:
+        ids, paths = resolve_hdf5(raw[col], path.parent, spec, path, stored)
+    elif files:
         ids, paths = resolve_images(raw, col, path.parent, spec, path)
     else:
         ids = [image_key(v, spec) for v in raw[col].astype(str).str.strip()]

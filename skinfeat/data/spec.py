@@ -51,6 +51,8 @@ class DatasetSpec:
     metadata_file: Annotated[tuple[str, ...], ONE_OR_MANY] = ()  # joined on the image id
     image_column: str = "image_id"             # ids, file names or paths (relative to the table)
     image_dirs: tuple[str, ...] = ()           # folders (under root) that hold the images
+    # ... or an HDF5 file (under root) of encoded image bytes keyed by image id; used when present
+    image_file: Annotated[tuple[str, ...], ONE_OR_MANY] = ()
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     id_suffixes: tuple[str, ...] = ()          # file-name endings that are not part of the id
     group_column: str | None = None            # images of one group stay on one side of splits
@@ -249,6 +251,27 @@ HAM_CLASS_NAMES = {
 }
 ISIC_SITES_NOTE = "ISIC sites: anterior/posterior/lateral torso, head/neck, upper/lower extremity"
 
+# ISIC 2024 (SLICE-3D) fields. The train-only columns are the ones the Kaggle challenge's data
+# description (kaggle.com/competitions/isic-2024-challenge/data) marks as absent from
+# test-metadata.csv: the label and its diagnosis chain, histology, and the vendor's lesion DNN
+# score. attribution and copyright_license name the contributing clinic (as HAM10000's
+# ``dataset`` does): a source proxy, never an input. image_type is one constant value
+# ("TBP tile: close-up"), so it is no field either.
+ISIC2024_TRAIN_ONLY = ("target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3",
+                       "iddx_4", "iddx_5", "mel_mitotic_index", "mel_thick_mm",
+                       "tbp_lv_dnn_lesion_confidence", "attribution", "copyright_license")
+ISIC2024_NUMERIC = (
+    "age_approx", "clin_size_long_diam_mm", "tbp_lv_A", "tbp_lv_Aext", "tbp_lv_B", "tbp_lv_Bext",
+    "tbp_lv_C", "tbp_lv_Cext", "tbp_lv_H", "tbp_lv_Hext", "tbp_lv_L", "tbp_lv_Lext",
+    "tbp_lv_areaMM2", "tbp_lv_area_perim_ratio", "tbp_lv_color_std_mean", "tbp_lv_deltaA",
+    "tbp_lv_deltaB", "tbp_lv_deltaL", "tbp_lv_deltaLB", "tbp_lv_deltaLBnorm",
+    "tbp_lv_eccentricity", "tbp_lv_minorAxisMM", "tbp_lv_nevi_confidence", "tbp_lv_norm_border",
+    "tbp_lv_norm_color", "tbp_lv_perimeterMM", "tbp_lv_radial_color_std_max", "tbp_lv_stdL",
+    "tbp_lv_stdLExt", "tbp_lv_symm_2axis", "tbp_lv_symm_2axis_angle", "tbp_lv_x", "tbp_lv_y",
+    "tbp_lv_z")
+ISIC2024_CATEGORICAL = ("sex", "anatom_site_general", "tbp_tile_type", "tbp_lv_location",
+                        "tbp_lv_location_simple")
+
 PRESETS: dict[str, DatasetSpec] = {
     # Tschandl et al., Sci. Data 5, 180161 (2018). Kaggle: HAM10000_metadata.csv; Harvard
     # Dataverse: HAM10000_metadata (tab-separated, no extension, or .tab) plus a dataset column.
@@ -308,6 +331,19 @@ PRESETS: dict[str, DatasetSpec] = {
                      "changed", "bleed", "elevation"),
         missing_tokens=("unk",), ranges={"age": (0.0, 120.0)}, merges={"bod": "scc"},
         citation="PAD-UFES-20 (Pacheco et al. 2020), CC BY 4.0"),
+    # ISIC 2024 (SLICE-3D): lesion crops from 3D total-body photography, binary target, grouped
+    # by patient; the crops are JPEG bytes in train-image.hdf5 (or files in train-image/image).
+    "isic2024": DatasetSpec(
+        name="isic2024", classes=("benign", "malignant"),
+        class_names={"benign": "benign", "malignant": "malignant"},
+        labels_file=("train-metadata.csv",), label_column="target",
+        merges={"0": "benign", "1": "malignant"}, image_column="isic_id",
+        image_file=("train-image.hdf5",), image_dirs=("train-image/image", "train-image"),
+        group_column="patient_id", group_name="patient",
+        numeric=ISIC2024_NUMERIC, categorical=ISIC2024_CATEGORICAL,
+        leaky=(*KNOWN_LEAKY, *ISIC2024_TRAIN_ONLY), ranges={"age_approx": (0.0, 120.0)},
+        positive="malignant",
+        citation="ISIC 2024 / SLICE-3D (Kurtansky et al., Sci. Data 11, 884, 2024), CC BY-NC 4.0"),
     # ISIC 2018 Task 3 test set: one-hot ground truth with HAM10000's classes, no metadata.
     "isic2018-test": DatasetSpec(
         name="isic2018-test", classes=tuple(HAM_CLASS_NAMES), class_names=HAM_CLASS_NAMES,
@@ -323,4 +359,5 @@ PRESETS: dict[str, DatasetSpec] = {
 }
 # What makes a file the label table of a preset, beyond its name (train.csv is a common name).
 REQUIRED_COLUMNS = {"isic2020": ("image_name", "benign_malignant"),
+                    "isic2024": ("isic_id", "target", "patient_id"),
                     "pad-ufes-20": ("img_id", "diagnostic"), "isic2019": ("image", "mel")}

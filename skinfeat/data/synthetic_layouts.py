@@ -1,6 +1,7 @@
-"""Synthetic sets in the exact public layouts of ISIC 2019, SIIM-ISIC 2020, PAD-UFES-20, the
-ISIC 2018 Task 3 test set and a generic CSV: file and column names, id formats, image formats,
-missing tokens, blank group ids and an empty class, as the releases have them.
+"""Synthetic sets in the exact public layouts of ISIC 2019, SIIM-ISIC 2020, ISIC 2024
+(``synthetic_isic2024``), PAD-UFES-20, the ISIC 2018 Task 3 test set and a generic CSV: file and
+column names, id formats, image formats, missing tokens, blank group ids and an empty class, as
+the releases have them.
 
 Each writer draws ``n_images`` images of groups (lesions or patients) of 1-3 images whose look
 depends on the class (``synthetic.LOOK``), and metadata that carries some class signal.
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .synthetic_draw import LOOK, draw
+from .synthetic_isic2024 import write_isic2024
 
 Writer = Callable[[Path, int, np.random.Generator, tuple[int, int]], Path]
 
@@ -200,5 +202,5 @@ def write_csv(root: Path, n_images: int, rng: np.random.Generator, size: tuple[i
 
 
 WRITERS: dict[str, Writer] = {"isic2019": write_isic2019, "isic2020": write_isic2020,
-                              "pad-ufes-20": write_pad_ufes_20,
+                              "isic2024": write_isic2024, "pad-ufes-20": write_pad_ufes_20,
                               "isic2018-test": write_isic2018_test, "csv": write_csv}

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..data.images import open_image
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "convnext_tiny.fb_in1k"
@@ -201,7 +203,7 @@ def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:
     """Open, honour EXIF orientation, convert to RGB (grayscale, RGBA, CMYK, palette)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(path)
+        img = open_image(path)   # a file, or bytes in an HDF5 file (data.images)
         if img.width * img.height > MAX_IMAGE_PIXELS:   # the header only: nothing decoded yet
             img.close()
             raise Image.DecompressionBombError(
