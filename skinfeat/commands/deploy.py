@@ -151,7 +151,7 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
     if info["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
     click.echo(f"{info['n']} images ({info['layout']}); {info['metadata_note'].replace('**', '')}")
-    for k in ("auc", "balanced_accuracy", "accuracy") if len(info["classes"]) == 2 else \
+    for k in ("auc", "pauc80", "balanced_accuracy", "accuracy") if len(info["classes"]) == 2 else \
             ("balanced_accuracy", "accuracy", "macro_f1"):
         interval = f"  (95 % CI {ci[k][0]:.4f} to {ci[k][1]:.4f})" if k in ci else ""
         click.echo(f"{k:<20}{m[k]:>8.4f}{interval}" if m[k] is not None else f"{k:<20}     n/a")

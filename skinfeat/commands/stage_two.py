@@ -268,7 +268,7 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
     cfg = res["config"]
     click.echo(f"{res['dataset']}, task {res['task']}; {res['split']} split, {cfg['folds']} "
                f"folds x {len(cfg['seeds'])} seed(s): {res['protocol']}")
-    keys = ("auc", "balanced_accuracy", "sensitivity_at_90_specificity", "accuracy") \
+    keys = ("auc", "pauc80", "balanced_accuracy", "sensitivity_at_90_specificity", "accuracy") \
         if len(res["classes"]) == 2 else ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
     click.echo(f"{'model':<6}{'inputs':<8}" + "".join(f"{k:>22}" for k in keys))
     for model, by_inputs in res["summary"].items():

@@ -10,11 +10,14 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, roc_auc_score)
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc")
-# A binary task leads with ROC AUC, then sensitivity at fixed specificities and the balanced
-# accuracy at the threshold chosen on validation.
+# A binary task leads with ROC AUC and pAUC, then sensitivity at fixed specificities and the
+# balanced accuracy at the threshold chosen on validation.
 SPECIFICITIES = (0.80, 0.90, 0.95)
-BINARY_HEADLINE = ("auc", "balanced_accuracy", *(f"sensitivity_at_{round(100 * s)}_specificity"
-                                                 for s in SPECIFICITIES), "accuracy", "macro_f1")
+# pAUC above 80 % TPR is the ISIC 2024 challenge's metric (0 to 0.2).
+PAUC_MIN_TPR = 0.80
+BINARY_HEADLINE = ("auc", "pauc80", "balanced_accuracy",
+                   *(f"sensitivity_at_{round(100 * s)}_specificity" for s in SPECIFICITIES),
+                   "accuracy", "macro_f1")
 
 
 def headline(n_classes: int) -> tuple[str, ...]:
@@ -42,12 +45,49 @@ def sensitivity_at_specificity(y_true: np.ndarray, score: np.ndarray,
     return float((pos > t).mean())
 
 
+def _weighted_pauc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray,
+                   min_tpr: float = PAUC_MIN_TPR) -> np.ndarray:
+    """Area under the ROC curve where TPR >= ``min_tpr``, for each row of ``weights`` (B, N):
+    the integral of (1 - FPR) over TPR from ``min_tpr`` to 1, along the ROC with tied scores as
+    one diagonal step (as sklearn draws it). That is the ISIC 2024 score: the challenge flips
+    labels and scores and takes sklearn's partial AUC up to FPR 1 - min_tpr, de-McClished, which
+    is this same area seen with the axes swapped. NaN where a resample lacks a side."""
+    order = np.argsort(-scores, kind="mergesort")                # highest score first
+    s = scores[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    w = weights[:, order]
+    pos = np.add.reduceat(w * positive[order], starts, axis=1)
+    neg = np.add.reduceat(w * ~positive[order], starts, axis=1)
+    zero = np.zeros((len(w), 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.concatenate([zero, np.cumsum(pos, 1)], 1) / pos.sum(1, keepdims=True)
+        fpr = np.concatenate([zero, np.cumsum(neg, 1)], 1) / neg.sum(1, keepdims=True)
+        t0, t1, f0, f1 = tpr[:, :-1], tpr[:, 1:], fpr[:, :-1], fpr[:, 1:]
+        a, b = np.clip(t0, min_tpr, None), np.clip(t1, min_tpr, None)   # the part above the floor
+        slope = np.where(t1 > t0, (f1 - f0) / np.where(t1 > t0, t1 - t0, 1), 0)
+        fa, fb = f0 + slope * (a - t0), f0 + slope * (b - t0)
+        area = ((b - a) * (1 - (fa + fb) / 2)).sum(1)
+    return np.where(np.isfinite(tpr[:, -1]) & np.isfinite(fpr[:, -1]), area, np.nan)
+
+
+def partial_auc(y_true: np.ndarray, score: np.ndarray, min_tpr: float = PAUC_MIN_TPR,
+                sample_weight: np.ndarray | None = None) -> float | None:
+    """pAUC above ``min_tpr`` TPR, ISIC 2024's metric (0 to 1 - min_tpr; a random score gets
+    (1 - min_tpr)^2 / 2, 0.02 at 0.8); ``None`` without both classes."""
+    y = np.asarray(y_true) == 1
+    if not 0 < y.sum() < len(y):
+        return None
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    return float(_weighted_pauc(np.asarray(score, np.float64), y, w[None], min_tpr)[0])
+
+
 def binary_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float | None) -> dict:
-    """ROC AUC of the positive class (index 1) and sensitivity at fixed specificities."""
+    """ROC AUC of the positive class (index 1), pAUC above 80 % TPR and sensitivity at fixed
+    specificities."""
     score = proba[:, 1]
     both = 0 < (y_true == 1).sum() < len(y_true)
     out = {"auc": float(roc_auc_score(y_true == 1, score)) if both else None,
-           "threshold": threshold}
+           "pauc80": partial_auc(y_true, score), "threshold": threshold}
     for s in SPECIFICITIES:
         out[f"sensitivity_at_{round(100 * s)}_specificity"] = \
             sensitivity_at_specificity(y_true, score, s)
@@ -157,7 +197,8 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     ``groups`` (a lesion or patient id per row) resamples whole groups, the cluster bootstrap:
     images of one lesion are not independent, and resampling images makes the intervals too
     narrow on a lesion-level split. Without ``groups`` it resamples rows. Intervals are given for
-    accuracy, balanced accuracy, macro F1, macro one-vs-rest AUC and, for two classes, the AUC.
+    accuracy, balanced accuracy, macro F1, macro one-vs-rest AUC and, for two classes, the AUC
+    and pAUC above 80 % TPR.
     Each resample is a vector of draw counts per row, so its confusion matrix is one weighted
     bincount and its AUCs one sort per class: the same numbers as sklearn's functions on the
     expanded resample, at a fraction of the cost.
@@ -174,7 +215,7 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
                                      "macro_auc": []}
     binary = k == 2
     if binary:
-        draws["auc"] = []
+        draws["auc"], draws["pauc80"] = [], []
     aucs_for = [c for c in range(k) if 0 < (y_true == c).sum() < n]
     for first in range(0, n_boot, chunk):
         size = min(chunk, n_boot - first)
@@ -197,6 +238,7 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
             draws["macro_auc"] += np.nanmean(per_class, 1).tolist()
         if binary:
             draws["auc"] += _weighted_auc(proba[:, 1], y_true == 1, weights).tolist()
+            draws["pauc80"] += _weighted_pauc(proba[:, 1], y_true == 1, weights).tolist()
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
     out = {}
     for name, v in draws.items():

@@ -81,7 +81,8 @@ def weights_warning(info: dict) -> list[str]:
 
 PERCENT_METRICS = ("accuracy", "balanced_accuracy")
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
-          "weighted_f1": "weighted F1", "macro_auc": "macro AUC (OvR)", "auc": "ROC AUC"}
+          "weighted_f1": "weighted F1", "macro_auc": "macro AUC (OvR)", "auc": "ROC AUC",
+          "pauc80": "pAUC above 80 % TPR (0-0.2)"}
 
 
 def metric_label(key: str) -> tuple[str, bool]:
