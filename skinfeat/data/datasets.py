@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .spec import PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task, load_spec
-from .tables import (DETECT_DEPTH, DataError, _as_text, clean_metadata, find_files, header_of,
-                     image_key, index_images, read_table, resolve_images)
+from .tables import (DETECT_DEPTH, DataError, _as_text, clean_category, clean_metadata,
+                     find_files, header_of, image_key, index_images, read_table, resolve_images)
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,12 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
                                             isinstance(task, str) else task, spec)
     table["label"] = table["dx"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
     meta = clean_metadata(raw.reset_index(drop=True), spec, source)
-    table = pd.concat([table, meta], axis=1)
+    # Subgroup-only columns (acquisition source, how the label was confirmed) ride along for the
+    # subgroup tables and held-out-source splits; the encoder reads spec.metadata alone.
+    described = pd.DataFrame({c: clean_category(raw.reset_index(drop=True), c, spec)
+                              for c in spec.subgroup_only if c in raw.columns and
+                              c not in table.columns}, index=meta.index)
+    table = pd.concat([table, meta, described], axis=1)
     log.info("%s (%s): %d images, %d %ss", source, spec.name, len(table),
              table["lesion_id"].nunique(), spec.group_name)
     return Dataset(table, spec, classes, task, source, dropped)
