@@ -122,3 +122,18 @@ def test_lesion_and_image_kinds_are_unchanged():
     assert (assign_split(t, "image") == assign_split(t, SplitKind("image"))).all()
     with pytest.raises(ValueError, match="unknown split kind"):
         fold_ids(t, 3, "patient")
+
+
+def test_a_loaded_set_holds_its_source_out_through_with_described(tmp_path):
+    from skinfeat.data.datasets import load_dataset
+    t = sourced().rename(columns={"image_id": "image_id"})
+    t["age"], t["sex"], t["localization"], t["dx_type"] = 50.0, "male", "back", "histo"
+    t.to_csv(tmp_path / "HAM10000_metadata.csv", index=False)
+    data = load_dataset(tmp_path / "HAM10000_metadata.csv", "ham10000", images=False)
+    with pytest.raises(ValueError, match="no column 'dataset'"):
+        fold_ids(data.table, 3, "by:dataset")        # the table models read has no source
+    table = data.with_described()
+    folds = fold_ids(table, 3, "by:dataset")
+    assert sorted(set(folds)) == [0, 1, 2]
+    split = assign_split(table, "by:dataset=rosendahl")
+    assert set(table.loc[split == "test", "dataset"]) == {"rosendahl"}

@@ -93,6 +93,19 @@ def test_small_subgroups_are_flagged_and_never_ranked():
     assert "tiny \u2020" in r.to_markdown()
 
 
+def test_a_rare_class_missing_from_a_resample_does_not_move_the_interval():
+    """Two lesions of class c, both missed, in an otherwise perfect set: a resample without c
+    must not count as 100 % (averaging over fewer classes); the point stays inside its CI."""
+    y = np.r_[np.zeros(200, int), np.ones(200, int), [2, 2]]
+    groups = np.arange(len(y)).astype(str)
+    proba = np.eye(3)[np.r_[y[:-2], [0, 0]]] * 0.9 + 0.1 / 3
+    r = subgroup_table(y, proba, proba.argmax(1), groups, pd.DataFrame({"all": ["x"] * len(y)}),
+                       CLASSES, n_boot=400, min_groups=1)
+    row = r.field("all").rows[0]
+    assert row.headline == pytest.approx(2 / 3)
+    assert row.ci95[0] <= row.headline <= row.ci95[1] < 0.9
+
+
 def test_missing_is_a_value_of_its_own():
     y, p, d, g, cols = scored_set(seed=2)
     sex = np.where(np.arange(len(y)) % 4 == 0, None, np.where(np.arange(len(y)) % 2, "m", "f"))
@@ -176,7 +189,10 @@ def _ham_with_dataset(tmp_path: Path, n: int = 240) -> Path:
 
 def test_the_ham10000_dataset_column_is_a_subgroup_and_never_an_input(tmp_path):
     data = load_dataset(_ham_with_dataset(tmp_path), "ham10000", images=False)
-    assert "dataset" in data.table.columns and "dataset" in data.spec.subgroup_only
+    assert "dataset" in data.spec.subgroup_only
+    # beside the table that models read, never in it
+    assert "dataset" not in data.table.columns and "dx_type" not in data.table.columns
+    assert list(data.described.columns) == ["dataset", "dx_type"]
     encoder = MetadataEncoder(data.spec.numeric, data.spec.categorical).fit(data.table)
     inputs = [name for name, _, _ in encoder.fields]
     assert "dataset" not in inputs and "dx_type" not in inputs
@@ -185,7 +201,8 @@ def test_the_ham10000_dataset_column_is_a_subgroup_and_never_an_input(tmp_path):
         data.spec.check_inputs([*inputs, "dataset"])
     with pytest.raises(SpecError, match="never be a model input"):
         data.spec.with_columns(categorical=("sex", "dataset"))
-    t = data.table
+    t = data.with_described()
+    assert "dataset" in t.columns
     rng = np.random.default_rng(1)
     proba = rng.dirichlet(np.ones(7), len(t))
     r = analyse_subgroups(t, t, t["label"].to_numpy(), proba, proba.argmax(1), data.spec,
@@ -221,7 +238,7 @@ def test_real_ham10000_by_acquisition_source():
     with h5py.File(SHARED / "ham10000-mobilenetv2-embeddings.h5", "r") as f:
         ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["image_id"][:]]
         emb = f["embedding"][:]
-    t = data.table.set_index("image_id").loc[ids].reset_index()
+    t = data.with_described().set_index("image_id").loc[ids].reset_index()
     from sklearn.decomposition import PCA
     emb = PCA(32, random_state=0).fit_transform(emb)     # a quick probe: seconds, not minutes
     folds = fold_ids(t, 5, "lesion", seed=0)

@@ -69,7 +69,7 @@ def _metrics_line(model: dict, ci: dict, keys: Sequence[str]) -> str:
 
 def _subgroups_line(sub: dict | None) -> str:
     if not sub or not sub.get("fields"):
-        return "not computed for this run (the subgroup tables need `--subgroups`)"
+        return "not computed for this run (no `subgroups` in its metrics.json)"
     pct = sub.get("metric") == "balanced_accuracy"
     fmt = _pct if pct else _num
     out = []
@@ -113,7 +113,8 @@ def checklist_lines(summary: dict, spec: DatasetSpec | None = None,
     backbone = " + ".join(str(s.get("backbone")) for s in sources) or \
         info.get("identity", {}).get("backbone", "unknown")
     rows.append(("Image type and source", f"{image_type or 'not known to skinfeat'}; images of "
-                 f"{name}, embedded by {backbone} ({info.get('weights', 'weights unknown')})"))
+                 f"{name}; image embeddings: {backbone} "
+                 f"({info.get('weights', 'weights unknown')})"))
     citation = spec.citation if spec and spec.citation else ""
     if not citation:
         open_items.insert(0, f"Data set provenance and licence of {name}.")
@@ -140,7 +141,7 @@ def checklist_lines(summary: dict, spec: DatasetSpec | None = None,
                     if info.get("sources_split") else "")))
     fields = info.get("fields") or []
     rows.append(("Model and encoder",
-                 f"{info.get('model', '?')} on frozen {backbone} embeddings"
+                 f"{info.get('model', '?')} on frozen image embeddings ({backbone})"
                  f"{' (RANDOM weights)' if info.get('random_weights') else ''}; metadata fields: "
                  f"{', '.join(fields) or 'none'}"))
     cal = model.get("classwise_calibration", {})

@@ -11,7 +11,6 @@ are shown, flagged, and never ranked.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -122,10 +121,14 @@ class _Scorer:
             return np.diagonal(cm, axis1=1, axis2=2) / np.where(support > 0, support, np.nan)
 
     def balanced_accuracy(self, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Mean recall over the classes the subset has (all of its rows): a resample that lacks
+        one of them is NaN (left out of the interval) rather than averaged over fewer classes,
+        which would move a subgroup whose rare class scores 0 up and out of its own interval."""
         r = self.recalls(w, rows)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)      # a resample with no image
-            return np.nanmean(r, 1)
+        present = np.bincount(self.y[rows], minlength=self.k) > 0
+        if not present.any():
+            return np.full(len(w), np.nan)
+        return r[:, present].mean(1)
 
     def auc(self, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return _weighted_auc(self.proba[rows, 1], self.y[rows] == 1, w[:, rows])
