@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skinfeat.data.splits import (SplitKind, assign_split, check_split, fold_ids, load_split,
-                                  parse_split, protocol, save_split, source_sides)
+from skinfeat.data.splits import (SplitKind, assign_split, check_split, drop_crossing_groups,
+                                  fold_ids, load_split, parse_split, protocol, save_split,
+                                  source_sides)
 
 
 def sourced(n_lesions: int = 240, seed: int = 0) -> pd.DataFrame:
@@ -83,8 +84,12 @@ def test_groups_across_values_are_refused():
     t.loc[1, "dataset"] = "rosendahl" if t.loc[0, "dataset"] != "rosendahl" else "vienna_dias"
     for call in (lambda: fold_ids(t, 3, "by:dataset"),
                  lambda: assign_split(t, "by:dataset=rosendahl")):
-        with pytest.raises(ValueError, match="1 group.*more than one dataset value.*L0"):
+        with pytest.raises(ValueError, match="1 group.*2 images.*more than one dataset value"
+                           ".*L0.*drop_crossing_groups"):
             call()
+    kept, dropped = drop_crossing_groups(t, "dataset")
+    assert dropped == ["ISIC_00000", "ISIC_00001"] and len(kept) == len(t) - 2
+    assert sorted(set(fold_ids(kept, 3, "by:dataset"))) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("kind, call, message", [
