@@ -197,7 +197,7 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
             "split whose test set also chose the epoch and fitted the age scaler: not comparable "
             "to a lesion-grouped run."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
-    write_model_card(out, metrics, ci, info)
+    write_model_card(out, metrics, ci, info, summary=payload)
 
 
 # What each public set's provenance means for a model trained on it (the model card's limits).
