@@ -17,8 +17,8 @@ import pandas as pd
 
 from .images import image_index, resolve_hdf5
 from .spec import PRESETS, REQUIRED_COLUMNS, DatasetSpec, SpecError, Task, load_spec
-from .tables import (DETECT_DEPTH, DataError, _as_text, clean_metadata, find_files, header_of,
-                     image_key, index_images, read_table, resolve_images)
+from .tables import (DETECT_DEPTH, DataError, _as_text, clean_category, clean_metadata,
+                     find_files, header_of, image_key, index_images, read_table, resolve_images)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,16 @@ class Dataset:
     task: Task = field(default_factory=Task)
     source: Path = Path(".")
     dropped_classes: tuple[str, ...] = ()
+    # The spec's subgroup-only columns that the table file has (same index as ``table``): for
+    # subgroup tables and ``by:COLUMN`` splits, never a model input.
+    described: pd.DataFrame | None = None
+
+    def with_described(self) -> pd.DataFrame:
+        """The table plus its subgroup-only columns: what subgroup tables and ``--split
+        by:COLUMN`` read (pass it to ``fold_ids`` / ``assign_split``, never to a model)."""
+        if self.described is None or self.described.empty:
+            return self.table
+        return pd.concat([self.table, self.described], axis=1)
 
     @property
     def class_names(self) -> dict[str, str]:
@@ -318,9 +328,14 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     table["label"] = table["dx"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
     meta = clean_metadata(raw.reset_index(drop=True), spec, source)
     table = pd.concat([table, meta], axis=1)
+    # Subgroup-only columns (acquisition source, how the label was confirmed) are kept beside
+    # the table, never in it: the table is what models read.
+    described = pd.DataFrame({c: clean_category(raw.reset_index(drop=True), c, spec)
+                              for c in spec.subgroup_only if c in raw.columns and
+                              c not in table.columns}, index=table.index)
     log.info("%s (%s): %d images, %d %ss", source, spec.name, len(table),
              table["lesion_id"].nunique(), spec.group_name)
-    return Dataset(table, spec, classes, task, source, dropped)
+    return Dataset(table, spec, classes, task, source, dropped, described)
 
 
 def load_any(path: str | Path, layout: str = "auto") -> pd.DataFrame:

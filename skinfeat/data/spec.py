@@ -62,6 +62,9 @@ class DatasetSpec:
     missing_tokens: tuple[str, ...] = ()       # this set's own spellings of "missing"
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # plausible numeric values
     leaky: tuple[str, ...] = KNOWN_LEAKY       # KNOWN_LEAKY is refused as an input in any case
+    # Columns that describe the data (source, how the label was confirmed, skin type) for the
+    # subgroup tables; one that is not numeric/categorical never reaches a model (check_inputs).
+    subgroups: tuple[str, ...] = ()
     merges: dict[str, str] = field(default_factory=dict)   # class code -> code it is merged into
     optional_classes: tuple[str, ...] = ()     # dropped, with a note, when they have no images
     positive: str | None = None                # the positive class of a two-class set
@@ -79,6 +82,7 @@ class DatasetSpec:
                  label_column=v["label_column"] and col(v["label_column"]),
                  group_column=v["group_column"] and col(v["group_column"]),
                  categorical=tuple(map(col, v["categorical"])), leaky=tuple(map(col, v["leaky"])),
+                 subgroups=tuple(map(col, v["subgroups"])),
                  ranges=_lower_keys(v["ranges"], col, "ranges", where),
                  classes=tuple(map(code, v["classes"])),
                  class_names=_lower_keys(v["class_names"], code, "class_names", where),
@@ -93,6 +97,20 @@ class DatasetSpec:
     @property
     def metadata(self) -> tuple[str, ...]:
         return (*self.numeric, *self.categorical)
+
+    @property
+    def subgroup_only(self) -> tuple[str, ...]:
+        """Subgroup columns that are not model inputs (they must never become one)."""
+        return tuple(c for c in self.subgroups if c not in self.metadata)
+
+    def check_inputs(self, fields) -> None:
+        """Refuse model input ``fields`` (an encoder's or a bundle's) that include a
+        subgroup-only or leaky column: describing the data must never feed the model."""
+        forbidden = {*self.subgroup_only, *KNOWN_LEAKY, *self.leaky}
+        bad = sorted(f for f in fields if str(f).lower() in forbidden)
+        if bad:
+            raise SpecError(f"{', '.join(bad)} describe(s) the data (subgroups / leaky) and can "
+                            "never be a model input", "subgroups", f"spec {self.name!r}")
 
     @property
     def missing(self) -> frozenset[str]:
@@ -283,7 +301,7 @@ PRESETS: dict[str, DatasetSpec] = {
         image_dirs=("HAM10000_images_part_1", "HAM10000_images_part_2"),
         group_column="lesion_id", group_name="lesion",
         numeric=("age",), categorical=("sex", "localization"), missing_tokens=("unknown",),
-        ranges={"age": (0.0, 120.0)}, reference_recipe=True,
+        ranges={"age": (0.0, 120.0)}, reference_recipe=True, subgroups=("dataset", "dx_type"),
         citation="HAM10000 (Tschandl et al. 2018), CC BY-NC 4.0"),
     # ISIC 2019 Task 1: one-hot ground truth + a separate metadata table; UNK has no training
     # images; lesion_id is blank for part of the set (those images are their own group).
@@ -313,6 +331,7 @@ PRESETS: dict[str, DatasetSpec] = {
         group_name="patient", numeric=("age_approx",),
         categorical=("sex", "anatom_site_general_challenge"), missing_tokens=("unknown",),
         ranges={"age_approx": (0.0, 120.0)}, positive="malignant",
+        subgroups=("anatom_site_general_challenge",),
         citation="SIIM-ISIC 2020 (Rotemberg et al. 2021), CC BY-NC 4.0"),
     # PAD-UFES-20 (Pacheco et al., Data in Brief 2020): smartphone images, 6 classes (BOD is
     # already merged into SCC), about 20 clinical fields, UNK = unknown.
@@ -330,6 +349,7 @@ PRESETS: dict[str, DatasetSpec] = {
                      "has_sewage_system", "fitspatrick", "region", "itch", "grew", "hurt",
                      "changed", "bleed", "elevation"),
         missing_tokens=("unk",), ranges={"age": (0.0, 120.0)}, merges={"bod": "scc"},
+        subgroups=("fitspatrick", "biopsed"),
         citation="PAD-UFES-20 (Pacheco et al. 2020), CC BY 4.0"),
     # ISIC 2024 (SLICE-3D): lesion crops from 3D total-body photography, binary target, grouped
     # by patient; the crops are JPEG bytes in train-image.hdf5 (or files in train-image/image).

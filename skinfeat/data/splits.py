@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ..atomic import atomic_write
 log = logging.getLogger(__name__)
 
 SPLIT_KINDS = ("lesion", "image")
+BY = "by:"   # by:COLUMN (cv: one fold per value) and by:COLUMN=VALUE (fit-head: that value held out)
 PROTOCOLS = {
     "none": "no test part: every row trains except a lesion-grouped validation part that stops "
             "early and calibrates (a model to deploy; its scores come from cv)",
@@ -29,8 +31,54 @@ PROTOCOLS = {
 }
 
 
-def protocol(kind: str, group: str = "lesion") -> str:
+@dataclass(frozen=True)
+class SplitKind:
+    """A parsed ``--split``: ``lesion``, ``image``, ``none``, or a held-out column: ``by:COLUMN``
+    (each value is one fold: leave-one-source-out) or ``by:COLUMN=VALUE`` (train on the other
+    values, score that one). ``str()`` gives the text back (splits.csv, config.json)."""
+    kind: str
+    column: str | None = None
+    value: str | None = None
+
+    @property
+    def by(self) -> bool:
+        return self.kind == "by"
+
+    def __str__(self) -> str:
+        if not self.by:
+            return self.kind
+        return f"{BY}{self.column}" + (f"={self.value}" if self.value is not None else "")
+
+
+def parse_split(text: "str | SplitKind") -> SplitKind:
+    """``--split`` text to a ``SplitKind``; column and value compared lower-case (the validated
+    table's column names and categories are)."""
+    if isinstance(text, SplitKind):
+        return text
+    text = str(text).strip()
+    if text in (*SPLIT_KINDS, "none"):
+        return SplitKind(text)
+    if text.lower().startswith(BY):
+        column, eq, value = text[len(BY):].partition("=")
+        column, value = column.strip().lower(), value.strip().lower()
+        if column and (not eq or value):
+            return SplitKind("by", column, value if eq else None)
+    raise ValueError(f"--split {text!r}: use lesion, image, none, by:COLUMN (cv: each value of "
+                     "COLUMN is one fold) or by:COLUMN=VALUE (fit-head: score that value, train "
+                     "on the others), e.g. by:dataset=rosendahl")
+
+
+def protocol(kind: "str | SplitKind", group: str = "lesion") -> str:
     """The split's description for reports, in the dataset's own words (lesion, patient)."""
+    split = parse_split(kind)
+    if split.by:
+        grouped = f"; no {group} in two values" if group != "image" else ""
+        if split.value is None:
+            return (f"leave-one-{split.column}-out: each value of {split.column} is one fold, "
+                    f"scored by a model trained on the other values{grouped}")
+        return (f"held-out {split.column}: scored on {split.column} = {split.value}, trained on "
+                f"the other values{grouped}")
+    kind = split.kind
     if group == "image" and kind == "none":
         return ("no test part: every row trains except an image-level validation part (the set "
                 "has no groups) that stops early and calibrates (a model to deploy; its scores "
@@ -44,9 +92,75 @@ def protocol(kind: str, group: str = "lesion") -> str:
             "inflates scores")
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in SPLIT_KINDS:
-        raise ValueError(f"unknown split kind {kind!r}; expected one of {SPLIT_KINDS}")
+def _check_kind(kind: "str | SplitKind") -> SplitKind:
+    split = kind if isinstance(kind, SplitKind) else \
+        parse_split(kind) if str(kind).lower().startswith(BY) else SplitKind(str(kind))
+    if not split.by and split.kind not in SPLIT_KINDS:
+        raise ValueError(f"unknown split kind {kind!r}; expected one of {SPLIT_KINDS} or "
+                         "by:COLUMN")
+    return split
+
+
+def source_values(table: pd.DataFrame, kind: "str | SplitKind") -> list[str]:
+    """The values of a ``by:`` split's column, sorted: fold k of ``fold_ids`` scores value k.
+    Refuses a column the table lacks, rows without a value, and a group (lesion, patient) whose
+    images sit in two values (a held-out source would then share groups with training)."""
+    split = parse_split(kind)
+    col = split.column
+    if col not in table.columns:
+        raise ValueError(f"--split {split}: the table has no column {col!r} (columns: "
+                         f"{', '.join(c for c in table.columns if c not in ('path', 'label'))}); "
+                         "name a column the set records, e.g. a subgroup column of the spec")
+    values = table[col].astype(object).where(table[col].notna(), None)
+    blank = values.isna() | (values.astype(str).str.strip() == "")
+    if blank.any():
+        raise ValueError(f"--split {split}: {int(blank.sum())} row(s) have no {col} value, e.g. "
+                         f"{', '.join(table.loc[blank, 'image_id'].astype(str)[:3])}; every row "
+                         "needs one to hold values out")
+    values = values.astype(str)
+    crossing = pd.Series(values.to_numpy()).groupby(table["lesion_id"].to_numpy()).nunique()
+    crossing = crossing[crossing > 1]
+    if len(crossing):
+        n_images = int(table["lesion_id"].isin(crossing.index).sum())
+        raise ValueError(f"--split {split}: {len(crossing)} group(s) ({n_images} images) have "
+                         f"images in more than one {col} value, e.g. "
+                         f"{', '.join(map(str, crossing.index[:3]))}; a held-out value would "
+                         "share them with training (leave them out first: "
+                         "splits.drop_crossing_groups)")
+    found = sorted(set(values))
+    if len(found) < 2:
+        raise ValueError(f"--split {split}: {col} has one value ({found[0]}); holding it out "
+                         "leaves nothing to train on")
+    if split.value is not None and split.value not in found:
+        raise ValueError(f"--split {split}: no row has {col} = {split.value!r}; the values are "
+                         f"{', '.join(found)}")
+    return found
+
+
+def drop_crossing_groups(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` without the groups whose images sit in more than one value of ``column``, and
+    the image ids left out (to report): HAM10000 has 9 melanoma lesions (26 images) in both
+    vidir_modern and vidir_molemax. Opt-in: ``source_values`` refuses them otherwise."""
+    values = table[column].astype(object).where(table[column].notna(), "")
+    n = pd.Series(values.astype(str).to_numpy()).groupby(table["lesion_id"].to_numpy()).nunique()
+    crossing = table["lesion_id"].isin(n.index[n > 1]).to_numpy()
+    if crossing.any():
+        log.warning("by:%s: %d image(s) of %d group(s) in more than one %s value left out",
+                    column, int(crossing.sum()), int((n > 1).sum()), column)
+    return (table[~crossing].reset_index(drop=True),
+            table.loc[crossing, "image_id"].astype(str).tolist())
+
+
+def _by_folds(table: pd.DataFrame, split: SplitKind, n_folds: int) -> np.ndarray:
+    if split.value is not None:
+        raise ValueError(f"--split {split}: cv takes by:{split.column} (every value is one fold "
+                         f"in turn); by:COLUMN=VALUE holds one value out for fit-head")
+    found = source_values(table, split)
+    if n_folds != len(found):
+        log.info("--split %s: %d folds, one per value (%s); the fold count %d is not used",
+                 split, len(found), ", ".join(found), n_folds)
+    return np.searchsorted(np.asarray(found, dtype=object),
+                           table[split.column].astype(str).to_numpy()).astype(np.int64)
 
 
 def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "lesion", seed: int = 42,
@@ -56,7 +170,10 @@ def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "lesion", seed: int 
     ``strict`` refuses a class with fewer lesions (images) than folds, since some fold would
     then score without it; a single hold-out (``holdout_mask``) tolerates that.
     """
-    _check_kind(kind)
+    split = _check_kind(kind)
+    if split.by:
+        return _by_folds(table, split, n_folds)
+    kind = split.kind
     if n_folds < 2:
         raise ValueError(f"need at least 2 folds, got {n_folds}")
     unit = "lesion_id" if kind == "lesion" else "image_id"
@@ -132,8 +249,9 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_folds: int,
 
 def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "lesion",
                  seed: int = 42) -> np.ndarray:
-    """Boolean mask of a stratified held-out part of about ``fraction`` of the rows."""
-    _check_kind(kind)
+    """Boolean mask of a stratified held-out part of about ``fraction`` of the rows (a ``by:``
+    split's inner part, from rows of the training values, is lesion-grouped)."""
+    kind = "lesion" if _check_kind(kind).by else _check_kind(kind).kind
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
     if kind == "image":
@@ -162,6 +280,20 @@ def assign_split(table: pd.DataFrame, kind: str = "lesion", test_size: float = 0
     """``train`` / ``val`` / ``test`` per row. ``val`` (early stopping) is carved from the
     non-test rows, so the rows that pick the epoch are never the rows that are scored."""
     split = pd.Series("train", index=table.index, dtype=object)
+    by = _check_kind(kind) if kind != "none" else SplitKind("none")
+    if by.by:   # the held-out value is the test part; validation from the others, grouped
+        if by.value is None:
+            raise ValueError(f"--split {by}: fit-head holds one value out: by:{by.column}=VALUE "
+                             f"(values: {', '.join(source_values(table, by))}); cv takes "
+                             f"by:{by.column}")
+        source_values(table, by)
+        test = (table[by.column].astype(str) == by.value).to_numpy()
+        split[test] = "test"
+        rest = table[~test]
+        split.loc[rest.index[holdout_mask(rest, val_size, "lesion", seed)]] = "val"
+        check_split(table, split, by)
+        return split
+    kind = by.kind
     if kind == "none":   # every row trains, but a grouped validation part (stop, calibrate)
         split[holdout_mask(table, val_size, "lesion", seed)] = "val"
         check_split(table, split, kind)
@@ -185,10 +317,20 @@ def check_grouped(lesions: pd.Series, split: pd.Series) -> None:
                          f"e.g. {', '.join(crossing.index[:3])}")
 
 
-def check_split(table: pd.DataFrame, split: pd.Series, kind: str) -> None:
-    """Leakage guard plus the basic sanity every later step relies on."""
-    if kind in ("lesion", "none"):
+def check_split(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") -> None:
+    """Leakage guard plus the basic sanity every later step relies on; a ``by:`` split also
+    refuses a value of its column on both the scored and the training side."""
+    by = _check_kind(kind) if str(kind) != "none" else SplitKind("none")
+    if by.by or by.kind in ("lesion", "none"):
         check_grouped(table["lesion_id"], split)
+    if by.by:
+        source_values(table, by)
+        values = table[by.column].astype(str).to_numpy()
+        scored = set(values[(split == "test").to_numpy()])
+        both = sorted(scored & set(values[(split != "test").to_numpy()]))
+        if both:
+            raise ValueError(f"--split {by}: {by.column} value(s) {', '.join(both)} on both the "
+                             "scored and the training side")
     train_classes = set(table.loc[split == "train", "dx"])
     absent = sorted(set(table["dx"]) - train_classes)
     if absent:
@@ -196,8 +338,21 @@ def check_split(table: pd.DataFrame, split: pd.Series, kind: str) -> None:
                          "the data set is too small for it")
 
 
-def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: str, seed: int) -> None:
-    out = table[["image_id", "lesion_id", "dx"]].assign(split=split.to_numpy(), kind=kind, seed=seed)
+def source_sides(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") -> dict | None:
+    """For a ``by:`` split, which values trained and which scored (for the report)."""
+    by = parse_split(kind) if str(kind).lower().startswith(BY) else None
+    if by is None or not by.by:
+        return None
+    values = table[by.column].astype(str).to_numpy()
+    side = split.to_numpy()
+    return {"column": by.column, "trained_on": sorted(set(values[side != "test"])),
+            "scored_on": sorted(set(values[side == "test"]))}
+
+
+def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: "str | SplitKind",
+               seed: int) -> None:
+    out = table[["image_id", "lesion_id", "dx"]].assign(split=split.to_numpy(), kind=str(kind),
+                                                        seed=seed)
     atomic_write(Path(path), lambda tmp: out.to_csv(tmp, index=False))
 
 

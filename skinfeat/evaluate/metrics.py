@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
@@ -203,13 +203,10 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     bincount and its AUCs one sort per class: the same numbers as sklearn's functions on the
     expanded resample, at a fraction of the cost.
     """
-    rng = np.random.default_rng(seed)
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     y_pred = proba.argmax(1) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
     k, n = len(classes), len(y_true)
-    codes = np.arange(n) if groups is None else pd_codes(groups)
-    n_groups = int(codes.max()) + 1 if n else 0
     cells = y_true * k + y_pred
     draws: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_f1": [],
                                      "macro_auc": []}
@@ -217,11 +214,8 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     if binary:
         draws["auc"], draws["pauc80"] = [], []
     aucs_for = [c for c in range(k) if 0 < (y_true == c).sum() < n]
-    for first in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - first)
-        picked = rng.integers(0, n_groups, (size, n_groups))
-        per_group = np.stack([np.bincount(row, minlength=n_groups) for row in picked])
-        weights = per_group[:, codes].astype(np.float64)              # (size, n) draw counts
+    for weights in group_resamples(n, groups, n_boot, seed, chunk):
+        size = len(weights)
         for w in weights:
             cm = np.bincount(cells, weights=w, minlength=k * k).reshape(k, k)
             tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
@@ -247,6 +241,21 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
         out[name] = [float(np.percentile(v, q[0])), float(np.percentile(v, q[1]))] if len(v) \
             else None
     return out
+
+
+def group_resamples(n: int, groups: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+                    chunk: int = 100) -> Iterator[np.ndarray]:
+    """The resamples of ``bootstrap_ci``, ``chunk`` at a time: (size, n) arrays of how often each
+    row was drawn, whole groups at a time (rows alone without ``groups``). Callers that need
+    several statistics of one resample (subgroup tables, paired gaps) read the same draws."""
+    rng = np.random.default_rng(seed)
+    codes = np.arange(n) if groups is None else pd_codes(groups)
+    n_groups = int(codes.max()) + 1 if n else 0
+    for first in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - first)
+        picked = rng.integers(0, n_groups, (size, n_groups))
+        per_group = np.stack([np.bincount(row, minlength=n_groups) for row in picked])
+        yield per_group[:, codes].astype(np.float64)
 
 
 def pd_codes(groups: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ..atomic import write_artifact, write_text
+from .checklist import checklist_lines
 from .metrics import bootstrap_ci, headline, reliability_bins, softmax
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).
@@ -197,7 +198,7 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
             "split whose test set also chose the epoch and fitted the age scaler: not comparable "
             "to a lesion-grouped run."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
-    write_model_card(out, metrics, ci, info)
+    write_model_card(out, metrics, ci, info, summary=payload)
 
 
 # What each public set's provenance means for a model trained on it (the model card's limits).
@@ -210,7 +211,11 @@ DATASET_LIMITS = {
 }
 
 
-def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
+def write_model_card(out: Path, metrics: dict, ci: dict, info: dict, *,
+                     summary: dict | None = None, spec=None, evaluations: Sequence[dict] = ()
+                     ) -> None:
+    """MODEL_CARD.md; ``summary`` (metrics.json content, e.g. with ``subgroups``), ``spec`` and
+    ``evaluations`` feed its CLEAR Derm checklist (``checklist.rewrite_card`` passes them)."""
     backbones = " + ".join(str(s["backbone"]) for s in info.get("sources") or []) \
         or info["identity"].get("backbone", "unknown")
     lines = [f"# Model card: {out.name}", "",
@@ -239,4 +244,6 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info: dict) -> None:
               "calibration can drift on other populations, whose class prevalence differs."]
     if info.get("random_weights"):
         lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
+    lines += [""] + checklist_lines(summary or {"model": metrics, "bootstrap_ci95": ci,
+                                                "info": info}, spec, evaluations)
     write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")

@@ -1,0 +1,34 @@
+"""Forest plot of one subgroup field: each value's headline and interval, flagged rows grey."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..atomic import write_artifact
+from .report import new_figure
+
+if TYPE_CHECKING:
+    from .subgroups import FieldTable, SubgroupResult
+
+
+def save_forest_png(result: "SubgroupResult", table: "FieldTable", path: Path) -> Path:
+    rows = table.rows
+    fig, ax = new_figure((6, 1.2 + 0.4 * len(rows)))
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        colour = "0.6" if r.flagged else "C0"
+        if r.ci95:
+            ax.plot(r.ci95, [y, y], "-", color=colour, lw=2)
+        if r.headline is not None:
+            ax.plot([r.headline], [y], "o", color=colour)
+    if result.overall is not None:
+        ax.axvline(result.overall, color="k", ls="--", lw=1, label="overall")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{r.value}{' (few)' if r.flagged else ''} "
+                                     f"n={r.n_groups}" for r in reversed(rows)])
+    ax.set_xlabel(("ROC AUC" if result.metric == "auc" else "balanced accuracy")
+                  + f" (95 % CI, {result.group_name} bootstrap)")
+    ax.set_title(table.field + (f": gap {table.gap:.3f}" if table.gap is not None else ""))
+    fig.tight_layout()
+    write_artifact(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    return path
