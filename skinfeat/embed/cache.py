@@ -34,7 +34,8 @@ from ..atomic import atomic_write, disk_full_hint
 # Every public name stays importable from here: the readers and tests import them from cache.
 from .cache_check import (SAME_EMBEDDING, CacheContents, check_contents,  # noqa: F401
                           partial_identity, read_cache, read_identity, same_rows, stored_identity)
-from .cache_identity import (FORMAT, IDENTITY_TYPES, CacheError, examples,  # noqa: F401
+from .cache_identity import (FORMAT, HINT_KEYS, IDENTITY_FORMAT, IDENTITY_TYPES,  # noqa: F401
+                             CacheError, CacheIdentity, comparable, examples, failures_attr,
                              identity_diff, parse_failures, parse_identity, parse_json_attr,
                              random_weights, source_identities)
 from .cache_merge import cache_label, concat, fuse_caches, read_caches  # noqa: F401
@@ -114,8 +115,8 @@ class CacheWriter:
     def _check_identity(self) -> None:
         for source, have in ((self.path, read_identity(self.path)),
                              (self.partial, self._partial_identity())):
-            if have is not None and have != self.identity:
-                diff = "; ".join(identity_diff(have, self.identity))
+            if have is not None and comparable(have) != comparable(self.identity):
+                diff = "; ".join(identity_diff(comparable(have), comparable(self.identity)))
                 raise CacheError(f"{source}: made with another backbone, weights or "
                                  f"preprocessing ({diff}); use another --cache file")
 
@@ -208,7 +209,7 @@ class CacheWriter:
         failures.update({k: v for k, v in self.failures.items() if k not in done})
         contents = concat(parts, self.identity)
         contents.attrs = {**self.attrs,
-                          "failures": json.dumps(sorted(failures.items()))}
+                          "failures": failures_attr(failures)}
         write_cache(self.path, contents)
         shutil.rmtree(self.partial, ignore_errors=True)
         self.failures = failures
@@ -221,18 +222,19 @@ def merge_caches(inputs: list[str | Path], out: str | Path) -> CacheContents:
     different embeddings for one image are an error naming both files (``concat``)."""
     parts = [read_cache(p) for p in inputs]
     base = {k: v for k, v in parts[0].identity.items() if k != "shard"}
+    key = {k: v for k, v in comparable(base).items() if k != "shard"}
     for path, part in zip(inputs[1:], parts[1:]):
-        other = {k: v for k, v in part.identity.items() if k != "shard"}
-        if other != base:
+        other = {k: v for k, v in comparable(part.identity).items() if k != "shard"}
+        if other != key:
             raise CacheError(f"{path}: identity differs from {inputs[0]}: "
-                             + "; ".join(identity_diff(other, base)))
+                             + "; ".join(identity_diff(other, key)))
     contents = concat(parts, base)
     failures = {}
     for p in parts:
         failures.update(p.failures)
     done = set(contents.image_ids)
     contents.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("identity", "format")}
-    contents.attrs["failures"] = json.dumps(sorted((k, v) for k, v in failures.items()
-                                                   if k not in done))
+    contents.attrs["failures"] = failures_attr({k: v for k, v in failures.items()
+                                                if k not in done})
     write_cache(Path(out), contents)
     return contents

@@ -2,14 +2,13 @@
 and fused per image (several encoders as one input)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from .cache_check import CacheContents, read_cache, same_rows
-from .cache_identity import CacheError, examples
+from .cache_identity import CacheError, examples, failures_attr
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents
     weights = " + ".join(str(p.attrs.get("weights", "unknown (embeddings made outside skinfeat)"))
                          for p in parts)
     return CacheContents(ids, emb, views, identity,
-                         {"weights": weights, "failures": json.dumps(sorted(failures.items()))},
+                         {"weights": weights, "failures": failures_attr(failures)},
                          " + ".join(map(str, sources)))
 
 
