@@ -173,5 +173,5 @@ def list_backbones() -> list[dict]:
     have = installed_families()
     return [{"backbone": b, "family": f, "width": w, "input_size": s, "licence": lic,
              "weights": src, "pool": DEFAULT_POOL.get(f), "installed":
-             all(have.values()) if f == "any" else have.get(f) is not None}
+             have.get("timm" if f == "any" else f) is not None}
             for b, f, w, s, lic, src in RECOMMENDED]
