@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..backbone import WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
-from .local import detect_family, folder_sha256, timm_folder_name
+from .local import detect_family, folder_sha256, timm_folder_name  # noqa: F401
 
 __all__ = ["FamilyEncoder", "BackboneRef", "parse_backbone", "resolve_backbone", "build_family",
            "family_of", "local_weight_source", "list_backbones", "installed_families",
