@@ -212,3 +212,45 @@ def test_backbone_names_parse_by_family():
     assert parse_backbone("hf:facebook/dinov2-small").name == "hf:facebook/dinov2-small"
     with pytest.raises(FileNotFoundError, match="folder not found"):
         parse_backbone("local-dir:/no/such/folder")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_vit_token_maps_give_a_grad_cam_heatmap(family, folders):
+    """The hooks explain needs for ViTs: a token-sequence layer and grad-cam's reshape to the
+    patch grid; the map follows the weights (model randomisation changes it)."""
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.encoders import resolve_backbone
+
+    def heatmap(weights: WeightSource) -> np.ndarray:
+        ref, source = resolve_backbone(f"{family}:{folders[family]}", weights)
+        enc = create_backbone(ref.name, source)
+        torch.manual_seed(0)
+        head = torch.nn.Linear(enc.num_features, 3)
+        net = torch.nn.Sequential(PooledNet(enc), head)
+        torch.manual_seed(1)
+        x = torch.rand(1, 3, SIZE, SIZE, requires_grad=True)
+        cam = GradCAM(model=net, target_layers=[enc.cam_layer()],
+                      reshape_transform=enc.cam_reshape)
+        try:   # every class: a tiny random net's map for one class can be all negative (zero)
+            return np.stack([cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
+                             for k in range(3)])
+        finally:
+            cam.activations_and_grads.release()
+
+    real = heatmap(WeightSource("pretrained"))
+    assert real.shape == (3, SIZE, SIZE) and np.isfinite(real).all() and real.std() > 0
+    rand = heatmap(WeightSource("random", seed=5))
+    assert np.abs(real - rand).mean() > 1e-3
+
+
+class PooledNet(torch.nn.Module):
+    def __init__(self, enc):
+        super().__init__()
+        self.enc = enc
+
+    def forward(self, x):
+        return self.enc.pooled(x)

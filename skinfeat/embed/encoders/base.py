@@ -34,11 +34,35 @@ class FamilyEncoder(torch.nn.Module):
         """``{"size", "mean", "std", "interpolation", "crop_pct"}`` from the family's config."""
         raise NotImplementedError
 
+    def cam_layer(self) -> torch.nn.Module:   # pragma: no cover - abstract
+        """The module whose output is the last block's token sequence (N, L, C), for CAMs."""
+        raise NotImplementedError
+
+    @staticmethod
+    def cam_reshape(tokens: torch.Tensor) -> torch.Tensor:
+        """grad-cam's ``reshape_transform`` for a ViT: (N, L, C) tokens -> (N, C, h, w) patch
+        grid, the leading class / register tokens dropped (L = prefix + h * w, h = w)."""
+        if tokens.ndim == 4:                # already a feature map
+            return tokens
+        n = tokens.shape[1]
+        grid = int(n ** 0.5)
+        patches = tokens[:, n - grid * grid:]
+        return patches.reshape(tokens.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
+
     @property
     def num_features(self) -> int:
         with torch.inference_mode():
             size = self.data_config()["size"]
             return int(self.pooled(torch.zeros(1, 3, size, size)).shape[-1])
+
+
+def first_layernorm(block: torch.nn.Module) -> torch.nn.Module:
+    """A transformer block's first LayerNorm (its input: the token sequence), the usual
+    grad-cam target for ViTs."""
+    norm = next((m for m in block.modules() if isinstance(m, torch.nn.LayerNorm)), None)
+    if norm is None:
+        raise ValueError(f"{type(block).__name__}: no LayerNorm to take token maps from")
+    return norm
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

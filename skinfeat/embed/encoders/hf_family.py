@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from .base import FamilyEncoder, freeze, seeded
+from .base import FamilyEncoder, first_layernorm, freeze, seeded
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,20 @@ class HFEncoder(FamilyEncoder):
         if h.ndim == 4:                     # a feature map (N, C, H, W)
             return h.mean(dim=(2, 3))
         return h[:, 0] if self.pool == "cls" else h[:, 1:].mean(dim=1)
+
+    def cam_layer(self) -> torch.nn.Module:
+        # Where transformers keeps the blocks moved between versions (encoder.layer in 4.x ViT,
+        # layers in 5.x): the first of these that exists.
+        blocks = None
+        for where in ("encoder.layer", "encoder.layers", "layers", "layer", "blocks"):
+            try:
+                blocks = self.tower.get_submodule(where)
+                break
+            except AttributeError:
+                continue
+        if not isinstance(blocks, torch.nn.ModuleList) or not len(blocks):
+            raise ValueError(f"{type(self.tower).__name__}: no transformer blocks to explain")
+        return first_layernorm(blocks[-1])
 
     def data_config(self) -> dict:
         return dict(self._data)
@@ -95,7 +109,7 @@ def build(name: str, kind: str, file: str | None = None, seed: int = 0) -> HFEnc
     """``name`` without the prefix: a hub id, or (``kind == "local"``) ``file`` is the folder."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-    where = file if kind == "local" else name
+    where = file if file and kind in ("local", "random") else name   # random: the folder's config
     try:
         processor = AutoImageProcessor.from_pretrained(where)
     except (OSError, ValueError):

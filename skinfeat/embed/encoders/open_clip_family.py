@@ -7,11 +7,12 @@ Preprocessing comes from the model's ``preprocess_cfg`` (a folder's ``open_clip_
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from .base import FamilyEncoder, freeze, seeded
+from .base import FamilyEncoder, first_layernorm, freeze, seeded
 
 
 class OpenClipEncoder(FamilyEncoder):
@@ -37,6 +38,12 @@ class OpenClipEncoder(FamilyEncoder):
         tokens = v.transformer(v._embeds(x))
         pooled, patches = v._pool(tokens)   # ln_post, then the model's own token pooling
         return pooled if self.pool == "cls" else patches.mean(dim=1)
+
+    def cam_layer(self) -> torch.nn.Module:
+        blocks = getattr(getattr(self.visual, "transformer", None), "resblocks", None)
+        if not blocks:
+            raise ValueError(f"{type(self.visual).__name__}: no transformer blocks to explain")
+        return first_layernorm(blocks[-1])
 
     def data_config(self) -> dict:
         cfg = self.preprocess_cfg
@@ -64,6 +71,11 @@ def build(name: str, kind: str, file: str | None = None, seed: int = 0) -> OpenC
         model = open_clip.create_model(f"local-dir:{file}")
     elif kind == "file":
         model = open_clip.create_model(model_name, pretrained=file)
+    elif kind == "random" and file:   # a folder's architecture, randomly initialised
+        cfg = json.loads((Path(file) / "open_clip_config.json").read_text())
+        model = seeded(seed, lambda: open_clip.CLIP(**cfg["model_cfg"]))
+        model.visual.preprocess_cfg = {**cfg.get("preprocess_cfg", {}),
+                                       "size": model.visual.image_size}
     elif kind == "random":
         model = seeded(seed, lambda: open_clip.create_model(model_name))
     else:
