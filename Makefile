@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall when the package metadata changes. Every extra, so that the tests cover every feature.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,explain,export,serve,openvino,tune]"
+	$(BIN)/python -m pip install --quiet -e ".[test,explain,export,serve,openvino,tune,encoders]"
 	touch $(STAMP)
 
 install: $(STAMP)

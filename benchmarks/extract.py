@@ -95,14 +95,14 @@ def interleaved_rates(table, args, precisions: list[str], device: torch.device,
     from skinfeat.embed.engines import make_embedder
     from skinfeat.embed.extract import cache_identity, embed_files
 
-    model = create_backbone(args.backbone, args.source)
+    model = create_backbone(args.name, args.source)
     spec = transform_for(model)
     bs = args.batch_size
     x = torch.stack([preprocess(p, spec) for p in table["path"].iloc[:bs]])
     engines = {}
     for prec in precisions:
-        ident = cache_identity(args.backbone, args.source, spec, prec, (),
-                               calibration=args.calibration.get(prec))
+        ident = cache_identity(args.name, args.source, spec, prec, (),
+                               calibration=args.calibration.get(prec), family=args.family)
         engines[prec] = make_embedder(model, device, ident, spec, compile=prec != "fp32")
         engines[prec](x)  # warm-up (and compile); int8 comes from the store the pass filled
     batches = max(1, min(batches, len(table) // bs - 1))
@@ -172,6 +172,19 @@ def reference_epoch_seconds(table, backbone: str, batch: int = 64) -> float:
     return time.perf_counter() - t0
 
 
+def benchmark_weights(backbone: str, weights_file: Path | None):
+    """(backbone ref, weight source) of the benchmark: a local model folder (local-dir:PATH,
+    hf:PATH, open_clip:PATH) carries real weights and they are used, recorded by sha256, never a
+    random init of its architecture; elsewhere random weights unless --weights-file."""
+    from skinfeat.embed.backbone import WeightSource, resolve_weights
+    from skinfeat.embed.encoders import parse_backbone, resolve_backbone
+
+    own = parse_backbone(backbone).folder is not None
+    source = resolve_weights(weights_file=weights_file) if weights_file \
+        else WeightSource("pretrained" if own else "random")
+    return resolve_backbone(backbone, source)
+
+
 def check(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -181,7 +194,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images")
     ap.add_argument("--backbone", default="convnext_tiny")
-    ap.add_argument("--weights-file", type=Path, help="real weights (default: random)")
+    ap.add_argument("--weights-file", type=Path, help="real weights (default: random; a local "
+                    "folder, --backbone local-dir:PATH / hf:PATH / open_clip:PATH, brings its own)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precisions", help="comma-separated (default: all the machine offers)")
@@ -192,7 +206,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from skinfeat.embed.backbone import WeightSource, resolve_device, resolve_weights
+    from skinfeat.embed.backbone import resolve_device
     from skinfeat.data.datasets import load_ham10000
     from skinfeat.embed.engines import calibration_files, calibration_identity
     from skinfeat.learn.cv import CVConfig, run_cv
@@ -206,8 +220,8 @@ def main() -> None:
     n = len(table)
     device = resolve_device(args.device)
     precisions = args.precisions.split(",") if args.precisions else offered_precisions(device)
-    args.source = resolve_weights(weights_file=args.weights_file) if args.weights_file \
-        else WeightSource("random")
+    ref, args.source = benchmark_weights(args.backbone, args.weights_file)
+    args.name, args.family = ref.name, ref.family
     args.calibration = {"int8": calibration_identity(calibration_files(
         table["image_id"], table["path"], args.calibration_images))} if "int8" in precisions \
         else {}

@@ -70,6 +70,7 @@ for command in (data_cmds.data, data_cmds.download, data_cmds.weights, stage_one
                 stage_one.cache, stage_two.fit_head, stage_two.cv, stage_two.tune, deploy.predict, deploy.evaluate,
                 ship.explain, ship.export, ship.serve):
     main.add_command(command)
+main.add_command(stage_one.backbones)   # skinfeat backbones: the encoders to choose from
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def weights_options(f):
                      show_default=True, help="ImageNet weights via timm/HF hub, or seeded random "
                      "init (tests, offline smoke runs).")(f)
     return click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
-                        help="Any timm model name.")(f)
+                        help="A timm name (timm: prefix optional), open_clip:MODEL[:PRETRAINED], "
+                        "hf:ORG/NAME, or a local folder: hf:PATH, open_clip:PATH, local-dir:PATH "
+                        "(see skinfeat backbones).")(f)
 
 
 def _fields(ctx, param, value: str | None) -> tuple[str, ...] | None:
@@ -87,7 +89,8 @@ def data_name(data: str) -> str:
 
 
 def default_cache(data: str, backbone: str, weights: str) -> Path:
-    return DEFAULT_CACHE_DIR / f"{data_name(data)}-{backbone}-{weights}.h5"
+    safe = backbone.replace("/", "_").replace(":", "_")   # hf:ORG/NAME is not a file name
+    return DEFAULT_CACHE_DIR / f"{data_name(data)}-{safe}-{weights}.h5"
 
 
 def find_cache(data: str) -> Path:

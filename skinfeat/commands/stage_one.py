@@ -1,4 +1,4 @@
-"""Stage one commands: extract, cache info, cache merge."""
+"""Stage one commands: extract, cache info, cache merge, backbones."""
 from __future__ import annotations
 
 import json
@@ -34,6 +34,9 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="squash", show_default=True,
               help="squash: whole image to NxN (the reference); crop: timm eval transform.")
 @click.option("--image-size", type=int, help="Input size [default: the model's].")
+@click.option("--pool", type=click.Choice(["avg", "cls", "mean", "proj"]), default=None,
+              help="Pooling, per family [default: timm avg, open_clip proj (CLIP's projected "
+              "embedding), hf cls]; cls / mean: the class token / mean of the patch tokens.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 where native (AMX / avx512-bf16 CPUs, CUDA), fp16 on Apple and "
               "older CUDA GPUs, else fp32. int8: OpenVINO post-training quantization calibrated "
@@ -52,8 +55,8 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]),
               default="auto", show_default=True,
               help="torch.compile the backbone (auto: from 2,000 images to embed).")
-def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image_size, precision,
-            calibration_images, device, batch_size, workers, views, shard, compile_mode,
+def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image_size, pool,
+            precision, calibration_images, device, batch_size, workers, views, shard, compile_mode,
             **kwargs) -> None:
     """Stage one: embed every image of a dataset once into the HDF5 cache (resumable).
 
@@ -75,7 +78,7 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
     res = run_extract(table, cache_path, backbone=backbone, weights=source, resize=resize,
                       image_size=image_size, precision=precision, device=device,
                       batch_size=batch_size, num_workers=workers, views=VIEW_PRESETS[views],
-                      shard=shard_t, compile=compile_mode,
+                      shard=shard_t, pool=pool, compile=compile_mode,
                       calibration_images=calibration_images, progress=bar.update,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo))
     bar.close()
@@ -121,3 +124,20 @@ def cache_merge(inputs: tuple[str, ...], out: str) -> None:
 
     c = merge_caches(list(inputs), out)
     click.echo(f"{out}: {len(c.image_ids)} embeddings merged from {len(inputs)} file(s)")
+
+
+@click.command()
+def backbones() -> None:
+    """Recommended encoders (family, width, input size, licence, weights) and the installed
+    encoder families."""
+    from ..embed.encoders import installed_families, list_backbones
+
+    rows = list_backbones()
+    click.echo(f"{'backbone':44} {'family':9} {'width':>5} {'input':>5}  {'licence':11} weights")
+    for r in rows:
+        click.echo(f"{r['backbone']:44} {r['family']:9} {r['width'] or '-':>5} "
+                   f"{r['input_size'] or '-':>5}  {r['licence']:11} {r['weights']}"
+                   + ("" if r["installed"] else "  [not installed]"))
+    click.echo("families: " + ", ".join(
+        f"{f} {v}" if v else f"{f} (not installed: pip install 'skinfeat[encoders]')"
+        for f, v in installed_families().items()))

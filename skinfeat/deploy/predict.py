@@ -133,6 +133,9 @@ def weight_source(identity: dict, weights_file: str | Path | None, source: Path)
             raise BundleError(f"{weights_file}: sha256 {got.sha256[:12]} does not match the "
                               f"checkpoint the model was trained with ({want[:12]})")
         return got
+    if kind == "local":  # a local model folder, found again and verified by its sha256
+        from ..embed.encoders import local_weight_source
+        return local_weight_source(identity, weights_file)
     if kind == "pretrained":
         if weights_file is None:
             return WeightSource("pretrained")

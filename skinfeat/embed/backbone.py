@@ -1,9 +1,11 @@
-"""The frozen image branch: a timm model, where its weights come from, and its image transform.
+"""The frozen image branch: the encoder (timm, or an open_clip / transformers one from
+``encoders``), where its weights come from, and its image transform.
 
-Knows nothing of HAM10000. Three weight sources, stamped into every cache and report so nobody
+Knows nothing of HAM10000. Four weight sources, stamped into every cache and report so nobody
 mistakes random-weight numbers for real ones:
-  * ``pretrained``: timm's pretrained weights (Hugging Face hub, cached by huggingface_hub);
+  * ``pretrained``: the family's pretrained weights (Hugging Face hub, cached by huggingface_hub);
   * ``file``: a local checkpoint, loaded through timm's ``pretrained_cfg_overlay=dict(file=...)``;
+  * ``local``: a local model folder (config + weights), identified by the sha256 of its files;
   * ``random``: seeded random init, for offline tests and the demo.
 """
 from __future__ import annotations
@@ -38,8 +40,8 @@ class WeightsUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class WeightSource:
     """Where the backbone weights come from; part of the cache identity."""
-    kind: str                      # pretrained | file | random
-    file: str | None = None        # for kind == file
+    kind: str                      # pretrained | file | local | random
+    file: str | None = None        # kind file: the checkpoint; local (and random): the folder
     sha256: str | None = None      # of the file, so a changed checkpoint is a new identity
     seed: int = 0                  # for kind == random
 
@@ -48,6 +50,8 @@ class WeightSource:
             return f"RANDOM weights (seed {self.seed}): numbers say nothing about real performance"
         if self.kind == "file":
             return f"local checkpoint {self.file} (sha256 {str(self.sha256)[:12]})"
+        if self.kind == "local":
+            return f"local folder {self.file} (sha256 {str(self.sha256)[:12]})"
         return "pretrained (timm / Hugging Face hub)"
 
     def identity(self) -> dict:
@@ -112,10 +116,19 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def create_backbone(name: str, source: WeightSource) -> torch.nn.Module:
-    """A frozen, eval-mode timm model that returns pooled features (``num_classes=0``)."""
+    """A frozen, eval-mode encoder for a recorded backbone name: a timm model that returns
+    pooled features (``num_classes=0``), or an open_clip / transformers ``FamilyEncoder``."""
     import timm
 
+    from .encoders import build_family
+
+    family = build_family(name, source)
+    if family is not None:
+        return family
     kwargs: dict = {"num_classes": 0}
+    if source.kind == "local" or (source.kind == "random" and source.file):
+        # A timm folder (config.json + weights): its model_args shape the architecture.
+        name = f"local-dir:{source.file}"
     if source.kind == "pretrained":
         hub_id, cached = pretrained_location(name)
         if hub_id and not cached and not hub_reachable():
@@ -130,6 +143,8 @@ def create_backbone(name: str, source: WeightSource) -> torch.nn.Module:
                 model = timm.create_model(name, pretrained=False, **kwargs)
             finally:
                 torch.random.set_rng_state(state)
+        elif source.kind == "local":
+            model = timm.create_model(name, pretrained=True, **kwargs)
         elif source.kind == "file":
             model = timm.create_model(name, pretrained=True,
                                       pretrained_cfg_overlay={"file": source.file}, **kwargs)
@@ -181,11 +196,20 @@ class TransformSpec:
 
 def transform_for(model: torch.nn.Module, resize: str = "squash",
                   image_size: int | None = None) -> TransformSpec:
-    """The transform from the model's pretrained config (mean, std, size, crop_pct)."""
+    """The transform from the model's pretrained config (mean, std, size, crop_pct): timm's
+    data config, or an open_clip / transformers encoder's own (``FamilyEncoder.data_config``,
+    whose interpolation holds for both resize modes)."""
     import timm
+
+    from .encoders.base import FamilyEncoder
 
     if resize not in RESIZE_MODES:
         raise ValueError(f"--resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if isinstance(model, FamilyEncoder):
+        cfg = model.data_config()
+        return TransformSpec(size=int(image_size or cfg["size"]), resize=resize,
+                             crop_pct=float(cfg["crop_pct"]), interpolation=cfg["interpolation"],
+                             mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
     cfg = timm.data.resolve_model_data_config(model)
     size = int(image_size or cfg["input_size"][-1])
     # The reference squashed with a plain bilinear resize; timm's eval transform uses the

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -32,267 +31,16 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ..atomic import atomic_write, disk_full_hint
+# Every public name stays importable from here: the readers and tests import them from cache.
+from .cache_check import (SAME_EMBEDDING, CacheContents, check_contents,  # noqa: F401
+                          partial_identity, read_cache, read_identity, same_rows, stored_identity)
+from .cache_identity import (FORMAT, HINT_KEYS, IDENTITY_FORMAT, IDENTITY_TYPES,  # noqa: F401
+                             CacheError, CacheIdentity, comparable, examples, failures_attr,
+                             identity_diff, parse_failures, parse_identity, parse_json_attr,
+                             random_weights, source_identities)
+from .cache_merge import cache_label, concat, fuse_caches, read_caches  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-FORMAT = "skinfeat-cache/1"
-
-
-class CacheError(RuntimeError):
-    """A cache that cannot be used as asked (identity mismatch, missing rows, locked, bad file)."""
-
-
-def source_identities(identity: dict | None) -> list[dict]:
-    """The identity of each embedding source (a fused cache's parts, in order; else itself)."""
-    identity = identity or {}
-    return list(identity["fused"]) if "fused" in identity else [identity]
-
-
-def random_weights(identity: dict) -> bool:
-    """Did the backbone behind these embeddings have random weights (tests, demo, smoke runs)?"""
-    return any((part.get("weights") or {}).get("kind") == "random"
-               for part in source_identities(identity))
-
-
-# Two rows for one image id are "the same embedding" within the float rounding that separates a
-# sharded or resumed extract from a single pass (README "Determinism": within 1e-5).
-SAME_EMBEDDING = {"rtol": 1e-5, "atol": 1e-5}
-
-
-def examples(items, n: int = 5) -> str:
-    """The first few of ``items``, for a one-line error."""
-    items = [str(i) for i in items]
-    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
-
-
-def parse_json_attr(raw, source: str | Path, name: str):
-    """A JSON file attribute (``identity``, ``failures``); bad JSON is an error naming both."""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    if not isinstance(raw, str):
-        raise CacheError(f"{source}: attribute '{name}' must be a JSON string, got "
-                         f"{type(raw).__name__}")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise CacheError(f"{source}: attribute '{name}' is not valid JSON ({exc})") from None
-
-
-# The identity keys skinfeat reads, with the JSON type each must have.
-IDENTITY_TYPES = {"backbone": (str, "a string"), "precision": (str, "a string"),
-                  "weights": (dict, "an object"), "preprocessing": (dict, "an object"),
-                  "views": (list, "a list of view names"), "fused": (list, "a list of objects"),
-                  "dims": (list, "a list of widths")}
-
-
-def parse_identity(raw, source: str | Path) -> dict:
-    """The ``identity`` attribute: a JSON object whose known keys have the types read here."""
-    ident = parse_json_attr(raw, source, "identity")
-    if not isinstance(ident, dict):
-        raise CacheError(f"{source}: attribute 'identity' must be a JSON object, got "
-                         f"{type(ident).__name__}")
-    for key, (kind, what) in IDENTITY_TYPES.items():
-        value = ident.get(key, kind())
-        items_ok = {"views": str, "fused": dict, "dims": int}.get(key)
-        if not isinstance(value, kind) or (items_ok and not all(
-                isinstance(v, items_ok) and not isinstance(v, bool) for v in value)):
-            raise CacheError(f"{source}: attribute 'identity': '{key}' must be {what}, got "
-                             f"{json.dumps(value)[:60]}")
-    return ident
-
-
-def parse_failures(raw, source: str | Path) -> dict[str, str]:
-    """The ``failures`` attribute: image id -> why it could not be embedded (a JSON list of
-    [image_id, reason] pairs, as skinfeat writes it, or an object id -> reason). The one reader
-    of it: extract, merge, fusion, training and ``cache info`` all go through here."""
-    if raw is None:
-        return {}
-    value = parse_json_attr(raw, source, "failures")
-    pairs = list(value.items()) if isinstance(value, dict) else value
-    if not isinstance(pairs, list) or not all(
-            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p)
-            for p in pairs):
-        raise CacheError(f"{source}: attribute 'failures' must be a JSON list of "
-                         f"[image_id, reason] pairs, got {str(raw)[:60]}")
-    return dict(pairs)
-
-
-@dataclass
-class CacheContents:
-    image_ids: np.ndarray                       # (N,) str
-    embeddings: np.ndarray                      # (N, D) float32
-    view_embeddings: np.ndarray | None = None   # (N, V, D) float32
-    identity: dict = field(default_factory=dict)
-    attrs: dict = field(default_factory=dict)
-    source: str = "cache"                       # the file(s), for error messages
-
-    @property
-    def dim(self) -> int:
-        return int(self.embeddings.shape[1])
-
-    @property
-    def views(self) -> list[str]:
-        return list(self.identity.get("views", [])) if self.view_embeddings is not None else []
-
-    @property
-    def failures(self) -> dict[str, str]:
-        """Image id -> reason, for images that could not be embedded (``failures`` attribute)."""
-        return parse_failures(self.attrs.get("failures"), self.source)
-
-    def provenance(self, path: str | Path) -> dict:
-        """Where the embeddings came from, for reports: file, identity, weight source."""
-        return {"cache": str(path), "identity": self.identity,
-                "weights": str(self.attrs.get("weights",
-                                              "unknown (embeddings made outside skinfeat)")),
-                "random_weights": random_weights(self.identity)}
-
-    def rows_for(self, image_ids) -> np.ndarray:
-        """Row index of each id; a clear error for ids that are not cached."""
-        pos = {iid: i for i, iid in enumerate(self.image_ids)}
-        missing = [i for i in image_ids if i not in pos]
-        if missing:
-            raise CacheError(f"{self.source}: {len(missing)} image(s) have no cached embedding, "
-                             f"e.g. {examples(missing)}; run skinfeat extract on this data first")
-        return np.fromiter((pos[i] for i in image_ids), dtype=np.int64, count=len(image_ids))
-
-
-def same_rows(a: CacheContents, i: np.ndarray, b: CacheContents, j: np.ndarray) -> np.ndarray:
-    """Per pair: do row ``i[k]`` of ``a`` and row ``j[k]`` of ``b`` hold the same embedding (and
-    views), up to float rounding (``SAME_EMBEDDING``)?"""
-    same = np.isclose(a.embeddings[i], b.embeddings[j], **SAME_EMBEDDING).all(axis=1)
-    if a.view_embeddings is not None and b.view_embeddings is not None:
-        same &= np.isclose(a.view_embeddings[i], b.view_embeddings[j],
-                           **SAME_EMBEDDING).all(axis=(1, 2))
-    return same
-
-
-def _dataset(f: h5py.File, path: Path, name: str) -> h5py.Dataset:
-    if not isinstance(f.get(name), h5py.Dataset):
-        raise CacheError(f"{path}: not an embedding cache (no '{name}' dataset)")
-    return f[name]
-
-
-def _read_ids(f: h5py.File, path: Path) -> np.ndarray:
-    ds = _dataset(f, path, "image_id")
-    if ds.ndim != 1:
-        raise CacheError(f"{path}: 'image_id' must be 1-D (one id per row), got shape {ds.shape}")
-    try:
-        if ds.dtype.kind in "OS":
-            ids = ds.asstr()[()]
-        elif ds.dtype.kind in "iu":       # integer ids, as their decimal text
-            ids = ds[()].astype(str)
-        else:
-            raise CacheError(f"{path}: 'image_id' must hold strings, got {ds.dtype}")
-    except (TypeError, ValueError) as exc:  # not text, or not UTF-8
-        raise CacheError(f"{path}: 'image_id' must hold UTF-8 strings ({exc})") from None
-    return np.asarray(ids, dtype=object)
-
-
-def _read_values(f: h5py.File, path: Path, name: str, shape: str) -> np.ndarray:
-    ds = _dataset(f, path, name)
-    if ds.dtype.kind not in "fiu":
-        raise CacheError(f"{path}: '{name}' must hold numbers, got {ds.dtype}")
-    if ds.ndim != len(shape.split(",")):
-        raise CacheError(f"{path}: '{name}' must be ({shape}), got shape {ds.shape}")
-    with np.errstate(over="ignore"):      # float64 beyond float32's range: inf, refused below
-        return np.asarray(ds[()], dtype=np.float32)
-
-
-def check_contents(c: CacheContents) -> CacheContents:
-    """Everything a reader relies on, checked once where a cache is read: one row per id, ids
-    unique, a width, views of the same rows and width, finite values, well-formed attributes.
-    Each problem is a one-line ``CacheError`` naming the file and the dataset or attribute."""
-    src, ids, emb, views = c.source, c.image_ids, c.embeddings, c.view_embeddings
-    if len(emb) != len(ids):
-        raise CacheError(f"{src}: 'embedding' has {len(emb)} row(s) but 'image_id' has "
-                         f"{len(ids)} id(s); it needs one row per id")
-    if emb.shape[1] == 0:
-        raise CacheError(f"{src}: 'embedding' has width 0 (shape {emb.shape}); each row needs "
-                         "at least one value")
-    if views is not None and (views.shape[0] != len(ids) or views.shape[2] != emb.shape[1]
-                              or views.shape[1] == 0):
-        raise CacheError(f"{src}: 'view_embedding' must be (N, V, D) = ({len(ids)}, V >= 1, "
-                         f"{emb.shape[1]}), the rows and width of 'embedding'; got {views.shape}")
-    blank = [i for i, iid in enumerate(ids) if not str(iid).strip()]
-    if blank:
-        raise CacheError(f"{src}: 'image_id' has {len(blank)} empty id(s) (rows "
-                         f"{examples(blank)})")
-    for name, values in (("embedding", emb), ("view_embedding", views)):
-        if values is None:
-            continue
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if bad.any():
-            raise CacheError(f"{src}: {int(bad.sum())} row(s) of '{name}' hold NaN or inf (or "
-                             f"values beyond float32's range), image id(s) "
-                             f"{examples(ids[bad])}; re-extract them or drop those rows")
-    key = ids.astype(str)
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    if len(first) < len(key):
-        repeat = np.flatnonzero(first[inverse] != np.arange(len(key)))
-        differ = ~same_rows(c, repeat, c, first[inverse[repeat]])
-        dups = list(dict.fromkeys(key[repeat]))
-        changed = list(dict.fromkeys(key[repeat[differ]]))
-        what = ("with different embeddings" if len(changed) == len(dups) else
-                f"{len(changed)} of them with different embeddings (e.g. {examples(changed)})"
-                if changed else "each time with the same embedding")
-        raise CacheError(f"{src}: {len(dups)} image id(s) occur more than once in 'image_id' "
-                         f"(e.g. {examples(dups)}), {what}; keep one row per image id")
-    ident = parse_identity(c.attrs["identity"], src) if "identity" in c.attrs else {}
-    named = ident.get("views") or []
-    if views is not None and named and len(named) != views.shape[1]:
-        raise CacheError(f"{src}: attribute 'identity' names {len(named)} view(s) "
-                         f"({examples(named)}) but 'view_embedding' holds {views.shape[1]}")
-    parse_failures(c.attrs.get("failures"), src)  # now, so a bad one fails at read time
-    c.identity = ident
-    return c
-
-
-def read_cache(path: str | Path) -> CacheContents:
-    """Load a cache (ours, or any HDF5 file with ``image_id`` and ``embedding`` datasets), checked
-    by ``check_contents``: every reader (stage two, predict, evaluate, cache info/merge) gets
-    one validated view of it, or a one-line error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CacheError(f"{path}: cache file not found; create it with skinfeat extract")
-    try:
-        with h5py.File(path, "r") as f:
-            ids = _read_ids(f, path)
-            emb = _read_values(f, path, "embedding", "N, D")
-            views = _read_values(f, path, "view_embedding", "N, V, D") \
-                if "view_embedding" in f else None
-            attrs = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
-                     for k, v in f.attrs.items()}
-    except OSError as exc:
-        raise CacheError(f"{path}: unreadable HDF5 file ({exc})") from exc
-    return check_contents(CacheContents(ids, emb, views, {}, attrs, str(path)))
-
-
-def read_identity(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("identity")
-    except OSError as exc:
-        raise CacheError(f"{path}: unreadable HDF5 file ({exc})") from exc
-    return parse_identity(raw, path) if raw is not None else {}
-
-
-def partial_identity(partial: Path) -> dict | None:
-    f = partial / "identity.json"
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def stored_identity(path: str | Path) -> dict | None:
-    """The identity of a cache file, or of its unfinished work (``NAME.h5.partial/``)."""
-    have = read_identity(Path(path))
-    return have if have is not None else partial_identity(Path(f"{path}.partial"))
-
-
-def identity_diff(have: dict, want: dict) -> list[str]:
-    keys = sorted(set(have) | set(want))
-    return [f"{k}: cache has {have.get(k)!r}, asked for {want.get(k)!r}"
-            for k in keys if have.get(k) != want.get(k)]
 
 
 def write_cache(path: Path, contents: CacheContents) -> None:
@@ -367,8 +115,8 @@ class CacheWriter:
     def _check_identity(self) -> None:
         for source, have in ((self.path, read_identity(self.path)),
                              (self.partial, self._partial_identity())):
-            if have is not None and have != self.identity:
-                diff = "; ".join(identity_diff(have, self.identity))
+            if have is not None and comparable(have) != comparable(self.identity):
+                diff = "; ".join(identity_diff(comparable(have), comparable(self.identity)))
                 raise CacheError(f"{source}: made with another backbone, weights or "
                                  f"preprocessing ({diff}); use another --cache file")
 
@@ -461,54 +209,11 @@ class CacheWriter:
         failures.update({k: v for k, v in self.failures.items() if k not in done})
         contents = concat(parts, self.identity)
         contents.attrs = {**self.attrs,
-                          "failures": json.dumps(sorted(failures.items()))}
+                          "failures": failures_attr(failures)}
         write_cache(self.path, contents)
         shutil.rmtree(self.partial, ignore_errors=True)
         self.failures = failures
         return contents
-
-
-def concat(parts: list[CacheContents], identity: dict) -> CacheContents:
-    """Concatenate caches of one identity. An image in several parts must have one embedding
-    there (up to float rounding, ``SAME_EMBEDDING``): its first part's row is kept; different
-    embeddings are an error naming both files, never a silent choice of one."""
-    widths = {p.dim for p in parts}
-    if len(widths) > 1:
-        a, b = parts[0], next(p for p in parts if p.dim != parts[0].dim)
-        raise CacheError(f"{b.source}: {b.dim}-d embeddings, {a.source} has {a.dim}-d ones; "
-                         "only caches of one encoder can be merged")
-    has_views = [p.view_embeddings is not None for p in parts]
-    if any(has_views) and not all(has_views):
-        with_views = parts[has_views.index(True)].source
-        raise CacheError(f"{parts[has_views.index(False)].source}: has no 'view_embedding' but "
-                         f"{with_views} has; cannot merge caches with and without views")
-    if all(has_views) and len({p.view_embeddings.shape[1] for p in parts}) > 1:
-        raise CacheError(f"{' + '.join(p.source for p in parts)}: the caches hold different "
-                         "numbers of views; cannot merge them")
-    whole = CacheContents(np.concatenate([p.image_ids for p in parts]),
-                          np.concatenate([p.embeddings for p in parts]),
-                          np.concatenate([p.view_embeddings for p in parts])
-                          if all(has_views) else None, identity)
-    owner = np.concatenate([np.full(len(p.image_ids), k) for k, p in enumerate(parts)])
-    key = whole.image_ids.astype(str)
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    if len(first) == len(key):
-        return whole
-    repeat = np.flatnonzero(first[inverse] != np.arange(len(key)))
-    ref = first[inverse[repeat]]
-    differ = np.flatnonzero(~same_rows(whole, repeat, whole, ref))
-    if len(differ):
-        one, other = owner[ref[differ[0]]], owner[repeat[differ[0]]]
-        pair = differ[(owner[ref[differ]] == one) & (owner[repeat[differ]] == other)]
-        raise CacheError(f"{parts[other].source}: {len(pair)} image id(s) are also in "
-                         f"{parts[one].source} with a different embedding (e.g. "
-                         f"{examples(key[repeat[pair]])}); an image must have one embedding: "
-                         "drop it from one of the inputs")
-    keep = np.zeros(len(key), bool)
-    keep[first] = True
-    return CacheContents(whole.image_ids[keep], whole.embeddings[keep],
-                         whole.view_embeddings[keep] if whole.view_embeddings is not None
-                         else None, identity)
 
 
 def merge_caches(inputs: list[str | Path], out: str | Path) -> CacheContents:
@@ -517,79 +222,19 @@ def merge_caches(inputs: list[str | Path], out: str | Path) -> CacheContents:
     different embeddings for one image are an error naming both files (``concat``)."""
     parts = [read_cache(p) for p in inputs]
     base = {k: v for k, v in parts[0].identity.items() if k != "shard"}
+    key = {k: v for k, v in comparable(base).items() if k != "shard"}
     for path, part in zip(inputs[1:], parts[1:]):
-        other = {k: v for k, v in part.identity.items() if k != "shard"}
-        if other != base:
+        other = {k: v for k, v in comparable(part.identity).items() if k != "shard"}
+        if other != key:
             raise CacheError(f"{path}: identity differs from {inputs[0]}: "
-                             + "; ".join(identity_diff(other, base)))
+                             + "; ".join(identity_diff(other, key)))
     contents = concat(parts, base)
     failures = {}
     for p in parts:
         failures.update(p.failures)
     done = set(contents.image_ids)
     contents.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("identity", "format")}
-    contents.attrs["failures"] = json.dumps(sorted((k, v) for k, v in failures.items()
-                                                   if k not in done))
+    contents.attrs["failures"] = failures_attr({k: v for k, v in failures.items()
+                                                if k not in done})
     write_cache(Path(out), contents)
     return contents
-
-
-def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents:
-    """Several caches as one: per image, the embeddings concatenated in the given order, over the
-    images that every cache has (the others are left out with a count per cache). The identity
-    lists each part's identity, width and file (``{"fused": [...], "dims": [...], "sources":
-    [...]}``), so a model trained on it can rebuild every backbone in the same order."""
-    if len(parts) == 1:
-        return parts[0]
-    common = set(parts[0].image_ids)
-    for p in parts[1:]:
-        common &= set(p.image_ids)
-    if not common:
-        raise CacheError(f"{' + '.join(sources)}: the caches have no image id in common")
-    ids = np.array(sorted(common), dtype=object)
-    for src, p in zip(sources, parts):
-        if len(p.image_ids) > len(ids):
-            log.warning("%s: %d of its %d image(s) are not in every other cache and are left "
-                        "out of the fusion", src, len(p.image_ids) - len(ids), len(p.image_ids))
-    rows = [p.rows_for(ids) for p in parts]
-    emb = np.concatenate([p.embeddings[r] for p, r in zip(parts, rows)], axis=1)
-    views = None
-    if all(p.view_embeddings is not None for p in parts):
-        if len({(tuple(p.views), p.view_embeddings.shape[1]) for p in parts}) == 1:
-            views = np.concatenate([p.view_embeddings[r] for p, r in zip(parts, rows)], axis=2)
-        else:
-            log.warning("the caches hold different views; the fusion keeps none")
-    elif any(p.view_embeddings is not None for p in parts):
-        log.warning("only some caches hold view embeddings; the fusion keeps none")
-    identity = {"fused": [p.identity for p in parts], "dims": [p.dim for p in parts],
-                "sources": [str(s) for s in sources]}
-    from .sources import look_alike, value_profile   # sources imports this module
-
-    alike = look_alike(identity["fused"], identity["dims"])
-    if alike:  # neither width nor identity tells these apart: keep what still can
-        identity["profiles"] = [value_profile(p.embeddings[r]) if any(k in g for g in alike)
-                                else None for k, (p, r) in enumerate(zip(parts, rows))]
-    if views is not None:
-        identity["views"] = parts[0].views
-    failures: dict[str, str] = {}
-    for p in parts:
-        failures.update(p.failures)
-    weights = " + ".join(str(p.attrs.get("weights", "unknown (embeddings made outside skinfeat)"))
-                         for p in parts)
-    return CacheContents(ids, emb, views, identity,
-                         {"weights": weights, "failures": json.dumps(sorted(failures.items()))},
-                         " + ".join(map(str, sources)))
-
-
-def read_caches(paths) -> CacheContents:
-    """One cache file, or several fused per image (``fuse_caches``) in the order given."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    if not paths:
-        raise CacheError("no cache file given")
-    return fuse_caches([read_cache(p) for p in paths], [str(p) for p in paths])
-
-
-def cache_label(paths) -> str:
-    """How reports name the cache file(s)."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    return " + ".join(str(p) for p in paths)

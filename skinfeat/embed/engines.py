@@ -33,6 +33,7 @@ import torch
 
 from ..atomic import atomic_dir
 from .backbone import TransformSpec, preprocess, sha256_file
+from .encoders.base import FamilyEncoder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class PooledFeatures(torch.nn.Module):
     Pooling is a plain global average of the last feature map, as Keras' ``pooling="avg"`` in
     the reference; timm's pre-logits output would add ConvNeXt's head LayerNorm, which the
     reference does not have. Models whose features are not a 2-D map (ViTs) use timm's head pooling.
+    open_clip and transformers encoders pool as their ``--pool`` says (``FamilyEncoder.pooled``).
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -64,6 +66,8 @@ class PooledFeatures(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.model, FamilyEncoder):
+            return self.model.pooled(x)
         feats = self.model.forward_features(x)
         if feats.ndim == 4:
             return feats.mean(dim=(2, 3))
@@ -261,7 +265,10 @@ def make_embedder(model: torch.nn.Module, device: torch.device, identity: dict,
                   spec: TransformSpec, *, compile: bool = False,
                   calibration: Sequence[tuple[str, str]] | None = None,
                   bundled: Sequence[Path] = ()):
-    """The engine for a cache identity: int8 through OpenVINO, everything else through torch."""
+    """The engine for a cache identity: int8 through OpenVINO, everything else through torch.
+    An open_clip / transformers encoder pools as the identity's ``pool`` says."""
+    if isinstance(model, FamilyEncoder):
+        model.set_pool(identity.get("pool"))
     if identity.get("precision") == "int8":
         return int8_embedder(model, identity, spec, calibration, bundled)
     return Embedder(model, device, str(identity.get("precision", "fp32")), compile=compile)

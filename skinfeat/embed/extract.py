@@ -18,6 +18,8 @@ from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_bac
                        default_batch_size, load_image, resolve_device, resolve_precision, to_tensor,
                        transform_for)
 from .cache import CacheContents, CacheWriter, stored_identity
+from .cache_identity import CacheIdentity, comparable
+from .encoders import DEFAULT_POOL, POOLS, FamilyEncoder, resolve_backbone
 from .engines import (CALIBRATION_IMAGES, Embedder, Int8Embedder, PooledFeatures,  # noqa: F401
                       calibration_files, calibration_identity, make_embedder, require_int8)
 
@@ -86,19 +88,30 @@ def library_versions() -> dict:
 
 def cache_identity(backbone: str, weights: WeightSource, spec: TransformSpec, precision: str,
                    views: Sequence[str], shard: tuple[int, int] | None = None,
-                   calibration: dict | None = None) -> dict:
-    """What makes two embeddings comparable; a cache refuses rows of another identity.
+                   calibration: dict | None = None, *, family: str = "timm",
+                   pool: str | None = None, embed_dim: int | None = None,
+                   location: str | None = None) -> dict:
+    """What makes two embeddings comparable (a ``CacheIdentity``, as its dict); a cache refuses
+    rows of another identity.
 
     int8 caches also name their calibration set (the quantized model depends on it)."""
-    ident = {"backbone": backbone, "weights": weights.identity(), "preprocessing": spec.to_dict(),
-             "pool": "avg", "precision": precision, "views": list(views)}
+    ident = {"backbone": backbone, "family": family, "weights": weights.identity(),
+             "preprocessing": spec.to_dict(), "pool": pool or DEFAULT_POOL[family],
+             "precision": precision, "views": list(views), "embed_dim": embed_dim,
+             "skinfeat_version": __version__, "location": location}
     if views:
         ident["view_transform"] = VIEW_TRANSFORM
     if calibration is not None:
         ident["calibration"] = calibration
     if shard is not None and shard[1] > 1:
         ident["shard"] = f"{shard[0]}/{shard[1]}"
-    return ident
+    return CacheIdentity.from_dict({k: v for k, v in ident.items() if v is not None}).to_dict()
+
+
+def encoder_width(model: torch.nn.Module) -> int | None:
+    """The pooled width an encoder gives (timm's ``num_features``), for the identity."""
+    width = getattr(model, "num_features", None)
+    return int(width) if isinstance(width, int) else None
 
 
 @dataclass
@@ -161,8 +174,8 @@ def resume_calibration(cache_path: str | os.PathLike, identity: dict) -> dict | 
     mine, theirs = identity["calibration"], have["calibration"]
     if any(theirs.get(k) != mine.get(k) for k in ("engine", "images")):
         return None  # another engine or sample size was asked for: refused as another identity
-    same = {k: v for k, v in have.items() if k != "calibration"} == \
-        {k: v for k, v in identity.items() if k != "calibration"}
+    same = {k: v for k, v in comparable(have).items() if k != "calibration"} == \
+        {k: v for k, v in comparable(identity).items() if k != "calibration"}
     return have["calibration"] if same else None
 
 
@@ -171,7 +184,7 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
             image_size: int | None = None, precision: str = "auto", device: str = "auto",
             batch_size: int | None = None, num_workers: int | None = None,
             views: Sequence[str] = (), shard: tuple[int, int] | None = None,
-            compile: str = "auto", calibration_images: int = CALIBRATION_IMAGES,
+            pool: str | None = None, compile: str = "auto", calibration_images: int = CALIBRATION_IMAGES,
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> ExtractResult:
     """Embed every image of ``table`` not yet in the cache; resumable and crash-safe.
@@ -180,6 +193,8 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     ``compile``: ``on``, ``off`` or ``auto`` (on from COMPILE_MIN_IMAGES images to embed).
     ``precision="int8"``: OpenVINO int8, calibrated on ``calibration_images`` images of the whole
     ``table`` (before sharding, so every shard gets the same model).
+    ``backbone``: a timm name, ``open_clip:...``, ``hf:...`` or ``local-dir:FOLDER``
+    (``encoders.parse_backbone``); ``pool``: the family's pooling [default: its first choice].
     """
     # int8 runs on the CPU whatever GPU is present; an explicit GPU device is an error.
     dev = torch.device("cpu") if precision == "int8" and device == "auto" else resolve_device(device)
@@ -187,7 +202,13 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     unknown = sorted(set(views) - set(VIEW_NAMES))
     if unknown:
         raise ValueError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
-    model = create_backbone(backbone, weights)
+    ref, weights = resolve_backbone(backbone, weights)
+    if pool is not None and pool not in POOLS[ref.family]:
+        raise ValueError(f"--pool {pool}: a {ref.family} encoder pools by one of "
+                         f"{', '.join(POOLS[ref.family])}")
+    model = create_backbone(ref.name, weights)
+    if isinstance(model, FamilyEncoder):
+        model.set_pool(pool)
     spec = transform_for(model, resize, image_size)
     calib_files, calibration = None, None
     if prec == "int8":
@@ -195,13 +216,15 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
         calib_files = calibration_files(table["image_id"].tolist(), table["path"].tolist(),
                                         calibration_images)
         calibration = calibration_identity(calib_files)
-    identity = cache_identity(backbone, weights, spec, prec, views, shard, calibration)
+    identity = cache_identity(ref.name, weights, spec, prec, views, shard, calibration,
+                              family=ref.family, pool=pool, embed_dim=encoder_width(model),
+                              location=ref.location)
     if prec == "int8":
         kept = resume_calibration(cache_path, identity)
         if kept is not None and kept != calibration:
             log.info("int8: keeping the calibration set the cache was made with")
             identity["calibration"], calib_files = kept, None
-    attrs = {"versions": __import__("json").dumps(library_versions()), "backbone": backbone,
+    attrs = {"versions": __import__("json").dumps(library_versions()), "backbone": ref.name,
              "weights": weights.describe(), "precision": prec}
     rows = shard_rows(table["image_id"].tolist(), shard) if shard else np.arange(len(table))
     sub = table.iloc[rows]
@@ -209,7 +232,7 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
         todo = sub[~sub["image_id"].isin(writer.done)]
         skipped = len(sub) - len(todo)
         log.info("extract: %d to embed, %d already cached (%s, %s, %s)", len(todo), skipped,
-                 backbone, prec, dev)
+                 ref.name, prec, dev)
         if on_start:
             on_start(len(todo), skipped)
         if len(todo):

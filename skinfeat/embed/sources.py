@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheContents, CacheError, source_identities
+from .cache import CacheContents, CacheError, comparable, source_identities
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ ROUNDING_KEYS = ("precision", "calibration")
 
 
 def encoder_identity(identity: dict) -> dict:
-    """What makes the embedding function: an identity without rows, views and rounding."""
-    return {k: v for k, v in identity.items() if k not in ROW_KEYS + ROUNDING_KEYS}
+    """What makes the embedding function: an identity without rows, views and rounding (and,
+    for skinfeat's, normalised: defaults filled, hint keys such as ``location`` dropped)."""
+    return {k: v for k, v in comparable(identity).items() if k not in ROW_KEYS + ROUNDING_KEYS}
 
 
 def look_alike(identities: list[dict], dims: list[int]) -> list[list[int]]:

@@ -1,0 +1,177 @@
+"""Encoder families behind ``--backbone``: one way to name, build and record any frozen encoder.
+
+``--backbone`` takes:
+  * a timm name (``convnext_tiny.fb_in1k``; the ``timm:`` prefix is optional);
+  * ``open_clip:MODEL[:PRETRAINED]`` or ``open_clip:FOLDER`` (open_clip_config.json + weights);
+  * ``hf:ORG/NAME`` or ``hf:FOLDER`` (a transformers ``save_pretrained`` folder);
+  * ``local-dir:FOLDER``: any of the three folder kinds, told apart by their config files.
+
+A folder is recorded by content (``local.folder_sha256``) under a portable name, with where it
+was found as a hint (``location``) that predict uses on this machine and ``--weights-file``
+re-points elsewhere (verified by hash).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backbone import WeightSource, WeightsUnavailable
+from .base import FamilyEncoder
+from .local import detect_family, folder_sha256, timm_folder_name  # noqa: F401
+
+__all__ = ["FamilyEncoder", "BackboneRef", "parse_backbone", "resolve_backbone", "build_family",
+           "family_of", "local_weight_source", "list_backbones", "installed_families",
+           "RECOMMENDED", "FAMILY_PACKAGES", "DEFAULT_POOL"]
+
+FAMILY_PACKAGES = {"timm": "timm", "open_clip": "open_clip_torch", "hf": "transformers"}
+_MODULES = {"timm": "timm", "open_clip": "open_clip", "hf": "transformers"}
+DEFAULT_POOL = {"timm": "avg", "open_clip": "proj", "hf": "cls"}
+POOLS = {"timm": ("avg",), "open_clip": ("proj", "cls", "mean"), "hf": ("cls", "mean", "proj")}
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """A parsed ``--backbone``: its family, the portable name recorded, and its folder if local."""
+    family: str
+    name: str
+    folder: Path | None = None
+
+    @property
+    def location(self) -> str | None:
+        return f"local-dir:{self.folder.resolve()}" if self.folder else None
+
+
+def family_of(name: str) -> str:
+    """The family of a recorded backbone name (by its prefix; timm has none)."""
+    for family in ("open_clip", "hf"):
+        if name.startswith(family + ":"):
+            return family
+    return "timm"
+
+
+def _folder(text: str) -> Path | None:
+    text = text[len("local-dir:"):] if text.startswith("local-dir:") else text
+    path = Path(text).expanduser()
+    return path if path.is_dir() else None
+
+
+def parse_backbone(spec: str) -> BackboneRef:
+    """``--backbone`` as family, portable name and local folder."""
+    if spec.startswith("local-dir:"):
+        folder = _folder(spec)
+        if folder is None:
+            raise FileNotFoundError(f"--backbone {spec}: folder not found")
+        family = detect_family(folder)
+        base = timm_folder_name(folder) if family == "timm" else folder.resolve().name
+        return BackboneRef(family, base if family == "timm" else f"{family}:{base}", folder)
+    for family in ("open_clip", "hf"):
+        if spec.startswith(family + ":"):
+            rest = spec[len(family) + 1:]
+            folder = _folder(rest)
+            if folder is not None:
+                return BackboneRef(family, f"{family}:{folder.resolve().name}", folder)
+            return BackboneRef(family, spec)
+    return BackboneRef("timm", spec[len("timm:"):] if spec.startswith("timm:") else spec)
+
+
+def resolve_backbone(spec: str, weights: WeightSource) -> tuple[BackboneRef, WeightSource]:
+    """The backbone and the weights it will really have: a folder's own weights are ``local``
+    (by sha256), never "pretrained from the hub"; random weights keep the folder's config."""
+    ref = parse_backbone(spec)
+    if ref.folder is not None:
+        folder = str(ref.folder.resolve())
+        if weights.kind == "pretrained":
+            return ref, WeightSource("local", folder, folder_sha256(ref.folder))
+        if weights.kind == "random":
+            return ref, WeightSource("random", folder, seed=weights.seed)
+    return ref, weights
+
+
+def build_family(name: str, source: WeightSource):
+    """An open_clip or transformers encoder for a recorded name, or None for timm names."""
+    family = family_of(name)
+    if family == "timm":
+        return None
+    require_family(family)
+    rest = name[len(family) + 1:]
+    if family == "open_clip":
+        from .open_clip_family import build
+    else:
+        from .hf_family import build
+    try:
+        return build(rest, source.kind, source.file, source.seed)
+    except OSError as exc:   # the hub unreachable, a file missing
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailable(f"{name}: weights could not be loaded ({first}); connect once, "
+                                 "or pass a local folder (hf:FOLDER, open_clip:FOLDER) or "
+                                 "--weights-file") from exc
+
+
+def require_family(family: str) -> None:
+    if importlib.util.find_spec(_MODULES[family]) is None:
+        raise WeightsUnavailable(f"{family} encoders need {FAMILY_PACKAGES[family]}: "
+                                 "pip install 'skinfeat[encoders]'")
+
+
+def local_weight_source(identity: dict, weights_file: str | Path | None = None) -> WeightSource:
+    """The folder a ``local`` identity was made from: ``weights_file`` (the folder, or a file in
+    it) when given, else where it was found at extract time; its sha256 must match."""
+    want = str((identity.get("weights") or {}).get("sha256"))
+    if weights_file is not None:
+        folder = Path(weights_file)
+        folder = folder if folder.is_dir() else folder.parent
+    else:
+        folder = _folder(str(identity.get("location") or ""))
+        if folder is None:
+            raise WeightsUnavailable(
+                f"{identity.get('backbone')}: the local model folder it was made with "
+                f"({identity.get('location')}) is not here; pass --weights-file FOLDER "
+                f"(a copy with sha256 {want[:12]})")
+    got = folder_sha256(folder)
+    if got != want:
+        raise WeightsUnavailable(f"{folder}: content sha256 {got[:12]} does not match the "
+                                 f"folder the model was trained with ({want[:12]})")
+    return WeightSource("local", str(folder.resolve()), got)
+
+
+def installed_families() -> dict[str, str | None]:
+    """Family -> installed package version (None when not installed)."""
+    out = {}
+    for family, pkg in FAMILY_PACKAGES.items():
+        try:
+            out[family] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[family] = None
+    return out
+
+
+# Recommended starting points: (backbone, family, width with the default pool, input px,
+# licence of the weights, where the weights come from). Widths and sizes are the published
+# configs; nothing here is downloaded until extract asks for it.
+RECOMMENDED = (
+    ("convnext_tiny.fb_in1k", "timm", 768, 224, "apache-2.0", "hub: timm/convnext_tiny.fb_in1k"),
+    ("efficientnet_b0.ra_in1k", "timm", 1280, 224, "apache-2.0", "hub: timm/efficientnet_b0.ra_in1k"),
+    ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "timm", 768, 224, "apache-2.0",
+     "hub: timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+    ("vit_small_patch14_dinov2.lvd142m", "timm", 384, 518, "apache-2.0",
+     "hub: timm/vit_small_patch14_dinov2.lvd142m"),
+    ("open_clip:ViT-B-16:laion2b_s34b_b88k", "open_clip", 512, 224, "mit",
+     "hub: laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+    ("open_clip:ViT-B-16:openai", "open_clip", 512, 224, "mit", "OpenAI CLIP release"),
+    ("hf:facebook/dinov2-small", "hf", 384, 224, "apache-2.0", "hub: facebook/dinov2-small"),
+    ("hf:facebook/dinov2-base", "hf", 768, 224, "apache-2.0", "hub: facebook/dinov2-base"),
+    ("hf:openai/clip-vit-base-patch16", "hf", 768, 224, "mit",
+     "hub: openai/clip-vit-base-patch16 (--pool proj: 512)"),
+    ("local-dir:FOLDER", "any", None, None, "the folder's", "a local folder, by sha256"),
+)
+
+
+def list_backbones() -> list[dict]:
+    """The recommended encoders, each with ``installed``: can this Python build it?"""
+    have = installed_families()
+    return [{"backbone": b, "family": f, "width": w, "input_size": s, "licence": lic,
+             "weights": src, "pool": DEFAULT_POOL.get(f), "installed":
+             have.get("timm" if f == "any" else f) is not None}
+            for b, f, w, s, lic, src in RECOMMENDED]
