@@ -255,6 +255,12 @@ def open_study(cfg: TuneConfig, key: str, storage=None, worker: int = 0):
     return study
 
 
+def trial_recipe(cfg: TuneConfig, head: HeadConfig) -> RunConfig:
+    """The starting recipe with one trial's head: the head is what is searched, selected on
+    each fold's inner val part, with the search's seed."""
+    return replace(cfg.start, model="head", seed=cfg.seed, select_on="val", head=head)
+
+
 @dataclass
 class Search:
     """What a search worker needs: the data, the embeddings, the folds, the recipe."""
@@ -271,13 +277,11 @@ def search(job: Search, storage, worker: int = 0,
     """Run trials until the study holds ``trials`` of them (any worker's)."""
     import optuna
 
-    cfg, start = job.cfg, job.cfg.start
-    fit_args = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
-                    calibration=start.calibration, batched=cfg.batched)
+    cfg = job.cfg
 
     def objective(trial) -> float:
-        head = suggest(trial, replace(start.head, seed=cfg.seed))
-        fits = fit_splits(job.data, job.image, job.folds, head_cfg=head, **fit_args)
+        recipe = trial_recipe(cfg, suggest(trial, replace(cfg.start.head, seed=cfg.seed)))
+        fits = fit_splits(job.data, job.image, job.folds, recipe=recipe, batched=cfg.batched)
         scores = [f.metrics[job.metric] for f in fits]
         trial.set_user_attr("std", float(np.std(scores)))
         trial.set_user_attr("best_epochs", [f.trained.best_epoch for f in fits])
