@@ -333,7 +333,8 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "embed_dim": int(image.shape[-1]),
             "folds_table": table[["image_id", "lesion_id", "dx"]].assign(
                 **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
-            "records": records, "oof": oof, "summary": summarize(records, cfg, classes), "notes": notes,
+            "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
+            "notes": notes,
             "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
 
 

@@ -52,8 +52,9 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
            jobs: int = 1, progress: Callable[[int], None] | None = None,
            on_start: Callable[[int], None] | None = None, save_models: bool = False) -> dict:
     """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
-    cv_report.md, cv_folds.csv, oof_predictions.csv (``res["oof"]``) and PNGs. ``save_models``: every fold's bundle and, per model and
-    input set, an ensemble bundle of its folds (``models/MODEL_INPUTS/``)."""
+    cv_report.md, cv_folds.csv, oof_predictions.csv (``res["oof"]``) and PNGs.
+    ``save_models``: every fold's bundle and, per model and input set, an ensemble bundle of
+    its folds (``models/MODEL_INPUTS/``)."""
     from ..evaluate.cv_report import write_cv_report
 
     out = Path(out)
