@@ -466,8 +466,7 @@ def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int
 
     recipe = recipe or RunConfig()
     cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
-                     seed=recipe.seed, storage=storage, study_name=study_name, start=recipe,
-                     jobs=jobs)
+                     storage=storage, study_name=study_name, start=recipe, jobs=jobs)
     return tune_run(_dataset(data), _paths(caches), out, cfg, progress=progress)
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,17 +40,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TuneConfig:
-    """The search: how many trials, the protocol, where the study lives, where it starts."""
+    """The search: how many trials, the protocol, where the study lives, where it starts (the
+    recipe of trial 0, whose seed is the search's: held-out part, folds, sampler, fits)."""
     trials: int = 50
     folds: int = 5
     test_size: float = 0.2
     split: str = "lesion"
-    seed: int = 42
     storage: str | None = None            # an Optuna storage URL; None: in memory
     study_name: str = "skinfeat-tune"
     start: RunConfig = field(default_factory=RunConfig)
     jobs: int = 1                         # worker processes sharing the study on this machine
     batched: bool = True                  # each trial's fold heads as one batched network
+
+    @property
+    def seed(self) -> int:
+        return self.start.seed
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "start"}, "seed": self.seed,
+                "start": self.start.to_dict()}
 
     def check(self) -> None:
         if self.trials < 1 or self.folds < 2:

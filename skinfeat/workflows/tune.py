@@ -78,7 +78,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
            "start": next((h for h in history if h["number"] == 0), None),
            "held_out": {"n": int(test.sum()), "groups": int(table.loc[test, "lesion_id"].nunique()),
                         "metrics": final.metrics},
-           "history": history, "config": {**asdict(cfg), "start": start.to_dict()},
+           "history": history, "config": cfg.to_dict(),
            "sizes": {"search": int(len(rest)), "held_out": int(test.sum())},
            "dataset": data.spec.name, "task": str(data.task), "group": data.spec.group_name,
            "info": contents.provenance(cache_label(cache_path))}
