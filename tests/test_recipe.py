@@ -98,14 +98,14 @@ def test_run_summary_keeps_metrics_json_keys_and_round_trips(ship_runs):
     info = json.loads((ship_runs["head"] / "metrics.json").read_text())["info"]
     assert OLD_INFO_KEYS <= set(info)
     summary = RunSummary.from_dict(info)
-    assert summary.to_dict() == info and summary.summary_version == 1
+    assert summary.to_dict() == info and summary.format == 1
     assert summary.scored_size == info["sizes"]["test"]
     with pytest.raises(SchemaError, match="info.colour"):
         RunSummary.from_dict({**info, "colour": "red"})
     with pytest.raises(SchemaError, match="info.sizes"):
         RunSummary.from_dict({k: v for k, v in info.items() if k != "sizes"})
-    with pytest.raises(SchemaError, match="summary_version"):
-        RunSummary.from_dict({**info, "summary_version": 99})
+    with pytest.raises(SchemaError, match="format"):
+        RunSummary.from_dict({**info, "format": 99})
 
 
 def test_fit_returns_the_typed_summary(synth_dir, synth_cache):

@@ -84,3 +84,24 @@ def test_the_check_catches_a_direct_import():
     assert found == {"skinfeat.workflows.fit", "skinfeat.api", "skinfeat.learn.cv"}
     assert [t for t in sorted(found) if not allowed(module_name(where), t)] == [
         "skinfeat.learn.cv", "skinfeat.workflows.fit"]
+
+
+def test_the_api_the_commands_call_is_exported_and_documented():
+    """``import skinfeat`` lists what ``skinfeat.api`` exports, each with a docstring."""
+    import inspect
+
+    import skinfeat
+    from skinfeat import api
+
+    assert set(skinfeat.__all__) - {"__version__"} == set(api.__all__)
+    called = set()
+    for p in COMMANDS:
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "api":
+                called.update(a.name for a in node.names)
+    assert called <= set(api.__all__) | {"ExplainError", "HeadConfig", "LGBMConfig"}, \
+        sorted(called - set(api.__all__))
+    for name in api.__all__:
+        obj = getattr(api, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            assert (obj.__doc__ or "").strip(), f"skinfeat.{name} has no docstring"

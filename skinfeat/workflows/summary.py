@@ -2,7 +2,7 @@
 ``metrics.json`` (its ``"info"`` entry) say about the run besides the metrics.
 
 ``RunSummary.to_dict()`` writes the keys ``metrics.json`` always had (plus
-``summary_version``); ``from_dict`` reads them back, refusing an unknown key with one line that
+``format``); ``from_dict`` reads them back, refusing an unknown key with one line that
 names it, so a reader of an older or newer file knows what it got.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Mapping
 from ..evaluate.metrics import headline
 from ..schema import SchemaError
 
-SUMMARY_VERSION = 1
+FORMAT = 1
 
 
 @dataclass
@@ -52,7 +52,7 @@ class RunSummary:
     skinfeat: str                    # the version that trained it
     embed_dim: int
     meta_features: list[str]
-    summary_version: int = SUMMARY_VERSION
+    format: int = FORMAT
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,11 +67,11 @@ class RunSummary:
         unknown = sorted(set(d) - names)
         if unknown:
             raise SchemaError("unknown key in a run summary", f"info.{unknown[0]}", source)
-        version = d.get("summary_version", SUMMARY_VERSION)
-        if not isinstance(version, int) or version > SUMMARY_VERSION:
+        version = d.get("format", FORMAT)
+        if not isinstance(version, int) or version > FORMAT:
             raise SchemaError(f"summary version {version!r} is newer than this skinfeat's "
-                              f"({SUMMARY_VERSION})", "info.summary_version", source)
-        missing = [n for n in names if n not in d and n != "summary_version"]
+                              f"({FORMAT})", "info.format", source)
+        missing = [n for n in names if n not in d and n != "format"]
         if missing:
             raise SchemaError("missing from the run summary", f"info.{sorted(missing)[0]}",
                               source)
