@@ -61,7 +61,7 @@ class EmbeddingCache:
     """An HDF5 embedding cache on disk (stage one's output), read on first use."""
     path: Path
     _contents: CacheContents | None = field(default=None, repr=False)
-    run: object = field(default=None, repr=False)   # extract's ExtractResult: counts, failures
+    run: ExtractResult | None = field(default=None, repr=False)   # extract's counts, failures
 
     @property
     def contents(self) -> CacheContents:
@@ -134,7 +134,8 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
                       precision=precision, device=device, image_size=image_size,
                       batch_size=batch_size, num_workers=num_workers, resize=resize,
                       views=VIEW_PRESETS[views], shard=shard, compile=compile,
-                      calibration_images=calibration_images or CALIBRATION_IMAGES,
+                      calibration_images=CALIBRATION_IMAGES if calibration_images is None
+                      else calibration_images,
                       progress=progress, on_start=on_start)
     return EmbeddingCache(Path(cache), res.contents, res)
 
@@ -143,7 +144,7 @@ def open_cache(path: PathLike) -> EmbeddingCache:
     """An embedding cache file (any HDF5 file with image_id and embedding), read now: a file
     that is not one fails here, naming it."""
     out = EmbeddingCache(Path(path))
-    out.contents
+    out.contents   # read now, so that a bad file fails here
     return out
 
 
@@ -282,14 +283,15 @@ class Model:
         return self.predictor.predict_table(table, cache=_paths(embeddings))
 
     def evaluate(self, data: PathLike, *, embeddings: Caches | None = None,
-                 out: PathLike | None = None, include_seen: bool = False) -> dict:
-        """Score the model on another labelled set (a folder of any preset or a CSV); returns
-        metrics, bootstrap intervals and the majority baseline (see ``skinfeat evaluate``)."""
-        from .workflows.evaluate import evaluate_run
-
+                 out: PathLike | None = None, include_seen: bool = False) -> EvaluationResult:
+        """Score the model on another labelled set (a folder of any preset or a CSV): metrics,
+        bootstrap intervals and the majority baseline (``evaluate_model``; ``out=None``: a
+        temporary report folder owned by the result)."""
         folder = _RunFolder(out, "evaluate")
-        return evaluate_run(self.path, data, folder.path, include_seen=include_seen,
-                            cache=_paths(embeddings) if embeddings is not None else None)
+        res = evaluate_model(self, data, folder.path, include_seen=include_seen,
+                             embeddings=embeddings)
+        res._owner = folder
+        return res
 
     def explain(self, image: PathLike, metadata: dict | None = None, *,
                 target: str | None = None, method: str | None = None):
@@ -493,20 +495,23 @@ class EvaluationResult:
     majority_baseline: dict | None
     info: dict                    # data, layout, n, coverage, overlap with training, ...
     out: Path                     # the report folder
+    _owner: object = field(default=None, repr=False)   # keeps a temporary folder alive
 
     @property
     def report_path(self) -> Path:
         return self.out / "evaluate_report.md"
 
 
-def evaluate(model: Model | PathLike, data: PathLike, out: PathLike | None = None, *,
-             preset: str = "auto", spec: PathLike | None = None, columns: dict | None = None,
-             weights_file: PathLike | None = None, device: str = "auto", batch_size: int = 32,
-             num_workers: int = 0, include_seen: bool = False,
-             embeddings: Caches | None = None, progress: Callable[[int], None] | None = None,
-             on_start: Callable[[int], None] | None = None) -> EvaluationResult:
+def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None = None, *,
+                   preset: str = "auto", spec: PathLike | None = None,
+                   columns: dict | None = None, weights_file: PathLike | None = None,
+                   device: str = "auto", batch_size: int = 32, num_workers: int = 0,
+                   include_seen: bool = False, embeddings: Caches | None = None,
+                   progress: Callable[[int], None] | None = None,
+                   on_start: Callable[[int], None] | None = None) -> EvaluationResult:
     """Score a trained model (a run folder or a ``Model``) on another labelled set, read as
-    the model's task (``skinfeat evaluate``); ``out=None``: ``MODEL/eval-<data name>``."""
+    the model's task (``skinfeat evaluate``); ``out=None``: ``MODEL/eval-<data name>``. (Not
+    ``evaluate``: ``skinfeat.evaluate`` is the metrics and reports subpackage.)"""
     from .workflows.evaluate import evaluate_run
 
     run = model.path if isinstance(model, Model) else Path(model)
@@ -544,5 +549,5 @@ def demo(out: PathLike, *, n_images: int = 1000, backbone: str = DEFAULT_BACKBON
 __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationResult",
            "FitResult", "ImagePrediction", "Model", "Predictions", "Recipe", "RunConfig",
            "RunSummary", "Task", "check_dataset", "cross_validate", "demo", "download_ham10000",
-           "evaluate", "extract", "fit", "load_dataset", "load_model", "make_recipe",
+           "evaluate_model", "extract", "fit", "load_dataset", "load_model", "make_recipe",
            "merge_caches", "open_cache", "serve", "tune", "unpack", "weights_location"]

@@ -120,3 +120,16 @@ def test_fit_returns_the_typed_summary(synth_dir, synth_cache):
     # the recipe's seed is the run's one seed: the bundle's LightGBM was seeded with it
     run = json.loads((fit.out / "config.json").read_text())["run"]
     assert run["seed"] == run["lgbm"]["seed"] == run["head"]["seed"] == 1
+
+
+def test_evaluate_returns_a_typed_result(ship_runs, synth_dir, synth_cache):
+    import skinfeat
+
+    model = skinfeat.load_model(ship_runs["head"])
+    res = model.evaluate(synth_dir, embeddings=synth_cache)
+    assert isinstance(res, skinfeat.EvaluationResult) and res.report_path.is_file()
+    # the images the model trained or early-stopped on are left out: the test part remains
+    assert 0 < res.info["n"] < 160
+    again = skinfeat.evaluate_model(ship_runs["head"], synth_dir, res.out / "again",
+                                    embeddings=[synth_cache])
+    assert again.metrics["balanced_accuracy"] == res.metrics["balanced_accuracy"]

@@ -122,13 +122,13 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
              **kwargs) -> None:
     """Score a trained model on another labelled set (the report leads with balanced accuracy,
     or ROC AUC for a binary model). The labels are read as the model's task."""
-    from ..api import evaluate as run_evaluate
+    from ..api import evaluate_model
 
     opts = pop_dataset_options(kwargs)
     if opts["task"]:
         raise click.UsageError("evaluate reads the labels as the model's own task; drop --task")
     bar = progress_bar("evaluate")
-    res = run_evaluate(run, data, out, preset=opts["preset"], spec=opts["spec_file"],
+    res = evaluate_model(run, data, out, preset=opts["preset"], spec=opts["spec_file"],
                        columns=column_overrides(opts), weights_file=weights_file, device=device,
                        include_seen=include_seen, embeddings=list(caches) or None,
                        batch_size=batch_size, num_workers=workers, progress=bar.update,
