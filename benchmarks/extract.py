@@ -210,6 +210,7 @@ def main() -> None:
     from skinfeat.data.datasets import load_ham10000
     from skinfeat.embed.engines import calibration_files, calibration_identity
     from skinfeat.learn.cv import CVConfig, run_cv
+    from skinfeat.learn.runconfig import RunConfig
     from skinfeat.workflows.fit import fit_run
 
     if not (args.data / "HAM10000_metadata.csv").is_file():
@@ -317,7 +318,7 @@ def main() -> None:
         for prec in dict.fromkeys(("fp32", best)):
             out = tmp / f"run-{prec}"
             t0 = time.perf_counter()
-            res = fit_run(table, tmp / f"{prec}.h5", out, seed=0)
+            res = fit_run(table, tmp / f"{prec}.h5", out, RunConfig(seed=0))
             res["seconds"] = time.perf_counter() - t0
             runs[prec]["fits"] = [res]
         results = {p: {k: v for k, v in r.items() if k not in ("cache", "fits", "cos", "cv")}
@@ -332,7 +333,7 @@ def main() -> None:
           f"(ratio {rss_full / rss_small:.2f}; streaming keeps it flat)")
 
     fast = runs[best]
-    epochs = runs["fp32"]["fits"][0]["info"]["epochs_run"]
+    epochs = runs["fp32"]["fits"][0]["info"].epochs_run
     epoch_s = reference_epoch_seconds(table, args.backbone)
     ref_total = epoch_s * epochs
     head_s = fast["fits"][0]["seconds"]

@@ -235,10 +235,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "bench.h5"
         write_cache(cache, contents)
-        seconds, res = timed(lambda: fit_run(table, cache, Path(tmp) / "fit-head", model="head"))
+        seconds, res = timed(lambda: fit_run(table, cache, Path(tmp) / "fit-head"))
         rows.append(("fit-head (reference head, bundle + report)", seconds, TARGETS["fit-head"],
                      old.get("fit-head"), f"--before {args.before}",
-                     f"best epoch {res['info']['best_epoch']}, balanced acc "
+                     f"best epoch {res['info'].best_epoch}, balanced acc "
                      f"{res['metrics']['balanced_accuracy']:.3f}"))
         head_cv = CVConfig(folds=5, models=("head",))
         seq, _ = timed(lambda: cv_run(table, cache, Path(tmp) / "cv-seq",

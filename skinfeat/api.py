@@ -29,13 +29,31 @@ import pandas as pd
 
 from .data.datasets import Dataset, load_dataset
 from .data.spec import DatasetSpec, Task
-from .deploy.predict import Predictions, Predictor
 from .embed.backbone import DEFAULT_BACKBONE
-from .embed.cache import CacheContents, read_cache
-from .learn.runconfig import RunConfig
 
-Recipe = RunConfig   # the recipe of a stage-two run: model, split, encoding, head, lgbm, ...
 PathLike = str | Path
+
+# Imported on first use: the CLI imports this module to build its options, and these pull in
+# SciPy, scikit-learn and the deploy layer (seconds) that --help never needs. ``Recipe`` is
+# ``RunConfig``, the recipe of a stage-two run (model, split, encoding, head, lgbm, ...).
+_LAZY = {"RunConfig": ("learn.runconfig", "RunConfig"),
+         "Recipe": ("learn.runconfig", "RunConfig"),
+         "HeadConfig": ("learn.head", "HeadConfig"),
+         "LGBMConfig": ("learn.baseline", "LGBMConfig"),
+         "Predictions": ("deploy.predict", "Predictions"),
+         "Predictor": ("deploy.predict", "Predictor"),
+         "ExplainError": ("deploy.explain", "ExplainError"),
+         "RunSummary": ("workflows.summary", "RunSummary"),
+         "CacheContents": ("embed.cache", "CacheContents")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -43,10 +61,13 @@ class EmbeddingCache:
     """An HDF5 embedding cache on disk (stage one's output), read on first use."""
     path: Path
     _contents: CacheContents | None = field(default=None, repr=False)
+    run: ExtractResult | None = field(default=None, repr=False)   # extract's counts, failures
 
     @property
     def contents(self) -> CacheContents:
         if self._contents is None:
+            from .embed.cache import read_cache
+
             self._contents = read_cache(self.path)
         return self._contents
 
@@ -94,19 +115,91 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
             weights: str = "pretrained", weights_file: PathLike | None = None,
             precision: str = "auto", device: str = "auto", image_size: int | None = None,
             batch_size: int | None = None, num_workers: int | None = None,
-            progress: Callable[[int], None] | None = None) -> EmbeddingCache:
+            resize: str = "squash", views: str = "none", shard: tuple[int, int] | None = None,
+            compile: str = "auto", calibration_images: int | None = None,
+            pool: str | None = None, progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int, int], None] | None = None) -> EmbeddingCache:
     """Stage one: embed every image of ``data`` once into ``cache`` (resumable; images already
     cached are skipped). ``weights``: pretrained (timm / Hugging Face hub, or its local cache) or
-    random (a smoke test); ``weights_file``: a local checkpoint instead."""
+    random (a smoke test); ``weights_file``: a local checkpoint instead. ``views``: none, flip,
+    rot90 or all (embeddings of flipped / rotated copies too); ``shard=(i, n)``: only shard
+    ``i`` of ``n``; ``pool``: the family's pooling (timm avg; open_clip proj, cls, mean; hf cls,
+    mean; None: the family's default). The result's ``run`` holds this run's counts and
+    failures."""
     from .embed.backbone import resolve_weights
-    from .embed.extract import extract as run_extract
+    from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS, extract as run_extract
 
     data = data if isinstance(data, Dataset) else load_dataset(data)
-    run_extract(data.table, cache, backbone=backbone,
-                weights=resolve_weights(weights, str(weights_file) if weights_file else None),
-                precision=precision, device=device, image_size=image_size,
-                batch_size=batch_size, num_workers=num_workers, progress=progress)
-    return EmbeddingCache(Path(cache))
+    res = run_extract(data.table, cache, backbone=backbone,
+                      weights=resolve_weights(weights, str(weights_file) if weights_file
+                                              else None),
+                      precision=precision, device=device, image_size=image_size,
+                      batch_size=batch_size, num_workers=num_workers, resize=resize,
+                      views=VIEW_PRESETS[views], shard=shard, compile=compile, pool=pool,
+                      calibration_images=CALIBRATION_IMAGES if calibration_images is None
+                      else calibration_images,
+                      progress=progress, on_start=on_start)
+    return EmbeddingCache(Path(cache), res.contents, res)
+
+
+def backbones() -> tuple[list[dict], dict[str, str | None]]:
+    """The recommended encoders (backbone, family, width, input_size, licence, weights,
+    installed) and each encoder family's installed version (None: not installed)."""
+    from .embed.encoders import installed_families, list_backbones
+
+    return list_backbones(), installed_families()
+
+
+def open_cache(path: PathLike) -> EmbeddingCache:
+    """An embedding cache file (any HDF5 file with image_id and embedding), read now: a file
+    that is not one fails here, naming it."""
+    out = EmbeddingCache(Path(path))
+    out.contents   # read now, so that a bad file fails here
+    return out
+
+
+def merge_caches(inputs: Sequence[PathLike], out: PathLike) -> EmbeddingCache:
+    """Shard caches of one identity merged into ``out`` (an image in several is kept once when
+    its embeddings agree)."""
+    from .embed.cache import merge_caches as merge
+
+    return EmbeddingCache(Path(out), merge([str(p) for p in inputs], out))
+
+
+def weights_location(backbone: str = DEFAULT_BACKBONE) -> tuple[str | None, bool]:
+    """Where ``backbone``'s pretrained weights come from (a Hugging Face hub repo, or None when
+    timm knows none) and whether they are cached on this machine."""
+    from .embed.backbone import pretrained_location
+
+    return pretrained_location(backbone)
+
+
+def check_dataset(data: Dataset | PathLike) -> dict:
+    """A data set's summary (``skinfeat data check``): preset, task, images and groups per
+    class, images per group, the missing values of every metadata field."""
+    from .data.datasets import summarize
+
+    return summarize(_dataset(data))
+
+
+def unpack(root: PathLike) -> list[tuple[Path, Path]]:
+    """Extract the dataset zips in ``root`` in place: (zip, folder) per archive; none is an
+    error."""
+    from .data.download import unpack_zip
+
+    zips = sorted(Path(root).glob("*.zip"))
+    if not zips:
+        raise ValueError(f"{root}: no .zip files to unpack")
+    return [(z, unpack_zip(z, Path(root))) for z in zips]
+
+
+def download_ham10000(dest: PathLike, *, with_isic2018_test: bool = False,
+                      progress: Callable[[str, int, int | None], None] | None = None) -> Path:
+    """HAM10000 from Harvard Dataverse (doi:10.7910/DVN/DBW86T), resumable and checksummed;
+    ``progress(file, done, total)`` as it goes."""
+    from .data.download import download_ham10000 as fetch
+
+    return fetch(Path(dest), with_isic2018_test=with_isic2018_test, progress=progress)
 
 
 @dataclass
@@ -127,6 +220,53 @@ class Model:
     def fields(self) -> tuple[str, ...]:
         """The metadata fields the model reads (others are ignored; absent ones are missing)."""
         return tuple(self.predictor.fields)
+
+    @property
+    def members(self) -> int:
+        """Members of a fold ensemble (0: a single model)."""
+        return len(self.predictor.members)
+
+    @property
+    def random_weights(self) -> bool:
+        """Was the backbone randomly initialised (a smoke test: no clinical meaning)?"""
+        return bool(self.predictor.random_weights)
+
+    def predict_image(self, image: PathLike, meta: Sequence[str] = (), *,
+                      embeddings: Caches | None = None) -> ImagePrediction:
+        """One image (with ``embeddings``: its id is the file name's stem, the file need not
+        exist) and ``FIELD=VALUE`` metadata pairs; a field not given is missing."""
+        from .deploy.predict import parse_meta
+
+        p = self.predictor
+        values = parse_meta(list(meta), p.spec)
+        scored = p.score_image(image, values,
+                               cache=_paths(embeddings) if embeddings is not None else None)
+        proba = np.asarray(scored.proba[0], dtype=float)
+        rule = f"threshold {p.threshold:.3f} on p({p.classes[1]})" if p.threshold is not None \
+            else "balanced decision rule: the class most above its training prevalence"
+        return ImagePrediction(
+            str(image), p.classes[int(p.decide(proba[None])[0])],
+            dict(zip(p.classes, map(float, proba))), values,
+            [f for f, n in scored.missing.items() if n], rule, p.calibrator.describe(),
+            {c: p.spec.class_names.get(c, "") for c in p.classes}, p.temperature,
+            p.threshold, p.weights)
+
+    def predict_csv(self, csv: PathLike, output: PathLike, *, embeddings: Caches | None = None,
+                    progress: Callable[[int], None] | None = None,
+                    on_start: Callable[[int], None] | None = None) -> Predictions:
+        """A CSV of images (column image: a path, or image_id; with ``embeddings``, ids of
+        cached rows) with metadata columns; the predictions are written to ``output``."""
+        from .data.datasets import load_images
+        from .deploy.predict import save_predictions
+
+        table = load_images(csv, self.predictor.spec, files=embeddings is None)
+        if on_start:
+            on_start(len(table))
+        preds = self.predictor.predict_table(
+            table, progress=progress, source=csv,
+            cache=_paths(embeddings) if embeddings is not None else None)
+        save_predictions(preds, output)
+        return preds
 
     def predict(self, images: Sequence[PathLike] | None = None, *,
                 embeddings: Caches | None = None, metadata: pd.DataFrame | None = None,
@@ -153,14 +293,15 @@ class Model:
         return self.predictor.predict_table(table, cache=_paths(embeddings))
 
     def evaluate(self, data: PathLike, *, embeddings: Caches | None = None,
-                 out: PathLike | None = None, include_seen: bool = False) -> dict:
-        """Score the model on another labelled set (a folder of any preset or a CSV); returns
-        metrics, bootstrap intervals and the majority baseline (see ``skinfeat evaluate``)."""
-        from .workflows.evaluate import evaluate_run
-
+                 out: PathLike | None = None, include_seen: bool = False) -> EvaluationResult:
+        """Score the model on another labelled set (a folder of any preset or a CSV): metrics,
+        bootstrap intervals and the majority baseline (``evaluate_model``; ``out=None``: a
+        temporary report folder owned by the result)."""
         folder = _RunFolder(out, "evaluate")
-        return evaluate_run(self.path, data, folder.path, include_seen=include_seen,
-                            cache=_paths(embeddings) if embeddings is not None else None)
+        res = evaluate_model(self, data, folder.path, include_seen=include_seen,
+                             embeddings=embeddings)
+        res._owner = folder
+        return res
 
     def explain(self, image: PathLike, metadata: dict | None = None, *,
                 target: str | None = None, method: str | None = None):
@@ -170,6 +311,32 @@ class Model:
 
         return Explainer(self.predictor).explain(image, metadata, target=target, method=method)
 
+    def explain_to(self, out: PathLike, *, image: PathLike | None = None,
+                   csv: PathLike | None = None, meta: Sequence[str] = (),
+                   target: str | None = None,
+                   method: str | None = None) -> list[tuple[Path, list[tuple[str, float]]]]:
+        """One PNG per image in ``out`` (one ``image`` with ``FIELD=VALUE`` ``meta``, or a
+        ``csv`` with metadata columns): (PNG, the top three classes) per image."""
+        from .data.datasets import load_images
+        from .deploy.explain import Explainer, save_figure
+        from .deploy.predict import parse_meta
+
+        p = self.predictor
+        ex = Explainer(p)
+        if image is not None:
+            jobs = [(image, Path(image).stem, parse_meta(list(meta), p.spec))]
+        else:
+            table = load_images(csv, p.spec)
+            jobs = [(row["path"], row["image_id"], {f: row[f] for f in ex.fields if f in row})
+                    for _, row in table.iterrows()]
+        made = []
+        for path, name, values in jobs:
+            res = ex.explain(path, values, target=target, method=method)
+            png = save_figure(res, Path(out) / f"{_safe_stem(name)}.png", p.weights,
+                              p.random_weights)
+            made.append((png, list(res.top(3))))
+        return made
+
     def export_onnx(self, path: PathLike, opset: int = 17) -> tuple[Path, Path]:
         """One ONNX graph (image + encoded metadata -> calibrated probabilities) and its JSON
         sidecar; needs the ``export`` extra."""
@@ -178,11 +345,38 @@ class Model:
         return export_onnx(self.predictor, path, opset=opset)
 
 
-def load_model(path: PathLike, *, weights_file: PathLike | None = None,
-               device: str = "auto") -> Model:
+def _safe_stem(name: str) -> str:
+    import re
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem) or "image"
+
+
+@dataclass
+class ImagePrediction:
+    """One image's calibrated probabilities and the model's decision."""
+    image: str
+    prediction: str                  # the decided class
+    probabilities: dict[str, float]  # calibrated, by class
+    metadata: dict[str, str]         # the values given
+    missing: list[str]               # the model's fields that were missing
+    rule: str                        # the decision rule in words
+    calibration: str                 # the calibrator in words
+    class_names: dict[str, str]
+    temperature: float
+    threshold: float | None
+    weights: str
+
+    def ranked(self) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+
+
+def load_model(path: PathLike, *, weights_file: PathLike | None = None, device: str = "auto",
+               batch_size: int = 32, num_workers: int = 0) -> Model:
     """A run folder written by ``fit`` / ``fit-head`` (or a fold ensemble from ``cv
     --save-models``)."""
-    return Model(Predictor(path, weights_file=weights_file, device=device))
+    from .deploy.predict import Predictor
+
+    return Model(Predictor(path, weights_file=weights_file, device=device,
+                           batch_size=batch_size, num_workers=num_workers))
 
 
 @dataclass
@@ -190,7 +384,7 @@ class FitResult:
     model: Model
     metrics: dict                 # the scored part's metrics (see metrics.json)
     baseline: dict                # the majority-class baseline on the same rows
-    info: dict                    # protocol, sizes, sources, calibration, ...
+    info: RunSummary              # protocol, sizes, sources, calibration, ... (typed)
     out: Path                     # the run folder (temporary when ``out=None``)
 
     @property
@@ -202,16 +396,15 @@ def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = 
         out: PathLike | None = None) -> FitResult:
     """Stage two on one split (``skinfeat fit-head``): train, calibrate on validation, score
     on the held-out test part (``recipe.split="none"``: every row trains)."""
+    from .learn.runconfig import RunConfig
     from .workflows.fit import fit_run
 
     recipe = recipe or RunConfig()
     recipe.check()
     folder = _RunFolder(out, "fit")
-    res = fit_run(_dataset(data), _paths(caches), folder.path, split=recipe.split,
-                  seed=recipe.seed, select_on=recipe.select_on, model=recipe.model,
-                  head_cfg=recipe.head, lgbm_cfg=recipe.lgbm, tta=recipe.tta,
-                  encoding=recipe.encoding, calibration=recipe.calibration,
-                  test_size=recipe.test_size, val_size=recipe.val_size)
+    res = fit_run(_dataset(data), _paths(caches), folder.path, recipe)
+    from .deploy.predict import Predictor
+
     model = Model(Predictor(folder.path), _owner=folder)
     return FitResult(model, res["metrics"], res["baseline"], res["info"], folder.path)
 
@@ -221,6 +414,8 @@ class CVResult:
     table: pd.DataFrame           # one row per model x inputs: mean and std of each metric
     fits: pd.DataFrame            # one row per fit: seed, fold, model, inputs, epoch, metrics
     folds: pd.DataFrame           # image_id, lesion_id, dx and each seed's fold of the image
+    oof: pd.DataFrame             # out-of-fold predictions (oof_predictions.csv): one row per
+                                  # image x seed x model x inputs, p_CLASS columns, decision
     raw: dict                     # everything cv_metrics.json holds
     out: Path
     _owner: object = field(default=None, repr=False)
@@ -232,54 +427,137 @@ class CVResult:
     @property
     def models(self) -> dict[str, Model]:
         """The fold ensembles (``save_models=True``), by "MODEL_INPUTS"."""
+        from .deploy.predict import Predictor
+
         return {name: Model(Predictor(where), _owner=self._owner)
                 for name, where in self.raw.get("models", {}).items()}
 
 
 def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
                    models: Sequence[str] = ("head", "lgbm"),
-                   inputs: Sequence[str] = ("image", "meta", "fused"),
+                   inputs: Sequence[str] | None = None,
                    recipe: RunConfig | None = None, seeds: Sequence[int] | None = None,
                    split: str = "lesion", jobs: int = 1, save_models: bool = False,
                    out: PathLike | None = None,
-                   progress: Callable[[int], None] | None = None) -> CVResult:
-    """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``)."""
+                   progress: Callable[[int], None] | None = None,
+                   on_start: Callable[[int], None] | None = None) -> CVResult:
+    """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``), each
+    fit by ``recipe``; ``inputs=None``: every set the data has (image, meta, fused; a set
+    without metadata fields: image). Writes ``oof_predictions.csv`` (``CVResult.oof``)."""
     from .learn.cv import CVConfig
+    from .learn.runconfig import RunConfig
     from .workflows.cv import cv_run
 
     recipe = recipe or RunConfig()
     cfg = CVConfig(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
-                   models=tuple(models), inputs=tuple(inputs), head=recipe.head,
-                   lgbm=recipe.lgbm, tta=recipe.tta, encoding=recipe.encoding,
-                   calibration=recipe.calibration)
+                   models=tuple(models), inputs=tuple(inputs) if inputs else None,
+                   recipe=recipe)
     folder = _RunFolder(out, "cv")
     res = cv_run(_dataset(data), _paths(caches), folder.path, cfg, jobs=jobs, progress=progress,
-                 save_models=save_models)
+                 on_start=on_start, save_models=save_models)
     headline = res["headline"]
     rows = [{"model": m, "inputs": i,
              **{f"{k}_{s}": e[k][s] for k in headline for s in ("mean", "std")}}
             for m, by_inputs in res["summary"].items() for i, e in by_inputs.items()]
     fits = pd.DataFrame([{**{k: r[k] for k in ("seed", "fold", "model", "inputs", "best_epoch")},
                           **{k: r["metrics"][k] for k in headline}} for r in res["records"]])
-    return CVResult(pd.DataFrame(rows), fits, res["folds_table"], res, folder.path, folder)
+    return CVResult(pd.DataFrame(rows), fits, res["folds_table"], res["oof"], res, folder.path,
+                    folder)
 
 
 def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int = 50,
          folds: int = 5, recipe: RunConfig | None = None, storage: str | None = None,
-         study_name: str = "skinfeat-tune", jobs: int = 1,
-         progress: Callable[[int], None] | None = None) -> dict:
+         study_name: str = "skinfeat-tune", jobs: int = 1, test_size: float = 0.2,
+         split: str = "lesion", progress: Callable[[int], None] | None = None) -> dict:
     """Optuna search over the head's settings, grouped CV per trial on the rows outside a held-
     out test part that scores the chosen recipe once (``skinfeat tune``; needs the ``tune``
     extra). Returns the best trial, the held-out score and ``out/best_config.json``."""
+    from .learn.runconfig import RunConfig
     from .learn.tune import TuneConfig
     from .workflows.tune import tune_run
 
     recipe = recipe or RunConfig()
-    cfg = TuneConfig(trials=trials, folds=folds, seed=recipe.seed, storage=storage,
-                     study_name=study_name, start=recipe, jobs=jobs)
+    cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
+                     storage=storage, study_name=study_name, start=recipe, jobs=jobs)
     return tune_run(_dataset(data), _paths(caches), out, cfg, progress=progress)
 
 
-__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult", "Model",
-           "Predictions", "Recipe", "RunConfig", "Task", "cross_validate", "extract", "fit",
-           "load_dataset", "load_model", "tune"]
+def make_recipe(config: PathLike | None = None, *, run: dict | None = None,
+                head: dict | None = None, lgbm: dict | None = None) -> RunConfig:
+    """Defaults < the ``config`` file (JSON or TOML: a run's config.json, a tune result, a
+    hand-written one) < the given values (None: not given), every key typed and checked. With
+    ``run["encoding"] == "reference"`` and no file, the head starts from the reference head's
+    defaults. The head and LightGBM take the recipe's seed."""
+    from .learn.head import HeadConfig
+    from .learn.runconfig import RunConfig, merge, read_config_file
+
+    run = run or {}
+    base = read_config_file(config) if config else RunConfig()
+    if not config and run.get("encoding") == "reference":
+        base.head = HeadConfig.reference()
+    return merge(base, run, head or {}, lgbm or {})
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict                 # on the scored rows (see evaluate_metrics.json)
+    bootstrap_ci95: dict          # group bootstrap intervals
+    majority_baseline: dict | None
+    info: dict                    # data, layout, n, coverage, overlap with training, ...
+    out: Path                     # the report folder
+    _owner: object = field(default=None, repr=False)   # keeps a temporary folder alive
+
+    @property
+    def report_path(self) -> Path:
+        return self.out / "evaluate_report.md"
+
+
+def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None = None, *,
+                   preset: str = "auto", spec: PathLike | None = None,
+                   columns: dict | None = None, weights_file: PathLike | None = None,
+                   device: str = "auto", batch_size: int = 32, num_workers: int = 0,
+                   include_seen: bool = False, embeddings: Caches | None = None,
+                   progress: Callable[[int], None] | None = None,
+                   on_start: Callable[[int], None] | None = None) -> EvaluationResult:
+    """Score a trained model (a run folder or a ``Model``) on another labelled set, read as
+    the model's task (``skinfeat evaluate``); ``out=None``: ``MODEL/eval-<data name>``. (Not
+    ``evaluate``: ``skinfeat.evaluate`` is the metrics and reports subpackage.)"""
+    from .workflows.evaluate import evaluate_run
+
+    run = model.path if isinstance(model, Model) else Path(model)
+    res = evaluate_run(run, data, out, layout=preset, spec=spec, columns=columns,
+                       weights_file=weights_file, device=device, batch_size=batch_size,
+                       num_workers=num_workers, include_seen=include_seen,
+                       cache=_paths(embeddings) if embeddings is not None else None,
+                       progress=progress, on_start=on_start)
+    return EvaluationResult(res["metrics"], res["bootstrap_ci95"], res["majority_baseline"],
+                            res["info"], Path(res["out"]))
+
+
+def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_bytes: int = 20_000_000, top_k: int = 3) -> None:
+    """The local web page and JSON API for ``model`` (needs the ``serve`` extra); blocks."""
+    import uvicorn
+
+    from .deploy.serve import create_app
+
+    app = create_app(model.predictor, max_upload_bytes=max_upload_bytes, top_k=top_k)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def demo(out: PathLike, *, n_images: int = 1000, backbone: str = DEFAULT_BACKBONE,
+         weights: str = "auto", precision: str = "auto", echo: Callable[[str], None] = print,
+         progress: Callable | None = None) -> dict:
+    """Synthetic HAM10000-layout data -> extract -> fit-head -> report, offline (``skinfeat
+    demo``); returns fit_run's result (``info`` a ``RunSummary``)."""
+    from .demo import run_demo
+
+    return run_demo(Path(out), n_images=n_images, backbone=backbone, weights=weights,
+                    precision=precision, echo=echo, progress=progress)
+
+
+__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationResult",
+           "FitResult", "ImagePrediction", "Model", "Predictions", "Recipe", "RunConfig",
+           "RunSummary", "Task", "check_dataset", "cross_validate", "demo", "download_ham10000",
+           "evaluate_model", "extract", "fit", "load_dataset", "load_model", "make_recipe",
+           "merge_caches", "open_cache", "serve", "tune", "unpack", "weights_location"]

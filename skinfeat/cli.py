@@ -1,4 +1,5 @@
-"""The ``skinfeat`` command line: each command parses, calls the library, prints."""
+"""The ``skinfeat`` command line: each command parses, calls one ``skinfeat.api`` function,
+prints (tests/test_thin_cli.py holds every command module to that)."""
 from __future__ import annotations
 
 import logging
@@ -58,17 +59,17 @@ def main(verbose: int) -> None:
               "int8 (OpenVINO, validated on the sample: see the README), else fp32.")
 def demo(out: str, n_images: int, backbone: str, weights: str, precision: str) -> None:
     """Synthetic HAM10000-layout data -> extract -> fit-head -> report, offline, in minutes."""
-    from .demo import run_demo
+    from .api import demo as run_demo
 
-    res = run_demo(Path(out), n_images=n_images, backbone=backbone, weights=weights,
+    res = run_demo(out, n_images=n_images, backbone=backbone, weights=weights,
                    precision=precision, echo=click.echo, progress=progress_bar)
-    stage_two.print_run_summary(res, out)
+    stage_two.print_run_summary(res["metrics"], res["baseline"], res["info"], out)
 
 
 
 for command in (data_cmds.data, data_cmds.download, data_cmds.weights, stage_one.extract,
-                stage_one.cache, stage_two.fit_head, stage_two.cv, stage_two.tune, deploy.predict, deploy.evaluate,
-                ship.explain, ship.export, ship.serve):
+                stage_one.cache, stage_two.fit_head, stage_two.cv, stage_two.tune,
+                deploy.predict, deploy.evaluate, ship.explain, ship.export, ship.serve):
     main.add_command(command)
 main.add_command(stage_one.backbones)   # skinfeat backbones: the encoders to choose from
 

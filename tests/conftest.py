@@ -44,9 +44,10 @@ def ship_runs(synth_table, synth_cache, tmp_path_factory) -> dict:
     """A fusion-head run and a LightGBM run on the synthetic cache (predict, explain, export,
     serve); tests copy a run before changing it."""
     from skinfeat.learn.head import HeadConfig
+    from skinfeat.learn.runconfig import RunConfig
     from skinfeat.workflows.fit import fit_run
     root = tmp_path_factory.mktemp("ship_runs")
     for model in ("head", "lgbm"):
-        fit_run(synth_table, synth_cache, root / model, seed=0, model=model,
-                head_cfg=HeadConfig(seed=0, max_epochs=8))
+        fit_run(synth_table, synth_cache, root / model,
+                RunConfig(seed=0, model=model, head=HeadConfig(seed=0, max_epochs=8)))
     return {"head": root / "head", "lgbm": root / "lgbm"}

@@ -26,6 +26,7 @@ from skinfeat.data.datasets import index_images, load_ham10000
 from skinfeat.embed.extract import ImageFiles
 from skinfeat.learn.head import HeadConfig
 from skinfeat.data.splits import assign_split, fold_ids
+from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.train import align_embeddings
 from skinfeat.workflows.fit import fit_run
 
@@ -252,8 +253,8 @@ def test_unseen_sex_and_site_encode_as_zero_with_a_warning(messy, tmp_path, capl
     rows = table["lesion_id"] == lesion
     table.loc[rows, "sex"], table.loc[rows, "localization"] = "other", "tail"
     with caplog.at_level(logging.WARNING):
-        res = fit_run(table, messy["cache"], tmp_path, seed=42,
-                      head_cfg=HeadConfig(max_epochs=5, seed=42))
+        res = fit_run(table, messy["cache"], tmp_path,
+                      RunConfig(seed=42, head=HeadConfig(max_epochs=5, seed=42)))
     assert "never seen in training" in caplog.text
     assert "'other'" in caplog.text and "'tail'" in caplog.text
     config = json.loads((tmp_path / "config.json").read_text())

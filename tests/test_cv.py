@@ -17,8 +17,10 @@ from skinfeat.cli import main
 from skinfeat.learn.cv import CVConfig, make_folds, run_cv
 from skinfeat.workflows.cv import cv_run
 from skinfeat.learn.head import HeadConfig
+from skinfeat.learn.runconfig import RunConfig
 
-FAST = CVConfig(folds=3, head=HeadConfig(max_epochs=3), lgbm=LGBMConfig(n_estimators=15))
+FAST = CVConfig(folds=3, recipe=RunConfig(head=HeadConfig(max_epochs=3),
+                                          lgbm=LGBMConfig(n_estimators=15)))
 
 
 def lesions(table, rows) -> set:
@@ -162,10 +164,10 @@ def test_views_tta_film_and_metadata_dropout(synth_table, synth_cache, tmp_path)
     rng = np.random.default_rng(0)
     views = real.embeddings[:, None] + rng.normal(0, 0.1, (len(real.image_ids), 2, real.dim))
     contents = CacheContents(real.image_ids, real.embeddings, views.astype(np.float32))
-    cfg = replace(FAST, models=("head",), inputs=("fused",), tta=True,
-                  head=HeadConfig(head="film", meta_dropout=0.3, max_epochs=3))
+    cfg = replace(FAST, models=("head",), inputs=("fused",), recipe=replace(
+        FAST.recipe, tta=True, head=HeadConfig(head="film", meta_dropout=0.3, max_epochs=3)))
     res = run_cv(synth_table, contents, cfg)
-    assert res["views"] == 2 and res["config"]["head"]["head"] == "film"
+    assert res["views"] == 2 and res["config"]["recipe"]["head"]["head"] == "film"
     assert all(np.isfinite(r["metrics"]["accuracy"]) for r in res["records"])
 
 
@@ -178,8 +180,7 @@ def test_a_failing_fit_in_a_worker_stops_the_cv_with_its_error(synth_table, synt
     folds = list(cv.iter_folds(synth_table, cv.fold_ids(synth_table, 2, "lesion", 0),
                                "lesion", 0, 0.2))
     data = cv.as_dataset(synth_table)
-    bad = [cv.FitTask("nope", "fused", folds, data, HeadConfig(), LGBMConfig(), False)
-           for _ in range(3)]
+    bad = [cv.FitTask("fused", folds, data, RunConfig(model="nope")) for _ in range(3)]
     image = contents.embeddings[contents.rows_for(list(synth_table["image_id"]))]
     with pytest.raises(ValueError, match="nope"):
         cv._run_tasks(iter(bad), image, 2, None)

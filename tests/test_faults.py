@@ -31,6 +31,7 @@ from skinfeat.embed.cache import CacheError, CacheWriter, read_cache
 from skinfeat.data.datasets import CLASSES, index_images, load_ham10000
 from skinfeat.embed.extract import extract
 from skinfeat.learn.head import FusionHead, HeadConfig
+from skinfeat.learn.runconfig import RunConfig
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.workflows.fit import fit_run
 
@@ -186,8 +187,9 @@ def test_every_run_artifact_arrives_by_atomic_rename(synth_table, synth_cache, t
 
     monkeypatch.setattr(os, "replace", recording_replace)
     # One LightGBM thread: on a busy 2-core machine its spinning OpenMP threads crawl.
-    fit_run(synth_table, synth_cache, tmp_path, model=model, calibrate=False,
-            head_cfg=HeadConfig(max_epochs=3), lgbm_cfg=LGBMConfig(num_threads=1))
+    fit_run(synth_table, synth_cache, tmp_path, RunConfig(
+        model=model, head=HeadConfig(max_epochs=3), lgbm=LGBMConfig(num_threads=1)),
+        calibrate=False)
     written = {p.name for p in tmp_path.iterdir()}
     expected = set(RUN_ARTIFACTS) - ({"model.safetensors"} if model == "lgbm" else set()) \
         | ({"model.lgbm.txt"} if model == "lgbm" else set())

@@ -16,6 +16,7 @@ from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
 from skinfeat.learn.head import HeadConfig, fit_head
 from skinfeat.learn.optim import Adam
+from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.head_batch import fit_heads
 
 
@@ -176,8 +177,8 @@ def test_splits_of_very_different_sizes():
 
 def test_batched_cv_equals_sequential_cv(synth_table, synth_cache):
     contents = read_cache(synth_cache)
-    cfg = CVConfig(folds=3, models=("head",), head=HeadConfig(max_epochs=6, patience=2),
-                   lgbm=LGBMConfig(n_estimators=10))
+    cfg = CVConfig(folds=3, models=("head",), recipe=RunConfig(
+        head=HeadConfig(max_epochs=6, patience=2), lgbm=LGBMConfig(n_estimators=10)))
     batched = run_cv(synth_table, contents, cfg)
     sequential = run_cv(synth_table, contents, replace(cfg, batched=False))
     assert len(batched["records"]) == len(sequential["records"]) == 3 * 3

@@ -107,9 +107,10 @@ def test_int8_runs_on_the_cpu_even_beside_a_gpu(synth_table, tmp_path, monkeypat
 @pytest.fixture(scope="module")
 def int8_run(synth_table, int8_cache, tmp_path_factory):
     from skinfeat.learn.head import HeadConfig
+    from skinfeat.learn.runconfig import RunConfig
     from skinfeat.workflows.fit import fit_run
     out = tmp_path_factory.mktemp("int8run") / "head"
-    fit_run(synth_table, int8_cache, out, seed=0, head_cfg=HeadConfig(seed=0, max_epochs=8))
+    fit_run(synth_table, int8_cache, out, RunConfig(seed=0, head=HeadConfig(max_epochs=8)))
     return out
 
 
@@ -165,9 +166,11 @@ def test_a_fold_ensemble_holds_one_int8_copy_for_its_folds(int8_cache, synth_tab
     from skinfeat.learn.cv import CVConfig
     from skinfeat.workflows.cv import cv_run
     from skinfeat.learn.head import HeadConfig
+    from skinfeat.learn.runconfig import RunConfig
 
     cv_run(synth_table, int8_cache, tmp_path / "cv", CVConfig(
-        folds=2, models=("head",), inputs=("fused",), head=HeadConfig(max_epochs=2)),
+        folds=2, models=("head",), inputs=("fused",),
+        recipe=RunConfig(head=HeadConfig(max_epochs=2))),
         save_models=True)
     ensemble = tmp_path / "cv" / "models" / "head_fused"
     assert len(list(ensemble.glob("int8/*/model.xml"))) == 1

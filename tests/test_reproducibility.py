@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from skinfeat.embed.backbone import WeightSource
 from skinfeat.embed.cache import read_cache
 from skinfeat.embed.extract import extract
+from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.fit import fit_run
 
 from conftest import TINY
@@ -28,7 +29,7 @@ def test_two_extracts_give_identical_embeddings(synth_table, tmp_path):
 def test_two_fit_runs_with_one_seed_are_identical(synth_table, synth_cache, tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
-        fit_run(synth_table, synth_cache, out, seed=7)
+        fit_run(synth_table, synth_cache, out, RunConfig(seed=7))
     a, b = runs
     assert (a / "splits.csv").read_bytes() == (b / "splits.csv").read_bytes()
     assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
@@ -38,7 +39,7 @@ def test_two_fit_runs_with_one_seed_are_identical(synth_table, synth_cache, tmp_
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     # Not vacuous: another seed gives another split and other weights.
-    fit_run(synth_table, synth_cache, tmp_path / "c", seed=8)
+    fit_run(synth_table, synth_cache, tmp_path / "c", RunConfig(seed=8))
     assert (tmp_path / "c" / "splits.csv").read_bytes() != (a / "splits.csv").read_bytes()
     wc = load_file(str(tmp_path / "c" / "model.safetensors"))
     assert not torch.equal(wa["classifier.3.weight"], wc["classifier.3.weight"])

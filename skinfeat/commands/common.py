@@ -76,8 +76,7 @@ def column_overrides(opts: dict) -> dict:
 def load_data(data: str, opts: dict, images: bool = True):
     """The ``Dataset`` at ``data`` as the dataset options describe it (``images=False``: the
     tables alone; stage two needs the labels and the cache, not the image files)."""
-    from ..data.spec import Task
-    from ..data.datasets import load_dataset
+    from ..api import Task, load_dataset
 
     return load_dataset(data, opts["preset"], opts["spec_file"], task=Task.parse(opts["task"]),
                         images=images, **column_overrides(opts))

@@ -22,9 +22,9 @@ def data() -> None:
 def data_check(root: str, as_json: bool, **kwargs) -> None:
     """Detect the layout of ROOT (a dataset folder or table), validate it and print images and
     groups per class, and the missing values of every metadata field."""
-    from ..data.datasets import summarize
+    from ..api import check_dataset
 
-    s = summarize(load_data(root, pop_dataset_options(kwargs)))
+    s = check_dataset(load_data(root, pop_dataset_options(kwargs)))
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -53,22 +53,19 @@ def data_check(root: str, as_json: bool, **kwargs) -> None:
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 def data_unpack(root: str) -> None:
     """Extract the dataset zips in ROOT (Harvard Dataverse download) in place."""
-    from ..data.download import unpack_zip
+    from ..api import unpack
 
-    zips = sorted(Path(root).glob("*.zip"))
-    if not zips:
-        raise click.ClickException(f"{root}: no .zip files to unpack")
-    for z in zips:
-        click.echo(f"{z.name} -> {unpack_zip(z, Path(root))}")
+    for z, where in unpack(root):
+        click.echo(f"{z.name} -> {where}")
 
 
 @click.command()
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True)
 def weights(backbone: str) -> None:
     """Where the backbone's pretrained weights come from and whether they are cached."""
-    from ..embed.backbone import pretrained_location
+    from ..api import weights_location
 
-    hub_id, cached = pretrained_location(backbone)
+    hub_id, cached = weights_location(backbone)
     if hub_id is None:
         click.echo(f"{backbone}: no pretrained weights known to timm; use --weights-file PATH")
         return
@@ -87,7 +84,7 @@ def download() -> None:
 @click.option("--with-isic2018-test", is_flag=True, help="Also the ISIC 2018 Task 3 test set.")
 def download_ham10000(dest: str, with_isic2018_test: bool) -> None:
     """HAM10000 from Harvard Dataverse (doi:10.7910/DVN/DBW86T), resumable and checksummed."""
-    from ..data.download import download_ham10000 as fetch
+    from ..api import download_ham10000 as fetch
 
     bars: dict = {}
 
@@ -98,7 +95,7 @@ def download_ham10000(dest: str, with_isic2018_test: bool) -> None:
         bars[name].n = done
         bars[name].refresh()
 
-    fetch(Path(dest), with_isic2018_test=with_isic2018_test, progress=progress)
+    fetch(dest, with_isic2018_test=with_isic2018_test, progress=progress)
     for b in bars.values():
         b.close()
     # With the test set beside it the folder holds two tables: name the one to read.

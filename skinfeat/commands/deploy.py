@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..embed.backbone import DEVICES
 from .common import column_overrides, dataset_options, pop_dataset_options, progress_bar
@@ -58,8 +57,7 @@ def predictor_options(f):
 def predict(run, weights_file, device, batch_size, workers, caches, image, csv_path, meta, age,
             sex, localization, output, top_k, as_json) -> None:
     """Calibrated class probabilities for a raw image (or a CSV of them) and its metadata."""
-    from ..data.datasets import load_images
-    from ..deploy.predict import Predictor, parse_meta, save_predictions
+    from ..api import load_model
 
     if bool(image) == bool(csv_path):
         raise click.UsageError("pass exactly one of --image or --csv")
@@ -70,45 +68,34 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
     if csv_path and (meta or aliases):
         raise click.UsageError("--meta/--age/--sex/--localization go with --image; a CSV has "
                                "columns")
-    p = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
-                  num_workers=workers)
-    if p.random_weights:
+    model = load_model(run, weights_file=weights_file, device=device, batch_size=batch_size,
+                       num_workers=workers)
+    if model.random_weights:
         click.echo("NOTE: RANDOM backbone weights: these probabilities mean nothing clinically.",
                    err=True)
     if image:
-        values = parse_meta([*aliases, *meta], p.spec)
-        scored = p.score_image(image, values, cache=list(caches) or None)
-        probs = dict(zip(p.classes, map(float, scored.proba[0])))
-        missing = [f for f, n in scored.missing.items() if n]
-        ranked = sorted(probs.items(), key=lambda kv: -kv[1])
-        chosen = p.classes[int(p.decide(np.array([list(probs.values())]))[0])]
+        r = model.predict_image(image, [*aliases, *meta], embeddings=list(caches) or None)
         if as_json:
-            click.echo(json.dumps({"image": image, "prediction": chosen, "probabilities": probs,
-                                   "metadata": values, "missing_metadata": missing,
-                                   "temperature": p.temperature,
-                                   "threshold": p.threshold, "model": run, "weights": p.weights},
-                                  indent=2))
+            click.echo(json.dumps({"image": image, "prediction": r.prediction,
+                                   "probabilities": r.probabilities, "metadata": r.metadata,
+                                   "missing_metadata": r.missing,
+                                   "temperature": r.temperature, "threshold": r.threshold,
+                                   "model": run, "weights": r.weights}, indent=2))
             return
-        width = max(7, *(len(c) + 2 for c in p.classes))
+        width = max(7, *(len(c) + 2 for c in r.probabilities))
         click.echo(f"{'class':<{width}}{'probability':>12}  diagnosis")
-        for c, v in ranked[:top_k]:
-            click.echo(f"{c:<{width}}{100 * v:>10.2f} %  {p.spec.class_names.get(c, '')}")
-        rule = f"threshold {p.threshold:.3f} on p({p.classes[1]})" if p.threshold is not None \
-            else "balanced decision rule: the class most above its training prevalence"
-        click.echo(f"prediction: {chosen} ({rule})")
-        if missing:
+        for c, v in r.ranked()[:top_k]:
+            click.echo(f"{c:<{width}}{100 * v:>10.2f} %  {r.class_names.get(c, '')}")
+        click.echo(f"prediction: {r.prediction} ({r.rule})")
+        if r.missing:
             click.echo(f"missing metadata (treated as missing, as in training): "
-                       f"{', '.join(missing)}")
-        click.echo(f"(calibrated: {p.calibrator.describe()}; research use only, not a "
-                   "diagnosis)")
+                       f"{', '.join(r.missing)}")
+        click.echo(f"(calibrated: {r.calibration}; research use only, not a diagnosis)")
         return
-    table = load_images(csv_path, p.spec, files=not caches)
     bar = progress_bar("predict")
-    bar.total = len(table)
-    preds = p.predict_table(table, progress=bar.update, cache=list(caches) or None,
-                            source=csv_path)
+    preds = model.predict_csv(csv_path, output, embeddings=list(caches) or None,
+                              progress=bar.update, on_start=lambda n: setattr(bar, "total", n))
     bar.close()
-    save_predictions(preds, output)
     if as_json:
         click.echo(preds.to_frame().to_json(orient="records", indent=2))
     click.echo(f"{output}: {int(preds.ok.sum())} predictions, {int((~preds.ok).sum())} "
@@ -135,19 +122,19 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
              **kwargs) -> None:
     """Score a trained model on another labelled set (the report leads with balanced accuracy,
     or ROC AUC for a binary model). The labels are read as the model's task."""
-    from ..workflows.evaluate import evaluate_run
+    from ..api import evaluate_model
 
     opts = pop_dataset_options(kwargs)
     if opts["task"]:
         raise click.UsageError("evaluate reads the labels as the model's own task; drop --task")
     bar = progress_bar("evaluate")
-    res = evaluate_run(run, data, out, layout=opts["preset"], spec=opts["spec_file"],
+    res = evaluate_model(run, data, out, preset=opts["preset"], spec=opts["spec_file"],
                        columns=column_overrides(opts), weights_file=weights_file, device=device,
-                       include_seen=include_seen, cache=list(caches) or None,
+                       include_seen=include_seen, embeddings=list(caches) or None,
                        batch_size=batch_size, num_workers=workers, progress=bar.update,
                        on_start=lambda n: setattr(bar, "total", n))
     bar.close()
-    m, ci, info = res["metrics"], res["bootstrap_ci95"], res["info"]
+    m, ci, info = res.metrics, res.bootstrap_ci95, res.info
     if info["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
     click.echo(f"{info['n']} images ({info['layout']}); {info['metadata_note'].replace('**', '')}")
@@ -155,4 +142,4 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
             ("balanced_accuracy", "accuracy", "macro_f1"):
         interval = f"  (95 % CI {ci[k][0]:.4f} to {ci[k][1]:.4f})" if k in ci else ""
         click.echo(f"{k:<20}{m[k]:>8.4f}{interval}" if m[k] is not None else f"{k:<20}     n/a")
-    click.echo(f"report: {res['out'] / 'evaluate_report.md'}")
+    click.echo(f"report: {res.report_path}")

@@ -1,16 +1,9 @@
 """See why, and ship it: explain (heatmaps + metadata attribution), export (ONNX), serve (web page)."""
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import click
 
 from .deploy import predictor_options
-
-
-def safe_stem(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem) or "image"
 
 
 def needs(module: str, extra: str):
@@ -39,33 +32,21 @@ def explain(run, weights_file, device, batch_size, workers, image, csv_path, met
             method, out) -> None:
     """Where the model looked (Grad-CAM) and how much each metadata field moved it, as PNGs."""
     needs("pytorch_grad_cam", "explain")
-    from ..data.datasets import load_images
-    from ..deploy.explain import ExplainError, Explainer, save_figure
-    from ..deploy.predict import Predictor, parse_meta
+    from ..api import ExplainError, load_model
 
     if bool(image) == bool(csv_path):
         raise click.UsageError("pass exactly one of --image or --csv")
     if csv_path and meta_pairs:
         raise click.UsageError("--meta goes with --image; a CSV has metadata columns")
-    p = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
-                  num_workers=workers)
-    if p.random_weights:
+    model = load_model(run, weights_file=weights_file, device=device, batch_size=batch_size,
+                       num_workers=workers)
+    if model.random_weights:
         click.echo("NOTE: RANDOM backbone weights: heatmaps and probabilities mean nothing "
                    "clinically.", err=True)
-    ex = Explainer(p)
-    if image:
-        jobs = [(image, Path(image).stem, parse_meta(meta_pairs, p.spec))]
-    else:
-        table = load_images(csv_path, p.spec)
-        jobs = [(row["path"], row["image_id"], {f: row[f] for f in ex.fields if f in row})
-                for _, row in table.iterrows()]
     try:
-        for path, name, meta in jobs:
-            res = ex.explain(path, meta, target=target, method=method)
-            png = save_figure(res, Path(out) / f"{safe_stem(name)}.png", p.weights,
-                              p.random_weights)
-            top = ", ".join(f"{c} {100 * v:.1f} %" for c, v in res.top(3))
-            click.echo(f"{png}: {top}")
+        for png, top in model.explain_to(out, image=image, csv=csv_path, meta=meta_pairs,
+                                         target=target, method=method):
+            click.echo(f"{png}: " + ", ".join(f"{c} {100 * v:.1f} %" for c, v in top))
     except ExplainError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -79,18 +60,18 @@ def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> 
     """One ONNX graph: image tensor + encoded metadata -> calibrated probabilities (a fold
     ensemble: every member in one graph, as predict averages them)."""
     needs("onnx", "export")
-    from ..deploy.export import export_onnx
-    from ..deploy.predict import Predictor
+    from ..api import load_model
 
-    p = Predictor(run, weights_file=weights_file, device="cpu")
-    graph, side = export_onnx(p, onnx_path, opset=opset)
+    model = load_model(run, weights_file=weights_file, device="cpu")
+    graph, side = model.export_onnx(onnx_path, opset=opset)
     click.echo(f"{graph}: {graph.stat().st_size / 1e6:.1f} MB; preprocessing, classes and "
                f"metadata encoding in {side} (and in the graph's metadata)")
-    if p.members:
-        click.echo(f"a fold ensemble of {len(p.members)} members: one shared backbone and one "
-                   f"metadata input per member (meta_0 .. meta_{len(p.members) - 1}), each "
+    if model.members:
+        n = model.members
+        click.echo(f"a fold ensemble of {n} members: one shared backbone and one "
+                   f"metadata input per member (meta_0 .. meta_{n - 1}), each "
                    f"encoded with its member's encoder (members[i].metadata in {side.name})")
-    if p.random_weights:
+    if model.random_weights:
         click.echo("NOTE: RANDOM backbone weights in this graph.", err=True)
 
 
@@ -106,18 +87,15 @@ def serve(run, weights_file, device, batch_size, workers, host, port, max_upload
     """A local web page (and JSON API): upload an image, fill in metadata, see why."""
     needs("fastapi", "serve")
     needs("uvicorn", "serve")
-    import uvicorn
+    from ..api import load_model, serve as run_server
 
-    from ..deploy.predict import Predictor
-    from ..deploy.serve import create_app
-
-    p = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
-                  num_workers=workers)
-    app = create_app(p, max_upload_bytes=int(max_upload_mb * 1e6), top_k=top_k)
+    model = load_model(run, weights_file=weights_file, device=device, batch_size=batch_size,
+                       num_workers=workers)
     where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else \
         "EVERY machine that can reach this address: no authentication, no encryption"
     click.echo(f"serving {run} on http://{host}:{port}/ , reachable from {where} "
                "(--host sets the address). Research use only.")
-    if p.random_weights:
+    if model.random_weights:
         click.echo("NOTE: RANDOM backbone weights: the page says so on every result.", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * 1e6),
+               top_k=top_k)

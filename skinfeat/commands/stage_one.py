@@ -62,25 +62,23 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
 
     Any preset works, test sets (isic2018-test) and CSV tables included, so evaluation sets are
     cached once too."""
-    from ..embed.backbone import resolve_weights
-    from ..embed.extract import VIEW_PRESETS, extract as run_extract
+    from ..api import extract as run_extract
 
-    table = load_data(data_dir, pop_dataset_options(kwargs)).table
-    source = resolve_weights(weights, weights_file)
+    data = load_data(data_dir, pop_dataset_options(kwargs))
     shard_t = parse_shard(shard)
     kind = "file" if weights_file else weights
     cache_path = Path(cache_path) if cache_path else default_cache(data_dir, backbone, kind)
     if shard_t and not shard:  # torchrun: one file per rank
         cache_path = cache_path.with_name(f"{cache_path.stem}.shard{shard_t[0]}of{shard_t[1]}.h5")
-    if source.kind == "random":
+    if weights == "random" and not weights_file:
         click.echo("NOTE: random backbone weights: embeddings carry no ImageNet knowledge.")
     bar = progress_bar("extract")
-    res = run_extract(table, cache_path, backbone=backbone, weights=source, resize=resize,
-                      image_size=image_size, precision=precision, device=device,
-                      batch_size=batch_size, num_workers=workers, views=VIEW_PRESETS[views],
-                      shard=shard_t, pool=pool, compile=compile_mode,
+    res = run_extract(data, cache_path, backbone=backbone, weights=weights,
+                      weights_file=weights_file, resize=resize, image_size=image_size,
+                      precision=precision, device=device, batch_size=batch_size,
+                      num_workers=workers, views=views, shard=shard_t, compile=compile_mode, pool=pool,
                       calibration_images=calibration_images, progress=bar.update,
-                      on_start=lambda todo, skipped: setattr(bar, "total", todo))
+                      on_start=lambda todo, skipped: setattr(bar, "total", todo)).run
     bar.close()
     click.echo(f"{cache_path}: {len(res.contents.image_ids)} embeddings of dim "
                f"{res.contents.dim} ({res.embedded} new, {res.skipped} already cached; "
@@ -100,9 +98,9 @@ def cache() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def cache_info(path: str) -> None:
     """Identity, counts, views and failures of a cache file."""
-    from ..embed.cache import read_cache
+    from ..api import open_cache
 
-    c = read_cache(path)
+    c = open_cache(path).contents
     failures = sorted(c.failures.items())
     click.echo(f"{path}: {len(c.image_ids)} images x {c.dim} dims, format "
                f"{c.attrs.get('format', 'external')}")
@@ -120,9 +118,9 @@ def cache_info(path: str) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def cache_merge(inputs: tuple[str, ...], out: str) -> None:
     """Merge shard caches of one identity into OUT."""
-    from ..embed.cache import merge_caches
+    from ..api import merge_caches
 
-    c = merge_caches(list(inputs), out)
+    c = merge_caches(list(inputs), out).contents
     click.echo(f"{out}: {len(c.image_ids)} embeddings merged from {len(inputs)} file(s)")
 
 
@@ -130,9 +128,9 @@ def cache_merge(inputs: tuple[str, ...], out: str) -> None:
 def backbones() -> None:
     """Recommended encoders (family, width, input size, licence, weights) and the installed
     encoder families."""
-    from ..embed.encoders import installed_families, list_backbones
+    from ..api import backbones as catalogue
 
-    rows = list_backbones()
+    rows, families = catalogue()
     click.echo(f"{'backbone':44} {'family':9} {'width':>5} {'input':>5}  {'licence':11} weights")
     for r in rows:
         click.echo(f"{r['backbone']:44} {r['family']:9} {r['width'] or '-':>5} "
@@ -140,4 +138,4 @@ def backbones() -> None:
                    + ("" if r["installed"] else "  [not installed]"))
     click.echo("families: " + ", ".join(
         f"{f} {v}" if v else f"{f} (not installed: pip install 'skinfeat[encoders]')"
-        for f, v in installed_families().items()))
+        for f, v in families.items()))

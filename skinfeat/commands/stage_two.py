@@ -62,8 +62,7 @@ def _option(prefix: str, field, help_text: str):
 def recipe_options(f):
     """Every HeadConfig field as --NAME and every LGBMConfig field as --lgbm-NAME, plus
     --config FILE and the run-level flags; values are None unless given."""
-    from ..learn.baseline import LGBMConfig
-    from ..learn.head import HeadConfig
+    from ..api import HeadConfig, LGBMConfig
 
     opts = [
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -117,15 +116,10 @@ def pop_recipe(kwargs: dict) -> tuple[dict, dict]:
 
 
 def run_config(config_file: str | None, run: dict, head: dict, lgbm: dict):
-    """Defaults < --config FILE < flags. --encoding reference without a file starts from the
-    reference head's defaults."""
-    from ..learn.head import HeadConfig
-    from ..learn.runconfig import RunConfig, merge, read_config_file
+    """Defaults < --config FILE < flags (``skinfeat.make_recipe``)."""
+    from ..api import make_recipe
 
-    base = read_config_file(config_file) if config_file else RunConfig()
-    if not config_file and run.get("encoding") == "reference":
-        base.head = HeadConfig.reference()
-    return merge(base, run, head, lgbm)
+    return make_recipe(config_file, run=run, head=head, lgbm=lgbm)
 
 
 def caches_of(caches: tuple, data_dir: str) -> list:
@@ -150,34 +144,31 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 @recipe_options
 def fit_head(data_dir, caches, out, config_file, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
-    from ..workflows.fit import fit_run
+    from ..api import fit
 
     head, lgbm = pop_recipe(kwargs)
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
     inputs = kwargs.pop("inputs")
     head["inputs"] = lgbm["inputs"] = inputs
-    cfg = run_config(config_file, kwargs, head, lgbm)
-    res = fit_run(data, caches_of(caches, data_dir), out, split=cfg.split, seed=cfg.seed,
-                  select_on=cfg.select_on, model=cfg.model, head_cfg=cfg.head, lgbm_cfg=cfg.lgbm,
-                  tta=cfg.tta, encoding=cfg.encoding, calibration=cfg.calibration,
-                  test_size=cfg.test_size, val_size=cfg.val_size)
-    print_run_summary(res, out)
+    recipe = run_config(config_file, kwargs, head, lgbm)
+    res = fit(data, caches_of(caches, data_dir), recipe=recipe, out=out)
+    print_run_summary(res.metrics, res.baseline, res.info, out)
 
 
-def print_run_summary(res: dict, out: str | Path) -> None:
-    from ..evaluate.metrics import headline
-
-    m, b, info = res["metrics"], res["baseline"], res["info"]
-    if info["random_weights"]:
+def print_run_summary(metrics: dict, baseline: dict, info, out: str | Path) -> None:
+    """The headline metrics of a run beside the majority baseline; ``info``: its
+    ``RunSummary``."""
+    if info.random_weights:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
-    scored = info.get("scored_on", "test")
-    click.echo(f"{info['dataset']}, task {info['task']}; split {info['split']} ({scored} "
-               f"{info['sizes'][scored]} images), epoch chosen on {info['select_on']}"
+    scored = info.scored_on
+    click.echo(f"{info.dataset}, task {info.task}; split {info.split} ({scored} "
+               f"{info.sizes[scored]} images), epoch chosen on {info.select_on}"
                + ("; scores on val are optimistic" if scored != "test" else ""))
-    width = max(len(k) for k in headline(len(info["classes"]))) + 2
+    keys = info.headline
+    width = max(len(k) for k in keys) + 2
     click.echo(f"{'':<{width}}{'model':>10}{'majority':>10}")
-    for k in headline(len(info["classes"])):
-        click.echo(f"{k:<{width}}{_num(m[k]):>10}{_num(b[k]):>10}")
+    for k in keys:
+        click.echo(f"{k:<{width}}{_num(metrics[k]):>10}{_num(baseline[k]):>10}")
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 
@@ -225,16 +216,11 @@ def cv_options(f):
     return f
 
 
-def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
-    """The CVConfig of the cv and tune commands: the recipe (file < flags) and the protocol."""
-    from ..learn.cv import CVConfig
-
+def cv_recipe(config_file, kwargs: dict):
+    """The recipe of the cv command (file < flags), its flags removed from ``kwargs``."""
     head, lgbm = pop_recipe(kwargs)
     run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta")}
-    cfg = run_config(config_file, run, head, lgbm)
-    return CVConfig(folds=folds, split=split, seeds=seeds or (cfg.seed,), models=models,
-                    inputs=inputs, head=cfg.head, lgbm=cfg.lgbm, tta=cfg.tta,
-                    encoding=cfg.encoding, calibration=cfg.calibration)
+    return run_config(config_file, run, head, lgbm)
 
 
 @click.command("cv")
@@ -251,15 +237,17 @@ def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
 def cv(data_dir, caches, out, split, folds, seeds, jobs, inputs, models, save_models,
        config_file, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
-    from ..workflows.cv import cv_run
+    from ..api import cross_validate
 
     table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
-    cfg = cv_config(config_file, folds, split, seeds, models, inputs, kwargs)
+    recipe = cv_recipe(config_file, kwargs)
     bar = progress_bar("cv", unit="fit")
-    res = cv_run(table, caches_of(caches, data_dir), out, cfg, jobs=jobs, progress=bar.update,
-                 on_start=lambda n: setattr(bar, "total", n), save_models=save_models)
+    res = cross_validate(table, caches_of(caches, data_dir), folds=folds, models=models,
+                         inputs=inputs, recipe=recipe, seeds=seeds, split=split, jobs=jobs,
+                         save_models=save_models, out=out, progress=bar.update,
+                         on_start=lambda n: setattr(bar, "total", n))
     bar.close()
-    print_cv_summary(res, out)
+    print_cv_summary(res.raw, out)
 
 
 def print_cv_summary(res: dict, out: str | Path) -> None:
@@ -305,21 +293,20 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     held-out test part, which scores the chosen configuration once."""
     try:
         import optuna
-
-        from ..learn.tune import TuneConfig
-        from ..workflows.tune import tune_run
     except ImportError as exc:
         raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
+    from ..api import tune as run_tune
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # the progress bar says it all
     head, lgbm = pop_recipe(kwargs)
     head["inputs"] = inputs
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
     start = run_config(config_file, kwargs, head, lgbm)
-    cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
-                     seed=start.seed, storage=storage, study_name=study_name, start=start,
-                     jobs=jobs or os.cpu_count() or 1)
     bar = progress_bar("tune", unit="trial")
-    res = tune_run(data, caches_of(caches, data_dir), out, cfg, progress=bar.update)
+    res = run_tune(data, caches_of(caches, data_dir), out, trials=trials, folds=folds,
+                   recipe=start, storage=storage, study_name=study_name,
+                   jobs=jobs or os.cpu_count() or 1, test_size=test_size, split=split,
+                   progress=bar.update)
     bar.close()
     metric = res["metric"]
     click.echo(f"best trial {res['best']['number']}: CV {metric} {res['best']['value']:.4f}; "

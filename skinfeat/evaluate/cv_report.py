@@ -44,9 +44,10 @@ def metric_columns(res: dict) -> list[tuple[str, str, bool]]:
 
 def _protocol_lines(res: dict) -> list[str]:
     cfg, info = res["config"], res["info"]
+    rc = cfg["recipe"]   # the one recipe of every fit (CVConfig.to_dict)
     seeds = ", ".join(str(s) for s in cfg["seeds"])
-    lgbm_cols = (f"PCA to {cfg['lgbm']['pca_dim']} dims fitted on the training rows"
-                 if cfg["lgbm"]["pca_dim"] else "all embedding columns")
+    lgbm_cols = (f"PCA to {rc['lgbm']['pca_dim']} dims fitted on the training rows"
+                 if rc["lgbm"]["pca_dim"] else "all embedding columns")
     return [
         f"- data: {res['dataset']}, task {res['task']} ({len(res['classes'])} classes: "
         f"{', '.join(res['classes'])}); groups: {res['group']}s",
@@ -64,14 +65,14 @@ def _protocol_lines(res: dict) -> list[str]:
                                if len(info.get("sources") or []) > 1 else
                                info['identity'].get('backbone', 'an external model'))
         + f"; weights: {info['weights']}",
-        f"- head: {cfg['head']['head']}, up to {cfg['head']['max_epochs']} epochs (patience "
-        f"{cfg['head']['patience']}, on {cfg['head']['stop_on']}), batch "
-        f"{cfg['head']['batch_size']}, metadata dropout {cfg['head']['meta_dropout']} per field; "
+        f"- head: {rc['head']['head']}, up to {rc['head']['max_epochs']} epochs (patience "
+        f"{rc['head']['patience']}, on {rc['head']['stop_on']}), batch "
+        f"{rc['head']['batch_size']}, metadata dropout {rc['head']['meta_dropout']} per field; "
         f"cached views: {res['views']} (feature-level "
-        f"augmentation {'on' if res['views'] and cfg['head']['view_augment'] else 'off'}, "
-        f"test-time averaging {'on' if res['views'] and cfg['tta'] else 'off'})",
-        f"- LightGBM: {lgbm_cols}; up to {cfg['lgbm']['n_estimators']} rounds",
-        f"- metadata encoding: {cfg['encoding']}; calibration: {cfg['calibration']}, fitted on "
+        f"augmentation {'on' if res['views'] and rc['head']['view_augment'] else 'off'}, "
+        f"test-time averaging {'on' if res['views'] and rc['tta'] else 'off'})",
+        f"- LightGBM: {lgbm_cols}; up to {rc['lgbm']['n_estimators']} rounds",
+        f"- metadata encoding: {rc['encoding']}; calibration: {rc['calibration']}, fitted on "
         "the inner validation part; decisions by the balanced rule (binary: the threshold "
         "chosen there)",
     ] + ([f"- heads: the folds' heads of each input set trained as one batched network "
@@ -126,7 +127,7 @@ def _per_fold_lines(res: dict) -> list[str]:
 def write_cv_report(out: Path, res: dict) -> None:
     """Write everything about one CV run into ``out``."""
     write_artifact(out / "cv_folds.csv", lambda tmp: res["folds_table"].to_csv(tmp, index=False))
-    payload = {k: v for k, v in res.items() if k != "folds_table"}
+    payload = {k: v for k, v in res.items() if k not in ("folds_table", "oof")}
     if res["reference_recipe"]:
         payload["reference"] = REFERENCE
     write_text(out / "cv_metrics.json", json.dumps(payload, indent=2, default=float))
@@ -136,7 +137,8 @@ def write_cv_report(out: Path, res: dict) -> None:
                            title=f"{model}, {inputs}: summed over folds")
     n_seeds = len(res["config"]["seeds"])
     columns = metric_columns(res)
-    lines = [f"# skinfeat cross-validation: {out.name}", ""] + weights_warning(res["info"])
+    lines = [f"# skinfeat cross-validation: {out.name}", ""] + \
+        weights_warning(res["info"]["random_weights"])
     lines += _protocol_lines(res) + [
         "", f"## Mean ± std over {res['config']['folds']} folds"
         + (f" x {n_seeds} seeds" if n_seeds > 1 else ""), ""]

@@ -72,8 +72,8 @@ def per_class_table(metrics: dict) -> list[str]:
     return lines
 
 
-def weights_warning(info: dict) -> list[str]:
-    if info.get("random_weights"):
+def weights_warning(random_weights: bool) -> list[str]:
+    if random_weights:
         return ["> **RANDOM backbone weights.** The embeddings come from a randomly initialised "
                 "network: these numbers show the pipeline works, not how well a real model "
                 "classifies lesions.", ""]
@@ -132,65 +132,68 @@ def metrics_table(metrics: dict, ci: dict, baseline: dict | None, temperature: f
                     f"| ECE before calibration | {fmt(metrics['ece_uncalibrated'])} | | |"]
 
 
-def source_lines(info: dict) -> list[str]:
+def source_lines(info) -> list[str]:
     """The embedding source(s) of a run: one backbone, or each fused cache in order."""
-    sources = info.get("sources") or []
+    sources = info.sources
     if len(sources) > 1:
         return [f"- embeddings: {len(sources)} caches fused per image (concatenated in this "
-                f"order, {info.get('embed_dim')}-d): " + "; ".join(
+                f"order, {info.embed_dim}-d): " + "; ".join(
                     f"`{s['cache']}` ({s['backbone']}, {s['dim']}-d)" for s in sources),
-                f"- weights: {info['weights']}"]
-    return [f"- backbone: {info['identity'].get('backbone', 'unknown')}; weights: "
-            f"{info['weights']}"]
+                f"- weights: {info.weights}"]
+    return [f"- backbone: {info.identity.get('backbone', 'unknown')}; weights: "
+            f"{info.weights}"]
 
 
-def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_true: np.ndarray,
+def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: np.ndarray,
                      logits: np.ndarray, calibrator, y_pred: np.ndarray,
                      groups: np.ndarray) -> None:
-    classes = info["classes"]
+    """metrics.json, report.md, MODEL_CARD.md and the figures of one fit-head run; ``info`` is
+    its ``RunSummary`` (workflows.summary; read by attribute, written by ``to_dict``)."""
+    classes = info.classes
     temperature = calibrator.temperature
     # Resampling groups (lesions, patients), not images: images of one group are not
     # independent, and an image bootstrap is about a quarter too narrow on a grouped split.
     ci = bootstrap_ci(y_true, calibrator(logits), classes, groups=groups, y_pred=y_pred)
-    payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci, "info": info}
+    payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci,
+               "info": info.to_dict()}
     write_text(out / "metrics.json", json.dumps(payload, indent=2))
     save_run_figures(out, metrics, classes, y_true, logits, calibrator)
-    lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info) + [
-        f"- model: **{info['model']}** ({info['config'].get('head', 'lightgbm')}, "
-        f"inputs {info['config'].get('inputs')}), best epoch/round {info['best_epoch']}",
-        f"- data: {info['dataset']}, task {info['task']}; classes: "
-        + ", ".join(f"`{c}` ({info['class_names'].get(c, c)})" for c in classes),
-        f"- split: **{info['split']}** ("
-        + (f"{info['group']}s" if info["group"] != "image" else "no groups: each image alone")
-        + f"): {info['protocol']}; seed {info['seed']}",
-        f"- early stopping and calibration on: **{info['select_on']}**"
+    lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info.random_weights) + [
+        f"- model: **{info.model}** ({info.config.get('head', 'lightgbm')}, "
+        f"inputs {info.config.get('inputs')}), best epoch/round {info.best_epoch}",
+        f"- data: {info.dataset}, task {info.task}; classes: "
+        + ", ".join(f"`{c}` ({info.class_names.get(c, c)})" for c in classes),
+        f"- split: **{info.split}** ("
+        + (f"{info.group}s" if info.group != "image" else "no groups: each image alone")
+        + f"): {info.protocol}; seed {info.seed}",
+        f"- early stopping and calibration on: **{info.select_on}**"
         + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
-           if info["select_on"] == "test" else " (never the scored set)"),
-        f"- sizes (images / {info['group']}s): " + ", ".join(
-            f"{s} {info['sizes'][s]} / {info['lesions'][s]}" for s in info["sizes"])
-        + (f"; {info['without_embedding']} image(s) of the table had no embedding and were "
-           "left out" if info.get("without_embedding") else ""),
+           if info.select_on == "test" else " (never the scored set)"),
+        f"- sizes (images / {info.group}s): " + ", ".join(
+            f"{s} {info.sizes[s]} / {info.lesions[s]}" for s in info.sizes)
+        + (f"; {info.without_embedding} image(s) of the table had no embedding and were "
+           "left out" if info.without_embedding else ""),
         *source_lines(info),
-        f"- metadata: {info['encoding']}; {len(info['meta_features'])} features, encoder "
+        f"- metadata: {info.encoding}; {len(info.meta_features)} features, encoder "
         "fitted on train only",
-        f"- calibration (fitted on {info['select_on']}): {info['calibration']}",
-        f"- test-time augmentation: {info['tta_models']}",
+        f"- calibration (fitted on {info.select_on}): {info.calibration}",
+        f"- test-time augmentation: {info.tta_models}",
     ]
-    if info.get("threshold") is not None:
-        lines.append(f"- decision threshold on p({classes[1]}) = {info['threshold']:.3f}, chosen "
-                     f"on {info['select_on']} (maximal balanced accuracy)")
-    scored_on = info.get("scored_on", "test")
+    if info.threshold is not None:
+        lines.append(f"- decision threshold on p({classes[1]}) = {info.threshold:.3f}, chosen "
+                     f"on {info.select_on} (maximal balanced accuracy)")
+    scored_on = info.scored_on
     lines += ["", "## Test metrics" if scored_on == "test" else
               f"## Metrics on {scored_on} (optimistic: this part also chose the epoch and the "
               "calibration; `--split none` has no test part, the honest scores of this recipe "
               "come from `skinfeat cv`)", "",
-              f"95 % CIs: bootstrap over {info['group']}s (1,000 resamples).", ""]
+              f"95 % CIs: bootstrap over {info.group}s (1,000 resamples).", ""]
     lines += metrics_table(metrics, ci, baseline, temperature, headline(len(classes)))
     lines += ["", f"Majority baseline always predicts `{baseline['predicts']}`.", "",
               "## Per class", ""] + per_class_table(metrics) + [
               "", f"## Calibration per class ({scored_on})", ""] + calibration_table(metrics) + [
               "", "![confusion matrix](confusion.png) ![reliability](reliability.png)"]
-    if info.get("reference_recipe"):
+    if info.reference_recipe:
         lines += [
             "", "## Reference recipe (published)", "",
             f"accuracy {fmt(REFERENCE['accuracy'], True)}, weighted F1 "
@@ -199,6 +202,12 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info: dict, *, y_
             "to a lesion-grouped run."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     write_model_card(out, metrics, ci, info, summary=payload)
+
+
+class _Attrs(dict):
+    """A summary dict read by attribute, a key it lacks reading as None (older metrics.json)."""
+    def __getattr__(self, key: str):
+        return self.get(key)
 
 
 # What each public set's provenance means for a model trained on it (the model card's limits).
@@ -211,39 +220,42 @@ DATASET_LIMITS = {
 }
 
 
-def write_model_card(out: Path, metrics: dict, ci: dict, info: dict, *,
+def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
                      summary: dict | None = None, spec=None, evaluations: Sequence[dict] = ()
                      ) -> None:
-    """MODEL_CARD.md; ``summary`` (metrics.json content, e.g. with ``subgroups``), ``spec`` and
-    ``evaluations`` feed its CLEAR Derm checklist (``checklist.rewrite_card`` passes them)."""
-    backbones = " + ".join(str(s["backbone"]) for s in info.get("sources") or []) \
-        or info["identity"].get("backbone", "unknown")
+    """MODEL_CARD.md from a run's summary (``info``: the typed ``RunSummary``, or its dict as
+    metrics.json holds it). ``summary`` (metrics.json content, e.g. with ``subgroups``),
+    ``spec`` and ``evaluations`` feed its CLEAR Derm checklist (``checklist.rewrite_card``)."""
+    info_dict = info if isinstance(info, dict) else info.to_dict()
+    info = _Attrs(info_dict)
+    backbones = " + ".join(str(s["backbone"]) for s in info.sources or []) \
+        or (info.identity or {}).get("backbone", "unknown")
     lines = [f"# Model card: {out.name}", "",
              "## Intended use",
              "Research and teaching only. **Not a medical device**; not for diagnosis or triage "
              "of patients.", "",
              "## Model",
              f"Frozen {backbones} image embeddings "
-             f"({info['weights']}) fused with the metadata fields "
-             f"{', '.join(info.get('fields', [])) or '(none)'} by a {info['model']} model; "
-             f"{len(info['classes'])} classes: {', '.join(info['classes'])}.", "",
+             f"({info.weights}) fused with the metadata fields "
+             f"{', '.join(info.fields) or '(none)'} by a {info.model} model; "
+             f"{len(info.classes)} classes: {', '.join(info.classes)}.", "",
              "## Data and protocol",
-             f"Trained on {info['sizes']['train']} images of {info['dataset']} (task "
-             f"{info['task']}), early stopping on {info['select_on']}, scored on "
-             f"{info['sizes'].get('test', info['sizes']['val'])} "
-             f"{'held-out' if 'test' in info['sizes'] else 'validation (optimistic)'} images; "
-             f"split: {info['protocol']}.", "",
-             f"## Metrics ({info.get('scored_on', 'test')}, 95 % bootstrap CI)"]
+             f"Trained on {info.sizes['train']} images of {info.dataset} (task "
+             f"{info.task}), early stopping on {info.select_on}, scored on "
+             f"{info.sizes.get('test', info.sizes['val'])} "
+             f"{'held-out' if 'test' in info.sizes else 'validation (optimistic)'} images; "
+             f"split: {info.protocol}.", "",
+             f"## Metrics ({info.scored_on}, 95 % bootstrap CI)"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
         lines.append(f"- {key}: {fmt(metrics[key])} ({fmt(ci[key][0])} to {fmt(ci[key][1])})")
-    lines += ["", "## Known limits"] + DATASET_LIMITS.get(info["dataset"], [
-              f"- Trained on one data set ({info['dataset']}): performance on other populations, "
+    lines += ["", "## Known limits"] + DATASET_LIMITS.get(info.dataset, [
+              f"- Trained on one data set ({info.dataset}): performance on other populations, "
               "cameras and clinics is unknown."]) + [
               "- Rare classes have few groups: their per-class numbers are noisy.",
-              f"- Probabilities are calibrated on the validation split ({info['calibration']}); "
+              f"- Probabilities are calibrated on the validation split ({info.calibration}); "
               "calibration can drift on other populations, whose class prevalence differs."]
-    if info.get("random_weights"):
+    if info.random_weights:
         lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
     lines += [""] + checklist_lines(summary or {"model": metrics, "bootstrap_ci95": ci,
-                                                "info": info}, spec, evaluations)
+                                                "info": info_dict}, spec, evaluations)
     write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")

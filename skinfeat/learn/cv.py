@@ -40,8 +40,8 @@ from ..data.datasets import Dataset
 from ..data.splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol
 from ..embed.cache import CacheContents
 from ..evaluate.metrics import headline, majority_baseline, mean_std
-from .baseline import LGBMConfig
-from .head import INPUTS, HeadConfig, one_thread
+from .head import INPUTS, one_thread
+from .runconfig import RunConfig
 from .train import MODELS, align_embeddings, as_dataset, check_inputs, fit_splits
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,26 @@ VAL_FRACTION = 0.125
 
 @dataclass
 class CVConfig:
-    """What to cross-validate: folds and protocol, seeds, models x input sets, each recipe."""
+    """What to cross-validate: folds and protocol, seeds, models x input sets, and the one
+    recipe every fit uses (its head, LightGBM, encoding, calibration and tta; each fit sets
+    the recipe's model, input set and seed, and selects on its fold's inner val part; the
+    recipe's own split, sizes and select_on belong to fit-head)."""
     folds: int = 5
     split: str = "lesion"
     seeds: tuple[int, ...] = (42,)
     models: tuple[str, ...] = MODELS
     inputs: tuple[str, ...] | None = None  # None: every set the data has (see input_sets)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    lgbm: LGBMConfig = field(default_factory=LGBMConfig)
-    tta: bool = False
+    recipe: RunConfig = field(default_factory=RunConfig)
     val_fraction: float = VAL_FRACTION
-    encoding: str = "robust"               # or "reference": the published 17-feature encoder
-    calibration: str = "logit_adjust"
     batched: bool = True                   # a head's folds as one batched network (head_batch)
+
+    def task_recipe(self, model: str, inputs: str, seed: int) -> RunConfig:
+        """The recipe of one (model, input set, seed) fit: LightGBM on one thread (cv runs
+        tasks in parallel instead; its results do not depend on the thread count)."""
+        r = self.recipe
+        return replace(r, model=model, seed=seed, select_on="val",
+                       head=replace(r.head, inputs=inputs, seed=seed),
+                       lgbm=replace(r.lgbm, inputs=inputs, seed=seed, num_threads=1))
 
     def check(self) -> None:
         inputs = INPUTS if self.inputs is None else self.inputs
@@ -78,7 +85,9 @@ class CVConfig:
             raise ValueError("seeds: give at least one seed")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The protocol's fields and the recipe nested under ``"recipe"``."""
+        return {**{k: v for k, v in asdict(self).items() if k != "recipe"},
+                "recipe": self.recipe.to_dict()}
 
 
 @dataclass
@@ -114,25 +123,26 @@ def iter_folds(table: pd.DataFrame, folds: np.ndarray, kind: str, seed: int,
 class FitTask:
     """One model on one input set on one or more folds of one seed (a head's folds train as one
     batched network): everything a worker needs except the embeddings."""
-    model: str
     inputs: str
     rows: list[Fold]
     data: Dataset                    # the validated table (metadata not yet encoded) and its spec
-    head: HeadConfig
-    lgbm: LGBMConfig
-    tta: bool
-    encoding: str = "robust"
-    calibration: str = "logit_adjust"
+    recipe: RunConfig                # model, seed and input set already set (task_recipe)
     save: dict | None = None         # where and how to write each fold's bundle (save_models)
     on_fit: Callable | None = None   # on_fit(task, fold, fit, image) after each fold's fit
+
+    # Read-only views of the recipe, for on_fit hooks (the recipe is the one copy).
+    model = property(lambda self: self.recipe.model)
+    head = property(lambda self: self.recipe.head)
+    lgbm = property(lambda self: self.recipe.lgbm)
+    tta = property(lambda self: self.recipe.tta)
+    encoding = property(lambda self: self.recipe.encoding)
+    calibration = property(lambda self: self.recipe.calibration)
 
 
 def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     """Train on each fold's training rows, stop early on its inner val, score the held-out fold."""
     splits = [{"train": f.train, "val": f.val, "test": f.test} for f in task.rows]
-    fits = fit_splits(task.data, image, splits, model=task.model, head_cfg=task.head,
-                      lgbm_cfg=task.lgbm, tta=task.tta, encoding=task.encoding,
-                      calibration=task.calibration)
+    fits = fit_splits(task.data, image, splits, task.recipe)
     records = []
     for fold, fit in zip(task.rows, fits):
         if task.on_fit is not None:
@@ -140,7 +150,8 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
         records.append({"seed": fold.seed, "fold": fold.fold, "model": task.model,
                         "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
                         "temperature": fit.temperature, "threshold": fit.threshold,
-                        "metrics": fit.metrics})
+                        "metrics": fit.metrics, "test": fold.test, "proba": fit.test_proba,
+                        "decided": fit.test_pred})
     return records
 
 
@@ -240,12 +251,8 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | Non
     for model in cfg.models:
         for inputs in cfg.inputs:
             groups = [folds] if model == "head" and cfg.batched else [[f] for f in folds]
-            tasks += [FitTask(model, inputs, group, data,
-                              replace(cfg.head, inputs=inputs, seed=folds[0].seed),
-                              replace(cfg.lgbm, inputs=inputs, seed=folds[0].seed,
-                                      num_threads=1),
-                              cfg.tta, cfg.encoding, cfg.calibration, save, on_fit)
-                      for group in groups]
+            recipe = cfg.task_recipe(model, inputs, folds[0].seed)
+            tasks += [FitTask(inputs, group, data, recipe, save, on_fit) for group in groups]
     cost = {"fused": 2, "image": 1, "meta": 0}
     return sorted(tasks, key=lambda t: (t.model != "head", -len(t.rows), -cost[t.inputs]))
 
@@ -292,7 +299,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     table, image = align_embeddings(data.table, contents, source)
     data = replace(data, table=table)
     classes = list(data.classes)
-    if cfg.tta and image.ndim != 3:
+    if cfg.recipe.tta and image.ndim != 3:
         log.warning("%s has no view embeddings: --tta has no effect", source)
     ids = {seed: fold_ids(table, cfg.folds, cfg.split, seed) for seed in cfg.seeds}  # fail early
     folds: list[Fold] = []
@@ -311,6 +318,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress)
     records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
                                 cfg.inputs.index(r["inputs"])))
+    oof = oof_frame(table, records, classes)
     y = table["label"].to_numpy()
     majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
     keys = headline(len(classes))
@@ -325,8 +333,31 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "embed_dim": int(image.shape[-1]),
             "folds_table": table[["image_id", "lesion_id", "dx"]].assign(
                 **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
-            "records": records, "summary": summarize(records, cfg, classes), "notes": notes,
+            "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
+            "notes": notes,
             "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
+
+
+OOF_KEYS = ("image_id", "group", "fold", "seed", "model", "inputs")
+
+
+def oof_frame(table: pd.DataFrame, records: list[dict], classes: list[str]) -> pd.DataFrame:
+    """The out-of-fold predictions, taken out of ``records``: per fit, each scored row's
+    image_id, group (the dataset's grouping id), fold, seed, model, inputs, calibrated
+    probability of each class (``p_CLASS``) and decision (a class name)."""
+    parts = []
+    for r in records:
+        test, proba, decided = r.pop("test"), r.pop("proba"), r.pop("decided")
+        part = pd.DataFrame({"image_id": table["image_id"].to_numpy()[test],
+                             "group": table["lesion_id"].to_numpy()[test],
+                             "fold": r["fold"], "seed": r["seed"], "model": r["model"],
+                             "inputs": r["inputs"]})
+        for k, c in enumerate(classes):
+            part[f"p_{c}"] = np.asarray(proba)[:, k]
+        part["decision"] = np.asarray(classes, dtype=object)[np.asarray(decided, dtype=int)]
+        parts.append(part)
+    columns = [*OOF_KEYS, *(f"p_{c}" for c in classes), "decision"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
 def _mean_std(values) -> dict:

@@ -53,6 +53,12 @@ class RunConfig:
             d = {**d, "head": {**HeadConfig.reference().to_dict(), **d.get("head", {})}}
         return parse(cls, d, source, ConfigError, at)
 
+    def seeded(self) -> "RunConfig":
+        """This recipe with its head and LightGBM on the recipe's seed: ``seed`` is the one
+        seed of a run (split, weights, dropout masks, boosting)."""
+        return replace(self, head=replace(self.head, seed=self.seed),
+                       lgbm=replace(self.lgbm, seed=self.seed))
+
     def check(self) -> None:
         """Types, choices and ranges of every field (the head's and LightGBM's too), then the
         values that must agree."""
@@ -91,9 +97,8 @@ def merge(base: RunConfig, run: dict, head: dict, lgbm: dict) -> RunConfig:
     """``base`` with the given (not None) values replaced: command-line flags over a file."""
     given = {k: v for k, v in run.items() if v is not None}
     cfg = replace(base, **given)
-    cfg.head = replace(cfg.head, **{k: v for k, v in head.items() if v is not None},
-                       seed=cfg.seed)
-    cfg.lgbm = replace(cfg.lgbm, **{k: v for k, v in lgbm.items() if v is not None},
-                       seed=cfg.seed)
+    cfg.head = replace(cfg.head, **{k: v for k, v in head.items() if v is not None})
+    cfg.lgbm = replace(cfg.lgbm, **{k: v for k, v in lgbm.items() if v is not None})
+    cfg = cfg.seeded()
     cfg.check()
     return cfg

@@ -24,6 +24,7 @@ from ..evaluate.metrics import calibrated_metrics
 from .baseline import LGBMConfig, LGBMModel, fit_lgbm
 from .calibration import Calibrator
 from .head import FusionHead, HeadConfig, balanced_class_weights, head_logits
+from .runconfig import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class SplitFit:
     test_logits: np.ndarray
     test_pred: np.ndarray         # decided class per test row
     meta_dim: int
+    test_proba: np.ndarray | None = None   # calibrated probabilities per test row
 
     @property
     def temperature(self) -> float:
@@ -192,13 +194,14 @@ def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
                         int(meta.shape[1]))
 
 
-def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, *, tta: bool,
-                 calibrate: bool, select_on: str, calibration: str) -> SplitFit:
-    """Calibrate on ``select_on``, choose a binary threshold there, score ``test`` (or, for a
-    split without one, the ``select_on`` part itself: optimistic, and reported as such)."""
-    classes, select = data.classes, enc.parts[select_on]
+def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: RunConfig, *,
+                 calibrate: bool = True) -> SplitFit:
+    """Calibrate on ``recipe.select_on``, choose a binary threshold there, score ``test`` (or,
+    for a split without one, the ``select_on`` part itself: optimistic, and reported as such)."""
+    classes, select = data.classes, enc.parts[recipe.select_on]
+    tta = recipe.tta
     select_logits = trained.logits(*select[:2], tta=tta)
-    calibrator = Calibrator(calibration if calibrate else "temperature")
+    calibrator = Calibrator(recipe.calibration if calibrate else "temperature")
     if calibrate:
         calibrator.fit(select_logits, select[2], class_weights=trained.class_weights)
     threshold = choose_threshold(select[2] == 1, calibrator(select_logits)[:, 1]) \
@@ -209,32 +212,34 @@ def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, *, tta: boo
     pred = calibrator.decide(proba, threshold)
     metrics = calibrated_metrics(scored[2], test_logits, proba, classes, pred)
     return SplitFit(trained, enc.encoder, calibrator, threshold, metrics, test_logits, pred,
-                    enc.meta_dim)
+                    enc.meta_dim, proba)
 
 
-def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarray]], *,
-               model: str, head_cfg: HeadConfig, lgbm_cfg: LGBMConfig, tta: bool = False,
-               calibrate: bool = True, select_on: str = "val", encoding: str = "robust",
-               calibration: str = "logit_adjust", batched: bool = True) -> list[SplitFit]:
-    """Encode (fitted on each split's ``train`` rows), train, calibrate on ``select_on``, score
-    ``test``: the whole of stage two for one or more splits with one recipe (the folds of a
-    CV), shared by fit-head, cv and tune.
+def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarray]],
+               recipe: RunConfig, *, calibrate: bool = True,
+               batched: bool = True) -> list[SplitFit]:
+    """Encode (fitted on each split's ``train`` rows), train, calibrate on
+    ``recipe.select_on``, score ``test``: the whole of stage two for one or more splits with
+    one recipe (the folds of a CV), shared by fit-head, cv and tune. The recipe's model,
+    head / LightGBM settings, encoding, calibration and tta are used as they are (``split``,
+    ``seed`` and the sizes belong to whoever made ``splits``).
 
     Scores use the calibrated probabilities (AUC, ECE) and the model's decisions: the balanced
     rule of the calibrator for a multi-class task, the threshold chosen on val for a binary one.
     """
-    encs = [encode_split(data, image, rows, encoding) for rows in splits]
-    trained = train_models(model, [e.parts["train"] for e in encs],
-                           [e.parts[select_on] for e in encs], len(data.classes), head_cfg,
-                           lgbm_cfg, [e.encoder.dropout_fields() for e in encs], batched)
-    return [finish_split(data, e, t, tta=tta, calibrate=calibrate, select_on=select_on,
-                         calibration=calibration) for e, t in zip(encs, trained)]
+    encs = [encode_split(data, image, rows, recipe.encoding) for rows in splits]
+    trained = train_models(recipe.model, [e.parts["train"] for e in encs],
+                           [e.parts[recipe.select_on] for e in encs], len(data.classes),
+                           recipe.head, recipe.lgbm, [e.encoder.dropout_fields() for e in encs],
+                           batched)
+    return [finish_split(data, e, t, recipe, calibrate=calibrate)
+            for e, t in zip(encs, trained)]
 
 
-def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
-              **kwargs) -> SplitFit:
+def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], recipe: RunConfig,
+              *, calibrate: bool = True) -> SplitFit:
     """``fit_splits`` for one split."""
-    return fit_splits(data, image, [rows], **kwargs)[0]
+    return fit_splits(data, image, [rows], recipe, calibrate=calibrate)[0]
 
 
 def prepare_split(table: pd.DataFrame, out: Path, kind: str, seed: int, test_size: float = 0.2,

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,17 +40,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TuneConfig:
-    """The search: how many trials, the protocol, where the study lives, where it starts."""
+    """The search: how many trials, the protocol, where the study lives, where it starts (the
+    recipe of trial 0, whose seed is the search's: held-out part, folds, sampler, fits)."""
     trials: int = 50
     folds: int = 5
     test_size: float = 0.2
     split: str = "lesion"
-    seed: int = 42
     storage: str | None = None            # an Optuna storage URL; None: in memory
     study_name: str = "skinfeat-tune"
     start: RunConfig = field(default_factory=RunConfig)
     jobs: int = 1                         # worker processes sharing the study on this machine
     batched: bool = True                  # each trial's fold heads as one batched network
+
+    @property
+    def seed(self) -> int:
+        return self.start.seed
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "start"}, "seed": self.seed,
+                "start": self.start.to_dict()}
 
     def check(self) -> None:
         if self.trials < 1 or self.folds < 2:
@@ -255,6 +263,12 @@ def open_study(cfg: TuneConfig, key: str, storage=None, worker: int = 0):
     return study
 
 
+def trial_recipe(cfg: TuneConfig, head: HeadConfig) -> RunConfig:
+    """The starting recipe with one trial's head: the head is what is searched, selected on
+    each fold's inner val part, with the search's seed."""
+    return replace(cfg.start, model="head", seed=cfg.seed, select_on="val", head=head)
+
+
 @dataclass
 class Search:
     """What a search worker needs: the data, the embeddings, the folds, the recipe."""
@@ -271,13 +285,11 @@ def search(job: Search, storage, worker: int = 0,
     """Run trials until the study holds ``trials`` of them (any worker's)."""
     import optuna
 
-    cfg, start = job.cfg, job.cfg.start
-    fit_args = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
-                    calibration=start.calibration, batched=cfg.batched)
+    cfg = job.cfg
 
     def objective(trial) -> float:
-        head = suggest(trial, replace(start.head, seed=cfg.seed))
-        fits = fit_splits(job.data, job.image, job.folds, head_cfg=head, **fit_args)
+        recipe = trial_recipe(cfg, suggest(trial, replace(cfg.start.head, seed=cfg.seed)))
+        fits = fit_splits(job.data, job.image, job.folds, recipe=recipe, batched=cfg.batched)
         scores = [f.metrics[job.metric] for f in fits]
         trial.set_user_attr("std", float(np.std(scores)))
         trial.set_user_attr("best_epochs", [f.trained.best_epoch for f in fits])

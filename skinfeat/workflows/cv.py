@@ -13,7 +13,7 @@ import pandas as pd
 from ..data.datasets import Dataset
 from ..data.splits import save_split
 from ..deploy.bundle import bundle_quantized, load_config, save_bundle
-from ..atomic import write_text
+from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
 from ..learn.cv import CVConfig, FitTask, Fold, input_sets, run_cv
 from ..learn.runconfig import RunConfig
@@ -52,8 +52,9 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
            jobs: int = 1, progress: Callable[[int], None] | None = None,
            on_start: Callable[[int], None] | None = None, save_models: bool = False) -> dict:
     """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
-    cv_report.md, cv_folds.csv and PNGs. ``save_models``: every fold's bundle and, per model and
-    input set, an ensemble bundle of its folds (``models/MODEL_INPUTS/``)."""
+    cv_report.md, cv_folds.csv, oof_predictions.csv (``res["oof"]``) and PNGs.
+    ``save_models``: every fold's bundle and, per model and input set, an ensemble bundle of
+    its folds (``models/MODEL_INPUTS/``)."""
     from ..evaluate.cv_report import write_cv_report
 
     out = Path(out)
@@ -71,6 +72,8 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
         res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
             res["config"]["inputs"])))
     write_cv_report(out, res)
+    oof = res["oof"]
+    write_artifact(out / "oof_predictions.csv", lambda tmp: oof.to_csv(tmp, index=False))
     return res
 
 

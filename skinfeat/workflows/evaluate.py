@@ -202,7 +202,7 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
     save_run_figures(out, metrics, classes, y, logits, calibrator,
                      title=f"Confusion matrix: {Path(info['data']).name}")
     lines = [f"# skinfeat evaluation: {Path(info['run']).name} on {Path(info['data']).name}", ""]
-    lines += weights_warning(info) + [headline_sentence(metrics, ci, classes), "",
+    lines += weights_warning(info["random_weights"]) + [headline_sentence(metrics, ci, classes), "",
         f"- task: {info['task']}; classes: {', '.join(classes)}"
         + (f"; decision threshold on p({classes[1]}) = {info['threshold']:.3f} (chosen on the "
            "model's validation split)" if info.get("threshold") is not None else ""),

@@ -15,10 +15,10 @@ from ..data.splits import protocol
 from ..deploy.bundle import bundle_quantized, save_bundle
 from ..embed.cache import CacheContents, cache_label, read_caches
 from ..evaluate.metrics import majority_baseline
-from ..learn.baseline import LGBMConfig
-from ..learn.head import HeadConfig
+from ..learn.runconfig import RunConfig
 from ..learn.train import (SplitFit, _tta_note, align_embeddings, as_dataset, bundle_config,
                            check_inputs, fit_split, prepare_split)
+from .summary import RunSummary
 
 
 def save_fit(out: Path, fit: SplitFit, config: dict, quantized: bool = True) -> None:
@@ -34,70 +34,61 @@ def save_fit(out: Path, fit: SplitFit, config: dict, quantized: bool = True) -> 
         save_bundle(out, {**config, "lgbm": state}, lgbm_model=model_str)
 
 
-def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
-            split: str = "lesion", seed: int = 42, select_on: str = "val", model: str = "head",
-            head_cfg: HeadConfig | None = None, lgbm_cfg: LGBMConfig | None = None,
-            tta: bool = False, calibrate: bool = True, encoding: str = "robust",
-            calibration: str = "logit_adjust", test_size: float = 0.2,
-            val_size: float = 0.1) -> dict:
-    """Train one model on one split; write bundle, metrics.json, report.md and figures to ``out``.
+def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
+            recipe: RunConfig | None = None, *, calibrate: bool = True) -> dict:
+    """Train one model on one split by ``recipe`` (its head and LightGBM on its ``seed``);
+    write bundle, metrics.json, report.md and figures to ``out``. Returns ``{"metrics",
+    "baseline", "info"}``, ``info`` a ``RunSummary``.
 
-    ``cache_path``: one cache file or several (fused per image, in order). ``split="none"``
-    trains on every row but an inner validation part (``val_size``, grouped) that stops early
-    and calibrates: the model to deploy after a CV study; its report's scores are on that
-    part, optimistic, and say so.
+    ``cache_path``: one cache file or several (fused per image, in order). ``recipe.split=
+    "none"`` trains on every row but an inner validation part (``val_size``, grouped) that
+    stops early and calibrates: the model to deploy after a CV study; its report's scores are
+    on that part, optimistic, and say so. ``calibrate=False`` keeps the raw logits (T = 1).
     """
     from ..evaluate.report import write_run_report
-    from ..learn.runconfig import RunConfig
 
+    recipe = (recipe or RunConfig()).seeded()
+    recipe.check()
     data = as_dataset(data)
     out = Path(out)
-    head_cfg = head_cfg or (HeadConfig.reference(seed=seed) if encoding == "reference"
-                            else HeadConfig(seed=seed))
-    lgbm_cfg = lgbm_cfg or LGBMConfig(seed=seed)
-    run = RunConfig(model=model, split=split, seed=seed, select_on=select_on,
-                    test_size=test_size, val_size=val_size, encoding=encoding,
-                    calibration=calibration, tta=tta, head=head_cfg, lgbm=lgbm_cfg)
-    run.check()
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
-    check_inputs(data, (head_cfg if model == "head" else lgbm_cfg).inputs)
+    model = recipe.model
+    check_inputs(data, (recipe.head if model == "head" else recipe.lgbm).inputs)
     contents = read_caches(cache_path)
     source = cache_label(cache_path)
     table, image = align_embeddings(data.table, contents, source)
     dropped = len(data.table) - len(table)
     data = replace(data, table=table)
     out.mkdir(parents=True, exist_ok=True)   # after the checks: a refused run leaves nothing
-    sides, kind = prepare_split(table, out, split, seed, test_size, val_size)
+    sides, kind = prepare_split(table, out, recipe.split, recipe.seed, recipe.test_size,
+                                recipe.val_size)
     names = ("train", "val", "test") if kind != "none" else ("train", "val")
     rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in names}
-    fit = fit_split(data, image, rows, model=model, head_cfg=head_cfg, lgbm_cfg=lgbm_cfg, tta=tta,
-                    calibrate=calibrate, select_on=select_on, encoding=encoding,
-                    calibration=calibration)
+    fit = fit_split(data, image, rows, recipe, calibrate=calibrate)
     classes, y = list(data.classes), table["label"].to_numpy()
-    scored = rows.get("test", rows[select_on])
+    scored = rows.get("test", rows[recipe.select_on])
     baseline = majority_baseline(y[rows["train"]], y[scored], classes)
-    info = {
-        "model": model, "config": fit.trained.config, "best_epoch": fit.trained.best_epoch,
-        "epochs_run": fit.trained.epochs_run,
-        "split": kind, "protocol": protocol(kind, data.spec.group_name), "select_on": select_on,
-        "scored_on": "test" if "test" in rows else select_on, "seed": seed,
-        "dataset": data.spec.name, "task": str(data.task), "classes": classes,
-        "class_names": data.class_names, "group": data.spec.group_name,
-        "fields": list(data.spec.metadata),
-        "reference_recipe": data.spec.reference_recipe and not data.task.binary,
-        "sizes": {s: int(len(r)) for s, r in rows.items()},
-        "lesions": {s: int(table["lesion_id"].iloc[r].nunique()) for s, r in rows.items()},
-        "without_embedding": dropped,
-        **contents.provenance(source), "sources": cache_sources(contents, cache_path),
-        "temperature": fit.temperature, "calibration": fit.calibrator.describe(),
-        "threshold": fit.threshold, "tta": tta, "tta_models": _tta_note(model, tta, image),
-        "encoding": fit.encoder.describe(), "skinfeat": __version__,
-        "embed_dim": int(image.shape[-1]), "meta_features": fit.encoder.feature_names,
-    }
-    config = bundle_config(data, fit, contents.identity, info["weights"],
-                           embed_dim=int(image.shape[-1]), tta=tta, split=kind, seed=seed,
-                           run=run.to_dict())
+    info = RunSummary(
+        model=model, config=fit.trained.config, best_epoch=fit.trained.best_epoch,
+        epochs_run=fit.trained.epochs_run, split=kind,
+        protocol=protocol(kind, data.spec.group_name), select_on=recipe.select_on,
+        scored_on="test" if "test" in rows else recipe.select_on, seed=recipe.seed,
+        dataset=data.spec.name, task=str(data.task), classes=classes,
+        class_names=data.class_names, group=data.spec.group_name,
+        fields=list(data.spec.metadata),
+        reference_recipe=data.spec.reference_recipe and not data.task.binary,
+        sizes={s: int(len(r)) for s, r in rows.items()},
+        lesions={s: int(table["lesion_id"].iloc[r].nunique()) for s, r in rows.items()},
+        without_embedding=dropped, **contents.provenance(source),
+        sources=cache_sources(contents, cache_path), temperature=fit.temperature,
+        calibration=fit.calibrator.describe(), threshold=fit.threshold, tta=recipe.tta,
+        tta_models=_tta_note(model, recipe.tta, image), encoding=fit.encoder.describe(),
+        skinfeat=__version__, embed_dim=int(image.shape[-1]),
+        meta_features=fit.encoder.feature_names)
+    config = bundle_config(data, fit, contents.identity, info.weights,
+                           embed_dim=int(image.shape[-1]), tta=recipe.tta, split=kind,
+                           seed=recipe.seed, run=recipe.to_dict())
     save_fit(out, fit, config)
     write_run_report(out, fit.metrics, baseline, info, y_true=y[scored],
                      logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,

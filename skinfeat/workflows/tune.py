@@ -19,7 +19,7 @@ from ..learn.cv import iter_folds
 from ..learn.head import one_thread
 from ..learn.train import align_embeddings, as_dataset, check_inputs, fit_split
 from ..learn.tune import (Search, TuneConfig, _search_worker, open_study, protocol_key,
-                          search, storage_of, suggest)
+                          search, storage_of, suggest, trial_recipe)
 
 
 def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: TuneConfig, *,
@@ -62,17 +62,14 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
         study = open_study(cfg, job.key, storage)
     else:
         study = one_thread(search)(job, storage, 0, progress)
-    recipe = dict(model="head", lgbm_cfg=start.lgbm, tta=start.tta, encoding=start.encoding,
-                  calibration=start.calibration)
     best = study.best_trial
     best_head = replace(suggest(optuna.trial.FixedTrial(best.params),
                                 replace(start.head, seed=cfg.seed)))
     # The chosen configuration, trained once on all of the search rows, scored once on test.
     inner = holdout_mask(rest_table, start.val_size / (1 - cfg.test_size), cfg.split, cfg.seed)
+    chosen = replace(trial_recipe(cfg, best_head), test_size=cfg.test_size)
     final = fit_split(data, image, {"train": rest[~inner], "val": rest[inner],
-                                    "test": np.flatnonzero(test)}, head_cfg=best_head, **recipe)
-    chosen = replace(start, model="head", seed=cfg.seed, head=best_head,
-                     test_size=cfg.test_size)
+                                    "test": np.flatnonzero(test)}, chosen)
     write_text(out / "best_config.json", json.dumps({"run": chosen.to_dict()}, indent=2))
     history = [{"number": t.number, "value": t.value, "state": t.state.name,
                 "params": t.params, **t.user_attrs} for t in study.trials]
@@ -81,7 +78,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
            "start": next((h for h in history if h["number"] == 0), None),
            "held_out": {"n": int(test.sum()), "groups": int(table.loc[test, "lesion_id"].nunique()),
                         "metrics": final.metrics},
-           "history": history, "config": {**asdict(cfg), "start": start.to_dict()},
+           "history": history, "config": cfg.to_dict(),
            "sizes": {"search": int(len(rest)), "held_out": int(test.sum())},
            "dataset": data.spec.name, "task": str(data.task), "group": data.spec.group_name,
            "info": contents.provenance(cache_label(cache_path))}

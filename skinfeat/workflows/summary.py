@@ -1,0 +1,88 @@
+"""The typed summary of a fit-head run: what the report, the model card, the CLI and
+``metrics.json`` (its ``"info"`` entry) say about the run besides the metrics.
+
+``RunSummary.to_dict()`` writes the keys ``metrics.json`` always had (plus
+``format``); ``from_dict`` reads them back, refusing an unknown key with one line that
+names it, so a reader of an older or newer file knows what it got.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping
+
+from ..evaluate.metrics import headline
+from ..schema import SchemaError
+
+FORMAT = 1
+
+
+@dataclass
+class RunSummary:
+    """Protocol, sizes, sources, calibration and encoding of one fit-head run."""
+    model: str                       # head | lgbm
+    config: dict                     # the trained model's settings (HeadConfig / LGBMConfig)
+    best_epoch: int | None
+    epochs_run: int | None
+    split: str                       # lesion | image | none
+    protocol: str                    # the split in words
+    select_on: str                   # the part that stops early and calibrates
+    scored_on: str                   # test, or select_on for a split without one
+    seed: int
+    dataset: str
+    task: str
+    classes: list[str]
+    class_names: dict[str, str]
+    group: str                       # what groups the images: lesion, patient, image
+    fields: list[str]                # the data set's metadata fields
+    reference_recipe: bool
+    sizes: dict[str, int]            # images per part
+    lesions: dict[str, int]          # groups per part
+    without_embedding: int           # rows of the table left out: no embedding in the cache
+    cache: str
+    identity: dict
+    weights: str
+    random_weights: bool
+    sources: list[dict]              # each embedding source: cache, backbone, dim
+    temperature: float
+    calibration: str                 # the calibrator in words
+    threshold: float | None          # a binary task's decision threshold
+    tta: bool
+    tta_models: str                  # what --tta did, in words
+    encoding: str                    # the metadata encoder in words
+    skinfeat: str                    # the version that trained it
+    embed_dim: int
+    meta_features: list[str]
+    format: int = FORMAT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, source: str = "metrics.json") -> "RunSummary":
+        """A summary from ``metrics.json``'s ``"info"``; an unknown or missing key is one error
+        naming ``source`` and the key."""
+        if not isinstance(d, Mapping):
+            raise SchemaError(f"expected a table, got {type(d).__name__}", "info", source)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SchemaError("unknown key in a run summary", f"info.{unknown[0]}", source)
+        version = d.get("format", FORMAT)
+        if not isinstance(version, int) or version > FORMAT:
+            raise SchemaError(f"summary version {version!r} is newer than this skinfeat's "
+                              f"({FORMAT})", "info.format", source)
+        missing = [n for n in names if n not in d and n != "format"]
+        if missing:
+            raise SchemaError("missing from the run summary", f"info.{sorted(missing)[0]}",
+                              source)
+        return cls(**{k: d[k] for k in names if k in d})
+
+    @property
+    def scored_size(self) -> int:
+        """Images in the scored part."""
+        return self.sizes[self.scored_on]
+
+    @property
+    def headline(self) -> tuple[str, ...]:
+        """The metrics this run's reports lead with (the task's)."""
+        return headline(len(self.classes))
