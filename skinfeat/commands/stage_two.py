@@ -143,7 +143,7 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 @click.option("--val-size", type=float, help="Validation share of the rows [default: 0.1].")
 @click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
               help="[default: fused]")
-@click.option("--model", type=click.Choice(["head", "lgbm"]), help="[default: head]")
+@click.option("--model", type=click.Choice(["head", "lgbm", "linear"]), help="[default: head]")
 @click.option("--select-on", type=click.Choice(["val", "test"]),
               help="Split that picks the epoch; 'test' reproduces the reference's flaw "
               "[default: val].")
@@ -244,7 +244,8 @@ def cv_config(config_file, folds, split, seeds, models, inputs, kwargs: dict):
               help="Comma list of input sets, each trained on the same folds [default: "
               "image,meta,fused; a set without metadata fields: image].")
 @click.option("--models", default="head,lgbm", show_default=True,
-              callback=comma_list(("head", "lgbm")), help="Comma list: fusion head, LightGBM.")
+              callback=comma_list(("head", "lgbm", "linear")),
+              help="Comma list: fusion head, LightGBM, linear probe.")
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
               "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
 @recipe_options

@@ -103,7 +103,7 @@ def load_config(run: Path) -> dict:
 # encoder and the calibrator check their own state (``MetadataEncoder.from_dict``,
 # ``Calibrator.from_dict``). Messages follow ``skinfeat.schema``'s form (``FILE: key 'K':
 # expected ..., got ...``), so these checks can move onto its typed parser.
-MODEL_TYPES = ("head", "lgbm", "ensemble")
+MODEL_TYPES = ("head", "lgbm", "linear", "ensemble")
 
 
 def _given(value: object) -> str:

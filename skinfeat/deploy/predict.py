@@ -26,8 +26,8 @@ from ..embed.cache import random_weights, source_identities
 from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder, embed_files
 from ..learn.calibration import Calibrator
-from ..learn.head import FusionHead
-from ..learn.train import Trained
+from ..learn.models import MODELS
+from ..learn.protocol import Trained
 from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleError, HeadDims,
                      atomic_write_text, load_config, load_into, load_state)
 
@@ -48,37 +48,35 @@ def load_model(run: Path, config: dict) -> tuple[Trained, MetadataEncoder]:
     if encoder.n_features != meta_dim:
         raise BundleError(f"{source}: the encoder makes {encoder.n_features} metadata features "
                           f"but the head expects meta_dim {meta_dim}")
-    kind = config["model_type"]
-    if kind == "head":
-        try:
-            model = FusionHead.from_config(embed_dim, meta_dim, n_classes, head)
-        except (ValueError, TypeError) as exc:
-            raise BundleError(f"{source}: {exc}") from exc
-        load_into(model, load_state(run), run / WEIGHTS)
-        model.eval()
-    elif kind == "lgbm":
-        model = load_lgbm(run, config, embed_dim)
+    return load_stage_two(run, config, (embed_dim, meta_dim, n_classes)), encoder
+
+
+def load_stage_two(run: Path, config: dict, dims: tuple[int, int, int]) -> Trained:
+    """The bundle's model through its class (``protocol.MODELS``), each error naming the file."""
+    source, kind = run / CONFIG, config["model_type"]
+    if kind not in MODELS:
+        raise BundleError(f"{source}: unknown model_type {kind!r} (expected one of "
+                          f"{', '.join(MODELS)})")
+    cls = MODELS[kind]
+    if cls.weights_format == "text":
+        path = run / LGBM
+        if not path.is_file():
+            raise BundleError(f"{path}: {cls.title} model file missing")
+        weights = path.read_text(encoding="utf-8")
     else:
-        raise BundleError(f"{source}: unknown model_type {kind!r} (expected head or lgbm)")
-    return Trained(kind, model, head), encoder
-
-
-def load_lgbm(run: Path, config: dict, embed_dim: int):
-    import lightgbm as lgb
-    from ..learn.baseline import LGBMModel
-
-    path = run / LGBM
-    if not path.is_file():
-        raise BundleError(f"{path}: LightGBM model file missing")
+        path, weights = source, load_state(run)
     try:
-        model = LGBMModel.from_state(path.read_text(encoding="utf-8"), config["lgbm"])
-    except (KeyError, TypeError, ValueError, lgb.basic.LightGBMError) as exc:
-        raise BundleError(f"{path}: unreadable LightGBM model ({str(exc).splitlines()[0]})") \
-            from exc
-    if model.pca is not None and model.pca.mean.shape[0] != embed_dim:
-        raise BundleError(f"{path}: PCA expects {model.pca.mean.shape[0]}-d embeddings, "
-                          f"config says embed_dim {embed_dim}")
-    return model
+        model = cls.from_bundle(config, weights, dims,
+                                load_state=lambda m, state: load_into(m, state, run / WEIGHTS))
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        what = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        if cls.weights_format == "text":
+            raise BundleError(f"{path}: unreadable {cls.title} model ({what})") \
+                from exc
+        raise BundleError(f"{path}: {what}") from exc
+    return Trained(model)
 
 
 def bundle_spec(config: dict, source: Path) -> tuple[DatasetSpec, Task]:

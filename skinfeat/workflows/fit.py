@@ -27,11 +27,10 @@ def save_fit(out: Path, fit: SplitFit, config: dict, quantized: bool = True) -> 
     ensemble's)."""
     if quantized:
         bundle_quantized(out, config.get("backbone"))
-    if fit.trained.kind == "head":
-        save_bundle(out, config, state=fit.trained.model.state_dict())
-    else:
-        model_str, state = fit.trained.model.to_state()
-        save_bundle(out, {**config, "lgbm": state}, lgbm_model=model_str)
+    extra, weights = fit.trained.model.to_bundle()
+    text = fit.trained.model.weights_format == "text"
+    save_bundle(out, {**config, **extra}, state=None if text else weights,
+                lgbm_model=weights if text else None)
 
 
 def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
