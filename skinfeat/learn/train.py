@@ -30,6 +30,7 @@ from .protocol import Trained
 log = logging.getLogger(__name__)
 
 MODELS = tuple(REGISTRY)   # the model_type names: head, lgbm, linear
+DEFAULT_MODELS = ("head", "lgbm")   # what cv compares unless told
 
 
 def align_embeddings(table: pd.DataFrame, contents: CacheContents,
