@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from .version import __version__
 
-__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult", "Model",
-           "Predictions", "Recipe", "RunConfig", "Task", "cross_validate", "extract", "fit",
+__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult",
+           "FusionHeadClassifier", "Model", "Predictions", "Recipe", "RunConfig", "Task",
+           "cross_validate", "extract", "fit",
            "load_dataset", "load_model", "tune", "__version__"]
 
 

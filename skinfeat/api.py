@@ -33,6 +33,7 @@ from .deploy.predict import Predictions, Predictor
 from .embed.backbone import DEFAULT_BACKBONE
 from .embed.cache import CacheContents, read_cache
 from .learn.runconfig import RunConfig
+from .learn.sklearn import FusionHeadClassifier
 
 Recipe = RunConfig   # the recipe of a stage-two run: model, split, encoding, head, lgbm, ...
 PathLike = str | Path
@@ -280,6 +281,7 @@ def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int
     return tune_run(_dataset(data), _paths(caches), out, cfg, progress=progress)
 
 
-__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult", "Model",
-           "Predictions", "Recipe", "RunConfig", "Task", "cross_validate", "extract", "fit",
+__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "FitResult",
+           "FusionHeadClassifier", "Model", "Predictions", "Recipe", "RunConfig", "Task",
+           "cross_validate", "extract", "fit",
            "load_dataset", "load_model", "tune"]
