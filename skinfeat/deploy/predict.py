@@ -28,21 +28,19 @@ from ..embed.extract import Embedder, Int8Embedder, embed_files
 from ..learn.calibration import Calibrator
 from ..learn.models import MODELS
 from ..learn.protocol import Trained
-from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleError, HeadDims,
-                     atomic_write_text, load_config, load_into, load_state)
+from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleConfig, BundleError,
+                     EnsembleConfig, atomic_write_text, load_into, load_state, load_typed)
 
 log = logging.getLogger(__name__)
 
 
-def load_model(run: Path, config: dict) -> tuple[Trained, MetadataEncoder]:
+def load_model(run: Path, config: BundleConfig) -> tuple[Trained, MetadataEncoder]:
     """The bundle's stage-two model and metadata encoder, checked against each other (the
-    config's plain values were checked by ``load_config``)."""
+    config's plain values were checked by its schema, ``bundle_config``)."""
     source = run / CONFIG
-    head = config["head"]
-    dims = HeadDims.parse(head, source)
-    embed_dim, meta_dim, n_classes = dims.embed_dim, dims.meta_dim, dims.n_classes
+    embed_dim, meta_dim, n_classes = config.dims
     try:
-        encoder = MetadataEncoder.from_dict(config["encoder"], key="encoder")
+        encoder = MetadataEncoder.from_dict(config.encoder, key="encoder")
     except ValueError as exc:
         raise BundleError(f"{source}: {exc}") from exc
     if encoder.n_features != meta_dim:
@@ -51,9 +49,10 @@ def load_model(run: Path, config: dict) -> tuple[Trained, MetadataEncoder]:
     return load_stage_two(run, config, (embed_dim, meta_dim, n_classes)), encoder
 
 
-def load_stage_two(run: Path, config: dict, dims: tuple[int, int, int]) -> Trained:
-    """The bundle's model through its class (``protocol.MODELS``), each error naming the file."""
-    source, kind = run / CONFIG, config["model_type"]
+def load_stage_two(run: Path, config: BundleConfig, dims: tuple[int, int, int]) -> Trained:
+    """The bundle's model through its class (``learn.models.MODELS``), each error naming the
+    file."""
+    source, kind = run / CONFIG, config.model_type
     if kind not in MODELS:
         raise BundleError(f"{source}: unknown model_type {kind!r} (expected one of "
                           f"{', '.join(MODELS)})")
@@ -66,7 +65,7 @@ def load_stage_two(run: Path, config: dict, dims: tuple[int, int, int]) -> Train
     else:
         path, weights = source, load_state(run)
     try:
-        model = cls.from_bundle(config, weights, dims,
+        model = cls.from_bundle(config.to_dict(), weights, dims,
                                 load_state=lambda m, state: load_into(m, state, run / WEIGHTS))
     except BundleError:
         raise
@@ -79,13 +78,14 @@ def load_stage_two(run: Path, config: dict, dims: tuple[int, int, int]) -> Train
     return Trained(model)
 
 
-def bundle_spec(config: dict, source: Path) -> tuple[DatasetSpec, Task]:
+def bundle_spec(config: BundleConfig | EnsembleConfig, source: Path) -> tuple[DatasetSpec, Task]:
     """The dataset description and task the model was trained with (HAM10000 for bundles made
     before descriptions were stored)."""
     try:   # each error names the file and the key (dataset.classes, task.kind, ...)
-        spec = DatasetSpec.from_dict(config["dataset"], str(source), "dataset") \
-            if "dataset" in config else HAM10000
-        task = Task.from_dict(config["task"], str(source), "task") if "task" in config else Task()
+        spec = DatasetSpec.from_dict(config.dataset, str(source), "dataset") \
+            if config.dataset is not None else HAM10000
+        task = Task.from_dict(config.task, str(source), "task") \
+            if config.task is not None else Task()
     except SpecError as exc:
         raise BundleError(str(exc)) from exc
     return spec, task
@@ -141,12 +141,13 @@ def weight_source(identity: dict, weights_file: str | Path | None, source: Path)
     raise BundleError(f"{source}: unknown backbone weight source {kind!r}")
 
 
-def bundle_calibrator(config: dict, source: Path) -> Calibrator:
+def bundle_calibrator(config: BundleConfig, source: Path) -> Calibrator:
     """The calibration fitted on the validation split at training time (older bundles: their
     temperature alone); its vectors must have one entry per class."""
-    key = "calibration" if "calibration" in config else "temperature"
+    key = "calibration" if config.calibration is not None else "temperature"
     try:
-        return Calibrator.from_dict(config.get(key), n_classes=len(config["classes"]), key=key)
+        return Calibrator.from_dict(getattr(config, key), n_classes=len(config.classes),
+                                    key=key)
     except ValueError as exc:
         raise BundleError(f"{source}: {exc}") from exc
 
@@ -188,22 +189,23 @@ class Predictor:
     def __init__(self, run: str | Path, *, weights_file: str | Path | None = None,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0):
         self.run = Path(run)
-        self.config = load_config(self.run)
-        self.classes = [str(c) for c in self.config["classes"]]
-        self.spec, self.task = bundle_spec(self.config, self.run / CONFIG)
+        # the table as written (reports quote it) and its typed schema (what this code reads)
+        self.config, self.bundle = load_typed(self.run)
+        self.classes = list(self.bundle.classes)
+        self.spec, self.task = bundle_spec(self.bundle, self.run / CONFIG)
         self.members: list[Predictor] = []
-        if self.config["model_type"] == "ensemble":
+        if isinstance(self.bundle, EnsembleConfig):
             self._load_members(weights_file, device, batch_size, num_workers)
         else:
-            self.trained, self.encoder = load_model(self.run, self.config)
-            self.threshold = self.config.get("threshold")
-            self.calibrator = bundle_calibrator(self.config, self.run / CONFIG)
+            self.trained, self.encoder = load_model(self.run, self.bundle)
+            self.threshold = self.bundle.threshold
+            self.calibrator = bundle_calibrator(self.bundle, self.run / CONFIG)
             self._check_fields()
         self.temperature = self.calibrator.temperature
-        self.identity = self.config["backbone"] or {}
-        self.embed_dim = int(self.config["head"]["embed_dim"])
+        self.identity = self.bundle.backbone or {}
+        self.embed_dim = int(self.bundle.head["embed_dim"])
         # Test-time augmentation over the cached views, when the model was scored that way.
-        self.views = list(self.identity.get("views", [])) if self.config.get("tta") else []
+        self.views = list(self.identity.get("views", [])) if self.bundle.tta else []
         self.weights_file, self.device = weights_file, device
         self.batch_size, self.num_workers = batch_size, num_workers
         self._embedders: list[tuple[Embedder, TransformSpec]] | None = None
@@ -229,17 +231,16 @@ class Predictor:
         source = self.run / CONFIG
         self.members = [Predictor(self.run / m, weights_file=weights_file, device=device,
                                   batch_size=batch_size, num_workers=num_workers)
-                        for m in self.config["members"]]
+                        for m in self.bundle.members]
         for i, m in enumerate(self.members):
             theirs = m.run / CONFIG
             if m.members:
                 raise BundleError(f"{theirs}: an ensemble cannot be a member of {source}")
             for key, mine, other in (
                     ("classes", self.classes, m.classes),
-                    ("backbone", self.config["backbone"], m.config["backbone"]),
-                    ("head.embed_dim", self.config["head"]["embed_dim"],
-                     m.config["head"]["embed_dim"]),
-                    ("tta", bool(self.config.get("tta")), bool(m.config.get("tta")))):
+                    ("backbone", self.bundle.backbone, m.bundle.backbone),
+                    ("head.embed_dim", self.bundle.head["embed_dim"], m.embed_dim),
+                    ("tta", self.bundle.tta, m.bundle.tta)):
                 if mine != other:
                     raise BundleError(f"{theirs}: key '{key}' differs from the ensemble's "
                                       f"({source}, members[{i}]), so it cannot take the "
@@ -258,7 +259,7 @@ class Predictor:
 
     @property
     def weights(self) -> str:
-        return str(self.config.get("weights", "unknown"))
+        return self.bundle.weights
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from the head's logits (the one place calibration is applied)."""

@@ -12,7 +12,8 @@ import pandas as pd
 from ..version import __version__
 from ..data.datasets import Dataset
 from ..data.splits import protocol
-from ..deploy.bundle import bundle_quantized, save_bundle
+from ..deploy.bundle import write_bundle
+from ..deploy.bundle_config import BundleConfig
 from ..embed.cache import CacheContents, cache_label, read_caches
 from ..evaluate.metrics import majority_baseline
 from ..learn.baseline import LGBMConfig
@@ -21,16 +22,14 @@ from ..learn.train import (SplitFit, _tta_note, align_embeddings, as_dataset, bu
                            check_inputs, fit_split, prepare_split)
 
 
-def save_fit(out: Path, fit: SplitFit, config: dict, quantized: bool = True) -> None:
-    """The bundle of one fitted split: safetensors weights (or LightGBM's text) + config.json,
+def save_fit(out: Path, fit: SplitFit, config: dict | BundleConfig,
+             quantized: bool = True) -> None:
+    """The bundle of one fitted split (``write_bundle``): the model's weights + config.json,
     and a copy of its int8 backbone, if any (``quantized``; a CV's folds share their
-    ensemble's)."""
-    if quantized:
-        bundle_quantized(out, config.get("backbone"))
-    extra, weights = fit.trained.model.to_bundle()
-    text = fit.trained.model.weights_format == "text"
-    save_bundle(out, {**config, **extra}, state=None if text else weights,
-                lgbm_model=weights if text else None)
+    ensemble's). ``config``: ``bundle_config``'s table, checked against the schema here."""
+    if not isinstance(config, BundleConfig):
+        config = BundleConfig.from_dict(config, str(Path(out) / "config.json"))
+    write_bundle(out, config, fit.trained.model, quantized=quantized)
 
 
 def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, *,
