@@ -114,3 +114,20 @@ def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, line
                              str(tmp_path / "m.onnx")])
     assert r.exit_code == 1 and "linear probe" in r.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_explain_and_evaluate(linear_run, synth_table, synth_dir, tmp_path):
+    from skinfeat.deploy.explain import Explainer
+
+    p = Predictor(linear_run[0])
+    row = synth_table.iloc[0]
+    meta = {"age": row["age"], "sex": row["sex"], "localization": row["localization"]}
+    res = Explainer(p).explain(row["path"], meta)
+    assert res.method == "scorecam" and set(res.attribution) == set(p.fields)
+    with pytest.raises(Exception, match="linear probe model is not differentiable"):
+        Explainer(p).explain(row["path"], meta, method="gradcam")
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(linear_run[0]), "--data",
+                                  str(synth_dir), "--out", str(tmp_path / "ev"),
+                                  "--include-seen"])
+    assert r.exit_code == 0, r.output
+    assert "linear, logistic regression" in (tmp_path / "ev" / "evaluate_report.md").read_text()

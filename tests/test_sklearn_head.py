@@ -57,3 +57,13 @@ def test_meta_dim_splits_the_columns():
     image = FusionHeadClassifier(meta_dim=4, inputs="image", max_epochs=15).fit(X, y)
     assert meta.score(Xt, yt) > 0.9 and image.score(Xt, yt) < 0.6
     assert meta.n_features_in_ == 20
+
+
+def test_readme_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### FusionHeadClassifier", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md#fusionheadclassifier", "exec"), {})
