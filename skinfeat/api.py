@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,14 @@ import pandas as pd
 from .data.datasets import Dataset, load_dataset
 from .data.spec import DatasetSpec, Task
 from .embed.backbone import DEFAULT_BACKBONE
+
+if TYPE_CHECKING:   # names of the annotations; at run time they load lazily (_LAZY)
+    from .deploy.predict import Predictions, Predictor
+    from .embed.cache import CacheContents
+    from .embed.extract import ExtractResult
+    from .learn.runconfig import RunConfig
+    from .learn.sklearn import FusionHeadClassifier  # noqa: F401
+    from .workflows.summary import RunSummary
 
 PathLike = str | Path
 
@@ -44,7 +52,8 @@ _LAZY = {"RunConfig": ("learn.runconfig", "RunConfig"),
          "Predictor": ("deploy.predict", "Predictor"),
          "ExplainError": ("deploy.explain", "ExplainError"),
          "RunSummary": ("workflows.summary", "RunSummary"),
-         "CacheContents": ("embed.cache", "CacheContents")}
+         "CacheContents": ("embed.cache", "CacheContents"),
+         "FusionHeadClassifier": ("learn.sklearn", "FusionHeadClassifier")}
 
 
 def __getattr__(name: str):
@@ -557,7 +566,8 @@ def demo(out: PathLike, *, n_images: int = 1000, backbone: str = DEFAULT_BACKBON
 
 
 __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationResult",
-           "FitResult", "ImagePrediction", "Model", "Predictions", "Recipe", "RunConfig",
-           "RunSummary", "Task", "check_dataset", "cross_validate", "demo", "download_ham10000",
-           "evaluate_model", "extract", "fit", "load_dataset", "load_model", "make_recipe",
-           "merge_caches", "open_cache", "serve", "tune", "unpack", "weights_location"]
+           "FitResult", "FusionHeadClassifier", "ImagePrediction", "Model", "Predictions",
+           "Recipe", "RunConfig", "RunSummary", "Task", "backbones", "check_dataset",
+           "cross_validate", "demo", "download_ham10000", "evaluate_model", "extract", "fit",
+           "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache", "serve",
+           "tune", "unpack", "weights_location"]

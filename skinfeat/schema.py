@@ -178,6 +178,8 @@ def _fields(obj: Any, prefix: str) -> dict:
 def _value(hint: Any, v: Any, key: str, source: str | None) -> Any:
     """``v`` converted to ``hint``; a SchemaError naming ``key`` if it does not fit."""
     origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:   # a value checked by its own reader (a bundle's encoder, calibrator)
+        return v
     if origin is Annotated:
         inner, marks = args[0], args[1:]
         one = ONE_OR_MANY in marks and v is not None and not isinstance(v, (list, tuple))
@@ -273,7 +275,7 @@ def _expected(hint: Any) -> str:
 
 
 def _plural(hint: Any) -> str:
-    words = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+    words = {str: "strings", int: "integers", float: "numbers", bool: "booleans", Any: "values"}
     return words.get(hint) or _expected(hint)
 
 

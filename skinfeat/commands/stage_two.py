@@ -137,7 +137,7 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 @click.option("--val-size", type=float, help="Validation share of the rows [default: 0.1].")
 @click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
               help="[default: fused]")
-@click.option("--model", type=click.Choice(["head", "lgbm"]), help="[default: head]")
+@click.option("--model", type=click.Choice(["head", "lgbm", "linear"]), help="[default: head]")
 @click.option("--select-on", type=click.Choice(["val", "test"]),
               help="Split that picks the epoch; 'test' reproduces the reference's flaw "
               "[default: val].")
@@ -230,7 +230,8 @@ def cv_recipe(config_file, kwargs: dict):
               help="Comma list of input sets, each trained on the same folds [default: "
               "image,meta,fused; a set without metadata fields: image].")
 @click.option("--models", default="head,lgbm", show_default=True,
-              callback=comma_list(("head", "lgbm")), help="Comma list: fusion head, LightGBM.")
+              callback=comma_list(("head", "lgbm", "linear")),
+              help="Comma list: fusion head, LightGBM, linear probe.")
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
               "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
 @recipe_options
@@ -258,10 +259,10 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
                f"folds x {len(cfg['seeds'])} seed(s): {res['protocol']}")
     keys = ("auc", "pauc80", "balanced_accuracy", "sensitivity_at_90_specificity", "accuracy") \
         if len(res["classes"]) == 2 else ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
-    click.echo(f"{'model':<6}{'inputs':<8}" + "".join(f"{k:>22}" for k in keys))
+    click.echo(f"{'model':<7}{'inputs':<8}" + "".join(f"{k:>22}" for k in keys))
     for model, by_inputs in res["summary"].items():
         for inputs, e in by_inputs.items():
-            click.echo(f"{model:<6}{inputs:<8}" + "".join(
+            click.echo(f"{model:<7}{inputs:<8}" + "".join(
                 f"{e[k]['mean']:>13.4f} ± {e[k]['std']:.4f}" for k in keys))
     for name, where in res.get("models", {}).items():
         click.echo(f"models {name}: {where} (fold ensemble; each fold in its own folder)")

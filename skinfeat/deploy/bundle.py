@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,19 +18,16 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import write_artifact
 from ..embed.cache import source_identities
+from .bundle_config import (FORMAT, BundleConfig, BundleError, EnsembleConfig,  # noqa: F401
+                            HeadDims, parse_config)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "skinfeat-bundle/1"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 LGBM = "model.lgbm.txt"
 QUANTIZED = "int8"   # bundled int8 backbones: int8/<key>/model.xml, .bin
 REQUIRED = ("format", "model_type", "classes", "encoder", "backbone", "head")
-
-
-class BundleError(ValueError):
-    """A bundle that is missing, incomplete or does not match its own config."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -70,7 +65,13 @@ def bundle_quantized(out: Path, identity: dict | None) -> None:
 
 
 def load_config(run: Path) -> dict:
-    """A bundle's ``config.json``, parsed and checked (``check_config``)."""
+    """A bundle's ``config.json`` as a table, parsed and checked (``load_typed``)."""
+    return load_typed(run)[0]
+
+
+def load_typed(run: Path) -> tuple[dict, BundleConfig | EnsembleConfig]:
+    """A bundle's ``config.json``: the table as written and its typed config (``bundle_config``);
+    every error names the file (and the key)."""
     path = Path(run) / CONFIG
     if not path.is_file():
         raise BundleError(f"{path}: no trained model here (config.json missing); "
@@ -93,100 +94,38 @@ def load_config(run: Path) -> dict:
         raise BundleError(f"{path}: missing key(s) {', '.join(missing)}")
     if config["format"] != FORMAT:
         raise BundleError(f"{path}: unsupported bundle format {config['format']!r}")
-    check_config(config, path)
-    return config
-
-
-# ---------------------------------------------------------------- checking a config.json
-# The plain values of a bundle config, each checked where it is read: an edited config must be
-# refused with the file and the key, never predict NaN or a silently different model. The
-# encoder and the calibrator check their own state (``MetadataEncoder.from_dict``,
-# ``Calibrator.from_dict``). Messages follow ``skinfeat.schema``'s form (``FILE: key 'K':
-# expected ..., got ...``), so these checks can move onto its typed parser.
-MODEL_TYPES = ("head", "lgbm", "ensemble")
-
-
-def _given(value: object) -> str:
-    text = "null" if value is None else json.dumps(value) if isinstance(
-        value, (bool, int, float, str, list, dict)) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _fail(path: Path, key: str, expected: str, value: object) -> BundleError:
-    return BundleError(f"{path}: key '{key}': expected {expected}, got {_given(value)}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
-
-def _count(path: Path, key: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise _fail(path, key, f"an integer >= {low}", value)
-    return value
-
-
-def _names(path: Path, key: str, value: object, least: int = 1) -> list[str]:
-    """A list of at least ``least`` distinct non-empty strings."""
-    if not isinstance(value, list) or len(value) < least or \
-            not all(isinstance(v, str) and v.strip() for v in value):
-        raise _fail(path, key, f"a list of at least {least} non-empty strings", value)
-    dupes = sorted({v for v in value if value.count(v) > 1})
-    if dupes:
-        raise _fail(path, key, "distinct names", f"{dupes[0]} twice")
-    return value
-
-
-@dataclass(frozen=True)
-class HeadDims:
-    """The stage-two model's input and output sizes (``head`` of a head or LightGBM bundle)."""
-    embed_dim: int
-    meta_dim: int
-    n_classes: int
-
-    @classmethod
-    def parse(cls, head: dict, path: Path) -> "HeadDims":
-        # meta_dim 0 is a model trained without metadata fields.
-        return cls(*(_count(path, f"head.{k}", head.get(k), low)
-                     for k, low in (("embed_dim", 1), ("meta_dim", 0), ("n_classes", 2))))
-
-
-def check_config(config: dict, path: Path) -> None:
-    """Refuse a config whose values cannot describe a working model, naming the key."""
-    kind = config["model_type"]
-    if kind not in MODEL_TYPES:
-        raise _fail(path, "model_type", "one of " + ", ".join(MODEL_TYPES), kind)
-    classes = _names(path, "classes", config["classes"], least=2)
-    head = config["head"]
-    if not isinstance(head, dict):
-        raise _fail(path, "head", "a table", head)
-    if not isinstance(config["backbone"], (dict, type(None))):
-        raise _fail(path, "backbone", "a table or null", config["backbone"])
-    if not isinstance(config.get("tta", False), bool):
-        raise _fail(path, "tta", "true or false", config["tta"])
-    if kind == "ensemble":
-        _count(path, "head.embed_dim", head.get("embed_dim"), 1)
-        for i, name in enumerate(_names(path, "members", config.get("members"))):
+    typed = parse_config(config, str(path))
+    if isinstance(typed, EnsembleConfig):
+        for i, name in enumerate(typed.members):
             # A member is a folder beside config.json, never a path that leaves the bundle.
             if Path(name).name != name or name in (".", "..") or "\\" in name:
-                raise _fail(path, f"members[{i}]", "a folder name inside the bundle", name)
+                raise BundleError(f"{path}: key 'members[{i}]': expected a folder name inside "
+                                  f"the bundle, got {name!r}")
             if not (path.parent / name / CONFIG).is_file():
-                raise _fail(path, f"members[{i}]", f"a bundle folder beside {CONFIG} (there "
-                            f"is no {name}/{CONFIG})", name)
-        return
-    if not isinstance(config["encoder"], dict):
-        raise _fail(path, "encoder", "a table (the fitted metadata encoder)", config["encoder"])
-    dims = HeadDims.parse(head, path)
-    if dims.n_classes != len(classes):
-        raise _fail(path, "head.n_classes", f"{len(classes)} (the number of classes)",
-                    dims.n_classes)
-    threshold = config.get("threshold")
-    if threshold is not None and not (_is_number(threshold) and 0 <= threshold <= 1):
-        raise _fail(path, "threshold", "a number in [0, 1] or null", threshold)
-    temperature = config.get("temperature")
-    if temperature is not None and not (_is_number(temperature) and temperature > 0):
-        raise _fail(path, "temperature", "a number > 0", temperature)
+                raise BundleError(f"{path}: key 'members[{i}]': expected a bundle folder beside "
+                                  f"{CONFIG} (there is no {name}/{CONFIG}), got {name!r}")
+    return config, typed
+
+
+def write_bundle(out: Path, config: BundleConfig | EnsembleConfig, model=None,
+                 quantized: bool = True) -> None:
+    """The one bundle writer, for a single model and an ensemble: the int8 backbones it needs
+    (``quantized``), the model's weights (``model.to_bundle()``: a safetensors state dict or
+    LightGBM's text), then ``config.json``. The config is checked against the schema first:
+    a bundle that would not load is never written."""
+    d = config.to_dict()
+    if model is not None:
+        extra, weights = model.to_bundle()
+        d.update(extra)
+    type(config).from_dict(d, str(Path(out) / CONFIG))
+    if quantized:
+        bundle_quantized(out, config.backbone)
+    if model is None:
+        save_bundle(out, d)
+    elif model.weights_format == "text":
+        save_bundle(out, d, lgbm_model=weights)
+    else:
+        save_bundle(out, d, state=weights)
 
 
 def load_state(run: Path) -> dict[str, torch.Tensor]:

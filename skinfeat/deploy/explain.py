@@ -154,17 +154,16 @@ class Explainer:
         return pd.DataFrame([row], dtype=object)
 
     def default_method(self) -> str:
-        return "gradcam" if self.p.trained.kind == "head" else "scorecam"
+        return "gradcam" if self.p.trained.model.differentiable else "scorecam"
 
     def _head(self, method: str):
-        trained = self.p.trained
-        if trained.kind == "head":
-            return trained.model
+        model = self.p.trained.model
+        if model.differentiable:
+            return model.torch_module()
         if METHODS[method][1]:
-            raise ExplainError("a LightGBM model is not differentiable: use a gradient-free "
-                               "CAM method (--method scorecam or eigencam)")
-        return lambda emb, meta: np.log(np.clip(trained.model.predict_proba(emb, meta),
-                                                1e-12, None))
+            raise ExplainError(f"a {model.title} model is not differentiable: use a "
+                               "gradient-free CAM method (--method scorecam or eigencam)")
+        return lambda emb, meta: model.logits(emb, meta)
 
     def heatmap(self, x: torch.Tensor, meta: np.ndarray, target: int, method: str) -> np.ndarray:
         embedder, _ = self.p._backbone()
@@ -176,9 +175,12 @@ class Explainer:
 
     def attribution(self, embedding: np.ndarray, table: pd.DataFrame) -> tuple[dict, str]:
         """Per field, how much its value moved each class (see the module docstring)."""
-        if self.p.trained.kind == "lgbm":
-            return self._lgbm_contributions(embedding, table), \
-                "LightGBM feature contribution (raw score, summed over the field's columns)"
+        model = self.p.trained.model
+        if model.meta_attribution:   # the model's own (LightGBM's feature contributions)
+            per_column = model.meta_contributions(embedding, self.p.encode_metadata(table))
+            cols = field_columns(self.p.encoder.feature_names, self.fields)
+            return {f: per_column[:, cols[f]].sum(axis=1) for f in self.fields}, \
+                model.meta_attribution
         base = self.p.calibrate(self.p.logits(embedding, table))[0]
         out = {}
         for f in self.fields:
@@ -186,23 +188,6 @@ class Explainer:
             missing[f] = None
             out[f] = base - self.p.calibrate(self.p.logits(embedding, missing))[0]
         return out, "probability minus probability with the field missing"
-
-    def _lgbm_contributions(self, embedding: np.ndarray, table: pd.DataFrame) -> dict:
-        from ..learn.baseline import design_matrix
-
-        model, k = self.p.trained.model, len(self.p.classes)
-        if model.cfg.inputs == "image":
-            return {f: np.zeros(k) for f in self.fields}
-        meta = self.p.encode_metadata(table)
-        image = embedding[:, 0] if embedding.ndim == 3 else embedding
-        x = design_matrix(image, meta, model.cfg.inputs, model.pca)
-        contrib = model.booster.predict(x, pred_contrib=True,
-                                        num_iteration=model.booster.best_iteration or None)
-        # (1, K * (F + 1)): per class, one value per column, then the bias; metadata comes last.
-        per_class = np.asarray(contrib).reshape(k, x.shape[1] + 1)[:, :-1]
-        meta_part = per_class[:, x.shape[1] - meta.shape[1]:]
-        cols = field_columns(self.p.encoder.feature_names, self.fields)
-        return {f: meta_part[:, cols[f]].sum(axis=1) for f in self.fields}
 
     def explain(self, path: str | Path, meta: Mapping[str, object] | None = None,
                 target: str | None = None, method: str | None = None) -> Explanation:

@@ -147,19 +147,20 @@ def sidecar(predictor) -> dict:
 def export_graph(predictor) -> ExportGraph:
     """The module to export, or a one-line refusal where the graph could not equal predict."""
     models = predictor.members or [predictor]
-    lgbm = [m.run.name for m in models if m.trained.kind != "head"]
-    if lgbm:
-        raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one is "
-                          "LightGBM" + (f" (members {', '.join(lgbm)})" if predictor.members
-                                        else "")
-                          + " (predict with skinfeat, or convert it with onnxmltools)")
+    refused = [m for m in models if m.trained.model.exportable]
+    if refused:   # the model says why (LightGBM: onnxmltools; a linear probe: not yet)
+        reason = refused[0].trained.model.exportable
+        members = f" (members {', '.join(m.run.name for m in refused)})" \
+            if predictor.members else ""
+        raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one "
+                          f"is {reason}{members}")
     if predictor.views or any(m.views for m in models):
         raise BundleError(f"{predictor.run}: this model averages over test-time views (--tta); "
                           "export supports single-view models only")
     embedder, _ = predictor._backbone()
     combined = Calibration(predictor.calibrator, len(predictor.classes)) \
         if predictor.members else None
-    graph = ExportGraph(embedder.net, [CalibratedHead(m.trained.model, m.calibrator)
+    graph = ExportGraph(embedder.net, [CalibratedHead(m.trained.model.torch_module(), m.calibrator)
                                        for m in models], combined)
     return graph.to("cpu").eval()
 

@@ -6,6 +6,8 @@ a local checkpoint whose sha256 must match), the stored ``TransformSpec``, and s
 ``Embedder`` at the cache's precision. Then the bundle's metadata encoder, the head and the stored
 temperature. Metadata fields are the ones the model was trained with (its dataset description
 travels in the bundle); a field that is absent or blank is missing, exactly as in training.
+Loading the bundle (typed config, model or ensemble members, backbone) is ``loading.py``'s;
+this module embeds, calibrates and decides.
 """
 from __future__ import annotations
 
@@ -17,80 +19,14 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.datasets import HAM10000, DataError, clean_metadata
-from ..data.metadata import MetadataEncoder
-from ..data.spec import DatasetSpec, SpecError, Task
-from ..embed.backbone import (TransformSpec, WeightSource, create_backbone, resolve_device,
-                              resolve_weights)
-from ..embed.cache import random_weights, source_identities
-from ..embed.engines import QuantizedModelMissing, make_embedder
-from ..embed.extract import Embedder, Int8Embedder, embed_files
-from ..learn.calibration import Calibrator
-from ..learn.head import FusionHead
-from ..learn.train import Trained
-from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleError, HeadDims,
-                     atomic_write_text, load_config, load_into, load_state)
+from ..data.datasets import DataError, clean_metadata
+from ..data.spec import DatasetSpec
+from ..embed.extract import embed_files
+from .bundle import CONFIG, BundleError, atomic_write_text
+from .loading import (LoadedBundle, bundle_calibrator, bundle_spec,  # noqa: F401 (their home
+                      load_model, load_stage_two, weight_source)     # before the split)
 
 log = logging.getLogger(__name__)
-
-
-def load_model(run: Path, config: dict) -> tuple[Trained, MetadataEncoder]:
-    """The bundle's stage-two model and metadata encoder, checked against each other (the
-    config's plain values were checked by ``load_config``)."""
-    source = run / CONFIG
-    head = config["head"]
-    dims = HeadDims.parse(head, source)
-    embed_dim, meta_dim, n_classes = dims.embed_dim, dims.meta_dim, dims.n_classes
-    try:
-        encoder = MetadataEncoder.from_dict(config["encoder"], key="encoder")
-    except ValueError as exc:
-        raise BundleError(f"{source}: {exc}") from exc
-    if encoder.n_features != meta_dim:
-        raise BundleError(f"{source}: the encoder makes {encoder.n_features} metadata features "
-                          f"but the head expects meta_dim {meta_dim}")
-    kind = config["model_type"]
-    if kind == "head":
-        try:
-            model = FusionHead.from_config(embed_dim, meta_dim, n_classes, head)
-        except (ValueError, TypeError) as exc:
-            raise BundleError(f"{source}: {exc}") from exc
-        load_into(model, load_state(run), run / WEIGHTS)
-        model.eval()
-    elif kind == "lgbm":
-        model = load_lgbm(run, config, embed_dim)
-    else:
-        raise BundleError(f"{source}: unknown model_type {kind!r} (expected head or lgbm)")
-    return Trained(kind, model, head), encoder
-
-
-def load_lgbm(run: Path, config: dict, embed_dim: int):
-    import lightgbm as lgb
-    from ..learn.baseline import LGBMModel
-
-    path = run / LGBM
-    if not path.is_file():
-        raise BundleError(f"{path}: LightGBM model file missing")
-    try:
-        model = LGBMModel.from_state(path.read_text(encoding="utf-8"), config["lgbm"])
-    except (KeyError, TypeError, ValueError, lgb.basic.LightGBMError) as exc:
-        raise BundleError(f"{path}: unreadable LightGBM model ({str(exc).splitlines()[0]})") \
-            from exc
-    if model.pca is not None and model.pca.mean.shape[0] != embed_dim:
-        raise BundleError(f"{path}: PCA expects {model.pca.mean.shape[0]}-d embeddings, "
-                          f"config says embed_dim {embed_dim}")
-    return model
-
-
-def bundle_spec(config: dict, source: Path) -> tuple[DatasetSpec, Task]:
-    """The dataset description and task the model was trained with (HAM10000 for bundles made
-    before descriptions were stored)."""
-    try:   # each error names the file and the key (dataset.classes, task.kind, ...)
-        spec = DatasetSpec.from_dict(config["dataset"], str(source), "dataset") \
-            if "dataset" in config else HAM10000
-        task = Task.from_dict(config["task"], str(source), "task") if "task" in config else Task()
-    except SpecError as exc:
-        raise BundleError(str(exc)) from exc
-    return spec, task
 
 
 def parse_meta(pairs: Sequence[str], spec: DatasetSpec) -> dict[str, str]:
@@ -115,45 +51,6 @@ def parse_meta(pairs: Sequence[str], spec: DatasetSpec) -> dict[str, str]:
                         value, value, name)
         out[name] = value
     return out
-
-
-def weight_source(identity: dict, weights_file: str | Path | None, source: Path) -> WeightSource:
-    """The backbone weights the training cache was made with; a checkpoint must match its sha256."""
-    w = identity.get("weights") or {}
-    kind = w.get("kind")
-    if kind == "random":
-        return WeightSource("random", seed=int(w.get("seed", 0)))
-    if kind == "file":
-        want = str(w.get("sha256"))
-        if weights_file is None:
-            raise BundleError(f"{source}: the model was trained on embeddings from a local "
-                              f"checkpoint (sha256 {want[:12]}); pass --weights-file PATH to it")
-        got = resolve_weights(weights_file=weights_file)
-        if got.sha256 != want:
-            raise BundleError(f"{weights_file}: sha256 {got.sha256[:12]} does not match the "
-                              f"checkpoint the model was trained with ({want[:12]})")
-        return got
-    if kind == "local":  # a local model folder, found again and verified by its sha256
-        from ..embed.encoders import local_weight_source
-        return local_weight_source(identity, weights_file)
-    if kind == "pretrained":
-        if weights_file is None:
-            return WeightSource("pretrained")
-        # Offline use of the hub weights; the bundle has no checksum of them to compare with.
-        log.warning("using %s as the pretrained weights (not verifiable against the hub's)",
-                    weights_file)
-        return resolve_weights(weights_file=weights_file)
-    raise BundleError(f"{source}: unknown backbone weight source {kind!r}")
-
-
-def bundle_calibrator(config: dict, source: Path) -> Calibrator:
-    """The calibration fitted on the validation split at training time (older bundles: their
-    temperature alone); its vectors must have one entry per class."""
-    key = "calibration" if "calibration" in config else "temperature"
-    try:
-        return Calibrator.from_dict(config.get(key), n_classes=len(config["classes"]), key=key)
-    except ValueError as exc:
-        raise BundleError(f"{source}: {exc}") from exc
 
 
 @dataclass
@@ -187,83 +84,9 @@ def save_predictions(preds: Predictions, path: str | Path) -> None:
     atomic_write_text(path, preds.to_frame().to_csv(index=False))
 
 
-class Predictor:
-    """A trained run, ready to score raw images with metadata (the backbone is built on first use)."""
-
-    def __init__(self, run: str | Path, *, weights_file: str | Path | None = None,
-                 device: str = "auto", batch_size: int = 32, num_workers: int = 0):
-        self.run = Path(run)
-        self.config = load_config(self.run)
-        self.classes = [str(c) for c in self.config["classes"]]
-        self.spec, self.task = bundle_spec(self.config, self.run / CONFIG)
-        self.members: list[Predictor] = []
-        if self.config["model_type"] == "ensemble":
-            self._load_members(weights_file, device, batch_size, num_workers)
-        else:
-            self.trained, self.encoder = load_model(self.run, self.config)
-            self.threshold = self.config.get("threshold")
-            self.calibrator = bundle_calibrator(self.config, self.run / CONFIG)
-            self._check_fields()
-        self.temperature = self.calibrator.temperature
-        self.identity = self.config["backbone"] or {}
-        self.embed_dim = int(self.config["head"]["embed_dim"])
-        # Test-time augmentation over the cached views, when the model was scored that way.
-        self.views = list(self.identity.get("views", [])) if self.config.get("tta") else []
-        self.weights_file, self.device = weights_file, device
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self._embedders: list[tuple[Embedder, TransformSpec]] | None = None
-
-    def _check_fields(self) -> None:
-        """The encoder reads the dataset description's fields, each as its kind: a field the
-        description lacks (or of the other kind) would be missing on every row, silently."""
-        for kind in ("numeric", "categorical"):
-            odd = [f for f in getattr(self.encoder, kind) if f not in getattr(self.spec, kind)]
-            if odd:
-                raise BundleError(f"{self.run / CONFIG}: key 'encoder.{kind}': {odd[0]!r} is "
-                                  f"not a {kind} field of the model's dataset description "
-                                  f"({', '.join(getattr(self.spec, kind)) or 'none'})")
-
-    def _load_members(self, weights_file, device, batch_size, num_workers) -> None:
-        """A fold ensemble (``cv --save-models``): its members' calibrated probabilities are
-        averaged. The members' class weights differ only by fold noise; the ensemble decides by
-        the balanced rule with their mean log weight (for a binary task, their mean threshold),
-        and its own calibrator is the identity on the log of the averaged probabilities.
-
-        Every member takes the ensemble's embeddings (one backbone embeds each image for all of
-        them), so each must have been trained on that backbone, size and view set."""
-        source = self.run / CONFIG
-        self.members = [Predictor(self.run / m, weights_file=weights_file, device=device,
-                                  batch_size=batch_size, num_workers=num_workers)
-                        for m in self.config["members"]]
-        for i, m in enumerate(self.members):
-            theirs = m.run / CONFIG
-            if m.members:
-                raise BundleError(f"{theirs}: an ensemble cannot be a member of {source}")
-            for key, mine, other in (
-                    ("classes", self.classes, m.classes),
-                    ("backbone", self.config["backbone"], m.config["backbone"]),
-                    ("head.embed_dim", self.config["head"]["embed_dim"],
-                     m.config["head"]["embed_dim"]),
-                    ("tta", bool(self.config.get("tta")), bool(m.config.get("tta")))):
-                if mine != other:
-                    raise BundleError(f"{theirs}: key '{key}' differs from the ensemble's "
-                                      f"({source}, members[{i}]), so it cannot take the "
-                                      "ensemble's embeddings")
-        self.trained, self.encoder = self.members[0].trained, self.members[0].encoder
-        offsets = [m.calibrator.decision_offset for m in self.members]
-        self.calibrator = Calibrator("temperature")
-        if all(o is not None for o in offsets):
-            self.calibrator.decision_offset = np.mean(offsets, axis=0).tolist()
-        thresholds = [m.threshold for m in self.members]
-        self.threshold = float(np.mean(thresholds)) if None not in thresholds else None
-
-    @property
-    def random_weights(self) -> bool:
-        return random_weights(self.identity)
-
-    @property
-    def weights(self) -> str:
-        return str(self.config.get("weights", "unknown"))
+class Predictor(LoadedBundle):
+    """A trained run, ready to score raw images with metadata: the loaded bundle
+    (``loading.LoadedBundle``) + embedding, calibration and decisions."""
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from the head's logits (the one place calibration is applied)."""
@@ -273,57 +96,6 @@ class Predictor:
         """The model's decisions from calibrated probabilities: the calibrator's balanced rule,
         or a binary model's threshold chosen on validation."""
         return self.calibrator.decide(proba, self.threshold)
-
-    @property
-    def sources(self) -> list[dict]:
-        """The identity of each embedding source, in the order their embeddings are joined."""
-        return source_identities(self.identity)
-
-    def _backbones(self) -> list[tuple[Embedder | Int8Embedder, TransformSpec]]:
-        """Every source's backbone, rebuilt from the bundle (a fused model has several)."""
-        if self._embedders is None:
-            source, built = self.run / CONFIG, []
-            dims = self.identity.get("dims", [self.embed_dim])
-            files = self.identity.get("sources", ["the training cache"])
-            for i, ident in enumerate(self.sources):
-                if not ident.get("backbone") or "preprocessing" not in ident:
-                    which = f" (source {i + 1} of {len(self.sources)}, {files[i]})" \
-                        if len(self.sources) > 1 else ""
-                    raise BundleError(
-                        f"{source}: this model was trained on embeddings made outside skinfeat"
-                        f"{which}, so it cannot embed raw images; pass --cache FILE: an HDF5 "
-                        f"file with the same encoder's {dims[i]}-d embeddings of these images "
-                        "(datasets image_id and embedding)"
-                        + (", one --cache per source in training order" if which else ""))
-                try:
-                    spec = TransformSpec.from_dict(ident["preprocessing"])
-                except (KeyError, TypeError) as exc:
-                    raise BundleError(f"{source}: invalid preprocessing ({exc!r})") from exc
-                if self.views and "view_transform" not in ident:
-                    raise BundleError(f"{source}: trained with test-time views from a cache made "
-                                      "before views were taken from the full image; re-extract "
-                                      "the cache and refit to use --tta models on raw images")
-                model = create_backbone(ident["backbone"],
-                                        weight_source(ident, self.weights_file, source))
-                int8 = ident.get("precision") == "int8"
-                device = resolve_device("cpu" if int8 and self.device == "auto" else self.device)
-                try:  # int8: the quantized model the cache was made with, from the on-disk store
-                    # ... or the bundle's copy (a CV fold looks in its ensemble's folder)
-                    bundled = (self.run / QUANTIZED, self.run.parent / QUANTIZED)
-                    built.append((make_embedder(model, device, ident, spec, bundled=bundled),
-                                  spec))
-                except QuantizedModelMissing as exc:
-                    raise BundleError(f"{source}: {exc}") from exc
-            self._embedders = built
-        return self._embedders
-
-    def _backbone(self) -> tuple[Embedder | Int8Embedder, TransformSpec]:
-        """The one backbone of a single-source model (explain, export, serve need one)."""
-        if len(self.sources) > 1:
-            raise BundleError(f"{self.run / CONFIG}: a model on fused embeddings "
-                              f"({len(self.sources)} backbones) cannot be explained, exported "
-                              "or served; predict and evaluate work")
-        return self._backbones()[0]
 
     def embed(self, paths: Sequence[str],
               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import numpy as np
 
 from ..schema import Ge, Gt, Le, validate
+from .protocol import Trained, StageTwoModel, log_proba, view_mean
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +69,56 @@ def design_matrix(image: np.ndarray | None, meta: np.ndarray, inputs: str,
 
 
 @dataclass
-class LGBMModel:
+class LGBMModel(StageTwoModel):
     booster: object
     pca: PCAProjection | None
     cfg: LGBMConfig
     n_classes: int
 
+    kind = "lgbm"
+    title = "LightGBM"
+    weights_format = "text"
+    exportable = "LightGBM (predict with skinfeat, or convert it with onnxmltools)"
+    differentiable = False
+    meta_attribution = "LightGBM feature contribution (raw score, summed over the field's columns)"
+
+    @staticmethod
+    def recipe(head_cfg, lgbm_cfg: LGBMConfig) -> LGBMConfig:
+        return lgbm_cfg
+
+    @classmethod
+    def fit(cls, train, val, n_classes: int, recipe: LGBMConfig, meta_fields=None,
+            groups=None) -> Trained:
+        from .head import balanced_class_weights
+
+        model = fit_lgbm(train, val, n_classes, recipe)
+        return Trained(model, int(model.booster.best_iteration),
+                      class_weights=balanced_class_weights(train[2], n_classes).tolist())
+
+    @property
+    def config(self) -> dict:
+        return self.cfg.to_dict()
+
+    def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
+        return log_proba(self.predict_proba(image, meta, tta=tta))
+
     def predict_proba(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         """Class probabilities; with ``tta`` and (N, V, D) embeddings, averaged over the views
         (as the head does), else from view 0, the original image."""
-        if image is not None and image.ndim == 3:
-            views = range(image.shape[1]) if tta else (0,)
-            return np.mean([self.predict_proba(image[:, v], meta) for v in views], axis=0)
-        x = design_matrix(image, meta, self.cfg.inputs, self.pca)
-        return self.booster.predict(x, num_iteration=self.booster.best_iteration or None)
+        def one(img, m):
+            x = design_matrix(img, m, self.cfg.inputs, self.pca)
+            return self.booster.predict(x, num_iteration=self.booster.best_iteration or None)
+        return view_mean(one, image, meta, tta)
 
     def to_state(self) -> tuple[str, dict]:
         pca = None if self.pca is None else {"mean": self.pca.mean.tolist(),
                                              "components": self.pca.components.tolist()}
         return self.booster.model_to_string(), {"cfg": self.cfg.to_dict(), "pca": pca,
                                                  "n_classes": self.n_classes}
+
+    def to_bundle(self) -> tuple[dict, str]:
+        model_str, state = self.to_state()
+        return {"lgbm": state}, model_str
 
     @classmethod
     def from_state(cls, model_str: str, state: dict) -> "LGBMModel":
@@ -97,6 +128,31 @@ class LGBMModel:
                                                      np.asarray(pca["components"], np.float32))
         return cls(lgb.Booster(model_str=model_str), pca, LGBMConfig(**state["cfg"]),
                    int(state["n_classes"]))
+
+    @classmethod
+    def from_bundle(cls, config: dict, weights: str, dims, load_state=None) -> "LGBMModel":
+        import lightgbm as lgb
+        try:
+            model = cls.from_state(weights, config["lgbm"])
+        except lgb.basic.LightGBMError as exc:
+            raise ValueError(str(exc)) from exc
+        if model.pca is not None and model.pca.mean.shape[0] != dims[0]:
+            raise ValueError(f"PCA expects {model.pca.mean.shape[0]}-d embeddings, config says "
+                             f"embed_dim {dims[0]}")
+        return model
+
+    def meta_contributions(self, image: np.ndarray, meta: np.ndarray) -> np.ndarray:
+        """(K, M): per class, each encoded metadata column's contribution to the raw score
+        (LightGBM's ``pred_contrib``) for one row."""
+        image = image[:, 0] if image is not None and image.ndim == 3 else image
+        if self.cfg.inputs == "image":
+            return np.zeros((self.n_classes, meta.shape[1]))
+        x = design_matrix(image, meta, self.cfg.inputs, self.pca)
+        contrib = self.booster.predict(x, pred_contrib=True,
+                                       num_iteration=self.booster.best_iteration or None)
+        # (1, K * (F + 1)): per class, one value per column, then the bias; metadata comes last.
+        per_class = np.asarray(contrib).reshape(self.n_classes, x.shape[1] + 1)[:, :-1]
+        return per_class[:, x.shape[1] - meta.shape[1]:]
 
 
 def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -42,7 +42,7 @@ from ..embed.cache import CacheContents
 from ..evaluate.metrics import headline, majority_baseline, mean_std
 from .head import INPUTS, one_thread
 from .runconfig import RunConfig
-from .train import MODELS, align_embeddings, as_dataset, check_inputs, fit_splits
+from .train import DEFAULT_MODELS, MODELS, align_embeddings, as_dataset, check_inputs, fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class CVConfig:
     folds: int = 5
     split: str = "lesion"
     seeds: tuple[int, ...] = (42,)
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = DEFAULT_MODELS   # MODELS: every kind (+ the linear probe)
     inputs: tuple[str, ...] | None = None  # None: every set the data has (see input_sets)
     recipe: RunConfig = field(default_factory=RunConfig)
     val_fraction: float = VAL_FRACTION

@@ -29,7 +29,7 @@ class ConfigError(SchemaError):
 
 @dataclass
 class RunConfig:
-    model: Literal["head", "lgbm"] = "head"
+    model: Literal["head", "lgbm", "linear"] = "head"
     split: Literal[SPLITS] = "lesion"     # lesion (grouped) | image (reference) | none
     seed: int = 42
     select_on: Literal["val", "test"] = "val"   # test: the reference's flaw

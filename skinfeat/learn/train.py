@@ -21,14 +21,17 @@ from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, save_split
 from ..embed.cache import CacheContents, CacheError
 from ..evaluate.metrics import calibrated_metrics
-from .baseline import LGBMConfig, LGBMModel, fit_lgbm
+from .baseline import LGBMConfig
 from .calibration import Calibrator
-from .head import FusionHead, HeadConfig, balanced_class_weights, head_logits
+from .head import HeadConfig
+from .models import MODELS as REGISTRY, model_class
+from .protocol import Trained
 from .runconfig import RunConfig
 
 log = logging.getLogger(__name__)
 
-MODELS = ("head", "lgbm")
+MODELS = tuple(REGISTRY)   # the model_type names: head, lgbm, linear
+DEFAULT_MODELS = ("head", "lgbm")   # what cv compares unless told
 
 
 def align_embeddings(table: pd.DataFrame, contents: CacheContents,
@@ -65,50 +68,20 @@ def align_embeddings(table: pd.DataFrame, contents: CacheContents,
     return table, image
 
 
-@dataclass
-class Trained:
-    """A fitted stage-two model with one way to get logits, whatever its kind."""
-    kind: str
-    model: FusionHead | LGBMModel
-    config: dict
-    best_epoch: int | None = None
-    epochs_run: int | None = None
-    class_weights: list[float] | None = None   # of the training loss: the prior it shifted
-
-    def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
-        if self.kind == "head":
-            return head_logits(self.model, image, meta, tta=tta)
-        return np.log(np.clip(self.model.predict_proba(image, meta, tta=tta), 1e-12, None))
-
-
 def train_models(kind: str, trains: list[tuple], vals: list[tuple], n_classes: int,
                  head_cfg: HeadConfig, lgbm_cfg: LGBMConfig,
                  meta_fields: list[list | None] | None = None,
-                 batched: bool = True) -> list[Trained]:
-    """One model per (train, val) pair, all with one recipe. Heads go through the one training
-    loop (``head_batch.fit_heads``): together as one batched network, or with ``batched=False``
-    one batch of one each (the same weights up to float rounding). ``meta_fields``: each
-    encoder's ``dropout_fields()``, what dropout blanks to."""
+                 batched: bool = True, groups: list[np.ndarray | None] | None = None
+                 ) -> list[Trained]:
+    """One model per (train, val) pair, all with one recipe, through the model's class
+    (``protocol.MODELS``). Heads train together as one batched network (``batched=False``: one
+    batch of one each). ``meta_fields``: each encoder's ``dropout_fields()``, what dropout
+    blanks to; ``groups``: each training part's groups, for a model with an inner CV."""
+    cls = model_class(kind)
     meta_fields = meta_fields or [None] * len(trains)
-    if kind == "head":
-        from .head_batch import fit_heads
-
-        parts = list(zip(trains, vals))
-        groups = [list(range(len(parts)))] if batched else [[i] for i in range(len(parts))]
-        results = [r for g in groups for r in fit_heads([parts[i] for i in g], n_classes,
-                                                        head_cfg, [meta_fields[i] for i in g])]
-        return [Trained("head", r.model, head_cfg.to_dict(), r.best_epoch, len(r.history),
-                        r.class_weights) for r in results]
-    if kind == "lgbm":
-        out = []
-        for train, val in zip(trains, vals):
-            model = fit_lgbm(train, val, n_classes, lgbm_cfg)
-            out.append(Trained("lgbm", model, lgbm_cfg.to_dict(),
-                               int(model.booster.best_iteration),
-                               class_weights=balanced_class_weights(train[2],
-                                                                    n_classes).tolist()))
-        return out
-    raise ValueError(f"--model must be one of {MODELS}, got {kind!r}")
+    groups = groups or [None] * len(trains)
+    return cls.fit_many(trains, vals, n_classes, cls.recipe(head_cfg, lgbm_cfg), meta_fields,
+                        groups, batched)
 
 
 def _tta_note(model: str, tta: bool, image: np.ndarray) -> str:
@@ -117,7 +90,8 @@ def _tta_note(model: str, tta: bool, image: np.ndarray) -> str:
         return "off"
     if image.ndim != 3:
         return "asked for, but the cache has no view embeddings: off"
-    what = "probabilities" if model == "head" else "LightGBM probabilities"
+    what = {"head": "probabilities", "lgbm": "LightGBM probabilities",
+            "linear": "linear-probe probabilities"}.get(model, "probabilities")
     return f"{what} averaged over the original and {image.shape[1] - 1} cached view(s)"
 
 
@@ -183,6 +157,7 @@ class EncodedSplit:
     encoder: MetadataEncoder
     parts: dict[str, tuple]          # side -> (image, meta, y)
     meta_dim: int
+    groups: dict[str, np.ndarray] | None = None   # side -> each row's group (lesion, patient)
 
 
 def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
@@ -190,8 +165,10 @@ def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
     encoder = make_encoder(data, encoding).fit(data.table.iloc[rows["train"]])
     meta = encoder.transform(data.table)
     y = data.table["label"].to_numpy()
+    group = data.table["lesion_id"].to_numpy() if "lesion_id" in data.table else None
     return EncodedSplit(encoder, {s: (image[i], meta[i], y[i]) for s, i in rows.items()},
-                        int(meta.shape[1]))
+                        int(meta.shape[1]),
+                        None if group is None else {s: group[i] for s, i in rows.items()})
 
 
 def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: RunConfig, *,
@@ -231,7 +208,7 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     trained = train_models(recipe.model, [e.parts["train"] for e in encs],
                            [e.parts[recipe.select_on] for e in encs], len(data.classes),
                            recipe.head, recipe.lgbm, [e.encoder.dropout_fields() for e in encs],
-                           batched)
+                           batched, groups=[e.groups["train"] if e.groups else None for e in encs])
     return [finish_split(data, e, t, recipe, calibrate=calibrate)
             for e, t in zip(encs, trained)]
 

@@ -12,7 +12,8 @@ import pandas as pd
 
 from ..data.datasets import Dataset
 from ..data.splits import save_split
-from ..deploy.bundle import bundle_quantized, load_config, save_bundle
+from ..deploy.bundle import load_typed, write_bundle
+from ..deploy.bundle_config import EnsembleConfig
 from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
 from ..learn.cv import CVConfig, FitTask, Fold, input_sets, run_cv
@@ -86,16 +87,10 @@ def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
         for inputs in cfg.inputs:
             where = model_dir(out, model, inputs)
             members = [fold_name(seed, k) for seed in cfg.seeds for k in range(cfg.folds)]
-            first = load_config(where / members[0])
-            bundle_quantized(where, first["backbone"])
-            save_bundle(where, {
-                "model_type": "ensemble", "members": members, "classes": first["classes"],
-                "dataset": first["dataset"], "task": first["task"],
-                "backbone": first["backbone"], "weights": first["weights"],
-                "encoder": None, "head": {"members": model, "inputs": inputs,
-                                          "embed_dim": first["head"]["embed_dim"]},
-                "tta": first["tta"], "split": f"{cfg.split} cv, {cfg.folds} folds",
-                "seeds": list(cfg.seeds), "combine": ENSEMBLE_RULE})
+            first = load_typed(where / members[0])[1]
+            write_bundle(where, EnsembleConfig.of_members(
+                first, members, inputs=inputs, split=f"{cfg.split} cv, {cfg.folds} folds",
+                seeds=list(cfg.seeds), combine=ENSEMBLE_RULE))
             # Every image trained or early-stopped some member: evaluate leaves them all out.
             seen = table[["image_id", "lesion_id", "dx"]].assign(split="train", kind=cfg.split,
                                                                  seed=cfg.seeds[0])

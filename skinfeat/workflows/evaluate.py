@@ -170,7 +170,8 @@ def model_kind(info: dict) -> str:
     if info["model_type"] == "ensemble":
         return (f"fold ensemble of {info.get('members', '?')} {head.get('members')} models, "
                 "calibrated probabilities averaged")
-    return f"{info['model_type']}, {head.get('head', 'lightgbm')}"
+    other = {"lgbm": "lightgbm", "linear": "logistic regression"}.get(info["model_type"], "")
+    return f"{info['model_type']}, {head.get('head', other)}"
 
 
 def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:

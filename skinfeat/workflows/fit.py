@@ -12,7 +12,8 @@ import pandas as pd
 from ..version import __version__
 from ..data.datasets import Dataset
 from ..data.splits import protocol
-from ..deploy.bundle import bundle_quantized, save_bundle
+from ..deploy.bundle import write_bundle
+from ..deploy.bundle_config import BundleConfig
 from ..embed.cache import CacheContents, cache_label, read_caches
 from ..evaluate.metrics import majority_baseline
 from ..learn.runconfig import RunConfig
@@ -21,17 +22,14 @@ from ..learn.train import (SplitFit, _tta_note, align_embeddings, as_dataset, bu
 from .summary import RunSummary
 
 
-def save_fit(out: Path, fit: SplitFit, config: dict, quantized: bool = True) -> None:
-    """The bundle of one fitted split: safetensors weights (or LightGBM's text) + config.json,
+def save_fit(out: Path, fit: SplitFit, config: dict | BundleConfig,
+             quantized: bool = True) -> None:
+    """The bundle of one fitted split (``write_bundle``): the model's weights + config.json,
     and a copy of its int8 backbone, if any (``quantized``; a CV's folds share their
-    ensemble's)."""
-    if quantized:
-        bundle_quantized(out, config.get("backbone"))
-    if fit.trained.kind == "head":
-        save_bundle(out, config, state=fit.trained.model.state_dict())
-    else:
-        model_str, state = fit.trained.model.to_state()
-        save_bundle(out, {**config, "lgbm": state}, lgbm_model=model_str)
+    ensemble's). ``config``: ``bundle_config``'s table, checked against the schema here."""
+    if not isinstance(config, BundleConfig):
+        config = BundleConfig.from_dict(config, str(Path(out) / "config.json"))
+    write_bundle(out, config, fit.trained.model, quantized=quantized)
 
 
 def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,

@@ -1,0 +1,162 @@
+"""The typed schema of a bundle's ``config.json``: ``BundleConfig`` (one model) and
+``EnsembleConfig`` (a fold ensemble: member folders whose calibrated probabilities average).
+
+Both are versioned by ``format`` and parsed by ``skinfeat.schema.parse``: an unknown key, a
+wrong type or an out-of-range value is one line naming the file and the key
+(``run/config.json: key 'head.n_classes': expected 7 (the number of classes), got 6``). The
+sections that have readers of their own (the metadata encoder, the calibrator, the dataset
+description, the backbone identity, the model's recipe) are tables here, checked where they
+are read (``MetadataEncoder.from_dict``, ``Calibrator.from_dict``, ``DatasetSpec.from_dict``,
+the model class's ``from_bundle``). Every bundle written since ``skinfeat-bundle/1`` parses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Literal, Mapping
+
+from ..learn.models import MODELS
+from ..schema import Ge, Gt, Le, SchemaError, dump, parse
+
+FORMAT = "skinfeat-bundle/1"
+Table = dict[str, Any]
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete or does not match its own config."""
+
+
+class BundleConfigError(BundleError, SchemaError):
+    """A ``config.json`` value that does not fit the schema (names the file and the key)."""
+
+
+def _names(value: tuple[str, ...], key: str, least: int) -> None:
+    if len(value) < least or not all(v.strip() for v in value):
+        raise SchemaError(f"expected a list of at least {least} non-empty strings, got "
+                          f"{len(value)} name(s)", key)
+    dupes = sorted({v for v in value if value.count(v) > 1})
+    if dupes:
+        raise SchemaError(f"expected distinct names, got {dupes[0]!r} twice", key)
+
+
+def _count(head: Mapping, key: str, low: int) -> int:
+    value = head.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        shown = "null" if value is None else f"{type(value).__name__} ({value!r})"
+        raise SchemaError(f"expected an integer >= {low}, got {shown}", f"head.{key}")
+    return value
+
+
+@dataclass(frozen=True)
+class HeadDims:
+    """The stage-two model's input and output sizes (``head`` of a single-model bundle)."""
+    embed_dim: int
+    meta_dim: int     # 0: a model trained without metadata fields
+    n_classes: int
+
+    @classmethod
+    def of(cls, head: Mapping) -> "HeadDims":
+        return cls(_count(head, "embed_dim", 1), _count(head, "meta_dim", 0),
+                   _count(head, "n_classes", 2))
+
+    def __iter__(self):
+        return iter((self.embed_dim, self.meta_dim, self.n_classes))
+
+
+class _Config:
+    """``to_dict`` / ``from_dict`` shared by both shapes."""
+
+    OPTIONAL: tuple[str, ...] = ()   # keys left out of config.json when None
+
+    def to_dict(self) -> dict:
+        d = {f.name: dump(getattr(self, f.name)) for f in fields(self)}
+        return {k: v for k, v in d.items() if not (v is None and k in self.OPTIONAL)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, source: str = "config.json"):
+        return parse(cls, d, source, BundleConfigError)
+
+
+@dataclass(kw_only=True)
+class BundleConfig(_Config):
+    """One stage-two model: everything predict needs, and the recipe it was made with."""
+    format: Literal[FORMAT] = FORMAT
+    model_type: str                       # a key of learn.models.MODELS
+    classes: tuple[str, ...]
+    encoder: Table                        # the fitted MetadataEncoder
+    backbone: Table | None                # the embedding's identity (null: made outside)
+    head: Table                           # the model's recipe + embed_dim, meta_dim, n_classes
+    dataset: Table | None = None          # DatasetSpec (absent: HAM10000, older bundles)
+    task: Table | None = None
+    weights: str = "unknown"              # where the backbone's weights came from, in words
+    temperature: Annotated[float, Gt(0)] | None = None   # bundles before "calibration"
+    calibration: Table | None = None      # Calibrator.to_dict()
+    threshold: Annotated[float, Ge(0), Le(1)] | None = None   # a binary task's, chosen on val
+    tta: bool = False
+    split: str | None = None
+    seed: int | None = None
+    best_epoch: int | None = None
+    run: Table | None = None              # the RunConfig that made it
+    skinfeat: str | None = None           # the version that wrote it
+    lgbm: Table | None = None             # LightGBM's state (its config, PCA)
+    linear: Table | None = None           # the linear probe's chosen C
+
+    OPTIONAL = ("dataset", "task", "lgbm", "linear")
+
+    def check(self) -> None:
+        if self.model_type not in MODELS:
+            raise SchemaError(f"expected one of {', '.join(MODELS)} or ensemble, got "
+                              f"{self.model_type!r}", "model_type")
+        _names(self.classes, "classes", 2)
+        dims = self.dims
+        if dims.n_classes != len(self.classes):
+            raise SchemaError(f"expected {len(self.classes)} (the number of classes), got "
+                              f"{dims.n_classes}", "head.n_classes")
+
+    @property
+    def dims(self) -> HeadDims:
+        return HeadDims.of(self.head)
+
+
+@dataclass(kw_only=True)
+class EnsembleConfig(_Config):
+    """A fold ensemble (``cv --save-models``): ``members`` are bundle folders beside this
+    config; predict averages their calibrated probabilities (``combine`` says how)."""
+    format: Literal[FORMAT] = FORMAT
+    model_type: Literal["ensemble"] = "ensemble"
+    members: tuple[str, ...]
+    classes: tuple[str, ...]
+    backbone: Table | None
+    head: Table                           # members (the model kind), inputs, embed_dim
+    encoder: Table | None = None          # null: each member has its own
+    dataset: Table | None = None
+    task: Table | None = None
+    weights: str = "unknown"
+    tta: bool = False
+    split: str | None = None
+    seeds: tuple[int, ...] = ()
+    combine: str = ""
+    skinfeat: str | None = None
+
+    OPTIONAL = ("dataset", "task", "skinfeat")
+
+    def check(self) -> None:
+        _names(self.classes, "classes", 2)
+        _names(self.members, "members", 1)
+        _count(self.head, "embed_dim", 1)
+
+    @classmethod
+    def of_members(cls, first: BundleConfig, members: list[str], *, inputs: str, split: str,
+                   seeds: list[int], combine: str) -> "EnsembleConfig":
+        """The ensemble of ``members``, described by its first member's config."""
+        return cls(members=tuple(members), classes=first.classes, backbone=first.backbone,
+                   head={"members": first.model_type, "inputs": inputs,
+                         "embed_dim": first.dims.embed_dim},
+                   dataset=first.dataset, task=first.task, weights=first.weights,
+                   tta=first.tta, split=split, seeds=tuple(seeds), combine=combine)
+
+
+def parse_config(d: Any, source: str) -> BundleConfig | EnsembleConfig:
+    """``config.json``'s table as the shape its ``model_type`` names."""
+    cls = EnsembleConfig if isinstance(d, Mapping) and d.get("model_type") == "ensemble" \
+        else BundleConfig
+    return cls.from_dict(d, source)

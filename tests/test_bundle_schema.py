@@ -1,0 +1,73 @@
+"""The typed bundle schema: BundleConfig / EnsembleConfig round-trip the configs skinfeat
+writes, refuse unknown keys and wrong types naming the file and the key, and the one writer
+never leaves a bundle that would not load."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from skinfeat.deploy.bundle import BundleError, load_typed, write_bundle
+from skinfeat.deploy.bundle_config import (BundleConfig, BundleConfigError, EnsembleConfig,
+                                           parse_config)
+
+
+@pytest.mark.parametrize("kind", ["head", "lgbm"])
+def test_written_configs_round_trip(ship_runs, kind):
+    d = json.loads((ship_runs[kind] / "config.json").read_text())
+    typed = BundleConfig.from_dict(d, "config.json")
+    assert typed.model_type == kind and typed.to_dict() == d
+    assert tuple(typed.dims) == (d["head"]["embed_dim"], d["head"]["meta_dim"],
+                                 len(d["classes"]))
+
+
+@pytest.mark.parametrize("change,key", [
+    (lambda d: d.update(colour="red"), "unknown key(s) colour"),
+    (lambda d: d.update(tta="yes"), "key 'tta'"),
+    (lambda d: d.update(seed=1.5), "key 'seed'"),
+    (lambda d: d.update(classes="akiec"), "key 'classes'"),
+    (lambda d: d.update(format="skinfeat-bundle/9"), "key 'format'"),
+    (lambda d: d["head"].update(embed_dim=None), "key 'head.embed_dim'"),
+    (lambda d: d.update(model_type="svm"), "key 'model_type'"),
+])
+def test_a_bad_key_is_one_line_naming_file_and_key(ship_runs, change, key):
+    d = json.loads((ship_runs["head"] / "config.json").read_text())
+    change(d)
+    with pytest.raises(BundleConfigError) as info:
+        parse_config(d, "runs/x/config.json")
+    msg = str(info.value)
+    assert msg.startswith("runs/x/config.json: ") and key in msg and "\n" not in msg
+    assert isinstance(info.value, BundleError)   # the CLI's one-line bundle error
+
+
+def test_ensemble_config_of_members(ship_runs):
+    first = BundleConfig.from_dict(json.loads((ship_runs["head"] / "config.json").read_text()))
+    ens = EnsembleConfig.of_members(first, ["a", "b"], inputs="fused", split="lesion cv",
+                                    seeds=[1], combine="mean")
+    d = ens.to_dict()
+    assert d["model_type"] == "ensemble" and d["encoder"] is None
+    assert d["head"] == {"members": "head", "inputs": "fused",
+                         "embed_dim": first.dims.embed_dim}
+    assert parse_config(json.loads(json.dumps(d)), "e.json") == ens
+    with pytest.raises(BundleConfigError, match="key 'members'"):
+        EnsembleConfig.from_dict({**d, "members": ["a", "a"]}, "e.json")
+    with pytest.raises(BundleConfigError, match="unknown key"):
+        EnsembleConfig.from_dict({**d, "threshold": 0.5}, "e.json")
+
+
+def test_the_writer_refuses_before_writing(ship_runs, tmp_path):
+    d = json.loads((ship_runs["head"] / "config.json").read_text())
+    bad = BundleConfig.from_dict(d)
+    bad.head = {**bad.head, "n_classes": 3}
+    with pytest.raises(BundleConfigError, match="head.n_classes"):
+        write_bundle(tmp_path / "out", bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_typed_gives_the_table_and_the_schema(ship_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(ship_runs["lgbm"], run)
+    table, typed = load_typed(run)
+    assert isinstance(typed, BundleConfig) and typed.lgbm == table["lgbm"]
+    assert typed.threshold == table["threshold"] and typed.classes == tuple(table["classes"])

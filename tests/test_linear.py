@@ -1,0 +1,133 @@
+"""The linear probe: sklearn's LogisticRegression on standardized inputs, C by inner grouped CV,
+and the whole stage-two path (fit-head, cv, bundle, predict on a table and a raw image, export)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from skinfeat.cli import main
+from skinfeat.deploy.predict import Predictor
+from skinfeat.learn import linear
+from skinfeat.learn.linear import LinearConfig, LinearProbe, design
+
+
+def _data(n=240, d=12, m=3, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    image = rng.normal(size=(n, d)) + 0.8 * np.eye(k, d)[y] * 3
+    meta = rng.normal(size=(n, m)) * 5 + 2
+    groups = rng.integers(0, n // 3, n)
+    return (image.astype(np.float32), meta.astype(np.float32), y), groups
+
+
+@pytest.mark.parametrize("inputs,k", [("fused", 3), ("image", 3), ("meta", 3), ("fused", 2)])
+def test_probabilities_equal_sklearn_logistic_regression(inputs, k):
+    train, groups = _data(k=k)
+    test, _ = _data(n=50, k=k, seed=1)
+    cfg = LinearConfig(inputs=inputs, seed=3)
+    fitted = LinearProbe.fit(train, train, k, cfg, groups=groups)
+    probe = fitted.model
+    assert probe.c in cfg.cs
+    x = design(train[0], train[1], inputs)
+    scaler = StandardScaler().fit(x)
+    ref = LogisticRegression(C=probe.c, solver="lbfgs", class_weight="balanced",
+                             max_iter=cfg.max_iter).fit(scaler.transform(x), train[2])
+    want = ref.predict_proba(scaler.transform(design(test[0], test[1], inputs)))
+    got = probe.predict_proba(test[0], test[1])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # the logits are the model's: softmax gives the same probabilities
+    z = probe.logits(test[0], test[1])
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), want, atol=1e-6)
+    counts = np.bincount(train[2], minlength=k)
+    np.testing.assert_allclose(fitted.class_weights, len(train[2]) / (k * counts), rtol=1e-6)
+
+
+def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
+    """Every inner fold keeps each group on one side, and the best-scoring C wins."""
+    train, groups = _data()
+    seen = []
+    real = linear.choose_c
+
+    def spy(x, y, g, cfg):
+        from sklearn.model_selection import StratifiedGroupKFold
+        for tr, te in StratifiedGroupKFold(cfg.inner_folds, shuffle=True,
+                                           random_state=cfg.seed).split(x, y, g):
+            seen.append(set(g[tr]) & set(g[te]))
+        best, scores = real(x, y, g, cfg)
+        seen.append((best, scores))
+        return best, scores
+
+    monkeypatch.setattr(linear, "choose_c", spy)
+    probe = LinearProbe.fit(train, train, 3, LinearConfig(), groups=groups).model
+    monkeypatch.undo()
+    best, scores = seen[-1]
+    assert all(s == set() for s in seen[:-1])
+    assert probe.c == best and scores[best] == max(scores.values()) and len(scores) == len(linear.C_GRID)
+    # an absent class keeps a (near) zero probability, and one C skips the inner CV
+    one = LinearProbe.fit(train, train, 4, LinearConfig(cs=(0.5,))).model
+    assert one.c == 0.5 and one.predict_proba(train[0], train[1])[:, 3].max() < 1e-12
+
+
+@pytest.fixture(scope="module")
+def linear_run(synth_table, synth_cache, tmp_path_factory):
+    from skinfeat.workflows.fit import fit_run
+    out = tmp_path_factory.mktemp("linear") / "run"
+    return out, fit_run(synth_table, synth_cache, out, seed=0, model="linear")
+
+
+def test_fit_bundle_and_predict_on_cache_and_raw_images(linear_run, synth_table, synth_cache):
+    out, res = linear_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "linear" and config["linear"]["C"] > 0
+    assert (out / "model.safetensors").is_file() and "balanced_accuracy" in res["metrics"]
+    p = Predictor(out)
+    rows = synth_table.iloc[:6]
+    cached = p.predict_table(rows, cache=synth_cache)
+    raw = p.predict_table(rows)
+    assert cached.ok.all() and raw.ok.all()
+    np.testing.assert_allclose(raw.proba, cached.proba, atol=1e-5)
+    np.testing.assert_allclose(cached.proba.sum(1), 1, atol=1e-6)
+
+
+def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, linear_run, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["fit-head", "--data", str(synth_dir), "--cache", str(synth_cache),
+                             "--out", str(tmp_path / "fit"), "--model", "linear"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "fit" / "config.json").read_text())["model_type"] == "linear"
+    r = runner.invoke(main, ["cv", "--data", str(synth_dir), "--cache", str(synth_cache),
+                             "--out", str(tmp_path / "cv"), "--models", "head,linear",
+                             "--folds", "2", "--inputs", "fused", "--save-models",
+                             "--max-epochs", "3"])
+    assert r.exit_code == 0, r.output
+    assert "linear" in (tmp_path / "cv" / "cv_report.md").read_text()
+    for name in ("head_fused", "linear_fused"):
+        assert (tmp_path / "cv" / "models" / name / "config.json").is_file()
+    ens = Predictor(tmp_path / "cv" / "models" / "linear_fused")
+    assert len(ens.members) == 2 and all(m.trained.kind == "linear" for m in ens.members)
+    r = runner.invoke(main, ["export", "--model", str(linear_run[0]), "--onnx",
+                             str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "linear probe" in r.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_explain_and_evaluate(linear_run, synth_table, synth_dir, tmp_path):
+    from skinfeat.deploy.explain import Explainer
+
+    p = Predictor(linear_run[0])
+    row = synth_table.iloc[0]
+    meta = {"age": row["age"], "sex": row["sex"], "localization": row["localization"]}
+    res = Explainer(p).explain(row["path"], meta)
+    assert res.method == "scorecam" and set(res.attribution) == set(p.fields)
+    with pytest.raises(Exception, match="linear probe model is not differentiable"):
+        Explainer(p).explain(row["path"], meta, method="gradcam")
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(linear_run[0]), "--data",
+                                  str(synth_dir), "--out", str(tmp_path / "ev"),
+                                  "--include-seen"])
+    assert r.exit_code == 0, r.output
+    assert "linear, logistic regression" in (tmp_path / "ev" / "evaluate_report.md").read_text()
