@@ -554,20 +554,20 @@ def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000,
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def demo(out: PathLike, *, n_images: int = 1000, backbone: str = DEFAULT_BACKBONE,
-         weights: str = "auto", precision: str = "auto", echo: Callable[[str], None] = print,
-         progress: Callable | None = None) -> dict:
+def run_demo(out: PathLike, *, n_images: int = 1000, backbone: str = DEFAULT_BACKBONE,
+             weights: str = "auto", precision: str = "auto",
+             echo: Callable[[str], None] = print, progress: Callable | None = None) -> dict:
     """Synthetic HAM10000-layout data -> extract -> fit-head -> report, offline (``skinfeat
     demo``); returns fit_run's result (``info`` a ``RunSummary``)."""
-    from .demo import run_demo
+    from .demo import run_demo as demo_run
 
-    return run_demo(Path(out), n_images=n_images, backbone=backbone, weights=weights,
+    return demo_run(Path(out), n_images=n_images, backbone=backbone, weights=weights,
                     precision=precision, echo=echo, progress=progress)
 
 
 __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationResult",
            "FitResult", "FusionHeadClassifier", "ImagePrediction", "Model", "Predictions",
            "Recipe", "RunConfig", "RunSummary", "Task", "backbones", "check_dataset",
-           "cross_validate", "demo", "download_ham10000", "evaluate_model", "extract", "fit",
-           "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache", "serve",
-           "tune", "unpack", "weights_location"]
+           "cross_validate", "download_ham10000", "evaluate_model", "extract", "fit",
+           "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache",
+           "run_demo", "serve", "tune", "unpack", "weights_location"]

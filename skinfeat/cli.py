@@ -58,7 +58,7 @@ def main(verbose: int) -> None:
               "int8 (OpenVINO, validated on the sample: see the README), else fp32.")
 def demo(out: str, n_images: int, backbone: str, weights: str, precision: str) -> None:
     """Synthetic HAM10000-layout data -> extract -> fit-head -> report, offline, in minutes."""
-    from .api import demo as run_demo
+    from .api import run_demo
 
     res = run_demo(out, n_images=n_images, backbone=backbone, weights=weights,
                    precision=precision, echo=click.echo, progress=progress_bar)

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from skinfeat.learn.runconfig import RunConfig
 from skinfeat.cli import main
 from skinfeat.deploy.predict import Predictor
 from skinfeat.learn import linear
@@ -77,7 +78,7 @@ def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
 def linear_run(synth_table, synth_cache, tmp_path_factory):
     from skinfeat.workflows.fit import fit_run
     out = tmp_path_factory.mktemp("linear") / "run"
-    return out, fit_run(synth_table, synth_cache, out, seed=0, model="linear")
+    return out, fit_run(synth_table, synth_cache, out, RunConfig(seed=0, model="linear"))
 
 
 def test_fit_bundle_and_predict_on_cache_and_raw_images(linear_run, synth_table, synth_cache):

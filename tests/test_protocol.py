@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from skinfeat.learn.runconfig import RunConfig
 from skinfeat.cli import main
 from skinfeat.deploy.predict import Predictor
 from skinfeat.embed.cache import read_cache
@@ -74,8 +75,8 @@ def test_a_new_model_is_one_class_and_one_entry(monkeypatch, synth_table, synth_
     n = len(table)
     rows = {"train": np.arange(0, n // 2), "val": np.arange(n // 2, 3 * n // 4),
             "test": np.arange(3 * n // 4, n)}
-    fit = fit_split(data, image, rows, model="prior", head_cfg=HeadConfig(),
-                    lgbm_cfg=LGBMConfig(inputs="image"))
+    fit = fit_split(data, image, rows, RunConfig(model="prior", head=HeadConfig(),
+                                                 lgbm=LGBMConfig(inputs="image")))
     assert fit.trained.kind == "prior" and isinstance(fit.trained.model, PriorModel)
     config = bundle_config(data, fit, contents.identity, "random", embed_dim=image.shape[-1],
                            tta=False, split="lesion", seed=0)

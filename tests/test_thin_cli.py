@@ -94,8 +94,9 @@ def test_the_api_the_commands_call_is_exported_and_documented():
     from skinfeat import api
 
     assert set(skinfeat.__all__) - {"__version__"} == set(api.__all__)
-    # a name that is also a subpackage would be shadowed by it once that is imported
-    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    # a name that is also a subpackage or module would be shadowed by it once that is imported
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} | \
+        {p.stem for p in PACKAGE.glob("*.py")}
     assert not set(api.__all__) & subpackages, sorted(set(api.__all__) & subpackages)
     called = set()
     for p in COMMANDS:
