@@ -203,7 +203,7 @@ def study_bootstrap(table, image, y, cfg: HeadConfig, seed: int, n_boot: int) ->
     fold = (rest[~inner], rest[inner], np.flatnonzero(test))
     r = fit_fold(table, image, y, fold, cfg)
     proba = softmax(r["test"]["full"])
-    yt, lesions = y[fold[2]], table["lesion_id"].to_numpy()[fold[2]]
+    yt, lesions = y[fold[2]], table["group_id"].to_numpy()[fold[2]]
     t0 = time.perf_counter()
     by_image = bootstrap_ci(yt, proba, CLASSES, n_boot=n_boot, seed=seed)
     t1 = time.perf_counter()
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("skinfeat.data.metadata").setLevel(logging.ERROR)
     start = time.perf_counter()
     table, image, y = load(args.embeddings, args.metadata)
-    print(f"{len(table)} images, {table['lesion_id'].nunique()} lesions, embeddings "
+    print(f"{len(table)} images, {table['group_id'].nunique()} lesions, embeddings "
           f"{image.shape[1]}-d from {args.embeddings.name}")
     cfg = HeadConfig(seed=args.seed, meta_dropout=args.meta_dropout,
                      meta_dropout_all=args.meta_dropout_all, stop_on=args.stop_on)

@@ -52,7 +52,7 @@ def synthetic_cache(table: pd.DataFrame, dim: int = 768, signal: float = 0.05,
                     seed: int = 0) -> CacheContents:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((len(CLASSES), dim), dtype=np.float32)
-    lesion = pd.factorize(table["lesion_id"])[0]
+    lesion = pd.factorize(table["group_id"])[0]
     per_lesion = 0.7 * rng.standard_normal((lesion.max() + 1, dim), dtype=np.float32)
     emb = rng.standard_normal((len(table), dim), dtype=np.float32)
     emb += per_lesion[lesion]
@@ -225,7 +225,7 @@ def main() -> int:
     contents = synthetic_cache(table)
     jobs = args.jobs or os.cpu_count() or 1
     print(cpu_flags())
-    print(f"{len(table)} images, {table['lesion_id'].nunique()} lesions, "
+    print(f"{len(table)} images, {table['group_id'].nunique()} lesions, "
           f"{contents.dim}-d synthetic embeddings; {os.cpu_count()} CPU cores, jobs {jobs}")
     rows = []
     # The previous code first, in its own processes, outside the memory measurement.

@@ -422,7 +422,7 @@ def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = 
 class CVResult:
     table: pd.DataFrame           # one row per model x inputs: mean and std of each metric
     fits: pd.DataFrame            # one row per fit: seed, fold, model, inputs, epoch, metrics
-    folds: pd.DataFrame           # image_id, lesion_id, dx and each seed's fold of the image
+    folds: pd.DataFrame           # image_id, group_id, dx and each seed's fold of the image
     oof: pd.DataFrame             # out-of-fold predictions (oof_predictions.csv): one row per
                                   # image x seed x model x inputs, p_CLASS columns, decision
     raw: dict                     # everything cv_metrics.json holds
@@ -446,7 +446,7 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
                    models: Sequence[str] = ("head", "lgbm"),
                    inputs: Sequence[str] | None = None,
                    recipe: RunConfig | None = None, seeds: Sequence[int] | None = None,
-                   split: str = "lesion", jobs: int = 1, save_models: bool = False,
+                   split: str = "group", jobs: int = 1, save_models: bool = False,
                    out: PathLike | None = None,
                    progress: Callable[[int], None] | None = None,
                    on_start: Callable[[int], None] | None = None) -> CVResult:
@@ -477,7 +477,7 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
 def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int = 50,
          folds: int = 5, recipe: RunConfig | None = None, storage: str | None = None,
          study_name: str = "skinfeat-tune", jobs: int = 1, test_size: float = 0.2,
-         split: str = "lesion", progress: Callable[[int], None] | None = None) -> dict:
+         split: str = "group", progress: Callable[[int], None] | None = None) -> dict:
     """Optuna search over the head's settings, grouped CV per trial on the rows outside a held-
     out test part that scores the chosen recipe once (``skinfeat tune``; needs the ``tune``
     extra). Returns the best trial, the held-out score and ``out/best_config.json``."""

@@ -249,8 +249,8 @@ def test_unseen_sex_and_site_encode_as_zero_with_a_warning(messy, tmp_path, capl
     table = load_ham10000(messy["root"])
     aligned, _ = align_embeddings(table, read_cache(messy["cache"]))
     split = assign_split(aligned, "lesion", seed=42)
-    lesion = aligned.loc[split == "test", "lesion_id"].iloc[0]
-    rows = table["lesion_id"] == lesion
+    lesion = aligned.loc[split == "test", "group_id"].iloc[0]
+    rows = table["group_id"] == lesion
     table.loc[rows, "sex"], table.loc[rows, "localization"] = "other", "tail"
     with caplog.at_level(logging.WARNING):
         res = fit_run(table, messy["cache"], tmp_path,
@@ -287,8 +287,8 @@ def _trains_on_every_class(table, seed) -> bool:
 
 def test_fewer_lesions_than_folds_names_the_class(synth_table):
     table = synth_table.copy()
-    df_lesions = table.loc[table["dx"] == "df", "lesion_id"].unique()
-    table = table[(table["dx"] != "df") | table["lesion_id"].isin(df_lesions[:2])]
+    df_lesions = table.loc[table["dx"] == "df", "group_id"].unique()
+    table = table[(table["dx"] != "df") | table["group_id"].isin(df_lesions[:2])]
     with pytest.raises(ValueError, match=r"df has 2\. Use fewer folds \(at most 2\)"):
         fold_ids(table, 3)
     assert set(fold_ids(table, 2)) == {0, 1}
@@ -296,7 +296,7 @@ def test_fewer_lesions_than_folds_names_the_class(synth_table):
 
 def test_sets_too_small_for_a_split_say_so():
     tiny = pd.DataFrame({"image_id": [f"ISIC_{i}" for i in range(8)],
-                         "lesion_id": [f"HAM_{i // 2}" for i in range(8)],
+                         "group_id": [f"HAM_{i // 2}" for i in range(8)],
                          "dx": ["nv"] * 7 + ["mel"]})
     with pytest.raises(ValueError, match="needs at least 5 lesions, got 4; the data set is too"):
         assign_split(tiny, "lesion")
@@ -354,7 +354,7 @@ def test_table_formats_that_are_read(tmp_path, case, kwargs, rows):
     assert s["images"] == 4 and s["lesions"] == 3 and s["missing"]["age"] == 1
     assert {dx: c["images"] for dx, c in s["per_class"].items() if c["images"]} == \
         {"nv": 2, "mel": 1, "bcc": 1}
-    assert list(load_ham10000(root).columns) == ["image_id", "lesion_id", "path", "dx", "label",
+    assert list(load_ham10000(root).columns) == ["image_id", "group_id", "path", "dx", "label",
                                                  "age", "sex", "localization"]
 
 

@@ -124,7 +124,7 @@ def test_fold_ensemble_and_split_none_models_predict(foreign, tmp_path):
         "--epochs", "4")
     splits = pd.read_csv(final / "splits.csv")
     assert set(splits["split"]) == {"train", "val"}
-    lesions = splits.groupby("lesion_id")["split"].nunique()
+    lesions = splits.groupby("group_id")["split"].nunique()
     assert lesions.max() == 1                                  # grouped like every split
     config = json.loads((final / "config.json").read_text())
     assert config["best_epoch"] == 4 and config["run"]["split"] == "none"

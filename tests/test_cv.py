@@ -24,7 +24,7 @@ FAST = CVConfig(folds=3, recipe=RunConfig(head=HeadConfig(max_epochs=3),
 
 
 def lesions(table, rows) -> set:
-    return set(table["lesion_id"].iloc[rows])
+    return set(table["group_id"].iloc[rows])
 
 
 def metrics_of(res: dict) -> str:
@@ -67,7 +67,7 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
     # cv runs train.fit_splits, fit-head's path: one encoder fit per model and fold.
     assert len(calls) == 3 * 2 and len(encoded) == 3 * 2
     folds = res["folds_table"]
-    by_id = folds.set_index("image_id")["lesion_id"]
+    by_id = folds.set_index("image_id")["group_id"]
     every = set(folds["image_id"])
     scored_sets = [set(folds.loc[folds["fold_seed42"] == k, "image_id"]) for k in range(3)]
     for train_ids, val_ids in calls:

@@ -38,7 +38,7 @@ def test_kaggle_layout_with_duplicate_folders(tmp_path):
     write_images(tmp_path / "ham10000_images_part_1", ["ISIC_1", "ISIC_3"])
     write_images(tmp_path / "HAM10000_images_part_2" / "HAM10000_images_part_2", ["ISIC_4"])
     t = load_ham10000(root)
-    assert list(t.columns) == ["image_id", "lesion_id", "path", "dx", "label", "age", "sex",
+    assert list(t.columns) == ["image_id", "group_id", "path", "dx", "label", "age", "sex",
                                "localization"]
     assert t["label"].tolist() == [CLASSES.index(d) for d in ["nv", "nv", "mel", "bcc"]]
     assert t["age"].isna().sum() == 1
@@ -108,4 +108,4 @@ def test_summary_counts(synth_table):
     assert s["images"] == len(synth_table)
     assert sum(c["images"] for c in s["per_class"].values()) == s["images"]
     assert sum(k * v for k, v in s["images_per_group"].items()) == s["images"]
-    assert s["lesions"] == synth_table["lesion_id"].nunique()
+    assert s["lesions"] == synth_table["group_id"].nunique()

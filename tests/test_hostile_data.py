@@ -38,10 +38,10 @@ def nometa(synth_table, synth_cache, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("nometa")
     t = synth_table
     plain = root / "nometa.csv"
-    pd.DataFrame({"image": t["path"], "dx": t["dx"], "lesion_id": t["lesion_id"]}).to_csv(
+    pd.DataFrame({"image": t["path"], "dx": t["dx"], "lesion_id": t["group_id"]}).to_csv(
         plain, index=False)
     grp = root / "grp.csv"
-    pd.DataFrame({"image": t["path"], "dx": t["dx"], "grp": t["lesion_id"]}).to_csv(
+    pd.DataFrame({"image": t["path"], "dx": t["dx"], "grp": t["group_id"]}).to_csv(
         grp, index=False)
     (root / "bad_spec.json").write_text(json.dumps(
         {"name": "clinic", "label_column": "dx", "image_column": "image",
@@ -308,8 +308,8 @@ def test_a_spec_naming_its_group_column_splits_by_it_and_says_so(nometa, tmp_pat
     ok("fit-head", "--data", nometa["grp"], "--spec", nometa["good_spec"], "--cache",
        nometa["cache"], "--out", out, *FAST)
     splits = pd.read_csv(out / "splits.csv")
-    assert splits.groupby("lesion_id")["split"].nunique().max() == 1   # no group crosses
-    assert splits["lesion_id"].nunique() < len(splits)                 # grouped, not by image
+    assert splits.groupby("group_id")["split"].nunique().max() == 1   # no group crosses
+    assert splits["group_id"].nunique() < len(splits)                 # grouped, not by image
     report = (out / "report.md").read_text()
     assert "- split: **lesion** (grps): grp-grouped" in report
 
@@ -335,7 +335,7 @@ def test_blank_group_values_stay_the_image_alone(tmp_path):
     meta = pd.read_csv(root / "ISIC_2019_Training_Metadata.csv", keep_default_na=False)
     blank = meta.loc[meta["lesion_id"] == "", "image"].str.replace("_downsampled", "")
     assert len(blank) and data.spec.group_name == "lesion"
-    by_id = data.table.set_index("image_id")["lesion_id"]
+    by_id = data.table.set_index("image_id")["group_id"]
     assert (by_id[blank] == blank.to_numpy()).all()
 
 

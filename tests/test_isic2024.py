@@ -49,7 +49,7 @@ def test_the_layout_and_the_preset(isic24):
     t = data.table
     assert str(data.task) == "binary:malignant" and data.classes == ("benign", "malignant")
     assert 0 < (t["dx"] == "malignant").mean() < 0.15                 # rare positives
-    assert t["lesion_id"].nunique() < len(t) / 4                      # grouped by patient
+    assert t["group_id"].nunique() < len(t) / 4                      # grouped by patient
     assert all(p.endswith(f"::{i}") for p, i in zip(t["path"], t["image_id"]))
     assert {split_locator(p)[0] for p in t["path"]} == {str(isic24 / "train-image.hdf5")}
     spec = PRESETS["isic2024"]

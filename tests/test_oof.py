@@ -43,7 +43,7 @@ def test_every_image_once_per_seed_model_and_inputs(cv_out, synth_table):
     for _, part in oof.groupby(KEYS):
         assert sorted(part["image_id"]) == sorted(synth_table["image_id"])
     # the group is the dataset's grouping id of the image
-    group_of = dict(zip(synth_table["image_id"], synth_table["lesion_id"]))
+    group_of = dict(zip(synth_table["image_id"], synth_table["group_id"]))
     assert (oof["group"] == oof["image_id"].map(group_of)).all()
     # the fold is the one cv_folds.csv gives the image for that seed
     folds = pd.read_csv(out / "cv_folds.csv", dtype={"image_id": str})

@@ -202,7 +202,7 @@ def test_missing_tokens_blank_groups_suffixes_and_the_empty_class(tmp_path):
     assert truth["image"].str.endswith("_downsampled").any()
     assert not data.table["image_id"].str.endswith("_downsampled").any()   # one id per image
     blank = meta.loc[meta["lesion_id"] == "", "image"].str.replace("_downsampled", "")
-    by_id = data.table.set_index("image_id")["lesion_id"]
+    by_id = data.table.set_index("image_id")["group_id"]
     assert (by_id[blank] == blank.to_numpy()).all()   # a blank lesion id groups by image
     pad = load_dataset(make_synthetic("pad-ufes-20", tmp_path / "pad", n_images=40, seed=2))
     assert pad.table["background_father"].isna().any()          # UNK and blanks are missing

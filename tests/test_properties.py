@@ -65,16 +65,16 @@ def lesion_tables(draw, min_lesions_per_class: int = 1) -> pd.DataFrame:
     records = []
     for dx in classes:
         for _ in range(draw(st.integers(min_lesions_per_class, 14))):
-            lesion = f"HAM_{len({r['lesion_id'] for r in records}):04d}"
+            lesion = f"HAM_{len({r['group_id'] for r in records}):04d}"
             for _ in range(draw(st.integers(1, 4))):
-                records.append({"image_id": f"ISIC_{len(records):05d}", "lesion_id": lesion,
+                records.append({"image_id": f"ISIC_{len(records):05d}", "group_id": lesion,
                                 "dx": dx})
     order = draw(st.permutations(range(len(records))))
     return pd.DataFrame([records[i] for i in order])
 
 
 def lesions_on_one_side(table: pd.DataFrame, side: np.ndarray) -> bool:
-    return bool((pd.Series(side).groupby(table["lesion_id"].to_numpy()).nunique() == 1).all())
+    return bool((pd.Series(side).groupby(table["group_id"].to_numpy()).nunique() == 1).all())
 
 
 @SETTINGS
@@ -94,7 +94,7 @@ def test_every_lesion_lands_on_exactly_one_side_of_the_split(table, seed):
 @SETTINGS
 @given(table=lesion_tables(), n_folds=st.integers(2, 6), seed=st.integers(0, 2**16))
 def test_every_lesion_lands_in_exactly_one_fold(table, n_folds, seed):
-    fewest = int(table.groupby("dx")["lesion_id"].nunique().min())
+    fewest = int(table.groupby("dx")["group_id"].nunique().min())
     if fewest < n_folds:
         with pytest.raises(ValueError, match=rf"Use fewer folds \(at most {fewest}\)"):
             fold_ids(table, n_folds, "lesion", seed)

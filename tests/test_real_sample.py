@@ -28,4 +28,4 @@ def test_check_extract_fit_head_on_the_real_sample(tmp_path):
                              "--out", str(tmp_path / "run")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert m["info"]["split"] == "lesion" and m["info"]["random_weights"] is True
+    assert m["info"]["split"] == "group" and m["info"]["random_weights"] is True

@@ -114,7 +114,7 @@ def test_fit_returns_the_typed_summary(synth_dir, synth_cache):
     fit = skinfeat.fit(synth_dir, synth_cache, recipe=skinfeat.Recipe(
         seed=1, model="lgbm", lgbm=LGBMConfig(num_threads=1, n_estimators=30)))
     assert isinstance(fit.info, RunSummary)
-    assert fit.info.model == "lgbm" and fit.info.seed == 1 and fit.info.split == "lesion"
+    assert fit.info.model == "lgbm" and fit.info.seed == 1 and fit.info.split == "group"
     saved = json.loads((fit.out / "metrics.json").read_text())["info"]
     assert saved == fit.info.to_dict()
     # the recipe's seed is the run's one seed: the bundle's LightGBM was seeded with it

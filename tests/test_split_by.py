@@ -16,20 +16,20 @@ def sourced(n_lesions: int = 240, seed: int = 0) -> pd.DataFrame:
     lesions = np.repeat(np.arange(n_lesions), 2)
     return pd.DataFrame({
         "image_id": [f"ISIC_{i:05d}" for i in range(2 * n_lesions)],
-        "lesion_id": [f"L{x}" for x in lesions],
+        "group_id": [f"L{x}" for x in lesions],
         "dx": np.repeat(rng.choice(["mel", "nv", "bkl"], n_lesions), 2),
         "dataset": np.repeat(rng.choice(["rosendahl", "vidir_modern", "vienna_dias"],
                                         n_lesions), 2)})
 
 
 def test_parse_split_reads_every_kind():
-    assert parse_split("lesion") == SplitKind("lesion")
+    assert parse_split("lesion") == parse_split("group") == SplitKind("group")
     assert parse_split("none").kind == "none"
     assert parse_split("by:Dataset") == SplitKind("by", "dataset")
     assert parse_split("by:dataset=Rosendahl") == SplitKind("by", "dataset", "rosendahl")
     assert str(parse_split("by:dataset=rosendahl")) == "by:dataset=rosendahl"
     for bad in ("by:", "by:dataset=", "lesions", "by:=x"):
-        with pytest.raises(ValueError, match="use lesion, image, none, by:COLUMN"):
+        with pytest.raises(ValueError, match=r"use group \(or lesion\), image, none, by:COLUMN"):
             parse_split(bad)
 
 
@@ -51,7 +51,7 @@ def test_the_cv_folds_keep_every_held_out_value_off_the_training_side():
         scored = set(t["dataset"].iloc[f.test])
         assert len(scored) == 1
         assert not scored & set(t["dataset"].iloc[np.r_[f.train, f.val]])
-        assert not set(t["lesion_id"].iloc[f.val]) & set(t["lesion_id"].iloc[f.train])
+        assert not set(t["group_id"].iloc[f.val]) & set(t["group_id"].iloc[f.train])
 
 
 def test_fit_head_by_value_scores_that_value_and_trains_on_the_others(tmp_path):
@@ -73,8 +73,8 @@ def test_the_guard_refuses_a_value_on_both_sides():
     t = sourced()
     split = assign_split(t, "by:dataset=rosendahl")
     moved = split.copy()
-    lesion = t.loc[(t["dataset"] == "rosendahl"), "lesion_id"].iloc[0]
-    moved[t["lesion_id"] == lesion] = "train"
+    lesion = t.loc[(t["dataset"] == "rosendahl"), "group_id"].iloc[0]
+    moved[t["group_id"] == lesion] = "train"
     with pytest.raises(ValueError, match="rosendahl on both the scored and the training side"):
         check_split(t, moved, "by:dataset=rosendahl")
 
@@ -131,7 +131,7 @@ def test_lesion_and_image_kinds_are_unchanged():
 
 def test_a_loaded_set_holds_its_source_out_through_with_described(tmp_path):
     from skinfeat.data.datasets import load_dataset
-    t = sourced().rename(columns={"image_id": "image_id"})
+    t = sourced().rename(columns={"group_id": "lesion_id"})   # the raw HAM10000 column
     t["age"], t["sex"], t["localization"], t["dx_type"] = 50.0, "male", "back", "histo"
     t.to_csv(tmp_path / "HAM10000_metadata.csv", index=False)
     data = load_dataset(tmp_path / "HAM10000_metadata.csv", "ham10000", images=False)

@@ -11,7 +11,7 @@ from skinfeat.data.splits import assign_split, check_grouped, fold_ids, load_spl
 
 def test_lesion_split_keeps_lesions_whole_and_classes_in_train(synth_table):
     split = assign_split(synth_table, "lesion", seed=42)
-    per_lesion = pd.DataFrame({"l": synth_table["lesion_id"], "s": split}).groupby("l")["s"].nunique()
+    per_lesion = pd.DataFrame({"l": synth_table["group_id"], "s": split}).groupby("l")["s"].nunique()
     assert per_lesion.max() == 1
     assert set(synth_table.loc[split == "train", "dx"]) == set(synth_table["dx"])
     assert set(split) == {"train", "val", "test"}
@@ -28,13 +28,13 @@ def test_image_split_is_the_reference_split(synth_table):
 def test_image_split_lets_lesions_cross_and_the_guard_sees_it(synth_table):
     split = assign_split(synth_table, "image", seed=42)
     with pytest.raises(ValueError, match="both sides"):
-        check_grouped(synth_table["lesion_id"], split)
+        check_grouped(synth_table["group_id"], split)
 
 
 def test_folds_disjoint_by_lesion(synth_table):
     folds = fold_ids(synth_table, 5, "lesion", seed=0)
     assert set(folds) == set(range(5))
-    assert pd.Series(folds).groupby(synth_table["lesion_id"].to_numpy()).nunique().max() == 1
+    assert pd.Series(folds).groupby(synth_table["group_id"].to_numpy()).nunique().max() == 1
 
 
 def test_too_few_lesions_for_folds_is_explained(synth_table):
@@ -46,7 +46,7 @@ def test_saved_split_round_trip_and_refusal(synth_table, tmp_path):
     split = assign_split(synth_table)
     save_split(synth_table, split, tmp_path / "splits.csv", "lesion", 42)
     again, kind, seed = load_split(synth_table, tmp_path / "splits.csv")
-    assert kind == "lesion" and seed == 42 and (again == split).all()
+    assert kind == "group" and seed == 42 and (again == split).all()
     other = synth_table.assign(image_id=synth_table["image_id"] + "x")
     with pytest.raises(ValueError, match="not in the saved split"):
         load_split(other, tmp_path / "splits.csv")

@@ -128,11 +128,11 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 
 @click.command("fit-head")
 @stage_two_inputs
-@click.option("--split", type=click.Choice(["lesion", "group", "image", "none"]),
-              callback=lambda c, p, v: "lesion" if v == "group" else v,
-              help="lesion (or group): grouped by the dataset's groups, lesions or patients "
-              "(honest); image: the reference's leaky image-level split; none: train on every "
-              "row but a grouped validation part (the model to deploy) [default: lesion].")
+@click.option("--split", type=click.Choice(["group", "lesion", "image", "none"]),
+              callback=lambda c, p, v: "group" if v == "lesion" else v,
+              help="group (or lesion, its older name): grouped by the dataset's groups, lesions "
+              "or patients (honest); image: the reference's leaky image-level split; none: train on every "
+              "row but a grouped validation part (the model to deploy) [default: group].")
 @click.option("--test-size", type=float, help="Test share of the rows [default: 0.2].")
 @click.option("--val-size", type=float, help="Validation share of the rows [default: 0.1].")
 @click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
@@ -199,13 +199,13 @@ def parse_seeds(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 def cv_options(f):
     for opt in reversed([
-        click.option("--split", type=click.Choice(["lesion", "group", "image"]),
-                     default="lesion", show_default=True, callback=lambda c, p, v:
-                     "lesion" if v == "group" else v,
-                     help="lesion (or group): grouped folds (honest); image: the reference's "
+        click.option("--split", type=click.Choice(["group", "lesion", "image"]),
+                     default="group", show_default=True, callback=lambda c, p, v:
+                     "group" if v == "lesion" else v,
+                     help="group (or lesion): grouped folds (honest); image: the reference's "
                      "leaky image-level folds."),
         click.option("--folds", type=int, default=5, show_default=True,
-                     help="Stratified folds, grouped by lesion unless --split image."),
+                     help="Stratified folds, grouped by the dataset's groups unless --split image."),
         click.option("--seeds", callback=parse_seeds, help="Comma list: repeat the CV once per "
                      "seed and report the spread across seeds [default: --seed]."),
         click.option("--jobs", type=int, default=0, show_default=True,
@@ -277,8 +277,8 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
               help="CV folds per trial, on the rows outside the held-out test part.")
 @click.option("--test-size", type=float, default=0.2, show_default=True,
               help="Grouped test part held out before the search, scored once at the end.")
-@click.option("--split", type=click.Choice(["lesion", "group", "image"]), default="lesion",
-              show_default=True, callback=lambda c, p, v: "lesion" if v == "group" else v)
+@click.option("--split", type=click.Choice(["group", "lesion", "image"]), default="group",
+              show_default=True, callback=lambda c, p, v: "group" if v == "lesion" else v)
 @click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
               help="[default: fused]")
 @click.option("--storage", help="Optuna storage URL (sqlite:///tune.db; postgresql://...): "

@@ -1,6 +1,6 @@
 """Readers: a dataset folder (or table) and its ``DatasetSpec`` in, one validated table out.
 
-The validated table has one row per image: ``image_id``, ``lesion_id`` (the grouping id: a lesion,
+The validated table has one row per image: ``image_id``, ``group_id`` (the grouping id: a lesion,
 a patient, or the image itself where the set has no groups), ``path``, ``dx`` (class code),
 ``label`` (its index in the class list), then the spec's metadata fields, numeric as floats (NaN
 when missing) and categorical as lower-case strings (None when missing). Every dataset fact lives
@@ -207,7 +207,8 @@ def _default_fields(spec: DatasetSpec, raw: pd.DataFrame) -> DatasetSpec:
         changes["categorical"] = tuple(c for c in HAM10000.categorical if c in raw.columns)
         changes["ranges"] = {**HAM10000.ranges, **spec.ranges}
     if spec.group_column is None:
-        group = next((c for c in ("lesion_id", "patient_id") if c in raw.columns), None)
+        group = next((c for c in ("lesion_id", "patient_id", "group_id") if c in raw.columns),
+                     None)
         if group:
             changes.update(group_column=group, group_name=group.split("_")[0])
     return spec.with_columns(**changes) if changes else spec
@@ -313,7 +314,7 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     dupes = table["image_id"][table["image_id"].duplicated()].unique()
     if len(dupes):
         raise DataError(f"{source}: {len(dupes)} duplicate image id(s), e.g. {', '.join(dupes[:3])}")
-    table["lesion_id"] = group.where(group != "", table["image_id"])  # blank group: the image
+    table["group_id"] = group.where(group != "", table["image_id"])  # blank group: the image
     table["path"] = paths
     table["dx"] = dx.to_numpy()
     classes = spec.classes or tuple(sorted(set(dx)))
@@ -334,7 +335,7 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
                               for c in spec.subgroup_only if c in raw.columns and
                               c not in table.columns}, index=table.index)
     log.info("%s (%s): %d images, %d %ss", source, spec.name, len(table),
-             table["lesion_id"].nunique(), spec.group_name)
+             table["group_id"].nunique(), spec.group_name)
     return Dataset(table, spec, classes, task, source, dropped, described)
 
 
@@ -388,16 +389,16 @@ def summarize(data: Dataset | pd.DataFrame) -> dict:
     if isinstance(data, pd.DataFrame):  # a HAM10000 table
         data = Dataset(data, HAM10000, CLASSES)
     table, spec = data.table, data.spec
-    per_class = table.groupby("dx").agg(images=("image_id", "size"), groups=("lesion_id", "nunique"))
+    per_class = table.groupby("dx").agg(images=("image_id", "size"), groups=("group_id", "nunique"))
     per_class = per_class.reindex(list(data.classes), fill_value=0)
-    per_group = table.groupby("lesion_id").size().value_counts().sort_index()
+    per_group = table.groupby("group_id").size().value_counts().sort_index()
     missing = {c: int(table[c].isna().sum()) for c in spec.metadata}
     return {
         "preset": spec.name, "table": str(data.source), "task": str(data.task),
         "classes": list(data.classes), "dropped_classes": list(data.dropped_classes),
         "images": int(len(table)), "group": spec.group_name,
-        "groups": int(table["lesion_id"].nunique()),
-        "lesions": int(table["lesion_id"].nunique()),
+        "groups": int(table["group_id"].nunique()),
+        "lesions": int(table["group_id"].nunique()),
         "per_class": {dx: {"images": int(row["images"]), "groups": int(row["groups"])}
                       for dx, row in per_class.iterrows()},
         "images_per_group": {int(k): int(v) for k, v in per_group.items()},

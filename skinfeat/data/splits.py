@@ -1,8 +1,11 @@
-"""Train / validation / test splits and k-folds, grouped by lesion unless asked otherwise.
+"""Train / validation / test splits and k-folds, grouped by the dataset's groups unless asked
+otherwise.
 
-HAM10000 has up to six images of one lesion. An image-level split (the reference recipe) puts
-images of one lesion on both sides and inflates every score, so ``lesion`` is the default and
-``image`` exists only to reproduce the reference. ``check_grouped`` is the guard: it raises when a
+HAM10000 has up to six images of one lesion; ISIC 2020 and 2024 many lesions of one patient. An
+image-level split (the reference recipe) puts images of one group on both sides and inflates
+every score, so ``group`` (the validated table's ``group_id``: lesion or patient; the older
+spelling ``lesion`` is accepted) is the default and ``image`` exists only to reproduce the
+reference. ``check_grouped`` is the guard: it raises when a
 lesion sits on two sides of a lesion-level split.
 """
 from __future__ import annotations
@@ -20,12 +23,15 @@ from ..atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-SPLIT_KINDS = ("lesion", "image")
+SPLIT_KINDS = ("group", "image")
+# Older spellings, still accepted on the command line, in spec and config files and in saved
+# splits: "lesion" meant "by the dataset's groups" (lesions, or patients for ISIC 2020).
+ALIASES = {"lesion": "group"}
 BY = "by:"   # by:COLUMN (cv: one fold per value) and by:COLUMN=VALUE (fit-head: that value held out)
 PROTOCOLS = {
     "none": "no test part: every row trains except a lesion-grouped validation part that stops "
             "early and calibrates (a model to deploy; its scores come from cv)",
-    "lesion": "lesion-grouped, stratified by dx: no lesion on both sides",
+    "group": "lesion-grouped, stratified by dx: no lesion on both sides",
     "image": "image-level stratified (the reference's protocol): images of one lesion may sit "
              "on both sides, which inflates scores",
 }
@@ -33,12 +39,15 @@ PROTOCOLS = {
 
 @dataclass(frozen=True)
 class SplitKind:
-    """A parsed ``--split``: ``lesion``, ``image``, ``none``, or a held-out column: ``by:COLUMN``
+    """A parsed ``--split``: ``group`` (alias ``lesion``), ``image``, ``none``, or a held-out column: ``by:COLUMN``
     (each value is one fold: leave-one-source-out) or ``by:COLUMN=VALUE`` (train on the other
     values, score that one). ``str()`` gives the text back (splits.csv, config.json)."""
     kind: str
     column: str | None = None
     value: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ALIASES.get(self.kind, self.kind))
 
     @property
     def by(self) -> bool:
@@ -56,6 +65,7 @@ def parse_split(text: "str | SplitKind") -> SplitKind:
     if isinstance(text, SplitKind):
         return text
     text = str(text).strip()
+    text = ALIASES.get(text, text)
     if text in (*SPLIT_KINDS, "none"):
         return SplitKind(text)
     if text.lower().startswith(BY):
@@ -63,7 +73,8 @@ def parse_split(text: "str | SplitKind") -> SplitKind:
         column, value = column.strip().lower(), value.strip().lower()
         if column and (not eq or value):
             return SplitKind("by", column, value if eq else None)
-    raise ValueError(f"--split {text!r}: use lesion, image, none, by:COLUMN (cv: each value of "
+    raise ValueError(f"--split {text!r}: use group (or lesion), image, none, by:COLUMN (cv: each "
+                     "value of "
                      "COLUMN is one fold) or by:COLUMN=VALUE (fit-head: score that value, train "
                      "on the others), e.g. by:dataset=rosendahl")
 
@@ -85,7 +96,7 @@ def protocol(kind: "str | SplitKind", group: str = "lesion") -> str:
                 "come from cv)")
     if group == "lesion" or kind == "none":
         return PROTOCOLS[kind].replace("lesion", group) if group != "image" else PROTOCOLS[kind]
-    if kind == "lesion":
+    if kind == "group":
         return (f"{group}-grouped, stratified by class: no {group} on both sides"
                 if group != "image" else "image-level stratified (the set has no groups)")
     return (f"image-level stratified: images of one {group} may sit on both sides, which "
@@ -94,7 +105,8 @@ def protocol(kind: "str | SplitKind", group: str = "lesion") -> str:
 
 def _check_kind(kind: "str | SplitKind") -> SplitKind:
     split = kind if isinstance(kind, SplitKind) else \
-        parse_split(kind) if str(kind).lower().startswith(BY) else SplitKind(str(kind))
+        parse_split(kind) if str(kind).lower().startswith(BY) else \
+        SplitKind(ALIASES.get(str(kind), str(kind)))
     if not split.by and split.kind not in SPLIT_KINDS:
         raise ValueError(f"unknown split kind {kind!r}; expected one of {SPLIT_KINDS} or "
                          "by:COLUMN")
@@ -118,10 +130,10 @@ def source_values(table: pd.DataFrame, kind: "str | SplitKind") -> list[str]:
                          f"{', '.join(table.loc[blank, 'image_id'].astype(str)[:3])}; every row "
                          "needs one to hold values out")
     values = values.astype(str)
-    crossing = pd.Series(values.to_numpy()).groupby(table["lesion_id"].to_numpy()).nunique()
+    crossing = pd.Series(values.to_numpy()).groupby(table["group_id"].to_numpy()).nunique()
     crossing = crossing[crossing > 1]
     if len(crossing):
-        n_images = int(table["lesion_id"].isin(crossing.index).sum())
+        n_images = int(table["group_id"].isin(crossing.index).sum())
         raise ValueError(f"--split {split}: {len(crossing)} group(s) ({n_images} images) have "
                          f"images in more than one {col} value, e.g. "
                          f"{', '.join(map(str, crossing.index[:3]))}; a held-out value would "
@@ -142,8 +154,8 @@ def drop_crossing_groups(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame
     the image ids left out (to report): HAM10000 has 9 melanoma lesions (26 images) in both
     vidir_modern and vidir_molemax. Opt-in: ``source_values`` refuses them otherwise."""
     values = table[column].astype(object).where(table[column].notna(), "")
-    n = pd.Series(values.astype(str).to_numpy()).groupby(table["lesion_id"].to_numpy()).nunique()
-    crossing = table["lesion_id"].isin(n.index[n > 1]).to_numpy()
+    n = pd.Series(values.astype(str).to_numpy()).groupby(table["group_id"].to_numpy()).nunique()
+    crossing = table["group_id"].isin(n.index[n > 1]).to_numpy()
     if crossing.any():
         log.warning("by:%s: %d image(s) of %d group(s) in more than one %s value left out",
                     column, int(crossing.sum()), int((n > 1).sum()), column)
@@ -163,9 +175,9 @@ def _by_folds(table: pd.DataFrame, split: SplitKind, n_folds: int) -> np.ndarray
                            table[split.column].astype(str).to_numpy()).astype(np.int64)
 
 
-def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "lesion", seed: int = 42,
+def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "group", seed: int = 42,
              strict: bool = True) -> np.ndarray:
-    """Fold number (0..n_folds-1) of every row: stratified by dx, grouped by lesion for ``lesion``.
+    """Fold number (0..n_folds-1) of every row: stratified by dx, grouped by ``group_id`` for ``group``.
 
     ``strict`` refuses a class with fewer lesions (images) than folds, since some fold would
     then score without it; a single hold-out (``holdout_mask``) tolerates that.
@@ -176,7 +188,7 @@ def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "lesion", seed: int 
     kind = split.kind
     if n_folds < 2:
         raise ValueError(f"need at least 2 folds, got {n_folds}")
-    unit = "lesion_id" if kind == "lesion" else "image_id"
+    unit = "group_id" if kind == "group" else "image_id"
     units = table.groupby("dx")[unit].nunique()
     too_few = units[units < n_folds]
     if strict and len(too_few):
@@ -185,8 +197,8 @@ def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "lesion", seed: int 
             + ", ".join(f"{dx} has {n}" for dx, n in too_few.items())
             + f". Use fewer folds (at most {int(units.min())}) or more data.")
     y = table["dx"].to_numpy()
-    if kind == "lesion":
-        return stratified_group_folds(y, table["lesion_id"].to_numpy(), n_folds, seed)
+    if kind == "group":
+        return stratified_group_folds(y, table["group_id"].to_numpy(), n_folds, seed)
     folds = np.empty(len(table), dtype=np.int64)
     parts = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
         np.zeros(len(table)), y)
@@ -247,11 +259,11 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_folds: int,
     return fold_of_group[groups_inv]
 
 
-def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "lesion",
+def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "group",
                  seed: int = 42) -> np.ndarray:
     """Boolean mask of a stratified held-out part of about ``fraction`` of the rows (a ``by:``
     split's inner part, from rows of the training values, is lesion-grouped)."""
-    kind = "lesion" if _check_kind(kind).by else _check_kind(kind).kind
+    kind = "group" if _check_kind(kind).by else _check_kind(kind).kind
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
     if kind == "image":
@@ -268,14 +280,14 @@ def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "lesion",
         mask[test_idx] = True
         return mask
     n_folds = max(2, int(round(1.0 / fraction)))
-    lesions = table["lesion_id"].nunique()
+    lesions = table["group_id"].nunique()
     if lesions < n_folds:
         raise ValueError(f"a {fraction:.0%} lesion-level hold-out needs at least {n_folds} "
                          f"lesions, got {lesions}; the data set is too small for it")
-    return fold_ids(table, n_folds, "lesion", seed, strict=False) == 0
+    return fold_ids(table, n_folds, "group", seed, strict=False) == 0
 
 
-def assign_split(table: pd.DataFrame, kind: str = "lesion", test_size: float = 0.2,
+def assign_split(table: pd.DataFrame, kind: str = "group", test_size: float = 0.2,
                  val_size: float = 0.1, seed: int = 42) -> pd.Series:
     """``train`` / ``val`` / ``test`` per row. ``val`` (early stopping) is carved from the
     non-test rows, so the rows that pick the epoch are never the rows that are scored."""
@@ -290,12 +302,12 @@ def assign_split(table: pd.DataFrame, kind: str = "lesion", test_size: float = 0
         test = (table[by.column].astype(str) == by.value).to_numpy()
         split[test] = "test"
         rest = table[~test]
-        split.loc[rest.index[holdout_mask(rest, val_size, "lesion", seed)]] = "val"
+        split.loc[rest.index[holdout_mask(rest, val_size, "group", seed)]] = "val"
         check_split(table, split, by)
         return split
     kind = by.kind
     if kind == "none":   # every row trains, but a grouped validation part (stop, calibrate)
-        split[holdout_mask(table, val_size, "lesion", seed)] = "val"
+        split[holdout_mask(table, val_size, "group", seed)] = "val"
         check_split(table, split, kind)
         return split
     test = holdout_mask(table, test_size, kind, seed)
@@ -321,8 +333,8 @@ def check_split(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") 
     """Leakage guard plus the basic sanity every later step relies on; a ``by:`` split also
     refuses a value of its column on both the scored and the training side."""
     by = _check_kind(kind) if str(kind) != "none" else SplitKind("none")
-    if by.by or by.kind in ("lesion", "none"):
-        check_grouped(table["lesion_id"], split)
+    if by.by or by.kind in ("group", "none"):
+        check_grouped(table["group_id"], split)
     if by.by:
         source_values(table, by)
         values = table[by.column].astype(str).to_numpy()
@@ -351,7 +363,7 @@ def source_sides(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind")
 
 def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: "str | SplitKind",
                seed: int) -> None:
-    out = table[["image_id", "lesion_id", "dx"]].assign(split=split.to_numpy(), kind=str(kind),
+    out = table[["image_id", "group_id", "dx"]].assign(split=split.to_numpy(), kind=str(kind),
                                                         seed=seed)
     atomic_write(Path(path), lambda tmp: out.to_csv(tmp, index=False))
 
@@ -366,6 +378,7 @@ def load_split(table: pd.DataFrame, path: Path) -> tuple[pd.Series, str, int]:
         raise ValueError(f"{path}: {len(missing)} image(s) of the data set are not in the saved "
                          f"split, e.g. {', '.join(missing[:3])}; use a new --out folder")
     kind, seed = str(saved["kind"].iloc[0]), int(saved["seed"].iloc[0])
+    kind = ALIASES.get(kind, kind)   # a split saved before the rename
     split = pd.Series(by_id.reindex(table["image_id"]).to_numpy(), index=table.index, dtype=object)
     check_split(table, split, kind)
     return split, kind, seed

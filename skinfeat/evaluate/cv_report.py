@@ -102,7 +102,7 @@ def _reference_lines(res: dict) -> list[str]:
               + ("This run used lesion-grouped folds, so its numbers are not comparable to the "
                  "published ones; rerun with `--split image` to see how much the image-level "
                  "protocol alone inflates the scores."
-                 if res["split"] == "lesion" else
+                 if res["split"] in ("group", "lesion") else
                  "This run reproduces the reference's image-level split (leaky) for comparison; "
                  "it still stops early on an inner validation part, not on the scored fold."),
               "Accuracy rewards predicting `nv` (66.95 % of HAM10000): read balanced accuracy "

@@ -107,12 +107,12 @@ def analyse_subgroups(scored: pd.DataFrame, train: pd.DataFrame, y_true: np.ndar
                       n_boot: int = 1000, seed: int = 0) -> SubgroupResult | None:
     """The one call a report makes: the fields of ``--subgroups`` (``fields``), banded on the
     training rows, scored on ``scored`` (validated-table rows aligned with ``y_true``, grouped
-    by ``lesion_id``); forest plots written to ``out`` when given. None for ``none``."""
+    by ``group_id``); forest plots written to ``out`` when given. None for ``none``."""
     names = subgroup_columns(fields, spec)
     if not names:
         return None
     frame = subgroup_frame(scored, train, names, spec.numeric)
-    result = subgroup_table(y_true, proba, y_pred, scored["lesion_id"].to_numpy(), frame, classes,
+    result = subgroup_table(y_true, proba, y_pred, scored["group_id"].to_numpy(), frame, classes,
                             min_groups=min_groups, n_boot=n_boot, seed=seed,
                             group_name=spec.group_name)
     if out is not None:

@@ -31,7 +31,7 @@ def group_context(table: pd.DataFrame, numeric: Sequence[str], groups: Sequence 
 
     ``table``: the rows (a validated table or a predict table); ``numeric``: its numeric fields
     (floats, NaN where missing); ``groups``: one group id per row (a patient; the validated
-    table's ``lesion_id`` column; a blank or missing id is a group of its own);
+    table's ``group_id`` column; a blank or missing id is a group of its own);
     ``embeddings``: (N, D) image embeddings of the same rows, or (N, V, D) with views (view 0,
     the original image, is used), or None.
 

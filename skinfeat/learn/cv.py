@@ -2,7 +2,7 @@
 
 Every (seed, fold) trains each model on each input set on the same rows, so one table shows what
 metadata adds. Folds are stratified by class and grouped by the dataset's groups (lesions,
-patients; ``split="lesion"``) unless the reference's leaky image-level protocol is asked for.
+patients; ``split="group"``) unless the reference's leaky image-level protocol is asked for.
 Each fit goes through ``train.fit_splits``, the path of ``fit-head``: the metadata encoder is
 fitted on the fold's training rows only, and early stopping and calibration use an inner
 validation part carved from the training folds (``splits.holdout_mask``): the scored fold never
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol
+from ..data.splits import ALIASES, SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol
 from ..embed.cache import CacheContents
 from ..evaluate.metrics import headline, majority_baseline, mean_std
 from .head import INPUTS, one_thread
@@ -57,7 +57,7 @@ class CVConfig:
     the recipe's model, input set and seed, and selects on its fold's inner val part; the
     recipe's own split, sizes and select_on belong to fit-head)."""
     folds: int = 5
-    split: str = "lesion"
+    split: str = "group"                   # or "image"; "lesion" is the older spelling
     seeds: tuple[int, ...] = (42,)
     models: tuple[str, ...] = DEFAULT_MODELS   # MODELS: every kind (+ the linear probe)
     inputs: tuple[str, ...] | None = None  # None: every set the data has (see input_sets)
@@ -74,6 +74,7 @@ class CVConfig:
                        lgbm=replace(r.lgbm, inputs=inputs, seed=seed, num_threads=1))
 
     def check(self) -> None:
+        self.split = ALIASES.get(self.split, self.split)   # "lesion": the older spelling
         inputs = INPUTS if self.inputs is None else self.inputs
         for name, got, allowed in (("models", self.models, MODELS), ("inputs", inputs, INPUTS),
                                    ("split", (self.split,), SPLIT_KINDS)):
@@ -100,7 +101,7 @@ class Fold:
     test: np.ndarray
 
 
-def make_folds(table: pd.DataFrame, n_folds: int, kind: str = "lesion", seed: int = 42,
+def make_folds(table: pd.DataFrame, n_folds: int, kind: str = "group", seed: int = 42,
                val_fraction: float = VAL_FRACTION) -> list[Fold]:
     return list(iter_folds(table, fold_ids(table, n_folds, kind, seed), kind, seed, val_fraction))
 
@@ -328,10 +329,10 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "group": data.spec.group_name,
             "reference_recipe": data.spec.reference_recipe and not data.task.binary,
             "headline": list(keys),
-            "images": int(len(table)), "lesions": int(table["lesion_id"].nunique()),
+            "images": int(len(table)), "lesions": int(table["group_id"].nunique()),
             "views": int(image.shape[1] - 1) if image.ndim == 3 else 0,
             "embed_dim": int(image.shape[-1]),
-            "folds_table": table[["image_id", "lesion_id", "dx"]].assign(
+            "folds_table": table[["image_id", "group_id", "dx"]].assign(
                 **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
             "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
             "notes": notes,
@@ -349,7 +350,7 @@ def oof_frame(table: pd.DataFrame, records: list[dict], classes: list[str]) -> p
     for r in records:
         test, proba, decided = r.pop("test"), r.pop("proba"), r.pop("decided")
         part = pd.DataFrame({"image_id": table["image_id"].to_numpy()[test],
-                             "group": table["lesion_id"].to_numpy()[test],
+                             "group": table["group_id"].to_numpy()[test],
                              "fold": r["fold"], "seed": r["seed"], "model": r["model"],
                              "inputs": r["inputs"]})
         for k, c in enumerate(classes):

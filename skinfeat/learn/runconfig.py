@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Annotated, Literal, Mapping
 
 from ..data.metadata import ENCODINGS
+from ..data.splits import ALIASES
 from ..schema import Gt, Lt, SchemaError, dump, parse, read_settings, validate
 from .baseline import LGBMConfig
 from .calibration import METHODS
 from .head import HeadConfig
 
-SPLITS = ("lesion", "image", "none")
+SPLITS = ("group", "lesion", "image", "none")   # lesion: the older spelling of group
 
 
 class ConfigError(SchemaError):
@@ -30,7 +31,7 @@ class ConfigError(SchemaError):
 @dataclass
 class RunConfig:
     model: Literal["head", "lgbm", "linear"] = "head"
-    split: Literal[SPLITS] = "lesion"     # lesion (grouped) | image (reference) | none
+    split: Literal[SPLITS] = "group"      # group (by group_id) | image (reference) | none
     seed: int = 42
     select_on: Literal["val", "test"] = "val"   # test: the reference's flaw
     test_size: Annotated[float, Gt(0), Lt(1)] = 0.2
@@ -40,6 +41,9 @@ class RunConfig:
     tta: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
+
+    def __post_init__(self) -> None:
+        self.split = ALIASES.get(self.split, self.split)   # a config written before the rename
 
     def to_dict(self) -> dict:
         return dump(self)

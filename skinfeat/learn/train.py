@@ -165,7 +165,7 @@ def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
     encoder = make_encoder(data, encoding).fit(data.table.iloc[rows["train"]])
     meta = encoder.transform(data.table)
     y = data.table["label"].to_numpy()
-    group = data.table["lesion_id"].to_numpy() if "lesion_id" in data.table else None
+    group = data.table["group_id"].to_numpy() if "group_id" in data.table else None
     return EncodedSplit(encoder, {s: (image[i], meta[i], y[i]) for s, i in rows.items()},
                         int(meta.shape[1]),
                         None if group is None else {s: group[i] for s, i in rows.items()})

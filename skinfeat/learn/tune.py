@@ -45,7 +45,7 @@ class TuneConfig:
     trials: int = 50
     folds: int = 5
     test_size: float = 0.2
-    split: str = "lesion"
+    split: str = "group"
     storage: str | None = None            # an Optuna storage URL; None: in memory
     study_name: str = "skinfeat-tune"
     start: RunConfig = field(default_factory=RunConfig)

@@ -92,7 +92,7 @@ def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
                 first, members, inputs=inputs, split=f"{cfg.split} cv, {cfg.folds} folds",
                 seeds=list(cfg.seeds), combine=ENSEMBLE_RULE))
             # Every image trained or early-stopped some member: evaluate leaves them all out.
-            seen = table[["image_id", "lesion_id", "dx"]].assign(split="train", kind=cfg.split,
+            seen = table[["image_id", "group_id", "dx"]].assign(split="train", kind=cfg.split,
                                                                  seed=cfg.seeds[0])
             write_text(where / "splits.csv", seen.to_csv(index=False))
             made[f"{model}_{inputs}"] = str(where)

@@ -52,9 +52,10 @@ def seen_masks(run: Path, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] 
     if not path.is_file():
         return None
     saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    saved = saved.rename(columns={"lesion_id": "group_id"})   # written before the rename
     seen = saved[saved["split"].isin(["train", "val"])]
     return (table["image_id"].isin(seen["image_id"]).to_numpy(),
-            table["lesion_id"].isin(seen["lesion_id"]).to_numpy())
+            table["group_id"].isin(seen["group_id"]).to_numpy())
 
 
 def seen_in_training(run: Path, table: pd.DataFrame) -> np.ndarray:
@@ -113,7 +114,7 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                            **(columns or {}))
     table, layout = dataset.table, dataset.spec.name
     seen = seen_in_training(run, table)
-    left_out = {"images": int(seen.sum()), "groups": int(table.loc[seen, "lesion_id"].nunique())}
+    left_out = {"images": int(seen.sum()), "groups": int(table.loc[seen, "group_id"].nunique())}
     if seen.any() and not include_seen:
         if seen.all():
             raise DataError(f"{data}: every image (or its {dataset.spec.group_name}) was used to "
@@ -134,7 +135,7 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     y = model_labels(scored, classes, str(dataset.source))
     logits, proba, decided = preds.logits[ok], preds.proba[ok], preds.decided[ok]
     metrics = calibrated_metrics(y, logits, proba, classes, decided)
-    ci = bootstrap_ci(y, proba, classes, groups=scored["lesion_id"].to_numpy(), y_pred=decided)
+    ci = bootstrap_ci(y, proba, classes, groups=scored["group_id"].to_numpy(), y_pred=decided)
     y_train = train_labels(run, classes)
     baseline = majority_baseline(y_train, y, classes) if y_train is not None and len(y_train) \
         else None

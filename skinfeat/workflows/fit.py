@@ -77,7 +77,7 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
         fields=list(data.spec.metadata),
         reference_recipe=data.spec.reference_recipe and not data.task.binary,
         sizes={s: int(len(r)) for s, r in rows.items()},
-        lesions={s: int(table["lesion_id"].iloc[r].nunique()) for s, r in rows.items()},
+        lesions={s: int(table["group_id"].iloc[r].nunique()) for s, r in rows.items()},
         without_embedding=dropped, **contents.provenance(source),
         sources=cache_sources(contents, cache_path), temperature=fit.temperature,
         calibration=fit.calibrator.describe(), threshold=fit.threshold, tta=recipe.tta,
@@ -90,7 +90,7 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     save_fit(out, fit, config)
     write_run_report(out, fit.metrics, baseline, info, y_true=y[scored],
                      logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,
-                     groups=table["lesion_id"].to_numpy()[scored])
+                     groups=table["group_id"].to_numpy()[scored])
     return {"metrics": fit.metrics, "baseline": baseline, "info": info}
 
 

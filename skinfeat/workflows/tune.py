@@ -76,7 +76,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     res = {"metric": metric, "best": {"number": best.number, "value": best.value,
                                       "params": best.params, "head": asdict(best_head)},
            "start": next((h for h in history if h["number"] == 0), None),
-           "held_out": {"n": int(test.sum()), "groups": int(table.loc[test, "lesion_id"].nunique()),
+           "held_out": {"n": int(test.sum()), "groups": int(table.loc[test, "group_id"].nunique()),
                         "metrics": final.metrics},
            "history": history, "config": cfg.to_dict(),
            "sizes": {"search": int(len(rest)), "held_out": int(test.sum())},
