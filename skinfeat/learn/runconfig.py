@@ -20,7 +20,7 @@ from .baseline import LGBMConfig
 from .calibration import METHODS
 from .head import HeadConfig
 
-SPLITS = ("lesion", "image", "none")
+SPLITS = ("lesion", "image", "none")   # and by:COLUMN=VALUE (data.splits.parse_split)
 
 
 class ConfigError(SchemaError):
@@ -30,7 +30,7 @@ class ConfigError(SchemaError):
 @dataclass
 class RunConfig:
     model: Literal["head", "lgbm", "linear"] = "head"
-    split: Literal[SPLITS] = "lesion"     # lesion (grouped) | image (reference) | none
+    split: str = "lesion"   # lesion (grouped) | image (reference) | none | by:COLUMN=VALUE
     seed: int = 42
     select_on: Literal["val", "test"] = "val"   # test: the reference's flaw
     test_size: Annotated[float, Gt(0), Lt(1)] = 0.2
@@ -63,6 +63,15 @@ class RunConfig:
         """Types, choices and ranges of every field (the head's and LightGBM's too), then the
         values that must agree."""
         validate(self, error=ConfigError)
+        from ..data.splits import parse_split
+        try:
+            split = parse_split(self.split)
+        except ValueError as exc:
+            raise ConfigError(str(exc), "split") from None
+        self.split = "lesion" if str(split) == "group" else str(split)
+        if split.by and split.value is None:
+            raise ConfigError(f"--split {split}: fit-head holds one value out: "
+                              f"by:{split.column}=VALUE (by:COLUMN is cv's)", "split")
         if self.split == "none" and self.select_on == "test":
             raise ConfigError("split none has no test part to select on", "select_on")
         if self.test_size + self.val_size >= 1:
