@@ -76,7 +76,7 @@ class CVConfig:
 
     def check(self) -> None:
         inputs = INPUTS if self.inputs is None else self.inputs
-        split = parse_split(self.split)   # lesion, image or by:COLUMN
+        split = parse_split("lesion" if self.split == "group" else self.split)   # or by:COLUMN
         if split.kind == "none" or split.value is not None:
             raise ValueError(f"split: {split}; expected from {', '.join(SPLIT_KINDS)} or "
                              "by:COLUMN (each value one fold; by:COLUMN=VALUE is fit-head's)")

@@ -65,10 +65,10 @@ class RunConfig:
         validate(self, error=ConfigError)
         from ..data.splits import parse_split
         try:
-            split = parse_split(self.split)
+            split = parse_split("lesion" if self.split == "group" else self.split)
         except ValueError as exc:
             raise ConfigError(str(exc), "split") from None
-        self.split = "lesion" if str(split) == "group" else str(split)
+        self.split = str(split)
         if split.by and split.value is None:
             raise ConfigError(f"--split {split}: fit-head holds one value out: "
                               f"by:{split.column}=VALUE (by:COLUMN is cv's)", "split")
