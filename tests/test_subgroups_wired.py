@@ -175,7 +175,11 @@ def test_cv_by_column_holds_each_source_out_with_subgroup_tables(sourced, tmp_pa
     rows = {t["field"]: t for t in sub["fused"]["fields"]}["dataset"]["rows"]
     assert {row["value"]: row["n_images"] for row in rows} == \
         table["dataset"].value_counts().to_dict()   # every image scored once, out of fold
+    assert res["sources_split"] == {"column": "dataset", "scored_on": {
+        str(k): [s] for k, s in enumerate(SOURCES)}}
     report = (out / "cv_report.md").read_text()
+    assert "fold 0 scored rosendahl; fold 1 scored vidir_modern; fold 2 scored vienna_dias" \
+        in report
     assert "## Subgroups (out-of-fold): head, fused" in report
     assert "](subgroups_head_fused/subgroups_dataset.png)" in report
     assert (out / "subgroups_head_image" / "subgroups_sex.png").is_file()

@@ -52,6 +52,10 @@ def _protocol_lines(res: dict) -> list[str]:
         f"- data: {res['dataset']}, task {res['task']} ({len(res['classes'])} classes: "
         f"{', '.join(res['classes'])}); groups: {res['group']}s",
         f"- protocol: **{res['split']}**: {res['protocol']}",
+    ] + ([f"- sources ({res['sources_split']['column']}), each fold trained on the others: "
+          + "; ".join(f"fold {k} scored {', '.join(v)}"
+                      for k, v in res["sources_split"]["scored_on"].items())]
+         if res.get("sources_split") else []) + [
         f"- {cfg['folds']} folds, seed(s) {seeds}: every model and input set is trained and "
         "scored on identical folds",
         "- inside each fold: the metadata encoder is fitted on the training rows only; early "

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import save_split
+from ..data.splits import parse_split, save_split
 from ..deploy.bundle import load_typed, write_bundle
 from ..deploy.bundle_config import EnsembleConfig
 from ..atomic import write_artifact, write_text
@@ -77,11 +77,24 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     if save_models:
         res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
             res["config"]["inputs"]), folds=res["config"]["folds"]))
+    res["sources_split"] = fold_sources(data, contents, source, res)
     res["subgroups"] = oof_subgroups(data, contents, source, res, subgroups, out)
     write_cv_report(out, res)
     oof = res["oof"]
     write_artifact(out / "oof_predictions.csv", lambda tmp: oof.to_csv(tmp, index=False))
     return res
+
+
+def fold_sources(data: Dataset, contents, source: str, res: dict) -> dict | None:
+    """A ``by:COLUMN`` CV's sources: which value each fold scored (trained on the others)."""
+    split = parse_split(res["split"])
+    if not split.by:
+        return None
+    full = align_dataset(data, contents, source)[0].with_described()
+    folds = res["folds_table"][f"fold_seed{res['config']['seeds'][0]}"].to_numpy()
+    values = full[split.column].astype(str).to_numpy()
+    return {"column": split.column,
+            "scored_on": {int(k): sorted(set(values[folds == k])) for k in sorted(set(folds))}}
 
 
 def subgroup_dir(model: str, inputs: str) -> str:
