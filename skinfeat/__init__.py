@@ -14,7 +14,8 @@ __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationRe
            "Recipe", "RunConfig", "RunSummary", "Task", "backbones", "check_dataset",
            "cross_validate", "download_ham10000", "evaluate_model", "extract", "fit",
            "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache",
-           "run_demo", "serve", "tune", "unpack", "weights_location", "__version__"]
+           "run_demo", "serve", "tune", "unpack", "weights_location", "write_card",
+           "__version__"]
 
 
 def __getattr__(name: str):

@@ -402,16 +402,19 @@ class FitResult:
 
 
 def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = None,
-        out: PathLike | None = None) -> FitResult:
+        out: PathLike | None = None,
+        subgroups: str | Sequence[str] | None = None) -> FitResult:
     """Stage two on one split (``skinfeat fit-head``): train, calibrate on validation, score
-    on the held-out test part (``recipe.split="none"``: every row trains)."""
+    on the held-out test part (``recipe.split="none"``: every row trains; ``"by:COLUMN=VALUE"``:
+    that value is the test part). ``subgroups``: the fields of the report's subgroup tables
+    (None: the default ones, "none": no tables)."""
     from .learn.runconfig import RunConfig
     from .workflows.fit import fit_run
 
     recipe = recipe or RunConfig()
     recipe.check()
     folder = _RunFolder(out, "fit")
-    res = fit_run(_dataset(data), _paths(caches), folder.path, recipe)
+    res = fit_run(_dataset(data), _paths(caches), folder.path, recipe, subgroups=subgroups)
     from .deploy.predict import Predictor
 
     model = Model(Predictor(folder.path), _owner=folder)
@@ -449,10 +452,13 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
                    split: str = "group", jobs: int = 1, save_models: bool = False,
                    out: PathLike | None = None,
                    progress: Callable[[int], None] | None = None,
-                   on_start: Callable[[int], None] | None = None) -> CVResult:
+                   on_start: Callable[[int], None] | None = None,
+                   subgroups: str | Sequence[str] | None = None) -> CVResult:
     """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``), each
     fit by ``recipe``; ``inputs=None``: every set the data has (image, meta, fused; a set
-    without metadata fields: image). Writes ``oof_predictions.csv`` (``CVResult.oof``)."""
+    without metadata fields: image). Writes ``oof_predictions.csv`` (``CVResult.oof``).
+    ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
+    of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
     from .learn.cv import CVConfig
     from .learn.runconfig import RunConfig
     from .workflows.cv import cv_run
@@ -463,7 +469,7 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
                    recipe=recipe)
     folder = _RunFolder(out, "cv")
     res = cv_run(_dataset(data), _paths(caches), folder.path, cfg, jobs=jobs, progress=progress,
-                 on_start=on_start, save_models=save_models)
+                 on_start=on_start, save_models=save_models, subgroups=subgroups)
     headline = res["headline"]
     rows = [{"model": m, "inputs": i,
              **{f"{k}_{s}": e[k][s] for k in headline for s in ("mean", "std")}}
@@ -527,10 +533,13 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
                    device: str = "auto", batch_size: int = 32, num_workers: int = 0,
                    include_seen: bool = False, embeddings: Caches | None = None,
                    progress: Callable[[int], None] | None = None,
-                   on_start: Callable[[int], None] | None = None) -> EvaluationResult:
+                   on_start: Callable[[int], None] | None = None,
+                   subgroups: str | Sequence[str] | None = None) -> EvaluationResult:
     """Score a trained model (a run folder or a ``Model``) on another labelled set, read as
     the model's task (``skinfeat evaluate``); ``out=None``: ``MODEL/eval-<data name>``. (Not
-    ``evaluate``: ``skinfeat.evaluate`` is the metrics and reports subpackage.)"""
+    ``evaluate``: ``skinfeat.evaluate`` is the metrics and reports subpackage.) ``subgroups``:
+    the fields of the subgroup tables (None: the scored set's default ones, "none": none);
+    ``write_card(model)`` then shows the evaluation in the model card."""
     from .workflows.evaluate import evaluate_run
 
     run = model.path if isinstance(model, Model) else Path(model)
@@ -538,9 +547,17 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
                        weights_file=weights_file, device=device, batch_size=batch_size,
                        num_workers=num_workers, include_seen=include_seen,
                        cache=_paths(embeddings) if embeddings is not None else None,
-                       progress=progress, on_start=on_start)
+                       progress=progress, on_start=on_start, subgroups=subgroups)
     return EvaluationResult(res["metrics"], res["bootstrap_ci95"], res["majority_baseline"],
                             res["info"], Path(res["out"]))
+
+
+def write_card(run: Model | PathLike) -> Path:
+    """Rewrite a fit-head run's MODEL_CARD.md from its metrics.json (with its subgroup tables)
+    and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its path."""
+    from .evaluate.checklist import rewrite_card
+
+    return rewrite_card(run.path if isinstance(run, Model) else Path(run))
 
 
 def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000,
@@ -570,4 +587,4 @@ __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationRe
            "Recipe", "RunConfig", "RunSummary", "Task", "backbones", "check_dataset",
            "cross_validate", "download_ham10000", "evaluate_model", "extract", "fit",
            "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache",
-           "run_demo", "serve", "tune", "unpack", "weights_location"]
+           "run_demo", "serve", "tune", "unpack", "weights_location", "write_card"]

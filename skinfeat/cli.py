@@ -68,7 +68,8 @@ def demo(out: str, n_images: int, backbone: str, weights: str, precision: str) -
 
 for command in (data_cmds.data, data_cmds.download, data_cmds.weights, stage_one.extract,
                 stage_one.cache, stage_two.fit_head, stage_two.cv, stage_two.tune,
-                deploy.predict, deploy.evaluate, ship.explain, ship.export, ship.serve):
+                deploy.predict, deploy.evaluate, deploy.card, ship.explain, ship.export,
+                ship.serve):
     main.add_command(command)
 main.add_command(stage_one.backbones)   # skinfeat backbones: the encoders to choose from
 

@@ -118,8 +118,10 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
               help="Report folder [default: MODEL/eval-<data name>].")
 @click.option("--include-seen", is_flag=True, help="Also score images (and images of lesions or "
               "patients) that the model trained or early-stopped on; optimistic.")
+@click.option("--subgroups", help="Comma list of subgroup fields for the report's tables, or "
+              "none [default: every metadata field and the set's descriptive columns].")
 def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, include_seen,
-             **kwargs) -> None:
+             subgroups, **kwargs) -> None:
     """Score a trained model on another labelled set (the report leads with balanced accuracy,
     or ROC AUC for a binary model). The labels are read as the model's task."""
     from ..api import evaluate_model
@@ -132,7 +134,7 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
                        columns=column_overrides(opts), weights_file=weights_file, device=device,
                        include_seen=include_seen, embeddings=list(caches) or None,
                        batch_size=batch_size, num_workers=workers, progress=bar.update,
-                       on_start=lambda n: setattr(bar, "total", n))
+                       on_start=lambda n: setattr(bar, "total", n), subgroups=subgroups)
     bar.close()
     m, ci, info = res.metrics, res.bootstrap_ci95, res.info
     if info["random_weights"]:
@@ -143,3 +145,13 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
         interval = f"  (95 % CI {ci[k][0]:.4f} to {ci[k][1]:.4f})" if k in ci else ""
         click.echo(f"{k:<20}{m[k]:>8.4f}{interval}" if m[k] is not None else f"{k:<20}     n/a")
     click.echo(f"report: {res.report_path}")
+
+
+@click.command()
+@click.option("--model", "run", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A run folder written by fit-head.")
+def card(run) -> None:
+    """Rewrite the run's MODEL_CARD.md from its metrics.json and its eval-* evaluations."""
+    from ..api import write_card
+
+    click.echo(f"model card: {write_card(run)}")

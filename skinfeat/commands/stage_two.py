@@ -126,13 +126,19 @@ def caches_of(caches: tuple, data_dir: str) -> list:
     return list(caches) if caches else [find_cache(data_dir)]
 
 
+subgroups_option = click.option(
+    "--subgroups", help="Comma list of subgroup fields for the report's tables, or none "
+    "[default: every metadata field and the data set's descriptive columns].")
+
+
 @click.command("fit-head")
 @stage_two_inputs
-@click.option("--split", type=click.Choice(["group", "lesion", "image", "none"]),
-              callback=lambda c, p, v: "group" if v == "lesion" else v,
+@click.option("--split", callback=lambda c, p, v: "group" if v == "lesion" else v,
               help="group (or lesion, its older name): grouped by the dataset's groups, lesions "
-              "or patients (honest); image: the reference's leaky image-level split; none: train on every "
-              "row but a grouped validation part (the model to deploy) [default: group].")
+              "or patients (honest); image: the reference's leaky image-level split; none: train "
+              "on every row but a grouped validation part (the model to deploy); by:COLUMN=VALUE: "
+              "score the rows of that value, train on the others (e.g. "
+              "by:dataset=rosendahl) [default: group].")
 @click.option("--test-size", type=float, help="Test share of the rows [default: 0.2].")
 @click.option("--val-size", type=float, help="Validation share of the rows [default: 0.1].")
 @click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
@@ -141,8 +147,9 @@ def caches_of(caches: tuple, data_dir: str) -> list:
 @click.option("--select-on", type=click.Choice(["val", "test"]),
               help="Split that picks the epoch; 'test' reproduces the reference's flaw "
               "[default: val].")
+@subgroups_option
 @recipe_options
-def fit_head(data_dir, caches, out, config_file, **kwargs) -> None:
+def fit_head(data_dir, caches, out, config_file, subgroups, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
     from ..api import fit
 
@@ -151,7 +158,7 @@ def fit_head(data_dir, caches, out, config_file, **kwargs) -> None:
     inputs = kwargs.pop("inputs")
     head["inputs"] = lgbm["inputs"] = inputs
     recipe = run_config(config_file, kwargs, head, lgbm)
-    res = fit(data, caches_of(caches, data_dir), recipe=recipe, out=out)
+    res = fit(data, caches_of(caches, data_dir), recipe=recipe, out=out, subgroups=subgroups)
     print_run_summary(res.metrics, res.baseline, res.info, out)
 
 
@@ -199,11 +206,12 @@ def parse_seeds(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 def cv_options(f):
     for opt in reversed([
-        click.option("--split", type=click.Choice(["group", "lesion", "image"]),
-                     default="group", show_default=True, callback=lambda c, p, v:
+        click.option("--split", default="group", show_default=True, callback=lambda c, p, v:
                      "group" if v == "lesion" else v,
                      help="group (or lesion): grouped folds (honest); image: the reference's "
-                     "leaky image-level folds."),
+                     "leaky image-level folds; by:COLUMN: one fold per value of COLUMN "
+                     "(leave-one-source-out, e.g. by:dataset)."),
+        subgroups_option,
         click.option("--folds", type=int, default=5, show_default=True,
                      help="Stratified folds, grouped by the dataset's groups unless --split image."),
         click.option("--seeds", callback=parse_seeds, help="Comma list: repeat the CV once per "
@@ -235,8 +243,8 @@ def cv_recipe(config_file, kwargs: dict):
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
               "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
 @recipe_options
-def cv(data_dir, caches, out, split, folds, seeds, jobs, inputs, models, save_models,
-       config_file, **kwargs) -> None:
+def cv(data_dir, caches, out, split, subgroups, folds, seeds, jobs, inputs, models,
+       save_models, config_file, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
     from ..api import cross_validate
 
@@ -246,6 +254,7 @@ def cv(data_dir, caches, out, split, folds, seeds, jobs, inputs, models, save_mo
     res = cross_validate(table, caches_of(caches, data_dir), folds=folds, models=models,
                          inputs=inputs, recipe=recipe, seeds=seeds, split=split, jobs=jobs,
                          save_models=save_models, out=out, progress=bar.update,
+                         subgroups=subgroups,
                          on_start=lambda n: setattr(bar, "total", n))
     bar.close()
     print_cv_summary(res.raw, out)

@@ -52,6 +52,10 @@ def _protocol_lines(res: dict) -> list[str]:
         f"- data: {res['dataset']}, task {res['task']} ({len(res['classes'])} classes: "
         f"{', '.join(res['classes'])}); groups: {res['group']}s",
         f"- protocol: **{res['split']}**: {res['protocol']}",
+    ] + ([f"- sources ({res['sources_split']['column']}), each fold trained on the others: "
+          + "; ".join(f"fold {k} scored {', '.join(v)}"
+                      for k, v in res["sources_split"]["scored_on"].items())]
+         if res.get("sources_split") else []) + [
         f"- {cfg['folds']} folds, seed(s) {seeds}: every model and input set is trained and "
         "scored on identical folds",
         "- inside each fold: the metadata encoder is fitted on the training rows only; early "
@@ -124,10 +128,27 @@ def _per_fold_lines(res: dict) -> list[str]:
     return lines
 
 
+def _subgroup_lines(subgroups: dict, n_seeds: int) -> list[str]:
+    """Each model x input set's out-of-fold subgroup tables, its forest plots in
+    ``subgroups_MODEL_INPUTS/``."""
+    lines = []
+    for model, by_inputs in subgroups.items():
+        for inputs, result in by_inputs.items():
+            where = f"subgroups_{model}_{inputs}/"
+            text = result.to_markdown(f"## Subgroups (out-of-fold): {model}, {inputs}")
+            lines += [""] + text.replace("](subgroups_", f"]({where}subgroups_").splitlines()
+            if n_seeds > 1:
+                lines += ["", "(the first seed's out-of-fold predictions)"]
+    return lines
+
+
 def write_cv_report(out: Path, res: dict) -> None:
     """Write everything about one CV run into ``out``."""
     write_artifact(out / "cv_folds.csv", lambda tmp: res["folds_table"].to_csv(tmp, index=False))
-    payload = {k: v for k, v in res.items() if k not in ("folds_table", "oof")}
+    payload = {k: v for k, v in res.items() if k not in ("folds_table", "oof", "subgroups")}
+    subgroups = res.get("subgroups") or {}
+    payload["subgroups"] = {m: {i: r.to_dict() for i, r in by.items()}
+                            for m, by in subgroups.items()}
     if res["reference_recipe"]:
         payload["reference"] = REFERENCE
     write_text(out / "cv_metrics.json", json.dumps(payload, indent=2, default=float))
@@ -161,5 +182,6 @@ def write_cv_report(out: Path, res: dict) -> None:
               for model, inputs, _ in _rows(res)]
     if res["reference_recipe"]:
         lines += [""] + _reference_lines(res)
+    lines += _subgroup_lines(subgroups, len(res["config"]["seeds"]))
     lines += [""] + _per_fold_lines(res)
     write_text(out / "cv_report.md", "\n".join(lines) + "\n")

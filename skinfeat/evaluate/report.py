@@ -144,11 +144,20 @@ def source_lines(info) -> list[str]:
             f"{info.weights}"]
 
 
+def sources_split_lines(sides: dict | None) -> list[str]:
+    """A ``by:`` split's sources in words: which values trained and which scored."""
+    if not sides:
+        return []
+    return [f"- sources ({sides['column']}): trained on {', '.join(sides['trained_on'])}; "
+            f"scored on {', '.join(sides['scored_on'])}"]
+
+
 def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: np.ndarray,
                      logits: np.ndarray, calibrator, y_pred: np.ndarray,
-                     groups: np.ndarray) -> None:
+                     groups: np.ndarray, subgroups=None) -> None:
     """metrics.json, report.md, MODEL_CARD.md and the figures of one fit-head run; ``info`` is
-    its ``RunSummary`` (workflows.summary; read by attribute, written by ``to_dict``)."""
+    its ``RunSummary`` (workflows.summary; read by attribute, written by ``to_dict``);
+    ``subgroups``: the scored part's ``SubgroupResult`` (None: no subgroup tables)."""
     classes = info.classes
     temperature = calibrator.temperature
     # Resampling groups (lesions, patients), not images: images of one group are not
@@ -156,6 +165,8 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: 
     ci = bootstrap_ci(y_true, calibrator(logits), classes, groups=groups, y_pred=y_pred)
     payload = {"model": metrics, "majority_baseline": baseline, "bootstrap_ci95": ci,
                "info": info.to_dict()}
+    if subgroups is not None:
+        payload["subgroups"] = subgroups.to_dict()
     write_text(out / "metrics.json", json.dumps(payload, indent=2))
     save_run_figures(out, metrics, classes, y_true, logits, calibrator)
     lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info.random_weights) + [
@@ -166,6 +177,7 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: 
         f"- split: **{info.split}** ("
         + (f"{info.group}s" if info.group != "image" else "no groups: each image alone")
         + f"): {info.protocol}; seed {info.seed}",
+        *sources_split_lines(info.sources_split),
         f"- early stopping and calibration on: **{info.select_on}**"
         + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
            if info.select_on == "test" else " (never the scored set)"),
@@ -200,6 +212,8 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: 
             f"{REFERENCE['weighted_f1']}, macro F1 {REFERENCE['macro_f1']}, on an image-level "
             "split whose test set also chose the epoch and fitted the age scaler: not comparable "
             "to a lesion-grouped run."]
+    if subgroups is not None:
+        lines += [""] + subgroups.to_markdown(f"## Subgroups ({scored_on})").splitlines()
     write_text(out / "report.md", "\n".join(lines) + "\n")
     write_model_card(out, metrics, ci, info, summary=payload)
 

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import ALIASES, SPLIT_KINDS, check_split, fold_ids, holdout_mask, protocol
+from ..data.splits import (SPLIT_KINDS, check_split, fold_ids, holdout_mask,
+                           parse_split, protocol)
 from ..embed.cache import CacheContents
 from ..evaluate.metrics import headline, majority_baseline, mean_std
 from .head import INPUTS, one_thread
@@ -74,10 +75,13 @@ class CVConfig:
                        lgbm=replace(r.lgbm, inputs=inputs, seed=seed, num_threads=1))
 
     def check(self) -> None:
-        self.split = ALIASES.get(self.split, self.split)   # "lesion": the older spelling
         inputs = INPUTS if self.inputs is None else self.inputs
-        for name, got, allowed in (("models", self.models, MODELS), ("inputs", inputs, INPUTS),
-                                   ("split", (self.split,), SPLIT_KINDS)):
+        split = parse_split(self.split)   # group (older: lesion), image, or by:COLUMN
+        if split.kind == "none" or split.value is not None:
+            raise ValueError(f"split: {split}; expected from {', '.join(SPLIT_KINDS)} or "
+                             "by:COLUMN (each value one fold; by:COLUMN=VALUE is fit-head's)")
+        self.split = str(split)
+        for name, got, allowed in (("models", self.models, MODELS), ("inputs", inputs, INPUTS)):
             bad = [x for x in got if x not in allowed]
             if bad or not got:
                 raise ValueError(f"{name}: {', '.join(bad) or 'none given'}; "
@@ -297,12 +301,15 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     for note in notes:
         log.warning("%s: %s", data.source, note)
-    table, image = align_embeddings(data.table, contents, source)
-    data = replace(data, table=table)
+    data, image = align_dataset(data, contents, source)
+    table = data.with_described()   # the folds may read a described column (by:COLUMN)
     classes = list(data.classes)
     if cfg.recipe.tta and image.ndim != 3:
         log.warning("%s has no view embeddings: --tta has no effect", source)
     ids = {seed: fold_ids(table, cfg.folds, cfg.split, seed) for seed in cfg.seeds}  # fail early
+    n_folds = int(max(f.max() for f in ids.values())) + 1
+    if n_folds != cfg.folds:   # by:COLUMN: one fold per value, whatever --folds said
+        cfg = replace(cfg, folds=n_folds)
     folds: list[Fold] = []
 
     def tasks() -> Iterator[FitTask]:
@@ -337,6 +344,15 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
             "notes": notes,
             "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
+
+
+def align_dataset(data: Dataset, contents: CacheContents,
+                  source: str = "cache") -> tuple[Dataset, np.ndarray]:
+    """``align_embeddings`` on the table and its described columns together, so the subgroup-
+    only columns stay row-aligned with the rows that have an embedding."""
+    full, image = align_embeddings(data.with_described(), contents, source)
+    described = None if data.described is None else full[list(data.described.columns)]
+    return replace(data, table=full[list(data.table.columns)], described=described), image
 
 
 OOF_KEYS = ("image_id", "group", "fold", "seed", "model", "inputs")

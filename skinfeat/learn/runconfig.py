@@ -21,7 +21,7 @@ from .baseline import LGBMConfig
 from .calibration import METHODS
 from .head import HeadConfig
 
-SPLITS = ("group", "lesion", "image", "none")   # lesion: the older spelling of group
+SPLITS = ("group", "lesion", "image", "none")   # + by:COLUMN=VALUE; lesion: the older group
 
 
 class ConfigError(SchemaError):
@@ -31,7 +31,7 @@ class ConfigError(SchemaError):
 @dataclass
 class RunConfig:
     model: Literal["head", "lgbm", "linear"] = "head"
-    split: Literal[SPLITS] = "group"      # group (by group_id) | image (reference) | none
+    split: str = "group"   # group (by group_id) | image (reference) | none | by:COLUMN=VALUE
     seed: int = 42
     select_on: Literal["val", "test"] = "val"   # test: the reference's flaw
     test_size: Annotated[float, Gt(0), Lt(1)] = 0.2
@@ -67,6 +67,15 @@ class RunConfig:
         """Types, choices and ranges of every field (the head's and LightGBM's too), then the
         values that must agree."""
         validate(self, error=ConfigError)
+        from ..data.splits import parse_split
+        try:
+            split = parse_split(self.split)   # "lesion": the older spelling of "group"
+        except ValueError as exc:
+            raise ConfigError(str(exc), "split") from None
+        self.split = str(split)
+        if split.by and split.value is None:
+            raise ConfigError(f"--split {split}: fit-head holds one value out: "
+                              f"by:{split.column}=VALUE (by:COLUMN is cv's)", "split")
         if self.split == "none" and self.select_on == "test":
             raise ConfigError("split none has no test part to select on", "select_on")
         if self.test_size + self.val_size >= 1:

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import save_split
+from ..data.splits import parse_split, save_split
 from ..deploy.bundle import load_typed, write_bundle
 from ..deploy.bundle_config import EnsembleConfig
 from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
-from ..learn.cv import CVConfig, FitTask, Fold, input_sets, run_cv
+from ..learn.cv import CVConfig, FitTask, Fold, align_dataset, input_sets, run_cv
 from ..learn.runconfig import RunConfig
 from ..learn.train import as_dataset, bundle_config
 from .fit import cache_sources, save_fit
@@ -51,15 +51,20 @@ def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
 def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
            cfg: CVConfig, *,
            jobs: int = 1, progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None, save_models: bool = False) -> dict:
+           on_start: Callable[[int], None] | None = None, save_models: bool = False,
+           subgroups: str | Sequence[str] | None = None) -> dict:
     """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
     cv_report.md, cv_folds.csv, oof_predictions.csv (``res["oof"]``) and PNGs.
     ``save_models``: every fold's bundle and, per model and input set, an ensemble bundle of
-    its folds (``models/MODEL_INPUTS/``)."""
+    its folds (``models/MODEL_INPUTS/``). ``subgroups``: the fields of the out-of-fold
+    subgroup tables (None: the default fields, "none": no tables; ``analyse_subgroups``)."""
     from ..evaluate.cv_report import write_cv_report
+    from ..evaluate.subgroup_fields import subgroup_columns
 
     out = Path(out)
-    input_sets(cfg, as_dataset(data))   # refused input sets fail before anything is written
+    data = as_dataset(data)
+    input_sets(cfg, data)   # refused input sets fail before anything is written
+    subgroup_columns(subgroups, data.spec)   # a bad --subgroups fails before the fits
     out.mkdir(parents=True, exist_ok=True)
     contents = read_caches(cache_path)
     source = cache_label(cache_path)
@@ -71,11 +76,58 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
     if save_models:
         res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
-            res["config"]["inputs"])))
+            res["config"]["inputs"]), folds=res["config"]["folds"]))
+    res["sources_split"] = fold_sources(data, contents, source, res)
+    res["subgroups"] = oof_subgroups(data, contents, source, res, subgroups, out)
     write_cv_report(out, res)
     oof = res["oof"]
     write_artifact(out / "oof_predictions.csv", lambda tmp: oof.to_csv(tmp, index=False))
     return res
+
+
+def fold_sources(data: Dataset, contents, source: str, res: dict) -> dict | None:
+    """A ``by:COLUMN`` CV's sources: which value each fold scored (trained on the others)."""
+    split = parse_split(res["split"])
+    if not split.by:
+        return None
+    full = align_dataset(data, contents, source)[0].with_described()
+    folds = res["folds_table"][f"fold_seed{res['config']['seeds'][0]}"].to_numpy()
+    values = full[split.column].astype(str).to_numpy()
+    return {"column": split.column,
+            "scored_on": {int(k): sorted(set(values[folds == k])) for k in sorted(set(folds))}}
+
+
+def subgroup_dir(model: str, inputs: str) -> str:
+    return f"subgroups_{model}_{inputs}"
+
+
+def oof_subgroups(data: Dataset, contents, source: str, res: dict,
+                  fields: str | Sequence[str] | None, out: Path) -> dict:
+    """Per model and input set, the subgroup tables of the pooled out-of-fold predictions of
+    the first seed (each image scored once, by the fold that did not train on it); forest
+    plots in ``out/subgroups_MODEL_INPUTS/``. Numeric fields other than age are banded on
+    every row (each row trained some fold). ``{}`` for ``--subgroups none``."""
+    from ..evaluate.subgroup_fields import analyse_subgroups, subgroup_columns
+
+    if not subgroup_columns(fields, data.spec):
+        return {}
+    aligned, _ = align_dataset(data, contents, source)
+    full = aligned.with_described()
+    classes = list(res["classes"])
+    oof = res["oof"]
+    oof = oof[oof["seed"] == res["config"]["seeds"][0]]
+    made: dict = {}
+    for model, by_inputs in res["summary"].items():
+        for inputs in by_inputs:
+            part = oof[(oof["model"] == model) & (oof["inputs"] == inputs)]
+            rows = full.set_index("image_id").loc[part["image_id"]].reset_index()
+            proba = part[[f"p_{c}" for c in classes]].to_numpy()
+            y_pred = part["decision"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+            result = analyse_subgroups(rows, full, rows["label"].to_numpy(), proba, y_pred,
+                                       data.spec, classes, fields,
+                                       out / subgroup_dir(model, inputs))
+            made.setdefault(model, {})[inputs] = result
+    return made
 
 
 def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:

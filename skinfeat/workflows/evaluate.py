@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -98,13 +98,19 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                  columns: dict | None = None, weights_file: str | Path | None = None,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0,
                  include_seen: bool = False, progress: Callable[[int], None] | None = None,
-                 on_start: Callable[[int], None] | None = None, cache=None) -> dict:
+                 on_start: Callable[[int], None] | None = None, cache=None,
+                 subgroups: str | Sequence[str] | None = None) -> dict:
     """Embed, predict and score ``data``; write evaluate_metrics.json, evaluate_report.md, PNGs.
 
     Images, and images of groups, that the model trained or early-stopped on are left out
     unless ``include_seen``: scores on them are optimistic. With ``cache`` (one file or several,
     fused as in training) the embeddings come from there and no image file is read; rows
-    without an embedding are left out with a count."""
+    without an embedding are left out with a count. ``subgroups``: the fields of the subgroup
+    tables, read in the scored set's own spec (None: its default fields, "none": no tables);
+    numeric fields other than age are cut at the scored set's quartiles (the training rows
+    are not at hand)."""
+    from ..evaluate.subgroup_fields import analyse_subgroups, subgroup_columns
+
     run = Path(run)
     out = Path(out) if out else default_eval_dir(run, data)
     predictor = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
@@ -113,6 +119,8 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     dataset = load_dataset(data, layout, spec, task=predictor.task, images=not cache,
                            **(columns or {}))
     table, layout = dataset.table, dataset.spec.name
+    subgroup_columns(subgroups, dataset.spec)   # a bad --subgroups fails before predicting
+    full = dataset.with_described()             # + subgroup-only columns, never predicted on
     seen = seen_in_training(run, table)
     left_out = {"images": int(seen.sum()), "groups": int(table.loc[seen, "group_id"].nunique())}
     if seen.any() and not include_seen:
@@ -124,11 +132,13 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                     "keeps them)", data, left_out["images"], left_out["groups"],
                     dataset.spec.group_name)
         table = table[~seen].reset_index(drop=True)
+        full = full[~seen].reset_index(drop=True)
     if on_start:
         on_start(len(table))
     preds = predictor.predict_table(table, progress, cache=cache)
     ok = preds.ok
     scored = table[ok].reset_index(drop=True)
+    described = full[ok].reset_index(drop=True)
     if len(scored) == 0:
         raise ValueError(f"{data}: no image could be read; nothing to score")
     classes = predictor.classes
@@ -160,10 +170,12 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                                    for i in predictor.sources),
             "cache": [str(c) for c in cache] if cache else None,
             "weights": predictor.weights, "random_weights": predictor.random_weights}
+    found = analyse_subgroups(described, described, y, proba, decided, dataset.spec, classes,
+                              subgroups, out)
     write_evaluate_report(out, metrics, ci, baseline, info, y, logits, classes,
-                          predictor.calibrator)
+                          predictor.calibrator, subgroups=found)
     return {"metrics": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
-            "info": info, "out": out}
+            "info": info, "out": out, "subgroups": found}
 
 
 def model_kind(info: dict) -> str:
@@ -192,7 +204,9 @@ def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:
 
 def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | None, info: dict,
                           y: np.ndarray, logits: np.ndarray, classes: list[str],
-                          calibrator) -> None:
+                          calibrator, subgroups=None) -> None:
+    """evaluate_metrics.json (with ``subgroups``: a ``SubgroupResult``, or None for no tables),
+    evaluate_report.md and the figures."""
     from ..evaluate.report import (calibration_table, metrics_table, per_class_table, save_run_figures,
                          weights_warning)
 
@@ -200,6 +214,8 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
     t = info["temperature"]
     payload = {"model": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
                "info": info}
+    if subgroups is not None:
+        payload["subgroups"] = subgroups.to_dict()
     write_text(out / "evaluate_metrics.json", json.dumps(payload, indent=2))
     save_run_figures(out, metrics, classes, y, logits, calibrator,
                      title=f"Confusion matrix: {Path(info['data']).name}")
@@ -235,4 +251,6 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
         "", "## Calibration per class", ""] + calibration_table(metrics) + [
         "", "![confusion matrix](confusion.png) ![reliability](reliability.png)", "",
         "Every number, with the confusion matrix: `evaluate_metrics.json`."]
+    if subgroups is not None:
+        lines += [""] + subgroups.to_markdown("## Subgroups").splitlines()
     write_text(out / "evaluate_report.md", "\n".join(lines) + "\n")

@@ -3,22 +3,23 @@ splits, metrics, report, model card). It combines the layers below (learn, evalu
 bundle) and is what the CLI's ``fit-head`` and ``skinfeat.fit`` call."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..version import __version__
 from ..data.datasets import Dataset
-from ..data.splits import protocol
+from ..data.splits import assign_split, parse_split, protocol, source_sides
 from ..deploy.bundle import write_bundle
 from ..deploy.bundle_config import BundleConfig
 from ..embed.cache import CacheContents, cache_label, read_caches
 from ..evaluate.metrics import majority_baseline
+from ..learn.cv import align_dataset
 from ..learn.runconfig import RunConfig
-from ..learn.train import (SplitFit, _tta_note, align_embeddings, as_dataset, bundle_config,
-                           check_inputs, fit_split, prepare_split)
+from ..learn.train import (SplitFit, _tta_note, as_dataset, bundle_config, check_inputs,
+                           fit_split, prepare_split)
 from .summary import RunSummary
 
 
@@ -33,7 +34,8 @@ def save_fit(out: Path, fit: SplitFit, config: dict | BundleConfig,
 
 
 def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
-            recipe: RunConfig | None = None, *, calibrate: bool = True) -> dict:
+            recipe: RunConfig | None = None, *, calibrate: bool = True,
+            subgroups: str | Sequence[str] | None = None) -> dict:
     """Train one model on one split by ``recipe`` (its head and LightGBM on its ``seed``);
     write bundle, metrics.json, report.md and figures to ``out``. Returns ``{"metrics",
     "baseline", "info"}``, ``info`` a ``RunSummary``.
@@ -42,8 +44,12 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     "none"`` trains on every row but an inner validation part (``val_size``, grouped) that
     stops early and calibrates: the model to deploy after a CV study; its report's scores are
     on that part, optimistic, and say so. ``calibrate=False`` keeps the raw logits (T = 1).
+    ``recipe.split="by:COLUMN=VALUE"`` scores the rows of that value and trains on the others.
+    ``subgroups``: the fields of the scored part's subgroup tables (None: the default ones,
+    "none": no tables; ``analyse_subgroups``).
     """
     from ..evaluate.report import write_run_report
+    from ..evaluate.subgroup_fields import analyse_subgroups, subgroup_columns
 
     recipe = (recipe or RunConfig()).seeded()
     recipe.check()
@@ -53,13 +59,17 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     model = recipe.model
     check_inputs(data, (recipe.head if model == "head" else recipe.lgbm).inputs)
+    subgroup_columns(subgroups, data.spec)   # a bad --subgroups fails before the fit
     contents = read_caches(cache_path)
     source = cache_label(cache_path)
-    table, image = align_embeddings(data.table, contents, source)
-    dropped = len(data.table) - len(table)
-    data = replace(data, table=table)
+    dropped = len(data.table)
+    data, image = align_dataset(data, contents, source)
+    table, full = data.table, data.with_described()   # full: + subgroup-only columns
+    dropped -= len(table)
+    if parse_split(recipe.split).by:   # refused before the run folder exists
+        assign_split(full, recipe.split, recipe.test_size, recipe.val_size, recipe.seed)
     out.mkdir(parents=True, exist_ok=True)   # after the checks: a refused run leaves nothing
-    sides, kind = prepare_split(table, out, recipe.split, recipe.seed, recipe.test_size,
+    sides, kind = prepare_split(full, out, recipe.split, recipe.seed, recipe.test_size,
                                 recipe.val_size)
     names = ("train", "val", "test") if kind != "none" else ("train", "val")
     rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in names}
@@ -83,14 +93,19 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
         calibration=fit.calibrator.describe(), threshold=fit.threshold, tta=recipe.tta,
         tta_models=_tta_note(model, recipe.tta, image), encoding=fit.encoder.describe(),
         skinfeat=__version__, embed_dim=int(image.shape[-1]),
-        meta_features=fit.encoder.feature_names)
+        meta_features=fit.encoder.feature_names,
+        sources_split=source_sides(full, sides, kind))
     config = bundle_config(data, fit, contents.identity, info.weights,
                            embed_dim=int(image.shape[-1]), tta=recipe.tta, split=kind,
                            seed=recipe.seed, run=recipe.to_dict())
     save_fit(out, fit, config)
+    found = analyse_subgroups(full.iloc[scored].reset_index(drop=True),
+                              full.iloc[rows["train"]], y[scored],
+                              fit.calibrator(fit.test_logits), fit.test_pred, data.spec,
+                              classes, subgroups, out)
     write_run_report(out, fit.metrics, baseline, info, y_true=y[scored],
                      logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,
-                     groups=table["group_id"].to_numpy()[scored])
+                     groups=table["group_id"].to_numpy()[scored], subgroups=found)
     return {"metrics": fit.metrics, "baseline": baseline, "info": info}
 
 

@@ -7,7 +7,7 @@ names it, so a reader of an older or newer file knows what it got.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Mapping
 
 from ..evaluate.metrics import headline
@@ -23,7 +23,7 @@ class RunSummary:
     config: dict                     # the trained model's settings (HeadConfig / LGBMConfig)
     best_epoch: int | None
     epochs_run: int | None
-    split: str                       # lesion | image | none
+    split: str                       # lesion | image | none | by:COLUMN=VALUE
     protocol: str                    # the split in words
     select_on: str                   # the part that stops early and calibrates
     scored_on: str                   # test, or select_on for a split without one
@@ -52,6 +52,7 @@ class RunSummary:
     skinfeat: str                    # the version that trained it
     embed_dim: int
     meta_features: list[str]
+    sources_split: dict | None = None   # a by: split: column, trained_on and scored_on values
     format: int = FORMAT
 
     def to_dict(self) -> dict:
@@ -71,7 +72,8 @@ class RunSummary:
         if not isinstance(version, int) or version > FORMAT:
             raise SchemaError(f"summary version {version!r} is newer than this skinfeat's "
                               f"({FORMAT})", "info.format", source)
-        missing = [n for n in names if n not in d and n != "format"]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        missing = [n for n in names if n not in d and n not in optional]
         if missing:
             raise SchemaError("missing from the run summary", f"info.{sorted(missing)[0]}",
                               source)
