@@ -617,3 +617,6 @@ def compare(data: Dataset | PathLike, caches: Caches, *,
     res = compare_run(_dataset(data), _paths(caches), folder.path, cfg, metric=metric,
                       n_boot=n_boot, jobs=jobs, progress=progress)
     return CompareResult(res["table"], metric, res["reference"], res, folder.path, folder)
+
+
+__all__ += ["CompareResult", "compare"]
