@@ -107,3 +107,31 @@ def test_heatmap_changes_when_the_backbone_is_randomised(tmp_path):
         c = next(iter(b))                       # the class explained before, again
         rhos.append(spearman(b[c], ex.explain(path, target=c).cams[c]))
     assert np.median(rhos) < 0.5, rhos
+
+
+def test_the_overlay_is_the_models_input_for_both_resize_modes(ship_runs, synth_table):
+    """The map is drawn on the pixels the backbone saw: the squashed image (the default) or,
+    with ``--resize crop``, the centre crop, never the original frame."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from skinfeat.deploy.explain import model_view
+    from skinfeat.embed.backbone import load_image, to_tensor
+
+    path = synth_table["path"].iloc[0]
+    p = Predictor(ship_runs["head"])
+    _, spec = p._backbone()
+    res = Explainer(p).explain(path)
+    img = load_image(path, spec)
+    squashed = np.asarray(img.resize((spec.size, spec.size), Image.BILINEAR), dtype=int)
+    assert spec.resize == "squash" and np.abs(res.view.astype(int) - squashed).max() <= 1
+    crop = replace(spec, resize="crop")
+    view = model_view(to_tensor(img, crop), crop).astype(int)
+    short = int(crop.size / crop.crop_pct)
+    scale = short / min(img.size)
+    big = img.resize((max(short, round(img.width * scale)), max(short, round(img.height * scale))),
+                     Image.BILINEAR)
+    left, top = (big.width - crop.size) // 2, (big.height - crop.size) // 2
+    centre = np.asarray(big.crop((left, top, left + crop.size, top + crop.size)), dtype=int)
+    assert np.abs(view - centre).max() <= 1
