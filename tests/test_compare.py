@@ -9,8 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from skinfeat.evaluate.compare_stats import paired_difference, weighted_metric
+from skinfeat.learn.head import HeadConfig
+from skinfeat.learn.runconfig import RunConfig
 
 DIM = 16
+# The batched head trains every fold at once: seconds, where the linear probe's C grid takes
+# a minute per run.
+FAST = RunConfig(head=HeadConfig(max_epochs=15))
 
 
 def write_cache(path, table: pd.DataFrame, signal: float, noise_seed: int):
@@ -44,11 +49,11 @@ def caches(synth_table, tmp_path_factory):
 def test_a_cache_with_more_signal_wins_outside_noise(data, caches, tmp_path):
     import skinfeat
 
-    res = skinfeat.compare(data, [caches["weak"], caches["strong"]], models=("linear",),
+    res = skinfeat.compare(data, [caches["weak"], caches["strong"]], models=("head",), recipe=FAST,
                            folds=3, n_boot=500, out=tmp_path / "cmp")
-    assert list(res.table["entry"]) == ["weak/linear", "strong/linear"]
-    assert res.reference == "weak/linear"
-    d = res.difference("strong/linear")
+    assert list(res.table["entry"]) == ["weak/head", "strong/head"]
+    assert res.reference == "weak/head"
+    d = res.difference("strong/head")
     assert d["diff"] > 0.1 and d["low"] > 0 and not d["within_noise"]
     assert d["p_value"] < 0.05
     # the table holds mean +- sd over folds of every headline metric
@@ -60,7 +65,7 @@ def test_a_cache_with_more_signal_wins_outside_noise(data, caches, tmp_path):
                  "compare.json", "cv/weak/oof_predictions.csv", "cv/strong/oof_predictions.csv"):
         assert (out / name).is_file(), name
     board = pd.read_csv(out / "compare_leaderboard.csv")
-    assert board.loc[0, "entry"] == "strong/linear" and list(board["rank"]) == [1, 2]
+    assert board.loc[0, "entry"] == "strong/head" and list(board["rank"]) == [1, 2]
     text = res.report_path.read_text()
     assert "better" in text and "bootstrap" in text and "lesion" in text
     # identical folds: both runs put every image in the same fold
@@ -72,9 +77,9 @@ def test_a_cache_with_more_signal_wins_outside_noise(data, caches, tmp_path):
 def test_caches_of_the_same_signal_are_within_noise(data, caches, tmp_path):
     import skinfeat
 
-    res = skinfeat.compare(data, [caches["same1"], caches["same2"]], models=("linear",),
+    res = skinfeat.compare(data, [caches["same1"], caches["same2"]], models=("head",), recipe=FAST,
                            folds=3, n_boot=500, out=tmp_path / "cmp")
-    d = res.difference("same2/linear")
+    d = res.difference("same2/head")
     assert d["low"] <= 0 <= d["high"] and d["within_noise"]
     assert d["p_value"] > 0.05
     assert "within noise" in res.report_path.read_text()
@@ -86,10 +91,10 @@ def test_the_cli_is_a_thin_call(synth_dir, caches, tmp_path):
     out = tmp_path / "cli"
     r = CliRunner().invoke(main, ["compare", "--data", str(synth_dir), "--cache",
                                   str(caches["weak"]), "--cache", str(caches["strong"]),
-                                  "--models", "linear", "--folds", "3", "--n-boot", "200",
-                                  "--out", str(out)])
+                                  "--models", "head", "--max-epochs", "2", "--folds", "3",
+                                  "--n-boot", "200", "--jobs", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "strong/linear" in r.output and (out / "compare_report.md").is_file()
+    assert "strong/head" in r.output and "weak/head" in r.output and (out / "compare_report.md").is_file()
     bad = CliRunner().invoke(main, ["compare", "--data", str(synth_dir), "--cache",
                                     str(caches["weak"]), "--models", "linear", "--metric",
                                     "auc", "--out", str(tmp_path / "bad")])

@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
-from ..evaluate.compare_stats import P_VALUE_METHOD, check_metric, paired_difference
+from ..evaluate.compare_stats import (P_VALUE_METHOD, check_metric, paired_difference,
+                                      seed_mean)
 from ..evaluate.report import metric_label, new_figure
 from ..learn.cv import CVConfig
 from ..learn.train import as_dataset
@@ -134,8 +135,6 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
 
 def diff_base(metric: str, y: np.ndarray, arr: tuple[np.ndarray, np.ndarray]) -> float:
     """The entry's own ``metric`` on its pooled out-of-fold predictions (mean over seeds)."""
-    from ..evaluate.compare_stats import seed_mean
-
     return float(seed_mean(metric, y, arr[0], arr[1], np.ones((1, len(y))))[0])
 
 
