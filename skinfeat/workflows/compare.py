@@ -202,7 +202,7 @@ def report_lines(res: dict) -> list[str]:
 def save_forest_png(frame: pd.DataFrame, res: dict, path: Path) -> None:
     """Each entry's difference against the reference with its interval; a line at 0."""
     rows = frame[frame["entry"] != res["reference"]]
-    fig, ax = new_figure((7, 1.2 + 0.45 * max(len(rows), 1)))
+    fig, ax = new_figure((7, 1.8 + 0.45 * max(len(rows), 1)))
     ypos = np.arange(len(rows))[::-1]
     for yy, (_, r) in zip(ypos, rows.iterrows()):
         color = "0.5" if r["within_noise"] else ("tab:green" if r["diff"] > 0 else "tab:red")
@@ -212,6 +212,8 @@ def save_forest_png(frame: pd.DataFrame, res: dict, path: Path) -> None:
     ax.set_yticks(ypos)
     ax.set_yticklabels(list(rows["entry"]))
     ax.set_ylim(-0.7, max(len(rows), 1) - 0.3)
-    ax.set_xlabel(f"{metric_label(res['metric'])[0]}: entry - {res['reference']} (95 % CI)")
+    # A long entry name would run off a one-line label: the reference gets its own line.
+    ax.set_title(f"{metric_label(res['metric'])[0]}: entry minus\n{res['reference']}", fontsize=9)
+    ax.set_xlabel("difference (95 % interval over groups)", fontsize=9)
     fig.tight_layout()
     write_artifact(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
