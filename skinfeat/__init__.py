@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from .version import __version__
 
-__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationResult",
-           "FitResult", "FusionHeadClassifier", "ImagePrediction", "Model", "Predictions",
-           "Recipe", "RunConfig", "RunSummary", "Task", "backbones", "check_dataset",
-           "cross_validate", "download_ham10000", "evaluate_model", "extract", "fit",
-           "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache",
-           "run_demo", "serve", "tune", "unpack", "weights_location", "write_card",
-           "__version__"]
+__all__ = ["CVResult", "CompareResult", "Dataset", "DatasetSpec", "EmbeddingCache",
+           "EvaluationResult", "FitResult", "FusionHeadClassifier", "ImagePrediction",
+           "Model", "Predictions", "Recipe", "RunConfig", "RunSummary", "Task",
+           "backbones", "check_dataset", "compare", "cross_validate",
+           "download_ham10000", "evaluate_model", "extract", "fit", "load_dataset",
+           "load_model", "make_recipe", "merge_caches", "open_cache", "run_demo",
+           "serve", "tune", "unpack", "weights_location", "write_card", "__version__"]
 
 
 def __getattr__(name: str):

@@ -588,3 +588,52 @@ __all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationRe
            "cross_validate", "download_ham10000", "evaluate_model", "extract", "fit",
            "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache",
            "run_demo", "serve", "tune", "unpack", "weights_location", "write_card"]
+
+
+@dataclass
+class CompareResult:
+    table: pd.DataFrame           # one row per entry (cache x model [x inputs]): mean and std
+                                  # over folds of each headline metric, the pooled out-of-fold
+                                  # metric, and diff / diff_low / diff_high / p_value /
+                                  # within_noise against the first entry
+    metric: str                   # the metric the differences are in
+    reference: str                # the first entry, which the others are paired against
+    raw: dict                     # everything compare.json holds
+    out: Path
+    _owner: object = field(default=None, repr=False)
+
+    @property
+    def report_path(self) -> Path:
+        return self.out / "compare_report.md"
+
+    def difference(self, entry: str) -> dict:
+        """One entry's paired difference against the reference (diff, low, high, p, noise)."""
+        row = self.table.set_index("entry").loc[entry]
+        return {"diff": float(row["diff"]), "low": float(row["diff_low"]),
+                "high": float(row["diff_high"]), "p_value": float(row["p_value"]),
+                "within_noise": bool(row["within_noise"])}
+
+
+def compare(data: Dataset | PathLike, caches: Caches, *,
+            models: Sequence[str] = ("linear",), inputs: str = "image", folds: int = 5,
+            metric: str = "balanced_accuracy", recipe: RunConfig | None = None,
+            seeds: Sequence[int] | None = None, split: str = "group", n_boot: int = 2000,
+            jobs: int = 1, out: PathLike | None = None,
+            progress: Callable[[int], None] | None = None) -> CompareResult:
+    """Encoders (one cache each, not fused) and / or models on identical grouped folds
+    (``skinfeat compare``): cv per cache, then the paired group-bootstrap difference of each
+    entry against the first in ``metric`` (balanced_accuracy; auc or pauc80 when binary)."""
+    from .learn.cv import CVConfig
+    from .learn.runconfig import RunConfig
+    from .workflows.compare import compare_run
+
+    recipe = recipe or RunConfig()
+    cfg = CVConfig(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
+                   models=tuple(models), inputs=(inputs,), recipe=recipe)
+    folder = _RunFolder(out, "compare")
+    res = compare_run(_dataset(data), _paths(caches), folder.path, cfg, metric=metric,
+                      n_boot=n_boot, jobs=jobs, progress=progress)
+    return CompareResult(res["table"], metric, res["reference"], res, folder.path, folder)
+
+
+__all__ += ["CompareResult", "compare"]

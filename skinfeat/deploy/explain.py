@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,20 @@ _CAM_LOCK = threading.Lock()
 
 class ExplainError(ValueError):
     """A request explain cannot honour (unknown class or method, field, model kind)."""
+
+
+def cam_target(model: nn.Module) -> tuple[nn.Module, Callable | None]:
+    """(layer to hook, grad-cam's ``reshape_transform``) of a backbone: an open_clip or
+    transformers ViT (``FamilyEncoder``) names its last block's token output and how to fold
+    the tokens into a patch grid; a timm model's last stage is already a feature map."""
+    from ..embed.encoders.base import FamilyEncoder
+
+    if isinstance(model, FamilyEncoder):
+        try:
+            return model.cam_layer(), model.cam_reshape
+        except (NotImplementedError, ValueError) as exc:
+            raise ExplainError(f"{type(model).__name__}: {exc}") from exc
+    return last_stage(model), None
 
 
 def last_stage(model: nn.Module) -> nn.Module:
@@ -78,8 +92,10 @@ class ImageToLogits(nn.Module):
 
 
 def class_activation(net: nn.Module, layer: nn.Module, x: torch.Tensor, target: int,
-                     method: str = "gradcam") -> np.ndarray:
-    """(H, W) heatmap in [0, 1] for class index ``target`` on one image tensor (1, 3, H, W)."""
+                     method: str = "gradcam",
+                     reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """(H, W) heatmap in [0, 1] for class index ``target`` on one image tensor (1, 3, H, W);
+    ``reshape`` turns ``layer``'s output into (N, C, h, w) (a ViT's tokens)."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -87,7 +103,7 @@ def class_activation(net: nn.Module, layer: nn.Module, x: torch.Tensor, target: 
         raise ExplainError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     cls = getattr(pytorch_grad_cam, METHODS[method][0])
     with _CAM_LOCK, torch.enable_grad():
-        cam = cls(model=net, target_layers=[layer])
+        cam = cls(model=net, target_layers=[layer], reshape_transform=reshape)
         try:
             heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target))])
         finally:
@@ -170,8 +186,8 @@ class Explainer:
         net = ImageToLogits(embedder.net, self._head(method),
                             torch.as_tensor(meta, dtype=torch.float32,
                                             device=embedder.device)).eval()
-        return class_activation(net, last_stage(embedder.net.model), x.to(embedder.device),
-                                target, method)
+        layer, reshape = cam_target(embedder.net.model)
+        return class_activation(net, layer, x.to(embedder.device), target, method, reshape)
 
     def attribution(self, embedding: np.ndarray, table: pd.DataFrame) -> tuple[dict, str]:
         """Per field, how much its value moved each class (see the module docstring)."""
@@ -243,11 +259,30 @@ def overlay(view: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarr
 def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights: bool) -> Path:
     """One PNG: the image, one overlay per explained class, and the metadata attribution chart."""
     from ..atomic import atomic_write
-    from ..evaluate.report import new_figure
 
     path = Path(path)
+    fig = explanation_figure(ex, weights, random_weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    return path
+
+
+def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
+    """The figure ``save_figure`` writes (a matplotlib ``Figure``, no pyplot)."""
+    import textwrap
+
+    from ..evaluate.report import new_figure
+
     n = 2 + len(ex.cams)
-    fig, axes = new_figure((3.2 * n + 1.5, 3.8), 1, n,
+    top = ", ".join(f"{c} {100 * p:.1f} %" for c, p in ex.top(3))
+    banner = "RANDOM backbone weights: meaningless clinically. " if random_weights else ""
+    width = 3.2 * n + 1.5
+    # A long weights name (a local folder's path) ran off both edges: wrap the banner to the
+    # figure's width (about 0.55 em per character at 9 pt) and make room above the panels.
+    lines = textwrap.wrap(f"{banner}{top}   |   weights: {weights}   |   research use only",
+                          max(20, int(width * 72 / (9 * 0.62))), break_long_words=True)
+    height = 3.8 + 0.17 * (len(lines) - 1)
+    fig, axes = new_figure((width, height), 1, n,
                            gridspec_kw={"width_ratios": [1] * (n - 1) + [1.8]})
     axes[0].imshow(ex.view)
     axes[0].set_title(Path(ex.image).name, fontsize=9)
@@ -271,14 +306,9 @@ def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights:
     else:
         ax.text(0.5, 0.5, "the model takes no metadata", ha="center", va="center")
     ax.set_title("metadata: " + ex.attribution_kind, fontsize=8)
-    top = ", ".join(f"{c} {100 * p:.1f} %" for c, p in ex.top(3))
-    banner = "RANDOM backbone weights: meaningless clinically. " if random_weights else ""
-    fig.suptitle(f"{banner}{top}   |   weights: {weights}   |   research use only",
-                 fontsize=9, color="red" if random_weights else "black")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    return path
+    fig.suptitle("\n".join(lines), fontsize=9, color="red" if random_weights else "black")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.16 * len(lines) / height))
+    return fig
 
 
 def _show(value) -> str:
