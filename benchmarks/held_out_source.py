@@ -100,6 +100,27 @@ def diff_se(values) -> str:
     return f"{v.mean():+.1f} ± {se:.1f}"
 
 
+def print_table(sources, seeds, meta_dropout, image_s, fused_blank, fused_given) -> None:
+    """The table over the seeds run so far (printed after each seed: a long run can be cut)."""
+    cols = [*sources, "pooled"]
+    img = np.asarray(image_s)
+    print(f"\nbalanced accuracy (%), leave-one-source-out, mean ± s.e. over {len(seeds)} seeds "
+          f"({','.join(map(str, seeds))}); meta_dropout={meta_dropout}; difference: paired by seed")
+    print(f"| head | meta_dropout_all | held-out metadata | {' | '.join(cols)} |\n"
+          f"|---|---|---|{'---|' * len(cols)}")
+    print("| image only | | | " + " | ".join(mean_se(img[:, j]) for j in range(len(cols))) + " |")
+    for p in fused_blank:
+        b, g = np.asarray(fused_blank[p]), np.asarray(fused_given[p])
+        print(f"| fused | {p:g} | blanked | "
+              + " | ".join(mean_se(b[:, j]) for j in range(len(cols))) + " |")
+        print(f"| fused - image | {p:g} | blanked | "
+              + " | ".join(diff_se(b[:, j] - img[:, j]) for j in range(len(cols))) + " |")
+        print(f"| fused | {p:g} | as given | "
+              + " | ".join(mean_se(g[:, j]) for j in range(len(cols))) + " |")
+        print(f"| fused - image | {p:g} | as given | "
+              + " | ".join(diff_se(g[:, j] - img[:, j]) for j in range(len(cols))) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--embeddings", type=Path, default=DATA / "ham10000-mobilenetv2-embeddings.h5")
@@ -137,24 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             r = run_seed(table, image, y, folds, replace(base, meta_dropout_all=p, seed=seed))
             fused_blank[p].append(scores(y, folds, r["blank"]))
             fused_given[p].append(scores(y, folds, r["given"]))
-        print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-    cols = [*sources, "pooled"]
-    img = np.asarray(image_s)
-    print(f"\nbalanced accuracy (%), leave-one-source-out, mean ± s.e. over {len(seeds)} seeds "
-          f"({args.seeds}); meta_dropout={args.meta_dropout}; difference: paired by seed")
-    print(f"| head | meta_dropout_all | held-out metadata | {' | '.join(cols)} |\n"
-          f"|---|---|---|{'---|' * len(cols)}")
-    print("| image only | | | " + " | ".join(mean_se(img[:, j]) for j in range(len(cols))) + " |")
-    for p in settings:
-        b, g = np.asarray(fused_blank[p]), np.asarray(fused_given[p])
-        print(f"| fused | {p:g} | blanked | "
-              + " | ".join(mean_se(b[:, j]) for j in range(len(cols))) + " |")
-        print(f"| fused - image | {p:g} | blanked | "
-              + " | ".join(diff_se(b[:, j] - img[:, j]) for j in range(len(cols))) + " |")
-        print(f"| fused | {p:g} | as given | "
-              + " | ".join(mean_se(g[:, j]) for j in range(len(cols))) + " |")
-        print(f"| fused - image | {p:g} | as given | "
-              + " | ".join(diff_se(g[:, j] - img[:, j]) for j in range(len(cols))) + " |")
+        print(f"\nseed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print_table(sources, seeds[:len(image_s)], args.meta_dropout, image_s, fused_blank,
+                    fused_given)
     print(f"\n{time.perf_counter() - start:.0f} s")
     return 0
 
