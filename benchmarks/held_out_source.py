@@ -37,7 +37,8 @@ from missing_metadata import DATA, VAL_FRACTION, balanced_accuracy, cpu_flags, l
 
 from skinfeat.data.datasets import CLASSES  # noqa: E402
 from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
-from skinfeat.data.splits import drop_crossing_groups, fold_ids, holdout_mask, source_values  # noqa: E402,E501
+from skinfeat.data.splits import (drop_crossing_groups, fold_ids, holdout_mask,  # noqa: E402
+                                  source_values)
 from skinfeat.learn.head import HeadConfig, head_logits  # noqa: E402
 from skinfeat.learn.head_batch import fit_heads  # noqa: E402
 
