@@ -14,6 +14,8 @@ from .common import dataset_options, find_cache, load_data, pop_dataset_options,
 HEAD_HELP = {
     "head": "reference: the published Keras head; film: metadata gates the image embedding.",
     "lr": "Adam learning rate.", "batch_size": "Minibatch size.",
+    "negative_ratio": "Binary tasks: each epoch trains all positives and a fresh random draw of "
+    "R x as many negatives (class weights follow) [default: off, every row].",
     "max_epochs": "Upper bound on epochs with early stopping.",
     "patience": "Epochs without improvement on val before stopping.",
     "epochs": "Train exactly this many epochs: no early stopping, the last weights kept (val "
@@ -56,7 +58,8 @@ def _option(prefix: str, field, help_text: str):
         return click.option(flag, dest, type=click.Choice(CHOICES[field.name]), help=help_text)
     typ = int if "int" in kind else float if "float" in kind else str
     return click.option(flag, dest, type=typ, help=f"{help_text} [default: {field.default}]"
-                        if field.name not in ("meta_dropout", "stop_on", "epochs") else help_text)
+                        if field.name not in ("meta_dropout", "stop_on", "epochs", "negative_ratio")
+                        else help_text)
 
 
 def recipe_options(f):
@@ -81,6 +84,10 @@ def recipe_options(f):
                      "temperature [default: logit_adjust]."),
         click.option("--tta/--no-tta", default=None,
                      help="Average predictions over cached views [default: off]."),
+        click.option("--group-context/--no-group-context", default=None,
+                     help="Append patient context features (z-score and rank of each numeric "
+                     "field within the patient, distance from the patient's mean embedding); "
+                     "predict then needs the patient's lesions in one --csv [default: off]."),
     ]
     opts += [_option("", fl, HEAD_HELP.get(fl.name, fl.name)) for fl in fields(HeadConfig)
              if fl.name not in SHARED]
@@ -227,7 +234,8 @@ def cv_options(f):
 def cv_recipe(config_file, kwargs: dict):
     """The recipe of the cv command (file < flags), its flags removed from ``kwargs``."""
     head, lgbm = pop_recipe(kwargs)
-    run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta")}
+    run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta",
+                                       "group_context")}
     return run_config(config_file, run, head, lgbm)
 
 

@@ -99,8 +99,11 @@ class BundleConfig(_Config):
     skinfeat: str | None = None           # the version that wrote it
     lgbm: Table | None = None             # LightGBM's state (its config, PCA)
     linear: Table | None = None           # the linear probe's chosen C
+    # True: patient context features (learn/context.py) follow the encoder's in the metadata;
+    # absent in bundles made without --group-context (and in every bundle made before it).
+    group_context: bool | None = None
 
-    OPTIONAL = ("dataset", "task", "lgbm", "linear")
+    OPTIONAL = ("dataset", "task", "lgbm", "linear", "group_context")
 
     def check(self) -> None:
         if self.model_type not in MODELS:

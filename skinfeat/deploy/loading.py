@@ -23,6 +23,7 @@ from ..embed.cache import random_weights, source_identities
 from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder
 from ..learn.calibration import Calibrator
+from ..learn.context import context_columns
 from ..learn.models import MODELS
 from ..learn.protocol import Trained
 from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleConfig, BundleError,
@@ -40,9 +41,13 @@ def load_model(run: Path, config: BundleConfig) -> tuple[Trained, MetadataEncode
         encoder = MetadataEncoder.from_dict(config.encoder, key="encoder")
     except ValueError as exc:
         raise BundleError(f"{source}: {exc}") from exc
-    if encoder.n_features != meta_dim:
-        raise BundleError(f"{source}: the encoder makes {encoder.n_features} metadata features "
-                          f"but the head expects meta_dim {meta_dim}")
+    made, what = encoder.n_features, "the encoder makes"
+    if config.group_context:   # the context features follow the encoder's
+        made += len(context_columns(encoder.numeric))
+        what = "the encoder and the group context make"
+    if made != meta_dim:
+        raise BundleError(f"{source}: {what} {made} metadata features but the head expects "
+                          f"meta_dim {meta_dim}")
     return load_stage_two(run, config, (embed_dim, meta_dim, n_classes)), encoder
 
 
@@ -147,6 +152,9 @@ class LoadedBundle:
             self.calibrator = bundle_calibrator(self.bundle, self.run / CONFIG)
             self._check_fields()
         self.temperature = self.calibrator.temperature
+        # Patient context features (--group-context): a model's own, or any member's.
+        self.group_context = any(m.group_context for m in self.members) if self.members \
+            else bool(self.bundle.group_context)
         self.identity = self.bundle.backbone or {}
         self.embed_dim = int(self.bundle.head["embed_dim"])
         # Test-time augmentation over the cached views, when the model was scored that way.

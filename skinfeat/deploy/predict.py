@@ -22,6 +22,7 @@ import pandas as pd
 from ..data.datasets import DataError, clean_metadata
 from ..data.spec import DatasetSpec
 from ..embed.extract import embed_files
+from ..learn.context import context_matrix
 from .bundle import CONFIG, BundleError, atomic_write_text
 from .loading import (LoadedBundle, bundle_calibrator, bundle_spec,  # noqa: F401 (their home
                       load_model, load_stage_two, weight_source)     # before the split)
@@ -162,13 +163,41 @@ class Predictor(LoadedBundle):
         None and blank values are missing)."""
         return self.encoder.transform(clean_metadata(table, self.spec, "input"))
 
-    def logits(self, image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    def groups_of(self, table: pd.DataFrame, source: str | Path = "input") -> np.ndarray | None:
+        """Each row's group (patient) id, for a model with context features (else None):
+        the dataset's group column (``patient_id``), or in a validated table (``evaluate``:
+        it has ``label``) its ``lesion_id``, which holds the group. A raw table's own
+        ``lesion_id`` is not used for another group column: in ISIC 2024 it names lesions."""
+        if not self.group_context:
+            return None
+        wanted = (self.spec.group_column or "lesion_id").lower()
+        validated = "label" in table.columns and "lesion_id" in table.columns
+        col = wanted if wanted in table.columns else "lesion_id" if validated else None
+        if col is None:
+            raise DataError(f"{source}: the model uses patient context features "
+                            f"(--group-context), so the table needs the group column "
+                            f"{wanted or 'lesion_id'}: each lesion is scored among its group's "
+                            "others in the same table")
+        return table[col].to_numpy(dtype=object)
+
+    def logits(self, image: np.ndarray, table: pd.DataFrame,
+               groups: np.ndarray | None = None) -> np.ndarray:
         """Uncalibrated logits for embeddings + metadata rows (an ensemble: the log of its
-        members' mean calibrated probabilities)."""
+        members' mean calibrated probabilities). ``groups``: each row's group, needed by a
+        model with context features (computed among these rows, as in training)."""
         if self.members:
-            proba = np.mean([m.calibrate(m.logits(image, table)) for m in self.members], axis=0)
+            proba = np.mean([m.calibrate(m.logits(image, table, groups)) for m in self.members],
+                            axis=0)
             return np.log(np.clip(proba, 1e-12, None))
-        return self.trained.logits(image, self.encode_metadata(table), tta=bool(self.views))
+        meta = self.encode_metadata(table)
+        if self.group_context:
+            if groups is None:
+                raise DataError("the model uses patient context features (--group-context): "
+                                "give each row's group id")
+            ctx = context_matrix(clean_metadata(table, self.spec, "input"),
+                                 self.encoder.numeric, groups, image)
+            meta = np.concatenate([meta, ctx.astype(meta.dtype, copy=False)], axis=1)
+        return self.trained.logits(image, meta, tta=bool(self.views))
 
 
     def predict_table(self, table: pd.DataFrame,
@@ -190,12 +219,14 @@ class Predictor(LoadedBundle):
                             np.full((len(table), len(self.classes)), np.nan), errors,
                             np.full(len(table), -1, dtype=np.int64))
         ok = preds.ok
+        groups = self.groups_of(table, source)
         # Cleaned once here (each bad value warned about once); cleaning is idempotent, so the
         # encoder reads the same values through ``logits``.
         clean = clean_metadata(table, self.spec, source)
         preds.missing = {f: int(m[ok].sum()) for f, m in self.encoder.missing_mask(clean).items()}
         if ok.any():
-            preds.logits[ok] = self.logits(image[ok], clean[ok])
+            preds.logits[ok] = self.logits(image[ok], clean[ok],
+                                           None if groups is None else groups[ok])
             preds.proba[ok] = self.calibrate(preds.logits[ok])
             preds.decided[ok] = self.decide(preds.proba[ok])
         if not ok.all():
@@ -206,6 +237,12 @@ class Predictor(LoadedBundle):
     def score_image(self, path: str | Path, meta: dict | None = None, cache=None,
                     **fields) -> Predictions:
         """``predict_image`` as one row of ``Predictions`` (with the fields it was missing)."""
+        if self.group_context:
+            raise DataError(f"{path}: the model uses patient context features "
+                            "(--group-context), which compare a lesion with its patient's "
+                            "others; a single image has none: predict a --csv of the "
+                            f"patient's lesions with a {self.spec.group_column or 'group'} "
+                            "column")
         values = {**(meta or {}), **fields}
         table = pd.DataFrame({"image_id": [Path(path).stem], "path": [str(path)],
                               **{k: [v] for k, v in values.items()}}, dtype=object)

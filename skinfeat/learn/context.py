@@ -66,14 +66,51 @@ def group_context(table: pd.DataFrame, numeric: Sequence[str], groups: Sequence 
         out[f"{field}_group_z"] = z.where(known)
         out[f"{field}_group_rank"] = rank.where(known)
     if embeddings is not None:
-        emb = np.asarray(embeddings, dtype=np.float64)
+        emb = np.asarray(embeddings)   # no copy of an array or a memory map
         emb = emb[:, 0] if emb.ndim == 3 else emb
         if len(emb) != len(table):
             raise ValueError(f"group_context: {len(emb)} embeddings for {len(table)} rows")
-        c = codes.to_numpy()
-        sums = np.zeros((c.max() + 1 if len(c) else 0, emb.shape[1]))
-        np.add.at(sums, c, emb)
-        centre = sums[c] / size.to_numpy()[:, None]
-        out[DISTANCE_COLUMN] = pd.Series(np.linalg.norm(emb - centre, axis=1), index=table.index)
+        out[DISTANCE_COLUMN] = pd.Series(_centre_distance(emb, codes.to_numpy(),
+                                                          size.to_numpy()), index=table.index)
     out[SINGLE_COLUMN] = (size == 1).astype(np.float64)
     return pd.DataFrame(out, index=table.index)[context_columns(numeric, embeddings is not None)]
+
+
+# Rows per chunk of the embedding distance: float64 work arrays of a few tens of MB, never a
+# float64 copy of the whole (possibly float16 or memory-mapped) embedding array.
+_CHUNK = 32768
+
+
+def _centre_distance(emb: np.ndarray, codes: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Each row's Euclidean distance from its group's mean embedding, in float64, chunked."""
+    n, d = emb.shape
+    sums = np.zeros((int(codes.max()) + 1 if n else 0, d))
+    for lo in range(0, n, _CHUNK):
+        c = codes[lo:lo + _CHUNK]
+        block = np.asarray(emb[lo:lo + _CHUNK], dtype=np.float64)
+        _add_rows(sums, c, block)
+    dist = np.empty(n)
+    for lo in range(0, n, _CHUNK):
+        c = codes[lo:lo + _CHUNK]
+        block = np.asarray(emb[lo:lo + _CHUNK], dtype=np.float64)
+        dist[lo:lo + len(c)] = np.linalg.norm(block - sums[c] / size[lo:lo + len(c), None], axis=1)
+    return dist
+
+
+def _add_rows(sums: np.ndarray, codes: np.ndarray, block: np.ndarray) -> None:
+    """``np.add.at(sums, codes, block)`` by sorting: add.at is unbuffered and slow at scale."""
+    order = np.argsort(codes, kind="stable")
+    c = codes[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    sums[c[starts]] += np.add.reduceat(block[order], starts, axis=0)
+
+
+def context_matrix(table: pd.DataFrame, numeric: Sequence[str], groups: Sequence | np.ndarray,
+                   embeddings: np.ndarray | None) -> np.ndarray:
+    """``group_context`` as float32 model features: a missing z becomes 0 and a missing rank
+    0.5, the values of a lesion alone in its group (the metadata encoder already marks the
+    field as missing). What ``--group-context`` appends to the encoded metadata, at training
+    and at predict time alike."""
+    ctx = group_context(table, numeric, groups, embeddings)
+    neutral = {c: (0.5 if c.endswith("_group_rank") else 0.0) for c in ctx.columns}
+    return ctx.fillna(neutral).to_numpy(dtype=np.float32)

@@ -72,6 +72,9 @@ class HeadConfig:
     image_dropout: Annotated[float, Ge(0), Lt(1)] = 0.3   # on the image embedding
     dropout: Annotated[float, Ge(0), Lt(1)] = 0.4         # on the concatenated features
     weight_decay: Annotated[float, Ge(0)] = 0.0   # Adam's L2 penalty (added to the gradient)
+    # Binary tasks: each epoch all positives + a fresh draw of R x as many negatives (None: all
+    # rows), so an epoch of a 400k-row set costs what its positives need (head_batch._Split).
+    negative_ratio: Annotated[float, Gt(0)] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

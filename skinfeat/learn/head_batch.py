@@ -26,8 +26,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
-                   _eval_view, _pick_view, _val_score, balanced_class_weights, dropout_scale,
-                   one_thread)
+                   _eval_view, _pick_view, _val_score, dropout_scale, one_thread)
 from .optim import Adam
 
 log = logging.getLogger(__name__)
@@ -49,9 +48,29 @@ class _Split:
         self.meta_fields, self.n = meta_fields, len(self.y)
         self.model = FusionHead.from_config(self.xi.shape[-1], self.xm.shape[1], n_classes, cfg)
         self.noise = DropoutNoise(cfg.seed)
-        weights = balanced_class_weights(self.y.numpy(), n_classes) \
-            if cfg.class_weight == "balanced" else np.ones(n_classes)
-        self.class_weights = weights
+        self.negatives = self.positives = None
+        counts = np.bincount(self.y.numpy(), minlength=n_classes).astype(np.float64)
+        if cfg.negative_ratio is not None:
+            if n_classes != 2:
+                raise ValueError(f"negative_ratio is for binary tasks; this one has {n_classes} "
+                                 "classes")
+            keep = min(int(counts[0]), int(round(cfg.negative_ratio * counts[1])))
+            if counts[1] and keep < counts[0]:
+                self.negatives = torch.nonzero(self.y == 0).flatten()
+                self.positives = torch.nonzero(self.y == 1).flatten()
+                self.n = int(counts[1]) + keep
+        # An epoch's composition: negatives subsampled at rate keep / negatives. The loss
+        # weights are balanced over that composition; the class weights reported (what
+        # calibration undoes) are loss weight x sampling rate, the weighting of the full data.
+        rate = np.ones(n_classes)
+        if self.negatives is not None:
+            rate[0] = (self.n - counts[1]) / counts[0]
+        seen, weights = counts * rate, np.ones(n_classes)
+        if cfg.class_weight == "balanced":   # sklearn's 'balanced' over the epoch's rows
+            present = seen > 0
+            weights = np.zeros(n_classes)
+            weights[present] = seen.sum() / (present.sum() * seen[present])
+        self.class_weights = weights * rate
         self.sample_w = torch.as_tensor(weights, dtype=torch.float32)
         self.pad = meta_dim - self.xm.shape[1]
         self.history: list[dict] = []
@@ -65,7 +84,13 @@ class _Split:
         blanking = (cfg.meta_dropout > 0 or cfg.meta_dropout_all > 0) and self.meta_fields
         meta = _blank_fields(self.xm, self.meta_fields, cfg.meta_dropout, self.gen,
                              cfg.meta_dropout_all) if blanking else self.xm
-        order = torch.randperm(self.n, generator=self.gen)
+        if self.negatives is None:
+            order = torch.randperm(self.n, generator=self.gen)
+        else:   # all positives + a fresh draw of negatives, shuffled together
+            drawn = torch.randperm(len(self.negatives), generator=self.gen)
+            take = torch.cat([self.positives,
+                              self.negatives[drawn[:self.n - len(self.positives)]]])
+            order = take[torch.randperm(self.n, generator=self.gen)]
         y = self.y[order]
         self.current = (img, meta, order, y, self.sample_w[y])
 

@@ -39,6 +39,7 @@ class RunConfig:
     encoding: Literal[ENCODINGS] = "robust"
     calibration: Literal[METHODS] = "logit_adjust"
     tta: bool = False
+    group_context: bool = False   # append patient context features (learn/context.py)
     head: HeadConfig = field(default_factory=HeadConfig)
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
 

@@ -23,6 +23,7 @@ from ..embed.cache import CacheContents, CacheError
 from ..evaluate.metrics import calibrated_metrics
 from .baseline import LGBMConfig
 from .calibration import Calibrator
+from .context import context_matrix
 from .head import HeadConfig
 from .models import MODELS as REGISTRY, model_class
 from .protocol import Trained
@@ -62,7 +63,10 @@ def align_embeddings(table: pd.DataFrame, contents: CacheContents,
     if absent.any():
         table = table[~absent].reset_index(drop=True)
     rows = contents.rows_for(table["image_id"].tolist())
-    image = contents.embeddings[rows]
+    # The table in the cache's own order (a cache extracted from it): the array itself, no
+    # copy (at 400k rows x 768 that copy alone is 1.2 GB).
+    same = len(rows) == len(contents.embeddings) and np.array_equal(rows, np.arange(len(rows)))
+    image = contents.embeddings if same else contents.embeddings[rows]
     if contents.view_embeddings is not None:
         image = np.concatenate([image[:, None], contents.view_embeddings[rows]], axis=1)
     return table, image
@@ -112,6 +116,7 @@ class SplitFit:
     test_pred: np.ndarray         # decided class per test row
     meta_dim: int
     test_proba: np.ndarray | None = None   # calibrated probabilities per test row
+    group_context: bool = False   # context features appended to the metadata (--group-context)
 
     @property
     def temperature(self) -> float:
@@ -158,17 +163,39 @@ class EncodedSplit:
     parts: dict[str, tuple]          # side -> (image, meta, y)
     meta_dim: int
     groups: dict[str, np.ndarray] | None = None   # side -> each row's group (lesion, patient)
+    group_context: bool = False
+
+
+def table_context(data: Dataset, image: np.ndarray) -> np.ndarray:
+    """The ``--group-context`` features of every row of ``data.table`` (``context_matrix``).
+
+    Computed once over the whole table, not per split or fold: a row's features come from its
+    own group's rows only (their metadata and embeddings, never a label), so they are the same
+    whichever rows are around it. With a grouped split (lesion / patient) a group lies on one
+    side, so these are exactly the per-side values, and predict ``--csv`` on a group's rows
+    gives them again; with an image-level split a test row's context includes its group's
+    training rows (their features only), as predict would with the whole group in the CSV."""
+    if "lesion_id" not in data.table:
+        raise DataError(f"{data.source}: --group-context needs a group column (patient or "
+                        "lesion id); this data set has none")
+    return context_matrix(data.table, data.spec.numeric, data.table["lesion_id"].to_numpy(),
+                          image)
 
 
 def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
-                 encoding: str) -> EncodedSplit:
+                 encoding: str, context: np.ndarray | None = None) -> EncodedSplit:
+    """Encode the metadata (fitted on ``rows["train"]``), append ``context`` (the
+    ``table_context`` features, or None) and cut the split's sides."""
     encoder = make_encoder(data, encoding).fit(data.table.iloc[rows["train"]])
     meta = encoder.transform(data.table)
+    if context is not None:
+        meta = np.concatenate([meta, context.astype(meta.dtype, copy=False)], axis=1)
     y = data.table["label"].to_numpy()
     group = data.table["group_id"].to_numpy() if "group_id" in data.table else None
     return EncodedSplit(encoder, {s: (image[i], meta[i], y[i]) for s, i in rows.items()},
                         int(meta.shape[1]),
-                        None if group is None else {s: group[i] for s, i in rows.items()})
+                        None if group is None else {s: group[i] for s, i in rows.items()},
+                        context is not None)
 
 
 def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: RunConfig, *,
@@ -189,7 +216,7 @@ def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: Run
     pred = calibrator.decide(proba, threshold)
     metrics = calibrated_metrics(scored[2], test_logits, proba, classes, pred)
     return SplitFit(trained, enc.encoder, calibrator, threshold, metrics, test_logits, pred,
-                    enc.meta_dim, proba)
+                    enc.meta_dim, proba, enc.group_context)
 
 
 def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarray]],
@@ -204,7 +231,8 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     Scores use the calibrated probabilities (AUC, ECE) and the model's decisions: the balanced
     rule of the calibrator for a multi-class task, the threshold chosen on val for a binary one.
     """
-    encs = [encode_split(data, image, rows, recipe.encoding) for rows in splits]
+    context = table_context(data, image) if recipe.group_context else None
+    encs = [encode_split(data, image, rows, recipe.encoding, context) for rows in splits]
     trained = train_models(recipe.model, [e.parts["train"] for e in encs],
                            [e.parts[recipe.select_on] for e in encs], len(data.classes),
                            recipe.head, recipe.lgbm, [e.encoder.dropout_fields() for e in encs],
@@ -247,4 +275,5 @@ def bundle_config(data: Dataset, fit: SplitFit, identity: dict, weights: str, *,
                      "n_classes": len(classes)},
             "temperature": fit.temperature, "calibration": fit.calibrator.to_dict(),
             "threshold": fit.threshold, "tta": tta, "split": split, "seed": seed,
-            "best_epoch": fit.trained.best_epoch, "run": run, "skinfeat": __version__}
+            "best_epoch": fit.trained.best_epoch, "run": run, "skinfeat": __version__,
+            **({"group_context": True} if fit.group_context else {})}
