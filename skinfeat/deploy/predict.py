@@ -166,17 +166,17 @@ class Predictor(LoadedBundle):
     def groups_of(self, table: pd.DataFrame, source: str | Path = "input") -> np.ndarray | None:
         """Each row's group (patient) id, for a model with context features (else None):
         the dataset's group column (``patient_id``), or in a validated table (``evaluate``:
-        it has ``label``) its ``lesion_id``, which holds the group. A raw table's own
-        ``lesion_id`` is not used for another group column: in ISIC 2024 it names lesions."""
+        it has ``label``) its ``group_id``. A raw table's own ``lesion_id`` is not used for
+        another group column: in ISIC 2024 it names lesions."""
         if not self.group_context:
             return None
-        wanted = (self.spec.group_column or "lesion_id").lower()
-        validated = "label" in table.columns and "lesion_id" in table.columns
-        col = wanted if wanted in table.columns else "lesion_id" if validated else None
+        wanted = (self.spec.group_column or "group_id").lower()
+        validated = "label" in table.columns and "group_id" in table.columns
+        col = wanted if wanted in table.columns else "group_id" if validated else None
         if col is None:
             raise DataError(f"{source}: the model uses patient context features "
                             f"(--group-context), so the table needs the group column "
-                            f"{wanted or 'lesion_id'}: each lesion is scored among its group's "
+                            f"{wanted}: each lesion is scored among its group's "
                             "others in the same table")
         return table[col].to_numpy(dtype=object)
 

@@ -175,10 +175,10 @@ def table_context(data: Dataset, image: np.ndarray) -> np.ndarray:
     side, so these are exactly the per-side values, and predict ``--csv`` on a group's rows
     gives them again; with an image-level split a test row's context includes its group's
     training rows (their features only), as predict would with the whole group in the CSV."""
-    if "lesion_id" not in data.table:
+    if "group_id" not in data.table:
         raise DataError(f"{data.source}: --group-context needs a group column (patient or "
                         "lesion id); this data set has none")
-    return context_matrix(data.table, data.spec.numeric, data.table["lesion_id"].to_numpy(),
+    return context_matrix(data.table, data.spec.numeric, data.table["group_id"].to_numpy(),
                           image)
 
 
