@@ -141,6 +141,8 @@ def assert_artifacts_whole(out: Path, n_images: int) -> None:
     """Every artifact present is complete; anything else is a temp file awaiting its rename."""
     names = {p.name for p in out.iterdir()}
     for extra in names - set(RUN_ARTIFACTS):
+        if extra.startswith("subgroups_") and extra.endswith(".png"):   # a forest plot per field
+            continue                                                    # (written atomically)
         assert extra.startswith(".") or extra.endswith(".tmp"), extra
     if "splits.csv" in names:
         assert len(pd.read_csv(out / "splits.csv")) == n_images
@@ -193,7 +195,8 @@ def test_every_run_artifact_arrives_by_atomic_rename(synth_table, synth_cache, t
     written = {p.name for p in tmp_path.iterdir()}
     expected = set(RUN_ARTIFACTS) - ({"model.safetensors"} if model == "lgbm" else set()) \
         | ({"model.lgbm.txt"} if model == "lgbm" else set())
-    assert written == expected
+    plots = {n for n in written if n.startswith("subgroups_") and n.endswith(".png")}
+    assert written - plots == expected and plots   # + a subgroup forest plot per field
     assert written <= set(renamed)  # nothing reached its final name except by a rename
 
 

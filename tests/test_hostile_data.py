@@ -186,7 +186,7 @@ def test_image_only_set_fits_head_and_lgbm_predicts_and_evaluates(nometa, synth_
     assert MetadataEncoder.from_dict(config["encoder"]).n_features == 0
     report = (run / "report.md").read_text()
     assert "metadata: none: the data set has no metadata fields" in report
-    assert "- split: **lesion** (lesions): lesion-grouped" in report
+    assert "- split: **group** (lesions): lesion-grouped" in report
     for extra in (["--model", "lgbm"], ["--inputs", "image"], ["--model", "lgbm", "--inputs",
                                                                 "image"]):
         out = tmp_path / "_".join(extra).strip("-")
@@ -311,7 +311,7 @@ def test_a_spec_naming_its_group_column_splits_by_it_and_says_so(nometa, tmp_pat
     assert splits.groupby("group_id")["split"].nunique().max() == 1   # no group crosses
     assert splits["group_id"].nunique() < len(splits)                 # grouped, not by image
     report = (out / "report.md").read_text()
-    assert "- split: **lesion** (grps): grp-grouped" in report
+    assert "- split: **group** (grps): grp-grouped" in report
 
 
 def test_a_set_without_groups_says_no_groups(nometa, synth_table, tmp_path):
@@ -320,7 +320,7 @@ def test_a_set_without_groups_says_no_groups(nometa, synth_table, tmp_path):
                                                                                  index=False)
     out = tmp_path / "run"
     ok("fit-head", "--data", table, "--cache", nometa["cache"], "--out", out, *FAST)
-    assert "- split: **lesion** (no groups: each image alone): image-level stratified" in \
+    assert "- split: **group** (no groups: each image alone): image-level stratified" in \
         (out / "report.md").read_text()
     s = json.loads(ok("data", "check", table, "--json").stdout)
     assert s["group"] == "image" and s["groups"] == s["images"]

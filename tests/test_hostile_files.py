@@ -135,7 +135,7 @@ CONFIG_CASES = {
     "batch_size_bool": ("[head]\nbatch_size = true\n",
                         ["key 'head.batch_size'", "got a boolean (true)"]),
     "split_typo": ('split = "lesionn"\n',
-                   ["key 'split'", "one of 'lesion', 'image', 'none'", "'lesionn'"]),
+                   ["key 'split'", "use group (or lesion), image, none", "'lesionn'"]),
     "seed_string": ('seed = "42"\n', ["key 'seed'", "expected an integer"]),
     "tta_string": ('tta = "yes"\n', ["key 'tta'", "true or false"]),
     "dropout_range": ("[head]\ndropout = 1.5\n",
