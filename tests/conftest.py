@@ -13,6 +13,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["SKINFEAT_HOME"] = tempfile.mkdtemp(prefix="skinfeat-test-home-")
 
 TINY = "test_convnext"   # timm's tiny ConvNeXt: 64-d, a few ms per image, random weights
+# extract's flags for a fast, offline, deterministic stage one in tests
+EXTRACT_TINY = ("--backbone", TINY, "--weights", "random", "--precision", "fp32", "--workers", "0")
+
+
+def run_cli(*args, ok: bool = True):
+    """``skinfeat ARGS`` in-process; with ``ok``, asserts exit code 0 (showing the output)."""
+    from click.testing import CliRunner
+
+    from skinfeat.cli import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert r.exit_code == 0, r.output
+    return r
 SAMPLE = Path(os.environ.get("SKINFEAT_SAMPLE",
                              Path(__file__).resolve().parents[2] / "shared/data/ham10000-sample"))
 

@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from skinfeat.cli import main
 from skinfeat.data.datasets import load_dataset
 from skinfeat.data.synthetic import make_synthetic
 from skinfeat.embed.cache_merge import read_caches
@@ -24,16 +22,7 @@ from skinfeat.learn.train import (align_embeddings, bundle_config, fit_split, pr
                                   table_context)
 from skinfeat.workflows.fit import save_fit
 
-from conftest import TINY
-
-EXTRACT = ("--backbone", TINY, "--weights", "random", "--precision", "fp32", "--workers", "0")
-
-
-def cli(*args, ok: bool = True):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert r.exit_code == 0, r.output
-    return r
+from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,14 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from skinfeat.cli import main
 from skinfeat.data.datasets import DataError, detect, load_dataset, load_images
 from skinfeat.data.images import hdf5_locator, open_image, split_locator
 from skinfeat.data.spec import ISIC2024_TRAIN_ONLY, PRESETS
 from skinfeat.data.synthetic import make_synthetic
 
-from conftest import TINY
-
-EXTRACT = ("--backbone", TINY, "--weights", "random", "--precision", "fp32", "--workers", "0")
-
-
-def cli(*args, ok: bool = True):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert r.exit_code == 0, r.output
-    return r
+from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
 
 @pytest.fixture(scope="module")
