@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..atomic import write_artifact
-from .report import new_figure
+from .report import CHAR_IN, new_figure, set_margins
 
 if TYPE_CHECKING:
     from .subgroups import FieldTable, SubgroupResult
@@ -24,11 +24,11 @@ def save_forest_png(result: "SubgroupResult", table: "FieldTable", path: Path) -
     if result.overall is not None:
         ax.axvline(result.overall, color="k", ls="--", lw=1, label="overall")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_yticks(range(len(rows)), [f"{r.value}{' (few)' if r.flagged else ''} "
-                                     f"n={r.n_groups}" for r in reversed(rows)])
+    labels = [f"{r.value}{' (few)' if r.flagged else ''} n={r.n_groups}" for r in reversed(rows)]
+    ax.set_yticks(range(len(rows)), labels)
     ax.set_xlabel(("ROC AUC" if result.metric == "auc" else "balanced accuracy")
                   + f" (95 % CI, {result.group_name} bootstrap)")
     ax.set_title(table.field + (f": gap {table.gap:.3f}" if table.gap is not None else ""))
-    fig.tight_layout()
+    set_margins(fig, left=0.2 + CHAR_IN * max((len(x) for x in labels), default=1), bottom=0.55)
     write_artifact(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path

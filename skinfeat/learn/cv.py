@@ -183,13 +183,16 @@ def _run_in_worker(task: FitTask) -> list[dict]:
 
 @one_thread
 def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
-               progress: Callable[[int], None] | None) -> list[dict]:
+               progress: Callable[[int], None] | None,
+               idle: Callable[[list[dict]], bool] | None = None) -> list[dict]:
     """This process and ``jobs - 1`` workers each take the next task whenever they are free.
 
     A feeder thread hands tasks to the workers the moment one finishes, so a worker never idles
     while this process is busy with a task of its own (the thread only waits; the work is in the
     processes). Tasks are made as they are needed, so workers start while later folds are still
-    being carved.
+    being carved. ``idle(records so far)``, when this process has no task left but workers
+    are still busy: the caller's follow-up work on what is complete, one piece per call
+    (False: nothing to do yet).
     """
     results: dict[int, list[dict]] = {}
     queue, lock, errors = enumerate(tasks), threading.Lock(), []
@@ -204,9 +207,12 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
             if progress:
                 progress(len(records))
 
-    def feed(pool: ProcessPoolExecutor) -> None:
+    def feed(pool: ProcessPoolExecutor, warm: list) -> None:
         running: dict = {}
         try:
+            # Tasks come heaviest first: while the workers still import torch, this process
+            # takes the first ones; a task handed to a cold worker would wait seconds for it.
+            wait(warm)
             while True:
                 while len(running) < jobs - 1 and (nxt := take()) is not None:
                     running[pool.submit(_run_in_worker, nxt[1])] = nxt[0]
@@ -232,13 +238,17 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
         feeder = None
         if pool is not None:
             # Workers start (a torch import each, seconds) while the folds are carved.
-            for _ in range(jobs - 1):
-                pool.submit(_warm_up)
-            feeder = threading.Thread(target=feed, args=(pool,), daemon=True)
+            warm = [pool.submit(_warm_up) for _ in range(jobs - 1)]
+            feeder = threading.Thread(target=feed, args=(pool, warm), daemon=True)
             feeder.start()
         try:
             while (nxt := take()) is not None:
                 finished(nxt[0], run_task(nxt[1], image))
+            while idle is not None and feeder is not None and feeder.is_alive() and not errors:
+                with lock:
+                    done = [r for i in sorted(results) for r in results[i]]
+                if not idle(done):
+                    feeder.join(0.05)
         except BaseException as exc:
             errors.append(exc)
         if feeder is not None:
@@ -286,13 +296,17 @@ def input_sets(cfg: CVConfig, data: Dataset) -> tuple[CVConfig, list[str]]:
 def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
            on_start: Callable[[int], None] | None = None, save: dict | None = None,
-           on_fit: Callable | None = None) -> dict:
+           on_fit: Callable | None = None,
+           on_ready: Callable[[str, str, pd.DataFrame], None] | None = None) -> dict:
     """Cross-validate every model x input set; per-fit records plus mean +- std summaries.
 
     ``jobs`` tasks at a time (0: one per CPU core); the results do not depend on it.
     ``on_fit(task, fold, fit, image)`` runs after each fold's fit, in the process that fitted
     it (a module-level function: workers receive it by name), with ``save`` in ``task.save``:
-    the workflow writes each fold's bundle that way.
+    the workflow writes each fold's bundle that way. ``on_ready(model, inputs, oof)``: the
+    first seed's out-of-fold predictions of a model and input set, once all its folds are in,
+    handed over while this process waits for the workers' last tasks (its reports then cost
+    no extra time); those not handed over by the end are the caller's to make from ``oof``.
     """
     data = as_dataset(data)
     cfg, notes = input_sets(cfg, data)
@@ -323,7 +337,22 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
         on_start(n_fits)
     n_tasks = len(cfg.seeds) * len(cfg.inputs) * sum(
         1 if m == "head" and cfg.batched else cfg.folds for m in cfg.models)
-    records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress)
+    handed: set = set()
+
+    def idle(done: list[dict]) -> bool:
+        first = cfg.seeds[0]
+        for model in cfg.models:
+            for inputs in cfg.inputs:
+                rs = sorted((r for r in done if r["seed"] == first and r["model"] == model
+                             and r["inputs"] == inputs), key=lambda r: r["fold"])
+                if (model, inputs) not in handed and len(rs) == cfg.folds:
+                    handed.add((model, inputs))
+                    on_ready(model, inputs, oof_frame(table, rs, classes, consume=False))
+                    return True
+        return False
+
+    records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress,
+                         idle if on_ready is not None else None)
     records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
                                 cfg.inputs.index(r["inputs"])))
     oof = oof_frame(table, records, classes)
@@ -358,13 +387,15 @@ def align_dataset(data: Dataset, contents: CacheContents,
 OOF_KEYS = ("image_id", "group", "fold", "seed", "model", "inputs")
 
 
-def oof_frame(table: pd.DataFrame, records: list[dict], classes: list[str]) -> pd.DataFrame:
-    """The out-of-fold predictions, taken out of ``records``: per fit, each scored row's
-    image_id, group (the dataset's grouping id), fold, seed, model, inputs, calibrated
-    probability of each class (``p_CLASS``) and decision (a class name)."""
+def oof_frame(table: pd.DataFrame, records: list[dict], classes: list[str], *,
+              consume: bool = True) -> pd.DataFrame:
+    """The out-of-fold predictions, taken out of ``records`` (left in them: ``consume=False``):
+    per fit, each scored row's image_id, group (the dataset's grouping id), fold, seed, model,
+    inputs, calibrated probability of each class (``p_CLASS``) and decision (a class name)."""
     parts = []
     for r in records:
-        test, proba, decided = r.pop("test"), r.pop("proba"), r.pop("decided")
+        test, proba, decided = ((r.pop(k) if consume else r[k])
+                                for k in ("test", "proba", "decided"))
         part = pd.DataFrame({"image_id": table["image_id"].to_numpy()[test],
                              "group": table["group_id"].to_numpy()[test],
                              "fold": r["fold"], "seed": r["seed"], "model": r["model"],

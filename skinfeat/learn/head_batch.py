@@ -5,8 +5,8 @@ Each split's head is what it would be trained alone, up to float rounding: the s
 weights (each built from the same seed), the same dropout masks and the same shuffles (each
 split draws from its own generators), its own Adam state and step count, its own early
 stopping. What is shared is the work: the k weight sets are stacked along a first axis and the
-step runs the module's own ``forward`` on them (``torch.func.functional_call``; its layers
-take stacked weights, ``head.StackableLinear``): one batched matrix product per layer and one
+step runs the module's own ``forward`` on them (the stacked tensors bound into a template
+head's layers, ``_Bound``; its layers take stacked weights, ``head.StackableLinear``): one batched matrix product per layer and one
 optimizer update for all splits, instead of k small steps whose cost is mostly per-op overhead
 on a CPU.
 
@@ -18,11 +18,11 @@ inputs, so they get zero gradients and stay zero (removed again in the returned 
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
 import torch
-from torch.func import functional_call
 from torch.nn import functional as F
 
 from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
@@ -144,18 +144,32 @@ class _Noise:
                                                                              self.scale))
 
 
-def _forward(params: dict, model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
-             masks: tuple | None = None) -> torch.Tensor:
-    """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes).
-    The head's layers run stacked weights as batched products (``StackableLinear``); ``model``
-    stays in eval mode: the step's dropout comes in as ``masks``. One member (a single fit)
-    runs on views of its weights, as a plain module."""
-    kwargs = {} if masks is None else {"masks": masks}
-    if image.shape[0] == 1:
-        one = {name: p[0] for name, p in params.items()}
-        kwargs = {k: tuple(None if m is None else m[0] for m in v) for k, v in kwargs.items()}
-        return functional_call(model, one, (image[0], meta[0]), kwargs).unsqueeze(0)
-    return functional_call(model, params, (image, meta), kwargs)
+class _Bound:
+    """The template head with the step's weights bound into its layers, so that the step runs
+    ``model.forward`` itself on them. ``functional_call`` does the same but walks the module
+    tree, checks for tied weights and restores the originals on every call: a tenth of a
+    small step. Here the (layer, name) slots are found once and each step only assigns the
+    tensors; the template serves nothing else, so nothing needs restoring."""
+
+    def __init__(self, model: FusionHead, names: list[str]):
+        self.model = model
+        self.slots = [(model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2],
+                       name) for name in names]
+
+    def __call__(self, params: dict, image: torch.Tensor, meta: torch.Tensor,
+                 masks: tuple | None = None) -> torch.Tensor:
+        """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes).
+        The layers run stacked weights as batched products (``StackableLinear``); ``model``
+        stays in eval mode: the step's dropout comes in as ``masks``. One member (a single
+        fit) runs on views of its weights, as a plain module (views made anew each call: a
+        view kept across steps would hold a graph that the first backward frees)."""
+        one = image.shape[0] == 1
+        for module, attr, name in self.slots:
+            module._parameters[attr] = params[name][0] if one else params[name]
+        if one:
+            masks = None if masks is None else tuple(None if m is None else m[0] for m in masks)
+            return self.model(image[0], meta[0], masks).unsqueeze(0)
+        return self.model(image, meta, masks)
 
 
 def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
@@ -182,9 +196,12 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     meta_dim = max(int(np.shape(train[1])[1]) for train, _ in parts)
     splits = [_Split(train, val, n_classes, cfg, fields, meta_dim)
               for (train, val), fields in zip(parts, meta_fields)]
-    model, k_all = splits[0].model, len(splits)
-    model.eval()   # a template for the stacked weights; dropout comes in as masks
+    k_all = len(splits)
+    # A template for the stacked weights (a copy: splits[0]'s own head gets its best weights
+    # at the end); eval mode, as dropout comes in as masks.
+    model = copy.deepcopy(splits[0].model).eval()
     params = _stack(splits)
+    forward = _Bound(model, list(params))
     opt = Adam(params.values(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,
                stacked=k_all)
     bs = cfg.batch_size
@@ -229,7 +246,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
                 else:
                     w[i] = 0.0
             masks = noise.draw(members, active, n_rows)
-            logits = _forward(params, model, img, meta, masks)
+            logits = forward(params, img, meta, masks)
             ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
                                  reduction="none").view(kk, -1) * w
             per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
@@ -241,7 +258,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             for i in active:
                 totals[i] += done[i] * n_rows[i]
         with torch.no_grad():
-            val_logits = _forward(params, model, val_img, val_meta)
+            val_logits = forward(params, val_img, val_meta)
         for i, s in enumerate(members):
             vl = val_logits[i, :len(s.vy)]
             val_loss = float(F.cross_entropy(vl, s.vy))

@@ -71,14 +71,16 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     info = contents.provenance(source)
     save = {"out": str(out), "identity": contents.identity, "weights": info["weights"],
             "split": cfg.split} if save_models else None
+    tables = SubgroupTables(data, contents, source, subgroups, out)
     res = run_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
-                 on_start=on_start, save=save, on_fit=save_fold_bundle if save else None)
+                 on_start=on_start, save=save, on_fit=save_fold_bundle if save else None,
+                 on_ready=tables.add if tables.wanted else None)
     res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
     if save_models:
         res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
             res["config"]["inputs"]), folds=res["config"]["folds"]))
     res["sources_split"] = fold_sources(data, contents, source, res)
-    res["subgroups"] = oof_subgroups(data, contents, source, res, subgroups, out)
+    res["subgroups"] = tables.all(res)
     write_cv_report(out, res)
     oof = res["oof"]
     write_artifact(out / "oof_predictions.csv", lambda tmp: oof.to_csv(tmp, index=False))
@@ -101,33 +103,48 @@ def subgroup_dir(model: str, inputs: str) -> str:
     return f"subgroups_{model}_{inputs}"
 
 
-def oof_subgroups(data: Dataset, contents, source: str, res: dict,
-                  fields: str | Sequence[str] | None, out: Path) -> dict:
+class SubgroupTables:
     """Per model and input set, the subgroup tables of the pooled out-of-fold predictions of
     the first seed (each image scored once, by the fold that did not train on it); forest
     plots in ``out/subgroups_MODEL_INPUTS/``. Numeric fields other than age are banded on
-    every row (each row trained some fold). ``{}`` for ``--subgroups none``."""
-    from ..evaluate.subgroup_fields import analyse_subgroups, subgroup_columns
+    every row (each row trained some fold). ``add`` takes one model and input set as soon as
+    its folds are in (``run_cv``'s ``on_ready``), ``all`` makes the rest from the run's
+    ``oof``; nothing for ``--subgroups none``."""
 
-    if not subgroup_columns(fields, data.spec):
-        return {}
-    aligned, _ = align_dataset(data, contents, source)
-    full = aligned.with_described()
-    classes = list(res["classes"])
-    oof = res["oof"]
-    oof = oof[oof["seed"] == res["config"]["seeds"][0]]
-    made: dict = {}
-    for model, by_inputs in res["summary"].items():
-        for inputs in by_inputs:
-            part = oof[(oof["model"] == model) & (oof["inputs"] == inputs)]
-            rows = full.set_index("image_id").loc[part["image_id"]].reset_index()
-            proba = part[[f"p_{c}" for c in classes]].to_numpy()
-            y_pred = part["decision"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-            result = analyse_subgroups(rows, full, rows["label"].to_numpy(), proba, y_pred,
-                                       data.spec, classes, fields,
-                                       out / subgroup_dir(model, inputs))
-            made.setdefault(model, {})[inputs] = result
-    return made
+    def __init__(self, data: Dataset, contents, source: str,
+                 fields: str | Sequence[str] | None, out: Path):
+        from ..evaluate.subgroup_fields import subgroup_columns
+
+        self.data, self.fields, self.out = data, fields, out
+        self.made: dict = {}
+        self.wanted = bool(subgroup_columns(fields, data.spec))
+        if self.wanted:
+            self.full = align_dataset(data, contents, source)[0].with_described()
+            self.by_id = self.full.set_index("image_id")
+
+    def add(self, model: str, inputs: str, part: pd.DataFrame) -> None:
+        from ..evaluate.subgroup_fields import analyse_subgroups
+
+        classes = list(self.data.classes)
+        rows = self.by_id.loc[part["image_id"]].reset_index()
+        proba = part[[f"p_{c}" for c in classes]].to_numpy()
+        y_pred = part["decision"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        self.made.setdefault(model, {})[inputs] = analyse_subgroups(
+            rows, self.full, rows["label"].to_numpy(), proba, y_pred,
+            self.data.spec, classes, self.fields, self.out / subgroup_dir(model, inputs))
+
+    def all(self, res: dict) -> dict:
+        if not self.wanted:
+            return {}
+        oof = res["oof"]
+        oof = oof[oof["seed"] == res["config"]["seeds"][0]]
+        for model, by_inputs in res["summary"].items():
+            for inputs in by_inputs:
+                if inputs not in self.made.get(model, {}):
+                    self.add(model, inputs, oof[(oof["model"] == model)
+                                                & (oof["inputs"] == inputs)])
+        return {model: {inputs: self.made[model][inputs] for inputs in by_inputs}
+                for model, by_inputs in res["summary"].items()}
 
 
 def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:

@@ -1,0 +1,55 @@
+"""cv's follow-up work while workers finish: the subgroup tables of a model and input set are
+made as soon as its folds are in (``run_cv``'s ``on_ready``), and equal the tables made
+afterwards from the run's out-of-fold predictions."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+
+from skinfeat.embed.cache import read_cache
+from skinfeat.learn.baseline import LGBMConfig
+from skinfeat.learn.cv import CVConfig, run_cv
+from skinfeat.learn.head import HeadConfig
+from skinfeat.learn.runconfig import RunConfig
+from skinfeat.learn.train import as_dataset
+from skinfeat.workflows.cv import SubgroupTables, cv_run
+
+FAST = CVConfig(folds=3, models=("head",), inputs=("fused", "image", "meta"),
+                recipe=RunConfig(head=HeadConfig(max_epochs=3),
+                                 lgbm=LGBMConfig(n_estimators=20)))
+
+
+def test_on_ready_hands_over_complete_models_while_workers_run(synth_table, synth_cache):
+    contents = read_cache(synth_cache)
+    handed: list = []
+    # This process takes the first task (image) at once and finishes it in under a second; the
+    # worker imports torch for seconds before it takes the other (meta): image is handed over
+    # in between.
+    res = run_cv(synth_table, contents, replace(FAST, inputs=("image", "meta")), jobs=2,
+                 on_ready=lambda m, i, part: handed.append((m, i, part)))
+    assert ("head", "image") in [(m, i) for m, i, _ in handed]
+    oof = res["oof"]
+    for model, inputs, part in handed:
+        want = oof[(oof["model"] == model) & (oof["inputs"] == inputs) & (oof["seed"] == res["config"]["seeds"][0])]
+        pd.testing.assert_frame_equal(part.reset_index(drop=True), want.reset_index(drop=True))
+    assert len({(m, i) for m, i, _ in handed}) == len(handed)   # each one once
+
+
+def test_early_subgroup_tables_equal_late_ones(synth_table, synth_cache, tmp_path):
+    res = cv_run(synth_table, synth_cache, tmp_path / "cv", FAST, jobs=2)
+    late = SubgroupTables(as_dataset(synth_table), read_cache(synth_cache), "cache", None,
+                          tmp_path / "late")
+    again = late.all(res)
+    for model, by_inputs in res["subgroups"].items():
+        for inputs, result in by_inputs.items():
+            assert json.dumps(result.to_dict(), sort_keys=True, default=str) == \
+                json.dumps(again[model][inputs].to_dict(), sort_keys=True, default=str)
+    assert set(res["subgroups"]["head"]) == {"fused", "image", "meta"}
+
+
+def test_no_subgroups_no_hand_over(synth_table, synth_cache, tmp_path):
+    res = cv_run(synth_table, synth_cache, tmp_path / "cv", replace(FAST, inputs=("image",)),
+                 jobs=2, subgroups="none")
+    assert res["subgroups"] == {} and not list(tmp_path.glob("cv/subgroups_*"))
