@@ -201,7 +201,11 @@ def main() -> int:
     parser.add_argument("--before", default="HEAD", help="git commit whose fit-head and cv "
                         "are timed beside this working tree, e.g. the commit before a change "
                         "('' to skip)")
-    parser.add_argument("--tune-trials", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time fit-head and cv-head this many times, --before's and this "
+                        "tree's, and report the medians (all values printed): on a shared "
+                        "machine one run of each can differ by a third")
+    parser.add_argument("--tune-trials", type=int, default=50, help="0 to skip tune")
     parser.add_argument("--sequential-tune-trials", type=int, default=10,
                         help="trials run twice with one worker, sequential and batched heads "
                         "(0 to skip)")
@@ -229,13 +233,22 @@ def main() -> int:
           f"{contents.dim}-d synthetic embeddings; {os.cpu_count()} CPU cores, jobs {jobs}")
     rows = []
     # The previous code first, in its own processes, outside the memory measurement.
-    old = run_before(args.before, jobs) if args.before else {}
+    olds = [run_before(args.before, jobs) for _ in range(args.repeat)] if args.before else []
+    old = {k: float(np.median([o[k] for o in olds if k in o]))
+           for k in ("fit-head", "cv-head") if any(k in o for o in olds)}
+    for k in old:
+        print(f"--before {args.before} {k}: " + ", ".join(f"{o[k]:.1f}" for o in olds if k in o)
+              + f" s (median {old[k]:.1f})")
     sampler = MemorySampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "bench.h5"
         write_cache(cache, contents)
-        seconds, res = timed(lambda: fit_run(table, cache, Path(tmp) / "fit-head"))
+        fits = [timed(lambda: fit_run(table, cache, Path(tmp) / f"fit-head{r}"))
+                for r in range(args.repeat)]
+        seconds, res = float(np.median([f[0] for f in fits])), fits[0][1]
+        print("this tree fit-head: " + ", ".join(f"{f[0]:.1f}" for f in fits)
+              + f" s (median {seconds:.1f})")
         rows.append(("fit-head (reference head, bundle + report)", seconds, TARGETS["fit-head"],
                      old.get("fit-head"), f"--before {args.before}",
                      f"best epoch {res['info'].best_epoch}, balanced acc "
@@ -243,8 +256,11 @@ def main() -> int:
         head_cv = CVConfig(folds=5, models=("head",))
         seq, _ = timed(lambda: cv_run(table, cache, Path(tmp) / "cv-seq",
                                       replace(head_cv, batched=False), jobs=jobs))
-        seconds, cv = timed(lambda: cv_run(table, cache, Path(tmp) / "cv-head", head_cv,
-                                           jobs=jobs))
+        cvs = [timed(lambda: cv_run(table, cache, Path(tmp) / f"cv-head{r}", head_cv,
+                                    jobs=jobs)) for r in range(args.repeat)]
+        seconds, cv = float(np.median([c[0] for c in cvs])), cvs[0][1]
+        print("this tree cv-head: " + ", ".join(f"{c[0]:.1f}" for c in cvs)
+              + f" s (median {seconds:.1f})")
         fused = cv["summary"]["head"]["fused"]["balanced_accuracy"]
         rows.append(("cv --folds 5 --models head (3 input sets)", seconds, TARGETS["cv-head"],
                      seq, "fold by fold, this code",
@@ -267,12 +283,13 @@ def main() -> int:
                              None, "", ""))
             rows[-1] = (*rows[-1][:3], rows[-2][1], "sequential heads, same trials",
                         rows[-1][5])
-        seconds, tuned = timed(lambda: tune_run(table, cache, Path(tmp) / "tune", TuneConfig(
-            trials=args.tune_trials, jobs=jobs)))
-        rows.append((f"tune --trials {args.tune_trials} (--jobs {jobs})", seconds,
-                     TARGETS["tune"], None, "",
-                     f"best CV {tuned['best']['value']:.3f}, held-out "
-                     f"{tuned['held_out']['metrics']['balanced_accuracy']:.3f}"))
+        if args.tune_trials:   # 0: no tune
+            seconds, tuned = timed(lambda: tune_run(table, cache, Path(tmp) / "tune", TuneConfig(
+                trials=args.tune_trials, jobs=jobs)))
+            rows.append((f"tune --trials {args.tune_trials} (--jobs {jobs})", seconds,
+                         TARGETS["tune"], None, "",
+                         f"best CV {tuned['best']['value']:.3f}, held-out "
+                         f"{tuned['held_out']['metrics']['balanced_accuracy']:.3f}"))
     lgbm = {} if args.skip_lgbm_compare else lgbm_pca_cost(table, contents)
     sampler.halt.set()
     sampler.join()

@@ -79,7 +79,7 @@ def _protocol_lines(res: dict) -> list[str]:
         f"- metadata encoding: {rc['encoding']}; calibration: {rc['calibration']}, fitted on "
         "the inner validation part; decisions by the balanced rule (binary: the threshold "
         "chosen there)",
-    ] + ([f"- heads: the folds' heads of each input set trained as one batched network "
+    ] + (["- heads: the folds' heads of each input set trained as one batched network "
           "(each equal to its own fit up to float rounding)" if cfg.get("batched") else
           "- heads: trained fold by fold"] if "head" in cfg["models"] else []) + (
         ["- saved models (`--save-models`): " + ", ".join(
