@@ -71,3 +71,21 @@ def test_load_typed_gives_the_table_and_the_schema(ship_runs, tmp_path):
     table, typed = load_typed(run)
     assert isinstance(typed, BundleConfig) and typed.lgbm == table["lgbm"]
     assert typed.threshold == table["threshold"] and typed.classes == tuple(table["classes"])
+
+
+def test_encoder_and_calibrator_states_are_strict_on_unknown_keys():
+    import pandas as pd
+
+    from skinfeat.data.metadata import MetadataEncoder
+    from skinfeat.learn.calibration import Calibrator
+
+    table = pd.DataFrame({"age": [30.0, 40.0, None], "sex": ["male", "female", "unknown"],
+                          "localization": ["back", "face", "back"]})
+    state = MetadataEncoder().fit(table).to_dict()
+    assert MetadataEncoder.from_dict(state).to_dict() == state
+    with pytest.raises(ValueError, match=r"encoder\.stdz.*unknown key"):
+        MetadataEncoder.from_dict({**state, "stdz": {}})
+    cal = Calibrator("temperature").to_dict()
+    assert Calibrator.from_dict(cal).to_dict() == cal
+    with pytest.raises(ValueError, match=r"calibration\.temprature.*unknown key"):
+        Calibrator.from_dict({**cal, "temprature": 2.0})

@@ -47,6 +47,11 @@ def normalize(value: object) -> str:
     return re.sub(r"[\s_]+", " ", str(value)).strip().lower()
 
 
+# The keys of a fitted encoder's state (``to_dict``), all that ``from_dict`` accepts.
+STATE_KEYS = ("encoding", "numeric", "categorical", "drop_first", "means", "stds", "categories",
+              "missing_tokens", "aliases")
+
+
 class MetadataEncoder:
     """Encode numeric (``age``) and categorical (``sex``, ``localization``) columns to float32."""
 
@@ -249,7 +254,7 @@ class MetadataEncoder:
                 "dropped, 'unknown' a category like any other")
 
     # ------------------------------------------------------------------ state
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict:   # keys: STATE_KEYS
         return {"encoding": self.encoding, "numeric": self.numeric,
                 "categorical": self.categorical, "drop_first": self.drop_first,
                 "means": self.means, "stds": self.stds, "categories": self.categories,
@@ -293,6 +298,10 @@ class MetadataEncoder:
 
         if not isinstance(state, dict):
             raise bad("", "expected a table", state)
+        unknown = sorted(str(k) for k in state if k not in STATE_KEYS)
+        if unknown:   # strict, as every typed schema: a misspelt key is an error, not a default
+            raise bad(f".{unknown[0]}", f"unknown key (expected {', '.join(STATE_KEYS)})",
+                      unknown)
         encoding = state.get("encoding", "reference")
         if encoding not in ENCODINGS:
             raise bad(".encoding", f"expected one of {ENCODINGS}", encoding)

@@ -178,6 +178,10 @@ class Calibrator:
             return cal
         if not isinstance(state, dict):
             raise bad("", "expected a table or a temperature", state)
+        known = ("method", "temperature", "adjust", "bias", "decision_offset")   # to_dict's
+        unknown = sorted(str(k) for k in state if k not in known)
+        if unknown:   # strict, as every typed schema: a misspelt key is an error, not a default
+            raise bad(f".{unknown[0]}", f"unknown key (expected {', '.join(known)})", unknown)
         if state.get("method") not in METHODS:
             raise bad(".method", f"calibration method must be one of {METHODS}",
                       state.get("method"))
