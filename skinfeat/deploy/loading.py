@@ -168,7 +168,9 @@ class LoadedBundle:
 
     def _load_fallback(self) -> None:
         """The image-only model of rows with every metadata field missing (``fallback/``): a
-        bundle of its own that must take this model's embeddings and metadata."""
+        bundle of its own that must take this model's embeddings and metadata. It never embeds
+        an image itself (the model's backbone does, once for both), so its backbone is not
+        rebuilt or compared."""
         source, where = self.run / CONFIG, self.run / self.bundle.fallback
         if not (where / CONFIG).is_file():
             raise BundleError(f"{source}: key 'fallback': expected a bundle folder beside "
@@ -180,7 +182,6 @@ class LoadedBundle:
             raise BundleError(f"{theirs}: a fallback must be one image-only model (no "
                               "ensemble, no fallback of its own)")
         for key, mine, other in (("classes", self.classes, fb.classes),
-                                 ("backbone", self.bundle.backbone, fb.bundle.backbone),
                                  ("head.embed_dim", self.embed_dim, fb.embed_dim),
                                  ("tta", self.bundle.tta, fb.bundle.tta),
                                  ("encoder", self.bundle.encoder, fb.bundle.encoder)):
