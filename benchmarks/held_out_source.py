@@ -17,7 +17,10 @@ For each ``--dropout-all`` value (``HeadConfig.meta_dropout_all``: whole-row met
 in training) the fused head is compared with the image-only head of the same seed and split:
 balanced accuracy per held-out source and pooled over all held-out rows, and the paired
 difference fused - image with its standard error over seeds. The four folds of a seed train as
-one batched fit (``head_batch.fit_heads``).
+one batched fit (``head_batch.fit_heads``). Unless ``--no-fallback``, each fused fold's
+image-only fallback (``learn/fallback.py``) trains in the same batch, as fit-head trains it, and
+the rows ``fused + fallback`` give the same fused heads with the rows whose every field is
+missing scored by it (with metadata blanked: every held-out row).
 The data files live beside the repository (``../shared/data``) and are not part of it.
 """
 from __future__ import annotations

@@ -142,6 +142,13 @@ def test_bundle_round_trip_and_reports(blanked, tmp_path):
     p.fallback = None   # the fused model alone: the rows with metadata are its own
     fused = p.predict_table(table, cache=root / "cache.h5")
     np.testing.assert_array_equal(preds.proba[~want], fused.proba[~want])
+    # evaluate scores through predict and says how many rows fell back.
+    ev = tmp_path / "ev"
+    run_cli("evaluate", "--model", out, "--data", root / "data", "--cache", root / "cache.h5",
+            "--out", ev, "--include-seen", "--subgroups", "none")
+    assert json.loads((ev / "evaluate_metrics.json").read_text())["info"]["fell_back"] == \
+        int(want.sum())
+    assert "image-only fallback:" in (ev / "evaluate_report.md").read_text()
     # The dataset / dx_type columns change nothing (they are not inputs).
     other = table.assign(dataset="elsewhere", dx_type="histo")
     again = Predictor(out).predict_table(other, cache=root / "cache.h5")
@@ -231,5 +238,6 @@ def test_cv_saved_fused_folds_carry_their_fallback(blanked, tmp_path):
     ref = Predictor(image_fold).predict_table(table, cache=root / "cache.h5")
     np.testing.assert_array_equal(got.proba[want], ref.proba[want])
     assert got.fell_back == int(want.sum())
+    assert "Image-only fallback (head, fused)" in (out / "cv_report.md").read_text()
     ens = Predictor(out / "models" / "head_fused").predict_table(table, cache=root / "cache.h5")
     assert np.isfinite(ens.proba).all()
