@@ -241,3 +241,24 @@ def test_cv_saved_fused_folds_carry_their_fallback(blanked, tmp_path):
     assert "Image-only fallback (head, fused)" in (out / "cv_report.md").read_text()
     ens = Predictor(out / "models" / "head_fused").predict_table(table, cache=root / "cache.h5")
     assert np.isfinite(ens.proba).all()
+
+
+def test_explain_scores_a_row_without_metadata_by_the_fallback(ship_runs, synth_table):
+    """explain (and serve, which answers through it) on a raw image: no metadata -> the
+    fallback's probabilities and decision; with metadata -> the fused head's."""
+    from skinfeat.deploy.explain import Explainer
+
+    p = Predictor(ship_runs["head"])
+    assert p.fallback is not None
+    path = str(synth_table["path"].iloc[0])
+    emb, _ = p.embed([path])
+    none = pd.DataFrame(index=range(1))
+    ex = Explainer(p).explain(path, {})
+    want = p.fallback.calibrate(p.fallback.logits(emb, none))[0]
+    np.testing.assert_allclose(ex.proba, want, atol=1e-6)
+    assert np.abs(want - p.calibrate(p.logits(emb, none))[0]).max() > 1e-4   # not the fused
+    assert ex.predicted == p.classes[int(p.fallback.decide(want[None])[0])]
+    given = {"age": 55, "sex": "male", "localization": "back"}
+    ex = Explainer(p).explain(path, given)
+    np.testing.assert_allclose(
+        ex.proba, p.calibrate(p.logits(emb, pd.DataFrame([given], dtype=object)))[0], atol=1e-6)
