@@ -17,7 +17,10 @@ For each ``--dropout-all`` value (``HeadConfig.meta_dropout_all``: whole-row met
 in training) the fused head is compared with the image-only head of the same seed and split:
 balanced accuracy per held-out source and pooled over all held-out rows, and the paired
 difference fused - image with its standard error over seeds. The four folds of a seed train as
-one batched fit (``head_batch.fit_heads``).
+one batched fit (``head_batch.fit_heads``). Unless ``--no-fallback``, each fused fold's
+image-only fallback (``learn/fallback.py``) trains in the same batch, as fit-head trains it, and
+the rows ``fused + fallback`` give the same fused heads with the rows whose every field is
+missing scored by it (with metadata blanked: every held-out row).
 The data files live beside the repository (``../shared/data``) and are not part of it.
 """
 from __future__ import annotations
@@ -41,6 +44,9 @@ from skinfeat.data.splits import (drop_crossing_groups, fold_ids, holdout_mask, 
                                   source_values)
 from skinfeat.learn.head import HeadConfig, head_logits  # noqa: E402
 from skinfeat.learn.head_batch import fit_heads  # noqa: E402
+from skinfeat.learn.fallback import fallback_rows, image_only, image_part  # noqa: E402
+from skinfeat.learn.head_model import HeadModel  # noqa: E402
+from skinfeat.learn.protocol import Trained  # noqa: E402
 
 SPLIT = "by:dataset"
 
@@ -68,17 +74,33 @@ def make_folds(table: pd.DataFrame, seed: int) -> list[tuple[np.ndarray, ...]]:
     return out
 
 
-def run_seed(table, image, y, folds, cfg: HeadConfig) -> dict[str, list[np.ndarray]]:
-    """One batched fit of the folds' heads; held-out logits with metadata blanked / as given."""
+def run_seed(table, image, y, folds, cfg: HeadConfig,
+             fallback: bool = False) -> dict[str, list[np.ndarray]]:
+    """One batched fit of the folds' heads; held-out logits with metadata blanked / as given.
+    ``fallback``: each fold's image-only fallback trains in the same batch, as fit-head trains
+    it (``learn/fallback.py``), and scores the rows whose every field is missing
+    (``fb_blank``, ``fb_given``)."""
     encs = [MetadataEncoder().fit(table.iloc[f[0]]) for f in folds]
     metas = [e.transform(table) for e in encs]
     parts = [((image[tr], m[tr], y[tr]), (image[va], m[va], y[va]))
              for (tr, va, _), m in zip(folds, metas)]
-    fits = fit_heads(parts, len(CLASSES), cfg, [e.dropout_fields() for e in encs])
-    out = {"blank": [], "given": []}
-    for (_, _, te), m, e, r in zip(folds, metas, encs, fits):
-        out["blank"].append(head_logits(r.model, image[te], e.blank(m[te])))
-        out["given"].append(head_logits(r.model, image[te], m[te]))
+    fields = [e.dropout_fields() for e in encs]
+    if fallback:
+        parts += [(image_part(tr), image_part(va)) for tr, va in parts]
+        fields += [None] * len(folds)
+    fits = fit_heads(parts, len(CLASSES), cfg, fields)
+    out = {"blank": [], "given": [], "fb_blank": [], "fb_given": []}
+    for k, ((_, _, te), m, e, r) in enumerate(zip(folds, metas, encs, fits)):
+        for name, meta in (("blank", e.blank(m[te])), ("given", m[te])):
+            lg = head_logits(r.model, image[te], meta)
+            out[name].append(lg)
+            if fallback:
+                fb = image_only(Trained(HeadModel(fits[len(folds) + k].model, cfg.to_dict())),
+                                image.shape[1], len(CLASSES))
+                rows = fallback_rows(meta, e.missing_row())
+                lg = lg.copy()
+                lg[rows] = fb.logits(image[te][rows], meta[rows])
+                out[f"fb_{name}"].append(lg)
     return out
 
 
@@ -112,13 +134,13 @@ def print_table(sources, seeds, meta_dropout, image_s, fused_blank, fused_given)
     print("| image only | | | " + " | ".join(mean_se(img[:, j]) for j in range(len(cols))) + " |")
     for p in fused_blank:
         b, g = np.asarray(fused_blank[p]), np.asarray(fused_given[p])
-        print(f"| fused | {p:g} | blanked | "
+        print(f"| fused | {p} | blanked | "
               + " | ".join(mean_se(b[:, j]) for j in range(len(cols))) + " |")
-        print(f"| fused - image | {p:g} | blanked | "
+        print(f"| fused - image | {p} | blanked | "
               + " | ".join(diff_se(b[:, j] - img[:, j]) for j in range(len(cols))) + " |")
-        print(f"| fused | {p:g} | as given | "
+        print(f"| fused | {p} | as given | "
               + " | ".join(mean_se(g[:, j]) for j in range(len(cols))) + " |")
-        print(f"| fused - image | {p:g} | as given | "
+        print(f"| fused - image | {p} | as given | "
               + " | ".join(diff_se(g[:, j] - img[:, j]) for j in range(len(cols))) + " |")
 
 
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dropout-all", default=f"{HeadConfig.meta_dropout_all:g}",
                     help="comma-separated meta_dropout_all values of the fused head")
     ap.add_argument("--meta-dropout", type=float, default=HeadConfig.meta_dropout)
+    ap.add_argument("--no-fallback", action="store_true",
+                    help="leave out the fused head's image-only fallback (learn/fallback.py)")
     args = ap.parse_args(argv)
     for path in (args.embeddings, args.metadata):
         if not path.is_file():
@@ -149,16 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     settings = [float(p) for p in args.dropout_all.split(",")]
     base = HeadConfig(meta_dropout=args.meta_dropout)
     # per setting: (seed -> scores) for image, fused blanked, fused given
-    image_s, fused_blank, fused_given = [], {p: [] for p in settings}, {p: [] for p in settings}
+    labels = [f"{p:g}" for p in settings] + \
+        ([] if args.no_fallback else [f"{p:g} + fallback" for p in settings])
+    image_s, fused_blank, fused_given = [], {p: [] for p in labels}, {p: [] for p in labels}
     for seed in seeds:
         folds = make_folds(table, seed)
         t0 = time.perf_counter()
         img = run_seed(table, image, y, folds, replace(base, inputs="image", seed=seed))
         image_s.append(scores(y, folds, img["blank"]))
         for p in settings:
-            r = run_seed(table, image, y, folds, replace(base, meta_dropout_all=p, seed=seed))
-            fused_blank[p].append(scores(y, folds, r["blank"]))
-            fused_given[p].append(scores(y, folds, r["given"]))
+            r = run_seed(table, image, y, folds, replace(base, meta_dropout_all=p, seed=seed),
+                         fallback=not args.no_fallback)
+            fused_blank[f"{p:g}"].append(scores(y, folds, r["blank"]))
+            fused_given[f"{p:g}"].append(scores(y, folds, r["given"]))
+            if not args.no_fallback:   # the same fused heads, with their fallbacks
+                fused_blank[f"{p:g} + fallback"].append(scores(y, folds, r["fb_blank"]))
+                fused_given[f"{p:g} + fallback"].append(scores(y, folds, r["fb_given"]))
         print(f"\nseed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         print_table(sources, seeds[:len(image_s)], args.meta_dropout, image_s, fused_blank,
                     fused_given)

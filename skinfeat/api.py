@@ -254,7 +254,7 @@ class Model:
         rule = f"threshold {p.threshold:.3f} on p({p.classes[1]})" if p.threshold is not None \
             else "balanced decision rule: the class most above its training prevalence"
         return ImagePrediction(
-            str(image), p.classes[int(p.decide(proba[None])[0])],
+            str(image), p.classes[int(scored.decided[0])],   # the fallback's, if it scored
             dict(zip(p.classes, map(float, proba))), values,
             [f for f, n in scored.missing.items() if n], rule, p.calibrator.describe(),
             {c: p.spec.class_names.get(c, "") for c in p.classes}, p.temperature,

@@ -64,8 +64,9 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
     monkeypatch.setattr(train, "train_models", spy_train)
     monkeypatch.setattr(train, "MetadataEncoder", SpyEncoder)
     res = run_cv(synth_table, contents, replace(FAST, inputs=("fused",)))
-    # cv runs train.fit_splits, fit-head's path: one encoder fit per model and fold.
-    assert len(calls) == 3 * 2 and len(encoded) == 3 * 2
+    # cv runs train.fit_splits, fit-head's path: one encoder fit per model and fold; the fused
+    # head's image-only fallbacks train beside it on the same rows (3 more parts).
+    assert len(calls) == 3 * 2 + 3 and len(encoded) == 3 * 2
     folds = res["folds_table"]
     by_id = folds.set_index("image_id")["group_id"]
     every = set(folds["image_id"])
@@ -75,8 +76,10 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
         assert scored in scored_sets                   # exactly one held-out fold left out
         assert not train_ids & val_ids
         assert not set(by_id[list(train_ids)]) & set(by_id[list(val_ids)])  # lesion-disjoint
+    # The head's call: 3 fused parts, then their 3 fallbacks on the very same rows.
+    assert calls[3:6] == calls[:3]
     # encoder fitted on the training rows only, once per model and fold
-    assert sorted(map(sorted, encoded)) == sorted(sorted(t) for t, _ in calls)
+    assert sorted(map(sorted, encoded)) == sorted(sorted(t) for t, _ in calls[:3] + calls[6:])
 
 
 def test_same_seed_same_folds_and_metrics(synth_table, synth_cache):

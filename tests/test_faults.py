@@ -143,7 +143,18 @@ def assert_artifacts_whole(out: Path, n_images: int) -> None:
     for extra in names - set(RUN_ARTIFACTS):
         if extra.startswith("subgroups_") and extra.endswith(".png"):   # a forest plot per field
             continue                                                    # (written atomically)
+        if extra == "fallback":   # the fused head's image-only fallback: a bundle of its own
+            continue
         assert extra.startswith(".") or extra.endswith(".tmp"), extra
+    if "fallback" in names:   # written before the model's config.json, config last
+        inner = {p.name for p in (out / "fallback").iterdir()}
+        assert all(n in ("model.safetensors", "config.json") or n.startswith(".")
+                   or n.endswith(".tmp") for n in inner), inner
+        if "config.json" in inner:
+            load_config(out / "fallback")
+            assert load_state(out / "fallback")
+    if "config.json" in names and load_config(out).get("fallback"):
+        assert (out / "fallback" / "config.json").is_file()
     if "splits.csv" in names:
         assert len(pd.read_csv(out / "splits.csv")) == n_images
     if "config.json" in names:  # written last of the bundle: the weights must be there
@@ -194,9 +205,13 @@ def test_every_run_artifact_arrives_by_atomic_rename(synth_table, synth_cache, t
         calibrate=False)
     written = {p.name for p in tmp_path.iterdir()}
     expected = set(RUN_ARTIFACTS) - ({"model.safetensors"} if model == "lgbm" else set()) \
-        | ({"model.lgbm.txt"} if model == "lgbm" else set())
+        | ({"model.lgbm.txt"} if model == "lgbm" else {"fallback"})   # the head's fallback
     plots = {n for n in written if n.startswith("subgroups_") and n.endswith(".png")}
     assert written - plots == expected and plots   # + a subgroup forest plot per field
+    if model == "head":   # a folder: its files arrive by rename, like the others
+        inner = {p.name for p in (tmp_path / "fallback").iterdir()}
+        assert inner == {"config.json", "model.safetensors"} and inner <= set(renamed)
+        written -= {"fallback"}
     assert written <= set(renamed)  # nothing reached its final name except by a rename
 
 

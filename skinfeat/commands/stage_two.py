@@ -88,6 +88,10 @@ def recipe_options(f):
                      help="Append patient context features (z-score and rank of each numeric "
                      "field within the patient, distance from the patient's mean embedding); "
                      "predict then needs the patient's lesions in one --csv [default: off]."),
+        click.option("--fallback/--no-fallback", default=None,
+                     help="A fused head carries an image-only model that scores the rows "
+                     "whose every metadata field is missing (not with --encoding reference "
+                     "or --group-context) [default: on]."),
     ]
     opts += [_option("", fl, HEAD_HELP.get(fl.name, fl.name)) for fl in fields(HeadConfig)
              if fl.name not in SHARED]
@@ -235,7 +239,7 @@ def cv_recipe(config_file, kwargs: dict):
     """The recipe of the cv command (file < flags), its flags removed from ``kwargs``."""
     head, lgbm = pop_recipe(kwargs)
     run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta",
-                                       "group_context")}
+                                       "group_context", "fallback")}
     return run_config(config_file, run, head, lgbm)
 
 

@@ -12,6 +12,7 @@ the model class's ``from_bundle``). Every bundle written since ``skinfeat-bundle
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 from ..learn.models import MODELS
@@ -36,6 +37,12 @@ def _names(value: tuple[str, ...], key: str, least: int) -> None:
     dupes = sorted({v for v in value if value.count(v) > 1})
     if dupes:
         raise SchemaError(f"expected distinct names, got {dupes[0]!r} twice", key)
+
+
+def _folder(name: str, key: str) -> None:
+    """A folder beside config.json, never a path that leaves the bundle."""
+    if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+        raise SchemaError(f"expected a folder name inside the bundle, got {name!r}", key)
 
 
 def _count(head: Mapping, key: str, low: int) -> int:
@@ -102,14 +109,19 @@ class BundleConfig(_Config):
     # True: patient context features (learn/context.py) follow the encoder's in the metadata;
     # absent in bundles made without --group-context (and in every bundle made before it).
     group_context: bool | None = None
+    # A folder inside the bundle holding the image-only model that scores rows with every
+    # metadata field missing (learn/fallback.py); absent: no fallback (every bundle before it).
+    fallback: str | None = None
 
-    OPTIONAL = ("dataset", "task", "lgbm", "linear", "group_context")
+    OPTIONAL = ("dataset", "task", "lgbm", "linear", "group_context", "fallback")
 
     def check(self) -> None:
         if self.model_type not in MODELS:
             raise SchemaError(f"expected one of {', '.join(MODELS)} or ensemble, got "
                               f"{self.model_type!r}", "model_type")
         _names(self.classes, "classes", 2)
+        if self.fallback is not None:
+            _folder(self.fallback, "fallback")
         dims = self.dims
         if dims.n_classes != len(self.classes):
             raise SchemaError(f"expected {len(self.classes)} (the number of classes), got "

@@ -172,8 +172,8 @@ class Explainer:
     def default_method(self) -> str:
         return "gradcam" if self.p.trained.model.differentiable else "scorecam"
 
-    def _head(self, method: str):
-        model = self.p.trained.model
+    def _head(self, method: str, scorer=None):
+        model = (scorer or self.p).trained.model
         if model.differentiable:
             return model.torch_module()
         if METHODS[method][1]:
@@ -181,9 +181,12 @@ class Explainer:
                                "gradient-free CAM method (--method scorecam or eigencam)")
         return lambda emb, meta: model.logits(emb, meta)
 
-    def heatmap(self, x: torch.Tensor, meta: np.ndarray, target: int, method: str) -> np.ndarray:
+    def heatmap(self, x: torch.Tensor, meta: np.ndarray, target: int, method: str,
+                scorer=None) -> np.ndarray:
+        """``scorer``: the model that scored the row (the image-only fallback, for a row with
+        every metadata field missing), else the model itself."""
         embedder, _ = self.p._backbone()
-        net = ImageToLogits(embedder.net, self._head(method),
+        net = ImageToLogits(embedder.net, self._head(method, scorer),
                             torch.as_tensor(meta, dtype=torch.float32,
                                             device=embedder.device)).eval()
         layer, reshape = cam_target(embedder.net.model)
@@ -197,12 +200,12 @@ class Explainer:
             cols = field_columns(self.p.encoder.feature_names, self.fields)
             return {f: per_column[:, cols[f]].sum(axis=1) for f in self.fields}, \
                 model.meta_attribution
-        base = self.p.calibrate(self.p.logits(embedding, table))[0]
+        base = self.p.score(embedding, table)[1][0]
         out = {}
         for f in self.fields:
             missing = table.copy()
             missing[f] = None
-            out[f] = base - self.p.calibrate(self.p.logits(embedding, missing))[0]
+            out[f] = base - self.p.score(embedding, missing)[1][0]
         return out, "probability minus probability with the field missing"
 
     def explain(self, path: str | Path, meta: Mapping[str, object] | None = None,
@@ -218,14 +221,15 @@ class Explainer:
         embedding, errors = self.p.embed([str(path)])
         if errors[0]:
             raise DataError(f"{path}: cannot read the image ({errors[0]})")
-        proba = self.p.calibrate(self.p.logits(embedding, table))[0]
-        predicted = self.p.classes[int(self.p.decide(proba[None])[0])]
+        _, probas, decided, fell_back = self.p.score(embedding, table)
+        proba, predicted = probas[0], self.p.classes[int(decided[0])]
+        scorer = self.p.fallback if fell_back[0] else self.p
         _, spec = self.p._backbone()
         x = to_tensor(load_image(path, spec), spec)[None]
         encoded = self.p.encode_metadata(table)
         cams = {}
         for c in dict.fromkeys([predicted] + ([target] if target else [])):
-            cams[c] = self.heatmap(x, encoded, self.p.classes.index(c), method)
+            cams[c] = self.heatmap(x, encoded, self.p.classes.index(c), method, scorer)
         attribution, kind = self.attribution(embedding, table)
         return Explanation(str(path), list(self.p.classes), proba, predicted,
                            model_view(x[0], spec), cams, method, attribution, kind,

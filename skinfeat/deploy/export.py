@@ -1,7 +1,8 @@
 """Export a trained run to one ONNX graph: image tensor + encoded metadata -> calibrated probabilities.
 
 The graph holds the frozen backbone (with stage one's average pooling), the fusion head and the
-calibration. A fold ensemble (``cv --save-models``) is exported exactly as ``predict`` scores it:
+calibration, and a fused head's image-only fallback with the switch between them (rows whose
+encoded metadata is the all-missing vector). A fold ensemble (``cv --save-models``) is exported exactly as ``predict`` scores it:
 one backbone shared by every member, each member's head and calibration, the members'
 probabilities averaged, then the ensemble's own calibration. Each member has its own metadata
 encoder (fitted on its fold's training rows), so the graph takes one encoded metadata input per
@@ -71,6 +72,29 @@ class CalibratedHead(nn.Module):
         return self.calibration(logits)
 
 
+class WithFallback(nn.Module):
+    """A fused head with its image-only fallback (``learn/fallback.py``): rows whose encoded
+    metadata is exactly the all-missing vector get the fallback's probabilities, as predict."""
+
+    def __init__(self, model: CalibratedHead, fallback: CalibratedHead, missing: np.ndarray):
+        super().__init__()
+        self.model, self.fallback = model, fallback
+        self.register_buffer("missing", torch.as_tensor(np.asarray(missing, np.float32)))
+
+    def forward(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        rows = (meta[:, :self.missing.shape[0]] == self.missing).all(dim=1, keepdim=True)
+        return torch.where(rows, self.fallback(features, meta), self.model(features, meta))
+
+
+def calibrated_head(p) -> nn.Module:
+    """A loaded model's calibrated head, with its fallback if it has one."""
+    own = CalibratedHead(p.trained.model.torch_module(), p.calibrator)
+    if p.fallback is None:
+        return own
+    return WithFallback(own, CalibratedHead(p.fallback.trained.model.torch_module(),
+                                            p.fallback.calibrator), p.encoder.missing_row())
+
+
 class ExportGraph(nn.Module):
     """Backbone (pooled) once, then every member's calibrated head on its own metadata input.
 
@@ -105,8 +129,16 @@ def metadata_info(predictor) -> dict:
     enc = predictor.encoder
     fields = list(enc.numeric) + list(enc.categorical)
     missing = predictor.encode_metadata(pd.DataFrame([{f: None for f in fields}], dtype=object))
-    return {"fields": fields, "feature_names": enc.feature_names,
+    info = {"fields": fields, "feature_names": enc.feature_names,
             "missing": [float(v) for v in missing[0]], "encoder": enc.to_dict()}
+    fb = predictor.fallback
+    if fb is not None:   # the graph already switches; a binary decision needs its threshold
+        info["fallback"] = {
+            "rows": "encoded metadata equal to missing: the graph's probabilities are the "
+                    "image-only fallback's; decide those rows with this calibration and "
+                    "threshold", "calibration": fb.calibrator.to_dict(),
+            "threshold": fb.threshold}
+    return info
 
 
 def sidecar(predictor) -> dict:
@@ -160,8 +192,7 @@ def export_graph(predictor) -> ExportGraph:
     embedder, _ = predictor._backbone()
     combined = Calibration(predictor.calibrator, len(predictor.classes)) \
         if predictor.members else None
-    graph = ExportGraph(embedder.net, [CalibratedHead(m.trained.model.torch_module(), m.calibrator)
-                                       for m in models], combined)
+    graph = ExportGraph(embedder.net, [calibrated_head(m) for m in models], combined)
     return graph.to("cpu").eval()
 
 

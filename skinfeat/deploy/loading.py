@@ -144,6 +144,7 @@ class LoadedBundle:
         self.classes = list(self.bundle.classes)
         self.spec, self.task = bundle_spec(self.bundle, self.run / CONFIG)
         self.members: list[LoadedBundle] = []
+        self.fallback: LoadedBundle | None = None   # rows with every metadata field missing
         if isinstance(self.bundle, EnsembleConfig):
             self._load_members(weights_file, device, batch_size, num_workers)
         else:
@@ -162,6 +163,32 @@ class LoadedBundle:
         self.weights_file, self.device = weights_file, device
         self.batch_size, self.num_workers = batch_size, num_workers
         self._embedders: list[tuple[Embedder, TransformSpec]] | None = None
+        if not self.members and self.bundle.fallback is not None:
+            self._load_fallback()
+
+    def _load_fallback(self) -> None:
+        """The image-only model of rows with every metadata field missing (``fallback/``): a
+        bundle of its own that must take this model's embeddings and metadata. It never embeds
+        an image itself (the model's backbone does, once for both), so its backbone is not
+        rebuilt or compared."""
+        source, where = self.run / CONFIG, self.run / self.bundle.fallback
+        if not (where / CONFIG).is_file():
+            raise BundleError(f"{source}: key 'fallback': expected a bundle folder beside "
+                              f"{CONFIG} (there is no {self.bundle.fallback}/{CONFIG})")
+        fb = type(self)(where, weights_file=self.weights_file, device=self.device,
+                        batch_size=self.batch_size, num_workers=self.num_workers)
+        theirs = fb.run / CONFIG
+        if fb.members or fb.fallback is not None or fb.trained.model.inputs != "image":
+            raise BundleError(f"{theirs}: a fallback must be one image-only model (no "
+                              "ensemble, no fallback of its own)")
+        for key, mine, other in (("classes", self.classes, fb.classes),
+                                 ("head.embed_dim", self.embed_dim, fb.embed_dim),
+                                 ("tta", self.bundle.tta, fb.bundle.tta),
+                                 ("encoder", self.bundle.encoder, fb.bundle.encoder)):
+            if mine != other:
+                raise BundleError(f"{theirs}: key '{key}' differs from the model's ({source}), "
+                                  "so the fallback cannot take its inputs")
+        self.fallback = fb
 
     def _check_fields(self) -> None:
         """The encoder reads the dataset description's fields, each as its kind: a field the

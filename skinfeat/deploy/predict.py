@@ -23,6 +23,7 @@ from ..data.datasets import DataError, clean_metadata
 from ..data.spec import DatasetSpec
 from ..embed.extract import embed_files
 from ..learn.context import context_matrix
+from ..learn.fallback import fallback_rows
 from .bundle import CONFIG, BundleError, atomic_write_text
 from .loading import (LoadedBundle, bundle_calibrator, bundle_spec,  # noqa: F401 (their home
                       load_model, load_stage_two, weight_source)     # before the split)
@@ -65,6 +66,7 @@ class Predictions:
     errors: list[str]           # "" when the image was read
     decided: np.ndarray         # (N,) the model's decision (class index), -1 where unreadable
     missing: dict[str, int] = field(default_factory=dict)  # per field: scored rows missing it
+    fell_back: int = 0   # scored rows with every field missing, scored by the image-only fallback
 
     @property
     def ok(self) -> np.ndarray:
@@ -186,8 +188,7 @@ class Predictor(LoadedBundle):
         members' mean calibrated probabilities). ``groups``: each row's group, needed by a
         model with context features (computed among these rows, as in training)."""
         if self.members:
-            proba = np.mean([m.calibrate(m.logits(image, table, groups)) for m in self.members],
-                            axis=0)
+            proba = np.mean([m.score(image, table, groups)[1] for m in self.members], axis=0)
             return np.log(np.clip(proba, 1e-12, None))
         meta = self.encode_metadata(table)
         if self.group_context:
@@ -199,6 +200,29 @@ class Predictor(LoadedBundle):
             meta = np.concatenate([meta, ctx.astype(meta.dtype, copy=False)], axis=1)
         return self.trained.logits(image, meta, tta=bool(self.views))
 
+
+    def fallback_rows(self, table: pd.DataFrame) -> np.ndarray:
+        """(N,) bool: the rows the image-only fallback scores (every metadata field missing);
+        all False for a model without one."""
+        if self.fallback is None:
+            return np.zeros(len(table), dtype=bool)
+        return fallback_rows(self.encode_metadata(table), self.encoder.missing_row())
+
+    def score(self, image: np.ndarray, table: pd.DataFrame, groups: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, calibrated probabilities, decisions and the rows that fell back: rows with
+        every metadata field missing are the image-only fallback's (its own calibration and
+        threshold), the others the model's."""
+        logits = self.logits(image, table, groups)
+        proba = self.calibrate(logits)
+        decided = self.decide(proba)
+        rows = self.fallback_rows(table)
+        if rows.any():
+            fb = self.fallback
+            fb_logits = fb.logits(image[rows], table[rows].reset_index(drop=True))
+            fb_proba = fb.calibrate(fb_logits)
+            logits[rows], proba[rows], decided[rows] = fb_logits, fb_proba, fb.decide(fb_proba)
+        return logits, proba, decided, rows
 
     def predict_table(self, table: pd.DataFrame,
                       progress: Callable[[int], None] | None = None,
@@ -225,10 +249,12 @@ class Predictor(LoadedBundle):
         clean = clean_metadata(table, self.spec, source)
         preds.missing = {f: int(m[ok].sum()) for f, m in self.encoder.missing_mask(clean).items()}
         if ok.any():
-            preds.logits[ok] = self.logits(image[ok], clean[ok],
-                                           None if groups is None else groups[ok])
-            preds.proba[ok] = self.calibrate(preds.logits[ok])
-            preds.decided[ok] = self.decide(preds.proba[ok])
+            scored = self.score(image[ok], clean[ok], None if groups is None else groups[ok])
+            preds.logits[ok], preds.proba[ok], preds.decided[ok] = scored[:3]
+            preds.fell_back = int(scored[3].sum())
+            if preds.fell_back:
+                log.info("%d of %d row(s) have every metadata field missing: scored by the "
+                         "image-only fallback", preds.fell_back, int(ok.sum()))
         if not ok.all():
             log.warning("%d image(s) could not be scored: %s", int((~ok).sum()), "; ".join(
                 f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])

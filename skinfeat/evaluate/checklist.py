@@ -156,7 +156,10 @@ def checklist_lines(summary: dict, spec: DatasetSpec | None = None,
                  _metrics_line(model, ci, keys) + f"; {group} bootstrap"))
     rows.append(("Subgroup results", _subgroups_line(summary.get("subgroups"))))
     rows.append(("External test", _external_line(evaluations)))
-    rows.append(("Missing metadata", info.get("encoding", "not recorded")))
+    fallback = info.get("fallback")   # absent in runs made before the fallback
+    rows.append(("Missing metadata", info.get("encoding", "not recorded")
+                 + (f"; rows with every field missing: {fallback}"
+                    if fallback and fallback != "none" else "")))
     lines = [HEADING, "",
              "Filled from this run; items only the author can answer are listed below as open "
              "questions.", "", "| item | this run |", "|---|---|"]

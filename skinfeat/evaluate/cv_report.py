@@ -128,6 +128,19 @@ def _per_fold_lines(res: dict) -> list[str]:
     return lines
 
 
+def _fallback_lines(res: dict) -> list[str]:
+    """How many scored rows each model x input set's image-only fallback scored."""
+    counts: dict = {}
+    for r in res["records"]:
+        if r.get("fell_back"):
+            key = (r["model"], r["inputs"], bool(r.get("reused_fallback")))
+            counts[key] = counts.get(key, 0) + r["fell_back"]
+    return ["", *(f"Image-only fallback ({m}, {i}): {n} scored row(s) had every metadata field "
+                  "missing and were scored by "
+                  + ("the same fold's image-only model" if reused else "its fallback")
+                  for (m, i, reused), n in counts.items())] if counts else []
+
+
 def _subgroup_lines(subgroups: dict, n_seeds: int) -> list[str]:
     """Each model x input set's out-of-fold subgroup tables, its forest plots in
     ``subgroups_MODEL_INPUTS/``."""
@@ -183,5 +196,5 @@ def write_cv_report(out: Path, res: dict) -> None:
     if res["reference_recipe"]:
         lines += [""] + _reference_lines(res)
     lines += _subgroup_lines(subgroups, len(res["config"]["seeds"]))
-    lines += [""] + _per_fold_lines(res)
+    lines += [""] + _per_fold_lines(res) + _fallback_lines(res)
     write_text(out / "cv_report.md", "\n".join(lines) + "\n")

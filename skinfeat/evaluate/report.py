@@ -206,6 +206,7 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: 
         "fitted on train only",
         f"- calibration (fitted on {info.select_on}): {info.calibration}",
         f"- test-time augmentation: {info.tta_models}",
+        f"- image-only fallback (rows with every metadata field missing): {info.fallback}",
     ]
     if info.threshold is not None:
         lines.append(f"- decision threshold on p({classes[1]}) = {info.threshold:.3f}, chosen "

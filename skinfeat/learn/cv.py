@@ -40,7 +40,9 @@ from ..data.datasets import Dataset
 from ..data.splits import (SPLIT_KINDS, check_split, fold_ids, holdout_mask,
                            parse_split, protocol)
 from ..embed.cache import CacheContents
-from ..evaluate.metrics import headline, majority_baseline, mean_std
+from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, mean_std
+from .fallback import applies
+from .fallback import combine as combine_rows
 from .head import INPUTS, one_thread
 from .runconfig import RunConfig
 from .train import DEFAULT_MODELS, MODELS, align_embeddings, as_dataset, check_inputs, fit_splits
@@ -134,6 +136,9 @@ class FitTask:
     recipe: RunConfig                # model, seed and input set already set (task_recipe)
     save: dict | None = None         # where and how to write each fold's bundle (save_models)
     on_fit: Callable | None = None   # on_fit(task, fold, fit, image) after each fold's fit
+    # A fused head whose fallback is the same fold's image-only model (cv runs both):
+    # combined after the fits (``reuse_fallbacks``), no extra training.
+    reuse_fallback: bool = False
 
     # Read-only views of the recipe, for on_fit hooks (the recipe is the one copy).
     model = property(lambda self: self.recipe.model)
@@ -156,7 +161,9 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
                         "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
                         "temperature": fit.temperature, "threshold": fit.threshold,
                         "metrics": fit.metrics, "test": fold.test, "proba": fit.test_proba,
-                        "decided": fit.test_pred})
+                        "decided": fit.test_pred, "logits": fit.test_logits,
+                        "fell_back": fit.fell_back,
+                        "missing_rows": fit.missing_rows if task.reuse_fallback else None})
     return records
 
 
@@ -267,7 +274,12 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | Non
         for inputs in cfg.inputs:
             groups = [folds] if model == "head" and cfg.batched else [[f] for f in folds]
             recipe = cfg.task_recipe(model, inputs, folds[0].seed)
-            tasks += [FitTask(inputs, group, data, recipe, save, on_fit) for group in groups]
+            # With the image input set in the run, its models are the fused ones' fallbacks.
+            reuse = "image" in cfg.inputs and applies(recipe, bool(data.spec.metadata))
+            if reuse:
+                recipe = replace(recipe, fallback=False)
+            tasks += [FitTask(inputs, group, data, recipe, save, on_fit, reuse)
+                      for group in groups]
     cost = {"fused": 2, "image": 1, "meta": 0}
     return sorted(tasks, key=lambda t: (t.model != "head", -len(t.rows), -cost[t.inputs]))
 
@@ -355,8 +367,9 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
                          idle if on_ready is not None else None)
     records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
                                 cfg.inputs.index(r["inputs"])))
-    oof = oof_frame(table, records, classes)
     y = table["label"].to_numpy()
+    reuse_fallbacks(records, y, classes)
+    oof = oof_frame(table, records, classes)
     majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
     keys = headline(len(classes))
     return {"split": cfg.split, "protocol": protocol(cfg.split, data.spec.group_name),
@@ -373,6 +386,26 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
             "notes": notes,
             "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
+
+
+def reuse_fallbacks(records: list[dict], y: np.ndarray, classes: list[str]) -> None:
+    """Each fused fit marked ``reuse_fallback`` takes, on its scored rows with every metadata
+    field missing, the same seed and fold's image-only model's logits, probabilities and
+    decisions, and its metrics are recomputed; then the arrays only this needed are dropped."""
+    image = {(r["seed"], r["fold"], r["model"]): r for r in records if r["inputs"] == "image"}
+    for r in records:
+        rows = r.pop("missing_rows", None)
+        if rows is None:
+            continue
+        other = image[(r["seed"], r["fold"], r["model"])]
+        r["logits"], r["proba"], r["decided"] = combine_rows(
+            rows, (r["logits"], r["proba"], r["decided"]),
+            (other["logits"], other["proba"], other["decided"]))
+        r["metrics"] = calibrated_metrics(y[r["test"]], r["logits"], r["proba"], classes,
+                                          r["decided"])
+        r["fell_back"], r["reused_fallback"] = int(rows.sum()), True
+    for r in records:
+        r.pop("logits", None)
 
 
 def align_dataset(data: Dataset, contents: CacheContents,

@@ -40,6 +40,9 @@ class RunConfig:
     calibration: Literal[METHODS] = "logit_adjust"
     tta: bool = False
     group_context: bool = False   # append patient context features (learn/context.py)
+    # A fused head carries an image-only model for rows with every metadata field missing
+    # (learn/fallback.py); the reference recipe never does.
+    fallback: bool = True
     head: HeadConfig = field(default_factory=HeadConfig)
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
 

@@ -24,6 +24,8 @@ from ..evaluate.metrics import calibrated_metrics
 from .baseline import LGBMConfig
 from .calibration import Calibrator
 from .context import context_matrix
+from .fallback import Fallback, applies, fallback_rows, image_only, image_part
+from .fallback import combine as combine_rows
 from .head import HeadConfig
 from .models import MODELS as REGISTRY, model_class
 from .protocol import Trained
@@ -117,6 +119,14 @@ class SplitFit:
     meta_dim: int
     test_proba: np.ndarray | None = None   # calibrated probabilities per test row
     group_context: bool = False   # context features appended to the metadata (--group-context)
+    fallback: Fallback | None = None   # the image-only model of rows with every field missing
+    # Scored rows whose every metadata field is missing (scored by ``fallback`` when there is one)
+    missing_rows: np.ndarray | None = None
+
+    @property
+    def fell_back(self) -> int:
+        """How many scored rows the fallback scored."""
+        return int(self.missing_rows.sum()) if self.fallback is not None else 0
 
     @property
     def temperature(self) -> float:
@@ -198,25 +208,43 @@ def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
                         context is not None)
 
 
-def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: RunConfig, *,
-                 calibrate: bool = True) -> SplitFit:
-    """Calibrate on ``recipe.select_on``, choose a binary threshold there, score ``test`` (or,
-    for a split without one, the ``select_on`` part itself: optimistic, and reported as such)."""
-    classes, select = data.classes, enc.parts[recipe.select_on]
-    tta = recipe.tta
-    select_logits = trained.logits(*select[:2], tta=tta)
+def _calibrated(data: Dataset, trained: Trained, select: tuple, scored: tuple, recipe: RunConfig,
+                calibrate: bool) -> tuple:
+    """Calibrator and threshold fitted on ``select``; logits, probabilities, decisions on
+    ``scored``."""
+    select_logits = trained.logits(*select[:2], tta=recipe.tta)
     calibrator = Calibrator(recipe.calibration if calibrate else "temperature")
     if calibrate:
         calibrator.fit(select_logits, select[2], class_weights=trained.class_weights)
     threshold = choose_threshold(select[2] == 1, calibrator(select_logits)[:, 1]) \
         if data.task.binary else None
+    logits = trained.logits(*scored[:2], tta=recipe.tta)
+    proba = calibrator(logits)
+    return calibrator, threshold, logits, proba, calibrator.decide(proba, threshold)
+
+
+def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: RunConfig, *,
+                 calibrate: bool = True, fallback: Trained | None = None) -> SplitFit:
+    """Calibrate on ``recipe.select_on``, choose a binary threshold there, score ``test`` (or,
+    for a split without one, the ``select_on`` part itself: optimistic, and reported as such).
+    ``fallback``: an image-only model, calibrated on the same part with its own calibrator and
+    threshold, that scores the rows whose every metadata field is missing."""
+    classes, select = data.classes, enc.parts[recipe.select_on]
     scored = enc.parts.get("test", select)
-    test_logits = trained.logits(*scored[:2], tta=tta)
-    proba = calibrator(test_logits)
-    pred = calibrator.decide(proba, threshold)
+    calibrator, threshold, test_logits, proba, pred = _calibrated(data, trained, select, scored,
+                                                                  recipe, calibrate)
+    missing = fallback_rows(scored[1][:, :enc.encoder.n_features], enc.encoder.missing_row())
+    fb = None
+    if fallback is not None:
+        fb_cal, fb_threshold, *fb_scored = _calibrated(data, fallback, select, scored, recipe,
+                                                       calibrate)
+        fb = Fallback(fallback, fb_cal, fb_threshold)
+        test_logits, proba, pred = combine_rows(missing, (test_logits, proba, pred), fb_scored)
+        log.info("fallback: %d of %d scored row(s) have every metadata field missing and are "
+                 "scored by the image-only model", int(missing.sum()), len(missing))
     metrics = calibrated_metrics(scored[2], test_logits, proba, classes, pred)
     return SplitFit(trained, enc.encoder, calibrator, threshold, metrics, test_logits, pred,
-                    enc.meta_dim, proba, enc.group_context)
+                    enc.meta_dim, proba, enc.group_context, fb, missing)
 
 
 def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarray]],
@@ -233,12 +261,23 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     """
     context = table_context(data, image) if recipe.group_context else None
     encs = [encode_split(data, image, rows, recipe.encoding, context) for rows in splits]
-    trained = train_models(recipe.model, [e.parts["train"] for e in encs],
-                           [e.parts[recipe.select_on] for e in encs], len(data.classes),
-                           recipe.head, recipe.lgbm, [e.encoder.dropout_fields() for e in encs],
-                           batched, groups=[e.groups["train"] if e.groups else None for e in encs])
-    return [finish_split(data, e, t, recipe, calibrate=calibrate)
-            for e, t in zip(encs, trained)]
+    trains = [e.parts["train"] for e in encs]
+    vals = [e.parts[recipe.select_on] for e in encs]
+    fields = [e.encoder.dropout_fields() for e in encs]
+    groups = [e.groups["train"] if e.groups else None for e in encs]
+    k = len(encs)
+    with_fallback = applies(recipe, bool(data.spec.metadata))
+    if with_fallback:   # the fallbacks: extra members of the same batched fit (learn/fallback.py)
+        trains += [image_part(p) for p in trains]
+        vals += [image_part(p) for p in vals]
+        fields += [None] * k   # nothing to blank in all-zero metadata
+        groups += groups
+    trained = train_models(recipe.model, trains, vals, len(data.classes), recipe.head,
+                           recipe.lgbm, fields, batched, groups=groups)
+    fallbacks = [image_only(t, int(image.shape[-1]), len(data.classes)) for t in trained[k:]] \
+        if with_fallback else [None] * k
+    return [finish_split(data, e, t, recipe, calibrate=calibrate, fallback=f)
+            for e, t, f in zip(encs, trained[:k], fallbacks)]
 
 
 def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], recipe: RunConfig,
@@ -276,4 +315,15 @@ def bundle_config(data: Dataset, fit: SplitFit, identity: dict, weights: str, *,
             "temperature": fit.temperature, "calibration": fit.calibrator.to_dict(),
             "threshold": fit.threshold, "tta": tta, "split": split, "seed": seed,
             "best_epoch": fit.trained.best_epoch, "run": run, "skinfeat": __version__,
-            **({"group_context": True} if fit.group_context else {})}
+            **({"group_context": True} if fit.group_context else {}),
+            **({"fallback": FALLBACK_DIR} if fit.fallback is not None else {})}
+
+
+FALLBACK_DIR = "fallback"   # the image-only fallback's bundle, a folder inside the model's
+
+
+def fallback_fit(fit: SplitFit) -> SplitFit:
+    """The fallback of ``fit`` as a fit of its own (its bundle: same encoder and sizes)."""
+    fb = fit.fallback
+    return SplitFit(fb.trained, fit.encoder, fb.calibrator, fb.threshold, {}, fit.test_logits,
+                    fit.test_pred, fit.meta_dim)

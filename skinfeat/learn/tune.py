@@ -288,7 +288,11 @@ def search(job: Search, storage, worker: int = 0,
     cfg = job.cfg
 
     def objective(trial) -> float:
-        recipe = trial_recipe(cfg, suggest(trial, replace(cfg.start.head, seed=cfg.seed)))
+        # No image-only fallback in a trial: it would double the heads trained for the few
+        # rows with every field missing (the final fit keeps it).
+        recipe = replace(trial_recipe(cfg, suggest(trial, replace(cfg.start.head,
+                                                                  seed=cfg.seed))),
+                         fallback=False)
         fits = fit_splits(job.data, job.image, job.folds, recipe=recipe, batched=cfg.batched)
         scores = [f.metrics[job.metric] for f in fits]
         trial.set_user_attr("std", float(np.std(scores)))

@@ -3,6 +3,7 @@ every fold's bundle plus a fold-ensemble bundle per model and input set. It comb
 ``learn.cv`` (the folds and fits) with the bundle and report writers."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,13 +13,13 @@ import pandas as pd
 
 from ..data.datasets import Dataset
 from ..data.splits import parse_split, save_split
-from ..deploy.bundle import load_typed, write_bundle
+from ..deploy.bundle import QUANTIZED, load_typed, write_bundle
 from ..deploy.bundle_config import EnsembleConfig
 from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
 from ..learn.cv import CVConfig, FitTask, Fold, align_dataset, input_sets, run_cv
 from ..learn.runconfig import RunConfig
-from ..learn.train import as_dataset, bundle_config
+from ..learn.train import FALLBACK_DIR, as_dataset, bundle_config
 from .fit import cache_sources, save_fit
 
 
@@ -77,6 +78,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
                  on_ready=tables.add if tables.wanted else None)
     res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
     if save_models:
+        attach_fallbacks(out, res)
         res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
             res["config"]["inputs"]), folds=res["config"]["folds"]))
     res["sources_split"] = fold_sources(data, contents, source, res)
@@ -145,6 +147,23 @@ class SubgroupTables:
                                                 & (oof["inputs"] == inputs)])
         return {model: {inputs: self.made[model][inputs] for inputs in by_inputs}
                 for model, by_inputs in res["summary"].items()}
+
+
+def attach_fallbacks(out: Path, res: dict) -> None:
+    """A fused fold bundle whose fallback was the same fold's image-only model (the records
+    that fell back to it, ``learn.cv.reuse_fallbacks``) gets a copy of that bundle as its
+    ``fallback/`` folder, so predict scores those rows as the CV did."""
+    for r in res["records"]:
+        if r["inputs"] != "fused" or "reused_fallback" not in r:
+            continue
+        name = fold_name(r["seed"], r["fold"])
+        fused, image = model_dir(out, r["model"], "fused") / name, \
+            model_dir(out, r["model"], "image") / name
+        target = fused / FALLBACK_DIR
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(image, target, ignore=shutil.ignore_patterns("splits.csv", QUANTIZED))
+        table, config = load_typed(fused)
+        write_bundle(fused, replace(config, fallback=FALLBACK_DIR), quantized=False)
 
 
 def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:

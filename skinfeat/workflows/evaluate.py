@@ -158,6 +158,8 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
             "task": str(predictor.task), "classes": classes, "threshold": predictor.threshold,
             "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok) if not k},
             "metadata_coverage": coverage, "metadata_note": metadata_note(layout, coverage),
+            # rows with every metadata field missing, scored by the image-only fallback
+            "fell_back": preds.fell_back if predictor.fallback is not None else None,
             "metadata_missing": bool(coverage) and (layout == "isic2018-test"
                                                     or not any(coverage.values())),
             "overlap_with_training": overlap, "include_seen": include_seen,
@@ -232,6 +234,9 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
         + (f"; embeddings from {', '.join(f'`{c}`' for c in info['cache'])}"
            if info.get("cache") else ""),
         f"- {info['metadata_note']}",
+        *([f"- image-only fallback: {info['fell_back']} of {info['n']} scored row(s) had "
+           "every metadata field missing and were scored by it"]
+          if info.get("fell_back") is not None else []),
         f"- backbone: {info['backbone']}; weights: {info['weights']}"]
     seen, group = info["seen_in_training"], info["group"]
     if info["overlap_with_training"].get("rows"):

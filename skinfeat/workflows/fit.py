@@ -3,6 +3,7 @@ splits, metrics, report, model card). It combines the layers below (learn, evalu
 bundle) and is what the CLI's ``fit-head`` and ``skinfeat.fit`` call."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,8 +19,8 @@ from ..embed.cache import CacheContents, cache_label, read_caches
 from ..evaluate.metrics import majority_baseline
 from ..learn.cv import align_dataset
 from ..learn.runconfig import RunConfig
-from ..learn.train import (SplitFit, _tta_note, as_dataset, bundle_config, check_inputs,
-                           fit_split, prepare_split)
+from ..learn.train import (FALLBACK_DIR, SplitFit, _tta_note, as_dataset, bundle_config,
+                           check_inputs, fallback_fit, fit_split, prepare_split)
 from .summary import RunSummary
 
 
@@ -30,7 +31,24 @@ def save_fit(out: Path, fit: SplitFit, config: dict | BundleConfig,
     ensemble's). ``config``: ``bundle_config``'s table, checked against the schema here."""
     if not isinstance(config, BundleConfig):
         config = BundleConfig.from_dict(config, str(Path(out) / "config.json"))
+    if fit.fallback is not None:   # first: the model's config.json last means a whole bundle
+        write_bundle(Path(out) / FALLBACK_DIR, fallback_config(config, fit),
+                     fit.fallback.trained.model, quantized=False)
     write_bundle(out, config, fit.trained.model, quantized=quantized)
+
+
+def fallback_config(config: BundleConfig, fit: SplitFit) -> BundleConfig:
+    """The image-only fallback's bundle config: the model's, with the fallback's recipe,
+    calibration and threshold (the same encoder, sizes and backbone)."""
+    fb = fallback_fit(fit)
+    run = None if config.run is None else \
+        {**config.run, "fallback": False,
+         "head": {**config.run.get("head", {}), "inputs": "image"}}
+    return replace(config, head={**fb.trained.config, **{k: config.head[k] for k in
+                                                          ("embed_dim", "meta_dim", "n_classes")}},
+                   temperature=fb.temperature, calibration=fb.calibrator.to_dict(),
+                   threshold=fb.threshold, best_epoch=fb.trained.best_epoch, run=run,
+                   fallback=None)
 
 
 def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
@@ -94,7 +112,7 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
         tta_models=_tta_note(model, recipe.tta, image), encoding=fit.encoder.describe(),
         skinfeat=__version__, embed_dim=int(image.shape[-1]),
         meta_features=fit.encoder.feature_names,
-        sources_split=source_sides(full, sides, kind))
+        sources_split=source_sides(full, sides, kind), fallback=fallback_note(fit))
     config = bundle_config(data, fit, contents.identity, info.weights,
                            embed_dim=int(image.shape[-1]), tta=recipe.tta, split=kind,
                            seed=recipe.seed, run=recipe.to_dict())
@@ -107,6 +125,14 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
                      logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,
                      groups=table["group_id"].to_numpy()[scored], subgroups=found)
     return {"metrics": fit.metrics, "baseline": baseline, "info": info}
+
+
+def fallback_note(fit: SplitFit) -> str:
+    """What the fallback did on the scored part, for the report."""
+    if fit.fallback is None:
+        return "none"
+    return (f"an image-only head trained on the same split, calibrated on the same part; it "
+            f"scored {fit.fell_back} of {len(fit.missing_rows)} scored row(s)")
 
 
 def cache_sources(contents: CacheContents, paths) -> list[dict]:

@@ -53,6 +53,7 @@ class RunSummary:
     embed_dim: int
     meta_features: list[str]
     sources_split: dict | None = None   # a by: split: column, trained_on and scored_on values
+    fallback: str = "none"           # the image-only fallback, in words (how many rows it scored)
     format: int = FORMAT
 
     def to_dict(self) -> dict:

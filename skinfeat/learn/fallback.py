@@ -1,0 +1,105 @@
+"""The image-only fallback of a fused model: rows whose every metadata field is missing are
+scored by an image-only model trained on the same split, so on such rows the fused model *is*
+the image-only model (issue 20: metadata must never make the model worse where it is absent).
+
+A row falls back when its encoded metadata is exactly the encoder's all-missing vector
+(``MetadataEncoder.missing_row``): the one definition used in training, cv, predict and serve,
+and the very input a fused head sees on such a row. Blank, missing-token, unseen-category and
+absent-column values all encode as missing (``MetadataEncoder.missing_mask``).
+
+In ``fit-head`` (and a ``cv`` without the image input set) the fallback trains as an extra
+member of the fused heads' batched fit (``head_batch.fit_heads`` takes one recipe for all
+members): the fused architecture given all-zero metadata. Zero inputs make its metadata branch
+a constant vector, so ``image_only`` folds that constant into the first dense layer's bias
+(and a FiLM gate's constant scale and shift into its weights): an exact ``inputs="image"``
+head, stored and loaded like any other. A ``cv`` that runs the image input set reuses each
+fold's image-only model instead (no extra training).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .calibration import Calibrator
+from .head import FusionHead
+from .protocol import Trained
+from .runconfig import RunConfig
+
+
+@dataclass
+class Fallback:
+    """An image-only model with its own calibration (on the fused model's select part)."""
+    trained: Trained
+    calibrator: Calibrator
+    threshold: float | None
+
+
+def applies(recipe: RunConfig, has_fields: bool) -> bool:
+    """Does this recipe's model carry a fallback? A fused head with metadata fields, unless
+    turned off (``fallback=False``), the reference recipe (``encoding="reference"``: it stays
+    the published one; its "unknown" is a category, not missing) or ``--group-context`` (its
+    context features carry information even when every field is missing)."""
+    return (recipe.fallback and recipe.model == "head" and recipe.head.inputs == "fused"
+            and recipe.encoding != "reference" and not recipe.group_context and has_fields)
+
+
+def fallback_rows(meta: np.ndarray, missing_row: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows whose encoded metadata is the all-missing vector."""
+    width = len(missing_row)
+    if width == 0:   # no metadata fields: nothing to fall back from
+        return np.zeros(len(meta), dtype=bool)
+    return np.all(np.asarray(meta)[:, :width] == missing_row[None, :], axis=1)
+
+
+def image_part(part: tuple) -> tuple:
+    """(image, meta, y) with the metadata zeroed: the fallback member's input in a batched fit."""
+    image, meta, y = part
+    return image, np.zeros_like(meta), y
+
+
+def image_recipe(recipe: RunConfig) -> RunConfig:
+    """The fallback's recipe: the fused recipe on the image alone (its bundle's ``run``)."""
+    return replace(recipe, fallback=False, head=replace(recipe.head, inputs="image"),
+                   lgbm=replace(recipe.lgbm, inputs="image"))
+
+
+@torch.no_grad()
+def image_only(trained: Trained, embed_dim: int, n_classes: int) -> Trained:
+    """A fused head trained on all-zero metadata, as the ``inputs="image"`` head it is: its
+    metadata branch gives the constant ``m = meta_mlp(0)``, folded into the dense layer (exact
+    up to float rounding). Only the head's architecture allows this; other models refuse."""
+    from .head_model import HeadModel
+
+    model = trained.model
+    if not isinstance(model, HeadModel):
+        raise TypeError(f"a fallback folded from a fused fit needs a head, got {model.kind}")
+    net, cfg = model.net, {**model.config, "inputs": "image"}
+    zero = torch.zeros(1, net.meta_mlp[0].in_features)
+    m = net.meta_mlp(zero)[0]
+    weight, bias = net.classifier[1].weight, net.classifier[1].bias
+    w_image, w_meta = weight[:, :embed_dim], weight[:, embed_dim:]
+    new_bias = bias + w_meta @ m
+    if hasattr(net, "film"):   # x * (1 + tanh(gamma)) + beta, gamma and beta constant
+        gamma, beta = net.film(m[None])[0].chunk(2)
+        new_bias = new_bias + w_image @ beta
+        w_image = w_image * (1.0 + torch.tanh(gamma))[None, :]
+    out = FusionHead.from_config(embed_dim, net.meta_mlp[0].in_features, n_classes, cfg)
+    state = {k: v.clone() for k, v in net.classifier.state_dict().items()}
+    state["1.weight"], state["1.bias"] = w_image.clone(), new_bias.clone()
+    out.classifier.load_state_dict(state)
+    out.eval()
+    return replace(trained, model=HeadModel(out, cfg))
+
+
+def combine(rows: np.ndarray, fused: tuple[np.ndarray, ...],
+            image: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """The fused model's arrays (logits, probabilities, decisions, ...) with ``rows`` taken
+    from the image-only model's."""
+    out = []
+    for f, i in zip(fused, image):
+        f = np.array(f, copy=True)
+        f[rows] = np.asarray(i)[rows]
+        out.append(f)
+    return tuple(out)
