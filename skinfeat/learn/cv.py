@@ -353,14 +353,25 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
 
     def idle(done: list[dict]) -> bool:
         first = cfg.seeds[0]
+
+        def of(model: str, inputs: str) -> list[dict]:
+            return sorted((r for r in done if r["seed"] == first and r["model"] == model
+                           and r["inputs"] == inputs), key=lambda r: r["fold"])
+
         for model in cfg.models:
             for inputs in cfg.inputs:
-                rs = sorted((r for r in done if r["seed"] == first and r["model"] == model
-                             and r["inputs"] == inputs), key=lambda r: r["fold"])
-                if (model, inputs) not in handed and len(rs) == cfg.folds:
-                    handed.add((model, inputs))
-                    on_ready(model, inputs, oof_frame(table, rs, classes, consume=False))
-                    return True
+                rs = of(model, inputs)
+                if (model, inputs) in handed or len(rs) != cfg.folds:
+                    continue
+                if any(r.get("missing_rows") is not None for r in rs):
+                    # a fused model whose fallback is the image model: ready with it
+                    images = of(model, "image")
+                    if len(images) != cfg.folds:
+                        continue
+                    rs = [with_fallback(r, o) for r, o in zip(rs, images)]
+                handed.add((model, inputs))
+                on_ready(model, inputs, oof_frame(table, rs, classes, consume=False))
+                return True
         return False
 
     records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress,
@@ -388,6 +399,18 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
 
 
+def with_fallback(record: dict, image: dict) -> dict:
+    """A fused fit's record (a copy) with, on its scored rows with every metadata field
+    missing (``missing_rows``), the same fold's image-only model's logits, probabilities and
+    decisions."""
+    rows = record.get("missing_rows")
+    if rows is None:
+        return record
+    keys = ("logits", "proba", "decided")
+    return {**record, **dict(zip(keys, combine_rows(rows, tuple(record[k] for k in keys),
+                                                    tuple(image[k] for k in keys))))}
+
+
 def reuse_fallbacks(records: list[dict], y: np.ndarray, classes: list[str]) -> None:
     """Each fused fit marked ``reuse_fallback`` takes, on its scored rows with every metadata
     field missing, the same seed and fold's image-only model's logits, probabilities and
@@ -397,10 +420,9 @@ def reuse_fallbacks(records: list[dict], y: np.ndarray, classes: list[str]) -> N
         rows = r.pop("missing_rows", None)
         if rows is None:
             continue
-        other = image[(r["seed"], r["fold"], r["model"])]
-        r["logits"], r["proba"], r["decided"] = combine_rows(
-            rows, (r["logits"], r["proba"], r["decided"]),
-            (other["logits"], other["proba"], other["decided"]))
+        r.update(with_fallback({**r, "missing_rows": rows},
+                               image[(r["seed"], r["fold"], r["model"])]))
+        r.pop("missing_rows")
         r["metrics"] = calibrated_metrics(y[r["test"]], r["logits"], r["proba"], classes,
                                           r["decided"])
         r["fell_back"], r["reused_fallback"] = int(rows.sum()), True
