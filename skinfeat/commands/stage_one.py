@@ -24,6 +24,19 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return None
 
 
+def rank_device(device: str, precision: str) -> str:
+    """Under torchrun on a node with several GPUs, each rank on its own (``LOCAL_RANK``), not
+    every rank on cuda:0; anything else (int8, which runs on the CPU, included) as given."""
+    import os
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or device not in ("auto", "cuda") or precision == "int8":
+        return device
+    import torch
+    if not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(local) % torch.cuda.device_count()}"
+
+
 @click.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
               help="Dataset folder (any preset) or a CSV table of images.")
@@ -75,7 +88,7 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
     bar = progress_bar("extract")
     res = run_extract(data, cache_path, backbone=backbone, weights=weights,
                       weights_file=weights_file, resize=resize, image_size=image_size,
-                      precision=precision, device=device, batch_size=batch_size,
+                      precision=precision, device=rank_device(device, precision), batch_size=batch_size,
                       num_workers=workers, views=views, shard=shard_t, compile=compile_mode, pool=pool,
                       calibration_images=calibration_images, progress=bar.update,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo)).run

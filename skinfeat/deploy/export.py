@@ -1,8 +1,11 @@
 """Export a trained run to one ONNX graph: image tensor + encoded metadata -> calibrated probabilities.
 
-The graph holds the frozen backbone (with stage one's average pooling), the fusion head and the
-calibration, and a fused head's image-only fallback with the switch between them (rows whose
-encoded metadata is the all-missing vector). A fold ensemble (``cv --save-models``) is exported exactly as ``predict`` scores it:
+The graph holds the frozen backbone (pooled as stage one pooled it: timm, open_clip or
+transformers, under the cache's ``--pool``), the fusion head and the calibration, and a fused
+head's image-only fallback with the switch between them (rows whose encoded metadata is the
+all-missing vector). A backbone whose graph does not trace to ONNX at the opset asked for is
+refused in one line that names its family, the backbone and the exporter's reason. A fold
+ensemble (``cv --save-models``) is exported exactly as ``predict`` scores it:
 one backbone shared by every member, each member's head and calibration, the members'
 probabilities averaged, then the ensemble's own calibration. Each member has its own metadata
 encoder (fitted on its fold's training rows), so the graph takes one encoded metadata input per
@@ -16,7 +19,10 @@ which needs nothing beyond ``onnx``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -196,6 +202,45 @@ def export_graph(predictor) -> ExportGraph:
     return graph.to("cpu").eval()
 
 
+@contextlib.contextmanager
+def exporter_log_silenced():
+    """Standard output (file descriptor 1) to /dev/null for the duration, restored after.
+
+    torch's TorchScript exporter turns its C++ log on unconditionally (``setup_onnx_logging``
+    tests the function ``_jit_is_onnx_log_enabled`` instead of calling it), so an export that
+    fails prints the whole TorchScript graph, thousands of lines for a ViT, before its error.
+    A successful export logs nothing there, so nothing of value is lost."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:          # no descriptor 1 (a detached process): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def refusal(predictor, opset: int, exc: BaseException) -> str:
+    """The one line ``export`` refuses with when the encoder's graph does not trace to ONNX:
+    the family, the backbone and the exporter's own reason (an operator without an ONNX
+    symbolic at this opset, say)."""
+    from ..embed.encoders import family_of
+
+    backbone = str(predictor.identity.get("backbone"))
+    family = predictor.identity.get("family") or family_of(backbone)
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return (f"{predictor.run}: the {family} encoder {backbone} cannot be exported to ONNX "
+            f"opset {opset}: {reason}")
+
+
 def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, Path]:
     """Write ``out`` (the ONNX graph) and ``out`` with suffix .json; returns both paths."""
     import onnx
@@ -208,7 +253,11 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
         warnings.warn(f"the model's cache was made in {embedder.precision}; the ONNX graph "
                       "runs in fp32, so probabilities may differ slightly from predict's")
     names = ["image"] + [name for name, _ in meta_inputs(predictor)]
-    example = (torch.zeros(1, 3, spec.size, spec.size),
+    # nn.MultiheadAttention (open_clip's towers) takes its inference fast path,
+    # torch._native_multi_head_attention, which has no ONNX symbolic, whenever nothing needs a
+    # gradient; an image input that requires one keeps the trace on the exportable path
+    # (per call, unlike the process-wide torch.backends.mha switch).
+    example = (torch.zeros(1, 3, spec.size, spec.size).requires_grad_(),
                *(torch.zeros(1, p.encoder.n_features) for _, p in meta_inputs(predictor)))
     info = sidecar(predictor)
     out = Path(out)
@@ -217,9 +266,14 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():  # the legacy exporter announces its own deprecation
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, example, str(tmp), input_names=names,
-                              output_names=["probabilities"], opset_version=opset, dynamo=False,
-                              dynamic_axes={n: {0: "batch"} for n in names + ["probabilities"]})
+            try:
+                with exporter_log_silenced():
+                    torch.onnx.export(model, example, str(tmp), input_names=names,
+                                      output_names=["probabilities"], opset_version=opset,
+                                      dynamo=False, dynamic_axes={
+                                          n: {0: "batch"} for n in names + ["probabilities"]})
+            except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
+                raise BundleError(refusal(predictor, opset, exc)) from exc
         graph = onnx.load(str(tmp))
         graph.doc_string = "skinfeat: image + encoded metadata -> calibrated probabilities"
         entry = graph.metadata_props.add()

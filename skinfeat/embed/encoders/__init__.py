@@ -159,7 +159,10 @@ RECOMMENDED = (
      "hub: timm/vit_small_patch14_dinov2.lvd142m"),
     ("open_clip:ViT-B-16:laion2b_s34b_b88k", "open_clip", 512, 224, "mit",
      "hub: laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
-    ("open_clip:ViT-B-16:openai", "open_clip", 512, 224, "mit", "OpenAI CLIP release"),
+    # OpenAI's weights were trained with QuickGELU: the -quickgelu config, or open_clip builds
+    # plain GELU around them (it only warns of the mismatch).
+    ("open_clip:ViT-B-16-quickgelu:openai", "open_clip", 512, 224, "mit",
+     "hub: timm/vit_base_patch16_clip_224.openai (OpenAI's release)"),
     ("hf:facebook/dinov2-small", "hf", 384, 224, "apache-2.0", "hub: facebook/dinov2-small"),
     ("hf:facebook/dinov2-base", "hf", 768, 224, "apache-2.0", "hub: facebook/dinov2-base"),
     ("hf:openai/clip-vit-base-patch16", "hf", 768, 224, "mit",
