@@ -10,9 +10,17 @@ with ``--group-context``. The metadata has the ISIC 2024 release's columns (the 
 to the size asked for, no images), about 385 lesions per patient and 1 % positives (the
 release: 401,059 lesions of 1,042 patients, 0.1 %; more positives here keep every fold's
 inner validation part with some). Embeddings: ``--dim`` wide, float32, a weak class signal
-plus a per-patient component. Prints the CPU flags (avx512*, amx*), a table, and the targets
-at 401,059 rows (cv within 15 minutes and 8 GB peak) as met or missed. Scores say nothing;
-only times and memory do.
+plus a per-patient component. Prints the CPU (model, cores, the lscpu flags
+avx512* / amx*), a table, and the targets at 401,059 rows (cv within 15 minutes and 8 GB
+peak) as met or missed. Scores say nothing; only times and memory do.
+
+``--stage-one N`` measures stage one instead: ``extract`` of N synthetic ISIC 2024 crops (JPEG
+bytes in ``train-image.hdf5``, each crop re-encoded at a side drawn from 61-239 px, the
+release's range) at ``--image-size 224`` and ``128``, with ``--backbone`` (default
+convnext_tiny; random weights: speed does not depend on the weight values), printing img/s
+(whole pass, and steady after the first batch) and what 401,059 images would take at that rate.
+
+    .venv/bin/python benchmarks/scale.py --stage-one 512 [--backbone convnext_tiny]
 """
 from __future__ import annotations
 
@@ -41,6 +49,61 @@ def cpu_flags() -> str:
             wanted = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx512", "amx"))]
             return " ".join(wanted) or "no avx512 / amx"
     return "unknown"
+
+
+def cpu_line() -> str:
+    """The model name and core count beside the flags (``lscpu``'s, from /proc/cpuinfo)."""
+    import os
+    name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                 .splitlines() if ln.startswith("model name")), "unknown")
+    return f"CPU: {name}, {os.cpu_count()} logical cores; flags: {cpu_flags()}"
+
+
+def crops_set(root: Path, n: int, seed: int = 0) -> Path:
+    """The synthetic ISIC 2024 layout with ``n`` crops, each re-encoded at a side drawn from
+    61-239 px (the release's crops are small and of varying size)."""
+    import io
+
+    import h5py
+    from PIL import Image
+
+    from skinfeat.data.synthetic_isic2024 import write_isic2024
+
+    rng = np.random.default_rng(seed)
+    root = write_isic2024(root, n, rng, (239, 239))
+    with h5py.File(root / "train-image.hdf5", "r+") as f:
+        for key in list(f):
+            side = int(rng.integers(61, 240))
+            img = Image.open(io.BytesIO(f[key][()])).convert("RGB").resize((side, side))
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90)
+            del f[key]
+            f.create_dataset(key, data=np.bytes_(buf.getvalue()))
+    return root
+
+
+def stage_one(n: int, backbone: str, sizes: tuple[int, ...] = (224, 128)) -> None:
+    """img/s of ``extract`` on ``n`` small crops at each input size (see the module docstring)."""
+    from skinfeat.data.datasets import load_dataset
+    from skinfeat.embed.backbone import WeightSource
+    from skinfeat.embed.extract import extract
+
+    with tempfile.TemporaryDirectory(prefix="skinfeat-stage-one-") as tmp:
+        table = load_dataset(crops_set(Path(tmp) / "set", n), "isic2024").table
+        print(f"{len(table)} crops, {backbone}, random weights")
+        print(f"{'size':>5} {'precision':<9} {'img/s':>7} {'steady':>7} {'401,059 images':>15}",
+              flush=True)
+        for size in sizes:
+            marks: list[tuple[float, int]] = []
+            start = time.perf_counter()
+            res = extract(table, Path(tmp) / f"c{size}.h5", backbone=backbone,
+                          weights=WeightSource("random"), image_size=size, compile="off",
+                          progress=lambda k: marks.append((time.perf_counter(), k)))
+            total = time.perf_counter() - start
+            first_t, first_n = marks[0]
+            steady = (len(table) - first_n) / max(marks[-1][0] - first_t, 1e-9)
+            print(f"{size:>5} {res.precision:<9} {len(table) / total:>7.1f} {steady:>7.1f} "
+                  f"{FULL / steady / 3600:>13.1f} h", flush=True)
 
 
 def make_set(root: Path, rows: int, dim: int, seed: int = 0) -> Path:
@@ -104,12 +167,18 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--tasks", default="fit,cv,cv-context")
+    ap.add_argument("--stage-one", type=int, metavar="N",
+                    help="Measure extract's img/s on N small crops instead (sizes 224, 128).")
+    ap.add_argument("--backbone", default="convnext_tiny", help="--stage-one's backbone.")
     ap.add_argument("--one", nargs=2, metavar=("ROOT", "TASK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one(Path(args.one[0]), args.one[1], args.jobs)))
         return 0
-    print(f"CPU flags: {cpu_flags()}")
+    print(cpu_line())
+    if args.stage_one:
+        stage_one(args.stage_one, args.backbone)
+        return 0
     print(f"{'rows':>8} {'task':<11} {'seconds':>9} {'peak GB':>8} {'s / 1k rows':>12}",
           flush=True)
     results = []

@@ -305,12 +305,15 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
 @click.option("--storage", help="Optuna storage URL (sqlite:///tune.db; postgresql://...): "
               "workers with the same URL and --study-name share one study; a rerun resumes.")
 @click.option("--study-name", default="skinfeat-tune", show_default=True)
+@click.option("--metric", type=click.Choice(["balanced_accuracy", "auc", "pauc80"]),
+              help="What trials are ranked by [default: auc for a binary task, else "
+              "balanced_accuracy]; auc and pauc80 need a binary task.")
 @click.option("--jobs", type=int, default=0, show_default=True,
               help="Worker processes on this machine sharing the study, one thread each (0: "
               "one per CPU core); with more than one, the search order depends on timing.")
 @recipe_options
 def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage, study_name,
-         jobs, config_file, **kwargs) -> None:
+         metric, jobs, config_file, **kwargs) -> None:
     """Search the head's hyperparameters (Optuna), honestly: grouped CV on the rows outside a
     held-out test part, which scores the chosen configuration once."""
     try:
@@ -328,7 +331,7 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     res = run_tune(data, caches_of(caches, data_dir), out, trials=trials, folds=folds,
                    recipe=start, storage=storage, study_name=study_name,
                    jobs=jobs or os.cpu_count() or 1, test_size=test_size, split=split,
-                   progress=bar.update)
+                   metric=metric, progress=bar.update)
     bar.close()
     metric = res["metric"]
     click.echo(f"best trial {res['best']['number']}: CV {metric} {res['best']['value']:.4f}; "

@@ -211,6 +211,11 @@ class Explainer:
     def explain(self, path: str | Path, meta: Mapping[str, object] | None = None,
                 target: str | None = None, method: str | None = None) -> Explanation:
         """Probabilities, a heatmap for the predicted class (and ``target``), and attribution."""
+        if self.p.group_context:   # the CAM and the attribution would need the whole group
+            raise ExplainError(f"{path}: the model uses patient context features "
+                               "(--group-context), computed from the patient's other lesions; "
+                               "explain takes one image without them: explain a model trained "
+                               "without --group-context (predict --csv scores this one)")
         method = method or self.default_method()
         if method not in METHODS:
             raise ExplainError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")

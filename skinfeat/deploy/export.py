@@ -192,6 +192,13 @@ def export_graph(predictor) -> ExportGraph:
             if predictor.members else ""
         raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one "
                           f"is {reason}{members}")
+    if predictor.group_context:
+        # The graph maps one image and its metadata to probabilities; the context features
+        # need the embeddings and fields of the patient's other lesions, outside that graph.
+        raise BundleError(f"{predictor.run}: the model uses patient context features "
+                          "(--group-context), computed from the patient's other lesions; an "
+                          "ONNX graph of one image cannot compute them: export a model "
+                          "trained without --group-context")
     if predictor.views or any(m.views for m in models):
         raise BundleError(f"{predictor.run}: this model averages over test-time views (--tta); "
                           "export supports single-view models only")

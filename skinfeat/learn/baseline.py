@@ -16,6 +16,7 @@ import numpy as np
 
 from ..schema import Ge, Gt, Le, validate
 from .protocol import Trained, StageTwoModel, log_proba, view_mean
+from .rows import Rows, chunked
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,26 @@ class PCAProjection:
         return (x - self.mean) @ self.components.T
 
 
-def design_matrix(image: np.ndarray | None, meta: np.ndarray, inputs: str,
+# The PCA is fitted on at most this many training rows (a seeded draw above it): 64 components
+# of a 768-d embedding are pinned down by far fewer, and fitting on all of a 320k-row fold
+# would copy it twice (the rows, then sklearn's centred copy: 2 GB).
+PCA_FIT_ROWS = 50_000
+
+
+def pca_fit_rows(image: np.ndarray | Rows, seed: int) -> np.ndarray:
+    """The training rows the PCA is fitted on: all of them, or ``PCA_FIT_ROWS`` drawn."""
+    if len(image) <= PCA_FIT_ROWS:
+        return np.asarray(image)
+    pick = np.sort(np.random.default_rng(seed).choice(len(image), PCA_FIT_ROWS, replace=False))
+    return image.gather(pick) if isinstance(image, Rows) else np.asarray(image[pick])
+
+
+def design_matrix(image: np.ndarray | Rows | None, meta: np.ndarray, inputs: str,
                   pca: PCAProjection | None) -> np.ndarray:
+    """[embedding (PCA-projected, in chunks of rows from ``Rows``), metadata] as float32."""
     parts = []
     if inputs in ("fused", "image"):
-        parts.append(pca(image) if pca is not None else image)
+        parts.append(chunked(pca, image) if pca is not None else np.asarray(image))
     if inputs in ("fused", "meta"):
         parts.append(meta)
     return np.concatenate(parts, axis=1).astype(np.float32)
@@ -165,7 +181,7 @@ def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],
     (xi, xm, y), (vi, vm, vy) = train, val
     xi = xi[:, 0] if xi.ndim == 3 else xi
     vi = vi[:, 0] if vi.ndim == 3 else vi
-    pca = PCAProjection.fit(xi, cfg.pca_dim, cfg.seed) \
+    pca = PCAProjection.fit(pca_fit_rows(xi, cfg.seed), cfg.pca_dim, cfg.seed) \
         if cfg.pca_dim and cfg.inputs != "meta" and cfg.pca_dim < xi.shape[1] else None
     x_tr = design_matrix(xi, xm, cfg.inputs, pca)
     x_va = design_matrix(vi, vm, cfg.inputs, pca)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch.nn import functional as F
 from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
                    _eval_view, _pick_view, _val_score, dropout_scale, one_thread)
 from .optim import Adam
+from .rows import Rows
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,12 @@ class _Split:
                  meta_fields: list[MetaField] | None, meta_dim: int):
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        xi, xm, y = (torch.as_tensor(a) for a in train)
-        vi, vm, vy = (torch.as_tensor(a) for a in val)
-        self.xi, self.xm, self.y = xi.float(), xm.float(), y.long()
-        self.vi, self.vm, self.vy = _eval_view(vi.float()), vm.float(), vy.long()
+        self.xi, self.rows = _image_rows(train[0], cfg)
+        self.xm, self.y = torch.as_tensor(train[1]).float(), torch.as_tensor(train[2]).long()
+        vi = val[0].view(0) if isinstance(val[0], Rows) and val[0].ndim == 3 else val[0]
+        vi = torch.from_numpy(vi.gather()) if isinstance(vi, Rows) else torch.as_tensor(vi)
+        self.vi = _eval_view(vi.float())
+        self.vm, self.vy = torch.as_tensor(val[1]).float(), torch.as_tensor(val[2]).long()
         self.meta_fields, self.n = meta_fields, len(self.y)
         self.model = FusionHead.from_config(self.xi.shape[-1], self.xm.shape[1], n_classes, cfg)
         self.noise = DropoutNoise(cfg.seed)
@@ -92,18 +96,40 @@ class _Split:
                               self.negatives[drawn[:self.n - len(self.positives)]]])
             order = take[torch.randperm(self.n, generator=self.gen)]
         y = self.y[order]
-        self.current = (img, meta, order, y, self.sample_w[y])
+        # The image rows in the shared array (Rows: the side's indices into it).
+        image_order = order if self.rows is None else self.rows[order]
+        self.current = (img, meta, order, image_order, y, self.sample_w[y])
 
     def batch(self, start: int, rows: int, out: tuple[torch.Tensor, ...], k: int) -> None:
         """Rows ``start:start + rows`` of this epoch's order into slot k of the step's inputs
         (the slot's other rows get weight 0: no loss, no gradient)."""
-        img, meta, order, y, w = self.current
+        img, meta, order, image_order, y, w = self.current
         take = order[start:start + rows]
-        torch.index_select(img, 0, take, out=out[0][k, :rows])
+        if img.dtype == torch.float32:
+            torch.index_select(img, 0, image_order[start:start + rows], out=out[0][k, :rows])
+        else:   # a float16 (or other) array: gathered, then widened into the float32 slot
+            out[0][k, :rows].copy_(torch.index_select(img, 0, image_order[start:start + rows]))
         torch.index_select(meta, 0, take, out=out[1][k, :rows, :meta.shape[1]])
         out[2][k, :rows] = y[start:start + rows]
         out[3][k, :rows] = w[start:start + rows]
         out[3][k, rows:] = 0.0
+
+
+def _image_rows(image, cfg: HeadConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A training side's image as (tensor, row indices into it or None).
+
+    ``Rows`` of the shared embedding array: the whole array as a tensor over the same memory
+    (float32, float16 or memory-mapped; no copy) and the side's indices, so each batch is
+    gathered from the one array. With views to sample per epoch (``view_augment``) the side's
+    rows are gathered once, as before: ``_pick_view`` draws over them. An array: itself."""
+    if not isinstance(image, Rows):
+        return torch.as_tensor(image).float(), None
+    if image.ndim == 3 and cfg.view_augment:
+        return torch.from_numpy(image.gather()), None
+    base = image.base[:, 0] if image.ndim == 3 else image.base
+    with warnings.catch_warnings():   # a read-only memory map: only ever read here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(base), torch.from_numpy(image.index)
 
 
 def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from .fallback import combine as combine_rows
 from .head import HeadConfig
 from .models import MODELS as REGISTRY, model_class
 from .protocol import Trained
+from .rows import Rows, chunked
 from .runconfig import RunConfig
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,11 @@ def make_encoder(data: Dataset, encoding: str = "robust") -> MetadataEncoder:
 
 @dataclass
 class EncodedSplit:
-    """One split's rows with the metadata encoded by an encoder fitted on its training rows."""
+    """One split's rows with the metadata encoded by an encoder fitted on its training rows.
+    Each side's image is ``Rows`` of the one embedding array (indices, no copy); its metadata
+    (a fold's own encoding, a tenth of the embedding's width or less) and labels are arrays."""
     encoder: MetadataEncoder
-    parts: dict[str, tuple]          # side -> (image, meta, y)
+    parts: dict[str, tuple]          # side -> (image Rows, meta, y)
     meta_dim: int
     groups: dict[str, np.ndarray] | None = None   # side -> each row's group (lesion, patient)
     group_context: bool = False
@@ -195,14 +198,15 @@ def table_context(data: Dataset, image: np.ndarray) -> np.ndarray:
 def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
                  encoding: str, context: np.ndarray | None = None) -> EncodedSplit:
     """Encode the metadata (fitted on ``rows["train"]``), append ``context`` (the
-    ``table_context`` features, or None) and cut the split's sides."""
+    ``table_context`` features, or None) and cut the split's sides: the image side as ``Rows``
+    of ``image``, so folds and input sets share the one array."""
     encoder = make_encoder(data, encoding).fit(data.table.iloc[rows["train"]])
     meta = encoder.transform(data.table)
     if context is not None:
         meta = np.concatenate([meta, context.astype(meta.dtype, copy=False)], axis=1)
     y = data.table["label"].to_numpy()
     group = data.table["group_id"].to_numpy() if "group_id" in data.table else None
-    return EncodedSplit(encoder, {s: (image[i], meta[i], y[i]) for s, i in rows.items()},
+    return EncodedSplit(encoder, {s: (Rows(image, i), meta[i], y[i]) for s, i in rows.items()},
                         int(meta.shape[1]),
                         None if group is None else {s: group[i] for s, i in rows.items()},
                         context is not None)
@@ -212,15 +216,18 @@ def _calibrated(data: Dataset, trained: Trained, select: tuple, scored: tuple, r
                 calibrate: bool) -> tuple:
     """Calibrator and threshold fitted on ``select``; logits, probabilities, decisions on
     ``scored``."""
-    select_logits = trained.logits(*select[:2], tta=recipe.tta)
+    def logits(image: Rows, meta: np.ndarray) -> np.ndarray:   # a side in chunks of rows
+        return chunked(lambda i, m: trained.logits(i, m, tta=recipe.tta), image, meta)
+
+    select_logits = logits(*select[:2])
     calibrator = Calibrator(recipe.calibration if calibrate else "temperature")
     if calibrate:
         calibrator.fit(select_logits, select[2], class_weights=trained.class_weights)
     threshold = choose_threshold(select[2] == 1, calibrator(select_logits)[:, 1]) \
         if data.task.binary else None
-    logits = trained.logits(*scored[:2], tta=recipe.tta)
-    proba = calibrator(logits)
-    return calibrator, threshold, logits, proba, calibrator.decide(proba, threshold)
+    scored_logits = logits(*scored[:2])
+    proba = calibrator(scored_logits)
+    return calibrator, threshold, scored_logits, proba, calibrator.decide(proba, threshold)
 
 
 def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: RunConfig, *,

@@ -4,8 +4,9 @@
    never seen by the search.
 2. Every trial is a k-fold grouped CV of one head configuration on the rest: ``train.fit_splits``,
    the one training path, with the k heads trained as one batched network. Its score is the
-   mean of the task's headline metric over the folds (balanced accuracy, or ROC AUC for a
-   binary task).
+   mean over the folds of ``metric``: by default the task's headline (balanced accuracy, or ROC
+   AUC for a binary task); ``pauc80`` (pAUC above 80 % TPR, ISIC 2024's metric) or ``auc`` for
+   a binary task.
 3. The best configuration is trained once more on the rest (early stopping and calibration on a
    grouped validation part of it) and scored once on the held-out part.
 
@@ -38,6 +39,9 @@ from .train import fit_splits
 log = logging.getLogger(__name__)
 
 
+TUNE_METRICS = ("balanced_accuracy", "auc", "pauc80")   # auc and pauc80: binary tasks
+
+
 @dataclass
 class TuneConfig:
     """The search: how many trials, the protocol, where the study lives, where it starts (the
@@ -51,6 +55,7 @@ class TuneConfig:
     start: RunConfig = field(default_factory=RunConfig)
     jobs: int = 1                         # worker processes sharing the study on this machine
     batched: bool = True                  # each trial's fold heads as one batched network
+    metric: str | None = None             # trials ranked by (TUNE_METRICS); None: the headline
 
     @property
     def seed(self) -> int:
@@ -60,7 +65,21 @@ class TuneConfig:
         return {**{k: v for k, v in asdict(self).items() if k != "start"}, "seed": self.seed,
                 "start": self.start.to_dict()}
 
+    def metric_for(self, n_classes: int) -> str:
+        """The metric trials are ranked by on a task of ``n_classes``; a binary-only metric on
+        a multi-class task is a one-line error."""
+        if self.metric is None:
+            return "auc" if n_classes == 2 else "balanced_accuracy"
+        if self.metric not in TUNE_METRICS:
+            raise ValueError(f"tune --metric {self.metric}: use one of {', '.join(TUNE_METRICS)}")
+        if self.metric in ("auc", "pauc80") and n_classes != 2:
+            raise ValueError(f"tune --metric {self.metric} needs a binary task; this one has "
+                             f"{n_classes} classes (use balanced_accuracy)")
+        return self.metric
+
     def check(self) -> None:
+        if self.metric is not None and self.metric not in TUNE_METRICS:
+            raise ValueError(f"tune --metric {self.metric}: use one of {', '.join(TUNE_METRICS)}")
         if self.trials < 1 or self.folds < 2:
             raise ValueError("tune needs at least 1 trial and 2 folds")
         if not 0 < self.test_size < 1:
@@ -110,7 +129,9 @@ def protocol_key(table: pd.DataFrame, cfg: TuneConfig) -> str:
     digest = hashlib.sha256("\n".join(sorted(table["image_id"])).encode()).hexdigest()[:16]
     return json.dumps({"rows": digest, "n": len(table), "seed": cfg.seed, "split": cfg.split,
                        "test_size": cfg.test_size, "folds": cfg.folds,
-                       "inputs": cfg.start.head.inputs, "encoding": cfg.start.encoding},
+                       "inputs": cfg.start.head.inputs, "encoding": cfg.start.encoding,
+                       # trials ranked by another metric are not comparable values
+                       **({"metric": cfg.metric} if cfg.metric else {})},
                       sort_keys=True)
 
 

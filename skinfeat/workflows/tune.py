@@ -33,13 +33,13 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
     check_inputs(data, cfg.start.head.inputs)
+    metric = cfg.metric_for(len(data.classes))   # a wrong metric fails before any work
     out = Path(out)
     storage = storage_of(cfg, out, repair=True)   # a storage that fails, fails before the work
     out.mkdir(parents=True, exist_ok=True)
     contents = read_caches(cache_path)
     table, image = align_embeddings(data.table, contents, cache_label(cache_path))
     data = replace(data, table=table)
-    metric = "auc" if data.task.binary else "balanced_accuracy"
     start = cfg.start
     test = holdout_mask(table, cfg.test_size, cfg.split, cfg.seed)
     rest = np.flatnonzero(~test)
@@ -103,7 +103,7 @@ def write_tune_report(out: Path, res: dict) -> None:
     write_artifact(out / "tune_history.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     write_text(out / "tune_metrics.json", json.dumps(res, indent=2, default=str))
     cfg, best, held = res["config"], res["best"], res["held_out"]
-    pct = res["metric"] != "auc"
+    pct = res["metric"] == "balanced_accuracy"   # auc, pauc80: plain numbers
     start = res["start"]
     lines = [f"# skinfeat tune: {out.name}", "",
              f"**Held-out {res['metric'].replace('_', ' ')} of the chosen configuration: "
