@@ -14,7 +14,8 @@ class-balanced validation loss, which is what the class-weighted training and th
 accuracy headline aim at (plain validation loss is dominated by nv).
 A third: every field of a row is blanked at once with probability 0.2 (``meta_dropout_all``),
 so the head sees rows with no metadata at all, which independent field dropout makes rare
-(0.2 ** 3 = 0.8 % of rows). Chosen by leave-one-source-out with the held-out source's metadata
+(0.2 ** 3 = 0.8 % of rows); only in heads with an image input, the image being what such
+rows teach the head to rely on. Chosen by leave-one-source-out with the held-out source's metadata
 removed (``benchmarks/held_out_source.py``): the proxy for an external test set without
 metadata, where internal blanking did not predict the external loss (issue 20).
 
