@@ -483,12 +483,13 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
 def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int = 50,
          folds: int = 5, recipe: RunConfig | None = None, storage: str | None = None,
          study_name: str = "skinfeat-tune", jobs: int = 1, test_size: float = 0.2,
-         split: str = "group", metric: str | None = None,
+         split: str = "group", metric: str | None = None, prune: bool = True,
          progress: Callable[[int], None] | None = None) -> dict:
     """Optuna search over the head's settings, grouped CV per trial on the rows outside a held-
     out test part that scores the chosen recipe once (``skinfeat tune``; needs the ``tune``
     extra). Trials are ranked by ``metric`` (None: balanced_accuracy, or auc when binary;
-    pauc80 and auc need a binary task). Returns the best trial, the held-out score and
+    pauc80 and auc need a binary task); ``prune`` stops trials whose validation loss trails the
+    median at the same epoch. Returns the best trial, the held-out score and
     ``out/best_config.json``."""
     from .learn.runconfig import RunConfig
     from .learn.tune import TuneConfig
@@ -497,7 +498,7 @@ def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int
     recipe = recipe or RunConfig()
     cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
                      storage=storage, study_name=study_name, start=recipe, jobs=jobs,
-                     metric=metric)
+                     metric=metric, prune=prune)
     return tune_run(_dataset(data), _paths(caches), out, cfg, progress=progress)
 
 

@@ -311,9 +311,13 @@ def print_cv_summary(res: dict, out: str | Path) -> None:
 @click.option("--jobs", type=int, default=0, show_default=True,
               help="Worker processes on this machine sharing the study, one thread each (0: "
               "one per CPU core); with more than one, the search order depends on timing.")
+@click.option("--prune/--no-prune", default=True, show_default=True,
+              help="Stop a trial whose folds' best validation loss trails the median of the "
+              "trials before it at the same epoch (Optuna's MedianPruner, after 5 trials and 5 "
+              "epochs).")
 @recipe_options
 def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage, study_name,
-         metric, jobs, config_file, **kwargs) -> None:
+         metric, jobs, prune, config_file, **kwargs) -> None:
     """Search the head's hyperparameters (Optuna), honestly: grouped CV on the rows outside a
     held-out test part, which scores the chosen configuration once."""
     try:
@@ -331,7 +335,7 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     res = run_tune(data, caches_of(caches, data_dir), out, trials=trials, folds=folds,
                    recipe=start, storage=storage, study_name=study_name,
                    jobs=jobs or os.cpu_count() or 1, test_size=test_size, split=split,
-                   metric=metric, progress=bar.update)
+                   metric=metric, prune=prune, progress=bar.update)
     bar.close()
     metric = res["metric"]
     click.echo(f"best trial {res['best']['number']}: CV {metric} {res['best']['value']:.4f}; "

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
 import warnings
 
 import numpy as np
@@ -34,6 +37,23 @@ from .rows import Rows
 log = logging.getLogger(__name__)
 
 Part = tuple  # (image, meta, y) arrays of one split side
+
+# Called after every epoch of a batched fit with the epoch and each member's best validation
+# score so far (lower is better): what a search prunes unpromising trials on. Scoped to a
+# ``with epoch_hook(fn):`` block (a context variable: other threads and later calls see none).
+_EPOCH_HOOK: ContextVar[Callable[[int, list[float]], None] | None] = ContextVar(
+    "skinfeat_epoch_hook", default=None)
+
+
+@contextmanager
+def epoch_hook(fn: Callable[[int, list[float]], None] | None) -> Iterator[None]:
+    """Within the block, ``fn(epoch, best_scores)`` after every epoch of every batched fit;
+    an exception it raises (e.g. optuna.TrialPruned) ends the fit."""
+    token = _EPOCH_HOOK.set(fn)
+    try:
+        yield
+    finally:
+        _EPOCH_HOOK.reset(token)
 
 
 class _Split:
@@ -305,6 +325,8 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             else:
                 s.waited += 1
                 s.stopped = s.waited >= cfg.patience
+        if (hook := _EPOCH_HOOK.get()) is not None:
+            hook(epoch, [float(s.best) for s in splits])
     for i, k in enumerate(group):   # still stacked: their last weights (fixed epochs)
         if splits[k].best_state is None:
             splits[k].best_state = _state(params, i, splits[k].pad)

@@ -90,6 +90,7 @@ def write_tune_report(out: Path, res: dict) -> None:
     from ..evaluate.report import fmt, new_figure
 
     done = [h for h in res["history"] if h["value"] is not None]
+    pruned = sum(h["state"] == "PRUNED" for h in res["history"])
     fig, ax = new_figure((6, 4))
     ax.plot([h["number"] for h in done], [h["value"] for h in done], "o", alpha=0.6,
             label="trial (mean over folds)")
@@ -115,7 +116,9 @@ def write_tune_report(out: Path, res: dict) -> None:
              f"on the other {res['sizes']['search']} images (early stopping and calibration "
              "on an inner validation part of each fold's training rows); the chosen "
              "configuration is trained on those rows and scored once on the held-out part",
-             f"- {len(done)} finished trials (Optuna TPE, seed {cfg['seed']}"
+             f"- {len(done)} finished trials"
+             + (f", {pruned} pruned (their folds' validation loss trailed the median at the "
+                "same epoch)" if pruned else "") + f" (Optuna TPE, seed {cfg['seed']}"
              + (f", study `{cfg['study_name']}` in `{cfg['storage']}`" if cfg["storage"] else "")
              + ")",
              f"- best: trial {best['number']}, CV {fmt(best['value'], pct)}"
