@@ -253,3 +253,19 @@ def test_real_ham10000_by_acquisition_source():
         assert sum(row.n_images for row in table.rows) == len(t)
     assert {row.value for row in r.field("dataset").rows} == \
         {"vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias"}
+
+
+def test_subset_auc_equals_the_weighted_mann_whitney():
+    """The binary subgroup bootstrap's sort-once AUC gives metrics._weighted_auc's numbers
+    (ties counted half, NaN where a resample lacks a side)."""
+    from skinfeat.evaluate.metrics import _weighted_auc, group_resamples
+    from skinfeat.evaluate.subgroups import _SubsetAUC
+
+    rng = np.random.default_rng(1)
+    for n, decimals in ((3000, None), (3000, 1), (60, 1)):
+        y = rng.random(n) < 0.05
+        s = rng.random(n) if decimals is None else np.round(rng.random(n), decimals)
+        rows = np.flatnonzero(rng.random(n) < 0.6)
+        auc = _SubsetAUC(s, y, rows)
+        for w in group_resamples(n, rng.integers(0, n // 3, n), 200, 0, 100):
+            np.testing.assert_array_equal(auc(w), _weighted_auc(s[rows], y[rows], w[:, rows]))

@@ -137,6 +137,34 @@ class _Scorer:
         return self.auc(w, rows) if self.k == 2 else self.balanced_accuracy(w, rows)
 
 
+class _SubsetAUC:
+    """ROC AUC of one row subset under any resample weights, with the sort done once: per
+    resample, one cumulative sum of the negatives' weights in score order, read at each
+    positive's place (ties counted half). Mann-Whitney as ``metrics._weighted_auc`` computes it,
+    a few times faster on a large set with few positives (ISIC 2024: 400k rows, 0.1 % positive),
+    where the subgroup tables of a cv would otherwise take longer than its fits."""
+
+    def __init__(self, scores: np.ndarray, positive: np.ndarray, rows: np.ndarray):
+        s, pos = scores[rows], positive[rows]
+        neg_order = np.argsort(s[~pos], kind="mergesort")
+        self.neg = rows[~pos][neg_order]
+        self.pos = rows[pos]
+        neg_scores = s[~pos][neg_order]
+        # cumulative negative weight strictly below / at most each positive's score
+        self.left = np.searchsorted(neg_scores, s[pos], side="left")
+        self.right = np.searchsorted(neg_scores, s[pos], side="right")
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        """(B,) AUCs of the (B, N) resample weights ``w``; NaN where a side is empty."""
+        cum = np.zeros((len(w), len(self.neg) + 1))
+        np.cumsum(w[:, self.neg], axis=1, out=cum[:, 1:])
+        below, upto = cum[:, self.left], cum[:, self.right]
+        wp = w[:, self.pos]
+        n_pos, n_neg = wp.sum(1), cum[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (wp * (below + 0.5 * (upto - below))).sum(1) / (n_pos * n_neg)
+
+
 class _AllSubsets:
     """The balanced accuracy of many row subsets under the same resample weights at once: one
     sparse product gives every subset's weighted confusion matrix, instead of a dense product
@@ -205,14 +233,17 @@ def subgroup_table(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,
         subsets += [(name, v, np.flatnonzero(labels == v)) for v in labels_of[name]]
     draws = np.empty((len(subsets) + 1, n_boot))
     done = 0
-    every = None if k == 2 else _AllSubsets(scorer, [everything] + [r for _, _, r in subsets])
+    all_rows = [everything] + [r for _, _, r in subsets]
+    if k == 2:
+        aucs = [_SubsetAUC(proba[:, 1], y_true == 1, r) for r in all_rows]
+    else:
+        every = _AllSubsets(scorer, all_rows)
     for w in group_resamples(n, groups, n_boot, seed, chunk):
-        if every is not None:
-            draws[:, done:done + len(w)] = every.balanced_accuracy(w)
+        if k == 2:
+            for i, auc in enumerate(aucs):
+                draws[i, done:done + len(w)] = auc(w)
         else:
-            draws[0, done:done + len(w)] = scorer.headline(w, everything)
-            for i, (_, _, rows) in enumerate(subsets, 1):
-                draws[i, done:done + len(w)] = scorer.headline(w, rows)
+            draws[:, done:done + len(w)] = every.balanced_accuracy(w)
         done += len(w)
     ones = np.ones((1, n))
     overall = float(scorer.headline(ones, everything)[0])
