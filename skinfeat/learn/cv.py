@@ -417,12 +417,11 @@ def reuse_fallbacks(records: list[dict], y: np.ndarray, classes: list[str]) -> N
     decisions, and its metrics are recomputed; then the arrays only this needed are dropped."""
     image = {(r["seed"], r["fold"], r["model"]): r for r in records if r["inputs"] == "image"}
     for r in records:
-        rows = r.pop("missing_rows", None)
-        if rows is None:
+        if r.get("missing_rows") is None:
+            r.pop("missing_rows", None)
             continue
-        r.update(with_fallback({**r, "missing_rows": rows},
-                               image[(r["seed"], r["fold"], r["model"])]))
-        r.pop("missing_rows")
+        r.update(with_fallback(r, image[(r["seed"], r["fold"], r["model"])]))
+        rows = r.pop("missing_rows")
         r["metrics"] = calibrated_metrics(y[r["test"]], r["logits"], r["proba"], classes,
                                           r["decided"])
         r["fell_back"], r["reused_fallback"] = int(rows.sum()), True
