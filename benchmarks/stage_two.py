@@ -1,7 +1,7 @@
 """Stage two's speed on HAM10000's real metadata (10,015 rows) with synthetic 768-d embeddings.
 
     .venv/bin/python benchmarks/stage_two.py [--jobs N] [--before REF] [--skip-full-cv]
-                                             [--skip-lgbm-compare]
+                                             [--skip-lgbm-compare] [--before-tune]
 
 Times, in one run and beside the sequential path: a full ``fit-head`` (reference head, early
 stopping, bundle and report; beside the same on commit ``--before``, e.g. the commit before a
@@ -138,25 +138,40 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
 from stage_two import load_table, synthetic_cache, METADATA
 from skinfeat.embed.cache import write_cache
-from skinfeat.learn.cv import CVConfig, cv_run
-from skinfeat.learn.train import fit_run
+from skinfeat.learn.cv import CVConfig
+from skinfeat.learn.tune import TuneConfig
+try:   # the workflows layer (issue 18) or, before it, the learn modules
+    from skinfeat.workflows.cv import cv_run
+    from skinfeat.workflows.fit import fit_run
+    from skinfeat.workflows.tune import tune_run
+except ImportError:
+    from skinfeat.learn.cv import cv_run
+    from skinfeat.learn.train import fit_run
+    from skinfeat.learn.tune import tune_run
 if __name__ == "__main__":
     table = load_table(Path(sys.argv[2]))
+    jobs, trials = int(sys.argv[3]), int(sys.argv[4])
     tmp = Path(tempfile.mkdtemp())
     write_cache(tmp / "bench.h5", synthetic_cache(table))
+    out = {}
+    if trials:   # tune only (--before-tune), as this tree's tune row runs it
+        t = time.perf_counter()
+        tune_run(table, tmp / "bench.h5", tmp / "tune", TuneConfig(trials=trials, jobs=jobs))
+        print(json.dumps({"tune": time.perf_counter() - t}))
+        sys.exit(0)
     t = time.perf_counter()
-    fit_run(table, tmp / "bench.h5", tmp / "fit-head", model="head")
+    fit_run(table, tmp / "bench.h5", tmp / "fit-head")
     fit = time.perf_counter() - t
     t = time.perf_counter()
     cv_run(table, tmp / "bench.h5", tmp / "cv", CVConfig(folds=5, models=("head",)),
-           jobs=int(sys.argv[3]))
+           jobs=jobs)
     print(json.dumps({"fit-head": fit, "cv-head": time.perf_counter() - t}))
 """
 
 
-def run_before(ref: str, jobs: int) -> dict:
+def run_before(ref: str, jobs: int, tune_trials: int = 0) -> dict:
     """fit-head and cv --models head of commit ``ref`` (the code before a change), on the
-    same data, in a subprocess, measured in this run."""
+    same data, in a subprocess, measured in this run; with ``tune_trials``, its tune instead."""
     import json
     import subprocess
 
@@ -170,7 +185,8 @@ def run_before(ref: str, jobs: int) -> dict:
         (Path(tmp) / "run_before.py").write_text(BEFORE_SNIPPET)
         env = {**os.environ, "PYTHONPATH": tmp}
         out = subprocess.run([sys.executable, str(Path(tmp) / "run_before.py"), tmp,
-                              str(METADATA), str(jobs)], capture_output=True, text=True,
+                              str(METADATA), str(jobs), str(tune_trials)],
+                             capture_output=True, text=True,
                              env=env, cwd=tmp)
         if out.returncode:
             print(f"(--before {ref} failed: {out.stderr.strip().splitlines()[-1:]})")
@@ -206,6 +222,10 @@ def main() -> int:
                         "tree's, and report the medians (all values printed): on a shared "
                         "machine one run of each can differ by a third")
     parser.add_argument("--tune-trials", type=int, default=50, help="0 to skip tune")
+    parser.add_argument("--before-tune", action="store_true",
+                        help="also time --before's tune (the same trials and jobs, in a "
+                        "subprocess, after this tree's): a search's cost depends on which "
+                        "configurations it picks, so compare it in the same hour")
     parser.add_argument("--sequential-tune-trials", type=int, default=10,
                         help="trials run twice with one worker, sequential and batched heads "
                         "(0 to skip)")
@@ -293,6 +313,11 @@ def main() -> int:
     lgbm = {} if args.skip_lgbm_compare else lgbm_pca_cost(table, contents)
     sampler.halt.set()
     sampler.join()
+    if args.tune_trials and args.before and args.before_tune:   # outside the memory window
+        before = run_before(args.before, jobs, args.tune_trials).get("tune")
+        at = next(i for i, r in enumerate(rows) if r[0].startswith("tune --trials"))
+        if before:
+            rows[at] = (*rows[at][:3], before, f"--before {args.before}", rows[at][5])
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KB -> GB
     total, worker = sampler.total_kb / 2**20 or own, sampler.worker_kb / 2**20
     print(f"\n{'step':<46}{'value':>8}{'target':>8}  result{'before':>9}  x   before is  notes")

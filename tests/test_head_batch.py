@@ -1,5 +1,5 @@
 """The head's one training loop: a single fit (a batch of one) equals a plain PyTorch loop
-written out here, its Adam is torch's op for op, k heads trained together equal each trained
+written out here, its Adam is torch's (fused) bit for bit, k heads trained together equal each trained
 alone (up to float rounding), and the batched cv equals the fold-by-fold cv."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_adam_is_torchs_including_stacked_models_out_of_step():
     k = 3
     start = [torch.randn(k, 5, 4), torch.randn(k, 4)]
     theirs = [[p[i].clone().requires_grad_(True) for p in start] for i in range(k)]
-    opts = [torch.optim.Adam(t, lr=1e-2, eps=1e-7, weight_decay=0.01, foreach=True)
+    opts = [torch.optim.Adam(t, lr=1e-2, eps=1e-7, weight_decay=0.01, fused=True)
             for t in theirs]
     ours = [p.clone().requires_grad_(True) for p in start]
     opt = Adam(ours, lr=1e-2, weight_decay=0.01, stacked=k)
@@ -41,7 +41,11 @@ def test_adam_is_torchs_including_stacked_models_out_of_step():
         for o, g in zip(ours, grads):
             o.grad = g.clone()
         opt.step(active)
-    assert all(torch.equal(ours[j][i], theirs[i][j]) for j in range(2) for i in range(k))
+    # The fused kernel rounds its vector lanes and its tail differently, so a member updated
+    # inside the stack equals it updated alone up to float rounding (a wrong step count or a
+    # member updated while sitting out moves it by ~1e-3).
+    assert all(torch.allclose(ours[j][i], theirs[i][j], rtol=1e-5, atol=1e-6)
+               for j in range(2) for i in range(k))
 
 
 def test_fit_head_trains_as_torchs_adam_would(monkeypatch):
@@ -53,7 +57,7 @@ def test_fit_head_trains_as_torchs_adam_would(monkeypatch):
 
     def torch_adam(params, lr, eps, weight_decay, stacked):
         assert stacked == 1   # one member: always active, so torch's Adam is the reference
-        opt = torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, foreach=True)
+        opt = torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
         opt.zero_grad = lambda: torch.optim.Adam.zero_grad(opt, set_to_none=True)
         step = opt.step
         opt.step = lambda active=None: step()
@@ -83,7 +87,7 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
         model = FusionHead.from_config(xi.shape[-1], xm.shape[1], n_classes, cfg).eval()
         noise = DropoutNoise(cfg.seed)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7,
-                               weight_decay=cfg.weight_decay, foreach=True)
+                               weight_decay=cfg.weight_decay, fused=True)
         w = torch.as_tensor(balanced_class_weights(y.numpy(), n_classes), dtype=torch.float32)
         best, best_state, waited = np.inf, None, 0
         widths = (xi.shape[-1] if model.use_image else 0, model.classifier[1].in_features)

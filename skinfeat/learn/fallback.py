@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .calibration import Calibrator
-from .head import FusionHead
+from .head import FusionHead, film_gate
 from .protocol import Trained
 from .runconfig import RunConfig
 
@@ -81,10 +81,10 @@ def image_only(trained: Trained, embed_dim: int, n_classes: int) -> Trained:
     weight, bias = net.classifier[1].weight, net.classifier[1].bias
     w_image, w_meta = weight[:, :embed_dim], weight[:, embed_dim:]
     new_bias = bias + w_meta @ m
-    if hasattr(net, "film"):   # x * (1 + tanh(gamma)) + beta, gamma and beta constant
+    if hasattr(net, "film"):   # x * film_gate(gamma) + beta, gamma and beta constant
         gamma, beta = net.film(m[None])[0].chunk(2)
         new_bias = new_bias + w_image @ beta
-        w_image = w_image * (1.0 + torch.tanh(gamma))[None, :]
+        w_image = w_image * film_gate(gamma)[None, :]
     out = FusionHead.from_config(embed_dim, net.meta_mlp[0].in_features, n_classes, cfg)
     state = {k: v.clone() for k, v in net.classifier.state_dict().items()}
     state["1.weight"], state["1.bias"] = w_image.clone(), new_bias.clone()

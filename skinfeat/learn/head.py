@@ -125,6 +125,13 @@ def dropout_scale(keep: float) -> torch.Tensor:
     return torch.ones(1).div_(keep)
 
 
+def film_gate(gamma: torch.Tensor) -> torch.Tensor:
+    """FiLM's scale ``1 + tanh(gamma)``, computed as ``2 * sigmoid(2 * gamma)``: the same
+    function (equal up to float rounding), and torch's CPU tanh is several times slower than its
+    sigmoid (0.60 vs 0.09 ms on one batched step's (5, 64, 768) gammas here)."""
+    return 2.0 * torch.sigmoid(2.0 * gamma)
+
+
 class StackableLinear(nn.Linear):
     """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (through
     ``torch.func.functional_call``) and (k, B, in) inputs, one batched product for all k. This
@@ -196,7 +203,7 @@ class FusionHead(nn.Module):
             x = self.image_dropout(image) if image_mask is None else image * image_mask
             if hasattr(self, "film"):
                 gamma, beta = self.film(m).chunk(2, dim=-1)
-                x = x * (1.0 + torch.tanh(gamma)) + beta
+                x = x * film_gate(gamma) + beta
             parts.append(x)
         if m is not None:
             parts.append(m)
