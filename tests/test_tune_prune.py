@@ -70,7 +70,9 @@ def test_pruned_trials_are_recorded_and_the_search_goes_on(synth_dir, synth_tabl
     assert len(states) == 4
     if prune:
         assert states == {0: "COMPLETE", 1: "PRUNED", 2: "COMPLETE", 3: "PRUNED"}
-        assert "2 pruned" in (out / "tune_report.md").read_text()
+        report = (out / "tune_report.md").read_text()
+        assert "2 pruned" in report
+        assert "- 2 finished trials, 2 pruned" in report   # a pruned trial is not finished
         assert res["best"]["number"] in (0, 2)
     else:
         assert set(states.values()) == {"COMPLETE"}

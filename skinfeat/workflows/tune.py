@@ -89,7 +89,9 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
 def write_tune_report(out: Path, res: dict) -> None:
     from ..evaluate.report import fmt, new_figure
 
-    done = [h for h in res["history"] if h["value"] is not None]
+    # A pruned trial carries its last reported value (minus a validation loss), not the
+    # metric: the plot and the count of finished trials are the completed ones.
+    done = [h for h in res["history"] if h["state"] == "COMPLETE"]
     pruned = sum(h["state"] == "PRUNED" for h in res["history"])
     fig, ax = new_figure((6, 4))
     ax.plot([h["number"] for h in done], [h["value"] for h in done], "o", alpha=0.6,
