@@ -133,8 +133,8 @@ def film_gate(gamma: torch.Tensor) -> torch.Tensor:
 
 
 class StackableLinear(nn.Linear):
-    """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (through
-    ``torch.func.functional_call``) and (k, B, in) inputs, one batched product for all k. This
+    """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (bound in by
+    ``head_batch._Bound``) and (k, B, in) inputs, one batched product for all k. This
     is how the one training loop trains k heads with the head's own ``forward``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,14 @@ import torch
 class Adam:
     """``torch.optim.Adam(fused=True)``'s update, through the same kernel
     (``torch._fused_adam_``: one pass over each parameter, where the foreach update makes
-    eight; the step of a 5-member 256-wide FiLM head went from 5.2 to 1.3 ms). Bit-identical
-    weights to torch's optimizer (tests/test_head_batch.py), written out because constructing
-    a torch optimizer imports ``torch._dynamo``, 2.5 s of every fit-head process and of every
-    cv worker. With parameters stacked along a first axis of k models (``head_batch``),
-    ``step(active)`` updates only the models marked active, each with its own step count,
-    exactly as k separate optimizers."""
+    eight; the step of a 5-member 256-wide FiLM head went from 5.2 to 1.3 ms). One model's
+    weights are bit-identical to torch's optimizer's (tests/test_head_batch.py); it is written
+    out because constructing a torch optimizer imports ``torch._dynamo``, 2.5 s of every
+    fit-head process and of every cv worker. With parameters stacked along a first axis of k
+    models (``head_batch``), ``step(active)`` updates only the models marked active, each with
+    its own step count, as k separate optimizers would up to float rounding: the kernel rounds
+    its vector lanes and its scalar tail differently, so where a model's elements fall in them
+    can change the last bits."""
 
     def __init__(self, params, lr: float, eps: float = 1e-7, betas=(0.9, 0.999),
                  weight_decay: float = 0.0, stacked: int | None = None):
@@ -52,8 +54,7 @@ class Adam:
             self._update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps[0])
             return
         # Models out of step (some sat a step out): each active one updated on its own slice
-        # with its own step count (bias corrections); the kernel is elementwise, so a slice
-        # gets what the whole would.
+        # with its own step count (bias corrections), inactive ones left as they are.
         for k, on in enumerate(active):
             if on:
                 self._update([p[k] for p in self.params], [g[k] for g in grads],
