@@ -35,3 +35,12 @@ browser-test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
+
+# The docs site (docs/ + mkdocs.yml) into site/; --strict: a broken link, anchor or API reference
+# fails the build. Installs the site's packages into the venv first, as test does the extras.
+.PHONY: docs
+DOCS_PACKAGES := "mkdocs>=1.6" "mkdocs-material>=9.5" "mkdocstrings[python]>=0.25" \
+	"mkdocs-jupyter>=0.24" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6.29"
+docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet $(DOCS_PACKAGES)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict

@@ -17,6 +17,11 @@ def walkthrough() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+def test_the_readme_example_is_short():
+    code = walkthrough()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 12
+
+
 def test_the_readme_walkthrough_runs_verbatim(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

@@ -1,4 +1,4 @@
-"""export: one ONNX graph whose ONNX Runtime probabilities equal predict's; the README example runs."""
+"""export: one ONNX graph whose ONNX Runtime probabilities equal predict's; the docs example (docs/deploy.md) runs."""
 from __future__ import annotations
 
 import ast
@@ -22,7 +22,7 @@ from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DEPLOY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,9 @@ def test_lightgbm_export_is_refused(ship_runs, tmp_path):
 
 
 def readme_example() -> str:
-    text = README.read_text(encoding="utf-8")
-    match = re.search(r"<!-- onnx-example -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README lost its ONNX example"
+    text = DEPLOY_PAGE.read_text(encoding="utf-8")
+    match = re.search(r"<!-- tested-by: tests/test_export.py -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "docs/deploy.md lost its ONNX example"
     return match.group(1)
 
 

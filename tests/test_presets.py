@@ -212,9 +212,9 @@ def test_missing_tokens_blank_groups_suffixes_and_the_empty_class(tmp_path):
     assert not pad.table["image_id"].str.endswith(".png").any()
 
 
-def test_the_readme_spec_example_is_a_valid_spec(tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_docs_spec_example_is_a_valid_spec(tmp_path):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    block = page.split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "my-set.toml").write_text(block)
     spec = load_spec(tmp_path / "my-set.toml")
     assert spec.name == "my-clinic" and spec.group_column == "patient"

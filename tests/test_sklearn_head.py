@@ -59,11 +59,11 @@ def test_meta_dim_splits_the_columns():
     assert meta.n_features_in_ == 20
 
 
-def test_readme_example_runs():
+def test_docs_example_runs():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = text.split("### FusionHeadClassifier", 1)[1].split("\n## ", 1)[0]
+    text = (Path(__file__).resolve().parents[1] / "docs" / "stage-two.md").read_text(encoding="utf-8")
+    section = text.split("## The head in your own scikit-learn pipelines", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md#fusionheadclassifier", "exec"), {})
+    exec(compile(code, "docs/stage-two.md#the-head-in-your-own-scikit-learn-pipelines", "exec"), {})
