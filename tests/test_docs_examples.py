@@ -159,3 +159,13 @@ def test_tutorial_notebook_runs_end_to_end(path, tmp_path, cli_on_path):
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()     # raises CellExecutionError naming the cell on the first failure
     assert all(c.outputs for c in notebook.cells if c.cell_type == "code")
+
+
+def test_the_readme_is_a_front_page():
+    """Under 200 lines, says what it is not, and reaches an offline stage one early."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 200
+    assert any("not a medical device" in line.lower() for line in lines)
+    assert any("--backbone local-dir:" in line for line in lines[:60])
+    for link in re.findall(r"\]\((docs/[^)#]+)", "\n".join(lines)):
+        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
