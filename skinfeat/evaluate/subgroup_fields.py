@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.spec import DatasetSpec
+from .subgroup_plot import save_forest_plots
 from .subgroups import MIN_GROUPS, SubgroupResult, subgroup_table
 
 log = logging.getLogger(__name__)
@@ -116,5 +117,5 @@ def analyse_subgroups(scored: pd.DataFrame, train: pd.DataFrame, y_true: np.ndar
                             min_groups=min_groups, n_boot=n_boot, seed=seed,
                             group_name=spec.group_name)
     if out is not None:
-        result.save_forest_plots(out)
+        save_forest_plots(result, out)
     return result

@@ -71,13 +71,6 @@ class SubgroupResult:
     def to_markdown(self, heading: str = "## Subgroups") -> str:
         return "\n".join(markdown_lines(self, heading)) + "\n"
 
-    def save_forest_plots(self, out: str | Path) -> list[Path]:
-        """One forest-plot PNG per field in ``out`` (``plot_name``); returns the paths written."""
-        from .subgroup_plot import save_forest_png
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        return [save_forest_png(self, t, out / plot_name(t.field)) for t in self.fields]
-
 
 def plot_name(field_name: str) -> str:
     """The forest plot's file name of one field (``subgroups_<field>.png``)."""
