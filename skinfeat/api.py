@@ -560,7 +560,7 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
 def write_card(run: Model | PathLike) -> Path:
     """Rewrite a fit-head run's MODEL_CARD.md from its metrics.json (with its subgroup tables)
     and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its path."""
-    from .evaluate.checklist import rewrite_card
+    from .evaluate.card import rewrite_card
 
     return rewrite_card(run.path if isinstance(run, Model) else Path(run))
 
