@@ -138,7 +138,7 @@ def peak_rss_child(data: Path, limit: int, backbone: str) -> float:
 import resource, tempfile, sys
 sys.path.insert(0, {str(ROOT)!r})
 from skinfeat.data.datasets import load_ham10000
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.extract import extract
 t = load_ham10000({str(data)!r}).sort_values('image_id').iloc[:{limit}]
 with tempfile.TemporaryDirectory() as d:
@@ -153,7 +153,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 def reference_epoch_seconds(table, backbone: str, batch: int = 64) -> float:
     """One epoch the reference's way: decode + fp32 backbone forward for every image, then the head."""
-    from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+    from skinfeat.embed.backbone import create_backbone, preprocess, transform_for
+    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import Embedder
 
     model = create_backbone(backbone, WeightSource("random"))
@@ -176,7 +177,7 @@ def benchmark_weights(backbone: str, weights_file: Path | None):
     """(backbone ref, weight source) of the benchmark: a local model folder (local-dir:PATH,
     hf:PATH, open_clip:PATH) carries real weights and they are used, recorded by sha256, never a
     random init of its architecture; elsewhere random weights unless --weights-file."""
-    from skinfeat.embed.backbone import WeightSource, resolve_weights
+    from skinfeat.embed.weights import WeightSource, resolve_weights
     from skinfeat.embed.encoders import parse_backbone, resolve_backbone
 
     own = parse_backbone(backbone).folder is not None

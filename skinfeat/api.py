@@ -135,8 +135,8 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
     ``i`` of ``n``; ``pool``: the family's pooling (timm avg; open_clip proj, cls, mean; hf cls,
     mean; None: the family's default). The result's ``run`` holds this run's counts and
     failures."""
-    from .embed.backbone import resolve_weights
     from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS, extract as run_extract
+    from .embed.weights import resolve_weights
 
     data = data if isinstance(data, Dataset) else load_dataset(data)
     res = run_extract(data.table, cache, backbone=backbone,
@@ -178,7 +178,7 @@ def merge_caches(inputs: Sequence[PathLike], out: PathLike) -> EmbeddingCache:
 def weights_location(backbone: str = DEFAULT_BACKBONE) -> tuple[str | None, bool]:
     """Where ``backbone``'s pretrained weights come from (a Hugging Face hub repo, or None when
     timm knows none) and whether they are cached on this machine."""
-    from .embed.backbone import pretrained_location
+    from .embed.weights import pretrained_location
 
     return pretrained_location(backbone)
 

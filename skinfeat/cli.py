@@ -20,7 +20,7 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         from .deploy.bundle import BundleError
-        from .embed.backbone import WeightsUnavailable
+        from .embed.weights import WeightsUnavailable
         from .embed.cache import CacheError
         from .data.datasets import DataError
         from .data.download import DownloadError

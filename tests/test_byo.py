@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.cli import main
 from skinfeat.embed.extract import extract
 from skinfeat.deploy.predict import Predictor

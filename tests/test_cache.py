@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import CacheError, CacheWriter, merge_caches, read_cache
 from skinfeat.embed.extract import extract
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+from skinfeat.embed.backbone import create_backbone, preprocess, transform_for
 from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.embed.extract import Embedder, extract
+from skinfeat.embed.weights import WeightSource
 
 from conftest import TINY
 
@@ -148,7 +149,7 @@ def test_local_weights_file_is_loaded_and_stamped(synth_table, tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from skinfeat.embed.backbone import resolve_weights
+    from skinfeat.embed.weights import resolve_weights
 
     torch.manual_seed(3)
     full = timm.create_model(TINY, pretrained=False)  # as a user's checkpoint: with its classifier

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.deploy.bundle import (BundleError, atomic_write, load_config, load_into, load_state,
                                     save_bundle)

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from skinfeat.embed.backbone import WeightSource  # noqa: E402
+from skinfeat.embed.weights import WeightSource  # noqa: E402
 from skinfeat.deploy.bundle import BundleError  # noqa: E402
 from skinfeat.embed.cache import CacheError, read_cache  # noqa: E402
 from skinfeat.embed.engines import (Int8Embedder, calibration_files,  # noqa: E402

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import read_cache
 from skinfeat.embed.extract import extract
 from skinfeat.learn.runconfig import RunConfig

@@ -21,8 +21,8 @@ ALLOWED = {
     ("skinfeat.commands.stage_one", "skinfeat.embed.backbone"):
         "DEVICES, PRECISIONS, RESIZE_MODES: option choices",
     ("skinfeat.commands.deploy", "skinfeat.embed.backbone"): "DEVICES: option choices",
-    ("skinfeat.cli", "skinfeat.embed.backbone"):
-        "DEFAULT_BACKBONE, PRECISIONS (option choices); WeightsUnavailable (error to one line)",
+    ("skinfeat.cli", "skinfeat.embed.backbone"): "DEFAULT_BACKBONE, PRECISIONS: option choices",
+    ("skinfeat.cli", "skinfeat.embed.weights"): "WeightsUnavailable: turned into a one-line error",
     ("skinfeat.cli", "skinfeat.deploy.bundle"): "BundleError: turned into a one-line error",
     ("skinfeat.cli", "skinfeat.embed.cache"): "CacheError: turned into a one-line error",
     ("skinfeat.cli", "skinfeat.data.datasets"): "DataError: turned into a one-line error",

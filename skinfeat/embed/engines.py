@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
-from .backbone import TransformSpec, preprocess, sha256_file
+from .backbone import TransformSpec, preprocess
 from .encoders.base import FamilyEncoder
+from .weights import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..version import __version__
-from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_backbone,
-                       default_batch_size, load_image, resolve_device, resolve_precision, to_tensor,
-                       transform_for)
+from .backbone import (DEFAULT_BACKBONE, TransformSpec, create_backbone, default_batch_size,
+                       load_image, resolve_device, resolve_precision, to_tensor, transform_for)
 from .cache import CacheContents, CacheWriter, stored_identity
 from .cache_identity import CacheIdentity, comparable
 from .encoders import DEFAULT_POOL, POOLS, FamilyEncoder, resolve_backbone
 from .engines import (CALIBRATION_IMAGES, Embedder, Int8Embedder, PooledFeatures,  # noqa: F401
                       calibration_files, calibration_identity, make_embedder, require_int8)
+from .weights import WeightSource
 
 log = logging.getLogger(__name__)
 

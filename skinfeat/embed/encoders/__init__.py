@@ -17,7 +17,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backbone import WeightSource, WeightsUnavailable
+from ..weights import WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
 from .local import detect_family, folder_sha256, timm_folder_name  # noqa: F401
 
