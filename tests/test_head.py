@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skinfeat.learn.head import FusionHead, HeadConfig, fit_head, head_logits
+from skinfeat.learn.head import FusionHead, HeadConfig, head_logits
+from skinfeat.learn.head_batch import fit_head
 
 
 def separable(n: int, seed: int, d: int = 32, m: int = 5, k: int = 7):
@@ -75,7 +76,7 @@ def test_stopping_criteria_restore_their_best_epoch():
 
 
 def test_dropout_blanks_to_the_given_missing_values():
-    from skinfeat.learn.head import _blank_fields
+    from skinfeat.learn.head_batch import _blank_fields
     meta = torch.ones(2000, 5)
     out = _blank_fields(meta, [(0, 2, [0.0, 1.0]), (2, 5)], 0.25, torch.Generator().manual_seed(0))
     age_blank = (out[:, :2] == torch.tensor([0.0, 1.0])).all(1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skinfeat.learn.head import DropoutNoise, FusionHead, HeadConfig, dropout_scale, fit_head
+from skinfeat.learn.head import FusionHead, HeadConfig
+from skinfeat.learn.head_batch import DropoutNoise, dropout_scale, fit_head
 
 
 def test_keep_rate_and_independence():

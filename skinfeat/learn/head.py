@@ -1,4 +1,5 @@
-"""Stage two: FusionHead (image embedding + encoded metadata -> 7 classes) and its fit loop.
+"""Stage two: FusionHead (image embedding + encoded metadata -> 7 classes); its fit loop is
+``head_batch`` (``fit_head``, ``fit_heads``).
 
 ``head="reference"`` is the published Keras recipe, layer for layer: dropout 0.3 on the image
 embedding; metadata MLP 32 -> 16 (ReLU); concatenate; dropout 0.4; dense 64 (ReLU); dense K.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -98,31 +99,6 @@ class HeadConfig:
         loss."""
         return cls(**{"meta_dropout": 0.0, "meta_dropout_all": 0.0, "stop_on": "loss",
                       **changes})
-
-
-class DropoutNoise:
-    """The dropout masks of one fit, from their own seeded numpy stream (PCG64).
-
-    Each element takes 16 random bits, kept when they fall below ``round(keep * 2**16)``: the
-    keep probability is exact to 1/65536, and a mask costs a sixth of drawing it from torch's CPU
-    generator (one double per element; ``bernoulli_`` twice that), which was a third of a head
-    step.
-    Each member of a batched fit draws from its own stream, in the same order (image layer,
-    then classifier), so a head's weights do not depend on which heads it trained beside.
-    """
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng([seed, 0xD2])   # a stream of its own, not the weights'
-
-    def keep(self, n: int, keep: float) -> np.ndarray:
-        """``n`` booleans, each True with probability ``keep``."""
-        bits = self.rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
-        return bits < np.uint16(min(round(keep * 65536), 65535))
-
-
-def dropout_scale(keep: float) -> torch.Tensor:
-    """A kept element's factor, ``1 / keep``, computed in float32."""
-    return torch.ones(1).div_(keep)
 
 
 def film_gate(gamma: torch.Tensor) -> torch.Tensor:
@@ -213,14 +189,6 @@ class FusionHead(nn.Module):
         return self.classifier[3](self.classifier[2](self.classifier[1](h * joint_mask)))
 
 
-@dataclass
-class FitResult:
-    model: FusionHead
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
-    class_weights: list[float] = field(default_factory=list)
-
-
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     """sklearn's 'balanced': n_samples / (n_present_classes * count); absent classes get 0."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -228,50 +196,6 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     w = np.zeros(n_classes)
     w[present] = len(y) / (present.sum() * counts[present])
     return w
-
-
-def _pick_view(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(N, V, D) -> (N, D): one random view per row (feature-level augmentation)."""
-    choice = torch.randint(image.shape[1], (image.shape[0],), generator=gen)
-    return image[torch.arange(image.shape[0]), choice]
-
-
-MetaField = tuple  # (lo, hi) or (lo, hi, missing values): columns lo:hi of one metadata field
-
-
-def _blank_fields(meta: torch.Tensor, fields: list[MetaField], p: float,
-                  gen: torch.Generator, p_all: float = 0.0) -> torch.Tensor:
-    """Set whole metadata fields to their "missing" encoding at random, so that training sees
-    exactly the vector that a blank, unknown, unseen or absent value gets at predict time
-    (``MetadataEncoder.dropout_fields``). A field given as ``(lo, hi)`` is blanked to zeros.
-    ``p_all`` blanks every field of a row at once: independent fields at ``p`` alone leave a
-    row with no metadata at all only ``p ** len(fields)`` of the time."""
-    meta = meta.clone()
-    every = torch.rand(meta.shape[0], generator=gen) < p_all if p_all > 0 else None
-    for f in fields:
-        lo, hi = int(f[0]), int(f[1])
-        drop = torch.rand(meta.shape[0], generator=gen) < p
-        if every is not None:
-            drop |= every
-        fill = torch.as_tensor(f[2], dtype=meta.dtype) if len(f) > 2 else 0.0
-        meta[drop, lo:hi] = fill
-    return meta
-
-
-def _val_score(logits: torch.Tensor, y: torch.Tensor, n_classes: int, stop_on: str) -> float:
-    """Lower is better, whatever the criterion."""
-    if stop_on == "loss":
-        return float(F.cross_entropy(logits, y))
-    present = torch.bincount(y, minlength=n_classes) > 0
-    if stop_on == "balanced_loss":
-        ce = F.cross_entropy(logits, y, reduction="none")
-        per_class = torch.zeros(n_classes).index_add_(0, y, ce) / \
-            torch.bincount(y, minlength=n_classes).clamp(min=1)
-        return float(per_class[present].mean())
-    hit = (logits.argmax(1) == y).float()
-    recall = torch.zeros(n_classes).index_add_(0, y, hit) / \
-        torch.bincount(y, minlength=n_classes).clamp(min=1)
-    return -float(recall[present].mean())
 
 
 def _eval_view(image: torch.Tensor) -> torch.Tensor:
@@ -291,23 +215,6 @@ def one_thread(fn):
         finally:
             torch.set_num_threads(before)
     return wrapper
-
-
-def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
-             val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
-             cfg: HeadConfig = HeadConfig(),
-             meta_fields: list[MetaField] | None = None) -> FitResult:
-    """Train on ``(image, meta, y)`` arrays; early stopping on ``val`` (``cfg.stop_on``), best
-    weights kept. The one training loop with one member (``head_batch.fit_heads``).
-
-    ``image`` is (N, D), or (N, V, D) with view 0 the original image: then training samples one
-    view per row per epoch when ``cfg.view_augment``, and validation uses view 0. ``meta_fields``
-    gives each metadata field's columns and missing encoding, for ``cfg.meta_dropout``.
-    The caller's global torch RNG is left as it was (the fit seeds a forked copy).
-    """
-    from .head_batch import fit_heads   # the loop module builds on this one
-
-    return fit_heads([(train, val)], n_classes, cfg, [meta_fields])[0]
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """The head's one training loop: the heads of k splits (the folds of a CV, one configuration)
-trained as one batched network; a single fit (``head.fit_head``) is a batch of one.
+trained as one batched network; a single fit (``fit_head``) is a batch of one.
 
 Each split's head is what it would be trained alone, up to float rounding: the same initial
 weights (each built from the same seed), the same dropout masks and the same shuffles (each
@@ -22,6 +22,7 @@ import copy
 import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 import warnings
 
@@ -29,8 +30,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
-                   _eval_view, _pick_view, _val_score, dropout_scale, one_thread)
+from .head import FusionHead, HeadConfig, _eval_view, one_thread
 from .optim import Adam
 from .rows import Rows
 
@@ -54,6 +54,83 @@ def epoch_hook(fn: Callable[[int, list[float]], None] | None) -> Iterator[None]:
         yield
     finally:
         _EPOCH_HOOK.reset(token)
+
+
+class DropoutNoise:
+    """The dropout masks of one fit, from their own seeded numpy stream (PCG64).
+
+    Each element takes 16 random bits, kept when they fall below ``round(keep * 2**16)``: the
+    keep probability is exact to 1/65536, and a mask costs a sixth of drawing it from torch's CPU
+    generator (one double per element; ``bernoulli_`` twice that), which was a third of a head
+    step.
+    Each member of a batched fit draws from its own stream, in the same order (image layer,
+    then classifier), so a head's weights do not depend on which heads it trained beside.
+    """
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng([seed, 0xD2])   # a stream of its own, not the weights'
+
+    def keep(self, n: int, keep: float) -> np.ndarray:
+        """``n`` booleans, each True with probability ``keep``."""
+        bits = self.rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
+        return bits < np.uint16(min(round(keep * 65536), 65535))
+
+
+def dropout_scale(keep: float) -> torch.Tensor:
+    """A kept element's factor, ``1 / keep``, computed in float32."""
+    return torch.ones(1).div_(keep)
+
+
+@dataclass
+class FitResult:
+    model: FusionHead
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    class_weights: list[float] = field(default_factory=list)
+
+
+def _pick_view(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(N, V, D) -> (N, D): one random view per row (feature-level augmentation)."""
+    choice = torch.randint(image.shape[1], (image.shape[0],), generator=gen)
+    return image[torch.arange(image.shape[0]), choice]
+
+
+MetaField = tuple  # (lo, hi) or (lo, hi, missing values): columns lo:hi of one metadata field
+
+
+def _blank_fields(meta: torch.Tensor, fields: list[MetaField], p: float,
+                  gen: torch.Generator, p_all: float = 0.0) -> torch.Tensor:
+    """Set whole metadata fields to their "missing" encoding at random, so that training sees
+    exactly the vector that a blank, unknown, unseen or absent value gets at predict time
+    (``MetadataEncoder.dropout_fields``). A field given as ``(lo, hi)`` is blanked to zeros.
+    ``p_all`` blanks every field of a row at once: independent fields at ``p`` alone leave a
+    row with no metadata at all only ``p ** len(fields)`` of the time."""
+    meta = meta.clone()
+    every = torch.rand(meta.shape[0], generator=gen) < p_all if p_all > 0 else None
+    for f in fields:
+        lo, hi = int(f[0]), int(f[1])
+        drop = torch.rand(meta.shape[0], generator=gen) < p
+        if every is not None:
+            drop |= every
+        fill = torch.as_tensor(f[2], dtype=meta.dtype) if len(f) > 2 else 0.0
+        meta[drop, lo:hi] = fill
+    return meta
+
+
+def _val_score(logits: torch.Tensor, y: torch.Tensor, n_classes: int, stop_on: str) -> float:
+    """Lower is better, whatever the criterion."""
+    if stop_on == "loss":
+        return float(F.cross_entropy(logits, y))
+    present = torch.bincount(y, minlength=n_classes) > 0
+    if stop_on == "balanced_loss":
+        ce = F.cross_entropy(logits, y, reduction="none")
+        per_class = torch.zeros(n_classes).index_add_(0, y, ce) / \
+            torch.bincount(y, minlength=n_classes).clamp(min=1)
+        return float(per_class[present].mean())
+    hit = (logits.argmax(1) == y).float()
+    recall = torch.zeros(n_classes).index_add_(0, y, hit) / \
+        torch.bincount(y, minlength=n_classes).clamp(min=1)
+    return -float(recall[present].mean())
 
 
 class _Split:
@@ -338,3 +415,18 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
                  len(s.history), s.best_epoch, cfg.stop_on, s.best)
         results.append(FitResult(s.model, s.history, s.best_epoch, s.class_weights.tolist()))
     return results
+
+
+def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
+             val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
+             cfg: HeadConfig = HeadConfig(),
+             meta_fields: list[MetaField] | None = None) -> FitResult:
+    """Train on ``(image, meta, y)`` arrays; early stopping on ``val`` (``cfg.stop_on``), best
+    weights kept. The one training loop with one member (``fit_heads``).
+
+    ``image`` is (N, D), or (N, V, D) with view 0 the original image: then training samples one
+    view per row per epoch when ``cfg.view_augment``, and validation uses view 0. ``meta_fields``
+    gives each metadata field's columns and missing encoding, for ``cfg.meta_dropout``.
+    The caller's global torch RNG is left as it was (the fit seeds a forked copy).
+    """
+    return fit_heads([(train, val)], n_classes, cfg, [meta_fields])[0]
