@@ -29,6 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 ENCODINGS = ("robust", "reference")
@@ -62,7 +64,7 @@ class MetadataEncoder:
                  aliases: Mapping[str, Mapping[str, str]] | None = None,
                  drop_first: bool | None = None):
         if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+            raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.numeric = list(numeric)
         self.categorical = list(categorical)
         self.encoding = encoding
@@ -121,7 +123,7 @@ class MetadataEncoder:
     def fit(self, df: pd.DataFrame) -> "MetadataEncoder":
         """Learn means, scales and category lists from ``df`` (training rows only)."""
         if len(df) == 0:
-            raise ValueError("cannot fit the metadata encoder on zero rows")
+            raise InputError("cannot fit the metadata encoder on zero rows")
         for col in self.numeric:
             values = self._numeric(df, col)
             mean = float(values.mean()) if values.notna().any() else 0.0
@@ -221,7 +223,7 @@ class MetadataEncoder:
         names = [name for name, _, _ in self.fields]
         if isinstance(field, str):
             if field not in names:
-                raise ValueError(f"no metadata field {field!r}; fields are {names}")
+                raise InputError(f"no metadata field {field!r}; fields are {names}")
             return names.index(field)
         return int(field)
 

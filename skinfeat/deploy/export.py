@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .bundle import BundleError
 
 OPSET = 17
@@ -304,11 +305,11 @@ def onnx_probabilities(path: str | Path, image: np.ndarray,
     if not isinstance(meta, Mapping):
         arrays = [meta] if isinstance(meta, np.ndarray) else list(meta)
         if len(arrays) != len(names):
-            raise ValueError(f"{path}: the graph takes {len(names)} metadata input(s) "
+            raise InputError(f"{path}: the graph takes {len(names)} metadata input(s) "
                              f"({', '.join(names)}), got {len(arrays)}")
         meta = dict(zip(names, arrays))
     if sorted(meta) != sorted(names):
-        raise ValueError(f"{path}: the graph takes the metadata inputs {', '.join(names)}, "
+        raise InputError(f"{path}: the graph takes the metadata inputs {', '.join(names)}, "
                          f"got {', '.join(sorted(meta))}")
     return session.run(None, {"image": image.astype(np.float32),
                               **{k: np.asarray(v, np.float32) for k, v in meta.items()}})[0]

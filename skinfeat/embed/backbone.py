@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..data.images import open_image
+from ..errors import InputError
 from .weights import WeightSource, WeightsUnavailable, hub_reachable, offline_message, \
     pretrained_location
 
@@ -109,7 +110,7 @@ def transform_for(model: torch.nn.Module, resize: str = "squash",
     from .encoders.base import FamilyEncoder
 
     if resize not in RESIZE_MODES:
-        raise ValueError(f"--resize must be one of {RESIZE_MODES}, got {resize!r}")
+        raise InputError(f"--resize must be one of {RESIZE_MODES}, got {resize!r}")
     if isinstance(model, FamilyEncoder):
         cfg = model.data_config()
         return TransformSpec(size=int(image_size or cfg["size"]), resize=resize,
@@ -151,7 +152,7 @@ def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:
         # PIL's convert() clips 16-bit values at 255 (a mid-grey image turns white): rescale.
         img = Image.fromarray(np.round(np.asarray(img, np.float64) / 257.0).astype(np.uint8))
     elif img.mode in ("I", "F"):
-        raise ValueError(f"{img.mode!r} pixels (32-bit integer or float) have no known value "
+        raise InputError(f"{img.mode!r} pixels (32-bit integer or float) have no known value "
                          "range; save the image as 8- or 16-bit")
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "P", "PA"):
@@ -237,9 +238,9 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("mps" if mps_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        raise InputError("--device cuda asked for, but torch sees no CUDA device")
     if device == "mps" and not mps_available():
-        raise ValueError("--device mps asked for, but torch sees no Apple GPU (MPS needs "
+        raise InputError("--device mps asked for, but torch sees no Apple GPU (MPS needs "
                            "Apple silicon, macOS 12.3+ and an arm64 Python)")
     return torch.device(device)
 
@@ -250,15 +251,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     int8 is never chosen by ``auto`` here: a cache is quantized only when asked (the demo alone
     picks it on CPUs without bf16; see README, "Stage one at speed")."""
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InputError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         if bf16_supported(device):
             return "bf16"
         return "fp16" if device.type in ("cuda", "mps") else "fp32"
     if precision == "int8" and device.type != "cpu":
-        raise ValueError("--precision int8 runs on the CPU (OpenVINO); pass --device cpu")
+        raise InputError("--precision int8 runs on the CPU (OpenVINO); pass --device cpu")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("--precision fp16 is for GPUs (cuda, mps); on a CPU use bf16, int8 or "
+        raise InputError("--precision fp16 is for GPUs (cuda, mps); on a CPU use bf16, int8 or "
                          "fp32")
     return precision
 

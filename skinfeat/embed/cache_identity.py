@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..errors import SkinfeatError
 from ..schema import SchemaError, dump, parse
 
 FORMAT = "skinfeat-cache/1"
 
 
-class CacheError(RuntimeError):
+class CacheError(SkinfeatError, RuntimeError):
     """A cache that cannot be used as asked (identity mismatch, missing rows, locked, bad file)."""
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import InputError
 from ..version import __version__
 from .backbone import (DEFAULT_BACKBONE, TransformSpec, create_backbone, default_batch_size,
                        load_image, resolve_device, resolve_precision, to_tensor, transform_for)
@@ -148,7 +149,7 @@ def shard_rows(image_ids: Sequence[str], shard: tuple[int, int]) -> np.ndarray:
     """Rows of shard i of n, by sorted image id, so every worker agrees without talking."""
     i, n = shard
     if not 0 <= i < n:
-        raise ValueError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
+        raise InputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
     order = np.argsort(np.asarray(image_ids, dtype=str), kind="stable")
     return np.sort(order[i::n])
 
@@ -201,10 +202,10 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     prec = resolve_precision(precision, dev)
     unknown = sorted(set(views) - set(VIEW_NAMES))
     if unknown:
-        raise ValueError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
+        raise InputError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
     ref, weights = resolve_backbone(backbone, weights)
     if pool is not None and pool not in POOLS[ref.family]:
-        raise ValueError(f"--pool {pool}: a {ref.family} encoder pools by one of "
+        raise InputError(f"--pool {pool}: a {ref.family} encoder pools by one of "
                          f"{', '.join(POOLS[ref.family])}")
     model = create_backbone(ref.name, weights)
     if isinstance(model, FamilyEncoder):

@@ -11,8 +11,10 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import InputError, MissingFileError, SkinfeatError
 
-class WeightsUnavailable(RuntimeError):
+
+class WeightsUnavailable(SkinfeatError, RuntimeError):
     """Pretrained weights could not be loaded (offline, no cache)."""
 
 
@@ -53,10 +55,10 @@ def resolve_weights(weights: str = "pretrained", weights_file: str | Path | None
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: weights file not found")
+            raise MissingFileError(f"{path}: weights file not found")
         return WeightSource("file", str(path.resolve()), sha256_file(path))
     if weights not in ("pretrained", "random"):
-        raise ValueError(f"--weights must be 'pretrained' or 'random', got {weights!r}")
+        raise InputError(f"--weights must be 'pretrained' or 'random', got {weights!r}")
     return WeightSource(weights, seed=seed if weights == "random" else 0)
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..data.spec import DatasetSpec
+from ..errors import InputError
 from .report import write_model_card
 
 
@@ -17,7 +18,7 @@ def read_evaluations(run_dir: Path) -> list[dict]:
         try:
             out.append({"name": path.parent.name, **json.loads(path.read_text())})
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: cannot read ({exc})") from exc
+            raise InputError(f"{path}: cannot read ({exc})") from exc
     return out
 
 
@@ -29,12 +30,12 @@ def rewrite_card(run_dir: str | Path) -> Path:
     try:
         summary = json.loads(path.read_text())
     except OSError as exc:
-        raise ValueError(f"{path}: not a fit-head run folder ({exc.strerror or exc})") from exc
+        raise InputError(f"{path}: not a fit-head run folder ({exc.strerror or exc})") from exc
     except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
     missing = [k for k in ("model", "bootstrap_ci95", "info") if k not in summary]
     if missing:
-        raise ValueError(f"{path}: key {missing[0]!r} missing: not a fit-head run's metrics.json")
+        raise InputError(f"{path}: key {missing[0]!r} missing: not a fit-head run's metrics.json")
     spec = None
     for config in sorted(run_dir.glob("*/config.json")) + [run_dir / "config.json"]:
         if config.exists():

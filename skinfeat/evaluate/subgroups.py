@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .metrics import _weighted_auc, classwise_calibration, group_resamples, pd_codes
 
 MISSING = "missing"
@@ -211,7 +212,7 @@ def subgroup_table(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,
     y_pred = np.asarray(y_pred, dtype=np.int64)
     n, k = len(y_true), len(classes)
     if not (len(proba) == len(y_pred) == len(groups) == len(columns) == n):
-        raise ValueError(f"subgroup_table: {n} labels but {len(proba)} probabilities, "
+        raise InputError(f"subgroup_table: {n} labels but {len(proba)} probabilities, "
                          f"{len(y_pred)} decisions, {len(groups)} groups, {len(columns)} rows "
                          "of subgroup columns")
     codes = pd_codes(groups)

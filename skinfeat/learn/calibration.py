@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
+from ..errors import InputError
+
 METHODS = ("temperature", "logit_adjust", "bias_temperature")
 T_BOUNDS = (0.05, 20.0)
 
@@ -87,7 +89,7 @@ class Calibrator:
 
     def __init__(self, method: str = "logit_adjust"):
         if method not in METHODS:
-            raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
+            raise InputError(f"calibration method must be one of {METHODS}, got {method!r}")
         self.method = method
         self.temperature = 1.0
         self.adjust: list[float] | None = None   # subtracted from the logits before T

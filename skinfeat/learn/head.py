@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import InputError
 from ..schema import Ge, Gt, Lt, validate
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,12 @@ class FusionHead(nn.Module):
                  dropout: float = 0.4):
         super().__init__()
         if head not in HEADS or inputs not in INPUTS:
-            raise ValueError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
+            raise InputError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
         self.head, self.inputs = head, inputs
         self.use_image = inputs in ("fused", "image")
         self.use_meta = inputs in ("fused", "meta") and meta_dim > 0
         if not (self.use_image or self.use_meta):
-            raise ValueError("a metadata-only head (inputs meta) needs metadata features, and "
+            raise InputError("a metadata-only head (inputs meta) needs metadata features, and "
                              "the encoder made none (no field, or no value in the training rows)")
         width = 0
         if self.use_image:

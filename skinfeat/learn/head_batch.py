@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..errors import InputError
 from .head import FusionHead, HeadConfig, _eval_view, one_thread
 from .optim import Adam
 from .rows import Rows
@@ -153,7 +154,7 @@ class _Split:
         counts = np.bincount(self.y.numpy(), minlength=n_classes).astype(np.float64)
         if cfg.negative_ratio is not None:
             if n_classes != 2:
-                raise ValueError(f"negative_ratio is for binary tasks; this one has {n_classes} "
+                raise InputError(f"negative_ratio is for binary tasks; this one has {n_classes} "
                                  "classes")
             keep = min(int(counts[0]), int(round(cfg.negative_ratio * counts[1])))
             if counts[1] and keep < counts[0]:
