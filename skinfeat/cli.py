@@ -18,28 +18,40 @@ log = logging.getLogger("skinfeat")
 
 class Group(click.Group):
     """Turns the errors skinfeat raises on purpose (``SkinfeatError``) into one ``Error: ...``
-    line. Any other exception is a bug or a case not checked yet: a one-line summary that says
-    so, or with ``-v`` its traceback."""
+    line, and so an operating-system refusal of a named path (``OSError`` with a filename).
+    Any other exception is a bug or a case not checked yet: a one-line summary that says so,
+    or with ``-v`` its traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SkinfeatError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            if exc.filename is None:   # not the file system refusing a path: unexpected
+                return self._unexpected(ctx, exc)
+            # The operating system refused a path (missing, a folder, no permission, disk
+            # full): the user's to fix, said in one line that names the path.
+            raise click.ClickException(f"{exc.filename}: {exc.strerror or exc}") from exc
         except KeyboardInterrupt:
             click.echo("\ninterrupted; rerun the same command to resume", err=True)
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            if ctx.params.get("verbose"):
-                raise
-            text = str(exc).strip().splitlines()
-            click.echo(f"Unexpected {type(exc).__name__}" + (f": {text[0]}" if text else ""),
-                       err=True)
-            click.echo("(not an error skinfeat checks for: run with -v for the traceback)",
-                       err=True)
-            sys.exit(1)
+            return self._unexpected(ctx, exc)
+
+    @staticmethod
+    def _unexpected(ctx: click.Context, exc: Exception):
+        """A bug, or a case skinfeat does not check yet: with -v its traceback, else one line
+        that does not pass for a checked ``Error:``."""
+        if ctx.params.get("verbose"):
+            raise exc
+        text = str(exc).strip().splitlines()
+        click.echo(f"Unexpected {type(exc).__name__}" + (f": {text[0]}" if text else ""),
+                   err=True)
+        click.echo("(not an error skinfeat checks for: run with -v for the traceback)", err=True)
+        sys.exit(1)
 
 
 @click.group(cls=Group)

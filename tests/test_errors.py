@@ -57,7 +57,13 @@ def test_cli_prints_a_skinfeat_error_as_one_error_line(monkeypatch, tmp_path):
     assert r.exit_code == 1 and r.output.strip() == "Error: bad.json: key 'x' missing"
 
 
-@pytest.mark.parametrize("exc", [RuntimeError("boom"), ValueError("boom"), KeyError("boom")])
+def test_cli_prints_the_file_system_refusing_a_path_as_one_error_line(monkeypatch, tmp_path):
+    r = card(monkeypatch, tmp_path, PermissionError(13, "Permission denied", "run/metrics.json"))
+    assert r.exit_code == 1 and r.output.strip() == "Error: run/metrics.json: Permission denied"
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), ValueError("boom"), KeyError("boom"),
+                                 OSError("boom")])
 def test_cli_does_not_dress_an_unexpected_exception_as_an_error_line(monkeypatch, tmp_path, exc):
     r = card(monkeypatch, tmp_path, exc)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit)

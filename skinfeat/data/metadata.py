@@ -267,9 +267,9 @@ class MetadataEncoder:
         """Rebuild a fitted encoder, checking every value (a bundle's config.json may have been
         edited: a zero std would encode every age as NaN); a bundle saved before encodings
         existed is ``reference``. Errors name the key under ``key``."""
-        def bad(where: str, why: str, value: object) -> ValueError:
+        def bad(where: str, why: str, value: object) -> InputError:
             text = repr(value)
-            return ValueError(f"key '{key}{where}': invalid metadata encoder state: {why}, got "
+            return InputError(f"key '{key}{where}': invalid metadata encoder state: {why}, got "
                               f"{text if len(text) <= 40 else text[:37] + '...'}")
 
         def names(where: str) -> list[str]:

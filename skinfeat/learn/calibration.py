@@ -162,9 +162,9 @@ class Calibrator:
         Every value is checked, since a bundle's config.json may have been edited: a temperature
         of 0 or a NaN bias would make every probability NaN. With ``n_classes``, the vectors must
         have that length. Errors name the key under ``key``."""
-        def bad(where: str, why: str, value: object) -> ValueError:
+        def bad(where: str, why: str, value: object) -> InputError:
             text = repr(value)
-            return ValueError(f"key '{key}{where}': invalid calibration state: {why}, got "
+            return InputError(f"key '{key}{where}': invalid calibration state: {why}, got "
                               f"{text if len(text) <= 40 else text[:37] + '...'}")
 
         def finite(value: object) -> bool:

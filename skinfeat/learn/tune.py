@@ -179,8 +179,8 @@ def url_storage(url: str):
                          "postgresql://user@host/db)") from exc
     shown = parsed.render_as_string(hide_password=True)
 
-    def fail(reason: str) -> ValueError:
-        return ValueError(f"--storage {shown}: {reason}")
+    def fail(reason: str) -> InputError:
+        return InputError(f"--storage {shown}: {reason}")
 
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
