@@ -79,7 +79,7 @@ def quadrant_model(tmp_path_factory):
     # The head now ignores sex: its first metadata layer gets zero weights on the sex columns.
     sex_cols = [j for j, n in enumerate(encoder.feature_names) if n.startswith("sex_")]
     with torch.no_grad():
-        head.meta_mlp[0].weight[:, sex_cols] = 0.0
+        head.meta_mlp.fc1.weight[:, sex_cols] = 0.0
     head.eval()
     run = tmp_path_factory.mktemp("quadrant")
     save_bundle(run, {"model_type": "head", "classes": CLASSES, "encoder": encoder.to_dict(),

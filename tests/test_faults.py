@@ -354,9 +354,9 @@ def test_an_intact_bundle_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("edit,pattern", [
-    (lambda c: c["head"].update(meta_dim=6), r"shape mismatch \['meta_mlp\.0\.weight \(32, 5\) "
+    (lambda c: c["head"].update(meta_dim=6), r"shape mismatch \['meta_mlp\.fc1\.weight \(32, 5\) "
                                              r"vs config \(32, 6\)'"),
-    (lambda c: c["head"].update(embed_dim=32), r"classifier\.1\.weight"),
+    (lambda c: c["head"].update(embed_dim=32), r"fuse\.fc\.weight"),
     (lambda c: c["head"].update(head="film"), r"missing \['film\.bias', 'film\.weight'\]"),
     (lambda c: c["head"].update(inputs="image"), r"unexpected \['meta_mlp"),
 ])
@@ -369,10 +369,10 @@ def test_an_edited_config_no_longer_matches_its_weights(tmp_path, edit, pattern)
 
 
 @pytest.mark.parametrize("tamper,pattern", [
-    (lambda s: s.pop("classifier.3.bias"), r"missing \['classifier\.3\.bias'\]"),
+    (lambda s: s.pop("classifier.bias"), r"missing \['classifier\.bias'\]"),
     (lambda s: s.update(extra=torch.zeros(2)), r"unexpected \['extra'\]"),
-    (lambda s: s.update({"classifier.3.weight": torch.zeros(8, 64)}), r"shape mismatch"),
-    (lambda s: s["classifier.3.bias"].fill_(float("nan")), r"NaN or inf \(classifier\.3\.bias\)"),
+    (lambda s: s.update({"classifier.weight": torch.zeros(8, 64)}), r"shape mismatch"),
+    (lambda s: s["classifier.bias"].fill_(float("nan")), r"NaN or inf \(classifier\.bias\)"),
 ])
 def test_tampered_weights_are_refused(tmp_path, tamper, pattern):
     config = small_bundle(tmp_path)
@@ -404,7 +404,7 @@ def test_unreadable_weights_are_refused_without_unpickling(tmp_path, content):
     elif content == "pickle":
         weights.write_bytes(pickle.dumps(WouldRunCode(marker)))
     else:
-        torch.save({"classifier.3.bias": WouldRunCode(marker)}, weights)
+        torch.save({"classifier.bias": WouldRunCode(marker)}, weights)
     with pytest.raises(BundleError, match="unreadable weights"):
         load_state(tmp_path)
     assert not marker.exists()

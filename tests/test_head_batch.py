@@ -90,7 +90,7 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
                                weight_decay=cfg.weight_decay, fused=True)
         w = torch.as_tensor(balanced_class_weights(y.numpy(), n_classes), dtype=torch.float32)
         best, best_state, waited = np.inf, None, 0
-        widths = (xi.shape[-1] if model.use_image else 0, model.classifier[1].in_features)
+        widths = (xi.shape[-1] if model.use_image else 0, model.fuse.fc.in_features)
         ps = (cfg.image_dropout if model.use_image else 0.0, cfg.dropout)
         for epoch in range(cfg.n_epochs):
             img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)

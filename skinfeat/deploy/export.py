@@ -66,7 +66,7 @@ class CalibratedHead(nn.Module):
     def __init__(self, head: nn.Module, calibrator):
         super().__init__()
         self.head = head
-        self.calibration = Calibration(calibrator, head.classifier[-1].out_features)
+        self.calibration = Calibration(calibrator, head.classifier.out_features)
 
     def forward(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         logits = self.head(features, meta)
@@ -262,7 +262,7 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
                       "runs in fp32, so probabilities may differ slightly from predict's")
     names = ["image"] + [name for name, _ in meta_inputs(predictor)]
     # nn.MultiheadAttention (open_clip's towers) takes its inference fast path,
-    # torch._native_multi_head_attention, which has no ONNX symbolic, whenever nothing needs a
+    # the native multi-head-attention op, which has no ONNX symbolic, whenever nothing needs a
     # gradient; an image input that requires one keeps the trace on the exportable path
     # (per call, unlike the process-wide torch.backends.mha switch).
     example = (torch.zeros(1, 3, spec.size, spec.size).requires_grad_(),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
@@ -111,8 +112,9 @@ def film_gate(gamma: torch.Tensor) -> torch.Tensor:
 
 class StackableLinear(nn.Linear):
     """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (bound in by
-    ``head_batch._Bound``) and (k, B, in) inputs, one batched product for all k. This
-    is how the one training loop trains k heads with the head's own ``forward``."""
+    ``torch.func.functional_call`` in ``head_batch``) and (k, B, in) inputs, one batched product
+    for all k. This is how the one training loop trains k heads with the head's own
+    ``forward``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dim() == 3:
@@ -141,13 +143,16 @@ class FusionHead(nn.Module):
             self.image_dropout = nn.Dropout(image_dropout)
             width += embed_dim
         if self.use_meta:
-            self.meta_mlp = nn.Sequential(StackableLinear(meta_dim, meta_width), nn.ReLU(),
-                                          StackableLinear(meta_width, meta_out), nn.ReLU())
+            self.meta_mlp = nn.Sequential(OrderedDict(
+                fc1=StackableLinear(meta_dim, meta_width), act1=nn.ReLU(),
+                fc2=StackableLinear(meta_width, meta_out), act2=nn.ReLU()))
             width += meta_out
         if head == "film" and self.use_image and self.use_meta:
             self.film = StackableLinear(meta_out, 2 * embed_dim)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), StackableLinear(width, dense_width),
-                                        nn.ReLU(), StackableLinear(dense_width, n_classes))
+        # The joined features: dropout, then the dense layer (``fuse``); then the class logits.
+        self.fuse = nn.Sequential(OrderedDict(
+            dropout=nn.Dropout(dropout), fc=StackableLinear(width, dense_width), act=nn.ReLU()))
+        self.classifier = StackableLinear(dense_width, n_classes)
         for m in self.modules():
             if isinstance(m, nn.Linear):  # Keras Dense defaults
                 nn.init.xavier_uniform_(m.weight)
@@ -186,8 +191,8 @@ class FusionHead(nn.Module):
             parts.append(m)
         h = torch.cat(parts, dim=-1)
         if joint_mask is None:
-            return self.classifier(h)
-        return self.classifier[3](self.classifier[2](self.classifier[1](h * joint_mask)))
+            return self.classifier(self.fuse(h))
+        return self.classifier(self.fuse.act(self.fuse.fc(h * joint_mask)))
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -216,6 +221,21 @@ def one_thread(fn):
         finally:
             torch.set_num_threads(before)
     return wrapper
+
+
+# Heads saved before their layers had names (bundles up to 7c926aa) key them by position.
+POSITIONAL_KEYS = {"meta_mlp.0.": "meta_mlp.fc1.", "meta_mlp.2.": "meta_mlp.fc2.",
+                   "classifier.1.": "fuse.fc.", "classifier.3.": "classifier."}
+
+
+def named_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A head's saved state with older bundles' positional keys renamed to the named layers
+    (the one place that knows the old keys); today's keys pass unchanged."""
+    out = {}
+    for key, value in state.items():
+        old = next((o for o in POSITIONAL_KEYS if key.startswith(o)), None)
+        out[POSITIONAL_KEYS[old] + key[len(old):] if old else key] = value
+    return out
 
 
 @torch.no_grad()

@@ -5,10 +5,10 @@ Each split's head is what it would be trained alone, up to float rounding: the s
 weights (each built from the same seed), the same dropout masks and the same shuffles (each
 split draws from its own generators), its own Adam state and step count, its own early
 stopping. What is shared is the work: the k weight sets are stacked along a first axis and the
-step runs the module's own ``forward`` on them (the stacked tensors bound into a template
-head's layers, ``_Bound``; its layers take stacked weights, ``head.StackableLinear``): one batched matrix product per layer and one
-optimizer update for all splits, instead of k small steps whose cost is mostly per-op overhead
-on a CPU.
+step runs the module's own ``forward`` on them (``torch.func.functional_call`` on a template
+head, whose layers take stacked weights, ``head.StackableLinear``): one batched matrix product
+per layer and one optimizer update for all splits, instead of k small steps whose cost is
+mostly per-op overhead on a CPU.
 
 Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
 step out (no update, no optimizer step). A split whose metadata encoder saw fewer categories
@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch.func import functional_call
 from torch.nn import functional as F
 
 from ..errors import InputError
@@ -240,7 +241,7 @@ def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
     out = {}
     for name in splits[0].model.state_dict():
         parts = [s.model.state_dict()[name] for s in splits]
-        if name == "meta_mlp.0.weight" and any(s.pad for s in splits):
+        if name == "meta_mlp.fc1.weight" and any(s.pad for s in splits):
             parts = [F.pad(p, (0, s.pad)) for p, s in zip(parts, splits)]
         out[name] = torch.stack(parts).clone().requires_grad_(True)
     return out
@@ -273,38 +274,25 @@ class _Noise:
                                                                              self.scale))
 
 
-class _Bound:
-    """The template head with the step's weights bound into its layers, so that the step runs
-    ``model.forward`` itself on them. ``functional_call`` does the same but walks the module
-    tree, checks for tied weights and restores the originals on every call: a tenth of a
-    small step. Here the (layer, name) slots are found once and each step only assigns the
-    tensors; the template serves nothing else, so nothing needs restoring."""
-
-    def __init__(self, model: FusionHead, names: list[str]):
-        self.model = model
-        self.slots = [(model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2],
-                       name) for name in names]
-
-    def __call__(self, params: dict, image: torch.Tensor, meta: torch.Tensor,
-                 masks: tuple | None = None) -> torch.Tensor:
-        """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes).
-        The layers run stacked weights as batched products (``StackableLinear``); ``model``
-        stays in eval mode: the step's dropout comes in as ``masks``. One member (a single
-        fit) runs on views of its weights, as a plain module (views made anew each call: a
-        view kept across steps would hold a graph that the first backward frees)."""
-        one = image.shape[0] == 1
-        for module, attr, name in self.slots:
-            module._parameters[attr] = params[name][0] if one else params[name]
-        if one:
-            masks = None if masks is None else tuple(None if m is None else m[0] for m in masks)
-            return self.model(image[0], meta[0], masks).unsqueeze(0)
-        return self.model(image, meta, masks)
+def _forward(model: FusionHead, params: dict, image: torch.Tensor, meta: torch.Tensor,
+             masks: tuple | None = None) -> torch.Tensor:
+    """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes),
+    through ``torch.func.functional_call`` (the template's own weights are left as they are).
+    The layers run stacked weights as batched products (``StackableLinear``); ``model`` stays
+    in eval mode: the step's dropout comes in as ``masks``. One member (a single fit) runs on
+    views of its weights, as a plain module."""
+    if image.shape[0] == 1:
+        one = {name: p[0] for name, p in params.items()}
+        masks = None if masks is None else tuple(None if m is None else m[0] for m in masks)
+        return functional_call(model, one, (image[0], meta[0], masks),
+                               tie_weights=False).unsqueeze(0)
+    return functional_call(model, params, (image, meta, masks), tie_weights=False)
 
 
 def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
     state = {name: p[k].detach().clone() for name, p in params.items()}
-    if pad and "meta_mlp.0.weight" in state:
-        state["meta_mlp.0.weight"] = state["meta_mlp.0.weight"][:, :-pad].contiguous()
+    if pad and "meta_mlp.fc1.weight" in state:
+        state["meta_mlp.fc1.weight"] = state["meta_mlp.fc1.weight"][:, :-pad].contiguous()
     return state
 
 
@@ -330,7 +318,6 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     # at the end); eval mode, as dropout comes in as masks.
     model = copy.deepcopy(splits[0].model).eval()
     params = _stack(splits)
-    forward = _Bound(model, list(params))
     opt = Adam(params.values(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,
                stacked=k_all)
     bs = cfg.batch_size
@@ -339,7 +326,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     val_img = torch.stack([F.pad(s.vi, (0, 0, 0, val_rows - len(s.vy))) for s in splits])
     val_meta = torch.stack([F.pad(s.vm, (0, s.pad, 0, val_rows - len(s.vy))) for s in splits])
     widths = (splits[0].xi.shape[-1] if model.use_image else 0,
-              model.classifier[1].in_features)
+              model.fuse.fc.in_features)
     noise = _Noise(k_all, bs, widths, (cfg.image_dropout if model.use_image else None,
                                        cfg.dropout))
     buffers, group = None, list(range(k_all))    # group: the splits stacked, in order
@@ -375,7 +362,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
                 else:
                     w[i] = 0.0
             masks = noise.draw(members, active, n_rows)
-            logits = forward(params, img, meta, masks)
+            logits = _forward(model, params, img, meta, masks)
             ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
                                  reduction="none").view(kk, -1) * w
             per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
@@ -387,7 +374,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             for i in active:
                 totals[i] += done[i] * n_rows[i]
         with torch.no_grad():
-            val_logits = forward(params, val_img, val_meta)
+            val_logits = _forward(model, params, val_img, val_meta)
         for i, s in enumerate(members):
             vl = val_logits[i, :len(s.vy)]
             val_loss = float(F.cross_entropy(vl, s.vy))
