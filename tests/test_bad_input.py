@@ -33,6 +33,8 @@ from skinfeat.workflows.fit import fit_run
 from conftest import TINY
 from test_datasets import COLUMNS, ROWS, make_dir
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 # Small inputs keep the end-to-end runs to a couple of seconds on 2 CPU cores.
 EXTRACT = ["--backbone", TINY, "--weights", "random", "--precision", "fp32", "--workers", "0",
            "--image-size", "64"]

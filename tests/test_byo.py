@@ -21,6 +21,8 @@ from skinfeat.deploy.predict import Predictor
 
 from conftest import TINY
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 
 def cli(*args, ok: bool = True):
     r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

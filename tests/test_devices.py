@@ -115,6 +115,7 @@ def test_int8_without_the_extra_says_what_to_install(monkeypatch):
         engines.require_int8()
 
 
+@pytest.mark.slow   # subprocess: imports every module afresh
 def test_every_module_imports_without_posix_only_apis():
     """Windows has no fcntl, resource, termios, pwd or grp: importing any skinfeat module must
     not need them (the cache lock is filelock's, which uses msvcrt there)."""

@@ -18,6 +18,8 @@ from skinfeat.embed.cache import CacheError, CacheIdentity, comparable, read_cac
 from skinfeat.embed.encoders import list_backbones, parse_backbone
 from skinfeat.embed.extract import extract
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 SIZE = 32
 
 

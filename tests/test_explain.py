@@ -20,6 +20,8 @@ from skinfeat.learn.head import FusionHead  # noqa: E402
 from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 SIZE = 64
 SPEC = TransformSpec(size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), draft=False)
 CLASSES = ["plain", "signal"]

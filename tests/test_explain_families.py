@@ -21,6 +21,8 @@ from skinfeat.workflows.fit import fit_run  # noqa: E402
 
 from test_encoders import FAMILIES  # noqa: E402
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 REAL = Path(__file__).resolve().parents[2] / "shared/data/mobilenetv2_100.coral_in1k"
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/ham10000-sample"
 FAST = HeadConfig(seed=0, max_epochs=3)

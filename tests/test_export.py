@@ -22,6 +22,8 @@ from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

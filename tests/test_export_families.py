@@ -23,6 +23,8 @@ from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
 from skinfeat.workflows.fit import fit_run  # noqa: E402
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 REAL = SAMPLE.parent / "mobilenetv2_100.coral_in1k"
 
 

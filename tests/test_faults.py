@@ -39,6 +39,8 @@ from conftest import TINY
 from test_bad_input import EXTRACT, assert_ok, assert_one_line_error, cli
 from test_datasets import ROWS, make_dir
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 RUN_ARTIFACTS = ("splits.csv", "model.safetensors", "config.json", "metrics.json", "report.md",
                  "MODEL_CARD.md", "confusion.png", "reliability.png")

@@ -26,6 +26,8 @@ from skinfeat.deploy.predict import Predictor
 from conftest import TINY
 from hostile import cli, ok, refused
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 FAST = ["--max-epochs", "3", "--lgbm-n-estimators", "20"]
 
 

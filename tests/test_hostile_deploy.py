@@ -20,6 +20,8 @@ from hostile import ok, refused
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.deploy.predict import Predictor
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 NAN, INF = float("nan"), float("inf")
 
 

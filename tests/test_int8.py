@@ -19,6 +19,8 @@ from skinfeat.embed.extract import extract  # noqa: E402
 
 from conftest import TINY  # noqa: E402
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 KW = dict(backbone=TINY, weights=WeightSource("random"), num_workers=0, batch_size=8)
 
 

@@ -20,6 +20,8 @@ from skinfeat.embed.engines import Embedder
 from skinfeat.embed.extract import extract
 from skinfeat.embed.weights import WeightSource
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 REAL = SAMPLE.parent / "mobilenetv2_100.coral_in1k"
 TAGGED = f"{TINY}.r160_in1k"   # timm's save_for_hf writes the pretrained tag into config.json
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -20,6 +20,8 @@ from skinfeat.learn.calibration import Calibrator
 from skinfeat.evaluate.metrics import softmax
 from skinfeat.deploy.predict import Predictor
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 
 def cli(*args: str):
     return CliRunner().invoke(main, list(args))

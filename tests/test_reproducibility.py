@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,8 @@ from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.fit import fit_run
 
 from conftest import TINY
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 
 def test_two_extracts_give_identical_embeddings(synth_table, tmp_path):
