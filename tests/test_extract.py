@@ -84,6 +84,7 @@ def test_crop_and_image_size_are_part_of_the_identity(synth_table, tmp_path):
         extract(sub, tmp_path / "a.h5", resize="squash", image_size=96, **KW)
 
 
+@pytest.mark.slow   # end to end: two extract processes
 def test_two_shards_merged_equal_one_process(synth_dir, synth_cache, tmp_path):
     """Two CPU processes, one shard each (as a SLURM array would run them), then merge."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -106,6 +107,7 @@ def test_two_shards_merged_equal_one_process(synth_dir, synth_cache, tmp_path):
     assert "shard" not in merged.identity
 
 
+@pytest.mark.slow   # end to end: extract processes
 def test_torchrun_environment_shards_automatically(synth_dir, tmp_path):
     r = CliRunner(env={"WORLD_SIZE": "2", "RANK": "1"}).invoke(
         main, ["extract", "--data", str(synth_dir), "--cache", str(tmp_path / "t.h5"),
@@ -133,6 +135,7 @@ def test_real_convnext_tiny_gives_768_dims(synth_table, tmp_path):
     assert c.identity["preprocessing"]["resize"] == "squash"
 
 
+@pytest.mark.slow   # benchmark-like: torch.compile, minutes on 2 cores
 def test_compiled_bf16_matches_eager_fp32(synth_table):
     model = create_backbone(TINY, WeightSource("random"))
     spec = transform_for(model)
