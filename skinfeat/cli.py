@@ -10,7 +10,8 @@ import click
 from .commands import compare as compare_cmd, data as data_cmds, deploy, ship, stage_one
 from .commands import stage_two
 from .commands.common import progress_bar
-from .embed.backbone import DEFAULT_BACKBONE, PRECISIONS
+from .embed.backbone import DEFAULT_BACKBONE
+from .embed.device import PRECISIONS
 from .errors import SkinfeatError
 
 log = logging.getLogger("skinfeat")

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from skinfeat.embed.backbone import TransformSpec, load_image, preprocess
+from skinfeat.embed.transform import TransformSpec, load_image, preprocess
 from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.data.datasets import index_images, load_ham10000

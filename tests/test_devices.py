@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from skinfeat import demo
-from skinfeat.embed import backbone, engines
-from skinfeat.embed.backbone import default_batch_size, resolve_device, resolve_precision
+from skinfeat.embed import device, engines
+from skinfeat.embed.device import default_batch_size, resolve_device, resolve_precision
 from skinfeat.embed.extract import default_workers
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
@@ -25,8 +25,8 @@ def machine(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
         monkeypatch.setattr(torch.cuda, "get_device_properties",
                             lambda *a: SimpleNamespace(total_memory=cuda_gib * 2**30))
-        monkeypatch.setattr(backbone, "mps_available", lambda: mps)
-        monkeypatch.setattr(backbone, "cpu_flags", lambda: f"flags : fpu {flags}")
+        monkeypatch.setattr(device, "mps_available", lambda: mps)
+        monkeypatch.setattr(device, "cpu_flags", lambda: f"flags : fpu {flags}")
     return make
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 pytest.importorskip("pytorch_grad_cam")
 
-from skinfeat.embed.backbone import TransformSpec  # noqa: E402
+from skinfeat.embed.transform import TransformSpec  # noqa: E402
 from skinfeat.deploy.bundle import save_bundle  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.explain import Explainer  # noqa: E402

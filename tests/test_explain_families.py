@@ -119,7 +119,7 @@ def test_the_overlay_is_the_models_input_for_both_resize_modes(ship_runs, synth_
     from PIL import Image
 
     from skinfeat.deploy.explain import model_view
-    from skinfeat.embed.backbone import load_image, to_tensor
+    from skinfeat.embed.transform import load_image, to_tensor
 
     path = synth_table["path"].iloc[0]
     p = Predictor(ship_runs["head"])

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from skinfeat.embed.backbone import preprocess  # noqa: E402
+from skinfeat.embed.transform import preprocess  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402

@@ -10,7 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from skinfeat.embed.backbone import create_backbone, preprocess, transform_for
+from skinfeat.embed.backbone import create_backbone
+from skinfeat.embed.transform import preprocess, transform_for
 from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.embed.extract import Embedder, extract
@@ -38,7 +39,7 @@ def test_views_are_made_before_the_resize(synth_table, tmp_path, view, resize):
     crop, turning the resized tensor instead shifts the crop by a pixel: another input."""
     from PIL import Image
 
-    from skinfeat.embed.backbone import load_image, to_tensor
+    from skinfeat.embed.transform import load_image, to_tensor
 
     sub = synth_table.iloc[:4]
     extract(sub, tmp_path / "v.h5", views=(view,), resize=resize, **KW)

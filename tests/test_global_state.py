@@ -29,7 +29,7 @@ def test_imports_and_figures_leave_pil_and_matplotlib_alone(tmp_path):
         # get_backend() itself would import pyplot to resolve "auto": read the raw setting
         backend = lambda: dict.__getitem__(matplotlib.rcParams, "backend")
         before = backend()
-        import skinfeat.embed.backbone, skinfeat.deploy.explain, skinfeat.learn.tune
+        import skinfeat.embed.transform, skinfeat.deploy.explain, skinfeat.learn.tune
         from skinfeat.evaluate.report import save_confusion_png, save_reliability_png
         save_confusion_png([[3, 1], [0, 2]], ["a", "b"], Path({str(tmp_path)!r}) / "c.png")
         save_reliability_png(np.array([0, 1, 1]), {{"m": np.array([[.8, .2], [.3, .7], [.4, .6]])}},

@@ -252,7 +252,7 @@ def test_image_only_model_exports_a_zero_width_meta_input_that_onnxruntime_runs(
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from skinfeat.deploy.export import onnx_probabilities
-    from skinfeat.embed.backbone import preprocess
+    from skinfeat.embed.transform import preprocess
 
     graph = tmp_path / "m.onnx"
     ok("export", "--model", nometa["head"], "--onnx", graph)

@@ -83,7 +83,7 @@ def test_a_grown_int8_cache_keeps_its_quantized_model(synth_table, tmp_path, mon
     np.testing.assert_array_equal(after.embeddings[after.rows_for(list(before.image_ids))],
                                   before.embeddings)
     # The new rows are exactly what the stored quantized model gives.
-    from skinfeat.embed.backbone import TransformSpec, preprocess
+    from skinfeat.embed.transform import TransformSpec, preprocess
     spec = TransformSpec.from_dict(after.identity["preprocessing"])
     new = grown.iloc[20:]
     x = torch.stack([preprocess(p, spec) for p in new["path"]])

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from conftest import SAMPLE, TINY
 from skinfeat.cli import main
-from skinfeat.embed.backbone import preprocess, transform_for
+from skinfeat.embed.transform import preprocess, transform_for
 from skinfeat.embed.cache import CacheError, random_weights
 from skinfeat.embed.encoders import folder_sha256, parse_backbone
 from skinfeat.embed.engines import Embedder

@@ -18,10 +18,11 @@ ALLOWED = {
         "DEFAULT_BACKBONE: the default of --backbone",
     ("skinfeat.commands.data", "skinfeat.embed.backbone"):
         "DEFAULT_BACKBONE: the default of --backbone",
-    ("skinfeat.commands.stage_one", "skinfeat.embed.backbone"):
-        "DEVICES, PRECISIONS, RESIZE_MODES: option choices",
-    ("skinfeat.commands.deploy", "skinfeat.embed.backbone"): "DEVICES: option choices",
-    ("skinfeat.cli", "skinfeat.embed.backbone"): "DEFAULT_BACKBONE, PRECISIONS: option choices",
+    ("skinfeat.commands.stage_one", "skinfeat.embed.device"): "DEVICES, PRECISIONS: option choices",
+    ("skinfeat.commands.stage_one", "skinfeat.embed.transform"): "RESIZE_MODES: option choices",
+    ("skinfeat.commands.deploy", "skinfeat.embed.device"): "DEVICES: option choices",
+    ("skinfeat.cli", "skinfeat.embed.backbone"): "DEFAULT_BACKBONE: the default of --backbone",
+    ("skinfeat.cli", "skinfeat.embed.device"): "PRECISIONS: option choices",
     ("skinfeat.cli", "skinfeat.errors"): "SkinfeatError: turned into a one-line error",
 }
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import DataError
-from ..embed.backbone import load_image, to_tensor
+from ..embed.transform import load_image, to_tensor
 from ..errors import SkinfeatError
 
 log = logging.getLogger(__name__)

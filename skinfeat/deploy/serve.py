@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
 from ..data.datasets import DataError
-from ..embed.backbone import MAX_IMAGE_PIXELS, load_image
+from ..embed.transform import MAX_IMAGE_PIXELS, load_image
 from ..errors import SkinfeatError
 from .explain import ExplainError, Explainer, overlay
 

@@ -126,7 +126,7 @@ class WeightsIdentity:
 
 @dataclass(frozen=True)
 class PreprocessingIdentity:
-    """The image transform (``backbone.TransformSpec``'s fields)."""
+    """The image transform (``transform.TransformSpec``'s fields)."""
     size: int = 224
     resize: Literal["squash", "crop"] = "squash"
     crop_pct: float = 0.875

@@ -33,7 +33,7 @@ import torch
 
 from ..atomic import atomic_dir
 from ..errors import SkinfeatError
-from .backbone import TransformSpec, preprocess
+from .transform import TransformSpec, preprocess
 from .encoders.base import FamilyEncoder
 from .weights import sha256_file
 

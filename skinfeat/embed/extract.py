@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError
 from ..version import __version__
-from .backbone import (DEFAULT_BACKBONE, TransformSpec, create_backbone, default_batch_size,
-                       load_image, resolve_device, resolve_precision, to_tensor, transform_for)
+from .backbone import DEFAULT_BACKBONE, create_backbone
+from .device import default_batch_size, resolve_device, resolve_precision
+from .transform import TransformSpec, load_image, to_tensor, transform_for
 from .cache import CacheContents, CacheWriter, stored_identity
 from .cache_identity import CacheIdentity, comparable
 from .encoders import DEFAULT_POOL, POOLS, FamilyEncoder, resolve_backbone
