@@ -50,7 +50,7 @@ def test_a_bomb_is_refused_whatever_pils_global_limit(tmp_path):
     out = run(f"""
         from PIL import Image
         Image.MAX_IMAGE_PIXELS = None                   # the caller switched PIL's check off
-        from skinfeat.embed.backbone import TransformSpec, load_image
+        from skinfeat.embed.transform import TransformSpec, load_image
         try:
             load_image({str(tmp_path / 'big.png')!r}, TransformSpec())
         except Image.DecompressionBombError as exc:
