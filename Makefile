@@ -1,11 +1,12 @@
-# Two entry points: `make demo` and `make test`. Each builds .venv and installs the package itself,
+# Two entry points: `make demo` and `make test` (the full suite, what CI runs); `make test-fast`
+# leaves out the tests marked slow (setup.cfg). Each builds .venv and installs the package itself,
 # with every optional extra (explain, export, serve, openvino, tune), so the tests cover every feature.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser-test clean
+.PHONY: demo test test-fast install browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The core without the end-to-end, encoder-family, hostile-input and benchmark-like tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The web page in headless Chromium (Debian/Ubuntu packages; needs root or sudo for apt-get).
 # The screenshot is written to runs/browser-test.png.

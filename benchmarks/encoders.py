@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinfeat.embed.backbone import (WeightSource, bf16_supported, create_backbone,
-                                     resolve_device, transform_for)
+from skinfeat.embed.backbone import create_backbone
+from skinfeat.embed.device import bf16_supported, resolve_device
+from skinfeat.embed.transform import transform_for
 from skinfeat.embed.encoders import installed_families, resolve_backbone
 from skinfeat.embed.encoders.base import freeze
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.engines import PooledFeatures
 
 HERE = Path(__file__).resolve().parent

@@ -134,7 +134,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import warnings
     warnings.filterwarnings("ignore")
-    from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+    from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.transform import preprocess, transform_for
+    from skinfeat.embed.weights import WeightSource
     from skinfeat.data.datasets import load_ham10000
     from skinfeat.embed.engines import PooledFeatures
 

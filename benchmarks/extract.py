@@ -45,7 +45,7 @@ FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"
 
 def cpu_line() -> str:
     """Model name and the flags that decide the fast path (lscpu's, from /proc/cpuinfo)."""
-    from skinfeat.embed.backbone import cpu_flags
+    from skinfeat.embed.device import cpu_flags
 
     name = ""
     if os.path.exists("/proc/cpuinfo"):
@@ -54,7 +54,7 @@ def cpu_line() -> str:
                         "")
     flags = cpu_flags().split()
     have = [f for f in FLAGS if f in flags]
-    from skinfeat.embed.backbone import isa_capped_below_bf16, onednn_isa_cap
+    from skinfeat.embed.device import isa_capped_below_bf16, onednn_isa_cap
 
     cap = (f"; oneDNN capped at ONEDNN_MAX_CPU_ISA={onednn_isa_cap()}: run as a CPU without "
            "bf16") if isa_capped_below_bf16() else ""
@@ -63,7 +63,7 @@ def cpu_line() -> str:
 
 
 def offered_precisions(device: torch.device) -> list[str]:
-    from skinfeat.embed.backbone import bf16_supported
+    from skinfeat.embed.device import bf16_supported
     from skinfeat.embed.engines import int8_available
 
     if device.type == "cpu":
@@ -91,7 +91,8 @@ def interleaved_rates(table, args, precisions: list[str], device: torch.device,
     comparable). Two rates: decode + model (stage one's own loop, decoding in the process: no
     overlap, so a lower bound for runs with decode workers) and the model alone on one
     preloaded batch (best of ``rounds``)."""
-    from skinfeat.embed.backbone import create_backbone, preprocess, transform_for
+    from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.transform import preprocess, transform_for
     from skinfeat.embed.engines import make_embedder
     from skinfeat.embed.extract import cache_identity, embed_files
 
@@ -138,7 +139,7 @@ def peak_rss_child(data: Path, limit: int, backbone: str) -> float:
 import resource, tempfile, sys
 sys.path.insert(0, {str(ROOT)!r})
 from skinfeat.data.datasets import load_ham10000
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.extract import extract
 t = load_ham10000({str(data)!r}).sort_values('image_id').iloc[:{limit}]
 with tempfile.TemporaryDirectory() as d:
@@ -153,7 +154,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 def reference_epoch_seconds(table, backbone: str, batch: int = 64) -> float:
     """One epoch the reference's way: decode + fp32 backbone forward for every image, then the head."""
-    from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+    from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.transform import preprocess, transform_for
+    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import Embedder
 
     model = create_backbone(backbone, WeightSource("random"))
@@ -176,7 +179,7 @@ def benchmark_weights(backbone: str, weights_file: Path | None):
     """(backbone ref, weight source) of the benchmark: a local model folder (local-dir:PATH,
     hf:PATH, open_clip:PATH) carries real weights and they are used, recorded by sha256, never a
     random init of its architecture; elsewhere random weights unless --weights-file."""
-    from skinfeat.embed.backbone import WeightSource, resolve_weights
+    from skinfeat.embed.weights import WeightSource, resolve_weights
     from skinfeat.embed.encoders import parse_backbone, resolve_backbone
 
     own = parse_backbone(backbone).folder is not None
@@ -206,7 +209,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from skinfeat.embed.backbone import resolve_device
+    from skinfeat.embed.device import resolve_device
     from skinfeat.data.datasets import load_ham10000
     from skinfeat.embed.engines import calibration_files, calibration_identity
     from skinfeat.learn.cv import CVConfig, run_cv

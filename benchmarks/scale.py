@@ -85,7 +85,7 @@ def crops_set(root: Path, n: int, seed: int = 0) -> Path:
 def stage_one(n: int, backbone: str, sizes: tuple[int, ...] = (224, 128)) -> None:
     """img/s of ``extract`` on ``n`` small crops at each input size (see the module docstring)."""
     from skinfeat.data.datasets import load_dataset
-    from skinfeat.embed.backbone import WeightSource
+    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import extract
 
     with tempfile.TemporaryDirectory(prefix="skinfeat-stage-one-") as tmp:

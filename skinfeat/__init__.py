@@ -7,11 +7,12 @@ Stage one (``extract``) embeds every image once into an HDF5 cache; stage two (`
 """
 from __future__ import annotations
 
+from .errors import SkinfeatError
 from .version import __version__
 
 __all__ = ["CVResult", "CompareResult", "Dataset", "DatasetSpec", "EmbeddingCache",
            "EvaluationResult", "FitResult", "FusionHeadClassifier", "ImagePrediction",
-           "Model", "Predictions", "Recipe", "RunConfig", "RunSummary", "Task",
+           "Model", "Predictions", "Recipe", "RunConfig", "RunSummary", "SkinfeatError", "Task",
            "backbones", "check_dataset", "compare", "cross_validate",
            "download_ham10000", "evaluate_model", "extract", "fit", "load_dataset",
            "load_model", "make_recipe", "merge_caches", "open_cache", "run_demo",

@@ -30,6 +30,7 @@ import pandas as pd
 from .data.datasets import Dataset, load_dataset
 from .data.spec import DatasetSpec, Task
 from .embed.backbone import DEFAULT_BACKBONE
+from .errors import InputError
 
 if TYPE_CHECKING:   # names of the annotations; at run time they load lazily (_LAZY)
     from .deploy.predict import Predictions, Predictor
@@ -103,7 +104,7 @@ def _paths(caches: Caches) -> list[str]:
     """One cache or several (fused per image, in order) as file paths."""
     items = [caches] if isinstance(caches, (str, Path, EmbeddingCache)) else list(caches)
     if not items:
-        raise ValueError("give at least one embedding cache")
+        raise InputError("give at least one embedding cache")
     return [str(c.path if isinstance(c, EmbeddingCache) else c) for c in items]
 
 
@@ -135,8 +136,8 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
     ``i`` of ``n``; ``pool``: the family's pooling (timm avg; open_clip proj, cls, mean; hf cls,
     mean; None: the family's default). The result's ``run`` holds this run's counts and
     failures."""
-    from .embed.backbone import resolve_weights
     from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS, extract as run_extract
+    from .embed.weights import resolve_weights
 
     data = data if isinstance(data, Dataset) else load_dataset(data)
     res = run_extract(data.table, cache, backbone=backbone,
@@ -178,7 +179,7 @@ def merge_caches(inputs: Sequence[PathLike], out: PathLike) -> EmbeddingCache:
 def weights_location(backbone: str = DEFAULT_BACKBONE) -> tuple[str | None, bool]:
     """Where ``backbone``'s pretrained weights come from (a Hugging Face hub repo, or None when
     timm knows none) and whether they are cached on this machine."""
-    from .embed.backbone import pretrained_location
+    from .embed.weights import pretrained_location
 
     return pretrained_location(backbone)
 
@@ -198,7 +199,7 @@ def unpack(root: PathLike) -> list[tuple[Path, Path]]:
 
     zips = sorted(Path(root).glob("*.zip"))
     if not zips:
-        raise ValueError(f"{root}: no .zip files to unpack")
+        raise InputError(f"{root}: no .zip files to unpack")
     return [(z, unpack_zip(z, Path(root))) for z in zips]
 
 
@@ -284,12 +285,12 @@ class Model:
         ``embeddings`` (looked up by ``image_ids``, else by ``metadata['image_id']``), with the
         model's metadata fields as columns of ``metadata`` (one row per image, in order)."""
         if (images is None) == (embeddings is None):
-            raise ValueError("give images (file paths) or embeddings (a cache), not both")
+            raise InputError("give images (file paths) or embeddings (a cache), not both")
         table = pd.DataFrame(index=range(len(images) if images is not None else 0)) \
             if metadata is None else metadata.reset_index(drop=True).copy()
         if images is not None:
             if len(table) != len(images):
-                raise ValueError(f"{len(images)} images but {len(table)} metadata rows")
+                raise InputError(f"{len(images)} images but {len(table)} metadata rows")
             table["path"] = [str(p) for p in images]
             table["image_id"] = [Path(p).stem for p in images]
             return self.predictor.predict_table(table)
@@ -297,7 +298,7 @@ class Model:
             table = table.reindex(range(len(image_ids))) if metadata is None else table
             table["image_id"] = list(image_ids)
         elif "image_id" not in table:
-            raise ValueError("give image_ids, or an image_id column in metadata")
+            raise InputError("give image_ids, or an image_id column in metadata")
         table["path"] = table["image_id"].astype(str)
         return self.predictor.predict_table(table, cache=_paths(embeddings))
 
@@ -560,7 +561,7 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
 def write_card(run: Model | PathLike) -> Path:
     """Rewrite a fit-head run's MODEL_CARD.md from its metrics.json (with its subgroup tables)
     and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its path."""
-    from .evaluate.checklist import rewrite_card
+    from .evaluate.card import rewrite_card
 
     return rewrite_card(run.path if isinstance(run, Model) else Path(run))
 

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from .errors import SkinfeatError
+
 
 def atomic_write(path: Path, write: Callable[[Path], object], *, fsync: bool = False) -> None:
     """``write(tmp)`` then rename over ``path``; the temp file is removed whatever happens.
@@ -41,7 +43,7 @@ def disk_full_hint(exc: BaseException) -> str:
     return " (disk full)" if getattr(exc, "errno", None) == errno.ENOSPC else ""
 
 
-class WriteError(OSError):
+class WriteError(SkinfeatError, OSError):
     """A run artifact that could not be written; the previous file, if any, is intact."""
 
 

@@ -10,34 +10,54 @@ import click
 from .commands import compare as compare_cmd, data as data_cmds, deploy, ship, stage_one
 from .commands import stage_two
 from .commands.common import progress_bar
-from .embed.backbone import DEFAULT_BACKBONE, PRECISIONS
+from .embed.backbone import DEFAULT_BACKBONE
+from .embed.device import PRECISIONS
+from .errors import SkinfeatError
 
 log = logging.getLogger("skinfeat")
 
 
 class Group(click.Group):
-    """Turns the library's expected errors into one-line messages instead of tracebacks."""
+    """Turns the errors skinfeat raises on purpose (``SkinfeatError``) into one ``Error: ...``
+    line, and so an operating-system refusal of a named path (``OSError`` with a filename).
+    Any other exception is a bug or a case not checked yet: a one-line summary that says so,
+    or with ``-v`` its traceback."""
 
     def invoke(self, ctx: click.Context):
-        from .deploy.bundle import BundleError
-        from .embed.backbone import WeightsUnavailable
-        from .embed.cache import CacheError
-        from .data.datasets import DataError
-        from .data.download import DownloadError
-        from .embed.engines import EngineUnavailable
-
         try:
             return super().invoke(ctx)
-        except (DataError, CacheError, BundleError, WeightsUnavailable, DownloadError,
-                EngineUnavailable, OSError, ValueError) as exc:
+        except SkinfeatError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            if exc.filename is None:   # not the file system refusing a path: unexpected
+                return self._unexpected(ctx, exc)
+            # The operating system refused a path (missing, a folder, no permission, disk
+            # full): the user's to fix, said in one line that names the path.
+            raise click.ClickException(f"{exc.filename}: {exc.strerror or exc}") from exc
         except KeyboardInterrupt:
             click.echo("\ninterrupted; rerun the same command to resume", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            return self._unexpected(ctx, exc)
+
+    @staticmethod
+    def _unexpected(ctx: click.Context, exc: Exception):
+        """A bug, or a case skinfeat does not check yet: with -v its traceback, else one line
+        that does not pass for a checked ``Error:``."""
+        if ctx.params.get("verbose"):
+            raise exc
+        text = str(exc).strip().splitlines()
+        click.echo(f"Unexpected {type(exc).__name__}" + (f": {text[0]}" if text else ""),
+                   err=True)
+        click.echo("(not an error skinfeat checks for: run with -v for the traceback)", err=True)
+        sys.exit(1)
 
 
 @click.group(cls=Group)
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output (-vv for debug); an unexpected error shows its traceback.")
 @click.version_option(package_name="skinfeat")
 def main(verbose: int) -> None:
     """Multi-modal skin lesion classification on cached frozen-backbone embeddings."""

@@ -9,10 +9,11 @@ from typing import Callable
 
 from .data.datasets import load_dataset
 from .data.synthetic import make_synthetic_ham
-from .embed.backbone import (WeightSource, WeightsUnavailable, bf16_supported, create_backbone,
-                             pretrained_location, resolve_device)
+from .embed.backbone import create_backbone
+from .embed.device import bf16_supported, resolve_device
 from .embed.engines import int8_available
 from .embed.extract import extract
+from .embed.weights import WeightSource, WeightsUnavailable, pretrained_location
 from .workflows.fit import fit_run
 
 log = logging.getLogger(__name__)

@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import (Annotated, Any, Literal, Mapping, TypeVar, Union, get_args, get_origin,
                     get_type_hints)
 
+from .errors import SkinfeatError
+
 T = TypeVar("T")
 
 
-class SchemaError(ValueError):
+class SchemaError(SkinfeatError, ValueError):
     """A settings value that does not fit its field; ``str()`` is the one-line message."""
 
     def __init__(self, detail: str, key: str | None = None, source: str | None = None):

@@ -45,7 +45,7 @@ def synth_table(synth_dir):
 
 @pytest.fixture(scope="session")
 def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
-    from skinfeat.embed.backbone import WeightSource
+    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import extract
     path = tmp_path_factory.mktemp("cache") / "synth.h5"
     extract(synth_table, path, backbone=TINY, weights=WeightSource("random"), precision="fp32",

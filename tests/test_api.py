@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from skinfeat.embed.backbone import TransformSpec, load_image, preprocess
+from skinfeat.embed.transform import TransformSpec, load_image, preprocess
 from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.data.datasets import index_images, load_ham10000
@@ -32,6 +32,8 @@ from skinfeat.workflows.fit import fit_run
 
 from conftest import TINY
 from test_datasets import COLUMNS, ROWS, make_dir
+
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
 # Small inputs keep the end-to-end runs to a couple of seconds on 2 CPU cores.
 EXTRACT = ["--backbone", TINY, "--weights", "random", "--precision", "fp32", "--workers", "0",

@@ -22,8 +22,10 @@ webdriver = pytest.importorskip("selenium.webdriver")
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or \
     shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (BROWSER and DRIVER),
-                                reason="no Chromium + chromedriver (make browser-test installs them)")
+pytestmark = [pytest.mark.slow,   # end to end: whole CLI / API runs
+              pytest.mark.skipif(not (BROWSER and DRIVER),
+                                 reason="no Chromium + chromedriver (make browser-test "
+                                        "installs them)")]
 
 
 @pytest.fixture

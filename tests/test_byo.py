@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.cli import main
 from skinfeat.embed.extract import extract
 from skinfeat.deploy.predict import Predictor
 
 from conftest import TINY
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 
 def cli(*args, ok: bool = True):

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import CacheError, CacheWriter, merge_caches, read_cache
 from skinfeat.embed.extract import extract
 
@@ -33,6 +33,7 @@ def test_rerun_skips_cached_images(synth_cache, synth_table):
     np.testing.assert_array_equal(read_cache(synth_cache).embeddings, before.embeddings)
 
 
+@pytest.mark.slow   # end to end: an interrupted extract resumed
 def test_partial_then_resume_equals_one_pass(synth_cache, synth_table, tmp_path):
     path = tmp_path / "c.h5"
     half = synth_table.iloc[: len(synth_table) // 2]

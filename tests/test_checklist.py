@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from skinfeat.data.spec import PRESETS, DatasetSpec
-from skinfeat.evaluate.checklist import HEADING, checklist_section, rewrite_card
+from skinfeat.evaluate.card import rewrite_card
+from skinfeat.evaluate.checklist import HEADING, checklist_section
 
 
 def summary(dataset="ham10000", **info):

@@ -12,6 +12,8 @@ from skinfeat.evaluate.compare_stats import paired_difference, weighted_metric
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 
+pytestmark = pytest.mark.slow   # end to end: caches and CLI compared, many fits
+
 DIM = 16
 # The batched head trains every fold at once: seconds, where the linear probe's C grid takes
 # a minute per run.

@@ -114,6 +114,7 @@ def test_image_only_ignores_metadata(synth_table, synth_cache):
         metrics_of(run_cv(shuffled, contents, fused))   # the check can fail: metadata matters
 
 
+@pytest.mark.slow   # end to end (CLI or worker processes)
 def test_worker_processes_give_the_same_results(synth_table, synth_cache):
     contents = read_cache(synth_cache)
     cfg = replace(FAST, inputs=("image", "fused"))
@@ -134,6 +135,7 @@ def test_bring_your_own_embeddings(synth_table, tmp_path):
     assert "outside skinfeat" in report and "RANDOM" not in report
 
 
+@pytest.mark.slow   # end to end (CLI or worker processes)
 def test_cli_cv_writes_report(synth_dir, synth_cache, tmp_path):
     out = tmp_path / "cv"
     r = CliRunner().invoke(main, ["cv", "--data", str(synth_dir), "--cache", str(synth_cache),
@@ -174,6 +176,7 @@ def test_views_tta_film_and_metadata_dropout(synth_table, synth_cache, tmp_path)
     assert all(np.isfinite(r["metrics"]["accuracy"]) for r in res["records"])
 
 
+@pytest.mark.slow   # end to end (CLI or worker processes)
 def test_a_failing_fit_in_a_worker_stops_the_cv_with_its_error(synth_table, synth_cache):
     """Three tasks on two processes: the worker's failure (and this process's) reaches the
     caller as the fit's own error, and nothing hangs."""

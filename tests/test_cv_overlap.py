@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pandas as pd
+import pytest
 
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.baseline import LGBMConfig
@@ -15,6 +16,8 @@ from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.train import as_dataset
 from skinfeat.workflows.cv import SubgroupTables, cv_run
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 FAST = CVConfig(folds=3, models=("head",), inputs=("fused", "image", "meta"),
                 recipe=RunConfig(head=HeadConfig(max_epochs=3),

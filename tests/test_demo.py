@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+import pytest
 
 from skinfeat.cli import main
 
 from conftest import TINY
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 
 def test_demo_offline_learns(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from skinfeat import demo
-from skinfeat.embed import backbone, engines
-from skinfeat.embed.backbone import default_batch_size, resolve_device, resolve_precision
+from skinfeat.embed import device, engines
+from skinfeat.embed.device import default_batch_size, resolve_device, resolve_precision
 from skinfeat.embed.extract import default_workers
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
@@ -25,8 +25,8 @@ def machine(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
         monkeypatch.setattr(torch.cuda, "get_device_properties",
                             lambda *a: SimpleNamespace(total_memory=cuda_gib * 2**30))
-        monkeypatch.setattr(backbone, "mps_available", lambda: mps)
-        monkeypatch.setattr(backbone, "cpu_flags", lambda: f"flags : fpu {flags}")
+        monkeypatch.setattr(device, "mps_available", lambda: mps)
+        monkeypatch.setattr(device, "cpu_flags", lambda: f"flags : fpu {flags}")
     return make
 
 
@@ -115,6 +115,7 @@ def test_int8_without_the_extra_says_what_to_install(monkeypatch):
         engines.require_int8()
 
 
+@pytest.mark.slow   # subprocess: imports every module afresh
 def test_every_module_imports_without_posix_only_apis():
     """Windows has no fcntl, resource, termios, pwd or grp: importing any skinfeat module must
     not need them (the cache lock is filelock's, which uses msvcrt there)."""

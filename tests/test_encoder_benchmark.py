@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,10 +13,12 @@ from click.testing import CliRunner
 
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.cli import main
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import CacheError, CacheIdentity, comparable, read_cache
 from skinfeat.embed.encoders import list_backbones, parse_backbone
 from skinfeat.embed.extract import extract
+
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 
 SIZE = 32
 
@@ -145,7 +147,7 @@ def test_a_moved_folder_is_the_same_encoder_and_predict_verifies_the_copy(
 
     from skinfeat.deploy.predict import Predictor
     from skinfeat.embed.cache import write_cache
-    from skinfeat.embed.encoders import WeightsUnavailable
+    from skinfeat.embed.weights import WeightsUnavailable
     from skinfeat.learn.head import HeadConfig
     from skinfeat.workflows.fit import fit_run
 

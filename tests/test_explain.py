@@ -11,7 +11,7 @@ from torch import nn
 
 pytest.importorskip("pytorch_grad_cam")
 
-from skinfeat.embed.backbone import TransformSpec  # noqa: E402
+from skinfeat.embed.transform import TransformSpec  # noqa: E402
 from skinfeat.deploy.bundle import save_bundle  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.explain import Explainer  # noqa: E402
@@ -19,6 +19,8 @@ from skinfeat.embed.extract import Embedder  # noqa: E402
 from skinfeat.learn.head import FusionHead  # noqa: E402
 from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 SIZE = 64
 SPEC = TransformSpec(size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), draft=False)
@@ -79,7 +81,7 @@ def quadrant_model(tmp_path_factory):
     # The head now ignores sex: its first metadata layer gets zero weights on the sex columns.
     sex_cols = [j for j, n in enumerate(encoder.feature_names) if n.startswith("sex_")]
     with torch.no_grad():
-        head.meta_mlp[0].weight[:, sex_cols] = 0.0
+        head.meta_mlp.fc1.weight[:, sex_cols] = 0.0
     head.eval()
     run = tmp_path_factory.mktemp("quadrant")
     save_bundle(run, {"model_type": "head", "classes": CLASSES, "encoder": encoder.to_dict(),

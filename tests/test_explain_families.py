@@ -21,6 +21,8 @@ from skinfeat.workflows.fit import fit_run  # noqa: E402
 
 from test_encoders import FAMILIES  # noqa: E402
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 REAL = Path(__file__).resolve().parents[2] / "shared/data/mobilenetv2_100.coral_in1k"
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/ham10000-sample"
 FAST = HeadConfig(seed=0, max_epochs=3)
@@ -117,7 +119,7 @@ def test_the_overlay_is_the_models_input_for_both_resize_modes(ship_runs, synth_
     from PIL import Image
 
     from skinfeat.deploy.explain import model_view
-    from skinfeat.embed.backbone import load_image, to_tensor
+    from skinfeat.embed.transform import load_image, to_tensor
 
     path = synth_table["path"].iloc[0]
     p = Predictor(ship_runs["head"])

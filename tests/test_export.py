@@ -17,10 +17,12 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from skinfeat.embed.backbone import preprocess  # noqa: E402
+from skinfeat.embed.transform import preprocess  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 DEPLOY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 

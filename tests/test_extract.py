@@ -10,10 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from skinfeat.embed.backbone import WeightSource, create_backbone, preprocess, transform_for
+from skinfeat.embed.backbone import create_backbone
+from skinfeat.embed.transform import preprocess, transform_for
 from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.embed.extract import Embedder, extract
+from skinfeat.embed.weights import WeightSource
 
 from conftest import TINY
 
@@ -37,7 +39,7 @@ def test_views_are_made_before_the_resize(synth_table, tmp_path, view, resize):
     crop, turning the resized tensor instead shifts the crop by a pixel: another input."""
     from PIL import Image
 
-    from skinfeat.embed.backbone import load_image, to_tensor
+    from skinfeat.embed.transform import load_image, to_tensor
 
     sub = synth_table.iloc[:4]
     extract(sub, tmp_path / "v.h5", views=(view,), resize=resize, **KW)
@@ -83,6 +85,7 @@ def test_crop_and_image_size_are_part_of_the_identity(synth_table, tmp_path):
         extract(sub, tmp_path / "a.h5", resize="squash", image_size=96, **KW)
 
 
+@pytest.mark.slow   # end to end: two extract processes
 def test_two_shards_merged_equal_one_process(synth_dir, synth_cache, tmp_path):
     """Two CPU processes, one shard each (as a SLURM array would run them), then merge."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -105,6 +108,7 @@ def test_two_shards_merged_equal_one_process(synth_dir, synth_cache, tmp_path):
     assert "shard" not in merged.identity
 
 
+@pytest.mark.slow   # end to end: extract processes
 def test_torchrun_environment_shards_automatically(synth_dir, tmp_path):
     r = CliRunner(env={"WORLD_SIZE": "2", "RANK": "1"}).invoke(
         main, ["extract", "--data", str(synth_dir), "--cache", str(tmp_path / "t.h5"),
@@ -132,6 +136,7 @@ def test_real_convnext_tiny_gives_768_dims(synth_table, tmp_path):
     assert c.identity["preprocessing"]["resize"] == "squash"
 
 
+@pytest.mark.slow   # benchmark-like: torch.compile, minutes on 2 cores
 def test_compiled_bf16_matches_eager_fp32(synth_table):
     model = create_backbone(TINY, WeightSource("random"))
     spec = transform_for(model)
@@ -148,7 +153,7 @@ def test_local_weights_file_is_loaded_and_stamped(synth_table, tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from skinfeat.embed.backbone import resolve_weights
+    from skinfeat.embed.weights import resolve_weights
 
     torch.manual_seed(3)
     full = timm.create_model(TINY, pretrained=False)  # as a user's checkpoint: with its classifier

@@ -26,6 +26,8 @@ from skinfeat.learn.protocol import Trained
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.train import align_embeddings, fit_split
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 FIELDS = ("age", "sex", "localization")
 
 

@@ -24,6 +24,8 @@ from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
 from skinfeat.workflows.fit import fit_run  # noqa: E402
 
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
+
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_run(request, synth_table, tmp_path_factory):

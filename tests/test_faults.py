@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.deploy.bundle import (BundleError, atomic_write, load_config, load_into, load_state,
                                     save_bundle)
@@ -38,6 +38,8 @@ from skinfeat.workflows.fit import fit_run
 from conftest import TINY
 from test_bad_input import EXTRACT, assert_ok, assert_one_line_error, cli
 from test_datasets import ROWS, make_dir
+
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 RUN_ARTIFACTS = ("splits.csv", "model.safetensors", "config.json", "metrics.json", "report.md",
@@ -354,9 +356,9 @@ def test_an_intact_bundle_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("edit,pattern", [
-    (lambda c: c["head"].update(meta_dim=6), r"shape mismatch \['meta_mlp\.0\.weight \(32, 5\) "
+    (lambda c: c["head"].update(meta_dim=6), r"shape mismatch \['meta_mlp\.fc1\.weight \(32, 5\) "
                                              r"vs config \(32, 6\)'"),
-    (lambda c: c["head"].update(embed_dim=32), r"classifier\.1\.weight"),
+    (lambda c: c["head"].update(embed_dim=32), r"fuse\.fc\.weight"),
     (lambda c: c["head"].update(head="film"), r"missing \['film\.bias', 'film\.weight'\]"),
     (lambda c: c["head"].update(inputs="image"), r"unexpected \['meta_mlp"),
 ])
@@ -369,10 +371,10 @@ def test_an_edited_config_no_longer_matches_its_weights(tmp_path, edit, pattern)
 
 
 @pytest.mark.parametrize("tamper,pattern", [
-    (lambda s: s.pop("classifier.3.bias"), r"missing \['classifier\.3\.bias'\]"),
+    (lambda s: s.pop("classifier.bias"), r"missing \['classifier\.bias'\]"),
     (lambda s: s.update(extra=torch.zeros(2)), r"unexpected \['extra'\]"),
-    (lambda s: s.update({"classifier.3.weight": torch.zeros(8, 64)}), r"shape mismatch"),
-    (lambda s: s["classifier.3.bias"].fill_(float("nan")), r"NaN or inf \(classifier\.3\.bias\)"),
+    (lambda s: s.update({"classifier.weight": torch.zeros(8, 64)}), r"shape mismatch"),
+    (lambda s: s["classifier.bias"].fill_(float("nan")), r"NaN or inf \(classifier\.bias\)"),
 ])
 def test_tampered_weights_are_refused(tmp_path, tamper, pattern):
     config = small_bundle(tmp_path)
@@ -404,7 +406,7 @@ def test_unreadable_weights_are_refused_without_unpickling(tmp_path, content):
     elif content == "pickle":
         weights.write_bytes(pickle.dumps(WouldRunCode(marker)))
     else:
-        torch.save({"classifier.3.bias": WouldRunCode(marker)}, weights)
+        torch.save({"classifier.bias": WouldRunCode(marker)}, weights)
     with pytest.raises(BundleError, match="unreadable weights"):
         load_state(tmp_path)
     assert not marker.exists()

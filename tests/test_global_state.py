@@ -6,6 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 
 def run(code: str) -> str:
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
@@ -25,7 +29,7 @@ def test_imports_and_figures_leave_pil_and_matplotlib_alone(tmp_path):
         # get_backend() itself would import pyplot to resolve "auto": read the raw setting
         backend = lambda: dict.__getitem__(matplotlib.rcParams, "backend")
         before = backend()
-        import skinfeat.embed.backbone, skinfeat.deploy.explain, skinfeat.learn.tune
+        import skinfeat.embed.transform, skinfeat.deploy.explain, skinfeat.learn.tune
         from skinfeat.evaluate.report import save_confusion_png, save_reliability_png
         save_confusion_png([[3, 1], [0, 2]], ["a", "b"], Path({str(tmp_path)!r}) / "c.png")
         save_reliability_png(np.array([0, 1, 1]), {{"m": np.array([[.8, .2], [.3, .7], [.4, .6]])}},
@@ -46,7 +50,7 @@ def test_a_bomb_is_refused_whatever_pils_global_limit(tmp_path):
     out = run(f"""
         from PIL import Image
         Image.MAX_IMAGE_PIXELS = None                   # the caller switched PIL's check off
-        from skinfeat.embed.backbone import TransformSpec, load_image
+        from skinfeat.embed.transform import TransformSpec, load_image
         try:
             load_image({str(tmp_path / 'big.png')!r}, TransformSpec())
         except Image.DecompressionBombError as exc:

@@ -24,6 +24,8 @@ from skinfeat.workflows.fit import save_fit
 
 from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 
 @pytest.fixture(scope="module")
 def isic24(tmp_path_factory) -> tuple[Path, Path]:

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 from click.testing import CliRunner
+import pytest
 
 from skinfeat.cli import main
 from skinfeat.data.splits import assign_split, fold_ids, load_split, parse_split
@@ -38,6 +39,7 @@ def test_a_split_saved_before_the_rename_loads(synth_table, tmp_path):
     assert kind == "group" and seed == 3 and (again == split).all()
 
 
+@pytest.mark.slow   # end to end (CLI or worker processes)
 def test_the_cli_takes_both_spellings(synth_dir, synth_cache, tmp_path):
     for spelling in ("group", "lesion"):
         out = tmp_path / spelling

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skinfeat.learn.head import FusionHead, HeadConfig, fit_head, head_logits
+from skinfeat.learn.head import FusionHead, HeadConfig, head_logits
+from skinfeat.learn.head_batch import fit_head
 
 
 def separable(n: int, seed: int, d: int = 32, m: int = 5, k: int = 7):
@@ -27,10 +28,31 @@ def test_learns_a_separable_problem():
 def test_reference_architecture_shapes():
     head = FusionHead(768, 17)
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-    assert shapes["meta_mlp.0.weight"] == (32, 17) and shapes["meta_mlp.2.weight"] == (16, 32)
-    assert shapes["classifier.1.weight"] == (64, 768 + 16)
-    assert shapes["classifier.3.weight"] == (7, 64)
-    assert head.image_dropout.p == 0.3 and head.classifier[0].p == 0.4
+    assert shapes["meta_mlp.fc1.weight"] == (32, 17) and shapes["meta_mlp.fc2.weight"] == (16, 32)
+    assert shapes["fuse.fc.weight"] == (64, 768 + 16)
+    assert shapes["classifier.weight"] == (7, 64)
+    assert head.image_dropout.p == 0.3 and head.fuse.dropout.p == 0.4
+
+
+def test_positional_keys_of_older_bundles_map_onto_the_named_layers():
+    """Bundles up to 7c926aa keyed the layers by position ("meta_mlp.0.weight",
+    "classifier.1.weight"): renamed once, they load strictly and give the same logits."""
+    from skinfeat.learn.head import named_state
+
+    torch.manual_seed(0)
+    head = FusionHead(8, 3, 4, head="film").eval()
+    old_names = {"meta_mlp.fc1.": "meta_mlp.0.", "meta_mlp.fc2.": "meta_mlp.2.",
+                 "fuse.fc.": "classifier.1.", "classifier.": "classifier.3."}
+    old = {}
+    for key, value in head.state_dict().items():
+        new = next((n for n in old_names if key.startswith(n)), None)
+        old[old_names[new] + key[len(new):] if new else key] = value.clone()
+    assert "classifier.3.weight" in old and "film.weight" in old
+    fresh = FusionHead(8, 3, 4, head="film").eval()
+    fresh.load_state_dict(named_state(old))      # strict: every key found, none left over
+    image, meta = torch.randn(5, 8), torch.randn(5, 3)
+    assert torch.equal(fresh(image, meta), head(image, meta))
+    assert named_state(head.state_dict()).keys() == head.state_dict().keys()
 
 
 def test_early_stopping_restores_best_weights():
@@ -75,7 +97,7 @@ def test_stopping_criteria_restore_their_best_epoch():
 
 
 def test_dropout_blanks_to_the_given_missing_values():
-    from skinfeat.learn.head import _blank_fields
+    from skinfeat.learn.head_batch import _blank_fields
     meta = torch.ones(2000, 5)
     out = _blank_fields(meta, [(0, 2, [0.0, 1.0]), (2, 5)], 0.25, torch.Generator().manual_seed(0))
     age_blank = (out[:, :2] == torch.tensor([0.0, 1.0])).all(1)

@@ -14,10 +14,10 @@ from torch.nn import functional as F
 from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
-from skinfeat.learn.head import HeadConfig, fit_head
+from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.optim import Adam
 from skinfeat.learn.runconfig import RunConfig
-from skinfeat.learn.head_batch import fit_heads
+from skinfeat.learn.head_batch import fit_head, fit_heads
 
 
 def test_adam_is_torchs_including_stacked_models_out_of_step():
@@ -74,9 +74,9 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
     (image layer, then classifier), early stopping with the best weights restored."""
     import copy
 
-    from skinfeat.learn.head import (DropoutNoise, FusionHead, _blank_fields, _eval_view,
-                                     _pick_view, _val_score, balanced_class_weights,
-                                     dropout_scale)
+    from skinfeat.learn.head import FusionHead, _eval_view, balanced_class_weights
+    from skinfeat.learn.head_batch import (DropoutNoise, _blank_fields, _pick_view, _val_score,
+                                           dropout_scale)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -90,7 +90,7 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
                                weight_decay=cfg.weight_decay, fused=True)
         w = torch.as_tensor(balanced_class_weights(y.numpy(), n_classes), dtype=torch.float32)
         best, best_state, waited = np.inf, None, 0
-        widths = (xi.shape[-1] if model.use_image else 0, model.classifier[1].in_features)
+        widths = (xi.shape[-1] if model.use_image else 0, model.fuse.fc.in_features)
         ps = (cfg.image_dropout if model.use_image else 0.0, cfg.dropout)
         for epoch in range(cfg.n_epochs):
             img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)

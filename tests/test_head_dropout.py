@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skinfeat.learn.head import DropoutNoise, FusionHead, HeadConfig, dropout_scale, fit_head
+from skinfeat.learn.head import FusionHead, HeadConfig
+from skinfeat.learn.head_batch import DropoutNoise, dropout_scale, fit_head
 
 
 def test_keep_rate_and_independence():
@@ -21,7 +22,7 @@ def test_masks_replace_the_dropout_layers():
     head = FusionHead(8, 3, 4).eval()
     image, meta = torch.ones(5, 8), torch.randn(5, 3)
     plain = head(image, meta)
-    ones = (torch.ones(5, 8), torch.ones(5, head.classifier[1].in_features))
+    ones = (torch.ones(5, 8), torch.ones(5, head.fuse.fc.in_features))
     assert torch.equal(head(image, meta, ones), plain)      # all kept, scale 1: no change
     drop = torch.zeros(5, 8), ones[1]
     # the image dropped entirely: the logits see only the metadata branch

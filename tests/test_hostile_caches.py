@@ -21,6 +21,8 @@ from skinfeat.deploy.predict import Predictor
 from skinfeat.embed.cache import CacheContents, fuse_caches, merge_caches, read_cache
 from skinfeat.embed.sources import check_sources
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 DIM = 16
 FIT = ("--epochs", "2", "--seed", "1")
 

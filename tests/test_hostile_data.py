@@ -26,6 +26,8 @@ from skinfeat.deploy.predict import Predictor
 from conftest import TINY
 from hostile import cli, ok, refused
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 FAST = ["--max-epochs", "3", "--lgbm-n-estimators", "20"]
 
 
@@ -250,7 +252,7 @@ def test_image_only_model_exports_a_zero_width_meta_input_that_onnxruntime_runs(
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from skinfeat.deploy.export import onnx_probabilities
-    from skinfeat.embed.backbone import preprocess
+    from skinfeat.embed.transform import preprocess
 
     graph = tmp_path / "m.onnx"
     ok("export", "--model", nometa["head"], "--onnx", graph)

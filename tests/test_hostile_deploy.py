@@ -20,6 +20,8 @@ from hostile import ok, refused
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.deploy.predict import Predictor
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 NAN, INF = float("nan"), float("inf")
 
 
@@ -262,7 +264,7 @@ def test_valid_bundles_still_predict_identically(run, ship_runs, synth_table, tm
 def test_fold_ensemble_export_equals_predict(cv_models, synth_table, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from skinfeat.embed.backbone import preprocess
+    from skinfeat.embed.transform import preprocess
     from skinfeat.deploy.export import onnx_probabilities
 
     model = cv_models / "head_fused"

@@ -24,6 +24,8 @@ from skinfeat.learn.runconfig import ConfigError, RunConfig, read_config_file
 from skinfeat.schema import (ONE_OR_MANY, Ge, Gt, Lt, SchemaError, dump, parse, read_settings,
                              validate)
 
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
+
 
 @pytest.fixture(scope="module")
 def run(synth_dir, synth_cache, tmp_path_factory) -> Path:

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from skinfeat.embed.backbone import WeightSource  # noqa: E402
+from skinfeat.embed.weights import WeightSource  # noqa: E402
 from skinfeat.deploy.bundle import BundleError  # noqa: E402
 from skinfeat.embed.cache import CacheError, read_cache  # noqa: E402
 from skinfeat.embed.engines import (Int8Embedder, calibration_files,  # noqa: E402
@@ -18,6 +18,8 @@ from skinfeat.embed.engines import (Int8Embedder, calibration_files,  # noqa: E4
 from skinfeat.embed.extract import extract  # noqa: E402
 
 from conftest import TINY  # noqa: E402
+
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 
 KW = dict(backbone=TINY, weights=WeightSource("random"), num_workers=0, batch_size=8)
 
@@ -81,7 +83,7 @@ def test_a_grown_int8_cache_keeps_its_quantized_model(synth_table, tmp_path, mon
     np.testing.assert_array_equal(after.embeddings[after.rows_for(list(before.image_ids))],
                                   before.embeddings)
     # The new rows are exactly what the stored quantized model gives.
-    from skinfeat.embed.backbone import TransformSpec, preprocess
+    from skinfeat.embed.transform import TransformSpec, preprocess
     spec = TransformSpec.from_dict(after.identity["preprocessing"])
     new = grown.iloc[20:]
     x = torch.stack([preprocess(p, spec) for p in new["path"]])

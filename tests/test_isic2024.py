@@ -21,6 +21,8 @@ from skinfeat.data.synthetic import make_synthetic
 
 from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 
 @pytest.fixture(scope="module")
 def isic24(tmp_path_factory) -> Path:

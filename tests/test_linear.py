@@ -16,6 +16,8 @@ from skinfeat.deploy.predict import Predictor
 from skinfeat.learn import linear
 from skinfeat.learn.linear import LinearConfig, LinearProbe, design
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 
 def _data(n=240, d=12, m=3, k=3, seed=0):
     rng = np.random.default_rng(seed)

@@ -13,11 +13,14 @@ from click.testing import CliRunner
 
 from conftest import SAMPLE, TINY
 from skinfeat.cli import main
-from skinfeat.embed.backbone import WeightSource, preprocess, transform_for
+from skinfeat.embed.transform import preprocess, transform_for
 from skinfeat.embed.cache import CacheError, random_weights
 from skinfeat.embed.encoders import folder_sha256, parse_backbone
 from skinfeat.embed.engines import Embedder
 from skinfeat.embed.extract import extract
+from skinfeat.embed.weights import WeightSource
+
+pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 
 REAL = SAMPLE.parent / "mobilenetv2_100.coral_in1k"
 TAGGED = f"{TINY}.r160_in1k"   # timm's save_for_hf writes the pretrained tag into config.json

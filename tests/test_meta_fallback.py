@@ -13,7 +13,8 @@ import pytest
 
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.evaluate.metrics import classification_metrics, softmax
-from skinfeat.learn.head import HeadConfig, fit_head, head_logits
+from skinfeat.learn.head import HeadConfig, head_logits
+from skinfeat.learn.head_batch import fit_head
 
 K = 4
 SITES = ["back", "face", "hand", "foot", "scalp", "trunk"]

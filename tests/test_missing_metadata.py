@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from skinfeat.learn.head import HeadConfig, _blank_fields, fit_head, head_logits
+from skinfeat.learn.head import HeadConfig, head_logits
+from skinfeat.learn.head_batch import _blank_fields, fit_head
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.evaluate.metrics import classification_metrics, softmax
 

@@ -17,6 +17,8 @@ from skinfeat.embed.cache import read_cache
 
 from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

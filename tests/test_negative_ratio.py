@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from skinfeat.learn import head_batch
-from skinfeat.learn.head import HeadConfig, fit_head
+from skinfeat.learn.head import HeadConfig
+from skinfeat.learn.head_batch import fit_head
 from skinfeat.learn.runconfig import ConfigError, RunConfig
 
 

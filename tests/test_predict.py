@@ -20,6 +20,8 @@ from skinfeat.learn.calibration import Calibrator
 from skinfeat.evaluate.metrics import softmax
 from skinfeat.deploy.predict import Predictor
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 
 def cli(*args: str):
     return CliRunner().invoke(main, list(args))
@@ -237,7 +239,8 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
 
 
 def test_offline_pretrained_weights_are_a_one_line_error():
-    from skinfeat.embed.backbone import WeightSource, WeightsUnavailable, create_backbone
+    from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.weights import WeightSource, WeightsUnavailable
     with pytest.raises(WeightsUnavailable) as exc:
         create_backbone("test_convnext.r160_in1k", WeightSource("pretrained"))
     msg = str(exc.value)

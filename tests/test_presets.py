@@ -17,6 +17,8 @@ from skinfeat.data.synthetic import make_synthetic
 
 from conftest import TINY
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 EXTRACT = ("--backbone", TINY, "--weights", "random", "--precision", "fp32", "--workers", "0")
 # One image's metadata per preset, given as --meta (field names of the public release).
 META = {

@@ -64,6 +64,7 @@ def test_the_registry_and_capabilities():
         model_class("svm")
 
 
+@pytest.mark.slow   # end to end (CLI or worker processes)
 def test_a_new_model_is_one_class_and_one_entry(monkeypatch, synth_table, synth_cache,
                                                 tmp_path):
     """Fit, calibrate, bundle, predict and export a model the code base has never heard of."""

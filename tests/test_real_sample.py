@@ -10,8 +10,9 @@ from skinfeat.cli import main
 
 from conftest import SAMPLE, TINY
 
-pytestmark = pytest.mark.skipif(not (SAMPLE / "HAM10000_metadata.csv").is_file(),
-                                reason=f"real HAM10000 sample not found at {SAMPLE}")
+pytestmark = [pytest.mark.slow,   # end to end: whole CLI / API runs
+              pytest.mark.skipif(not (SAMPLE / "HAM10000_metadata.csv").is_file(),
+                                 reason=f"real HAM10000 sample not found at {SAMPLE}")]
 
 
 def test_check_extract_fit_head_on_the_real_sample(tmp_path):

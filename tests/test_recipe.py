@@ -19,6 +19,8 @@ from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.summary import RunSummary
 from skinfeat.schema import SchemaError
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 # metrics.json's "info" keys before the summary was typed (tests and users read them).
 OLD_INFO_KEYS = {
     "model", "config", "best_epoch", "epochs_run", "split", "protocol", "select_on",

@@ -4,16 +4,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from skinfeat.embed.backbone import WeightSource
+from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import read_cache
 from skinfeat.embed.extract import extract
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.fit import fit_run
 
 from conftest import TINY
+
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 
 def test_two_extracts_give_identical_embeddings(synth_table, tmp_path):
@@ -42,4 +45,4 @@ def test_two_fit_runs_with_one_seed_are_identical(synth_table, synth_cache, tmp_
     fit_run(synth_table, synth_cache, tmp_path / "c", RunConfig(seed=8))
     assert (tmp_path / "c" / "splits.csv").read_bytes() != (a / "splits.csv").read_bytes()
     wc = load_file(str(tmp_path / "c" / "model.safetensors"))
-    assert not torch.equal(wa["classifier.3.weight"], wc["classifier.3.weight"])
+    assert not torch.equal(wa["classifier.weight"], wc["classifier.weight"])

@@ -22,6 +22,8 @@ from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
 from skinfeat.deploy.serve import create_app  # noqa: E402
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 LIMIT = 300_000
 
 

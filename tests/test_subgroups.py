@@ -14,6 +14,7 @@ from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.data.spec import PRESETS, SpecError
 from skinfeat.evaluate.subgroup_fields import (analyse_subgroups, band, fit_bands,
                                                subgroup_columns)
+from skinfeat.evaluate.subgroup_plot import save_forest_plots
 from skinfeat.evaluate.subgroups import MISSING, subgroup_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
@@ -50,7 +51,7 @@ def test_the_subgroup_without_signal_is_the_worst_and_the_gap_excludes_zero(tmp_
     json.dumps(r.to_dict())                        # metrics.json carries the same numbers
     text = r.to_markdown()
     assert "### site" in text and "`z`" in text and "excludes 0" in text
-    paths = r.save_forest_plots(tmp_path)
+    paths = save_forest_plots(r, tmp_path)
     assert [p.name for p in paths] == ["subgroups_site.png"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
 

@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from skinfeat.cli import main
 from skinfeat.data.spec import PRESETS
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 SOURCES = ("rosendahl", "vidir_modern", "vienna_dias")
 FAST = ["--epochs", "3", "--seed", "0"]
 

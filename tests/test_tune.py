@@ -16,6 +16,8 @@ from skinfeat.cli import main  # noqa: E402
 
 from test_byo import write_foreign_cache  # noqa: E402
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 # A deliberately bad start: a learning rate far too small for one epoch.
 BAD = ("--lr", "0.00001", "--max-epochs", "1", "--patience", "1")
 

@@ -18,6 +18,8 @@ from skinfeat.learn.tune import TuneConfig  # noqa: E402
 from conftest import run_cli as cli  # noqa: E402
 from test_byo import write_foreign_cache  # noqa: E402
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 FAST = ("--trials", "2", "--folds", "2", "--jobs", "1", "--max-epochs", "2", "--patience", "1")
 
 

@@ -16,6 +16,8 @@ from skinfeat.learn.head_batch import epoch_hook, fit_heads  # noqa: E402
 from conftest import run_cli as cli  # noqa: E402
 from test_byo import write_foreign_cache  # noqa: E402
 
+pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
+
 FAST = ("--trials", "4", "--folds", "2", "--jobs", "1", "--max-epochs", "6", "--patience", "6")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..embed.backbone import DEVICES
+from ..embed.device import DEVICES
 from .common import column_overrides, dataset_options, pop_dataset_options, progress_bar
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..embed.backbone import DEVICES, PRECISIONS, RESIZE_MODES
+from ..embed.device import DEVICES, PRECISIONS
+from ..embed.transform import RESIZE_MODES
 from .common import (dataset_options, default_cache, load_data, pop_dataset_options, progress_bar,
                      weights_options)
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
+from ..errors import SkinfeatError
+
 log = logging.getLogger(__name__)
 
 DATAVERSE_DOI = "doi:10.7910/DVN/DBW86T"
@@ -36,7 +38,7 @@ _HASHES = {"MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha51
 ProgressFn = Callable[[str, int, Optional[int]], None]
 
 
-class DownloadError(RuntimeError):
+class DownloadError(SkinfeatError, RuntimeError):
     """Raised when the data cannot be fetched, verified or unpacked."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError, ReadError
 from .tables import DataError
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,13 @@ def read_hdf5_bytes(file: str | Path, key: str) -> bytes:
                 raise KeyError(f"{file}: no image {key!r} in the HDF5 file")
             value = f[key][()]
     except OSError as exc:
-        raise OSError(f"{file}: cannot read the HDF5 image file ({exc})") from exc
+        raise ReadError(f"{file}: cannot read the HDF5 image file ({exc})") from exc
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value)
     value = np.asarray(value)
     if value.dtype == np.uint8 and value.ndim == 1:
         return value.tobytes()
-    raise ValueError(f"{file}: image {key!r} is a {value.dtype} array of shape {value.shape}, "
+    raise InputError(f"{file}: image {key!r} is a {value.dtype} array of shape {value.shape}, "
                      "not encoded bytes (np.bytes_ or 1-d uint8)")
 
 

@@ -29,6 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 ENCODINGS = ("robust", "reference")
@@ -62,7 +64,7 @@ class MetadataEncoder:
                  aliases: Mapping[str, Mapping[str, str]] | None = None,
                  drop_first: bool | None = None):
         if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+            raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.numeric = list(numeric)
         self.categorical = list(categorical)
         self.encoding = encoding
@@ -121,7 +123,7 @@ class MetadataEncoder:
     def fit(self, df: pd.DataFrame) -> "MetadataEncoder":
         """Learn means, scales and category lists from ``df`` (training rows only)."""
         if len(df) == 0:
-            raise ValueError("cannot fit the metadata encoder on zero rows")
+            raise InputError("cannot fit the metadata encoder on zero rows")
         for col in self.numeric:
             values = self._numeric(df, col)
             mean = float(values.mean()) if values.notna().any() else 0.0
@@ -221,7 +223,7 @@ class MetadataEncoder:
         names = [name for name, _, _ in self.fields]
         if isinstance(field, str):
             if field not in names:
-                raise ValueError(f"no metadata field {field!r}; fields are {names}")
+                raise InputError(f"no metadata field {field!r}; fields are {names}")
             return names.index(field)
         return int(field)
 
@@ -235,7 +237,7 @@ class MetadataEncoder:
         return out
 
     def dropout_fields(self) -> list[tuple[int, int, list[float]]]:
-        """``(lo, hi, missing values)`` per field: what ``head.fit_head`` blanks in training."""
+        """``(lo, hi, missing values)`` per field: what ``head_batch.fit_head`` blanks in training."""
         missing = self.missing_row()
         return [(lo, hi, missing[lo:hi].tolist()) for _, lo, hi in self.fields]
 
@@ -265,9 +267,9 @@ class MetadataEncoder:
         """Rebuild a fitted encoder, checking every value (a bundle's config.json may have been
         edited: a zero std would encode every age as NaN); a bundle saved before encodings
         existed is ``reference``. Errors name the key under ``key``."""
-        def bad(where: str, why: str, value: object) -> ValueError:
+        def bad(where: str, why: str, value: object) -> InputError:
             text = repr(value)
-            return ValueError(f"key '{key}{where}': invalid metadata encoder state: {why}, got "
+            return InputError(f"key '{key}{where}': invalid metadata encoder state: {why}, got "
                               f"{text if len(text) <= 40 else text[:37] + '...'}")
 
         def names(where: str) -> list[str]:

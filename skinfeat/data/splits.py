@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..atomic import atomic_write
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def parse_split(text: "str | SplitKind") -> SplitKind:
         column, value = column.strip().lower(), value.strip().lower()
         if column and (not eq or value):
             return SplitKind("by", column, value if eq else None)
-    raise ValueError(f"--split {text!r}: use group (or lesion), image, none, by:COLUMN (cv: each "
+    raise InputError(f"--split {text!r}: use group (or lesion), image, none, by:COLUMN (cv: each "
                      "value of "
                      "COLUMN is one fold) or by:COLUMN=VALUE (fit-head: score that value, train "
                      "on the others), e.g. by:dataset=rosendahl")
@@ -108,7 +109,7 @@ def _check_kind(kind: "str | SplitKind") -> SplitKind:
         parse_split(kind) if str(kind).lower().startswith(BY) else \
         SplitKind(ALIASES.get(str(kind), str(kind)))
     if not split.by and split.kind not in SPLIT_KINDS:
-        raise ValueError(f"unknown split kind {kind!r}; expected one of {SPLIT_KINDS} or "
+        raise InputError(f"unknown split kind {kind!r}; expected one of {SPLIT_KINDS} or "
                          "by:COLUMN")
     return split
 
@@ -120,13 +121,13 @@ def source_values(table: pd.DataFrame, kind: "str | SplitKind") -> list[str]:
     split = parse_split(kind)
     col = split.column
     if col not in table.columns:
-        raise ValueError(f"--split {split}: the table has no column {col!r} (columns: "
+        raise InputError(f"--split {split}: the table has no column {col!r} (columns: "
                          f"{', '.join(c for c in table.columns if c not in ('path', 'label'))}); "
                          "name a column the set records, e.g. a subgroup column of the spec")
     values = table[col].astype(object).where(table[col].notna(), None)
     blank = values.isna() | (values.astype(str).str.strip() == "")
     if blank.any():
-        raise ValueError(f"--split {split}: {int(blank.sum())} row(s) have no {col} value, e.g. "
+        raise InputError(f"--split {split}: {int(blank.sum())} row(s) have no {col} value, e.g. "
                          f"{', '.join(table.loc[blank, 'image_id'].astype(str)[:3])}; every row "
                          "needs one to hold values out")
     values = values.astype(str)
@@ -134,17 +135,17 @@ def source_values(table: pd.DataFrame, kind: "str | SplitKind") -> list[str]:
     crossing = crossing[crossing > 1]
     if len(crossing):
         n_images = int(table["group_id"].isin(crossing.index).sum())
-        raise ValueError(f"--split {split}: {len(crossing)} group(s) ({n_images} images) have "
+        raise InputError(f"--split {split}: {len(crossing)} group(s) ({n_images} images) have "
                          f"images in more than one {col} value, e.g. "
                          f"{', '.join(map(str, crossing.index[:3]))}; a held-out value would "
                          "share them with training (leave them out first: "
                          "splits.drop_crossing_groups)")
     found = sorted(set(values))
     if len(found) < 2:
-        raise ValueError(f"--split {split}: {col} has one value ({found[0]}); holding it out "
+        raise InputError(f"--split {split}: {col} has one value ({found[0]}); holding it out "
                          "leaves nothing to train on")
     if split.value is not None and split.value not in found:
-        raise ValueError(f"--split {split}: no row has {col} = {split.value!r}; the values are "
+        raise InputError(f"--split {split}: no row has {col} = {split.value!r}; the values are "
                          f"{', '.join(found)}")
     return found
 
@@ -165,7 +166,7 @@ def drop_crossing_groups(table: pd.DataFrame, column: str) -> tuple[pd.DataFrame
 
 def _by_folds(table: pd.DataFrame, split: SplitKind, n_folds: int) -> np.ndarray:
     if split.value is not None:
-        raise ValueError(f"--split {split}: cv takes by:{split.column} (every value is one fold "
+        raise InputError(f"--split {split}: cv takes by:{split.column} (every value is one fold "
                          f"in turn); by:COLUMN=VALUE holds one value out for fit-head")
     found = source_values(table, split)
     if n_folds != len(found):
@@ -187,12 +188,12 @@ def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "group", seed: int =
         return _by_folds(table, split, n_folds)
     kind = split.kind
     if n_folds < 2:
-        raise ValueError(f"need at least 2 folds, got {n_folds}")
+        raise InputError(f"need at least 2 folds, got {n_folds}")
     unit = "group_id" if kind == "group" else "image_id"
     units = table.groupby("dx")[unit].nunique()
     too_few = units[units < n_folds]
     if strict and len(too_few):
-        raise ValueError(
+        raise InputError(
             f"{n_folds} folds need at least {n_folds} {unit.split('_')[0]}s per class; "
             + ", ".join(f"{dx} has {n}" for dx, n in too_few.items())
             + f". Use fewer folds (at most {int(units.min())}) or more data.")
@@ -223,12 +224,12 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_folds: int,
     rng = np.random.RandomState(seed)   # check_random_state(int)
     _, y_inv, y_cnt = np.unique(y, return_inverse=True, return_counts=True)
     if np.all(n_folds > y_cnt):
-        raise ValueError(f"n_splits={n_folds} cannot be greater than the number of members in "
+        raise InputError(f"n_splits={n_folds} cannot be greater than the number of members in "
                          "each class.")
     _, groups_inv, groups_cnt = np.unique(groups, return_inverse=True, return_counts=True)
     n_groups, n_classes = len(groups_cnt), len(y_cnt)
     if n_folds > n_groups:
-        raise ValueError(f"Cannot have number of splits n_splits={n_folds} greater than the "
+        raise InputError(f"Cannot have number of splits n_splits={n_folds} greater than the "
                          f"number of groups: {n_groups}.")
     per_group = np.zeros((n_groups, n_classes))
     np.add.at(per_group, (groups_inv.ravel(), y_inv.ravel()), 1)
@@ -265,12 +266,12 @@ def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "group",
     split's inner part, from rows of the training values, is lesion-grouped)."""
     kind = "group" if _check_kind(kind).by else _check_kind(kind).kind
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"holdout fraction must be in (0, 1), got {fraction}")
     if kind == "image":
         few = table["dx"].value_counts()
         few = few[few < 2]
         if len(few):  # sklearn's own message names no class
-            raise ValueError("a stratified image-level split needs at least 2 images per class; "
+            raise InputError("a stratified image-level split needs at least 2 images per class; "
                              + ", ".join(f"{dx} has {n}" for dx, n in few.items())
                              + ". The data set is too small for it")
         # Exactly the reference: train_test_split(stratify=y, test_size=0.2, random_state=42).
@@ -282,7 +283,7 @@ def holdout_mask(table: pd.DataFrame, fraction: float, kind: str = "group",
     n_folds = max(2, int(round(1.0 / fraction)))
     lesions = table["group_id"].nunique()
     if lesions < n_folds:
-        raise ValueError(f"a {fraction:.0%} lesion-level hold-out needs at least {n_folds} "
+        raise InputError(f"a {fraction:.0%} lesion-level hold-out needs at least {n_folds} "
                          f"lesions, got {lesions}; the data set is too small for it")
     return fold_ids(table, n_folds, "group", seed, strict=False) == 0
 
@@ -295,7 +296,7 @@ def assign_split(table: pd.DataFrame, kind: str = "group", test_size: float = 0.
     by = _check_kind(kind) if kind != "none" else SplitKind("none")
     if by.by:   # the held-out value is the test part; validation from the others, grouped
         if by.value is None:
-            raise ValueError(f"--split {by}: fit-head holds one value out: by:{by.column}=VALUE "
+            raise InputError(f"--split {by}: fit-head holds one value out: by:{by.column}=VALUE "
                              f"(values: {', '.join(source_values(table, by))}); cv takes "
                              f"by:{by.column}")
         source_values(table, by)
@@ -325,7 +326,7 @@ def check_grouped(lesions: pd.Series, split: pd.Series) -> None:
     crossing = sides.groupby("lesion")["side"].nunique()
     crossing = crossing[crossing > 1]
     if len(crossing):
-        raise ValueError(f"{len(crossing)} lesion(s) on both sides of a lesion-level split, "
+        raise InputError(f"{len(crossing)} lesion(s) on both sides of a lesion-level split, "
                          f"e.g. {', '.join(crossing.index[:3])}")
 
 
@@ -341,12 +342,12 @@ def check_split(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") 
         scored = set(values[(split == "test").to_numpy()])
         both = sorted(scored & set(values[(split != "test").to_numpy()]))
         if both:
-            raise ValueError(f"--split {by}: {by.column} value(s) {', '.join(both)} on both the "
+            raise InputError(f"--split {by}: {by.column} value(s) {', '.join(both)} on both the "
                              "scored and the training side")
     train_classes = set(table.loc[split == "train", "dx"])
     absent = sorted(set(table["dx"]) - train_classes)
     if absent:
-        raise ValueError(f"class(es) {', '.join(absent)} have no training images in this split; "
+        raise InputError(f"class(es) {', '.join(absent)} have no training images in this split; "
                          "the data set is too small for it")
 
 
@@ -375,7 +376,7 @@ def load_split(table: pd.DataFrame, path: Path) -> tuple[pd.Series, str, int]:
     by_id = saved.set_index("image_id")["split"]
     missing = table["image_id"][~table["image_id"].isin(by_id.index)]
     if len(missing):
-        raise ValueError(f"{path}: {len(missing)} image(s) of the data set are not in the saved "
+        raise InputError(f"{path}: {len(missing)} image(s) of the data set are not in the saved "
                          f"split, e.g. {', '.join(missing[:3])}; use a new --out folder")
     kind, seed = str(saved["kind"].iloc[0]), int(saved["seed"].iloc[0])
     kind = ALIASES.get(kind, kind)   # a split saved before the rename

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .datasets import CLASSES
 from .synthetic_draw import LOOK, _draw_lesion
 from .synthetic_layouts import WRITERS
@@ -29,7 +30,7 @@ def make_synthetic(preset: str, root: str | Path, n_images: int = 120, seed: int
         return make_synthetic_ham(root, n_images=n_images, seed=seed, image_size=image_size,
                                   min_lesions_per_class=4)
     if preset not in WRITERS:
-        raise ValueError(f"no synthetic layout for {preset!r}; expected one of "
+        raise InputError(f"no synthetic layout for {preset!r}; expected one of "
                          f"ham10000, {', '.join(WRITERS)}")
     return WRITERS[preset](Path(root), n_images, np.random.default_rng(seed), image_size)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import SkinfeatError
 from .spec import PRESETS, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ HAM10000 = PRESETS["ham10000"]
 DETECT_DEPTH = 2   # label tables are looked for in the folder and at most two levels below
 
 
-class DataError(ValueError):
+class DataError(SkinfeatError, ValueError):
     """A dataset problem, with a one-line message that names the file and the problem."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
+from ..errors import SkinfeatError
 from ..learn.models import MODELS
 from ..schema import Ge, Gt, Le, SchemaError, dump, parse
 
@@ -22,7 +23,7 @@ FORMAT = "skinfeat-bundle/1"
 Table = dict[str, Any]
 
 
-class BundleError(ValueError):
+class BundleError(SkinfeatError, ValueError):
     """A bundle that is missing, incomplete or does not match its own config."""
 
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..data.datasets import DataError
-from ..embed.backbone import load_image, to_tensor
+from ..embed.transform import load_image, to_tensor
+from ..errors import SkinfeatError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ METHODS = {"gradcam": ("GradCAM", True), "gradcam++": ("GradCAMPlusPlus", True),
 _CAM_LOCK = threading.Lock()
 
 
-class ExplainError(ValueError):
+class ExplainError(SkinfeatError, ValueError):
     """A request explain cannot honour (unknown class or method, field, model kind)."""
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .bundle import BundleError
 
 OPSET = 17
@@ -65,7 +66,7 @@ class CalibratedHead(nn.Module):
     def __init__(self, head: nn.Module, calibrator):
         super().__init__()
         self.head = head
-        self.calibration = Calibration(calibrator, head.classifier[-1].out_features)
+        self.calibration = Calibration(calibrator, head.classifier.out_features)
 
     def forward(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         logits = self.head(features, meta)
@@ -261,7 +262,7 @@ def export_onnx(predictor, out: str | Path, opset: int = OPSET) -> tuple[Path, P
                       "runs in fp32, so probabilities may differ slightly from predict's")
     names = ["image"] + [name for name, _ in meta_inputs(predictor)]
     # nn.MultiheadAttention (open_clip's towers) takes its inference fast path,
-    # torch._native_multi_head_attention, which has no ONNX symbolic, whenever nothing needs a
+    # the native multi-head-attention op, which has no ONNX symbolic, whenever nothing needs a
     # gradient; an image input that requires one keeps the trace on the exportable path
     # (per call, unlike the process-wide torch.backends.mha switch).
     example = (torch.zeros(1, 3, spec.size, spec.size).requires_grad_(),
@@ -304,11 +305,11 @@ def onnx_probabilities(path: str | Path, image: np.ndarray,
     if not isinstance(meta, Mapping):
         arrays = [meta] if isinstance(meta, np.ndarray) else list(meta)
         if len(arrays) != len(names):
-            raise ValueError(f"{path}: the graph takes {len(names)} metadata input(s) "
+            raise InputError(f"{path}: the graph takes {len(names)} metadata input(s) "
                              f"({', '.join(names)}), got {len(arrays)}")
         meta = dict(zip(names, arrays))
     if sorted(meta) != sorted(names):
-        raise ValueError(f"{path}: the graph takes the metadata inputs {', '.join(names)}, "
+        raise InputError(f"{path}: the graph takes the metadata inputs {', '.join(names)}, "
                          f"got {', '.join(sorted(meta))}")
     return session.run(None, {"image": image.astype(np.float32),
                               **{k: np.asarray(v, np.float32) for k, v in meta.items()}})[0]

@@ -17,9 +17,11 @@ import numpy as np
 from ..data.datasets import HAM10000
 from ..data.metadata import MetadataEncoder
 from ..data.spec import DatasetSpec, SpecError, Task
-from ..embed.backbone import (TransformSpec, WeightSource, create_backbone, resolve_device,
-                              resolve_weights)
+from ..embed.backbone import create_backbone
+from ..embed.device import resolve_device
+from ..embed.transform import TransformSpec
 from ..embed.cache import random_weights, source_identities
+from ..embed.weights import WeightSource, resolve_weights
 from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder
 from ..learn.calibration import Calibrator

@@ -29,7 +29,8 @@ from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
 from ..data.datasets import DataError
-from ..embed.backbone import MAX_IMAGE_PIXELS, load_image
+from ..embed.transform import MAX_IMAGE_PIXELS, load_image
+from ..errors import SkinfeatError
 from .explain import ExplainError, Explainer, overlay
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ NOTICE = "Research use only. Not a medical device; not a diagnosis."
 FORM_OVERHEAD = 64 * 1024      # multipart boundaries and metadata fields on top of the image
 
 
-class RequestTooLarge(Exception):
-    pass
+class RequestTooLarge(SkinfeatError):
+    """An upload over the size limit (answered 413)."""
 
 
 class BodyLimit:
@@ -101,7 +102,7 @@ def check_image(path: Path, spec) -> None:
             from exc
 
 
-class UploadRejected(Exception):
+class UploadRejected(SkinfeatError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..errors import SkinfeatError
 from ..schema import SchemaError, dump, parse
 
 FORMAT = "skinfeat-cache/1"
 
 
-class CacheError(RuntimeError):
+class CacheError(SkinfeatError, RuntimeError):
     """A cache that cannot be used as asked (identity mismatch, missing rows, locked, bad file)."""
 
 
@@ -125,7 +126,7 @@ class WeightsIdentity:
 
 @dataclass(frozen=True)
 class PreprocessingIdentity:
-    """The image transform (``backbone.TransformSpec``'s fields)."""
+    """The image transform (``transform.TransformSpec``'s fields)."""
     size: int = 224
     resize: Literal["squash", "crop"] = "squash"
     crop_pct: float = 0.875

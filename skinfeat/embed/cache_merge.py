@@ -9,6 +9,7 @@ import numpy as np
 
 from .cache_check import CacheContents, read_cache, same_rows
 from .cache_identity import CacheError, examples, failures_attr
+from .sources import look_alike, value_profile
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents
         log.warning("only some caches hold view embeddings; the fusion keeps none")
     identity = {"fused": [p.identity for p in parts], "dims": [p.dim for p in parts],
                 "sources": [str(s) for s in sources]}
-    from .sources import look_alike, value_profile   # sources imports this module
-
     alike = look_alike(identity["fused"], identity["dims"])
     if alike:  # neither width nor identity tells these apart: keep what still can
         identity["profiles"] = [value_profile(p.embeddings[r]) if any(k in g for g in alike)

@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
-from .backbone import TransformSpec, preprocess, sha256_file
+from ..errors import SkinfeatError
+from .transform import TransformSpec, preprocess
 from .encoders.base import FamilyEncoder
+from .weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ INT8_ENGINE = "openvino-nncf"
 _MODEL_KEYS = ("backbone", "weights", "preprocessing", "pool", "calibration")
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(SkinfeatError, RuntimeError):
     """The engine a precision needs is not installed or cannot run here."""
 
 

@@ -13,15 +13,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import InputError
 from ..version import __version__
-from .backbone import (DEFAULT_BACKBONE, TransformSpec, WeightSource, create_backbone,
-                       default_batch_size, load_image, resolve_device, resolve_precision, to_tensor,
-                       transform_for)
+from .backbone import DEFAULT_BACKBONE, create_backbone
+from .device import default_batch_size, resolve_device, resolve_precision
+from .transform import TransformSpec, load_image, to_tensor, transform_for
 from .cache import CacheContents, CacheWriter, stored_identity
 from .cache_identity import CacheIdentity, comparable
 from .encoders import DEFAULT_POOL, POOLS, FamilyEncoder, resolve_backbone
 from .engines import (CALIBRATION_IMAGES, Embedder, Int8Embedder, PooledFeatures,  # noqa: F401
                       calibration_files, calibration_identity, make_embedder, require_int8)
+from .weights import WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ def shard_rows(image_ids: Sequence[str], shard: tuple[int, int]) -> np.ndarray:
     """Rows of shard i of n, by sorted image id, so every worker agrees without talking."""
     i, n = shard
     if not 0 <= i < n:
-        raise ValueError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
+        raise InputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
     order = np.argsort(np.asarray(image_ids, dtype=str), kind="stable")
     return np.sort(order[i::n])
 
@@ -201,10 +203,10 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     prec = resolve_precision(precision, dev)
     unknown = sorted(set(views) - set(VIEW_NAMES))
     if unknown:
-        raise ValueError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
+        raise InputError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
     ref, weights = resolve_backbone(backbone, weights)
     if pool is not None and pool not in POOLS[ref.family]:
-        raise ValueError(f"--pool {pool}: a {ref.family} encoder pools by one of "
+        raise InputError(f"--pool {pool}: a {ref.family} encoder pools by one of "
                          f"{', '.join(POOLS[ref.family])}")
     model = create_backbone(ref.name, weights)
     if isinstance(model, FamilyEncoder):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheContents, CacheError, comparable, source_identities
+from .cache_check import CacheContents
+from .cache_identity import CacheError, comparable, source_identities
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from .metrics import _weighted_auc, _weighted_pauc, group_resamples
 
 # The metrics a comparison can rank on; auc and pauc80 need two classes.
@@ -43,9 +44,9 @@ class PairedDifference:
 
 def check_metric(metric: str, n_classes: int) -> None:
     if metric not in COMPARE_METRICS:
-        raise ValueError(f"metric {metric!r}: use one of {', '.join(COMPARE_METRICS)}")
+        raise InputError(f"metric {metric!r}: use one of {', '.join(COMPARE_METRICS)}")
     if metric in BINARY_ONLY and n_classes != 2:
-        raise ValueError(f"metric {metric!r} needs a binary task; this one has {n_classes} "
+        raise InputError(f"metric {metric!r} needs a binary task; this one has {n_classes} "
                          "classes (use balanced_accuracy)")
 
 
@@ -69,7 +70,7 @@ def weighted_metric(metric: str, y: np.ndarray, proba: np.ndarray, pred: np.ndar
         return _weighted_auc(score, y == 1, weights)
     if metric == "pauc80":
         return _weighted_pauc(score, y == 1, weights)
-    raise ValueError(f"metric {metric!r}: use one of {', '.join(COMPARE_METRICS)}")
+    raise InputError(f"metric {metric!r}: use one of {', '.join(COMPARE_METRICS)}")
 
 
 def seed_mean(metric: str, y: np.ndarray, proba: np.ndarray, pred: np.ndarray,
@@ -91,7 +92,7 @@ def paired_difference(metric: str, y: np.ndarray, groups: np.ndarray | None,
     pa, da = np.asarray(a[0], np.float64), np.asarray(a[1], np.int64)
     pb, db = np.asarray(b[0], np.float64), np.asarray(b[1], np.int64)
     if pa.shape != pb.shape or da.shape != db.shape or da.shape[-1] != len(y):
-        raise ValueError(f"paired entries must score the same rows: {pa.shape} vs {pb.shape}")
+        raise InputError(f"paired entries must score the same rows: {pa.shape} vs {pb.shape}")
     full = np.ones((1, len(y)))
     estimate = float(seed_mean(metric, y, pb, db, full)[0] - seed_mean(metric, y, pa, da, full)[0])
     draws = []

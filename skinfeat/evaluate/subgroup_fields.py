@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.spec import DatasetSpec
+from ..errors import InputError
+from .subgroup_plot import save_forest_plots
 from .subgroups import MIN_GROUPS, SubgroupResult, subgroup_table
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def subgroup_columns(text: str | Sequence[str] | None, spec: DatasetSpec) -> tup
         return ()
     unknown = [t for t in names if t not in known]
     if unknown or not names:
-        raise ValueError(f"--subgroups: unknown field(s) {', '.join(unknown) or '(none given)'} "
+        raise InputError(f"--subgroups: unknown field(s) {', '.join(unknown) or '(none given)'} "
                          f"for {spec.name}; expected none or from: {', '.join(known) or '(no fields)'}")
     return tuple(dict.fromkeys(names))
 
@@ -116,5 +118,5 @@ def analyse_subgroups(scored: pd.DataFrame, train: pd.DataFrame, y_true: np.ndar
                             min_groups=min_groups, n_boot=n_boot, seed=seed,
                             group_name=spec.group_name)
     if out is not None:
-        result.save_forest_plots(out)
+        save_forest_plots(result, out)
     return result

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..atomic import write_artifact
 from .report import CHAR_IN, new_figure, set_margins
-
-if TYPE_CHECKING:
-    from .subgroups import FieldTable, SubgroupResult
+from .subgroups import FieldTable, SubgroupResult, plot_name
 
 
-def save_forest_png(result: "SubgroupResult", table: "FieldTable", path: Path) -> Path:
+def save_forest_plots(result: SubgroupResult, out: str | Path) -> list[Path]:
+    """One forest-plot PNG per field of ``result`` in ``out`` (``plot_name``); returns the paths
+    written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return [save_forest_png(result, t, out / plot_name(t.field)) for t in result.fields]
+
+
+def save_forest_png(result: SubgroupResult, table: FieldTable, path: Path) -> Path:
     rows = table.rows
     fig, ax = new_figure((6, 1.2 + 0.4 * len(rows)))
     for i, r in enumerate(rows):

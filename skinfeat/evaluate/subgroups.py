@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .metrics import _weighted_auc, classwise_calibration, group_resamples, pd_codes
 
 MISSING = "missing"
@@ -70,13 +71,6 @@ class SubgroupResult:
 
     def to_markdown(self, heading: str = "## Subgroups") -> str:
         return "\n".join(markdown_lines(self, heading)) + "\n"
-
-    def save_forest_plots(self, out: str | Path) -> list[Path]:
-        """One forest-plot PNG per field in ``out`` (``plot_name``); returns the paths written."""
-        from .subgroup_plot import save_forest_png
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        return [save_forest_png(self, t, out / plot_name(t.field)) for t in self.fields]
 
 
 def plot_name(field_name: str) -> str:
@@ -218,7 +212,7 @@ def subgroup_table(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,
     y_pred = np.asarray(y_pred, dtype=np.int64)
     n, k = len(y_true), len(classes)
     if not (len(proba) == len(y_pred) == len(groups) == len(columns) == n):
-        raise ValueError(f"subgroup_table: {n} labels but {len(proba)} probabilities, "
+        raise InputError(f"subgroup_table: {n} labels but {len(proba)} probabilities, "
                          f"{len(y_pred)} decisions, {len(groups)} groups, {len(columns)} rows "
                          "of subgroup columns")
     codes = pd_codes(groups)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 
+from ..errors import InputError
 from ..schema import Ge, Gt, Le, validate
 from .protocol import Trained, StageTwoModel, log_proba, view_mean
 from .rows import Rows, chunked
@@ -151,9 +152,9 @@ class LGBMModel(StageTwoModel):
         try:
             model = cls.from_state(weights, config["lgbm"])
         except lgb.basic.LightGBMError as exc:
-            raise ValueError(str(exc)) from exc
+            raise InputError(str(exc)) from exc
         if model.pca is not None and model.pca.mean.shape[0] != dims[0]:
-            raise ValueError(f"PCA expects {model.pca.mean.shape[0]}-d embeddings, config says "
+            raise InputError(f"PCA expects {model.pca.mean.shape[0]}-d embeddings, config says "
                              f"embed_dim {dims[0]}")
         return model
 
@@ -186,7 +187,7 @@ def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],
     x_tr = design_matrix(xi, xm, cfg.inputs, pca)
     x_va = design_matrix(vi, vm, cfg.inputs, pca)
     if x_tr.shape[1] == 0:   # LightGBM's own message on zero columns names a "forced split"
-        raise ValueError(f"LightGBM on inputs {cfg.inputs} has no features: the metadata "
+        raise InputError(f"LightGBM on inputs {cfg.inputs} has no features: the metadata "
                          "encoder made none (no field has a value in the training rows)")
     # Balanced class weights per row: for a binary task the positive / negative weight ratio is
     # n_neg / n_pos, what LightGBM's scale_pos_weight is usually set to, so it is not added too

@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
+from ..errors import InputError
+
 METHODS = ("temperature", "logit_adjust", "bias_temperature")
 T_BOUNDS = (0.05, 20.0)
 
@@ -87,7 +89,7 @@ class Calibrator:
 
     def __init__(self, method: str = "logit_adjust"):
         if method not in METHODS:
-            raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
+            raise InputError(f"calibration method must be one of {METHODS}, got {method!r}")
         self.method = method
         self.temperature = 1.0
         self.adjust: list[float] | None = None   # subtracted from the logits before T
@@ -160,9 +162,9 @@ class Calibrator:
         Every value is checked, since a bundle's config.json may have been edited: a temperature
         of 0 or a NaN bias would make every probability NaN. With ``n_classes``, the vectors must
         have that length. Errors name the key under ``key``."""
-        def bad(where: str, why: str, value: object) -> ValueError:
+        def bad(where: str, why: str, value: object) -> InputError:
             text = repr(value)
-            return ValueError(f"key '{key}{where}': invalid calibration state: {why}, got "
+            return InputError(f"key '{key}{where}': invalid calibration state: {why}, got "
                               f"{text if len(text) <= 40 else text[:37] + '...'}")
 
         def finite(value: object) -> bool:

@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+
 SINGLE_COLUMN = "group_single"          # 1.0 where the group has one lesion: values are neutral
 DISTANCE_COLUMN = "embedding_group_distance"
 
@@ -45,7 +47,7 @@ def group_context(table: pd.DataFrame, numeric: Sequence[str], groups: Sequence 
     """
     groups = np.asarray(groups, dtype=object)
     if len(groups) != len(table):
-        raise ValueError(f"group_context: {len(groups)} group ids for {len(table)} rows")
+        raise InputError(f"group_context: {len(groups)} group ids for {len(table)} rows")
     missing = [f for f in numeric if f not in table.columns]
     if missing:
         raise KeyError(f"group_context: no column(s) {', '.join(missing)} in the table")
@@ -69,7 +71,7 @@ def group_context(table: pd.DataFrame, numeric: Sequence[str], groups: Sequence 
         emb = np.asarray(embeddings)   # no copy of an array or a memory map
         emb = emb[:, 0] if emb.ndim == 3 else emb
         if len(emb) != len(table):
-            raise ValueError(f"group_context: {len(emb)} embeddings for {len(table)} rows")
+            raise InputError(f"group_context: {len(emb)} embeddings for {len(table)} rows")
         out[DISTANCE_COLUMN] = pd.Series(_centre_distance(emb, codes.to_numpy(),
                                                           size.to_numpy()), index=table.index)
     out[SINGLE_COLUMN] = (size == 1).astype(np.float64)

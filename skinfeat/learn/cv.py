@@ -40,6 +40,7 @@ from ..data.datasets import Dataset
 from ..data.splits import (SPLIT_KINDS, check_split, fold_ids, holdout_mask,
                            parse_split, protocol)
 from ..embed.cache import CacheContents
+from ..errors import InputError
 from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, mean_std
 from .fallback import applies
 from .fallback import combine as combine_rows
@@ -80,16 +81,16 @@ class CVConfig:
         inputs = INPUTS if self.inputs is None else self.inputs
         split = parse_split(self.split)   # group (older: lesion), image, or by:COLUMN
         if split.kind == "none" or split.value is not None:
-            raise ValueError(f"split: {split}; expected from {', '.join(SPLIT_KINDS)} or "
+            raise InputError(f"split: {split}; expected from {', '.join(SPLIT_KINDS)} or "
                              "by:COLUMN (each value one fold; by:COLUMN=VALUE is fit-head's)")
         self.split = str(split)
         for name, got, allowed in (("models", self.models, MODELS), ("inputs", inputs, INPUTS)):
             bad = [x for x in got if x not in allowed]
             if bad or not got:
-                raise ValueError(f"{name}: {', '.join(bad) or 'none given'}; "
+                raise InputError(f"{name}: {', '.join(bad) or 'none given'}; "
                                  f"expected from {', '.join(allowed)}")
         if not self.seeds:
-            raise ValueError("seeds: give at least one seed")
+            raise InputError("seeds: give at least one seed")
 
     def to_dict(self) -> dict:
         """The protocol's fields and the recipe nested under ``"recipe"``."""
@@ -324,7 +325,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     cfg, notes = input_sets(cfg, data)
     cfg.check()
     if data.spec.evaluation_only:
-        raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
+        raise InputError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     for note in notes:
         log.warning("%s: %s", data.source, note)
     data, image = align_dataset(data, contents, source)

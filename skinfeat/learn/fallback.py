@@ -76,19 +76,18 @@ def image_only(trained: Trained, embed_dim: int, n_classes: int) -> Trained:
     if not isinstance(model, HeadModel):
         raise TypeError(f"a fallback folded from a fused fit needs a head, got {model.kind}")
     net, cfg = model.net, {**model.config, "inputs": "image"}
-    zero = torch.zeros(1, net.meta_mlp[0].in_features)
+    zero = torch.zeros(1, net.meta_mlp.fc1.in_features)
     m = net.meta_mlp(zero)[0]
-    weight, bias = net.classifier[1].weight, net.classifier[1].bias
+    weight, bias = net.fuse.fc.weight, net.fuse.fc.bias
     w_image, w_meta = weight[:, :embed_dim], weight[:, embed_dim:]
     new_bias = bias + w_meta @ m
     if hasattr(net, "film"):   # x * film_gate(gamma) + beta, gamma and beta constant
         gamma, beta = net.film(m[None])[0].chunk(2)
         new_bias = new_bias + w_image @ beta
         w_image = w_image * film_gate(gamma)[None, :]
-    out = FusionHead.from_config(embed_dim, net.meta_mlp[0].in_features, n_classes, cfg)
-    state = {k: v.clone() for k, v in net.classifier.state_dict().items()}
-    state["1.weight"], state["1.bias"] = w_image.clone(), new_bias.clone()
-    out.classifier.load_state_dict(state)
+    out = FusionHead.from_config(embed_dim, net.meta_mlp.fc1.in_features, n_classes, cfg)
+    out.fuse.fc.load_state_dict({"weight": w_image.clone(), "bias": new_bias.clone()})
+    out.classifier.load_state_dict(net.classifier.state_dict())
     out.eval()
     return replace(trained, model=HeadModel(out, cfg))
 

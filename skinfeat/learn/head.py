@@ -1,4 +1,5 @@
-"""Stage two: FusionHead (image embedding + encoded metadata -> 7 classes) and its fit loop.
+"""Stage two: FusionHead (image embedding + encoded metadata -> 7 classes); its fit loop is
+``head_batch`` (``fit_head``, ``fit_heads``).
 
 ``head="reference"`` is the published Keras recipe, layer for layer: dropout 0.3 on the image
 embedding; metadata MLP 32 -> 16 (ReLU); concatenate; dropout 0.4; dense 64 (ReLU); dense K.
@@ -28,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import asdict, dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import InputError
 from ..schema import Ge, Gt, Lt, validate
 
 log = logging.getLogger(__name__)
@@ -100,31 +103,6 @@ class HeadConfig:
                       **changes})
 
 
-class DropoutNoise:
-    """The dropout masks of one fit, from their own seeded numpy stream (PCG64).
-
-    Each element takes 16 random bits, kept when they fall below ``round(keep * 2**16)``: the
-    keep probability is exact to 1/65536, and a mask costs a sixth of drawing it from torch's CPU
-    generator (one double per element; ``bernoulli_`` twice that), which was a third of a head
-    step.
-    Each member of a batched fit draws from its own stream, in the same order (image layer,
-    then classifier), so a head's weights do not depend on which heads it trained beside.
-    """
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng([seed, 0xD2])   # a stream of its own, not the weights'
-
-    def keep(self, n: int, keep: float) -> np.ndarray:
-        """``n`` booleans, each True with probability ``keep``."""
-        bits = self.rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
-        return bits < np.uint16(min(round(keep * 65536), 65535))
-
-
-def dropout_scale(keep: float) -> torch.Tensor:
-    """A kept element's factor, ``1 / keep``, computed in float32."""
-    return torch.ones(1).div_(keep)
-
-
 def film_gate(gamma: torch.Tensor) -> torch.Tensor:
     """FiLM's scale ``1 + tanh(gamma)``, computed as ``2 * sigmoid(2 * gamma)``: the same
     function (equal up to float rounding), and torch's CPU tanh is several times slower than its
@@ -134,8 +112,9 @@ def film_gate(gamma: torch.Tensor) -> torch.Tensor:
 
 class StackableLinear(nn.Linear):
     """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (bound in by
-    ``head_batch._Bound``) and (k, B, in) inputs, one batched product for all k. This
-    is how the one training loop trains k heads with the head's own ``forward``."""
+    ``torch.func.functional_call`` in ``head_batch``) and (k, B, in) inputs, one batched product
+    for all k. This is how the one training loop trains k heads with the head's own
+    ``forward``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dim() == 3:
@@ -152,25 +131,28 @@ class FusionHead(nn.Module):
                  dropout: float = 0.4):
         super().__init__()
         if head not in HEADS or inputs not in INPUTS:
-            raise ValueError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
+            raise InputError(f"head must be one of {HEADS} and inputs one of {INPUTS}")
         self.head, self.inputs = head, inputs
         self.use_image = inputs in ("fused", "image")
         self.use_meta = inputs in ("fused", "meta") and meta_dim > 0
         if not (self.use_image or self.use_meta):
-            raise ValueError("a metadata-only head (inputs meta) needs metadata features, and "
+            raise InputError("a metadata-only head (inputs meta) needs metadata features, and "
                              "the encoder made none (no field, or no value in the training rows)")
         width = 0
         if self.use_image:
             self.image_dropout = nn.Dropout(image_dropout)
             width += embed_dim
         if self.use_meta:
-            self.meta_mlp = nn.Sequential(StackableLinear(meta_dim, meta_width), nn.ReLU(),
-                                          StackableLinear(meta_width, meta_out), nn.ReLU())
+            self.meta_mlp = nn.Sequential(OrderedDict(
+                fc1=StackableLinear(meta_dim, meta_width), act1=nn.ReLU(),
+                fc2=StackableLinear(meta_width, meta_out), act2=nn.ReLU()))
             width += meta_out
         if head == "film" and self.use_image and self.use_meta:
             self.film = StackableLinear(meta_out, 2 * embed_dim)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), StackableLinear(width, dense_width),
-                                        nn.ReLU(), StackableLinear(dense_width, n_classes))
+        # The joined features: dropout, then the dense layer (``fuse``); then the class logits.
+        self.fuse = nn.Sequential(OrderedDict(
+            dropout=nn.Dropout(dropout), fc=StackableLinear(width, dense_width), act=nn.ReLU()))
+        self.classifier = StackableLinear(dense_width, n_classes)
         for m in self.modules():
             if isinstance(m, nn.Linear):  # Keras Dense defaults
                 nn.init.xavier_uniform_(m.weight)
@@ -209,16 +191,8 @@ class FusionHead(nn.Module):
             parts.append(m)
         h = torch.cat(parts, dim=-1)
         if joint_mask is None:
-            return self.classifier(h)
-        return self.classifier[3](self.classifier[2](self.classifier[1](h * joint_mask)))
-
-
-@dataclass
-class FitResult:
-    model: FusionHead
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
-    class_weights: list[float] = field(default_factory=list)
+            return self.classifier(self.fuse(h))
+        return self.classifier(self.fuse.act(self.fuse.fc(h * joint_mask)))
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -228,50 +202,6 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     w = np.zeros(n_classes)
     w[present] = len(y) / (present.sum() * counts[present])
     return w
-
-
-def _pick_view(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(N, V, D) -> (N, D): one random view per row (feature-level augmentation)."""
-    choice = torch.randint(image.shape[1], (image.shape[0],), generator=gen)
-    return image[torch.arange(image.shape[0]), choice]
-
-
-MetaField = tuple  # (lo, hi) or (lo, hi, missing values): columns lo:hi of one metadata field
-
-
-def _blank_fields(meta: torch.Tensor, fields: list[MetaField], p: float,
-                  gen: torch.Generator, p_all: float = 0.0) -> torch.Tensor:
-    """Set whole metadata fields to their "missing" encoding at random, so that training sees
-    exactly the vector that a blank, unknown, unseen or absent value gets at predict time
-    (``MetadataEncoder.dropout_fields``). A field given as ``(lo, hi)`` is blanked to zeros.
-    ``p_all`` blanks every field of a row at once: independent fields at ``p`` alone leave a
-    row with no metadata at all only ``p ** len(fields)`` of the time."""
-    meta = meta.clone()
-    every = torch.rand(meta.shape[0], generator=gen) < p_all if p_all > 0 else None
-    for f in fields:
-        lo, hi = int(f[0]), int(f[1])
-        drop = torch.rand(meta.shape[0], generator=gen) < p
-        if every is not None:
-            drop |= every
-        fill = torch.as_tensor(f[2], dtype=meta.dtype) if len(f) > 2 else 0.0
-        meta[drop, lo:hi] = fill
-    return meta
-
-
-def _val_score(logits: torch.Tensor, y: torch.Tensor, n_classes: int, stop_on: str) -> float:
-    """Lower is better, whatever the criterion."""
-    if stop_on == "loss":
-        return float(F.cross_entropy(logits, y))
-    present = torch.bincount(y, minlength=n_classes) > 0
-    if stop_on == "balanced_loss":
-        ce = F.cross_entropy(logits, y, reduction="none")
-        per_class = torch.zeros(n_classes).index_add_(0, y, ce) / \
-            torch.bincount(y, minlength=n_classes).clamp(min=1)
-        return float(per_class[present].mean())
-    hit = (logits.argmax(1) == y).float()
-    recall = torch.zeros(n_classes).index_add_(0, y, hit) / \
-        torch.bincount(y, minlength=n_classes).clamp(min=1)
-    return -float(recall[present].mean())
 
 
 def _eval_view(image: torch.Tensor) -> torch.Tensor:
@@ -293,21 +223,19 @@ def one_thread(fn):
     return wrapper
 
 
-def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
-             val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
-             cfg: HeadConfig = HeadConfig(),
-             meta_fields: list[MetaField] | None = None) -> FitResult:
-    """Train on ``(image, meta, y)`` arrays; early stopping on ``val`` (``cfg.stop_on``), best
-    weights kept. The one training loop with one member (``head_batch.fit_heads``).
+# Heads saved before their layers had names (bundles up to 7c926aa) key them by position.
+POSITIONAL_KEYS = {"meta_mlp.0.": "meta_mlp.fc1.", "meta_mlp.2.": "meta_mlp.fc2.",
+                   "classifier.1.": "fuse.fc.", "classifier.3.": "classifier."}
 
-    ``image`` is (N, D), or (N, V, D) with view 0 the original image: then training samples one
-    view per row per epoch when ``cfg.view_augment``, and validation uses view 0. ``meta_fields``
-    gives each metadata field's columns and missing encoding, for ``cfg.meta_dropout``.
-    The caller's global torch RNG is left as it was (the fit seeds a forked copy).
-    """
-    from .head_batch import fit_heads   # the loop module builds on this one
 
-    return fit_heads([(train, val)], n_classes, cfg, [meta_fields])[0]
+def named_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A head's saved state with older bundles' positional keys renamed to the named layers
+    (the one place that knows the old keys); today's keys pass unchanged."""
+    out = {}
+    for key, value in state.items():
+        old = next((o for o in POSITIONAL_KEYS if key.startswith(o)), None)
+        out[POSITIONAL_KEYS[old] + key[len(old):] if old else key] = value
+    return out
 
 
 @torch.no_grad()

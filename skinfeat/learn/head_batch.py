@@ -1,14 +1,14 @@
 """The head's one training loop: the heads of k splits (the folds of a CV, one configuration)
-trained as one batched network; a single fit (``head.fit_head``) is a batch of one.
+trained as one batched network; a single fit (``fit_head``) is a batch of one.
 
 Each split's head is what it would be trained alone, up to float rounding: the same initial
 weights (each built from the same seed), the same dropout masks and the same shuffles (each
 split draws from its own generators), its own Adam state and step count, its own early
 stopping. What is shared is the work: the k weight sets are stacked along a first axis and the
-step runs the module's own ``forward`` on them (the stacked tensors bound into a template
-head's layers, ``_Bound``; its layers take stacked weights, ``head.StackableLinear``): one batched matrix product per layer and one
-optimizer update for all splits, instead of k small steps whose cost is mostly per-op overhead
-on a CPU.
+step runs the module's own ``forward`` on them (``torch.func.functional_call`` on a template
+head, whose layers take stacked weights, ``head.StackableLinear``): one batched matrix product
+per layer and one optimizer update for all splits, instead of k small steps whose cost is
+mostly per-op overhead on a CPU.
 
 Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
 step out (no update, no optimizer step). A split whose metadata encoder saw fewer categories
@@ -22,15 +22,17 @@ import copy
 import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 import warnings
 
 import numpy as np
 import torch
+from torch.func import functional_call
 from torch.nn import functional as F
 
-from .head import (DropoutNoise, FitResult, FusionHead, HeadConfig, MetaField, _blank_fields,
-                   _eval_view, _pick_view, _val_score, dropout_scale, one_thread)
+from ..errors import InputError
+from .head import FusionHead, HeadConfig, _eval_view, one_thread
 from .optim import Adam
 from .rows import Rows
 
@@ -56,6 +58,83 @@ def epoch_hook(fn: Callable[[int, list[float]], None] | None) -> Iterator[None]:
         _EPOCH_HOOK.reset(token)
 
 
+class DropoutNoise:
+    """The dropout masks of one fit, from their own seeded numpy stream (PCG64).
+
+    Each element takes 16 random bits, kept when they fall below ``round(keep * 2**16)``: the
+    keep probability is exact to 1/65536, and a mask costs a sixth of drawing it from torch's CPU
+    generator (one double per element; ``bernoulli_`` twice that), which was a third of a head
+    step.
+    Each member of a batched fit draws from its own stream, in the same order (image layer,
+    then classifier), so a head's weights do not depend on which heads it trained beside.
+    """
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng([seed, 0xD2])   # a stream of its own, not the weights'
+
+    def keep(self, n: int, keep: float) -> np.ndarray:
+        """``n`` booleans, each True with probability ``keep``."""
+        bits = self.rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
+        return bits < np.uint16(min(round(keep * 65536), 65535))
+
+
+def dropout_scale(keep: float) -> torch.Tensor:
+    """A kept element's factor, ``1 / keep``, computed in float32."""
+    return torch.ones(1).div_(keep)
+
+
+@dataclass
+class FitResult:
+    model: FusionHead
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    class_weights: list[float] = field(default_factory=list)
+
+
+def _pick_view(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(N, V, D) -> (N, D): one random view per row (feature-level augmentation)."""
+    choice = torch.randint(image.shape[1], (image.shape[0],), generator=gen)
+    return image[torch.arange(image.shape[0]), choice]
+
+
+MetaField = tuple  # (lo, hi) or (lo, hi, missing values): columns lo:hi of one metadata field
+
+
+def _blank_fields(meta: torch.Tensor, fields: list[MetaField], p: float,
+                  gen: torch.Generator, p_all: float = 0.0) -> torch.Tensor:
+    """Set whole metadata fields to their "missing" encoding at random, so that training sees
+    exactly the vector that a blank, unknown, unseen or absent value gets at predict time
+    (``MetadataEncoder.dropout_fields``). A field given as ``(lo, hi)`` is blanked to zeros.
+    ``p_all`` blanks every field of a row at once: independent fields at ``p`` alone leave a
+    row with no metadata at all only ``p ** len(fields)`` of the time."""
+    meta = meta.clone()
+    every = torch.rand(meta.shape[0], generator=gen) < p_all if p_all > 0 else None
+    for f in fields:
+        lo, hi = int(f[0]), int(f[1])
+        drop = torch.rand(meta.shape[0], generator=gen) < p
+        if every is not None:
+            drop |= every
+        fill = torch.as_tensor(f[2], dtype=meta.dtype) if len(f) > 2 else 0.0
+        meta[drop, lo:hi] = fill
+    return meta
+
+
+def _val_score(logits: torch.Tensor, y: torch.Tensor, n_classes: int, stop_on: str) -> float:
+    """Lower is better, whatever the criterion."""
+    if stop_on == "loss":
+        return float(F.cross_entropy(logits, y))
+    present = torch.bincount(y, minlength=n_classes) > 0
+    if stop_on == "balanced_loss":
+        ce = F.cross_entropy(logits, y, reduction="none")
+        per_class = torch.zeros(n_classes).index_add_(0, y, ce) / \
+            torch.bincount(y, minlength=n_classes).clamp(min=1)
+        return float(per_class[present].mean())
+    hit = (logits.argmax(1) == y).float()
+    recall = torch.zeros(n_classes).index_add_(0, y, hit) / \
+        torch.bincount(y, minlength=n_classes).clamp(min=1)
+    return -float(recall[present].mean())
+
+
 class _Split:
     """One split's data and its own generators: weights, dropout masks, epoch draws."""
 
@@ -76,7 +155,7 @@ class _Split:
         counts = np.bincount(self.y.numpy(), minlength=n_classes).astype(np.float64)
         if cfg.negative_ratio is not None:
             if n_classes != 2:
-                raise ValueError(f"negative_ratio is for binary tasks; this one has {n_classes} "
+                raise InputError(f"negative_ratio is for binary tasks; this one has {n_classes} "
                                  "classes")
             keep = min(int(counts[0]), int(round(cfg.negative_ratio * counts[1])))
             if counts[1] and keep < counts[0]:
@@ -162,7 +241,7 @@ def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
     out = {}
     for name in splits[0].model.state_dict():
         parts = [s.model.state_dict()[name] for s in splits]
-        if name == "meta_mlp.0.weight" and any(s.pad for s in splits):
+        if name == "meta_mlp.fc1.weight" and any(s.pad for s in splits):
             parts = [F.pad(p, (0, s.pad)) for p, s in zip(parts, splits)]
         out[name] = torch.stack(parts).clone().requires_grad_(True)
     return out
@@ -195,38 +274,25 @@ class _Noise:
                                                                              self.scale))
 
 
-class _Bound:
-    """The template head with the step's weights bound into its layers, so that the step runs
-    ``model.forward`` itself on them. ``functional_call`` does the same but walks the module
-    tree, checks for tied weights and restores the originals on every call: a tenth of a
-    small step. Here the (layer, name) slots are found once and each step only assigns the
-    tensors; the template serves nothing else, so nothing needs restoring."""
-
-    def __init__(self, model: FusionHead, names: list[str]):
-        self.model = model
-        self.slots = [(model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2],
-                       name) for name in names]
-
-    def __call__(self, params: dict, image: torch.Tensor, meta: torch.Tensor,
-                 masks: tuple | None = None) -> torch.Tensor:
-        """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes).
-        The layers run stacked weights as batched products (``StackableLinear``); ``model``
-        stays in eval mode: the step's dropout comes in as ``masks``. One member (a single
-        fit) runs on views of its weights, as a plain module (views made anew each call: a
-        view kept across steps would hold a graph that the first backward frees)."""
-        one = image.shape[0] == 1
-        for module, attr, name in self.slots:
-            module._parameters[attr] = params[name][0] if one else params[name]
-        if one:
-            masks = None if masks is None else tuple(None if m is None else m[0] for m in masks)
-            return self.model(image[0], meta[0], masks).unsqueeze(0)
-        return self.model(image, meta, masks)
+def _forward(model: FusionHead, params: dict, image: torch.Tensor, meta: torch.Tensor,
+             masks: tuple | None = None) -> torch.Tensor:
+    """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes),
+    through ``torch.func.functional_call`` (the template's own weights are left as they are).
+    The layers run stacked weights as batched products (``StackableLinear``); ``model`` stays
+    in eval mode: the step's dropout comes in as ``masks``. One member (a single fit) runs on
+    views of its weights, as a plain module."""
+    if image.shape[0] == 1:
+        one = {name: p[0] for name, p in params.items()}
+        masks = None if masks is None else tuple(None if m is None else m[0] for m in masks)
+        return functional_call(model, one, (image[0], meta[0], masks),
+                               tie_weights=False).unsqueeze(0)
+    return functional_call(model, params, (image, meta, masks), tie_weights=False)
 
 
 def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
     state = {name: p[k].detach().clone() for name, p in params.items()}
-    if pad and "meta_mlp.0.weight" in state:
-        state["meta_mlp.0.weight"] = state["meta_mlp.0.weight"][:, :-pad].contiguous()
+    if pad and "meta_mlp.fc1.weight" in state:
+        state["meta_mlp.fc1.weight"] = state["meta_mlp.fc1.weight"][:, :-pad].contiguous()
     return state
 
 
@@ -252,7 +318,6 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     # at the end); eval mode, as dropout comes in as masks.
     model = copy.deepcopy(splits[0].model).eval()
     params = _stack(splits)
-    forward = _Bound(model, list(params))
     opt = Adam(params.values(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,
                stacked=k_all)
     bs = cfg.batch_size
@@ -261,7 +326,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     val_img = torch.stack([F.pad(s.vi, (0, 0, 0, val_rows - len(s.vy))) for s in splits])
     val_meta = torch.stack([F.pad(s.vm, (0, s.pad, 0, val_rows - len(s.vy))) for s in splits])
     widths = (splits[0].xi.shape[-1] if model.use_image else 0,
-              model.classifier[1].in_features)
+              model.fuse.fc.in_features)
     noise = _Noise(k_all, bs, widths, (cfg.image_dropout if model.use_image else None,
                                        cfg.dropout))
     buffers, group = None, list(range(k_all))    # group: the splits stacked, in order
@@ -297,7 +362,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
                 else:
                     w[i] = 0.0
             masks = noise.draw(members, active, n_rows)
-            logits = forward(params, img, meta, masks)
+            logits = _forward(model, params, img, meta, masks)
             ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
                                  reduction="none").view(kk, -1) * w
             per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
@@ -309,7 +374,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             for i in active:
                 totals[i] += done[i] * n_rows[i]
         with torch.no_grad():
-            val_logits = forward(params, val_img, val_meta)
+            val_logits = _forward(model, params, val_img, val_meta)
         for i, s in enumerate(members):
             vl = val_logits[i, :len(s.vy)]
             val_loss = float(F.cross_entropy(vl, s.vy))
@@ -338,3 +403,18 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
                  len(s.history), s.best_epoch, cfg.stop_on, s.best)
         results.append(FitResult(s.model, s.history, s.best_epoch, s.class_weights.tolist()))
     return results
+
+
+def fit_head(train: tuple[np.ndarray, np.ndarray, np.ndarray],
+             val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
+             cfg: HeadConfig = HeadConfig(),
+             meta_fields: list[MetaField] | None = None) -> FitResult:
+    """Train on ``(image, meta, y)`` arrays; early stopping on ``val`` (``cfg.stop_on``), best
+    weights kept. The one training loop with one member (``fit_heads``).
+
+    ``image`` is (N, D), or (N, V, D) with view 0 the original image: then training samples one
+    view per row per epoch when ``cfg.view_augment``, and validation uses view 0. ``meta_fields``
+    gives each metadata field's columns and missing encoding, for ``cfg.meta_dropout``.
+    The caller's global torch RNG is left as it was (the fit seeds a forked copy).
+    """
+    return fit_heads([(train, val)], n_classes, cfg, [meta_fields])[0]

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .head import FusionHead, HeadConfig, head_logits
+from .head import FusionHead, HeadConfig, head_logits, named_state
 from .protocol import Trained, Part, StageTwoModel
 
 
@@ -62,7 +62,7 @@ class HeadModel(StageTwoModel):
                     load_state: Callable | None = None) -> "HeadModel":
         head = config["head"]
         net = FusionHead.from_config(*dims, head)
-        (load_state or (lambda m, s: m.load_state_dict(s)))(net, weights)
+        (load_state or (lambda m, s: m.load_state_dict(s)))(net, named_state(weights))
         net.eval()
         return cls(net, head)
 

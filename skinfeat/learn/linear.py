@@ -15,6 +15,7 @@ from typing import Annotated, Callable, Literal
 
 import numpy as np
 
+from ..errors import InputError
 from ..schema import Ge, Gt, validate
 from .protocol import Trained, Part, StageTwoModel, log_proba, view_mean
 
@@ -129,7 +130,7 @@ class LinearProbe(StageTwoModel):
         recipe.check()
         x, y = design(train[0], train[1], recipe.inputs), np.asarray(train[2])
         if x.shape[1] == 0:
-            raise ValueError(f"a linear probe on inputs {recipe.inputs} has no features: the "
+            raise InputError(f"a linear probe on inputs {recipe.inputs} has no features: the "
                              "metadata encoder made none (no field has a value in the training "
                              "rows)")
         c, _ = choose_c(x, y, groups, recipe)
@@ -188,9 +189,9 @@ class LinearProbe(StageTwoModel):
                 len(w["intercept"]) != len(w["coef"]) or \
                 not (w["classes"].size and w["classes"].min() >= 0
                      and w["classes"].max() < n_classes):
-            raise ValueError(f"weights do not match config.json (a {width}-column probe on "
+            raise InputError(f"weights do not match config.json (a {width}-column probe on "
                              f"{n_classes} classes; mean {w['mean'].shape}, coef "
                              f"{w['coef'].shape})")
         if not all(np.isfinite(v).all() for v in w.values()):
-            raise ValueError("weights contain NaN or inf")
+            raise InputError("weights contain NaN or inf")
         return cls(cfg, float(config["linear"]["C"]), **w, n_classes=n_classes)

@@ -5,6 +5,7 @@ predict, explain and export find it through ``MODELS``.
 """
 from __future__ import annotations
 
+from ..errors import InputError
 from .baseline import LGBMModel
 from .head_model import HeadModel
 from .linear import LinearProbe
@@ -17,5 +18,5 @@ MODELS: dict[str, type[StageTwoModel]] = {"head": HeadModel, "lgbm": LGBMModel,
 def model_class(kind: str) -> type[StageTwoModel]:
     """The class of a ``model_type``; a ValueError naming the choices otherwise."""
     if kind not in MODELS:
-        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {kind!r}")
+        raise InputError(f"--model must be one of {', '.join(MODELS)}, got {kind!r}")
     return MODELS[kind]

@@ -1,16 +1,17 @@
-"""The head's optimizer: Adam written out (see ``Adam``), so that fitting a head never imports
-``torch._dynamo``."""
+"""The head's optimizer: Adam written out (see ``Adam``) over torch's public functional Adam, so
+that fitting a head never imports torch's dynamo compiler."""
 from __future__ import annotations
 
 import torch
+from torch.optim.adam import adam
 
 
 class Adam:
-    """``torch.optim.Adam(fused=True)``'s update, through the same kernel
-    (``torch._fused_adam_``: one pass over each parameter, where the foreach update makes
-    eight; the step of a 5-member 256-wide FiLM head went from 5.2 to 1.3 ms). One model's
-    weights are bit-identical to torch's optimizer's (tests/test_head_batch.py); it is written
-    out because constructing a torch optimizer imports ``torch._dynamo``, 2.5 s of every
+    """``torch.optim.Adam(fused=True)``'s update, through the same public functional call
+    (``torch.optim.adam.adam(..., fused=True)``: one pass over each parameter, where the foreach
+    update makes eight; the step of a 5-member 256-wide FiLM head went from 5.2 to 1.3 ms). One
+    model's weights are bit-identical to torch's optimizer's (tests/test_head_batch.py); it is
+    written out because constructing a torch optimizer imports the dynamo compiler, 2.5 s of every
     fit-head process and of every cv worker. With parameters stacked along a first axis of k
     models (``head_batch``), ``step(active)`` updates only the models marked active, each with
     its own step count, as k separate optimizers would up to float rounding: the kernel rounds
@@ -62,9 +63,9 @@ class Adam:
                              self.steps[k])
 
     def _update(self, params, grads, exp_avg, exp_avg_sq, step: int) -> None:
-        # The step as torch's optimizer keeps it: a float32 tensor, read by the kernel.
-        steps = [torch.tensor(float(step))] * len(params)
-        torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, lr=self.lr,
-                           beta1=self.beta1, beta2=self.beta2,
-                           weight_decay=self.weight_decay, eps=self.eps, amsgrad=False,
-                           maximize=False)
+        # The step count as torch's optimizer keeps it: one float32 tensor per parameter, which
+        # the functional call advances by one before the update.
+        steps = [torch.tensor(float(step - 1)) for _ in params]
+        adam(params, grads, exp_avg, exp_avg_sq, [], steps, fused=True, amsgrad=False,
+             beta1=self.beta1, beta2=self.beta2, lr=self.lr, weight_decay=self.weight_decay,
+             eps=self.eps, maximize=False)

@@ -14,6 +14,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..errors import InputError
+
 
 class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
     """A fusion head on (embedding [, metadata]) rows.
@@ -40,7 +42,7 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
     def _parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = int(self.meta_dim)
         if not 0 <= k <= X.shape[1]:
-            raise ValueError(f"meta_dim={k}: X has {X.shape[1]} columns")
+            raise InputError(f"meta_dim={k}: X has {X.shape[1]} columns")
         x = X.astype(np.float32)
         return x[:, :x.shape[1] - k], x[:, x.shape[1] - k:]
 
@@ -62,7 +64,7 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"FusionHeadClassifier needs at least 2 classes in y, got "
+            raise InputError(f"FusionHeadClassifier needs at least 2 classes in y, got "
                              f"{len(self.classes_)} class")
         image, meta = self._parts(X)
         tr, va = self._holdout(codes)

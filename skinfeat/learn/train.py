@@ -20,6 +20,7 @@ from ..data.datasets import HAM10000, DataError, Dataset
 from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, save_split
 from ..embed.cache import CacheContents, CacheError
+from ..errors import InputError
 from ..evaluate.metrics import calibrated_metrics
 from .baseline import LGBMConfig
 from .calibration import Calibrator
@@ -301,7 +302,7 @@ def prepare_split(table: pd.DataFrame, out: Path, kind: str, seed: int, test_siz
     if path.is_file():
         split, saved_kind, saved_seed = load_split(table, path)
         if saved_kind != kind or saved_seed != seed:
-            raise ValueError(f"{path} holds a {saved_kind}-level split with seed {saved_seed}, "
+            raise InputError(f"{path} holds a {saved_kind}-level split with seed {saved_seed}, "
                              f"but this run asks for {kind} with seed {seed}; use a new --out "
                              "folder (or the same --split and --seed)")
         return split, saved_kind

@@ -32,6 +32,7 @@ import pandas as pd
 
 from ..data.datasets import Dataset
 from ..atomic import write_artifact
+from ..errors import InputError
 from .head import HeadConfig
 from .runconfig import RunConfig
 from .head_batch import epoch_hook
@@ -73,19 +74,19 @@ class TuneConfig:
         if self.metric is None:
             return "auc" if n_classes == 2 else "balanced_accuracy"
         if self.metric not in TUNE_METRICS:
-            raise ValueError(f"tune --metric {self.metric}: use one of {', '.join(TUNE_METRICS)}")
+            raise InputError(f"tune --metric {self.metric}: use one of {', '.join(TUNE_METRICS)}")
         if self.metric in ("auc", "pauc80") and n_classes != 2:
-            raise ValueError(f"tune --metric {self.metric} needs a binary task; this one has "
+            raise InputError(f"tune --metric {self.metric} needs a binary task; this one has "
                              f"{n_classes} classes (use balanced_accuracy)")
         return self.metric
 
     def check(self) -> None:
         if self.metric is not None and self.metric not in TUNE_METRICS:
-            raise ValueError(f"tune --metric {self.metric}: use one of {', '.join(TUNE_METRICS)}")
+            raise InputError(f"tune --metric {self.metric}: use one of {', '.join(TUNE_METRICS)}")
         if self.trials < 1 or self.folds < 2:
-            raise ValueError("tune needs at least 1 trial and 2 folds")
+            raise InputError("tune needs at least 1 trial and 2 folds")
         if not 0 < self.test_size < 1:
-            raise ValueError(f"test_size must be in (0, 1), got {self.test_size}")
+            raise InputError(f"test_size must be in (0, 1), got {self.test_size}")
 
 
 def suggest(trial, start: HeadConfig) -> HeadConfig:
@@ -160,7 +161,7 @@ def storage_of(cfg: TuneConfig, out: Path, *, repair: bool = False):
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         # Every line is JSON (check_journal), but not a record Optuna can replay.
-        raise ValueError(f"{path}: not a study journal Optuna can replay ({exc!r}); move it "
+        raise InputError(f"{path}: not a study journal Optuna can replay ({exc!r}); move it "
                          "away to start the study afresh") from exc
 
 
@@ -174,12 +175,12 @@ def url_storage(url: str):
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise ValueError(f"--storage {url}: not a database URL (e.g. sqlite:///tune.db, "
+        raise InputError(f"--storage {url}: not a database URL (e.g. sqlite:///tune.db, "
                          "postgresql://user@host/db)") from exc
     shown = parsed.render_as_string(hide_password=True)
 
-    def fail(reason: str) -> ValueError:
-        return ValueError(f"--storage {shown}: {reason}")
+    def fail(reason: str) -> InputError:
+        return InputError(f"--storage {shown}: {reason}")
 
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -242,7 +243,7 @@ def check_journal(path: Path) -> None:
                 if isinstance(record, dict) and "op_code" in record:
                     continue
                 reason = "a JSON value that is not a study record"
-            raise ValueError(f"{path} line {number}: {reason}; the journal is corrupt (an "
+            raise InputError(f"{path} line {number}: {reason}; the journal is corrupt (an "
                              "interrupted append tears only the last line, leaving it without "
                              "a newline), so the study cannot resume from it: restore it from "
                              "a backup, or move it away to start the study afresh")
@@ -279,13 +280,13 @@ def open_study(cfg: TuneConfig, key: str, storage=None, worker: int = 0):
                                     direction="maximize", sampler=sampler, pruner=pruner,
                                     load_if_exists=True)
     except SQLAlchemyError as exc:
-        raise ValueError(f"--storage {where}: cannot open the study "
+        raise InputError(f"--storage {where}: cannot open the study "
                          f"({first_line(exc)})") from exc
     have = study.user_attrs.get("protocol")
     if have is None:
         study.set_user_attr("protocol", key)
     elif have != key:
-        raise ValueError(f"study {cfg.study_name!r} in {where} was made with another "
+        raise InputError(f"study {cfg.study_name!r} in {where} was made with another "
                          f"protocol ({have}); this run has {key}: use another --study-name")
     if not study.trials and worker == 0:
         study.enqueue_trial(start_params(cfg.start.head))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
+from ..errors import InputError
 from ..evaluate.compare_stats import (P_VALUE_METHOD, check_metric, paired_difference,
                                       seed_mean)
 from ..evaluate.report import metric_label, new_figure
@@ -48,7 +49,7 @@ def _same_folds(runs: dict[str, Path]) -> None:
         if first is None:
             first_label, first = label, folds
         elif not folds.equals(first):
-            raise ValueError(f"{where / 'cv_folds.csv'}: folds differ from {first_label}'s "
+            raise InputError(f"{where / 'cv_folds.csv'}: folds differ from {first_label}'s "
                              "(the caches must hold the same images)")
 
 
@@ -68,7 +69,7 @@ def _arrays(oof: pd.DataFrame, entry: dict, classes: list[str], order: pd.Index,
     for s in seeds:
         part = rows[rows["seed"] == s].set_index("image_id").reindex(order)
         if part["decision"].isna().any():
-            raise ValueError(f"{entry['run'] / 'oof_predictions.csv'}: seed {s} lacks "
+            raise InputError(f"{entry['run'] / 'oof_predictions.csv'}: seed {s} lacks "
                              f"{int(part['decision'].isna().sum())} images")
         probas.append(part[[f"p_{c}" for c in classes]].to_numpy(np.float64))
         preds.append(part["decision"].map(code).to_numpy(np.int64))
@@ -84,10 +85,10 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     data = as_dataset(data)
     caches = [str(c) for c in caches]
     if not caches:
-        raise ValueError("compare needs at least one cache")
+        raise InputError("compare needs at least one cache")
     check_metric(metric, len(data.classes))
     if len(caches) * len(cfg.models) * len(cfg.inputs or ("image",)) < 2:
-        raise ValueError("compare needs two entries: give several caches or several models")
+        raise InputError("compare needs two entries: give several caches or several models")
     out = Path(out)
     runs, results = {}, {}
     for label, cache in zip(cache_labels(caches), caches):

@@ -18,6 +18,7 @@ import pandas as pd
 from ..data.datasets import DataError, load_dataset
 from ..atomic import write_text
 from ..deploy.predict import Predictor
+from ..errors import InputError
 from ..evaluate.metrics import bootstrap_ci, calibrated_metrics, headline, majority_baseline
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     scored = table[ok].reset_index(drop=True)
     described = full[ok].reset_index(drop=True)
     if len(scored) == 0:
-        raise ValueError(f"{data}: no image could be read; nothing to score")
+        raise InputError(f"{data}: no image could be read; nothing to score")
     classes = predictor.classes
     y = model_labels(scored, classes, str(dataset.source))
     logits, proba, decided = preds.logits[ok], preds.proba[ok], preds.decided[ok]

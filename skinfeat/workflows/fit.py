@@ -16,6 +16,7 @@ from ..data.splits import assign_split, parse_split, protocol, source_sides
 from ..deploy.bundle import write_bundle
 from ..deploy.bundle_config import BundleConfig
 from ..embed.cache import CacheContents, cache_label, read_caches
+from ..errors import InputError
 from ..evaluate.metrics import majority_baseline
 from ..learn.cv import align_dataset
 from ..learn.runconfig import RunConfig
@@ -74,7 +75,7 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     data = as_dataset(data)
     out = Path(out)
     if data.spec.evaluation_only:
-        raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
+        raise InputError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     model = recipe.model
     check_inputs(data, (recipe.head if model == "head" else recipe.lgbm).inputs)
     subgroup_columns(subgroups, data.spec)   # a bad --subgroups fails before the fit

@@ -15,6 +15,7 @@ from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..data.splits import fold_ids, holdout_mask
 from ..embed.cache import cache_label, read_caches
+from ..errors import InputError
 from ..learn.cv import iter_folds
 from ..learn.head import one_thread
 from ..learn.train import align_embeddings, as_dataset, check_inputs, fit_split
@@ -31,7 +32,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     cfg.check()
     data = as_dataset(data)
     if data.spec.evaluation_only:
-        raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
+        raise InputError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
     check_inputs(data, cfg.start.head.inputs)
     metric = cfg.metric_for(len(data.classes))   # a wrong metric fails before any work
     out = Path(out)

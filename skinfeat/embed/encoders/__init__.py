@@ -17,7 +17,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backbone import WeightSource, WeightsUnavailable
+from ...errors import MissingFileError
+from ..weights import WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
 from .local import detect_family, folder_sha256, timm_folder_name  # noqa: F401
 
@@ -62,7 +63,7 @@ def parse_backbone(spec: str) -> BackboneRef:
     if spec.startswith("local-dir:"):
         folder = _folder(spec)
         if folder is None:
-            raise FileNotFoundError(f"--backbone {spec}: folder not found")
+            raise MissingFileError(f"--backbone {spec}: folder not found")
         family = detect_family(folder)
         base = timm_folder_name(folder) if family == "timm" else folder.resolve().name
         return BackboneRef(family, base if family == "timm" else f"{family}:{base}", folder)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import InputError
+
 
 class FamilyEncoder(torch.nn.Module):
     """A frozen image tower: ``pooled(x)`` is one vector per image under ``self.pool``."""
@@ -23,7 +25,7 @@ class FamilyEncoder(torch.nn.Module):
         """Choose the pooling (``--pool``); an unknown one is a one-line error."""
         pool = pool or self.pools[0]
         if pool not in self.pools:
-            raise ValueError(f"--pool {pool}: a {self.family} encoder pools by one of "
+            raise InputError(f"--pool {pool}: a {self.family} encoder pools by one of "
                              f"{', '.join(self.pools)}")
         self.pool = pool
 
@@ -61,7 +63,7 @@ def first_layernorm(block: torch.nn.Module) -> torch.nn.Module:
     grad-cam target for ViTs."""
     norm = next((m for m in block.modules() if isinstance(m, torch.nn.LayerNorm)), None)
     if norm is None:
-        raise ValueError(f"{type(block).__name__}: no LayerNorm to take token maps from")
+        raise InputError(f"{type(block).__name__}: no LayerNorm to take token maps from")
     return norm
 
 

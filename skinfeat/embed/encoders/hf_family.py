@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from ...errors import InputError
 from .base import FamilyEncoder, first_layernorm, freeze, seeded
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class HFEncoder(FamilyEncoder):
     def set_pool(self, pool: str | None) -> None:
         super().set_pool(pool)
         if self.pool == "proj" and self.projection is None:
-            raise ValueError("--pool proj: this transformers model has no image projection "
+            raise InputError("--pool proj: this transformers model has no image projection "
                              "(only CLIP-like models do); use --pool cls or mean")
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,7 @@ class HFEncoder(FamilyEncoder):
             except AttributeError:
                 continue
         if not isinstance(blocks, torch.nn.ModuleList) or not len(blocks):
-            raise ValueError(f"{type(self.tower).__name__}: no transformer blocks to explain")
+            raise InputError(f"{type(self.tower).__name__}: no transformer blocks to explain")
         return first_layernorm(blocks[-1])
 
     def data_config(self) -> dict:

@@ -9,6 +9,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from ...errors import MissingFileError
+
 # The files that make the model: weights and the configs that shape it (not READMEs).
 CONTENT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 CONTENT_NAMES = ("config.json", "open_clip_config.json", "preprocessor_config.json")
@@ -24,8 +26,8 @@ def folder_sha256(folder: str | Path) -> str:
     folder = Path(folder)
     files = content_files(folder)
     if not any(p.suffix in CONTENT_SUFFIXES for p in files):
-        raise FileNotFoundError(f"{folder}: no weight file (*.safetensors, *.bin, *.pt, *.pth) "
-                                "in this model folder")
+        raise MissingFileError(f"{folder}: no weight file (*.safetensors, *.bin, *.pt, *.pth) "
+                               "in this model folder")
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode() + b"\0")
@@ -61,5 +63,5 @@ def detect_family(folder: Path) -> str:
         return "timm"
     if is_hf_folder(folder):
         return "hf"
-    raise FileNotFoundError(f"{folder}: not a model folder skinfeat knows (needs "
-                            "open_clip_config.json, or config.json from timm or transformers)")
+    raise MissingFileError(f"{folder}: not a model folder skinfeat knows (needs "
+                           "open_clip_config.json, or config.json from timm or transformers)")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import InputError
 from .base import FamilyEncoder, first_layernorm, freeze, seeded
 
 
@@ -27,7 +28,7 @@ class OpenClipEncoder(FamilyEncoder):
     def set_pool(self, pool: str | None) -> None:
         super().set_pool(pool)
         if self.pool != "proj" and not hasattr(self.visual, "_pool"):
-            raise ValueError(f"--pool {self.pool}: this open_clip tower "
+            raise InputError(f"--pool {self.pool}: this open_clip tower "
                              f"({type(self.visual).__name__}) offers only --pool proj")
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ class OpenClipEncoder(FamilyEncoder):
     def cam_layer(self) -> torch.nn.Module:
         blocks = getattr(getattr(self.visual, "transformer", None), "resblocks", None)
         if not blocks:
-            raise ValueError(f"{type(self.visual).__name__}: no transformer blocks to explain")
+            raise InputError(f"{type(self.visual).__name__}: no transformer blocks to explain")
         return first_layernorm(blocks[-1])
 
     def data_config(self) -> dict:
@@ -80,7 +81,7 @@ def build(name: str, kind: str, file: str | None = None, seed: int = 0) -> OpenC
         model = seeded(seed, lambda: open_clip.create_model(model_name))
     else:
         if not tag:
-            raise ValueError(f"open_clip:{name}: name the pretrained weights, "
+            raise InputError(f"open_clip:{name}: name the pretrained weights, "
                              f"open_clip:{model_name}:TAG (tags: "
                              f"{', '.join(open_clip.list_pretrained_tags_by_model(model_name))})")
         model = open_clip.create_model(model_name, pretrained=tag)
