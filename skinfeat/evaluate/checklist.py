@@ -3,7 +3,7 @@
 
 Every item skinfeat can answer from the run's summary (metrics.json) and the dataset spec is
 filled; the items only the author can answer are listed as open questions, never guessed.
-``rewrite_card`` rebuilds a run's MODEL_CARD.md after the fact, with its evaluations.
+``rewrite_card`` rebuilds a run's model card (README.md) after the fact, with its evaluations.
 """
 from __future__ import annotations
 
@@ -186,8 +186,9 @@ def read_evaluations(run_dir: Path) -> list[dict]:
 
 
 def rewrite_card(run_dir: str | Path) -> Path:
-    """Rewrite ``run_dir/MODEL_CARD.md`` from its metrics.json, its bundle's dataset spec and its
-    evaluations (``eval-*``); returns the card's path."""
+    """Rewrite ``run_dir/README.md`` (the model card) from its metrics.json, its bundle's dataset
+    spec and its evaluations (``eval-*``); returns the card's path."""
+    from .hub_card import CARD
     from .report import write_model_card
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
@@ -209,4 +210,4 @@ def rewrite_card(run_dir: str | Path) -> Path:
                 break
     write_model_card(run_dir, summary["model"], summary["bootstrap_ci95"], summary["info"],
                      summary=summary, spec=spec, evaluations=read_evaluations(run_dir))
-    return run_dir / "MODEL_CARD.md"
+    return run_dir / CARD
