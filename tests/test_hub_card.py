@@ -3,10 +3,13 @@ Hub repo id through an offline, pre-filled Hub cache."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import huggingface_hub
 from huggingface_hub import ModelCard, constants
 
 import skinfeat
@@ -85,3 +88,22 @@ def test_an_old_bundle_with_MODEL_CARD_md_loads_and_gets_a_hub_card(ship_runs, s
     np.testing.assert_allclose(got.proba, want.proba, rtol=1e-6)
     assert rewrite_card(old) == old / "README.md"
     assert ModelCard.load(old / "README.md").data.eval_results
+
+
+def test_the_install_pages_hub_examples_run(ship_runs, tmp_path, monkeypatch):
+    """docs/install.md's two Python blocks: upload a run folder, load it back by repo id."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "install.md").read_text()
+    upload, load = re.findall(r"```python\n(.*?)```", page, re.S)
+    hub_cache(tmp_path, monkeypatch, "your-org/ham10000-head", ship_runs["head"])
+    shutil.copytree(ship_runs["head"], tmp_path / "runs" / "fit")
+    monkeypatch.chdir(tmp_path)
+    sent = []
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: sent.append(kw))
+    exec(compile(upload, "install.md#upload", "exec"), {})
+    (call,) = sent
+    folder = Path(call["folder_path"])
+    assert call["repo_id"] == "your-org/ham10000-head" and (folder / "config.json").is_file()
+    assert ModelCard.load(folder / "README.md").data.library_name == "skinfeat"
+    scope: dict = {}
+    exec(compile(load, "install.md#load", "exec"), scope)
+    assert scope["model"].classes == skinfeat.load_model(ship_runs["head"]).classes
