@@ -7,9 +7,9 @@ import re
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
-import huggingface_hub
 from huggingface_hub import ModelCard, constants
 
 import skinfeat
