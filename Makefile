@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser-test clean test-lowest lint
+.PHONY: demo test install browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ browser-test: $(STAMP)
 # of its own, then the fast lane: proves the floors in pyproject.toml. Downloads old wheels.
 LOWEST := .venv-lowest
 LOWEST_EXTRAS := test,explain,export,serve,openvino,tune,encoders,audit
+.PHONY: test-lowest lint
 test-lowest:
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install --quiet uv
