@@ -24,6 +24,9 @@ KNOWN = {"PIL": "pillow", "sklearn": "scikit-learn", "pytorch_grad_cam": "grad-c
          "yaml": "pyyaml", "cv2": "opencv-python"}
 
 
+IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+
+
 def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -33,10 +36,18 @@ def requirement_names(reqs) -> set[str]:
 
 
 def imports(folder: Path) -> dict[str, str]:
-    """Top-level third-party module imported anywhere under ``folder`` -> one file importing it."""
+    """Top-level third-party module imported anywhere under ``folder`` -> one file importing it.
+    An import in an ``except ImportError`` handler is a fallback, not a requirement."""
     found: dict[str, str] = {}
     for path in sorted(folder.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        fallbacks = {id(n) for h in ast.walk(tree) if isinstance(h, ast.ExceptHandler)
+                     and any(isinstance(t, ast.Name) and t.id in IMPORT_ERRORS
+                             for t in ast.walk(h.type or ast.Name("")))
+                     for n in ast.walk(h)}
+        for node in ast.walk(tree):
+            if id(node) in fallbacks:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -78,7 +89,9 @@ def test_every_import_is_declared(folder):
 
 
 def test_an_undeclared_import_is_caught(tmp_path):
-    (tmp_path / "mod.py").write_text("import numpy\nfrom scipy.stats import norm\nimport json\n")
+    (tmp_path / "mod.py").write_text(
+        "import numpy\nfrom scipy.stats import norm\nimport json\n"
+        "try:\n    import tomllib\nexcept ModuleNotFoundError:\n    import tomli as tomllib\n")
     assert undeclared(tmp_path, {"numpy"}) == [f"scipy ({tmp_path.name}/mod.py)"]
 
 
