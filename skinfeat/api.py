@@ -382,10 +382,12 @@ class ImagePrediction:
 def load_model(path: PathLike, *, weights_file: PathLike | None = None, device: str = "auto",
                batch_size: int = 32, num_workers: int = 0) -> Model:
     """A run folder written by ``fit`` / ``fit-head`` (or a fold ensemble from ``cv
-    --save-models``)."""
+    --save-models``), or a Hugging Face Hub repo id (``org/name``, ``org/name@revision``) holding
+    one, fetched through the Hub's cache (``deploy.hub``)."""
+    from .deploy.hub import bundle_folder
     from .deploy.predict import Predictor
 
-    return Model(Predictor(path, weights_file=weights_file, device=device,
+    return Model(Predictor(bundle_folder(path), weights_file=weights_file, device=device,
                            batch_size=batch_size, num_workers=num_workers))
 
 
@@ -559,8 +561,8 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
 
 
 def write_card(run: Model | PathLike) -> Path:
-    """Rewrite a fit-head run's MODEL_CARD.md from its metrics.json (with its subgroup tables)
-    and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its path."""
+    """Rewrite a fit-head run's model card (README.md) from its metrics.json (with its subgroup
+    tables) and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its path."""
     from .evaluate.card import rewrite_card
 
     return rewrite_card(run.path if isinstance(run, Model) else Path(run))

@@ -72,7 +72,7 @@ def test_subgroups_and_external_tests_are_reported():
 def test_a_run_card_has_the_checklist_and_rewrite_card_adds_evaluations(ship_runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(ship_runs["head"], run)
-    card = (run / "MODEL_CARD.md").read_text()
+    card = (run / "README.md").read_text()
     assert HEADING in card and "## Known limits" in card
     assert "none: no external set was scored" in card
     metrics = json.loads((run / "metrics.json").read_text())

@@ -27,7 +27,7 @@ def test_extract_fit_head_report(synth_dir, tmp_path):
     r = run("fit-head", "--data", str(synth_dir), "--cache", str(cache), "--out", str(out))
     assert r.exit_code == 0, r.output
     for name in ("model.safetensors", "config.json", "metrics.json", "report.md",
-                 "confusion.png", "splits.csv", "MODEL_CARD.md", "reliability.png"):
+                 "confusion.png", "splits.csv", "README.md", "reliability.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["model"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "weighted_f1",

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad 
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 RUN_ARTIFACTS = ("splits.csv", "model.safetensors", "config.json", "metrics.json", "report.md",
-                 "MODEL_CARD.md", "confusion.png", "reliability.png")
+                 "README.md", "confusion.png", "reliability.png")
 
 
 def skinfeat_process(*args) -> subprocess.Popen:
@@ -166,7 +166,7 @@ def assert_artifacts_whole(out: Path, n_images: int) -> None:
         assert load_state(out)
     if "metrics.json" in names:
         assert "model" in json.loads((out / "metrics.json").read_text())
-    for name, last in (("report.md", "## Reference recipe"), ("MODEL_CARD.md", "## Known limits")):
+    for name, last in (("report.md", "## Reference recipe"), ("README.md", "## Known limits")):
         if name in names:
             text = (out / name).read_text()
             assert last in text and text.endswith("\n"), name

@@ -129,7 +129,7 @@ def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
     assert table["dx"].tolist() == synth_table["dx"].iloc[:40].tolist()
     # The set ships no metadata: the table has no fields, so every model field is missing.
     assert not {"age", "sex", "localization"} & set(table.columns)
-    card = (runs["head"] / "MODEL_CARD.md").read_text()
+    card = (runs["head"] / "README.md").read_text()
     out = tmp_path / "eval"
     # The set reuses training images: scored only with --include-seen.
     r = cli("evaluate", "--model", str(runs["head"]), "--data", str(data), "--out", str(out),
@@ -144,7 +144,7 @@ def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
     assert metrics["model"]["n"] == 40 and len(metrics["bootstrap_ci95"]["balanced_accuracy"]) == 2
     assert (out / "confusion.png").is_file() and (out / "reliability.png").is_file()
     # The run's model card is untouched, and says the backbone had random weights.
-    assert (runs["head"] / "MODEL_CARD.md").read_text() == card
+    assert (runs["head"] / "README.md").read_text() == card
     assert "random weights" in card.lower()
 
 

@@ -56,6 +56,14 @@ def test_same_seed_same_split(synth_table):
     assert (assign_split(synth_table, seed=3) == assign_split(synth_table, seed=3)).all()
 
 
+def sklearn_version() -> tuple[int, ...]:
+    import sklearn
+    return tuple(int(p) for p in sklearn.__version__.split(".")[:2] if p.isdigit())
+
+
+# skinfeat's folds are scikit-learn 1.8's: 1.8 changed how StratifiedGroupKFold(shuffle=True)
+# shuffles, so an older scikit-learn (the package needs 1.6) is not the reference.
+@pytest.mark.skipif(sklearn_version() < (1, 8), reason="the reference is scikit-learn >= 1.8")
 @pytest.mark.parametrize("n_folds, seed", [(5, 42), (8, 0), (3, 7)])
 def test_fast_grouped_folds_equal_sklearns(n_folds, seed):
     import warnings

@@ -93,7 +93,7 @@ def test_fit_head_reports_the_subgroups_of_its_test_part(fitted):
     n_test = summary["info"]["sizes"]["test"]
     assert sum(row["n_images"] for row in tables["dataset"]["rows"]) == n_test
     assert summary["info"]["sources_split"] is None      # not a by: split
-    card = (fitted / "MODEL_CARD.md").read_text()
+    card = (fitted / "README.md").read_text()
     assert "| Subgroup results | balanced accuracy per subgroup; age:" in card
 
 
@@ -113,7 +113,7 @@ def test_subgroups_none_and_a_chosen_field(sourced, tmp_path):
     assert "## Subgroups" not in (out / "report.md").read_text()
     assert "subgroups" not in json.loads((out / "metrics.json").read_text())
     assert not list(out.glob("subgroups_*.png"))
-    assert "not computed for this run" in (out / "MODEL_CARD.md").read_text()
+    assert "not computed for this run" in (out / "README.md").read_text()
     out = tmp_path / "sex"
     assert cli("fit-head", *data_args(sourced), "--out", out, *FAST,
                "--subgroups", "sex").exit_code == 0
@@ -148,7 +148,7 @@ def test_fit_head_by_value_scores_only_that_value(sourced, tmp_path):
     rows = {t["field"]: t for t in summary["subgroups"]["fields"]}["dataset"]["rows"]
     assert [row["value"] for row in rows] == ["vienna_dias"]
     assert "trained on rosendahl, vidir_modern, scored on vienna_dias" in \
-        (out / "MODEL_CARD.md").read_text()
+        (out / "README.md").read_text()
 
 
 def test_fit_head_refuses_cv_spellings_of_by(sourced, tmp_path):
@@ -240,11 +240,11 @@ def test_evaluate_reports_subgroups_and_card_lists_the_evaluation(fitted, tmp_pa
     sub = json.loads((where / "evaluate_metrics.json").read_text())["subgroups"]
     assert sum(row["n_images"] for row in sub["fields"][0]["rows"]) == len(other)
     assert (where / "subgroups_dataset.png").is_file()
-    before = (fitted / "MODEL_CARD.md").read_text()
+    before = (fitted / "README.md").read_text()
     assert "none: no external set was scored" in before
     r = cli("card", "--model", fitted)
-    assert r.exit_code == 0, r.output and "MODEL_CARD.md" in r.output
-    card = (fitted / "MODEL_CARD.md").read_text()
+    assert r.exit_code == 0, r.output and "README.md" in r.output
+    card = (fitted / "README.md").read_text()
     assert "| External test | ham10000 (140 images): balanced accuracy" in card
     assert "| Subgroup results | balanced accuracy per subgroup" in card
     none = tmp_path / "none"
@@ -262,4 +262,4 @@ def test_card_of_a_folder_that_is_no_run_is_one_line(tmp_path):
 def test_api_write_card(fitted):
     import skinfeat
     path = skinfeat.write_card(fitted)
-    assert path == fitted / "MODEL_CARD.md" and "CLEAR Derm" in path.read_text()
+    assert path == fitted / "README.md" and "CLEAR Derm" in path.read_text()

@@ -151,7 +151,7 @@ def evaluate(run, weights_file, device, batch_size, workers, caches, data, out, 
 @click.option("--model", "run", required=True, type=click.Path(exists=True, file_okay=False),
               help="A run folder written by fit-head.")
 def card(run) -> None:
-    """Rewrite the run's MODEL_CARD.md from its metrics.json and its eval-* evaluations."""
+    """Rewrite the run's model card (README.md) from its metrics.json and its eval-* evaluations."""
     from ..api import write_card
 
     click.echo(f"model card: {write_card(run)}")

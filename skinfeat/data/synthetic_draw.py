@@ -29,7 +29,7 @@ def _draw_lesion(rng: np.random.Generator, dx: str, size: tuple[int, int],
     r = radius * min(w, h) * (1 + rng.normal(0, 0.08))
     angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
     radii = r * (1 + irregular * params["shape"] + rng.normal(0, 0.03, 40))
-    pts = [(cx + rr * np.cos(a), cy + rr * np.sin(a)) for a, rr in zip(angles, radii)]
+    pts = [(cx + rr * np.cos(a), cy + rr * np.sin(a)) for a, rr in zip(angles, radii, strict=True)]
     fill = tuple(int(c) for c in np.clip(np.array(color) + rng.normal(0, 10, 3), 0, 255))
     draw.polygon(pts, fill=fill)
     if dx in ("mel", "bkl"):  # dark dots / globules

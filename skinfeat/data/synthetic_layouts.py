@@ -8,8 +8,8 @@ depends on the class (``synthetic.LOOK``), and metadata that carries some class 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd

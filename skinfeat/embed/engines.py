@@ -15,10 +15,12 @@ static QDQ int8 (2.7x to 3.1x, which agreed slightly better with fp32 on random 
 dynamic int8 (1.9x) and torch's PT2E x86 static int8 compiled (1.3x); it converts the torch
 module directly (ONNX Runtime needs an ONNX export first) and quantizes in one call. It is an
 optional extra (``pip install skinfeat[openvino]``): nothing here imports it until int8 is asked
-for.
+for. OpenVINO's converter and NNCF send anonymous usage telemetry by default; the int8 path turns
+it off for its process (``openvino_telemetry_off``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -180,9 +182,39 @@ def copy_quantized(identity: dict, store: Path) -> bool:
     return True
 
 
+# OpenVINO's model converter (``ov.convert_model``) and NNCF send anonymous usage telemetry
+# (Google Analytics) unless the user ran ``opt_in_out --opt_out``. Both ask openvino_telemetry
+# with ``disable_in_ci=True``, which declines for a process whose environment has ``CI=true``;
+# NNCF also stays silent when ``NNCF_CI`` is set when it is imported. Those are the per-process
+# switches (openvino-telemetry 2025.x, nncf 2.x/3.x); the documented one is per user.
+TELEMETRY_OFF = {"CI": "true", "NNCF_CI": "1"}
+
+
+@contextlib.contextmanager
+def openvino_telemetry_off():
+    """OpenVINO and NNCF telemetry declined inside the block; the environment restored after."""
+    saved = {key: os.environ.get(key) for key in TELEMETRY_OFF}
+    os.environ.update(TELEMETRY_OFF)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def build_int8_model(model: torch.nn.Module, spec: TransformSpec,
                      files: Sequence[tuple[str, str]], out: Path) -> None:
-    """Convert to OpenVINO, quantize with NNCF on the calibration images, save IR to ``out``."""
+    """Convert to OpenVINO, quantize with NNCF on the calibration images, save IR to ``out``;
+    with OpenVINO's telemetry off (``openvino_telemetry_off``)."""
+    with openvino_telemetry_off():
+        quantize_int8_model(model, spec, files, out)
+
+
+def quantize_int8_model(model: torch.nn.Module, spec: TransformSpec,
+                        files: Sequence[tuple[str, str]], out: Path) -> None:
     import nncf
     import openvino as ov
 

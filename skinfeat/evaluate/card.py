@@ -1,4 +1,4 @@
-"""Rebuild a run's MODEL_CARD.md after the fact (``skinfeat card``): its metrics.json, its bundle's
+"""Rebuild a run's model card (README.md) after the fact (``skinfeat card``): its metrics.json, its bundle's
 dataset spec and every ``eval-*`` evaluation, rendered by ``report.write_model_card`` with the
 checklist of ``checklist``."""
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.spec import DatasetSpec
 from ..errors import InputError
+from .hub_card import CARD
 from .report import write_model_card
 
 
@@ -23,8 +24,8 @@ def read_evaluations(run_dir: Path) -> list[dict]:
 
 
 def rewrite_card(run_dir: str | Path) -> Path:
-    """Rewrite ``run_dir/MODEL_CARD.md`` from its metrics.json, its bundle's dataset spec and its
-    evaluations (``eval-*``); returns the card's path."""
+    """Rewrite ``run_dir/README.md`` (the model card) from its metrics.json, its bundle's dataset
+    spec and its evaluations (``eval-*``); returns the card's path."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     try:
@@ -45,4 +46,4 @@ def rewrite_card(run_dir: str | Path) -> Path:
                 break
     write_model_card(run_dir, summary["model"], summary["bootstrap_ci95"], summary["info"],
                      summary=summary, spec=spec, evaluations=read_evaluations(run_dir))
-    return run_dir / "MODEL_CARD.md"
+    return run_dir / CARD

@@ -3,7 +3,7 @@
 
 Every item skinfeat can answer from the run's summary (metrics.json) and the dataset spec is
 filled; the items only the author can answer are listed as open questions, never guessed.
-``skinfeat.evaluate.card.rewrite_card`` rebuilds a run's MODEL_CARD.md after the fact.
+``skinfeat.evaluate.card.rewrite_card`` rebuilds a run's model card (README.md) after the fact.
 """
 from __future__ import annotations
 

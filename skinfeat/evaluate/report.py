@@ -1,4 +1,4 @@
-"""Report writing: metrics.json, report.md, MODEL_CARD.md and PNG figures for one run."""
+"""Report writing: metrics.json, report.md, the model card (README.md) and PNG figures of a run."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from ..atomic import write_artifact, write_text
-from .checklist import checklist_lines
+from .checklist import _spec_of, checklist_lines
+from .hub_card import card_data, write_hub_card
 from .metrics import bootstrap_ci, headline, reliability_bins, softmax
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).
@@ -171,8 +172,8 @@ def sources_split_lines(sides: dict | None) -> list[str]:
 def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: np.ndarray,
                      logits: np.ndarray, calibrator, y_pred: np.ndarray,
                      groups: np.ndarray, subgroups=None) -> None:
-    """metrics.json, report.md, MODEL_CARD.md and the figures of one fit-head run; ``info`` is
-    its ``RunSummary`` (workflows.summary; read by attribute, written by ``to_dict``);
+    """metrics.json, report.md, the model card (README.md) and the figures of a fit-head run;
+    ``info`` is its ``RunSummary`` (workflows.summary; read by attribute, written by ``to_dict``);
     ``subgroups``: the scored part's ``SubgroupResult`` (None: no subgroup tables)."""
     classes = info.classes
     temperature = calibrator.temperature
@@ -254,9 +255,9 @@ DATASET_LIMITS = {
 def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
                      summary: dict | None = None, spec=None, evaluations: Sequence[dict] = ()
                      ) -> None:
-    """MODEL_CARD.md from a run's summary (``info``: the typed ``RunSummary``, or its dict as
-    metrics.json holds it). ``summary`` (metrics.json content, e.g. with ``subgroups``),
-    ``spec`` and ``evaluations`` feed its CLEAR Derm checklist (``checklist.rewrite_card``)."""
+    """The model card (README.md with the Hub's metadata, ``hub_card``) from a run's summary
+    (``info``: the typed ``RunSummary``, or its dict as metrics.json holds it). ``summary``
+    (metrics.json content, e.g. with ``subgroups``), ``spec`` and ``evaluations`` feed its CLEAR Derm checklist (``checklist.rewrite_card``)."""
     info_dict = info if isinstance(info, dict) else info.to_dict()
     info = _Attrs(info_dict)
     backbones = " + ".join(str(s["backbone"]) for s in info.sources or []) \
@@ -289,4 +290,6 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
         lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
     lines += [""] + checklist_lines(summary or {"model": metrics, "bootstrap_ci95": ci,
                                                 "info": info_dict}, spec, evaluations)
-    write_text(out / "MODEL_CARD.md", "\n".join(lines) + "\n")
+    spec = _spec_of(info_dict, spec)
+    write_hub_card(out, "\n".join(lines) + "\n", card_data(
+        out.name, info_dict, metrics, ci, spec.citation if spec else ""))

@@ -52,9 +52,12 @@ def group_context(table: pd.DataFrame, numeric: Sequence[str], groups: Sequence 
     if missing:
         raise KeyError(f"group_context: no column(s) {', '.join(missing)} in the table")
     ids = pd.Series(groups)
-    blank = ids.isna() | (ids.astype(str).str.strip() == "")
-    ids[blank] = [f"\0row{i}" for i in np.flatnonzero(blank)]   # no group: a group of its own
-    codes = pd.Series(pd.factorize(ids)[0], index=table.index)
+    blank = (ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy()
+    # No group: a group of its own, as a new code (not a marker string: pandas < 3 hashes an
+    # object string only up to its first NUL, so "\0row0" and "\0row1" were one group).
+    codes = pd.factorize(ids.mask(blank))[0]
+    codes[blank] = codes.max(initial=-1) + 1 + np.arange(blank.sum())
+    codes = pd.Series(codes, index=table.index)
     size = codes.map(codes.value_counts())
     out: dict[str, pd.Series] = {}
     for field in numeric:
