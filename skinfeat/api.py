@@ -29,6 +29,7 @@ import pandas as pd
 
 from .data.datasets import Dataset, load_dataset
 from .data.spec import DatasetSpec, Task
+from .deploy.decision import Decision, calibration_text
 from .embed.backbone import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:   # names of the annotations; at run time they load lazily (_LAZY)
@@ -251,12 +252,11 @@ class Model:
         scored = p.score_image(image, values,
                                cache=_paths(embeddings) if embeddings is not None else None)
         proba = np.asarray(scored.proba[0], dtype=float)
-        rule = f"threshold {p.threshold:.3f} on p({p.classes[1]})" if p.threshold is not None \
-            else "balanced decision rule: the class most above its training prevalence"
+        decision = scored.decisions()[0]   # the fallback's, if it scored
         return ImagePrediction(
-            str(image), p.classes[int(scored.decided[0])],   # the fallback's, if it scored
+            str(image), decision.decision,
             dict(zip(p.classes, map(float, proba))), values,
-            [f for f, n in scored.missing.items() if n], rule, p.calibrator.describe(),
+            [f for f, n in scored.missing.items() if n], decision.rule, calibration_text(p),
             {c: p.spec.class_names.get(c, "") for c in p.classes}, p.temperature,
             p.threshold, p.weights)
 
@@ -376,6 +376,12 @@ class ImagePrediction:
 
     def ranked(self) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+
+    @property
+    def decision(self) -> Decision:
+        """The decision fields shown everywhere (``deploy.decision``)."""
+        top, p = self.ranked()[0]
+        return Decision(top, p, self.prediction, self.rule)
 
 
 def load_model(path: PathLike, *, weights_file: PathLike | None = None, device: str = "auto",
