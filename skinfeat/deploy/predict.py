@@ -85,6 +85,7 @@ class Predictions:
         rows = [d.to_dict() if d else blank for d in self.decisions()]
         for name in FIELDS:
             frame[name] = [r[name] for r in rows]
+        frame["prediction"] = frame["decision"]   # the older name of "decision"
         frame["p_most_probable"] = frame["p_most_probable"].astype(float).round(6)
         for j, c in enumerate(self.classes):
             frame[f"p_{c}"] = np.round(self.proba[:, j], 6)
@@ -237,12 +238,17 @@ class Predictor(LoadedBundle):
 
     def predict_table(self, table: pd.DataFrame,
                       progress: Callable[[int], None] | None = None,
-                      cache=None, source: str | Path = "input") -> Predictions:
-        """Rows with ``path`` (or, with ``cache``, ``image_id``s of cached embeddings) and the
-        model's metadata fields -> calibrated probabilities. ``source`` names the table in
-        warnings about its values."""
+                      cache=None, source: str | Path = "input",
+                      embeddings: np.ndarray | None = None) -> Predictions:
+        """Rows with ``path`` (or, with ``cache``, ``image_id``s of cached embeddings; with
+        ``embeddings``, an (N, D) array of them, one per row) and the model's metadata fields
+        -> calibrated probabilities. ``source`` names the table in warnings about its values."""
         table = table.reset_index(drop=True)
-        if cache:
+        if embeddings is not None:
+            image, errors = np.asarray(embeddings, np.float32), [""] * len(table)
+            if progress:
+                progress(len(table))
+        elif cache:
             image, errors = self.cached(table["image_id"].astype(str).tolist(), cache)
             if progress:
                 progress(len(table))
