@@ -331,7 +331,7 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     head["inputs"] = inputs
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
     start = run_config(config_file, kwargs, head, lgbm)
-    bar = progress_bar("tune", unit="trial")
+    bar = progress_bar("tune", unit="trial", total=trials)
     res = run_tune(data, caches_of(caches, data_dir), out, trials=trials, folds=folds,
                    recipe=start, storage=storage, study_name=study_name,
                    jobs=jobs or os.cpu_count() or 1, test_size=test_size, split=split,
