@@ -176,11 +176,11 @@ def fit_head(data_dir, caches, out, config_file, subgroups, **kwargs) -> None:
 def print_run_summary(metrics: dict, baseline: dict, info, out: str | Path) -> None:
     """The headline metrics of a run beside the majority baseline; ``info``: its
     ``RunSummary``."""
-    if info.random_weights:
-        click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
+    if info.random_note:
+        click.echo(info.random_note)
     scored = info.scored_on
     click.echo(f"{info.dataset}, task {info.task}; split {info.split} ({scored} "
-               f"{info.sizes[scored]} images), epoch chosen on {info.select_on}"
+               f"{info.sizes[scored]} images); {info.model_words}; {info.stopping}"
                + ("; scores on val are optimistic" if scored != "test" else ""))
     keys = info.headline
     width = max(len(k) for k in keys) + 2
