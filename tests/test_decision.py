@@ -153,3 +153,12 @@ def test_onnx_decision_output_equals_predict(which, ship_runs, skewed_run, film_
     np.testing.assert_array_equal(decision, want.decided)
     side = json.loads(graph.with_suffix(".json").read_text())
     assert side["rule"] == want.rule and "1e-4" in side["agreement"]
+
+
+def test_ensemble_evaluation_states_its_members_calibration(cv_ensemble, synth_dir,
+                                                             synth_cache, tmp_path):
+    from skinfeat.api import evaluate_model
+    res = evaluate_model(cv_ensemble, synth_dir, tmp_path / "ev", embeddings=synth_cache,
+                         include_seen=True)
+    text = res.info["calibration"]
+    assert "members" in text and "T = 1.000)" not in text
