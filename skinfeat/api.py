@@ -33,6 +33,7 @@ from .deploy.decision import Decision, calibration_text
 from .embed.backbone import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:   # names of the annotations; at run time they load lazily (_LAZY)
+    from .deploy.explain import Explanation
     from .deploy.predict import Predictions, Predictor
     from .embed.cache import CacheContents
     from .embed.extract import ExtractResult
@@ -319,11 +320,12 @@ class Model:
     def explain_to(self, out: PathLike, *, image: PathLike | None = None,
                    csv: PathLike | None = None, meta: Sequence[str] = (),
                    target: str | None = None,
-                   method: str | None = None) -> list[tuple[Path, list[tuple[str, float]]]]:
-        """One PNG per image in ``out`` (one ``image`` with ``FIELD=VALUE`` ``meta``, or a
-        ``csv`` with metadata columns): (PNG, the top three classes) per image."""
+                   method: str | None = None) -> list[tuple[Path, Explanation]]:
+        """One PNG and its JSON (the decision fields, probabilities, attribution) per image in
+        ``out`` (one ``image`` with ``FIELD=VALUE`` ``meta``, or a ``csv`` with metadata
+        columns): (PNG, the explanation) per image."""
         from .data.datasets import load_images
-        from .deploy.explain import Explainer, save_figure
+        from .deploy.explain import Explainer, save_figure, save_json
         from .deploy.predict import parse_meta
 
         p = self.predictor
@@ -339,7 +341,8 @@ class Model:
             res = ex.explain(path, values, target=target, method=method)
             png = save_figure(res, Path(out) / f"{_safe_stem(name)}.png", p.weights,
                               p.random_weights)
-            made.append((png, list(res.top(3))))
+            save_json(res, png.with_suffix(".json"))
+            made.append((png, res))
         return made
 
     def export_onnx(self, path: PathLike, opset: int = 17) -> tuple[Path, Path]:

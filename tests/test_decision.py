@@ -162,3 +162,15 @@ def test_ensemble_evaluation_states_its_members_calibration(cv_ensemble, synth_d
                          include_seen=True)
     text = res.info["calibration"]
     assert "members" in text and "T = 1.000)" not in text
+
+
+def test_explain_cli_writes_json_beside_the_png_and_prints_the_decision(skewed_run, synth_table,
+                                                                        tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    image = synth_table["path"].iloc[0]
+    out = tmp_path / "ex"
+    r = run_cli("explain", "--model", skewed_run, "--image", image, "--out", out)
+    side = json.loads((out / f"{synth_table['image_id'].iloc[0]}.json").read_text())
+    assert set(FIELDS) <= set(side)
+    assert f"most probable: {side['most_probable']}" in r.output
+    assert f"decision: {side['decision']}" in r.output

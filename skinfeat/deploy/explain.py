@@ -286,6 +286,19 @@ def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights:
     return path
 
 
+def save_json(ex: Explanation, path: str | Path) -> Path:
+    """The explanation's JSON (``Explanation.to_dict``: the decision fields first) at
+    ``path``."""
+    import json
+
+    from ..atomic import write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(ex.to_dict(), indent=2))
+    return path
+
+
 def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
     """The figure ``save_figure`` writes (a matplotlib ``Figure``, no pyplot)."""
     import textwrap
