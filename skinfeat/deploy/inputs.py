@@ -66,14 +66,6 @@ def frame(value: Any, name: str) -> pd.DataFrame | None:
     return value.reset_index(drop=True).copy()
 
 
-def of_type(value: Any, name: str, types: type | tuple[type, ...], what: str,
-            optional: bool = False) -> Any:
-    """``value`` itself, or a TypeError naming the argument and what it expects."""
-    if (value is None and optional) or isinstance(value, types):
-        return value
-    raise TypeError(f"{name}: expected {what}, got {_kind(value)}")
-
-
 def embedding_array(value: Any, n_rows: int | None, width: int, name: str = "embeddings"
                     ) -> np.ndarray:
     """An in-memory (N, D) array of embeddings, aligned with the metadata rows: N must equal
