@@ -29,11 +29,11 @@ def test_predict_csv_has_the_decision_fields_consistent(ship_runs, synth_table, 
     run_cli("predict", "--model", ship_runs["head"], "--csv", csv, "--output", out)
     got = pd.read_csv(out)
     assert list(got.columns[2:6]) == list(FIELDS)
-    probs = got[[c for c in got.columns if c.startswith("p_") and c != "p_most_probable"]]
+    probs = got[[c for c in got.columns if c.startswith("p_")]]
     classes = [c[2:] for c in probs.columns]
     top = probs.to_numpy().argmax(1)
     assert (got["most_probable"] == [classes[i] for i in top]).all()
-    np.testing.assert_allclose(got["p_most_probable"], probs.to_numpy().max(1), atol=1e-6)
+    np.testing.assert_allclose(got["most_probable_probability"], probs.to_numpy().max(1), atol=1e-6)
     from skinfeat.deploy.predict import Predictor
     p = Predictor(ship_runs["head"])
     want = p.predict_table(rows_of(synth_table))
@@ -73,7 +73,7 @@ def test_predict_text_and_json_name_most_probable_and_decision(skewed_run, synth
     text = run_cli(*args, "--json").output
     out = json.loads(text[text.index("{"):])
     assert (out["most_probable"], out["decision"]) == (top, decided)
-    assert out["p_most_probable"] == pytest.approx(out["probabilities"][top])
+    assert out["most_probable_probability"] == pytest.approx(out["probabilities"][top])
     assert out["rule"].startswith("balanced")
 
 
@@ -174,3 +174,10 @@ def test_explain_cli_writes_json_beside_the_png_and_prints_the_decision(skewed_r
     assert set(FIELDS) <= set(side)
     assert f"most probable: {side['most_probable']}" in r.output
     assert f"decision: {side['decision']}" in r.output
+
+
+def test_class_probability_columns_are_the_only_p_columns(ship_runs, synth_table):
+    """``p_CLASS`` columns sum to one: no decision field shares their prefix."""
+    from skinfeat.deploy.predict import Predictor
+    frame = Predictor(ship_runs["head"]).predict_table(rows_of(synth_table, 5)).to_frame()
+    assert np.allclose(frame.filter(like="p_").sum(axis=1), 1, atol=1e-5)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-FIELDS = ("most_probable", "p_most_probable", "decision", "rule")
+FIELDS = ("most_probable", "most_probable_probability", "decision", "rule")
 
 
 def decision_rule(classes: Sequence[str], threshold: float | None,
@@ -35,18 +35,20 @@ def decision_rule(classes: Sequence[str], threshold: float | None,
 class Decision:
     """One row's decision fields (``FIELDS``)."""
     most_probable: str
-    p_most_probable: float
+    most_probable_probability: float
     decision: str
     rule: str
 
     def to_dict(self) -> dict:
-        return {"most_probable": self.most_probable, "p_most_probable": self.p_most_probable,
+        return {"most_probable": self.most_probable,
+                "most_probable_probability": self.most_probable_probability,
                 "decision": self.decision, "rule": self.rule}
 
     def line(self) -> str:
         """``most probable: nv (47.0 %); decision: df (rule: ...)``, as text output shows it."""
         agree = "" if self.decision == self.most_probable else " (differs from the most probable)"
-        return (f"most probable: {self.most_probable} ({100 * self.p_most_probable:.1f} %); "
+        p = 100 * self.most_probable_probability
+        return (f"most probable: {self.most_probable} ({p:.1f} %); "
                 f"decision: {self.decision}{agree}; rule: {self.rule}")
 
 

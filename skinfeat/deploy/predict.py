@@ -81,12 +81,12 @@ class Predictions:
     def to_frame(self) -> pd.DataFrame:
         """One row per input: the decision fields (``decision.FIELDS``), then p_CLASS."""
         frame = pd.DataFrame({"image_id": self.image_ids, "path": self.paths})
-        blank = {**dict.fromkeys(FIELDS, ""), "p_most_probable": np.nan}
+        blank = {**dict.fromkeys(FIELDS, ""), "most_probable_probability": np.nan}
         rows = [d.to_dict() if d else blank for d in self.decisions()]
         for name in FIELDS:
             frame[name] = [r[name] for r in rows]
         frame["prediction"] = frame["decision"]   # the older name of "decision"
-        frame["p_most_probable"] = frame["p_most_probable"].astype(float).round(6)
+        frame["most_probable_probability"] = frame["most_probable_probability"].astype(float).round(6)
         for j, c in enumerate(self.classes):
             frame[f"p_{c}"] = np.round(self.proba[:, j], 6)
         frame["error"] = self.errors
