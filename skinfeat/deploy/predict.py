@@ -86,7 +86,8 @@ class Predictions:
         for name in FIELDS:
             frame[name] = [r[name] for r in rows]
         frame["prediction"] = frame["decision"]   # the older name of "decision"
-        frame["most_probable_probability"] = frame["most_probable_probability"].astype(float).round(6)
+        top = "most_probable_probability"
+        frame[top] = frame[top].astype(float).round(6)
         for j, c in enumerate(self.classes):
             frame[f"p_{c}"] = np.round(self.proba[:, j], 6)
         frame["error"] = self.errors
