@@ -29,10 +29,12 @@ import pandas as pd
 
 from .data.datasets import Dataset, load_dataset
 from .data.spec import DatasetSpec, Task
+from .deploy.decision import Decision, calibration_text
 from .embed.backbone import DEFAULT_BACKBONE
 from .errors import InputError
 
 if TYPE_CHECKING:   # names of the annotations; at run time they load lazily (_LAZY)
+    from .deploy.explain import Explanation
     from .deploy.predict import Predictions, Predictor
     from .embed.cache import CacheContents
     from .embed.extract import ExtractResult
@@ -100,16 +102,23 @@ class EmbeddingCache:
 Caches = PathLike | EmbeddingCache | Sequence[PathLike | EmbeddingCache]
 
 
-def _paths(caches: Caches) -> list[str]:
+def _paths(caches: Caches, name: str = "caches") -> list[str]:
     """One cache or several (fused per image, in order) as file paths."""
-    items = [caches] if isinstance(caches, (str, Path, EmbeddingCache)) else list(caches)
-    if not items:
-        raise InputError("give at least one embedding cache")
-    return [str(c.path if isinstance(c, EmbeddingCache) else c) for c in items]
+    from .deploy.inputs import cache_paths
+
+    return cache_paths(caches, name)
 
 
 def _dataset(data: Dataset | PathLike) -> Dataset:
-    return data if isinstance(data, Dataset) else load_dataset(data, images=False)
+    from .deploy.inputs import dataset_or_path
+
+    return dataset_or_path(data)
+
+
+def _recipe(recipe: RunConfig | None) -> RunConfig:
+    from .deploy.inputs import recipe_or_default
+
+    return recipe_or_default(recipe)
 
 
 class _RunFolder:
@@ -252,12 +261,11 @@ class Model:
         scored = p.score_image(image, values,
                                cache=_paths(embeddings) if embeddings is not None else None)
         proba = np.asarray(scored.proba[0], dtype=float)
-        rule = f"threshold {p.threshold:.3f} on p({p.classes[1]})" if p.threshold is not None \
-            else "balanced decision rule: the class most above its training prevalence"
+        decision = scored.decisions()[0]   # the fallback's, if it scored
         return ImagePrediction(
-            str(image), p.classes[int(scored.decided[0])],   # the fallback's, if it scored
+            str(image), decision.decision,
             dict(zip(p.classes, map(float, proba))), values,
-            [f for f, n in scored.missing.items() if n], rule, p.calibrator.describe(),
+            [f for f, n in scored.missing.items() if n], decision.rule, calibration_text(p),
             {c: p.spec.class_names.get(c, "") for c in p.classes}, p.temperature,
             p.threshold, p.weights)
 
@@ -281,26 +289,15 @@ class Model:
     def predict(self, images: Sequence[PathLike] | None = None, *,
                 embeddings: Caches | None = None, metadata: pd.DataFrame | None = None,
                 image_ids: Sequence[str] | None = None) -> Predictions:
-        """Calibrated probabilities for raw ``images`` (file paths) or for cached
-        ``embeddings`` (looked up by ``image_ids``, else by ``metadata['image_id']``), with the
-        model's metadata fields as columns of ``metadata`` (one row per image, in order)."""
-        if (images is None) == (embeddings is None):
-            raise InputError("give images (file paths) or embeddings (a cache), not both")
-        table = pd.DataFrame(index=range(len(images) if images is not None else 0)) \
-            if metadata is None else metadata.reset_index(drop=True).copy()
-        if images is not None:
-            if len(table) != len(images):
-                raise InputError(f"{len(images)} images but {len(table)} metadata rows")
-            table["path"] = [str(p) for p in images]
-            table["image_id"] = [Path(p).stem for p in images]
-            return self.predictor.predict_table(table)
-        if image_ids is not None:
-            table = table.reindex(range(len(image_ids))) if metadata is None else table
-            table["image_id"] = list(image_ids)
-        elif "image_id" not in table:
-            raise InputError("give image_ids, or an image_id column in metadata")
-        table["path"] = table["image_id"].astype(str)
-        return self.predictor.predict_table(table, cache=_paths(embeddings))
+        """Calibrated probabilities for raw ``images`` (a file path or a list of them), for
+        cached ``embeddings`` (a cache; rows looked up by ``image_ids``, else by
+        ``metadata['image_id']``) or for an in-memory (N, D) array of ``embeddings`` aligned
+        with the ``metadata`` rows, with the model's metadata fields as columns of
+        ``metadata`` (a DataFrame, one row per image, in order)."""
+        from .deploy.inputs import prediction_table
+
+        table, where = prediction_table(self.predictor, images, embeddings, metadata, image_ids)
+        return self.predictor.predict_table(table, **where)
 
     def evaluate(self, data: PathLike, *, embeddings: Caches | None = None,
                  out: PathLike | None = None, include_seen: bool = False) -> EvaluationResult:
@@ -324,11 +321,12 @@ class Model:
     def explain_to(self, out: PathLike, *, image: PathLike | None = None,
                    csv: PathLike | None = None, meta: Sequence[str] = (),
                    target: str | None = None,
-                   method: str | None = None) -> list[tuple[Path, list[tuple[str, float]]]]:
-        """One PNG per image in ``out`` (one ``image`` with ``FIELD=VALUE`` ``meta``, or a
-        ``csv`` with metadata columns): (PNG, the top three classes) per image."""
+                   method: str | None = None) -> list[tuple[Path, Explanation]]:
+        """One PNG and its JSON (the decision fields, probabilities, attribution) per image in
+        ``out`` (one ``image`` with ``FIELD=VALUE`` ``meta``, or a ``csv`` with metadata
+        columns): (PNG, the explanation) per image."""
         from .data.datasets import load_images
-        from .deploy.explain import Explainer, save_figure
+        from .deploy.explain import Explainer, save_figure, save_json
         from .deploy.predict import parse_meta
 
         p = self.predictor
@@ -344,7 +342,8 @@ class Model:
             res = ex.explain(path, values, target=target, method=method)
             png = save_figure(res, Path(out) / f"{_safe_stem(name)}.png", p.weights,
                               p.random_weights)
-            made.append((png, list(res.top(3))))
+            save_json(res, png.with_suffix(".json"))
+            made.append((png, res))
         return made
 
     def export_onnx(self, path: PathLike, opset: int = 17) -> tuple[Path, Path]:
@@ -377,6 +376,12 @@ class ImagePrediction:
 
     def ranked(self) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+
+    @property
+    def decision(self) -> Decision:
+        """The decision fields shown everywhere (``deploy.decision``)."""
+        top, p = self.ranked()[0]
+        return Decision(top, p, self.prediction, self.rule)
 
 
 def load_model(path: PathLike, *, weights_file: PathLike | None = None, device: str = "auto",
@@ -411,10 +416,9 @@ def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = 
     on the held-out test part (``recipe.split="none"``: every row trains; ``"by:COLUMN=VALUE"``:
     that value is the test part). ``subgroups``: the fields of the report's subgroup tables
     (None: the default ones, "none": no tables)."""
-    from .learn.runconfig import RunConfig
     from .workflows.fit import fit_run
 
-    recipe = recipe or RunConfig()
+    recipe = _recipe(recipe)
     recipe.check()
     folder = _RunFolder(out, "fit")
     res = fit_run(_dataset(data), _paths(caches), folder.path, recipe, subgroups=subgroups)
@@ -463,10 +467,9 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
     ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
     of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
     from .learn.cv import CVConfig
-    from .learn.runconfig import RunConfig
     from .workflows.cv import cv_run
 
-    recipe = recipe or RunConfig()
+    recipe = _recipe(recipe)
     cfg = CVConfig(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
                    models=tuple(models), inputs=tuple(inputs) if inputs else None,
                    recipe=recipe)
@@ -494,11 +497,10 @@ def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int
     pauc80 and auc need a binary task); ``prune`` stops trials whose validation loss trails the
     median at the same epoch. Returns the best trial, the held-out score and
     ``out/best_config.json``."""
-    from .learn.runconfig import RunConfig
     from .learn.tune import TuneConfig
     from .workflows.tune import tune_run
 
-    recipe = recipe or RunConfig()
+    recipe = _recipe(recipe)
     cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
                      storage=storage, study_name=study_name, start=recipe, jobs=jobs,
                      metric=metric, prune=prune)
@@ -627,20 +629,20 @@ def compare(data: Dataset | PathLike, caches: Caches, *,
             metric: str = "balanced_accuracy", recipe: RunConfig | None = None,
             seeds: Sequence[int] | None = None, split: str = "group", n_boot: int = 2000,
             jobs: int = 1, out: PathLike | None = None,
-            progress: Callable[[int], None] | None = None) -> CompareResult:
+            progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> CompareResult:
     """Encoders (one cache each, not fused) and / or models on identical grouped folds
     (``skinfeat compare``): cv per cache, then the paired group-bootstrap difference of each
     entry against the first in ``metric`` (balanced_accuracy; auc or pauc80 when binary)."""
     from .learn.cv import CVConfig
-    from .learn.runconfig import RunConfig
     from .workflows.compare import compare_run
 
-    recipe = recipe or RunConfig()
+    recipe = _recipe(recipe)
     cfg = CVConfig(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
                    models=tuple(models), inputs=(inputs,), recipe=recipe)
     folder = _RunFolder(out, "compare")
     res = compare_run(_dataset(data), _paths(caches), folder.path, cfg, metric=metric,
-                      n_boot=n_boot, jobs=jobs, progress=progress)
+                      n_boot=n_boot, jobs=jobs, progress=progress, on_start=on_start)
     return CompareResult(res["table"], metric, res["reference"], res, folder.path, folder)
 
 

@@ -61,9 +61,10 @@ class Group(click.Group):
 @click.version_option(package_name="skinfeat")
 def main(verbose: int) -> None:
     """Multi-modal skin lesion classification on cached frozen-backbone embeddings."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("skinfeat").setLevel(min(level, logging.INFO) if verbose else level)
+    from .commands.console import setup_logging
+
+    setup_logging(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1
+                  else logging.DEBUG)
 
 
 
@@ -75,8 +76,9 @@ def main(verbose: int) -> None:
 @click.option("--weights", type=click.Choice(["auto", "pretrained", "random"]), default="auto",
               show_default=True, help="auto: pretrained if cached or fetchable, else random.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: the fastest lossless or validated path: a GPU, native bf16, else "
-              "int8 (OpenVINO, validated on the sample: see the README), else fp32.")
+              help="auto: the fastest lossless path: a GPU, native bf16, else fp32 (never "
+              "int8: on real weights its embeddings drift, median cosine 0.965; ask for "
+              "--precision int8).")
 def demo(out: str, n_images: int, backbone: str, weights: str, precision: str) -> None:
     """Synthetic HAM10000-layout data -> extract -> fit-head -> report, offline, in minutes."""
     from .api import run_demo

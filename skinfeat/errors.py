@@ -17,6 +17,10 @@ class InputError(SkinfeatError, ValueError):
     """A value the user gave (an argument, an option, a file's content) that skinfeat refuses."""
 
 
+class ArgumentTypeError(SkinfeatError, TypeError):
+    """An argument of the Python API of the wrong type (a dict where a Recipe is expected)."""
+
+
 class MissingFileError(SkinfeatError, FileNotFoundError):
     """A file or folder the user named is not there (or is not what it should be)."""
 

@@ -1,5 +1,5 @@
-"""The public Python API: the README's walkthrough runs as it stands, and the results it
-returns are the typed objects the README describes."""
+"""The public Python API: the walkthrough of docs/python-api.md runs as it stands, the head
+in it learns, and the results it returns are the typed objects the docs describe."""
 from __future__ import annotations
 
 import re
@@ -11,24 +11,44 @@ import pytest
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "python-api.md"
 
 
 def walkthrough() -> str:
-    text = README.read_text(encoding="utf-8")
+    """The walkthrough of docs/python-api.md (the README's front page links to it)."""
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("<!-- walkthrough -->"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def readme_example() -> str:
+    """The README's short Python example (its section "Python API")."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Python API"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_the_readme_example_is_short():
-    code = walkthrough()
+    code = readme_example()
     assert len([line for line in code.splitlines() if line.strip()]) <= 12
+
+
+def test_the_readme_example_runs_and_its_head_learns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(readme_example(), "README.md#python-api", "exec"), scope)
+    cv, preds = scope["cv"], scope["preds"]
+    chance = 1 / len(scope["data"].classes)
+    head = cv.table[(cv.table["model"] == "head") & (cv.table["inputs"] == "fused")]
+    assert float(head["balanced_accuracy_mean"].iloc[0]) > 2 * chance
+    assert len(preds.to_frame()) == 5
 
 
 def test_the_readme_walkthrough_runs_verbatim(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(walkthrough(), "README.md#python-api", "exec"), scope)
+    exec(compile(walkthrough(), "docs/python-api.md#walkthrough", "exec"), scope)
     import skinfeat
 
     data, cv, fit, preds = scope["data"], scope["cv"], scope["fit"], scope["preds"]
@@ -43,6 +63,14 @@ def test_the_readme_walkthrough_runs_verbatim(tmp_path, monkeypatch):
     frame = preds.to_frame()
     assert list(frame["image_id"]) == list(data.table["image_id"].head(5))
     assert np.allclose(preds.proba.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(scope["same"].proba, preds.proba, atol=1e-6)
+    # The head learns: well above chance in CV and on the test part, not one class for all.
+    chance = 1 / len(data.classes)
+    head = cv.table[(cv.table["model"] == "head") & (cv.table["inputs"] == "fused")]
+    assert float(head["balanced_accuracy_mean"].iloc[0]) > 2 * chance
+    assert fit.metrics["balanced_accuracy"] > 2 * chance
+    every = fit.model.predict(embeddings=scope["cache"], metadata=data.table)
+    assert len(set(every.decided)) >= len(data.classes) // 2
     # out=None: the run lives in a temporary folder owned by the result, gone with it
     where = fit.out
     assert where.is_dir() and not str(where).startswith(str(tmp_path))

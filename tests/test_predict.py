@@ -81,7 +81,7 @@ def test_batch_csv_with_missing_metadata(runs, synth_table, tmp_path):
     assert preds["image_id"].tolist() == rows["image_id"].tolist()
     prob_cols = [f"p_{c}" for c in CLASSES]
     np.testing.assert_allclose(preds[prob_cols].sum(axis=1), 1.0, atol=1e-4)
-    assert (preds["error"] == "").all() and set(preds["prediction"]) <= set(CLASSES)
+    assert (preds["error"] == "").all() and set(preds["decision"]) <= set(CLASSES)
     # A blank is missing, exactly as None or the set's own token ("unknown") is (the robust
     # encoding: a missing age is not the training mean, it also sets age's missing indicator).
     p = Predictor(runs["head"])

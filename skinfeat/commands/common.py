@@ -11,9 +11,13 @@ from ..embed.backbone import DEFAULT_BACKBONE
 DEFAULT_CACHE_DIR = Path("cache")
 
 
-def progress_bar(desc: str, unit: str = "img"):
+def progress_bar(desc: str, unit: str = "img", total: int | None = None):
+    """A tqdm bar (with ``total``: a percentage and an ETA), closed when the command ends."""
     from tqdm.auto import tqdm
-    return tqdm(desc=desc, unit=unit, dynamic_ncols=True, disable=None)
+
+    from .console import close_on_exit
+    return close_on_exit(tqdm(desc=desc, unit=unit, total=total, dynamic_ncols=True,
+                              disable=None))
 
 
 def weights_options(f):

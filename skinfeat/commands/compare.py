@@ -35,7 +35,8 @@ def compare(data_dir, caches, out, split, folds, seeds, jobs, models, inputs, me
     bar = progress_bar("compare", unit="fit")
     res = run_compare(table, caches_of(caches, data_dir), models=models, inputs=inputs,
                       folds=folds, metric=metric, recipe=recipe, seeds=seeds, split=split,
-                      n_boot=n_boot, jobs=jobs, out=out, progress=bar.update)
+                      n_boot=n_boot, jobs=jobs, out=out, progress=bar.update,
+                      on_start=lambda n: setattr(bar, "total", n))
     bar.close()
     if res.raw["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")

@@ -76,9 +76,11 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
     if image:
         r = model.predict_image(image, [*aliases, *meta], embeddings=list(caches) or None)
         if as_json:
-            click.echo(json.dumps({"image": image, "prediction": r.prediction,
+            click.echo(json.dumps({"image": image, **r.decision.to_dict(),
+                                   "prediction": r.prediction,   # older name of "decision"
                                    "probabilities": r.probabilities, "metadata": r.metadata,
                                    "missing_metadata": r.missing,
+                                   "calibration": r.calibration,
                                    "temperature": r.temperature, "threshold": r.threshold,
                                    "model": run, "weights": r.weights}, indent=2))
             return
@@ -86,7 +88,7 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
         click.echo(f"{'class':<{width}}{'probability':>12}  diagnosis")
         for c, v in r.ranked()[:top_k]:
             click.echo(f"{c:<{width}}{100 * v:>10.2f} %  {r.class_names.get(c, '')}")
-        click.echo(f"prediction: {r.prediction} ({r.rule})")
+        click.echo(r.decision.line())
         if r.missing:
             click.echo(f"missing metadata (treated as missing, as in training): "
                        f"{', '.join(r.missing)}")

@@ -44,9 +44,9 @@ def explain(run, weights_file, device, batch_size, workers, image, csv_path, met
         click.echo("NOTE: RANDOM backbone weights: heatmaps and probabilities mean nothing "
                    "clinically.", err=True)
     try:
-        for png, top in model.explain_to(out, image=image, csv=csv_path, meta=meta_pairs,
-                                         target=target, method=method):
-            click.echo(f"{png}: " + ", ".join(f"{c} {100 * v:.1f} %" for c, v in top))
+        for png, ex in model.explain_to(out, image=image, csv=csv_path, meta=meta_pairs,
+                                        target=target, method=method):
+            click.echo(f"{png}: {ex.decision.line()}")
     except ExplainError as exc:
         raise click.UsageError(str(exc)) from exc
 

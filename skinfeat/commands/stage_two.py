@@ -176,11 +176,11 @@ def fit_head(data_dir, caches, out, config_file, subgroups, **kwargs) -> None:
 def print_run_summary(metrics: dict, baseline: dict, info, out: str | Path) -> None:
     """The headline metrics of a run beside the majority baseline; ``info``: its
     ``RunSummary``."""
-    if info.random_weights:
-        click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
+    if info.random_note:
+        click.echo(info.random_note)
     scored = info.scored_on
     click.echo(f"{info.dataset}, task {info.task}; split {info.split} ({scored} "
-               f"{info.sizes[scored]} images), epoch chosen on {info.select_on}"
+               f"{info.sizes[scored]} images); {info.model_words}; {info.stopping}"
                + ("; scores on val are optimistic" if scored != "test" else ""))
     keys = info.headline
     width = max(len(k) for k in keys) + 2
@@ -331,7 +331,7 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     head["inputs"] = inputs
     data = load_data(data_dir, pop_dataset_options(kwargs), images=False)
     start = run_config(config_file, kwargs, head, lgbm)
-    bar = progress_bar("tune", unit="trial")
+    bar = progress_bar("tune", unit="trial", total=trials)
     res = run_tune(data, caches_of(caches, data_dir), out, trials=trials, folds=folds,
                    recipe=start, storage=storage, study_name=study_name,
                    jobs=jobs or os.cpu_count() or 1, test_size=test_size, split=split,

@@ -27,6 +27,7 @@ from torch import nn
 from ..data.datasets import DataError
 from ..embed.transform import load_image, to_tensor
 from ..errors import SkinfeatError
+from .decision import Decision, predictor_rule
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,13 @@ class Explanation:
     attribution: dict[str, np.ndarray]  # field -> (K,) effect of the field's value, per class
     attribution_kind: str               # what the attribution numbers are
     metadata: dict = field(default_factory=dict)
+    rule: str = ""                      # the decision rule in one line
+
+    @property
+    def decision(self) -> Decision:
+        """The decision fields shown everywhere (``decision.py``)."""
+        top = int(np.argmax(self.proba))
+        return Decision(self.classes[top], float(self.proba[top]), self.predicted, self.rule)
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         order = np.argsort(-self.proba)[:k]
@@ -144,7 +152,8 @@ class Explanation:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no pixel arrays)."""
-        return {"image": self.image, "prediction": self.predicted,
+        return {"image": self.image, **self.decision.to_dict(),
+                "prediction": self.predicted,   # older name of "decision"
                 "probabilities": dict(zip(self.classes, map(float, self.proba))),
                 "cam_method": self.method, "cam_classes": list(self.cams),
                 "metadata": self.metadata, "attribution_kind": self.attribution_kind,
@@ -239,7 +248,8 @@ class Explainer:
         attribution, kind = self.attribution(embedding, table)
         return Explanation(str(path), list(self.p.classes), proba, predicted,
                            model_view(x[0], spec), cams, method, attribution, kind,
-                           {f: _plain(table.iloc[0][f]) for f in self.fields})
+                           {f: _plain(table.iloc[0][f]) for f in self.fields},
+                           predictor_rule(scorer))
 
 
 def _plain(value):
@@ -277,6 +287,19 @@ def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights:
     return path
 
 
+def save_json(ex: Explanation, path: str | Path) -> Path:
+    """The explanation's JSON (``Explanation.to_dict``: the decision fields first) at
+    ``path``."""
+    import json
+
+    from ..atomic import write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(ex.to_dict(), indent=2))
+    return path
+
+
 def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
     """The figure ``save_figure`` writes (a matplotlib ``Figure``, no pyplot)."""
     import textwrap
@@ -284,7 +307,8 @@ def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
     from ..evaluate.report import new_figure
 
     n = 2 + len(ex.cams)
-    top = ", ".join(f"{c} {100 * p:.1f} %" for c, p in ex.top(3))
+    top = ex.decision.line() + "   |   top: " + ", ".join(f"{c} {100 * p:.1f} %"
+                                                      for c, p in ex.top(3))
     banner = "RANDOM backbone weights: meaningless clinically. " if random_weights else ""
     width = 3.2 * n + 1.5
     # A long weights name (a local folder's path) ran off both edges: wrap the banner to the
@@ -298,7 +322,8 @@ def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
     axes[0].set_title(Path(ex.image).name, fontsize=9)
     for ax, (c, heat) in zip(axes[1:], ex.cams.items()):
         ax.imshow(overlay(ex.view, heat))
-        ax.set_title(f"{ex.method}: {c} ({100 * ex.proba[ex.classes.index(c)]:.1f} %)",
+        role = "decision" if c == ex.predicted else "asked for"
+        ax.set_title(f"{ex.method}: {c}, {role} ({100 * ex.proba[ex.classes.index(c)]:.1f} %)",
                      fontsize=9)
     for ax in axes[:-1]:
         ax.axis("off")

@@ -25,6 +25,7 @@ from ..embed.extract import embed_files
 from ..learn.context import context_matrix
 from ..learn.fallback import fallback_rows
 from .bundle import CONFIG, BundleError, atomic_write_text
+from .decision import FIELDS, Decision, decisions, predictor_rule
 from .loading import (LoadedBundle, bundle_calibrator, bundle_spec,  # noqa: F401 (their home
                       load_model, load_stage_two, weight_source)     # before the split)
 
@@ -67,14 +68,26 @@ class Predictions:
     decided: np.ndarray         # (N,) the model's decision (class index), -1 where unreadable
     missing: dict[str, int] = field(default_factory=dict)  # per field: scored rows missing it
     fell_back: int = 0   # scored rows with every field missing, scored by the image-only fallback
+    rule: str = ""       # the decision rule in one line (``decision.decision_rule``)
 
     @property
     def ok(self) -> np.ndarray:
         return np.array([e == "" for e in self.errors], dtype=bool)
 
+    def decisions(self) -> list[Decision | None]:
+        """Each row's decision fields (None where the row was not scored)."""
+        return decisions(self.classes, self.proba, self.decided, self.rule)
+
     def to_frame(self) -> pd.DataFrame:
-        pred = [self.classes[int(i)] if ok else "" for i, ok in zip(self.decided, self.ok)]
-        frame = pd.DataFrame({"image_id": self.image_ids, "path": self.paths, "prediction": pred})
+        """One row per input: the decision fields (``decision.FIELDS``), then p_CLASS."""
+        frame = pd.DataFrame({"image_id": self.image_ids, "path": self.paths})
+        blank = {**dict.fromkeys(FIELDS, ""), "most_probable_probability": np.nan}
+        rows = [d.to_dict() if d else blank for d in self.decisions()]
+        for name in FIELDS:
+            frame[name] = [r[name] for r in rows]
+        frame["prediction"] = frame["decision"]   # the older name of "decision"
+        top = "most_probable_probability"
+        frame[top] = frame[top].astype(float).round(6)
         for j, c in enumerate(self.classes):
             frame[f"p_{c}"] = np.round(self.proba[:, j], 6)
         frame["error"] = self.errors
@@ -226,12 +239,17 @@ class Predictor(LoadedBundle):
 
     def predict_table(self, table: pd.DataFrame,
                       progress: Callable[[int], None] | None = None,
-                      cache=None, source: str | Path = "input") -> Predictions:
-        """Rows with ``path`` (or, with ``cache``, ``image_id``s of cached embeddings) and the
-        model's metadata fields -> calibrated probabilities. ``source`` names the table in
-        warnings about its values."""
+                      cache=None, source: str | Path = "input",
+                      embeddings: np.ndarray | None = None) -> Predictions:
+        """Rows with ``path`` (or, with ``cache``, ``image_id``s of cached embeddings; with
+        ``embeddings``, an (N, D) array of them, one per row) and the model's metadata fields
+        -> calibrated probabilities. ``source`` names the table in warnings about its values."""
         table = table.reset_index(drop=True)
-        if cache:
+        if embeddings is not None:
+            image, errors = np.asarray(embeddings, np.float32), [""] * len(table)
+            if progress:
+                progress(len(table))
+        elif cache:
             image, errors = self.cached(table["image_id"].astype(str).tolist(), cache)
             if progress:
                 progress(len(table))
@@ -241,7 +259,7 @@ class Predictor(LoadedBundle):
                             table["path"].astype(str).tolist(), self.classes,
                             np.full((len(table), len(self.classes)), np.nan),
                             np.full((len(table), len(self.classes)), np.nan), errors,
-                            np.full(len(table), -1, dtype=np.int64))
+                            np.full(len(table), -1, dtype=np.int64), rule=predictor_rule(self))
         ok = preds.ok
         groups = self.groups_of(table, source)
         # Cleaned once here (each bad value warned about once); cleaning is idempotent, so the

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..data.spec import PRESETS, DatasetSpec
+from .model_text import model_words, random_note, stopping_text
 
 HEADING = "## Reporting checklist (CLEAR Derm)"
 
@@ -133,14 +134,14 @@ def checklist_lines(summary: dict, spec: DatasetSpec | None = None,
     rows.append(("Label source", label or "not known to skinfeat"))
     rows.append(("Split protocol and grouping",
                  f"{info.get('split', '?')}: {info.get('protocol', 'not recorded')}; seed "
-                 f"{info.get('seed', '?')}; early stopping on {info.get('select_on', '?')}"
+                 f"{info.get('seed', '?')}; {stopping_text(info)}"
                  + (f"; trained on {', '.join(info['sources_split']['trained_on'])}, scored on "
                     f"{', '.join(info['sources_split']['scored_on'])}"
                     if info.get("sources_split") else "")))
     fields = info.get("fields") or []
     rows.append(("Model and encoder",
-                 f"{info.get('model', '?')} on frozen image embeddings ({backbone})"
-                 f"{' (RANDOM weights)' if info.get('random_weights') else ''}; metadata fields: "
+                 f"{model_words(info)} on frozen image embeddings ({backbone})"
+                 f"{random_note(info)}; metadata fields: "
                  f"{', '.join(fields) or 'none'}"))
     cal = model.get("classwise_calibration", {})
     raw = model.get("classwise_calibration_uncalibrated", {})

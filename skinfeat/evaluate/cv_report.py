@@ -172,7 +172,7 @@ def write_cv_report(out: Path, res: dict) -> None:
     n_seeds = len(res["config"]["seeds"])
     columns = metric_columns(res)
     lines = [f"# skinfeat cross-validation: {out.name}", ""] + \
-        weights_warning(res["info"]["random_weights"])
+        weights_warning(res["info"]["random_weights"], res["info"].get("identity"))
     lines += _protocol_lines(res) + [
         "", f"## Mean ± std over {res['config']['folds']} folds"
         + (f" x {n_seeds} seeds" if n_seeds > 1 else ""), ""]

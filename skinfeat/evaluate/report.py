@@ -12,6 +12,8 @@ from ..atomic import write_artifact, write_text
 from .checklist import _spec_of, checklist_lines
 from .hub_card import card_data, write_hub_card
 from .metrics import bootstrap_ci, headline, reliability_bins, softmax
+from .model_text import (model_line, model_words, random_sources, stopping_text,
+                         weights_banner)
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).
 REFERENCE = {"accuracy": 0.7324, "weighted_f1": 0.75, "macro_f1": 0.55}
@@ -89,12 +91,10 @@ def per_class_table(metrics: dict) -> list[str]:
     return lines
 
 
-def weights_warning(random_weights: bool) -> list[str]:
-    if random_weights:
-        return ["> **RANDOM backbone weights.** The embeddings come from a randomly initialised "
-                "network: these numbers show the pipeline works, not how well a real model "
-                "classifies lesions.", ""]
-    return []
+def weights_warning(random_weights: bool, identity: dict | None = None) -> list[str]:
+    """The RANDOM-weights banner; with a fused cache's ``identity``, it names the random
+    sources instead of condemning the whole run (``model_text.weights_banner``)."""
+    return weights_banner(random_weights, identity)
 
 
 PERCENT_METRICS = ("accuracy", "balanced_accuracy")
@@ -186,16 +186,16 @@ def write_run_report(out: Path, metrics: dict, baseline: dict, info, *, y_true: 
         payload["subgroups"] = subgroups.to_dict()
     write_text(out / "metrics.json", json.dumps(payload, indent=2))
     save_run_figures(out, metrics, classes, y_true, logits, calibrator)
-    lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(info.random_weights) + [
-        f"- model: **{info.model}** ({info.config.get('head', 'lightgbm')}, "
-        f"inputs {info.config.get('inputs')}), best epoch/round {info.best_epoch}",
+    lines = [f"# skinfeat run: {out.name}", ""] + weights_warning(
+        info.random_weights, info.identity) + [
+        model_line(info),
         f"- data: {info.dataset}, task {info.task}; classes: "
         + ", ".join(f"`{c}` ({info.class_names.get(c, c)})" for c in classes),
         f"- split: **{info.split}** ("
         + (f"{info.group}s" if info.group != "image" else "no groups: each image alone")
         + f"): {info.protocol}; seed {info.seed}",
         *sources_split_lines(info.sources_split),
-        f"- early stopping and calibration on: **{info.select_on}**"
+        f"- {stopping_text(info)}"
         + (" (the reference's protocol: the scored set also chose the epoch; optimistic)"
            if info.select_on == "test" else " (never the scored set)"),
         f"- sizes (images / {info.group}s): " + ", ".join(
@@ -269,11 +269,11 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
              "## Model",
              f"Frozen {backbones} image embeddings "
              f"({info.weights}) fused with the metadata fields "
-             f"{', '.join(info.fields) or '(none)'} by a {info.model} model; "
+             f"{', '.join(info.fields) or '(none)'} by a {model_words(info)}; "
              f"{len(info.classes)} classes: {', '.join(info.classes)}.", "",
              "## Data and protocol",
              f"Trained on {info.sizes['train']} images of {info.dataset} (task "
-             f"{info.task}), early stopping on {info.select_on}, scored on "
+             f"{info.task}), {stopping_text(info)}, scored on "
              f"{info.sizes.get('test', info.sizes['val'])} "
              f"{'held-out' if 'test' in info.sizes else 'validation (optimistic)'} images; "
              f"split: {info.protocol}.", "",
@@ -286,7 +286,11 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
               "- Rare classes have few groups: their per-class numbers are noisy.",
               f"- Probabilities are calibrated on the validation split ({info.calibration}); "
               "calibration can drift on other populations, whose class prevalence differs."]
-    if info.random_weights:
+    some = random_sources(info.identity)
+    if some:
+        lines.append(f"- **Random backbone weights in the fused source(s) {', '.join(some)}**: "
+                     "those embeddings carry no image knowledge.")
+    elif info.random_weights:
         lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
     lines += [""] + checklist_lines(summary or {"model": metrics, "bootstrap_ci95": ci,
                                                 "info": info_dict}, spec, evaluations)

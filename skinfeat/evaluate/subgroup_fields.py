@@ -111,6 +111,14 @@ def analyse_subgroups(scored: pd.DataFrame, train: pd.DataFrame, y_true: np.ndar
     training rows, scored on ``scored`` (validated-table rows aligned with ``y_true``, grouped
     by ``group_id``); forest plots written to ``out`` when given. None for ``none``."""
     names = subgroup_columns(fields, spec)
+    if fields is None or (isinstance(fields, str) and not fields.strip()):
+        # The default: a descriptive column (HAM10000's dataset, dx_type) only where the data
+        # has it (the Kaggle layout has neither); a model field is always shown.
+        lacking = [n for n in names if n not in spec.metadata and n not in scored]
+        if lacking:
+            log.info("subgroups: the data has no %s column; no table for it",
+                     ", ".join(lacking))
+        names = tuple(n for n in names if n not in lacking)
     if not names:
         return None
     frame = subgroup_frame(scored, train, names, spec.numeric)

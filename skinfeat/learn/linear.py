@@ -146,6 +146,10 @@ class LinearProbe(StageTwoModel):
     def config(self) -> dict:
         return self.cfg.to_dict()
 
+    @property
+    def chosen(self) -> dict:
+        return {"C": self.c}
+
     def standardize(self, image: np.ndarray | None, meta: np.ndarray) -> np.ndarray:
         return (design(image, meta, self.cfg.inputs) - self.mean) / self.scale
 

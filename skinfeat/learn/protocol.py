@@ -36,6 +36,11 @@ class Trained:
     def config(self) -> dict:
         return self.model.config
 
+    @property
+    def chosen(self) -> dict:
+        """Hyperparameters the fit chose itself (the linear probe's C), for reports."""
+        return self.model.chosen
+
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         return self.model.logits(image, meta, tta=tta)
 
@@ -49,6 +54,11 @@ class StageTwoModel(ABC):
     exportable: ClassVar[str | None] = None   # None: ONNX export works; else why it cannot
     differentiable: ClassVar[bool] = False    # gradients flow from logits to the embedding
     meta_attribution: ClassVar[str | None] = None   # a native per-field attribution, if any
+
+    @property
+    def chosen(self) -> dict:
+        """Hyperparameters the fit chose itself, for reports (the linear probe: its C)."""
+        return {}
 
     @staticmethod
     @abstractmethod

@@ -9,6 +9,10 @@ bundle's job, with a validation part of its own).
 """
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any, Sequence
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
@@ -60,6 +64,7 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
         from .head import HeadConfig
         from .head_batch import fit_heads
 
+        check_head_classifier(self)
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
@@ -98,3 +103,44 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         best = np.argmax(self._logits(X), axis=1)
         return self.classes_[best]
+
+
+def _number(est: Any, name: str, *, integer: bool = False, low: float | None = None,
+            high: float | None = None, low_open: bool = False, high_open: bool = False) -> None:
+    """A parameter that must be a number (an integer) in a range: TypeError for another kind
+    of value, ValueError for one out of range, each naming the estimator and the parameter."""
+    value, who = getattr(est, name), type(est).__name__
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{who}: {name} must be {'an integer' if integer else 'a number'}, "
+                        f"got {value!r} ({type(value).__name__})")
+    lo = low is not None and (value <= low if low_open else value < low)
+    hi = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or lo or hi:
+        span = (f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                if high is not None else f"{'>' if low_open else '>='} {low:g}")
+        raise ValueError(f"{who}: {name} must be {span}, got {value!r}")
+
+
+def _choice(est: Any, name: str, choices: Sequence[str]) -> None:
+    value = getattr(est, name)
+    if value not in choices:
+        raise ValueError(f"{type(est).__name__}: {name} must be one of "
+                         f"{', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_head_classifier(est: Any) -> None:
+    """``FusionHeadClassifier``'s parameters, checked at ``fit`` as scikit-learn estimators do
+    (``__init__`` only stores them, so ``set_params`` and ``clone`` keep working)."""
+    from .head import HEADS, INPUTS
+
+    _choice(est, "head", HEADS)
+    _choice(est, "inputs", INPUTS)
+    _choice(est, "class_weight", ("balanced", "none"))
+    _number(est, "meta_dim", integer=True, low=0)
+    for name in ("max_epochs", "patience", "batch_size", "dense_width"):
+        _number(est, name, integer=True, low=1)
+    _number(est, "lr", low=0, low_open=True)
+    _number(est, "meta_dropout", low=0, high=1, high_open=True)
+    _number(est, "val_fraction", low=0, high=1, high_open=True)
+    _number(est, "random_state", integer=True, low=0)

@@ -78,7 +78,8 @@ def _arrays(oof: pd.DataFrame, entry: dict, classes: list[str], order: pd.Index,
 
 def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out: str | Path,
                 cfg: CVConfig, *, metric: str = "balanced_accuracy", n_boot: int = 2000,
-                jobs: int = 1, progress: Callable[[int], None] | None = None) -> dict:
+                jobs: int = 1, progress: Callable[[int], None] | None = None,
+                on_start: Callable[[int], None] | None = None) -> dict:
     """CV of every cache x model on identical folds, then the table, the paired differences
     against the first entry, ``compare_report.md``, ``compare_leaderboard.csv``,
     ``compare_forest.png`` and ``compare.json`` in ``out``."""
@@ -91,10 +92,14 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
         raise InputError("compare needs two entries: give several caches or several models")
     out = Path(out)
     runs, results = {}, {}
-    for label, cache in zip(cache_labels(caches), caches):
+    # Every cache runs the same folds x models x seeds: the first one's count, times the
+    # caches, is the whole comparison's (the progress bar's total).
+    first_start = (lambda n: on_start(n * len(caches))) if on_start else None
+    for i, (label, cache) in enumerate(zip(cache_labels(caches), caches)):
         log.info("compare: cv on %s", cache)
         runs[label] = out / "cv" / label
-        results[label] = cv_run(data, [cache], runs[label], cfg, jobs=jobs, progress=progress)
+        results[label] = cv_run(data, [cache], runs[label], cfg, jobs=jobs, progress=progress,
+                                on_start=first_start if i == 0 else None)
     _same_folds(runs)
     first = next(iter(results.values()))
     classes, headline = first["classes"], first["headline"]

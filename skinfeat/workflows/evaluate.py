@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..data.datasets import DataError, load_dataset
 from ..atomic import write_text
+from ..deploy.decision import calibration_text
 from ..deploy.predict import Predictor
 from ..errors import InputError
 from ..evaluate.metrics import bootstrap_ci, calibrated_metrics, headline, majority_baseline
@@ -166,13 +167,14 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
             "overlap_with_training": overlap, "include_seen": include_seen,
             "seen_in_training": left_out, "group": dataset.spec.group_name,
             "temperature": predictor.temperature,
-            "calibration": predictor.calibrator.describe(),
+            "calibration": calibration_text(predictor),   # an ensemble: its members'
             "model_type": predictor.config["model_type"], "head": predictor.config["head"],
             "members": len(predictor.members) or None,
             "backbone": " + ".join(str(i.get("backbone", "outside skinfeat"))
                                    for i in predictor.sources),
             "cache": [str(c) for c in cache] if cache else None,
-            "weights": predictor.weights, "random_weights": predictor.random_weights}
+            "weights": predictor.weights, "random_weights": predictor.random_weights,
+            "identity": predictor.identity}
     found = analyse_subgroups(described, described, y, proba, decided, dataset.spec, classes,
                               subgroups, out)
     write_evaluate_report(out, metrics, ci, baseline, info, y, logits, classes,
@@ -223,7 +225,8 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
     save_run_figures(out, metrics, classes, y, logits, calibrator,
                      title=f"Confusion matrix: {Path(info['data']).name}")
     lines = [f"# skinfeat evaluation: {Path(info['run']).name} on {Path(info['data']).name}", ""]
-    lines += weights_warning(info["random_weights"]) + [headline_sentence(metrics, ci, classes), "",
+    lines += weights_warning(info["random_weights"], info.get("identity")) + [
+        headline_sentence(metrics, ci, classes), "",
         f"- task: {info['task']}; classes: {', '.join(classes)}"
         + (f"; decision threshold on p({classes[1]}) = {info['threshold']:.3f} (chosen on the "
            "model's validation split)" if info.get("threshold") is not None else ""),

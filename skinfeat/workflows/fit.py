@@ -97,7 +97,8 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     scored = rows.get("test", rows[recipe.select_on])
     baseline = majority_baseline(y[rows["train"]], y[scored], classes)
     info = RunSummary(
-        model=model, config=fit.trained.config, best_epoch=fit.trained.best_epoch,
+        model=model, config={**fit.trained.config, **fit.trained.chosen},
+        best_epoch=fit.trained.best_epoch,
         epochs_run=fit.trained.epochs_run, split=kind,
         protocol=protocol(kind, data.spec.group_name), select_on=recipe.select_on,
         scored_on="test" if "test" in rows else recipe.select_on, seed=recipe.seed,

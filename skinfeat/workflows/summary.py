@@ -11,6 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Mapping
 
 from ..evaluate.metrics import headline
+from ..evaluate.model_text import model_words, random_sources, stopping_text
 from ..schema import SchemaError
 
 FORMAT = 1
@@ -84,6 +85,27 @@ class RunSummary:
     def scored_size(self) -> int:
         """Images in the scored part."""
         return self.sizes[self.scored_on]
+
+    @property
+    def model_words(self) -> str:
+        """The model and what its fit chose (epoch, boosting round, C), in words."""
+        return model_words(self)
+
+    @property
+    def stopping(self) -> str:
+        """The stopping rule and the part that calibrates, in words."""
+        return stopping_text(self)
+
+    @property
+    def random_note(self) -> str:
+        """The CLI's RANDOM-weights note: the whole run, or the fused sources that were random;
+        "" for real weights."""
+        some = random_sources(self.identity)
+        if some:
+            return (f"NOTE: RANDOM backbone weights in {', '.join(some)}: those embeddings "
+                    "carry no image knowledge.")
+        return "NOTE: RANDOM backbone weights: these numbers only show the pipeline works." \
+            if self.random_weights else ""
 
     @property
     def headline(self) -> tuple[str, ...]:
