@@ -15,7 +15,7 @@ from skinfeat.learn.runconfig import RunConfig
 DIM = 16
 # The batched head trains every fold at once: seconds, where the linear probe's C grid takes
 # a minute per run.
-FAST = RunConfig(head=HeadConfig(max_epochs=15))
+FAST = RunConfig(params=HeadConfig(max_epochs=15))
 
 
 def write_cache(path, table: pd.DataFrame, signal: float, noise_seed: int):

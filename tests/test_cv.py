@@ -19,8 +19,8 @@ from skinfeat.workflows.cv import cv_run
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 
-FAST = CVConfig(folds=3, recipe=RunConfig(head=HeadConfig(max_epochs=3),
-                                          lgbm=LGBMConfig(n_estimators=15)))
+FAST = CVConfig(folds=3, recipe=RunConfig(params=HeadConfig(max_epochs=3)),
+                params={"lgbm": LGBMConfig(n_estimators=15)})
 
 
 def lesions(table, rows) -> set:
@@ -51,10 +51,10 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
     calls, encoded = [], []
     real_train = train.train_models
 
-    def spy_train(kind, trains, vals, *args, **kw):
+    def spy_train(kind, config, trains, vals, *args, **kw):
         calls.extend(({id_of[row_of[e.tobytes()]] for e in t[0]},
                       {id_of[row_of[e.tobytes()]] for e in v[0]}) for t, v in zip(trains, vals))
-        return real_train(kind, trains, vals, *args, **kw)
+        return real_train(kind, config, trains, vals, *args, **kw)
 
     class SpyEncoder(train.MetadataEncoder):
         def fit(self, df):
@@ -168,7 +168,7 @@ def test_views_tta_film_and_metadata_dropout(synth_table, synth_cache, tmp_path)
     views = real.embeddings[:, None] + rng.normal(0, 0.1, (len(real.image_ids), 2, real.dim))
     contents = CacheContents(real.image_ids, real.embeddings, views.astype(np.float32))
     cfg = replace(FAST, models=("head",), inputs=("fused",), recipe=replace(
-        FAST.recipe, tta=True, head=HeadConfig(head="film", meta_dropout=0.3, max_epochs=3)))
+        FAST.recipe, tta=True, params=HeadConfig(head="film", meta_dropout=0.3, max_epochs=3)))
     res = run_cv(synth_table, contents, cfg)
     assert res["views"] == 2 and res["config"]["recipe"]["head"]["head"] == "film"
     assert all(np.isfinite(r["metrics"]["accuracy"]) for r in res["records"])

@@ -17,8 +17,8 @@ from skinfeat.learn.train import as_dataset
 from skinfeat.workflows.cv import SubgroupTables, cv_run
 
 FAST = CVConfig(folds=3, models=("head",), inputs=("fused", "image", "meta"),
-                recipe=RunConfig(head=HeadConfig(max_epochs=3),
-                                 lgbm=LGBMConfig(n_estimators=20)))
+                recipe=RunConfig(params=HeadConfig(max_epochs=3)),
+                params={"lgbm": LGBMConfig(n_estimators=20)})
 
 
 def test_on_ready_hands_over_complete_models_while_workers_run(synth_table, synth_cache):

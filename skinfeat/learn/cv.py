@@ -40,12 +40,15 @@ from ..data.datasets import Dataset
 from ..data.splits import (SPLIT_KINDS, check_split, fold_ids, holdout_mask,
                            parse_split, protocol)
 from ..embed.cache import CacheContents
+from ..schema import dump
 from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, mean_std
 from .fallback import applies
 from .fallback import combine as combine_rows
 from .head import INPUTS, one_thread
+from .models import DEFAULT_MODELS, model_class, model_names
+from .protocol import with_fields
 from .runconfig import RunConfig
-from .train import DEFAULT_MODELS, MODELS, align_embeddings, as_dataset, check_inputs, fit_splits
+from .train import align_embeddings, as_dataset, check_inputs, fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 VAL_FRACTION = 0.125
 
 
-@dataclass
+@dataclass(frozen=True)
 class CVConfig:
     """What to cross-validate: folds and protocol, seeds, models x input sets, and the one
     recipe every fit uses (its head, LightGBM, encoding, calibration and tta; each fit sets
@@ -62,39 +65,51 @@ class CVConfig:
     folds: int = 5
     split: str = "group"                   # or "image"; "lesion" is the older spelling
     seeds: tuple[int, ...] = (42,)
-    models: tuple[str, ...] = DEFAULT_MODELS   # MODELS: every kind (+ the linear probe)
+    models: tuple[str, ...] = DEFAULT_MODELS   # kinds of the model registry (learn.models)
     inputs: tuple[str, ...] | None = None  # None: every set the data has (see input_sets)
     recipe: RunConfig = field(default_factory=RunConfig)
     val_fraction: float = VAL_FRACTION
-    batched: bool = True                   # a head's folds as one batched network (head_batch)
+    batched: bool = True                   # a batched model's folds as one fit (head_batch)
+    # Each model's config (kind -> config); a model not here takes the recipe's own config if
+    # it is the recipe's model, else its defaults (``runconfig.model_params``).
+    params: dict = field(default_factory=dict)
+
+    def model_config(self, model: str):
+        if model in self.params:
+            return self.params[model]
+        return self.recipe.params if model == self.recipe.model \
+            else model_class(model).config_class()
 
     def task_recipe(self, model: str, inputs: str, seed: int) -> RunConfig:
-        """The recipe of one (model, input set, seed) fit: LightGBM on one thread (cv runs
-        tasks in parallel instead; its results do not depend on the thread count)."""
-        r = self.recipe
-        return replace(r, model=model, seed=seed, select_on="val",
-                       head=replace(r.head, inputs=inputs, seed=seed),
-                       lgbm=replace(r.lgbm, inputs=inputs, seed=seed, num_threads=1))
+        """The recipe of one (model, input set, seed) fit: a model with a thread count on one
+        thread (cv runs tasks in parallel instead; results do not depend on the thread
+        count)."""
+        params = with_fields(self.model_config(model), inputs=inputs, seed=seed, num_threads=1)
+        return replace(self.recipe, model=model, seed=seed, select_on="val", params=params)
 
-    def check(self) -> None:
+    def check(self) -> "CVConfig":
+        """The protocol checked; returns it with the split in its current spelling."""
         inputs = INPUTS if self.inputs is None else self.inputs
         split = parse_split(self.split)   # group (older: lesion), image, or by:COLUMN
         if split.kind == "none" or split.value is not None:
             raise ValueError(f"split: {split}; expected from {', '.join(SPLIT_KINDS)} or "
                              "by:COLUMN (each value one fold; by:COLUMN=VALUE is fit-head's)")
-        self.split = str(split)
-        for name, got, allowed in (("models", self.models, MODELS), ("inputs", inputs, INPUTS)):
+        for name, got, allowed in (("models", self.models, model_names()),
+                                   ("inputs", inputs, INPUTS)):
             bad = [x for x in got if x not in allowed]
             if bad or not got:
                 raise ValueError(f"{name}: {', '.join(bad) or 'none given'}; "
                                  f"expected from {', '.join(allowed)}")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
+        return replace(self, split=str(split))
 
     def to_dict(self) -> dict:
-        """The protocol's fields and the recipe nested under ``"recipe"``."""
-        return {**{k: v for k, v in asdict(self).items() if k != "recipe"},
-                "recipe": self.recipe.to_dict()}
+        """The protocol's fields, the recipe nested under ``"recipe"`` and each model's config
+        under ``"params"``."""
+        return {**{k: v for k, v in asdict(self).items() if k not in ("recipe", "params")},
+                "recipe": self.recipe.to_dict(),
+                "params": {m: dump(self.model_config(m)) for m in self.models}}
 
 
 @dataclass
@@ -142,8 +157,6 @@ class FitTask:
 
     # Read-only views of the recipe, for on_fit hooks (the recipe is the one copy).
     model = property(lambda self: self.recipe.model)
-    head = property(lambda self: self.recipe.head)
-    lgbm = property(lambda self: self.recipe.lgbm)
     tta = property(lambda self: self.recipe.tta)
     encoding = property(lambda self: self.recipe.encoding)
     calibration = property(lambda self: self.recipe.calibration)
@@ -158,7 +171,7 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
         if task.on_fit is not None:
             task.on_fit(task, fold, fit, image)
         records.append({"seed": fold.seed, "fold": fold.fold, "model": task.model,
-                        "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
+                        "inputs": task.inputs, "best_epoch": fit.model.best_epoch_,
                         "temperature": fit.temperature, "threshold": fit.threshold,
                         "metrics": fit.metrics, "test": fold.test, "proba": fit.test_proba,
                         "decided": fit.test_pred, "logits": fit.test_logits,
@@ -272,7 +285,8 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | Non
     tasks = []
     for model in cfg.models:
         for inputs in cfg.inputs:
-            groups = [folds] if model == "head" and cfg.batched else [[f] for f in folds]
+            batched = model_class(model).batched and cfg.batched
+            groups = [folds] if batched else [[f] for f in folds]
             recipe = cfg.task_recipe(model, inputs, folds[0].seed)
             # With the image input set in the run, its models are the fused ones' fallbacks.
             reuse = "image" in cfg.inputs and applies(recipe, bool(data.spec.metadata))
@@ -281,7 +295,8 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | Non
             tasks += [FitTask(inputs, group, data, recipe, save, on_fit, reuse)
                       for group in groups]
     cost = {"fused": 2, "image": 1, "meta": 0}
-    return sorted(tasks, key=lambda t: (t.model != "head", -len(t.rows), -cost[t.inputs]))
+    return sorted(tasks, key=lambda t: (not model_class(t.model).batched, -len(t.rows),
+                                        -cost[t.inputs]))
 
 
 ALL_INPUTS = ("image", "meta", "fused")
@@ -322,7 +337,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     """
     data = as_dataset(data)
     cfg, notes = input_sets(cfg, data)
-    cfg.check()
+    cfg = cfg.check()
     if data.spec.evaluation_only:
         raise ValueError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     for note in notes:
@@ -348,7 +363,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     if on_start:
         on_start(n_fits)
     n_tasks = len(cfg.seeds) * len(cfg.inputs) * sum(
-        1 if m == "head" and cfg.batched else cfg.folds for m in cfg.models)
+        1 if model_class(m).batched and cfg.batched else cfg.folds for m in cfg.models)
     handed: set = set()
 
     def idle(done: list[dict]) -> bool:
@@ -395,6 +410,9 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "folds_table": table[["image_id", "group_id", "dx"]].assign(
                 **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
             "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
+            "model_notes": {m: model_class(m).report_line(cfg.model_config(m))
+                            for m in cfg.models},
+            "batched_models": [m for m in cfg.models if model_class(m).batched],
             "notes": notes,
             "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
 

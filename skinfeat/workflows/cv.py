@@ -18,6 +18,7 @@ from ..deploy.bundle_config import EnsembleConfig
 from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
 from ..learn.cv import CVConfig, FitTask, Fold, align_dataset, input_sets, run_cv
+from ..learn.protocol import with_fields
 from ..learn.runconfig import RunConfig
 from ..learn.train import FALLBACK_DIR, as_dataset, bundle_config
 from .fit import cache_sources, save_fit
@@ -38,7 +39,7 @@ def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
                                                                                  fold.fold)
     run = RunConfig(model=task.model, split=task.save["split"], seed=fold.seed,
                     encoding=task.encoding, calibration=task.calibration, tta=task.tta,
-                    head=task.head, lgbm=replace(task.lgbm, num_threads=0))
+                    params=with_fields(task.recipe.params, num_threads=0))
     config = bundle_config(task.data, fit, task.save["identity"], task.save["weights"],
                            embed_dim=int(image.shape[-1]), tta=task.tta, split=task.save["split"],
                            seed=fold.seed, run=run.to_dict())
