@@ -121,6 +121,31 @@ def test_worker_processes_give_the_same_results(synth_table, synth_cache):
         metrics_of(run_cv(synth_table, contents, cfg, jobs=1))
 
 
+def test_folds_run_on_a_joblib_backend_of_the_callers_choice(synth_table, synth_cache,
+                                                              monkeypatch):
+    """Under ``joblib.parallel_backend`` (threads here; Dask or Ray on a cluster) the tasks run
+    on that backend, with the results of one process."""
+    import threading
+
+    import joblib
+
+    from skinfeat.learn import cv
+
+    contents = read_cache(synth_cache)
+    cfg = replace(FAST, inputs=("meta",))
+    threads, real = set(), cv.run_task
+
+    def spy(task, image):
+        threads.add(threading.current_thread().name)
+        return real(task, image)
+
+    monkeypatch.setattr(cv, "run_task", spy)   # seen by threads, not by loky's processes
+    with joblib.parallel_backend("threading"):
+        threaded = run_cv(synth_table, contents, cfg, jobs=2)
+    assert threads and threading.current_thread().name not in threads   # worker threads ran it
+    assert metrics_of(threaded) == metrics_of(run_cv(synth_table, contents, cfg, jobs=1))
+
+
 def test_bring_your_own_embeddings(synth_table, tmp_path):
     path = tmp_path / "foreign.h5"
     ids = synth_table["image_id"].to_numpy()[::-1]   # any row order

@@ -11,24 +11,21 @@ together as one batched network (``head_batch``; ``CVConfig.batched=False`` trai
 one, with per-fold metrics equal up to float rounding: tests/test_head_batch.py); LightGBM fits
 fold by fold.
 
-Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once:
-this process and ``jobs - 1`` worker processes (spawned: call it under ``if __name__ ==
-"__main__"``), one thread each. That is how the CV uses every core: batch-64 head steps are far
-too small for intra-op threads, and on a busy machine OpenMP threads wait on each other at every
-barrier (on a shared 2-core machine, LightGBM on 2 threads ran 10x to 100x slower than on 1).
-This process works too because each worker costs a torch import (~0.5 GB). Head fits always run
-on one torch thread (``head.one_thread``) and LightGBM's results do not depend on its thread
-count, so the metrics do not depend on ``jobs``.
+Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once on
+joblib's workers (loky processes by default, as scikit-learn's ``n_jobs``), one thread each.
+That is how the CV uses every core: batch-64 head steps are far too small for intra-op
+threads, and on a busy machine OpenMP threads wait on each other at every barrier (on a shared
+2-core machine, LightGBM on 2 threads ran 10x to 100x slower than on 1). Under
+``joblib.parallel_backend("dask")`` (or "ray", or "threading") the folds run on that backend
+instead. Head fits always run on one torch thread (``head.one_thread``) and LightGBM's results
+do not depend on its thread count, so the metrics do not depend on ``jobs`` or the backend.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import threading
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Callable, Iterator
@@ -180,101 +177,57 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     return records
 
 
-_WORKER_IMAGE: np.ndarray | None = None  # the embeddings, read once by each worker process
+@functools.lru_cache(maxsize=1)
+def _mapped(path: str) -> np.ndarray:
+    """The embeddings saved by ``_run_tasks``, mapped once per worker (copy-on-write: pages are
+    shared until written)."""
+    return np.load(path, mmap_mode="c")
 
 
-def _init_worker(path: str) -> None:
-    """Map the embeddings this process saved (copy-on-write: pages are shared until written).
-    Handing the array over in ``initargs`` instead would pickle it down the spawn pipe, and
-    the parent blocks on that write until the child has imported torch (2-3 s)."""
-    import torch
-    global _WORKER_IMAGE
-    _WORKER_IMAGE = np.load(path, mmap_mode="c")
-    torch.set_num_threads(1)
-
-
-def _warm_up() -> None:
-    """Nothing: unpickling this function imports skinfeat.learn.cv and torch in the worker."""
-
-
-def _run_in_worker(task: FitTask) -> list[dict]:
-    return run_task(task, _WORKER_IMAGE)
+@one_thread
+def _run_saved(index: int, task: FitTask, path: str) -> tuple[int, list[dict]]:
+    """A task in a joblib worker, on the mapped embeddings, one torch thread."""
+    return index, run_task(task, _mapped(path))
 
 
 @one_thread
 def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
                progress: Callable[[int], None] | None,
-               idle: Callable[[list[dict]], bool] | None = None) -> list[dict]:
-    """This process and ``jobs - 1`` workers each take the next task whenever they are free.
+               ready: Callable[[list[dict]], bool] | None = None) -> list[dict]:
+    """Every task, ``jobs`` at a time, through joblib (loky worker processes, or the backend
+    of the caller's ``joblib.parallel_backend``: threads, Dask, Ray); the records in task
+    order. With ``jobs=1`` the tasks run here, one after the other.
 
-    A feeder thread hands tasks to the workers the moment one finishes, so a worker never idles
-    while this process is busy with a task of its own (the thread only waits; the work is in the
-    processes). Tasks are made as they are needed, so workers start while later folds are still
-    being carved. ``idle(records so far)``, when this process has no task left but workers
-    are still busy: the caller's follow-up work on what is complete, one piece per call
-    (False: nothing to do yet).
+    The embeddings are saved once and mapped by each worker (not pickled per task). Tasks
+    are made as they are needed, so workers start while later folds are still being carved.
+    ``ready(records so far)``: the caller's follow-up work on what is complete, one piece per
+    call (False: nothing left to do yet), called here as results arrive.
     """
+    from joblib import Parallel, delayed
+
     results: dict[int, list[dict]] = {}
-    queue, lock, errors = enumerate(tasks), threading.Lock(), []
 
-    def take():
-        with lock:
-            return None if errors else next(queue, None)
+    def arrived(i: int, records: list[dict]) -> None:
+        results[i] = records
+        if progress:
+            progress(len(records))
+        if ready is not None:
+            done = [r for k in sorted(results) for r in results[k]]
+            while ready(done):
+                pass
 
-    def finished(i: int, records: list[dict]) -> None:
-        with lock:
-            results[i] = records
-            if progress:
-                progress(len(records))
-
-    def feed(pool: ProcessPoolExecutor, warm: list) -> None:
-        running: dict = {}
-        try:
-            # Tasks come heaviest first: while the workers still import torch, this process
-            # takes the first ones; a task handed to a cold worker would wait seconds for it.
-            wait(warm)
-            while True:
-                while len(running) < jobs - 1 and (nxt := take()) is not None:
-                    running[pool.submit(_run_in_worker, nxt[1])] = nxt[0]
-                if not running:
-                    return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    finished(running.pop(fut), fut.result())
-        except BaseException as exc:   # re-raised by the main thread
-            errors.append(exc)
-            for fut in running:
-                fut.cancel()
-
-    with ExitStack() as stack:
-        pool = None
-        if jobs > 1:
-            shared = Path(stack.enter_context(TemporaryDirectory(prefix="skinfeat-cv-"))) / \
-                "embeddings.npy"
-            np.save(shared, image)
-            pool = stack.enter_context(ProcessPoolExecutor(
-                jobs - 1, get_context("spawn"), initializer=_init_worker,
-                initargs=(str(shared),)))
-        feeder = None
-        if pool is not None:
-            # Workers start (a torch import each, seconds) while the folds are carved.
-            warm = [pool.submit(_warm_up) for _ in range(jobs - 1)]
-            feeder = threading.Thread(target=feed, args=(pool, warm), daemon=True)
-            feeder.start()
-        try:
-            while (nxt := take()) is not None:
-                finished(nxt[0], run_task(nxt[1], image))
-            while idle is not None and feeder is not None and feeder.is_alive() and not errors:
-                with lock:
-                    done = [r for i in sorted(results) for r in results[i]]
-                if not idle(done):
-                    feeder.join(0.05)
-        except BaseException as exc:
-            errors.append(exc)
-        if feeder is not None:
-            feeder.join()
-    if errors:
-        raise errors[0]
+    if jobs <= 1:
+        for i, task in enumerate(tasks):
+            arrived(i, run_task(task, image))
+    else:
+        with TemporaryDirectory(prefix="skinfeat-cv-") as tmp:
+            path = str(Path(tmp) / "embeddings.npy")
+            np.save(path, image)
+            run = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="n_jobs")
+            for i, records in run(delayed(_run_saved)(i, task, path)
+                                  for i, task in enumerate(tasks)):
+                arrived(i, records)
+            _mapped.cache_clear()   # threads map it in this process: let the file go
     return [r for i in range(len(results)) for r in results[i]]
 
 
