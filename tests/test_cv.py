@@ -211,4 +211,4 @@ def test_a_failing_fit_in_a_worker_stops_the_cv_with_its_error(synth_table, synt
     bad = [cv.FitTask("fused", folds, data, RunConfig(model="nope")) for _ in range(3)]
     image = contents.embeddings[contents.rows_for(list(synth_table["image_id"]))]
     with pytest.raises(ValueError, match="nope"):
-        cv._run_tasks(iter(bad), image, 2, None)
+        list(cv._run_tasks(iter(bad), image, 2))

@@ -146,13 +146,12 @@ class FitTask:
     rows: list[Fold]
     data: Dataset                    # the validated table (metadata not yet encoded) and its spec
     recipe: RunConfig                # model, seed and input set already set (task_recipe)
-    save: dict | None = None         # where and how to write each fold's bundle (save_models)
-    on_fit: Callable | None = None   # on_fit(task, fold, fit, image) after each fold's fit
+    keep_fits: bool = False          # hand each fold's fit back (a ``FoldFitted`` event)
     # A fused head whose fallback is the same fold's image-only model (cv runs both):
     # combined after the fits (``reuse_fallbacks``), no extra training.
     reuse_fallback: bool = False
 
-    # Read-only views of the recipe, for on_fit hooks (the recipe is the one copy).
+    # Read-only views of the recipe (the recipe is the one copy).
     model = property(lambda self: self.recipe.model)
     tta = property(lambda self: self.recipe.tta)
     encoding = property(lambda self: self.recipe.encoding)
@@ -165,9 +164,7 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     fits = fit_splits(task.data, image, splits, task.recipe)
     records = []
     for fold, fit in zip(task.rows, fits):
-        if task.on_fit is not None:
-            task.on_fit(task, fold, fit, image)
-        records.append({"seed": fold.seed, "fold": fold.fold, "model": task.model,
+        records.append({**({"fit": fit} if task.keep_fits else {}),"seed": fold.seed, "fold": fold.fold, "model": task.model,
                         "inputs": task.inputs, "best_epoch": fit.model.best_epoch_,
                         "temperature": fit.temperature, "threshold": fit.threshold,
                         "metrics": fit.metrics, "test": fold.test, "proba": fit.test_proba,
@@ -190,49 +187,58 @@ def _run_saved(index: int, task: FitTask, path: str) -> tuple[int, list[dict]]:
     return index, run_task(task, _mapped(path))
 
 
-@one_thread
-def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
-               progress: Callable[[int], None] | None,
-               ready: Callable[[list[dict]], bool] | None = None) -> list[dict]:
+def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray,
+               jobs: int) -> Iterator[tuple[int, list[dict]]]:
     """Every task, ``jobs`` at a time, through joblib (loky worker processes, or the backend
-    of the caller's ``joblib.parallel_backend``: threads, Dask, Ray); the records in task
-    order. With ``jobs=1`` the tasks run here, one after the other.
+    of the caller's ``joblib.parallel_backend``: threads, Dask, Ray): (task number, its
+    records) as each finishes. With ``jobs=1`` the tasks run here, one after the other.
 
     The embeddings are saved once and mapped by each worker (not pickled per task). Tasks
     are made as they are needed, so workers start while later folds are still being carved.
-    ``ready(records so far)``: the caller's follow-up work on what is complete, one piece per
-    call (False: nothing left to do yet), called here as results arrive.
     """
     from joblib import Parallel, delayed
 
-    results: dict[int, list[dict]] = {}
-
-    def arrived(i: int, records: list[dict]) -> None:
-        results[i] = records
-        if progress:
-            progress(len(records))
-        if ready is not None:
-            done = [r for k in sorted(results) for r in results[k]]
-            while ready(done):
-                pass
-
     if jobs <= 1:
         for i, task in enumerate(tasks):
-            arrived(i, run_task(task, image))
-    else:
-        with TemporaryDirectory(prefix="skinfeat-cv-") as tmp:
-            path = str(Path(tmp) / "embeddings.npy")
-            np.save(path, image)
-            run = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="n_jobs")
-            for i, records in run(delayed(_run_saved)(i, task, path)
-                                  for i, task in enumerate(tasks)):
-                arrived(i, records)
+            yield i, one_thread(run_task)(task, image)
+        return
+    with TemporaryDirectory(prefix="skinfeat-cv-") as tmp:
+        path = str(Path(tmp) / "embeddings.npy")
+        np.save(path, image)
+        run = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="n_jobs")
+        try:
+            yield from run(delayed(_run_saved)(i, task, path) for i, task in enumerate(tasks))
+        finally:
             _mapped.cache_clear()   # threads map it in this process: let the file go
-    return [r for i in range(len(results)) for r in results[i]]
 
 
-def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | None = None,
-               on_fit: Callable | None = None) -> list[FitTask]:
+@dataclass(frozen=True)
+class FoldFitted:
+    """An event of ``iter_cv(keep_fits=True)``: one fold's fit (a ``train.SplitFit``), with
+    the task that made it (its data, recipe, input set) and the fold's rows."""
+    task: FitTask
+    fold: Fold
+    fit: object
+    embed_dim: int
+
+
+@dataclass(frozen=True)
+class FoldsReady:
+    """An event of ``iter_cv(ready=True)``: the first seed's out-of-fold predictions of one
+    model and input set, as soon as all its folds are in (while later tasks still run)."""
+    model: str
+    inputs: str
+    oof: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class CVDone:
+    """The last event of ``iter_cv``: the whole result (``run_cv``'s)."""
+    result: dict
+
+
+def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
+               keep_fits: bool = False) -> list[FitTask]:
     """The fits of one seed's folds: per input set, the head on all folds at once (batched) and
     LightGBM fold by fold. Heaviest first, so that workers finish together."""
     tasks = []
@@ -245,7 +251,7 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | Non
             reuse = "image" in cfg.inputs and applies(recipe, bool(data.spec.metadata))
             if reuse:
                 recipe = replace(recipe, fallback=False)
-            tasks += [FitTask(inputs, group, data, recipe, save, on_fit, reuse)
+            tasks += [FitTask(inputs, group, data, recipe, keep_fits, reuse)
                       for group in groups]
     cost = {"fused": 2, "image": 1, "meta": 0}
     return sorted(tasks, key=lambda t: (not model_class(t.model).batched, -len(t.rows),
@@ -275,18 +281,27 @@ def input_sets(cfg: CVConfig, data: Dataset) -> tuple[CVConfig, list[str]]:
 
 def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None, save: dict | None = None,
-           on_fit: Callable | None = None,
-           on_ready: Callable[[str, str, pd.DataFrame], None] | None = None) -> dict:
-    """Cross-validate every model x input set; per-fit records plus mean +- std summaries.
+           on_start: Callable[[int], None] | None = None) -> dict:
+    """Cross-validate every model x input set; per-fit records plus mean +- std summaries
+    (``iter_cv``'s result, its events left aside)."""
+    for event in iter_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
+                         on_start=on_start):
+        if isinstance(event, CVDone):
+            return event.result
+    raise AssertionError("iter_cv ends with CVDone")
+
+
+def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
+            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int], None] | None = None, keep_fits: bool = False,
+            ready: bool = False) -> Iterator[FoldFitted | FoldsReady | CVDone]:
+    """Cross-validate every model x input set, as typed events for the caller (the workflow
+    that writes bundles and reports; nothing here calls back up): ``FoldFitted`` per fold
+    (``keep_fits``), ``FoldsReady`` per model and input set as soon as its folds are in
+    (``ready``; those not handed over by the end are the caller's to make from ``oof``), then
+    ``CVDone`` with the per-fit records and mean +- std summaries.
 
     ``jobs`` tasks at a time (0: one per CPU core); the results do not depend on it.
-    ``on_fit(task, fold, fit, image)`` runs after each fold's fit, in the process that fitted
-    it (a module-level function: workers receive it by name), with ``save`` in ``task.save``:
-    the workflow writes each fold's bundle that way. ``on_ready(model, inputs, oof)``: the
-    first seed's out-of-fold predictions of a model and input set, once all its folds are in,
-    handed over while this process waits for the workers' last tasks (its reports then cost
-    no extra time); those not handed over by the end are the caller's to make from ``oof``.
     """
     data = as_dataset(data)
     cfg, notes = input_sets(cfg, data)
@@ -305,12 +320,15 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     if n_folds != cfg.folds:   # by:COLUMN: one fold per value, whatever --folds said
         cfg = replace(cfg, folds=n_folds)
     folds: list[Fold] = []
+    made: list[FitTask] = []
 
     def tasks() -> Iterator[FitTask]:
         for seed, fold_of_row in ids.items():
             seed_folds = list(iter_folds(table, fold_of_row, cfg.split, seed, cfg.val_fraction))
             folds.extend(seed_folds)
-            yield from fold_tasks(data, seed_folds, cfg, save, on_fit)
+            for task in fold_tasks(data, seed_folds, cfg, keep_fits):
+                made.append(task)   # before it is handed out: its number is its place here
+                yield task
 
     n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
@@ -319,7 +337,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
         1 if model_class(m).batched and cfg.batched else cfg.folds for m in cfg.models)
     handed: set = set()
 
-    def idle(done: list[dict]) -> bool:
+    def next_ready(done: list[dict]) -> FoldsReady | None:
         first = cfg.seeds[0]
 
         def of(model: str, inputs: str) -> list[dict]:
@@ -338,12 +356,23 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
                         continue
                     rs = [with_fallback(r, o) for r, o in zip(rs, images)]
                 handed.add((model, inputs))
-                on_ready(model, inputs, oof_frame(table, rs, classes, consume=False))
-                return True
-        return False
+                return FoldsReady(model, inputs, oof_frame(table, rs, classes, consume=False))
+        return None
 
-    records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress,
-                         idle if on_ready is not None else None)
+    results: dict[int, list[dict]] = {}
+    for i, recs in _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks)):
+        for record, fold in zip(recs, made[i].rows):
+            fit = record.pop("fit", None)
+            if fit is not None:
+                yield FoldFitted(made[i], fold, fit, int(image.shape[-1]))
+        results[i] = recs
+        if progress:
+            progress(len(recs))
+        if ready:
+            done = [r for k in sorted(results) for r in results[k]]
+            while (event := next_ready(done)) is not None:
+                yield event
+    records = [r for i in range(len(results)) for r in results[i]]
     records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
                                 cfg.inputs.index(r["inputs"])))
     y = table["label"].to_numpy()
@@ -351,7 +380,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     oof = oof_frame(table, records, classes)
     majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
     keys = headline(len(classes))
-    return {"split": cfg.split, "protocol": protocol(cfg.split, data.spec.group_name),
+    yield CVDone({"split": cfg.split, "protocol": protocol(cfg.split, data.spec.group_name),
             "config": cfg.to_dict(),
             "dataset": data.spec.name, "task": str(data.task), "classes": classes,
             "group": data.spec.group_name,
@@ -367,7 +396,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
                             for m in cfg.models},
             "batched_models": [m for m in cfg.models if model_class(m).batched],
             "notes": notes,
-            "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
+            "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}})
 
 
 def with_fallback(record: dict, image: dict) -> dict:
