@@ -82,6 +82,9 @@ class RunConfig:
                 and hasattr(config_class, "reference"):   # the reference recipe's defaults
             own = {**config_class.reference().to_dict(), **own}
         params = parse(config_class, own, source, ConfigError, prefix + kind)
+        for other in models:   # the other models' tables are checked too (cv reads them)
+            if other != kind and other in d:
+                parse(models[other].config_class, d[other], source, ConfigError, prefix + other)
         rest = {k: v for k, v in d.items() if k not in models}
         return parse(cls, {**rest, "params": params}, source, ConfigError, at)
 
@@ -102,11 +105,7 @@ class RunConfig:
         if not isinstance(self.params, config_class):
             raise ConfigError(f"expected a {config_class.__name__} for model {self.model}, got "
                               f"{type(self.params).__name__}", "params")
-        try:
-            self.params.check()
-        except SchemaError as exc:
-            raise ConfigError(exc.detail, f"{self.model}.{exc.key}" if exc.key else self.model) \
-                from None
+        _check_params(self.params, self.model)
         try:
             split = parse_split(self.split)   # "lesion": the older spelling of "group"
         except ValueError as exc:
@@ -171,9 +170,19 @@ def merge(base: RunConfig, run: dict, *flags: dict) -> RunConfig:
     config_class = model_class(cfg.model).config_class
     if not isinstance(cfg.params, config_class):   # --model changed the file's model
         cfg = replace(cfg, params=config_class())
-    cfg = replace(cfg, params=with_fields(cfg.params, **{k: v for f in flags
-                                                          for k, v in f.items()}))
+    values = {k: v for f in flags for k, v in f.items()}
+    for kind, cls in registry().items():   # a flag is checked by every model that has it
+        _check_params(with_fields(cls.config_class(), **values), kind)
+    cfg = replace(cfg, params=with_fields(cfg.params, **values))
     return cfg.seeded().check()
+
+
+def _check_params(params, kind: str) -> None:
+    """A model config's ``check()``, its errors naming the key under ``kind``."""
+    try:
+        params.check()
+    except SchemaError as exc:
+        raise ConfigError(exc.detail, f"{kind}.{exc.key}" if exc.key else kind) from None
 
 
 def model_params(kinds, recipe: RunConfig, *flags: dict, tables: Mapping | None = None) -> dict:
