@@ -42,7 +42,7 @@ from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, 
 from .fallback import applies
 from .fallback import combine as combine_rows
 from .head import INPUTS, one_thread
-from .models import DEFAULT_MODELS, model_class, model_names
+from .models import DEFAULT_MODELS, model_class, model_names, registry
 from .protocol import with_fields
 from .runconfig import RunConfig
 from .train import align_embeddings, as_dataset, check_inputs, fit_splits
@@ -182,8 +182,11 @@ def _mapped(path: str) -> np.ndarray:
 
 
 @one_thread
-def _run_saved(index: int, task: FitTask, path: str) -> tuple[int, list[dict]]:
-    """A task in a joblib worker, on the mapped embeddings, one torch thread."""
+def _run_saved(index: int, task: FitTask, path: str, cls: type) -> tuple[int, list[dict]]:
+    """A task in a joblib worker, on the mapped embeddings, one torch thread. ``cls``: the
+    task's model class, registered in the worker too (a model registered at run time in the
+    caller's process is not in a fresh worker's registry)."""
+    registry().setdefault(cls.kind, cls)
     return index, run_task(task, _mapped(path))
 
 
@@ -207,7 +210,8 @@ def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray,
         np.save(path, image)
         run = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="n_jobs")
         try:
-            yield from run(delayed(_run_saved)(i, task, path) for i, task in enumerate(tasks))
+            yield from run(delayed(_run_saved)(i, task, path, model_class(task.model))
+                           for i, task in enumerate(tasks))
         finally:
             _mapped.cache_clear()   # threads map it in this process: let the file go
 
