@@ -44,9 +44,8 @@ from skinfeat.data.splits import (drop_crossing_groups, fold_ids, holdout_mask, 
                                   source_values)
 from skinfeat.learn.head import HeadConfig, head_logits  # noqa: E402
 from skinfeat.learn.head_batch import fit_heads  # noqa: E402
-from skinfeat.learn.fallback import fallback_rows, image_only, image_part  # noqa: E402
+from skinfeat.learn.fallback import fallback_rows, image_part  # noqa: E402
 from skinfeat.learn.head_model import HeadModel  # noqa: E402
-from skinfeat.learn.protocol import Trained  # noqa: E402
 
 SPLIT = "by:dataset"
 
@@ -95,8 +94,8 @@ def run_seed(table, image, y, folds, cfg: HeadConfig,
             lg = head_logits(r.model, image[te], meta)
             out[name].append(lg)
             if fallback:
-                fb = image_only(Trained(HeadModel(fits[len(folds) + k].model, cfg.to_dict())),
-                                image.shape[1], len(CLASSES))
+                fb = HeadModel.fitted(cfg, fits[len(folds) + k].model).image_only(
+                    image.shape[1], len(CLASSES))
                 rows = fallback_rows(meta, e.missing_row())
                 lg = lg.copy()
                 lg[rows] = fb.logits(image[te][rows], meta[rows])

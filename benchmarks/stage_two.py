@@ -80,7 +80,7 @@ def lgbm_pca_cost(table: pd.DataFrame, contents: CacheContents) -> dict:
                          LGBMConfig(pca_dim=pca_dim, num_threads=1))
         seconds = time.perf_counter() - start
         proba = model.predict_proba(*part["test"][:2])
-        out[name] = {"seconds": seconds, "rounds": int(model.booster.best_iteration),
+        out[name] = {"seconds": seconds, "rounds": int(model.booster_.best_iteration),
                      "balanced_accuracy": classification_metrics(
                          part["test"][2], proba, CLASSES)["balanced_accuracy"]}
     return out

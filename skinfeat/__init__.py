@@ -11,11 +11,12 @@ from .errors import SkinfeatError
 from .version import __version__
 
 __all__ = ["CVResult", "CompareResult", "Dataset", "DatasetSpec", "EmbeddingCache",
-           "EvaluationResult", "FitResult", "FusionHeadClassifier", "ImagePrediction",
-           "Model", "Predictions", "Recipe", "RunConfig", "RunSummary", "SkinfeatError", "Task",
+           "EvaluationResult", "FitResult", "FusionHeadClassifier", "HeadConfig",
+           "ImagePrediction", "LGBMConfig", "LinearConfig", "Model", "Predictions", "Recipe",
+           "RunConfig", "RunSummary", "SkinfeatError", "StageTwoModel", "Task",
            "backbones", "check_dataset", "compare", "cross_validate",
            "download_ham10000", "evaluate_model", "extract", "fit", "load_dataset",
-           "load_model", "make_recipe", "merge_caches", "open_cache", "run_demo",
+           "load_model", "make_recipe", "merge_caches", "model_configs", "model_names", "open_cache", "register_model", "run_demo",
            "serve", "tune", "unpack", "weights_location", "write_card", "__version__"]
 
 

@@ -51,6 +51,10 @@ _LAZY = {"RunConfig": ("learn.runconfig", "RunConfig"),
          "Recipe": ("learn.runconfig", "RunConfig"),
          "HeadConfig": ("learn.head", "HeadConfig"),
          "LGBMConfig": ("learn.baseline", "LGBMConfig"),
+         "LinearConfig": ("learn.linear", "LinearConfig"),
+         "StageTwoModel": ("learn.protocol", "StageTwoModel"),
+         "register_model": ("learn.models", "register"),
+         "model_names": ("learn.models", "model_names"),
          "Predictions": ("deploy.predict", "Predictions"),
          "Predictor": ("deploy.predict", "Predictor"),
          "ExplainError": ("deploy.explain", "ExplainError"),
@@ -418,8 +422,7 @@ def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = 
     (None: the default ones, "none": no tables)."""
     from .workflows.fit import fit_run
 
-    recipe = _recipe(recipe)
-    recipe.check()
+    recipe = _recipe(recipe).check()
     folder = _RunFolder(out, "fit")
     res = fit_run(_dataset(data), _paths(caches), folder.path, recipe, subgroups=subgroups)
     from .deploy.predict import Predictor
@@ -455,15 +458,17 @@ class CVResult:
 def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
                    models: Sequence[str] = ("head", "lgbm"),
                    inputs: Sequence[str] | None = None,
-                   recipe: RunConfig | None = None, seeds: Sequence[int] | None = None,
+                   recipe: RunConfig | None = None, params: dict | None = None,
+                   seeds: Sequence[int] | None = None,
                    split: str = "group", jobs: int = 1, save_models: bool = False,
                    out: PathLike | None = None,
                    progress: Callable[[int], None] | None = None,
                    on_start: Callable[[int], None] | None = None,
                    subgroups: str | Sequence[str] | None = None) -> CVResult:
     """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``), each
-    fit by ``recipe``; ``inputs=None``: every set the data has (image, meta, fused; a set
-    without metadata fields: image). Writes ``oof_predictions.csv`` (``CVResult.oof``).
+    fit by ``recipe``; ``params``: each model's config by kind (a model not there: the
+    recipe's own if it is the recipe's model, else its defaults); ``inputs=None``: every set
+    the data has (image, meta, fused; a set without metadata fields: image). Writes ``oof_predictions.csv`` (``CVResult.oof``).
     ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
     of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
     from .learn.cv import CVConfig
@@ -472,7 +477,7 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
     recipe = _recipe(recipe)
     cfg = CVConfig(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
                    models=tuple(models), inputs=tuple(inputs) if inputs else None,
-                   recipe=recipe)
+                   recipe=recipe, params=dict(params or {}))
     folder = _RunFolder(out, "cv")
     res = cv_run(_dataset(data), _paths(caches), folder.path, cfg, jobs=jobs, progress=progress,
                  on_start=on_start, save_models=save_models, subgroups=subgroups)
@@ -512,15 +517,32 @@ def make_recipe(config: PathLike | None = None, *, run: dict | None = None,
     """Defaults < the ``config`` file (JSON or TOML: a run's config.json, a tune result, a
     hand-written one) < the given values (None: not given), every key typed and checked. With
     ``run["encoding"] == "reference"`` and no file, the head starts from the reference head's
-    defaults. The head and LightGBM take the recipe's seed."""
-    from .learn.head import HeadConfig
+    defaults. ``head`` / ``lgbm``: model settings, each applied to the recipe's model config
+    where it has that field; the model takes the recipe's seed."""
+    from dataclasses import replace
+
+    from .learn.models import model_class
     from .learn.runconfig import RunConfig, merge, read_config_file
 
     run = run or {}
     base = read_config_file(config) if config else RunConfig()
-    if not config and run.get("encoding") == "reference":
-        base.head = HeadConfig.reference()
+    if not config and run.get("encoding") == "reference":   # the model's reference defaults
+        kind = run.get("model") or base.model
+        config_class = model_class(kind).config_class
+        if hasattr(config_class, "reference"):
+            base = replace(base, model=kind, params=config_class.reference())
     return merge(base, run, head or {}, lgbm or {})
+
+
+def model_configs(models: Sequence[str], recipe: RunConfig, config: PathLike | None = None, *,
+                  head: dict | None = None, lgbm: dict | None = None) -> dict:
+    """Each model's config for a run of several (``cross_validate``'s ``params``): the
+    recipe's own for its model, else the ``config`` file's table of it, else its defaults;
+    ``head`` / ``lgbm`` settings applied where a config has the field."""
+    from .learn.runconfig import model_params, read_model_tables
+
+    tables = read_model_tables(config) if config else None
+    return model_params(models, recipe, head or {}, lgbm or {}, tables=tables)
 
 
 @dataclass
@@ -592,12 +614,6 @@ def run_demo(out: PathLike, *, n_images: int = 1000, backbone: str = DEFAULT_BAC
                     precision=precision, echo=echo, progress=progress)
 
 
-__all__ = ["CVResult", "Dataset", "DatasetSpec", "EmbeddingCache", "EvaluationResult",
-           "FitResult", "FusionHeadClassifier", "ImagePrediction", "Model", "Predictions",
-           "Recipe", "RunConfig", "RunSummary", "Task", "backbones", "check_dataset",
-           "cross_validate", "download_ham10000", "evaluate_model", "extract", "fit",
-           "load_dataset", "load_model", "make_recipe", "merge_caches", "open_cache",
-           "run_demo", "serve", "tune", "unpack", "weights_location", "write_card"]
 
 
 @dataclass
@@ -627,6 +643,7 @@ class CompareResult:
 def compare(data: Dataset | PathLike, caches: Caches, *,
             models: Sequence[str] = ("linear",), inputs: str = "image", folds: int = 5,
             metric: str = "balanced_accuracy", recipe: RunConfig | None = None,
+            params: dict | None = None,
             seeds: Sequence[int] | None = None, split: str = "group", n_boot: int = 2000,
             jobs: int = 1, out: PathLike | None = None,
             progress: Callable[[int], None] | None = None,
@@ -639,11 +656,14 @@ def compare(data: Dataset | PathLike, caches: Caches, *,
 
     recipe = _recipe(recipe)
     cfg = CVConfig(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
-                   models=tuple(models), inputs=(inputs,), recipe=recipe)
+                   models=tuple(models), inputs=(inputs,), recipe=recipe,
+                   params=dict(params or {}))
     folder = _RunFolder(out, "compare")
     res = compare_run(_dataset(data), _paths(caches), folder.path, cfg, metric=metric,
                       n_boot=n_boot, jobs=jobs, progress=progress, on_start=on_start)
     return CompareResult(res["table"], metric, res["reference"], res, folder.path, folder)
 
 
-__all__ += ["CompareResult", "compare"]
+from . import __all__ as _package_all  # noqa: E402  (the one list: the package's)
+
+__all__ = [name for name in _package_all if name != "__version__"]

@@ -84,8 +84,7 @@ def test_a_kept_run_loads_and_predicts_like_the_fit(synth_table, synth_cache, sy
     import skinfeat
 
     data = skinfeat.load_dataset(synth_dir)
-    recipe = skinfeat.Recipe(seed=0)
-    recipe.head.max_epochs = 6
+    recipe = skinfeat.Recipe(seed=0, params=skinfeat.HeadConfig(max_epochs=6))
     fit = skinfeat.fit(data, synth_cache, recipe=recipe, out=tmp_path / "run")
     assert (tmp_path / "run" / "config.json").is_file()
     model = skinfeat.load_model(tmp_path / "run")

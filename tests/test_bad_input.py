@@ -256,7 +256,7 @@ def test_unseen_sex_and_site_encode_as_zero_with_a_warning(messy, tmp_path, capl
     table.loc[rows, "sex"], table.loc[rows, "localization"] = "other", "tail"
     with caplog.at_level(logging.WARNING):
         res = fit_run(table, messy["cache"], tmp_path,
-                      RunConfig(seed=42, head=HeadConfig(max_epochs=5, seed=42)))
+                      RunConfig(seed=42, params=HeadConfig(max_epochs=5, seed=42)))
     assert "never seen in training" in caplog.text
     assert "'other'" in caplog.text and "'tail'" in caplog.text
     config = json.loads((tmp_path / "config.json").read_text())

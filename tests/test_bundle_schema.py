@@ -69,7 +69,7 @@ def test_load_typed_gives_the_table_and_the_schema(ship_runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(ship_runs["lgbm"], run)
     table, typed = load_typed(run)
-    assert isinstance(typed, BundleConfig) and typed.lgbm == table["lgbm"]
+    assert isinstance(typed, BundleConfig) and typed.state == table["state"]
     assert typed.threshold == table["threshold"] and typed.classes == tuple(table["classes"])
 
 
@@ -89,3 +89,17 @@ def test_encoder_and_calibrator_states_are_strict_on_unknown_keys():
     assert Calibrator.from_dict(cal).to_dict() == cal
     with pytest.raises(ValueError, match=r"calibration\.temprature.*unknown key"):
         Calibrator.from_dict({**cal, "temprature": 2.0})
+
+
+def test_an_older_format_is_upgraded_in_one_place(ship_runs):
+    """skinfeat-bundle/1 kept a model's own state under its kind (``lgbm``, ``linear``)."""
+    from skinfeat.deploy.bundle_config import FORMAT, OLDER, migrate
+
+    d = json.loads((ship_runs["lgbm"] / "config.json").read_text())
+    old = {k: v for k, v in d.items() if k != "state"}
+    old.update(format=OLDER[0], lgbm=d["state"])
+    new = migrate(old)
+    assert new == d and new["format"] == FORMAT and "lgbm" not in new
+    assert "lgbm" in old   # the table read from the file is left as it was
+    assert migrate(d) is d   # the current format passes through
+    assert isinstance(parse_config(new, "config.json"), BundleConfig)

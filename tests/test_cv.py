@@ -19,8 +19,8 @@ from skinfeat.workflows.cv import cv_run
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 
-FAST = CVConfig(folds=3, recipe=RunConfig(head=HeadConfig(max_epochs=3),
-                                          lgbm=LGBMConfig(n_estimators=15)))
+FAST = CVConfig(folds=3, recipe=RunConfig(params=HeadConfig(max_epochs=3)),
+                params={"lgbm": LGBMConfig(n_estimators=15)})
 
 
 def lesions(table, rows) -> set:
@@ -51,10 +51,10 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
     calls, encoded = [], []
     real_train = train.train_models
 
-    def spy_train(kind, trains, vals, *args, **kw):
+    def spy_train(kind, config, trains, vals, *args, **kw):
         calls.extend(({id_of[row_of[e.tobytes()]] for e in t[0]},
                       {id_of[row_of[e.tobytes()]] for e in v[0]}) for t, v in zip(trains, vals))
-        return real_train(kind, trains, vals, *args, **kw)
+        return real_train(kind, config, trains, vals, *args, **kw)
 
     class SpyEncoder(train.MetadataEncoder):
         def fit(self, df):
@@ -122,6 +122,31 @@ def test_worker_processes_give_the_same_results(synth_table, synth_cache):
         metrics_of(run_cv(synth_table, contents, cfg, jobs=1))
 
 
+def test_folds_run_on_a_joblib_backend_of_the_callers_choice(synth_table, synth_cache,
+                                                              monkeypatch):
+    """Under ``joblib.parallel_backend`` (threads here; Dask or Ray on a cluster) the tasks run
+    on that backend, with the results of one process."""
+    import threading
+
+    import joblib
+
+    from skinfeat.learn import cv
+
+    contents = read_cache(synth_cache)
+    cfg = replace(FAST, inputs=("meta",))
+    threads, real = set(), cv.run_task
+
+    def spy(task, image):
+        threads.add(threading.current_thread().name)
+        return real(task, image)
+
+    monkeypatch.setattr(cv, "run_task", spy)   # seen by threads, not by loky's processes
+    with joblib.parallel_backend("threading"):
+        threaded = run_cv(synth_table, contents, cfg, jobs=2)
+    assert threads and threading.current_thread().name not in threads   # worker threads ran it
+    assert metrics_of(threaded) == metrics_of(run_cv(synth_table, contents, cfg, jobs=1))
+
+
 def test_bring_your_own_embeddings(synth_table, tmp_path):
     path = tmp_path / "foreign.h5"
     ids = synth_table["image_id"].to_numpy()[::-1]   # any row order
@@ -170,7 +195,7 @@ def test_views_tta_film_and_metadata_dropout(synth_table, synth_cache, tmp_path)
     views = real.embeddings[:, None] + rng.normal(0, 0.1, (len(real.image_ids), 2, real.dim))
     contents = CacheContents(real.image_ids, real.embeddings, views.astype(np.float32))
     cfg = replace(FAST, models=("head",), inputs=("fused",), recipe=replace(
-        FAST.recipe, tta=True, head=HeadConfig(head="film", meta_dropout=0.3, max_epochs=3)))
+        FAST.recipe, tta=True, params=HeadConfig(head="film", meta_dropout=0.3, max_epochs=3)))
     res = run_cv(synth_table, contents, cfg)
     assert res["views"] == 2 and res["config"]["recipe"]["head"]["head"] == "film"
     assert all(np.isfinite(r["metrics"]["accuracy"]) for r in res["records"])
@@ -189,4 +214,4 @@ def test_a_failing_fit_in_a_worker_stops_the_cv_with_its_error(synth_table, synt
     bad = [cv.FitTask("fused", folds, data, RunConfig(model="nope")) for _ in range(3)]
     image = contents.embeddings[contents.rows_for(list(synth_table["image_id"]))]
     with pytest.raises(ValueError, match="nope"):
-        cv._run_tasks(iter(bad), image, 2, None)
+        list(cv._run_tasks(iter(bad), image, 2))

@@ -1,5 +1,5 @@
 """cv's follow-up work while workers finish: the subgroup tables of a model and input set are
-made as soon as its folds are in (``run_cv``'s ``on_ready``), and equal the tables made
+made as soon as its folds are in (``iter_cv``'s ``FoldsReady`` events), and equal the tables made
 afterwards from the run's out-of-fold predictions."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.baseline import LGBMConfig
-from skinfeat.learn.cv import CVConfig, run_cv
+from skinfeat.learn.cv import CVConfig, CVDone, FoldsReady, iter_cv
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.train import as_dataset
@@ -20,19 +20,19 @@ from skinfeat.workflows.cv import SubgroupTables, cv_run
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
 FAST = CVConfig(folds=3, models=("head",), inputs=("fused", "image", "meta"),
-                recipe=RunConfig(head=HeadConfig(max_epochs=3),
-                                 lgbm=LGBMConfig(n_estimators=20)))
+                recipe=RunConfig(params=HeadConfig(max_epochs=3)),
+                params={"lgbm": LGBMConfig(n_estimators=20)})
 
 
-def test_on_ready_hands_over_complete_models_while_workers_run(synth_table, synth_cache):
+def test_ready_events_hand_over_complete_models_before_the_end(synth_table, synth_cache):
     contents = read_cache(synth_cache)
     handed: list = []
-    # This process takes the first task (image) at once and finishes it in under a second; the
-    # worker imports torch for seconds before it takes the other (meta): image is handed over
-    # in between.
-    res = run_cv(synth_table, contents, replace(FAST, inputs=("image", "meta")), jobs=2,
-                 on_ready=lambda m, i, part: handed.append((m, i, part)))
-    assert ("head", "image") in [(m, i) for m, i, _ in handed]
+    events = list(iter_cv(synth_table, contents, replace(FAST, inputs=("image", "meta")),
+                          jobs=2, ready=True))
+    assert isinstance(events[-1], CVDone) and len(events) == 3   # the last: the result
+    res = events[-1].result
+    handed = [(e.model, e.inputs, e.oof) for e in events if isinstance(e, FoldsReady)]
+    assert sorted((m, i) for m, i, _ in handed) == [("head", "image"), ("head", "meta")]
     oof = res["oof"]
     for model, inputs, part in handed:
         want = oof[(oof["model"] == model) & (oof["inputs"] == inputs) & (oof["seed"] == res["config"]["seeds"][0])]

@@ -103,7 +103,7 @@ def test_raw_image_predict_equals_the_cached_path(family, folders, family_caches
     from skinfeat.embed.cache import write_cache
     write_cache(cache, family_caches[family])
     fit_run(synth_table, cache, tmp_path / "run",
-            RunConfig(seed=0, model="head", head=HeadConfig(seed=0, max_epochs=3)))
+            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=3)))
     p = Predictor(tmp_path / "run")
     rows = synth_table.iloc[:4]
     raw = p.predict_table(rows)
@@ -157,7 +157,7 @@ def test_a_moved_folder_is_the_same_encoder_and_predict_verifies_the_copy(
     assert ref.name == "hf:tiny-hf"
     write_cache(tmp_path / "c.h5", family_caches["hf"])
     fit_run(synth_table, tmp_path / "c.h5", tmp_path / "run",
-            RunConfig(seed=0, model="head", head=HeadConfig(seed=0, max_epochs=2)))
+            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=2)))
     rows = synth_table.iloc[:2]
     want = Predictor(tmp_path / "run").predict_table(rows).proba
     got = Predictor(tmp_path / "run", weights_file=copy).predict_table(rows).proba

@@ -142,12 +142,12 @@ def test_lightgbm_attribution_uses_its_own_contributions(ship_runs, synth_table)
     assert set(res.attribution) == set(p.encoder.numeric + p.encoder.categorical)
     # Age is one encoded column: its attribution is exactly the booster's contribution of it.
     from skinfeat.learn.baseline import design_matrix
-    model = p.trained.model
+    model = p.model
     meta = p.encode_metadata(ex.metadata_table({"age": row["age"], "sex": row["sex"],
                                                 "localization": row["localization"]}))
-    x = design_matrix(p.embed([row["path"]])[0], meta, model.cfg.inputs, model.pca)
-    contrib = model.booster.predict(x, pred_contrib=True,
-                                    num_iteration=model.booster.best_iteration or None)
+    x = design_matrix(p.embed([row["path"]])[0], meta, model.config.inputs, model.pca_)
+    contrib = model.booster_.predict(x, pred_contrib=True,
+                                    num_iteration=model.booster_.best_iteration or None)
     age_col = x.shape[1] - meta.shape[1] + p.encoder.feature_names.index("age")
     want = np.asarray(contrib).reshape(len(p.classes), x.shape[1] + 1)[:, age_col]
     np.testing.assert_allclose(res.attribution["age"], want, atol=1e-9)

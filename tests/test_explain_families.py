@@ -31,7 +31,7 @@ FAST = HeadConfig(seed=0, max_epochs=3)
 def trained_run(table, backbone: str, root: Path) -> Path:
     cache = root / "cache.h5"
     extract(table, cache, backbone=backbone, precision="fp32", num_workers=0)
-    fit_run(table, cache, root / "run", RunConfig(seed=0, model="head", head=FAST))
+    fit_run(table, cache, root / "run", RunConfig(seed=0, model="head", params=FAST))
     return root / "run"
 
 

@@ -69,7 +69,7 @@ def family_run(synth_table, tmp_path_factory):
             extract(synth_table, cache, backbone=f"{prefix}{folder}", pool=pool,
                     precision="fp32", num_workers=0)
             fit_run(synth_table, cache, root / f"run-{case}",
-                    RunConfig(seed=0, model="head", head=HeadConfig(seed=0, max_epochs=3)))
+                    RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=3)))
             runs[case] = root / f"run-{case}"
         return runs[case]
     return get

@@ -18,11 +18,10 @@ from skinfeat.deploy.bundle import BundleError, load_typed
 from skinfeat.deploy.predict import Predictor
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
-from skinfeat.learn.fallback import fallback_rows, image_only, image_part
+from skinfeat.learn.fallback import fallback_rows, image_part
 from skinfeat.learn.head import HeadConfig, head_logits
 from skinfeat.learn.head_batch import fit_heads
 from skinfeat.learn.head_model import HeadModel
-from skinfeat.learn.protocol import Trained
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.train import align_embeddings, fit_split
 
@@ -79,8 +78,8 @@ def test_folding_the_zero_metadata_member_is_exact(head):
     y = rng.integers(0, 3, 200)
     cfg = HeadConfig(head=head, epochs=3)
     r = fit_heads([(image_part((x, m, y)), image_part((x, m, y)))], 3, cfg)[0]
-    folded = image_only(Trained(HeadModel(r.model, cfg.to_dict())), 12, 3)
-    assert folded.model.net.inputs == "image" and not folded.model.net.use_meta
+    folded = HeadModel.fitted(cfg, r.model).image_only(12, 3)
+    assert folded.net.inputs == "image" and not folded.net.use_meta
     np.testing.assert_allclose(folded.logits(x, m), head_logits(r.model, x, np.zeros_like(m)),
                                atol=1e-5)
 
@@ -96,7 +95,7 @@ def test_split_fit_scores_missing_rows_with_the_image_only_model(blanked):
     root, blank = blanked
     data, image = _dataset(root)
     rows = _rows(len(data.table))
-    fit = fit_split(data, image, rows, RunConfig(seed=1, head=HeadConfig(seed=1, epochs=4)))
+    fit = fit_split(data, image, rows, RunConfig(seed=1, params=HeadConfig(seed=1, epochs=4)))
     test = data.table.iloc[rows["test"]]
     want = np.array([blank[i] for i in test["image_id"]])
     assert fit.fallback is not None and 0 < want.sum() < len(want)
@@ -105,10 +104,10 @@ def test_split_fit_scores_missing_rows_with_the_image_only_model(blanked):
     enc = fit.encoder
     assert set(enc.numeric) | set(enc.categorical) == set(FIELDS)   # no dataset, no dx_type
     meta = enc.transform(test)
-    own = fit.calibrator(fit.trained.logits(image[rows["test"]], meta))
+    own = fit.calibrator(fit.model.logits(image[rows["test"]], meta))
     fb = fit.fallback
-    fb_proba = fb.calibrator(fb.trained.logits(image[rows["test"]], meta))
-    assert fb.trained.model.inputs == "image"
+    fb_proba = fb.calibrator(fb.model.logits(image[rows["test"]], meta))
+    assert fb.model.inputs == "image"
     np.testing.assert_array_equal(fit.test_proba[want], fb_proba[want])
     np.testing.assert_array_equal(fit.test_proba[~want], own[~want])
     assert np.abs(own[want] - fb_proba[want]).max() > 1e-4   # two different models
@@ -206,7 +205,7 @@ def test_cv_reuses_the_image_only_fold_model(blanked, tmp_path):
     head = HeadConfig(epochs=3)
     both = run_cv(data, contents, CVConfig(folds=2, seeds=(0,), models=("head",),
                                            inputs=("image", "fused"),
-                                           recipe=RunConfig(head=head)))
+                                           recipe=RunConfig(params=head)))
     oof = both["oof"]
     img = oof[oof["inputs"] == "image"].set_index("image_id")
     fused = oof[oof["inputs"] == "fused"].set_index("image_id")
@@ -221,7 +220,7 @@ def test_cv_reuses_the_image_only_fold_model(blanked, tmp_path):
                              r["inputs"]) for r in both["records"]}
     assert fell == {"image": 0, "fused": int(missing.sum())}
     alone = run_cv(data, contents, CVConfig(folds=2, seeds=(0,), models=("head",),
-                                            inputs=("fused",), recipe=RunConfig(head=head)))
+                                            inputs=("fused",), recipe=RunConfig(params=head)))
     assert sum(r["fell_back"] for r in alone["records"]) == int(missing.sum())
 
 

@@ -36,7 +36,7 @@ def family_run(request, synth_table, tmp_path_factory):
     extract(synth_table, cache, backbone=f"{family}:{root / f'tiny-{family}'}",
             precision="fp32", num_workers=0)
     fit_run(synth_table, cache, root / "run",
-            RunConfig(seed=0, model="head", head=HeadConfig(seed=0, max_epochs=3)))
+            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=3)))
     return family, root / "run", cache
 
 

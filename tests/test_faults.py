@@ -203,7 +203,8 @@ def test_every_run_artifact_arrives_by_atomic_rename(synth_table, synth_cache, t
     monkeypatch.setattr(os, "replace", recording_replace)
     # One LightGBM thread: on a busy 2-core machine its spinning OpenMP threads crawl.
     fit_run(synth_table, synth_cache, tmp_path, RunConfig(
-        model=model, head=HeadConfig(max_epochs=3), lgbm=LGBMConfig(num_threads=1)),
+        model=model, params=HeadConfig(max_epochs=3) if model == "head"
+        else LGBMConfig(num_threads=1)),
         calibrate=False)
     written = {p.name for p in tmp_path.iterdir()}
     expected = set(RUN_ARTIFACTS) - ({"model.safetensors"} if model == "lgbm" else set()) \

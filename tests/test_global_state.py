@@ -70,7 +70,7 @@ def test_tune_leaves_optuna_verbosity_alone(synth_table, synth_cache, tmp_path):
     optuna.logging.set_verbosity(optuna.logging.DEBUG)
     try:
         tune_run(synth_table, synth_cache, tmp_path / "t", TuneConfig(
-            trials=1, folds=2, start=RunConfig(head=HeadConfig(max_epochs=2))))
+            trials=1, folds=2, start=RunConfig(params=HeadConfig(max_epochs=2))))
         assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
     finally:
         optuna.logging.set_verbosity(optuna.logging.INFO)

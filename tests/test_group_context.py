@@ -83,7 +83,7 @@ def test_cv_and_fit_head_with_group_context(isic24, tmp_path):
 def test_predict_csv_equals_the_fits_test_probabilities(isic24, tmp_path):
     root, cache = isic24
     data, image = aligned(root, cache)
-    recipe = RunConfig(group_context=True, head=HeadConfig(epochs=3)).seeded()
+    recipe = RunConfig(group_context=True, params=HeadConfig(epochs=3)).seeded()
     sides, kind = prepare_split(data.table, tmp_path, "lesion", recipe.seed)
     rows = {s: np.flatnonzero((sides == s).to_numpy()) for s in ("train", "val", "test")}
     fit = fit_split(data, image, rows, recipe)

@@ -182,7 +182,7 @@ def test_splits_of_very_different_sizes():
 def test_batched_cv_equals_sequential_cv(synth_table, synth_cache):
     contents = read_cache(synth_cache)
     cfg = CVConfig(folds=3, models=("head",), recipe=RunConfig(
-        head=HeadConfig(max_epochs=6, patience=2), lgbm=LGBMConfig(n_estimators=10)))
+        params=HeadConfig(max_epochs=6, patience=2)))
     batched = run_cv(synth_table, contents, cfg)
     sequential = run_cv(synth_table, contents, replace(cfg, batched=False))
     assert len(batched["records"]) == len(sequential["records"]) == 3 * 3

@@ -254,20 +254,22 @@ def test_a_bundle_config_is_a_valid_spec_and_recipe(run):
     config = json.loads((run / "config.json").read_text())
     assert load_spec(run / "config.json") == DatasetSpec.from_dict(config["dataset"])
     cfg = read_config_file(run / "config.json")
-    assert cfg.to_dict() == config["run"] and cfg.head.epochs == 2
+    assert cfg.to_dict() == config["run"] and cfg.params.epochs == 2
 
 
 def test_toml_recipe_under_run_table_and_int_for_float(tmp_path):
     path = write(tmp_path / "r.toml", '[run]\nmodel = "lgbm"\n[run.head]\nlr = 1\n'
                  '[run.lgbm]\ncolsample = 1\n')
     cfg = read_config_file(path)
-    assert cfg.model == "lgbm" and cfg.head.lr == 1.0 and isinstance(cfg.head.lr, float)
-    assert cfg.lgbm.colsample == 1.0 and cfg.head == HeadConfig(lr=1.0)
+    assert cfg.model == "lgbm" and cfg.params.colsample == 1.0
+    assert isinstance(cfg.params.colsample, float)
+    # a recipe written with every model's table: the others are left out
+    assert "head" not in cfg.to_dict() and cfg.to_dict()["lgbm"]["colsample"] == 1.0
 
 
 def test_reference_encoding_starts_from_the_reference_head(tmp_path):
     cfg = read_config_file(write(tmp_path / "r.toml", 'encoding = "reference"\n[head]\nlr = 0.01\n'))
-    assert cfg.head == HeadConfig.reference(lr=0.01)
+    assert cfg.params == HeadConfig.reference(lr=0.01)
 
 
 def test_python_built_configs_are_checked_too():
@@ -277,7 +279,7 @@ def test_python_built_configs_are_checked_too():
     with pytest.raises(SchemaError, match=r"key 'lr': expected a number > 0, got an integer"):
         HeadConfig(lr=-1).check()
     with pytest.raises(ConfigError, match=r"key 'head.epochs'"):
-        RunConfig(head=HeadConfig(epochs=0)).check()
+        RunConfig(params=HeadConfig(epochs=0)).check()
     with pytest.raises(SpecError, match="key 'classes'"):
         PRESETS["ham10000"].with_columns(classes=("mel", "Mel"))
 

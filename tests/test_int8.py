@@ -112,7 +112,7 @@ def int8_run(synth_table, int8_cache, tmp_path_factory):
     from skinfeat.learn.runconfig import RunConfig
     from skinfeat.workflows.fit import fit_run
     out = tmp_path_factory.mktemp("int8run") / "head"
-    fit_run(synth_table, int8_cache, out, RunConfig(seed=0, head=HeadConfig(max_epochs=8)))
+    fit_run(synth_table, int8_cache, out, RunConfig(seed=0, params=HeadConfig(max_epochs=8)))
     return out
 
 
@@ -172,7 +172,7 @@ def test_a_fold_ensemble_holds_one_int8_copy_for_its_folds(int8_cache, synth_tab
 
     cv_run(synth_table, int8_cache, tmp_path / "cv", CVConfig(
         folds=2, models=("head",), inputs=("fused",),
-        recipe=RunConfig(head=HeadConfig(max_epochs=2))),
+        recipe=RunConfig(params=HeadConfig(max_epochs=2))),
         save_models=True)
     ensemble = tmp_path / "cv" / "models" / "head_fused"
     assert len(list(ensemble.glob("int8/*/model.xml"))) == 1

@@ -33,12 +33,11 @@ def test_probabilities_equal_sklearn_logistic_regression(inputs, k):
     train, groups = _data(k=k)
     test, _ = _data(n=50, k=k, seed=1)
     cfg = LinearConfig(inputs=inputs, seed=3)
-    fitted = LinearProbe.fit(train, train, k, cfg, groups=groups)
-    probe = fitted.model
-    assert probe.c in cfg.cs
+    probe = LinearProbe(cfg).fit(train, train, groups, n_classes=k)
+    assert probe.c_ in cfg.cs
     x = design(train[0], train[1], inputs)
     scaler = StandardScaler().fit(x)
-    ref = LogisticRegression(C=probe.c, solver="lbfgs", class_weight="balanced",
+    ref = LogisticRegression(C=probe.c_, solver="lbfgs", class_weight="balanced",
                              max_iter=cfg.max_iter).fit(scaler.transform(x), train[2])
     want = ref.predict_proba(scaler.transform(design(test[0], test[1], inputs)))
     got = probe.predict_proba(test[0], test[1])
@@ -47,7 +46,7 @@ def test_probabilities_equal_sklearn_logistic_regression(inputs, k):
     z = probe.logits(test[0], test[1])
     np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), want, atol=1e-6)
     counts = np.bincount(train[2], minlength=k)
-    np.testing.assert_allclose(fitted.class_weights, len(train[2]) / (k * counts), rtol=1e-6)
+    np.testing.assert_allclose(probe.class_weights_, len(train[2]) / (k * counts), rtol=1e-6)
 
 
 def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
@@ -66,14 +65,14 @@ def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
         return best, scores
 
     monkeypatch.setattr(linear, "choose_c", spy)
-    probe = LinearProbe.fit(train, train, 3, LinearConfig(), groups=groups).model
+    probe = LinearProbe(LinearConfig()).fit(train, train, groups, n_classes=3)
     monkeypatch.undo()
     best, scores = seen[-1]
     assert all(s == set() for s in seen[:-1])
-    assert probe.c == best and scores[best] == max(scores.values()) and len(scores) == len(linear.C_GRID)
+    assert probe.c_ == best and scores[best] == max(scores.values()) and len(scores) == len(linear.C_GRID)
     # an absent class keeps a (near) zero probability, and one C skips the inner CV
-    one = LinearProbe.fit(train, train, 4, LinearConfig(cs=(0.5,))).model
-    assert one.c == 0.5 and one.predict_proba(train[0], train[1])[:, 3].max() < 1e-12
+    one = LinearProbe(LinearConfig(cs=(0.5,))).fit(train, train, n_classes=4)
+    assert one.c_ == 0.5 and one.predict_proba(train[0], train[1])[:, 3].max() < 1e-12
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def linear_run(synth_table, synth_cache, tmp_path_factory):
 def test_fit_bundle_and_predict_on_cache_and_raw_images(linear_run, synth_table, synth_cache):
     out, res = linear_run
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "linear" and config["linear"]["C"] > 0
+    assert config["model_type"] == "linear" and config["state"]["C"] > 0
     assert (out / "model.safetensors").is_file() and "balanced_accuracy" in res["metrics"]
     p = Predictor(out)
     rows = synth_table.iloc[:6]
@@ -112,7 +111,7 @@ def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, line
     for name in ("head_fused", "linear_fused"):
         assert (tmp_path / "cv" / "models" / name / "config.json").is_file()
     ens = Predictor(tmp_path / "cv" / "models" / "linear_fused")
-    assert len(ens.members) == 2 and all(m.trained.kind == "linear" for m in ens.members)
+    assert len(ens.members) == 2 and all(m.model.kind == "linear" for m in ens.members)
     r = runner.invoke(main, ["export", "--model", str(linear_run[0]), "--onnx",
                              str(tmp_path / "m.onnx")])
     assert r.exit_code == 1 and "linear probe" in r.output
@@ -134,3 +133,18 @@ def test_explain_and_evaluate(linear_run, synth_table, synth_dir, tmp_path):
                                   "--include-seen"])
     assert r.exit_code == 0, r.output
     assert "linear, logistic regression" in (tmp_path / "ev" / "evaluate_report.md").read_text()
+
+
+def test_the_probe_has_its_own_config_in_a_recipe(tmp_path):
+    """The C grid and inner folds come from the recipe's [linear] table, not LightGBM's."""
+    from skinfeat.learn.runconfig import ConfigError, read_config_file
+
+    path = tmp_path / "r.toml"
+    path.write_text('model = "linear"\nseed = 4\n[linear]\ncs = [0.5, 2]\ninner_folds = 2\n'
+                    '[lgbm]\ninputs = "meta"\n')
+    recipe = read_config_file(path).seeded()
+    assert recipe.params == LinearConfig(cs=(0.5, 2.0), inner_folds=2, seed=4)
+    assert recipe.to_dict()["linear"]["cs"] == [0.5, 2.0] and "lgbm" not in recipe.to_dict()
+    path.write_text('model = "linear"\n[linear]\ninner_folds = 1\n')
+    with pytest.raises(ConfigError, match="linear.inner_folds"):
+        read_config_file(path)

@@ -7,6 +7,8 @@ training showed it such rows (whole-row dropout, ``HeadConfig.meta_dropout_all``
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,8 +47,7 @@ def _scores(data, cfg: HeadConfig) -> tuple[float, float]:
     enc, (train, val, test) = data
     blank, given = [], []
     for seed in SEEDS:
-        cfg.seed = seed
-        model = fit_head(train, val, K, cfg, enc.dropout_fields()).model
+        model = fit_head(train, val, K, replace(cfg, seed=seed), enc.dropout_fields()).model
         for out, meta in ((blank, enc.blank(test[1])), (given, test[1])):
             proba = softmax(head_logits(model, test[0], meta))
             out.append(classification_metrics(test[2], proba, [str(k) for k in range(K)])

@@ -71,4 +71,4 @@ def test_refused_where_it_cannot_apply():
                  HeadConfig(epochs=1, negative_ratio=2.0))
     with pytest.raises(ConfigError, match="head.negative_ratio"):
         RunConfig.from_dict({"head": {"negative_ratio": 0}}, "run.toml").check()
-    assert RunConfig.from_dict({"head": {"negative_ratio": 5}}).head.negative_ratio == 5.0
+    assert RunConfig.from_dict({"head": {"negative_ratio": 5}}).params.negative_ratio == 5.0

@@ -15,7 +15,8 @@ from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.cv import cv_run
 
-FAST = RunConfig(head=HeadConfig(max_epochs=3), lgbm=LGBMConfig(n_estimators=15))
+FAST = RunConfig(params=HeadConfig(max_epochs=3))
+PARAMS = {"lgbm": LGBMConfig(n_estimators=15)}
 KEYS = ["seed", "model", "inputs"]
 
 
@@ -28,7 +29,7 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 def cv_out(synth_table, synth_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("oof")
     cfg = CVConfig(folds=3, seeds=(0, 1), models=("head", "lgbm"), inputs=("image", "fused"),
-                   recipe=FAST)
+                   recipe=FAST, params=PARAMS)
     res = cv_run(synth_table, synth_cache, out, cfg)
     return out, res
 
@@ -93,7 +94,8 @@ def test_binary_decisions_use_the_fold_threshold(synth_dir, synth_cache, tmp_pat
     data = skinfeat.load_dataset(synth_dir, task=skinfeat.Task.parse("binary:mel"),
                                  images=False)
     cv = skinfeat.cross_validate(data, synth_cache, folds=3, models=("lgbm",),
-                                 inputs=("fused",), recipe=FAST, out=tmp_path)
+                                 inputs=("fused",), recipe=FAST, params=PARAMS,
+                                 out=tmp_path)
     oof, records = cv.oof, cv.raw["records"]
     positive = data.classes[1]
     assert len(oof) == len(data.table)

@@ -46,7 +46,7 @@ def cached_probabilities(run, cache, table) -> np.ndarray:
         logits = head_logits(model, emb, meta)
     else:
         from skinfeat.learn.baseline import LGBMModel
-        lgbm = LGBMModel.from_state((run / "model.lgbm.txt").read_text(), config["lgbm"])
+        lgbm = LGBMModel.from_state((run / "model.lgbm.txt").read_text(), config["state"])
         logits = np.log(np.clip(lgbm.predict_proba(emb, meta), 1e-12, None))
     return Calibrator.from_dict(config["calibration"])(logits)
 

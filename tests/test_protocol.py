@@ -1,67 +1,76 @@
 """The stage-two model protocol: training, bundles, predict and export dispatch through the
-model's class (``learn.models.MODELS``) and its capability attributes, not kind strings."""
+model's class (the registry, ``learn.models``) and its capability attributes, not kind strings."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from skinfeat.learn.runconfig import RunConfig
 from skinfeat.cli import main
 from skinfeat.deploy.predict import Predictor
 from skinfeat.embed.cache import read_cache
-from skinfeat.learn.baseline import LGBMConfig
+from skinfeat.learn.baseline import LGBMConfig, LGBMModel
 from skinfeat.learn.head import HeadConfig
+from skinfeat.learn.head_model import HeadModel
+from skinfeat.learn.linear import LinearConfig, LinearProbe
 from skinfeat.learn.models import MODELS, model_class
-from skinfeat.learn.protocol import StageTwoModel, Trained
+from skinfeat.learn.protocol import StageTwoModel
+from skinfeat.learn.runconfig import ConfigError, RunConfig
 from skinfeat.learn.train import align_embeddings, as_dataset, bundle_config, fit_split
 from skinfeat.workflows.fit import save_fit
 
-
-class PriorModel(StageTwoModel):
-    """A model this test adds: the training rows' class frequencies, whatever the input."""
-    kind, title, weights_format = "prior", "class prior", "text"
-    exportable = "a class prior (nothing to export)"
-
-    def __init__(self, log_prior: np.ndarray, inputs: str):
-        self.log_prior, self._inputs = log_prior, inputs
-
-    @staticmethod
-    def recipe(head_cfg, lgbm_cfg):
-        return lgbm_cfg.inputs
-
-    @classmethod
-    def fit(cls, train, val, n_classes, recipe, meta_fields=None, groups=None):
-        counts = np.bincount(train[2], minlength=n_classes) + 1.0
-        return Trained(cls(np.log(counts / counts.sum()), recipe), class_weights=None)
-
-    @property
-    def config(self):
-        return {"inputs": self._inputs}
-
-    def logits(self, image, meta, tta=False):
-        return np.tile(self.log_prior, (len(meta), 1))
-
-    def to_bundle(self):
-        return {}, " ".join(map(repr, self.log_prior.tolist()))
-
-    @classmethod
-    def from_bundle(cls, config, weights, dims, load_state=None):
-        return cls(np.array([float(x) for x in weights.split()]), config["head"]["inputs"])
+from plugin_model import PriorConfig, PriorModel
 
 
 def test_the_registry_and_capabilities():
-    assert set(MODELS) == {"head", "lgbm", "linear"}
+    assert {"head", "lgbm", "linear"} <= set(MODELS)
     assert all(issubclass(c, StageTwoModel) and model_class(k) is c and c.kind == k
                for k, c in MODELS.items())
-    assert [k for k, c in MODELS.items() if c.exportable is None] == ["head"]
-    assert [k for k, c in MODELS.items() if c.differentiable] == ["head"]
+    built_in = {k: MODELS[k] for k in ("head", "lgbm", "linear")}
+    assert [k for k, c in built_in.items() if c.exportable is None] == ["head"]
+    assert [k for k, c in built_in.items() if c.differentiable] == ["head"]
+    assert [k for k, c in built_in.items() if c.batched] == ["head"]
     assert all(isinstance(c.exportable, str) and "\n" not in c.exportable
-               for c in MODELS.values() if c.exportable)
+               for c in built_in.values() if c.exportable)
+    # each model names its own weights file
+    assert [c.file_name() for c in built_in.values()] == \
+        ["model.safetensors", "model.lgbm.txt", "model.safetensors"]
     with pytest.raises(ValueError, match="head, lgbm, linear"):
         model_class("svm")
+
+
+@pytest.mark.parametrize("config", [HeadConfig(), LGBMConfig(), LinearConfig(), RunConfig(),
+                                    PriorConfig()])
+def test_configs_are_frozen(config):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1
+
+
+def test_fit_returns_the_model_with_trailing_underscore_state():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    m = rng.normal(size=(60, 2)).astype(np.float32)
+    y = np.arange(60) % 3
+    for model in (HeadModel(HeadConfig(epochs=2)), LGBMModel(LGBMConfig(n_estimators=5,
+                                                                         num_threads=1)),
+                  LinearProbe(LinearConfig(cs=(1.0,)))):
+        assert model.fit((x, m, y), (x, m, y), n_classes=3) is model
+        assert len(model.class_weights_) == 3
+        assert model.logits(x, m).shape == (60, 3)
+        np.testing.assert_allclose(model.predict_proba(x, m).sum(axis=1), 1.0, atol=1e-6)
+    assert HeadModel(HeadConfig(epochs=2)).fit((x, m, y), (x, m, y)).epochs_run_ == 2
+
+
+def test_check_returns_a_new_value_and_leaves_the_recipe_alone():
+    recipe = RunConfig(split="lesion")   # the older spelling, read as group
+    assert recipe.split == "group" and recipe.check() == recipe
+    with pytest.raises(ConfigError, match="LGBMConfig"):
+        RunConfig(model="lgbm", params=HeadConfig()).check()
+    with pytest.raises(ConfigError, match="head.lr"):
+        RunConfig(params=HeadConfig(lr=-1.0)).check()
 
 
 @pytest.mark.slow   # end to end (CLI or worker processes)
@@ -76,16 +85,16 @@ def test_a_new_model_is_one_class_and_one_entry(monkeypatch, synth_table, synth_
     n = len(table)
     rows = {"train": np.arange(0, n // 2), "val": np.arange(n // 2, 3 * n // 4),
             "test": np.arange(3 * n // 4, n)}
-    fit = fit_split(data, image, rows, RunConfig(model="prior", head=HeadConfig(),
-                                                 lgbm=LGBMConfig(inputs="image")))
-    assert fit.trained.kind == "prior" and isinstance(fit.trained.model, PriorModel)
+    fit = fit_split(data, image, rows, RunConfig(model="prior",
+                                                 params=PriorConfig(inputs="image")))
+    assert fit.model.kind == "prior" and isinstance(fit.model, PriorModel)
     config = bundle_config(data, fit, contents.identity, "random", embed_dim=image.shape[-1],
                            tta=False, split="lesion", seed=0)
     out = tmp_path / "prior"
     save_fit(out, fit, config)
-    assert (out / "model.lgbm.txt").is_file()   # its text weights, where text weights go
+    assert (out / "model.prior.txt").is_file()   # the text weights, in the file it names
     p = Predictor(out)
-    assert isinstance(p.trained.model, PriorModel)
+    assert isinstance(p.model, PriorModel)
     preds = p.predict_table(table.iloc[rows["test"]], cache=synth_cache)
     np.testing.assert_allclose(preds.proba, fit.calibrator(fit.test_logits), atol=1e-9)
     r = CliRunner().invoke(main, ["export", "--model", str(out), "--onnx",

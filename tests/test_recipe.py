@@ -15,7 +15,8 @@ from skinfeat.cli import main
 from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.learn.cv import CVConfig
 from skinfeat.learn.head import HeadConfig
-from skinfeat.learn.runconfig import RunConfig
+from skinfeat.learn.protocol import with_fields
+from skinfeat.learn.runconfig import RunConfig, model_params, read_model_tables
 from skinfeat.workflows.summary import RunSummary
 from skinfeat.schema import SchemaError
 
@@ -58,19 +59,22 @@ def test_cv_trains_every_fold_by_the_recipe_of_the_file_and_flags(
         "--folds", "2", "--jobs", "1", "--inputs", "image,fused", "--config", recipe_file,
         "--lr", "0.002", "--lgbm-num-leaves", "5")
     expected = make_recipe(recipe_file, run={}, head={"lr": 0.002}, lgbm={"num_leaves": 5})
-    assert expected.seed == 3 and expected.head.seed == 3 and expected.lgbm.n_estimators == 7
+    params = model_params(("head", "lgbm"), expected, {"lr": 0.002}, {"num_leaves": 5},
+                          tables=read_model_tables(recipe_file))   # [lgbm] beside [head]
+    assert expected.seed == 3 and expected.params.seed == 3
+    assert params["lgbm"].n_estimators == 7 and params["lgbm"].num_leaves == 5
     assert len(seen) == 2 + 2 * 2   # the head: both folds at once; LightGBM fold by fold
     for r in seen:
-        inputs = r.head.inputs
+        inputs = r.params.inputs
         # The fused head's fallback is the same fold's image-only head (no extra training).
         reused = r.model == "head" and inputs == "fused"
         assert r == replace(expected, model=r.model, select_on="val",
                             fallback=expected.fallback and not reused,
-                            head=replace(expected.head, inputs=inputs),
-                            lgbm=replace(expected.lgbm, inputs=inputs, num_threads=1))
+                            params=with_fields(params[r.model], inputs=inputs, num_threads=1))
     # cv_metrics.json holds the recipe, nested, as the file and flags made it
     saved = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["config"]
     assert saved["recipe"] == expected.to_dict() and saved["seeds"] == [3]
+    assert saved["params"]["lgbm"] == params["lgbm"].to_dict()
     assert "head" not in saved and "lgbm" not in saved   # one copy of the recipe
 
 
@@ -88,12 +92,13 @@ def test_fit_head_bundle_stores_the_recipe_it_trained_by(synth_dir, synth_cache,
 
 def test_task_recipe_changes_only_model_inputs_seed_and_threads():
     recipe = RunConfig(seed=5, encoding="reference", calibration="temperature", tta=True,
-                       head=HeadConfig(lr=0.01, max_epochs=4))
+                       params=HeadConfig(lr=0.01, max_epochs=4))
     cfg = CVConfig(recipe=recipe)
     r = cfg.task_recipe("lgbm", "meta", 9)
-    assert (r.model, r.seed, r.head.inputs, r.lgbm.inputs, r.head.seed, r.lgbm.seed) == \
-        ("lgbm", 9, "meta", "meta", 9, 9)
-    assert (r.encoding, r.calibration, r.tta, r.head.lr, r.head.max_epochs) == \
+    assert (r.model, r.seed, r.params.inputs, r.params.seed, r.params.num_threads) == \
+        ("lgbm", 9, "meta", 9, 1)
+    h = cfg.task_recipe("head", "meta", 9)
+    assert (h.encoding, h.calibration, h.tta, h.params.lr, h.params.max_epochs) == \
         ("reference", "temperature", True, 0.01, 4)
     assert cfg.recipe == recipe   # the study's recipe itself is untouched
     assert cfg.to_dict()["recipe"] == recipe.to_dict()
@@ -117,14 +122,14 @@ def test_fit_returns_the_typed_summary(synth_dir, synth_cache):
     import skinfeat
 
     fit = skinfeat.fit(synth_dir, synth_cache, recipe=skinfeat.Recipe(
-        seed=1, model="lgbm", lgbm=LGBMConfig(num_threads=1, n_estimators=30)))
+        seed=1, model="lgbm", params=LGBMConfig(num_threads=1, n_estimators=30)))
     assert isinstance(fit.info, RunSummary)
     assert fit.info.model == "lgbm" and fit.info.seed == 1 and fit.info.split == "group"
     saved = json.loads((fit.out / "metrics.json").read_text())["info"]
     assert saved == fit.info.to_dict()
     # the recipe's seed is the run's one seed: the bundle's LightGBM was seeded with it
     run = json.loads((fit.out / "config.json").read_text())["run"]
-    assert run["seed"] == run["lgbm"]["seed"] == run["head"]["seed"] == 1
+    assert run["seed"] == run["lgbm"]["seed"] == 1 and "head" not in run
 
 
 def test_evaluate_returns_a_typed_result(ship_runs, synth_dir, synth_cache):

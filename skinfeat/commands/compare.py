@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from .common import load_data, pop_dataset_options, progress_bar
-from .stage_two import (caches_of, comma_list, cv_options, cv_recipe, recipe_options,
+from .stage_two import (caches_of, cv_options, cv_recipe, model_list, recipe_options,
                         stage_two_inputs)
 
 
@@ -14,7 +14,7 @@ from .stage_two import (caches_of, comma_list, cv_options, cv_recipe, recipe_opt
 @stage_two_inputs
 @cv_options
 @click.option("--models", default="linear", show_default=True,
-              callback=comma_list(("head", "lgbm", "linear")),
+              callback=model_list,
               help="Comma list; every cache x model is one entry.")
 @click.option("--inputs", type=click.Choice(["image", "fused", "meta"]), default="image",
               show_default=True, help="The input set every entry trains on.")
@@ -31,11 +31,11 @@ def compare(data_dir, caches, out, split, folds, seeds, jobs, models, inputs, me
     from ..api import compare as run_compare
 
     table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
-    recipe = cv_recipe(config_file, kwargs)
+    recipe, params = cv_recipe(config_file, kwargs, models)
     bar = progress_bar("compare", unit="fit")
     res = run_compare(table, caches_of(caches, data_dir), models=models, inputs=inputs,
-                      folds=folds, metric=metric, recipe=recipe, seeds=seeds, split=split,
-                      n_boot=n_boot, jobs=jobs, out=out, progress=bar.update,
+                      folds=folds, metric=metric, recipe=recipe, params=params, seeds=seeds,
+                      split=split, n_boot=n_boot, jobs=jobs, out=out, progress=bar.update,
                       on_start=lambda n: setattr(bar, "total", n))
     bar.close()
     if res.raw["random_weights"]:

@@ -46,6 +46,23 @@ CHOICES = {"head": ("reference", "film"), "stop_on": ("balanced_loss", "loss",
 SHARED = ("inputs", "seed")   # set by the run, not per model
 
 
+class ModelChoice(click.Choice):
+    """``--model``: a kind of the model registry, read when the command runs (a model
+    registered after import is a choice too)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self):
+        from ..api import model_names
+        return model_names()
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
 def _option(prefix: str, field, help_text: str):
     """A click option for one dataclass field, default None (so a file's value survives)."""
     flag = "--" + prefix + field.name.replace("_", "-")
@@ -154,7 +171,7 @@ subgroups_option = click.option(
 @click.option("--val-size", type=float, help="Validation share of the rows [default: 0.1].")
 @click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
               help="[default: fused]")
-@click.option("--model", type=click.Choice(["head", "lgbm", "linear"]), help="[default: head]")
+@click.option("--model", type=ModelChoice(), help="A model of the registry [default: head].")
 @click.option("--select-on", type=click.Choice(["val", "test"]),
               help="Split that picks the epoch; 'test' reproduces the reference's flaw "
               "[default: val].")
@@ -194,16 +211,23 @@ def _num(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def comma_list(allowed: tuple[str, ...]):
-    """Click callback: 'a,b' -> ('a', 'b'), each from ``allowed``."""
+def model_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    """Click callback: a comma list of the model registry's kinds."""
+    from ..api import model_names
+    return comma_list(model_names)(ctx, param, value)
+
+
+def comma_list(allowed):
+    """Click callback: 'a,b' -> ('a', 'b'), each from ``allowed`` (or ``allowed()``)."""
     def parse(ctx, param, value: str | None) -> tuple[str, ...] | None:
         if value is None:
             return None
+        choices = allowed() if callable(allowed) else allowed
         items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-        bad = [v for v in items if v not in allowed]
+        bad = [v for v in items if v not in choices]
         if bad or not items:
             raise click.BadParameter(f"{', '.join(bad) or 'empty'}; use a comma list of "
-                                     f"{', '.join(allowed)}")
+                                     f"{', '.join(choices)}")
         return items
     return parse
 
@@ -235,12 +259,16 @@ def cv_options(f):
     return f
 
 
-def cv_recipe(config_file, kwargs: dict):
-    """The recipe of the cv command (file < flags), its flags removed from ``kwargs``."""
+def cv_recipe(config_file, kwargs: dict, models: tuple[str, ...]):
+    """The recipe of the cv command (file < flags) and each model's config, its flags removed
+    from ``kwargs``."""
+    from ..api import model_configs
+
     head, lgbm = pop_recipe(kwargs)
     run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta",
                                        "group_context", "fallback")}
-    return run_config(config_file, run, head, lgbm)
+    recipe = run_config(config_file, run, head, lgbm)
+    return recipe, model_configs(models, recipe, config_file, head=head, lgbm=lgbm)
 
 
 @click.command("cv")
@@ -249,9 +277,9 @@ def cv_recipe(config_file, kwargs: dict):
 @click.option("--inputs", callback=comma_list(("image", "meta", "fused")),
               help="Comma list of input sets, each trained on the same folds [default: "
               "image,meta,fused; a set without metadata fields: image].")
-@click.option("--models", default="head,lgbm", show_default=True,
-              callback=comma_list(("head", "lgbm", "linear")),
-              help="Comma list: fusion head, LightGBM, linear probe.")
+@click.option("--models", default="head,lgbm", show_default=True, callback=model_list,
+              help="Comma list of the registry's models: head (fusion head), lgbm (LightGBM), "
+              "linear (linear probe), or one registered.")
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
               "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
 @recipe_options
@@ -261,10 +289,10 @@ def cv(data_dir, caches, out, split, subgroups, folds, seeds, jobs, inputs, mode
     from ..api import cross_validate
 
     table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
-    recipe = cv_recipe(config_file, kwargs)
+    recipe, params = cv_recipe(config_file, kwargs, models)
     bar = progress_bar("cv", unit="fit")
     res = cross_validate(table, caches_of(caches, data_dir), folds=folds, models=models,
-                         inputs=inputs, recipe=recipe, seeds=seeds, split=split, jobs=jobs,
+                         inputs=inputs, recipe=recipe, params=params, seeds=seeds, split=split, jobs=jobs,
                          save_models=save_models, out=out, progress=bar.update,
                          subgroups=subgroups,
                          on_start=lambda n: setattr(bar, "total", n))

@@ -18,14 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import write_artifact
 from ..embed.cache import source_identities
-from .bundle_config import (FORMAT, BundleConfig, BundleError, EnsembleConfig,  # noqa: F401
-                            HeadDims, parse_config)
+from .bundle_config import (FORMAT, OLDER, BundleConfig, BundleError,  # noqa: F401
+                            EnsembleConfig, HeadDims, migrate, parse_config)
 
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-LGBM = "model.lgbm.txt"
+WEIGHTS = "model.safetensors"   # a safetensors model's weights (its class may name another)
 QUANTIZED = "int8"   # bundled int8 backbones: int8/<key>/model.xml, .bin
 REQUIRED = ("format", "model_type", "classes", "encoder", "backbone", "head")
 
@@ -41,14 +40,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None = None,
-                lgbm_model: str | None = None) -> None:
-    """Write weights first and config last, each atomically: a config means a complete bundle."""
+                text: str | None = None, weights_file: str = WEIGHTS) -> None:
+    """Write weights (a state dict or ``text``, to ``weights_file``) first and config last, each
+    atomically: a config means a complete bundle."""
     out.mkdir(parents=True, exist_ok=True)
     if state is not None:
         tensors = {k: v.detach().contiguous() for k, v in state.items()}
-        atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
-    if lgbm_model is not None:
-        atomic_write_text(out / LGBM, lgbm_model)
+        atomic_write(out / weights_file, lambda tmp: save_file(tensors, str(tmp)))
+    if text is not None:
+        atomic_write_text(out / weights_file, text)
     atomic_write_text(out / CONFIG, json.dumps({"format": FORMAT, **config}, indent=2))
 
 
@@ -92,6 +92,7 @@ def load_typed(run: Path) -> tuple[dict, BundleConfig | EnsembleConfig]:
     missing = [k for k in REQUIRED if k not in config]
     if missing:
         raise BundleError(f"{path}: missing key(s) {', '.join(missing)}")
+    config = migrate(config)   # an older format, upgraded in one place
     if config["format"] != FORMAT:
         raise BundleError(f"{path}: unsupported bundle format {config['format']!r}")
     typed = parse_config(config, str(path))
@@ -110,26 +111,27 @@ def load_typed(run: Path) -> tuple[dict, BundleConfig | EnsembleConfig]:
 def write_bundle(out: Path, config: BundleConfig | EnsembleConfig, model=None,
                  quantized: bool = True) -> None:
     """The one bundle writer, for a single model and an ensemble: the int8 backbones it needs
-    (``quantized``), the model's weights (``model.to_bundle()``: a safetensors state dict or
-    LightGBM's text), then ``config.json``. The config is checked against the schema first:
+    (``quantized``), the model's weights (``model.to_bundle()``: a safetensors state dict or a
+    text blob, in the file its class names), then ``config.json``. The config is checked against the schema first:
     a bundle that would not load is never written."""
     d = config.to_dict()
     if model is not None:
-        extra, weights = model.to_bundle()
-        d.update(extra)
+        state, weights = model.to_bundle()
+        if state:
+            d["state"] = state
     type(config).from_dict(d, str(Path(out) / CONFIG))
     if quantized:
         bundle_quantized(out, config.backbone)
     if model is None:
         save_bundle(out, d)
     elif model.weights_format == "text":
-        save_bundle(out, d, lgbm_model=weights)
+        save_bundle(out, d, text=weights, weights_file=model.file_name())
     else:
-        save_bundle(out, d, state=weights)
+        save_bundle(out, d, state=weights, weights_file=model.file_name())
 
 
-def load_state(run: Path) -> dict[str, torch.Tensor]:
-    path = Path(run) / WEIGHTS
+def load_state(run: Path, weights_file: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    path = Path(run) / weights_file
     if not path.is_file():
         raise BundleError(f"{path}: weights file missing")
     try:

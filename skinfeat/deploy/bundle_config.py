@@ -7,7 +7,8 @@ wrong type or an out-of-range value is one line naming the file and the key
 sections that have readers of their own (the metadata encoder, the calibrator, the dataset
 description, the backbone identity, the model's recipe) are tables here, checked where they
 are read (``MetadataEncoder.from_dict``, ``Calibrator.from_dict``, ``DatasetSpec.from_dict``,
-the model class's ``from_bundle``). Every bundle written since ``skinfeat-bundle/1`` parses.
+the model class's ``from_bundle``). Every bundle written since ``skinfeat-bundle/1`` parses:
+``migrate`` upgrades an older ``config.json`` table to this format, in one place, on load.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 from ..errors import SkinfeatError
-from ..learn.models import MODELS
+from ..learn.models import registry
 from ..schema import Ge, Gt, Le, SchemaError, dump, parse
 
-FORMAT = "skinfeat-bundle/1"
+FORMAT = "skinfeat-bundle/2"
+OLDER = ("skinfeat-bundle/1",)   # the formats ``migrate`` upgrades
 Table = dict[str, Any]
 
 
@@ -88,7 +90,7 @@ class _Config:
 class BundleConfig(_Config):
     """One stage-two model: everything predict needs, and the recipe it was made with."""
     format: Literal[FORMAT] = FORMAT
-    model_type: str                       # a key of learn.models.MODELS
+    model_type: str                       # a kind of the model registry (learn.models)
     classes: tuple[str, ...]
     encoder: Table                        # the fitted MetadataEncoder
     backbone: Table | None                # the embedding's identity (null: made outside)
@@ -105,8 +107,7 @@ class BundleConfig(_Config):
     best_epoch: int | None = None
     run: Table | None = None              # the RunConfig that made it
     skinfeat: str | None = None           # the version that wrote it
-    lgbm: Table | None = None             # LightGBM's state (its config, PCA)
-    linear: Table | None = None           # the linear probe's chosen C
+    state: Table | None = None            # the model's own state besides its weights (to_bundle)
     # True: patient context features (learn/context.py) follow the encoder's in the metadata;
     # absent in bundles made without --group-context (and in every bundle made before it).
     group_context: bool | None = None
@@ -114,11 +115,12 @@ class BundleConfig(_Config):
     # metadata field missing (learn/fallback.py); absent: no fallback (every bundle before it).
     fallback: str | None = None
 
-    OPTIONAL = ("dataset", "task", "lgbm", "linear", "group_context", "fallback")
+    OPTIONAL = ("dataset", "task", "state", "group_context", "fallback")
 
     def check(self) -> None:
-        if self.model_type not in MODELS:
-            raise SchemaError(f"expected one of {', '.join(MODELS)} or ensemble, got "
+        models = registry()
+        if self.model_type not in models:
+            raise SchemaError(f"expected one of {', '.join(models)} or ensemble, got "
                               f"{self.model_type!r}", "model_type")
         _names(self.classes, "classes", 2)
         if self.fallback is not None:
@@ -169,6 +171,26 @@ class EnsembleConfig(_Config):
                          "embed_dim": first.dims.embed_dim},
                    dataset=first.dataset, task=first.task, weights=first.weights,
                    tta=first.tta, split=split, seeds=tuple(seeds), combine=combine)
+
+
+def migrate(d: Any) -> Any:
+    """An older ``config.json`` table (``OLDER``) upgraded to ``FORMAT``; others as they are.
+
+    skinfeat-bundle/1 -> 2: a model's own state moved from a key named after the model
+    (``lgbm``: LightGBM's config and PCA, ``linear``: the probe's C) to ``state``, and the
+    LightGBM model file keeps its name (``LGBMModel.weights_file``).
+    """
+    if not isinstance(d, Mapping) or d.get("format") not in OLDER:
+        return d
+    d = dict(d)
+    if d.get("model_type") != "ensemble":
+        for old in ("lgbm", "linear"):
+            if old in d:
+                state = d.pop(old)
+                if d.get("model_type") == old:
+                    d["state"] = state
+    d["format"] = FORMAT
+    return d
 
 
 def parse_config(d: Any, source: str) -> BundleConfig | EnsembleConfig:

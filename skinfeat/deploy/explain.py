@@ -180,10 +180,10 @@ class Explainer:
         return pd.DataFrame([row], dtype=object)
 
     def default_method(self) -> str:
-        return "gradcam" if self.p.trained.model.differentiable else "scorecam"
+        return "gradcam" if self.p.model.differentiable else "scorecam"
 
     def _head(self, method: str, scorer=None):
-        model = (scorer or self.p).trained.model
+        model = (scorer or self.p).model
         if model.differentiable:
             return model.torch_module()
         if METHODS[method][1]:
@@ -204,7 +204,7 @@ class Explainer:
 
     def attribution(self, embedding: np.ndarray, table: pd.DataFrame) -> tuple[dict, str]:
         """Per field, how much its value moved each class (see the module docstring)."""
-        model = self.p.trained.model
+        model = self.p.model
         if model.meta_attribution:   # the model's own (LightGBM's feature contributions)
             per_column = model.meta_contributions(embedding, self.p.encode_metadata(table))
             cols = field_columns(self.p.encoder.feature_names, self.fields)

@@ -126,10 +126,10 @@ class WithFallback(nn.Module):
 
 def calibrated_head(p) -> nn.Module:
     """A loaded model's calibrated head, with its fallback if it has one."""
-    own = CalibratedHead(p.trained.model.torch_module(), p.calibrator)
+    own = CalibratedHead(p.model.torch_module(), p.calibrator)
     if p.fallback is None:
         return own
-    return WithFallback(own, CalibratedHead(p.fallback.trained.model.torch_module(),
+    return WithFallback(own, CalibratedHead(p.fallback.model.torch_module(),
                                             p.fallback.calibrator), p.encoder.missing_row())
 
 
@@ -245,9 +245,9 @@ def sidecar(predictor) -> dict:
 def export_graph(predictor) -> ExportGraph:
     """The module to export, or a one-line refusal where the graph could not equal predict."""
     models = predictor.members or [predictor]
-    refused = [m for m in models if m.trained.model.exportable]
+    refused = [m for m in models if m.model.exportable]
     if refused:   # the model says why (LightGBM: onnxmltools; a linear probe: not yet)
-        reason = refused[0].trained.model.exportable
+        reason = refused[0].model.exportable
         members = f" (members {', '.join(m.run.name for m in refused)})" \
             if predictor.members else ""
         raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one "

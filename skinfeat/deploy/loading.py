@@ -26,15 +26,15 @@ from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder
 from ..learn.calibration import Calibrator
 from ..learn.context import context_columns
-from ..learn.models import MODELS
-from ..learn.protocol import Trained
-from .bundle import (CONFIG, LGBM, QUANTIZED, WEIGHTS, BundleConfig, BundleError,
-                     EnsembleConfig, load_into, load_state, load_typed)
+from ..learn.models import registry
+from ..learn.protocol import StageTwoModel
+from .bundle import (CONFIG, QUANTIZED, BundleConfig, BundleError, EnsembleConfig, load_into,
+                     load_state, load_typed)
 
 log = logging.getLogger(__name__)
 
 
-def load_model(run: Path, config: BundleConfig) -> tuple[Trained, MetadataEncoder]:
+def load_model(run: Path, config: BundleConfig) -> tuple[StageTwoModel, MetadataEncoder]:
     """The bundle's stage-two model and metadata encoder, checked against each other (the
     config's plain values were checked by its schema, ``bundle_config``)."""
     source = run / CONFIG
@@ -53,24 +53,26 @@ def load_model(run: Path, config: BundleConfig) -> tuple[Trained, MetadataEncode
     return load_stage_two(run, config, (embed_dim, meta_dim, n_classes)), encoder
 
 
-def load_stage_two(run: Path, config: BundleConfig, dims: tuple[int, int, int]) -> Trained:
-    """The bundle's model through its class (``learn.models.MODELS``), each error naming the
-    file."""
-    source, kind = run / CONFIG, config.model_type
-    if kind not in MODELS:
+def load_stage_two(run: Path, config: BundleConfig,
+                   dims: tuple[int, int, int]) -> StageTwoModel:
+    """The bundle's model through its class (the registry, ``learn.models``), each error
+    naming the file."""
+    source, kind, models = run / CONFIG, config.model_type, registry()
+    if kind not in models:
         raise BundleError(f"{source}: unknown model_type {kind!r} (expected one of "
-                          f"{', '.join(MODELS)})")
-    cls = MODELS[kind]
+                          f"{', '.join(models)})")
+    cls = models[kind]
     if cls.weights_format == "text":
-        path = run / LGBM
+        path = run / cls.file_name()
         if not path.is_file():
             raise BundleError(f"{path}: {cls.title} model file missing")
         weights = path.read_text(encoding="utf-8")
     else:
-        path, weights = source, load_state(run)
+        path, weights = source, load_state(run, cls.file_name())
     try:
         model = cls.from_bundle(config.to_dict(), weights, dims,
-                                load_state=lambda m, state: load_into(m, state, run / WEIGHTS))
+                                load_state=lambda m, state: load_into(m, state,
+                                                                      run / cls.file_name()))
     except BundleError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -79,7 +81,7 @@ def load_stage_two(run: Path, config: BundleConfig, dims: tuple[int, int, int]) 
             raise BundleError(f"{path}: unreadable {cls.title} model ({what})") \
                 from exc
         raise BundleError(f"{path}: {what}") from exc
-    return Trained(model)
+    return model
 
 
 def bundle_spec(config: BundleConfig | EnsembleConfig, source: Path) -> tuple[DatasetSpec, Task]:
@@ -150,7 +152,7 @@ class LoadedBundle:
         if isinstance(self.bundle, EnsembleConfig):
             self._load_members(weights_file, device, batch_size, num_workers)
         else:
-            self.trained, self.encoder = load_model(self.run, self.bundle)
+            self.model, self.encoder = load_model(self.run, self.bundle)
             self.threshold = self.bundle.threshold
             self.calibrator = bundle_calibrator(self.bundle, self.run / CONFIG)
             self._check_fields()
@@ -180,7 +182,7 @@ class LoadedBundle:
         fb = type(self)(where, weights_file=self.weights_file, device=self.device,
                         batch_size=self.batch_size, num_workers=self.num_workers)
         theirs = fb.run / CONFIG
-        if fb.members or fb.fallback is not None or fb.trained.model.inputs != "image":
+        if fb.members or fb.fallback is not None or fb.model.inputs != "image":
             raise BundleError(f"{theirs}: a fallback must be one image-only model (no "
                               "ensemble, no fallback of its own)")
         for key, mine, other in (("classes", self.classes, fb.classes),
@@ -227,7 +229,7 @@ class LoadedBundle:
                     raise BundleError(f"{theirs}: key '{key}' differs from the ensemble's "
                                       f"({source}, members[{i}]), so it cannot take the "
                                       "ensemble's embeddings")
-        self.trained, self.encoder = self.members[0].trained, self.members[0].encoder
+        self.model, self.encoder = self.members[0].model, self.members[0].encoder
         offsets = [m.calibrator.decision_offset for m in self.members]
         self.calibrator = Calibrator("temperature")
         if all(o is not None for o in offsets):

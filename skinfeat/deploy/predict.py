@@ -211,7 +211,7 @@ class Predictor(LoadedBundle):
             ctx = context_matrix(clean_metadata(table, self.spec, "input"),
                                  self.encoder.numeric, groups, image)
             meta = np.concatenate([meta, ctx.astype(meta.dtype, copy=False)], axis=1)
-        return self.trained.logits(image, meta, tta=bool(self.views))
+        return self.model.logits(image, meta, tta=bool(self.views))
 
 
     def fallback_rows(self, table: pd.DataFrame) -> np.ndarray:

@@ -129,7 +129,7 @@ class Service:
                           [{"name": f, "kind": "category", "choices": enc.categories[f]}
                            for f in enc.categorical],
                 "weights": self.p.weights, "random_weights": self.p.random_weights,
-                "model_kind": self.p.trained.kind, "cam_method": self.explainer.default_method(),
+                "model_kind": self.p.model.kind, "cam_method": self.explainer.default_method(),
                 "notice": NOTICE}
 
     def metadata(self, form: dict) -> dict:

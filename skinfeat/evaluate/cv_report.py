@@ -46,8 +46,6 @@ def _protocol_lines(res: dict) -> list[str]:
     cfg, info = res["config"], res["info"]
     rc = cfg["recipe"]   # the one recipe of every fit (CVConfig.to_dict)
     seeds = ", ".join(str(s) for s in cfg["seeds"])
-    lgbm_cols = (f"PCA to {rc['lgbm']['pca_dim']} dims fitted on the training rows"
-                 if rc["lgbm"]["pca_dim"] else "all embedding columns")
     return [
         f"- data: {res['dataset']}, task {res['task']} ({len(res['classes'])} classes: "
         f"{', '.join(res['classes'])}); groups: {res['group']}s",
@@ -69,19 +67,16 @@ def _protocol_lines(res: dict) -> list[str]:
                                if len(info.get("sources") or []) > 1 else
                                info['identity'].get('backbone', 'an external model'))
         + f"; weights: {info['weights']}",
-        f"- head: {rc['head']['head']}, up to {rc['head']['max_epochs']} epochs (patience "
-        f"{rc['head']['patience']}, on {rc['head']['stop_on']}), batch "
-        f"{rc['head']['batch_size']}, metadata dropout {rc['head']['meta_dropout']} per field; "
-        f"cached views: {res['views']} (feature-level "
-        f"augmentation {'on' if res['views'] and rc['head']['view_augment'] else 'off'}, "
-        f"test-time averaging {'on' if res['views'] and rc['tta'] else 'off'})",
-        f"- LightGBM: {lgbm_cols}; up to {rc['lgbm']['n_estimators']} rounds",
+    ] + [f"- {model}: {line}" for model, line in res.get("model_notes", {}).items()] + [
+        f"- cached views: {res['views']} (test-time averaging "
+        f"{'on' if res['views'] and rc['tta'] else 'off'})",
         f"- metadata encoding: {rc['encoding']}; calibration: {rc['calibration']}, fitted on "
         "the inner validation part; decisions by the balanced rule (binary: the threshold "
         "chosen there)",
-    ] + (["- heads: the folds' heads of each input set trained as one batched network "
-          "(each equal to its own fit up to float rounding)" if cfg.get("batched") else
-          "- heads: trained fold by fold"] if "head" in cfg["models"] else []) + (
+    ] + ([f"- {', '.join(res['batched_models'])}: the folds of each input set trained as one "
+          "batched network (each equal to its own fit up to float rounding)"
+          if cfg.get("batched") else f"- {', '.join(res['batched_models'])}: trained fold by "
+          "fold"] if res.get("batched_models") else []) + (
         ["- saved models (`--save-models`): " + ", ".join(
             f"`{where}`" for where in res["models"].values())
          + " (fold ensembles: mean of the members' calibrated probabilities)"]

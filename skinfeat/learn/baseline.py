@@ -16,13 +16,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..schema import Ge, Gt, Le, validate
-from .protocol import Trained, StageTwoModel, log_proba, view_mean
+from .protocol import StageTwoModel, default_classes, log_proba, view_mean
 from .rows import Rows, chunked
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LGBMConfig:
     inputs: Literal["fused", "image", "meta"] = "fused"
     pca_dim: Annotated[int, Ge(0)] = 64          # 0 keeps all embedding columns
@@ -85,36 +85,49 @@ def design_matrix(image: np.ndarray | Rows | None, meta: np.ndarray, inputs: str
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-@dataclass
 class LGBMModel(StageTwoModel):
-    booster: object
-    pca: PCAProjection | None
-    cfg: LGBMConfig
-    n_classes: int
-
+    """LightGBM on [embedding (PCA-reduced), metadata]: ``booster_`` early-stopped on val,
+    ``pca_`` fitted on the training rows (None: all embedding columns)."""
     kind = "lgbm"
     title = "LightGBM"
+    config_class = LGBMConfig
     weights_format = "text"
+    weights_file = "model.lgbm.txt"
     exportable = "LightGBM (predict with skinfeat, or convert it with onnxmltools)"
     differentiable = False
     meta_attribution = "LightGBM feature contribution (raw score, summed over the field's columns)"
 
-    @staticmethod
-    def recipe(head_cfg, lgbm_cfg: LGBMConfig) -> LGBMConfig:
-        return lgbm_cfg
+    booster_: object = None
+    pca_: PCAProjection | None = None
+    n_classes_: int | None = None
 
-    @classmethod
-    def fit(cls, train, val, n_classes: int, recipe: LGBMConfig, meta_fields=None,
-            groups=None) -> Trained:
+    def fit(self, train, val, groups=None, *, n_classes: int | None = None,
+            meta_fields=None) -> "LGBMModel":
         from .head import balanced_class_weights
 
-        model = fit_lgbm(train, val, n_classes, recipe)
-        return Trained(model, int(model.booster.best_iteration),
-                      class_weights=balanced_class_weights(train[2], n_classes).tolist())
+        n_classes = default_classes(train[2], n_classes)
+        self.booster_, self.pca_ = fit_booster(train, val, n_classes, self.config)
+        self.n_classes_ = n_classes
+        self.best_epoch_ = int(self.booster_.best_iteration)
+        self.class_weights_ = balanced_class_weights(train[2], n_classes).tolist()
+        return self
 
-    @property
-    def config(self) -> dict:
-        return self.cfg.to_dict()
+    @classmethod
+    def fitted(cls, booster, pca: PCAProjection | None, config: LGBMConfig,
+               n_classes: int) -> "LGBMModel":
+        model = cls(config)
+        model.booster_, model.pca_, model.n_classes_ = booster, pca, int(n_classes)
+        return model
+
+    @classmethod
+    def describe(cls, config: LGBMConfig) -> str:
+        return "lightgbm"
+
+    @classmethod
+    def report_line(cls, c: LGBMConfig) -> str:
+        cols = f"PCA to {c.pca_dim} dims fitted on the training rows" if c.pca_dim \
+            else "all embedding columns"
+        return f"{cols}; up to {c.n_estimators} rounds"
 
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         return log_proba(self.predict_proba(image, meta, tta=tta))
@@ -123,19 +136,19 @@ class LGBMModel(StageTwoModel):
         """Class probabilities; with ``tta`` and (N, V, D) embeddings, averaged over the views
         (as the head does), else from view 0, the original image."""
         def one(img, m):
-            x = design_matrix(img, m, self.cfg.inputs, self.pca)
-            return self.booster.predict(x, num_iteration=self.booster.best_iteration or None)
+            x = design_matrix(img, m, self.config.inputs, self.pca_)
+            return self.booster_.predict(x, num_iteration=self.booster_.best_iteration or None)
         return view_mean(one, image, meta, tta)
 
     def to_state(self) -> tuple[str, dict]:
-        pca = None if self.pca is None else {"mean": self.pca.mean.tolist(),
-                                             "components": self.pca.components.tolist()}
-        return self.booster.model_to_string(), {"cfg": self.cfg.to_dict(), "pca": pca,
-                                                 "n_classes": self.n_classes}
+        pca = None if self.pca_ is None else {"mean": self.pca_.mean.tolist(),
+                                              "components": self.pca_.components.tolist()}
+        return self.booster_.model_to_string(), {"cfg": self.config.to_dict(), "pca": pca,
+                                                  "n_classes": self.n_classes_}
 
     def to_bundle(self) -> tuple[dict, str]:
         model_str, state = self.to_state()
-        return {"lgbm": state}, model_str
+        return state, model_str
 
     @classmethod
     def from_state(cls, model_str: str, state: dict) -> "LGBMModel":
@@ -143,18 +156,18 @@ class LGBMModel(StageTwoModel):
         pca = state.get("pca")
         pca = None if pca is None else PCAProjection(np.asarray(pca["mean"], np.float32),
                                                      np.asarray(pca["components"], np.float32))
-        return cls(lgb.Booster(model_str=model_str), pca, LGBMConfig(**state["cfg"]),
-                   int(state["n_classes"]))
+        return cls.fitted(lgb.Booster(model_str=model_str), pca, LGBMConfig(**state["cfg"]),
+                          int(state["n_classes"]))
 
     @classmethod
     def from_bundle(cls, config: dict, weights: str, dims, load_state=None) -> "LGBMModel":
         import lightgbm as lgb
         try:
-            model = cls.from_state(weights, config["lgbm"])
+            model = cls.from_state(weights, config["state"])
         except lgb.basic.LightGBMError as exc:
             raise InputError(str(exc)) from exc
-        if model.pca is not None and model.pca.mean.shape[0] != dims[0]:
-            raise InputError(f"PCA expects {model.pca.mean.shape[0]}-d embeddings, config says "
+        if model.pca_ is not None and model.pca_.mean.shape[0] != dims[0]:
+            raise InputError(f"PCA expects {model.pca_.mean.shape[0]}-d embeddings, config says "
                              f"embed_dim {dims[0]}")
         return model
 
@@ -162,13 +175,13 @@ class LGBMModel(StageTwoModel):
         """(K, M): per class, each encoded metadata column's contribution to the raw score
         (LightGBM's ``pred_contrib``) for one row."""
         image = image[:, 0] if image is not None and image.ndim == 3 else image
-        if self.cfg.inputs == "image":
-            return np.zeros((self.n_classes, meta.shape[1]))
-        x = design_matrix(image, meta, self.cfg.inputs, self.pca)
-        contrib = self.booster.predict(x, pred_contrib=True,
-                                       num_iteration=self.booster.best_iteration or None)
+        if self.config.inputs == "image":
+            return np.zeros((self.n_classes_, meta.shape[1]))
+        x = design_matrix(image, meta, self.config.inputs, self.pca_)
+        contrib = self.booster_.predict(x, pred_contrib=True,
+                                        num_iteration=self.booster_.best_iteration or None)
         # (1, K * (F + 1)): per class, one value per column, then the bias; metadata comes last.
-        per_class = np.asarray(contrib).reshape(self.n_classes, x.shape[1] + 1)[:, :-1]
+        per_class = np.asarray(contrib).reshape(self.n_classes_, x.shape[1] + 1)[:, :-1]
         return per_class[:, x.shape[1] - meta.shape[1]:]
 
 
@@ -176,6 +189,13 @@ def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],
              val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
              cfg: LGBMConfig = LGBMConfig()) -> LGBMModel:
     """Class-balanced multiclass LightGBM with early stopping on ``val`` (never the scored rows)."""
+    return LGBMModel(cfg).fit(train, val, n_classes=n_classes)
+
+
+def fit_booster(train: tuple[np.ndarray, np.ndarray, np.ndarray],
+                val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
+                cfg: LGBMConfig) -> tuple[object, PCAProjection | None]:
+    """The booster and the PCA of ``LGBMModel.fit``."""
     import lightgbm as lgb
     from .head import balanced_class_weights
 
@@ -203,4 +223,4 @@ def fit_lgbm(train: tuple[np.ndarray, np.ndarray, np.ndarray],
     booster = lgb.train(params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dval],
                         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
     log.info("lgbm: best iteration %d of %d", booster.best_iteration, cfg.n_estimators)
-    return LGBMModel(booster, pca, cfg, n_classes)
+    return booster, pca

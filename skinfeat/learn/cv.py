@@ -11,24 +11,21 @@ together as one batched network (``head_batch``; ``CVConfig.batched=False`` trai
 one, with per-fold metrics equal up to float rounding: tests/test_head_batch.py); LightGBM fits
 fold by fold.
 
-Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once:
-this process and ``jobs - 1`` worker processes (spawned: call it under ``if __name__ ==
-"__main__"``), one thread each. That is how the CV uses every core: batch-64 head steps are far
-too small for intra-op threads, and on a busy machine OpenMP threads wait on each other at every
-barrier (on a shared 2-core machine, LightGBM on 2 threads ran 10x to 100x slower than on 1).
-This process works too because each worker costs a torch import (~0.5 GB). Head fits always run
-on one torch thread (``head.one_thread``) and LightGBM's results do not depend on its thread
-count, so the metrics do not depend on ``jobs``.
+Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once on
+joblib's workers (loky processes by default, as scikit-learn's ``n_jobs``), one thread each.
+That is how the CV uses every core: batch-64 head steps are far too small for intra-op
+threads, and on a busy machine OpenMP threads wait on each other at every barrier (on a shared
+2-core machine, LightGBM on 2 threads ran 10x to 100x slower than on 1). Under
+``joblib.parallel_backend("dask")`` (or "ray", or "threading") the folds run on that backend
+instead. Head fits always run on one torch thread (``head.one_thread``) and LightGBM's results
+do not depend on its thread count, so the metrics do not depend on ``jobs`` or the backend.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import threading
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Callable, Iterator
@@ -41,12 +38,15 @@ from ..data.splits import (SPLIT_KINDS, check_split, fold_ids, holdout_mask,
                            parse_split, protocol)
 from ..embed.cache import CacheContents
 from ..errors import InputError
+from ..schema import dump
 from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, mean_std
 from .fallback import applies
 from .fallback import combine as combine_rows
 from .head import INPUTS, one_thread
+from .models import DEFAULT_MODELS, model_class, model_names, registry
+from .protocol import with_fields
 from .runconfig import RunConfig
-from .train import DEFAULT_MODELS, MODELS, align_embeddings, as_dataset, check_inputs, fit_splits
+from .train import align_embeddings, as_dataset, check_inputs, fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 VAL_FRACTION = 0.125
 
 
-@dataclass
+@dataclass(frozen=True)
 class CVConfig:
     """What to cross-validate: folds and protocol, seeds, models x input sets, and the one
     recipe every fit uses (its head, LightGBM, encoding, calibration and tta; each fit sets
@@ -63,39 +63,51 @@ class CVConfig:
     folds: int = 5
     split: str = "group"                   # or "image"; "lesion" is the older spelling
     seeds: tuple[int, ...] = (42,)
-    models: tuple[str, ...] = DEFAULT_MODELS   # MODELS: every kind (+ the linear probe)
+    models: tuple[str, ...] = DEFAULT_MODELS   # kinds of the model registry (learn.models)
     inputs: tuple[str, ...] | None = None  # None: every set the data has (see input_sets)
     recipe: RunConfig = field(default_factory=RunConfig)
     val_fraction: float = VAL_FRACTION
-    batched: bool = True                   # a head's folds as one batched network (head_batch)
+    batched: bool = True                   # a batched model's folds as one fit (head_batch)
+    # Each model's config (kind -> config); a model not here takes the recipe's own config if
+    # it is the recipe's model, else its defaults (``runconfig.model_params``).
+    params: dict = field(default_factory=dict)
+
+    def model_config(self, model: str):
+        if model in self.params:
+            return self.params[model]
+        return self.recipe.params if model == self.recipe.model \
+            else model_class(model).config_class()
 
     def task_recipe(self, model: str, inputs: str, seed: int) -> RunConfig:
-        """The recipe of one (model, input set, seed) fit: LightGBM on one thread (cv runs
-        tasks in parallel instead; its results do not depend on the thread count)."""
-        r = self.recipe
-        return replace(r, model=model, seed=seed, select_on="val",
-                       head=replace(r.head, inputs=inputs, seed=seed),
-                       lgbm=replace(r.lgbm, inputs=inputs, seed=seed, num_threads=1))
+        """The recipe of one (model, input set, seed) fit: a model with a thread count on one
+        thread (cv runs tasks in parallel instead; results do not depend on the thread
+        count)."""
+        params = with_fields(self.model_config(model), inputs=inputs, seed=seed, num_threads=1)
+        return replace(self.recipe, model=model, seed=seed, select_on="val", params=params)
 
-    def check(self) -> None:
+    def check(self) -> "CVConfig":
+        """The protocol checked; returns it with the split in its current spelling."""
         inputs = INPUTS if self.inputs is None else self.inputs
         split = parse_split(self.split)   # group (older: lesion), image, or by:COLUMN
         if split.kind == "none" or split.value is not None:
             raise InputError(f"split: {split}; expected from {', '.join(SPLIT_KINDS)} or "
                              "by:COLUMN (each value one fold; by:COLUMN=VALUE is fit-head's)")
-        self.split = str(split)
-        for name, got, allowed in (("models", self.models, MODELS), ("inputs", inputs, INPUTS)):
+        for name, got, allowed in (("models", self.models, model_names()),
+                                   ("inputs", inputs, INPUTS)):
             bad = [x for x in got if x not in allowed]
             if bad or not got:
                 raise InputError(f"{name}: {', '.join(bad) or 'none given'}; "
                                  f"expected from {', '.join(allowed)}")
         if not self.seeds:
             raise InputError("seeds: give at least one seed")
+        return replace(self, split=str(split))
 
     def to_dict(self) -> dict:
-        """The protocol's fields and the recipe nested under ``"recipe"``."""
-        return {**{k: v for k, v in asdict(self).items() if k != "recipe"},
-                "recipe": self.recipe.to_dict()}
+        """The protocol's fields, the recipe nested under ``"recipe"`` and each model's config
+        under ``"params"``."""
+        return {**{k: v for k, v in asdict(self).items() if k not in ("recipe", "params")},
+                "recipe": self.recipe.to_dict(),
+                "params": {m: dump(self.model_config(m)) for m in self.models}}
 
 
 @dataclass
@@ -135,16 +147,13 @@ class FitTask:
     rows: list[Fold]
     data: Dataset                    # the validated table (metadata not yet encoded) and its spec
     recipe: RunConfig                # model, seed and input set already set (task_recipe)
-    save: dict | None = None         # where and how to write each fold's bundle (save_models)
-    on_fit: Callable | None = None   # on_fit(task, fold, fit, image) after each fold's fit
+    keep_fits: bool = False          # hand each fold's fit back (a ``FoldFitted`` event)
     # A fused head whose fallback is the same fold's image-only model (cv runs both):
     # combined after the fits (``reuse_fallbacks``), no extra training.
     reuse_fallback: bool = False
 
-    # Read-only views of the recipe, for on_fit hooks (the recipe is the one copy).
+    # Read-only views of the recipe (the recipe is the one copy).
     model = property(lambda self: self.recipe.model)
-    head = property(lambda self: self.recipe.head)
-    lgbm = property(lambda self: self.recipe.lgbm)
     tta = property(lambda self: self.recipe.tta)
     encoding = property(lambda self: self.recipe.encoding)
     calibration = property(lambda self: self.recipe.calibration)
@@ -156,10 +165,8 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     fits = fit_splits(task.data, image, splits, task.recipe)
     records = []
     for fold, fit in zip(task.rows, fits):
-        if task.on_fit is not None:
-            task.on_fit(task, fold, fit, image)
-        records.append({"seed": fold.seed, "fold": fold.fold, "model": task.model,
-                        "inputs": task.inputs, "best_epoch": fit.trained.best_epoch,
+        records.append({**({"fit": fit} if task.keep_fits else {}),"seed": fold.seed, "fold": fold.fold, "model": task.model,
+                        "inputs": task.inputs, "best_epoch": fit.model.best_epoch_,
                         "temperature": fit.temperature, "threshold": fit.threshold,
                         "metrics": fit.metrics, "test": fold.test, "proba": fit.test_proba,
                         "decided": fit.test_pred, "logits": fit.test_logits,
@@ -168,121 +175,92 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     return records
 
 
-_WORKER_IMAGE: np.ndarray | None = None  # the embeddings, read once by each worker process
-
-
-def _init_worker(path: str) -> None:
-    """Map the embeddings this process saved (copy-on-write: pages are shared until written).
-    Handing the array over in ``initargs`` instead would pickle it down the spawn pipe, and
-    the parent blocks on that write until the child has imported torch (2-3 s)."""
-    import torch
-    global _WORKER_IMAGE
-    _WORKER_IMAGE = np.load(path, mmap_mode="c")
-    torch.set_num_threads(1)
-
-
-def _warm_up() -> None:
-    """Nothing: unpickling this function imports skinfeat.learn.cv and torch in the worker."""
-
-
-def _run_in_worker(task: FitTask) -> list[dict]:
-    return run_task(task, _WORKER_IMAGE)
+@functools.lru_cache(maxsize=1)
+def _mapped(path: str) -> np.ndarray:
+    """The embeddings saved by ``_run_tasks``, mapped once per worker (copy-on-write: pages are
+    shared until written)."""
+    return np.load(path, mmap_mode="c")
 
 
 @one_thread
-def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray, jobs: int,
-               progress: Callable[[int], None] | None,
-               idle: Callable[[list[dict]], bool] | None = None) -> list[dict]:
-    """This process and ``jobs - 1`` workers each take the next task whenever they are free.
+def _run_saved(index: int, task: FitTask, path: str, cls: type) -> tuple[int, list[dict]]:
+    """A task in a joblib worker, on the mapped embeddings, one torch thread. ``cls``: the
+    task's model class, registered in the worker too (a model registered at run time in the
+    caller's process is not in a fresh worker's registry)."""
+    registry().setdefault(cls.kind, cls)
+    return index, run_task(task, _mapped(path))
 
-    A feeder thread hands tasks to the workers the moment one finishes, so a worker never idles
-    while this process is busy with a task of its own (the thread only waits; the work is in the
-    processes). Tasks are made as they are needed, so workers start while later folds are still
-    being carved. ``idle(records so far)``, when this process has no task left but workers
-    are still busy: the caller's follow-up work on what is complete, one piece per call
-    (False: nothing to do yet).
+
+def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray,
+               jobs: int) -> Iterator[tuple[int, list[dict]]]:
+    """Every task, ``jobs`` at a time, through joblib (loky worker processes, or the backend
+    of the caller's ``joblib.parallel_backend``: threads, Dask, Ray): (task number, its
+    records) as each finishes. With ``jobs=1`` the tasks run here, one after the other.
+
+    The embeddings are saved once and mapped by each worker (not pickled per task). Tasks
+    are made as they are needed, so workers start while later folds are still being carved.
     """
-    results: dict[int, list[dict]] = {}
-    queue, lock, errors = enumerate(tasks), threading.Lock(), []
+    from joblib import Parallel, delayed
 
-    def take():
-        with lock:
-            return None if errors else next(queue, None)
-
-    def finished(i: int, records: list[dict]) -> None:
-        with lock:
-            results[i] = records
-            if progress:
-                progress(len(records))
-
-    def feed(pool: ProcessPoolExecutor, warm: list) -> None:
-        running: dict = {}
+    if jobs <= 1:
+        for i, task in enumerate(tasks):
+            yield i, one_thread(run_task)(task, image)
+        return
+    with TemporaryDirectory(prefix="skinfeat-cv-") as tmp:
+        path = str(Path(tmp) / "embeddings.npy")
+        np.save(path, image)
+        run = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="n_jobs")
         try:
-            # Tasks come heaviest first: while the workers still import torch, this process
-            # takes the first ones; a task handed to a cold worker would wait seconds for it.
-            wait(warm)
-            while True:
-                while len(running) < jobs - 1 and (nxt := take()) is not None:
-                    running[pool.submit(_run_in_worker, nxt[1])] = nxt[0]
-                if not running:
-                    return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    finished(running.pop(fut), fut.result())
-        except BaseException as exc:   # re-raised by the main thread
-            errors.append(exc)
-            for fut in running:
-                fut.cancel()
-
-    with ExitStack() as stack:
-        pool = None
-        if jobs > 1:
-            shared = Path(stack.enter_context(TemporaryDirectory(prefix="skinfeat-cv-"))) / \
-                "embeddings.npy"
-            np.save(shared, image)
-            pool = stack.enter_context(ProcessPoolExecutor(
-                jobs - 1, get_context("spawn"), initializer=_init_worker,
-                initargs=(str(shared),)))
-        feeder = None
-        if pool is not None:
-            # Workers start (a torch import each, seconds) while the folds are carved.
-            warm = [pool.submit(_warm_up) for _ in range(jobs - 1)]
-            feeder = threading.Thread(target=feed, args=(pool, warm), daemon=True)
-            feeder.start()
-        try:
-            while (nxt := take()) is not None:
-                finished(nxt[0], run_task(nxt[1], image))
-            while idle is not None and feeder is not None and feeder.is_alive() and not errors:
-                with lock:
-                    done = [r for i in sorted(results) for r in results[i]]
-                if not idle(done):
-                    feeder.join(0.05)
-        except BaseException as exc:
-            errors.append(exc)
-        if feeder is not None:
-            feeder.join()
-    if errors:
-        raise errors[0]
-    return [r for i in range(len(results)) for r in results[i]]
+            yield from run(delayed(_run_saved)(i, task, path, model_class(task.model))
+                           for i, task in enumerate(tasks))
+        finally:
+            _mapped.cache_clear()   # threads map it in this process: let the file go
 
 
-def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig, save: dict | None = None,
-               on_fit: Callable | None = None) -> list[FitTask]:
+@dataclass(frozen=True)
+class FoldFitted:
+    """An event of ``iter_cv(keep_fits=True)``: one fold's fit (a ``train.SplitFit``), with
+    the task that made it (its data, recipe, input set) and the fold's rows."""
+    task: FitTask
+    fold: Fold
+    fit: object
+    embed_dim: int
+
+
+@dataclass(frozen=True)
+class FoldsReady:
+    """An event of ``iter_cv(ready=True)``: the first seed's out-of-fold predictions of one
+    model and input set, as soon as all its folds are in (while later tasks still run)."""
+    model: str
+    inputs: str
+    oof: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class CVDone:
+    """The last event of ``iter_cv``: the whole result (``run_cv``'s)."""
+    result: dict
+
+
+def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
+               keep_fits: bool = False) -> list[FitTask]:
     """The fits of one seed's folds: per input set, the head on all folds at once (batched) and
     LightGBM fold by fold. Heaviest first, so that workers finish together."""
     tasks = []
     for model in cfg.models:
         for inputs in cfg.inputs:
-            groups = [folds] if model == "head" and cfg.batched else [[f] for f in folds]
+            batched = model_class(model).batched and cfg.batched
+            groups = [folds] if batched else [[f] for f in folds]
             recipe = cfg.task_recipe(model, inputs, folds[0].seed)
             # With the image input set in the run, its models are the fused ones' fallbacks.
             reuse = "image" in cfg.inputs and applies(recipe, bool(data.spec.metadata))
             if reuse:
                 recipe = replace(recipe, fallback=False)
-            tasks += [FitTask(inputs, group, data, recipe, save, on_fit, reuse)
+            tasks += [FitTask(inputs, group, data, recipe, keep_fits, reuse)
                       for group in groups]
     cost = {"fused": 2, "image": 1, "meta": 0}
-    return sorted(tasks, key=lambda t: (t.model != "head", -len(t.rows), -cost[t.inputs]))
+    return sorted(tasks, key=lambda t: (not model_class(t.model).batched, -len(t.rows),
+                                        -cost[t.inputs]))
 
 
 ALL_INPUTS = ("image", "meta", "fused")
@@ -308,22 +286,31 @@ def input_sets(cfg: CVConfig, data: Dataset) -> tuple[CVConfig, list[str]]:
 
 def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None, save: dict | None = None,
-           on_fit: Callable | None = None,
-           on_ready: Callable[[str, str, pd.DataFrame], None] | None = None) -> dict:
-    """Cross-validate every model x input set; per-fit records plus mean +- std summaries.
+           on_start: Callable[[int], None] | None = None) -> dict:
+    """Cross-validate every model x input set; per-fit records plus mean +- std summaries
+    (``iter_cv``'s result, its events left aside)."""
+    for event in iter_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
+                         on_start=on_start):
+        if isinstance(event, CVDone):
+            return event.result
+    raise AssertionError("iter_cv ends with CVDone")
+
+
+def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
+            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int], None] | None = None, keep_fits: bool = False,
+            ready: bool = False) -> Iterator[FoldFitted | FoldsReady | CVDone]:
+    """Cross-validate every model x input set, as typed events for the caller (the workflow
+    that writes bundles and reports; nothing here calls back up): ``FoldFitted`` per fold
+    (``keep_fits``), ``FoldsReady`` per model and input set as soon as its folds are in
+    (``ready``; those not handed over by the end are the caller's to make from ``oof``), then
+    ``CVDone`` with the per-fit records and mean +- std summaries.
 
     ``jobs`` tasks at a time (0: one per CPU core); the results do not depend on it.
-    ``on_fit(task, fold, fit, image)`` runs after each fold's fit, in the process that fitted
-    it (a module-level function: workers receive it by name), with ``save`` in ``task.save``:
-    the workflow writes each fold's bundle that way. ``on_ready(model, inputs, oof)``: the
-    first seed's out-of-fold predictions of a model and input set, once all its folds are in,
-    handed over while this process waits for the workers' last tasks (its reports then cost
-    no extra time); those not handed over by the end are the caller's to make from ``oof``.
     """
     data = as_dataset(data)
     cfg, notes = input_sets(cfg, data)
-    cfg.check()
+    cfg = cfg.check()
     if data.spec.evaluation_only:
         raise InputError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     for note in notes:
@@ -338,21 +325,24 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     if n_folds != cfg.folds:   # by:COLUMN: one fold per value, whatever --folds said
         cfg = replace(cfg, folds=n_folds)
     folds: list[Fold] = []
+    made: list[FitTask] = []
 
     def tasks() -> Iterator[FitTask]:
         for seed, fold_of_row in ids.items():
             seed_folds = list(iter_folds(table, fold_of_row, cfg.split, seed, cfg.val_fraction))
             folds.extend(seed_folds)
-            yield from fold_tasks(data, seed_folds, cfg, save, on_fit)
+            for task in fold_tasks(data, seed_folds, cfg, keep_fits):
+                made.append(task)   # before it is handed out: its number is its place here
+                yield task
 
     n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
         on_start(n_fits)
     n_tasks = len(cfg.seeds) * len(cfg.inputs) * sum(
-        1 if m == "head" and cfg.batched else cfg.folds for m in cfg.models)
+        1 if model_class(m).batched and cfg.batched else cfg.folds for m in cfg.models)
     handed: set = set()
 
-    def idle(done: list[dict]) -> bool:
+    def next_ready(done: list[dict]) -> FoldsReady | None:
         first = cfg.seeds[0]
 
         def of(model: str, inputs: str) -> list[dict]:
@@ -371,12 +361,23 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
                         continue
                     rs = [with_fallback(r, o) for r, o in zip(rs, images)]
                 handed.add((model, inputs))
-                on_ready(model, inputs, oof_frame(table, rs, classes, consume=False))
-                return True
-        return False
+                return FoldsReady(model, inputs, oof_frame(table, rs, classes, consume=False))
+        return None
 
-    records = _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks), progress,
-                         idle if on_ready is not None else None)
+    results: dict[int, list[dict]] = {}
+    for i, recs in _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks)):
+        for record, fold in zip(recs, made[i].rows):
+            fit = record.pop("fit", None)
+            if fit is not None:
+                yield FoldFitted(made[i], fold, fit, int(image.shape[-1]))
+        results[i] = recs
+        if progress:
+            progress(len(recs))
+        if ready:
+            done = [r for k in sorted(results) for r in results[k]]
+            while (event := next_ready(done)) is not None:
+                yield event
+    records = [r for i in range(len(results)) for r in results[i]]
     records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
                                 cfg.inputs.index(r["inputs"])))
     y = table["label"].to_numpy()
@@ -384,7 +385,7 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
     oof = oof_frame(table, records, classes)
     majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
     keys = headline(len(classes))
-    return {"split": cfg.split, "protocol": protocol(cfg.split, data.spec.group_name),
+    yield CVDone({"split": cfg.split, "protocol": protocol(cfg.split, data.spec.group_name),
             "config": cfg.to_dict(),
             "dataset": data.spec.name, "task": str(data.task), "classes": classes,
             "group": data.spec.group_name,
@@ -396,8 +397,11 @@ def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig,
             "folds_table": table[["image_id", "group_id", "dx"]].assign(
                 **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
             "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
+            "model_notes": {m: model_class(m).report_line(cfg.model_config(m))
+                            for m in cfg.models},
+            "batched_models": [m for m in cfg.models if model_class(m).batched],
             "notes": notes,
-            "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}}
+            "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}})
 
 
 def with_fallback(record: dict, image: dict) -> dict:

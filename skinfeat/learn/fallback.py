@@ -24,25 +24,28 @@ import torch
 
 from .calibration import Calibrator
 from .head import FusionHead, film_gate
-from .protocol import Trained
+from .models import model_class
+from .protocol import StageTwoModel, with_fields
 from .runconfig import RunConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class Fallback:
     """An image-only model with its own calibration (on the fused model's select part)."""
-    trained: Trained
+    model: StageTwoModel
     calibrator: Calibrator
     threshold: float | None
 
 
 def applies(recipe: RunConfig, has_fields: bool) -> bool:
-    """Does this recipe's model carry a fallback? A fused head with metadata fields, unless
-    turned off (``fallback=False``), the reference recipe (``encoding="reference"``: it stays
-    the published one; its "unknown" is a category, not missing) or ``--group-context`` (its
+    """Does this recipe's model carry a fallback? A fused model that can fold one
+    (``folds_fallback``: the head) with metadata fields, unless turned off
+    (``fallback=False``), the reference recipe (``encoding="reference"``: it stays the
+    published one; its "unknown" is a category, not missing) or ``--group-context`` (its
     context features carry information even when every field is missing)."""
-    return (recipe.fallback and recipe.model == "head" and recipe.head.inputs == "fused"
-            and recipe.encoding != "reference" and not recipe.group_context and has_fields)
+    return (recipe.fallback and model_class(recipe.model).folds_fallback
+            and recipe.params.inputs == "fused" and recipe.encoding != "reference"
+            and not recipe.group_context and has_fields)
 
 
 def fallback_rows(meta: np.ndarray, missing_row: np.ndarray) -> np.ndarray:
@@ -61,21 +64,15 @@ def image_part(part: tuple) -> tuple:
 
 def image_recipe(recipe: RunConfig) -> RunConfig:
     """The fallback's recipe: the fused recipe on the image alone (its bundle's ``run``)."""
-    return replace(recipe, fallback=False, head=replace(recipe.head, inputs="image"),
-                   lgbm=replace(recipe.lgbm, inputs="image"))
+    return replace(recipe, fallback=False, params=with_fields(recipe.params, inputs="image"))
 
 
 @torch.no_grad()
-def image_only(trained: Trained, embed_dim: int, n_classes: int) -> Trained:
-    """A fused head trained on all-zero metadata, as the ``inputs="image"`` head it is: its
-    metadata branch gives the constant ``m = meta_mlp(0)``, folded into the dense layer (exact
-    up to float rounding). Only the head's architecture allows this; other models refuse."""
-    from .head_model import HeadModel
-
-    model = trained.model
-    if not isinstance(model, HeadModel):
-        raise TypeError(f"a fallback folded from a fused fit needs a head, got {model.kind}")
-    net, cfg = model.net, {**model.config, "inputs": "image"}
+def image_only(model, embed_dim: int, n_classes: int):
+    """A fused head (``HeadModel``) trained on all-zero metadata, as the ``inputs="image"``
+    head it is: its metadata branch gives the constant ``m = meta_mlp(0)``, folded into the
+    dense layer (exact up to float rounding); ``HeadModel.image_only``."""
+    net, cfg = model.net, {**model.config_dict(), "inputs": "image"}
     zero = torch.zeros(1, net.meta_mlp.fc1.in_features)
     m = net.meta_mlp(zero)[0]
     weight, bias = net.fuse.fc.weight, net.fuse.fc.bias
@@ -89,7 +86,8 @@ def image_only(trained: Trained, embed_dim: int, n_classes: int) -> Trained:
     out.fuse.fc.load_state_dict({"weight": w_image.clone(), "bias": new_bias.clone()})
     out.classifier.load_state_dict(net.classifier.state_dict())
     out.eval()
-    return replace(trained, model=HeadModel(out, cfg))
+    return type(model).fitted(replace(model.config, inputs="image"), out, model.best_epoch_,
+                              model.epochs_run_, model.class_weights_)
 
 
 def combine(rows: np.ndarray, fused: tuple[np.ndarray, ...],

@@ -52,7 +52,7 @@ INPUTS = ("fused", "image", "meta")
 STOP_ON = ("loss", "balanced_loss", "balanced_accuracy")
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
     """The head's recipe. The defaults of the architecture fields (widths, dropouts) are the
     published Keras recipe's layers; ``epochs`` set trains exactly that many epochs (no early

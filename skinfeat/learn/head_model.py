@@ -1,7 +1,8 @@
 """The fusion head (reference or FiLM) as a stage-two model of the protocol.
 
-``HeadModel`` holds a trained ``FusionHead`` (``.net``); several heads of one recipe train as
-one batched network through the one training loop (``head_batch.fit_heads``).
+``HeadModel(HeadConfig(...)).fit(train, val)`` trains one ``FusionHead`` (``.net``); several
+heads of one config train as one batched network through the one training loop
+(``fit_batched``: ``head_batch.fit_heads``), a single fit being a batch of one.
 """
 from __future__ import annotations
 
@@ -10,32 +11,38 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .head import FusionHead, HeadConfig, head_logits, named_state
-from .protocol import Trained, Part, StageTwoModel
+from .protocol import Part, StageTwoModel, default_classes
 
 
 class HeadModel(StageTwoModel):
     kind = "head"
     title = "fusion head"
+    config_class = HeadConfig
     weights_format = "safetensors"
+    batched = True
     exportable = None
     differentiable = True
+    folds_fallback = True
 
-    def __init__(self, net: FusionHead, cfg: dict):
-        self.net, self._config = net, cfg
+    net: FusionHead | None = None
 
-    @staticmethod
-    def recipe(head_cfg: HeadConfig, lgbm_cfg) -> HeadConfig:
-        return head_cfg
+    def __init__(self, config: HeadConfig | None = None, net: FusionHead | None = None):
+        super().__init__(config)
+        self.net = net
+
+    def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
+            n_classes: int | None = None, meta_fields: list | None = None) -> "HeadModel":
+        fitted = self.fit_batched(self.config, [train], [val], [groups],
+                                  n_classes=default_classes(train[2], n_classes),
+                                  meta_fields=[meta_fields])[0]
+        self.__dict__.update(fitted.__dict__)
+        return self
 
     @classmethod
-    def fit(cls, train: Part, val: Part, n_classes: int, recipe: HeadConfig,
-            meta_fields: list | None = None, groups: np.ndarray | None = None) -> Trained:
-        return cls.fit_many([train], [val], n_classes, recipe, [meta_fields], [groups])[0]
-
-    @classmethod
-    def fit_many(cls, trains: Sequence[Part], vals: Sequence[Part], n_classes: int,
-                 recipe: HeadConfig, meta_fields: Sequence[list | None],
-                 groups: Sequence[np.ndarray | None], batched: bool = True) -> list[Trained]:
+    def fit_batched(cls, config: HeadConfig, trains: Sequence[Part], vals: Sequence[Part],
+                    groups: Sequence[np.ndarray | None], *, n_classes: int,
+                    meta_fields: Sequence[list | None], batched: bool = True
+                    ) -> list["HeadModel"]:
         """Together as one batched network, or with ``batched=False`` one batch of one each
         (the same weights up to float rounding)."""
         from .head_batch import fit_heads
@@ -43,13 +50,28 @@ class HeadModel(StageTwoModel):
         parts = list(zip(trains, vals))
         batches = [list(range(len(parts)))] if batched else [[i] for i in range(len(parts))]
         results = [r for b in batches for r in fit_heads([parts[i] for i in b], n_classes,
-                                                         recipe, [meta_fields[i] for i in b])]
-        return [Trained(cls(r.model, recipe.to_dict()), r.best_epoch, len(r.history),
-                       r.class_weights) for r in results]
+                                                         config, [meta_fields[i] for i in b])]
+        return [cls.fitted(config, r.model, r.best_epoch, len(r.history), r.class_weights)
+                for r in results]
 
-    @property
-    def config(self) -> dict:
-        return self._config
+    @classmethod
+    def fitted(cls, config: HeadConfig, net: FusionHead, best_epoch: int | None = None,
+               epochs_run: int | None = None, class_weights=None) -> "HeadModel":
+        """A head with its trained network and what its fit learned."""
+        model = cls(config, net)
+        model.best_epoch_, model.epochs_run_ = best_epoch, epochs_run
+        model.class_weights_ = None if class_weights is None else list(class_weights)
+        return model
+
+    @classmethod
+    def describe(cls, config: HeadConfig) -> str:
+        return config.head
+
+    @classmethod
+    def report_line(cls, c: HeadConfig) -> str:
+        return (f"{c.head}, up to {c.max_epochs} epochs (patience {c.patience}, on "
+                f"{c.stop_on}), batch {c.batch_size}, metadata dropout {c.meta_dropout} per "
+                f"field, feature-level view augmentation {'on' if c.view_augment else 'off'}")
 
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         return head_logits(self.net, image, meta, tta=tta)
@@ -64,7 +86,11 @@ class HeadModel(StageTwoModel):
         net = FusionHead.from_config(*dims, head)
         (load_state or (lambda m, s: m.load_state_dict(s)))(net, named_state(weights))
         net.eval()
-        return cls(net, head)
+        return cls(cls.config_from(head), net)
 
     def torch_module(self) -> FusionHead:
         return self.net
+
+    def image_only(self, embed_dim: int, n_classes: int) -> "HeadModel":
+        from .fallback import image_only
+        return image_only(self, embed_dim, n_classes)

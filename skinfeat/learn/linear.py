@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..schema import Ge, Gt, validate
-from .protocol import Trained, Part, StageTwoModel, log_proba, view_mean
+from .protocol import Part, StageTwoModel, default_classes, log_proba, view_mean
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,10 @@ C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 ABSENT = -50.0   # the logit of a class the training rows lack (probability ~1e-22)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LinearConfig:
+    """The linear probe's recipe: its inputs, the grid for C and the inner grouped CV that
+    chooses it, the solver's iteration cap and the inner folds' seed."""
     inputs: Literal["fused", "image", "meta"] = "fused"
     cs: tuple[Annotated[float, Gt(0)], ...] = C_GRID   # the grid for C; one value: no inner CV
     inner_folds: Annotated[int, Ge(2)] = 3
@@ -97,29 +99,21 @@ def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
 
 
 class LinearProbe(StageTwoModel):
+    """Fitted state: ``c_`` (the chosen C), ``mean_`` / ``scale_`` (the standardization),
+    ``coef_`` (K', F; K' = 1 for two classes), ``intercept_`` (K',), ``classes_`` (the
+    classes the training rows had), ``n_classes_``."""
     kind = "linear"
     title = "linear probe"
+    config_class = LinearConfig
     weights_format = "safetensors"
     exportable = ("a linear probe (predict with skinfeat; ONNX export covers fusion-head "
                   "models)")
     differentiable = False
 
-    def __init__(self, cfg: LinearConfig, c: float, mean: np.ndarray, scale: np.ndarray,
-                 coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, n_classes: int):
-        self.cfg, self.c, self.n_classes = cfg, float(c), int(n_classes)
-        self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
-        self.coef = np.asarray(coef, np.float64)              # (K', F); K' = 1 for two classes
-        self.intercept = np.asarray(intercept, np.float64)    # (K',)
-        self.classes = np.asarray(classes, np.int64)          # the classes the rows had
+    STATE = ("mean_", "scale_", "coef_", "intercept_", "classes_")   # the safetensors weights
 
-    @staticmethod
-    def recipe(head_cfg, lgbm_cfg) -> LinearConfig:
-        """Its defaults with the run's shared inputs and seed."""
-        return LinearConfig(inputs=lgbm_cfg.inputs, seed=lgbm_cfg.seed)
-
-    @classmethod
-    def fit(cls, train: Part, val: Part, n_classes: int, recipe: LinearConfig,
-            meta_fields=None, groups: np.ndarray | None = None) -> Trained:
+    def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
+            n_classes: int | None = None, meta_fields=None) -> "LinearProbe":
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -127,38 +121,53 @@ class LinearProbe(StageTwoModel):
 
         from .head import balanced_class_weights
 
-        recipe.check()
-        x, y = design(train[0], train[1], recipe.inputs), np.asarray(train[2])
+        cfg = self.config
+        cfg.check()
+        x, y = design(train[0], train[1], cfg.inputs), np.asarray(train[2])
         if x.shape[1] == 0:
-            raise InputError(f"a linear probe on inputs {recipe.inputs} has no features: the "
+            raise InputError(f"a linear probe on inputs {cfg.inputs} has no features: the "
                              "metadata encoder made none (no field has a value in the training "
                              "rows)")
-        c, _ = choose_c(x, y, groups, recipe)
+        n_classes = default_classes(y, n_classes)
+        c, _ = choose_c(x, y, groups, cfg)
         scaler = StandardScaler().fit(x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            lr = _logreg(c, recipe).fit(scaler.transform(x), y)
-        model = cls(recipe, c, scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_,
-                    lr.classes_, n_classes)
-        return Trained(model, None, None, balanced_class_weights(y, n_classes).tolist())
+            lr = _logreg(c, cfg).fit(scaler.transform(x), y)
+        self._set(c, scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_, lr.classes_,
+                  n_classes)
+        self.class_weights_ = balanced_class_weights(y, n_classes).tolist()
+        return self
 
-    @property
-    def config(self) -> dict:
-        return self.cfg.to_dict()
+    def _set(self, c: float, mean, scale, coef, intercept, classes, n_classes: int) -> None:
+        self.c_, self.n_classes_ = float(c), int(n_classes)
+        self.mean_, self.scale_ = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        self.coef_ = np.asarray(coef, np.float64)
+        self.intercept_ = np.asarray(intercept, np.float64)
+        self.classes_ = np.asarray(classes, np.int64)
+
+    @classmethod
+    def describe(cls, config: LinearConfig) -> str:
+        return "logistic regression"
+
+    @classmethod
+    def report_line(cls, c: LinearConfig) -> str:
+        return (f"C from {', '.join(f'{x:g}' for x in c.cs)} by {c.inner_folds}-fold inner "
+                "grouped CV")
 
     @property
     def chosen(self) -> dict:
-        return {"C": self.c}
+        return {"C": self.c_}
 
     def standardize(self, image: np.ndarray | None, meta: np.ndarray) -> np.ndarray:
-        return (design(image, meta, self.cfg.inputs) - self.mean) / self.scale
+        return (design(image, meta, self.config.inputs) - self.mean_) / self.scale_
 
     def _logits_one(self, image: np.ndarray, meta: np.ndarray) -> np.ndarray:
-        z = self.standardize(image, meta) @ self.coef.T + self.intercept
-        if self.coef.shape[0] == 1:   # two classes: sklearn's one decision value is z1 - z0
+        z = self.standardize(image, meta) @ self.coef_.T + self.intercept_
+        if self.coef_.shape[0] == 1:   # two classes: sklearn's one decision value is z1 - z0
             z = np.concatenate([np.zeros_like(z), z], axis=1)
-        out = np.full((len(z), self.n_classes), ABSENT)
-        out[:, self.classes] = z
+        out = np.full((len(z), self.n_classes_), ABSENT)
+        out[:, self.classes_] = z
         return out
 
     def predict_proba(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
@@ -176,16 +185,15 @@ class LinearProbe(StageTwoModel):
     def to_bundle(self) -> tuple[dict, dict]:
         import torch
 
-        state = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in
-                 ("mean", "scale", "coef", "intercept", "classes")}
-        return {"linear": {"C": self.c}}, state
+        state = {k.rstrip("_"): torch.from_numpy(np.ascontiguousarray(getattr(self, k)))
+                 for k in self.STATE}
+        return {"C": self.c_}, state
 
     @classmethod
     def from_bundle(cls, config: dict, weights: dict, dims: tuple[int, int, int],
                     load_state: Callable | None = None) -> "LinearProbe":
         head, (embed_dim, meta_dim, n_classes) = config["head"], dims
-        cfg = LinearConfig(**{k: head[k] for k in ("inputs", "inner_folds", "max_iter", "seed")},
-                           cs=tuple(head["cs"]))
+        cfg = cls.config_from(head)
         w = {k: weights[k].numpy() for k in ("mean", "scale", "coef", "intercept", "classes")}
         width = (embed_dim if cfg.inputs != "meta" else 0) + \
             (meta_dim if cfg.inputs != "image" else 0)
@@ -198,4 +206,6 @@ class LinearProbe(StageTwoModel):
                              f"{w['coef'].shape})")
         if not all(np.isfinite(v).all() for v in w.values()):
             raise InputError("weights contain NaN or inf")
-        return cls(cfg, float(config["linear"]["C"]), **w, n_classes=n_classes)
+        model = cls(cfg)
+        model._set(float(config["state"]["C"]), **w, n_classes=n_classes)
+        return model

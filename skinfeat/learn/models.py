@@ -1,9 +1,14 @@
-"""The registry of stage-two models: each bundle ``model_type`` -> its class (``protocol``).
+"""The registry of stage-two models: each ``kind`` (the recipe's ``model``, the bundle's
+``model_type``) -> its class (``protocol.StageTwoModel``).
 
-A new model is one class implementing ``StageTwoModel`` and one entry here; training, bundles,
-predict, explain and export find it through ``MODELS``.
+The registry is the only place that names a model: the CLI's ``--model`` / ``--models``
+choices, recipe parsing (``RunConfig``), bundles, predict, evaluate, explain and export read it
+and dispatch on the class's capability attributes. A new model is one class in one file plus
+``register(MyModel)`` (or an entry point in the ``skinfeat.models`` group naming the class).
 """
 from __future__ import annotations
+
+import logging
 
 from ..errors import InputError
 from .baseline import LGBMModel
@@ -11,12 +16,53 @@ from .head_model import HeadModel
 from .linear import LinearProbe
 from .protocol import StageTwoModel
 
+log = logging.getLogger(__name__)
+
 MODELS: dict[str, type[StageTwoModel]] = {"head": HeadModel, "lgbm": LGBMModel,
                                           "linear": LinearProbe}
+DEFAULT_MODELS = ("head", "lgbm")   # what cv compares unless told
+ENTRY_POINTS = "skinfeat.models"
+_loaded = False
+
+
+def register(cls: type[StageTwoModel]) -> type[StageTwoModel]:
+    """Add a model class under its ``kind`` (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, StageTwoModel)):
+        raise TypeError(f"{cls!r} is not a StageTwoModel subclass")
+    MODELS[cls.kind] = cls
+    return cls
+
+
+def registry() -> dict[str, type[StageTwoModel]]:
+    """Every model: the built-in ones, those registered, and (once) the entry points."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from importlib.metadata import entry_points
+        for ep in entry_points(group=ENTRY_POINTS):
+            try:
+                register(ep.load())
+            except Exception as exc:   # a broken plugin must not break the built-in models
+                log.warning("model entry point %s could not be loaded: %s", ep.name, exc)
+    return MODELS
+
+
+def model_names() -> tuple[str, ...]:
+    """The kinds of every registered model (``--model`` / ``--models`` choices)."""
+    return tuple(registry())
 
 
 def model_class(kind: str) -> type[StageTwoModel]:
-    """The class of a ``model_type``; a ValueError naming the choices otherwise."""
-    if kind not in MODELS:
-        raise InputError(f"--model must be one of {', '.join(MODELS)}, got {kind!r}")
-    return MODELS[kind]
+    """The class of a ``kind``; a ValueError naming the choices otherwise."""
+    models = registry()
+    if kind not in models:
+        raise InputError(f"--model must be one of {', '.join(models)}, got {kind!r}")
+    return models[kind]
+
+
+def kind_of(config) -> str:
+    """The kind whose config class ``config`` is an instance of."""
+    for kind, cls in registry().items():
+        if type(config) is cls.config_class:
+            return kind
+    raise InputError(f"{type(config).__name__} is no registered model's config")

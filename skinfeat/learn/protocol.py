@@ -1,119 +1,164 @@
 """The stage-two model protocol: what every model on cached embeddings offers.
 
 The way scikit-learn estimators share ``fit`` / ``predict_proba``, every stage-two model (the
-fusion head, LightGBM, the linear probe) offers the same small interface: fit on (embeddings,
-encoded metadata, labels) with a validation part, logits for new rows, and its state to and
-from a bundle. Training, calibration, bundles, predict, explain and export dispatch on it and
-on its capability attributes (``exportable``, ``differentiable``), never on ``kind`` strings.
+fusion head, LightGBM, the linear probe, a user's own) is one class with one frozen config
+class of its own::
 
-``learn.models.MODELS`` maps each bundle ``model_type`` to its class; a new model is one class
-and one entry there.
+    model = LinearProbe(LinearConfig(cs=(0.1, 1.0))).fit(train, val, groups, n_classes=7)
+    model.best_epoch_, model.class_weights_, model.logits(image, meta)
+
+``fit`` returns the model itself, with what it learned in trailing-underscore attributes
+(``best_epoch_``, ``epochs_run_``, ``class_weights_``). A model that trains several at once
+(the head: one batched network) sets ``batched = True`` and overrides ``fit_batched``.
+Training, calibration, bundles, predict, explain and export dispatch on the protocol and its
+capability attributes (``batched``, ``exportable``, ``differentiable``, ``folds_fallback``),
+never on ``kind`` strings; ``learn.models`` (the registry) is the only other place that names
+a model.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from dataclasses import fields, replace
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 Part = tuple  # (image (N, D) or (N, 1+V, D), meta (N, M), y (N,))
 
 
-@dataclass
-class Trained:
-    """A model and what its fit learned besides the weights (for reports and calibration)."""
-    model: "StageTwoModel"
-    best_epoch: int | None = None       # epoch, boosting round or None (no such thing)
-    epochs_run: int | None = None
-    class_weights: list[float] | None = None   # of the training loss: the prior it shifted
-
-    @property
-    def kind(self) -> str:
-        return self.model.kind
-
-    @property
-    def config(self) -> dict:
-        return self.model.config
-
-    @property
-    def chosen(self) -> dict:
-        """Hyperparameters the fit chose itself (the linear probe's C), for reports."""
-        return self.model.chosen
-
-    def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
-        return self.model.logits(image, meta, tta=tta)
-
-
 class StageTwoModel(ABC):
-    """One fitted stage-two model. Subclasses set the class attributes below."""
+    """One stage-two model. Subclasses set the class attributes below and implement the
+    abstract methods; ``config`` is an instance of ``config_class`` (a frozen dataclass with
+    at least ``inputs`` and ``seed`` fields, ``to_dict`` and ``check``)."""
 
-    kind: ClassVar[str]                  # the bundle's model_type
+    kind: ClassVar[str]                  # the bundle's model_type, the recipe's ``model``
     title: ClassVar[str]                 # for messages: "fusion head", "LightGBM", ...
+    config_class: ClassVar[type]         # its own config dataclass
     weights_format: ClassVar[str]        # "safetensors" (a state dict) or "text" (a blob)
+    weights_file: ClassVar[str | None] = None   # None: model.safetensors or model.KIND.txt
+    batched: ClassVar[bool] = False      # fit_batched trains several as one (cv batches folds)
     exportable: ClassVar[str | None] = None   # None: ONNX export works; else why it cannot
     differentiable: ClassVar[bool] = False    # gradients flow from logits to the embedding
     meta_attribution: ClassVar[str | None] = None   # a native per-field attribution, if any
+    # True: a member fitted on all-zero metadata folds into an exact image-only model
+    # (``image_only``), so the model can carry the missing-metadata fallback (learn/fallback.py)
+    folds_fallback: ClassVar[bool] = False
 
     @property
     def chosen(self) -> dict:
         """Hyperparameters the fit chose itself, for reports (the linear probe: its C)."""
         return {}
 
-    @staticmethod
-    @abstractmethod
-    def recipe(head_cfg, lgbm_cfg):
-        """This model's recipe out of a run's head and LightGBM configs (the run's shared
-        ``inputs`` and ``seed`` are set on both)."""
+    # Fitted state (set by fit; None where the model has no such thing).
+    best_epoch_: int | None = None       # epoch, boosting round or None
+    epochs_run_: int | None = None
+    class_weights_: list[float] | None = None   # of the training loss: the prior it shifted
+
+    def __init__(self, config: Any = None):
+        self.config = self.config_class() if config is None else config
 
     @classmethod
+    def file_name(cls) -> str:
+        """Where its weights go in a bundle."""
+        if cls.weights_file:
+            return cls.weights_file
+        return "model.safetensors" if cls.weights_format == "safetensors" \
+            else f"model.{cls.kind}.txt"
+
     @abstractmethod
-    def fit(cls, train: Part, val: Part, n_classes: int, recipe,
-            meta_fields: list | None = None, groups: np.ndarray | None = None) -> Trained:
+    def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
+            n_classes: int | None = None, meta_fields: list | None = None) -> "StageTwoModel":
         """Fit on ``train``; ``val`` may stop early (never the scored rows). ``groups``: the
-        training rows' groups (lesions, patients), for a model that cross-validates inside."""
+        training rows' groups (lesions, patients), for a model that cross-validates inside.
+        ``n_classes``: the task's (default: the largest label + 1); ``meta_fields``: the
+        metadata encoder's ``dropout_fields()``. Returns ``self``."""
 
     @classmethod
-    def fit_many(cls, trains: Sequence[Part], vals: Sequence[Part], n_classes: int, recipe,
-                 meta_fields: Sequence[list | None], groups: Sequence[np.ndarray | None],
-                 batched: bool = True) -> list[Trained]:
-        """One model per (train, val) pair with one recipe; a model that trains several at
-        once (the head) overrides this."""
-        return [cls.fit(t, v, n_classes, recipe, f, g)
-                for t, v, f, g in zip(trains, vals, meta_fields, groups)]
-
-    @property
-    @abstractmethod
-    def config(self) -> dict:
-        """The recipe as plain values: the bundle's ``head`` section (without the sizes)."""
+    def fit_batched(cls, config, trains: Sequence[Part], vals: Sequence[Part],
+                    groups: Sequence[np.ndarray | None], *, n_classes: int,
+                    meta_fields: Sequence[list | None], batched: bool = True
+                    ) -> list["StageTwoModel"]:
+        """One fitted model per (train, val) pair, all with ``config``; a model that trains
+        several at once (``batched = True``) overrides this."""
+        return [cls(config).fit(t, v, g, n_classes=n_classes, meta_fields=f)
+                for t, v, g, f in zip(trains, vals, groups, meta_fields)]
 
     @property
     def inputs(self) -> str:
-        return self.config["inputs"]
+        return self.config.inputs
+
+    def config_dict(self) -> dict:
+        """The config as plain values: the bundle's ``head`` section (without the sizes)."""
+        return self.config.to_dict()
+
+    @classmethod
+    def config_from(cls, d: dict):
+        """The config from a bundle's ``head`` section (its own keys; sizes and older extra
+        keys left out)."""
+        names = {f.name for f in fields(cls.config_class)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()
+                  if k in names}
+        return cls.config_class(**values)
+
+    @classmethod
+    def describe(cls, config) -> str:
+        """What the model is, in a word or two, for reports ("reference", "lightgbm")."""
+        return cls.title
+
+    @classmethod
+    def report_line(cls, config) -> str:
+        """Its recipe in one line of a report (the config's fields, by default)."""
+        return ", ".join(f"{k} {v}" for k, v in config.to_dict().items())
 
     @abstractmethod
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, K) uncalibrated logits; with ``tta`` and (N, 1+V, D) embeddings, over the views."""
 
+    def predict_proba(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(N, K) uncalibrated probabilities: the softmax of ``logits``."""
+        z = self.logits(image, meta, tta=tta)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
     @abstractmethod
     def to_bundle(self) -> tuple[dict, dict | str]:
-        """(extra config.json entries, weights: a safetensors state dict or a text blob)."""
+        """(the model's own state for config.json's ``state`` entry, or {}; weights: a
+        safetensors state dict or a text blob)."""
 
     @classmethod
     @abstractmethod
     def from_bundle(cls, config: dict, weights, dims: tuple[int, int, int],
                     load_state: Callable | None = None) -> "StageTwoModel":
-        """The model from its bundle's ``config.json`` and weights; ``dims`` is (embed_dim,
-        meta_dim, n_classes); ``load_state(module, state)`` loads a torch state strictly."""
+        """The model from its bundle's ``config.json`` (``head``: its config and sizes;
+        ``state``: what ``to_bundle`` stored) and weights; ``dims`` is (embed_dim, meta_dim,
+        n_classes); ``load_state(module, state)`` loads a torch state strictly."""
 
     def torch_module(self):
         """An ``nn.Module`` (image, meta) -> logits, for a differentiable / exportable model."""
         raise NotImplementedError(f"{self.kind} has no torch module")
 
+    def image_only(self, embed_dim: int, n_classes: int) -> "StageTwoModel":
+        """This model, fitted on all-zero metadata, as the exact ``inputs="image"`` model it is
+        (``folds_fallback`` models only)."""
+        raise NotImplementedError(f"{self.kind} cannot fold an image-only fallback")
+
+
+def with_fields(config, **values):
+    """``config`` with those of ``values`` that are its fields replaced (a run's shared
+    ``inputs``, ``seed`` or a flag): each model's config has the fields it has."""
+    names = {f.name for f in fields(config)}
+    given = {k: v for k, v in values.items() if k in names and v is not None}
+    return replace(config, **given) if given else config
+
 
 def log_proba(proba: np.ndarray) -> np.ndarray:
     """Logits of a probability model: the log of its probabilities (softmax gives them back)."""
     return np.log(np.clip(proba, 1e-12, None))
+
+
+def default_classes(y: np.ndarray, n_classes: int | None) -> int:
+    """The number of classes: given, or the largest label + 1."""
+    return int(n_classes) if n_classes is not None else int(np.max(y)) + 1
 
 
 def view_mean(predict: Callable, image: np.ndarray, meta: np.ndarray, tta: bool) -> np.ndarray:

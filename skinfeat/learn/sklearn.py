@@ -2,8 +2,8 @@
 
 For users who want the head in their own pipelines (``Pipeline``, ``cross_val_score``,
 ``GridSearchCV``): ``X`` is the image embedding, optionally with the encoded metadata as its
-last ``meta_dim`` columns; ``y`` any class labels. It trains through the one training loop
-(``head_batch.fit_heads``), early-stopping on a stratified ``val_fraction`` of the rows it is
+last ``meta_dim`` columns; ``y`` any class labels. A thin adapter over the head model
+(``HeadModel``, the one training loop), early-stopping on a stratified ``val_fraction`` of the rows it is
 given, and predicts with the softmax of the head's logits (no calibration: that is the
 bundle's job, with a validation part of its own).
 """
@@ -62,7 +62,7 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> "FusionHeadClassifier":
         from .head import HeadConfig
-        from .head_batch import fit_heads
+        from .head_model import HeadModel
 
         check_head_classifier(self)
         X, y = validate_data(self, X, y, dtype=np.float64)
@@ -78,10 +78,15 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
                          patience=self.patience, class_weight=self.class_weight,
                          seed=int(self.random_state), meta_dropout=self.meta_dropout,
                          dense_width=self.dense_width)
-        result = fit_heads([((image[tr], meta[tr], codes[tr]), (image[va], meta[va], codes[va]))],
-                           len(self.classes_), cfg)[0]
-        self.net_, self.n_iter_ = result.model.eval(), result.best_epoch
+        model = HeadModel(cfg).fit((image[tr], meta[tr], codes[tr]),
+                                   (image[va], meta[va], codes[va]), n_classes=len(self.classes_))
+        self.model_, self.n_iter_ = model, model.best_epoch_
         return self
+
+    @property
+    def net_(self):
+        """The trained ``FusionHead``."""
+        return self.model_.net
 
     def decision_function(self, X) -> np.ndarray:
         """The head's logits, (N, K); for two classes, the positive class's margin (N,)."""
@@ -89,11 +94,9 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
         return z[:, 1] - z[:, 0] if len(self.classes_) == 2 else z
 
     def _logits(self, X) -> np.ndarray:
-        from .head import head_logits
-
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return head_logits(self.net_, *self._parts(X)).astype(np.float64)
+        return self.model_.logits(*self._parts(X)).astype(np.float64)
 
     def predict_proba(self, X) -> np.ndarray:
         z = self._logits(X)

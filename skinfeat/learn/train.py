@@ -22,21 +22,16 @@ from ..data.splits import assign_split, load_split, save_split
 from ..embed.cache import CacheContents, CacheError
 from ..errors import InputError
 from ..evaluate.metrics import calibrated_metrics
-from .baseline import LGBMConfig
 from .calibration import Calibrator
 from .context import context_matrix
-from .fallback import Fallback, applies, fallback_rows, image_only, image_part
+from .fallback import Fallback, applies, fallback_rows, image_part
 from .fallback import combine as combine_rows
-from .head import HeadConfig
-from .models import MODELS as REGISTRY, model_class
-from .protocol import Trained
+from .models import model_class
+from .protocol import StageTwoModel
 from .rows import Rows, chunked
 from .runconfig import RunConfig
 
 log = logging.getLogger(__name__)
-
-MODELS = tuple(REGISTRY)   # the model_type names: head, lgbm, linear
-DEFAULT_MODELS = ("head", "lgbm")   # what cv compares unless told
 
 
 def align_embeddings(table: pd.DataFrame, contents: CacheContents,
@@ -76,20 +71,18 @@ def align_embeddings(table: pd.DataFrame, contents: CacheContents,
     return table, image
 
 
-def train_models(kind: str, trains: list[tuple], vals: list[tuple], n_classes: int,
-                 head_cfg: HeadConfig, lgbm_cfg: LGBMConfig,
-                 meta_fields: list[list | None] | None = None,
-                 batched: bool = True, groups: list[np.ndarray | None] | None = None
-                 ) -> list[Trained]:
-    """One model per (train, val) pair, all with one recipe, through the model's class
-    (``protocol.MODELS``). Heads train together as one batched network (``batched=False``: one
-    batch of one each). ``meta_fields``: each encoder's ``dropout_fields()``, what dropout
-    blanks to; ``groups``: each training part's groups, for a model with an inner CV."""
-    cls = model_class(kind)
-    meta_fields = meta_fields or [None] * len(trains)
-    groups = groups or [None] * len(trains)
-    return cls.fit_many(trains, vals, n_classes, cls.recipe(head_cfg, lgbm_cfg), meta_fields,
-                        groups, batched)
+def train_models(kind: str, config, trains: list[tuple], vals: list[tuple], n_classes: int,
+                 meta_fields: list[list | None] | None = None, batched: bool = True,
+                 groups: list[np.ndarray | None] | None = None) -> list[StageTwoModel]:
+    """One fitted model per (train, val) pair, all with one ``config``, through the model's
+    class (the registry): ``fit_batched`` (heads train together as one batched network;
+    ``batched=False``: one batch of one each). ``meta_fields``: each encoder's
+    ``dropout_fields()``, what dropout blanks to; ``groups``: each training part's groups, for
+    a model with an inner CV."""
+    return model_class(kind).fit_batched(config, trains, vals, groups or [None] * len(trains),
+                                         n_classes=n_classes,
+                                         meta_fields=meta_fields or [None] * len(trains),
+                                         batched=batched)
 
 
 def _tta_note(model: str, tta: bool, image: np.ndarray) -> str:
@@ -98,9 +91,8 @@ def _tta_note(model: str, tta: bool, image: np.ndarray) -> str:
         return "off"
     if image.ndim != 3:
         return "asked for, but the cache has no view embeddings: off"
-    what = {"head": "probabilities", "lgbm": "LightGBM probabilities",
-            "linear": "linear-probe probabilities"}.get(model, "probabilities")
-    return f"{what} averaged over the original and {image.shape[1] - 1} cached view(s)"
+    return (f"{model_class(model).title} probabilities averaged over the original and "
+            f"{image.shape[1] - 1} cached view(s)")
 
 
 def as_dataset(data: Dataset | pd.DataFrame) -> Dataset:
@@ -111,7 +103,7 @@ def as_dataset(data: Dataset | pd.DataFrame) -> Dataset:
 @dataclass
 class SplitFit:
     """One model fitted on one split's ``train`` rows, calibrated on ``val``, scored on ``test``."""
-    trained: Trained
+    model: StageTwoModel
     encoder: MetadataEncoder
     calibrator: Calibrator
     threshold: float | None       # a binary task's decision threshold, chosen on val
@@ -213,17 +205,17 @@ def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
                         context is not None)
 
 
-def _calibrated(data: Dataset, trained: Trained, select: tuple, scored: tuple, recipe: RunConfig,
+def _calibrated(data: Dataset, model: StageTwoModel, select: tuple, scored: tuple, recipe: RunConfig,
                 calibrate: bool) -> tuple:
     """Calibrator and threshold fitted on ``select``; logits, probabilities, decisions on
     ``scored``."""
     def logits(image: Rows, meta: np.ndarray) -> np.ndarray:   # a side in chunks of rows
-        return chunked(lambda i, m: trained.logits(i, m, tta=recipe.tta), image, meta)
+        return chunked(lambda i, m: model.logits(i, m, tta=recipe.tta), image, meta)
 
     select_logits = logits(*select[:2])
     calibrator = Calibrator(recipe.calibration if calibrate else "temperature")
     if calibrate:
-        calibrator.fit(select_logits, select[2], class_weights=trained.class_weights)
+        calibrator.fit(select_logits, select[2], class_weights=model.class_weights_)
     threshold = choose_threshold(select[2] == 1, calibrator(select_logits)[:, 1]) \
         if data.task.binary else None
     scored_logits = logits(*scored[:2])
@@ -231,15 +223,15 @@ def _calibrated(data: Dataset, trained: Trained, select: tuple, scored: tuple, r
     return calibrator, threshold, scored_logits, proba, calibrator.decide(proba, threshold)
 
 
-def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: RunConfig, *,
-                 calibrate: bool = True, fallback: Trained | None = None) -> SplitFit:
+def finish_split(data: Dataset, enc: EncodedSplit, model: StageTwoModel, recipe: RunConfig, *,
+                 calibrate: bool = True, fallback: StageTwoModel | None = None) -> SplitFit:
     """Calibrate on ``recipe.select_on``, choose a binary threshold there, score ``test`` (or,
     for a split without one, the ``select_on`` part itself: optimistic, and reported as such).
     ``fallback``: an image-only model, calibrated on the same part with its own calibrator and
     threshold, that scores the rows whose every metadata field is missing."""
     classes, select = data.classes, enc.parts[recipe.select_on]
     scored = enc.parts.get("test", select)
-    calibrator, threshold, test_logits, proba, pred = _calibrated(data, trained, select, scored,
+    calibrator, threshold, test_logits, proba, pred = _calibrated(data, model, select, scored,
                                                                   recipe, calibrate)
     missing = fallback_rows(scored[1][:, :enc.encoder.n_features], enc.encoder.missing_row())
     fb = None
@@ -251,7 +243,7 @@ def finish_split(data: Dataset, enc: EncodedSplit, trained: Trained, recipe: Run
         log.info("fallback: %d of %d scored row(s) have every metadata field missing and are "
                  "scored by the image-only model", int(missing.sum()), len(missing))
     metrics = calibrated_metrics(scored[2], test_logits, proba, classes, pred)
-    return SplitFit(trained, enc.encoder, calibrator, threshold, metrics, test_logits, pred,
+    return SplitFit(model, enc.encoder, calibrator, threshold, metrics, test_logits, pred,
                     enc.meta_dim, proba, enc.group_context, fb, missing)
 
 
@@ -280,12 +272,12 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
         vals += [image_part(p) for p in vals]
         fields += [None] * k   # nothing to blank in all-zero metadata
         groups += groups
-    trained = train_models(recipe.model, trains, vals, len(data.classes), recipe.head,
-                           recipe.lgbm, fields, batched, groups=groups)
-    fallbacks = [image_only(t, int(image.shape[-1]), len(data.classes)) for t in trained[k:]] \
+    models = train_models(recipe.model, recipe.params, trains, vals, len(data.classes), fields,
+                          batched, groups=groups)
+    fallbacks = [m.image_only(int(image.shape[-1]), len(data.classes)) for m in models[k:]] \
         if with_fallback else [None] * k
-    return [finish_split(data, e, t, recipe, calibrate=calibrate, fallback=f)
-            for e, t, f in zip(encs, trained[:k], fallbacks)]
+    return [finish_split(data, e, m, recipe, calibrate=calibrate, fallback=f)
+            for e, m, f in zip(encs, models[:k], fallbacks)]
 
 
 def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], recipe: RunConfig,
@@ -315,14 +307,14 @@ def bundle_config(data: Dataset, fit: SplitFit, identity: dict, weights: str, *,
                   tta: bool, split: str, seed: int, run: dict | None = None) -> dict:
     """A fitted split's ``config.json``: everything predict needs, and the recipe (``run``)."""
     classes = list(data.classes)
-    return {"model_type": fit.trained.kind, "classes": classes, "encoder": fit.encoder.to_dict(),
+    return {"model_type": fit.model.kind, "classes": classes, "encoder": fit.encoder.to_dict(),
             "dataset": data.spec.to_dict(), "task": data.task.to_dict(),
             "backbone": identity, "weights": weights,
-            "head": {**fit.trained.config, "embed_dim": embed_dim, "meta_dim": fit.meta_dim,
+            "head": {**fit.model.config_dict(), "embed_dim": embed_dim, "meta_dim": fit.meta_dim,
                      "n_classes": len(classes)},
             "temperature": fit.temperature, "calibration": fit.calibrator.to_dict(),
             "threshold": fit.threshold, "tta": tta, "split": split, "seed": seed,
-            "best_epoch": fit.trained.best_epoch, "run": run, "skinfeat": __version__,
+            "best_epoch": fit.model.best_epoch_, "run": run, "skinfeat": __version__,
             **({"group_context": True} if fit.group_context else {}),
             **({"fallback": FALLBACK_DIR} if fit.fallback is not None else {})}
 
@@ -333,5 +325,5 @@ FALLBACK_DIR = "fallback"   # the image-only fallback's bundle, a folder inside 
 def fallback_fit(fit: SplitFit) -> SplitFit:
     """The fallback of ``fit`` as a fit of its own (its bundle: same encoder and sizes)."""
     fb = fit.fallback
-    return SplitFit(fb.trained, fit.encoder, fb.calibrator, fb.threshold, {}, fit.test_logits,
+    return SplitFit(fb.model, fit.encoder, fb.calibrator, fb.threshold, {}, fit.test_logits,
                     fit.test_pred, fit.meta_dim)

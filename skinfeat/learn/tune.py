@@ -34,6 +34,7 @@ from ..data.datasets import Dataset
 from ..atomic import write_artifact
 from ..errors import InputError
 from .head import HeadConfig
+from .head_model import HeadModel
 from .runconfig import RunConfig
 from .head_batch import epoch_hook
 from .train import fit_splits
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 TUNE_METRICS = ("balanced_accuracy", "auc", "pauc80")   # auc and pauc80: binary tasks
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuneConfig:
     """The search: how many trials, the protocol, where the study lives, where it starts (the
     recipe of trial 0, whose seed is the search's: held-out part, folds, sampler, fits)."""
@@ -63,6 +64,14 @@ class TuneConfig:
     @property
     def seed(self) -> int:
         return self.start.seed
+
+    @property
+    def start_head(self) -> HeadConfig:
+        """The head config trial 0 starts from: the start recipe's, if it is a head's, else
+        the defaults on its inputs (tune searches the head)."""
+        params = self.start.params
+        return params if isinstance(params, HeadConfig) else \
+            HeadConfig(inputs=params.inputs, seed=self.start.seed)
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "start"}, "seed": self.seed,
@@ -132,7 +141,7 @@ def protocol_key(table: pd.DataFrame, cfg: TuneConfig) -> str:
     digest = hashlib.sha256("\n".join(sorted(table["image_id"])).encode()).hexdigest()[:16]
     return json.dumps({"rows": digest, "n": len(table), "seed": cfg.seed, "split": cfg.split,
                        "test_size": cfg.test_size, "folds": cfg.folds,
-                       "inputs": cfg.start.head.inputs, "encoding": cfg.start.encoding,
+                       "inputs": cfg.start_head.inputs, "encoding": cfg.start.encoding,
                        # trials ranked by another metric are not comparable values
                        **({"metric": cfg.metric} if cfg.metric else {})},
                       sort_keys=True)
@@ -289,14 +298,14 @@ def open_study(cfg: TuneConfig, key: str, storage=None, worker: int = 0):
         raise InputError(f"study {cfg.study_name!r} in {where} was made with another "
                          f"protocol ({have}); this run has {key}: use another --study-name")
     if not study.trials and worker == 0:
-        study.enqueue_trial(start_params(cfg.start.head))
+        study.enqueue_trial(start_params(cfg.start_head))
     return study
 
 
 def trial_recipe(cfg: TuneConfig, head: HeadConfig) -> RunConfig:
     """The starting recipe with one trial's head: the head is what is searched, selected on
     each fold's inner val part, with the search's seed."""
-    return replace(cfg.start, model="head", seed=cfg.seed, select_on="val", head=head)
+    return replace(cfg.start, model=HeadModel.kind, seed=cfg.seed, select_on="val", params=head)
 
 
 @dataclass
@@ -320,7 +329,7 @@ def search(job: Search, storage, worker: int = 0,
     def objective(trial) -> float:
         # No image-only fallback in a trial: it would double the heads trained for the few
         # rows with every field missing (the final fit keeps it).
-        recipe = replace(trial_recipe(cfg, suggest(trial, replace(cfg.start.head,
+        recipe = replace(trial_recipe(cfg, suggest(trial, replace(cfg.start_head,
                                                                   seed=cfg.seed))),
                          fallback=False)
 
@@ -340,7 +349,7 @@ def search(job: Search, storage, worker: int = 0,
             raise
         scores = [f.metrics[job.metric] for f in fits]
         trial.set_user_attr("std", float(np.std(scores)))
-        trial.set_user_attr("best_epochs", [f.trained.best_epoch for f in fits])
+        trial.set_user_attr("best_epochs", [f.model.best_epoch_ for f in fits])
         if progress:
             progress(1)
         return float(np.mean(scores))

@@ -17,7 +17,8 @@ from ..deploy.bundle import QUANTIZED, load_typed, write_bundle
 from ..deploy.bundle_config import EnsembleConfig
 from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
-from ..learn.cv import CVConfig, FitTask, Fold, align_dataset, input_sets, run_cv
+from ..learn.cv import CVConfig, FoldFitted, FoldsReady, align_dataset, input_sets, iter_cv
+from ..learn.protocol import with_fields
 from ..learn.runconfig import RunConfig
 from ..learn.train import FALLBACK_DIR, as_dataset, bundle_config
 from .fit import cache_sources, save_fit
@@ -31,22 +32,24 @@ def fold_name(seed: int, fold: int) -> str:
     return f"seed{seed}_fold{fold}"
 
 
-def save_fold_bundle(task: FitTask, fold: Fold, fit, image: np.ndarray) -> None:
+def save_fold_bundle(event: FoldFitted, save: dict) -> None:
     """The fold's model as a bundle of its own (``models/MODEL_INPUTS/seedS_foldK``), with the
-    image ids it trained and early-stopped on, so evaluate can leave them out."""
-    out = model_dir(Path(task.save["out"]), task.model, task.inputs) / fold_name(fold.seed,
-                                                                                 fold.fold)
-    run = RunConfig(model=task.model, split=task.save["split"], seed=fold.seed,
+    image ids it trained and early-stopped on, so evaluate can leave them out. ``save``: the
+    run folder, the cache's identity and weights, the split."""
+    task, fold, fit = event.task, event.fold, event.fit
+    out = model_dir(Path(save["out"]), task.model, task.inputs) / fold_name(fold.seed,
+                                                                            fold.fold)
+    run = RunConfig(model=task.model, split=save["split"], seed=fold.seed,
                     encoding=task.encoding, calibration=task.calibration, tta=task.tta,
-                    head=task.head, lgbm=replace(task.lgbm, num_threads=0))
-    config = bundle_config(task.data, fit, task.save["identity"], task.save["weights"],
-                           embed_dim=int(image.shape[-1]), tta=task.tta, split=task.save["split"],
+                    params=with_fields(task.recipe.params, num_threads=0))
+    config = bundle_config(task.data, fit, save["identity"], save["weights"],
+                           embed_dim=event.embed_dim, tta=task.tta, split=save["split"],
                            seed=fold.seed, run=run.to_dict())
     save_fit(out, fit, config, quantized=False)   # the ensemble's folder holds the int8 model
     table = task.data.table
     side = np.full(len(table), "test", dtype=object)
     side[fold.train], side[fold.val] = "train", "val"
-    save_split(table, pd.Series(side), out / "splits.csv", task.save["split"], fold.seed)
+    save_split(table, pd.Series(side), out / "splits.csv", save["split"], fold.seed)
 
 
 def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
@@ -73,9 +76,14 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     save = {"out": str(out), "identity": contents.identity, "weights": info["weights"],
             "split": cfg.split} if save_models else None
     tables = SubgroupTables(data, contents, source, subgroups, out)
-    res = run_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
-                 on_start=on_start, save=save, on_fit=save_fold_bundle if save else None,
-                 on_ready=tables.add if tables.wanted else None)
+    for event in iter_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
+                         on_start=on_start, keep_fits=save is not None, ready=tables.wanted):
+        if isinstance(event, FoldFitted):
+            save_fold_bundle(event, save)
+        elif isinstance(event, FoldsReady):
+            tables.add(event.model, event.inputs, event.oof)
+        else:
+            res = event.result
     res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
     if save_models:
         attach_fallbacks(out, res)
@@ -110,7 +118,7 @@ class SubgroupTables:
     the first seed (each image scored once, by the fold that did not train on it); forest
     plots in ``out/subgroups_MODEL_INPUTS/``. Numeric fields other than age are banded on
     every row (each row trained some fold). ``add`` takes one model and input set as soon as
-    its folds are in (``run_cv``'s ``on_ready``), ``all`` makes the rest from the run's
+    its folds are in (``iter_cv``'s ``FoldsReady``), ``all`` makes the rest from the run's
     ``oof``; nothing for ``--subgroups none``."""
 
     def __init__(self, data: Dataset, contents, source: str,

@@ -188,8 +188,10 @@ def model_kind(info: dict) -> str:
     if info["model_type"] == "ensemble":
         return (f"fold ensemble of {info.get('members', '?')} {head.get('members')} models, "
                 "calibrated probabilities averaged")
-    other = {"lgbm": "lightgbm", "linear": "logistic regression"}.get(info["model_type"], "")
-    return f"{info['model_type']}, {head.get('head', other)}"
+    from ..learn.models import model_class
+
+    cls = model_class(info["model_type"])
+    return f"{info['model_type']}, {cls.describe(cls.config_from(head))}"
 
 
 def headline_sentence(metrics: dict, ci: dict, classes: list[str]) -> str:

@@ -34,28 +34,29 @@ def save_fit(out: Path, fit: SplitFit, config: dict | BundleConfig,
         config = BundleConfig.from_dict(config, str(Path(out) / "config.json"))
     if fit.fallback is not None:   # first: the model's config.json last means a whole bundle
         write_bundle(Path(out) / FALLBACK_DIR, fallback_config(config, fit),
-                     fit.fallback.trained.model, quantized=False)
-    write_bundle(out, config, fit.trained.model, quantized=quantized)
+                     fit.fallback.model, quantized=False)
+    write_bundle(out, config, fit.model, quantized=quantized)
 
 
 def fallback_config(config: BundleConfig, fit: SplitFit) -> BundleConfig:
     """The image-only fallback's bundle config: the model's, with the fallback's recipe,
     calibration and threshold (the same encoder, sizes and backbone)."""
     fb = fallback_fit(fit)
+    kind = config.model_type   # the recipe's model table: the model's config
     run = None if config.run is None else \
-        {**config.run, "fallback": False,
-         "head": {**config.run.get("head", {}), "inputs": "image"}}
-    return replace(config, head={**fb.trained.config, **{k: config.head[k] for k in
-                                                          ("embed_dim", "meta_dim", "n_classes")}},
+        {**config.run, "fallback": False, kind: {**config.run.get(kind, {}), "inputs": "image"}}
+    return replace(config, head={**fb.model.config_dict(), **{k: config.head[k] for k in
+                                                             ("embed_dim", "meta_dim",
+                                                              "n_classes")}},
                    temperature=fb.temperature, calibration=fb.calibrator.to_dict(),
-                   threshold=fb.threshold, best_epoch=fb.trained.best_epoch, run=run,
+                   threshold=fb.threshold, best_epoch=fb.model.best_epoch_, run=run,
                    fallback=None)
 
 
 def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
             recipe: RunConfig | None = None, *, calibrate: bool = True,
             subgroups: str | Sequence[str] | None = None) -> dict:
-    """Train one model on one split by ``recipe`` (its head and LightGBM on its ``seed``);
+    """Train one model on one split by ``recipe`` (its model config on its ``seed``);
     write bundle, metrics.json, report.md and figures to ``out``. Returns ``{"metrics",
     "baseline", "info"}``, ``info`` a ``RunSummary``.
 
@@ -70,14 +71,13 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     from ..evaluate.report import write_run_report
     from ..evaluate.subgroup_fields import analyse_subgroups, subgroup_columns
 
-    recipe = (recipe or RunConfig()).seeded()
-    recipe.check()
+    recipe = (recipe or RunConfig()).seeded().check()
     data = as_dataset(data)
     out = Path(out)
     if data.spec.evaluation_only:
         raise InputError(f"{data.spec.name} is a test set: evaluate models on it, do not train")
     model = recipe.model
-    check_inputs(data, (recipe.head if model == "head" else recipe.lgbm).inputs)
+    check_inputs(data, recipe.params.inputs)
     subgroup_columns(subgroups, data.spec)   # a bad --subgroups fails before the fit
     contents = read_caches(cache_path)
     source = cache_label(cache_path)
@@ -97,9 +97,8 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     scored = rows.get("test", rows[recipe.select_on])
     baseline = majority_baseline(y[rows["train"]], y[scored], classes)
     info = RunSummary(
-        model=model, config={**fit.trained.config, **fit.trained.chosen},
-        best_epoch=fit.trained.best_epoch,
-        epochs_run=fit.trained.epochs_run, split=kind,
+        model=model, config={**fit.model.config_dict(), **fit.model.chosen},
+        best_epoch=fit.model.best_epoch_, epochs_run=fit.model.epochs_run_, split=kind,
         protocol=protocol(kind, data.spec.group_name), select_on=recipe.select_on,
         scored_on="test" if "test" in rows else recipe.select_on, seed=recipe.seed,
         dataset=data.spec.name, task=str(data.task), classes=classes,

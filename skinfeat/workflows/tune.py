@@ -33,7 +33,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     data = as_dataset(data)
     if data.spec.evaluation_only:
         raise InputError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
-    check_inputs(data, cfg.start.head.inputs)
+    check_inputs(data, cfg.start_head.inputs)
     metric = cfg.metric_for(len(data.classes))   # a wrong metric fails before any work
     out = Path(out)
     storage = storage_of(cfg, out, repair=True)   # a storage that fails, fails before the work
@@ -65,7 +65,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
         study = one_thread(search)(job, storage, 0, progress)
     best = study.best_trial
     best_head = replace(suggest(optuna.trial.FixedTrial(best.params),
-                                replace(start.head, seed=cfg.seed)))
+                                replace(cfg.start_head, seed=cfg.seed)))
     # The chosen configuration, trained once on all of the search rows, scored once on test.
     inner = holdout_mask(rest_table, start.val_size / (1 - cfg.test_size), cfg.split, cfg.seed)
     chosen = replace(trial_recipe(cfg, best_head), test_size=cfg.test_size)
