@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..data.spec import PRESETS, DatasetSpec
+from ..data.presets import PRESETS
+from ..data.spec import DatasetSpec
 
 HEADING = "## Reporting checklist (CLEAR Derm)"
 
