@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from skinfeat.data.spec import PRESETS, DatasetSpec
+from skinfeat.data.presets import PRESETS
+from skinfeat.data.spec import DatasetSpec
 from skinfeat.evaluate.card import rewrite_card
 from skinfeat.evaluate.checklist import HEADING, checklist_section
 

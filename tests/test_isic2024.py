@@ -16,7 +16,7 @@ from PIL import Image
 
 from skinfeat.data.datasets import DataError, detect, load_dataset, load_images
 from skinfeat.data.images import hdf5_locator, open_image, split_locator
-from skinfeat.data.spec import ISIC2024_TRAIN_ONLY, PRESETS
+from skinfeat.data.presets import ISIC2024_TRAIN_ONLY, PRESETS
 from skinfeat.data.synthetic import make_synthetic
 
 from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from skinfeat.cli import main
 from skinfeat.data.datasets import DataError, detect, load_dataset
-from skinfeat.data.spec import PRESETS, DatasetSpec, SpecError, load_spec
+from skinfeat.data.presets import PRESETS
+from skinfeat.data.spec import DatasetSpec, SpecError, load_spec
 from skinfeat.data.synthetic import make_synthetic
 
 from conftest import TINY

@@ -11,7 +11,8 @@ import pytest
 
 from skinfeat.data.datasets import load_dataset
 from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.data.spec import PRESETS, SpecError
+from skinfeat.data.presets import PRESETS
+from skinfeat.data.spec import SpecError
 from skinfeat.evaluate.subgroup_fields import (analyse_subgroups, band, fit_bands,
                                                subgroup_columns)
 from skinfeat.evaluate.subgroup_plot import save_forest_plots

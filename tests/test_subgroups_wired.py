@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from skinfeat.cli import main
-from skinfeat.data.spec import PRESETS
+from skinfeat.data.presets import PRESETS
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

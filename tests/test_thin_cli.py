@@ -12,7 +12,7 @@ COMMANDS = sorted((PACKAGE / "commands").glob("*.py")) + [PACKAGE / "cli.py"]
 
 # (importing module, imported module): why it is not an API call.
 ALLOWED = {
-    ("skinfeat.commands.common", "skinfeat.data.spec"):
+    ("skinfeat.commands.common", "skinfeat.data.presets"):
         "PRESETS: the choices of --preset, needed when the option is built",
     ("skinfeat.commands.common", "skinfeat.embed.backbone"):
         "DEFAULT_BACKBONE: the default of --backbone",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..data.spec import PRESETS
+from ..data.presets import PRESETS
 from ..embed.backbone import DEFAULT_BACKBONE
 
 DEFAULT_CACHE_DIR = Path("cache")

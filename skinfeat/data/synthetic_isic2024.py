@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .spec import ISIC2024_NUMERIC
+from .presets import ISIC2024_NUMERIC
 
 SITES = ("posterior torso", "anterior torso", "lower extremity", "upper extremity", "head/neck")
 LOCATIONS = {"posterior torso": "Torso Back", "anterior torso": "Torso Front",

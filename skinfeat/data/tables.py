@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SkinfeatError
-from .spec import PRESETS, DatasetSpec
+from .presets import PRESETS
+from .spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..data.spec import PRESETS, DatasetSpec
+from ..data.presets import PRESETS
+from ..data.spec import DatasetSpec
 from .model_text import model_words, random_note, stopping_text
 
 HEADING = "## Reporting checklist (CLEAR Derm)"

@@ -20,7 +20,8 @@ from ..learn.cv import iter_folds
 from ..learn.head import one_thread
 from ..learn.train import align_embeddings, as_dataset, check_inputs, fit_split
 from ..learn.tune import (Search, TuneConfig, _search_worker, open_study, protocol_key,
-                          search, storage_of, suggest, trial_recipe)
+                          search, suggest, trial_recipe)
+from ..learn.tune_storage import storage_of
 
 
 def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: TuneConfig, *,
