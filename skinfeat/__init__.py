@@ -8,16 +8,10 @@ Stage one (``extract``) embeds every image once into an HDF5 cache; stage two (`
 from __future__ import annotations
 
 from .errors import SkinfeatError
+from .public import PUBLIC
 from .version import __version__
 
-__all__ = ["CVResult", "CompareResult", "Dataset", "DatasetSpec", "EmbeddingCache",
-           "EvaluationResult", "FitResult", "FusionHeadClassifier", "HeadConfig",
-           "ImagePrediction", "LGBMConfig", "LinearConfig", "Model", "Predictions", "Recipe",
-           "RunConfig", "RunSummary", "SkinfeatError", "StageTwoModel", "Task",
-           "backbones", "check_dataset", "compare", "cross_validate",
-           "download_ham10000", "evaluate_model", "extract", "fit", "load_dataset",
-           "load_model", "make_recipe", "merge_caches", "model_configs", "model_names", "open_cache", "register_model", "run_demo",
-           "serve", "tune", "unpack", "weights_location", "write_card", "__version__"]
+__all__ = list(PUBLIC)
 
 
 def __getattr__(name: str):

@@ -31,7 +31,8 @@ from .data.datasets import Dataset, load_dataset
 from .data.spec import DatasetSpec, Task
 from .deploy.decision import Decision, calibration_text
 from .embed.backbone import DEFAULT_BACKBONE
-from .errors import InputError
+from .errors import InputError, SkinfeatError  # noqa: F401  (SkinfeatError: public)
+from .public import PUBLIC
 
 if TYPE_CHECKING:   # names of the annotations; at run time they load lazily (_LAZY)
     from .deploy.explain import Explanation
@@ -664,6 +665,4 @@ def compare(data: Dataset | PathLike, caches: Caches, *,
     return CompareResult(res["table"], metric, res["reference"], res, folder.path, folder)
 
 
-from . import __all__ as _package_all  # noqa: E402  (the one list: the package's)
-
-__all__ = [name for name in _package_all if name != "__version__"]
+__all__ = [name for name in PUBLIC if name != "__version__"]   # the one list: the package's

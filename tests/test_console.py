@@ -87,7 +87,7 @@ def test_demo_help_does_not_promise_int8():
 
 @pytest.fixture(scope="module")
 def bf16_run(synth_table, tmp_path_factory):
-    from skinfeat.embed.backbone import WeightSource
+    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import extract
     from skinfeat.learn.head import HeadConfig
     from skinfeat.learn.runconfig import RunConfig
@@ -96,7 +96,7 @@ def bf16_run(synth_table, tmp_path_factory):
     extract(synth_table, root / "c.h5", backbone=TINY, weights=WeightSource("random"),
             precision="bf16", device="cpu", num_workers=0)
     fit_run(synth_table, root / "c.h5", root / "run",
-            RunConfig(seed=0, model="head", head=HeadConfig(seed=0, max_epochs=2)))
+            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=2)))
     return root / "run"
 
 

@@ -117,7 +117,7 @@ def film_run(synth_table, synth_cache, tmp_path_factory):
     from skinfeat.workflows.fit import fit_run
     out = tmp_path_factory.mktemp("film") / "run"
     fit_run(synth_table, synth_cache, out,
-            RunConfig(seed=0, model="head", head=HeadConfig(seed=0, head="film", max_epochs=6)))
+            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, head="film", max_epochs=6)))
     return out
 
 
@@ -136,7 +136,7 @@ def test_onnx_decision_output_equals_predict(which, ship_runs, skewed_run, film_
     pytest.importorskip("onnxruntime")
     from skinfeat.deploy.export import meta_inputs, onnx_outputs
     from skinfeat.deploy.predict import Predictor
-    from skinfeat.embed.backbone import preprocess
+    from skinfeat.embed.transform import preprocess
     run = {"head": ship_runs["head"], "skewed": skewed_run, "film": film_run,
            "ensemble": cv_ensemble}[which]
     graph = tmp_path / "m.onnx"

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, constants
 
 import skinfeat
 from skinfeat.deploy.bundle_config import BundleError
-from skinfeat.evaluate.checklist import rewrite_card
+from skinfeat.evaluate.card import rewrite_card
 from skinfeat.evaluate.hub_card import licence_of
 
 

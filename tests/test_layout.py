@@ -1,7 +1,7 @@
 """The package's import direction, top to bottom only (STYLE.md):
 
     cli, commands  ->  api, demo  ->  workflows  ->  deploy  ->  learn, evaluate  ->  embed, data
-    ->  schema, atomic, version, errors
+    ->  schema, atomic, version, errors, public
 
 A module may import its own layer and any layer below; an import of a higher layer fails here,
 naming the module and what it imports. ``learn`` and ``evaluate`` share a layer, but only
@@ -18,7 +18,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "skinfeat"
 LAYERS = [("cli", "commands"), ("api", "demo", "__init__"), ("workflows",), ("deploy",),
-          ("learn", "evaluate"), ("embed", "data"), ("schema", "atomic", "version", "errors")]
+          ("learn", "evaluate"), ("embed", "data"), ("schema", "atomic", "version", "errors", "public")]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 ONE_WAY = {("evaluate", "learn"), ("data", "embed")}   # (importer, imported) refused
 

@@ -15,8 +15,10 @@ def fit(table, caches, out, **changes):
     from skinfeat.learn.runconfig import RunConfig
     from skinfeat.workflows.fit import fit_run
     head = changes.pop("head", HeadConfig(seed=0, max_epochs=3))
-    fit_run(table, caches, out, RunConfig(seed=0, head=head, **changes))
-    return (out / "report.md").read_text(), (out / "MODEL_CARD.md").read_text(), \
+    if changes.get("model", "head") == "head":
+        changes["params"] = head
+    fit_run(table, caches, out, RunConfig(seed=0, **changes))
+    return (out / "report.md").read_text(), (out / "README.md").read_text(), \
         json.loads((out / "metrics.json").read_text())
 
 

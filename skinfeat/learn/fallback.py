@@ -10,7 +10,7 @@ absent-column values all encode as missing (``MetadataEncoder.missing_mask``).
 In ``fit-head`` (and a ``cv`` without the image input set) the fallback trains as an extra
 member of the fused heads' batched fit (``head_batch.fit_heads`` takes one recipe for all
 members): the fused architecture given all-zero metadata. Zero inputs make its metadata branch
-a constant vector, so ``image_only`` folds that constant into the first dense layer's bias
+a constant vector, so ``HeadModel.image_only`` folds that constant into the first dense layer's bias
 (and a FiLM gate's constant scale and shift into its weights): an exact ``inputs="image"``
 head, stored and loaded like any other. A ``cv`` that runs the image input set reuses each
 fold's image-only model instead (no extra training).
@@ -20,10 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from .calibration import Calibrator
-from .head import FusionHead, film_gate
 from .models import model_class
 from .protocol import StageTwoModel, with_fields
 from .runconfig import RunConfig
@@ -65,29 +63,6 @@ def image_part(part: tuple) -> tuple:
 def image_recipe(recipe: RunConfig) -> RunConfig:
     """The fallback's recipe: the fused recipe on the image alone (its bundle's ``run``)."""
     return replace(recipe, fallback=False, params=with_fields(recipe.params, inputs="image"))
-
-
-@torch.no_grad()
-def image_only(model, embed_dim: int, n_classes: int):
-    """A fused head (``HeadModel``) trained on all-zero metadata, as the ``inputs="image"``
-    head it is: its metadata branch gives the constant ``m = meta_mlp(0)``, folded into the
-    dense layer (exact up to float rounding); ``HeadModel.image_only``."""
-    net, cfg = model.net, {**model.config_dict(), "inputs": "image"}
-    zero = torch.zeros(1, net.meta_mlp.fc1.in_features)
-    m = net.meta_mlp(zero)[0]
-    weight, bias = net.fuse.fc.weight, net.fuse.fc.bias
-    w_image, w_meta = weight[:, :embed_dim], weight[:, embed_dim:]
-    new_bias = bias + w_meta @ m
-    if hasattr(net, "film"):   # x * film_gate(gamma) + beta, gamma and beta constant
-        gamma, beta = net.film(m[None])[0].chunk(2)
-        new_bias = new_bias + w_image @ beta
-        w_image = w_image * film_gate(gamma)[None, :]
-    out = FusionHead.from_config(embed_dim, net.meta_mlp.fc1.in_features, n_classes, cfg)
-    out.fuse.fc.load_state_dict({"weight": w_image.clone(), "bias": new_bias.clone()})
-    out.classifier.load_state_dict(net.classifier.state_dict())
-    out.eval()
-    return type(model).fitted(replace(model.config, inputs="image"), out, model.best_epoch_,
-                              model.epochs_run_, model.class_weights_)
 
 
 def combine(rows: np.ndarray, fused: tuple[np.ndarray, ...],

@@ -6,11 +6,13 @@ heads of one config train as one batched network through the one training loop
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
-from .head import FusionHead, HeadConfig, head_logits, named_state
+from .head import FusionHead, HeadConfig, film_gate, head_logits, named_state
 from .protocol import Part, StageTwoModel, default_classes
 
 
@@ -91,6 +93,24 @@ class HeadModel(StageTwoModel):
     def torch_module(self) -> FusionHead:
         return self.net
 
+    @torch.no_grad()
     def image_only(self, embed_dim: int, n_classes: int) -> "HeadModel":
-        from .fallback import image_only
-        return image_only(self, embed_dim, n_classes)
+        """This fused head, trained on all-zero metadata (learn/fallback.py), as the
+        ``inputs="image"`` head it is: its metadata branch gives the constant
+        ``m = meta_mlp(0)``, folded into the dense layer (exact up to float rounding)."""
+        net, cfg = self.net, {**self.config_dict(), "inputs": "image"}
+        zero = torch.zeros(1, net.meta_mlp.fc1.in_features)
+        m = net.meta_mlp(zero)[0]
+        weight, bias = net.fuse.fc.weight, net.fuse.fc.bias
+        w_image, w_meta = weight[:, :embed_dim], weight[:, embed_dim:]
+        new_bias = bias + w_meta @ m
+        if hasattr(net, "film"):   # x * film_gate(gamma) + beta, gamma and beta constant
+            gamma, beta = net.film(m[None])[0].chunk(2)
+            new_bias = new_bias + w_image @ beta
+            w_image = w_image * film_gate(gamma)[None, :]
+        out = FusionHead.from_config(embed_dim, net.meta_mlp.fc1.in_features, n_classes, cfg)
+        out.fuse.fc.load_state_dict({"weight": w_image.clone(), "bias": new_bias.clone()})
+        out.classifier.load_state_dict(net.classifier.state_dict())
+        out.eval()
+        return type(self).fitted(replace(self.config, inputs="image"), out, self.best_epoch_,
+                                 self.epochs_run_, self.class_weights_)
