@@ -17,8 +17,10 @@ def progress_bar(desc: str, unit: str = "img"):
 
 
 def weights_options(f):
-    f = click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
-                     help="Local checkpoint for the backbone (no network needed).")(f)
+    f = click.option("--weights-file", type=click.Path(exists=True),
+                     help="Offline: a model folder (as --backbone local-dir:FOLDER, which is "
+                     "the first choice: the folder's own config), or a bare checkpoint for "
+                     "--backbone's default config.")(f)
     f = click.option("--weights", type=click.Choice(["pretrained", "random"]), default="pretrained",
                      show_default=True, help="ImageNet weights via timm/HF hub, or seeded random "
                      "init (tests, offline smoke runs).")(f)

@@ -33,6 +33,12 @@ RESIZE_MODES = ("squash", "crop")
 MAX_IMAGE_PIXELS = 89_478_485
 
 
+# The offline routes, in the order every message names them: a model folder first (it carries
+# its own config; a bare checkpoint is loaded into the library's default config for the name).
+OFFLINE_ROUTES = ("model folder: --backbone local-dir:FOLDER (timm, open_clip or transformers; "
+                  "or open_clip:FOLDER, hf:FOLDER), or a bare checkpoint: --weights-file PATH")
+
+
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be loaded (offline, no cache)."""
 
@@ -73,6 +79,9 @@ def resolve_weights(weights: str = "pretrained", weights_file: str | Path | None
                     seed: int = 0) -> WeightSource:
     if weights_file is not None:
         path = Path(weights_file)
+        if path.is_dir():   # a model folder: the local-dir route (``encoders.resolve_backbone``)
+            from .encoders.local import folder_sha256
+            return WeightSource("local", str(path.resolve()), folder_sha256(path))
         if not path.is_file():
             raise FileNotFoundError(f"{path}: weights file not found")
         return WeightSource("file", str(path.resolve()), sha256_file(path))
@@ -165,9 +174,9 @@ def create_backbone(name: str, source: WeightSource) -> torch.nn.Module:
 def _offline_message(name: str, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     first = first if len(first) <= 120 else first[:117] + "..."
-    return (f"pretrained weights for {name} could not be loaded ({first}); "
-            "connect to the network once, or pass --weights-file PATH (a local checkpoint), "
-            "or --weights random for a smoke test")
+    return (f"pretrained weights for {name} could not be loaded ({first}); offline, pass a "
+            f"{OFFLINE_ROUTES}, or connect to the network once, or --weights random for a smoke "
+            "test")
 
 
 @dataclass(frozen=True)
