@@ -100,3 +100,21 @@ def find_cache(data: str) -> Path:
         raise click.UsageError(f"pass --cache: {len(hits)} candidate caches for {data} in "
                                f"{DEFAULT_CACHE_DIR}/ ({', '.join(map(str, hits)) or 'none'})")
     return hits[0]
+
+
+crossing_option = click.option(
+    "--crossing-groups", type=click.Choice(["refuse", "drop", "majority"]), default="refuse",
+    show_default=True, help="With --split by:COLUMN, the groups (lesions, patients) whose "
+    "images sit in more than one value of COLUMN: refuse the split, drop those images, or "
+    "move each group to its majority value; the count is printed and the images listed in "
+    "OUT/crossing_groups.csv.")
+
+
+def settle_crossing(data, split, how: str):
+    """``data`` with ``--crossing-groups`` applied, and the note to print and save (or None)."""
+    from ..data.crossing import settle_crossing_groups
+
+    data, note = settle_crossing_groups(data, split, how)
+    if note is not None:
+        click.echo(note.describe())
+    return data, note

@@ -90,6 +90,11 @@ class CVConfig:
                                  f"expected from {', '.join(allowed)}")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
+        repeated = sorted({s for s in self.seeds if list(self.seeds).count(s) > 1})
+        if repeated:   # one run reported as several, with a spread of 0 across "seeds"
+            raise ValueError(f"--seeds {','.join(map(str, self.seeds))}: seed(s) "
+                             f"{', '.join(map(str, repeated))} given more than once; give "
+                             "each seed once")
 
     def to_dict(self) -> dict:
         """The protocol's fields and the recipe nested under ``"recipe"``."""

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..backbone import OFFLINE_ROUTES, WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
-from .local import detect_family, folder_sha256, timm_folder_name  # noqa: F401
+from .local import (CONTENT_SUFFIXES, content_files, detect_family, folder_sha256,  # noqa: F401
+                    timm_folder_name)
 
 __all__ = ["FamilyEncoder", "BackboneRef", "parse_backbone", "resolve_backbone", "build_family",
            "family_of", "local_weight_source", "list_backbones", "installed_families",
@@ -129,10 +130,47 @@ def build_family(name: str, source: WeightSource):
         from .hf_family import build
     try:
         return build(rest, source.kind, source.file, source.seed)
+    except Exception as exc:
+        if source.kind not in ("local", "file") or isinstance(exc, OSError):
+            raise
+        # A folder or checkpoint that loads into a traceback: name the file or the folder.
+        raise WeightsUnavailable(unloadable(Path(str(source.file)), exc)) from exc
     except OSError as exc:   # the hub unreachable, a file missing
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise WeightsUnavailable(f"{name}: weights could not be loaded ({first}); offline, "
                                  f"pass a {OFFLINE_ROUTES}, or connect once") from exc
+
+
+def unloadable(where: Path, exc: BaseException) -> str:
+    """One line for a model folder (or checkpoint) whose load failed: the weight file that is
+    unreadable (an interrupted copy), else a config that does not fit the weights."""
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    if "ignore_mismatched_sizes" in first:   # transformers' pointer to its (silenced) report
+        first = "parameter shapes differ from the config's"
+    files = [where] if where.is_file() else \
+        [p for p in content_files(where) if p.suffix in CONTENT_SUFFIXES]
+    bad = next((p for p in files if not weights_readable(p)), None)
+    if bad is not None:
+        return (f"{bad}: unreadable weight file (truncated or corrupt, e.g. an interrupted "
+                f"copy: {first}); copy it again")
+    return (f"{where}: the model config does not fit its weights ({first}); the config and "
+            "the weight files must come from one model")
+
+
+def weights_readable(path: Path) -> bool:
+    """Can a weight file's tensors be read (safetensors header and sizes, or torch's zip)?"""
+    import torch
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        else:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return True
 
 
 def require_family(family: str) -> None:
