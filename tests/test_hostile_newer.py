@@ -11,7 +11,10 @@ import pytest
 
 from conftest import TINY
 from hostile import refused
-from test_truthful_cli import HEAD, context_run, write_cache  # noqa: F401 (a fixture)
+import test_truthful_cli as truthful
+from test_truthful_cli import HEAD, write_cache
+
+context_run = truthful.context_run   # the --group-context run fixture
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import EXTRACT_TINY, run_cli
-from hostile import ok, refused, snapshot
+from hostile import ok, refused
 
 DIM = 16
 HEAD = ("--models", "head", "--max-epochs", "2", "--folds", "3", "--jobs", "1")

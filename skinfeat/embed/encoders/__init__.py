@@ -107,8 +107,8 @@ def _weights_folder(spec: str, ref: BackboneRef,
             raise
         return ref, weights   # a bare checkpoint: loaded into the name's default config
     local = parse_backbone(f"local-dir:{folder}")
-    arch = (lambda name: name.split(":")[-1].split(".")[0])
-    if family != ref.family or (family == "timm" and arch(local.name) != arch(ref.name)):
+    if family != ref.family or (family == "timm" and
+                                local.name.split(".")[0] != ref.name.split(".")[0]):
         raise WeightsUnavailable(
             f"--weights-file {path}: is {'in ' if path != folder else ''}a {family} model folder "
             f"for {local.name}, not for --backbone {spec}; pass --backbone local-dir:{folder} "
