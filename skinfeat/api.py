@@ -182,12 +182,13 @@ def open_cache(path: PathLike) -> EmbeddingCache:
     return out
 
 
-def merge_caches(inputs: Sequence[PathLike], out: PathLike) -> EmbeddingCache:
+def merge_caches(inputs: Sequence[PathLike], out: PathLike, *,
+                 overwrite: bool = False) -> EmbeddingCache:
     """Shard caches of one identity merged into ``out`` (an image in several is kept once when
-    its embeddings agree)."""
+    its embeddings agree); an existing ``out`` is refused unless ``overwrite``."""
     from .embed.cache import merge_caches as merge
 
-    return EmbeddingCache(Path(out), merge([str(p) for p in inputs], out))
+    return EmbeddingCache(Path(out), merge([str(p) for p in inputs], out, overwrite))
 
 
 def weights_location(backbone: str = DEFAULT_BACKBONE) -> tuple[str | None, bool]:

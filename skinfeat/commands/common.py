@@ -21,8 +21,10 @@ def progress_bar(desc: str, unit: str = "img", total: int | None = None):
 
 
 def weights_options(f):
-    f = click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
-                     help="Local checkpoint for the backbone (no network needed).")(f)
+    f = click.option("--weights-file", type=click.Path(exists=True),
+                     help="Offline: a model folder (as --backbone local-dir:FOLDER, which is "
+                     "the first choice: the folder's own config), or a bare checkpoint for "
+                     "--backbone's default config.")(f)
     f = click.option("--weights", type=click.Choice(["pretrained", "random"]), default="pretrained",
                      show_default=True, help="ImageNet weights via timm/HF hub, or seeded random "
                      "init (tests, offline smoke runs).")(f)
@@ -102,3 +104,21 @@ def find_cache(data: str) -> Path:
         raise click.UsageError(f"pass --cache: {len(hits)} candidate caches for {data} in "
                                f"{DEFAULT_CACHE_DIR}/ ({', '.join(map(str, hits)) or 'none'})")
     return hits[0]
+
+
+crossing_option = click.option(
+    "--crossing-groups", type=click.Choice(["refuse", "drop", "majority"]), default="refuse",
+    show_default=True, help="With --split by:COLUMN, the groups (lesions, patients) whose "
+    "images sit in more than one value of COLUMN: refuse the split, drop those images, or "
+    "move each group to its majority value; the count is printed and the images listed in "
+    "OUT/crossing_groups.csv.")
+
+
+def settle_crossing(data, split, how: str):
+    """``data`` with ``--crossing-groups`` applied, and the note to print and save (or None)."""
+    from ..data.crossing import settle_crossing_groups
+
+    data, note = settle_crossing_groups(data, split, how)
+    if note is not None:
+        click.echo(note.describe())
+    return data, note

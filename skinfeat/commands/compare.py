@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import load_data, pop_dataset_options, progress_bar
+from .common import load_data, pop_dataset_options, progress_bar, settle_crossing
 from .stage_two import (caches_of, cv_options, cv_recipe, model_list, recipe_options,
                         stage_two_inputs)
 
@@ -24,13 +24,14 @@ from .stage_two import (caches_of, cv_options, cv_recipe, model_list, recipe_opt
 @click.option("--n-boot", type=int, default=2000, show_default=True,
               help="Bootstrap resamples of whole groups (lesions / patients).")
 @recipe_options
-def compare(data_dir, caches, out, split, folds, seeds, jobs, models, inputs, metric, n_boot,
-            config_file, **kwargs) -> None:
+def compare(data_dir, caches, out, split, crossing_groups, folds, seeds, jobs, models, inputs,
+            metric, n_boot, config_file, **kwargs) -> None:
     """Each --cache (one encoder each, not fused) x each model on identical grouped folds; the
     first entry is the reference the others are paired against (group bootstrap)."""
     from ..api import compare as run_compare
 
-    table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
+    table, crossing = settle_crossing(load_data(data_dir, pop_dataset_options(kwargs),
+                                                images=False), split, crossing_groups)
     recipe, params = cv_recipe(config_file, kwargs, models)
     bar = progress_bar("compare", unit="fit")
     res = run_compare(table, caches_of(caches, data_dir), models=models, inputs=inputs,
@@ -38,6 +39,8 @@ def compare(data_dir, caches, out, split, folds, seeds, jobs, models, inputs, me
                       split=split, n_boot=n_boot, jobs=jobs, out=out, progress=bar.update,
                       on_start=lambda n: setattr(bar, "total", n))
     bar.close()
+    if crossing is not None:
+        crossing.save(out)
     if res.raw["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
     click.echo(f"{res.raw['dataset']}: {res.raw['folds']} folds x {len(res.raw['seeds'])} "

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..embed.backbone import DEFAULT_BACKBONE
+from ..embed.backbone import DEFAULT_BACKBONE, OFFLINE_ROUTES
 from .common import dataset_options, load_data, pop_dataset_options, progress_bar
 
 
@@ -66,11 +66,12 @@ def weights(backbone: str) -> None:
 
     hub_id, cached = weights_location(backbone)
     if hub_id is None:
-        click.echo(f"{backbone}: no pretrained weights known to timm; use --weights-file PATH")
+        click.echo(f"{backbone}: no pretrained weights known to timm; offline, pass a "
+                   f"{OFFLINE_ROUTES}")
         return
     click.echo(f"{backbone}: Hugging Face hub repo {hub_id}")
     click.echo("cached locally: yes" if cached else
-               "cached locally: no (fetched on first use; offline, pass --weights-file PATH)")
+               f"cached locally: no (fetched on first use; offline, pass a {OFFLINE_ROUTES})")
 
 
 @click.group()

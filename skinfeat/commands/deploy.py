@@ -23,9 +23,10 @@ def predictor_options(f):
     for opt in reversed([
         click.option("--model", "run", required=True, type=click.Path(exists=True, file_okay=False),
                      help="A run folder written by fit-head (config.json + weights)."),
-        click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
-                     help="Local backbone checkpoint (required when the model was trained on "
-                     "embeddings from one; its sha256 must match)."),
+        click.option("--weights-file", type=click.Path(exists=True),
+                     help="Where the backbone is on this machine: the model folder (a "
+                     "local-dir: encoder that has moved) or the checkpoint the model was "
+                     "trained with; its sha256 must match."),
         click.option("--device", type=click.Choice(DEVICES), default="auto",
                      show_default=True),
         click.option("--batch-size", type=int, default=32, show_default=True),

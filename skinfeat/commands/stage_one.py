@@ -130,11 +130,12 @@ def cache_info(path: str) -> None:
 @cache.command("merge")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def cache_merge(inputs: tuple[str, ...], out: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (refused otherwise).")
+def cache_merge(inputs: tuple[str, ...], out: str, overwrite: bool) -> None:
     """Merge shard caches of one identity into OUT."""
     from ..api import merge_caches
 
-    c = merge_caches(list(inputs), out).contents
+    c = merge_caches(list(inputs), out, overwrite=overwrite).contents
     click.echo(f"{out}: {len(c.image_ids)} embeddings merged from {len(inputs)} file(s)")
 
 

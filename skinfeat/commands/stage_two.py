@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import dataset_options, find_cache, load_data, pop_dataset_options, progress_bar
+from .common import (crossing_option, dataset_options, find_cache, load_data,
+                     pop_dataset_options, progress_bar, settle_crossing)
 
 # Help for the recipe's flags; every field of HeadConfig and LGBMConfig gets a flag, so a
 # field added there is settable at once (and from --config).
@@ -175,9 +176,10 @@ subgroups_option = click.option(
 @click.option("--select-on", type=click.Choice(["val", "test"]),
               help="Split that picks the epoch; 'test' reproduces the reference's flaw "
               "[default: val].")
+@crossing_option
 @subgroups_option
 @recipe_options
-def fit_head(data_dir, caches, out, config_file, subgroups, **kwargs) -> None:
+def fit_head(data_dir, caches, out, config_file, subgroups, crossing_groups, **kwargs) -> None:
     """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
     from ..api import fit
 
@@ -186,7 +188,10 @@ def fit_head(data_dir, caches, out, config_file, subgroups, **kwargs) -> None:
     inputs = kwargs.pop("inputs")
     head["inputs"] = lgbm["inputs"] = inputs
     recipe = run_config(config_file, kwargs, head, lgbm)
+    data, crossing = settle_crossing(data, recipe.split, crossing_groups)
     res = fit(data, caches_of(caches, data_dir), recipe=recipe, out=out, subgroups=subgroups)
+    if crossing is not None:
+        crossing.save(out)
     print_run_summary(res.metrics, res.baseline, res.info, out)
 
 
@@ -246,6 +251,7 @@ def cv_options(f):
                      help="group (or lesion): grouped folds (honest); image: the reference's "
                      "leaky image-level folds; by:COLUMN: one fold per value of COLUMN "
                      "(leave-one-source-out, e.g. by:dataset)."),
+        crossing_option,
         subgroups_option,
         click.option("--folds", type=int, default=5, show_default=True,
                      help="Stratified folds, grouped by the dataset's groups unless --split image."),
@@ -283,12 +289,13 @@ def cv_recipe(config_file, kwargs: dict, models: tuple[str, ...]):
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
               "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
 @recipe_options
-def cv(data_dir, caches, out, split, subgroups, folds, seeds, jobs, inputs, models,
-       save_models, config_file, **kwargs) -> None:
+def cv(data_dir, caches, out, split, crossing_groups, subgroups, folds, seeds, jobs, inputs,
+       models, save_models, config_file, **kwargs) -> None:
     """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
     from ..api import cross_validate
 
-    table = load_data(data_dir, pop_dataset_options(kwargs), images=False)
+    table, crossing = settle_crossing(load_data(data_dir, pop_dataset_options(kwargs),
+                                                images=False), split, crossing_groups)
     recipe, params = cv_recipe(config_file, kwargs, models)
     bar = progress_bar("cv", unit="fit")
     res = cross_validate(table, caches_of(caches, data_dir), folds=folds, models=models,
@@ -297,6 +304,8 @@ def cv(data_dir, caches, out, split, subgroups, folds, seeds, jobs, inputs, mode
                          subgroups=subgroups,
                          on_start=lambda n: setattr(bar, "total", n))
     bar.close()
+    if crossing is not None:
+        crossing.save(out)
     print_cv_summary(res.raw, out)
 
 

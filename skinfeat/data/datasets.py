@@ -256,6 +256,21 @@ def _join_metadata(raw: pd.DataFrame, root: Path, spec: DatasetSpec, image_col: 
     return raw.join(meta[keep], on=image_col)
 
 
+def _check_named_fields(raw: pd.DataFrame, spec: DatasetSpec, source: Path, columns: dict,
+                        spec_arg) -> None:
+    """A metadata field the user named (--numeric / --categorical, or a spec file) that the
+    table lacks is an error, like a missing group column: a typo (``agee``) would otherwise
+    train as a field missing on every row. A preset's fields may be absent (no metadata file)."""
+    named = [*(columns.get("numeric") or ()), *(columns.get("categorical") or ())]
+    if isinstance(spec_arg, (str, Path)):
+        named += list(spec.metadata)
+    absent = [c for c in dict.fromkeys(f.lower() for f in named) if c not in raw.columns]
+    if absent:
+        raise DataError(f"{source}: metadata field(s) {', '.join(absent)} not in the table "
+                        f"(columns: {', '.join(raw.columns)}); check the spelling of "
+                        "--numeric / --categorical (spec file: numeric, categorical)")
+
+
 def apply_task(dx: pd.Series, classes: tuple[str, ...], task: Task | None,
                spec: DatasetSpec) -> tuple[pd.Series, tuple[str, ...], Task]:
     """Class codes and class list for ``task``; a two-class set with a positive class is binary."""
@@ -283,6 +298,7 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
 
     ``images=False`` reads the tables alone (``path`` left blank): enough for stage two, which
     needs the labels, groups and metadata beside a cache, not the image files."""
+    spec_arg = spec
     spec, source = resolve_spec(path, preset, spec, **columns)
     root = source.parent
     index = None
@@ -328,6 +344,7 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     table["dx"], classes, task = apply_task(table["dx"], classes, Task.parse(task) if
                                             isinstance(task, str) else task, spec)
     table["label"] = table["dx"].map({c: i for i, c in enumerate(classes)}).astype(np.int64)
+    _check_named_fields(raw, spec, source, columns, spec_arg=spec_arg)
     meta = clean_metadata(raw.reset_index(drop=True), spec, source)
     table = pd.concat([table, meta], axis=1)
     # Subgroup-only columns (acquisition source, how the label was confirmed) are kept beside

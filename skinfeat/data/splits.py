@@ -138,8 +138,8 @@ def source_values(table: pd.DataFrame, kind: "str | SplitKind") -> list[str]:
         raise InputError(f"--split {split}: {len(crossing)} group(s) ({n_images} images) have "
                          f"images in more than one {col} value, e.g. "
                          f"{', '.join(map(str, crossing.index[:3]))}; a held-out value would "
-                         "share them with training (leave them out first: "
-                         "splits.drop_crossing_groups)")
+                         "share them with training (pass --crossing-groups drop or majority; "
+                         "Python: splits.drop_crossing_groups)")
     found = sorted(set(values))
     if len(found) < 2:
         raise InputError(f"--split {split}: {col} has one value ({found[0]}); holding it out "

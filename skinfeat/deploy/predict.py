@@ -193,7 +193,17 @@ class Predictor(LoadedBundle):
                             f"(--group-context), so the table needs the group column "
                             f"{wanted}: each lesion is scored among its group's "
                             "others in the same table")
-        return table[col].to_numpy(dtype=object)
+        groups = table[col].to_numpy(dtype=object)
+        blank = pd.isna(groups) | (pd.Series(groups, dtype=object).astype(str).str.strip()
+                                   == "").to_numpy()
+        if len(groups) and blank.all():
+            raise DataError(f"{source}: the model uses patient context features "
+                            f"(--group-context), but column {col} is blank on all "
+                            f"{len(groups)} row(s); fill in each row's {col}")
+        if blank.any():   # as in training: a row without a group is a group of its own
+            log.warning("%s: %d of %d row(s) have a blank %s: each is scored as a %s of one",
+                        source, int(blank.sum()), len(groups), col, col.removesuffix("_id"))
+        return groups
 
     def logits(self, image: np.ndarray, table: pd.DataFrame,
                groups: np.ndarray | None = None) -> np.ndarray:

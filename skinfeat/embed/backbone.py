@@ -5,9 +5,11 @@ from ``device``. Knows nothing of HAM10000.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from .weights import WeightSource, WeightsUnavailable, hub_reachable, offline_message, \
     pretrained_location
 
@@ -51,12 +53,18 @@ def create_backbone(name: str, source: WeightSource) -> torch.nn.Module:
                                       pretrained_cfg_overlay={"file": source.file}, **kwargs)
         else:
             model = timm.create_model(name, pretrained=True, **kwargs)
-    except RuntimeError as exc:
-        if source.kind == "pretrained" and "Unknown model" not in str(exc):
-            raise WeightsUnavailable(offline_message(name, exc)) from exc
-        raise
     except OSError as exc:  # huggingface_hub raises OSError subclasses when offline
         raise WeightsUnavailable(offline_message(name, exc)) from exc
+    except Exception as exc:
+        if "Unknown model" in str(exc):
+            raise InputError(f"--backbone {name}: timm has no model of that name (skinfeat "
+                             "backbones lists some; timm.list_models() all)") from exc
+        if source.kind == "pretrained" and isinstance(exc, RuntimeError):
+            raise WeightsUnavailable(offline_message(name, exc)) from exc
+        if source.kind in ("file", "local"):   # a truncated or foreign file: name it
+            from .encoders import unloadable
+            raise WeightsUnavailable(unloadable(Path(str(source.file)), exc)) from exc
+        raise
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -216,10 +216,12 @@ class CacheWriter:
         return contents
 
 
-def merge_caches(inputs: list[str | Path], out: str | Path) -> CacheContents:
+def merge_caches(inputs: list[str | Path], out: str | Path,
+                 overwrite: bool = False) -> CacheContents:
     """Merge shard caches that share one identity into ``out``. An image in several inputs is
     kept once when its embeddings agree (up to float rounding: overlapping shards or reruns);
-    different embeddings for one image are an error naming both files (``concat``)."""
+    different embeddings for one image are an error naming both files (``concat``). An
+    existing ``out`` (another encoder's cache, say) is refused unless ``overwrite``."""
     parts = [read_cache(p) for p in inputs]
     base = {k: v for k, v in parts[0].identity.items() if k != "shard"}
     key = {k: v for k, v in comparable(base).items() if k != "shard"}
@@ -236,5 +238,9 @@ def merge_caches(inputs: list[str | Path], out: str | Path) -> CacheContents:
     contents.attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("identity", "format")}
     contents.attrs["failures"] = failures_attr({k: v for k, v in failures.items()
                                                 if k not in done})
+    # after the inputs are checked, so a bad input is named first
+    if Path(out).exists() and not overwrite:
+        raise CacheError(f"{out}: already exists; pass --overwrite to replace it, or another "
+                         "--out")
     write_cache(Path(out), contents)
     return contents

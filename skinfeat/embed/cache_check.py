@@ -110,6 +110,9 @@ def check_contents(c: CacheContents) -> CacheContents:
     if len(emb) != len(ids):
         raise CacheError(f"{src}: 'embedding' has {len(emb)} row(s) but 'image_id' has "
                          f"{len(ids)} id(s); it needs one row per id")
+    if len(ids) == 0:
+        raise CacheError(f"{src}: no rows ('image_id' and 'embedding' are empty); a cache needs "
+                         "at least one embedded image")
     if emb.shape[1] == 0:
         raise CacheError(f"{src}: 'embedding' has width 0 (shape {emb.shape}); each row needs "
                          "at least one value")

@@ -14,6 +14,12 @@ from pathlib import Path
 from ..errors import InputError, MissingFileError, SkinfeatError
 
 
+# The offline routes, in the order every message names them: a model folder first (it carries
+# its own config; a bare checkpoint is loaded into the library's default config for the name).
+OFFLINE_ROUTES = ("model folder: --backbone local-dir:FOLDER (timm, open_clip or transformers; "
+                  "or open_clip:FOLDER, hf:FOLDER), or a bare checkpoint: --weights-file PATH")
+
+
 class WeightsUnavailable(SkinfeatError, RuntimeError):
     """Pretrained weights could not be loaded (offline, no cache)."""
 
@@ -54,6 +60,9 @@ def resolve_weights(weights: str = "pretrained", weights_file: str | Path | None
                     seed: int = 0) -> WeightSource:
     if weights_file is not None:
         path = Path(weights_file)
+        if path.is_dir():   # a model folder: the local-dir route (``encoders.resolve_backbone``)
+            from .encoders.local import folder_sha256
+            return WeightSource("local", str(path.resolve()), folder_sha256(path))
         if not path.is_file():
             raise MissingFileError(f"{path}: weights file not found")
         return WeightSource("file", str(path.resolve()), sha256_file(path))
@@ -99,6 +108,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def offline_message(name: str, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     first = first if len(first) <= 120 else first[:117] + "..."
-    return (f"pretrained weights for {name} could not be loaded ({first}); "
-            "connect to the network once, or pass --weights-file PATH (a local checkpoint), "
-            "or --weights random for a smoke test")
+    return (f"pretrained weights for {name} could not be loaded ({first}); offline, pass a "
+            f"{OFFLINE_ROUTES}, or connect to the network once, or --weights random for a smoke "
+            "test")

@@ -100,6 +100,11 @@ class CVConfig:
                                  f"expected from {', '.join(allowed)}")
         if not self.seeds:
             raise InputError("seeds: give at least one seed")
+        repeated = sorted({s for s in self.seeds if list(self.seeds).count(s) > 1})
+        if repeated:   # one run reported as several, with a spread of 0 across "seeds"
+            raise InputError(f"--seeds {','.join(map(str, self.seeds))}: seed(s) "
+                             f"{', '.join(map(str, repeated))} given more than once; give "
+                             "each seed once")
         return replace(self, split=str(split))
 
     def to_dict(self) -> dict:

@@ -30,9 +30,28 @@ log = logging.getLogger(__name__)
 
 
 def cache_labels(caches: Sequence[str | Path]) -> list[str]:
-    """A short, unique folder name per cache: its file stem (numbered when two stems match)."""
+    """A short, unique folder name per cache: its file stem, numbered by position when two
+    stems match, and numbered again while that collides with another label (``x.h5``,
+    ``d/x.h5``, ``2_x.h5``: 1_x, 2_2_x, 2_x), so no entry overwrites another's results."""
     stems = [Path(c).stem or "cache" for c in caches]
-    return [s if stems.count(s) == 1 else f"{i + 1}_{s}" for i, s in enumerate(stems)]
+    labels: list[str] = []
+    for i, s in enumerate(stems):
+        label = s if stems.count(s) == 1 else f"{i + 1}_{s}"
+        while label in labels or (label != s and label in stems):
+            label = f"{i + 1}_{label}"
+        labels.append(label)
+    return labels
+
+
+def check_caches(caches: Sequence[str]) -> None:
+    """One file given twice would be one encoder compared with itself under two names."""
+    seen: dict[Path, str] = {}
+    for c in caches:
+        key = Path(c).resolve()
+        if key in seen:
+            raise ValueError(f"--cache {c}: the same file as --cache {seen[key]}; give each "
+                             "cache once")
+        seen[key] = c
 
 
 def _read_oof(path: Path) -> pd.DataFrame:
@@ -88,6 +107,10 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     if not caches:
         raise InputError("compare needs at least one cache")
     check_metric(metric, len(data.classes))
+    check_caches(caches)
+    if n_boot < 1:
+        raise ValueError(f"--n-boot {n_boot}: the paired intervals need at least 1 bootstrap "
+                         "resample (2000 is the default)")
     if len(caches) * len(cfg.models) * len(cfg.inputs or ("image",)) < 2:
         raise InputError("compare needs two entries: give several caches or several models")
     out = Path(out)

@@ -67,7 +67,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
 
     out = Path(out)
     data = as_dataset(data)
-    input_sets(cfg, data)   # refused input sets fail before anything is written
+    input_sets(cfg, data)[0].check()   # bad input sets or seeds fail before anything is written
     subgroup_columns(subgroups, data.spec)   # a bad --subgroups fails before the fits
     out.mkdir(parents=True, exist_ok=True)
     contents = read_caches(cache_path)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import MissingFileError
-from ..weights import WeightSource, WeightsUnavailable
+from ..weights import OFFLINE_ROUTES, WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
-from .local import detect_family, folder_sha256, timm_folder_name  # noqa: F401
+from .local import (CONTENT_SUFFIXES, content_files, detect_family, folder_sha256,  # noqa: F401
+                    timm_folder_name)
 
 __all__ = ["FamilyEncoder", "BackboneRef", "parse_backbone", "resolve_backbone", "build_family",
            "family_of", "local_weight_source", "list_backbones", "installed_families",
@@ -81,6 +82,8 @@ def resolve_backbone(spec: str, weights: WeightSource) -> tuple[BackboneRef, Wei
     """The backbone and the weights it will really have: a folder's own weights are ``local``
     (by sha256), never "pretrained from the hub"; random weights keep the folder's config."""
     ref = parse_backbone(spec)
+    if ref.folder is None and weights.kind in ("file", "local"):
+        ref, weights = _weights_folder(spec, ref, weights)
     if ref.folder is not None:
         folder = str(ref.folder.resolve())
         if weights.kind == "pretrained":
@@ -88,6 +91,31 @@ def resolve_backbone(spec: str, weights: WeightSource) -> tuple[BackboneRef, Wei
         if weights.kind == "random":
             return ref, WeightSource("random", folder, seed=weights.seed)
     return ref, weights
+
+
+def _weights_folder(spec: str, ref: BackboneRef,
+                    weights: WeightSource) -> tuple[BackboneRef, WeightSource]:
+    """``--weights-file`` naming a model folder, or a file inside one (config.json beside it):
+    the folder's own config must shape the model (timm's default config for the name has other
+    padding and normalisation: a median cosine of 0.58 to the right embeddings on MobileNetV2),
+    so this is the ``local-dir:`` route; a folder for another model is refused."""
+    path = Path(str(weights.file))
+    folder = path if weights.kind == "local" else path.parent
+    try:
+        family = detect_family(folder)
+    except FileNotFoundError:
+        if weights.kind == "local":
+            raise
+        return ref, weights   # a bare checkpoint: loaded into the name's default config
+    local = parse_backbone(f"local-dir:{folder}")
+    if family != ref.family or (family == "timm" and
+                                local.name.split(".")[0] != ref.name.split(".")[0]):
+        raise WeightsUnavailable(
+            f"--weights-file {path}: is {'in ' if path != folder else ''}a {family} model folder "
+            f"for {local.name}, not for --backbone {spec}; pass --backbone local-dir:{folder} "
+            "(the folder's own config and weights)")
+    return local, weights if weights.kind == "local" else \
+        WeightSource("local", str(folder.resolve()), folder_sha256(folder))
 
 
 def build_family(name: str, source: WeightSource):
@@ -103,11 +131,47 @@ def build_family(name: str, source: WeightSource):
         from .hf_family import build
     try:
         return build(rest, source.kind, source.file, source.seed)
+    except Exception as exc:
+        if source.kind not in ("local", "file") or isinstance(exc, OSError):
+            raise
+        # A folder or checkpoint that loads into a traceback: name the file or the folder.
+        raise WeightsUnavailable(unloadable(Path(str(source.file)), exc)) from exc
     except OSError as exc:   # the hub unreachable, a file missing
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise WeightsUnavailable(f"{name}: weights could not be loaded ({first}); connect once, "
-                                 "or pass a local folder (hf:FOLDER, open_clip:FOLDER) or "
-                                 "--weights-file") from exc
+        raise WeightsUnavailable(f"{name}: weights could not be loaded ({first}); offline, "
+                                 f"pass a {OFFLINE_ROUTES}, or connect once") from exc
+
+
+def unloadable(where: Path, exc: BaseException) -> str:
+    """One line for a model folder (or checkpoint) whose load failed: the weight file that is
+    unreadable (an interrupted copy), else a config that does not fit the weights."""
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    if "ignore_mismatched_sizes" in first:   # transformers' pointer to its (silenced) report
+        first = "parameter shapes differ from the config's"
+    files = [where] if where.is_file() else \
+        [p for p in content_files(where) if p.suffix in CONTENT_SUFFIXES]
+    bad = next((p for p in files if not weights_readable(p)), None)
+    if bad is not None:
+        return (f"{bad}: unreadable weight file (truncated or corrupt, e.g. an interrupted "
+                f"copy: {first}); copy it again")
+    return (f"{where}: the model config does not fit its weights ({first}); the config and "
+            "the weight files must come from one model")
+
+
+def weights_readable(path: Path) -> bool:
+    """Can a weight file's tensors be read (safetensors header and sizes, or torch's zip)?"""
+    import torch
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        else:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return True
 
 
 def require_family(family: str) -> None:
@@ -129,7 +193,7 @@ def local_weight_source(identity: dict, weights_file: str | Path | None = None) 
             raise WeightsUnavailable(
                 f"{identity.get('backbone')}: the local model folder it was made with "
                 f"({identity.get('location')}) is not here; pass --weights-file FOLDER "
-                f"(a copy with sha256 {want[:12]})")
+                f"(the folder where it is now: a copy with sha256 {want[:12]})")
     got = folder_sha256(folder)
     if got != want:
         raise WeightsUnavailable(f"{folder}: content sha256 {got[:12]} does not match the "

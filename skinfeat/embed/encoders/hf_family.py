@@ -125,5 +125,21 @@ def build(name: str, kind: str, file: str | None = None, seed: int = 0) -> HFEnc
             torch.load(file, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     else:
-        model = AutoModel.from_pretrained(where)
+        model = quiet_load(lambda: AutoModel.from_pretrained(where))
     return freeze(HFEncoder(model, processor))
+
+
+def quiet_load(load):
+    """``load()`` without transformers' table-long load report on the console: a config that
+    does not fit its weights is then one line (``encoders.unloadable``), not a report."""
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
