@@ -77,7 +77,8 @@ def test_a_moved_folder_is_found_again_with_weights_file_folder(synth_dir, tmp_p
 
 
 def test_offline_hints_name_local_dir_first():
-    from skinfeat.embed.backbone import WeightSource, WeightsUnavailable, create_backbone
+    from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.weights import WeightSource, WeightsUnavailable
     with pytest.raises(WeightsUnavailable) as exc:
         create_backbone("test_convnext.r160_in1k", WeightSource("pretrained"))
     for text in (str(exc.value),

@@ -5,7 +5,8 @@ import json
 
 import click
 
-from ..embed.backbone import DEFAULT_BACKBONE, OFFLINE_ROUTES
+from ..embed.backbone import DEFAULT_BACKBONE
+from ..embed.weights import OFFLINE_ROUTES
 from .common import dataset_options, load_data, pop_dataset_options, progress_bar
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..atomic import atomic_write
+from ..errors import InputError
 from .datasets import Dataset
 from .splits import parse_split
 
@@ -56,7 +57,7 @@ def settle_crossing_groups(data: Dataset, split, how: str = "refuse"
     """``data`` with the groups that cross a ``by:`` split's column settled by ``how``, and
     what was done (None when nothing was: another split, ``refuse``, no crossing group)."""
     if how not in CROSSING_CHOICES:
-        raise ValueError(f"--crossing-groups {how!r}: use one of {', '.join(CROSSING_CHOICES)}")
+        raise InputError(f"--crossing-groups {how!r}: use one of {', '.join(CROSSING_CHOICES)}")
     kind = parse_split(split)
     if how == "refuse" or not kind.by:
         return data, None

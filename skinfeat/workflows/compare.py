@@ -49,7 +49,7 @@ def check_caches(caches: Sequence[str]) -> None:
     for c in caches:
         key = Path(c).resolve()
         if key in seen:
-            raise ValueError(f"--cache {c}: the same file as --cache {seen[key]}; give each "
+            raise InputError(f"--cache {c}: the same file as --cache {seen[key]}; give each "
                              "cache once")
         seen[key] = c
 
@@ -109,7 +109,7 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     check_metric(metric, len(data.classes))
     check_caches(caches)
     if n_boot < 1:
-        raise ValueError(f"--n-boot {n_boot}: the paired intervals need at least 1 bootstrap "
+        raise InputError(f"--n-boot {n_boot}: the paired intervals need at least 1 bootstrap "
                          "resample (2000 is the default)")
     if len(caches) * len(cfg.models) * len(cfg.inputs or ("image",)) < 2:
         raise InputError("compare needs two entries: give several caches or several models")
