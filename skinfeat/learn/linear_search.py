@@ -161,3 +161,33 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
     scores = {c: float(np.mean(v)) if v else -np.inf for c, v in per_c.items()}
     best = max(cs, key=lambda c: (scores[c], -c))
     return best, scores, k
+
+
+def choose_c_sklearn(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs,
+                     inner_folds: int, seed: int, *, max_iter: int = 1000,
+                     ) -> tuple[float, dict[float, float]]:
+    """The reference: the probe's search before it moved to torch (one sklearn
+    ``StandardScaler + LogisticRegression`` per C and inner fold), for tests and benchmarks."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cs = sorted(cs)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    folds = StratifiedGroupKFold(inner_folds, shuffle=True, random_state=seed).split(x, y, groups)
+    folds = list(folds)
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        for c in cs:
+            scores[c] = float(np.mean([balanced_accuracy_score(y[te], make_pipeline(
+                StandardScaler(), LogisticRegression(C=c, class_weight="balanced",
+                                                     max_iter=max_iter)).fit(x[tr], y[tr])
+                .predict(x[te])) for tr, te in folds]))
+    return max(cs, key=lambda c: (scores[c], -c)), scores
