@@ -2,10 +2,12 @@
 
 The protocol of the foundation-encoder papers' tables: the embedding (with the encoded metadata
 for inputs ``fused``; the metadata alone for ``meta``) standardized on the training rows, then
-scikit-learn's ``LogisticRegression`` (lbfgs, multinomial, balanced class weights). Its inverse
-regularization ``C`` is chosen by an inner grouped CV on the training rows
-(``StratifiedGroupKFold`` over lesions / patients, balanced accuracy); ``val`` is left to
-calibration. Inference is plain numpy on the stored mean, scale, coefficients and intercepts.
+scikit-learn's ``LogisticRegression`` objective (multinomial, balanced class weights; binomial
+for two classes), solved by preconditioned L-BFGS on torch (``linear_search``: the same
+minimizer, about 30x faster than sklearn's search). Its inverse regularization ``C`` is chosen
+by an inner grouped CV on the training rows (``StratifiedGroupKFold`` over lesions / patients,
+balanced accuracy; every C of a fold in one batch); ``val`` is left to calibration. Inference is
+plain numpy on the stored mean, scale, coefficients and intercepts.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 # lesion-grouped 80 % split), 1e-3 was chosen from a grid that started there.
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 ABSENT = -50.0   # the logit of a class the training rows lack (probability ~1e-22)
+FINAL_TOL = 1e-6   # the final fit's gradient tolerance: closer to the optimum than sklearn's 1e-4
 
 
 @dataclass(frozen=True)
@@ -52,44 +55,18 @@ def design(image: np.ndarray | None, meta: np.ndarray, inputs: str) -> np.ndarra
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
-def _logreg(c: float, cfg: LinearConfig):
-    from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(C=c, solver="lbfgs", class_weight="balanced",
-                              max_iter=cfg.max_iter)
-
-
 def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
              cfg: LinearConfig) -> tuple[float, dict[float, float]]:
     """The grid's C with the best mean balanced accuracy over an inner grouped CV (ties: the
-    smaller C, the stronger penalty); the grid's first-best alone when folds cannot be made."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    smaller C, the stronger penalty); the grid's first-best alone when folds cannot be made.
+    Every C of an inner fold is fitted in one torch batch (``linear_search``)."""
+    from .linear_search import choose_c_grouped
 
     cs = sorted(cfg.cs)
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
-    k = min(cfg.inner_folds, len(np.unique(groups)), max(smallest, 2))
-    if len(cs) == 1 or k < 2 or len(np.unique(y)) < 2:
-        return cs[len(cs) // 2], {}
-    folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=cfg.seed).split(x, y, groups))
-    scores = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)   # the small C's converge, big may not
-        warnings.simplefilter("ignore", UserWarning)          # a class absent from an inner fold
-        for c in cs:
-            fold_scores = []
-            for tr, te in folds:
-                if len(np.unique(y[tr])) < 2:
-                    continue
-                pipe = make_pipeline(StandardScaler(), _logreg(c, cfg)).fit(x[tr], y[tr])
-                fold_scores.append(balanced_accuracy_score(y[te], pipe.predict(x[te])))
-            scores[c] = float(np.mean(fold_scores)) if fold_scores else -np.inf
-    best = max(cs, key=lambda c: (scores[c], -c))
+    best, scores, k = choose_c_grouped(x, y, groups, cs, cfg.inner_folds, cfg.seed,
+                                       max_iter=cfg.max_iter)
+    if not scores:
+        return best, scores
     log.info("linear: C=%g chosen by %d-fold grouped CV (balanced accuracy %.3f)", best, k,
              scores[best])
     if len(cs) > 2 and best in (cs[0], cs[-1]):
@@ -114,12 +91,8 @@ class LinearProbe(StageTwoModel):
 
     def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
             n_classes: int | None = None, meta_fields=None) -> "LinearProbe":
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.preprocessing import StandardScaler
-
         from .head import balanced_class_weights
+        from .linear_search import fit_logistic, standardize
 
         cfg = self.config
         cfg.check()
@@ -130,12 +103,15 @@ class LinearProbe(StageTwoModel):
                              "rows)")
         n_classes = default_classes(y, n_classes)
         c, _ = choose_c(x, y, groups, cfg)
-        scaler = StandardScaler().fit(x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            lr = _logreg(c, cfg).fit(scaler.transform(x), y)
-        self._set(c, scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_, lr.classes_,
-                  n_classes)
+        mean, scale = standardize(x)
+        coef, intercept, _ = fit_logistic((x - mean) / scale, y, [c], n_classes,
+                                          max_iter=cfg.max_iter, tol=FINAL_TOL,
+                                          dtype="float64")
+        classes = np.unique(y)
+        coef, intercept = coef[0][classes], intercept[0][classes]
+        if len(classes) == 2:   # sklearn's binary form: one decision value, z1 - z0
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        self._set(c, mean, scale, coef, intercept, classes, n_classes)
         self.class_weights_ = balanced_class_weights(y, n_classes).tolist()
         return self
 
