@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from .version import __version__
 
-__all__ = ["CVResult", "CompareResult", "Dataset", "DatasetSpec", "EmbeddingCache",
+__all__ = ["AuditResult", "CVResult", "CompareResult", "Dataset", "DatasetSpec", "EmbeddingCache",
            "EvaluationResult", "FitResult", "FusionHeadClassifier", "ImagePrediction",
            "Model", "Predictions", "Recipe", "RunConfig", "RunSummary", "Task",
-           "backbones", "check_dataset", "compare", "cross_validate",
+           "audit", "backbones", "check_dataset", "compare", "cross_validate",
            "download_ham10000", "evaluate_model", "extract", "fit", "load_dataset",
            "load_model", "make_recipe", "merge_caches", "open_cache", "run_demo",
            "serve", "tune", "unpack", "weights_location", "write_card", "__version__"]

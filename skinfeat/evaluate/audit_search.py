@@ -1,0 +1,179 @@
+"""Near-duplicate and outlier search on embeddings (pure numpy; faiss only when asked for).
+
+``scan`` is exact: the L2-normalised rows are compared block by block (matrix products of
+``block`` x ``block`` rows, so memory stays at a few ``block``-squared float32 arrays whatever
+the row count), keeping every pair at or above the cosine threshold and each row's ``k`` highest
+cosines to other rows (the k-nearest-neighbour distances that rank outliers). Within one set only
+the upper triangle of blocks is computed (each pair once). ``scan_approximate`` does the same
+through a faiss inverted-file index (optional dependency), for sets past ``EXACT_LIMIT`` rows,
+and ``approximate_recall`` measures it against the exact search on a sample of query rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EXACT_LIMIT = 150_000     # rows: past this, ``method="auto"`` uses the approximate index
+DEFAULT_K = 5             # neighbours behind the outlier score
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Pairs (``i`` < ``j`` within one set; ``i`` in the queries, ``j`` in the reference across
+    two) with their cosine, and each query row's ``k`` highest cosines (descending)."""
+    i: np.ndarray
+    j: np.ndarray
+    cosine: np.ndarray
+    knn: np.ndarray
+    method: str = "exact"
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32 (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def check_threshold(threshold: float, name: str = "--threshold") -> float:
+    if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) <= 1.0):
+        raise ValueError(f"{name} must be a cosine in (0, 1], got {threshold}")
+    return float(threshold)
+
+
+def _top_k(current: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
+    """The k highest of ``current`` (rows x k) and ``sims`` (rows x m), per row."""
+    both = np.concatenate([current, sims], axis=1)
+    if both.shape[1] > k:
+        both = np.partition(both, both.shape[1] - k, axis=1)[:, -k:]
+    return both
+
+
+def scan(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None, k: int = DEFAULT_K,
+         block: int = 4096) -> ScanResult:
+    """Exact search of the normalised rows ``x`` (against ``y`` when given, else within ``x``)."""
+    threshold = check_threshold(threshold)
+    same = y is None
+    y = x if same else y
+    n, m = len(x), len(y)
+    k = max(0, min(k, m - 1 if same else m))
+    knn = np.full((n, k), -np.inf, dtype=np.float32)
+    knn_y = np.full((m, k), -np.inf, dtype=np.float32) if same else None
+    found_i, found_j, found_c = [], [], []
+    for a in range(0, n, block):
+        xa = x[a:a + block]
+        for b in range(a if same else 0, m, block):
+            sims = xa @ y[b:b + block].T
+            if same and a == b:
+                np.fill_diagonal(sims, -np.inf)    # a row is not its own neighbour
+            if k:
+                knn[a:a + block] = _top_k(knn[a:a + block], sims, k)
+                if same and a != b:
+                    knn_y[b:b + block] = _top_k(knn_y[b:b + block], sims.T, k)
+            ii, jj = np.nonzero(sims >= threshold)
+            if same and a == b:
+                keep = ii < jj
+                ii, jj = ii[keep], jj[keep]
+            found_i.append(ii + a)
+            found_j.append(jj + b)
+            found_c.append(sims[ii, jj])
+    if same and k:
+        knn = _top_k(knn, knn_y, k)   # neighbours seen as a row of one block, a column of another
+    knn = -np.sort(-knn, axis=1)
+    return ScanResult(np.concatenate(found_i or [np.zeros(0, int)]).astype(np.int64),
+                      np.concatenate(found_j or [np.zeros(0, int)]).astype(np.int64),
+                      np.concatenate(found_c or [np.zeros(0, np.float32)]).astype(np.float32),
+                      knn)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("the approximate search needs faiss-cpu: pip install "
+                          "'skinfeat[audit]'") from None
+    return faiss
+
+
+def scan_approximate(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None,
+                     k: int = DEFAULT_K, neighbours: int = 32, nprobe: int = 16,
+                     seed: int = 0) -> ScanResult:
+    """The same as ``scan`` through a faiss IVF-Flat inner-product index (normalised rows:
+    inner product = cosine). Each query keeps its ``neighbours`` nearest, so a row with more
+    near-copies than that reports only the closest ones."""
+    faiss = _faiss()
+    threshold = check_threshold(threshold)
+    same = y is None
+    ref = np.ascontiguousarray(x if same else y, dtype=np.float32)
+    n_list = int(max(1, min(4096, 4 * np.sqrt(len(ref)))))
+    quantizer = faiss.IndexFlatIP(ref.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, ref.shape[1], n_list, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = ref[rng.choice(len(ref), min(len(ref), 64 * n_list), replace=False)]
+    index.train(sample)
+    index.add(ref)
+    index.nprobe = nprobe
+    want = max(neighbours, k) + (1 if same else 0)
+    sims, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), want)
+    rows = np.repeat(np.arange(len(x)), want).reshape(len(x), want)
+    valid = idx >= 0
+    if same:
+        valid &= idx != rows
+    knn = np.where(valid, sims, -np.inf)
+    knn = -np.sort(-knn, axis=1)[:, :k]
+    hit = valid & (sims >= threshold)
+    ii, jj, cc = rows[hit], idx[hit], sims[hit]
+    if same:   # each pair once, as (smaller, larger)
+        lo, hi = np.minimum(ii, jj), np.maximum(ii, jj)
+        pairs = np.unique(np.stack([lo, hi], 1), axis=0, return_index=True)[1]
+        ii, jj, cc = lo[pairs], hi[pairs], cc[pairs]
+    return ScanResult(ii.astype(np.int64), jj.astype(np.int64), cc.astype(np.float32),
+                      knn.astype(np.float32), method=f"faiss-ivf{n_list}-nprobe{nprobe}")
+
+
+def approximate_recall(x: np.ndarray, found: ScanResult, threshold: float, *,
+                       y: np.ndarray | None = None, sample: int = 2000, seed: int = 0) -> float:
+    """The share of the exact pairs of ``sample`` random query rows that ``found`` holds
+    (1.0 when those rows have no pair at the threshold)."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
+    ref = x if y is None else y
+    sims = x[rows] @ ref.T
+    if y is None:
+        sims[np.arange(len(rows)), rows] = -np.inf
+    qi, qj = np.nonzero(sims >= threshold)
+    qi = rows[qi]
+    if not len(qi):
+        return 1.0
+    if y is None:
+        exact = set(zip(np.minimum(qi, qj).tolist(), np.maximum(qi, qj).tolist()))
+    else:
+        exact = set(zip(qi.tolist(), qj.tolist()))
+    have = set(zip(found.i.tolist(), found.j.tolist()))
+    return len(exact & have) / len(exact)
+
+
+def search(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None,
+           k: int = DEFAULT_K, method: str = "auto") -> ScanResult:
+    """``exact``, ``approximate`` or ``auto`` (exact up to ``EXACT_LIMIT`` rows)."""
+    if method not in ("auto", "exact", "approximate"):
+        raise ValueError(f"--method must be auto, exact or approximate, got {method!r}")
+    rows = len(x) + (0 if y is None else len(y))
+    if method == "approximate" or (method == "auto" and rows > EXACT_LIMIT):
+        return scan_approximate(x, threshold, y=y, k=k)
+    return scan(x, threshold, y=y, k=k)
+
+
+def outlier_scores(knn: np.ndarray) -> np.ndarray:
+    """Mean cosine distance to the k nearest other rows (higher: farther from everything)."""
+    if knn.shape[1] == 0:
+        return np.zeros(len(knn), dtype=np.float32)
+    return (1.0 - knn.mean(axis=1)).astype(np.float32)
+
+
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """(score - median) / (1.4826 MAD): how unusual each score is among all of them."""
+    med = np.median(scores)
+    mad = 1.4826 * np.median(np.abs(scores - med))
+    return (scores - med) / max(mad, 1e-9)
