@@ -14,7 +14,8 @@ __all__ = ["AuditResult", "CVResult", "CompareResult", "Dataset", "DatasetSpec",
            "Model", "Predictions", "Recipe", "RunConfig", "RunSummary", "Task",
            "audit", "backbones", "check_dataset", "compare", "cross_validate",
            "download_ham10000", "evaluate_model", "extract", "fit", "load_dataset",
-           "load_model", "make_recipe", "merge_caches", "open_cache", "run_demo",
+           "load_model", "make_recipe", "merge_caches", "merge_duplicate_groups", "open_cache",
+           "run_demo",
            "serve", "tune", "unpack", "weights_location", "write_card", "__version__"]
 
 

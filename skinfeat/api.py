@@ -683,3 +683,17 @@ def audit(data: Dataset | PathLike, cache: PathLike, *, against: Dataset | PathL
                     oof=None if oof is None else Path(oof), labels=labels,
                     duplicates=duplicates, outliers=outliers, top=top, method=method)
     return dataclasses.replace(res, _owner=folder)
+
+
+def merge_duplicate_groups(data: Dataset | PathLike, duplicates: PathLike) -> Dataset:
+    """``data`` with the groups (lesions, patients) that an audit's flagged pairs connect joined
+    into one (``duplicates``: its duplicates.csv or folder), so that no split puts one picture
+    on both sides. ``result.table.attrs["merged_groups"]``: how many groups were merged; the
+    split file (``splits.csv``) and the model card say it too."""
+    import dataclasses
+
+    from .data.duplicate_groups import merge_duplicate_groups as merge
+
+    data = _dataset(data)
+    table, _ = merge(data.table, duplicates)
+    return dataclasses.replace(data, table=table)

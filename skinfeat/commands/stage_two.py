@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import dataset_options, find_cache, load_data, pop_dataset_options, progress_bar
+from .common import (dataset_options, find_cache, load_data, merge_groups_option,
+                     pop_dataset_options, progress_bar)
 
 # Help for the recipe's flags; every field of HeadConfig and LGBMConfig gets a flag, so a
 # field added there is settable at once (and from --config).
@@ -113,6 +114,7 @@ def stage_two_inputs(f):
     """--data, the dataset options, --cache (repeatable) and --out of fit-head, cv and tune."""
     f = click.option("--out", required=True, type=click.Path(file_okay=False))(f)
     f = cache_option(f)
+    f = merge_groups_option(f)
     f = dataset_options(f)
     return click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
                         help="Dataset folder (any preset) or a CSV table (image files not "
