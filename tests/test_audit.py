@@ -216,7 +216,8 @@ def test_cv_merge_duplicate_groups_says_how_many(dup_set, tmp_path):
                 out, "--models", "linear", "--folds", "3", "--merge-duplicate-groups",
                 audit / "duplicates.csv")
     assert f"merged {n} group" in r.output
-    split = pd.read_csv(out / "splits.csv")
+    assert f"{n} group(s) merged" in (out / "cv_report.md").read_text()
+    split = pd.read_csv(out / "cv_folds.csv")
     assert (split["merged_groups"] == n).all()
     g = split.set_index("image_id")["group_id"]
     assert g["COPY_0"] == g[dup_set["meta"].image_id[0]]

@@ -43,11 +43,37 @@ def check_threshold(threshold: float, name: str = "--threshold") -> float:
 
 
 def _top_k(current: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
-    """The k highest of ``current`` (rows x k) and ``sims`` (rows x m), per row."""
+    """The k highest of ``current`` (rows x k) and ``sims`` (rows x m), per row (a full
+    partition: each row block's first block only)."""
     both = np.concatenate([current, sims], axis=1)
     if both.shape[1] > k:
         both = np.partition(both, both.shape[1] - k, axis=1)[:, -k:]
     return both
+
+
+def _update_top_k(knn: np.ndarray, sims: np.ndarray, axis: int) -> None:
+    """Fold a block of cosines into ``knn`` in place (``axis=0``: ``knn`` belongs to the
+    block's rows; 1: to its columns). Only the cosines above a row's current k-th best are
+    looked at: after the first block that is a few per row, so this costs far less than a
+    partition of every block."""
+    k = knn.shape[1]
+    kth = knn.min(axis=1)
+    if axis == 0:
+        rows, cols = np.nonzero(sims > kth[:, None])
+        owner, vals = rows, sims[rows, cols]
+    else:
+        rows, cols = np.nonzero(sims > kth[None, :])
+        owner, vals = cols, sims[rows, cols]
+    if not len(owner):
+        return
+    touched = np.unique(owner)
+    owner = np.concatenate([owner, np.repeat(touched, k)])
+    vals = np.concatenate([vals, knn[touched].ravel()])
+    order = np.lexsort((-vals, owner))            # by owner, then cosine descending
+    owner, vals = owner[order], vals[order]
+    start = np.searchsorted(owner, touched)
+    rank = np.arange(len(owner)) - np.repeat(start, np.diff(np.append(start, len(owner))))
+    knn[touched] = vals[rank < k].reshape(len(touched), k)
 
 
 def scan(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None, k: int = DEFAULT_K,
@@ -59,27 +85,33 @@ def scan(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None, k: int
     n, m = len(x), len(y)
     k = max(0, min(k, m - 1 if same else m))
     knn = np.full((n, k), -np.inf, dtype=np.float32)
-    knn_y = np.full((m, k), -np.inf, dtype=np.float32) if same else None
     found_i, found_j, found_c = [], [], []
-    for a in range(0, n, block):
-        xa = x[a:a + block]
-        for b in range(a if same else 0, m, block):
-            sims = xa @ y[b:b + block].T
-            if same and a == b:
-                np.fill_diagonal(sims, -np.inf)    # a row is not its own neighbour
-            if k:
-                knn[a:a + block] = _top_k(knn[a:a + block], sims, k)
-                if same and a != b:
-                    knn_y[b:b + block] = _top_k(knn_y[b:b + block], sims.T, k)
-            ii, jj = np.nonzero(sims >= threshold)
-            if same and a == b:
-                keep = ii < jj
-                ii, jj = ii[keep], jj[keep]
-            found_i.append(ii + a)
-            found_j.append(jj + b)
-            found_c.append(sims[ii, jj])
-    if same and k:
-        knn = _top_k(knn, knn_y, k)   # neighbours seen as a row of one block, a column of another
+
+    def pairs(sims, a, b, upper):
+        ii, jj = np.nonzero(sims >= threshold)
+        if upper:
+            keep = ii < jj
+            ii, jj = ii[keep], jj[keep]
+        found_i.append(ii + a)
+        found_j.append(jj + b)
+        found_c.append(sims[ii, jj])
+
+    # Within one set: the diagonal blocks first (a full partition starts each row's top k),
+    # then each off-diagonal block once, for its rows and its columns.
+    order = [(a, a) for a in range(0, n, block)] + \
+        [(a, b) for a in range(0, n, block) for b in range(a + block, m, block)] if same else \
+        [(a, b) for a in range(0, n, block) for b in range(0, m, block)]
+    for a, b in order:
+        sims = x[a:a + block] @ y[b:b + block].T
+        if same and a == b:
+            np.fill_diagonal(sims, -np.inf)    # a row is not its own neighbour
+        if k and (a == b if same else b == 0):
+            knn[a:a + block] = _top_k(knn[a:a + block], sims, k)
+        elif k:
+            _update_top_k(knn[a:a + block], sims, axis=0)
+            if same:
+                _update_top_k(knn[b:b + block], sims, axis=1)
+        pairs(sims, a, b, same and a == b)
     knn = -np.sort(-knn, axis=1)
     return ScanResult(np.concatenate(found_i or [np.zeros(0, int)]).astype(np.int64),
                       np.concatenate(found_j or [np.zeros(0, int)]).astype(np.int64),
