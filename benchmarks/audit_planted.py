@@ -184,6 +184,7 @@ def flipped(cache: Path, data: Path, rate: float, seed: int, top: int | None) ->
     classes = np.array(ds.classes)
     new = [rng.choice(classes[classes != d]) for d in table.loc[flip, "dx"]]
     table.loc[flip, "dx"] = new
+    table["label"] = table["dx"].map({c: i for i, c in enumerate(ds.classes)}).astype(np.int64)
     noisy = type(ds)(**{**ds.__dict__, "table": table})
     t0 = time.perf_counter()
     res = skinfeat.audit(noisy, cache, out=None, duplicates=False, outliers=False)

@@ -276,3 +276,16 @@ def test_merge_file_of_another_set_is_refused(tmp_path):
     pd.DataFrame({"image_id_a": ["q"], "image_id_b": ["r"]}).to_csv(dup, index=False)
     with pytest.raises(DataError, match="duplicates.csv"):
         merge_duplicate_groups(table, dup)
+
+
+def test_fit_head_merge_says_it_in_the_split_and_the_model_card(dup_set, tmp_path):
+    dup = tmp_path / "duplicates.csv"
+    meta = dup_set["meta"]
+    pd.DataFrame({"image_id_a": [meta.image_id[0]], "image_id_b": ["COPY_0"],
+                  "kind": ["different_groups"]}).to_csv(dup, index=False)
+    out = tmp_path / "fit"
+    run_cli("fit-head", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
+            out, "--max-epochs", "2", "--merge-duplicate-groups", dup)
+    split = pd.read_csv(out / "splits.csv")
+    assert (split["merged_groups"] == 1).all()
+    assert "1 group(s) joined by near-duplicate pairs" in (out / "MODEL_CARD.md").read_text()
