@@ -697,3 +697,22 @@ def merge_duplicate_groups(data: Dataset | PathLike, duplicates: PathLike) -> Da
     data = _dataset(data)
     table, _ = merge(data.table, duplicates)
     return dataclasses.replace(data, table=table)
+
+
+def drop_label_issues(data: Dataset | PathLike, label_issues: PathLike) -> Dataset:
+    """``data`` without the images that an audit listed as label issues (``label_issues``: its
+    label_issues.csv or folder); ``result.table.attrs["dropped_label_issues"]`` lists them, and
+    cv's report says what was dropped. Labels are never changed, only rows left out."""
+    import dataclasses
+
+    from .data.duplicate_groups import drop_label_issues as drop
+
+    data = _dataset(data)
+    table, _ = drop(data.table, label_issues)
+    described = None if data.described is None else \
+        data.described[data.table["image_id"].isin(set(table["image_id"])).to_numpy()] \
+        .reset_index(drop=True)
+    return dataclasses.replace(data, table=table, described=described)
+
+
+__all__ += ["AuditResult", "audit", "drop_label_issues", "merge_duplicate_groups"]

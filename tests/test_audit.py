@@ -289,3 +289,19 @@ def test_fit_head_merge_says_it_in_the_split_and_the_model_card(dup_set, tmp_pat
     split = pd.read_csv(out / "splits.csv")
     assert (split["merged_groups"] == 1).all()
     assert "1 group(s) joined by near-duplicate pairs" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_cv_drop_label_issues_reports_what_it_dropped(dup_set, tmp_path):
+    issues = tmp_path / "label_issues.csv"
+    gone = list(dup_set["meta"].image_id[20:23])
+    pd.DataFrame({"rank": [1, 2, 3], "image_id": gone}).to_csv(issues, index=False)
+    out = tmp_path / "cv"
+    r = run_cli("cv", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
+                out, "--models", "linear", "--inputs", "image", "--folds", "3",
+                "--drop-label-issues", issues)
+    assert "dropped 3 image(s)" in r.output and gone[0] in r.output
+    report = (out / "cv_report.md").read_text()
+    assert "3 image(s)" in report and all(g in report for g in gone)
+    scored = set(pd.read_csv(out / "cv_folds.csv")["image_id"])
+    assert not scored & set(gone)
+    assert len(scored) == len(pd.read_csv(dup_set["train"] / "HAM10000_metadata.csv")) - 3

@@ -63,7 +63,7 @@ def merge_groups_option(f):
 
 
 DATASET_KEYS = ("preset", "spec_file", "task", "image_col", "label_col", "group_col", "numeric",
-                "categorical", "merge_duplicates")
+                "categorical", "merge_duplicates", "drop_label_issues")
 
 
 def pop_dataset_options(kwargs: dict) -> dict:
@@ -84,7 +84,7 @@ def column_overrides(opts: dict) -> dict:
 def load_data(data: str, opts: dict, images: bool = True):
     """The ``Dataset`` at ``data`` as the dataset options describe it (``images=False``: the
     tables alone; stage two needs the labels and the cache, not the image files)."""
-    from ..api import Task, load_dataset, merge_duplicate_groups
+    from ..api import Task, drop_label_issues, load_dataset, merge_duplicate_groups
 
     loaded = load_dataset(data, opts["preset"], opts["spec_file"], task=Task.parse(opts["task"]),
                           images=images, **column_overrides(opts))
@@ -92,6 +92,12 @@ def load_data(data: str, opts: dict, images: bool = True):
         loaded = merge_duplicate_groups(loaded, opts["merge_duplicates"])
         click.echo(f"merged {loaded.table.attrs['merged_groups']} group(s) joined by the "
                    f"near-duplicate pairs of {opts['merge_duplicates']}")
+    if opts.get("drop_label_issues"):
+        loaded = drop_label_issues(loaded, opts["drop_label_issues"])
+        dropped = loaded.table.attrs["dropped_label_issues"]
+        click.echo(f"dropped {len(dropped)} image(s) listed as label issues in "
+                   f"{opts['drop_label_issues']}: {', '.join(dropped[:10])}"
+                   + (", ..." if len(dropped) > 10 else ""))
     return loaded
 
 

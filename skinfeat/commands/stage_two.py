@@ -254,6 +254,9 @@ def cv_recipe(config_file, kwargs: dict):
 @click.option("--models", default="head,lgbm", show_default=True,
               callback=comma_list(("head", "lgbm", "linear")),
               help="Comma list: fusion head, LightGBM, linear probe.")
+@click.option("--drop-label-issues", type=click.Path(exists=True),
+              help="An audit's label_issues.csv (or its folder): leave those images out; the "
+              "report lists them (skinfeat audit).")
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
               "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
 @recipe_options

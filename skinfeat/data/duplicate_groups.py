@@ -106,3 +106,25 @@ def groups_frame(table: pd.DataFrame, merged: pd.Series) -> pd.DataFrame:
     return pd.DataFrame({"image_id": table["image_id"].to_numpy(),
                          "group_id": table["group_id"].astype(str).to_numpy(),
                          "merged_group_id": merged.to_numpy()})
+
+
+def drop_label_issues(table: pd.DataFrame, issues_file: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` without the images an audit's ``label_issues.csv`` lists (a copy; the dropped
+    ids in ``attrs["dropped_label_issues"]`` and returned). Refuses a file of another set."""
+    path = Path(issues_file)
+    if path.is_dir():
+        path = path / "label_issues.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (--drop-label-issues wants an audit's "
+                        "label_issues.csv or its folder)")
+    listed = pd.read_csv(path, dtype=str)
+    if "image_id" not in listed.columns:
+        raise DataError(f"{path}: not an audit's label_issues.csv (no column image_id)")
+    ids = table["image_id"].astype(str)
+    drop = ids.isin(set(listed["image_id"]))
+    if len(listed) and not drop.any():
+        raise DataError(f"{path}: none of its {len(listed)} images is in this data set (an "
+                        "audit of another set?)")
+    out = table[~drop].reset_index(drop=True)
+    out.attrs = {**table.attrs, "dropped_label_issues": ids[drop].tolist()}
+    return out, ids[drop].tolist()

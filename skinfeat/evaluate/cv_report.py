@@ -180,6 +180,10 @@ def write_cv_report(out: Path, res: dict) -> None:
     if merged is not None:
         lines += [f"Groups joined before splitting (skinfeat audit, --merge-duplicate-groups): "
                   f"{merged} group(s) merged into others by near-duplicate pairs.", ""]
+    dropped = folds.attrs.get("dropped_label_issues")
+    if dropped is not None:
+        lines += [f"Left out before cv (skinfeat audit label issues, --drop-label-issues): "
+                  f"{len(dropped)} image(s): {', '.join(dropped)}.", ""]
     lines += _protocol_lines(res) + [
         "", f"## Mean ± std over {res['config']['folds']} folds"
         + (f" x {n_seeds} seeds" if n_seeds > 1 else ""), ""]

@@ -77,8 +77,9 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
                  on_start=on_start, save=save, on_fit=save_fold_bundle if save else None,
                  on_ready=tables.add if tables.wanted else None)
     res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
-    if "merged_groups" in data.table.attrs:   # --merge-duplicate-groups: cv_folds.csv says it
-        res["folds_table"].attrs["merged_groups"] = data.table.attrs["merged_groups"]
+    for key in ("merged_groups", "dropped_label_issues"):   # an audit's changes: the report
+        if key in data.table.attrs:                          # says them (write_cv_report)
+            res["folds_table"].attrs[key] = data.table.attrs[key]
     if save_models:
         attach_fallbacks(out, res)
         res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
