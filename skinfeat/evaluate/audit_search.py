@@ -143,7 +143,7 @@ def scan_approximate(x: np.ndarray, threshold: float, *, y: np.ndarray | None = 
     quantizer = faiss.IndexFlatIP(ref.shape[1])
     index = faiss.IndexIVFFlat(quantizer, ref.shape[1], n_list, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    sample = ref[rng.choice(len(ref), min(len(ref), 32 * n_list), replace=False)]
+    sample = ref[rng.choice(len(ref), min(len(ref), 40 * n_list), replace=False)]
     index.train(sample)
     index.add(ref)
     index.nprobe = nprobe
