@@ -1,11 +1,13 @@
 """The duplicate finder and the label-issue ranking measured on real HAM10000 images.
 
     .venv/bin/python benchmarks/audit_planted.py build --out /tmp/planted [--originals 600]
-    .venv/bin/python -m skinfeat.cli extract --data /tmp/planted/train --cache /tmp/planted/train.h5 \
+    .venv/bin/python -m skinfeat.cli extract --data /tmp/planted/train \
+        --cache /tmp/planted/train.h5 --precision fp32 \
         --backbone local-dir:../shared/data/mobilenetv2_100.coral_in1k
     (the same for /tmp/planted/test)
     .venv/bin/python benchmarks/audit_planted.py measure --out /tmp/planted
-    .venv/bin/python benchmarks/audit_planted.py flipped [--cache ../shared/data/ham10000-mobilenetv2-embeddings.h5]
+    .venv/bin/python benchmarks/audit_planted.py flipped [--cache CACHE]   (default: the shared
+        ham10000-mobilenetv2-embeddings.h5)
 
 ``build``: ``--originals`` real images of distinct lesions from ``ham10000-full`` (seed 0), and
 for each alteration (``resize``: 0.5x then back up to a 300 px side; ``jpeg``: re-encoded at

@@ -108,7 +108,8 @@ def groups_frame(table: pd.DataFrame, merged: pd.Series) -> pd.DataFrame:
                          "merged_group_id": merged.to_numpy()})
 
 
-def drop_label_issues(table: pd.DataFrame, issues_file: str | Path) -> tuple[pd.DataFrame, list[str]]:
+def drop_label_issues(table: pd.DataFrame,
+                      issues_file: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """``table`` without the images an audit's ``label_issues.csv`` lists (a copy; the dropped
     ids in ``attrs["dropped_label_issues"]`` and returned). Refuses a file of another set."""
     path = Path(issues_file)

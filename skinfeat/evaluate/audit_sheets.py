@@ -50,7 +50,8 @@ def _grid(cells: list[tuple[list[str | None], list[str]]], per_row: int, path: P
     return _save(sheet, path)
 
 
-def pair_sheet(pairs: pd.DataFrame, paths: dict[str, str], path: Path, top: int = 24) -> Path | None:
+def pair_sheet(pairs: pd.DataFrame, paths: dict[str, str], path: Path,
+               top: int = 24) -> Path | None:
     """The ``top`` closest pairs of another group or set (same-group pairs are expected)."""
     shown = pairs[pairs["kind"] != "same_group"].head(top)
     if shown.empty or not paths:

@@ -158,7 +158,7 @@ def _subgroup_lines(subgroups: dict, n_seeds: int) -> list[str]:
 def write_cv_report(out: Path, res: dict) -> None:
     """Write everything about one CV run into ``out``."""
     folds = res["folds_table"]
-    merged = folds.attrs.get("merged_groups")   # groups joined by an audit (--merge-duplicate-groups)
+    merged = folds.attrs.get("merged_groups")   # joined by an audit (--merge-duplicate-groups)
     if merged is not None:
         folds = folds.assign(merged_groups=merged)
     write_artifact(out / "cv_folds.csv", lambda tmp: folds.to_csv(tmp, index=False))
