@@ -82,7 +82,7 @@ def same_encoder(cache: Path, identity: dict, other: Path, other_identity: dict)
 
 def quick_probe(data: Dataset, x: np.ndarray, folds: int = 5, seed: int = 42) -> np.ndarray:
     """Out-of-fold class probabilities of a linear probe (PCA to ``PROBE_DIM``, then
-    multinomial logistic regression, classes weighted alike) on lesion-grouped folds: the label-issue ranking's
+    multinomial logistic regression) on lesion-grouped folds: the label-issue ranking's
     input when no cv ``oof_predictions.csv`` is given."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -98,10 +98,7 @@ def quick_probe(data: Dataset, x: np.ndarray, folds: int = 5, seed: int = 42) ->
         test = fold == k
         if not test.any():
             continue
-        # balanced: unweighted, the probe calls most rare-class images nv (HAM10000: balanced
-        # accuracy 0.45), and the ranking would list the probe's bias, not the labels
-        model = LogisticRegression(max_iter=300, C=0.1, class_weight="balanced").fit(
-            z[~test], y[~test])
+        model = LogisticRegression(max_iter=300, C=0.1).fit(z[~test], y[~test])
         proba[np.ix_(test, model.classes_)] = model.predict_proba(z[test])
     return proba
 
