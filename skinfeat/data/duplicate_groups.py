@@ -66,19 +66,26 @@ def merge_groups(groups: pd.Series, image_ids: pd.Series,
     return new.rename(groups.name), int(merged)
 
 
+def read_audit_file(path: str | Path, name: str, columns: tuple[str, ...],
+                    flag: str) -> pd.DataFrame:
+    """One of an audit's CSV files (``path``: the file, or the audit folder holding ``name``);
+    a missing file or column is a one-line error naming the file and ``flag``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise DataError(f"{path}: no such file ({flag} wants an audit's {name} or its folder)")
+    table = pd.read_csv(path, dtype=str)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: not an audit's {name} (no column {missing[0]})")
+    return table
+
+
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """The flagged pairs of an audit (its ``duplicates.csv``, or the audit folder holding it);
     only pairs within one set are used (``kind`` other than across_sets)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "duplicates.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (--merge-duplicate-groups wants an audit's "
-                        "duplicates.csv or its folder)")
-    table = pd.read_csv(path, dtype=str)
-    missing = [c for c in PAIR_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: not an audit's duplicates.csv (no column {missing[0]})")
+    table = read_audit_file(path, "duplicates.csv", PAIR_COLUMNS, "--merge-duplicate-groups")
     if "kind" in table.columns:
         table = table[table["kind"] != "across_sets"]
     return list(zip(table["image_id_a"], table["image_id_b"]))
@@ -112,20 +119,13 @@ def drop_label_issues(table: pd.DataFrame,
                       issues_file: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """``table`` without the images an audit's ``label_issues.csv`` lists (a copy; the dropped
     ids in ``attrs["dropped_label_issues"]`` and returned). Refuses a file of another set."""
-    path = Path(issues_file)
-    if path.is_dir():
-        path = path / "label_issues.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (--drop-label-issues wants an audit's "
-                        "label_issues.csv or its folder)")
-    listed = pd.read_csv(path, dtype=str)
-    if "image_id" not in listed.columns:
-        raise DataError(f"{path}: not an audit's label_issues.csv (no column image_id)")
+    listed = read_audit_file(issues_file, "label_issues.csv", ("image_id",),
+                             "--drop-label-issues")
     ids = table["image_id"].astype(str)
     drop = ids.isin(set(listed["image_id"]))
     if len(listed) and not drop.any():
-        raise DataError(f"{path}: none of its {len(listed)} images is in this data set (an "
-                        "audit of another set?)")
+        raise DataError(f"{issues_file}: none of its {len(listed)} images is in this data "
+                        "set (an audit of another set?)")
     out = table[~drop].reset_index(drop=True)
     out.attrs = {**table.attrs, "dropped_label_issues": ids[drop].tolist()}
     return out, ids[drop].tolist()
