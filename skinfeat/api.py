@@ -41,6 +41,7 @@ if TYPE_CHECKING:   # names of the annotations; at run time they load lazily (_L
     from .embed.extract import ExtractResult
     from .learn.runconfig import RunConfig
     from .learn.sklearn import FusionHeadClassifier  # noqa: F401
+    from .workflows.audit import AuditResult
     from .workflows.summary import RunSummary
 
 PathLike = str | Path
@@ -61,7 +62,8 @@ _LAZY = {"RunConfig": ("learn.runconfig", "RunConfig"),
          "ExplainError": ("deploy.explain", "ExplainError"),
          "RunSummary": ("workflows.summary", "RunSummary"),
          "CacheContents": ("embed.cache", "CacheContents"),
-         "FusionHeadClassifier": ("learn.sklearn", "FusionHeadClassifier")}
+         "FusionHeadClassifier": ("learn.sklearn", "FusionHeadClassifier"),
+         "AuditResult": ("workflows.audit", "AuditResult")}
 
 
 def __getattr__(name: str):
@@ -664,6 +666,75 @@ def compare(data: Dataset | PathLike, caches: Caches, *,
     res = compare_run(_dataset(data), _paths(caches), folder.path, cfg, metric=metric,
                       n_boot=n_boot, jobs=jobs, progress=progress, on_start=on_start)
     return CompareResult(res["table"], metric, res["reference"], res, folder.path, folder)
+
+
+def _dataset_with_images(data: Dataset | PathLike) -> Dataset:
+    """The data set with its image files when they are there (the audit's perceptual hashes
+    and contact sheets use them), else its tables alone."""
+    from .data.datasets import DataError
+
+    if isinstance(data, Dataset):
+        return data
+    try:
+        return load_dataset(data)
+    except DataError:
+        return load_dataset(data, images=False)
+
+
+def audit(data: Dataset | PathLike, cache: PathLike, *, against: Dataset | PathLike | None = None,
+          against_cache: PathLike | None = None, out: PathLike | None = None,
+          threshold: float | None = None, oof: PathLike | None = None, labels: bool = True,
+          duplicates: bool = True, outliers: bool = True, top: int = 50,
+          method: str = "auto") -> "AuditResult":
+    """Audit a data set from its cached embeddings (``skinfeat audit``): near-duplicate pairs
+    (cosine >= ``threshold``, default calibrated: docs/audit.md) classified as same group,
+    different groups, conflicting labels or (with ``against`` + ``against_cache``, another set)
+    across sets; label issues from ``oof`` (cv's oof_predictions.csv) or a quick linear-probe
+    cv; k-NN outliers. Writes the audit folder (``out``; None: temporary) and returns an
+    ``AuditResult``; nothing in the data set is changed. ``method``: auto (exact up to 150k
+    rows, then faiss), exact or approximate."""
+    import dataclasses
+
+    from .workflows.audit import DEFAULT_THRESHOLD, run_audit
+
+    folder = _RunFolder(out, "audit")
+    res = run_audit(_dataset_with_images(data), Path(cache), folder.path,
+                    against=None if against is None else _dataset_with_images(against),
+                    against_cache=None if against_cache is None else Path(against_cache),
+                    threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                    oof=None if oof is None else Path(oof), labels=labels,
+                    duplicates=duplicates, outliers=outliers, top=top, method=method)
+    return dataclasses.replace(res, _owner=folder)
+
+
+def merge_duplicate_groups(data: Dataset | PathLike, duplicates: PathLike) -> Dataset:
+    """``data`` with the groups (lesions, patients) that an audit's flagged pairs connect joined
+    into one (``duplicates``: its duplicates.csv or folder), so that no split puts one picture
+    on both sides. ``result.table.attrs["merged_groups"]``: how many groups were merged; the
+    split file (``splits.csv``) and the model card say it too."""
+    import dataclasses
+
+    from .data.duplicate_groups import merge_duplicate_groups as merge
+
+    data = _dataset(data)
+    table, _ = merge(data.table, duplicates)
+    return dataclasses.replace(data, table=table)
+
+
+def drop_label_issues(data: Dataset | PathLike, label_issues: PathLike) -> Dataset:
+    """``data`` without the images that an audit listed as label issues (``label_issues``: its
+    label_issues.csv or folder); ``result.table.attrs["dropped_label_issues"]`` lists them, and
+    cv's report says what was dropped. Labels are never changed, only rows left out."""
+    import dataclasses
+
+    from .data.duplicate_groups import drop_label_issues as drop
+
+    data = _dataset(data)
+    table, _ = drop(data.table, label_issues)
+    described = None if data.described is None else \
+        data.described[data.table["image_id"].isin(set(table["image_id"])).to_numpy()] \
+        .reset_index(drop=True)
+    return dataclasses.replace(data, table=table, described=described)
 
 
 __all__ = [name for name in PUBLIC if name != "__version__"]   # the one list: the package's

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .commands import compare as compare_cmd, data as data_cmds, deploy, ship, stage_one
-from .commands import stage_two
+from .commands import audit as audit_cmd, stage_two
 from .commands.common import progress_bar
 from .embed.backbone import DEFAULT_BACKBONE
 from .embed.device import PRECISIONS
@@ -96,6 +96,7 @@ for command in (data_cmds.data, data_cmds.download, data_cmds.weights, stage_one
     main.add_command(command)
 main.add_command(stage_one.backbones)   # skinfeat backbones: the encoders to choose from
 main.add_command(compare_cmd.compare)   # skinfeat compare: encoders / models, paired
+main.add_command(audit_cmd.audit)       # skinfeat audit: duplicates, label issues, outliers
 
 
 if __name__ == "__main__":

@@ -60,13 +60,21 @@ def dataset_options(f):
     return f
 
 
+def merge_groups_option(f):
+    """--merge-duplicate-groups: join the groups of an audit's flagged pairs before splitting."""
+    return click.option("--merge-duplicate-groups", "merge_duplicates",
+                        type=click.Path(exists=True),
+                        help="An audit's duplicates.csv (or its folder): join the groups of its "
+                        "flagged pairs before splitting (skinfeat audit).")(f)
+
+
 DATASET_KEYS = ("preset", "spec_file", "task", "image_col", "label_col", "group_col", "numeric",
-                "categorical")
+                "categorical", "merge_duplicates", "drop_label_issues")
 
 
 def pop_dataset_options(kwargs: dict) -> dict:
     """Remove the dataset options from a command's keyword arguments."""
-    return {k: kwargs.pop(k) for k in DATASET_KEYS}
+    return {k: kwargs.pop(k, None) for k in DATASET_KEYS}
 
 
 def column_overrides(opts: dict) -> dict:
@@ -82,10 +90,21 @@ def column_overrides(opts: dict) -> dict:
 def load_data(data: str, opts: dict, images: bool = True):
     """The ``Dataset`` at ``data`` as the dataset options describe it (``images=False``: the
     tables alone; stage two needs the labels and the cache, not the image files)."""
-    from ..api import Task, load_dataset
+    from ..api import Task, drop_label_issues, load_dataset, merge_duplicate_groups
 
-    return load_dataset(data, opts["preset"], opts["spec_file"], task=Task.parse(opts["task"]),
-                        images=images, **column_overrides(opts))
+    loaded = load_dataset(data, opts["preset"], opts["spec_file"], task=Task.parse(opts["task"]),
+                          images=images, **column_overrides(opts))
+    if opts.get("merge_duplicates"):
+        loaded = merge_duplicate_groups(loaded, opts["merge_duplicates"])
+        click.echo(f"merged {loaded.table.attrs['merged_groups']} group(s) joined by the "
+                   f"near-duplicate pairs of {opts['merge_duplicates']}")
+    if opts.get("drop_label_issues"):
+        loaded = drop_label_issues(loaded, opts["drop_label_issues"])
+        dropped = loaded.table.attrs["dropped_label_issues"]
+        click.echo(f"dropped {len(dropped)} image(s) listed as label issues in "
+                   f"{opts['drop_label_issues']}: {', '.join(dropped[:10])}"
+                   + (", ..." if len(dropped) > 10 else ""))
+    return loaded
 
 
 def data_name(data: str) -> str:

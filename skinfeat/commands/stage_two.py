@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .common import (crossing_option, dataset_options, find_cache, load_data,
-                     pop_dataset_options, progress_bar, settle_crossing)
+                     merge_groups_option, pop_dataset_options, progress_bar, settle_crossing)
 
 # Help for the recipe's flags; every field of HeadConfig and LGBMConfig gets a flag, so a
 # field added there is settable at once (and from --config).
@@ -131,6 +131,7 @@ def stage_two_inputs(f):
     """--data, the dataset options, --cache (repeatable) and --out of fit-head, cv and tune."""
     f = click.option("--out", required=True, type=click.Path(file_okay=False))(f)
     f = cache_option(f)
+    f = merge_groups_option(f)
     f = dataset_options(f)
     return click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
                         help="Dataset folder (any preset) or a CSV table (image files not "
@@ -286,6 +287,9 @@ def cv_recipe(config_file, kwargs: dict, models: tuple[str, ...]):
 @click.option("--models", default="head,lgbm", show_default=True, callback=model_list,
               help="Comma list of the registry's models: head (fusion head), lgbm (LightGBM), "
               "linear (linear probe), or one registered.")
+@click.option("--drop-label-issues", type=click.Path(exists=True),
+              help="An audit's label_issues.csv (or its folder): leave those images out; the "
+              "report lists them (skinfeat audit).")
 @click.option("--save-models", is_flag=True, help="Write every fold's bundle and, per model and "
               "input set, an ensemble bundle (models/MODEL_INPUTS/) for predict and evaluate.")
 @recipe_options

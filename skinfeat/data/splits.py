@@ -366,6 +366,8 @@ def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: "str | S
                seed: int) -> None:
     out = table[["image_id", "group_id", "dx"]].assign(split=split.to_numpy(), kind=str(kind),
                                                         seed=seed)
+    if "merged_groups" in table.attrs:   # groups joined by an audit's near-duplicate pairs
+        out["merged_groups"] = table.attrs["merged_groups"]
     atomic_write(Path(path), lambda tmp: out.to_csv(tmp, index=False))
 
 

@@ -152,7 +152,11 @@ def _subgroup_lines(subgroups: dict, n_seeds: int) -> list[str]:
 
 def write_cv_report(out: Path, res: dict) -> None:
     """Write everything about one CV run into ``out``."""
-    write_artifact(out / "cv_folds.csv", lambda tmp: res["folds_table"].to_csv(tmp, index=False))
+    folds = res["folds_table"]
+    merged = folds.attrs.get("merged_groups")   # joined by an audit (--merge-duplicate-groups)
+    if merged is not None:
+        folds = folds.assign(merged_groups=merged)
+    write_artifact(out / "cv_folds.csv", lambda tmp: folds.to_csv(tmp, index=False))
     payload = {k: v for k, v in res.items() if k not in ("folds_table", "oof", "subgroups")}
     subgroups = res.get("subgroups") or {}
     payload["subgroups"] = {m: {i: r.to_dict() for i, r in by.items()}
@@ -168,6 +172,13 @@ def write_cv_report(out: Path, res: dict) -> None:
     columns = metric_columns(res)
     lines = [f"# skinfeat cross-validation: {out.name}", ""] + \
         weights_warning(res["info"]["random_weights"], res["info"].get("identity"))
+    if merged is not None:
+        lines += [f"Groups joined before splitting (skinfeat audit, --merge-duplicate-groups): "
+                  f"{merged} group(s) merged into others by near-duplicate pairs.", ""]
+    dropped = folds.attrs.get("dropped_label_issues")
+    if dropped is not None:
+        lines += [f"Left out before cv (skinfeat audit label issues, --drop-label-issues): "
+                  f"{len(dropped)} image(s): {', '.join(dropped)}.", ""]
     lines += _protocol_lines(res) + [
         "", f"## Mean ± std over {res['config']['folds']} folds"
         + (f" x {n_seeds} seeds" if n_seeds > 1 else ""), ""]

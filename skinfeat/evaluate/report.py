@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..atomic import write_artifact, write_text
 from .checklist import _spec_of, checklist_lines
@@ -252,6 +253,20 @@ DATASET_LIMITS = {
 }
 
 
+def audit_lines(out: Path) -> list[str]:
+    """The model card's line for a run whose split joined groups flagged by ``skinfeat audit``
+    (``--merge-duplicate-groups``: splits.csv then has a merged_groups column)."""
+    split = out / "splits.csv"
+    if not split.is_file():
+        return []
+    merged = pd.read_csv(split, nrows=1)
+    if "merged_groups" not in merged.columns:
+        return []
+    return [f"- Data audited (skinfeat audit): {int(merged['merged_groups'].iloc[0])} group(s) "
+            "joined by near-duplicate pairs before splitting, so that no picture sits on both "
+            "sides of a split."]
+
+
 def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
                      summary: dict | None = None, spec=None, evaluations: Sequence[dict] = ()
                      ) -> None:
@@ -292,6 +307,7 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
                      "those embeddings carry no image knowledge.")
     elif info.random_weights:
         lines.append("- **The backbone had random weights**: this model has no clinical meaning.")
+    lines += audit_lines(out)
     lines += [""] + checklist_lines(summary or {"model": metrics, "bootstrap_ci95": ci,
                                                 "info": info_dict}, spec, evaluations)
     spec = _spec_of(info_dict, spec)

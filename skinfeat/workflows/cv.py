@@ -85,6 +85,9 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
         else:
             res = event.result
     res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
+    for key in ("merged_groups", "dropped_label_issues"):   # an audit's changes: the report
+        if key in data.table.attrs:                          # says them (write_cv_report)
+            res["folds_table"].attrs[key] = data.table.attrs[key]
     if save_models:
         attach_fallbacks(out, res)
         res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(

@@ -81,9 +81,10 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     subgroup_columns(subgroups, data.spec)   # a bad --subgroups fails before the fit
     contents = read_caches(cache_path)
     source = cache_label(cache_path)
-    dropped = len(data.table)
+    dropped, audited = len(data.table), dict(data.table.attrs)
     data, image = align_dataset(data, contents, source)
     table, full = data.table, data.with_described()   # full: + subgroup-only columns
+    full.attrs.update(audited)   # --merge-duplicate-groups: splits.csv says how many merged
     dropped -= len(table)
     if parse_split(recipe.split).by:   # refused before the run folder exists
         assign_split(full, recipe.split, recipe.test_size, recipe.val_size, recipe.seed)

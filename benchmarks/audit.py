@@ -1,0 +1,90 @@
+"""The audit's near-duplicate + outlier search at scale: time and peak memory per size.
+
+    .venv/bin/python benchmarks/audit.py [--rows 10000,100000,401059] [--dim 768] [--threads 2]
+
+Per size, in a fresh process (so each peak is its own): synthetic float32 embeddings (a shared
+component plus each row's own, like pooled network features, 1 % of the rows noisy copies of
+others), then ``search`` as the audit runs it (``method=auto``: exact blockwise up to
+``EXACT_LIMIT`` rows, the faiss IVF index past it) with the k-NN outlier scores. Prints the
+seconds of the search alone, the peak resident memory of the process (embeddings included),
+the planted copies found, and for the approximate search its recall against the exact search
+on 2,000 sampled query rows. Targets: 100k rows <= 2 min, 401k <= 10 min, peak <= 4 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {100_000: 120, 401_059: 600}   # seconds
+PEAK_GB = 4.0
+
+
+def one(rows: int, dim: int, method: str) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from skinfeat.evaluate.audit_search import (approximate_recall, normalise, outlier_scores,
+                                                search)
+
+    rng = np.random.default_rng(0)
+    copies = rows // 100
+    x = np.empty((rows, dim), dtype=np.float32)
+    common = rng.normal(size=dim).astype(np.float32)
+    for a in range(0, rows, 50_000):   # in parts: no float64 copy of the whole set
+        part = rng.standard_normal((min(50_000, rows - a), dim), dtype=np.float32)
+        x[a:a + len(part)] = part + 0.6 * common
+    src = rng.choice(rows - copies, copies, replace=False)
+    x[rows - copies:] = x[src] + 0.03 * rng.standard_normal((copies, dim), dtype=np.float32)
+    x = normalise(x)
+    t0, c0 = time.perf_counter(), time.process_time()
+    hits = search(x, 0.95, method=method)
+    outlier_scores(hits.knn)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    found = set(zip(hits.i.tolist(), hits.j.tolist()))
+    planted = sum((int(s), rows - copies + k) in found for k, s in enumerate(src))
+    res = {"rows": rows, "dim": dim, "method": hits.method, "seconds": round(seconds, 1),
+           "cpu_seconds": round(cpu, 1),
+           "planted_found": f"{planted}/{copies}", "pairs": len(found)}
+    if hits.method != "exact":
+        t1 = time.perf_counter()
+        res["recall_vs_exact"] = round(approximate_recall(x, hits, 0.95), 4)
+        res["recall_seconds"] = round(time.perf_counter() - t1, 1)
+    res["peak_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", default="10000,100000,401059")
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--method", default="auto", choices=["auto", "exact", "approximate"])
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(one(a.one, a.dim, a.method)))
+        return
+    env = {**os.environ, **{v: str(a.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                       "MKL_NUM_THREADS")}}
+    print(f"cpu cores seen: {os.cpu_count()}, threads: {a.threads}, load: {os.getloadavg()}")
+    for rows in (int(r) for r in a.rows.split(",")):
+        out = subprocess.run([sys.executable, __file__, "--one", str(rows), "--dim", str(a.dim),
+                              "--method", a.method], env=env, capture_output=True, text=True)
+        if out.returncode:
+            print(f"{rows}: failed\n{out.stderr[-2000:]}")
+            continue
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        target = TARGETS.get(rows)
+        verdict = "" if target is None else (" target met" if res["seconds"] <= target and
+                                             res["peak_gb"] <= PEAK_GB else " target MISSED")
+        print(json.dumps(res) + verdict + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""skinfeat audit: near-duplicates found and distinct rows left alone, groups merged before the
+split, flipped labels ranked, outliers, and each bad input refused in one line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import EXTRACT_TINY, run_cli
+
+from skinfeat.data.duplicate_groups import merge_duplicate_groups, merge_groups
+from skinfeat.data.splits import fold_ids
+from skinfeat.embed.cache import CacheContents, write_cache
+from skinfeat.evaluate.audit_search import (approximate_recall, normalise, outlier_scores, scan,
+                                            scan_approximate)
+
+
+def planted(n=400, dim=48, copies=12, seed=0):
+    """Distinct rows (a shared component plus their own, like pooled network features) and
+    ``copies`` noisy copies of the first rows, appended: row n + c copies row c."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=dim)
+    x = 0.6 * common + rng.normal(size=(n, dim))
+    dup = x[:copies] + 0.03 * rng.normal(size=(copies, dim))
+    return np.vstack([x, dup]).astype(np.float32)
+
+
+def brute(x, threshold):
+    z = normalise(x)
+    s = z @ z.T
+    i, j = np.nonzero(np.triu(s >= threshold, 1))
+    return set(zip(i.tolist(), j.tolist())), s
+
+
+def test_planted_duplicates_found_and_distinct_rows_not_flagged():
+    x = planted()
+    hits = scan(normalise(x), 0.95, block=64)     # many blocks: the blockwise path
+    pairs = set(zip(hits.i.tolist(), hits.j.tolist()))
+    assert pairs == {(c, 400 + c) for c in range(12)}
+    expected, s = brute(x, 0.95)
+    assert pairs == expected
+    # the k-NN cosines agree with brute force (each row's own cosine left out)
+    np.fill_diagonal(s, -np.inf)
+    np.testing.assert_allclose(hits.knn, -np.sort(-s, axis=1)[:, :5], atol=1e-5)
+
+
+def test_against_set_finds_the_shared_rows_only():
+    x = planted()
+    train, test = normalise(x[:400]), normalise(x[400:])
+    hits = scan(test, 0.95, y=train, k=0, block=5)
+    assert sorted(zip(hits.i.tolist(), hits.j.tolist())) == [(c, c) for c in range(12)]
+
+
+def test_approximate_search_recall_measured_against_exact():
+    pytest.importorskip("faiss")
+    x = normalise(planted(n=3000, copies=60))
+    hits = scan_approximate(x, 0.95)
+    assert {(c, 3000 + c) for c in range(60)} <= set(zip(hits.i.tolist(), hits.j.tolist()))
+    assert approximate_recall(x, hits, 0.95, sample=3060) == 1.0
+    empty = hits.__class__(hits.i[:0], hits.j[:0], hits.cosine[:0], hits.knn)
+    assert approximate_recall(x, empty, 0.95, sample=3060) == 0.0
+
+
+def test_outlier_score_ranks_the_far_row_first():
+    x = planted(copies=0)
+    x[7] = -5 * x[7]          # far from every other row
+    hits = scan(normalise(x), 0.99, block=50)
+    assert int(np.argmax(outlier_scores(hits.knn))) == 7
+
+
+def test_merge_groups_joins_chains_and_counts():
+    groups = pd.Series(["L1", "L1", "L2", "L3", "L4"])
+    ids = pd.Series(["a", "b", "c", "d", "e"])
+    new, merged = merge_groups(groups, ids, [("b", "c"), ("c", "d"), ("a", "x-other-set")])
+    assert list(new) == ["L1", "L1", "L1", "L1", "L4"] and merged == 2
+    same, none = merge_groups(groups, ids, [("a", "b")])     # same group: nothing merges
+    assert list(same) == list(groups) and none == 0
+
+
+def test_group_merging_changes_the_folds_as_documented(tmp_path):
+    """Two images of different lesions flagged as one picture land in different folds; after
+    --merge-duplicate-groups they share one group, so one fold."""
+    rng = np.random.default_rng(0)
+    n = 60
+    table = pd.DataFrame({"image_id": [f"img{i}" for i in range(n)],
+                          "group_id": [f"L{i}" for i in range(n)],
+                          "dx": rng.choice(["a", "b"], n)})
+    folds = fold_ids(table, 5, "group", seed=1)
+    a, b = next((i, j) for i in range(n) for j in range(i + 1, n)
+                if folds[i] != folds[j] and table.dx[i] == table.dx[j])
+    dup = tmp_path / "duplicates.csv"
+    pd.DataFrame({"image_id_a": [f"img{a}"], "image_id_b": [f"img{b}"],
+                  "kind": ["different_groups"]}).to_csv(dup, index=False)
+    merged, count = merge_duplicate_groups(table, tmp_path)     # the audit folder works too
+    assert count == 1 and merged.attrs["merged_groups"] == 1
+    after = fold_ids(merged, 5, "group", seed=1)
+    assert after[a] == after[b]
+    assert merged["group_id"].nunique() == n - 1
+    assert list(table["group_id"]) == [f"L{i}" for i in range(n)]   # the input is untouched
+
+
+def test_label_issue_ranking_finds_flipped_labels():
+    pytest.importorskip("cleanlab")
+    from skinfeat.data.datasets import Dataset
+    from skinfeat.data.spec import DatasetSpec
+    from skinfeat.evaluate.audit_labels import label_issues
+    from skinfeat.workflows.audit import quick_probe
+
+    rng = np.random.default_rng(0)
+    n, classes = 600, ("a", "b", "c")
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 16)) + 4 * np.eye(3, 16)[y]
+    flipped = rng.choice(n, 30, replace=False)
+    y_noisy = y.copy()
+    y_noisy[flipped] = (y[flipped] + rng.integers(1, 3, 30)) % 3
+    table = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)],
+                          "group_id": [f"g{k}" for k in range(n)],
+                          "dx": np.array(classes)[y_noisy], "label": y_noisy})
+    data = Dataset(table, DatasetSpec(name="csv"), classes)
+    found = label_issues(table, quick_probe(data, x), classes)
+    hit = set(found["image_id"]) & {f"i{k}" for k in flipped}
+    assert len(hit) >= 0.8 * len(flipped)
+    assert len(found) <= 2 * len(flipped)
+    top = found.head(10)
+    assert (top["given_label"] != top["suggested_label"]).all()
+
+
+# ---------------------------------------------------------------- end to end, tiny model
+@pytest.fixture(scope="module")
+def dup_set(synth_dir, tmp_path_factory):
+    """The synthetic set plus byte-identical and re-encoded copies of three images under new
+    lesion ids (one with another label), and a small "test" set sharing two train images."""
+    root = tmp_path_factory.mktemp("audit") / "train"
+    shutil.copytree(synth_dir, root)
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    folder = root / "HAM10000_images_part_1"
+    rows = []
+    for k, r in enumerate(meta.iloc[:3].to_dict("records")):
+        src = next(root.glob(f"*/{r['image_id']}.jpg"))
+        shutil.copyfile(src, folder / f"COPY_{k}.jpg")
+        dx = r["dx"] if k != 2 else "nv" if r["dx"] == "mel" else "mel"   # a conflict
+        rows.append({**r, "image_id": f"COPY_{k}", "lesion_id": f"HAM_COPY{k}", "dx": dx})
+    pd.concat([meta, pd.DataFrame(rows)]).to_csv(root / "HAM10000_metadata.csv", index=False)
+    test = root.parent / "test"
+    (test / "HAM10000_images_part_1").mkdir(parents=True)
+    trows = []
+    for k, r in enumerate(meta.iloc[10:12].to_dict("records")):
+        shutil.copyfile(next(root.glob(f"*/{r['image_id']}.jpg")),
+                        test / "HAM10000_images_part_1" / f"TEST_{k}.jpg")
+        trows.append({**r, "image_id": f"TEST_{k}", "lesion_id": f"HAM_TEST{k}"})
+    pd.DataFrame(trows).to_csv(test / "HAM10000_metadata.csv", index=False)
+    for d in (root, test):
+        run_cli("extract", "--data", d, "--cache", d.parent / f"{d.name}.h5", *EXTRACT_TINY)
+    return {"train": root, "test": test, "train_cache": root.parent / "train.h5",
+            "test_cache": root.parent / "test.h5", "meta": meta}
+
+
+def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path):
+    out = tmp_path / "audit"
+    r = run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"],
+                "--against", dup_set["test"], "--against-cache", dup_set["test_cache"],
+                "--out", out, "--threshold", "0.99999", "--top", "8")
+    assert "report:" in r.output
+    for name in ("audit_report.md", "duplicates.csv", "label_issues.csv", "outliers.csv",
+                 "groups.csv", "audit.json", "duplicates.png", "outliers.png"):
+        assert (out / name).is_file(), name
+    dup = pd.read_csv(out / "duplicates.csv")
+    meta = dup_set["meta"]
+    kinds = {(a, b): k for a, b, k in zip(dup.image_id_a, dup.image_id_b, dup.kind)}
+    key = {frozenset(p): k for p, k in kinds.items()}
+    for k in range(3):
+        assert frozenset((meta.image_id[k], f"COPY_{k}")) in key
+    assert key[frozenset((meta.image_id[0], "COPY_0"))] == "different_groups"
+    assert key[frozenset((meta.image_id[2], "COPY_2"))] == "conflicting_labels"
+    for k in range(2):   # the test set's copies of train images: contamination
+        assert key[frozenset((f"TEST_{k}", meta.image_id[10 + k]))] == "across_sets"
+    assert (dup["phash_distance"] == 0).all()      # byte-identical files: the same hash
+    groups = pd.read_csv(out / "groups.csv")
+    merged = groups.set_index("image_id")["merged_group_id"]
+    assert merged["COPY_0"] == merged[meta.image_id[0]]
+    counts = json.loads((out / "audit.json").read_text())["counts"]
+    assert counts["across_sets"] == 2 and counts["merged_groups"] >= 3
+    report = (out / "audit_report.md").read_text()
+    assert "across sets" in report and "| 2 |" in report
+    with Image.open(out / "duplicates.png") as sheet:
+        assert sheet.width > 300
+
+
+def test_audit_api_returns_a_frozen_typed_result(dup_set):
+    import dataclasses
+
+    import skinfeat
+
+    res = skinfeat.audit(dup_set["train"], dup_set["train_cache"], threshold=0.99999,
+                         labels=False)
+    assert isinstance(res, skinfeat.AuditResult)
+    assert res.label_issues is None and res.counts["label_issues"] == -1
+    assert res.counts["different_groups"] + res.counts["conflicting_labels"] >= 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.threshold = 0.5
+    assert (res.out / "duplicates.csv").is_file()
+
+
+def test_cv_merge_duplicate_groups_says_how_many(dup_set, tmp_path):
+    audit = tmp_path / "audit"
+    run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
+            audit, "--threshold", "0.99999", "--no-labels")
+    n = json.loads((audit / "audit.json").read_text())["counts"]["merged_groups"]
+    out = tmp_path / "cv"
+    r = run_cli("cv", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
+                out, "--models", "linear", "--folds", "3", "--merge-duplicate-groups",
+                audit / "duplicates.csv")
+    assert f"merged {n} group" in r.output
+    assert f"{n} group(s) merged" in (out / "cv_report.md").read_text()
+    split = pd.read_csv(out / "cv_folds.csv")
+    assert (split["merged_groups"] == n).all()
+    g = split.set_index("image_id")["group_id"]
+    assert g["COPY_0"] == g[dup_set["meta"].image_id[0]]
+
+
+# ---------------------------------------------------------------- bad input: one line each
+def one_line_error(r, *words):
+    assert r.exit_code != 0
+    msg = r.output.strip().splitlines()
+    assert len(msg) == 1 and msg[0].startswith("Error:"), r.output
+    for w in words:
+        assert w in msg[0], (w, msg[0])
+
+
+def test_cache_not_covering_the_data_is_one_line(dup_set, tmp_path):
+    r = run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["test_cache"], "--out",
+                tmp_path / "a", ok=False)
+    one_line_error(r, str(dup_set["test_cache"]), "not in this cache")
+
+
+def test_against_cache_of_another_encoder_is_refused(dup_set, tmp_path):
+    from skinfeat.embed.cache import read_cache
+
+    c = read_cache(dup_set["test_cache"])
+    other = tmp_path / "other.h5"
+    ident = json.loads(json.dumps(c.identity))
+    ident["backbone"] = "resnet18"
+    write_cache(other, CacheContents(c.image_ids, c.embeddings, None, identity=ident))
+    r = run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"],
+                "--against", dup_set["test"], "--against-cache", other, "--out", tmp_path / "a",
+                ok=False)
+    one_line_error(r, str(other), "not comparable")
+
+
+def test_oof_of_another_data_set_is_refused(dup_set, tmp_path):
+    oof = tmp_path / "oof_predictions.csv"
+    pd.DataFrame({"image_id": ["X1", "X2"], "p_nv": [0.5, 0.5], "p_mel": [0.5, 0.5]}) \
+        .to_csv(oof, index=False)
+    r = run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"],
+                "--oof", oof, "--out", tmp_path / "a", ok=False)
+    one_line_error(r, str(oof))
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_threshold_out_of_range_is_one_line(dup_set, tmp_path, value):
+    r = run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"],
+                "--threshold", value, "--out", tmp_path / "a", ok=False)
+    one_line_error(r, "--threshold", value)
+
+
+def test_merge_file_of_another_set_is_refused(tmp_path):
+    from skinfeat.data.tables import DataError
+
+    table = pd.DataFrame({"image_id": ["a", "b"], "group_id": ["1", "2"], "dx": ["x", "x"]})
+    dup = tmp_path / "duplicates.csv"
+    pd.DataFrame({"image_id_a": ["q"], "image_id_b": ["r"]}).to_csv(dup, index=False)
+    with pytest.raises(DataError, match="duplicates.csv"):
+        merge_duplicate_groups(table, dup)
+
+
+def test_fit_head_merge_says_it_in_the_split_and_the_model_card(dup_set, tmp_path):
+    dup = tmp_path / "duplicates.csv"
+    meta = dup_set["meta"]
+    pd.DataFrame({"image_id_a": [meta.image_id[0]], "image_id_b": ["COPY_0"],
+                  "kind": ["different_groups"]}).to_csv(dup, index=False)
+    out = tmp_path / "fit"
+    run_cli("fit-head", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
+            out, "--max-epochs", "2", "--merge-duplicate-groups", dup)
+    split = pd.read_csv(out / "splits.csv")
+    assert (split["merged_groups"] == 1).all()
+    assert "1 group(s) joined by near-duplicate pairs" in (out / "README.md").read_text()
+
+
+def test_cv_drop_label_issues_reports_what_it_dropped(dup_set, tmp_path):
+    issues = tmp_path / "label_issues.csv"
+    gone = list(dup_set["meta"].image_id[20:23])
+    pd.DataFrame({"rank": [1, 2, 3], "image_id": gone}).to_csv(issues, index=False)
+    out = tmp_path / "cv"
+    r = run_cli("cv", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
+                out, "--models", "linear", "--inputs", "image", "--folds", "3",
+                "--drop-label-issues", issues)
+    assert "dropped 3 image(s)" in r.output and gone[0] in r.output
+    report = (out / "cv_report.md").read_text()
+    assert "3 image(s)" in report and all(g in report for g in gone)
+    scored = set(pd.read_csv(out / "cv_folds.csv")["image_id"])
+    assert not scored & set(gone)
+    assert len(scored) == len(pd.read_csv(dup_set["train"] / "HAM10000_metadata.csv")) - 3
