@@ -737,4 +737,13 @@ def drop_label_issues(data: Dataset | PathLike, label_issues: PathLike) -> Datas
     return dataclasses.replace(data, table=table, described=described)
 
 
+def settle_crossing_groups(data: Dataset | PathLike, split: str, how: str = "refuse"):
+    """``data`` with the groups (lesions, patients) whose images sit in more than one value of
+    a ``by:COLUMN`` split's column settled by ``how`` (``--crossing-groups``: refuse, drop
+    them, or move each to its majority value), and a note of what was done (None: nothing)."""
+    from .data.crossing import settle_crossing_groups as settle
+
+    return settle(_dataset(data), split, how)
+
+
 __all__ = [name for name in PUBLIC if name != "__version__"]   # the one list: the package's

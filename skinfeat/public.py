@@ -8,5 +8,6 @@ PUBLIC = ("AuditResult", "CVResult", "CompareResult", "Dataset", "DatasetSpec", 
           "backbones", "check_dataset", "compare", "cross_validate", "download_ham10000",
           "drop_label_issues", "evaluate_model", "extract", "fit", "load_dataset", "load_model",
           "make_recipe", "merge_caches", "merge_duplicate_groups", "model_configs",
-          "model_names", "open_cache", "register_model", "run_demo", "serve", "tune", "unpack",
-          "weights_location", "write_card", "__version__")
+          "model_names", "open_cache", "register_model", "run_demo", "serve",
+          "settle_crossing_groups", "tune", "unpack", "weights_location", "write_card",
+          "__version__")

@@ -18,7 +18,7 @@ DOC = ROOT / "docs" / "python-api.md"
 def walkthrough() -> str:
     """The walkthrough of docs/python-api.md (the README's front page links to it)."""
     text = DOC.read_text(encoding="utf-8")
-    section = text[text.index("<!-- walkthrough -->"):]
+    section = text[text.index("<!-- tested-by: tests/test_api.py -->"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

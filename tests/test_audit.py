@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,6 +189,32 @@ def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path):
     assert "across sets" in report and "| 2 |" in report
     with Image.open(out / "duplicates.png") as sheet:
         assert sheet.width > 300
+
+
+@pytest.mark.slow   # a 160-image set through stage one and a 5-fold cv
+def test_the_audit_page_python_example_runs(tmp_path, monkeypatch):
+    """docs/audit.md's Python block, on a synthetic HAM10000 laid out where it looks."""
+    import re
+
+    import skinfeat
+    from skinfeat.data.synthetic import make_synthetic_ham
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "audit.md").read_text()
+    code = re.search(r"<!-- tested-by: tests/test_audit.py -->\s*```python\n(.*?)```", text,
+                     re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    root = make_synthetic_ham("data/ham10000", n_images=160, seed=1)
+    skinfeat.extract(skinfeat.load_dataset(root), "cache/ham.h5", backbone="test_convnext",
+                     weights="random", image_size=64, num_workers=0)
+    # The default threshold is calibrated on real weights; random test_convnext embeddings are
+    # all alike, so here only identical embeddings count as duplicates.
+    import skinfeat.workflows.audit as audit_workflow
+    monkeypatch.setattr(audit_workflow, "DEFAULT_THRESHOLD", 0.99999)
+    scope: dict = {}
+    exec(compile(code, "docs/audit.md", "exec"), scope)
+    assert scope["res"].out.name == "audit" and (tmp_path / "runs" / "audit").is_dir()
+    assert "merged_groups" in scope["merged"].table.attrs
+    assert scope["cv"].report_path.is_file()
 
 
 def test_audit_api_returns_a_frozen_typed_result(dup_set):

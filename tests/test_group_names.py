@@ -26,8 +26,7 @@ def test_lesion_is_the_older_spelling_of_group(synth_table):
             assign_split(synth_table, "group", seed=2)).all()
     assert RunConfig.from_dict({"split": "lesion"}).split == "group"   # an older config.json
     cfg = CVConfig(split="lesion")
-    cfg.check()
-    assert cfg.split == "group"
+    assert cfg.check().split == "group"   # check() returns the checked value (configs are frozen)
 
 
 def test_a_split_saved_before_the_rename_loads(synth_table, tmp_path):

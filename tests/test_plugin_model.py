@@ -88,3 +88,38 @@ def test_unknown_model_is_refused_by_name(synth_dir, synth_cache, tmp_path):
     r = CliRunner().invoke(main, ["fit-head", "--data", str(synth_dir), "--cache",
                                   str(synth_cache), "--out", str(tmp_path), "--model", "prior"])
     assert r.exit_code != 0 and "head" in r.output and "prior" in r.output
+
+
+def _models_page_blocks() -> list[str]:
+    """The python blocks of docs/models.md that name this file as their test."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    return re.findall(r"<!-- tested-by: tests/test_plugin_model.py -->\s*```python\n(.*?)```",
+                      text, re.S)
+
+
+def test_the_models_page_shows_this_model_as_it_is():
+    """docs/models.md says its block is the whole of tests/plugin_model.py (less the module
+    docstring and the __future__ import): it must stay so."""
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).parent / "plugin_model.py").read_text()
+    body = ast.parse(source).body
+    start = next(n for n in body if not (isinstance(n, ast.Expr) or
+                                          (isinstance(n, ast.ImportFrom)
+                                           and n.module == "__future__")))
+    code = "\n".join(source.splitlines()[start.lineno - 1:]).strip()
+    assert _models_page_blocks()[0].strip() == code
+
+
+def test_the_models_page_api_example_runs(prior, synth_dir, synth_cache, tmp_path, monkeypatch):
+    import skinfeat
+
+    monkeypatch.chdir(tmp_path)
+    scope = {"data": skinfeat.load_dataset(synth_dir), "cache": synth_cache}
+    exec(compile(_models_page_blocks()[1], "docs/models.md", "exec"), scope)
+    assert 0.0 <= scope["fit"].metrics["balanced_accuracy"] <= 1.0
+    assert set(scope["cv"].table["model"]) == {"prior", "linear"}

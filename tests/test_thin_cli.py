@@ -18,6 +18,8 @@ ALLOWED = {
         "DEFAULT_BACKBONE: the default of --backbone",
     ("skinfeat.commands.data", "skinfeat.embed.backbone"):
         "DEFAULT_BACKBONE: the default of --backbone",
+    ("skinfeat.commands.data", "skinfeat.embed.weights"):
+        "OFFLINE_ROUTES: the offline routes that `skinfeat weights` names",
     ("skinfeat.commands.stage_one", "skinfeat.embed.device"): "DEVICES, PRECISIONS: option choices",
     ("skinfeat.commands.stage_one", "skinfeat.embed.transform"): "RESIZE_MODES: option choices",
     ("skinfeat.commands.deploy", "skinfeat.embed.device"): "DEVICES: option choices",

@@ -135,7 +135,7 @@ crossing_option = click.option(
 
 def settle_crossing(data, split, how: str):
     """``data`` with ``--crossing-groups`` applied, and the note to print and save (or None)."""
-    from ..data.crossing import settle_crossing_groups
+    from ..api import settle_crossing_groups
 
     data, note = settle_crossing_groups(data, split, how)
     if note is not None:
