@@ -29,8 +29,7 @@ def one(rows: int, dim: int, method: str) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from skinfeat.evaluate.audit_search import (approximate_recall, normalise, outlier_scores,
-                                                search)
+    from skinfeat.evaluate.audit_search import approximate_recall, normalise, outlier_scores, search
 
     rng = np.random.default_rng(0)
     copies = rows // 100

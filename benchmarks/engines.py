@@ -76,8 +76,12 @@ def candidates(net, x, calib, tmp: Path) -> dict:
     onnx_path = tmp / "m.onnx"
     if have("onnxruntime", "onnx"):
         import onnxruntime as ort
-        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
         torch.onnx.export(net, (torch.from_numpy(x[:1]),), str(onnx_path), input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
@@ -134,11 +138,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import warnings
     warnings.filterwarnings("ignore")
+    from skinfeat.data.datasets import load_ham10000
     from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.engines import PooledFeatures
     from skinfeat.embed.transform import preprocess, transform_for
     from skinfeat.embed.weights import WeightSource
-    from skinfeat.data.datasets import load_ham10000
-    from skinfeat.embed.engines import PooledFeatures
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from extract import cpu_line

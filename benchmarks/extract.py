@@ -92,9 +92,9 @@ def interleaved_rates(table, args, precisions: list[str], device: torch.device,
     overlap, so a lower bound for runs with decode workers) and the model alone on one
     preloaded batch (best of ``rounds``)."""
     from skinfeat.embed.backbone import create_backbone
-    from skinfeat.embed.transform import preprocess, transform_for
     from skinfeat.embed.engines import make_embedder
     from skinfeat.embed.extract import cache_identity, embed_files
+    from skinfeat.embed.transform import preprocess, transform_for
 
     model = create_backbone(args.name, args.source)
     spec = transform_for(model)
@@ -155,9 +155,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 def reference_epoch_seconds(table, backbone: str, batch: int = 64) -> float:
     """One epoch the reference's way: decode + fp32 backbone forward for every image, then the head."""
     from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.extract import Embedder
     from skinfeat.embed.transform import preprocess, transform_for
     from skinfeat.embed.weights import WeightSource
-    from skinfeat.embed.extract import Embedder
 
     model = create_backbone(backbone, WeightSource("random"))
     spec = transform_for(model)
@@ -179,8 +179,8 @@ def benchmark_weights(backbone: str, weights_file: Path | None):
     """(backbone ref, weight source) of the benchmark: a local model folder (local-dir:PATH,
     hf:PATH, open_clip:PATH) carries real weights and they are used, recorded by sha256, never a
     random init of its architecture; elsewhere random weights unless --weights-file."""
-    from skinfeat.embed.weights import WeightSource, resolve_weights
     from skinfeat.embed.encoders import parse_backbone, resolve_backbone
+    from skinfeat.embed.weights import WeightSource, resolve_weights
 
     own = parse_backbone(backbone).folder is not None
     source = resolve_weights(weights_file=weights_file) if weights_file \
@@ -209,8 +209,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from skinfeat.embed.device import resolve_device
     from skinfeat.data.datasets import load_ham10000
+    from skinfeat.embed.device import resolve_device
     from skinfeat.embed.engines import calibration_files, calibration_identity
     from skinfeat.learn.cv import CVConfig, run_cv
     from skinfeat.learn.runconfig import RunConfig

@@ -40,11 +40,10 @@ from missing_metadata import DATA, VAL_FRACTION, balanced_accuracy, cpu_flags, l
 
 from skinfeat.data.datasets import CLASSES  # noqa: E402
 from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
-from skinfeat.data.splits import (drop_crossing_groups, fold_ids, holdout_mask,  # noqa: E402
-                                  source_values)
+from skinfeat.data.splits import drop_crossing_groups, fold_ids, holdout_mask, source_values  # noqa: E402
+from skinfeat.learn.fallback import fallback_rows, image_part  # noqa: E402
 from skinfeat.learn.head import HeadConfig, head_logits  # noqa: E402
 from skinfeat.learn.head_batch import fit_heads  # noqa: E402
-from skinfeat.learn.fallback import fallback_rows, image_part  # noqa: E402
 from skinfeat.learn.head_model import HeadModel  # noqa: E402
 
 SPLIT = "by:dataset"

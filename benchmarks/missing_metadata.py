@@ -33,14 +33,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinfeat.embed.cache import read_cache
-from skinfeat.learn.calibration import METHODS, Calibrator
 from skinfeat.data.datasets import CLASSES, load_dataset
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.data.splits import fold_ids, holdout_mask
+from skinfeat.embed.cache import read_cache
+from skinfeat.evaluate.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    classwise_calibration,
+    softmax,
+)
+from skinfeat.learn.calibration import METHODS, Calibrator
 from skinfeat.learn.head import STOP_ON, HeadConfig, head_logits
 from skinfeat.learn.head_batch import fit_head
-from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.evaluate.metrics import bootstrap_ci, classification_metrics, classwise_calibration, softmax
-from skinfeat.data.splits import fold_ids, holdout_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data"

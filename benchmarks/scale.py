@@ -85,8 +85,8 @@ def crops_set(root: Path, n: int, seed: int = 0) -> Path:
 def stage_one(n: int, backbone: str, sizes: tuple[int, ...] = (224, 128)) -> None:
     """img/s of ``extract`` on ``n`` small crops at each input size (see the module docstring)."""
     from skinfeat.data.datasets import load_dataset
-    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import extract
+    from skinfeat.embed.weights import WeightSource
 
     with tempfile.TemporaryDirectory(prefix="skinfeat-stage-one-") as tmp:
         table = load_dataset(crops_set(Path(tmp) / "set", n), "isic2024").table

@@ -20,15 +20,16 @@ and is removed with it. Pass ``out`` to keep the run folder (report, figures, bu
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .data.datasets import Dataset, load_dataset
-from .data.spec import DatasetSpec, Task
+from .data.spec import DatasetSpec, Task  # noqa: F401  (public: in __all__, from PUBLIC)
 from .deploy.decision import Decision, calibration_text
 from .embed.backbone import DEFAULT_BACKBONE
 from .errors import InputError, SkinfeatError  # noqa: F401  (SkinfeatError: public)
@@ -152,7 +153,8 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
     ``i`` of ``n``; ``pool``: the family's pooling (timm avg; open_clip proj, cls, mean; hf cls,
     mean; None: the family's default). The result's ``run`` holds this run's counts and
     failures."""
-    from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS, extract as run_extract
+    from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS
+    from .embed.extract import extract as run_extract
     from .embed.weights import resolve_weights
 
     data = data if isinstance(data, Dataset) else load_dataset(data)
@@ -685,7 +687,7 @@ def audit(data: Dataset | PathLike, cache: PathLike, *, against: Dataset | PathL
           against_cache: PathLike | None = None, out: PathLike | None = None,
           threshold: float | None = None, oof: PathLike | None = None, labels: bool = True,
           duplicates: bool = True, outliers: bool = True, top: int = 50,
-          method: str = "auto") -> "AuditResult":
+          method: str = "auto") -> AuditResult:
     """Audit a data set from its cached embeddings (``skinfeat audit``): near-duplicate pairs
     (cosine >= ``threshold``, default calibrated: docs/audit.md) classified as same group,
     different groups, conflicting labels or (with ``against`` + ``against_cache``, another set)

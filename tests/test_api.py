@@ -100,6 +100,7 @@ def test_a_kept_run_loads_and_predicts_like_the_fit(synth_table, synth_cache, sy
 
 def test_predict_refuses_ambiguous_inputs(ship_runs, synth_cache):
     import pytest
+
     import skinfeat
 
     model = skinfeat.load_model(ship_runs["head"])

@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import EXTRACT_TINY, run_cli
+from PIL import Image
 
 from skinfeat.data.duplicate_groups import merge_duplicate_groups, merge_groups
 from skinfeat.data.splits import fold_ids
 from skinfeat.embed.cache import CacheContents, write_cache
-from skinfeat.evaluate.audit_search import (approximate_recall, normalise, outlier_scores, scan,
-                                            scan_approximate)
+from skinfeat.evaluate.audit_search import (
+    approximate_recall,
+    normalise,
+    outlier_scores,
+    scan,
+    scan_approximate,
+)
 
 
 def planted(n=400, dim=48, copies=12, seed=0):

@@ -17,21 +17,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import TINY
 from PIL import Image
+from test_datasets import COLUMNS, ROWS, make_dir
 
-from skinfeat.embed.transform import TransformSpec, load_image, preprocess
-from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.data.datasets import index_images, load_ham10000
-from skinfeat.embed.extract import ImageFiles
-from skinfeat.learn.head import HeadConfig
 from skinfeat.data.splits import assign_split, fold_ids
+from skinfeat.embed.cache import read_cache
+from skinfeat.embed.extract import ImageFiles
+from skinfeat.embed.transform import TransformSpec, load_image, preprocess
+from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.train import align_embeddings
 from skinfeat.workflows.fit import fit_run
-
-from conftest import TINY
-from test_datasets import COLUMNS, ROWS, make_dir
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from conftest import TINY
 
-from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import CacheError, CacheWriter, merge_caches, read_cache
 from skinfeat.embed.extract import extract
-
-from conftest import TINY
+from skinfeat.embed.weights import WeightSource
 
 
 def test_layout_is_plain_hdf5(synth_cache, synth_table):

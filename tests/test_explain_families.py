@@ -12,14 +12,14 @@ import torch
 
 pytest.importorskip("pytorch_grad_cam")
 
+from test_encoders import FAMILIES  # noqa: E402
+
 from skinfeat.deploy.explain import Explainer, cam_target, explanation_figure  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
 from skinfeat.embed.extract import extract  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
 from skinfeat.workflows.fit import fit_run  # noqa: E402
-
-from test_encoders import FAMILIES  # noqa: E402
 
 pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from skinfeat.embed.transform import preprocess  # noqa: E402
+from skinfeat.api import load_model  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
-from skinfeat.api import load_model  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.embed.transform import preprocess  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

@@ -17,8 +17,8 @@ from test_local_dir import save_timm_folder  # noqa: E402
 
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
-from skinfeat.embed.transform import preprocess  # noqa: E402
 from skinfeat.embed.extract import extract  # noqa: E402
+from skinfeat.embed.transform import preprocess  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
 from skinfeat.workflows.fit import fit_run  # noqa: E402

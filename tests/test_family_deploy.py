@@ -13,7 +13,6 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("pytorch_grad_cam")
 from fastapi.testclient import TestClient  # noqa: E402
-
 from test_encoders import FAMILIES  # noqa: E402
 
 from skinfeat.api import evaluate_model  # noqa: E402

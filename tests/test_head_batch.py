@@ -8,16 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 import skinfeat.learn.head_batch as head_batch
-from torch.nn import functional as F
-from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
 from skinfeat.learn.head import HeadConfig
+from skinfeat.learn.head_batch import fit_head, fit_heads
 from skinfeat.learn.optim import Adam
 from skinfeat.learn.runconfig import RunConfig
-from skinfeat.learn.head_batch import fit_head, fit_heads
 
 
 def test_adam_is_torchs_including_stacked_models_out_of_step():
@@ -75,8 +74,13 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
     import copy
 
     from skinfeat.learn.head import FusionHead, _eval_view, balanced_class_weights
-    from skinfeat.learn.head_batch import (DropoutNoise, _blank_fields, _pick_view, _val_score,
-                                           dropout_scale)
+    from skinfeat.learn.head_batch import (
+        DropoutNoise,
+        _blank_fields,
+        _pick_view,
+        _val_score,
+        dropout_scale,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)

@@ -12,14 +12,14 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXTRACT_TINY as EXTRACT
+from conftest import run_cli as cli
 from PIL import Image
 
 from skinfeat.data.datasets import DataError, detect, load_dataset, load_images
 from skinfeat.data.images import hdf5_locator, open_image, split_locator
 from skinfeat.data.presets import ISIC2024_TRAIN_ONLY, PRESETS
 from skinfeat.data.synthetic import make_synthetic
-
-from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from skinfeat.learn.runconfig import RunConfig
 from skinfeat.cli import main
 from skinfeat.deploy.predict import Predictor
 from skinfeat.learn import linear
 from skinfeat.learn.linear import LinearConfig, LinearProbe, design
+from skinfeat.learn.runconfig import RunConfig
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

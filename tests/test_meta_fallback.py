@@ -75,12 +75,12 @@ def test_whole_row_blanking_only_in_heads_with_an_image():
     """meta_dropout_all teaches a fused head to use the image; a metadata-only head trains as
     with meta_dropout_all = 0 (the same draws, the same weights)."""
     import numpy as np
+    import pandas as pd
     import torch
 
     from skinfeat.data.metadata import MetadataEncoder
     from skinfeat.learn.head import HeadConfig
     from skinfeat.learn.head_batch import fit_heads
-    import pandas as pd
 
     rng = np.random.default_rng(0)
     n = 300

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from skinfeat.learn.head import HeadConfig, head_logits
-from skinfeat.learn.head_batch import _blank_fields, fit_head
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.evaluate.metrics import classification_metrics, softmax
+from skinfeat.learn.head import HeadConfig, head_logits
+from skinfeat.learn.head_batch import _blank_fields, fit_head
 
 TRAIN = pd.DataFrame({
     "age": [30.0, 45.0, np.nan, 70.0, 55.0, 60.0],

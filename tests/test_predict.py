@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinfeat.deploy.bundle import BundleError, load_config, load_into, load_state
-from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.data.datasets import CLASSES
-from skinfeat.learn.head import FusionHead, head_logits
 from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.learn.calibration import Calibrator
-from skinfeat.evaluate.metrics import softmax
+from skinfeat.deploy.bundle import BundleError, load_config, load_into, load_state
 from skinfeat.deploy.predict import Predictor
+from skinfeat.embed.cache import read_cache
+from skinfeat.evaluate.metrics import softmax
+from skinfeat.learn.calibration import Calibrator
+from skinfeat.learn.head import FusionHead, head_logits
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
@@ -223,8 +223,8 @@ def test_truncated_weights_and_wrong_backbone_source(runs, tmp_path, synth_table
 
 
 def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
-    from skinfeat.learn.calibration import fit_temperature
     from skinfeat.evaluate.metrics import expected_calibration_error
+    from skinfeat.learn.calibration import fit_temperature
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 1.5, (6000, 7))
     p = softmax(logits)

@@ -67,7 +67,9 @@ def sklearn_version() -> tuple[int, ...]:
 @pytest.mark.parametrize("n_folds, seed", [(5, 42), (8, 0), (3, 7)])
 def test_fast_grouped_folds_equal_sklearns(n_folds, seed):
     import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
+
     from skinfeat.data.splits import stratified_group_folds
 
     rng = np.random.default_rng(seed)

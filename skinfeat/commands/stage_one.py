@@ -8,8 +8,14 @@ import click
 
 from ..embed.device import DEVICES, PRECISIONS
 from ..embed.transform import RESIZE_MODES
-from .common import (dataset_options, default_cache, load_data, pop_dataset_options, progress_bar,
-                     weights_options)
+from .common import (
+    dataset_options,
+    default_cache,
+    load_data,
+    pop_dataset_options,
+    progress_bar,
+    weights_options,
+)
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import click
 
-from .common import (crossing_option, dataset_options, find_cache, load_data,
-                     merge_groups_option, pop_dataset_options, progress_bar, settle_crossing)
+from .common import (
+    crossing_option,
+    dataset_options,
+    find_cache,
+    load_data,
+    merge_groups_option,
+    pop_dataset_options,
+    progress_bar,
+    settle_crossing,
+)
 
 # Help for the recipe's flags; every field of HeadConfig and LGBMConfig gets a flag, so a
 # field added there is settable at once (and from --config).

@@ -18,8 +18,19 @@ import pandas as pd
 from .images import image_index, resolve_hdf5
 from .presets import PRESETS, REQUIRED_COLUMNS
 from .spec import DatasetSpec, SpecError, Task, load_spec
-from .tables import (DETECT_DEPTH, DataError, _as_text, clean_category, clean_metadata,
-                     find_files, header_of, image_key, index_images, read_table, resolve_images)
+from .tables import (
+    DETECT_DEPTH,
+    DataError,
+    _as_text,
+    clean_category,
+    clean_metadata,
+    find_files,
+    header_of,
+    image_key,
+    index_images,
+    read_table,
+    resolve_images,
+)
 
 log = logging.getLogger(__name__)
 

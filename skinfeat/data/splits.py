@@ -60,7 +60,7 @@ class SplitKind:
         return f"{BY}{self.column}" + (f"={self.value}" if self.value is not None else "")
 
 
-def parse_split(text: "str | SplitKind") -> SplitKind:
+def parse_split(text: str | SplitKind) -> SplitKind:
     """``--split`` text to a ``SplitKind``; column and value compared lower-case (the validated
     table's column names and categories are)."""
     if isinstance(text, SplitKind):
@@ -80,7 +80,7 @@ def parse_split(text: "str | SplitKind") -> SplitKind:
                      "on the others), e.g. by:dataset=rosendahl")
 
 
-def protocol(kind: "str | SplitKind", group: str = "lesion") -> str:
+def protocol(kind: str | SplitKind, group: str = "lesion") -> str:
     """The split's description for reports, in the dataset's own words (lesion, patient)."""
     split = parse_split(kind)
     if split.by:
@@ -104,7 +104,7 @@ def protocol(kind: "str | SplitKind", group: str = "lesion") -> str:
             "inflates scores")
 
 
-def _check_kind(kind: "str | SplitKind") -> SplitKind:
+def _check_kind(kind: str | SplitKind) -> SplitKind:
     split = kind if isinstance(kind, SplitKind) else \
         parse_split(kind) if str(kind).lower().startswith(BY) else \
         SplitKind(ALIASES.get(str(kind), str(kind)))
@@ -114,7 +114,7 @@ def _check_kind(kind: "str | SplitKind") -> SplitKind:
     return split
 
 
-def source_values(table: pd.DataFrame, kind: "str | SplitKind") -> list[str]:
+def source_values(table: pd.DataFrame, kind: str | SplitKind) -> list[str]:
     """The values of a ``by:`` split's column, sorted: fold k of ``fold_ids`` scores value k.
     Refuses a column the table lacks, rows without a value, and a group (lesion, patient) whose
     images sit in two values (a held-out source would then share groups with training)."""
@@ -330,7 +330,7 @@ def check_grouped(lesions: pd.Series, split: pd.Series) -> None:
                          f"e.g. {', '.join(crossing.index[:3])}")
 
 
-def check_split(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") -> None:
+def check_split(table: pd.DataFrame, split: pd.Series, kind: str | SplitKind) -> None:
     """Leakage guard plus the basic sanity every later step relies on; a ``by:`` split also
     refuses a value of its column on both the scored and the training side."""
     by = _check_kind(kind) if str(kind) != "none" else SplitKind("none")
@@ -351,7 +351,7 @@ def check_split(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") 
                          "the data set is too small for it")
 
 
-def source_sides(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") -> dict | None:
+def source_sides(table: pd.DataFrame, split: pd.Series, kind: str | SplitKind) -> dict | None:
     """For a ``by:`` split, which values trained and which scored (for the report)."""
     by = parse_split(kind) if str(kind).lower().startswith(BY) else None
     if by is None or not by.by:
@@ -362,7 +362,7 @@ def source_sides(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind")
             "scored_on": sorted(set(values[side == "test"]))}
 
 
-def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: "str | SplitKind",
+def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: str | SplitKind,
                seed: int) -> None:
     out = table[["image_id", "group_id", "dx"]].assign(split=split.to_numpy(), kind=str(kind),
                                                         seed=seed)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -18,8 +18,16 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import write_artifact
 from ..embed.cache import source_identities
-from .bundle_config import (FORMAT, OLDER, BundleConfig, BundleError,  # noqa: F401
-                            EnsembleConfig, HeadDims, migrate, parse_config)
+from .bundle_config import (  # noqa: F401
+    FORMAT,
+    OLDER,
+    BundleConfig,
+    BundleError,
+    EnsembleConfig,
+    HeadDims,
+    migrate,
+    parse_config,
+)
 
 log = logging.getLogger(__name__)
 

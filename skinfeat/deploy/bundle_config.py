@@ -12,9 +12,10 @@ the model class's ``from_bundle``). Every bundle written since ``skinfeat-bundle
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from ..errors import SkinfeatError
 from ..learn.models import registry
@@ -64,7 +65,7 @@ class HeadDims:
     n_classes: int
 
     @classmethod
-    def of(cls, head: Mapping) -> "HeadDims":
+    def of(cls, head: Mapping) -> HeadDims:
         return cls(_count(head, "embed_dim", 1), _count(head, "meta_dim", 0),
                    _count(head, "n_classes", 2))
 
@@ -164,7 +165,7 @@ class EnsembleConfig(_Config):
 
     @classmethod
     def of_members(cls, first: BundleConfig, members: list[str], *, inputs: str, split: str,
-                   seeds: list[int], combine: str) -> "EnsembleConfig":
+                   seeds: list[int], combine: str) -> EnsembleConfig:
         """The ensemble of ``members``, described by its first member's config."""
         return cls(members=tuple(members), classes=first.classes, backbone=first.backbone,
                    head={"members": first.model_type, "inputs": inputs,

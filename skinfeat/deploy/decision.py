@@ -11,8 +11,8 @@ and API, the ONNX graph's ``decision`` output) shows these four fields, built he
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

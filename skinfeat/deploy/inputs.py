@@ -10,8 +10,9 @@ parameters at ``fit``, in ``learn/sklearn.py``: a lower layer.)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

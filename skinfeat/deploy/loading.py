@@ -18,18 +18,26 @@ from ..data.datasets import HAM10000
 from ..data.metadata import MetadataEncoder
 from ..data.spec import DatasetSpec, SpecError, Task
 from ..embed.backbone import create_backbone
-from ..embed.device import resolve_device
-from ..embed.transform import TransformSpec
 from ..embed.cache import random_weights, source_identities
-from ..embed.weights import WeightSource, resolve_weights
+from ..embed.device import resolve_device
 from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder
+from ..embed.transform import TransformSpec
+from ..embed.weights import WeightSource, resolve_weights
 from ..learn.calibration import Calibrator
 from ..learn.context import context_columns
 from ..learn.models import registry
 from ..learn.protocol import StageTwoModel
-from .bundle import (CONFIG, QUANTIZED, BundleConfig, BundleError, EnsembleConfig, load_into,
-                     load_state, load_typed)
+from .bundle import (
+    CONFIG,
+    QUANTIZED,
+    BundleConfig,
+    BundleError,
+    EnsembleConfig,
+    load_into,
+    load_state,
+    load_typed,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ this module embeds, calibrates and decides.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,14 @@ from ..learn.context import context_matrix
 from ..learn.fallback import fallback_rows
 from .bundle import CONFIG, BundleError, atomic_write_text
 from .decision import FIELDS, Decision, decisions, predictor_rule
-from .loading import (LoadedBundle, bundle_calibrator, bundle_spec,  # noqa: F401 (their home
-                      load_model, load_stage_two, weight_source)     # before the split)
+from .loading import (  # noqa: F401 (their home
+    LoadedBundle,
+    bundle_calibrator,
+    bundle_spec,
+    load_model,  # before the split)
+    load_stage_two,
+    weight_source,
+)
 
 log = logging.getLogger(__name__)
 

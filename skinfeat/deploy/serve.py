@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from ..data.datasets import DataError
 from ..embed.transform import MAX_IMAGE_PIXELS, load_image
 from ..errors import SkinfeatError
-from .explain import ExplainError, Explainer, overlay
+from .explain import Explainer, ExplainError, overlay
 
 log = logging.getLogger(__name__)
 

@@ -31,13 +31,35 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ..atomic import atomic_write, disk_full_hint
+
 # Every public name stays importable from here: the readers and tests import them from cache.
-from .cache_check import (SAME_EMBEDDING, CacheContents, check_contents,  # noqa: F401
-                          partial_identity, read_cache, read_identity, same_rows, stored_identity)
-from .cache_identity import (FORMAT, HINT_KEYS, IDENTITY_FORMAT, IDENTITY_TYPES,  # noqa: F401
-                             CacheError, CacheIdentity, comparable, examples, failures_attr,
-                             identity_diff, parse_failures, parse_identity, parse_json_attr,
-                             random_weights, source_identities)
+from .cache_check import (  # noqa: F401
+    SAME_EMBEDDING,
+    CacheContents,
+    check_contents,
+    partial_identity,
+    read_cache,
+    read_identity,
+    same_rows,
+    stored_identity,
+)
+from .cache_identity import (  # noqa: F401
+    FORMAT,
+    HINT_KEYS,
+    IDENTITY_FORMAT,
+    IDENTITY_TYPES,
+    CacheError,
+    CacheIdentity,
+    comparable,
+    examples,
+    failures_attr,
+    identity_diff,
+    parse_failures,
+    parse_identity,
+    parse_json_attr,
+    random_weights,
+    source_identities,
+)
 from .cache_merge import cache_label, concat, fuse_caches, read_caches  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -91,7 +113,7 @@ class CacheWriter:
         self._lock = FileLock(f"{self.path}.lock")
         self.done: set[str] = set()
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)

@@ -13,8 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache_identity import (CacheError, examples, parse_failures, parse_identity,
-                             random_weights)
+from .cache_identity import CacheError, examples, parse_failures, parse_identity, random_weights
 
 # Two rows for one image id are "the same embedding" within the float rounding that separates a
 # sharded or resumed extract from a single pass (README "Determinism": within 1e-5).

@@ -169,7 +169,7 @@ class CacheIdentity:
         return {k: v for k, v in d.items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str | Path = "identity") -> "CacheIdentity":
+    def from_dict(cls, data: dict, source: str | Path = "identity") -> CacheIdentity:
         """Strict: an unknown key or a wrong type is a one-line ``CacheError`` naming ``source``."""
         fmt = data.get("format", IDENTITY_FORMAT) if isinstance(data, dict) else None
         if fmt != IDENTITY_FORMAT:

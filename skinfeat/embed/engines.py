@@ -27,16 +27,16 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_dir
 from ..errors import SkinfeatError
-from .transform import TransformSpec, preprocess
 from .encoders.base import FamilyEncoder
+from .transform import TransformSpec, preprocess
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,13 +16,21 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import InputError
 from ..version import __version__
 from .backbone import DEFAULT_BACKBONE, create_backbone
-from .device import default_batch_size, resolve_device, resolve_precision
-from .transform import TransformSpec, load_image, to_tensor, transform_for
 from .cache import CacheContents, CacheWriter, stored_identity
 from .cache_identity import CacheIdentity, comparable
+from .device import default_batch_size, resolve_device, resolve_precision
 from .encoders import DEFAULT_POOL, POOLS, FamilyEncoder, resolve_backbone
-from .engines import (CALIBRATION_IMAGES, Embedder, Int8Embedder, PooledFeatures,  # noqa: F401
-                      calibration_files, calibration_identity, make_embedder, require_int8)
+from .engines import (  # noqa: F401
+    CALIBRATION_IMAGES,
+    Embedder,
+    Int8Embedder,
+    PooledFeatures,
+    calibration_files,
+    calibration_identity,
+    make_embedder,
+    require_int8,
+)
+from .transform import TransformSpec, load_image, to_tensor, transform_for
 from .weights import WeightSource
 
 log = logging.getLogger(__name__)

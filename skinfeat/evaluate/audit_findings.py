@@ -3,6 +3,7 @@ where the image files exist) and ranked outliers, as the tables the audit writes
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 import pandas as pd
 

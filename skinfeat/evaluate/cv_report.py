@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..atomic import write_artifact, write_text
 from .report import REFERENCE, fmt, metric_label, save_confusion_png, weights_warning
+
 REFERENCE_PROTOCOL = ("image-level 80/20 split (images of one lesion on both sides); the scored "
                       "set also chose the epoch and the age scaler saw it; one split, no folds")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,8 +13,7 @@ from ..atomic import write_artifact, write_text
 from .checklist import _spec_of, checklist_lines
 from .hub_card import card_data, write_hub_card
 from .metrics import bootstrap_ci, headline, reliability_bins, softmax
-from .model_text import (model_line, model_words, random_sources, stopping_text,
-                         weights_banner)
+from .model_text import model_line, model_words, random_sources, stopping_text, weights_banner
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).
 REFERENCE = {"accuracy": 0.7324, "weighted_f1": 0.75, "macro_f1": 0.55}

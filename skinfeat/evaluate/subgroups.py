@@ -11,9 +11,8 @@ are shown, flagged, and never ranked.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

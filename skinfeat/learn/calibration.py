@@ -97,7 +97,7 @@ class Calibrator:
         self.decision_offset: list[float] | None = None  # log w_c: the balanced decision rule
 
     def fit(self, logits: np.ndarray, y: np.ndarray,
-            class_weights: np.ndarray | None = None) -> "Calibrator":
+            class_weights: np.ndarray | None = None) -> Calibrator:
         logits = np.asarray(logits, np.float64)
         y = np.asarray(y, dtype=np.int64)
         k = logits.shape[1]
@@ -156,7 +156,7 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, state: dict | float | None, n_classes: int | None = None,
-                  key: str = "calibration") -> "Calibrator":
+                  key: str = "calibration") -> Calibrator:
         """From ``to_dict``; a bare number (an old bundle's ``temperature``) is temperature only.
 
         Every value is checked, since a bundle's config.json may have been edited: a temperature

@@ -25,21 +25,20 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import (SPLIT_KINDS, check_split, fold_ids, holdout_mask,
-                           parse_split, protocol)
+from ..data.splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, parse_split, protocol
 from ..embed.cache import CacheContents
 from ..errors import InputError
-from ..schema import dump
 from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, mean_std
+from ..schema import dump
 from .fallback import applies
 from .fallback import combine as combine_rows
 from .head import INPUTS, one_thread
@@ -85,7 +84,7 @@ class CVConfig:
         params = with_fields(self.model_config(model), inputs=inputs, seed=seed, num_threads=1)
         return replace(self.recipe, model=model, seed=seed, select_on="val", params=params)
 
-    def check(self) -> "CVConfig":
+    def check(self) -> CVConfig:
         """The protocol checked; returns it with the split in its current spelling."""
         inputs = INPUTS if self.inputs is None else self.inputs
         split = parse_split(self.split)   # group (older: lesion), image, or by:COLUMN

@@ -96,7 +96,7 @@ class HeadConfig:
         return self.epochs is None
 
     @classmethod
-    def reference(cls, **changes) -> "HeadConfig":
+    def reference(cls, **changes) -> HeadConfig:
         """The published recipe: no field or row dropout, early stopping on plain validation
         loss."""
         return cls(**{"meta_dropout": 0.0, "meta_dropout_all": 0.0, "stop_on": "loss",
@@ -164,7 +164,7 @@ class FusionHead(nn.Module):
 
     @classmethod
     def from_config(cls, embed_dim: int, meta_dim: int, n_classes: int,
-                    cfg: "HeadConfig | dict") -> "FusionHead":
+                    cfg: HeadConfig | dict) -> FusionHead:
         """The head a config describes (a bundle's ``head`` dict: fields it lacks, from bundles
         made before they existed, take the recipe's defaults)."""
         d = cfg.to_dict() if isinstance(cfg, HeadConfig) else cfg

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
-import warnings
 
 import numpy as np
 import torch

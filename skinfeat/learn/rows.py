@@ -10,7 +10,7 @@ memory-mapped array; what is gathered comes back as float32.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class Rows:
         for start in range(0, len(self.index), size):
             yield self.gather(slice(start, start + size))
 
-    def view(self, v: int) -> "Rows":
+    def view(self, v: int) -> Rows:
         """View ``v`` of an (N, V, D) side: the same rows of ``base[:, v]`` (a numpy view)."""
         return Rows(self.base[:, v], self.index)
 

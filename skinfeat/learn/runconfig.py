@@ -11,9 +11,10 @@ type or an out-of-range value is one error naming the file and the key (``head.l
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from ..data.metadata import ENCODINGS
 from ..data.splits import ALIASES, parse_split
@@ -64,7 +65,7 @@ class RunConfig:
         return {**d, self.model: params}
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "config", at: str = "") -> "RunConfig":
+    def from_dict(cls, d: Mapping, source: str = "config", at: str = "") -> RunConfig:
         """A recipe from a table (under the key ``at`` in its file); every key typed and
         checked, errors naming ``source`` and the key. The model's config is the table named
         after it; a recipe written before one model config per recipe also held the tables
@@ -88,12 +89,12 @@ class RunConfig:
         rest = {k: v for k, v in d.items() if k not in models}
         return parse(cls, {**rest, "params": params}, source, ConfigError, at)
 
-    def seeded(self) -> "RunConfig":
+    def seeded(self) -> RunConfig:
         """This recipe with its model on the recipe's seed: ``seed`` is the one seed of a run
         (split, weights, dropout masks, boosting)."""
         return replace(self, params=with_fields(self.params, seed=self.seed))
 
-    def check(self) -> "RunConfig":
+    def check(self) -> RunConfig:
         """Types, choices and ranges of every field (the model config's too), then the values
         that must agree; returns the recipe (the split in its current spelling)."""
         validate(self, error=ConfigError)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -60,7 +61,7 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
         return train_test_split(rows, test_size=n_val, stratify=y,
                                 random_state=self.random_state)
 
-    def fit(self, X, y) -> "FusionHeadClassifier":
+    def fit(self, X, y) -> FusionHeadClassifier:
         from .head import HeadConfig
         from .head_model import HeadModel
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..version import __version__
 from ..data.datasets import HAM10000, DataError, Dataset
 from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, save_split
 from ..embed.cache import CacheContents, CacheError
 from ..errors import InputError
 from ..evaluate.metrics import calibrated_metrics
+from ..version import __version__
 from .calibration import Calibrator
 from .context import context_matrix
 from .fallback import Fallback, applies, fallback_rows, image_part

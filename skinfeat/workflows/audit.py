@@ -18,15 +18,22 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_artifact, write_text
-from ..errors import InputError
 from ..data.datasets import Dataset
 from ..data.duplicate_groups import groups_frame, merge_groups
 from ..data.splits import fold_ids
 from ..embed.cache import CacheError, comparable, examples, identity_diff, read_cache
+from ..errors import InputError
 from ..evaluate import audit_findings as findings
-from ..evaluate.audit_labels import label_issues as rank_label_issues, read_oof
-from ..evaluate.audit_search import (DEFAULT_K, ScanResult, approximate_recall,
-                                     check_threshold, normalise, search)
+from ..evaluate.audit_labels import label_issues as rank_label_issues
+from ..evaluate.audit_labels import read_oof
+from ..evaluate.audit_search import (
+    DEFAULT_K,
+    ScanResult,
+    approximate_recall,
+    check_threshold,
+    normalise,
+    search,
+)
 from ..evaluate.audit_sheets import pair_sheet, single_sheet
 
 log = logging.getLogger(__name__)

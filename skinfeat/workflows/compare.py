@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,7 @@ import pandas as pd
 from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..errors import InputError
-from ..evaluate.compare_stats import (P_VALUE_METHOD, check_metric, paired_difference,
-                                      seed_mean)
+from ..evaluate.compare_stats import P_VALUE_METHOD, check_metric, paired_difference, seed_mean
 from ..evaluate.report import metric_label, new_figure
 from ..learn.cv import CVConfig
 from ..learn.train import as_dataset

@@ -4,18 +4,18 @@ every fold's bundle plus a fold-ensemble bundle per model and input set. It comb
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..data.splits import parse_split, save_split
 from ..deploy.bundle import QUANTIZED, load_typed, write_bundle
 from ..deploy.bundle_config import EnsembleConfig
-from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
 from ..learn.cv import CVConfig, FoldFitted, FoldsReady, align_dataset, input_sets, iter_cv
 from ..learn.protocol import with_fields

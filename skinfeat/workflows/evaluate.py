@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..data.datasets import DataError, load_dataset
 from ..atomic import write_text
+from ..data.datasets import DataError, load_dataset
 from ..deploy.decision import calibration_text
 from ..deploy.predict import Predictor
 from ..errors import InputError
@@ -214,8 +214,13 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
                           calibrator, subgroups=None) -> None:
     """evaluate_metrics.json (with ``subgroups``: a ``SubgroupResult``, or None for no tables),
     evaluate_report.md and the figures."""
-    from ..evaluate.report import (calibration_table, metrics_table, per_class_table, save_run_figures,
-                         weights_warning)
+    from ..evaluate.report import (
+        calibration_table,
+        metrics_table,
+        per_class_table,
+        save_run_figures,
+        weights_warning,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     t = info["temperature"]

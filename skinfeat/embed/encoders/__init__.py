@@ -20,8 +20,7 @@ from pathlib import Path
 from ...errors import MissingFileError
 from ..weights import OFFLINE_ROUTES, WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
-from .local import (CONTENT_SUFFIXES, content_files, detect_family, folder_sha256,  # noqa: F401
-                    timm_folder_name)
+from .local import CONTENT_SUFFIXES, content_files, detect_family, folder_sha256, timm_folder_name  # noqa: F401
 
 __all__ = ["FamilyEncoder", "BackboneRef", "parse_backbone", "resolve_backbone", "build_family",
            "family_of", "local_weight_source", "list_backbones", "installed_families",
