@@ -98,7 +98,7 @@ def stage_one(n: int, backbone: str, sizes: tuple[int, ...] = (224, 128)) -> Non
             start = time.perf_counter()
             res = extract(table, Path(tmp) / f"c{size}.h5", backbone=backbone,
                           weights=WeightSource("random"), image_size=size, compile="off",
-                          progress=lambda k: marks.append((time.perf_counter(), k)))
+                          progress=lambda k, marks=marks: marks.append((time.perf_counter(), k)))
             total = time.perf_counter() - start
             first_t, first_n = marks[0]
             steady = (len(table) - first_n) / max(marks[-1][0] - first_t, 1e-9)

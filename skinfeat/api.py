@@ -182,7 +182,7 @@ def open_cache(path: PathLike) -> EmbeddingCache:
     """An embedding cache file (any HDF5 file with image_id and embedding), read now: a file
     that is not one fails here, naming it."""
     out = EmbeddingCache(Path(path))
-    out.contents   # read now, so that a bad file fails here
+    _ = out.contents   # read now, so that a bad file fails here
     return out
 
 

@@ -56,10 +56,10 @@ def test_other_identity_is_refused(synth_cache, synth_table):
 
 def test_second_writer_is_locked_out(tmp_path):
     ident = {"backbone": "x"}
-    with CacheWriter(tmp_path / "c.h5", ident):
-        with pytest.raises(CacheError, match="another skinfeat extract"):
-            with CacheWriter(tmp_path / "c.h5", ident):
-                pass
+    with (CacheWriter(tmp_path / "c.h5", ident),
+          pytest.raises(CacheError, match="another skinfeat extract"),
+          CacheWriter(tmp_path / "c.h5", ident)):
+        pass
 
 
 def test_merge_checks_identity(tmp_path):

@@ -61,7 +61,7 @@ def family_run(synth_table, tmp_path_factory):
 
     def get(case: str):
         if case not in runs:
-            save, prefix, pool = CASES[case] if case in CASES else (None, "local-dir:", None)
+            save, prefix, pool = CASES.get(case, (None, "local-dir:", None))
             folder = REAL if save is None else root / case
             if save is not None:
                 save(folder)

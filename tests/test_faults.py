@@ -275,11 +275,11 @@ def test_disk_full_while_saving_a_chunk_is_a_clear_error(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise ENOSPC
 
-    with pytest.raises(CacheError, match=r"disk full.*chunks saved so far are kept"):
-        with CacheWriter(path, {"backbone": "x"}, chunk_size=2) as w:
-            w.add(["a", "b"], np.ones((2, 3), np.float32))
-            monkeypatch.setattr(np, "savez", full)
-            w.add(["c", "d"], np.ones((2, 3), np.float32))
+    with (pytest.raises(CacheError, match=r"disk full.*chunks saved so far are kept"),
+          CacheWriter(path, {"backbone": "x"}, chunk_size=2) as w):
+        w.add(["a", "b"], np.ones((2, 3), np.float32))
+        monkeypatch.setattr(np, "savez", full)
+        w.add(["c", "d"], np.ones((2, 3), np.float32))
     monkeypatch.undo()
     partial = Path(f"{path}.partial")
     assert sorted(p.name for p in partial.iterdir()) == ["chunk_000000.npz", "identity.json"]

@@ -96,7 +96,7 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
         best, best_state, waited = np.inf, None, 0
         widths = (xi.shape[-1] if model.use_image else 0, model.fuse.fc.in_features)
         ps = (cfg.image_dropout if model.use_image else 0.0, cfg.dropout)
-        for epoch in range(cfg.n_epochs):
+        for _epoch in range(cfg.n_epochs):
             img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)
             meta = _blank_fields(xm, fields, cfg.meta_dropout, gen, cfg.meta_dropout_all) \
                 if fields and (cfg.meta_dropout or cfg.meta_dropout_all) else xm

@@ -372,7 +372,8 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     try:
         import optuna
     except ImportError as exc:
-        raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
+        raise click.ClickException(
+            f"tune needs optuna: pip install -e '.[tune]' ({exc})") from exc
     from ..api import tune as run_tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # the progress bar says it all

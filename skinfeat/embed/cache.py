@@ -219,7 +219,7 @@ class CacheWriter:
         for c in self._chunks():
             with np.load(c, allow_pickle=False) as z:
                 parts.append(CacheContents(z["image_id"].astype(object), z["embedding"],
-                                           z["view_embedding"] if "view_embedding" in z else None,
+                                           z.get("view_embedding"),
                                            source=str(c)))
         parts = [p for p in parts if len(p.image_ids)]
         if not parts:

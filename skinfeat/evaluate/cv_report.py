@@ -194,7 +194,8 @@ def write_cv_report(out: Path, res: dict) -> None:
                         [name for _, name, _ in columns])
     for stat in ("recall", "f1"):
         lines += ["", f"## Per-class {'recall' if stat == 'recall' else 'F1'} (mean ± std)", ""]
-        lines += _table(res, lambda e: [pm(e["per_class"][c][stat]) for c in res["classes"]],
+        lines += _table(res, lambda e, stat=stat: [pm(e["per_class"][c][stat])
+                                                   for c in res["classes"]],
                         list(res["classes"]))
     lines += ["", "## Confusion matrices (summed over folds" + (" and seeds)" if n_seeds > 1
                                                                   else ")"), ""]

@@ -11,6 +11,7 @@ type or an out-of-range value is one error naming the file and the key (``head.l
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,10 +52,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         split = ALIASES.get(self.split, self.split)   # a config written before the rename
-        try:
+        with contextlib.suppress(ValueError):   # check() names the key
             split = str(parse_split(split))
-        except ValueError:
-            pass   # check() names the key
         object.__setattr__(self, "split", split)
         if self.params is None and isinstance(self.model, str) and self.model in registry():
             object.__setattr__(self, "params", model_class(self.model).config_class())
