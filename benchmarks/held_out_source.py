@@ -81,14 +81,14 @@ def run_seed(table, image, y, folds, cfg: HeadConfig,
     encs = [MetadataEncoder().fit(table.iloc[f[0]]) for f in folds]
     metas = [e.transform(table) for e in encs]
     parts = [((image[tr], m[tr], y[tr]), (image[va], m[va], y[va]))
-             for (tr, va, _), m in zip(folds, metas)]
+             for (tr, va, _), m in zip(folds, metas, strict=False)]
     fields = [e.dropout_fields() for e in encs]
     if fallback:
         parts += [(image_part(tr), image_part(va)) for tr, va in parts]
         fields += [None] * len(folds)
     fits = fit_heads(parts, len(CLASSES), cfg, fields)
     out = {"blank": [], "given": [], "fb_blank": [], "fb_given": []}
-    for k, ((_, _, te), m, e, r) in enumerate(zip(folds, metas, encs, fits)):
+    for k, ((_, _, te), m, e, r) in enumerate(zip(folds, metas, encs, fits, strict=False)):
         for name, meta in (("blank", e.blank(m[te])), ("given", m[te])):
             lg = head_logits(r.model, image[te], meta)
             out[name].append(lg)
@@ -104,7 +104,7 @@ def run_seed(table, image, y, folds, cfg: HeadConfig,
 
 def scores(y, folds, logits: list[np.ndarray]) -> list[float]:
     """Balanced accuracy per held-out source, then pooled over all held-out rows."""
-    per = [balanced_accuracy(y[f[2]], lg) for f, lg in zip(folds, logits)]
+    per = [balanced_accuracy(y[f[2]], lg) for f, lg in zip(folds, logits, strict=False)]
     pooled = balanced_accuracy(np.concatenate([y[f[2]] for f in folds]), np.concatenate(logits))
     return per + [pooled]
 

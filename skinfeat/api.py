@@ -274,7 +274,7 @@ class Model:
         decision = scored.decisions()[0]   # the fallback's, if it scored
         return ImagePrediction(
             str(image), decision.decision,
-            dict(zip(p.classes, map(float, proba))), values,
+            dict(zip(p.classes, map(float, proba), strict=False)), values,
             [f for f, n in scored.missing.items() if n], decision.rule, calibration_text(p),
             {c: p.spec.class_names.get(c, "") for c in p.classes}, p.temperature,
             p.threshold, p.weights)

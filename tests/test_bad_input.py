@@ -189,7 +189,7 @@ def messy(synth_dir, tmp_path_factory):
     images = index_images(root)
     nv = meta.loc[meta["dx"] == "nv", "image_id"].tolist()
     kinds = sorted(UNREADABLE) + sorted(CONVERTED) + ["exif_rotated"]
-    chosen = dict(zip(kinds, nv))
+    chosen = dict(zip(kinds, nv, strict=False))
     for kind, iid in chosen.items():
         path = images[iid]
         if kind.endswith("png"):

@@ -105,7 +105,7 @@ def test_heatmap_changes_when_the_backbone_is_randomised(tmp_path):
         for param in embedder.net.model.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
     rhos = []
-    for path, b in zip(paths, before):
+    for path, b in zip(paths, before, strict=False):
         c = next(iter(b))                       # the class explained before, again
         rhos.append(spearman(b[c], ex.explain(path, target=c).cams[c]))
     assert np.median(rhos) < 0.5, rhos

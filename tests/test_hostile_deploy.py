@@ -285,7 +285,7 @@ def test_fold_ensemble_export_equals_predict(cv_models, synth_table, tmp_path):
     side = json.loads(out.with_suffix(".json").read_text())
     # The caller builds every input from the sidecar alone: member i's encoder for meta_i.
     metas = {}
-    for m, entry in zip(p.members, side["members"]):
+    for m, entry in zip(p.members, side["members"], strict=False):
         enc = MetadataEncoder.from_dict(entry["metadata"]["encoder"])
         assert enc.to_dict() == m.encoder.to_dict() and entry["name"] == m.run.name
         metas[entry["input"]] = m.encode_metadata(rows)

@@ -251,7 +251,7 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_folds: int,
         evals = np.std(tries / y_cnt, axis=1).mean(axis=1).tolist()
         sizes = per_fold.sum(axis=1).tolist()
         best, min_eval, min_size = 0, np.inf, np.inf
-        for i, (ev, size) in enumerate(zip(evals, sizes)):
+        for i, (ev, size) in enumerate(zip(evals, sizes, strict=False)):
             close = min_eval != np.inf and abs(ev - min_eval) <= 1e-8 + 1e-5 * abs(min_eval)
             if ev < min_eval or (close and size < min_size):
                 best, min_eval, min_size = i, ev, size

@@ -149,7 +149,7 @@ class ExportGraph(nn.Module):
 
     def forward(self, image: torch.Tensor, *metas: torch.Tensor):
         features = self.features(image)
-        probs = [m(features, meta) for m, meta in zip(self.members, metas)]
+        probs = [m(features, meta) for m, meta in zip(self.members, metas, strict=False)]
         if self.combined is None:
             proba = probs[0]
         else:
@@ -376,7 +376,7 @@ def onnx_outputs(path: str | Path, image: np.ndarray,
         if len(arrays) != len(names):
             raise InputError(f"{path}: the graph takes {len(names)} metadata input(s) "
                              f"({', '.join(names)}), got {len(arrays)}")
-        meta = dict(zip(names, arrays))
+        meta = dict(zip(names, arrays, strict=False))
     if sorted(meta) != sorted(names):
         raise InputError(f"{path}: the graph takes the metadata inputs {', '.join(names)}, "
                          f"got {', '.join(sorted(meta))}")

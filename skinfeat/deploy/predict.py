@@ -291,7 +291,7 @@ class Predictor(LoadedBundle):
                          "image-only fallback", preds.fell_back, int(ok.sum()))
         if not ok.all():
             log.warning("%d image(s) could not be scored: %s", int((~ok).sum()), "; ".join(
-                f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])
+                f"{p}: {e}" for p, e in zip(preds.paths, errors, strict=False) if e)[:300])
         return preds
 
     def score_image(self, path: str | Path, meta: dict | None = None, cache=None,
@@ -317,4 +317,4 @@ class Predictor(LoadedBundle):
         keywords, e.g. ``age=55``); an absent field or ``None`` is missing. With ``cache``,
         the image's embedding is looked up by its id (the file name's stem)."""
         preds = self.score_image(path, meta, cache, **fields)
-        return dict(zip(self.classes, map(float, preds.proba[0])))
+        return dict(zip(self.classes, map(float, preds.proba[0]), strict=False))

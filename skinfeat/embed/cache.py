@@ -159,7 +159,7 @@ class CacheWriter:
         for c in self._chunks():
             with np.load(c, allow_pickle=False) as z:
                 ids += z["image_id"].tolist()
-                self.failures.update(zip(z["failed_id"].tolist(), z["failed_reason"].tolist()))
+                self.failures.update(zip(z["failed_id"].tolist(), z["failed_reason"].tolist(), strict=False))
         return ids
 
     def add(self, image_ids: list[str], embeddings: np.ndarray,
@@ -247,7 +247,7 @@ def merge_caches(inputs: list[str | Path], out: str | Path,
     parts = [read_cache(p) for p in inputs]
     base = {k: v for k, v in parts[0].identity.items() if k != "shard"}
     key = {k: v for k, v in comparable(base).items() if k != "shard"}
-    for path, part in zip(inputs[1:], parts[1:]):
+    for path, part in zip(inputs[1:], parts[1:], strict=False):
         other = {k: v for k, v in comparable(part.identity).items() if k != "shard"}
         if other != key:
             raise CacheError(f"{path}: identity differs from {inputs[0]}: "

@@ -144,7 +144,7 @@ def embed_files(embedder: Embedder | Int8Embedder, paths: Sequence[str], spec: T
                         num_workers=num_workers, pin_memory=embedder.device.type == "cuda")
     for idx, x, reasons in loader:
         ok = torch.tensor([r == "" for r in reasons], dtype=torch.bool)
-        failed = {int(i): r for i, r in zip(idx.tolist(), reasons) if r}
+        failed = {int(i): r for i, r in zip(idx.tolist(), reasons, strict=False) if r}
         emb = vemb = None
         if ok.any():
             x = x[ok]

@@ -187,10 +187,10 @@ def approximate_recall(x: np.ndarray, found: ScanResult, threshold: float, *,
     if not len(qi):
         return 1.0
     if y is None:
-        exact = set(zip(np.minimum(qi, qj).tolist(), np.maximum(qi, qj).tolist()))
+        exact = set(zip(np.minimum(qi, qj).tolist(), np.maximum(qi, qj).tolist(), strict=False))
     else:
-        exact = set(zip(qi.tolist(), qj.tolist()))
-    have = set(zip(found.i.tolist(), found.j.tolist()))
+        exact = set(zip(qi.tolist(), qj.tolist(), strict=False))
+    have = set(zip(found.i.tolist(), found.j.tolist(), strict=False))
     return len(exact & have) / len(exact)
 
 

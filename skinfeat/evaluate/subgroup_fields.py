@@ -66,10 +66,10 @@ def fit_bands(train: pd.DataFrame, numeric: Sequence[str]) -> dict[str, list[flo
 def _labels(name: str, edges: list[float]) -> list[str]:
     if is_age(name):
         lows = [0.0, *edges]
-        return [f"{lo:g}-{hi - 1:g}" for lo, hi in zip(lows, edges)] + [f">= {edges[-1]:g}"]
+        return [f"{lo:g}-{hi - 1:g}" for lo, hi in zip(lows, edges, strict=False)] + [f">= {edges[-1]:g}"]
     if not edges:
         return []
-    return ([f"< {edges[0]:.3g}"] + [f"{lo:.3g} to {hi:.3g}" for lo, hi in zip(edges, edges[1:])]
+    return ([f"< {edges[0]:.3g}"] + [f"{lo:.3g} to {hi:.3g}" for lo, hi in zip(edges, edges[1:], strict=False)]
             + [f">= {edges[-1]:.3g}"])
 
 

@@ -254,7 +254,7 @@ def subgroup_table(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,
             rows_out.append(SubgroupRow(
                 value, int(len(rows)), n_groups, _finite(point), _interval(draws[at], alpha),
                 _finite(float(scorer.balanced_accuracy(ones, rows)[0])),
-                {c: _finite(r) for c, r in zip(classes, recall)},
+                {c: _finite(r) for c, r in zip(classes, recall, strict=False)},
                 float(classwise_calibration(y_true[rows], proba[rows], classes)["classwise_ece"]),
                 flagged))
             if not flagged and math.isfinite(point):

@@ -168,7 +168,7 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     splits = [{"train": f.train, "val": f.val, "test": f.test} for f in task.rows]
     fits = fit_splits(task.data, image, splits, task.recipe)
     records = []
-    for fold, fit in zip(task.rows, fits):
+    for fold, fit in zip(task.rows, fits, strict=False):
         records.append({**({"fit": fit} if task.keep_fits else {}),"seed": fold.seed, "fold": fold.fold, "model": task.model,
                         "inputs": task.inputs, "best_epoch": fit.model.best_epoch_,
                         "temperature": fit.temperature, "threshold": fit.threshold,
@@ -363,14 +363,14 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                     images = of(model, "image")
                     if len(images) != cfg.folds:
                         continue
-                    rs = [with_fallback(r, o) for r, o in zip(rs, images)]
+                    rs = [with_fallback(r, o) for r, o in zip(rs, images, strict=False)]
                 handed.add((model, inputs))
                 return FoldsReady(model, inputs, oof_frame(table, rs, classes, consume=False))
         return None
 
     results: dict[int, list[dict]] = {}
     for i, recs in _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks)):
-        for record, fold in zip(recs, made[i].rows):
+        for record, fold in zip(recs, made[i].rows, strict=False):
             fit = record.pop("fit", None)
             if fit is not None:
                 yield FoldFitted(made[i], fold, fit, int(image.shape[-1]))
@@ -417,7 +417,7 @@ def with_fallback(record: dict, image: dict) -> dict:
         return record
     keys = ("logits", "proba", "decided")
     return {**record, **dict(zip(keys, combine_rows(rows, tuple(record[k] for k in keys),
-                                                    tuple(image[k] for k in keys))))}
+                                                    tuple(image[k] for k in keys)), strict=False))}
 
 
 def reuse_fallbacks(records: list[dict], y: np.ndarray, classes: list[str]) -> None:

@@ -49,7 +49,7 @@ class HeadModel(StageTwoModel):
         (the same weights up to float rounding)."""
         from .head_batch import fit_heads
 
-        parts = list(zip(trains, vals))
+        parts = list(zip(trains, vals, strict=False))
         batches = [list(range(len(parts)))] if batched else [[i] for i in range(len(parts))]
         results = [r for b in batches for r in fit_heads([parts[i] for i in b], n_classes,
                                                          config, [meta_fields[i] for i in b])]

@@ -82,7 +82,7 @@ class StageTwoModel(ABC):
         """One fitted model per (train, val) pair, all with ``config``; a model that trains
         several at once (``batched = True``) overrides this."""
         return [cls(config).fit(t, v, g, n_classes=n_classes, meta_fields=f)
-                for t, v, g, f in zip(trains, vals, groups, meta_fields)]
+                for t, v, g, f in zip(trains, vals, groups, meta_fields, strict=False)]
 
     @property
     def inputs(self) -> str:

@@ -75,5 +75,5 @@ def chunked(fn, image: np.ndarray | Rows, *rest: np.ndarray, size: int = CHUNK) 
     if len(image) <= size:
         return fn(image.gather(), *rest)
     parts = [fn(chunk, *(r[start:start + size] for r in rest))
-             for start, chunk in zip(range(0, len(image), size), image.chunks(size))]
+             for start, chunk in zip(range(0, len(image), size), image.chunks(size), strict=False)]
     return np.concatenate(parts, axis=0)

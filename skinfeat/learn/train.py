@@ -277,7 +277,7 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     fallbacks = [m.image_only(int(image.shape[-1]), len(data.classes)) for m in models[k:]] \
         if with_fallback else [None] * k
     return [finish_split(data, e, m, recipe, calibrate=calibrate, fallback=f)
-            for e, m, f in zip(encs, models[:k], fallbacks)]
+            for e, m, f in zip(encs, models[:k], fallbacks, strict=False)]
 
 
 def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], recipe: RunConfig,

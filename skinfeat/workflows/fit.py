@@ -151,7 +151,7 @@ def cache_sources(contents: CacheContents, paths) -> list[dict]:
     if "fused" in contents.identity:
         ident = contents.identity
         return [{"cache": src, "backbone": i.get("backbone", "outside skinfeat"), "dim": d}
-                for src, i, d in zip(ident["sources"], ident["fused"], ident["dims"])]
+                for src, i, d in zip(ident["sources"], ident["fused"], ident["dims"], strict=False)]
     return [{"cache": cache_label(paths),
              "backbone": contents.identity.get("backbone", "outside skinfeat"),
              "dim": contents.dim}]
