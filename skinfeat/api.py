@@ -474,7 +474,8 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
     """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``), each
     fit by ``recipe``; ``params``: each model's config by kind (a model not there: the
     recipe's own if it is the recipe's model, else its defaults); ``inputs=None``: every set
-    the data has (image, meta, fused; a set without metadata fields: image). Writes ``oof_predictions.csv`` (``CVResult.oof``).
+    the data has (image, meta, fused; a set without metadata fields: image). Writes
+    ``oof_predictions.csv`` (``CVResult.oof``).
     ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
     of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
     from .learn.cv import CVConfig
@@ -592,7 +593,8 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
 
 def write_card(run: Model | PathLike) -> Path:
     """Rewrite a fit-head run's model card (README.md) from its metrics.json (with its subgroup
-    tables) and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its path."""
+    tables) and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its
+    path."""
     from .evaluate.card import rewrite_card
 
     return rewrite_card(run.path if isinstance(run, Model) else Path(run))

@@ -225,7 +225,8 @@ def _value(hint: Any, v: Any, key: str, source: str | None) -> Any:
             return tuple(_value(args[0], x, f"{key}[{i}]", source) for i, x in enumerate(v))
         if len(v) != len(args):
             raise SchemaError(f"expected {_expected(hint)}, got {_given(v)}", key)
-        return tuple(_value(a, x, f"{key}[{i}]", source) for i, (a, x) in enumerate(zip(args, v, strict=False)))
+        return tuple(_value(a, x, f"{key}[{i}]", source)
+                     for i, (a, x) in enumerate(zip(args, v, strict=False)))
     if origin is dict:
         if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
             raise SchemaError(f"expected {_expected(hint)}, got {_given(v)}", key)

@@ -1,4 +1,5 @@
-"""See why, and ship it: explain (heatmaps + metadata attribution), export (ONNX), serve (web page)."""
+"""See why, and ship it: explain (heatmaps + metadata attribution), export (ONNX), serve (web
+page)."""
 from __future__ import annotations
 
 import click

@@ -95,8 +95,9 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
     bar = progress_bar("extract")
     res = run_extract(data, cache_path, backbone=backbone, weights=weights,
                       weights_file=weights_file, resize=resize, image_size=image_size,
-                      precision=precision, device=rank_device(device, precision), batch_size=batch_size,
-                      num_workers=workers, views=views, shard=shard_t, compile=compile_mode, pool=pool,
+                      precision=precision, device=rank_device(device, precision),
+                      batch_size=batch_size, num_workers=workers, views=views, shard=shard_t,
+                      compile=compile_mode, pool=pool,
                       calibration_images=calibration_images, progress=bar.update,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo)).run
     bar.close()

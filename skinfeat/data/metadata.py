@@ -237,7 +237,8 @@ class MetadataEncoder:
         return out
 
     def dropout_fields(self) -> list[tuple[int, int, list[float]]]:
-        """``(lo, hi, missing values)`` per field: what ``head_batch.fit_head`` blanks in training."""
+        """``(lo, hi, missing values)`` per field: what ``head_batch.fit_head`` blanks in
+        training."""
         missing = self.missing_row()
         return [(lo, hi, missing[lo:hi].tolist()) for _, lo, hi in self.fields]
 

@@ -28,7 +28,8 @@ SPLIT_KINDS = ("group", "image")
 # Older spellings, still accepted on the command line, in spec and config files and in saved
 # splits: "lesion" meant "by the dataset's groups" (lesions, or patients for ISIC 2020).
 ALIASES = {"lesion": "group"}
-BY = "by:"   # by:COLUMN (cv: one fold per value) and by:COLUMN=VALUE (fit-head: that value held out)
+# by:COLUMN (cv: one fold per value) and by:COLUMN=VALUE (fit-head: that value held out)
+BY = "by:"
 PROTOCOLS = {
     "none": "no test part: every row trains except a lesion-grouped validation part that stops "
             "early and calibrates (a model to deploy; its scores come from cv)",
@@ -40,7 +41,8 @@ PROTOCOLS = {
 
 @dataclass(frozen=True)
 class SplitKind:
-    """A parsed ``--split``: ``group`` (alias ``lesion``), ``image``, ``none``, or a held-out column: ``by:COLUMN``
+    """A parsed ``--split``: ``group`` (alias ``lesion``), ``image``, ``none``, or a held-out
+    column: ``by:COLUMN``
     (each value is one fold: leave-one-source-out) or ``by:COLUMN=VALUE`` (train on the other
     values, score that one). ``str()`` gives the text back (splits.csv, config.json)."""
     kind: str
@@ -178,7 +180,8 @@ def _by_folds(table: pd.DataFrame, split: SplitKind, n_folds: int) -> np.ndarray
 
 def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "group", seed: int = 42,
              strict: bool = True) -> np.ndarray:
-    """Fold number (0..n_folds-1) of every row: stratified by dx, grouped by ``group_id`` for ``group``.
+    """Fold number (0..n_folds-1) of every row: stratified by dx, grouped by ``group_id`` for
+    ``group``.
 
     ``strict`` refuses a class with fewer lesions (images) than folds, since some fold would
     then score without it; a single hold-out (``holdout_mask``) tolerates that.

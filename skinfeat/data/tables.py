@@ -131,7 +131,8 @@ def resolve_images(raw: pd.DataFrame, column: str, base: Path, spec: DatasetSpec
 
 # ---------------------------------------------------------------- values
 def _as_text(column: pd.Series) -> pd.Series:
-    """Stripped strings, with "" for None / NaN (pandas 3 keeps those missing through astype(str))."""
+    """Stripped strings, with "" for None / NaN (pandas 3 keeps those missing through
+    astype(str))."""
     return column.astype(object).where(column.notna(), "").astype(str).str.strip()
 
 

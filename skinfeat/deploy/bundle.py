@@ -120,7 +120,8 @@ def write_bundle(out: Path, config: BundleConfig | EnsembleConfig, model=None,
                  quantized: bool = True) -> None:
     """The one bundle writer, for a single model and an ensemble: the int8 backbones it needs
     (``quantized``), the model's weights (``model.to_bundle()``: a safetensors state dict or a
-    text blob, in the file its class names), then ``config.json``. The config is checked against the schema first:
+    text blob, in the file its class names), then ``config.json``. The config is checked against the
+    schema first:
     a bundle that would not load is never written."""
     d = config.to_dict()
     if model is not None:

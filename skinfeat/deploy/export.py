@@ -1,4 +1,5 @@
-"""Export a trained run to one ONNX graph: image tensor + encoded metadata -> calibrated probabilities.
+"""Export a trained run to one ONNX graph: image tensor + encoded metadata -> calibrated
+probabilities.
 
 The graph holds the frozen backbone (pooled as stage one pooled it: timm, open_clip or
 transformers, under the cache's ``--pool``), the fusion head and the calibration, and a fused

@@ -31,7 +31,8 @@ def one_or_many(value: Any, name: str, what: str = "path") -> list[str]:
         return [str(value)]
     if isinstance(value, (bytes, dict, pd.DataFrame)) or not isinstance(
             value, (Sequence, np.ndarray, pd.Series, pd.Index)):
-        raise ArgumentTypeError(f"{name}: expected a {what} or a list of {what}s, got {_kind(value)}")
+        raise ArgumentTypeError(f"{name}: expected a {what} or a list of {what}s, "
+                                f"got {_kind(value)}")
     items = list(value)
     bad = [v for v in items if not isinstance(v, (str, Path))]
     if bad:
@@ -53,8 +54,8 @@ def cache_paths(value: Any, name: str = "embeddings") -> list[str]:
     for item in items:
         item = item.path if hasattr(item, "path") else item
         if not isinstance(item, (str, Path)):
-            raise ArgumentTypeError(f"{name}: expected a cache path or an EmbeddingCache, got an item "
-                            f"of type {_kind(item)}")
+            raise ArgumentTypeError(f"{name}: expected a cache path or an EmbeddingCache, "
+                                    f"got an item of type {_kind(item)}")
         out.append(str(item))
     return out
 

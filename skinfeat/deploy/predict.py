@@ -111,7 +111,8 @@ class Predictor(LoadedBundle):
     (``loading.LoadedBundle``) + embedding, calibration and decisions."""
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities from the head's logits (the one place calibration is applied)."""
+        """Calibrated probabilities from the head's logits (the one place calibration is
+        applied)."""
         return self.calibrator(logits)
 
     def decide(self, proba: np.ndarray) -> np.ndarray:

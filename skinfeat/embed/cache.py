@@ -6,7 +6,8 @@ Layout (kept plain so any tool can write or read it):
   * optional dataset ``view_embedding``: (N, V, D) float32, embeddings of deterministic views
     (attribute ``views`` names them, e.g. ``["flip", "rot90"]``);
   * file attributes: ``identity`` (JSON: backbone, weights, preprocessing, precision, views),
-    ``versions`` (JSON), ``failures`` (JSON list of [image_id, reason]), ``format`` = "skinfeat-cache/1".
+    ``versions`` (JSON), ``failures`` (JSON list of [image_id, reason]), ``format`` =
+    "skinfeat-cache/1".
 
 Crash safety: the .h5 file is only ever produced by writing a temporary file and renaming it over
 the old one, so a reader never sees a half-written cache. Work in progress lives in
@@ -159,7 +160,8 @@ class CacheWriter:
         for c in self._chunks():
             with np.load(c, allow_pickle=False) as z:
                 ids += z["image_id"].tolist()
-                self.failures.update(zip(z["failed_id"].tolist(), z["failed_reason"].tolist(), strict=False))
+                self.failures.update(zip(z["failed_id"].tolist(), z["failed_reason"].tolist(),
+                                         strict=False))
         return ids
 
     def add(self, image_ids: list[str], embeddings: np.ndarray,

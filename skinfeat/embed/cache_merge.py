@@ -79,7 +79,8 @@ def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents
     views = None
     if all(p.view_embeddings is not None for p in parts):
         if len({(tuple(p.views), p.view_embeddings.shape[1]) for p in parts}) == 1:
-            views = np.concatenate([p.view_embeddings[r] for p, r in zip(parts, rows, strict=False)], axis=2)
+            views = np.concatenate([p.view_embeddings[r]
+                                    for p, r in zip(parts, rows, strict=False)], axis=2)
         else:
             log.warning("the caches hold different views; the fusion keeps none")
     elif any(p.view_embeddings is not None for p in parts):
@@ -89,7 +90,8 @@ def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents
     alike = look_alike(identity["fused"], identity["dims"])
     if alike:  # neither width nor identity tells these apart: keep what still can
         identity["profiles"] = [value_profile(p.embeddings[r]) if any(k in g for g in alike)
-                                else None for k, (p, r) in enumerate(zip(parts, rows, strict=False))]
+                                else None
+                                for k, (p, r) in enumerate(zip(parts, rows, strict=False))]
     if views is not None:
         identity["views"] = parts[0].views
     failures: dict[str, str] = {}

@@ -148,7 +148,8 @@ def calibration_files(image_ids: Sequence[str], paths: Sequence[str],
     def rank(iid: str) -> str:
         return hashlib.sha256(iid.encode("utf-8")).hexdigest()
 
-    pairs = sorted(zip(map(str, image_ids), map(str, paths), strict=False), key=lambda p: rank(p[0]))
+    pairs = sorted(zip(map(str, image_ids), map(str, paths), strict=False),
+                   key=lambda p: rank(p[0]))
     return pairs[:n]
 
 

@@ -194,7 +194,8 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
             image_size: int | None = None, precision: str = "auto", device: str = "auto",
             batch_size: int | None = None, num_workers: int | None = None,
             views: Sequence[str] = (), shard: tuple[int, int] | None = None,
-            pool: str | None = None, compile: str = "auto", calibration_images: int = CALIBRATION_IMAGES,
+            pool: str | None = None, compile: str = "auto",
+            calibration_images: int = CALIBRATION_IMAGES,
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> ExtractResult:
     """Embed every image of ``table`` not yet in the cache; resumable and crash-safe.
@@ -207,7 +208,8 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     (``encoders.parse_backbone``); ``pool``: the family's pooling [default: its first choice].
     """
     # int8 runs on the CPU whatever GPU is present; an explicit GPU device is an error.
-    dev = torch.device("cpu") if precision == "int8" and device == "auto" else resolve_device(device)
+    dev = (torch.device("cpu") if precision == "int8" and device == "auto"
+           else resolve_device(device))
     prec = resolve_precision(precision, dev)
     unknown = sorted(set(views) - set(VIEW_NAMES))
     if unknown:

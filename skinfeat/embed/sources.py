@@ -142,7 +142,8 @@ def _check_look_alikes(group: list[int], profiles: list | None, paths: list[str]
     perms = list(itertools.permutations(group))
     if profiles and all(isinstance(profiles[k], list) for k in group):
         mine = {k: value_profile(parts[k].embeddings) for k in group}
-        score = {q: np.mean([profile_similarity(mine[k], profiles[m]) for k, m in zip(group, q, strict=False)])
+        score = {q: np.mean([profile_similarity(mine[k], profiles[m])
+                             for k, m in zip(group, q, strict=False)])
                  for q in perms}
         given, best = tuple(group), max(perms, key=score.get)
         if best != given and score[best] >= SWAP_CLEAR and \

@@ -111,5 +111,6 @@ def image_paths(table: pd.DataFrame) -> dict[str, str]:
     with ``images=False`` has none)."""
     if "path" not in table.columns:
         return {}
-    return {i: p for i, p in zip(table["image_id"].astype(str), table["path"].astype(str), strict=True)
+    return {i: p
+            for i, p in zip(table["image_id"].astype(str), table["path"].astype(str), strict=True)
             if p and p != "nan"}

@@ -271,7 +271,8 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
                      ) -> None:
     """The model card (README.md with the Hub's metadata, ``hub_card``) from a run's summary
     (``info``: the typed ``RunSummary``, or its dict as metrics.json holds it). ``summary``
-    (metrics.json content, e.g. with ``subgroups``), ``spec`` and ``evaluations`` feed its CLEAR Derm checklist (``checklist.rewrite_card``)."""
+    (metrics.json content, e.g. with ``subgroups``), ``spec`` and ``evaluations`` feed its CLEAR
+    Derm checklist (``checklist.rewrite_card``)."""
     info_dict = info if isinstance(info, dict) else info.to_dict()
     info = _Attrs(info_dict)
     backbones = " + ".join(str(s["backbone"]) for s in info.sources or []) \

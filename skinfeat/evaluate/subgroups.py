@@ -195,7 +195,8 @@ def _interval(draws: np.ndarray, alpha: float) -> list[float] | None:
     v = draws[np.isfinite(draws)]
     if len(v) == 0:
         return None
-    return [float(np.percentile(v, 100 * alpha / 2)), float(np.percentile(v, 100 * (1 - alpha / 2)))]
+    return [float(np.percentile(v, 100 * alpha / 2)),
+            float(np.percentile(v, 100 * (1 - alpha / 2)))]
 
 
 def subgroup_table(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,

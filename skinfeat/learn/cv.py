@@ -169,7 +169,8 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     fits = fit_splits(task.data, image, splits, task.recipe)
     records = []
     for fold, fit in zip(task.rows, fits, strict=False):
-        records.append({**({"fit": fit} if task.keep_fits else {}),"seed": fold.seed, "fold": fold.fold, "model": task.model,
+        records.append({**({"fit": fit} if task.keep_fits else {}),
+                        "seed": fold.seed, "fold": fold.fold, "model": task.model,
                         "inputs": task.inputs, "best_epoch": fit.model.best_epoch_,
                         "temperature": fit.temperature, "threshold": fit.threshold,
                         "metrics": fit.metrics, "test": fold.test, "proba": fit.test_proba,

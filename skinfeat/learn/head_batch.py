@@ -254,7 +254,8 @@ class _Noise:
 
     def __init__(self, k: int, bs: int, widths: tuple[int, int], ps: tuple[float | None, ...]):
         self.ps = ps
-        self.widths = [w if p is not None and 0.0 < p < 1.0 else 0 for w, p in zip(widths, ps, strict=False)]
+        self.widths = [w if p is not None and 0.0 < p < 1.0 else 0
+                       for w, p in zip(widths, ps, strict=False)]
         self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps, strict=False)]
         self.scale = [dropout_scale(keep) if keep else None for keep in self.keep]
         self.masks = [torch.zeros(k, bs, w) if w else None for w in self.widths]
@@ -270,8 +271,8 @@ class _Noise:
                     kept = splits[k].noise.keep(rows[k] * width, keep)
                     mask[k, :rows[k]].copy_(torch.from_numpy(kept).view(rows[k], width))
                 mask[k, rows[k]:] = 0.0   # rows without data: noise 0 (scaled in place below)
-        return tuple(None if m is None else m.mul_(scale) for m, scale in zip(self.masks,
-                                                                             self.scale, strict=False))
+        return tuple(None if m is None else m.mul_(scale)
+                     for m, scale in zip(self.masks, self.scale, strict=False))
 
 
 def _forward(model: FusionHead, params: dict, image: torch.Tensor, meta: torch.Tensor,

@@ -6,7 +6,8 @@ the model's own config (``params``: a ``HeadConfig``, ``LGBMConfig``, ``LinearCo
 registered model's). A run's bundle stores it under ``"run"``, so ``--config
 runs/NAME/config.json`` reproduces that run; a hand-written file (JSON, or TOML with the same
 keys, optionally under a ``[run]`` table, with the model's table: ``model = "linear"`` and
-``[linear]``) sets any subset. Every key is typed and checked by ``skinfeat.schema``: an unknown key, a wrong
+``[linear]``) sets any subset. Every key is typed and checked by ``skinfeat.schema``: an unknown
+key, a wrong
 type or an out-of-range value is one error naming the file and the key (``head.lr``).
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@
 For users who want the head in their own pipelines (``Pipeline``, ``cross_val_score``,
 ``GridSearchCV``): ``X`` is the image embedding, optionally with the encoded metadata as its
 last ``meta_dim`` columns; ``y`` any class labels. A thin adapter over the head model
-(``HeadModel``, the one training loop), early-stopping on a stratified ``val_fraction`` of the rows it is
+(``HeadModel``, the one training loop), early-stopping on a stratified ``val_fraction`` of the rows
+it is
 given, and predicts with the softmax of the head's logits (no calibration: that is the
 bundle's job, with a validation part of its own).
 """

@@ -205,8 +205,8 @@ def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
                         context is not None)
 
 
-def _calibrated(data: Dataset, model: StageTwoModel, select: tuple, scored: tuple, recipe: RunConfig,
-                calibrate: bool) -> tuple:
+def _calibrated(data: Dataset, model: StageTwoModel, select: tuple, scored: tuple,
+                recipe: RunConfig, calibrate: bool) -> tuple:
     """Calibrator and threshold fitted on ``select``; logits, probabilities, decisions on
     ``scored``."""
     def logits(image: Rows, meta: np.ndarray) -> np.ndarray:   # a side in chunks of rows

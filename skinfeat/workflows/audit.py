@@ -147,7 +147,8 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
     pairs = findings.add_phash(pairs, paths)
     joined = pairs[pairs["kind"].isin(["different_groups", "conflicting_labels"])]
     merged, n_merged = merge_groups(table["group_id"], table["image_id"],
-                                    list(zip(joined["image_id_a"], joined["image_id_b"], strict=True)))
+                                    list(zip(joined["image_id_a"], joined["image_id_b"],
+                                             strict=True)))
     groups = groups_frame(table, merged)
     issues = None
     if labels:

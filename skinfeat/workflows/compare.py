@@ -155,7 +155,8 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
            "groups": int(len(set(groups))),
            "random_weights": any(bool(r.get("info", {}).get("random_weights"))
                                  for r in results.values()),
-           "caches": dict(zip(runs, caches, strict=False)), "runs": {k: str(v) for k, v in runs.items()},
+           "caches": dict(zip(runs, caches, strict=False)),
+           "runs": {k: str(v) for k, v in runs.items()},
            "table": frame}
     write_compare(out, res)
     return res

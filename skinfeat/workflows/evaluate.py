@@ -158,7 +158,8 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                     "model; these scores are optimistic", data, overlap["rows"])
     info = {"run": str(run), "data": str(data), "layout": layout, "n": int(len(scored)),
             "task": str(predictor.task), "classes": classes, "threshold": predictor.threshold,
-            "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok, strict=False) if not k},
+            "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok, strict=False)
+                           if not k},
             "metadata_coverage": coverage, "metadata_note": metadata_note(layout, coverage),
             # rows with every metadata field missing, scored by the image-only fallback
             "fell_back": preds.fell_back if predictor.fallback is not None else None,

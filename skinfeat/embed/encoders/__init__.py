@@ -216,7 +216,8 @@ def installed_families() -> dict[str, str | None]:
 # configs; nothing here is downloaded until extract asks for it.
 RECOMMENDED = (
     ("convnext_tiny.fb_in1k", "timm", 768, 224, "apache-2.0", "hub: timm/convnext_tiny.fb_in1k"),
-    ("efficientnet_b0.ra_in1k", "timm", 1280, 224, "apache-2.0", "hub: timm/efficientnet_b0.ra_in1k"),
+    ("efficientnet_b0.ra_in1k", "timm", 1280, 224, "apache-2.0",
+     "hub: timm/efficientnet_b0.ra_in1k"),
     ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "timm", 768, 224, "apache-2.0",
      "hub: timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
     ("vit_small_patch14_dinov2.lvd142m", "timm", 384, 518, "apache-2.0",
