@@ -57,7 +57,8 @@ def candidates(net, x, calib, tmp: Path) -> dict:
             import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
             exported = torch.export.export(net, (torch.from_numpy(x),)).module()
-            q = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+            q = xiq.X86InductorQuantizer().set_global(
+                xiq.get_default_x86_inductor_quantization_config())
             prepared = prepare_pt2e(exported, q)
             with torch.inference_mode():  # the exported graph has the batch size baked in
                 for i in range(0, len(calib) - len(x) + 1, len(x)):

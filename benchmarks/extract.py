@@ -22,7 +22,8 @@ with the machine's own numbers (shared machines are noisy: read the ratios):
 Random backbone weights (no network here): speed does not depend on the weight values, but the
 agreement of bf16, fp16 and especially int8 with fp32 does; random weights are a weak proxy for
 the quantization error of real weights. With real weights, check your own (see the README):
-    .venv/bin/python benchmarks/extract.py --data YOUR_HAM10000 --weights-file convnext_tiny.safetensors
+    .venv/bin/python benchmarks/extract.py --data YOUR_HAM10000 \\
+        --weights-file convnext_tiny.safetensors
 """
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def reference_epoch_seconds(table, backbone: str, batch: int = 64) -> float:
-    """One epoch the reference's way: decode + fp32 backbone forward for every image, then the head."""
+    """One epoch the reference's way: decode + fp32 backbone forward for every image, then the
+    head."""
     from skinfeat.embed.backbone import create_backbone
     from skinfeat.embed.extract import Embedder
     from skinfeat.embed.transform import preprocess, transform_for
@@ -296,7 +298,8 @@ def main() -> None:
             runs[prec]["cv_s"] = time.perf_counter() - t0
             runs[prec]["cv"] = {(r["seed"], r["fold"]): r["metrics"] for r in recs}
         n_fits = len(runs["fp32"]["cv"])
-        print(f"\n3. fit-head's recipe on each precision's embeddings vs fp32: {n_fits} paired fits "
+        print(f"\n3. fit-head's recipe on each precision's embeddings vs fp32: {n_fits} "
+              "paired fits "
               f"(5-fold lesion-grouped CV x {len(seeds)} seeds, the same folds for all); mean "
               "difference in points,\n   its standard error, and one fit's spread (sd), "
               "which is why a handful of fits cannot tell")
@@ -341,7 +344,8 @@ def main() -> None:
     ref_total = epoch_s * epochs
     head_s = fast["fits"][0]["seconds"]
     ours = fast["total_s"] + head_s
-    print(f"\n5. reference style: one measured epoch (decode + fp32 backbone for all {n} images + head) "
+    print(f"\n5. reference style: one measured epoch (decode + fp32 backbone for all {n} "
+          "images + head) "
           f"{epoch_s:.1f} s x {epochs} epochs (as many as our head ran) = {ref_total:.0f} s")
     print(f"   extract once ({best}) {fast['total_s']:.1f} s + fit-head {head_s:.1f} s "
           f"= {ours:.1f} s   speed-up {ref_total / ours:.1f}x   [target >= 10x: "

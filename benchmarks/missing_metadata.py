@@ -103,7 +103,8 @@ def fit_fold(table, image, y, fold, cfg: HeadConfig, encoding: str = "robust") -
 def cross_validate(table, image, y, folds, cfg: HeadConfig, encoding: str = "robust") -> dict:
     """Balanced accuracy per condition over folds, plus each fold's raw outputs."""
     fits = [fit_fold(table, image, y, f, cfg, encoding) for f in folds]
-    scores = {c: [balanced_accuracy(y[f[2]], r["test"][c]) for f, r in zip(folds, fits, strict=False)]
+    scores = {c: [balanced_accuracy(y[f[2]], r["test"][c])
+                  for f, r in zip(folds, fits, strict=False)]
               for c in CONDITIONS}
     return {"scores": scores, "fits": fits, "epochs": [r["best_epoch"] for r in fits]}
 

@@ -8,7 +8,8 @@ stopping, bundle and report; beside the same on commit ``--before``, e.g. the co
 change, in a subprocess), ``cv --folds 5 --models head`` over the three input sets (batched fold
 heads beside fold-by-fold ones, and beside ``--before``'s), ``cv --folds 5`` with head and LightGBM,
 and ``tune --trials 50`` (and, beside it, ``--sequential-tune-trials`` trials on one worker
-with sequential and with batched heads); reports peak memory, and compares LightGBM on PCA-64 (the default) with all 768 columns
+with sequential and with batched heads); reports peak memory, and compares LightGBM on PCA-64 (the
+default) with all 768 columns
 on one CV fold. Prints the CPU's lscpu flags, a table and PASS/FAIL per target. The embeddings
 carry a weak class signal plus a per-lesion component (so images of one lesion look alike, as
 real ones do); their scores say nothing about real performance, only the times do.

@@ -57,14 +57,16 @@ def test_against_set_finds_the_shared_rows_only():
     x = planted()
     train, test = normalise(x[:400]), normalise(x[400:])
     hits = scan(test, 0.95, y=train, k=0, block=5)
-    assert sorted(zip(hits.i.tolist(), hits.j.tolist(), strict=False)) == [(c, c) for c in range(12)]
+    assert (sorted(zip(hits.i.tolist(), hits.j.tolist(), strict=False))
+            == [(c, c) for c in range(12)])
 
 
 def test_approximate_search_recall_measured_against_exact():
     pytest.importorskip("faiss")
     x = normalise(planted(n=3000, copies=60))
     hits = scan_approximate(x, 0.95)
-    assert {(c, 3000 + c) for c in range(60)} <= set(zip(hits.i.tolist(), hits.j.tolist(), strict=False))
+    assert {(c, 3000 + c) for c in range(60)} <= set(zip(hits.i.tolist(), hits.j.tolist(),
+                                                         strict=False))
     assert approximate_recall(x, hits, 0.95, sample=3060) == 1.0
     empty = hits.__class__(hits.i[:0], hits.j[:0], hits.cosine[:0], hits.knn)
     assert approximate_recall(x, empty, 0.95, sample=3060) == 0.0

@@ -368,6 +368,7 @@ def test_bad_ages_and_blank_categories_become_missing(tmp_path, caplog):
         r = cli("data", "check", "--json", root)
     assert_ok(r)
     s = json.loads(r.output)
-    assert s["missing"]["age"] == 2 and s["missing"]["sex"] == 2 and s["missing"]["localization"] == 1
+    assert (s["missing"]["age"] == 2 and s["missing"]["sex"] == 2
+            and s["missing"]["localization"] == 1)
     assert "not a number treated as missing (line 2)" in caplog.text
     assert "outside (0.0, 120.0) treated as missing (line 3)" in caplog.text

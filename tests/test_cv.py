@@ -53,7 +53,8 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
 
     def spy_train(kind, config, trains, vals, *args, **kw):
         calls.extend(({id_of[row_of[e.tobytes()]] for e in t[0]},
-                      {id_of[row_of[e.tobytes()]] for e in v[0]}) for t, v in zip(trains, vals, strict=False))
+                      {id_of[row_of[e.tobytes()]] for e in v[0]})
+                     for t, v in zip(trains, vals, strict=False))
         return real_train(kind, config, trains, vals, *args, **kw)
 
     class SpyEncoder(train.MetadataEncoder):

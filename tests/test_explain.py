@@ -1,4 +1,5 @@
-"""explain: heatmaps land where the class signal is; a field the model ignores gets no attribution."""
+"""explain: heatmaps land where the class signal is; a field the model ignores gets no
+attribution."""
 from __future__ import annotations
 
 import numpy as np

@@ -40,7 +40,8 @@ def save_tiny_hf_clip(folder) -> None:
         projection_dim=16)
     transformers.CLIPModel(cfg).save_pretrained(folder)
     transformers.CLIPImageProcessor(size={"shortest_edge": SIZE},
-                                    crop_size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+                                    crop_size={"height": SIZE, "width": SIZE},
+                                    ).save_pretrained(folder)
 
 
 # case -> (how its folder is saved, --backbone prefix, --pool); open_clip's towers use

@@ -99,8 +99,9 @@ def test_two_shards_merged_equal_one_process(synth_dir, synth_cache, tmp_path):
         assert p.returncode == 0, out.decode()
     parts = [read_cache(tmp_path / f"s{i}.h5") for i in range(2)]
     assert not set(parts[0].image_ids) & set(parts[1].image_ids)
-    r = CliRunner().invoke(main, ["cache", "merge", str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5"),
-                                  "--out", str(tmp_path / "m.h5")], catch_exceptions=False)
+    r = CliRunner().invoke(main, ["cache", "merge", str(tmp_path / "s0.h5"),
+                                  str(tmp_path / "s1.h5"), "--out", str(tmp_path / "m.h5")],
+                           catch_exceptions=False)
     assert r.exit_code == 0, r.output
     merged, single = read_cache(tmp_path / "m.h5"), read_cache(synth_cache)
     assert list(merged.image_ids) == list(single.image_ids)

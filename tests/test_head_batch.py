@@ -1,5 +1,6 @@
 """The head's one training loop: a single fit (a batch of one) equals a plain PyTorch loop
-written out here, its Adam is torch's (fused) bit for bit, k heads trained together equal each trained
+written out here, its Adam is torch's (fused) bit for bit, k heads trained together equal each
+trained
 alone (up to float rounding), and the batched cv equals the fold-by-fold cv."""
 from __future__ import annotations
 

@@ -278,7 +278,8 @@ def test_toml_recipe_under_run_table_and_int_for_float(tmp_path):
 
 
 def test_reference_encoding_starts_from_the_reference_head(tmp_path):
-    cfg = read_config_file(write(tmp_path / "r.toml", 'encoding = "reference"\n[head]\nlr = 0.01\n'))
+    cfg = read_config_file(write(tmp_path / "r.toml",
+                                 'encoding = "reference"\n[head]\nlr = 0.01\n'))
     assert cfg.params == HeadConfig.reference(lr=0.01)
 
 

@@ -97,7 +97,9 @@ def test_whole_row_blanking_only_in_heads_with_an_image():
         model = fit_heads([part], 3, cfg, [enc.dropout_fields()])[0].model
         return [p.detach().clone() for p in model.state_dict().values()]
 
-    same = [torch.equal(a, b) for a, b in zip(weights("meta", 0.5), weights("meta", 0.0), strict=False)]
+    same = [torch.equal(a, b)
+            for a, b in zip(weights("meta", 0.5), weights("meta", 0.0), strict=False)]
     assert all(same)
-    fused = [torch.equal(a, b) for a, b in zip(weights("fused", 0.5), weights("fused", 0.0), strict=False)]
+    fused = [torch.equal(a, b)
+             for a, b in zip(weights("fused", 0.5), weights("fused", 0.0), strict=False)]
     assert not all(fused)   # the check can fail: in a fused head the setting acts

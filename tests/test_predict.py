@@ -1,4 +1,5 @@
-"""From a trained run to a diagnosis: predict, evaluate, calibration, tampered bundles, offline weights."""
+"""From a trained run to a diagnosis: predict, evaluate, calibration, tampered bundles, offline
+weights."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,8 @@ def cli(*args: str):
 
 @pytest.fixture(scope="module")
 def runs(ship_runs) -> dict:
-    """The session's head and LightGBM runs (tests/conftest.py), shared with explain/export/serve."""
+    """The session's head and LightGBM runs (tests/conftest.py), shared with
+    explain/export/serve."""
     return ship_runs
 
 

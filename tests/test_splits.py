@@ -11,7 +11,8 @@ from skinfeat.data.splits import assign_split, check_grouped, fold_ids, load_spl
 
 def test_lesion_split_keeps_lesions_whole_and_classes_in_train(synth_table):
     split = assign_split(synth_table, "lesion", seed=42)
-    per_lesion = pd.DataFrame({"l": synth_table["group_id"], "s": split}).groupby("l")["s"].nunique()
+    per_lesion = (pd.DataFrame({"l": synth_table["group_id"], "s": split})
+                  .groupby("l")["s"].nunique())
     assert per_lesion.max() == 1
     assert set(synth_table.loc[split == "train", "dx"]) == set(synth_table["dx"])
     assert set(split) == {"train", "val", "test"}

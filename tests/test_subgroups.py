@@ -229,7 +229,8 @@ def test_the_bundle_fields_of_a_run_hold_no_subgroup_only_column(ship_runs):
                     or not (SHARED / "ham10000-mobilenetv2-embeddings.h5").exists(),
                     reason="real HAM10000 embeddings not present")
 def test_real_ham10000_by_acquisition_source():
-    """Lesion-grouped 5-fold linear probe (LDA on 32 PCA components) on the real embeddings, pooled out-of-fold
+    """Lesion-grouped 5-fold linear probe (LDA on 32 PCA components) on the real embeddings, pooled
+    out-of-fold
     probabilities, subgroup table by source, sex, age band, localization: runs, and every
     image is in exactly one row per field (numbers go to the report, not into asserts)."""
     h5py = pytest.importorskip("h5py")
