@@ -59,7 +59,7 @@ def merge_groups(groups: pd.Series, image_ids: pd.Series,
     merged = sum(uf.union(of_image[a], of_image[b]) for a, b in pairs
                  if a in of_image and b in of_image)
     roots = uf.roots()
-    first = {}
+    first: dict[int, str] = {}
     for i, r in enumerate(roots):      # names sorted: the first member seen is the smallest
         first.setdefault(r, names[i])
     new = groups.map(lambda g: first[roots[code[g]]])

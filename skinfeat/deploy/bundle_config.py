@@ -90,7 +90,7 @@ class _Config:
 @dataclass(kw_only=True)
 class BundleConfig(_Config):
     """One stage-two model: everything predict needs, and the recipe it was made with."""
-    format: Literal[FORMAT] = FORMAT
+    format: Literal[FORMAT] = FORMAT  # type: ignore[valid-type]  # a constant: see schema.py
     model_type: str                       # a kind of the model registry (learn.models)
     classes: tuple[str, ...]
     encoder: Table                        # the fitted MetadataEncoder
@@ -140,7 +140,7 @@ class BundleConfig(_Config):
 class EnsembleConfig(_Config):
     """A fold ensemble (``cv --save-models``): ``members`` are bundle folders beside this
     config; predict averages their calibrated probabilities (``combine`` says how)."""
-    format: Literal[FORMAT] = FORMAT
+    format: Literal[FORMAT] = FORMAT  # type: ignore[valid-type]  # a constant: see schema.py
     model_type: Literal["ensemble"] = "ensemble"
     members: tuple[str, ...]
     classes: tuple[str, ...]

@@ -226,7 +226,7 @@ class CacheWriter:
         parts = [p for p in parts if len(p.image_ids)]
         if not parts:
             raise CacheError(f"{self.path}: no image could be embedded")
-        done = set()
+        done: set[str] = set()
         for p in parts:
             done.update(p.image_ids)
         failures = {k: v for k, v in old_failures.items() if k not in done}

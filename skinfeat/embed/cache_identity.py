@@ -152,7 +152,7 @@ class CacheIdentity:
     weights: WeightsIdentity
     preprocessing: PreprocessingIdentity
     precision: str
-    family: Literal[FAMILIES] = "timm"
+    family: Literal[FAMILIES] = "timm"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
     pool: str = "avg"                     # timm: avg; open_clip: proj|cls|mean; hf: cls|mean|proj
     views: tuple[str, ...] = ()
     view_transform: str | None = None

@@ -40,8 +40,8 @@ class RunConfig:
     select_on: Literal["val", "test"] = "val"   # test: the reference's flaw
     test_size: Annotated[float, Gt(0), Lt(1)] = 0.2
     val_size: Annotated[float, Gt(0), Lt(1)] = 0.1   # of all rows; with split none, of the rows
-    encoding: Literal[ENCODINGS] = "robust"
-    calibration: Literal[METHODS] = "logit_adjust"
+    encoding: Literal[ENCODINGS] = "robust"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
+    calibration: Literal[METHODS] = "logit_adjust"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
     tta: bool = False
     group_context: bool = False   # append patient context features (learn/context.py)
     # A fused head carries an image-only model for rows with every metadata field missing
@@ -82,7 +82,7 @@ class RunConfig:
         if d.get("encoding") == "reference" and isinstance(own, Mapping) \
                 and hasattr(config_class, "reference"):   # the reference recipe's defaults
             own = {**config_class.reference().to_dict(), **own}
-        params = parse(config_class, own, source, ConfigError, prefix + kind)
+        params: Any = parse(config_class, own, source, ConfigError, prefix + kind)
         for other in models:   # the other models' tables are checked too (cv reads them)
             if other != kind and other in d:
                 parse(models[other].config_class, d[other], source, ConfigError, prefix + other)
@@ -134,8 +134,9 @@ def read_model_tables(path: str | Path) -> dict:
     models (cv, compare), the tables of the others (``[lgbm]`` beside ``model = "head"``)."""
     d, at = _recipe_table(path)
     prefix, models = (at + "." if at else ""), registry()
-    out = {kind: parse(models[kind].config_class, d[kind], str(path), ConfigError, prefix + kind)
-           for kind in models if isinstance(d, Mapping) and kind in d}
+    out: dict[str, Any] = {
+        kind: parse(models[kind].config_class, d[kind], str(path), ConfigError, prefix + kind)
+        for kind in models if isinstance(d, Mapping) and kind in d}
     recipe = RunConfig.from_dict(d, str(path), at)
     return {**out, recipe.model: recipe.params}
 
