@@ -135,7 +135,7 @@ class _RunFolder:
     def __init__(self, out: PathLike | None, prefix: str):
         self._tmp = tempfile.TemporaryDirectory(prefix=f"skinfeat-{prefix}-") if out is None \
             else None
-        self.path = Path(self._tmp.name if self._tmp else out)
+        self.path = Path(self._tmp.name if self._tmp else out)  # type: ignore[arg-type]  # out set
 
 
 def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAULT_BACKBONE,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class CacheWriter:
     them. ``finalize`` folds everything into the .h5 file atomically.
     """
 
-    def __init__(self, path: str | Path, identity: dict, attrs: dict | None = None,
+    def __init__(self, path: str | os.PathLike, identity: dict, attrs: dict | None = None,
                  chunk_size: int = 256):
         self.path = Path(path)
         self.partial = Path(f"{self.path}.partial")

@@ -7,6 +7,7 @@ a width, views of the same rows and width, finite values, well-formed ``identity
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def partial_identity(partial: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def stored_identity(path: str | Path) -> dict | None:
+def stored_identity(path: str | os.PathLike) -> dict | None:
     """The identity of a cache file, or of its unfinished work (``NAME.h5.partial/``)."""
     have = read_identity(Path(path))
     return have if have is not None else partial_identity(Path(f"{path}.partial"))

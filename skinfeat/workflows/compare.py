@@ -42,9 +42,9 @@ def cache_labels(caches: Sequence[str | Path]) -> list[str]:
     return labels
 
 
-def check_caches(caches: Sequence[str]) -> None:
+def check_caches(caches: Sequence[str | Path]) -> None:
     """One file given twice would be one encoder compared with itself under two names."""
-    seen: dict[Path, str] = {}
+    seen: dict[Path, str | Path] = {}
     for c in caches:
         key = Path(c).resolve()
         if key in seen:

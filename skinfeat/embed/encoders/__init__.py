@@ -202,7 +202,7 @@ def local_weight_source(identity: dict, weights_file: str | Path | None = None) 
 
 def installed_families() -> dict[str, str | None]:
     """Family -> installed package version (None when not installed)."""
-    out = {}
+    out: dict[str, str | None] = {}
     for family, pkg in FAMILY_PACKAGES.items():
         try:
             out[family] = importlib.metadata.version(pkg)
