@@ -100,6 +100,7 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
                       compile=compile_mode, pool=pool,
                       calibration_images=calibration_images, progress=bar.update,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo)).run
+    assert res is not None   # extract always records its run
     bar.close()
     click.echo(f"{cache_path}: {len(res.contents.image_ids)} embeddings of dim "
                f"{res.contents.dim} ({res.embedded} new, {res.skipped} already cached; "

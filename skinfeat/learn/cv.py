@@ -43,9 +43,9 @@ from .fallback import applies
 from .fallback import combine as combine_rows
 from .head import INPUTS, one_thread
 from .models import DEFAULT_MODELS, model_class, model_names, registry
-from .protocol import with_fields
+from .protocol import StageTwoModel, with_fields
 from .runconfig import RunConfig
-from .train import align_embeddings, as_dataset, check_inputs, fit_splits
+from .train import SplitFit, align_embeddings, as_dataset, check_inputs, fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ def _mapped(path: str) -> np.ndarray:
 
 
 @one_thread
-def _run_saved(index: int, task: FitTask, path: str, cls: type) -> tuple[int, list[dict]]:
+def _run_saved(index: int, task: FitTask, path: str,
+               cls: type[StageTwoModel]) -> tuple[int, list[dict]]:
     """A task in a joblib worker, on the mapped embeddings, one torch thread. ``cls``: the
     task's model class, registered in the worker too (a model registered at run time in the
     caller's process is not in a fresh worker's registry)."""
@@ -228,7 +229,7 @@ class FoldFitted:
     the task that made it (its data, recipe, input set) and the fold's rows."""
     task: FitTask
     fold: Fold
-    fit: object
+    fit: SplitFit
     embed_dim: int
 
 
@@ -251,6 +252,7 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
                keep_fits: bool = False) -> list[FitTask]:
     """The fits of one seed's folds: per input set, the head on all folds at once (batched) and
     LightGBM fold by fold. Heaviest first, so that workers finish together."""
+    assert cfg.inputs is not None   # settled by input_sets
     tasks = []
     for model in cfg.models:
         for inputs in cfg.inputs:
@@ -340,6 +342,7 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                 made.append(task)   # before it is handed out: its number is its place here
                 yield task
 
+    assert cfg.inputs is not None   # settled by input_sets
     n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
         on_start(n_fits)
@@ -481,6 +484,7 @@ def summarize(records: list[dict], cfg: CVConfig, classes: list[str]) -> dict:
     """``summary[model][inputs]``: mean and std over all folds (and seeds) of each metric,
     per-class recall and F1, the summed confusion matrix, and the spread of per-seed means."""
     summary: dict = {}
+    assert cfg.inputs is not None   # settled by input_sets
     for model in cfg.models:
         for inputs in cfg.inputs:
             rs = [r for r in records if r["model"] == model and r["inputs"] == inputs]
