@@ -124,7 +124,7 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
     out.mkdir(parents=True, exist_ok=True)
     raw, identity = aligned_embeddings(data, cache)
     raw_b = None
-    if against is not None:
+    if against is not None and against_cache is not None:   # both or neither (checked above)
         raw_b, identity_b = aligned_embeddings(against, against_cache, "--against-cache")
         same_encoder(cache, identity, against_cache, identity_b)
     x, y = normalise(raw), None if raw_b is None else normalise(raw_b)
