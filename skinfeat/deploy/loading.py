@@ -74,7 +74,7 @@ def load_stage_two(run: Path, config: BundleConfig,
         path = run / cls.file_name()
         if not path.is_file():
             raise BundleError(f"{path}: {cls.title} model file missing")
-        weights = path.read_text(encoding="utf-8")
+        weights: str | dict = path.read_text(encoding="utf-8")
     else:
         path, weights = source, load_state(run, cls.file_name())
     try:
@@ -174,7 +174,7 @@ class LoadedBundle:
         self.views = list(self.identity.get("views", [])) if self.bundle.tta else []
         self.weights_file, self.device = weights_file, device
         self.batch_size, self.num_workers = batch_size, num_workers
-        self._embedders: list[tuple[Embedder, TransformSpec]] | None = None
+        self._embedders: list[tuple[Embedder | Int8Embedder, TransformSpec]] | None = None
         if not self.members and self.bundle.fallback is not None:
             self._load_fallback()
 

@@ -44,13 +44,13 @@ def set_margins(fig, *, left: float, bottom: float, top: float = 0.45,
 
 def save_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
                        title: str = "Confusion matrix") -> None:
-    cm = np.asarray(cm)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    counts = np.asarray(cm)
+    norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = new_figure((6, 5))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(classes)), classes)

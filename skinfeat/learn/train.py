@@ -263,7 +263,7 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     encs = [encode_split(data, image, rows, recipe.encoding, context) for rows in splits]
     trains = [e.parts["train"] for e in encs]
     vals = [e.parts[recipe.select_on] for e in encs]
-    fields = [e.encoder.dropout_fields() for e in encs]
+    fields: list[list | None] = [e.encoder.dropout_fields() for e in encs]
     groups = [e.groups["train"] if e.groups else None for e in encs]
     k = len(encs)
     with_fallback = applies(recipe, bool(data.spec.metadata))
