@@ -241,8 +241,8 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
             draws["pauc80"] += _weighted_pauc(proba[:, 1], y_true == 1, weights).tolist()
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
     out = {}
-    for name, v in draws.items():
-        v = np.asarray(v, dtype=np.float64)
+    for name, drawn in draws.items():
+        v = np.asarray(drawn, dtype=np.float64)
         v = v[np.isfinite(v)]
         out[name] = [float(np.percentile(v, q[0])), float(np.percentile(v, q[1]))] if len(v) \
             else None

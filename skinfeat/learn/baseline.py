@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
@@ -97,7 +97,7 @@ class LGBMModel(StageTwoModel):
     differentiable = False
     meta_attribution = "LightGBM feature contribution (raw score, summed over the field's columns)"
 
-    booster_: object = None
+    booster_: Any = None   # a lightgbm.Booster (lightgbm is imported lazily)
     pca_: PCAProjection | None = None
     n_classes_: int | None = None
 
