@@ -28,6 +28,7 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,10 @@ class Calibration(nn.Module):
     ``adjust`` the log training class weights (logit adjustment) and ``bias`` a fitted
     per-class offset, each zero where the method has none."""
 
+    adjust: torch.Tensor        # buffers (register_buffer below), declared for the type checker
+    temperature: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, calibrator, n_classes: int):
         super().__init__()
 
@@ -70,6 +75,9 @@ class Decide(nn.Module):
     """``Calibrator.decide`` in the graph: (N, K) calibrated probabilities -> (N,) int64 class
     indices; a binary model with a validation threshold: p(class 1) >= threshold, otherwise the
     balanced rule argmax(log p + decision_offset) (plain argmax without offsets)."""
+
+    threshold: torch.Tensor     # buffers (register_buffer below), declared for the type checker
+    offset: torch.Tensor
 
     def __init__(self, calibrator, threshold: float | None, n_classes: int):
         super().__init__()
@@ -165,7 +173,7 @@ class ExportGraph(nn.Module):
         return proba, decision
 
 
-def meta_inputs(predictor) -> list[tuple[str, object]]:
+def meta_inputs(predictor) -> list[tuple[str, Any]]:
     """``(input name, the predictor whose encoder fills it)`` for each metadata input."""
     if predictor.members:
         return [(f"meta_{i}", m) for i, m in enumerate(predictor.members)]
