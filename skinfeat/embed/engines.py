@@ -29,6 +29,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class PooledFeatures(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Any = model   # a timm model (untyped forward_features) or a FamilyEncoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.model, FamilyEncoder):
