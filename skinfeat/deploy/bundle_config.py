@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from ..errors import SkinfeatError
 from ..learn.models import registry
@@ -83,7 +83,7 @@ class _Config:
         return {k: v for k, v in d.items() if not (v is None and k in self.OPTIONAL)}
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "config.json"):
+    def from_dict(cls, d: Mapping, source: str = "config.json") -> Self:
         return parse(cls, d, source, BundleConfigError)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,8 +86,9 @@ def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents
             log.warning("the caches hold different views; the fusion keeps none")
     elif any(p.view_embeddings is not None for p in parts):
         log.warning("only some caches hold view embeddings; the fusion keeps none")
-    identity = {"fused": [p.identity for p in parts], "dims": [p.dim for p in parts],
-                "sources": [str(s) for s in sources]}
+    identity: dict[str, Any] = {"fused": [p.identity for p in parts],
+                                "dims": [p.dim for p in parts],
+                                "sources": [str(s) for s in sources]}
     alike = look_alike(identity["fused"], identity["dims"])
     if alike:  # neither width nor identity tells these apart: keep what still can
         identity["profiles"] = [value_profile(p.embeddings[r]) if any(k in g for g in alike)

@@ -145,7 +145,7 @@ def _check_look_alikes(group: list[int], profiles: list | None, paths: list[str]
         score = {q: np.mean([profile_similarity(mine[k], profiles[m])
                              for k, m in zip(group, q, strict=False)])
                  for q in perms}
-        given, best = tuple(group), max(perms, key=score.get)
+        given, best = tuple(group), max(perms, key=score.__getitem__)
         if best != given and score[best] >= SWAP_CLEAR and \
                 score[best] - score[given] >= SWAP_MARGIN:
             k, m = next((k, m) for k, m in zip(group, best, strict=False) if k != m)
