@@ -134,7 +134,8 @@ class Service:
 
     def metadata(self, form: dict) -> dict:
         """Validated metadata from form fields; blank means missing."""
-        enc, meta = self.p.encoder, {}
+        enc = self.p.encoder
+        meta: dict[str, float | str] = {}
         for f in enc.numeric:
             value = str(form.get(f, "")).strip()
             if value:

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -200,7 +201,7 @@ class CacheWriter:
             atomic_write(ident, lambda tmp: tmp.write_text(text))
         n = len(self._chunks())
         dim = self._buf_emb[0].shape[1] if self._buf_emb else 0
-        arrays = {
+        arrays: dict[str, Any] = {
             "image_id": np.array(self._buf_ids, dtype=str),
             "embedding": np.concatenate(self._buf_emb) if self._buf_emb else np.zeros((0, dim)),
             "failed_id": np.array(list(self.failures), dtype=str),

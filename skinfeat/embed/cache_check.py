@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -18,7 +19,7 @@ from .cache_identity import CacheError, examples, parse_failures, parse_identity
 
 # Two rows for one image id are "the same embedding" within the float rounding that separates a
 # sharded or resumed extract from a single pass (README "Determinism": within 1e-5).
-SAME_EMBEDDING = {"rtol": 1e-5, "atol": 1e-5}
+SAME_EMBEDDING: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @dataclass
