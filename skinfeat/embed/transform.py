@@ -73,7 +73,9 @@ def transform_for(model: torch.nn.Module, resize: str = "squash",
                          std=tuple(map(float, cfg["std"])))
 
 
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+# ignores: Pillow's int aliases (Image.BILINEAR == 2) are missing from its type hints
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,  # type: ignore[attr-defined]
+             "nearest": Image.NEAREST}  # type: ignore[attr-defined]
 
 
 def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:
