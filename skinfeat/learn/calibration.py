@@ -29,6 +29,8 @@ class weights, w_c ~ 1 / prior(c), so the rule is argmax of the calibrated logit
 """
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
@@ -167,7 +169,7 @@ class Calibrator:
             return InputError(f"key '{key}{where}': invalid calibration state: {why}, got "
                               f"{text if len(text) <= 40 else text[:37] + '...'}")
 
-        def finite(value: object) -> bool:
+        def finite(value: object) -> TypeGuard[int | float]:
             return isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and bool(np.isfinite(value))
 
@@ -188,10 +190,10 @@ class Calibrator:
             raise bad(".method", f"calibration method must be one of {METHODS}",
                       state.get("method"))
         cal = cls(state["method"])
-        t = state.get("temperature")
-        if not finite(t) or t <= 0:
-            raise bad(".temperature", "temperature must be a positive number", t)
-        cal.temperature = float(t)
+        given = state.get("temperature")
+        if not finite(given) or given <= 0:
+            raise bad(".temperature", "temperature must be a positive number", given)
+        cal.temperature = float(given)
         for name in ("adjust", "bias", "decision_offset"):
             v = state.get(name)
             if v is None:

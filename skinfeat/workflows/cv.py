@@ -79,6 +79,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     for event in iter_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
                          on_start=on_start, keep_fits=save is not None, ready=tables.wanted):
         if isinstance(event, FoldFitted):
+            assert save is not None   # folds are handed over with keep_fits=save is not None
             save_fold_bundle(event, save)
         elif isinstance(event, FoldsReady):
             tables.add(event.model, event.inputs, event.oof)
