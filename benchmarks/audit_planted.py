@@ -161,14 +161,14 @@ def measure(out: Path, thresholds: list[float]) -> dict:
     audit = skinfeat.audit(out / "test", out / "test.h5", against=out / "train",
                            against_cache=out / "train.h5", out=out / "audit-test-vs-train")
     across = audit.duplicates[audit.duplicates["kind"] == "across_sets"]
-    found = set(zip(across["image_id_a"], across["image_id_b"])) | \
-        set(zip(across["image_id_b"], across["image_id_a"]))
+    found = set(zip(across["image_id_a"], across["image_id_b"], strict=True)) | \
+        set(zip(across["image_id_b"], across["image_id_a"], strict=True))
     for how, t in truth[truth["alteration"].str.startswith("test")].groupby("alteration"):
-        hit = sum((a, b) in found for a, b in zip(t["copy"], t["original"]))
+        hit = sum((a, b) in found for a, b in zip(t["copy"], t["original"], strict=True))
         result["per_alteration"][how] = {"copies": len(t), "recall": round(hit / len(t), 4)}
     result["across_set_pairs"] = int(len(across))
     result["across_set_true"] = int(sum((a, b) in found for a, b in
-                                        zip(truth["copy"], truth["original"])))
+                                        zip(truth["copy"], truth["original"], strict=True)))
     train_audit = skinfeat.audit(out / "train", out / "train.h5", out=out / "audit-train")
     result["train_audit_counts"] = train_audit.counts
     print(json.dumps(result, indent=1))

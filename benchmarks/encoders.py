@@ -33,11 +33,11 @@ import torch
 
 from skinfeat.embed.backbone import create_backbone
 from skinfeat.embed.device import bf16_supported, resolve_device
-from skinfeat.embed.transform import transform_for
 from skinfeat.embed.encoders import installed_families, resolve_backbone
 from skinfeat.embed.encoders.base import freeze
-from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.engines import PooledFeatures
+from skinfeat.embed.transform import transform_for
+from skinfeat.embed.weights import WeightSource
 
 HERE = Path(__file__).resolve().parent
 

@@ -57,7 +57,8 @@ def candidates(net, x, calib, tmp: Path) -> dict:
             import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
             exported = torch.export.export(net, (torch.from_numpy(x),)).module()
-            q = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+            q = xiq.X86InductorQuantizer().set_global(
+                xiq.get_default_x86_inductor_quantization_config())
             prepared = prepare_pt2e(exported, q)
             with torch.inference_mode():  # the exported graph has the batch size baked in
                 for i in range(0, len(calib) - len(x) + 1, len(x)):
@@ -76,8 +77,12 @@ def candidates(net, x, calib, tmp: Path) -> dict:
     onnx_path = tmp / "m.onnx"
     if have("onnxruntime", "onnx"):
         import onnxruntime as ort
-        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
         torch.onnx.export(net, (torch.from_numpy(x[:1]),), str(onnx_path), input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
@@ -134,11 +139,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import warnings
     warnings.filterwarnings("ignore")
+    from skinfeat.data.datasets import load_ham10000
     from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.engines import PooledFeatures
     from skinfeat.embed.transform import preprocess, transform_for
     from skinfeat.embed.weights import WeightSource
-    from skinfeat.data.datasets import load_ham10000
-    from skinfeat.embed.engines import PooledFeatures
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from extract import cpu_line

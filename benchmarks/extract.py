@@ -22,7 +22,8 @@ with the machine's own numbers (shared machines are noisy: read the ratios):
 Random backbone weights (no network here): speed does not depend on the weight values, but the
 agreement of bf16, fp16 and especially int8 with fp32 does; random weights are a weak proxy for
 the quantization error of real weights. With real weights, check your own (see the README):
-    .venv/bin/python benchmarks/extract.py --data YOUR_HAM10000 --weights-file convnext_tiny.safetensors
+    .venv/bin/python benchmarks/extract.py --data YOUR_HAM10000 \\
+        --weights-file convnext_tiny.safetensors
 """
 from __future__ import annotations
 
@@ -92,9 +93,9 @@ def interleaved_rates(table, args, precisions: list[str], device: torch.device,
     overlap, so a lower bound for runs with decode workers) and the model alone on one
     preloaded batch (best of ``rounds``)."""
     from skinfeat.embed.backbone import create_backbone
-    from skinfeat.embed.transform import preprocess, transform_for
     from skinfeat.embed.engines import make_embedder
     from skinfeat.embed.extract import cache_identity, embed_files
+    from skinfeat.embed.transform import preprocess, transform_for
 
     model = create_backbone(args.name, args.source)
     spec = transform_for(model)
@@ -153,11 +154,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def reference_epoch_seconds(table, backbone: str, batch: int = 64) -> float:
-    """One epoch the reference's way: decode + fp32 backbone forward for every image, then the head."""
+    """One epoch the reference's way: decode + fp32 backbone forward for every image, then the
+    head."""
     from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.extract import Embedder
     from skinfeat.embed.transform import preprocess, transform_for
     from skinfeat.embed.weights import WeightSource
-    from skinfeat.embed.extract import Embedder
 
     model = create_backbone(backbone, WeightSource("random"))
     spec = transform_for(model)
@@ -179,8 +181,8 @@ def benchmark_weights(backbone: str, weights_file: Path | None):
     """(backbone ref, weight source) of the benchmark: a local model folder (local-dir:PATH,
     hf:PATH, open_clip:PATH) carries real weights and they are used, recorded by sha256, never a
     random init of its architecture; elsewhere random weights unless --weights-file."""
-    from skinfeat.embed.weights import WeightSource, resolve_weights
     from skinfeat.embed.encoders import parse_backbone, resolve_backbone
+    from skinfeat.embed.weights import WeightSource, resolve_weights
 
     own = parse_backbone(backbone).folder is not None
     source = resolve_weights(weights_file=weights_file) if weights_file \
@@ -209,8 +211,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from skinfeat.embed.device import resolve_device
     from skinfeat.data.datasets import load_ham10000
+    from skinfeat.embed.device import resolve_device
     from skinfeat.embed.engines import calibration_files, calibration_identity
     from skinfeat.learn.cv import CVConfig, run_cv
     from skinfeat.learn.runconfig import RunConfig
@@ -296,7 +298,8 @@ def main() -> None:
             runs[prec]["cv_s"] = time.perf_counter() - t0
             runs[prec]["cv"] = {(r["seed"], r["fold"]): r["metrics"] for r in recs}
         n_fits = len(runs["fp32"]["cv"])
-        print(f"\n3. fit-head's recipe on each precision's embeddings vs fp32: {n_fits} paired fits "
+        print(f"\n3. fit-head's recipe on each precision's embeddings vs fp32: {n_fits} "
+              "paired fits "
               f"(5-fold lesion-grouped CV x {len(seeds)} seeds, the same folds for all); mean "
               "difference in points,\n   its standard error, and one fit's spread (sd), "
               "which is why a handful of fits cannot tell")
@@ -341,7 +344,8 @@ def main() -> None:
     ref_total = epoch_s * epochs
     head_s = fast["fits"][0]["seconds"]
     ours = fast["total_s"] + head_s
-    print(f"\n5. reference style: one measured epoch (decode + fp32 backbone for all {n} images + head) "
+    print(f"\n5. reference style: one measured epoch (decode + fp32 backbone for all {n} "
+          "images + head) "
           f"{epoch_s:.1f} s x {epochs} epochs (as many as our head ran) = {ref_total:.0f} s")
     print(f"   extract once ({best}) {fast['total_s']:.1f} s + fit-head {head_s:.1f} s "
           f"= {ours:.1f} s   speed-up {ref_total / ours:.1f}x   [target >= 10x: "

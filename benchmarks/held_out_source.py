@@ -40,11 +40,10 @@ from missing_metadata import DATA, VAL_FRACTION, balanced_accuracy, cpu_flags, l
 
 from skinfeat.data.datasets import CLASSES  # noqa: E402
 from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
-from skinfeat.data.splits import (drop_crossing_groups, fold_ids, holdout_mask,  # noqa: E402
-                                  source_values)
+from skinfeat.data.splits import drop_crossing_groups, fold_ids, holdout_mask, source_values  # noqa: E402
+from skinfeat.learn.fallback import fallback_rows, image_part  # noqa: E402
 from skinfeat.learn.head import HeadConfig, head_logits  # noqa: E402
 from skinfeat.learn.head_batch import fit_heads  # noqa: E402
-from skinfeat.learn.fallback import fallback_rows, image_part  # noqa: E402
 from skinfeat.learn.head_model import HeadModel  # noqa: E402
 
 SPLIT = "by:dataset"
@@ -82,14 +81,14 @@ def run_seed(table, image, y, folds, cfg: HeadConfig,
     encs = [MetadataEncoder().fit(table.iloc[f[0]]) for f in folds]
     metas = [e.transform(table) for e in encs]
     parts = [((image[tr], m[tr], y[tr]), (image[va], m[va], y[va]))
-             for (tr, va, _), m in zip(folds, metas)]
+             for (tr, va, _), m in zip(folds, metas, strict=False)]
     fields = [e.dropout_fields() for e in encs]
     if fallback:
         parts += [(image_part(tr), image_part(va)) for tr, va in parts]
         fields += [None] * len(folds)
     fits = fit_heads(parts, len(CLASSES), cfg, fields)
     out = {"blank": [], "given": [], "fb_blank": [], "fb_given": []}
-    for k, ((_, _, te), m, e, r) in enumerate(zip(folds, metas, encs, fits)):
+    for k, ((_, _, te), m, e, r) in enumerate(zip(folds, metas, encs, fits, strict=False)):
         for name, meta in (("blank", e.blank(m[te])), ("given", m[te])):
             lg = head_logits(r.model, image[te], meta)
             out[name].append(lg)
@@ -105,7 +104,7 @@ def run_seed(table, image, y, folds, cfg: HeadConfig,
 
 def scores(y, folds, logits: list[np.ndarray]) -> list[float]:
     """Balanced accuracy per held-out source, then pooled over all held-out rows."""
-    per = [balanced_accuracy(y[f[2]], lg) for f, lg in zip(folds, logits)]
+    per = [balanced_accuracy(y[f[2]], lg) for f, lg in zip(folds, logits, strict=False)]
     pooled = balanced_accuracy(np.concatenate([y[f[2]] for f in folds]), np.concatenate(logits))
     return per + [pooled]
 

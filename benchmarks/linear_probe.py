@@ -55,9 +55,8 @@ def main() -> None:
                     help="time sklearn's search on the first N folds only (it takes minutes "
                          "per fold); the ratio is then over those folds")
     args = ap.parse_args()
-    from sklearn.metrics import balanced_accuracy_score
-
     import h5py
+    from sklearn.metrics import balanced_accuracy_score
 
     flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     print("\n".join(line for line in flags.splitlines()

@@ -33,14 +33,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinfeat.embed.cache import read_cache
-from skinfeat.learn.calibration import METHODS, Calibrator
 from skinfeat.data.datasets import CLASSES, load_dataset
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.data.splits import fold_ids, holdout_mask
+from skinfeat.embed.cache import read_cache
+from skinfeat.evaluate.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    classwise_calibration,
+    softmax,
+)
+from skinfeat.learn.calibration import METHODS, Calibrator
 from skinfeat.learn.head import STOP_ON, HeadConfig, head_logits
 from skinfeat.learn.head_batch import fit_head
-from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.evaluate.metrics import bootstrap_ci, classification_metrics, classwise_calibration, softmax
-from skinfeat.data.splits import fold_ids, holdout_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data"
@@ -98,7 +103,8 @@ def fit_fold(table, image, y, fold, cfg: HeadConfig, encoding: str = "robust") -
 def cross_validate(table, image, y, folds, cfg: HeadConfig, encoding: str = "robust") -> dict:
     """Balanced accuracy per condition over folds, plus each fold's raw outputs."""
     fits = [fit_fold(table, image, y, f, cfg, encoding) for f in folds]
-    scores = {c: [balanced_accuracy(y[f[2]], r["test"][c]) for f, r in zip(folds, fits)]
+    scores = {c: [balanced_accuracy(y[f[2]], r["test"][c])
+                  for f, r in zip(folds, fits, strict=False)]
               for c in CONDITIONS}
     return {"scores": scores, "fits": fits, "epochs": [r["best_epoch"] for r in fits]}
 
@@ -166,7 +172,7 @@ def study_calibration(y, folds, fits) -> None:
     per_method = {}
     for method in ("none", *METHODS):
         probas, decided = [], []
-        for f, r in zip(folds, fits):
+        for f, r in zip(folds, fits, strict=False):
             if method == "none":
                 probas.append(softmax(r["test"]["full"]))
                 decided.append(probas[-1].argmax(1))

@@ -85,8 +85,8 @@ def crops_set(root: Path, n: int, seed: int = 0) -> Path:
 def stage_one(n: int, backbone: str, sizes: tuple[int, ...] = (224, 128)) -> None:
     """img/s of ``extract`` on ``n`` small crops at each input size (see the module docstring)."""
     from skinfeat.data.datasets import load_dataset
-    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import extract
+    from skinfeat.embed.weights import WeightSource
 
     with tempfile.TemporaryDirectory(prefix="skinfeat-stage-one-") as tmp:
         table = load_dataset(crops_set(Path(tmp) / "set", n), "isic2024").table
@@ -98,7 +98,7 @@ def stage_one(n: int, backbone: str, sizes: tuple[int, ...] = (224, 128)) -> Non
             start = time.perf_counter()
             res = extract(table, Path(tmp) / f"c{size}.h5", backbone=backbone,
                           weights=WeightSource("random"), image_size=size, compile="off",
-                          progress=lambda k: marks.append((time.perf_counter(), k)))
+                          progress=lambda k, marks=marks: marks.append((time.perf_counter(), k)))
             total = time.perf_counter() - start
             first_t, first_n = marks[0]
             steady = (len(table) - first_n) / max(marks[-1][0] - first_t, 1e-9)

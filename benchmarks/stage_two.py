@@ -8,7 +8,8 @@ stopping, bundle and report; beside the same on commit ``--before``, e.g. the co
 change, in a subprocess), ``cv --folds 5 --models head`` over the three input sets (batched fold
 heads beside fold-by-fold ones, and beside ``--before``'s), ``cv --folds 5`` with head and LightGBM,
 and ``tune --trials 50`` (and, beside it, ``--sequential-tune-trials`` trials on one worker
-with sequential and with batched heads); reports peak memory, and compares LightGBM on PCA-64 (the default) with all 768 columns
+with sequential and with batched heads); reports peak memory, and compares LightGBM on PCA-64 (the
+default) with all 768 columns
 on one CV fold. Prints the CPU's lscpu flags, a table and PASS/FAIL per target. The embeddings
 carry a weak class signal plus a per-lesion component (so images of one lesion look alike, as
 real ones do); their scores say nothing about real performance, only the times do.
@@ -264,7 +265,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "bench.h5"
         write_cache(cache, contents)
-        fits = [timed(lambda: fit_run(table, cache, Path(tmp) / f"fit-head{r}"))
+        fits = [timed(lambda r=r: fit_run(table, cache, Path(tmp) / f"fit-head{r}"))
                 for r in range(args.repeat)]
         seconds, res = float(np.median([f[0] for f in fits])), fits[0][1]
         print("this tree fit-head: " + ", ".join(f"{f[0]:.1f}" for f in fits)
@@ -276,8 +277,8 @@ def main() -> int:
         head_cv = CVConfig(folds=5, models=("head",))
         seq, _ = timed(lambda: cv_run(table, cache, Path(tmp) / "cv-seq",
                                       replace(head_cv, batched=False), jobs=jobs))
-        cvs = [timed(lambda: cv_run(table, cache, Path(tmp) / f"cv-head{r}", head_cv,
-                                    jobs=jobs)) for r in range(args.repeat)]
+        cvs = [timed(lambda r=r: cv_run(table, cache, Path(tmp) / f"cv-head{r}", head_cv,
+                                        jobs=jobs)) for r in range(args.repeat)]
         seconds, cv = float(np.median([c[0] for c in cvs])), cvs[0][1]
         print("this tree cv-head: " + ", ".join(f"{c[0]:.1f}" for c in cvs)
               + f" s (median {seconds:.1f})")
@@ -296,7 +297,7 @@ def main() -> int:
         n_seq = args.sequential_tune_trials
         if n_seq:   # the same trials (one worker, same seed) with sequential and batched heads
             for batched, label in ((False, "sequential"), (True, "batched")):
-                seconds, _ = timed(lambda: tune_run(
+                seconds, _ = timed(lambda label=label, batched=batched: tune_run(
                     table, cache, Path(tmp) / f"tune-{label}",
                     TuneConfig(trials=n_seq, jobs=1, batched=batched)))
                 rows.append((f"tune --trials {n_seq} --jobs 1, {label} heads", seconds, None,

@@ -7,9 +7,9 @@ Stage one (``extract``) embeds every image once into an HDF5 cache; stage two (`
 """
 from __future__ import annotations
 
-from .errors import SkinfeatError
+from .errors import SkinfeatError  # noqa: F401  (public: in __all__, from PUBLIC)
 from .public import PUBLIC
-from .version import __version__
+from .version import __version__  # noqa: F401  (public: in __all__, from PUBLIC)
 
 __all__ = list(PUBLIC)
 

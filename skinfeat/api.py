@@ -20,15 +20,16 @@ and is removed with it. Pass ``out`` to keep the run folder (report, figures, bu
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .data.datasets import Dataset, load_dataset
-from .data.spec import DatasetSpec, Task
+from .data.spec import DatasetSpec, Task  # noqa: F401  (public: in __all__, from PUBLIC)
 from .deploy.decision import Decision, calibration_text
 from .embed.backbone import DEFAULT_BACKBONE
 from .errors import InputError, SkinfeatError  # noqa: F401  (SkinfeatError: public)
@@ -134,7 +135,7 @@ class _RunFolder:
     def __init__(self, out: PathLike | None, prefix: str):
         self._tmp = tempfile.TemporaryDirectory(prefix=f"skinfeat-{prefix}-") if out is None \
             else None
-        self.path = Path(self._tmp.name if self._tmp else out)
+        self.path = Path(self._tmp.name if self._tmp else out)  # type: ignore[arg-type]  # out set
 
 
 def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAULT_BACKBONE,
@@ -152,7 +153,8 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
     ``i`` of ``n``; ``pool``: the family's pooling (timm avg; open_clip proj, cls, mean; hf cls,
     mean; None: the family's default). The result's ``run`` holds this run's counts and
     failures."""
-    from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS, extract as run_extract
+    from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS
+    from .embed.extract import extract as run_extract
     from .embed.weights import resolve_weights
 
     data = data if isinstance(data, Dataset) else load_dataset(data)
@@ -180,7 +182,7 @@ def open_cache(path: PathLike) -> EmbeddingCache:
     """An embedding cache file (any HDF5 file with image_id and embedding), read now: a file
     that is not one fails here, naming it."""
     out = EmbeddingCache(Path(path))
-    out.contents   # read now, so that a bad file fails here
+    _ = out.contents   # read now, so that a bad file fails here
     return out
 
 
@@ -272,7 +274,7 @@ class Model:
         decision = scored.decisions()[0]   # the fallback's, if it scored
         return ImagePrediction(
             str(image), decision.decision,
-            dict(zip(p.classes, map(float, proba))), values,
+            dict(zip(p.classes, map(float, proba), strict=False)), values,
             [f for f, n in scored.missing.items() if n], decision.rule, calibration_text(p),
             {c: p.spec.class_names.get(c, "") for c in p.classes}, p.temperature,
             p.threshold, p.weights)
@@ -472,7 +474,8 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
     """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``), each
     fit by ``recipe``; ``params``: each model's config by kind (a model not there: the
     recipe's own if it is the recipe's model, else its defaults); ``inputs=None``: every set
-    the data has (image, meta, fused; a set without metadata fields: image). Writes ``oof_predictions.csv`` (``CVResult.oof``).
+    the data has (image, meta, fused; a set without metadata fields: image). Writes
+    ``oof_predictions.csv`` (``CVResult.oof``).
     ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
     of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
     from .learn.cv import CVConfig
@@ -590,7 +593,8 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
 
 def write_card(run: Model | PathLike) -> Path:
     """Rewrite a fit-head run's model card (README.md) from its metrics.json (with its subgroup
-    tables) and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its path."""
+    tables) and every ``eval-*`` evaluation in the run folder (``skinfeat card``); returns its
+    path."""
     from .evaluate.card import rewrite_card
 
     return rewrite_card(run.path if isinstance(run, Model) else Path(run))
@@ -685,7 +689,7 @@ def audit(data: Dataset | PathLike, cache: PathLike, *, against: Dataset | PathL
           against_cache: PathLike | None = None, out: PathLike | None = None,
           threshold: float | None = None, oof: PathLike | None = None, labels: bool = True,
           duplicates: bool = True, outliers: bool = True, top: int = 50,
-          method: str = "auto") -> "AuditResult":
+          method: str = "auto") -> AuditResult:
     """Audit a data set from its cached embeddings (``skinfeat audit``): near-duplicate pairs
     (cosine >= ``threshold``, default calibrated: docs/audit.md) classified as same group,
     different groups, conflicting labels or (with ``against`` + ``against_cache``, another set)

@@ -7,8 +7,10 @@ import sys
 
 import click
 
-from .commands import compare as compare_cmd, data as data_cmds, deploy, ship, stage_one
-from .commands import audit as audit_cmd, stage_two
+from .commands import audit as audit_cmd
+from .commands import compare as compare_cmd
+from .commands import data as data_cmds
+from .commands import deploy, ship, stage_one, stage_two
 from .commands.common import progress_bar
 from .embed.backbone import DEFAULT_BACKBONE
 from .embed.device import PRECISIONS

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .data.datasets import load_dataset
 from .data.synthetic import make_synthetic_ham

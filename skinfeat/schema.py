@@ -28,10 +28,19 @@ import math
 import numbers
 import operator
 import types
-from functools import lru_cache
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import (Annotated, Any, Literal, Mapping, TypeVar, Union, get_args, get_origin,
-                    get_type_hints)
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from .errors import SkinfeatError
 
@@ -46,7 +55,7 @@ class SchemaError(SkinfeatError, ValueError):
         where = f"key {key!r}: " if key else ""
         super().__init__(f"{source}: {where}{detail}" if source else where + detail)
 
-    def within(self, source: str | None, prefix: str = "") -> "SchemaError":
+    def within(self, source: str | None, prefix: str = "") -> SchemaError:
         """The same error (and class) as found in ``source``, under the key ``prefix``."""
         key = prefix + self.key if self.key else prefix.rstrip(".") or None
         return type(self)(self.detail, key, source or self.source)
@@ -140,7 +149,7 @@ def read_settings(path: str | Path, error: type[SchemaError] = SchemaError) -> A
 
 
 # ---------------------------------------------------------------- the parser
-@lru_cache(maxsize=None)
+@cache
 def _hints(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -216,7 +225,8 @@ def _value(hint: Any, v: Any, key: str, source: str | None) -> Any:
             return tuple(_value(args[0], x, f"{key}[{i}]", source) for i, x in enumerate(v))
         if len(v) != len(args):
             raise SchemaError(f"expected {_expected(hint)}, got {_given(v)}", key)
-        return tuple(_value(a, x, f"{key}[{i}]", source) for i, (a, x) in enumerate(zip(args, v)))
+        return tuple(_value(a, x, f"{key}[{i}]", source)
+                     for i, (a, x) in enumerate(zip(args, v, strict=False)))
     if origin is dict:
         if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
             raise SchemaError(f"expected {_expected(hint)}, got {_given(v)}", key)

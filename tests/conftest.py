@@ -45,8 +45,8 @@ def synth_table(synth_dir):
 
 @pytest.fixture(scope="session")
 def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
-    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import extract
+    from skinfeat.embed.weights import WeightSource
     path = tmp_path_factory.mktemp("cache") / "synth.h5"
     extract(synth_table, path, backbone=TINY, weights=WeightSource("random"), precision="fp32",
             num_workers=0)

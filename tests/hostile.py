@@ -8,8 +8,8 @@ byte-identical afterwards (nothing half-overwritten, nothing "fixed" behind the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from click.testing import CliRunner, Result
 

@@ -55,7 +55,7 @@ def test_the_readme_walkthrough_runs_verbatim(tmp_path, monkeypatch):
     assert isinstance(data, skinfeat.Dataset) and len(data.table) == 160
     assert isinstance(scope["cache"], skinfeat.EmbeddingCache) and len(scope["cache"]) == 160
     assert isinstance(cv, skinfeat.CVResult)
-    assert set(zip(cv.table["model"], cv.table["inputs"])) == {
+    assert set(zip(cv.table["model"], cv.table["inputs"], strict=True)) == {
         (m, i) for m in ("head", "lgbm") for i in ("image", "meta", "fused")}
     assert len(cv.fits) == 3 * 6 and cv.report_path.is_file()
     assert isinstance(fit, skinfeat.FitResult) and fit.report_path.is_file()
@@ -100,6 +100,7 @@ def test_a_kept_run_loads_and_predicts_like_the_fit(synth_table, synth_cache, sy
 
 def test_predict_refuses_ambiguous_inputs(ship_runs, synth_cache):
     import pytest
+
     import skinfeat
 
     model = skinfeat.load_model(ship_runs["head"])

@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import EXTRACT_TINY, run_cli
+from PIL import Image
 
 from skinfeat.data.duplicate_groups import merge_duplicate_groups, merge_groups
 from skinfeat.data.splits import fold_ids
 from skinfeat.embed.cache import CacheContents, write_cache
-from skinfeat.evaluate.audit_search import (approximate_recall, normalise, outlier_scores, scan,
-                                            scan_approximate)
+from skinfeat.evaluate.audit_search import (
+    approximate_recall,
+    normalise,
+    outlier_scores,
+    scan,
+    scan_approximate,
+)
 
 
 def planted(n=400, dim=48, copies=12, seed=0):
@@ -34,13 +38,13 @@ def brute(x, threshold):
     z = normalise(x)
     s = z @ z.T
     i, j = np.nonzero(np.triu(s >= threshold, 1))
-    return set(zip(i.tolist(), j.tolist())), s
+    return set(zip(i.tolist(), j.tolist(), strict=False)), s
 
 
 def test_planted_duplicates_found_and_distinct_rows_not_flagged():
     x = planted()
     hits = scan(normalise(x), 0.95, block=64)     # many blocks: the blockwise path
-    pairs = set(zip(hits.i.tolist(), hits.j.tolist()))
+    pairs = set(zip(hits.i.tolist(), hits.j.tolist(), strict=False))
     assert pairs == {(c, 400 + c) for c in range(12)}
     expected, s = brute(x, 0.95)
     assert pairs == expected
@@ -53,14 +57,16 @@ def test_against_set_finds_the_shared_rows_only():
     x = planted()
     train, test = normalise(x[:400]), normalise(x[400:])
     hits = scan(test, 0.95, y=train, k=0, block=5)
-    assert sorted(zip(hits.i.tolist(), hits.j.tolist())) == [(c, c) for c in range(12)]
+    assert (sorted(zip(hits.i.tolist(), hits.j.tolist(), strict=False))
+            == [(c, c) for c in range(12)])
 
 
 def test_approximate_search_recall_measured_against_exact():
     pytest.importorskip("faiss")
     x = normalise(planted(n=3000, copies=60))
     hits = scan_approximate(x, 0.95)
-    assert {(c, 3000 + c) for c in range(60)} <= set(zip(hits.i.tolist(), hits.j.tolist()))
+    assert {(c, 3000 + c) for c in range(60)} <= set(zip(hits.i.tolist(), hits.j.tolist(),
+                                                         strict=False))
     assert approximate_recall(x, hits, 0.95, sample=3060) == 1.0
     empty = hits.__class__(hits.i[:0], hits.j[:0], hits.cosine[:0], hits.knn)
     assert approximate_recall(x, empty, 0.95, sample=3060) == 0.0
@@ -171,7 +177,7 @@ def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path):
         assert (out / name).is_file(), name
     dup = pd.read_csv(out / "duplicates.csv")
     meta = dup_set["meta"]
-    kinds = {(a, b): k for a, b, k in zip(dup.image_id_a, dup.image_id_b, dup.kind)}
+    kinds = {(a, b): k for a, b, k in zip(dup.image_id_a, dup.image_id_b, dup.kind, strict=True)}
     key = {frozenset(p): k for p, k in kinds.items()}
     for k in range(3):
         assert frozenset((meta.image_id[k], f"COPY_{k}")) in key

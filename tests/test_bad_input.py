@@ -17,21 +17,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import TINY
 from PIL import Image
+from test_datasets import COLUMNS, ROWS, make_dir
 
-from skinfeat.embed.transform import TransformSpec, load_image, preprocess
-from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.data.datasets import index_images, load_ham10000
-from skinfeat.embed.extract import ImageFiles
-from skinfeat.learn.head import HeadConfig
 from skinfeat.data.splits import assign_split, fold_ids
+from skinfeat.embed.cache import read_cache
+from skinfeat.embed.extract import ImageFiles
+from skinfeat.embed.transform import TransformSpec, load_image, preprocess
+from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.learn.train import align_embeddings
 from skinfeat.workflows.fit import fit_run
-
-from conftest import TINY
-from test_datasets import COLUMNS, ROWS, make_dir
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
@@ -190,7 +189,7 @@ def messy(synth_dir, tmp_path_factory):
     images = index_images(root)
     nv = meta.loc[meta["dx"] == "nv", "image_id"].tolist()
     kinds = sorted(UNREADABLE) + sorted(CONVERTED) + ["exif_rotated"]
-    chosen = dict(zip(kinds, nv))
+    chosen = dict(zip(kinds, nv, strict=False))
     for kind, iid in chosen.items():
         path = images[iid]
         if kind.endswith("png"):
@@ -369,6 +368,7 @@ def test_bad_ages_and_blank_categories_become_missing(tmp_path, caplog):
         r = cli("data", "check", "--json", root)
     assert_ok(r)
     s = json.loads(r.output)
-    assert s["missing"]["age"] == 2 and s["missing"]["sex"] == 2 and s["missing"]["localization"] == 1
+    assert (s["missing"]["age"] == 2 and s["missing"]["sex"] == 2
+            and s["missing"]["localization"] == 1)
     assert "not a number treated as missing (line 2)" in caplog.text
     assert "outside (0.0, 120.0) treated as missing (line 3)" in caplog.text

@@ -9,8 +9,12 @@ import shutil
 import pytest
 
 from skinfeat.deploy.bundle import BundleError, load_typed, write_bundle
-from skinfeat.deploy.bundle_config import (BundleConfig, BundleConfigError, EnsembleConfig,
-                                           parse_config)
+from skinfeat.deploy.bundle_config import (
+    BundleConfig,
+    BundleConfigError,
+    EnsembleConfig,
+    parse_config,
+)
 
 
 @pytest.mark.parametrize("kind", ["head", "lgbm"])

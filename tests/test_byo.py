@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from skinfeat.embed.weights import WeightSource
-from skinfeat.cli import main
-from skinfeat.embed.extract import extract
-from skinfeat.deploy.predict import Predictor
-
 from conftest import TINY
+
+from skinfeat.cli import main
+from skinfeat.deploy.predict import Predictor
+from skinfeat.embed.extract import extract
+from skinfeat.embed.weights import WeightSource
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from conftest import TINY
 
-from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import CacheError, CacheWriter, merge_caches, read_cache
 from skinfeat.embed.extract import extract
-
-from conftest import TINY
+from skinfeat.embed.weights import WeightSource
 
 
 def test_layout_is_plain_hdf5(synth_cache, synth_table):
@@ -57,10 +56,10 @@ def test_other_identity_is_refused(synth_cache, synth_table):
 
 def test_second_writer_is_locked_out(tmp_path):
     ident = {"backbone": "x"}
-    with CacheWriter(tmp_path / "c.h5", ident):
-        with pytest.raises(CacheError, match="another skinfeat extract"):
-            with CacheWriter(tmp_path / "c.h5", ident):
-                pass
+    with (CacheWriter(tmp_path / "c.h5", ident),
+          pytest.raises(CacheError, match="another skinfeat extract"),
+          CacheWriter(tmp_path / "c.h5", ident)):
+        pass
 
 
 def test_merge_checks_identity(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skinfeat.learn.calibration import Calibrator, fit_temperature
 from skinfeat.evaluate.metrics import classwise_calibration, softmax
+from skinfeat.learn.calibration import Calibrator, fit_temperature
 
 
 def prior_shifted(n: int, seed: int):

@@ -83,7 +83,8 @@ def test_a_run_card_has_the_checklist_and_rewrite_card_adds_evaluations(ship_run
         "info": {"dataset": "isic2018-test"}, "bootstrap_ci95": {},
         "model": {"n": 1512, "balanced_accuracy": 0.526}}))
     metrics["subgroups"] = {"metric": "balanced_accuracy", "fields": [
-        {"field": "sex", "gap": 0.03, "best": "female", "worst": "male", "gap_ci95": [-0.02, 0.08]}]}
+        {"field": "sex", "gap": 0.03, "best": "female", "worst": "male",
+         "gap_ci95": [-0.02, 0.08]}]}
     (run / "metrics.json").write_text(json.dumps(metrics))
     path = rewrite_card(run)
     card = path.read_text()

@@ -96,7 +96,8 @@ def test_the_cli_is_a_thin_call(synth_dir, caches, tmp_path):
                                   "--models", "head", "--max-epochs", "2", "--folds", "3",
                                   "--n-boot", "200", "--jobs", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "strong/head" in r.output and "weak/head" in r.output and (out / "compare_report.md").is_file()
+    assert "strong/head" in r.output and "weak/head" in r.output
+    assert (out / "compare_report.md").is_file()
     bad = CliRunner().invoke(main, ["compare", "--data", str(synth_dir), "--cache",
                                     str(caches["weak"]), "--models", "linear", "--metric",
                                     "auc", "--out", str(tmp_path / "bad")])

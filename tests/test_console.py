@@ -12,8 +12,8 @@ import warnings
 import pytest
 import tqdm.auto
 from click.testing import CliRunner
-
 from conftest import EXTRACT_TINY, TINY, run_cli
+
 from skinfeat.cli import main
 
 
@@ -87,8 +87,8 @@ def test_demo_help_does_not_promise_int8():
 
 @pytest.fixture(scope="module")
 def bf16_run(synth_table, tmp_path_factory):
-    from skinfeat.embed.weights import WeightSource
     from skinfeat.embed.extract import extract
+    from skinfeat.embed.weights import WeightSource
     from skinfeat.learn.head import HeadConfig
     from skinfeat.learn.runconfig import RunConfig
     from skinfeat.workflows.fit import fit_run

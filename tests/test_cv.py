@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 import skinfeat.learn.train as train
-from skinfeat.learn.baseline import LGBMConfig
-from skinfeat.embed.cache import CacheContents, read_cache
 from skinfeat.cli import main
+from skinfeat.embed.cache import CacheContents, read_cache
+from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.learn.cv import CVConfig, make_folds, run_cv
-from skinfeat.workflows.cv import cv_run
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
+from skinfeat.workflows.cv import cv_run
 
 FAST = CVConfig(folds=3, recipe=RunConfig(params=HeadConfig(max_epochs=3)),
                 params={"lgbm": LGBMConfig(n_estimators=15)})
@@ -53,7 +53,8 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
 
     def spy_train(kind, config, trains, vals, *args, **kw):
         calls.extend(({id_of[row_of[e.tobytes()]] for e in t[0]},
-                      {id_of[row_of[e.tobytes()]] for e in v[0]}) for t, v in zip(trains, vals))
+                      {id_of[row_of[e.tobytes()]] for e in v[0]})
+                     for t, v in zip(trains, vals, strict=False))
         return real_train(kind, config, trains, vals, *args, **kw)
 
     class SpyEncoder(train.MetadataEncoder):

@@ -35,7 +35,8 @@ def test_ready_events_hand_over_complete_models_before_the_end(synth_table, synt
     assert sorted((m, i) for m, i, _ in handed) == [("head", "image"), ("head", "meta")]
     oof = res["oof"]
     for model, inputs, part in handed:
-        want = oof[(oof["model"] == model) & (oof["inputs"] == inputs) & (oof["seed"] == res["config"]["seeds"][0])]
+        want = oof[(oof["model"] == model) & (oof["inputs"] == inputs)
+                   & (oof["seed"] == res["config"]["seeds"][0])]
         pd.testing.assert_frame_equal(part.reset_index(drop=True), want.reset_index(drop=True))
     assert len({(m, i) for m, i, _ in handed}) == len(handed)   # each one once
 

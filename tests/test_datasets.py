@@ -67,7 +67,8 @@ def test_packed_zips_say_what_to_run(tmp_path):
 
 
 @pytest.mark.parametrize("header,rows,pattern", [
-    ("lesion_id,image_id,age,sex,localization", ["HAM_1,ISIC_1,40,male,back"], "missing required column.*dx"),
+    ("lesion_id,image_id,age,sex,localization", ["HAM_1,ISIC_1,40,male,back"],
+     "missing required column.*dx"),
     (COLUMNS, ["HAM_1,ISIC_1,melanoma,histo,40,male,back"], "unknown dx label.*melanoma"),
     (COLUMNS, ["HAM_1,ISIC_1,nv,histo,40,male,back", "HAM_1,ISIC_1,nv,histo,40,male,back"],
      "duplicate image id.*ISIC_1"),

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from skinfeat.deploy.decision import FIELDS, calibration_text
 
 CLASSES_COLS = ("image_id", "path", "age", "sex", "localization")

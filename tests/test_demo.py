@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
 import pytest
+from click.testing import CliRunner
+from conftest import TINY
 
 from skinfeat.cli import main
-
-from conftest import TINY
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

@@ -34,7 +34,8 @@ MARKER = re.compile(r"<!--\s*(exec|tested-by:\s*(\S+))\s*-->\s*\Z")
 
 
 def blocks(page: Path) -> list[tuple[str, str, str | None, int]]:
-    """(language, code, marker, line) of every fenced block; marker is 'exec', a test file or None."""
+    """(language, code, marker, line) of every fenced block; marker is 'exec', a test file or
+    None."""
     text = page.read_text(encoding="utf-8")
     found = []
     for m in FENCE.finditer(text):
@@ -61,7 +62,8 @@ def test_every_python_and_toml_block_is_run_by_a_test():
                 test = ROOT / kind
                 if not test.is_file() or page.name not in test.read_text(encoding="utf-8"):
                     unknown.append(f"{name(page)}:{line} -> {kind}")
-    assert not unmarked, f"python/toml blocks without <!-- exec --> or <!-- tested-by -->: {unmarked}"
+    assert not unmarked, (f"python/toml blocks without <!-- exec --> or <!-- tested-by -->: "
+                          f"{unmarked}")
     assert not unknown, f"tested-by names a test file that does not read the page: {unknown}"
     assert RUNNABLE, "no runnable example found: is the marker convention still in use?"
 
@@ -106,7 +108,8 @@ def test_runnable_examples(page, tmp_path, monkeypatch, cli_on_path):
         elif lang in ("bash", "sh", "shell"):
             done = subprocess.run(["bash", "-e", "-c", code], cwd=work, capture_output=True,
                                   text=True, timeout=900)
-            assert done.returncode == 0, f"{where} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, (f"{where} failed:\n{done.stdout[-3000:]}\n"
+                                          f"{done.stderr[-3000:]}")
         elif lang == "toml":
             run_toml(code, work)
         else:
@@ -133,7 +136,8 @@ def test_every_model_an_example_uses_is_made_by_an_example():
         for table in re.finditer(r"(?:^\|.*\n)+", text, re.M):
             if len(_model_paths(table.group())[0]) > 1:
                 made, used = _model_paths(text[:table.end()])[0], _model_paths(table.group())[1]
-                assert not _missing(made, used), f"{name(page)}: a table uses {_missing(made, used)}"
+                assert not _missing(made, used), (f"{name(page)}: a table uses "
+                                                  f"{_missing(made, used)}")
     assert not _missing(*_model_paths(everything)), _missing(*_model_paths(everything))
 
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from skinfeat.data.download import (DATAVERSE_DOI, DownloadError, download_ham10000, unpack_zip)
+from skinfeat.data.download import DATAVERSE_DOI, DownloadError, download_ham10000, unpack_zip
 
 METADATA_CSV = (
     b"lesion_id,image_id,dx,dx_type,age,sex,localization\n"

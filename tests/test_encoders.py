@@ -11,12 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from skinfeat.learn.runconfig import RunConfig
 from skinfeat.cli import main
-from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import CacheError, CacheIdentity, comparable, read_cache
 from skinfeat.embed.encoders import list_backbones, parse_backbone
 from skinfeat.embed.extract import extract
+from skinfeat.embed.weights import WeightSource
+from skinfeat.learn.runconfig import RunConfig
 
 pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 

@@ -1,4 +1,5 @@
-"""explain: heatmaps land where the class signal is; a field the model ignores gets no attribution."""
+"""explain: heatmaps land where the class signal is; a field the model ignores gets no
+attribution."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,14 +12,14 @@ from torch import nn
 
 pytest.importorskip("pytorch_grad_cam")
 
-from skinfeat.embed.transform import TransformSpec  # noqa: E402
-from skinfeat.deploy.bundle import save_bundle  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
-from skinfeat.deploy.explain import Explainer  # noqa: E402
-from skinfeat.embed.extract import Embedder  # noqa: E402
-from skinfeat.learn.head import FusionHead  # noqa: E402
 from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
+from skinfeat.deploy.bundle import save_bundle  # noqa: E402
+from skinfeat.deploy.explain import Explainer  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.embed.extract import Embedder  # noqa: E402
+from skinfeat.embed.transform import TransformSpec  # noqa: E402
+from skinfeat.learn.head import FusionHead  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

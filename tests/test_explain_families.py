@@ -12,14 +12,14 @@ import torch
 
 pytest.importorskip("pytorch_grad_cam")
 
+from test_encoders import FAMILIES  # noqa: E402
+
 from skinfeat.deploy.explain import Explainer, cam_target, explanation_figure  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
 from skinfeat.embed.extract import extract  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
 from skinfeat.workflows.fit import fit_run  # noqa: E402
-
-from test_encoders import FAMILIES  # noqa: E402
 
 pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 
@@ -105,7 +105,7 @@ def test_heatmap_changes_when_the_backbone_is_randomised(tmp_path):
         for param in embedder.net.model.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
     rhos = []
-    for path, b in zip(paths, before):
+    for path, b in zip(paths, before, strict=False):
         c = next(iter(b))                       # the class explained before, again
         rhos.append(spearman(b[c], ex.explain(path, target=c).cams[c]))
     assert np.median(rhos) < 0.5, rhos

@@ -1,4 +1,5 @@
-"""export: one ONNX graph whose ONNX Runtime probabilities equal predict's; the docs example (docs/deploy.md) runs."""
+"""export: one ONNX graph whose ONNX Runtime probabilities equal predict's; the docs example
+(docs/deploy.md) runs."""
 from __future__ import annotations
 
 import ast
@@ -17,11 +18,11 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from skinfeat.embed.transform import preprocess  # noqa: E402
+from skinfeat.api import load_model  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
-from skinfeat.api import load_model  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.embed.transform import preprocess  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
@@ -79,7 +80,8 @@ def onnx_example() -> str:
 
 def test_docs_onnx_example_runs_and_matches_predict(exported, ship_runs, synth_table, tmp_path):
     code = onnx_example()
-    assert len(code.strip().splitlines()) <= 22 and not re.search(r"^(import|from) skinfeat", code, re.M)
+    assert len(code.strip().splitlines()) <= 22
+    assert not re.search(r"^(import|from) skinfeat", code, re.M)
     shutil.copy(exported, tmp_path / "model.onnx")
     shutil.copy(exported.with_suffix(".json"), tmp_path / "model.json")
     image = synth_table["path"].iloc[5]

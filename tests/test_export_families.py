@@ -17,8 +17,8 @@ from test_local_dir import save_timm_folder  # noqa: E402
 
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
 from skinfeat.deploy.predict import Predictor  # noqa: E402
-from skinfeat.embed.transform import preprocess  # noqa: E402
 from skinfeat.embed.extract import extract  # noqa: E402
+from skinfeat.embed.transform import preprocess  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
 from skinfeat.workflows.fit import fit_run  # noqa: E402
@@ -40,7 +40,8 @@ def save_tiny_hf_clip(folder) -> None:
         projection_dim=16)
     transformers.CLIPModel(cfg).save_pretrained(folder)
     transformers.CLIPImageProcessor(size={"shortest_edge": SIZE},
-                                    crop_size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+                                    crop_size={"height": SIZE, "width": SIZE},
+                                    ).save_pretrained(folder)
 
 
 # case -> (how its folder is saved, --backbone prefix, --pool); open_clip's towers use
@@ -61,7 +62,7 @@ def family_run(synth_table, tmp_path_factory):
 
     def get(case: str):
         if case not in runs:
-            save, prefix, pool = CASES[case] if case in CASES else (None, "local-dir:", None)
+            save, prefix, pool = CASES.get(case, (None, "local-dir:", None))
             folder = REAL if save is None else root / case
             if save is not None:
                 save(folder)

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from skinfeat.embed.backbone import create_backbone
-from skinfeat.embed.transform import preprocess, transform_for
-from skinfeat.embed.cache import read_cache
-from skinfeat.cli import main
-from skinfeat.embed.extract import Embedder, extract
-from skinfeat.embed.weights import WeightSource
-
 from conftest import TINY
+
+from skinfeat.cli import main
+from skinfeat.embed.backbone import create_backbone
+from skinfeat.embed.cache import read_cache
+from skinfeat.embed.extract import Embedder, extract
+from skinfeat.embed.transform import preprocess, transform_for
+from skinfeat.embed.weights import WeightSource
 
 KW = dict(backbone=TINY, weights=WeightSource("random"), precision="fp32", num_workers=0)
 
@@ -63,8 +62,9 @@ def test_views_are_made_before_the_resize(synth_table, tmp_path, view, resize):
 def test_caches_with_views_made_after_the_resize_are_refused(synth_table, tmp_path):
     """Caches from before views were made on the full image have no ``view_transform``: their
     rot90 rows must not be mixed with new ones."""
-    import h5py
     import json
+
+    import h5py
 
     sub = synth_table.iloc[:4]
     extract(sub, tmp_path / "v.h5", views=("rot90",), **KW)
@@ -99,8 +99,9 @@ def test_two_shards_merged_equal_one_process(synth_dir, synth_cache, tmp_path):
         assert p.returncode == 0, out.decode()
     parts = [read_cache(tmp_path / f"s{i}.h5") for i in range(2)]
     assert not set(parts[0].image_ids) & set(parts[1].image_ids)
-    r = CliRunner().invoke(main, ["cache", "merge", str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5"),
-                                  "--out", str(tmp_path / "m.h5")], catch_exceptions=False)
+    r = CliRunner().invoke(main, ["cache", "merge", str(tmp_path / "s0.h5"),
+                                  str(tmp_path / "s1.h5"), "--out", str(tmp_path / "m.h5")],
+                           catch_exceptions=False)
     assert r.exit_code == 0, r.output
     merged, single = read_cache(tmp_path / "m.h5"), read_cache(synth_cache)
     assert list(merged.image_ids) == list(single.image_ids)

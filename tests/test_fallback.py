@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
 from test_byo import write_foreign_cache
 
@@ -46,7 +45,7 @@ def blanked(synth_dir, synth_table, tmp_path_factory):
     table.to_csv(root / "data" / "HAM10000_metadata.csv", index=False)
     labels = synth_table.set_index("image_id").loc[table["image_id"], "label"].to_numpy()
     write_foreign_cache(root / "cache.h5", table["image_id"], labels, dim=16)
-    return root, dict(zip(table["image_id"], blank))
+    return root, dict(zip(table["image_id"], blank, strict=False))
 
 
 def _dataset(root):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("pytorch_grad_cam")
 from fastapi.testclient import TestClient  # noqa: E402
-
 from test_encoders import FAMILIES  # noqa: E402
 
 from skinfeat.api import evaluate_model  # noqa: E402
@@ -58,7 +58,7 @@ def test_serve_answers_as_predict_image(family_run, synth_table):
     row = synth_table.iloc[3]
     with TestClient(create_app(predictor)) as client:
         r = client.post("/api/predict",
-                        files={"image": ("x.jpg", open(row["path"], "rb").read(), "image/jpeg")},
+                        files={"image": ("x.jpg", Path(row["path"]).read_bytes(), "image/jpeg")},
                         data={"age": "50", "sex": "male", "localization": "back"})
     assert r.status_code == 200, r.text
     out = r.json()

@@ -20,24 +20,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 from safetensors.torch import load_file, save_file
-
-from skinfeat.embed.weights import WeightSource
-from skinfeat.learn.baseline import LGBMConfig
-from skinfeat.deploy.bundle import (BundleError, atomic_write, load_config, load_into, load_state,
-                                    save_bundle)
-from skinfeat.embed.cache import CacheError, CacheWriter, read_cache
-from skinfeat.data.datasets import CLASSES, index_images, load_ham10000
-from skinfeat.embed.extract import extract
-from skinfeat.learn.head import FusionHead, HeadConfig
-from skinfeat.learn.runconfig import RunConfig
-from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.workflows.fit import fit_run
-
-from conftest import TINY
 from test_bad_input import EXTRACT, assert_ok, assert_one_line_error, cli
 from test_datasets import ROWS, make_dir
+
+from skinfeat.data.datasets import CLASSES, index_images, load_ham10000
+from skinfeat.data.metadata import MetadataEncoder
+from skinfeat.deploy.bundle import (
+    BundleError,
+    atomic_write,
+    load_config,
+    load_into,
+    load_state,
+    save_bundle,
+)
+from skinfeat.embed.cache import CacheError, CacheWriter, read_cache
+from skinfeat.embed.extract import extract
+from skinfeat.embed.weights import WeightSource
+from skinfeat.learn.baseline import LGBMConfig
+from skinfeat.learn.head import FusionHead, HeadConfig
+from skinfeat.learn.runconfig import RunConfig
+from skinfeat.workflows.fit import fit_run
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
@@ -270,11 +275,11 @@ def test_disk_full_while_saving_a_chunk_is_a_clear_error(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise ENOSPC
 
-    with pytest.raises(CacheError, match=r"disk full.*chunks saved so far are kept"):
-        with CacheWriter(path, {"backbone": "x"}, chunk_size=2) as w:
-            w.add(["a", "b"], np.ones((2, 3), np.float32))
-            monkeypatch.setattr(np, "savez", full)
-            w.add(["c", "d"], np.ones((2, 3), np.float32))
+    with (pytest.raises(CacheError, match=r"disk full.*chunks saved so far are kept"),
+          CacheWriter(path, {"backbone": "x"}, chunk_size=2) as w):
+        w.add(["a", "b"], np.ones((2, 3), np.float32))
+        monkeypatch.setattr(np, "savez", full)
+        w.add(["c", "d"], np.ones((2, 3), np.float32))
     monkeypatch.undo()
     partial = Path(f"{path}.partial")
     assert sorted(p.name for p in partial.iterdir()) == ["chunk_000000.npz", "identity.json"]

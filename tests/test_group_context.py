@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXTRACT_TINY as EXTRACT
+from conftest import run_cli as cli
 
 from skinfeat.data.datasets import load_dataset
 from skinfeat.data.synthetic import make_synthetic
@@ -18,11 +20,14 @@ from skinfeat.embed.cache_merge import read_caches
 from skinfeat.learn.context import context_columns
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
-from skinfeat.learn.train import (align_embeddings, bundle_config, fit_split, prepare_split,
-                                  table_context)
+from skinfeat.learn.train import (
+    align_embeddings,
+    bundle_config,
+    fit_split,
+    prepare_split,
+    table_context,
+)
 from skinfeat.workflows.fit import save_fit
-
-from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

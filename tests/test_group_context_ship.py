@@ -8,10 +8,10 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+from conftest import EXTRACT_TINY as EXTRACT
+from conftest import run_cli as cli
 
 from skinfeat.data.synthetic import make_synthetic
-
-from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

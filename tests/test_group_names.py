@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from click.testing import CliRunner
 import pytest
+from click.testing import CliRunner
 
 from skinfeat.cli import main
 from skinfeat.data.splits import assign_split, fold_ids, load_split, parse_split

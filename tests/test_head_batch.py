@@ -1,5 +1,6 @@
 """The head's one training loop: a single fit (a batch of one) equals a plain PyTorch loop
-written out here, its Adam is torch's (fused) bit for bit, k heads trained together equal each trained
+written out here, its Adam is torch's (fused) bit for bit, k heads trained together equal each
+trained
 alone (up to float rounding), and the batched cv equals the fold-by-fold cv."""
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 import skinfeat.learn.head_batch as head_batch
-from torch.nn import functional as F
-from skinfeat.learn.baseline import LGBMConfig
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
 from skinfeat.learn.head import HeadConfig
+from skinfeat.learn.head_batch import fit_head, fit_heads
 from skinfeat.learn.optim import Adam
 from skinfeat.learn.runconfig import RunConfig
-from skinfeat.learn.head_batch import fit_head, fit_heads
 
 
 def test_adam_is_torchs_including_stacked_models_out_of_step():
@@ -35,10 +35,10 @@ def test_adam_is_torchs_including_stacked_models_out_of_step():
         grads = [torch.randn(p.shape, generator=gen) for p in start]
         for i in range(k):
             if active[i]:
-                for t, g in zip(theirs[i], grads):
+                for t, g in zip(theirs[i], grads, strict=False):
                     t.grad = g[i].clone()
                 opts[i].step()
-        for o, g in zip(ours, grads):
+        for o, g in zip(ours, grads, strict=False):
             o.grad = g.clone()
         opt.step(active)
     # The fused kernel rounds its vector lanes and its tail differently, so a member updated
@@ -75,8 +75,13 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
     import copy
 
     from skinfeat.learn.head import FusionHead, _eval_view, balanced_class_weights
-    from skinfeat.learn.head_batch import (DropoutNoise, _blank_fields, _pick_view, _val_score,
-                                           dropout_scale)
+    from skinfeat.learn.head_batch import (
+        DropoutNoise,
+        _blank_fields,
+        _pick_view,
+        _val_score,
+        dropout_scale,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -92,7 +97,7 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
         best, best_state, waited = np.inf, None, 0
         widths = (xi.shape[-1] if model.use_image else 0, model.fuse.fc.in_features)
         ps = (cfg.image_dropout if model.use_image else 0.0, cfg.dropout)
-        for epoch in range(cfg.n_epochs):
+        for _epoch in range(cfg.n_epochs):
             img = _pick_view(xi, gen) if xi.ndim == 3 and cfg.view_augment else _eval_view(xi)
             meta = _blank_fields(xm, fields, cfg.meta_dropout, gen, cfg.meta_dropout_all) \
                 if fields and (cfg.meta_dropout or cfg.meta_dropout_all) else xm
@@ -102,7 +107,7 @@ def reference_fit(train, val, n_classes: int, cfg: HeadConfig, fields):
                 masks = tuple(
                     torch.from_numpy(noise.keep(len(take) * d, 1 - p)).view(len(take), d)
                     .float().mul_(dropout_scale(1 - p)) if d and 0 < p < 1 else None
-                    for d, p in zip(widths, ps))
+                    for d, p in zip(widths, ps, strict=False))
                 logits = model(img[take], meta[take], masks)
                 loss = (F.cross_entropy(logits, y[take], reduction="none") * w[y[take]]).mean()
                 opt.zero_grad(set_to_none=True)
@@ -151,11 +156,11 @@ def test_batched_heads_equal_independent_fits(cfg, views):
     rng = np.random.default_rng(1)
     dims = (9, 7, 9)   # a fold whose encoder saw fewer categories has fewer columns
     parts = [(_part(rng, n, m, views), _part(rng, v, m, views))
-             for n, v, m in zip((300, 333, 270), (80, 61, 90), dims)]
+             for n, v, m in zip((300, 333, 270), (80, 61, 90), dims, strict=False)]
     fields = [[(0, 1), (1, 4), (4, m)] for m in dims]
-    alone = [fit_head(t, v, 5, cfg, f) for (t, v), f in zip(parts, fields)]
+    alone = [fit_head(t, v, 5, cfg, f) for (t, v), f in zip(parts, fields, strict=False)]
     together = fit_heads(parts, 5, cfg, fields)
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=False):
         assert a.best_epoch == b.best_epoch and len(a.history) == len(b.history)
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert sa.keys() == sb.keys()
@@ -174,7 +179,7 @@ def test_splits_of_very_different_sizes():
     cfg = HeadConfig(epochs=2, batch_size=4, dropout=0.9, dense_width=8)
     alone = [fit_head(t, v, 5, cfg) for t, v in parts]
     together = fit_heads(parts, 5, cfg)
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=False):
         for k, v in a.model.state_dict().items():
             torch.testing.assert_close(v, b.model.state_dict()[k], rtol=0, atol=1e-5)
 
@@ -186,7 +191,7 @@ def test_batched_cv_equals_sequential_cv(synth_table, synth_cache):
     batched = run_cv(synth_table, contents, cfg)
     sequential = run_cv(synth_table, contents, replace(cfg, batched=False))
     assert len(batched["records"]) == len(sequential["records"]) == 3 * 3
-    for a, b in zip(batched["records"], sequential["records"]):
+    for a, b in zip(batched["records"], sequential["records"], strict=False):
         assert (a["fold"], a["inputs"], a["best_epoch"]) == (b["fold"], b["inputs"],
                                                              b["best_epoch"])
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):

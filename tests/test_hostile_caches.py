@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
 from hostile import ok, refused
+
 from skinfeat.deploy.predict import Predictor
 from skinfeat.embed.cache import CacheContents, fuse_caches, merge_caches, read_cache
 from skinfeat.embed.sources import check_sources

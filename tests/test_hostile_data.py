@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY
+from hostile import ok, refused
 
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.deploy.predict import Predictor
-
-from conftest import TINY
-from hostile import cli, ok, refused
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
@@ -276,6 +275,7 @@ def test_image_only_model_serves_with_no_fields(nometa, synth_table):
     pytest.importorskip("fastapi")
     pytest.importorskip("pytorch_grad_cam")
     from fastapi.testclient import TestClient
+
     from skinfeat.deploy.serve import create_app
 
     p = Predictor(nometa["head"])
@@ -383,6 +383,7 @@ def test_serve_refuses_a_non_finite_number(ship_runs, synth_table):
     pytest.importorskip("fastapi")
     pytest.importorskip("pytorch_grad_cam")
     from fastapi.testclient import TestClient
+
     from skinfeat.deploy.serve import create_app
 
     image = Path(synth_table["path"].iloc[0]).read_bytes()

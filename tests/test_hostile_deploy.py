@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hostile import ok, refused
 from torch import nn
 
-from hostile import ok, refused
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.deploy.predict import Predictor
 
@@ -264,8 +264,8 @@ def test_valid_bundles_still_predict_identically(run, ship_runs, synth_table, tm
 def test_fold_ensemble_export_equals_predict(cv_models, synth_table, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from skinfeat.embed.transform import preprocess
     from skinfeat.deploy.export import onnx_probabilities
+    from skinfeat.embed.transform import preprocess
 
     model = cv_models / "head_fused"
     out = tmp_path / "ensemble.onnx"
@@ -285,7 +285,7 @@ def test_fold_ensemble_export_equals_predict(cv_models, synth_table, tmp_path):
     side = json.loads(out.with_suffix(".json").read_text())
     # The caller builds every input from the sidecar alone: member i's encoder for meta_i.
     metas = {}
-    for m, entry in zip(p.members, side["members"]):
+    for m, entry in zip(p.members, side["members"], strict=False):
         enc = MetadataEncoder.from_dict(entry["metadata"]["encoder"])
         assert enc.to_dict() == m.encoder.to_dict() and entry["name"] == m.run.name
         metas[entry["input"]] = m.encode_metadata(rows)

@@ -16,14 +16,23 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
-
 from hostile import ok, refused
+
 from skinfeat.data.presets import PRESETS
 from skinfeat.data.spec import DatasetSpec, SpecError, load_spec
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import ConfigError, RunConfig, read_config_file
-from skinfeat.schema import (ONE_OR_MANY, Ge, Gt, Lt, SchemaError, dump, parse, read_settings,
-                             validate)
+from skinfeat.schema import (
+    ONE_OR_MANY,
+    Ge,
+    Gt,
+    Lt,
+    SchemaError,
+    dump,
+    parse,
+    read_settings,
+    validate,
+)
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
@@ -269,7 +278,8 @@ def test_toml_recipe_under_run_table_and_int_for_float(tmp_path):
 
 
 def test_reference_encoding_starts_from_the_reference_head(tmp_path):
-    cfg = read_config_file(write(tmp_path / "r.toml", 'encoding = "reference"\n[head]\nlr = 0.01\n'))
+    cfg = read_config_file(write(tmp_path / "r.toml",
+                                 'encoding = "reference"\n[head]\nlr = 0.01\n'))
     assert cfg.params == HeadConfig.reference(lr=0.01)
 
 

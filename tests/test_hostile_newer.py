@@ -8,10 +8,9 @@ import logging
 
 import pandas as pd
 import pytest
-
+import test_truthful_cli as truthful
 from conftest import TINY
 from hostile import refused
-import test_truthful_cli as truthful
 from test_truthful_cli import HEAD, write_cache
 
 context_run = truthful.context_run   # the --group-context run fixture

@@ -10,14 +10,18 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from skinfeat.embed.weights import WeightSource  # noqa: E402
+from conftest import TINY  # noqa: E402
+
 from skinfeat.deploy.bundle import BundleError  # noqa: E402
 from skinfeat.embed.cache import CacheError, read_cache  # noqa: E402
-from skinfeat.embed.engines import (Int8Embedder, calibration_files,  # noqa: E402
-                                    calibration_identity, quantized_path)
+from skinfeat.embed.engines import (  # noqa: E402
+    Int8Embedder,
+    calibration_files,
+    calibration_identity,
+    quantized_path,
+)
 from skinfeat.embed.extract import extract  # noqa: E402
-
-from conftest import TINY  # noqa: E402
+from skinfeat.embed.weights import WeightSource  # noqa: E402
 
 pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 
@@ -124,8 +128,9 @@ def test_predict_on_an_int8_model_matches_the_cached_path(int8_run, int8_cache, 
     bits of the fp32 accumulations around the int8 layers: 1e-4 on probabilities is far above
     that and far below any change of model.
     """
-    from skinfeat.deploy.predict import Predictor
     from test_predict import cached_probabilities
+
+    from skinfeat.deploy.predict import Predictor
 
     rows = synth_table.iloc[[3, 7]]
     p = Predictor(int8_run)
@@ -137,8 +142,9 @@ def test_predict_on_an_int8_model_matches_the_cached_path(int8_run, int8_cache, 
 def test_the_bundle_carries_its_int8_model(int8_run, int8_cache, synth_table, monkeypatch,
                                           tmp_path):
     """A machine that never quantized (an empty store) predicts from the bundle's copy."""
-    from skinfeat.deploy.predict import Predictor
     from test_predict import cached_probabilities
+
+    from skinfeat.deploy.predict import Predictor
 
     copies = list((int8_run / "int8").glob("*/model.xml"))
     assert len(copies) == 1 and copies[0].with_suffix(".bin").is_file()
@@ -166,9 +172,9 @@ def test_a_fold_ensemble_holds_one_int8_copy_for_its_folds(int8_cache, synth_tab
                                                            monkeypatch):
     from skinfeat.deploy.predict import Predictor
     from skinfeat.learn.cv import CVConfig
-    from skinfeat.workflows.cv import cv_run
     from skinfeat.learn.head import HeadConfig
     from skinfeat.learn.runconfig import RunConfig
+    from skinfeat.workflows.cv import cv_run
 
     cv_run(synth_table, int8_cache, tmp_path / "cv", CVConfig(
         folds=2, models=("head",), inputs=("fused",),

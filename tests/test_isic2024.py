@@ -12,14 +12,14 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXTRACT_TINY as EXTRACT
+from conftest import run_cli as cli
 from PIL import Image
 
 from skinfeat.data.datasets import DataError, detect, load_dataset, load_images
 from skinfeat.data.images import hdf5_locator, open_image, split_locator
 from skinfeat.data.presets import ISIC2024_TRAIN_ONLY, PRESETS
 from skinfeat.data.synthetic import make_synthetic
-
-from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
@@ -41,7 +41,7 @@ def test_the_layout_and_the_preset(isic24):
     assert str(data.task) == "binary:malignant" and data.classes == ("benign", "malignant")
     assert 0 < (t["dx"] == "malignant").mean() < 0.15                 # rare positives
     assert t["group_id"].nunique() < len(t) / 4                      # grouped by patient
-    assert all(p.endswith(f"::{i}") for p, i in zip(t["path"], t["image_id"]))
+    assert all(p.endswith(f"::{i}") for p, i in zip(t["path"], t["image_id"], strict=True))
     assert {split_locator(p)[0] for p in t["path"]} == {str(isic24 / "train-image.hdf5")}
     spec = PRESETS["isic2024"]
     fields = set(spec.metadata)

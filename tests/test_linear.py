@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from skinfeat.learn.runconfig import RunConfig
 from skinfeat.cli import main
 from skinfeat.deploy.predict import Predictor
 from skinfeat.learn import linear
 from skinfeat.learn.linear import LinearConfig, LinearProbe, design
+from skinfeat.learn.runconfig import RunConfig
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
@@ -70,7 +70,8 @@ def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
     monkeypatch.undo()
     best, scores = seen[-1]
     assert all(s == set() for s in seen[:-1])
-    assert probe.c_ == best and scores[best] == max(scores.values()) and len(scores) == len(linear.C_GRID)
+    assert (probe.c_ == best and scores[best] == max(scores.values())
+            and len(scores) == len(linear.C_GRID))
     # an absent class keeps a (near) zero probability, and one C skips the inner CV
     one = LinearProbe(LinearConfig(cs=(0.5,))).fit(train, train, n_classes=4)
     assert one.c_ == 0.5 and one.predict_proba(train[0], train[1])[:, 3].max() < 1e-12

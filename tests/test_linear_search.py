@@ -8,8 +8,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
 from skinfeat.learn.linear import C_GRID
-from skinfeat.learn.linear_search import (choose_c_grouped, choose_c_sklearn, fit_logistic,
-                                          standardize)
+from skinfeat.learn.linear_search import (
+    choose_c_grouped,
+    choose_c_sklearn,
+    fit_logistic,
+    standardize,
+)
 
 
 def _data(n=300, d=24, k=4, seed=0, signal=0.6):

@@ -10,14 +10,14 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
-
 from conftest import SAMPLE, TINY
+
 from skinfeat.cli import main
-from skinfeat.embed.transform import preprocess, transform_for
 from skinfeat.embed.cache import CacheError, random_weights
 from skinfeat.embed.encoders import folder_sha256, parse_backbone
 from skinfeat.embed.engines import Embedder
 from skinfeat.embed.extract import extract
+from skinfeat.embed.transform import preprocess, transform_for
 from skinfeat.embed.weights import WeightSource
 
 pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8

@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from skinfeat.evaluate.metrics import (bootstrap_ci, classification_metrics,
-                                       expected_calibration_error, majority_baseline)
+from skinfeat.evaluate.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    expected_calibration_error,
+    majority_baseline,
+)
 
 CLASSES = ["a", "b", "c"]
 

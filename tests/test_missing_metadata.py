@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from skinfeat.learn.head import HeadConfig, head_logits
-from skinfeat.learn.head_batch import _blank_fields, fit_head
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.evaluate.metrics import classification_metrics, softmax
+from skinfeat.learn.head import HeadConfig, head_logits
+from skinfeat.learn.head_batch import _blank_fields, fit_head
 
 TRAIN = pd.DataFrame({
     "age": [30.0, 45.0, np.nan, 70.0, 55.0, 60.0],
@@ -52,7 +52,8 @@ def test_every_path_into_missing_gives_the_identical_vector(field, values, caplo
     lo, hi = next((lo, hi) for name, lo, hi in enc.fields if name == field)
     gen = torch.Generator().manual_seed(0)
     dropout = _blank_fields(torch.as_tensor(enc.transform(base)),        # training dropout, p = 1
-                            [f for f, (name, _, _) in zip(enc.dropout_fields(), enc.fields)
+                            [f for f, (name, _, _)
+                             in zip(enc.dropout_fields(), enc.fields, strict=False)
                              if name == field], 1.0, gen).numpy()
     for x in (given, absent, dropout):
         np.testing.assert_array_equal(x, dropped)

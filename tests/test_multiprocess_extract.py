@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXTRACT_TINY as EXTRACT
+from conftest import run_cli as cli
 
 from skinfeat.data.datasets import load_dataset
 from skinfeat.data.synthetic import make_synthetic
 from skinfeat.embed.cache import read_cache
-
-from conftest import EXTRACT_TINY as EXTRACT, run_cli as cli
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from test_byo import write_foreign_cache
 
 ROOT = Path(__file__).resolve().parents[1]

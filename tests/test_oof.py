@@ -44,12 +44,12 @@ def test_every_image_once_per_seed_model_and_inputs(cv_out, synth_table):
     for _, part in oof.groupby(KEYS):
         assert sorted(part["image_id"]) == sorted(synth_table["image_id"])
     # the group is the dataset's grouping id of the image
-    group_of = dict(zip(synth_table["image_id"], synth_table["group_id"]))
+    group_of = dict(zip(synth_table["image_id"], synth_table["group_id"], strict=True))
     assert (oof["group"] == oof["image_id"].map(group_of)).all()
     # the fold is the one cv_folds.csv gives the image for that seed
     folds = pd.read_csv(out / "cv_folds.csv", dtype={"image_id": str})
     for seed in (0, 1):
-        fold_of = dict(zip(folds["image_id"], folds[f"fold_seed{seed}"]))
+        fold_of = dict(zip(folds["image_id"], folds[f"fold_seed{seed}"], strict=True))
         rows = oof[oof["seed"] == seed]
         assert (rows["fold"] == rows["image_id"].map(fold_of)).all()
     # the frame in memory is the file
@@ -72,7 +72,7 @@ def test_decisions_reproduce_the_recorded_fold_metrics(cv_out, synth_table):
     oof = pd.read_csv(out / "oof_predictions.csv", dtype={"image_id": str})
     classes = saved["classes"]
     code = {c: i for i, c in enumerate(classes)}
-    label = dict(zip(synth_table["image_id"], synth_table["dx"].map(code)))
+    label = dict(zip(synth_table["image_id"], synth_table["dx"].map(code), strict=True))
     assert len(saved["records"]) == 3 * 2 * 2 * 2
     for r in saved["records"]:
         rows = oof[(oof["seed"] == r["seed"]) & (oof["fold"] == r["fold"])
@@ -104,7 +104,7 @@ def test_binary_decisions_use_the_fold_threshold(synth_dir, synth_cache, tmp_pat
         decided = np.where(rows[f"p_{positive}"] >= r["threshold"], positive, data.classes[0])
         assert (rows["decision"].to_numpy() == decided).all()
         code = {c: i for i, c in enumerate(data.classes)}
-        label = dict(zip(data.table["image_id"], data.table["label"]))
+        label = dict(zip(data.table["image_id"], data.table["label"], strict=True))
         y = rows["image_id"].map(label).to_numpy()
         assert balanced_accuracy(y, rows["decision"].map(code).to_numpy()) == pytest.approx(
             r["metrics"]["balanced_accuracy"], abs=1e-9)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from skinfeat.evaluate.metrics import (bootstrap_ci, classification_metrics, headline,
-                                       partial_auc)
+from skinfeat.evaluate.metrics import bootstrap_ci, classification_metrics, headline, partial_auc
 
 
 def challenge_pauc(y, score, min_tpr=0.8):

@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from plugin_model import PriorConfig, PriorModel
 
 from skinfeat.cli import main
 from skinfeat.learn.models import MODELS, register
-
-from plugin_model import PriorConfig, PriorModel
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""From a trained run to a diagnosis: predict, evaluate, calibration, tampered bundles, offline weights."""
+"""From a trained run to a diagnosis: predict, evaluate, calibration, tampered bundles, offline
+weights."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinfeat.deploy.bundle import BundleError, load_config, load_into, load_state
-from skinfeat.embed.cache import read_cache
 from skinfeat.cli import main
 from skinfeat.data.datasets import CLASSES
-from skinfeat.learn.head import FusionHead, head_logits
 from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.learn.calibration import Calibrator
-from skinfeat.evaluate.metrics import softmax
+from skinfeat.deploy.bundle import BundleError, load_config, load_into, load_state
 from skinfeat.deploy.predict import Predictor
+from skinfeat.embed.cache import read_cache
+from skinfeat.evaluate.metrics import softmax
+from skinfeat.learn.calibration import Calibrator
+from skinfeat.learn.head import FusionHead, head_logits
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 
@@ -29,7 +30,8 @@ def cli(*args: str):
 
 @pytest.fixture(scope="module")
 def runs(ship_runs) -> dict:
-    """The session's head and LightGBM runs (tests/conftest.py), shared with explain/export/serve."""
+    """The session's head and LightGBM runs (tests/conftest.py), shared with
+    explain/export/serve."""
     return ship_runs
 
 
@@ -223,8 +225,8 @@ def test_truncated_weights_and_wrong_backbone_source(runs, tmp_path, synth_table
 
 
 def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
-    from skinfeat.learn.calibration import fit_temperature
     from skinfeat.evaluate.metrics import expected_calibration_error
+    from skinfeat.learn.calibration import fit_temperature
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 1.5, (6000, 7))
     p = softmax(logits)
@@ -277,7 +279,7 @@ def test_every_way_of_missing_metadata_at_predict_time_is_one_input(runs, synth_
     for got in variants:
         np.testing.assert_allclose(list(got.values()), list(absent.values()), atol=1e-7)
     known = p.predict_image(path, age=40, sex="male", localization="back")
-    assert max(abs(a - b) for a, b in zip(known.values(), absent.values())) > 1e-6
+    assert max(abs(a - b) for a, b in zip(known.values(), absent.values(), strict=False)) > 1e-6
 
 
 def test_decisions_follow_the_balanced_rule(runs, synth_table, synth_cache):

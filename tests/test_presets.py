@@ -9,14 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import TINY
 
 from skinfeat.cli import main
 from skinfeat.data.datasets import DataError, detect, load_dataset
 from skinfeat.data.presets import PRESETS
 from skinfeat.data.spec import DatasetSpec, SpecError, load_spec
 from skinfeat.data.synthetic import make_synthetic
-
-from conftest import TINY
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from plugin_model import PriorConfig, PriorModel
 
 from skinfeat.cli import main
 from skinfeat.deploy.predict import Predictor
@@ -21,8 +22,6 @@ from skinfeat.learn.protocol import StageTwoModel
 from skinfeat.learn.runconfig import ConfigError, RunConfig
 from skinfeat.learn.train import align_embeddings, as_dataset, bundle_config, fit_split
 from skinfeat.workflows.fit import save_fit
-
-from plugin_model import PriorConfig, PriorModel
 
 
 def test_the_registry_and_capabilities():

@@ -5,10 +5,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import SAMPLE, TINY
 
 from skinfeat.cli import main
-
-from conftest import SAMPLE, TINY
 
 pytestmark = [pytest.mark.slow,   # end to end: whole CLI / API runs
               pytest.mark.skipif(not (SAMPLE / "HAM10000_metadata.csv").is_file(),

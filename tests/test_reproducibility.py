@@ -6,15 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file
 
-from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.cache import read_cache
 from skinfeat.embed.extract import extract
+from skinfeat.embed.weights import WeightSource
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.fit import fit_run
-
-from conftest import TINY
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

@@ -1,4 +1,5 @@
-"""serve: the JSON API answers like predict, refuses bad uploads with a 4xx, keeps requests apart."""
+"""serve: the JSON API answers like predict, refuses bad uploads with a 4xx, keeps requests
+apart."""
 from __future__ import annotations
 
 import base64

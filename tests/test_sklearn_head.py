@@ -63,7 +63,9 @@ def test_docs_example_runs():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "stage-two.md").read_text(encoding="utf-8")
-    section = text.split("## The head in your own scikit-learn pipelines", 1)[1].split("\n## ", 1)[0]
+    page = Path(__file__).resolve().parents[1] / "docs" / "stage-two.md"
+    text = page.read_text(encoding="utf-8")
+    section = text.split("## The head in your own scikit-learn pipelines", 1)[1]
+    section = section.split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "docs/stage-two.md#the-head-in-your-own-scikit-learn-pipelines", "exec"), {})

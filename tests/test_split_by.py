@@ -6,9 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skinfeat.data.splits import (SplitKind, assign_split, check_split, drop_crossing_groups,
-                                  fold_ids, load_split, parse_split, protocol, save_split,
-                                  source_sides)
+from skinfeat.data.splits import (
+    SplitKind,
+    assign_split,
+    check_split,
+    drop_crossing_groups,
+    fold_ids,
+    load_split,
+    parse_split,
+    protocol,
+    save_split,
+    source_sides,
+)
 
 
 def sourced(n_lesions: int = 240, seed: int = 0) -> pd.DataFrame:

@@ -11,7 +11,8 @@ from skinfeat.data.splits import assign_split, check_grouped, fold_ids, load_spl
 
 def test_lesion_split_keeps_lesions_whole_and_classes_in_train(synth_table):
     split = assign_split(synth_table, "lesion", seed=42)
-    per_lesion = pd.DataFrame({"l": synth_table["group_id"], "s": split}).groupby("l")["s"].nunique()
+    per_lesion = (pd.DataFrame({"l": synth_table["group_id"], "s": split})
+                  .groupby("l")["s"].nunique())
     assert per_lesion.max() == 1
     assert set(synth_table.loc[split == "train", "dx"]) == set(synth_table["dx"])
     assert set(split) == {"train", "val", "test"}
@@ -67,7 +68,9 @@ def sklearn_version() -> tuple[int, ...]:
 @pytest.mark.parametrize("n_folds, seed", [(5, 42), (8, 0), (3, 7)])
 def test_fast_grouped_folds_equal_sklearns(n_folds, seed):
     import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
+
     from skinfeat.data.splits import stratified_group_folds
 
     rng = np.random.default_rng(seed)

@@ -13,8 +13,7 @@ from skinfeat.data.datasets import load_dataset
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.data.presets import PRESETS
 from skinfeat.data.spec import SpecError
-from skinfeat.evaluate.subgroup_fields import (analyse_subgroups, band, fit_bands,
-                                               subgroup_columns)
+from skinfeat.evaluate.subgroup_fields import analyse_subgroups, band, fit_bands, subgroup_columns
 from skinfeat.evaluate.subgroup_plot import save_forest_plots
 from skinfeat.evaluate.subgroups import MISSING, subgroup_table
 
@@ -230,11 +229,13 @@ def test_the_bundle_fields_of_a_run_hold_no_subgroup_only_column(ship_runs):
                     or not (SHARED / "ham10000-mobilenetv2-embeddings.h5").exists(),
                     reason="real HAM10000 embeddings not present")
 def test_real_ham10000_by_acquisition_source():
-    """Lesion-grouped 5-fold linear probe (LDA on 32 PCA components) on the real embeddings, pooled out-of-fold
+    """Lesion-grouped 5-fold linear probe (LDA on 32 PCA components) on the real embeddings, pooled
+    out-of-fold
     probabilities, subgroup table by source, sex, age band, localization: runs, and every
     image is in exactly one row per field (numbers go to the report, not into asserts)."""
     h5py = pytest.importorskip("h5py")
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
     from skinfeat.data.splits import fold_ids
     data = load_dataset(SHARED / "HAM10000_metadata_with_dataset.csv", "ham10000", images=False)
     with h5py.File(SHARED / "ham10000-mobilenetv2-embeddings.h5", "r") as f:

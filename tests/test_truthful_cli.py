@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import EXTRACT_TINY, run_cli
 from hostile import ok, refused
 

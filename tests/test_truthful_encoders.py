@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from conftest import SAMPLE, TINY, run_cli
 from hostile import refused
+
 from skinfeat.embed.cache import read_cache
 
 REAL = SAMPLE.parent / "mobilenetv2_100.coral_in1k"

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 pytest.importorskip("optuna")
 
+from test_byo import write_foreign_cache  # noqa: E402
+
 import skinfeat.learn.tune as tune_module  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
-
-from test_byo import write_foreign_cache  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

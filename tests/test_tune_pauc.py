@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from conftest import run_cli as cli  # noqa: E402
+from test_byo import write_foreign_cache  # noqa: E402
+
 import skinfeat.learn.tune as tune_module  # noqa: E402
 from skinfeat.data.datasets import load_dataset  # noqa: E402
 from skinfeat.data.synthetic import make_synthetic  # noqa: E402
 from skinfeat.learn.tune import TuneConfig  # noqa: E402
-
-from conftest import run_cli as cli  # noqa: E402
-from test_byo import write_foreign_cache  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

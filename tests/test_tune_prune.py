@@ -10,11 +10,11 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from skinfeat.learn.head import HeadConfig  # noqa: E402
-from skinfeat.learn.head_batch import epoch_hook, fit_heads  # noqa: E402
-
 from conftest import run_cli as cli  # noqa: E402
 from test_byo import write_foreign_cache  # noqa: E402
+
+from skinfeat.learn.head import HeadConfig  # noqa: E402
+from skinfeat.learn.head_batch import epoch_hook, fit_heads  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
 

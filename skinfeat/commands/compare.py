@@ -6,8 +6,14 @@ from pathlib import Path
 import click
 
 from .common import load_data, pop_dataset_options, progress_bar, settle_crossing
-from .stage_two import (caches_of, cv_options, cv_recipe, model_list, recipe_options,
-                        stage_two_inputs)
+from .stage_two import (
+    caches_of,
+    cv_options,
+    cv_recipe,
+    model_list,
+    recipe_options,
+    stage_two_inputs,
+)
 
 
 @click.command("compare")

@@ -72,7 +72,8 @@ def setup_logging(level: int) -> None:
     root.setLevel(level)
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
-        ctx.call_on_close(lambda: [click.echo(line, err=True) for line in once.summary()])
+        ctx.call_on_close(lambda: [click.echo(line, err=True)  # type: ignore[func-returns-value]
+                                   for line in once.summary()])  # (the list is discarded)
 
 
 def close_on_exit(bar):

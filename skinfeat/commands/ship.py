@@ -1,4 +1,5 @@
-"""See why, and ship it: explain (heatmaps + metadata attribution), export (ONNX), serve (web page)."""
+"""See why, and ship it: explain (heatmaps + metadata attribution), export (ONNX), serve (web
+page)."""
 from __future__ import annotations
 
 import click
@@ -87,7 +88,8 @@ def serve(run, weights_file, device, batch_size, workers, host, port, max_upload
     """A local web page (and JSON API): upload an image, fill in metadata, see why."""
     needs("fastapi", "serve")
     needs("uvicorn", "serve")
-    from ..api import load_model, serve as run_server
+    from ..api import load_model
+    from ..api import serve as run_server
 
     model = load_model(run, weights_file=weights_file, device=device, batch_size=batch_size,
                        num_workers=workers)

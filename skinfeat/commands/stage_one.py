@@ -8,8 +8,14 @@ import click
 
 from ..embed.device import DEVICES, PRECISIONS
 from ..embed.transform import RESIZE_MODES
-from .common import (dataset_options, default_cache, load_data, pop_dataset_options, progress_bar,
-                     weights_options)
+from .common import (
+    dataset_options,
+    default_cache,
+    load_data,
+    pop_dataset_options,
+    progress_bar,
+    weights_options,
+)
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -89,10 +95,12 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
     bar = progress_bar("extract")
     res = run_extract(data, cache_path, backbone=backbone, weights=weights,
                       weights_file=weights_file, resize=resize, image_size=image_size,
-                      precision=precision, device=rank_device(device, precision), batch_size=batch_size,
-                      num_workers=workers, views=views, shard=shard_t, compile=compile_mode, pool=pool,
+                      precision=precision, device=rank_device(device, precision),
+                      batch_size=batch_size, num_workers=workers, views=views, shard=shard_t,
+                      compile=compile_mode, pool=pool,
                       calibration_images=calibration_images, progress=bar.update,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo)).run
+    assert res is not None   # extract always records its run
     bar.close()
     click.echo(f"{cache_path}: {len(res.contents.image_ids)} embeddings of dim "
                f"{res.contents.dim} ({res.embedded} new, {res.skipped} already cached; "

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import click
 
-from .common import (crossing_option, dataset_options, find_cache, load_data,
-                     merge_groups_option, pop_dataset_options, progress_bar, settle_crossing)
+from .common import (
+    crossing_option,
+    dataset_options,
+    find_cache,
+    load_data,
+    merge_groups_option,
+    pop_dataset_options,
+    progress_bar,
+    settle_crossing,
+)
 
 # Help for the recipe's flags; every field of HeadConfig and LGBMConfig gets a flag, so a
 # field added there is settable at once (and from --config).
@@ -255,7 +263,8 @@ def cv_options(f):
         crossing_option,
         subgroups_option,
         click.option("--folds", type=int, default=5, show_default=True,
-                     help="Stratified folds, grouped by the dataset's groups unless --split image."),
+                     help="Stratified folds, grouped by the dataset's groups unless "
+                     "--split image."),
         click.option("--seeds", callback=parse_seeds, help="Comma list: repeat the CV once per "
                      "seed and report the spread across seeds [default: --seed]."),
         click.option("--jobs", type=int, default=0, show_default=True,
@@ -303,7 +312,8 @@ def cv(data_dir, caches, out, split, crossing_groups, subgroups, folds, seeds, j
     recipe, params = cv_recipe(config_file, kwargs, models)
     bar = progress_bar("cv", unit="fit")
     res = cross_validate(table, caches_of(caches, data_dir), folds=folds, models=models,
-                         inputs=inputs, recipe=recipe, params=params, seeds=seeds, split=split, jobs=jobs,
+                         inputs=inputs, recipe=recipe, params=params, seeds=seeds, split=split,
+                         jobs=jobs,
                          save_models=save_models, out=out, progress=bar.update,
                          subgroups=subgroups,
                          on_start=lambda n: setattr(bar, "total", n))
@@ -364,7 +374,8 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
     try:
         import optuna
     except ImportError as exc:
-        raise click.ClickException(f"tune needs optuna: pip install -e '.[tune]' ({exc})")
+        raise click.ClickException(
+            f"tune needs optuna: pip install -e '.[tune]' ({exc})") from exc
     from ..api import tune as run_tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # the progress bar says it all

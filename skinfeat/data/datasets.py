@@ -18,8 +18,19 @@ import pandas as pd
 from .images import image_index, resolve_hdf5
 from .presets import PRESETS, REQUIRED_COLUMNS
 from .spec import DatasetSpec, SpecError, Task, load_spec
-from .tables import (DETECT_DEPTH, DataError, _as_text, clean_category, clean_metadata,
-                     find_files, header_of, image_key, index_images, read_table, resolve_images)
+from .tables import (
+    DETECT_DEPTH,
+    DataError,
+    _as_text,
+    clean_category,
+    clean_metadata,
+    find_files,
+    header_of,
+    image_key,
+    index_images,
+    read_table,
+    resolve_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +252,8 @@ def _groups(raw: pd.DataFrame, spec: DatasetSpec, source: Path) -> tuple[pd.Seri
     return group, spec
 
 
-def _join_metadata(raw: pd.DataFrame, root: Path, spec: DatasetSpec, image_col: str) -> pd.DataFrame:
+def _join_metadata(raw: pd.DataFrame, root: Path, spec: DatasetSpec,
+                   image_col: str) -> pd.DataFrame:
     hits = find_files(root, spec.metadata_file, depth=1)
     if not hits:
         log.warning("%s: no %s; every metadata field is missing", root,
@@ -330,7 +342,8 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     table = pd.DataFrame({"image_id": ids})
     dupes = table["image_id"][table["image_id"].duplicated()].unique()
     if len(dupes):
-        raise DataError(f"{source}: {len(dupes)} duplicate image id(s), e.g. {', '.join(dupes[:3])}")
+        raise DataError(f"{source}: {len(dupes)} duplicate image id(s), "
+                        f"e.g. {', '.join(dupes[:3])}")
     table["group_id"] = group.where(group != "", table["image_id"])  # blank group: the image
     table["path"] = paths
     table["dx"] = dx.to_numpy()

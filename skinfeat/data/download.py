@@ -18,9 +18,9 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional
 
 from ..errors import SkinfeatError
 
@@ -35,7 +35,7 @@ _CHUNK = 1 << 20
 # Dataverse writes checksum.type as "MD5", "SHA-1", "SHA-256" or "SHA-512".
 _HASHES = {"MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512"}
 
-ProgressFn = Callable[[str, int, Optional[int]], None]
+ProgressFn = Callable[[str, int, int | None], None]
 
 
 class DownloadError(SkinfeatError, RuntimeError):
@@ -48,9 +48,9 @@ class RemoteFile:
 
     name: str  # local file name (the original name for ingested tabular files)
     file_id: int
-    size: Optional[int]
-    checksum_type: Optional[str]
-    checksum: Optional[str]
+    size: int | None
+    checksum_type: str | None
+    checksum: str | None
     original: bool  # ingested tabular file: fetch the uploaded original, not the .tab
 
     def url(self, base_url: str) -> str:
@@ -58,7 +58,7 @@ class RemoteFile:
         return url + "?format=original" if self.original else url
 
 
-def _manual_hint(dest: Optional[Path]) -> str:
+def _manual_hint(dest: Path | None) -> str:
     where = str(dest) if dest is not None else "DIR"
     return (
         "To get the data by hand, download the Kaggle archive "
@@ -68,12 +68,12 @@ def _manual_hint(dest: Optional[Path]) -> str:
     )
 
 
-def _network_error(url: str, reason: object, dest: Optional[Path]) -> DownloadError:
+def _network_error(url: str, reason: object, dest: Path | None) -> DownloadError:
     return DownloadError(f"Could not download {url}: {reason}. {_manual_hint(dest)}")
 
 
-def _open(url: str, timeout: float, dest: Optional[Path],
-          headers: Optional[dict] = None) -> http.client.HTTPResponse:
+def _open(url: str, timeout: float, dest: Path | None,
+          headers: dict | None = None) -> http.client.HTTPResponse:
     """urlopen that turns every network failure into one DownloadError naming the URL."""
     req = urllib.request.Request(url, headers={"User-Agent": "skinfeat", **(headers or {})})
     try:
@@ -95,7 +95,7 @@ def _stem(name: str) -> str:
 
 def list_dataset_files(
     *, with_isic2018_test: bool = False, base_url: str = DEFAULT_BASE_URL,
-    timeout: float = 10.0, dest: Optional[Path] = None,
+    timeout: float = 10.0, dest: Path | None = None,
 ) -> list[RemoteFile]:
     """Ask Dataverse for the file listing and pick the files we need (dest: for messages)."""
     url = f"{base_url.rstrip('/')}/api/datasets/:persistentId/?persistentId={DATAVERSE_DOI}"
@@ -154,7 +154,7 @@ def _local_candidates(dest: Path, rf: RemoteFile) -> list[Path]:
 
 
 def _download(rf: RemoteFile, dest: Path, base_url: str, timeout: float,
-              progress: Optional[ProgressFn]) -> Path:
+              progress: ProgressFn | None) -> Path:
     """Fetch one file into NAME.part (resuming), verify it, rename it into place."""
     url, final, part = rf.url(base_url), dest / rf.name, dest / (rf.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
@@ -252,7 +252,7 @@ def unpack_zip(archive: Path, dest: Path) -> Path:
 
 def download_ham10000(
     dest: Path, *, with_isic2018_test: bool = False, base_url: str = DEFAULT_BASE_URL,
-    timeout: float = 10.0, progress: Optional[ProgressFn] = None,
+    timeout: float = 10.0, progress: ProgressFn | None = None,
 ) -> Path:
     """Download, verify and unpack HAM10000 into dest; returns dest.
 

@@ -54,12 +54,12 @@ def merge_groups(groups: pd.Series, image_ids: pd.Series,
     groups = groups.astype(str)
     names = sorted(set(groups))
     code = {g: i for i, g in enumerate(names)}
-    of_image = dict(zip(image_ids.astype(str), groups.map(code)))
+    of_image = dict(zip(image_ids.astype(str), groups.map(code), strict=False))
     uf = UnionFind(len(names))
     merged = sum(uf.union(of_image[a], of_image[b]) for a, b in pairs
                  if a in of_image and b in of_image)
     roots = uf.roots()
-    first = {}
+    first: dict[int, str] = {}
     for i, r in enumerate(roots):      # names sorted: the first member seen is the smallest
         first.setdefault(r, names[i])
     new = groups.map(lambda g: first[roots[code[g]]])
@@ -88,7 +88,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     table = read_audit_file(path, "duplicates.csv", PAIR_COLUMNS, "--merge-duplicate-groups")
     if "kind" in table.columns:
         table = table[table["kind"] != "across_sets"]
-    return list(zip(table["image_id_a"], table["image_id_b"]))
+    return list(zip(table["image_id_a"], table["image_id_b"], strict=True))
 
 
 def merge_duplicate_groups(table: pd.DataFrame, pairs_file: str | Path) -> tuple[pd.DataFrame, int]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -120,7 +120,7 @@ class MetadataEncoder:
         return values.where(values.notna(), REFERENCE_MISSING).map(str)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, df: pd.DataFrame) -> "MetadataEncoder":
+    def fit(self, df: pd.DataFrame) -> MetadataEncoder:
         """Learn means, scales and category lists from ``df`` (training rows only)."""
         if len(df) == 0:
             raise InputError("cannot fit the metadata encoder on zero rows")
@@ -237,7 +237,8 @@ class MetadataEncoder:
         return out
 
     def dropout_fields(self) -> list[tuple[int, int, list[float]]]:
-        """``(lo, hi, missing values)`` per field: what ``head_batch.fit_head`` blanks in training."""
+        """``(lo, hi, missing values)`` per field: what ``head_batch.fit_head`` blanks in
+        training."""
         missing = self.missing_row()
         return [(lo, hi, missing[lo:hi].tolist()) for _, lo, hi in self.fields]
 
@@ -263,7 +264,7 @@ class MetadataEncoder:
                 "missing_tokens": self.missing_tokens, "aliases": self.aliases}
 
     @classmethod
-    def from_dict(cls, state: dict, key: str = "encoder") -> "MetadataEncoder":
+    def from_dict(cls, state: dict, key: str = "encoder") -> MetadataEncoder:
         """Rebuild a fitted encoder, checking every value (a bundle's config.json may have been
         edited: a zero std would encode every age as NaN); a bundle saved before encodings
         existed is ``reference``. Errors name the key under ``key``."""

@@ -116,7 +116,8 @@ PRESETS: dict[str, DatasetSpec] = {
         labels_file=("ISIC2018_Task3_Test_GroundTruth.csv", "ISIC2018_Task3_Test_GroundTruth",
                      "ISIC2018_Task3_Test_GroundTruth.tab", "ISIC2018_Task3_Test_GroundTruth.txt"),
         label_column=None, onehot=True, image_column="image",
-        image_dirs=("ISIC2018_Task3_Test_Input", "ISIC2018_Task3_Test_Images"), evaluation_only=True,
+        image_dirs=("ISIC2018_Task3_Test_Input", "ISIC2018_Task3_Test_Images"),
+        evaluation_only=True,
         citation="ISIC 2018 Task 3 test set, CC BY-NC 4.0"),
     # Any table: columns given by flags or a spec file; defaults read today's generic CSV
     # (image or path or image_id, dx, optional lesion_id, age, sex, localization).

@@ -12,9 +12,10 @@ against the rest (``binary:mel``). Sets with two classes (ISIC 2020) are binary 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
 
 from ..schema import ONE_OR_MANY, SchemaError, dump, parse, read_settings, validate
 
@@ -187,12 +188,12 @@ class DatasetSpec:
         return dump(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "dataset spec", at: str = "") -> "DatasetSpec":
+    def from_dict(cls, d: Mapping, source: str = "dataset spec", at: str = "") -> DatasetSpec:
         """A spec from a table (a spec file's, or the ``dataset`` entry of a bundle's
         config.json, ``at="dataset"``); errors name ``source`` and the key."""
         return parse(cls, d, source, SpecError, at)
 
-    def with_columns(self, **changes) -> "DatasetSpec":
+    def with_columns(self, **changes) -> DatasetSpec:
         """A copy with some fields changed (command-line flags over a preset or a spec file)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -231,12 +232,12 @@ class Task:
     positive: str | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "task", at: str = "") -> "Task":
+    def from_dict(cls, d: Mapping, source: str = "task", at: str = "") -> Task:
         """A task from a table (the ``task`` entry of a bundle's config.json)."""
         return parse(cls, d, source, SpecError, at)
 
     @classmethod
-    def parse(cls, text: str | None) -> "Task | None":
+    def parse(cls, text: str | None) -> Task | None:
         """``multiclass``, ``binary`` (the set's own positive class) or ``binary:CODE``."""
         if text is None or text == "":
             return None

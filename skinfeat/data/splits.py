@@ -28,7 +28,8 @@ SPLIT_KINDS = ("group", "image")
 # Older spellings, still accepted on the command line, in spec and config files and in saved
 # splits: "lesion" meant "by the dataset's groups" (lesions, or patients for ISIC 2020).
 ALIASES = {"lesion": "group"}
-BY = "by:"   # by:COLUMN (cv: one fold per value) and by:COLUMN=VALUE (fit-head: that value held out)
+# by:COLUMN (cv: one fold per value) and by:COLUMN=VALUE (fit-head: that value held out)
+BY = "by:"
 PROTOCOLS = {
     "none": "no test part: every row trains except a lesion-grouped validation part that stops "
             "early and calibrates (a model to deploy; its scores come from cv)",
@@ -40,7 +41,8 @@ PROTOCOLS = {
 
 @dataclass(frozen=True)
 class SplitKind:
-    """A parsed ``--split``: ``group`` (alias ``lesion``), ``image``, ``none``, or a held-out column: ``by:COLUMN``
+    """A parsed ``--split``: ``group`` (alias ``lesion``), ``image``, ``none``, or a held-out
+    column: ``by:COLUMN``
     (each value is one fold: leave-one-source-out) or ``by:COLUMN=VALUE`` (train on the other
     values, score that one). ``str()`` gives the text back (splits.csv, config.json)."""
     kind: str
@@ -60,7 +62,7 @@ class SplitKind:
         return f"{BY}{self.column}" + (f"={self.value}" if self.value is not None else "")
 
 
-def parse_split(text: "str | SplitKind") -> SplitKind:
+def parse_split(text: str | SplitKind) -> SplitKind:
     """``--split`` text to a ``SplitKind``; column and value compared lower-case (the validated
     table's column names and categories are)."""
     if isinstance(text, SplitKind):
@@ -80,7 +82,7 @@ def parse_split(text: "str | SplitKind") -> SplitKind:
                      "on the others), e.g. by:dataset=rosendahl")
 
 
-def protocol(kind: "str | SplitKind", group: str = "lesion") -> str:
+def protocol(kind: str | SplitKind, group: str = "lesion") -> str:
     """The split's description for reports, in the dataset's own words (lesion, patient)."""
     split = parse_split(kind)
     if split.by:
@@ -104,7 +106,7 @@ def protocol(kind: "str | SplitKind", group: str = "lesion") -> str:
             "inflates scores")
 
 
-def _check_kind(kind: "str | SplitKind") -> SplitKind:
+def _check_kind(kind: str | SplitKind) -> SplitKind:
     split = kind if isinstance(kind, SplitKind) else \
         parse_split(kind) if str(kind).lower().startswith(BY) else \
         SplitKind(ALIASES.get(str(kind), str(kind)))
@@ -114,7 +116,7 @@ def _check_kind(kind: "str | SplitKind") -> SplitKind:
     return split
 
 
-def source_values(table: pd.DataFrame, kind: "str | SplitKind") -> list[str]:
+def source_values(table: pd.DataFrame, kind: str | SplitKind) -> list[str]:
     """The values of a ``by:`` split's column, sorted: fold k of ``fold_ids`` scores value k.
     Refuses a column the table lacks, rows without a value, and a group (lesion, patient) whose
     images sit in two values (a held-out source would then share groups with training)."""
@@ -178,7 +180,8 @@ def _by_folds(table: pd.DataFrame, split: SplitKind, n_folds: int) -> np.ndarray
 
 def fold_ids(table: pd.DataFrame, n_folds: int, kind: str = "group", seed: int = 42,
              strict: bool = True) -> np.ndarray:
-    """Fold number (0..n_folds-1) of every row: stratified by dx, grouped by ``group_id`` for ``group``.
+    """Fold number (0..n_folds-1) of every row: stratified by dx, grouped by ``group_id`` for
+    ``group``.
 
     ``strict`` refuses a class with fewer lesions (images) than folds, since some fold would
     then score without it; a single hold-out (``holdout_mask``) tolerates that.
@@ -251,7 +254,7 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_folds: int,
         evals = np.std(tries / y_cnt, axis=1).mean(axis=1).tolist()
         sizes = per_fold.sum(axis=1).tolist()
         best, min_eval, min_size = 0, np.inf, np.inf
-        for i, (ev, size) in enumerate(zip(evals, sizes)):
+        for i, (ev, size) in enumerate(zip(evals, sizes, strict=False)):
             close = min_eval != np.inf and abs(ev - min_eval) <= 1e-8 + 1e-5 * abs(min_eval)
             if ev < min_eval or (close and size < min_size):
                 best, min_eval, min_size = i, ev, size
@@ -330,7 +333,7 @@ def check_grouped(lesions: pd.Series, split: pd.Series) -> None:
                          f"e.g. {', '.join(crossing.index[:3])}")
 
 
-def check_split(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") -> None:
+def check_split(table: pd.DataFrame, split: pd.Series, kind: str | SplitKind) -> None:
     """Leakage guard plus the basic sanity every later step relies on; a ``by:`` split also
     refuses a value of its column on both the scored and the training side."""
     by = _check_kind(kind) if str(kind) != "none" else SplitKind("none")
@@ -351,7 +354,7 @@ def check_split(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") 
                          "the data set is too small for it")
 
 
-def source_sides(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind") -> dict | None:
+def source_sides(table: pd.DataFrame, split: pd.Series, kind: str | SplitKind) -> dict | None:
     """For a ``by:`` split, which values trained and which scored (for the report)."""
     by = parse_split(kind) if str(kind).lower().startswith(BY) else None
     if by is None or not by.by:
@@ -362,7 +365,7 @@ def source_sides(table: pd.DataFrame, split: pd.Series, kind: "str | SplitKind")
             "scored_on": sorted(set(values[side == "test"]))}
 
 
-def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: "str | SplitKind",
+def save_split(table: pd.DataFrame, split: pd.Series, path: Path, kind: str | SplitKind,
                seed: int) -> None:
     out = table[["image_id", "group_id", "dx"]].assign(split=split.to_numpy(), kind=str(kind),
                                                         seed=seed)

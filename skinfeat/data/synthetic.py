@@ -49,7 +49,8 @@ def make_synthetic_ham(root: str | Path, n_images: int = 700, seed: int = 0,
     n_lesions = max(len(CLASSES) * min_lesions_per_class, int(n_images / 1.67))
     counts = {dx: max(min_lesions_per_class, int(round(CLASS_SHARE[dx] * n_lesions)))
               for dx in CLASSES}
-    rows, img_no = [], 24306
+    rows: list[dict] = []
+    img_no = 24306
     for dx in CLASSES:
         color, radius, irregular, mean_age, sites = LOOK[dx]
         for _ in range(counts[dx]):

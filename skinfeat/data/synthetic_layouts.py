@@ -138,7 +138,8 @@ def write_pad_ufes_20(root: Path, n_images: int, rng: np.random.Generator,
     for code, g, count, age in groups(rng, PAD_LOOKS, n_images):
         look = PAD_LOOKS[code]
         known = rng.random() > 0.15   # some patients have only the core fields (blank others)
-        patient = {c: (str(rng.random() < 0.4) if known else "") for c in PAD_BOOLEANS}
+        patient: dict[str, str | float] = {c: (str(rng.random() < 0.4) if known else "")
+                                           for c in PAD_BOOLEANS}
         patient.update(background_father=str(rng.choice(["POMERANIA", "GERMANY", "UNK"]))
                        if known else "", background_mother=str(rng.choice(["ITALY", "UNK"]))
                        if known else "",

@@ -34,7 +34,7 @@ def read_table(path: Path) -> pd.DataFrame:
     Column names are stripped and lower-cased; every value is a string."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, "r", encoding="utf-8-sig", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         first = fh.readline()
     if not first.strip():
         raise DataError(f"{path}: file is empty")
@@ -49,7 +49,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def header_of(path: Path) -> set[str]:
     try:
-        with open(path, "r", encoding="utf-8-sig", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
             first = fh.readline()
     except OSError:
         return set()
@@ -131,7 +131,8 @@ def resolve_images(raw: pd.DataFrame, column: str, base: Path, spec: DatasetSpec
 
 # ---------------------------------------------------------------- values
 def _as_text(column: pd.Series) -> pd.Series:
-    """Stripped strings, with "" for None / NaN (pandas 3 keeps those missing through astype(str))."""
+    """Stripped strings, with "" for None / NaN (pandas 3 keeps those missing through
+    astype(str))."""
     return column.astype(object).where(column.notna(), "").astype(str).str.strip()
 
 

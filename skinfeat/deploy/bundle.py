@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -18,8 +18,16 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import write_artifact
 from ..embed.cache import source_identities
-from .bundle_config import (FORMAT, OLDER, BundleConfig, BundleError,  # noqa: F401
-                            EnsembleConfig, HeadDims, migrate, parse_config)
+from .bundle_config import (  # noqa: F401
+    FORMAT,
+    OLDER,
+    BundleConfig,
+    BundleError,
+    EnsembleConfig,
+    HeadDims,
+    migrate,
+    parse_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +120,8 @@ def write_bundle(out: Path, config: BundleConfig | EnsembleConfig, model=None,
                  quantized: bool = True) -> None:
     """The one bundle writer, for a single model and an ensemble: the int8 backbones it needs
     (``quantized``), the model's weights (``model.to_bundle()``: a safetensors state dict or a
-    text blob, in the file its class names), then ``config.json``. The config is checked against the schema first:
+    text blob, in the file its class names), then ``config.json``. The config is checked against the
+    schema first:
     a bundle that would not load is never written."""
     d = config.to_dict()
     if model is not None:

@@ -12,9 +12,10 @@ the model class's ``from_bundle``). Every bundle written since ``skinfeat-bundle
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Self
 
 from ..errors import SkinfeatError
 from ..learn.models import registry
@@ -64,7 +65,7 @@ class HeadDims:
     n_classes: int
 
     @classmethod
-    def of(cls, head: Mapping) -> "HeadDims":
+    def of(cls, head: Mapping) -> HeadDims:
         return cls(_count(head, "embed_dim", 1), _count(head, "meta_dim", 0),
                    _count(head, "n_classes", 2))
 
@@ -82,14 +83,14 @@ class _Config:
         return {k: v for k, v in d.items() if not (v is None and k in self.OPTIONAL)}
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "config.json"):
+    def from_dict(cls, d: Mapping, source: str = "config.json") -> Self:
         return parse(cls, d, source, BundleConfigError)
 
 
 @dataclass(kw_only=True)
 class BundleConfig(_Config):
     """One stage-two model: everything predict needs, and the recipe it was made with."""
-    format: Literal[FORMAT] = FORMAT
+    format: Literal[FORMAT] = FORMAT  # type: ignore[valid-type]  # a constant: see schema.py
     model_type: str                       # a kind of the model registry (learn.models)
     classes: tuple[str, ...]
     encoder: Table                        # the fitted MetadataEncoder
@@ -139,7 +140,7 @@ class BundleConfig(_Config):
 class EnsembleConfig(_Config):
     """A fold ensemble (``cv --save-models``): ``members`` are bundle folders beside this
     config; predict averages their calibrated probabilities (``combine`` says how)."""
-    format: Literal[FORMAT] = FORMAT
+    format: Literal[FORMAT] = FORMAT  # type: ignore[valid-type]  # a constant: see schema.py
     model_type: Literal["ensemble"] = "ensemble"
     members: tuple[str, ...]
     classes: tuple[str, ...]
@@ -164,7 +165,7 @@ class EnsembleConfig(_Config):
 
     @classmethod
     def of_members(cls, first: BundleConfig, members: list[str], *, inputs: str, split: str,
-                   seeds: list[int], combine: str) -> "EnsembleConfig":
+                   seeds: list[int], combine: str) -> EnsembleConfig:
         """The ensemble of ``members``, described by its first member's config."""
         return cls(members=tuple(members), classes=first.classes, backbone=first.backbone,
                    head={"members": first.model_type, "inputs": inputs,

@@ -11,8 +11,8 @@ and API, the ONNX graph's ``decision`` output) shows these four fields, built he
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def decisions(classes: Sequence[str], proba: np.ndarray, decided: np.ndarray,
     """Per row of (N, K) probabilities and (N,) decided indices; None where a row was not
     scored (decided -1 or NaN probabilities)."""
     out: list[Decision | None] = []
-    for p, d in zip(np.asarray(proba, dtype=float), np.asarray(decided)):
+    for p, d in zip(np.asarray(proba, dtype=float), np.asarray(decided), strict=False):
         if int(d) < 0 or not np.isfinite(p).all():
             out.append(None)
             continue

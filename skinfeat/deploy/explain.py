@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -154,10 +154,10 @@ class Explanation:
         """JSON-ready summary (no pixel arrays)."""
         return {"image": self.image, **self.decision.to_dict(),
                 "prediction": self.predicted,   # older name of "decision"
-                "probabilities": dict(zip(self.classes, map(float, self.proba))),
+                "probabilities": dict(zip(self.classes, map(float, self.proba), strict=False)),
                 "cam_method": self.method, "cam_classes": list(self.cams),
                 "metadata": self.metadata, "attribution_kind": self.attribution_kind,
-                "attribution": {f: dict(zip(self.classes, map(float, v)))
+                "attribution": {f: dict(zip(self.classes, map(float, v), strict=False))
                                 for f, v in self.attribution.items()}}
 
 
@@ -320,7 +320,7 @@ def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
                            gridspec_kw={"width_ratios": [1] * (n - 1) + [1.8]})
     axes[0].imshow(ex.view)
     axes[0].set_title(Path(ex.image).name, fontsize=9)
-    for ax, (c, heat) in zip(axes[1:], ex.cams.items()):
+    for ax, (c, heat) in zip(axes[1:], ex.cams.items(), strict=False):
         ax.imshow(overlay(ex.view, heat))
         role = "decision" if c == ex.predicted else "asked for"
         ax.set_title(f"{ex.method}: {c}, {role} ({100 * ex.proba[ex.classes.index(c)]:.1f} %)",

@@ -1,4 +1,5 @@
-"""Export a trained run to one ONNX graph: image tensor + encoded metadata -> calibrated probabilities.
+"""Export a trained run to one ONNX graph: image tensor + encoded metadata -> calibrated
+probabilities.
 
 The graph holds the frozen backbone (pooled as stage one pooled it: timm, open_clip or
 transformers, under the cache's ``--pool``), the fusion head and the calibration, and a fused
@@ -25,8 +26,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +52,10 @@ class Calibration(nn.Module):
     ``adjust`` the log training class weights (logit adjustment) and ``bias`` a fitted
     per-class offset, each zero where the method has none."""
 
+    adjust: torch.Tensor        # buffers (register_buffer below), declared for the type checker
+    temperature: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, calibrator, n_classes: int):
         super().__init__()
 
@@ -69,6 +75,9 @@ class Decide(nn.Module):
     """``Calibrator.decide`` in the graph: (N, K) calibrated probabilities -> (N,) int64 class
     indices; a binary model with a validation threshold: p(class 1) >= threshold, otherwise the
     balanced rule argmax(log p + decision_offset) (plain argmax without offsets)."""
+
+    threshold: torch.Tensor     # buffers (register_buffer below), declared for the type checker
+    offset: torch.Tensor
 
     def __init__(self, calibrator, threshold: float | None, n_classes: int):
         super().__init__()
@@ -149,7 +158,7 @@ class ExportGraph(nn.Module):
 
     def forward(self, image: torch.Tensor, *metas: torch.Tensor):
         features = self.features(image)
-        probs = [m(features, meta) for m, meta in zip(self.members, metas)]
+        probs = [m(features, meta) for m, meta in zip(self.members, metas, strict=False)]
         if self.combined is None:
             proba = probs[0]
         else:
@@ -164,7 +173,7 @@ class ExportGraph(nn.Module):
         return proba, decision
 
 
-def meta_inputs(predictor) -> list[tuple[str, object]]:
+def meta_inputs(predictor) -> list[tuple[str, Any]]:
     """``(input name, the predictor whose encoder fills it)`` for each metadata input."""
     if predictor.members:
         return [(f"meta_{i}", m) for i, m in enumerate(predictor.members)]
@@ -376,7 +385,7 @@ def onnx_outputs(path: str | Path, image: np.ndarray,
         if len(arrays) != len(names):
             raise InputError(f"{path}: the graph takes {len(names)} metadata input(s) "
                              f"({', '.join(names)}), got {len(arrays)}")
-        meta = dict(zip(names, arrays))
+        meta = dict(zip(names, arrays, strict=False))
     if sorted(meta) != sorted(names):
         raise InputError(f"{path}: the graph takes the metadata inputs {', '.join(names)}, "
                          f"got {', '.join(sorted(meta))}")

@@ -10,8 +10,9 @@ parameters at ``fit``, in ``learn/sklearn.py``: a lower layer.)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,8 @@ def one_or_many(value: Any, name: str, what: str = "path") -> list[str]:
         return [str(value)]
     if isinstance(value, (bytes, dict, pd.DataFrame)) or not isinstance(
             value, (Sequence, np.ndarray, pd.Series, pd.Index)):
-        raise ArgumentTypeError(f"{name}: expected a {what} or a list of {what}s, got {_kind(value)}")
+        raise ArgumentTypeError(f"{name}: expected a {what} or a list of {what}s, "
+                                f"got {_kind(value)}")
     items = list(value)
     bad = [v for v in items if not isinstance(v, (str, Path))]
     if bad:
@@ -52,8 +54,8 @@ def cache_paths(value: Any, name: str = "embeddings") -> list[str]:
     for item in items:
         item = item.path if hasattr(item, "path") else item
         if not isinstance(item, (str, Path)):
-            raise ArgumentTypeError(f"{name}: expected a cache path or an EmbeddingCache, got an item "
-                            f"of type {_kind(item)}")
+            raise ArgumentTypeError(f"{name}: expected a cache path or an EmbeddingCache, "
+                                    f"got an item of type {_kind(item)}")
         out.append(str(item))
     return out
 

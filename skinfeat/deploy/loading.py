@@ -18,18 +18,26 @@ from ..data.datasets import HAM10000
 from ..data.metadata import MetadataEncoder
 from ..data.spec import DatasetSpec, SpecError, Task
 from ..embed.backbone import create_backbone
-from ..embed.device import resolve_device
-from ..embed.transform import TransformSpec
 from ..embed.cache import random_weights, source_identities
-from ..embed.weights import WeightSource, resolve_weights
+from ..embed.device import resolve_device
 from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder
+from ..embed.transform import TransformSpec
+from ..embed.weights import WeightSource, resolve_weights
 from ..learn.calibration import Calibrator
 from ..learn.context import context_columns
 from ..learn.models import registry
 from ..learn.protocol import StageTwoModel
-from .bundle import (CONFIG, QUANTIZED, BundleConfig, BundleError, EnsembleConfig, load_into,
-                     load_state, load_typed)
+from .bundle import (
+    CONFIG,
+    QUANTIZED,
+    BundleConfig,
+    BundleError,
+    EnsembleConfig,
+    load_into,
+    load_state,
+    load_typed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,7 @@ def load_stage_two(run: Path, config: BundleConfig,
         path = run / cls.file_name()
         if not path.is_file():
             raise BundleError(f"{path}: {cls.title} model file missing")
-        weights = path.read_text(encoding="utf-8")
+        weights: str | dict = path.read_text(encoding="utf-8")
     else:
         path, weights = source, load_state(run, cls.file_name())
     try:
@@ -166,7 +174,7 @@ class LoadedBundle:
         self.views = list(self.identity.get("views", [])) if self.bundle.tta else []
         self.weights_file, self.device = weights_file, device
         self.batch_size, self.num_workers = batch_size, num_workers
-        self._embedders: list[tuple[Embedder, TransformSpec]] | None = None
+        self._embedders: list[tuple[Embedder | Int8Embedder, TransformSpec]] | None = None
         if not self.members and self.bundle.fallback is not None:
             self._load_fallback()
 

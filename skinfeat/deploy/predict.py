@@ -12,9 +12,9 @@ this module embeds, calibrates and decides.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,14 @@ from ..learn.context import context_matrix
 from ..learn.fallback import fallback_rows
 from .bundle import CONFIG, BundleError, atomic_write_text
 from .decision import FIELDS, Decision, decisions, predictor_rule
-from .loading import (LoadedBundle, bundle_calibrator, bundle_spec,  # noqa: F401 (their home
-                      load_model, load_stage_two, weight_source)     # before the split)
+from .loading import (  # noqa: F401 (their home
+    LoadedBundle,
+    bundle_calibrator,
+    bundle_spec,
+    load_model,  # before the split)
+    load_stage_two,
+    weight_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,8 @@ class Predictor(LoadedBundle):
     (``loading.LoadedBundle``) + embedding, calibration and decisions."""
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities from the head's logits (the one place calibration is applied)."""
+        """Calibrated probabilities from the head's logits (the one place calibration is
+        applied)."""
         return self.calibrator(logits)
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
@@ -285,7 +292,7 @@ class Predictor(LoadedBundle):
                          "image-only fallback", preds.fell_back, int(ok.sum()))
         if not ok.all():
             log.warning("%d image(s) could not be scored: %s", int((~ok).sum()), "; ".join(
-                f"{p}: {e}" for p, e in zip(preds.paths, errors) if e)[:300])
+                f"{p}: {e}" for p, e in zip(preds.paths, errors, strict=False) if e)[:300])
         return preds
 
     def score_image(self, path: str | Path, meta: dict | None = None, cache=None,
@@ -311,4 +318,4 @@ class Predictor(LoadedBundle):
         keywords, e.g. ``age=55``); an absent field or ``None`` is missing. With ``cache``,
         the image's embedding is looked up by its id (the file name's stem)."""
         preds = self.score_image(path, meta, cache, **fields)
-        return dict(zip(self.classes, map(float, preds.proba[0])))
+        return dict(zip(self.classes, map(float, preds.proba[0]), strict=False))

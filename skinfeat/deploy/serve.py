@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from ..data.datasets import DataError
 from ..embed.transform import MAX_IMAGE_PIXELS, load_image
 from ..errors import SkinfeatError
-from .explain import ExplainError, Explainer, overlay
+from .explain import Explainer, ExplainError, overlay
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ class Service:
 
     def metadata(self, form: dict) -> dict:
         """Validated metadata from form fields; blank means missing."""
-        enc, meta = self.p.encoder, {}
+        enc = self.p.encoder
+        meta: dict[str, float | str] = {}
         for f in enc.numeric:
             value = str(form.get(f, "")).strip()
             if value:

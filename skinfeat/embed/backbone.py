@@ -10,8 +10,13 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .weights import WeightSource, WeightsUnavailable, hub_reachable, offline_message, \
-    pretrained_location
+from .weights import (
+    WeightSource,
+    WeightsUnavailable,
+    hub_reachable,
+    offline_message,
+    pretrained_location,
+)
 
 log = logging.getLogger(__name__)
 

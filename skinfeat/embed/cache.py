@@ -6,7 +6,8 @@ Layout (kept plain so any tool can write or read it):
   * optional dataset ``view_embedding``: (N, V, D) float32, embeddings of deterministic views
     (attribute ``views`` names them, e.g. ``["flip", "rot90"]``);
   * file attributes: ``identity`` (JSON: backbone, weights, preprocessing, precision, views),
-    ``versions`` (JSON), ``failures`` (JSON list of [image_id, reason]), ``format`` = "skinfeat-cache/1".
+    ``versions`` (JSON), ``failures`` (JSON list of [image_id, reason]), ``format`` =
+    "skinfeat-cache/1".
 
 Crash safety: the .h5 file is only ever produced by writing a temporary file and renaming it over
 the old one, so a reader never sees a half-written cache. Work in progress lives in
@@ -23,21 +24,45 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
 from ..atomic import atomic_write, disk_full_hint
+
 # Every public name stays importable from here: the readers and tests import them from cache.
-from .cache_check import (SAME_EMBEDDING, CacheContents, check_contents,  # noqa: F401
-                          partial_identity, read_cache, read_identity, same_rows, stored_identity)
-from .cache_identity import (FORMAT, HINT_KEYS, IDENTITY_FORMAT, IDENTITY_TYPES,  # noqa: F401
-                             CacheError, CacheIdentity, comparable, examples, failures_attr,
-                             identity_diff, parse_failures, parse_identity, parse_json_attr,
-                             random_weights, source_identities)
+from .cache_check import (  # noqa: F401
+    SAME_EMBEDDING,
+    CacheContents,
+    check_contents,
+    partial_identity,
+    read_cache,
+    read_identity,
+    same_rows,
+    stored_identity,
+)
+from .cache_identity import (  # noqa: F401
+    FORMAT,
+    HINT_KEYS,
+    IDENTITY_FORMAT,
+    IDENTITY_TYPES,
+    CacheError,
+    CacheIdentity,
+    comparable,
+    examples,
+    failures_attr,
+    identity_diff,
+    parse_failures,
+    parse_identity,
+    parse_json_attr,
+    random_weights,
+    source_identities,
+)
 from .cache_merge import cache_label, concat, fuse_caches, read_caches  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -75,7 +100,7 @@ class CacheWriter:
     them. ``finalize`` folds everything into the .h5 file atomically.
     """
 
-    def __init__(self, path: str | Path, identity: dict, attrs: dict | None = None,
+    def __init__(self, path: str | os.PathLike, identity: dict, attrs: dict | None = None,
                  chunk_size: int = 256):
         self.path = Path(path)
         self.partial = Path(f"{self.path}.partial")
@@ -91,7 +116,7 @@ class CacheWriter:
         self._lock = FileLock(f"{self.path}.lock")
         self.done: set[str] = set()
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)
@@ -137,7 +162,8 @@ class CacheWriter:
         for c in self._chunks():
             with np.load(c, allow_pickle=False) as z:
                 ids += z["image_id"].tolist()
-                self.failures.update(zip(z["failed_id"].tolist(), z["failed_reason"].tolist()))
+                self.failures.update(zip(z["failed_id"].tolist(), z["failed_reason"].tolist(),
+                                         strict=False))
         return ids
 
     def add(self, image_ids: list[str], embeddings: np.ndarray,
@@ -175,7 +201,7 @@ class CacheWriter:
             atomic_write(ident, lambda tmp: tmp.write_text(text))
         n = len(self._chunks())
         dim = self._buf_emb[0].shape[1] if self._buf_emb else 0
-        arrays = {
+        arrays: dict[str, Any] = {
             "image_id": np.array(self._buf_ids, dtype=str),
             "embedding": np.concatenate(self._buf_emb) if self._buf_emb else np.zeros((0, dim)),
             "failed_id": np.array(list(self.failures), dtype=str),
@@ -197,12 +223,12 @@ class CacheWriter:
         for c in self._chunks():
             with np.load(c, allow_pickle=False) as z:
                 parts.append(CacheContents(z["image_id"].astype(object), z["embedding"],
-                                           z["view_embedding"] if "view_embedding" in z else None,
+                                           z.get("view_embedding"),
                                            source=str(c)))
         parts = [p for p in parts if len(p.image_ids)]
         if not parts:
             raise CacheError(f"{self.path}: no image could be embedded")
-        done = set()
+        done: set[str] = set()
         for p in parts:
             done.update(p.image_ids)
         failures = {k: v for k, v in old_failures.items() if k not in done}
@@ -225,7 +251,7 @@ def merge_caches(inputs: list[str | Path], out: str | Path,
     parts = [read_cache(p) for p in inputs]
     base = {k: v for k, v in parts[0].identity.items() if k != "shard"}
     key = {k: v for k, v in comparable(base).items() if k != "shard"}
-    for path, part in zip(inputs[1:], parts[1:]):
+    for path, part in zip(inputs[1:], parts[1:], strict=False):
         other = {k: v for k, v in comparable(part.identity).items() if k != "shard"}
         if other != key:
             raise CacheError(f"{path}: identity differs from {inputs[0]}: "

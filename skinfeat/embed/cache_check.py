@@ -7,18 +7,19 @@ a width, views of the same rows and width, finite values, well-formed ``identity
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from .cache_identity import (CacheError, examples, parse_failures, parse_identity,
-                             random_weights)
+from .cache_identity import CacheError, examples, parse_failures, parse_identity, random_weights
 
 # Two rows for one image id are "the same embedding" within the float rounding that separates a
 # sharded or resumed extract from a single pass (README "Determinism": within 1e-5).
-SAME_EMBEDDING = {"rtol": 1e-5, "atol": 1e-5}
+SAME_EMBEDDING: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @dataclass
@@ -190,7 +191,7 @@ def partial_identity(partial: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def stored_identity(path: str | Path) -> dict | None:
+def stored_identity(path: str | os.PathLike) -> dict | None:
     """The identity of a cache file, or of its unfinished work (``NAME.h5.partial/``)."""
     have = read_identity(Path(path))
     return have if have is not None else partial_identity(Path(f"{path}.partial"))

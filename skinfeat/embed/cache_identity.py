@@ -152,7 +152,7 @@ class CacheIdentity:
     weights: WeightsIdentity
     preprocessing: PreprocessingIdentity
     precision: str
-    family: Literal[FAMILIES] = "timm"
+    family: Literal[FAMILIES] = "timm"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
     pool: str = "avg"                     # timm: avg; open_clip: proj|cls|mean; hf: cls|mean|proj
     views: tuple[str, ...] = ()
     view_transform: str | None = None
@@ -169,7 +169,7 @@ class CacheIdentity:
         return {k: v for k, v in d.items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str | Path = "identity") -> "CacheIdentity":
+    def from_dict(cls, data: dict, source: str | Path = "identity") -> CacheIdentity:
         """Strict: an unknown key or a wrong type is a one-line ``CacheError`` naming ``source``."""
         fmt = data.get("format", IDENTITY_FORMAT) if isinstance(data, dict) else None
         if fmt != IDENTITY_FORMAT:

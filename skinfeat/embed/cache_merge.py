@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,26 +71,29 @@ def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents
     if not common:
         raise CacheError(f"{' + '.join(sources)}: the caches have no image id in common")
     ids = np.array(sorted(common), dtype=object)
-    for src, p in zip(sources, parts):
+    for src, p in zip(sources, parts, strict=False):
         if len(p.image_ids) > len(ids):
             log.warning("%s: %d of its %d image(s) are not in every other cache and are left "
                         "out of the fusion", src, len(p.image_ids) - len(ids), len(p.image_ids))
     rows = [p.rows_for(ids) for p in parts]
-    emb = np.concatenate([p.embeddings[r] for p, r in zip(parts, rows)], axis=1)
+    emb = np.concatenate([p.embeddings[r] for p, r in zip(parts, rows, strict=False)], axis=1)
     views = None
     if all(p.view_embeddings is not None for p in parts):
         if len({(tuple(p.views), p.view_embeddings.shape[1]) for p in parts}) == 1:
-            views = np.concatenate([p.view_embeddings[r] for p, r in zip(parts, rows)], axis=2)
+            views = np.concatenate([p.view_embeddings[r]
+                                    for p, r in zip(parts, rows, strict=False)], axis=2)
         else:
             log.warning("the caches hold different views; the fusion keeps none")
     elif any(p.view_embeddings is not None for p in parts):
         log.warning("only some caches hold view embeddings; the fusion keeps none")
-    identity = {"fused": [p.identity for p in parts], "dims": [p.dim for p in parts],
-                "sources": [str(s) for s in sources]}
+    identity: dict[str, Any] = {"fused": [p.identity for p in parts],
+                                "dims": [p.dim for p in parts],
+                                "sources": [str(s) for s in sources]}
     alike = look_alike(identity["fused"], identity["dims"])
     if alike:  # neither width nor identity tells these apart: keep what still can
         identity["profiles"] = [value_profile(p.embeddings[r]) if any(k in g for g in alike)
-                                else None for k, (p, r) in enumerate(zip(parts, rows))]
+                                else None
+                                for k, (p, r) in enumerate(zip(parts, rows, strict=False))]
     if views is not None:
         identity["views"] = parts[0].views
     failures: dict[str, str] = {}

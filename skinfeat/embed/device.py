@@ -8,7 +8,6 @@ import torch
 
 from ..errors import InputError
 
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

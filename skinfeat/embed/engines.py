@@ -27,16 +27,17 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_dir
 from ..errors import SkinfeatError
-from .transform import TransformSpec, preprocess
 from .encoders.base import FamilyEncoder
+from .transform import TransformSpec, preprocess
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class PooledFeatures(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Any = model   # a timm model (untyped forward_features) or a FamilyEncoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.model, FamilyEncoder):
@@ -148,7 +149,8 @@ def calibration_files(image_ids: Sequence[str], paths: Sequence[str],
     def rank(iid: str) -> str:
         return hashlib.sha256(iid.encode("utf-8")).hexdigest()
 
-    pairs = sorted(zip(map(str, image_ids), map(str, paths)), key=lambda p: rank(p[0]))
+    pairs = sorted(zip(map(str, image_ids), map(str, paths), strict=False),
+                   key=lambda p: rank(p[0]))
     return pairs[:n]
 
 

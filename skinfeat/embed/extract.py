@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,13 +16,21 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import InputError
 from ..version import __version__
 from .backbone import DEFAULT_BACKBONE, create_backbone
-from .device import default_batch_size, resolve_device, resolve_precision
-from .transform import TransformSpec, load_image, to_tensor, transform_for
 from .cache import CacheContents, CacheWriter, stored_identity
 from .cache_identity import CacheIdentity, comparable
+from .device import default_batch_size, resolve_device, resolve_precision
 from .encoders import DEFAULT_POOL, POOLS, FamilyEncoder, resolve_backbone
-from .engines import (CALIBRATION_IMAGES, Embedder, Int8Embedder, PooledFeatures,  # noqa: F401
-                      calibration_files, calibration_identity, make_embedder, require_int8)
+from .engines import (  # noqa: F401
+    CALIBRATION_IMAGES,
+    Embedder,
+    Int8Embedder,
+    PooledFeatures,
+    calibration_files,
+    calibration_identity,
+    make_embedder,
+    require_int8,
+)
+from .transform import TransformSpec, load_image, to_tensor, transform_for
 from .weights import WeightSource
 
 log = logging.getLogger(__name__)
@@ -136,7 +144,7 @@ def embed_files(embedder: Embedder | Int8Embedder, paths: Sequence[str], spec: T
                         num_workers=num_workers, pin_memory=embedder.device.type == "cuda")
     for idx, x, reasons in loader:
         ok = torch.tensor([r == "" for r in reasons], dtype=torch.bool)
-        failed = {int(i): r for i, r in zip(idx.tolist(), reasons) if r}
+        failed = {int(i): r for i, r in zip(idx.tolist(), reasons, strict=False) if r}
         emb = vemb = None
         if ok.any():
             x = x[ok]
@@ -186,7 +194,8 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
             image_size: int | None = None, precision: str = "auto", device: str = "auto",
             batch_size: int | None = None, num_workers: int | None = None,
             views: Sequence[str] = (), shard: tuple[int, int] | None = None,
-            pool: str | None = None, compile: str = "auto", calibration_images: int = CALIBRATION_IMAGES,
+            pool: str | None = None, compile: str = "auto",
+            calibration_images: int = CALIBRATION_IMAGES,
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> ExtractResult:
     """Embed every image of ``table`` not yet in the cache; resumable and crash-safe.
@@ -199,7 +208,8 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     (``encoders.parse_backbone``); ``pool``: the family's pooling [default: its first choice].
     """
     # int8 runs on the CPU whatever GPU is present; an explicit GPU device is an error.
-    dev = torch.device("cpu") if precision == "int8" and device == "auto" else resolve_device(device)
+    dev = (torch.device("cpu") if precision == "int8" and device == "auto"
+           else resolve_device(device))
     prec = resolve_precision(precision, dev)
     unknown = sorted(set(views) - set(VIEW_NAMES))
     if unknown:

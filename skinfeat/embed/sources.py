@@ -39,7 +39,7 @@ def look_alike(identities: list[dict], dims: list[int]) -> list[list[int]]:
     """Groups of sources (indices) that neither their width nor their identity tell apart,
     e.g. two plain h5py files of one width: a swap of them is invisible to both checks."""
     groups: dict[str, list[int]] = {}
-    for k, (ident, dim) in enumerate(zip(identities, dims)):
+    for k, (ident, dim) in enumerate(zip(identities, dims, strict=False)):
         groups.setdefault(json.dumps([encoder_identity(ident), dim], sort_keys=True), []).append(k)
     return [g for g in groups.values() if len(g) > 1]
 
@@ -101,7 +101,7 @@ def check_sources(recorded: dict, dim: int, paths: list[str],
                          f"training order: {order}")
     fits = [[p.dim == dims[k] and encoder_identity(p.identity) == encoder_identity(want[k])
              for k in range(len(want))] for p in parts]
-    for i, (path, part) in enumerate(zip(paths, parts)):
+    for i, (path, part) in enumerate(zip(paths, parts, strict=False)):
         if fits[i][i]:
             continue
         j = next((k for k in range(len(want)) if fits[i][k]), None)
@@ -120,7 +120,7 @@ def check_sources(recorded: dict, dim: int, paths: list[str],
                          for k in sorted(set(have) | set(had)) if have.get(k) != had.get(k))
         raise CacheError(f"{path}: made with another encoder than {where} was trained on "
                          f"({diff})")
-    for path, part, ident in zip(paths, parts, want):
+    for path, part, ident in zip(paths, parts, want, strict=False):
         drift = {k: (part.identity.get(k), ident.get(k)) for k in ROUNDING_KEYS
                  if part.identity.get(k) != ident.get(k)}
         if drift:
@@ -142,12 +142,13 @@ def _check_look_alikes(group: list[int], profiles: list | None, paths: list[str]
     perms = list(itertools.permutations(group))
     if profiles and all(isinstance(profiles[k], list) for k in group):
         mine = {k: value_profile(parts[k].embeddings) for k in group}
-        score = {q: np.mean([profile_similarity(mine[k], profiles[m]) for k, m in zip(group, q)])
+        score = {q: np.mean([profile_similarity(mine[k], profiles[m])
+                             for k, m in zip(group, q, strict=False)])
                  for q in perms}
-        given, best = tuple(group), max(perms, key=score.get)
+        given, best = tuple(group), max(perms, key=score.__getitem__)
         if best != given and score[best] >= SWAP_CLEAR and \
                 score[best] - score[given] >= SWAP_MARGIN:
-            k, m = next((k, m) for k, m in zip(group, best) if k != m)
+            k, m = next((k, m) for k, m in zip(group, best, strict=False) if k != m)
             raise CacheError(f"{paths[k]}: given as the {_nth(k + 1)} --cache, but its values "
                              f"match the model's source {m + 1} (profile correlation "
                              f"{profile_similarity(mine[k], profiles[m]):.2f}, against "
@@ -163,7 +164,7 @@ def _check_look_alikes(group: list[int], profiles: list | None, paths: list[str]
     trained_names = [names[k] for k in group] if names else []
     if trained_names and len(set(trained_names)) == len(group) and \
             sorted(given_names) == sorted(trained_names) and given_names != trained_names:
-        k = next(k for k, a, b in zip(group, given_names, trained_names) if a != b)
+        k = next(k for k, a, b in zip(group, given_names, trained_names, strict=False) if a != b)
         m = group[trained_names.index(given_names[group.index(k)])]
         raise CacheError(f"{paths[k]}: given as the {_nth(k + 1)} --cache, but the model was "
                          f"trained with {given_names[group.index(k)]} as source {m + 1}: it must "

@@ -25,12 +25,14 @@ MAX_IMAGE_PIXELS = 89_478_485
 class TransformSpec:
     """Everything needed to turn an image file into the backbone's input; travels with models."""
     size: int = 224
-    resize: str = "squash"          # squash: whole image to size x size (the reference); crop: timm eval
+    # squash: whole image to size x size (the reference); crop: timm eval
+    resize: str = "squash"
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    draft: bool = True              # let the JPEG decoder downscale while decoding (fast, deterministic)
+    # let the JPEG decoder downscale while decoding (fast, deterministic)
+    draft: bool = True
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -39,7 +41,7 @@ class TransformSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TransformSpec":
+    def from_dict(cls, d: dict) -> TransformSpec:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)
@@ -71,7 +73,9 @@ def transform_for(model: torch.nn.Module, resize: str = "squash",
                          std=tuple(map(float, cfg["std"])))
 
 
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+# ignores: Pillow's int aliases (Image.BILINEAR == 2) are missing from its type hints
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,  # type: ignore[attr-defined]
+             "nearest": Image.NEAREST}  # type: ignore[attr-defined]
 
 
 def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:

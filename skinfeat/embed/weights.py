@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..errors import InputError, MissingFileError, SkinfeatError
 
-
 # The offline routes, in the order every message names them: a model folder first (it carries
 # its own config; a bare checkpoint is loaded into the library's default config for the name).
 OFFLINE_ROUTES = ("model folder: --backbone local-dir:FOLDER (timm, open_clip or transformers; "

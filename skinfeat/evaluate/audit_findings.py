@@ -3,6 +3,7 @@ where the image files exist) and ranked outliers, as the tables the audit writes
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 import pandas as pd
 
@@ -66,7 +67,7 @@ def add_phash(frame: pd.DataFrame, paths: dict[str, str]) -> pd.DataFrame:
         return frame
     hashes: dict[str, object] = {}
     distance = []
-    for a, b in zip(frame["image_id_a"], frame["image_id_b"]):
+    for a, b in zip(frame["image_id_a"], frame["image_id_b"], strict=True):
         pa, pb = paths.get(a), paths.get(b)
         if not pa or not pb or len(hashes) >= PHASH_LIMIT:
             distance.append(np.nan)
@@ -110,5 +111,6 @@ def image_paths(table: pd.DataFrame) -> dict[str, str]:
     with ``images=False`` has none)."""
     if "path" not in table.columns:
         return {}
-    return {i: p for i, p in zip(table["image_id"].astype(str), table["path"].astype(str))
+    return {i: p
+            for i, p in zip(table["image_id"].astype(str), table["path"].astype(str), strict=True)
             if p and p != "nan"}

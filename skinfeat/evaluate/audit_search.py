@@ -174,23 +174,24 @@ def approximate_recall(x: np.ndarray, found: ScanResult, threshold: float, *,
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
     ref = x if y is None else y
-    qi, qj = [], []
+    qi_parts: list[np.ndarray] = []
+    qj_parts: list[np.ndarray] = []
     for a in range(0, len(rows), 256):    # in parts: 256 x rows cosines at a time
         part = rows[a:a + 256]
         sims = x[part] @ ref.T
         if y is None:
             sims[np.arange(len(part)), part] = -np.inf
         i, j = np.nonzero(sims >= threshold)
-        qi.append(part[i])
-        qj.append(j)
-    qi, qj = np.concatenate(qi), np.concatenate(qj)
+        qi_parts.append(part[i])
+        qj_parts.append(j)
+    qi, qj = np.concatenate(qi_parts), np.concatenate(qj_parts)
     if not len(qi):
         return 1.0
     if y is None:
-        exact = set(zip(np.minimum(qi, qj).tolist(), np.maximum(qi, qj).tolist()))
+        exact = set(zip(np.minimum(qi, qj).tolist(), np.maximum(qi, qj).tolist(), strict=False))
     else:
-        exact = set(zip(qi.tolist(), qj.tolist()))
-    have = set(zip(found.i.tolist(), found.j.tolist()))
+        exact = set(zip(qi.tolist(), qj.tolist(), strict=False))
+    have = set(zip(found.i.tolist(), found.j.tolist(), strict=False))
     return len(exact & have) / len(exact)
 
 

@@ -1,4 +1,5 @@
-"""Rebuild a run's model card (README.md) after the fact (``skinfeat card``): its metrics.json, its bundle's
+"""Rebuild a run's model card (README.md) after the fact (``skinfeat card``): its metrics.json, its
+bundle's
 dataset spec and every ``eval-*`` evaluation, rendered by ``report.write_model_card`` with the
 checklist of ``checklist``."""
 from __future__ import annotations

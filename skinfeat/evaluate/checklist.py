@@ -7,7 +7,7 @@ filled; the items only the author can answer are listed as open questions, never
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..data.presets import PRESETS
 from ..data.spec import DatasetSpec

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..atomic import write_artifact, write_text
 from .report import REFERENCE, fmt, metric_label, save_confusion_png, weights_warning
+
 REFERENCE_PROTOCOL = ("image-level 80/20 split (images of one lesion on both sides); the scored "
                       "set also chose the epoch and the age scaler saw it; one split, no folds")
 
@@ -193,7 +194,8 @@ def write_cv_report(out: Path, res: dict) -> None:
                         [name for _, name, _ in columns])
     for stat in ("recall", "f1"):
         lines += ["", f"## Per-class {'recall' if stat == 'recall' else 'F1'} (mean ± std)", ""]
-        lines += _table(res, lambda e: [pm(e["per_class"][c][stat]) for c in res["classes"]],
+        lines += _table(res, lambda e, stat=stat: [pm(e["per_class"][c][stat])
+                                                   for c in res["classes"]],
                         list(res["classes"]))
     lines += ["", "## Confusion matrices (summed over folds" + (" and seeds)" if n_seeds > 1
                                                                   else ")"), ""]

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc")
 # A binary task leads with ROC AUC and pAUC, then sensitivity at fixed specificities and the
@@ -129,7 +134,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(np.mean([(y_pred[y_true == c] == c).mean() for c in present])),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro",
+                                   zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=present, average="weighted",
                                       zero_division=0)),
         "macro_auc": float(np.mean(valid_auc)) if valid_auc else None,
@@ -155,7 +161,7 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: in
     correct = (proba.argmax(axis=1) == y_true).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         m = (conf > lo) & (conf <= hi)
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
@@ -235,8 +241,8 @@ def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
             draws["pauc80"] += _weighted_pauc(proba[:, 1], y_true == 1, weights).tolist()
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
     out = {}
-    for name, v in draws.items():
-        v = np.asarray(v, dtype=np.float64)
+    for name, drawn in draws.items():
+        v = np.asarray(drawn, dtype=np.float64)
         v = v[np.isfinite(v)]
         out[name] = [float(np.percentile(v, q[0])), float(np.percentile(v, q[1]))] if len(v) \
             else None

@@ -74,7 +74,7 @@ def random_sources(identity: dict | None) -> list[str]:
     identity = identity or {}
     parts = identity.get("fused") or []
     names = identity.get("sources") or [f"source {i + 1}" for i in range(len(parts))]
-    random = [f"`{name}` ({p.get('backbone', '?')})" for name, p in zip(names, parts)
+    random = [f"`{name}` ({p.get('backbone', '?')})" for name, p in zip(names, parts, strict=False)
               if (p.get("weights") or {}).get("kind") == "random"]
     return random if 0 < len(random) < len(parts) else []
 

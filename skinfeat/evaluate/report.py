@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,8 +13,7 @@ from ..atomic import write_artifact, write_text
 from .checklist import _spec_of, checklist_lines
 from .hub_card import card_data, write_hub_card
 from .metrics import bootstrap_ci, headline, reliability_bins, softmax
-from .model_text import (model_line, model_words, random_sources, stopping_text,
-                         weights_banner)
+from .model_text import model_line, model_words, random_sources, stopping_text, weights_banner
 
 # The published Keras model's numbers (image-level split, epoch chosen on the scored set).
 REFERENCE = {"accuracy": 0.7324, "weighted_f1": 0.75, "macro_f1": 0.55}
@@ -45,13 +44,13 @@ def set_margins(fig, *, left: float, bottom: float, top: float = 0.45,
 
 def save_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
                        title: str = "Confusion matrix") -> None:
-    cm = np.asarray(cm)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    counts = np.asarray(cm)
+    norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = new_figure((6, 5))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(classes)), classes)
@@ -272,7 +271,8 @@ def write_model_card(out: Path, metrics: dict, ci: dict, info, *,
                      ) -> None:
     """The model card (README.md with the Hub's metadata, ``hub_card``) from a run's summary
     (``info``: the typed ``RunSummary``, or its dict as metrics.json holds it). ``summary``
-    (metrics.json content, e.g. with ``subgroups``), ``spec`` and ``evaluations`` feed its CLEAR Derm checklist (``checklist.rewrite_card``)."""
+    (metrics.json content, e.g. with ``subgroups``), ``spec`` and ``evaluations`` feed its CLEAR
+    Derm checklist (``checklist.rewrite_card``)."""
     info_dict = info if isinstance(info, dict) else info.to_dict()
     info = _Attrs(info_dict)
     backbones = " + ".join(str(s["backbone"]) for s in info.sources or []) \

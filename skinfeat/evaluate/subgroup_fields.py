@@ -9,8 +9,8 @@ never move their own band edges.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,8 @@ def subgroup_columns(text: str | Sequence[str] | None, spec: DatasetSpec) -> tup
     unknown = [t for t in names if t not in known]
     if unknown or not names:
         raise InputError(f"--subgroups: unknown field(s) {', '.join(unknown) or '(none given)'} "
-                         f"for {spec.name}; expected none or from: {', '.join(known) or '(no fields)'}")
+                         f"for {spec.name}; expected none or from: "
+                         f"{', '.join(known) or '(no fields)'}")
     return tuple(dict.fromkeys(names))
 
 
@@ -66,10 +67,12 @@ def fit_bands(train: pd.DataFrame, numeric: Sequence[str]) -> dict[str, list[flo
 def _labels(name: str, edges: list[float]) -> list[str]:
     if is_age(name):
         lows = [0.0, *edges]
-        return [f"{lo:g}-{hi - 1:g}" for lo, hi in zip(lows, edges)] + [f">= {edges[-1]:g}"]
+        return ([f"{lo:g}-{hi - 1:g}" for lo, hi in zip(lows, edges, strict=False)]
+                + [f">= {edges[-1]:g}"])
     if not edges:
         return []
-    return ([f"< {edges[0]:.3g}"] + [f"{lo:.3g} to {hi:.3g}" for lo, hi in zip(edges, edges[1:])]
+    return ([f"< {edges[0]:.3g}"]
+            + [f"{lo:.3g} to {hi:.3g}" for lo, hi in zip(edges, edges[1:], strict=False)]
             + [f">= {edges[-1]:.3g}"])
 
 

@@ -11,9 +11,8 @@ are shown, flagged, and never ranked.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -196,7 +195,8 @@ def _interval(draws: np.ndarray, alpha: float) -> list[float] | None:
     v = draws[np.isfinite(draws)]
     if len(v) == 0:
         return None
-    return [float(np.percentile(v, 100 * alpha / 2)), float(np.percentile(v, 100 * (1 - alpha / 2)))]
+    return [float(np.percentile(v, 100 * alpha / 2)),
+            float(np.percentile(v, 100 * (1 - alpha / 2)))]
 
 
 def subgroup_table(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,
@@ -255,7 +255,7 @@ def subgroup_table(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,
             rows_out.append(SubgroupRow(
                 value, int(len(rows)), n_groups, _finite(point), _interval(draws[at], alpha),
                 _finite(float(scorer.balanced_accuracy(ones, rows)[0])),
-                {c: _finite(r) for c, r in zip(classes, recall)},
+                {c: _finite(r) for c, r in zip(classes, recall, strict=False)},
                 float(classwise_calibration(y_true[rows], proba[rows], classes)["classwise_ece"]),
                 flagged))
             if not flagged and math.isfinite(point):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class PCAProjection:
         self.mean, self.components = mean, components
 
     @classmethod
-    def fit(cls, x: np.ndarray, dim: int, seed: int) -> "PCAProjection":
+    def fit(cls, x: np.ndarray, dim: int, seed: int) -> PCAProjection:
         from sklearn.decomposition import PCA
         pca = PCA(n_components=min(dim, *x.shape), random_state=seed, svd_solver="randomized")
         pca.fit(x)
@@ -97,12 +97,12 @@ class LGBMModel(StageTwoModel):
     differentiable = False
     meta_attribution = "LightGBM feature contribution (raw score, summed over the field's columns)"
 
-    booster_: object = None
+    booster_: Any = None   # a lightgbm.Booster (lightgbm is imported lazily)
     pca_: PCAProjection | None = None
     n_classes_: int | None = None
 
     def fit(self, train, val, groups=None, *, n_classes: int | None = None,
-            meta_fields=None) -> "LGBMModel":
+            meta_fields=None) -> LGBMModel:
         from .head import balanced_class_weights
 
         n_classes = default_classes(train[2], n_classes)
@@ -114,7 +114,7 @@ class LGBMModel(StageTwoModel):
 
     @classmethod
     def fitted(cls, booster, pca: PCAProjection | None, config: LGBMConfig,
-               n_classes: int) -> "LGBMModel":
+               n_classes: int) -> LGBMModel:
         model = cls(config)
         model.booster_, model.pca_, model.n_classes_ = booster, pca, int(n_classes)
         return model
@@ -151,7 +151,7 @@ class LGBMModel(StageTwoModel):
         return state, model_str
 
     @classmethod
-    def from_state(cls, model_str: str, state: dict) -> "LGBMModel":
+    def from_state(cls, model_str: str, state: dict) -> LGBMModel:
         import lightgbm as lgb
         pca = state.get("pca")
         pca = None if pca is None else PCAProjection(np.asarray(pca["mean"], np.float32),
@@ -160,7 +160,7 @@ class LGBMModel(StageTwoModel):
                           int(state["n_classes"]))
 
     @classmethod
-    def from_bundle(cls, config: dict, weights: str, dims, load_state=None) -> "LGBMModel":
+    def from_bundle(cls, config: dict, weights: str, dims, load_state=None) -> LGBMModel:
         import lightgbm as lgb
         try:
             model = cls.from_state(weights, config["state"])
@@ -197,6 +197,7 @@ def fit_booster(train: tuple[np.ndarray, np.ndarray, np.ndarray],
                 cfg: LGBMConfig) -> tuple[object, PCAProjection | None]:
     """The booster and the PCA of ``LGBMModel.fit``."""
     import lightgbm as lgb
+
     from .head import balanced_class_weights
 
     (xi, xm, y), (vi, vm, vy) = train, val

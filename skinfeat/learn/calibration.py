@@ -29,6 +29,8 @@ class weights, w_c ~ 1 / prior(c), so the rule is argmax of the calibrated logit
 """
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
@@ -97,7 +99,7 @@ class Calibrator:
         self.decision_offset: list[float] | None = None  # log w_c: the balanced decision rule
 
     def fit(self, logits: np.ndarray, y: np.ndarray,
-            class_weights: np.ndarray | None = None) -> "Calibrator":
+            class_weights: np.ndarray | None = None) -> Calibrator:
         logits = np.asarray(logits, np.float64)
         y = np.asarray(y, dtype=np.int64)
         k = logits.shape[1]
@@ -156,7 +158,7 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, state: dict | float | None, n_classes: int | None = None,
-                  key: str = "calibration") -> "Calibrator":
+                  key: str = "calibration") -> Calibrator:
         """From ``to_dict``; a bare number (an old bundle's ``temperature``) is temperature only.
 
         Every value is checked, since a bundle's config.json may have been edited: a temperature
@@ -167,7 +169,7 @@ class Calibrator:
             return InputError(f"key '{key}{where}': invalid calibration state: {why}, got "
                               f"{text if len(text) <= 40 else text[:37] + '...'}")
 
-        def finite(value: object) -> bool:
+        def finite(value: object) -> TypeGuard[int | float]:
             return isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and bool(np.isfinite(value))
 
@@ -188,10 +190,10 @@ class Calibrator:
             raise bad(".method", f"calibration method must be one of {METHODS}",
                       state.get("method"))
         cal = cls(state["method"])
-        t = state.get("temperature")
-        if not finite(t) or t <= 0:
-            raise bad(".temperature", "temperature must be a positive number", t)
-        cal.temperature = float(t)
+        given = state.get("temperature")
+        if not finite(given) or given <= 0:
+            raise bad(".temperature", "temperature must be a positive number", given)
+        cal.temperature = float(given)
         for name in ("adjust", "bias", "decision_offset"):
             v = state.get(name)
             if v is None:

@@ -10,7 +10,7 @@ patient in that file). Wiring it into fit / cv / predict (``--group-context``) i
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

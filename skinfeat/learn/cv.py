@@ -25,28 +25,27 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from ..data.datasets import Dataset
-from ..data.splits import (SPLIT_KINDS, check_split, fold_ids, holdout_mask,
-                           parse_split, protocol)
+from ..data.splits import SPLIT_KINDS, check_split, fold_ids, holdout_mask, parse_split, protocol
 from ..embed.cache import CacheContents
 from ..errors import InputError
-from ..schema import dump
 from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, mean_std
+from ..schema import dump
 from .fallback import applies
 from .fallback import combine as combine_rows
 from .head import INPUTS, one_thread
 from .models import DEFAULT_MODELS, model_class, model_names, registry
-from .protocol import with_fields
+from .protocol import StageTwoModel, with_fields
 from .runconfig import RunConfig
-from .train import align_embeddings, as_dataset, check_inputs, fit_splits
+from .train import SplitFit, align_embeddings, as_dataset, check_inputs, fit_splits
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class CVConfig:
         params = with_fields(self.model_config(model), inputs=inputs, seed=seed, num_threads=1)
         return replace(self.recipe, model=model, seed=seed, select_on="val", params=params)
 
-    def check(self) -> "CVConfig":
+    def check(self) -> CVConfig:
         """The protocol checked; returns it with the split in its current spelling."""
         inputs = INPUTS if self.inputs is None else self.inputs
         split = parse_split(self.split)   # group (older: lesion), image, or by:COLUMN
@@ -169,8 +168,9 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     splits = [{"train": f.train, "val": f.val, "test": f.test} for f in task.rows]
     fits = fit_splits(task.data, image, splits, task.recipe)
     records = []
-    for fold, fit in zip(task.rows, fits):
-        records.append({**({"fit": fit} if task.keep_fits else {}),"seed": fold.seed, "fold": fold.fold, "model": task.model,
+    for fold, fit in zip(task.rows, fits, strict=False):
+        records.append({**({"fit": fit} if task.keep_fits else {}),
+                        "seed": fold.seed, "fold": fold.fold, "model": task.model,
                         "inputs": task.inputs, "best_epoch": fit.model.best_epoch_,
                         "temperature": fit.temperature, "threshold": fit.threshold,
                         "metrics": fit.metrics, "test": fold.test, "proba": fit.test_proba,
@@ -188,7 +188,8 @@ def _mapped(path: str) -> np.ndarray:
 
 
 @one_thread
-def _run_saved(index: int, task: FitTask, path: str, cls: type) -> tuple[int, list[dict]]:
+def _run_saved(index: int, task: FitTask, path: str,
+               cls: type[StageTwoModel]) -> tuple[int, list[dict]]:
     """A task in a joblib worker, on the mapped embeddings, one torch thread. ``cls``: the
     task's model class, registered in the worker too (a model registered at run time in the
     caller's process is not in a fresh worker's registry)."""
@@ -228,7 +229,7 @@ class FoldFitted:
     the task that made it (its data, recipe, input set) and the fold's rows."""
     task: FitTask
     fold: Fold
-    fit: object
+    fit: SplitFit
     embed_dim: int
 
 
@@ -251,6 +252,7 @@ def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
                keep_fits: bool = False) -> list[FitTask]:
     """The fits of one seed's folds: per input set, the head on all folds at once (batched) and
     LightGBM fold by fold. Heaviest first, so that workers finish together."""
+    assert cfg.inputs is not None   # settled by input_sets
     tasks = []
     for model in cfg.models:
         for inputs in cfg.inputs:
@@ -340,6 +342,7 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                 made.append(task)   # before it is handed out: its number is its place here
                 yield task
 
+    assert cfg.inputs is not None   # settled by input_sets
     n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
         on_start(n_fits)
@@ -364,14 +367,14 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                     images = of(model, "image")
                     if len(images) != cfg.folds:
                         continue
-                    rs = [with_fallback(r, o) for r, o in zip(rs, images)]
+                    rs = [with_fallback(r, o) for r, o in zip(rs, images, strict=False)]
                 handed.add((model, inputs))
                 return FoldsReady(model, inputs, oof_frame(table, rs, classes, consume=False))
         return None
 
     results: dict[int, list[dict]] = {}
     for i, recs in _run_tasks(tasks(), image, min(jobs or os.cpu_count() or 1, n_tasks)):
-        for record, fold in zip(recs, made[i].rows):
+        for record, fold in zip(recs, made[i].rows, strict=False):
             fit = record.pop("fit", None)
             if fit is not None:
                 yield FoldFitted(made[i], fold, fit, int(image.shape[-1]))
@@ -418,7 +421,7 @@ def with_fallback(record: dict, image: dict) -> dict:
         return record
     keys = ("logits", "proba", "decided")
     return {**record, **dict(zip(keys, combine_rows(rows, tuple(record[k] for k in keys),
-                                                    tuple(image[k] for k in keys))))}
+                                                    tuple(image[k] for k in keys)), strict=False))}
 
 
 def reuse_fallbacks(records: list[dict], y: np.ndarray, classes: list[str]) -> None:
@@ -481,6 +484,7 @@ def summarize(records: list[dict], cfg: CVConfig, classes: list[str]) -> dict:
     """``summary[model][inputs]``: mean and std over all folds (and seeds) of each metric,
     per-class recall and F1, the summed confusion matrix, and the spread of per-seed means."""
     summary: dict = {}
+    assert cfg.inputs is not None   # settled by input_sets
     for model in cfg.models:
         for inputs in cfg.inputs:
             rs = [r for r in records if r["model"] == model and r["inputs"] == inputs]

@@ -70,7 +70,7 @@ def combine(rows: np.ndarray, fused: tuple[np.ndarray, ...],
     """The fused model's arrays (logits, probabilities, decisions, ...) with ``rows`` taken
     from the image-only model's."""
     out = []
-    for f, i in zip(fused, image):
+    for f, i in zip(fused, image, strict=False):
         f = np.array(f, copy=True)
         f[rows] = np.asarray(i)[rows]
         out.append(f)

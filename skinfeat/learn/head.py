@@ -57,8 +57,8 @@ class HeadConfig:
     """The head's recipe. The defaults of the architecture fields (widths, dropouts) are the
     published Keras recipe's layers; ``epochs`` set trains exactly that many epochs (no early
     stopping, the last weights kept) instead of up to ``max_epochs`` with early stopping."""
-    head: Literal[HEADS] = "reference"
-    inputs: Literal[INPUTS] = "fused"
+    head: Literal[HEADS] = "reference"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
+    inputs: Literal[INPUTS] = "fused"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
     lr: Annotated[float, Gt(0)] = 1e-3
     batch_size: Annotated[int, Ge(1)] = 64
     max_epochs: Annotated[int, Ge(1)] = 40
@@ -69,7 +69,8 @@ class HeadConfig:
     meta_dropout: Annotated[float, Ge(0), Lt(1)] = 0.2   # P(blanking a whole metadata field)
     meta_dropout_all: Annotated[float, Ge(0), Lt(1)] = 0.2   # P(blanking all fields of a row)
     view_augment: bool = True             # sample one cached view per row per epoch, if present
-    stop_on: Literal[STOP_ON] = "balanced_loss"   # early stopping criterion on val: see STOP_ON
+    # early stopping criterion on val: see STOP_ON
+    stop_on: Literal[STOP_ON] = "balanced_loss"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
     meta_width: Annotated[int, Ge(1)] = 32   # metadata MLP: meta_width -> meta_out (ReLU each)
     meta_out: Annotated[int, Ge(1)] = 16
     dense_width: Annotated[int, Ge(1)] = 64   # the dense layer before the class logits
@@ -96,7 +97,7 @@ class HeadConfig:
         return self.epochs is None
 
     @classmethod
-    def reference(cls, **changes) -> "HeadConfig":
+    def reference(cls, **changes) -> HeadConfig:
         """The published recipe: no field or row dropout, early stopping on plain validation
         loss."""
         return cls(**{"meta_dropout": 0.0, "meta_dropout_all": 0.0, "stop_on": "loss",
@@ -164,7 +165,7 @@ class FusionHead(nn.Module):
 
     @classmethod
     def from_config(cls, embed_dim: int, meta_dim: int, n_classes: int,
-                    cfg: "HeadConfig | dict") -> "FusionHead":
+                    cfg: HeadConfig | dict) -> FusionHead:
         """The head a config describes (a bundle's ``head`` dict: fields it lacks, from bundles
         made before they existed, take the recipe's defaults)."""
         d = cfg.to_dict() if isinstance(cfg, HeadConfig) else cfg

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
-import warnings
 
 import numpy as np
 import torch
@@ -242,7 +242,7 @@ def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
     for name in splits[0].model.state_dict():
         parts = [s.model.state_dict()[name] for s in splits]
         if name == "meta_mlp.fc1.weight" and any(s.pad for s in splits):
-            parts = [F.pad(p, (0, s.pad)) for p, s in zip(parts, splits)]
+            parts = [F.pad(p, (0, s.pad)) for p, s in zip(parts, splits, strict=False)]
         out[name] = torch.stack(parts).clone().requires_grad_(True)
     return out
 
@@ -254,15 +254,16 @@ class _Noise:
 
     def __init__(self, k: int, bs: int, widths: tuple[int, int], ps: tuple[float | None, ...]):
         self.ps = ps
-        self.widths = [w if p is not None and 0.0 < p < 1.0 else 0 for w, p in zip(widths, ps)]
-        self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps)]
+        self.widths = [w if p is not None and 0.0 < p < 1.0 else 0
+                       for w, p in zip(widths, ps, strict=False)]
+        self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps, strict=False)]
         self.scale = [dropout_scale(keep) if keep else None for keep in self.keep]
         self.masks = [torch.zeros(k, bs, w) if w else None for w in self.widths]
 
     def draw(self, splits: list[_Split], active: list[int], rows: list[int]) -> tuple:
         if sum(self.widths) == 0:
             return None, None
-        for mask, width, keep in zip(self.masks, self.widths, self.keep):
+        for mask, width, keep in zip(self.masks, self.widths, self.keep, strict=False):
             if not width:
                 continue
             for k in range(len(splits)):
@@ -270,8 +271,8 @@ class _Noise:
                     kept = splits[k].noise.keep(rows[k] * width, keep)
                     mask[k, :rows[k]].copy_(torch.from_numpy(kept).view(rows[k], width))
                 mask[k, rows[k]:] = 0.0   # rows without data: noise 0 (scaled in place below)
-        return tuple(None if m is None else m.mul_(scale) for m, scale in zip(self.masks,
-                                                                             self.scale))
+        return tuple(None if m is None else m.mul_(scale)
+                     for m, scale in zip(self.masks, self.scale, strict=False))
 
 
 def _forward(model: FusionHead, params: dict, image: torch.Tensor, meta: torch.Tensor,
@@ -312,7 +313,7 @@ def fit_heads(parts: list[tuple[Part, Part]], n_classes: int, cfg: HeadConfig = 
 def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitResult]:
     meta_dim = max(int(np.shape(train[1])[1]) for train, _ in parts)
     splits = [_Split(train, val, n_classes, cfg, fields, meta_dim)
-              for (train, val), fields in zip(parts, meta_fields)]
+              for (train, val), fields in zip(parts, meta_fields, strict=False)]
     k_all = len(splits)
     # A template for the stacked weights (a copy: splits[0]'s own head gets its best weights
     # at the end); eval mode, as dropout comes in as masks.

@@ -6,8 +6,8 @@ heads of one config train as one batched network through the one training loop
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class HeadModel(StageTwoModel):
         self.net = net
 
     def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
-            n_classes: int | None = None, meta_fields: list | None = None) -> "HeadModel":
+            n_classes: int | None = None, meta_fields: list | None = None) -> HeadModel:
         fitted = self.fit_batched(self.config, [train], [val], [groups],
                                   n_classes=default_classes(train[2], n_classes),
                                   meta_fields=[meta_fields])[0]
@@ -44,12 +44,12 @@ class HeadModel(StageTwoModel):
     def fit_batched(cls, config: HeadConfig, trains: Sequence[Part], vals: Sequence[Part],
                     groups: Sequence[np.ndarray | None], *, n_classes: int,
                     meta_fields: Sequence[list | None], batched: bool = True
-                    ) -> list["HeadModel"]:
+                    ) -> list[HeadModel]:
         """Together as one batched network, or with ``batched=False`` one batch of one each
         (the same weights up to float rounding)."""
         from .head_batch import fit_heads
 
-        parts = list(zip(trains, vals))
+        parts = list(zip(trains, vals, strict=False))
         batches = [list(range(len(parts)))] if batched else [[i] for i in range(len(parts))]
         results = [r for b in batches for r in fit_heads([parts[i] for i in b], n_classes,
                                                          config, [meta_fields[i] for i in b])]
@@ -58,7 +58,7 @@ class HeadModel(StageTwoModel):
 
     @classmethod
     def fitted(cls, config: HeadConfig, net: FusionHead, best_epoch: int | None = None,
-               epochs_run: int | None = None, class_weights=None) -> "HeadModel":
+               epochs_run: int | None = None, class_weights=None) -> HeadModel:
         """A head with its trained network and what its fit learned."""
         model = cls(config, net)
         model.best_epoch_, model.epochs_run_ = best_epoch, epochs_run
@@ -83,7 +83,7 @@ class HeadModel(StageTwoModel):
 
     @classmethod
     def from_bundle(cls, config: dict, weights, dims: tuple[int, int, int],
-                    load_state: Callable | None = None) -> "HeadModel":
+                    load_state: Callable | None = None) -> HeadModel:
         head = config["head"]
         net = FusionHead.from_config(*dims, head)
         (load_state or (lambda m, s: m.load_state_dict(s)))(net, named_state(weights))
@@ -94,7 +94,7 @@ class HeadModel(StageTwoModel):
         return self.net
 
     @torch.no_grad()
-    def image_only(self, embed_dim: int, n_classes: int) -> "HeadModel":
+    def image_only(self, embed_dim: int, n_classes: int) -> HeadModel:
         """This fused head, trained on all-zero metadata (learn/fallback.py), as the
         ``inputs="image"`` head it is: its metadata branch gives the constant
         ``m = meta_mlp(0)``, folded into the dense layer (exact up to float rounding)."""

@@ -12,8 +12,9 @@ plain numpy on the stored mean, scale, coefficients and intercepts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -90,7 +91,7 @@ class LinearProbe(StageTwoModel):
     STATE = ("mean_", "scale_", "coef_", "intercept_", "classes_")   # the safetensors weights
 
     def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
-            n_classes: int | None = None, meta_fields=None) -> "LinearProbe":
+            n_classes: int | None = None, meta_fields=None) -> LinearProbe:
         from .head import balanced_class_weights
         from .linear_search import fit_logistic, standardize
 
@@ -167,7 +168,7 @@ class LinearProbe(StageTwoModel):
 
     @classmethod
     def from_bundle(cls, config: dict, weights: dict, dims: tuple[int, int, int],
-                    load_state: Callable | None = None) -> "LinearProbe":
+                    load_state: Callable | None = None) -> LinearProbe:
         head, (embed_dim, meta_dim, n_classes) = config["head"], dims
         cfg = cls.config_from(head)
         w = {k: weights[k].numpy() for k in ("mean", "scale", "coef", "intercept", "classes")}

@@ -156,7 +156,7 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
         coef, intercept, _ = fit_logistic((x[tr] - mean) / scale, y[tr], cs, n_classes,
                                           max_iter=max_iter, tol=tol, basis=basis)
         z = np.einsum("nf,mkf->mnk", (x[te] - mean) / scale, coef) + intercept[:, None, :]
-        for c, pred in zip(cs, z.argmax(axis=2)):
+        for c, pred in zip(cs, z.argmax(axis=2), strict=False):
             per_c[c].append(balanced_accuracy_score(y[te], pred))
     scores = {c: float(np.mean(v)) if v else -np.inf for c, v in per_c.items()}
     best = max(cs, key=lambda c: (scores[c], -c))

@@ -18,8 +18,9 @@ a model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class StageTwoModel(ABC):
 
     @abstractmethod
     def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
-            n_classes: int | None = None, meta_fields: list | None = None) -> "StageTwoModel":
+            n_classes: int | None = None, meta_fields: list | None = None) -> StageTwoModel:
         """Fit on ``train``; ``val`` may stop early (never the scored rows). ``groups``: the
         training rows' groups (lesions, patients), for a model that cross-validates inside.
         ``n_classes``: the task's (default: the largest label + 1); ``meta_fields``: the
@@ -77,11 +78,11 @@ class StageTwoModel(ABC):
     def fit_batched(cls, config, trains: Sequence[Part], vals: Sequence[Part],
                     groups: Sequence[np.ndarray | None], *, n_classes: int,
                     meta_fields: Sequence[list | None], batched: bool = True
-                    ) -> list["StageTwoModel"]:
+                    ) -> list[StageTwoModel]:
         """One fitted model per (train, val) pair, all with ``config``; a model that trains
         several at once (``batched = True``) overrides this."""
         return [cls(config).fit(t, v, g, n_classes=n_classes, meta_fields=f)
-                for t, v, g, f in zip(trains, vals, groups, meta_fields)]
+                for t, v, g, f in zip(trains, vals, groups, meta_fields, strict=False)]
 
     @property
     def inputs(self) -> str:
@@ -128,7 +129,7 @@ class StageTwoModel(ABC):
     @classmethod
     @abstractmethod
     def from_bundle(cls, config: dict, weights, dims: tuple[int, int, int],
-                    load_state: Callable | None = None) -> "StageTwoModel":
+                    load_state: Callable | None = None) -> StageTwoModel:
         """The model from its bundle's ``config.json`` (``head``: its config and sizes;
         ``state``: what ``to_bundle`` stored) and weights; ``dims`` is (embed_dim, meta_dim,
         n_classes); ``load_state(module, state)`` loads a torch state strictly."""
@@ -137,7 +138,7 @@ class StageTwoModel(ABC):
         """An ``nn.Module`` (image, meta) -> logits, for a differentiable / exportable model."""
         raise NotImplementedError(f"{self.kind} has no torch module")
 
-    def image_only(self, embed_dim: int, n_classes: int) -> "StageTwoModel":
+    def image_only(self, embed_dim: int, n_classes: int) -> StageTwoModel:
         """This model, fitted on all-zero metadata, as the exact ``inputs="image"`` model it is
         (``folds_fallback`` models only)."""
         raise NotImplementedError(f"{self.kind} cannot fold an image-only fallback")

@@ -10,7 +10,7 @@ memory-mapped array; what is gathered comes back as float32.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class Rows:
         for start in range(0, len(self.index), size):
             yield self.gather(slice(start, start + size))
 
-    def view(self, v: int) -> "Rows":
+    def view(self, v: int) -> Rows:
         """View ``v`` of an (N, V, D) side: the same rows of ``base[:, v]`` (a numpy view)."""
         return Rows(self.base[:, v], self.index)
 
@@ -75,5 +75,5 @@ def chunked(fn, image: np.ndarray | Rows, *rest: np.ndarray, size: int = CHUNK) 
     if len(image) <= size:
         return fn(image.gather(), *rest)
     parts = [fn(chunk, *(r[start:start + size] for r in rest))
-             for start, chunk in zip(range(0, len(image), size), image.chunks(size))]
+             for start, chunk in zip(range(0, len(image), size), image.chunks(size), strict=False)]
     return np.concatenate(parts, axis=0)

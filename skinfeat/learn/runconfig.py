@@ -6,14 +6,17 @@ the model's own config (``params``: a ``HeadConfig``, ``LGBMConfig``, ``LinearCo
 registered model's). A run's bundle stores it under ``"run"``, so ``--config
 runs/NAME/config.json`` reproduces that run; a hand-written file (JSON, or TOML with the same
 keys, optionally under a ``[run]`` table, with the model's table: ``model = "linear"`` and
-``[linear]``) sets any subset. Every key is typed and checked by ``skinfeat.schema``: an unknown key, a wrong
+``[linear]``) sets any subset. Every key is typed and checked by ``skinfeat.schema``: an unknown
+key, a wrong
 type or an out-of-range value is one error naming the file and the key (``head.lr``).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from ..data.metadata import ENCODINGS
 from ..data.splits import ALIASES, parse_split
@@ -37,8 +40,8 @@ class RunConfig:
     select_on: Literal["val", "test"] = "val"   # test: the reference's flaw
     test_size: Annotated[float, Gt(0), Lt(1)] = 0.2
     val_size: Annotated[float, Gt(0), Lt(1)] = 0.1   # of all rows; with split none, of the rows
-    encoding: Literal[ENCODINGS] = "robust"
-    calibration: Literal[METHODS] = "logit_adjust"
+    encoding: Literal[ENCODINGS] = "robust"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
+    calibration: Literal[METHODS] = "logit_adjust"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
     tta: bool = False
     group_context: bool = False   # append patient context features (learn/context.py)
     # A fused head carries an image-only model for rows with every metadata field missing
@@ -50,10 +53,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         split = ALIASES.get(self.split, self.split)   # a config written before the rename
-        try:
+        with contextlib.suppress(ValueError):   # check() names the key
             split = str(parse_split(split))
-        except ValueError:
-            pass   # check() names the key
         object.__setattr__(self, "split", split)
         if self.params is None and isinstance(self.model, str) and self.model in registry():
             object.__setattr__(self, "params", model_class(self.model).config_class())
@@ -64,7 +65,7 @@ class RunConfig:
         return {**d, self.model: params}
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "config", at: str = "") -> "RunConfig":
+    def from_dict(cls, d: Mapping, source: str = "config", at: str = "") -> RunConfig:
         """A recipe from a table (under the key ``at`` in its file); every key typed and
         checked, errors naming ``source`` and the key. The model's config is the table named
         after it; a recipe written before one model config per recipe also held the tables
@@ -81,19 +82,19 @@ class RunConfig:
         if d.get("encoding") == "reference" and isinstance(own, Mapping) \
                 and hasattr(config_class, "reference"):   # the reference recipe's defaults
             own = {**config_class.reference().to_dict(), **own}
-        params = parse(config_class, own, source, ConfigError, prefix + kind)
+        params: Any = parse(config_class, own, source, ConfigError, prefix + kind)
         for other in models:   # the other models' tables are checked too (cv reads them)
             if other != kind and other in d:
                 parse(models[other].config_class, d[other], source, ConfigError, prefix + other)
         rest = {k: v for k, v in d.items() if k not in models}
         return parse(cls, {**rest, "params": params}, source, ConfigError, at)
 
-    def seeded(self) -> "RunConfig":
+    def seeded(self) -> RunConfig:
         """This recipe with its model on the recipe's seed: ``seed`` is the one seed of a run
         (split, weights, dropout masks, boosting)."""
         return replace(self, params=with_fields(self.params, seed=self.seed))
 
-    def check(self) -> "RunConfig":
+    def check(self) -> RunConfig:
         """Types, choices and ranges of every field (the model config's too), then the values
         that must agree; returns the recipe (the split in its current spelling)."""
         validate(self, error=ConfigError)
@@ -133,8 +134,9 @@ def read_model_tables(path: str | Path) -> dict:
     models (cv, compare), the tables of the others (``[lgbm]`` beside ``model = "head"``)."""
     d, at = _recipe_table(path)
     prefix, models = (at + "." if at else ""), registry()
-    out = {kind: parse(models[kind].config_class, d[kind], str(path), ConfigError, prefix + kind)
-           for kind in models if isinstance(d, Mapping) and kind in d}
+    out: dict[str, Any] = {
+        kind: parse(models[kind].config_class, d[kind], str(path), ConfigError, prefix + kind)
+        for kind in models if isinstance(d, Mapping) and kind in d}
     recipe = RunConfig.from_dict(d, str(path), at)
     return {**out, recipe.model: recipe.params}
 

@@ -3,7 +3,8 @@
 For users who want the head in their own pipelines (``Pipeline``, ``cross_val_score``,
 ``GridSearchCV``): ``X`` is the image embedding, optionally with the encoded metadata as its
 last ``meta_dim`` columns; ``y`` any class labels. A thin adapter over the head model
-(``HeadModel``, the one training loop), early-stopping on a stratified ``val_fraction`` of the rows it is
+(``HeadModel``, the one training loop), early-stopping on a stratified ``val_fraction`` of the rows
+it is
 given, and predicts with the softmax of the head's logits (no calibration: that is the
 bundle's job, with a validation part of its own).
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -60,7 +62,7 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
         return train_test_split(rows, test_size=n_val, stratify=y,
                                 random_state=self.random_state)
 
-    def fit(self, X, y) -> "FusionHeadClassifier":
+    def fit(self, X, y) -> FusionHeadClassifier:
         from .head import HeadConfig
         from .head_model import HeadModel
 

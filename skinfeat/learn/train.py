@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..version import __version__
 from ..data.datasets import HAM10000, DataError, Dataset
 from ..data.metadata import MetadataEncoder
 from ..data.splits import assign_split, load_split, save_split
 from ..embed.cache import CacheContents, CacheError
 from ..errors import InputError
 from ..evaluate.metrics import calibrated_metrics
+from ..version import __version__
 from .calibration import Calibrator
 from .context import context_matrix
 from .fallback import Fallback, applies, fallback_rows, image_part
@@ -205,8 +205,8 @@ def encode_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray],
                         context is not None)
 
 
-def _calibrated(data: Dataset, model: StageTwoModel, select: tuple, scored: tuple, recipe: RunConfig,
-                calibrate: bool) -> tuple:
+def _calibrated(data: Dataset, model: StageTwoModel, select: tuple, scored: tuple,
+                recipe: RunConfig, calibrate: bool) -> tuple:
     """Calibrator and threshold fitted on ``select``; logits, probabilities, decisions on
     ``scored``."""
     def logits(image: Rows, meta: np.ndarray) -> np.ndarray:   # a side in chunks of rows
@@ -263,7 +263,7 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     encs = [encode_split(data, image, rows, recipe.encoding, context) for rows in splits]
     trains = [e.parts["train"] for e in encs]
     vals = [e.parts[recipe.select_on] for e in encs]
-    fields = [e.encoder.dropout_fields() for e in encs]
+    fields: list[list | None] = [e.encoder.dropout_fields() for e in encs]
     groups = [e.groups["train"] if e.groups else None for e in encs]
     k = len(encs)
     with_fallback = applies(recipe, bool(data.spec.metadata))
@@ -277,7 +277,7 @@ def fit_splits(data: Dataset, image: np.ndarray, splits: list[dict[str, np.ndarr
     fallbacks = [m.image_only(int(image.shape[-1]), len(data.classes)) for m in models[k:]] \
         if with_fallback else [None] * k
     return [finish_split(data, e, m, recipe, calibrate=calibrate, fallback=f)
-            for e, m, f in zip(encs, models[:k], fallbacks)]
+            for e, m, f in zip(encs, models[:k], fallbacks, strict=False)]
 
 
 def fit_split(data: Dataset, image: np.ndarray, rows: dict[str, np.ndarray], recipe: RunConfig,

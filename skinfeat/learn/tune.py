@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,9 +32,9 @@ import pandas as pd
 from ..data.datasets import Dataset
 from ..errors import InputError
 from .head import HeadConfig
+from .head_batch import epoch_hook
 from .head_model import HeadModel
 from .runconfig import RunConfig
-from .head_batch import epoch_hook
 from .train import fit_splits
 from .tune_storage import JOURNAL, first_line, storage_of
 

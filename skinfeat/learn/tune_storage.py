@@ -17,7 +17,8 @@ JOURNAL = "study.journal"   # the study of local workers (--jobs) when no --stor
 
 
 def storage_of(cfg, out: Path, *, repair: bool = False):
-    """The storage of the study a ``TuneConfig`` describes: the given URL; with local workers and none given, a journal file
+    """The storage of the study a ``TuneConfig`` describes: the given URL; with local workers and
+    none given, a journal file
     in ``out`` (Optuna's file storage for several processes); else in memory. ``repair``
     (the main process, before any worker starts) sets a torn last line of the journal aside.
     A storage that cannot be opened is a one-line error naming it and the reason."""

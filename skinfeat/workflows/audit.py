@@ -18,15 +18,22 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_artifact, write_text
-from ..errors import InputError
 from ..data.datasets import Dataset
 from ..data.duplicate_groups import groups_frame, merge_groups
 from ..data.splits import fold_ids
 from ..embed.cache import CacheError, comparable, examples, identity_diff, read_cache
+from ..errors import InputError
 from ..evaluate import audit_findings as findings
-from ..evaluate.audit_labels import label_issues as rank_label_issues, read_oof
-from ..evaluate.audit_search import (DEFAULT_K, ScanResult, approximate_recall,
-                                     check_threshold, normalise, search)
+from ..evaluate.audit_labels import label_issues as rank_label_issues
+from ..evaluate.audit_labels import read_oof
+from ..evaluate.audit_search import (
+    DEFAULT_K,
+    ScanResult,
+    approximate_recall,
+    check_threshold,
+    normalise,
+    search,
+)
 from ..evaluate.audit_sheets import pair_sheet, single_sheet
 
 log = logging.getLogger(__name__)
@@ -117,7 +124,7 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
     out.mkdir(parents=True, exist_ok=True)
     raw, identity = aligned_embeddings(data, cache)
     raw_b = None
-    if against is not None:
+    if against is not None and against_cache is not None:   # both or neither (checked above)
         raw_b, identity_b = aligned_embeddings(against, against_cache, "--against-cache")
         same_encoder(cache, identity, against_cache, identity_b)
     x, y = normalise(raw), None if raw_b is None else normalise(raw_b)
@@ -140,7 +147,8 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
     pairs = findings.add_phash(pairs, paths)
     joined = pairs[pairs["kind"].isin(["different_groups", "conflicting_labels"])]
     merged, n_merged = merge_groups(table["group_id"], table["image_id"],
-                                    list(zip(joined["image_id_a"], joined["image_id_b"])))
+                                    list(zip(joined["image_id_a"], joined["image_id_b"],
+                                             strict=True)))
     groups = groups_frame(table, merged)
     issues = None
     if labels:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,7 @@ import pandas as pd
 from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..errors import InputError
-from ..evaluate.compare_stats import (P_VALUE_METHOD, check_metric, paired_difference,
-                                      seed_mean)
+from ..evaluate.compare_stats import P_VALUE_METHOD, check_metric, paired_difference, seed_mean
 from ..evaluate.report import metric_label, new_figure
 from ..learn.cv import CVConfig
 from ..learn.train import as_dataset
@@ -43,9 +42,9 @@ def cache_labels(caches: Sequence[str | Path]) -> list[str]:
     return labels
 
 
-def check_caches(caches: Sequence[str]) -> None:
+def check_caches(caches: Sequence[str | Path]) -> None:
     """One file given twice would be one encoder compared with itself under two names."""
-    seen: dict[Path, str] = {}
+    seen: dict[Path, str | Path] = {}
     for c in caches:
         key = Path(c).resolve()
         if key in seen:
@@ -118,7 +117,7 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     # Every cache runs the same folds x models x seeds: the first one's count, times the
     # caches, is the whole comparison's (the progress bar's total).
     first_start = (lambda n: on_start(n * len(caches))) if on_start else None
-    for i, (label, cache) in enumerate(zip(cache_labels(caches), caches)):
+    for i, (label, cache) in enumerate(zip(cache_labels(caches), caches, strict=False)):
         log.info("compare: cv on %s", cache)
         runs[label] = out / "cv" / label
         results[label] = cv_run(data, [cache], runs[label], cfg, jobs=jobs, progress=progress,
@@ -137,7 +136,7 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     groups = truth.loc[order, "group_id"].astype(str).to_numpy()
     arrays = [_arrays(oofs[e["cache"]], e, classes, order, seeds) for e in entries]
     rows = []
-    for e, arr in zip(entries, arrays):
+    for e, arr in zip(entries, arrays, strict=False):
         summary = results[e["cache"]]["summary"][e["model"]][e["inputs"]]
         row = {k: e[k] for k in ("entry", "cache", "model", "inputs")}
         for k in headline:
@@ -156,7 +155,8 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
            "groups": int(len(set(groups))),
            "random_weights": any(bool(r.get("info", {}).get("random_weights"))
                                  for r in results.values()),
-           "caches": dict(zip(runs, caches)), "runs": {k: str(v) for k, v in runs.items()},
+           "caches": dict(zip(runs, caches, strict=False)),
+           "runs": {k: str(v) for k, v in runs.items()},
            "table": frame}
     write_compare(out, res)
     return res
@@ -233,7 +233,7 @@ def save_forest_png(frame: pd.DataFrame, res: dict, path: Path) -> None:
     rows = frame[frame["entry"] != res["reference"]]
     fig, ax = new_figure((7, 1.8 + 0.45 * max(len(rows), 1)))
     ypos = np.arange(len(rows))[::-1]
-    for yy, (_, r) in zip(ypos, rows.iterrows()):
+    for yy, (_, r) in zip(ypos, rows.iterrows(), strict=False):
         color = "0.5" if r["within_noise"] else ("tab:green" if r["diff"] > 0 else "tab:red")
         ax.plot([r["diff_low"], r["diff_high"]], [yy, yy], color=color, lw=2)
         ax.plot([r["diff"]], [yy], "o", color=color)

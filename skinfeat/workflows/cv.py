@@ -4,18 +4,18 @@ every fold's bundle plus a fold-ensemble bundle per model and input set. It comb
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..data.splits import parse_split, save_split
 from ..deploy.bundle import QUANTIZED, load_typed, write_bundle
 from ..deploy.bundle_config import EnsembleConfig
-from ..atomic import write_artifact, write_text
 from ..embed.cache import cache_label, read_caches
 from ..learn.cv import CVConfig, FoldFitted, FoldsReady, align_dataset, input_sets, iter_cv
 from ..learn.protocol import with_fields
@@ -79,6 +79,7 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     for event in iter_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
                          on_start=on_start, keep_fits=save is not None, ready=tables.wanted):
         if isinstance(event, FoldFitted):
+            assert save is not None   # folds are handed over with keep_fits=save is not None
             save_fold_bundle(event, save)
         elif isinstance(event, FoldsReady):
             tables.add(event.model, event.inputs, event.oof)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..data.datasets import DataError, load_dataset
 from ..atomic import write_text
+from ..data.datasets import DataError, load_dataset
 from ..deploy.decision import calibration_text
 from ..deploy.predict import Predictor
 from ..errors import InputError
@@ -158,7 +158,8 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
                     "model; these scores are optimistic", data, overlap["rows"])
     info = {"run": str(run), "data": str(data), "layout": layout, "n": int(len(scored)),
             "task": str(predictor.task), "classes": classes, "threshold": predictor.threshold,
-            "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok) if not k},
+            "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok, strict=False)
+                           if not k},
             "metadata_coverage": coverage, "metadata_note": metadata_note(layout, coverage),
             # rows with every metadata field missing, scored by the image-only fallback
             "fell_back": preds.fell_back if predictor.fallback is not None else None,
@@ -214,8 +215,13 @@ def write_evaluate_report(out: Path, metrics: dict, ci: dict, baseline: dict | N
                           calibrator, subgroups=None) -> None:
     """evaluate_metrics.json (with ``subgroups``: a ``SubgroupResult``, or None for no tables),
     evaluate_report.md and the figures."""
-    from ..evaluate.report import (calibration_table, metrics_table, per_class_table, save_run_figures,
-                         weights_warning)
+    from ..evaluate.report import (
+        calibration_table,
+        metrics_table,
+        per_class_table,
+        save_run_figures,
+        weights_warning,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     t = info["temperature"]

@@ -3,14 +3,13 @@ splits, metrics, report, model card). It combines the layers below (learn, evalu
 bundle) and is what the CLI's ``fit-head`` and ``skinfeat.fit`` call."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..version import __version__
 from ..data.datasets import Dataset
 from ..data.splits import assign_split, parse_split, protocol, source_sides
 from ..deploy.bundle import write_bundle
@@ -20,8 +19,18 @@ from ..errors import InputError
 from ..evaluate.metrics import majority_baseline
 from ..learn.cv import align_dataset
 from ..learn.runconfig import RunConfig
-from ..learn.train import (FALLBACK_DIR, SplitFit, _tta_note, as_dataset, bundle_config,
-                           check_inputs, fallback_fit, fit_split, prepare_split)
+from ..learn.train import (
+    FALLBACK_DIR,
+    SplitFit,
+    _tta_note,
+    as_dataset,
+    bundle_config,
+    check_inputs,
+    fallback_fit,
+    fit_split,
+    prepare_split,
+)
+from ..version import __version__
 from .summary import RunSummary
 
 
@@ -142,7 +151,7 @@ def cache_sources(contents: CacheContents, paths) -> list[dict]:
     if "fused" in contents.identity:
         ident = contents.identity
         return [{"cache": src, "backbone": i.get("backbone", "outside skinfeat"), "dim": d}
-                for src, i, d in zip(ident["sources"], ident["fused"], ident["dims"])]
+                for src, i, d in zip(ident["sources"], ident["fused"], ident["dims"], strict=False)]
     return [{"cache": cache_label(paths),
              "backbone": contents.identity.get("backbone", "outside skinfeat"),
              "dim": contents.dim}]

@@ -7,8 +7,8 @@ names it, so a reader of an older or newer file knows what it got.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Mapping
 
 from ..evaluate.metrics import headline
 from ..evaluate.model_text import model_words, random_sources, stopping_text
@@ -61,7 +61,7 @@ class RunSummary:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "metrics.json") -> "RunSummary":
+    def from_dict(cls, d: Mapping, source: str = "metrics.json") -> RunSummary:
         """A summary from ``metrics.json``'s ``"info"``; an unknown or missing key is one error
         naming ``source`` and the key."""
         if not isinstance(d, Mapping):

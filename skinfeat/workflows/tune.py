@@ -4,9 +4,9 @@ grouped test part, the chosen recipe scored once on it, and the report (history 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,16 @@ from ..errors import InputError
 from ..learn.cv import iter_folds
 from ..learn.head import one_thread
 from ..learn.train import align_embeddings, as_dataset, check_inputs, fit_split
-from ..learn.tune import (Search, TuneConfig, _search_worker, open_study, protocol_key,
-                          search, suggest, trial_recipe)
+from ..learn.tune import (
+    Search,
+    TuneConfig,
+    _search_worker,
+    open_study,
+    protocol_key,
+    search,
+    suggest,
+    trial_recipe,
+)
 from ..learn.tune_storage import storage_of
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 from ...errors import MissingFileError
 from ..weights import OFFLINE_ROUTES, WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
-from .local import (CONTENT_SUFFIXES, content_files, detect_family, folder_sha256,  # noqa: F401
-                    timm_folder_name)
+from .local import CONTENT_SUFFIXES, content_files, detect_family, folder_sha256, timm_folder_name  # noqa: F401
 
 __all__ = ["FamilyEncoder", "BackboneRef", "parse_backbone", "resolve_backbone", "build_family",
            "family_of", "local_weight_source", "list_backbones", "installed_families",
@@ -165,7 +164,7 @@ def weights_readable(path: Path) -> bool:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
+                for key in f.keys():   # noqa: SIM118  (safe_open: keys() only, no __iter__)
                     f.get_slice(key)
         else:
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -203,7 +202,7 @@ def local_weight_source(identity: dict, weights_file: str | Path | None = None) 
 
 def installed_families() -> dict[str, str | None]:
     """Family -> installed package version (None when not installed)."""
-    out = {}
+    out: dict[str, str | None] = {}
     for family, pkg in FAMILY_PACKAGES.items():
         try:
             out[family] = importlib.metadata.version(pkg)
@@ -217,7 +216,8 @@ def installed_families() -> dict[str, str | None]:
 # configs; nothing here is downloaded until extract asks for it.
 RECOMMENDED = (
     ("convnext_tiny.fb_in1k", "timm", 768, 224, "apache-2.0", "hub: timm/convnext_tiny.fb_in1k"),
-    ("efficientnet_b0.ra_in1k", "timm", 1280, 224, "apache-2.0", "hub: timm/efficientnet_b0.ra_in1k"),
+    ("efficientnet_b0.ra_in1k", "timm", 1280, 224, "apache-2.0",
+     "hub: timm/efficientnet_b0.ra_in1k"),
     ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "timm", 768, 224, "apache-2.0",
      "hub: timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
     ("vit_small_patch14_dinov2.lvd142m", "timm", 384, 518, "apache-2.0",

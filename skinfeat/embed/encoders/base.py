@@ -7,6 +7,8 @@ publishes (size, mean, std, interpolation, crop), so no caller restates them.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 
 from ...errors import InputError
@@ -67,7 +69,10 @@ def first_layernorm(block: torch.nn.Module) -> torch.nn.Module:
     return norm
 
 
-def freeze(module: torch.nn.Module) -> torch.nn.Module:
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def freeze(module: M) -> M:
     """Eval mode, no gradients: stage one never trains its encoder."""
     module.eval()
     for p in module.parameters():

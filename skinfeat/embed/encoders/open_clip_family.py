@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,8 @@ class OpenClipEncoder(FamilyEncoder):
 
     def __init__(self, model: torch.nn.Module, pool: str | None = None):
         super().__init__(pool)
-        self.visual = model.visual          # the text tower is dropped: never used here
+        # the text tower is dropped: never used here; Any: open_clip's towers are untyped
+        self.visual: Any = model.visual
         self.preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
 
     def set_pool(self, pool: str | None) -> None:
