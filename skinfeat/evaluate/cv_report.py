@@ -84,6 +84,20 @@ def _protocol_lines(res: dict) -> list[str]:
         if res.get("models") else []) + [f"- note: {note}" for note in res.get("notes", [])]
 
 
+def _split_note(split: str) -> str:
+    """What this run's folds were, beside the reference's image-level split."""
+    if split in ("group", "lesion"):
+        return ("This run used lesion-grouped folds, so its numbers are not comparable to the "
+                "published ones; rerun with `--split image` to see how much the image-level "
+                "protocol alone inflates the scores.")
+    if split.startswith("by:"):
+        return (f"This run held out one value of `{split[3:]}` per fold (each fold a source the "
+                "model never saw), so it measures transfer to a new source; its numbers are not "
+                "comparable to the published ones.")
+    return ("This run reproduces the reference's image-level split (leaky) for comparison; "
+            "it still stops early on an inner validation part, not on the scored fold.")
+
+
 def _reference_lines(res: dict) -> list[str]:
     lines = ["## The reference's published numbers, beside ours", "",
              "| | accuracy | weighted F1 | macro F1 | protocol |", "|---|---|---|---|---|",
@@ -99,12 +113,7 @@ def _reference_lines(res: dict) -> list[str]:
     lines += ["", "The reference's protocol is optimistic by construction: with images of one "
               "lesion on both sides of the split, a model can recognise the lesion instead of "
               "the disease, and choosing the epoch on the scored set adds selection bias. "
-              + ("This run used lesion-grouped folds, so its numbers are not comparable to the "
-                 "published ones; rerun with `--split image` to see how much the image-level "
-                 "protocol alone inflates the scores."
-                 if res["split"] in ("group", "lesion") else
-                 "This run reproduces the reference's image-level split (leaky) for comparison; "
-                 "it still stops early on an inner validation part, not on the scored fold."),
+              + _split_note(str(res["split"])),
               "Accuracy rewards predicting `nv` (66.95 % of HAM10000): read balanced accuracy "
               "and macro F1 first."]
     return lines
