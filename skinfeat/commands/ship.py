@@ -73,7 +73,7 @@ def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> 
                    f"metadata input per member (meta_0 .. meta_{n - 1}), each "
                    f"encoded with its member's encoder (members[i].metadata in {side.name})")
     if model.random_weights:
-        click.echo("NOTE: " + model.random_note("in this graph."), err=True)
+        click.echo("NOTE: " + model.random_note("this graph carries them."), err=True)
 
 
 @click.command()
