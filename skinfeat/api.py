@@ -260,6 +260,11 @@ class Model:
         """Was the backbone randomly initialised (a smoke test: no clinical meaning)?"""
         return bool(self.predictor.random_weights)
 
+    def random_note(self, whole: str = "these probabilities mean nothing clinically.") -> str:
+        """What had random weights, in one line: the whole model (``RANDOM backbone weights:
+        {whole}``) or only the fused sources that were random, by name; "" for real weights."""
+        return self.predictor.random_note(whole)
+
     def predict_image(self, image: PathLike, meta: Sequence[str] = (), *,
                       embeddings: Caches | None = None) -> ImagePrediction:
         """One image (with ``embeddings``: its id is the file name's stem, the file need not
@@ -351,7 +356,7 @@ class Model:
         for path, name, values in jobs:
             res = ex.explain(path, values, target=target, method=method)
             png = save_figure(res, Path(out) / f"{_safe_stem(name)}.png", p.weights,
-                              p.random_weights)
+                              p.random_note("meaningless clinically."))
             save_json(res, png.with_suffix(".json"))
             made.append((png, res))
         return made

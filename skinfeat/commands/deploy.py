@@ -72,8 +72,7 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
     model = load_model(run, weights_file=weights_file, device=device, batch_size=batch_size,
                        num_workers=workers)
     if model.random_weights:
-        click.echo("NOTE: RANDOM backbone weights: these probabilities mean nothing clinically.",
-                   err=True)
+        click.echo(f"NOTE: {model.random_note()}", err=True)
     if image:
         r = model.predict_image(image, [*aliases, *meta], embeddings=list(caches) or None)
         if as_json:
@@ -83,7 +82,9 @@ def predict(run, weights_file, device, batch_size, workers, caches, image, csv_p
                                    "missing_metadata": r.missing,
                                    "calibration": r.calibration,
                                    "temperature": r.temperature, "threshold": r.threshold,
-                                   "model": run, "weights": r.weights}, indent=2))
+                                   "model": run, "weights": r.weights,
+                                   "random_weights": model.random_weights,
+                                   "random_note": model.random_note()}, indent=2))
             return
         width = max(7, *(len(c) + 2 for c in r.probabilities))
         click.echo(f"{'class':<{width}}{'probability':>12}  diagnosis")

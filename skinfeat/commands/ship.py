@@ -42,8 +42,8 @@ def explain(run, weights_file, device, batch_size, workers, image, csv_path, met
     model = load_model(run, weights_file=weights_file, device=device, batch_size=batch_size,
                        num_workers=workers)
     if model.random_weights:
-        click.echo("NOTE: RANDOM backbone weights: heatmaps and probabilities mean nothing "
-                   "clinically.", err=True)
+        click.echo("NOTE: " + model.random_note("heatmaps and probabilities mean nothing "
+                                                "clinically."), err=True)
     try:
         for png, ex in model.explain_to(out, image=image, csv=csv_path, meta=meta_pairs,
                                         target=target, method=method):
@@ -73,7 +73,7 @@ def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> 
                    f"metadata input per member (meta_0 .. meta_{n - 1}), each "
                    f"encoded with its member's encoder (members[i].metadata in {side.name})")
     if model.random_weights:
-        click.echo("NOTE: RANDOM backbone weights in this graph.", err=True)
+        click.echo("NOTE: " + model.random_note("this graph carries them."), err=True)
 
 
 @click.command()
@@ -98,6 +98,6 @@ def serve(run, weights_file, device, batch_size, workers, host, port, max_upload
     click.echo(f"serving {run} on http://{host}:{port}/ , reachable from {where} "
                "(--host sets the address). Research use only.")
     if model.random_weights:
-        click.echo("NOTE: RANDOM backbone weights: the page says so on every result.", err=True)
+        click.echo("NOTE: " + model.random_note("the page says so on every result."), err=True)
     run_server(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * 1e6),
                top_k=top_k)

@@ -276,7 +276,8 @@ def overlay(view: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarr
     return np.clip(np.round((1 - alpha) * view + alpha * 255 * colour), 0, 255).astype(np.uint8)
 
 
-def save_figure(ex: Explanation, path: str | Path, weights: str, random_weights: bool) -> Path:
+def save_figure(ex: Explanation, path: str | Path, weights: str,
+                random_weights: bool | str) -> Path:
     """One PNG: the image, one overlay per explained class, and the metadata attribution chart."""
     from ..atomic import atomic_write
 
@@ -300,8 +301,10 @@ def save_json(ex: Explanation, path: str | Path) -> Path:
     return path
 
 
-def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
-    """The figure ``save_figure`` writes (a matplotlib ``Figure``, no pyplot)."""
+def explanation_figure(ex: Explanation, weights: str, random_weights: bool | str):
+    """The figure ``save_figure`` writes (a matplotlib ``Figure``, no pyplot). ``random_weights``:
+    True (the whole model), or the predictor's ``random_note`` line (naming the fused sources
+    that were random)."""
     import textwrap
 
     from ..evaluate.report import new_figure
@@ -309,7 +312,8 @@ def explanation_figure(ex: Explanation, weights: str, random_weights: bool):
     n = 2 + len(ex.cams)
     top = ex.decision.line() + "   |   top: " + ", ".join(f"{c} {100 * p:.1f} %"
                                                       for c, p in ex.top(3))
-    banner = "RANDOM backbone weights: meaningless clinically. " if random_weights else ""
+    banner = f"{random_weights} " if isinstance(random_weights, str) and random_weights else \
+        "RANDOM backbone weights: meaningless clinically. " if random_weights else ""
     width = 3.2 * n + 1.5
     # A long weights name (a local folder's path) ran off both edges: wrap the banner to the
     # figure's width (about 0.55 em per character at 9 pt) and make room above the panels.

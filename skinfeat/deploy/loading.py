@@ -24,6 +24,7 @@ from ..embed.engines import QuantizedModelMissing, make_embedder
 from ..embed.extract import Embedder, Int8Embedder
 from ..embed.transform import TransformSpec
 from ..embed.weights import WeightSource, resolve_weights
+from ..evaluate.model_text import random_line
 from ..learn.calibration import Calibrator
 from ..learn.context import context_columns
 from ..learn.models import registry
@@ -248,6 +249,11 @@ class LoadedBundle:
     @property
     def random_weights(self) -> bool:
         return random_weights(self.identity)
+
+    def random_note(self, whole: str) -> str:
+        """The RANDOM-weights line (``model_text.random_line``): the whole model, or only the
+        fused sources that were random, by name; "" for real weights."""
+        return random_line(self.identity, whole, self.random_weights)
 
     @property
     def weights(self) -> str:

@@ -36,6 +36,7 @@ from .explain import Explainer, ExplainError, overlay
 log = logging.getLogger(__name__)
 
 NOTICE = "Research use only. Not a medical device; not a diagnosis."
+RANDOM_WHOLE = "these probabilities and heatmaps mean nothing clinically."
 FORM_OVERHEAD = 64 * 1024      # multipart boundaries and metadata fields on top of the image
 
 
@@ -129,6 +130,7 @@ class Service:
                           [{"name": f, "kind": "category", "choices": enc.categories[f]}
                            for f in enc.categorical],
                 "weights": self.p.weights, "random_weights": self.p.random_weights,
+                "random_note": self.p.random_note(RANDOM_WHOLE),
                 "model_kind": self.p.model.kind, "cam_method": self.explainer.default_method(),
                 "notice": NOTICE}
 
@@ -187,7 +189,9 @@ class Service:
             top=[{"class": c, "probability": p} for c, p in ex.top(self.top_k)],
             cams={c: png_data_url(overlay(ex.view, heat)) for c, heat in ex.cams.items()},
             image_sha256=hashlib.sha256(data).hexdigest(), weights=self.p.weights,
-            random_weights=self.p.random_weights, temperature=self.p.temperature, notice=NOTICE)
+            random_weights=self.p.random_weights,
+            random_note=self.p.random_note(RANDOM_WHOLE), temperature=self.p.temperature,
+            notice=NOTICE)
         return answer
 
 

@@ -87,15 +87,40 @@ def random_note(info: dict) -> str:
     return " (RANDOM weights)" if info.get("random_weights") else ""
 
 
-def weights_banner(random_weights: bool, identity: dict | None = None) -> list[str]:
-    """The report's warning: the whole run (one random source, or all of them), or the fused
-    sources that were random, by name."""
+def random_scope(identity: dict | None, random_weights: bool | None = None) -> str:
+    """What had random weights, in words: ``RANDOM backbone weights`` (the whole run: one
+    source, or every fused one), ``RANDOM backbone weights in 1 of 2 fused sources: `b.h5`
+    (test_convnext)`` (only those), or "" (real weights). ``random_weights`` overrides the
+    identity's own answer for the whole run (a summary's flag)."""
     some = random_sources(identity)
     if some:
         n = len((identity or {}).get("fused") or [])
-        return [f"> **RANDOM backbone weights in {len(some)} of {n} fused sources: "
-                f"{', '.join(some)}.** Those embeddings come from a randomly initialised "
-                "network and carry no image knowledge; the other source(s) have real weights.",
+        return f"RANDOM backbone weights in {len(some)} of {n} fused sources: {', '.join(some)}"
+    if random_weights is None:
+        identity = identity or {}
+        random_weights = any((p.get("weights") or {}).get("kind") == "random"
+                             for p in identity.get("fused") or [identity])
+    return "RANDOM backbone weights" if random_weights else ""
+
+
+def random_line(identity: dict | None, whole: str, random_weights: bool | None = None) -> str:
+    """One line for a console, page or figure (predict, explain, serve): the whole run's
+    ``RANDOM backbone weights: {whole}``, or the fused sources that were random by name
+    (``random_scope``); "" for real weights."""
+    scope = random_scope(identity, random_weights)
+    if random_sources(identity):
+        return f"{scope}: those embeddings carry no image knowledge (the other sources have " \
+               "real weights)."
+    return f"{scope}: {whole}" if scope else ""
+
+
+def weights_banner(random_weights: bool, identity: dict | None = None) -> list[str]:
+    """The report's warning: the whole run (one random source, or all of them), or the fused
+    sources that were random, by name."""
+    if random_sources(identity):
+        return [f"> **{random_scope(identity)}.** Those embeddings come from a randomly "
+                "initialised network and carry no image knowledge; the other source(s) have "
+                "real weights.",
                 ""]
     if random_weights:
         return ["> **RANDOM backbone weights.** The embeddings come from a randomly initialised "
