@@ -100,3 +100,25 @@ def test_cli_shows_the_c_search_bar(synth_dir, synth_cache, tmp_path, monkeypatc
     assert r.exit_code == 0, r.output
     assert "linear C search" in r.stderr
     assert "linear C search" not in r.stdout
+
+
+@pytest.mark.slow
+def test_tune_bar_counts_a_resumed_studys_trials(synth_dir, synth_cache, tmp_path, monkeypatch):
+    """A resumed study already holds trials: tune's bar starts at them and ends at its total."""
+    pytest.importorskip("optuna")
+    from skinfeat.cli import main
+    from skinfeat.commands import stage_two
+
+    rec = Recorder()
+    monkeypatch.setattr(stage_two, "progress_bar",
+                        lambda desc, unit="img", total=None: rec(total=total, desc=desc))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["tune", "--data", str(synth_dir), "--cache", str(synth_cache), "--storage", url,
+            "--folds", "2", "--study-name", "s1", "--max-epochs", "2", "--jobs", "1"]
+    from click.testing import CliRunner
+    for out, trials in (("a", "2"), ("b", "3")):
+        r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / out), "--trials", trials])
+        assert r.exit_code == 0, r.output
+    first, resumed = rec.named("tune")
+    assert (first["total"], first["n"]) == (2, 2)
+    assert (resumed["total"], resumed["n"]) == (3, 3)   # 2 kept + 1 run
