@@ -26,7 +26,8 @@ class Group(click.Group):
     or with ``-v`` its traceback."""
 
     def invoke(self, ctx: click.Context):
-        from .progress import bars, tqdm_factory
+        from .commands.console import tqdm_factory
+        from .progress import bars
 
         try:
             # The library's long loops (the linear probe's C search, the bootstraps) show bars

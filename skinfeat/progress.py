@@ -3,8 +3,8 @@
 A loop over more than a few seconds of work (the linear probe's inner C search, the group
 bootstraps) wraps its steps in :func:`track` or :func:`counter`. With no factory installed (the
 library default) these return the iterable unchanged and do nothing: the library only logs. The
-command line installs one with :func:`bars` (a tqdm bar with a total and an ETA, on standard
-error); a notebook may install its own::
+command line installs one with :func:`bars` (``commands.console.tqdm_factory``: a tqdm bar with
+a total and an ETA, on standard error); a notebook may install its own::
 
     from functools import partial
     from tqdm.auto import tqdm
@@ -90,15 +90,3 @@ def _tracked(iterable: Iterable[T], total: int | None, desc: str) -> Iterator[T]
             yield item
             bar.update(1)
 
-
-def tqdm_factory(**kwargs: Any) -> Factory:
-    """The command line's bars: tqdm on standard error, with a total and an ETA, gone when done,
-    shown only for loops over about 2 seconds."""
-    import sys
-    from functools import partial
-
-    from tqdm.auto import tqdm
-
-    options = dict(leave=False, dynamic_ncols=True, file=sys.stderr, delay=2, disable=None)
-    options.update(kwargs)
-    return partial(tqdm, **options)

@@ -91,9 +91,10 @@ def test_cli_shows_the_c_search_bar(synth_dir, synth_cache, tmp_path, monkeypatc
     from click.testing import CliRunner
 
     from skinfeat.cli import main
+    from skinfeat.commands import console
 
-    real = progress.tqdm_factory
-    monkeypatch.setattr(progress, "tqdm_factory", lambda: real(delay=0, disable=False))
+    real = console.tqdm_factory
+    monkeypatch.setattr(console, "tqdm_factory", lambda: real(delay=0, disable=False))
     r = CliRunner().invoke(main, ["fit-head", "--data", str(synth_dir), "--cache",
                                   str(synth_cache), "--out", str(tmp_path / "fit"),
                                   "--model", "linear"])
