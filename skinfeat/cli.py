@@ -26,8 +26,14 @@ class Group(click.Group):
     or with ``-v`` its traceback."""
 
     def invoke(self, ctx: click.Context):
+        from .commands.console import tqdm_factory
+        from .progress import bars
+
         try:
-            return super().invoke(ctx)
+            # The library's long loops (the linear probe's C search, the bootstraps) show bars
+            # here; leaving the block closes any still open, before an error line is printed.
+            with bars(tqdm_factory()):
+                return super().invoke(ctx)
         except SkinfeatError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:

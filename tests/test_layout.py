@@ -19,7 +19,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "skinfeat"
 LAYERS = [("cli", "commands"), ("api", "demo", "__init__"), ("workflows",), ("deploy",),
           ("learn", "evaluate"), ("embed", "data"),
-          ("schema", "atomic", "version", "errors", "public")]
+          ("schema", "atomic", "version", "errors", "public", "progress")]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 ONE_WAY = {("evaluate", "learn"), ("data", "embed")}   # (importer, imported) refused
 

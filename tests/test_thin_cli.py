@@ -26,6 +26,7 @@ ALLOWED = {
     ("skinfeat.cli", "skinfeat.embed.backbone"): "DEFAULT_BACKBONE: the default of --backbone",
     ("skinfeat.cli", "skinfeat.embed.device"): "PRECISIONS: option choices",
     ("skinfeat.cli", "skinfeat.errors"): "SkinfeatError: turned into a one-line error",
+    ("skinfeat.cli", "skinfeat.progress"): "bars: shows the library's long loops as tqdm bars",
 }
 
 

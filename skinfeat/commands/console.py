@@ -83,3 +83,15 @@ def close_on_exit(bar):
     if ctx is not None:
         ctx.call_on_close(bar.close)
     return bar
+
+
+def tqdm_factory(**kwargs):
+    """The command line's bars: tqdm on standard error, with a total and an ETA, gone when done,
+    shown only for loops over about 2 seconds (``skinfeat.progress.bars`` installs it)."""
+    from functools import partial
+
+    from tqdm.auto import tqdm
+
+    options = dict(leave=False, dynamic_ncols=True, file=sys.stderr, delay=2, disable=None)
+    options.update(kwargs)
+    return partial(tqdm, **options)

@@ -254,14 +254,18 @@ def group_resamples(n: int, groups: np.ndarray | None = None, n_boot: int = 1000
     """The resamples of ``bootstrap_ci``, ``chunk`` at a time: (size, n) arrays of how often each
     row was drawn, whole groups at a time (rows alone without ``groups``). Callers that need
     several statistics of one resample (subgroup tables, paired gaps) read the same draws."""
+    from ..progress import counter  # stdlib only: metrics stays numpy and sklearn
+
     rng = np.random.default_rng(seed)
     codes = np.arange(n) if groups is None else pd_codes(groups)
     n_groups = int(codes.max()) + 1 if n else 0
-    for first in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - first)
-        picked = rng.integers(0, n_groups, (size, n_groups))
-        per_group = np.stack([np.bincount(row, minlength=n_groups) for row in picked])
-        yield per_group[:, codes].astype(np.float64)
+    with counter(n_boot, "bootstrap") as bar:   # a bar (from the command line) per resample
+        for first in range(0, n_boot, chunk):
+            size = min(chunk, n_boot - first)
+            picked = rng.integers(0, n_groups, (size, n_groups))
+            per_group = np.stack([np.bincount(row, minlength=n_groups) for row in picked])
+            yield per_group[:, codes].astype(np.float64)
+            bar.update(size)
 
 
 def pd_codes(groups: np.ndarray) -> np.ndarray:

@@ -134,6 +134,8 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedGroupKFold
 
+    from ..progress import track
+
     cs = sorted(cs)
     y = np.asarray(y)
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
@@ -145,7 +147,7 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
     n_classes = int(y.max()) + 1
     per_c: dict[float, list[float]] = {c: [] for c in cs}
     basis = None
-    for tr, te in folds:
+    for tr, te in track(folds, total=len(folds), desc=f"linear C search ({len(cs)} C)"):
         if len(np.unique(y[tr])) < 2:
             continue
         mean, scale = standardize(x[tr])

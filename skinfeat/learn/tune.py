@@ -232,6 +232,8 @@ def search(job: Search, storage, worker: int = 0,
     study = open_study(cfg, job.key, storage, worker)
     waiting = optuna.trial.TrialState.WAITING   # trial 0, queued but not run yet
     left = cfg.trials - sum(t.state != waiting for t in study.trials)
+    if progress and cfg.trials - left > 0:   # a resumed study: the bar starts at its trials
+        progress(min(cfg.trials - left, cfg.trials))
     if left > 0:
         study.optimize(objective, n_trials=left, callbacks=[
             optuna.study.MaxTrialsCallback(cfg.trials, states=None)])
