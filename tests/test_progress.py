@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_linear import _data  # the probe tests' synthetic rows
 
 from skinfeat import progress
 from skinfeat.evaluate.metrics import bootstrap_ci
@@ -31,15 +32,6 @@ class Recorder:
 
     def named(self, word):
         return [b for b in self.bars if word in b["desc"]]
-
-
-def _data(n=240, d=12, m=3, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, k, n)
-    image = rng.normal(size=(n, d)) + 0.8 * np.eye(k, d)[y] * 3
-    meta = rng.normal(size=(n, m)) * 5 + 2
-    groups = rng.integers(0, n // 3, n)
-    return (image.astype(np.float32), meta.astype(np.float32), y), groups
 
 
 def test_linear_c_search_has_a_bar_over_its_inner_folds(capsys):
