@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -200,14 +199,13 @@ def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path):
 @pytest.mark.slow   # a 160-image set through stage one and a 5-fold cv
 def test_the_audit_page_python_example_runs(tmp_path, monkeypatch):
     """docs/audit.md's Python block, on a synthetic HAM10000 laid out where it looks."""
-    import re
+    from test_docs_examples import ROOT, blocks
 
     import skinfeat
     from skinfeat.data.synthetic import make_synthetic_ham
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "audit.md").read_text()
-    code = re.search(r"<!-- tested-by: tests/test_audit.py -->\s*```python\n(.*?)```", text,
-                     re.S).group(1)
+    [code] = [code for lang, code, test, _ in blocks(ROOT / "docs" / "audit.md")
+              if lang == "python" and test == "tests/test_audit.py"]
     monkeypatch.chdir(tmp_path)
     root = make_synthetic_ham("data/ham10000", n_images=160, seed=1)
     skinfeat.extract(skinfeat.load_dataset(root), "cache/ham.h5", backbone="test_convnext",

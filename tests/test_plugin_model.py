@@ -91,12 +91,10 @@ def test_unknown_model_is_refused_by_name(synth_dir, synth_cache, tmp_path):
 
 def _models_page_blocks() -> list[str]:
     """The python blocks of docs/models.md that name this file as their test."""
-    import re
-    from pathlib import Path
+    from test_docs_examples import ROOT, blocks
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
-    return re.findall(r"<!-- tested-by: tests/test_plugin_model.py -->\s*```python\n(.*?)```",
-                      text, re.S)
+    return [code for lang, code, test, _ in blocks(ROOT / "docs" / "models.md")
+            if lang == "python" and test == "tests/test_plugin_model.py"]
 
 
 def test_the_models_page_shows_this_model_as_it_is():
