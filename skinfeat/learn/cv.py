@@ -12,8 +12,8 @@ one, with per-fold metrics equal up to float rounding: tests/test_head_batch.py)
 fold by fold.
 
 Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once on
-joblib's workers (loky processes by default, as scikit-learn's ``n_jobs``), one thread each.
-That is how the CV uses every core: batch-64 head steps are far too small for intra-op
+joblib's workers (``parallel.run_unordered``: loky processes by default, as scikit-learn's
+``n_jobs``), one thread each. That is how the CV uses every core: batch-64 head steps are far too small for intra-op
 threads, and on a busy machine OpenMP threads wait on each other at every barrier (on a shared
 2-core machine, LightGBM on 2 threads ran 10x to 100x slower than on 1). Under
 ``joblib.parallel_backend("dask")`` (or "ray", or "threading") the folds run on that backend
@@ -22,13 +22,10 @@ do not depend on its thread count, so the metrics do not depend on ``jobs`` or t
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from tempfile import TemporaryDirectory
 
 import numpy as np
 import pandas as pd
@@ -41,8 +38,9 @@ from ..evaluate.metrics import calibrated_metrics, headline, majority_baseline, 
 from ..schema import dump
 from .fallback import applies
 from .fallback import combine as combine_rows
-from .head import INPUTS, one_thread
+from .head import INPUTS
 from .models import DEFAULT_MODELS, model_class, model_names, registry
+from .parallel import run_unordered
 from .protocol import StageTwoModel, with_fields
 from .runconfig import RunConfig
 from .train import SplitFit, align_embeddings, as_dataset, check_inputs, fit_splits
@@ -180,47 +178,19 @@ def run_task(task: FitTask, image: np.ndarray) -> list[dict]:
     return records
 
 
-@functools.lru_cache(maxsize=1)
-def _mapped(path: str) -> np.ndarray:
-    """The embeddings saved by ``_run_tasks``, mapped once per worker (copy-on-write: pages are
-    shared until written)."""
-    return np.load(path, mmap_mode="c")
-
-
-@one_thread
-def _run_saved(index: int, task: FitTask, path: str,
-               cls: type[StageTwoModel]) -> tuple[int, list[dict]]:
-    """A task in a joblib worker, on the mapped embeddings, one torch thread. ``cls``: the
-    task's model class, registered in the worker too (a model registered at run time in the
-    caller's process is not in a fresh worker's registry)."""
+def _run_registered(job: tuple[FitTask, type[StageTwoModel]], image: np.ndarray) -> list[dict]:
+    """``run_task`` in a worker, with the task's model class registered there too (a model
+    registered at run time in the caller's process is not in a fresh worker's registry)."""
+    task, cls = job
     registry().setdefault(cls.kind, cls)
-    return index, run_task(task, _mapped(path))
+    return run_task(task, image)
 
 
 def _run_tasks(tasks: Iterator[FitTask], image: np.ndarray,
                jobs: int) -> Iterator[tuple[int, list[dict]]]:
-    """Every task, ``jobs`` at a time, through joblib (loky worker processes, or the backend
-    of the caller's ``joblib.parallel_backend``: threads, Dask, Ray): (task number, its
-    records) as each finishes. With ``jobs=1`` the tasks run here, one after the other.
-
-    The embeddings are saved once and mapped by each worker (not pickled per task). Tasks
-    are made as they are needed, so workers start while later folds are still being carved.
-    """
-    from joblib import Parallel, delayed
-
-    if jobs <= 1:
-        for i, task in enumerate(tasks):
-            yield i, one_thread(run_task)(task, image)
-        return
-    with TemporaryDirectory(prefix="skinfeat-cv-") as tmp:
-        path = str(Path(tmp) / "embeddings.npy")
-        np.save(path, image)
-        run = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="n_jobs")
-        try:
-            yield from run(delayed(_run_saved)(i, task, path, model_class(task.model))
-                           for i, task in enumerate(tasks))
-        finally:
-            _mapped.cache_clear()   # threads map it in this process: let the file go
+    """Every task, ``jobs`` at a time (``parallel.run_unordered``): (task number, its records)
+    as each finishes."""
+    return run_unordered(_run_registered, ((t, model_class(t.model)) for t in tasks), image, jobs)
 
 
 @dataclass(frozen=True)
