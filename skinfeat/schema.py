@@ -29,9 +29,9 @@ import numbers
 import operator
 import types
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import (
+    TYPE_CHECKING,
     Annotated,
     Any,
     Literal,
@@ -44,7 +44,10 @@ from typing import (
 
 from .errors import SkinfeatError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class SchemaError(SkinfeatError, ValueError):
@@ -149,10 +152,14 @@ def read_settings(path: str | Path, error: type[SchemaError] = SchemaError) -> A
 
 
 # ---------------------------------------------------------------- the parser
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    hints = get_type_hints(cls, include_extras=True)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+_HINTS: dict[type, dict[str, Any]] = {}   # a dataclass's field annotations, resolved once
+
+
+def _hints(cls: type[DataclassInstance]) -> dict[str, Any]:
+    if cls not in _HINTS:
+        hints = get_type_hints(cls, include_extras=True)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _HINTS[cls]
 
 
 def _dataclass(cls: type[T], data: Any, prefix: str, source: str | None) -> T:
@@ -172,8 +179,9 @@ def _dataclass(cls: type[T], data: Any, prefix: str, source: str | None) -> T:
     values = {k: _value(hints[k], v, prefix + k, source) for k, v in data.items()}
     try:   # __post_init__ and check() test values across fields: name the file there too
         obj = cls(**values)
-        if callable(getattr(obj, "check", None)):
-            obj.check()
+        check = getattr(obj, "check", None)
+        if callable(check):
+            check()
     except SchemaError as exc:
         raise exc.within(source, prefix) from None
     except (ValueError, TypeError) as exc:
@@ -231,7 +239,7 @@ def _value(hint: Any, v: Any, key: str, source: str | None) -> Any:
         if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
             raise SchemaError(f"expected {_expected(hint)}, got {_given(v)}", key)
         return {k: _value(args[1], x, f"{key}.{k}", source) for k, x in v.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(v, hint):
             _fields(v, key + ".")
             return v
