@@ -63,7 +63,7 @@ def settle_crossing_groups(data: Dataset, split, how: str = "refuse"
         return data, None
     full = data.with_described()
     column = kind.column
-    if column not in full.columns:
+    if column is None or column not in full.columns:
         return data, None   # source_values names the missing column
     values = full[column].astype(object).where(full[column].notna(), "").astype(str)
     per_group = values.groupby(full["group_id"].to_numpy()).nunique()

@@ -179,6 +179,7 @@ def _labels(raw: pd.DataFrame, spec: DatasetSpec, source: Path) -> pd.Series:
                             f"{', '.join(c.upper() for c in spec.classes)} (line {lines})")
         dx = pd.Series(np.asarray(spec.classes)[onehot.to_numpy().argmax(axis=1)], index=raw.index)
     else:
+        assert spec.label_column is not None   # DatasetSpec.check: onehot or a label column
         col = spec.label_column.lower()
         if col not in raw.columns:
             raise DataError(f"{source}: missing required column(s) {col} "

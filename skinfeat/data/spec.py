@@ -242,10 +242,12 @@ class Task:
         if text is None or text == "":
             return None
         kind, _, positive = text.partition(":")
-        if kind not in ("multiclass", "binary") or (kind == "multiclass" and positive):
-            raise SpecError(f"--task {text!r}: use multiclass, binary or binary:CLASS (e.g. "
-                            "binary:mel)")
-        return cls(kind, positive.strip().lower() or None)
+        if kind == "binary":
+            return cls("binary", positive.strip().lower() or None)
+        if kind == "multiclass" and not positive:
+            return cls("multiclass", None)
+        raise SpecError(f"--task {text!r}: use multiclass, binary or binary:CLASS (e.g. "
+                        "binary:mel)")
 
     @property
     def binary(self) -> bool:
