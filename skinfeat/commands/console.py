@@ -16,7 +16,7 @@ class OncePerCause(logging.Filter):
     """Lets the first record of each cause through (a cause: the logger and the message
     template, whatever its values), counts the others; ``summary`` names the repeated ones."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.counts: Counter = Counter()
         self.first: dict[tuple[str, str], str] = {}
