@@ -25,17 +25,17 @@ def concat(parts: list[CacheContents], identity: dict) -> CacheContents:
         raise CacheError(f"{b.source}: {b.dim}-d embeddings, {a.source} has {a.dim}-d ones; "
                          "only caches of one encoder can be merged")
     has_views = [p.view_embeddings is not None for p in parts]
+    views = [p.view_embeddings for p in parts if p.view_embeddings is not None]
     if any(has_views) and not all(has_views):
         with_views = parts[has_views.index(True)].source
         raise CacheError(f"{parts[has_views.index(False)].source}: has no 'view_embedding' but "
                          f"{with_views} has; cannot merge caches with and without views")
-    if all(has_views) and len({p.view_embeddings.shape[1] for p in parts}) > 1:
+    if views and len({v.shape[1] for v in views}) > 1:
         raise CacheError(f"{' + '.join(p.source for p in parts)}: the caches hold different "
                          "numbers of views; cannot merge them")
     whole = CacheContents(np.concatenate([p.image_ids for p in parts]),
                           np.concatenate([p.embeddings for p in parts]),
-                          np.concatenate([p.view_embeddings for p in parts])
-                          if all(has_views) else None, identity)
+                          np.concatenate(views) if views else None, identity)
     owner = np.concatenate([np.full(len(p.image_ids), k) for k, p in enumerate(parts)])
     key = whole.image_ids.astype(str)
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
@@ -78,13 +78,14 @@ def fuse_caches(parts: list[CacheContents], sources: list[str]) -> CacheContents
     rows = [p.rows_for(ids) for p in parts]
     emb = np.concatenate([p.embeddings[r] for p, r in zip(parts, rows, strict=False)], axis=1)
     views = None
-    if all(p.view_embeddings is not None for p in parts):
-        if len({(tuple(p.views), p.view_embeddings.shape[1]) for p in parts}) == 1:
-            views = np.concatenate([p.view_embeddings[r]
-                                    for p, r in zip(parts, rows, strict=False)], axis=2)
+    per_part = [p.view_embeddings for p in parts if p.view_embeddings is not None]
+    if len(per_part) == len(parts):
+        if len({(tuple(p.views), v.shape[1])
+                for p, v in zip(parts, per_part, strict=True)}) == 1:
+            views = np.concatenate([v[r] for v, r in zip(per_part, rows, strict=False)], axis=2)
         else:
             log.warning("the caches hold different views; the fusion keeps none")
-    elif any(p.view_embeddings is not None for p in parts):
+    elif per_part:
         log.warning("only some caches hold view embeddings; the fusion keeps none")
     identity: dict[str, Any] = {"fused": [p.identity for p in parts],
                                 "dims": [p.dim for p in parts],

@@ -259,7 +259,7 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
                 for j, reason in batch.failed.items():
                     writer.add_failure(ids[j], reason)
                     log.warning("skipped %s: %s", paths[j], reason)
-                if len(batch.rows):
+                if batch.embeddings is not None:   # None: no row of the batch was read
                     writer.add([ids[j] for j in batch.rows], batch.embeddings, batch.views)
                 if progress:
                     progress(batch.size)

@@ -126,7 +126,7 @@ def to_tensor(img: Image.Image, spec: TransformSpec) -> torch.Tensor:
         w, h = img.size
         left, top = (w - spec.size) // 2, (h - spec.size) // 2
         img = img.crop((left, top, left + spec.size, top + spec.size))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr: np.ndarray = np.asarray(img, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 

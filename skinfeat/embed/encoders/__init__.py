@@ -64,9 +64,9 @@ def parse_backbone(spec: str) -> BackboneRef:
         folder = _folder(spec)
         if folder is None:
             raise MissingFileError(f"--backbone {spec}: folder not found")
-        family = detect_family(folder)
-        base = timm_folder_name(folder) if family == "timm" else folder.resolve().name
-        return BackboneRef(family, base if family == "timm" else f"{family}:{base}", folder)
+        family = detect_family(folder)   # "timm" only where timm_folder_name finds a name
+        timm_name = timm_folder_name(folder) if family == "timm" else None
+        return BackboneRef(family, timm_name or f"{family}:{folder.resolve().name}", folder)
     for family in ("open_clip", "hf"):
         if spec.startswith(family + ":"):
             rest = spec[len(family) + 1:]
@@ -124,10 +124,9 @@ def build_family(name: str, source: WeightSource):
         return None
     require_family(family)
     rest = name[len(family) + 1:]
-    if family == "open_clip":
-        from .open_clip_family import build
-    else:
-        from .hf_family import build
+    from . import hf_family, open_clip_family
+
+    build = open_clip_family.build if family == "open_clip" else hf_family.build
     try:
         return build(rest, source.kind, source.file, source.seed)
     except Exception as exc:
@@ -183,6 +182,7 @@ def local_weight_source(identity: dict, weights_file: str | Path | None = None) 
     """The folder a ``local`` identity was made from: ``weights_file`` (the folder, or a file in
     it) when given, else where it was found at extract time; its sha256 must match."""
     want = str((identity.get("weights") or {}).get("sha256"))
+    folder: Path | None
     if weights_file is not None:
         folder = Path(weights_file)
         folder = folder if folder.is_dir() else folder.parent

@@ -42,6 +42,7 @@ class HFEncoder(FamilyEncoder):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         out = self.tower(pixel_values=x)
         if self.pool == "proj":
+            assert self.projection is not None   # set_pool refuses proj without one
             return self.projection(out.pooler_output)
         h = out.last_hidden_state
         if h.ndim == 4:                     # a feature map (N, C, H, W)
@@ -120,6 +121,7 @@ def build(name: str, kind: str, file: str | None = None, seed: int = 0) -> HFEnc
         model = seeded(seed, lambda: AutoModel.from_config(config))
     elif kind == "file":
         from safetensors.torch import load_file
+        assert file is not None   # a "file" weight source names its file
         model = AutoModel.from_config(AutoConfig.from_pretrained(where))
         state = load_file(file) if str(file).endswith(".safetensors") else \
             torch.load(file, map_location="cpu", weights_only=True)
