@@ -3,12 +3,16 @@ where the image files exist) and ranked outliers, as the tables the audit writes
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..data.images import open_image
 from .audit_search import ScanResult, outlier_scores, robust_z
+
+if TYPE_CHECKING:
+    from imagehash import ImageHash
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ def pair_frame(a: pd.DataFrame, b: pd.DataFrame | None, hits: ScanResult,
     return frame.sort_values("cosine", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def phash(locator: str):
+def phash(locator: str) -> ImageHash:
     import imagehash
 
     with open_image(locator) as img:
@@ -65,7 +69,7 @@ def add_phash(frame: pd.DataFrame, paths: dict[str, str]) -> pd.DataFrame:
         log.warning("imagehash not installed (pip install 'skinfeat[audit]'): no perceptual-hash "
                     "check of the pairs")
         return frame
-    hashes: dict[str, object] = {}
+    hashes: dict[str, ImageHash] = {}
     distance = []
     for a, b in zip(frame["image_id_a"], frame["image_id_b"], strict=True):
         pa, pb = paths.get(a), paths.get(b)

@@ -83,7 +83,7 @@ def scan(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None, k: int
     """Exact search of the normalised rows ``x`` (against ``y`` when given, else within ``x``)."""
     threshold = check_threshold(threshold)
     same = y is None
-    y = x if same else y
+    y = x if y is None else y
     n, m = len(x), len(y)
     k = max(0, min(k, m - 1 if same else m))
     knn = np.full((n, k), -np.inf, dtype=np.float32)

@@ -122,12 +122,12 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
     present = np.unique(y_true)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     aucs = {}
-    for c in labels:
+    for c in range(k):
         pos = y_true == c
         aucs[c] = float(roc_auc_score(pos, proba[:, c])) if 0 < pos.sum() < len(pos) else None
     per_class = {classes[c]: {"precision": float(p[c]), "recall": float(r[c]) if s[c] else None,
                               "f1": float(f[c]), "support": int(s[c]), "auc": aucs[c]}
-                 for c in labels}
+                 for c in range(k)}
     valid_auc = [a for a in aucs.values() if a is not None]
     extra = binary_metrics(y_true, proba, threshold) if k == 2 else {}
     return {**extra,
