@@ -13,12 +13,13 @@ from plugin_model import PriorConfig, PriorModel
 from skinfeat.cli import main
 from skinfeat.deploy.predict import Predictor
 from skinfeat.embed.cache import read_cache
+from skinfeat.errors import SkinfeatError
 from skinfeat.learn.baseline import LGBMConfig, LGBMModel
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.head_model import HeadModel
 from skinfeat.learn.linear import LinearConfig, LinearProbe
 from skinfeat.learn.models import MODELS, model_class
-from skinfeat.learn.protocol import StageTwoModel
+from skinfeat.learn.protocol import NotFittedError, StageTwoModel
 from skinfeat.learn.runconfig import ConfigError, RunConfig
 from skinfeat.learn.train import align_embeddings, as_dataset, bundle_config, fit_split
 from skinfeat.workflows.fit import save_fit
@@ -61,6 +62,18 @@ def test_fit_returns_the_model_with_trailing_underscore_state():
         assert model.logits(x, m).shape == (60, 3)
         np.testing.assert_allclose(model.predict_proba(x, m).sum(axis=1), 1.0, atol=1e-6)
     assert HeadModel(HeadConfig(epochs=2)).fit((x, m, y), (x, m, y)).epochs_run_ == 2
+
+
+def test_a_model_used_before_fit_is_a_one_line_error():
+    x, m = np.zeros((4, 6), np.float32), np.zeros((4, 2), np.float32)
+    head = HeadModel(HeadConfig())
+    for use in (lambda: head.logits(x, m), head.to_bundle, head.torch_module,
+                lambda: head.image_only(6, 3),
+                lambda: LGBMModel(LGBMConfig()).meta_contributions(x[:1], m[:1])):
+        with pytest.raises(NotFittedError, match=r"^this (fusion head|LightGBM) is not fitted"):
+            use()
+    assert issubclass(NotFittedError, SkinfeatError) and issubclass(NotFittedError,
+                                                                    AttributeError)
 
 
 def test_check_returns_a_new_value_and_leaves_the_recipe_alone():

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..schema import Ge, Gt, Le, validate
-from .protocol import StageTwoModel, default_classes, log_proba, view_mean
+from .protocol import StageTwoModel, default_classes, fitted, log_proba, view_mean
 from .rows import Rows, chunked
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ def design_matrix(image: np.ndarray | Rows | None, meta: np.ndarray, inputs: str
     """[embedding (PCA-projected, in chunks of rows from ``Rows``), metadata] as float32."""
     parts = []
     if inputs in ("fused", "image"):
+        if image is None:
+            raise InputError(f"inputs {inputs} need the image embeddings; none were given")
         parts.append(chunked(pca, image) if pca is not None else np.asarray(image))
     if inputs in ("fused", "meta"):
         parts.append(meta)
@@ -175,13 +177,14 @@ class LGBMModel(StageTwoModel):
         """(K, M): per class, each encoded metadata column's contribution to the raw score
         (LightGBM's ``pred_contrib``) for one row."""
         image = image[:, 0] if image is not None and image.ndim == 3 else image
+        n_classes = fitted(self, self.n_classes_)
         if self.config.inputs == "image":
-            return np.zeros((self.n_classes_, meta.shape[1]))
+            return np.zeros((n_classes, meta.shape[1]))
         x = design_matrix(image, meta, self.config.inputs, self.pca_)
         contrib = self.booster_.predict(x, pred_contrib=True,
                                         num_iteration=self.booster_.best_iteration or None)
         # (1, K * (F + 1)): per class, one value per column, then the bias; metadata comes last.
-        per_class = np.asarray(contrib).reshape(self.n_classes_, x.shape[1] + 1)[:, :-1]
+        per_class = np.asarray(contrib).reshape(n_classes, x.shape[1] + 1)[:, :-1]
         return per_class[:, x.shape[1] - meta.shape[1]:]
 
 

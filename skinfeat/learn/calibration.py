@@ -29,6 +29,7 @@ class weights, w_c ~ 1 / prior(c), so the rule is argmax of the calibrated logit
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeGuard
 
 import numpy as np
@@ -99,7 +100,7 @@ class Calibrator:
         self.decision_offset: list[float] | None = None  # log w_c: the balanced decision rule
 
     def fit(self, logits: np.ndarray, y: np.ndarray,
-            class_weights: np.ndarray | None = None) -> Calibrator:
+            class_weights: np.ndarray | Sequence[float] | None = None) -> Calibrator:
         logits = np.asarray(logits, np.float64)
         y = np.asarray(y, dtype=np.int64)
         k = logits.shape[1]

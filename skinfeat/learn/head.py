@@ -123,6 +123,24 @@ class StackableLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+class MetaMLP(nn.Sequential):
+    """The metadata branch: an ``nn.Sequential`` of named layers (their names are the keys of
+    its weights); the annotations give mypy the layers' types (``nn.Module.__getattr__`` says
+    only ``Tensor | Module``)."""
+    fc1: StackableLinear
+    act1: nn.ReLU
+    fc2: StackableLinear
+    act2: nn.ReLU
+
+
+class Fuse(nn.Sequential):
+    """The joined features' block: dropout, the dense layer, its activation (named, as
+    ``MetaMLP``)."""
+    dropout: nn.Dropout
+    fc: StackableLinear
+    act: nn.ReLU
+
+
 class FusionHead(nn.Module):
     """Image embedding and/or encoded metadata -> class logits."""
 
@@ -144,14 +162,14 @@ class FusionHead(nn.Module):
             self.image_dropout = nn.Dropout(image_dropout)
             width += embed_dim
         if self.use_meta:
-            self.meta_mlp = nn.Sequential(OrderedDict(
+            self.meta_mlp = MetaMLP(OrderedDict(
                 fc1=StackableLinear(meta_dim, meta_width), act1=nn.ReLU(),
                 fc2=StackableLinear(meta_width, meta_out), act2=nn.ReLU()))
             width += meta_out
         if head == "film" and self.use_image and self.use_meta:
             self.film = StackableLinear(meta_out, 2 * embed_dim)
         # The joined features: dropout, then the dense layer (``fuse``); then the class logits.
-        self.fuse = nn.Sequential(OrderedDict(
+        self.fuse = Fuse(OrderedDict(
             dropout=nn.Dropout(dropout), fc=StackableLinear(width, dense_width), act=nn.ReLU()))
         self.classifier = StackableLinear(dense_width, n_classes)
         for m in self.modules():

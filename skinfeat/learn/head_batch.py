@@ -177,7 +177,8 @@ class _Split:
         self.sample_w = torch.as_tensor(weights, dtype=torch.float32)
         self.pad = meta_dim - self.xm.shape[1]
         self.history: list[dict] = []
-        self.best, self.best_epoch, self.best_state, self.waited = np.inf, 0, None, 0
+        self.best, self.best_epoch, self.waited = np.inf, 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.stopped = False
 
     def epoch(self, cfg: HeadConfig) -> None:
@@ -189,10 +190,10 @@ class _Split:
         # real HAM10000 metadata a metadata-only head gained nothing and trained 40 % more
         # epochs with it).
         all_rows = cfg.meta_dropout_all if self.model.use_image else 0.0
-        blanking = (cfg.meta_dropout > 0 or all_rows > 0) and self.meta_fields
-        meta = _blank_fields(self.xm, self.meta_fields, cfg.meta_dropout, self.gen,
-                             all_rows) if blanking else self.xm
-        if self.negatives is None:
+        fields = self.meta_fields if cfg.meta_dropout > 0 or all_rows > 0 else None
+        meta = _blank_fields(self.xm, fields, cfg.meta_dropout, self.gen,
+                             all_rows) if fields else self.xm
+        if self.negatives is None or self.positives is None:   # set together, or neither
             order = torch.randperm(self.n, generator=self.gen)
         else:   # all positives + a fresh draw of negatives, shuffled together
             drawn = torch.randperm(len(self.negatives), generator=self.gen)
@@ -256,7 +257,8 @@ class _Noise:
         self.ps = ps
         self.widths = [w if p is not None and 0.0 < p < 1.0 else 0
                        for w, p in zip(widths, ps, strict=False)]
-        self.keep = [1.0 - p if w else None for w, p in zip(self.widths, ps, strict=False)]
+        self.keep = [1.0 - p if w and p is not None else None
+                     for w, p in zip(self.widths, ps, strict=False)]
         self.scale = [dropout_scale(keep) if keep else None for keep in self.keep]
         self.masks = [torch.zeros(k, bs, w) if w else None for w in self.widths]
 
@@ -264,14 +266,14 @@ class _Noise:
         if sum(self.widths) == 0:
             return None, None
         for mask, width, keep in zip(self.masks, self.widths, self.keep, strict=False):
-            if not width:
+            if not width or mask is None or keep is None:   # all three, or none
                 continue
             for k in range(len(splits)):
                 if k in active:
                     kept = splits[k].noise.keep(rows[k] * width, keep)
                     mask[k, :rows[k]].copy_(torch.from_numpy(kept).view(rows[k], width))
                 mask[k, rows[k]:] = 0.0   # rows without data: noise 0 (scaled in place below)
-        return tuple(None if m is None else m.mul_(scale)
+        return tuple(None if m is None or scale is None else m.mul_(scale)
                      for m, scale in zip(self.masks, self.scale, strict=False))
 
 
@@ -398,6 +400,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             splits[k].best_state = _state(params, i, splits[k].pad)
     results = []
     for k, s in enumerate(splits):
+        assert s.best_state is not None   # kept at its best epoch, or its last just above
         s.model.load_state_dict(s.best_state)
         s.model.eval()
         log.info("head %d of %d: %d epochs, best epoch %d (val %s %.4f)", k + 1, k_all,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .head import FusionHead, HeadConfig, film_gate, head_logits, named_state
-from .protocol import Part, StageTwoModel, default_classes
+from .protocol import Part, StageTwoModel, default_classes, fitted
 
 
 class HeadModel(StageTwoModel):
@@ -76,10 +76,10 @@ class HeadModel(StageTwoModel):
                 f"field, feature-level view augmentation {'on' if c.view_augment else 'off'}")
 
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
-        return head_logits(self.net, image, meta, tta=tta)
+        return head_logits(fitted(self, self.net), image, meta, tta=tta)
 
     def to_bundle(self) -> tuple[dict, dict]:
-        return {}, self.net.state_dict()
+        return {}, fitted(self, self.net).state_dict()
 
     @classmethod
     def from_bundle(cls, config: dict, weights, dims: tuple[int, int, int],
@@ -91,14 +91,14 @@ class HeadModel(StageTwoModel):
         return cls(cls.config_from(head), net)
 
     def torch_module(self) -> FusionHead:
-        return self.net
+        return fitted(self, self.net)
 
     @torch.no_grad()
     def image_only(self, embed_dim: int, n_classes: int) -> HeadModel:
         """This fused head, trained on all-zero metadata (learn/fallback.py), as the
         ``inputs="image"`` head it is: its metadata branch gives the constant
         ``m = meta_mlp(0)``, folded into the dense layer (exact up to float rounding)."""
-        net, cfg = self.net, {**self.config_dict(), "inputs": "image"}
+        net, cfg = fitted(self, self.net), {**self.config_dict(), "inputs": "image"}
         zero = torch.zeros(1, net.meta_mlp.fc1.in_features)
         m = net.meta_mlp(zero)[0]
         weight, bias = net.fuse.fc.weight, net.fuse.fc.bias

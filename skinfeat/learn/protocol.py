@@ -20,11 +20,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from ..errors import SkinfeatError
+
 Part = tuple  # (image (N, D) or (N, 1+V, D), meta (N, M), y (N,))
+T = TypeVar("T")
+
+
+class NotFittedError(SkinfeatError, AttributeError):
+    """A model used before ``fit`` (or ``from_bundle``) gave it its fitted state."""
 
 
 class StageTwoModel(ABC):
@@ -78,7 +85,7 @@ class StageTwoModel(ABC):
     def fit_batched(cls, config, trains: Sequence[Part], vals: Sequence[Part],
                     groups: Sequence[np.ndarray | None], *, n_classes: int,
                     meta_fields: Sequence[list | None], batched: bool = True
-                    ) -> list[StageTwoModel]:
+                    ) -> Sequence[StageTwoModel]:
         """One fitted model per (train, val) pair, all with ``config``; a model that trains
         several at once (``batched = True``) overrides this."""
         return [cls(config).fit(t, v, g, n_classes=n_classes, meta_fields=f)
@@ -142,6 +149,14 @@ class StageTwoModel(ABC):
         """This model, fitted on all-zero metadata, as the exact ``inputs="image"`` model it is
         (``folds_fallback`` models only)."""
         raise NotImplementedError(f"{self.kind} cannot fold an image-only fallback")
+
+
+def fitted(model: StageTwoModel, value: T | None) -> T:
+    """``value``, a fitted attribute of ``model``; ``NotFittedError`` while it is None."""
+    if value is None:
+        raise NotFittedError(f"this {model.title} is not fitted: call fit, or load it from a "
+                             "bundle")
+    return value
 
 
 def with_fields(config, **values):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -36,7 +36,8 @@ class FusionHeadClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, meta_dim: int = 0, head: str = "reference", inputs: str = "fused",
                  max_epochs: int = 40, patience: int = 5, lr: float = 1e-3,
                  batch_size: int = 64, dense_width: int = 64, meta_dropout: float = 0.0,
-                 class_weight: str = "balanced", val_fraction: float = 0.1,
+                 class_weight: Literal["balanced", "none"] = "balanced",
+                 val_fraction: float = 0.1,
                  random_state: int = 42):
         self.meta_dim, self.head, self.inputs = meta_dim, head, inputs
         self.max_epochs, self.patience, self.lr = max_epochs, patience, lr
@@ -119,9 +120,10 @@ def _number(est: Any, name: str, *, integer: bool = False, low: float | None = N
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{who}: {name} must be {'an integer' if integer else 'a number'}, "
                         f"got {value!r} ({type(value).__name__})")
-    lo = low is not None and (value <= low if low_open else value < low)
-    hi = high is not None and (value >= high if high_open else value > high)
-    if not math.isfinite(value) or lo or hi:
+    number = float(value)
+    lo = low is not None and (number <= low if low_open else number < low)
+    hi = high is not None and (number >= high if high_open else number > high)
+    if not math.isfinite(number) or lo or hi:
         span = (f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
                 if high is not None else f"{'>' if low_open else '>='} {low:g}")
         raise ValueError(f"{who}: {name} must be {span}, got {value!r}")

@@ -79,10 +79,11 @@ def train_models(kind: str, config, trains: list[tuple], vals: list[tuple], n_cl
     ``batched=False``: one batch of one each). ``meta_fields``: each encoder's
     ``dropout_fields()``, what dropout blanks to; ``groups``: each training part's groups, for
     a model with an inner CV."""
-    return model_class(kind).fit_batched(config, trains, vals, groups or [None] * len(trains),
-                                         n_classes=n_classes,
-                                         meta_fields=meta_fields or [None] * len(trains),
-                                         batched=batched)
+    return list(model_class(kind).fit_batched(config, trains, vals,
+                                              groups or [None] * len(trains),
+                                              n_classes=n_classes,
+                                              meta_fields=meta_fields or [None] * len(trains),
+                                              batched=batched))
 
 
 def _tta_note(model: str, tta: bool, image: np.ndarray) -> str:
@@ -120,7 +121,9 @@ class SplitFit:
     @property
     def fell_back(self) -> int:
         """How many scored rows the fallback scored."""
-        return int(self.missing_rows.sum()) if self.fallback is not None else 0
+        if self.fallback is None or self.missing_rows is None:
+            return 0
+        return int(self.missing_rows.sum())
 
     @property
     def temperature(self) -> float:
@@ -236,10 +239,11 @@ def finish_split(data: Dataset, enc: EncodedSplit, model: StageTwoModel, recipe:
     missing = fallback_rows(scored[1][:, :enc.encoder.n_features], enc.encoder.missing_row())
     fb = None
     if fallback is not None:
-        fb_cal, fb_threshold, *fb_scored = _calibrated(data, fallback, select, scored, recipe,
-                                                       calibrate)
+        fb_cal, fb_threshold, fb_logits, fb_proba, fb_pred = _calibrated(
+            data, fallback, select, scored, recipe, calibrate)
         fb = Fallback(fallback, fb_cal, fb_threshold)
-        test_logits, proba, pred = combine_rows(missing, (test_logits, proba, pred), fb_scored)
+        test_logits, proba, pred = combine_rows(missing, (test_logits, proba, pred),
+                                                (fb_logits, fb_proba, fb_pred))
         log.info("fallback: %d of %d scored row(s) have every metadata field missing and are "
                  "scored by the image-only model", int(missing.sum()), len(missing))
     metrics = calibrated_metrics(scored[2], test_logits, proba, classes, pred)
@@ -325,5 +329,6 @@ FALLBACK_DIR = "fallback"   # the image-only fallback's bundle, a folder inside 
 def fallback_fit(fit: SplitFit) -> SplitFit:
     """The fallback of ``fit`` as a fit of its own (its bundle: same encoder and sizes)."""
     fb = fit.fallback
+    assert fb is not None, "fallback_fit: this fit has no fallback"
     return SplitFit(fb.model, fit.encoder, fb.calibrator, fb.threshold, {}, fit.test_logits,
                     fit.test_pred, fit.meta_dim)
