@@ -13,9 +13,9 @@ the model class's ``from_bundle``). Every bundle written since ``skinfeat-bundle
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from ..errors import SkinfeatError
 from ..learn.models import registry
@@ -77,6 +77,8 @@ class _Config:
     """``to_dict`` / ``from_dict`` shared by both shapes."""
 
     OPTIONAL: tuple[str, ...] = ()   # keys left out of config.json when None
+    # Set by @dataclass on each subclass; declared here so mypy knows they are dataclasses.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def to_dict(self) -> dict:
         d = {f.name: dump(getattr(self, f.name)) for f in fields(self)}

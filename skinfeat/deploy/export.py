@@ -28,7 +28,7 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from torch import nn
 from ..errors import InputError
 from .bundle import BundleError
 from .decision import predictor_rule
+
+if TYPE_CHECKING:
+    from ..learn.head import FusionHead
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ def decider(p) -> Decide:
 class CalibratedHead(nn.Module):
     """One model's head and calibration: (pooled features, encoded meta) -> probabilities."""
 
-    def __init__(self, head: nn.Module, calibrator):
+    def __init__(self, head: FusionHead, calibrator):
         super().__init__()
         self.head = head
         self.calibration = Calibration(calibrator, head.classifier.out_features)
@@ -120,6 +123,8 @@ class WithFallback(nn.Module):
     """A fused head with its image-only fallback (``learn/fallback.py``): rows whose encoded
     metadata is exactly the all-missing vector get the fallback's probabilities, as predict."""
 
+    missing: torch.Tensor   # a buffer: the encoded all-missing metadata row
+
     def __init__(self, model: CalibratedHead, fallback: CalibratedHead, missing: np.ndarray):
         super().__init__()
         self.model, self.fallback = model, fallback
@@ -133,7 +138,7 @@ class WithFallback(nn.Module):
                            self.model(features, meta))
 
 
-def calibrated_head(p) -> nn.Module:
+def calibrated_head(p) -> CalibratedHead | WithFallback:
     """A loaded model's calibrated head, with its fallback if it has one."""
     own = CalibratedHead(p.model.torch_module(), p.calibrator)
     if p.fallback is None:
@@ -149,7 +154,7 @@ class ExportGraph(nn.Module):
     ``Predictor.logits`` / ``calibrate`` do: the ensemble calibration of
     log(max(mean of the members' probabilities, 1e-12))."""
 
-    def __init__(self, features: nn.Module, members: Sequence[CalibratedHead],
+    def __init__(self, features: nn.Module, members: Sequence[CalibratedHead | WithFallback],
                  combined: Calibration | None = None, decide: Decide | None = None,
                  fallback_decide: Decide | None = None):
         super().__init__()
@@ -168,7 +173,9 @@ class ExportGraph(nn.Module):
             return proba
         decision = self.decide(proba)
         if self.fallback_decide is not None:   # those rows are decided by the fallback's rule
-            rows = self.members[0].fell_back(metas[0])[:, 0]
+            first = self.members[0]
+            assert isinstance(first, WithFallback)   # a model with a fallback rule has one
+            rows = first.fell_back(metas[0])[:, 0]
             decision = torch.where(rows, self.fallback_decide(proba), decision)
         return proba, decision
 
