@@ -277,6 +277,7 @@ class Model:
                                cache=_paths(embeddings) if embeddings is not None else None)
         proba = np.asarray(scored.proba[0], dtype=float)
         decision = scored.decisions()[0]   # the fallback's, if it scored
+        assert decision is not None   # score_image raises on an image it cannot read
         return ImagePrediction(
             str(image), decision.decision,
             dict(zip(p.classes, map(float, proba), strict=False)), values,
@@ -349,6 +350,8 @@ class Model:
         if image is not None:
             jobs = [(image, Path(image).stem, parse_meta(list(meta), p.spec))]
         else:
+            if csv is None:
+                raise InputError("explain_to: give an image or a csv")
             table = load_images(csv, p.spec)
             jobs = [(row["path"], row["image_id"], {f: row[f] for f in ex.fields if f in row})
                     for _, row in table.iterrows()]

@@ -10,6 +10,7 @@ a local checkpoint whose sha256 must match), the stored ``TransformSpec``, and s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +120,8 @@ def weight_source(identity: dict, weights_file: str | Path | None, source: Path)
                               f"checkpoint (sha256 {want[:12]}); pass --weights-file PATH to it")
         got = resolve_weights(weights_file=weights_file)
         if got.sha256 != want:
-            raise BundleError(f"{weights_file}: sha256 {got.sha256[:12]} does not match the "
-                              f"checkpoint the model was trained with ({want[:12]})")
+            raise BundleError(f"{weights_file}: sha256 {str(got.sha256)[:12]} does not match "
+                              f"the checkpoint the model was trained with ({want[:12]})")
         return got
     if kind == "local":  # a local model folder, found again and verified by its sha256
         from ..embed.encoders import local_weight_source
@@ -156,7 +157,7 @@ class LoadedBundle:
         self.config, self.bundle = load_typed(self.run)
         self.classes = list(self.bundle.classes)
         self.spec, self.task = bundle_spec(self.bundle, self.run / CONFIG)
-        self.members: list[LoadedBundle] = []
+        self.members: Sequence[LoadedBundle] = []
         self.fallback: LoadedBundle | None = None   # rows with every metadata field missing
         if isinstance(self.bundle, EnsembleConfig):
             self._load_members(weights_file, device, batch_size, num_workers)
@@ -167,8 +168,8 @@ class LoadedBundle:
             self._check_fields()
         self.temperature = self.calibrator.temperature
         # Patient context features (--group-context): a model's own, or any member's.
-        self.group_context = any(m.group_context for m in self.members) if self.members \
-            else bool(self.bundle.group_context)
+        self.group_context: bool = any(m.group_context for m in self.members) \
+            if isinstance(self.bundle, EnsembleConfig) else bool(self.bundle.group_context)
         self.identity = self.bundle.backbone or {}
         self.embed_dim = int(self.bundle.head["embed_dim"])
         # Test-time augmentation over the cached views, when the model was scored that way.
@@ -176,18 +177,18 @@ class LoadedBundle:
         self.weights_file, self.device = weights_file, device
         self.batch_size, self.num_workers = batch_size, num_workers
         self._embedders: list[tuple[Embedder | Int8Embedder, TransformSpec]] | None = None
-        if not self.members and self.bundle.fallback is not None:
-            self._load_fallback()
+        if isinstance(self.bundle, BundleConfig) and self.bundle.fallback is not None:
+            self._load_fallback(self.bundle.fallback)
 
-    def _load_fallback(self) -> None:
+    def _load_fallback(self, folder: str) -> None:
         """The image-only model of rows with every metadata field missing (``fallback/``): a
         bundle of its own that must take this model's embeddings and metadata. It never embeds
         an image itself (the model's backbone does, once for both), so its backbone is not
         rebuilt or compared."""
-        source, where = self.run / CONFIG, self.run / self.bundle.fallback
+        source, where = self.run / CONFIG, self.run / folder
         if not (where / CONFIG).is_file():
             raise BundleError(f"{source}: key 'fallback': expected a bundle folder beside "
-                              f"{CONFIG} (there is no {self.bundle.fallback}/{CONFIG})")
+                              f"{CONFIG} (there is no {folder}/{CONFIG})")
         fb = type(self)(where, weights_file=self.weights_file, device=self.device,
                         batch_size=self.batch_size, num_workers=self.num_workers)
         theirs = fb.run / CONFIG
@@ -222,6 +223,7 @@ class LoadedBundle:
         Every member takes the ensemble's embeddings (one backbone embeds each image for all of
         them), so each must have been trained on that backbone, size and view set."""
         source = self.run / CONFIG
+        assert isinstance(self.bundle, EnsembleConfig)   # called for an ensemble only
         self.members = [type(self)(self.run / m, weights_file=weights_file, device=device,
                                   batch_size=batch_size, num_workers=num_workers)
                         for m in self.bundle.members]
@@ -239,12 +241,13 @@ class LoadedBundle:
                                       f"({source}, members[{i}]), so it cannot take the "
                                       "ensemble's embeddings")
         self.model, self.encoder = self.members[0].model, self.members[0].encoder
-        offsets = [m.calibrator.decision_offset for m in self.members]
+        offsets = [o for m in self.members if (o := m.calibrator.decision_offset) is not None]
         self.calibrator = Calibrator("temperature")
-        if all(o is not None for o in offsets):
+        if len(offsets) == len(self.members):
             self.calibrator.decision_offset = np.mean(offsets, axis=0).tolist()
-        thresholds = [m.threshold for m in self.members]
-        self.threshold = float(np.mean(thresholds)) if None not in thresholds else None
+        thresholds = [t for m in self.members if (t := m.threshold) is not None]
+        self.threshold = float(np.mean(thresholds)) if len(thresholds) == len(self.members) \
+            else None
 
     @property
     def random_weights(self) -> bool:

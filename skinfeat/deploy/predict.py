@@ -110,6 +110,11 @@ class Predictor(LoadedBundle):
     """A trained run, ready to score raw images with metadata: the loaded bundle
     (``loading.LoadedBundle``) + embedding, calibration and decisions."""
 
+    # LoadedBundle loads its members and fallback as its own class (``type(self)``): here,
+    # Predictors.
+    members: Sequence[Predictor]
+    fallback: Predictor | None
+
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from the head's logits (the one place calibration is
         applied)."""
@@ -138,7 +143,7 @@ class Predictor(LoadedBundle):
                                      num_workers=self.num_workers):
                 for j, reason in batch.failed.items():
                     errors[j] = reason
-                if len(batch.rows):
+                if batch.embeddings is not None:   # None: no row of the batch was read
                     if batch.embeddings.shape[-1] != dim:
                         raise BundleError(f"{self.run / CONFIG}: backbone "
                                           f"{self.sources[i]['backbone']} gives "
@@ -247,8 +252,8 @@ class Predictor(LoadedBundle):
         proba = self.calibrate(logits)
         decided = self.decide(proba)
         rows = self.fallback_rows(table)
-        if rows.any():
-            fb = self.fallback
+        fb = self.fallback
+        if fb is not None and rows.any():   # rows: all False without a fallback
             fb_logits = fb.logits(image[rows], table[rows].reset_index(drop=True))
             fb_proba = fb.calibrate(fb_logits)
             logits[rows], proba[rows], decided[rows] = fb_logits, fb_proba, fb.decide(fb_proba)

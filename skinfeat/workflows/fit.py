@@ -140,7 +140,7 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
 
 def fallback_note(fit: SplitFit) -> str:
     """What the fallback did on the scored part, for the report."""
-    if fit.fallback is None:
+    if fit.fallback is None or fit.missing_rows is None:
         return "none"
     return (f"an image-only head trained on the same split, calibrated on the same part; it "
             f"scored {fit.fell_back} of {len(fit.missing_rows)} scored row(s)")
