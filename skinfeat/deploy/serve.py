@@ -56,7 +56,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, send)
+            return await self._refuse(scope, receive, send)
         received, started = 0, False
 
         async def limited_receive():
@@ -77,13 +77,13 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except RequestTooLarge:
             if not started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, receive, send)
 
-    async def _refuse(self, scope, send):
+    async def _refuse(self, scope, receive, send):
         mb = (self.limit - FORM_OVERHEAD) / 1e6
         response = JSONResponse({"detail": f"upload too large: the limit is {mb:.1f} MB"},
                                 status_code=413)
-        await response(scope, None, send)
+        await response(scope, receive, send)
 
 
 def check_image(path: Path, spec) -> None:
