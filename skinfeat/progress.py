@@ -17,7 +17,7 @@ an error, so an error line starts on a line of its own.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -76,11 +76,8 @@ def track(iterable: Iterable[T], total: int | None = None, desc: str = "") -> It
     """``iterable`` itself without a factory; else its items, one bar step each."""
     if _FACTORY.get() is None:
         return iterable
-    if total is None:
-        try:
-            total = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
+    if total is None and isinstance(iterable, Sized):
+        total = len(iterable)
     return _tracked(iterable, total, desc)
 
 

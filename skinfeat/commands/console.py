@@ -72,8 +72,11 @@ def setup_logging(level: int) -> None:
     root.setLevel(level)
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
-        ctx.call_on_close(lambda: [click.echo(line, err=True)  # type: ignore[func-returns-value]
-                                   for line in once.summary()])  # (the list is discarded)
+        def print_summary() -> None:
+            for line in once.summary():
+                click.echo(line, err=True)
+
+        ctx.call_on_close(print_summary)
 
 
 def close_on_exit(bar):

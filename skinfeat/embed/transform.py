@@ -73,9 +73,9 @@ def transform_for(model: torch.nn.Module, resize: str = "squash",
                          std=tuple(map(float, cfg["std"])))
 
 
-# ignores: Pillow's int aliases (Image.BILINEAR == 2) are missing from its type hints
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,  # type: ignore[attr-defined]
-             "nearest": Image.NEAREST}  # type: ignore[attr-defined]
+# Pillow's resampling filters (the enum its type hints know; equal to the int codes, BILINEAR 2)
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST}
 
 
 def load_image(path: str | Path, spec: TransformSpec) -> Image.Image:
