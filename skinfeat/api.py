@@ -584,7 +584,7 @@ def evaluate_model(model: Model | PathLike, data: PathLike, out: PathLike | None
     ``evaluate``: ``skinfeat.evaluate`` is the metrics and reports subpackage.) ``subgroups``:
     the fields of the subgroup tables (None: the scored set's default ones, "none": none);
     ``write_card(model)`` then shows the evaluation in the model card."""
-    from .workflows.evaluate import evaluate_run
+    from .deploy.evaluation import evaluate_run
 
     run = model.path if isinstance(model, Model) else Path(model)
     res = evaluate_run(run, data, out, layout=preset, spec=spec, columns=columns,

@@ -151,7 +151,7 @@ def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
 
 
 def test_evaluate_generic_csv_flags_training_overlap(runs, synth_table, tmp_path):
-    from skinfeat.workflows.evaluate import evaluate_run
+    from skinfeat.deploy.evaluation import evaluate_run
     rows = synth_table.iloc[:30]
     rows[["path", "image_id", "dx", "age", "sex", "localization"]].rename(
         columns={"path": "image"}).to_csv(tmp_path / "ext.csv", index=False)
