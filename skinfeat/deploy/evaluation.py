@@ -1,7 +1,7 @@
 """Score a trained run on another labelled set: any preset's folder (HAM10000, the ISIC 2018 Task 3
 test set, ISIC 2019/2020, PAD-UFES-20) or a generic CSV (``datasets.load_dataset``).
 
-Images go through the ``Predictor`` (the backbone, transform and precision of the training cache)
+Images go through the ``Model`` (the backbone, transform and precision of the training cache)
 and the stored calibration is applied. The report leads with ISIC 2018 Task 3's headline metric,
 balanced multi-class accuracy (the mean of per-class recall), with a bootstrap 95 % CI.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,26 @@ import pandas as pd
 from ..atomic import write_text
 from ..data.datasets import DataError, load_dataset
 from ..deploy.decision import calibration_text
-from ..deploy.predict import Predictor
 from ..errors import InputError
 from ..evaluate.metrics import bootstrap_ci, calibrated_metrics, headline, majority_baseline
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A model scored on another labelled set (``skinfeat evaluate``)."""
+    metrics: dict                 # on the scored rows (see evaluate_metrics.json)
+    bootstrap_ci95: dict          # group bootstrap intervals
+    majority_baseline: dict | None
+    info: dict                    # data, layout, n, coverage, overlap with training, ...
+    out: Path                     # the report folder
+    subgroups: object = field(default=None, repr=False)   # a SubgroupResult, or None
+    _owner: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def report_path(self) -> Path:
+        return self.out / "evaluate_report.md"
 
 
 def default_eval_dir(run: str | Path, data: str | Path) -> Path:
@@ -95,14 +111,14 @@ def model_labels(table: pd.DataFrame, classes: list[str], source: str) -> np.nda
     return table["dx"].map({c: i for i, c in enumerate(classes)}).astype(int).to_numpy()
 
 
-def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = None, *,
+def evaluate_run(model, data: str | Path, out: str | Path | None = None, *,
                  layout: str = "auto", spec: str | Path | None = None,
-                 columns: dict | None = None, weights_file: str | Path | None = None,
-                 device: str = "auto", batch_size: int = 32, num_workers: int = 0,
-                 include_seen: bool = False, progress: Callable[[int], None] | None = None,
+                 columns: dict | None = None, include_seen: bool = False,
+                 progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int], None] | None = None, cache=None,
-                 subgroups: str | Sequence[str] | None = None) -> dict:
-    """Embed, predict and score ``data``; write evaluate_metrics.json, evaluate_report.md, PNGs.
+                 subgroups: str | Sequence[str] | None = None) -> EvaluationResult:
+    """Embed, predict and score ``data`` with a loaded model (``model.Model``); write
+    evaluate_metrics.json, evaluate_report.md, PNGs (``out=None``: ``MODEL/eval-<data name>``).
 
     Images, and images of groups, that the model trained or early-stopped on are left out
     unless ``include_seen``: scores on them are optimistic. With ``cache`` (one file or several,
@@ -113,12 +129,10 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     are not at hand)."""
     from ..evaluate.subgroup_fields import analyse_subgroups, subgroup_columns
 
-    run = Path(run)
+    run = model.run
     out = Path(out) if out else default_eval_dir(run, data)
-    predictor = Predictor(run, weights_file=weights_file, device=device, batch_size=batch_size,
-                          num_workers=num_workers)
     # The scored set's labels are read as the model's task (e.g. binary:mel from a 7-class set).
-    dataset = load_dataset(data, layout, spec, task=predictor.task, images=not cache,
+    dataset = load_dataset(data, layout, spec, task=model.task, images=not cache,
                            **(columns or {}))
     table, layout = dataset.table, dataset.spec.name
     subgroup_columns(subgroups, dataset.spec)   # a bad --subgroups fails before predicting
@@ -137,13 +151,13 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
         full = full[~seen].reset_index(drop=True)
     if on_start:
         on_start(len(table))
-    preds = predictor.predict_table(table, progress, cache=cache)
+    preds = model.predict_table(table, progress, cache=cache)
     ok = preds.ok
     scored = table[ok].reset_index(drop=True)
     described = full[ok].reset_index(drop=True)
     if len(scored) == 0:
         raise InputError(f"{data}: no image could be read; nothing to score")
-    classes = predictor.classes
+    classes = model.classes
     y = model_labels(scored, classes, str(dataset.source))
     logits, proba, decided = preds.logits[ok], preds.proba[ok], preds.decided[ok]
     metrics = calibrated_metrics(y, logits, proba, classes, decided)
@@ -151,37 +165,36 @@ def evaluate_run(run: str | Path, data: str | Path, out: str | Path | None = Non
     y_train = train_labels(run, classes)
     baseline = majority_baseline(y_train, y, classes) if y_train is not None and len(y_train) \
         else None
-    coverage = metadata_coverage(scored, predictor.fields)
+    coverage = metadata_coverage(scored, model.fields)
     overlap = split_overlap(run, scored)
     if overlap.get("rows"):
         log.warning("%s: %d image(s) (or their lesions) were used to train or early-stop the "
                     "model; these scores are optimistic", data, overlap["rows"])
     info = {"run": str(run), "data": str(data), "layout": layout, "n": int(len(scored)),
-            "task": str(predictor.task), "classes": classes, "threshold": predictor.threshold,
+            "task": str(model.task), "classes": classes, "threshold": model.threshold,
             "unreadable": {i: e for i, e, k in zip(preds.image_ids, preds.errors, ok, strict=False)
                            if not k},
             "metadata_coverage": coverage, "metadata_note": metadata_note(layout, coverage),
             # rows with every metadata field missing, scored by the image-only fallback
-            "fell_back": preds.fell_back if predictor.fallback is not None else None,
+            "fell_back": preds.fell_back if model.fallback is not None else None,
             "metadata_missing": bool(coverage) and (layout == "isic2018-test"
                                                     or not any(coverage.values())),
             "overlap_with_training": overlap, "include_seen": include_seen,
             "seen_in_training": left_out, "group": dataset.spec.group_name,
-            "temperature": predictor.temperature,
-            "calibration": calibration_text(predictor),   # an ensemble: its members'
-            "model_type": predictor.config["model_type"], "head": predictor.config["head"],
-            "members": len(predictor.members) or None,
+            "temperature": model.temperature,
+            "calibration": calibration_text(model),   # an ensemble: its members'
+            "model_type": model.config["model_type"], "head": model.config["head"],
+            "members": len(model.members) or None,
             "backbone": " + ".join(str(i.get("backbone", "outside skinfeat"))
-                                   for i in predictor.sources),
+                                   for i in model.sources),
             "cache": [str(c) for c in cache] if cache else None,
-            "weights": predictor.weights, "random_weights": predictor.random_weights,
-            "identity": predictor.identity}
+            "weights": model.weights, "random_weights": model.random_weights,
+            "identity": model.identity}
     found = analyse_subgroups(described, described, y, proba, decided, dataset.spec, classes,
                               subgroups, out)
     write_evaluate_report(out, metrics, ci, baseline, info, y, logits, classes,
-                          predictor.calibrator, subgroups=found)
-    return {"metrics": metrics, "bootstrap_ci95": ci, "majority_baseline": baseline,
-            "info": info, "out": out, "subgroups": found}
+                          model.calibrator, subgroups=found)
+    return EvaluationResult(metrics, ci, baseline, info, out, found)
 
 
 def model_kind(info: dict) -> str:
