@@ -246,9 +246,10 @@ class LoadedBundle:
     def random_weights(self) -> bool:
         return random_weights(self.identity)
 
-    def random_note(self, whole: str) -> str:
-        """The RANDOM-weights line (``model_text.random_line``): the whole model, or only the
-        fused sources that were random, by name; "" for real weights."""
+    def random_note(self, whole: str = "these probabilities mean nothing clinically.") -> str:
+        """What had random weights, in one line (``model_text.random_line``): the whole model
+        (``RANDOM backbone weights: {whole}``) or only the fused sources that were random, by
+        name; "" for real weights."""
         return random_line(self.identity, whole, self.random_weights)
 
     @property
