@@ -139,7 +139,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import warnings
     warnings.filterwarnings("ignore")
-    from skinfeat.data.datasets import load_ham10000
+    from skinfeat.data.datasets import load_dataset
     from skinfeat.embed.backbone import create_backbone
     from skinfeat.embed.engines import PooledFeatures
     from skinfeat.embed.transform import preprocess, transform_for
@@ -148,7 +148,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from extract import cpu_line
 
-    table = load_ham10000(args.data).sort_values("image_id").reset_index(drop=True)
+    table = load_dataset(args.data, "ham10000").table.sort_values("image_id").reset_index(drop=True)
     model = create_backbone(args.backbone, WeightSource("random"))
     spec = transform_for(model)
     net = PooledFeatures(model).eval()

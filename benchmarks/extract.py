@@ -139,10 +139,10 @@ def peak_rss_child(data: Path, limit: int, backbone: str) -> float:
     code = f"""
 import resource, tempfile, sys
 sys.path.insert(0, {str(ROOT)!r})
-from skinfeat.data.datasets import load_ham10000
+from skinfeat.data.datasets import load_dataset
 from skinfeat.embed.weights import WeightSource
 from skinfeat.embed.extract import extract
-t = load_ham10000({str(data)!r}).sort_values('image_id').iloc[:{limit}]
+t = load_dataset({str(data)!r}, "ham10000").table.sort_values('image_id').iloc[:{limit}]
 with tempfile.TemporaryDirectory() as d:
     extract(t, d + '/c.h5', backbone={backbone!r}, weights=WeightSource('random'),
             precision='auto', compile='off', num_workers=1)
@@ -211,7 +211,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from skinfeat.data.datasets import load_ham10000
+    from skinfeat.data.datasets import load_dataset
     from skinfeat.embed.device import resolve_device
     from skinfeat.embed.engines import calibration_files, calibration_identity
     from skinfeat.learn.cv import CVConfig, run_cv
@@ -220,7 +220,7 @@ def main() -> None:
 
     if not (args.data / "HAM10000_metadata.csv").is_file():
         sys.exit(f"no HAM10000 sample at {args.data}; pass --data DIR")
-    table = load_ham10000(args.data).sort_values("image_id").reset_index(drop=True)
+    table = load_dataset(args.data, "ham10000").table.sort_values("image_id").reset_index(drop=True)
     if args.limit:
         table = table.iloc[: args.limit].reset_index(drop=True)
     n = len(table)
@@ -294,7 +294,7 @@ def main() -> None:
         cv_cfg = CVConfig(folds=5, models=("head",), inputs=("fused",), seeds=seeds)
         for prec in precisions:
             t0 = time.perf_counter()
-            recs = run_cv(table, runs[prec]["cache"], cv_cfg, jobs=0)["records"]
+            recs = run_cv(table, runs[prec]["cache"], cv_cfg, jobs=0).records
             runs[prec]["cv_s"] = time.perf_counter() - t0
             runs[prec]["cv"] = {(r["seed"], r["fold"]): r["metrics"] for r in recs}
         n_fits = len(runs["fp32"]["cv"])
@@ -325,8 +325,7 @@ def main() -> None:
             out = tmp / f"run-{prec}"
             t0 = time.perf_counter()
             res = fit_run(table, tmp / f"{prec}.h5", out, RunConfig(seed=0))
-            res["seconds"] = time.perf_counter() - t0
-            runs[prec]["fits"] = [res]
+            runs[prec]["fits"] = [{"info": res.info, "seconds": time.perf_counter() - t0}]
         results = {p: {k: v for k, v in r.items() if k not in ("cache", "fits", "cos", "cv")}
                    | ({"cos_min": float(r["cos"].min()), "cos_median": float(np.median(r["cos"]))}
                       if "cos" in r else {})

@@ -272,8 +272,8 @@ def main() -> int:
               + f" s (median {seconds:.1f})")
         rows.append(("fit-head (reference head, bundle + report)", seconds, TARGETS["fit-head"],
                      old.get("fit-head"), f"--before {args.before}",
-                     f"best epoch {res['info'].best_epoch}, balanced acc "
-                     f"{res['metrics']['balanced_accuracy']:.3f}"))
+                     f"best epoch {res.info.best_epoch}, balanced acc "
+                     f"{res.metrics['balanced_accuracy']:.3f}"))
         head_cv = CVConfig(folds=5, models=("head",))
         seq, _ = timed(lambda: cv_run(table, cache, Path(tmp) / "cv-seq",
                                       replace(head_cv, batched=False), jobs=jobs))
@@ -282,7 +282,7 @@ def main() -> int:
         seconds, cv = float(np.median([c[0] for c in cvs])), cvs[0][1]
         print("this tree cv-head: " + ", ".join(f"{c[0]:.1f}" for c in cvs)
               + f" s (median {seconds:.1f})")
-        fused = cv["summary"]["head"]["fused"]["balanced_accuracy"]
+        fused = cv.run.summary["head"]["fused"]["balanced_accuracy"]
         rows.append(("cv --folds 5 --models head (3 input sets)", seconds, TARGETS["cv-head"],
                      seq, "fold by fold, this code",
                      f"15 fits; fused balanced acc {fused['mean']:.3f} ± {fused['std']:.3f}"))
@@ -309,8 +309,8 @@ def main() -> int:
                 trials=args.tune_trials, jobs=jobs)))
             rows.append((f"tune --trials {args.tune_trials} (--jobs {jobs})", seconds,
                          TARGETS["tune"], None, "",
-                         f"best CV {tuned['best']['value']:.3f}, held-out "
-                         f"{tuned['held_out']['metrics']['balanced_accuracy']:.3f}"))
+                         f"best CV {tuned.best['value']:.3f}, held-out "
+                         f"{tuned.held_out['metrics']['balanced_accuracy']:.3f}"))
     lgbm = {} if args.skip_lgbm_compare else lgbm_pca_cost(table, contents)
     sampler.halt.set()
     sampler.join()

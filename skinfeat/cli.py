@@ -93,7 +93,7 @@ def demo(out: str, n_images: int, backbone: str, weights: str, precision: str) -
 
     res = run_demo(out, n_images=n_images, backbone=backbone, weights=weights,
                    precision=precision, echo=click.echo, progress=progress_bar)
-    stage_two.print_run_summary(res["metrics"], res["baseline"], res["info"], out)
+    stage_two.print_run_summary(res.metrics, res.baseline, res.info, out)
 
 
 

@@ -15,6 +15,7 @@ from .embed.engines import int8_available
 from .embed.extract import extract
 from .embed.weights import WeightSource, WeightsUnavailable, pretrained_location
 from .workflows.fit import fit_run
+from .workflows.results import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def demo_precision(precision: str) -> tuple[str, str]:
 
 def run_demo(out: Path, *, n_images: int = 1000, backbone: str = "convnext_tiny.fb_in1k",
              weights: str = "auto", precision: str = "auto", echo: Callable[[str], None] = print,
-             progress: Callable | None = None) -> dict:
+             progress: Callable | None = None) -> FitResult:
     t0 = time.perf_counter()
     data_dir = out / "data"
     if not (data_dir / "HAM10000_metadata.csv").is_file():

@@ -39,8 +39,8 @@ def synth_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_table(synth_dir):
-    from skinfeat.data.datasets import load_ham10000
-    return load_ham10000(synth_dir)
+    from skinfeat.data.datasets import load_dataset
+    return load_dataset(synth_dir, "ham10000").table
 
 
 @pytest.fixture(scope="session")

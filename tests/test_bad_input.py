@@ -22,7 +22,7 @@ from PIL import Image
 from test_datasets import COLUMNS, ROWS, make_dir
 
 from skinfeat.cli import main
-from skinfeat.data.datasets import index_images, load_ham10000
+from skinfeat.data.datasets import index_images, load_dataset
 from skinfeat.data.splits import assign_split, fold_ids
 from skinfeat.embed.cache import read_cache
 from skinfeat.embed.extract import ImageFiles
@@ -247,7 +247,7 @@ def test_fit_head_leaves_unreadable_images_out_with_a_warning(messy, caplog):
 
 
 def test_unseen_sex_and_site_encode_as_zero_with_a_warning(messy, tmp_path, caplog):
-    table = load_ham10000(messy["root"])
+    table = load_dataset(messy["root"], "ham10000").table
     aligned, _ = align_embeddings(table, read_cache(messy["cache"]))
     split = assign_split(aligned, "lesion", seed=42)
     lesion = aligned.loc[split == "test", "group_id"].iloc[0]
@@ -260,7 +260,7 @@ def test_unseen_sex_and_site_encode_as_zero_with_a_warning(messy, tmp_path, capl
     assert "'other'" in caplog.text and "'tail'" in caplog.text
     config = json.loads((tmp_path / "config.json").read_text())
     assert "other" not in config["encoder"]["categories"]["sex"]
-    assert np.isfinite(res["metrics"]["accuracy"])
+    assert np.isfinite(res.metrics["accuracy"])
 
 
 def test_a_class_too_small_for_the_split_is_a_one_line_error(messy, tmp_path):
@@ -270,7 +270,7 @@ def test_a_class_too_small_for_the_split_is_a_one_line_error(messy, tmp_path):
     vasc = meta.loc[meta["dx"] == "vasc", "lesion_id"].unique()
     meta = meta[(meta["dx"] != "vasc") | (meta["lesion_id"] == vasc[0])]
     meta.to_csv(root / "HAM10000_metadata.csv", index=False)
-    aligned, _ = align_embeddings(load_ham10000(root), read_cache(messy["cache"]))
+    aligned, _ = align_embeddings(load_dataset(root, "ham10000").table, read_cache(messy["cache"]))
     seed = next(s for s in range(100) if not _trains_on_every_class(aligned, s))
     r = cli("fit-head", "--data", root, "--cache", messy["cache"], "--out", tmp_path / "run",
             "--seed", seed)
@@ -355,8 +355,8 @@ def test_table_formats_that_are_read(tmp_path, case, kwargs, rows):
     assert s["images"] == 4 and s["lesions"] == 3 and s["missing"]["age"] == 1
     assert {dx: c["images"] for dx, c in s["per_class"].items() if c["images"]} == \
         {"nv": 2, "mel": 1, "bcc": 1}
-    assert list(load_ham10000(root).columns) == ["image_id", "group_id", "path", "dx", "label",
-                                                 "age", "sex", "localization"]
+    assert list(load_dataset(root, "ham10000").table.columns) == [
+        "image_id", "group_id", "path", "dx", "label", "age", "sex", "localization"]
 
 
 def test_bad_ages_and_blank_categories_become_missing(tmp_path, caplog):

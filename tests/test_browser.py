@@ -32,13 +32,13 @@ pytestmark = [pytest.mark.slow,   # end to end: whole CLI / API runs
 def server(ship_runs):
     import uvicorn
 
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.deploy.serve import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(Predictor(ship_runs["head"]))
+    app = create_app(Model(ship_runs["head"]))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -87,9 +87,9 @@ def test_page_in_headless_chromium(server, ship_runs, synth_table, tmp_path):
         driver.quit()
     print(f"\nprobabilities read from the page: {probs}\nattribution table: "
           f"{attribution!r}\nscreenshot: {shot}")
-    from skinfeat.deploy.predict import Predictor
-    want = Predictor(ship_runs["head"]).predict_image(synth_table["path"].iloc[0], age=55,
-                                                      sex="female")
+    from skinfeat.deploy.model import Model
+    want = Model(ship_runs["head"]).predict_image(synth_table["path"].iloc[0], age=55,
+                                                      sex="female").probabilities
     top3 = sorted(want, key=want.get, reverse=True)[:3]
     assert list(probs) == top3
     for c in top3:

@@ -107,3 +107,20 @@ def test_an_older_format_is_upgraded_in_one_place(ship_runs):
     assert "lgbm" in old   # the table read from the file is left as it was
     assert migrate(d) is d   # the current format passes through
     assert isinstance(parse_config(new, "config.json"), BundleConfig)
+
+
+def test_older_shapes_are_filled_in_by_migrate(ship_runs):
+    """A bundle made before the dataset description, the task and the calibrator were stored
+    is upgraded by ``migrate`` alone: HAM10000, every class, its temperature."""
+    from skinfeat.data.presets import PRESETS
+    from skinfeat.deploy.bundle_config import migrate
+
+    d = json.loads((ship_runs["head"] / "config.json").read_text())
+    old = {k: v for k, v in d.items() if k not in ("dataset", "task", "calibration")}
+    new = migrate(old)
+    assert new["dataset"] == PRESETS["ham10000"].to_dict()
+    assert new["task"] == {"kind": "multiclass", "positive": None}
+    t = 1.0 if d.get("temperature") is None else d["temperature"]
+    assert new["calibration"] == {"method": "temperature", "temperature": t}
+    assert "dataset" not in old   # the table read from the file is left as it was
+    assert isinstance(parse_config(new, "config.json"), BundleConfig)

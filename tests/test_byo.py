@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import TINY
 
 from skinfeat.cli import main
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.model import Model
 from skinfeat.embed.extract import extract
 from skinfeat.embed.weights import WeightSource
 
@@ -105,7 +105,7 @@ def test_fold_ensemble_and_split_none_models_predict(foreign, tmp_path):
     assert sorted(p.name for p in ens.iterdir() if p.is_dir()) == \
         [f"seed42_fold{k}" for k in range(3)]
     held = pd.read_csv(foreign["held"] / "HAM10000_metadata.csv")
-    p = Predictor(ens)
+    p = Model(ens)
     image, errors = p.cached(held["image_id"].tolist(), [cache])
     proba = p.calibrate(p.logits(image, held))
     members = np.mean([m.calibrate(m.logits(image, held)) for m in p.members], axis=0)
@@ -151,7 +151,7 @@ def test_two_caches_fuse_and_raw_images_equal_the_cached_path(synth_dir, synth_t
     assert ident["sources"] == [str(synth_cache), str(other)]
     assert config["head"]["embed_dim"] == sum(ident["dims"])
     assert "2 caches fused per image" in (run / "report.md").read_text()
-    p = Predictor(run, device="cpu")
+    p = Model(run, device="cpu")
     rows = synth_table.iloc[:6]
     raw, errors = p.embed(rows["path"].tolist())
     cached, _ = p.cached(rows["image_id"].tolist(), [synth_cache, other])

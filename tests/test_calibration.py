@@ -42,12 +42,16 @@ def test_temperature_method_is_fit_temperature():
 
 @pytest.mark.parametrize("method", ["temperature", "logit_adjust", "bias_temperature"])
 def test_round_trip_and_old_bundles(method):
+    from skinfeat.deploy.bundle_config import migrate
+
     logits, y, w = prior_shifted(400, 3)
     cal = Calibrator(method).fit(logits, y, w)
     again = Calibrator.from_dict(cal.to_dict())
     np.testing.assert_array_equal(cal(logits), again(logits))
-    old = Calibrator.from_dict(1.7)  # a bundle that stored only "temperature": 1.7
+    # a bundle that stored only "temperature": 1.7, upgraded on load (bundle_config.migrate)
+    old = Calibrator.from_dict(migrate({"model_type": "head", "temperature": 1.7})["calibration"])
     assert old.method == "temperature" and old.temperature == 1.7
+    np.testing.assert_allclose(old(logits), softmax(logits, 1.7))
     with pytest.raises(ValueError, match="calibration method"):
         Calibrator("platt")
 

@@ -9,7 +9,7 @@ import pytest
 from skinfeat.data.presets import PRESETS
 from skinfeat.data.spec import DatasetSpec
 from skinfeat.evaluate.card import rewrite_card
-from skinfeat.evaluate.checklist import HEADING, checklist_section
+from skinfeat.evaluate.checklist import HEADING, checklist_lines
 
 
 def summary(dataset="ham10000", **info):
@@ -29,7 +29,7 @@ def summary(dataset="ham10000", **info):
 
 
 def test_known_items_are_filled_from_the_run():
-    text = checklist_section(summary())
+    text = "\n".join(checklist_lines(summary()))
     assert text.startswith(HEADING)
     for fact in ("dermoscopic", "convnext_tiny", "CC BY-NC 4.0", "train 7000 images / 5200 "
                  "lesions", "dx_type", "lesion-grouped", "seed 3", "logit_adjust",
@@ -43,7 +43,7 @@ def test_known_items_are_filled_from_the_run():
 
 def test_unknown_facts_become_open_questions_never_guesses():
     spec = DatasetSpec(name="clinic_x", label_column="dx")
-    text = checklist_section(summary("clinic_x"), spec)
+    text = "\n".join(checklist_lines(summary("clinic_x"), spec))
     assert "not known to skinfeat" in text
     questions = text.split("### Open questions")[1]
     assert "Image type of clinic_x" in questions
@@ -62,7 +62,7 @@ def test_subgroups_and_external_tests_are_reported():
     ext = [{"name": "eval-isic", "info": {"dataset": "isic2018-test"},
             "model": {"n": 1512, "balanced_accuracy": 0.5}, "bootstrap_ci95": {
                 "balanced_accuracy": [0.47, 0.53]}}]
-    text = checklist_section(s, PRESETS["ham10000"], ext)
+    text = "\n".join(checklist_lines(s, PRESETS["ham10000"], ext))
     assert "dataset: gap 12.0 % `rosendahl` - `vienna_dias` (95 % CI 5.0 % to 20.0 %)" in text
     assert "sex: not ranked" in text
     assert "isic2018-test (1512 images): balanced accuracy 50.0 % (95 % CI 47.0 % to 53.0 %)" \

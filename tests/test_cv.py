@@ -3,7 +3,7 @@ ablations that read only their inputs, foreign embedding files, and one CLI run.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import h5py
 import numpy as np
@@ -14,7 +14,7 @@ import skinfeat.learn.train as train
 from skinfeat.cli import main
 from skinfeat.embed.cache import CacheContents, read_cache
 from skinfeat.learn.baseline import LGBMConfig
-from skinfeat.learn.cv import CVConfig, make_folds, run_cv
+from skinfeat.learn.cv import CVConfig, CVRun, make_folds, run_cv
 from skinfeat.learn.head import HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.cv import cv_run
@@ -27,8 +27,8 @@ def lesions(table, rows) -> set:
     return set(table["group_id"].iloc[rows])
 
 
-def metrics_of(res: dict) -> str:
-    return json.dumps([(r["model"], r["inputs"], r["fold"], r["metrics"]) for r in res["records"]])
+def metrics_of(res) -> str:
+    return json.dumps([(r["model"], r["inputs"], r["fold"], r["metrics"]) for r in res.records])
 
 
 def test_folds_disjoint_by_lesion_inner_val_from_training_folds(synth_table):
@@ -68,7 +68,7 @@ def test_scored_fold_never_reaches_early_stopping_or_encoder(synth_table, synth_
     # cv runs train.fit_splits, fit-head's path: one encoder fit per model and fold; the fused
     # head's image-only fallbacks train beside it on the same rows (3 more parts).
     assert len(calls) == 3 * 2 + 3 and len(encoded) == 3 * 2
-    folds = res["folds_table"]
+    folds = res.folds_table
     by_id = folds.set_index("image_id")["group_id"]
     every = set(folds["image_id"])
     scored_sets = [set(folds.loc[folds["fold_seed42"] == k, "image_id"]) for k in range(3)]
@@ -87,10 +87,10 @@ def test_same_seed_same_folds_and_metrics(synth_table, synth_cache):
     contents = read_cache(synth_cache)
     cfg = replace(FAST, inputs=("fused",))
     a, b = run_cv(synth_table, contents, cfg), run_cv(synth_table, contents, cfg)
-    assert a["folds_table"].equals(b["folds_table"])
+    assert a.folds_table.equals(b.folds_table)
     assert metrics_of(a) == metrics_of(b)
     other = run_cv(synth_table, contents, replace(cfg, seeds=(7,), models=("lgbm",)))
-    assert not np.array_equal(a["folds_table"]["fold_seed42"], other["folds_table"]["fold_seed7"])
+    assert not np.array_equal(a.folds_table["fold_seed42"], other.folds_table["fold_seed7"])
 
 
 def test_metadata_only_ignores_embeddings(synth_table, synth_cache):
@@ -156,7 +156,10 @@ def test_bring_your_own_embeddings(synth_table, tmp_path):
         f.create_dataset("embedding", data=np.random.default_rng(1).normal(
             size=(len(ids), 24)).astype(np.float32))
     res = cv_run(synth_table, path, tmp_path / "run", replace(FAST, inputs=("fused",)))
-    assert res["embed_dim"] == 24 and not res["info"]["random_weights"]
+    assert res.run.embed_dim == 24 and not res.info["random_weights"]
+    saved = json.loads((tmp_path / "run" / "cv_metrics.json").read_text())
+    assert list(saved) == [k for k in res.raw if k not in ("folds_table", "oof")] + \
+        (["reference"] if res.run.reference_recipe else [])   # the file is the typed result
     report = (tmp_path / "run" / "cv_report.md").read_text()
     assert "outside skinfeat" in report and "RANDOM" not in report
 
@@ -198,8 +201,11 @@ def test_views_tta_film_and_metadata_dropout(synth_table, synth_cache, tmp_path)
     cfg = replace(FAST, models=("head",), inputs=("fused",), recipe=replace(
         FAST.recipe, tta=True, params=HeadConfig(head="film", meta_dropout=0.3, max_epochs=3)))
     res = run_cv(synth_table, contents, cfg)
-    assert res["views"] == 2 and res["config"]["recipe"]["head"]["head"] == "film"
-    assert all(np.isfinite(r["metrics"]["accuracy"]) for r in res["records"])
+    assert isinstance(res, CVRun)   # typed and frozen: the workflow above cannot change it
+    with pytest.raises(FrozenInstanceError):
+        res.notes = []
+    assert res.views == 2 and res.config["recipe"]["head"]["head"] == "film"
+    assert all(np.isfinite(r["metrics"]["accuracy"]) for r in res.records)
 
 
 @pytest.mark.slow   # end to end (CLI or worker processes)

@@ -33,10 +33,10 @@ def test_ready_events_hand_over_complete_models_before_the_end(synth_table, synt
     res = events[-1].result
     handed = [(e.model, e.inputs, e.oof) for e in events if isinstance(e, FoldsReady)]
     assert sorted((m, i) for m, i, _ in handed) == [("head", "image"), ("head", "meta")]
-    oof = res["oof"]
+    oof = res.oof
     for model, inputs, part in handed:
         want = oof[(oof["model"] == model) & (oof["inputs"] == inputs)
-                   & (oof["seed"] == res["config"]["seeds"][0])]
+                   & (oof["seed"] == res.config["seeds"][0])]
         pd.testing.assert_frame_equal(part.reset_index(drop=True), want.reset_index(drop=True))
     assert len({(m, i) for m, i, _ in handed}) == len(handed)   # each one once
 
@@ -49,18 +49,18 @@ def test_early_subgroup_tables_equal_late_ones(synth_table, synth_cache, tmp_pat
     table.loc[blank, "age"] = float("nan")
     table.loc[blank, ["sex", "localization"]] = "unknown"
     res = cv_run(table, synth_cache, tmp_path / "cv", FAST, jobs=2)
-    assert sum(r["fell_back"] for r in res["records"] if r["inputs"] == "fused") >= len(blank)
+    assert sum(r["fell_back"] for r in res.run.records if r["inputs"] == "fused") >= len(blank)
     late = SubgroupTables(as_dataset(table), read_cache(synth_cache), "cache", None,
                           tmp_path / "late")
-    again = late.all(res)
-    for model, by_inputs in res["subgroups"].items():
+    again = late.all(res.run)
+    for model, by_inputs in res.subgroups.items():
         for inputs, result in by_inputs.items():
             assert json.dumps(result.to_dict(), sort_keys=True, default=str) == \
                 json.dumps(again[model][inputs].to_dict(), sort_keys=True, default=str)
-    assert set(res["subgroups"]["head"]) == {"fused", "image", "meta"}
+    assert set(res.subgroups["head"]) == {"fused", "image", "meta"}
 
 
 def test_no_subgroups_no_hand_over(synth_table, synth_cache, tmp_path):
     res = cv_run(synth_table, synth_cache, tmp_path / "cv", replace(FAST, inputs=("image",)),
                  jobs=2, subgroups="none")
-    assert res["subgroups"] == {} and not list(tmp_path.glob("cv/subgroups_*"))
+    assert res.subgroups == {} and not list(tmp_path.glob("cv/subgroups_*"))

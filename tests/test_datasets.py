@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skinfeat.data.datasets import CLASSES, DataError, load_ham10000, summarize
+from skinfeat.data.datasets import CLASSES, DataError, load_dataset, summarize
 
 COLUMNS = "lesion_id,image_id,dx,dx_type,age,sex,localization"
 
@@ -37,7 +37,7 @@ def test_kaggle_layout_with_duplicate_folders(tmp_path):
     # The Kaggle archive also holds lower-case and nested copies of the image folders.
     write_images(tmp_path / "ham10000_images_part_1", ["ISIC_1", "ISIC_3"])
     write_images(tmp_path / "HAM10000_images_part_2" / "HAM10000_images_part_2", ["ISIC_4"])
-    t = load_ham10000(root)
+    t = load_dataset(root, "ham10000").table
     assert list(t.columns) == ["image_id", "group_id", "path", "dx", "label", "age", "sex",
                                "localization"]
     assert t["label"].tolist() == [CLASSES.index(d) for d in ["nv", "nv", "mel", "bcc"]]
@@ -48,13 +48,13 @@ def test_kaggle_layout_with_duplicate_folders(tmp_path):
 
 def test_dataverse_layout_tab_separated_without_extension(tmp_path):
     root = make_dir(tmp_path, ROWS, name="HAM10000_metadata", sep="\t")
-    assert len(load_ham10000(root)) == 4
+    assert len(load_dataset(root, "ham10000").table) == 4
 
 
 def test_bom_crlf_and_upper_case_labels(tmp_path):
     rows = [r.replace(",nv,", ",NV,") for r in ROWS]
     root = make_dir(tmp_path, rows, newline="\r\n", encoding="utf-8-sig")
-    t = load_ham10000(root)
+    t = load_dataset(root, "ham10000").table
     assert t["dx"].tolist()[:2] == ["nv", "nv"] and t["image_id"].iloc[0] == "ISIC_1"
 
 
@@ -63,7 +63,7 @@ def test_packed_zips_say_what_to_run(tmp_path):
     with zipfile.ZipFile(tmp_path / "HAM10000_images_part_1.zip", "w") as z:
         z.writestr("x.txt", "x")
     with pytest.raises(DataError, match="skinfeat data unpack"):
-        load_ham10000(tmp_path)
+        load_dataset(tmp_path, "ham10000")
 
 
 @pytest.mark.parametrize("header,rows,pattern", [
@@ -76,20 +76,20 @@ def test_packed_zips_say_what_to_run(tmp_path):
 def test_bad_tables_give_one_line_errors(tmp_path, header, rows, pattern):
     root = make_dir(tmp_path, rows, header=header, images=["ISIC_1"])
     with pytest.raises(DataError, match=pattern) as info:
-        load_ham10000(root)
+        load_dataset(root, "ham10000")
     assert "\n" not in str(info.value) and "HAM10000_metadata.csv" in str(info.value)
 
 
 def test_missing_images_are_counted_and_named(tmp_path):
     root = make_dir(tmp_path, ROWS, images=["ISIC_1", "ISIC_2"])
     with pytest.raises(DataError, match=r"2 listed image\(s\) not found.*ISIC_3, ISIC_4"):
-        load_ham10000(root)
+        load_dataset(root, "ham10000")
 
 
 def test_unlisted_images_warn(tmp_path, caplog):
     root = make_dir(tmp_path, ROWS, images=["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4", "ISIC_9"])
     with caplog.at_level(logging.WARNING):
-        assert len(load_ham10000(root)) == 4
+        assert len(load_dataset(root, "ham10000").table) == 4
     assert "1 image file(s) present but not listed" in caplog.text and "ISIC_9" in caplog.text
 
 
@@ -99,7 +99,7 @@ def test_bad_ages_become_missing_with_warning(tmp_path, caplog):
             "HAM_5,ISIC_5,nv,histo,55,male,back"]
     root = make_dir(tmp_path, rows)
     with caplog.at_level(logging.WARNING):
-        t = load_ham10000(root)
+        t = load_dataset(root, "ham10000").table
     assert t["age"].isna().tolist() == [True, True, True, True, False]
     assert "not a number" in caplog.text and "outside" in caplog.text
 

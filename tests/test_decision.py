@@ -34,8 +34,8 @@ def test_predict_csv_has_the_decision_fields_consistent(ship_runs, synth_table, 
     top = probs.to_numpy().argmax(1)
     assert (got["most_probable"] == [classes[i] for i in top]).all()
     np.testing.assert_allclose(got["most_probable_probability"], probs.to_numpy().max(1), atol=1e-6)
-    from skinfeat.deploy.predict import Predictor
-    p = Predictor(ship_runs["head"])
+    from skinfeat.deploy.model import Model
+    p = Model(ship_runs["head"])
     want = p.predict_table(rows_of(synth_table))
     assert list(got["decision"]) == [p.classes[i] for i in want.decided]
     assert got["rule"].nunique() == 1 and got["rule"][0].startswith("balanced")
@@ -55,8 +55,8 @@ def skewed_run(ship_runs, tmp_path_factory):
 
 
 def test_predict_text_and_json_name_most_probable_and_decision(skewed_run, synth_table):
-    from skinfeat.deploy.predict import Predictor
-    p = Predictor(skewed_run)
+    from skinfeat.deploy.model import Model
+    p = Model(skewed_run)
     preds = p.predict_table(rows_of(synth_table, 60))
     differ = np.flatnonzero(preds.decided != preds.proba.argmax(1))
     assert len(differ), "no row where the decision differs from the most probable class"
@@ -80,8 +80,8 @@ def test_predict_text_and_json_name_most_probable_and_decision(skewed_run, synth
 def test_explain_json_and_figure_title_lead_with_the_decision(ship_runs, synth_table):
     pytest.importorskip("pytorch_grad_cam")
     from skinfeat.deploy.explain import Explainer, explanation_figure
-    from skinfeat.deploy.predict import Predictor
-    p = Predictor(ship_runs["head"])
+    from skinfeat.deploy.model import Model
+    p = Model(ship_runs["head"])
     ex = Explainer(p).explain(synth_table["path"].iloc[3])
     d = ex.to_dict()
     assert set(FIELDS) <= set(d) and d["decision"] == ex.predicted
@@ -93,9 +93,9 @@ def test_explain_json_and_figure_title_lead_with_the_decision(ship_runs, synth_t
 
 def test_serve_answer_carries_the_decision_fields(ship_runs, synth_table):
     pytest.importorskip("fastapi")
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.deploy.serve import Service
-    service = Service(Predictor(ship_runs["head"]))
+    service = Service(Model(ship_runs["head"]))
     with open(synth_table["path"].iloc[2], "rb") as f:
         out = service.run(f.read(), {})
     assert set(FIELDS) <= set(out)
@@ -105,7 +105,7 @@ def test_serve_answer_carries_the_decision_fields(ship_runs, synth_table):
 def test_ensemble_states_its_members_calibration(cv_ensemble):
     from skinfeat.api import load_model
     model = load_model(cv_ensemble)
-    text = calibration_text(model.predictor)
+    text = calibration_text(model)
     assert "T = 1.000)" not in text and "members" in text and "logit adjustment" in text
 
 
@@ -135,13 +135,13 @@ def test_onnx_decision_output_equals_predict(which, ship_runs, skewed_run, film_
                                              synth_table, tmp_path):
     pytest.importorskip("onnxruntime")
     from skinfeat.deploy.export import meta_inputs, onnx_outputs
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.embed.transform import preprocess
     run = {"head": ship_runs["head"], "skewed": skewed_run, "film": film_run,
            "ensemble": cv_ensemble}[which]
     graph = tmp_path / "m.onnx"
     run_cli("export", "--model", run, "--onnx", graph)
-    p = Predictor(run)
+    p = Model(run)
     rows = rows_of(synth_table, 40)
     rows.iloc[1, 2:] = None
     want = p.predict_table(rows)
@@ -178,6 +178,6 @@ def test_explain_cli_writes_json_beside_the_png_and_prints_the_decision(skewed_r
 
 def test_class_probability_columns_are_the_only_p_columns(ship_runs, synth_table):
     """``p_CLASS`` columns sum to one: no decision field shares their prefix."""
-    from skinfeat.deploy.predict import Predictor
-    frame = Predictor(ship_runs["head"]).predict_table(rows_of(synth_table, 5)).to_frame()
+    from skinfeat.deploy.model import Model
+    frame = Model(ship_runs["head"]).predict_table(rows_of(synth_table, 5)).to_frame()
     assert np.allclose(frame.filter(like="p_").sum(axis=1), 1, atol=1e-5)

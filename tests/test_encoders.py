@@ -95,7 +95,7 @@ def test_a_saved_folder_is_recorded_by_content_with_its_own_preprocessing(family
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_raw_image_predict_equals_the_cached_path(family, folders, family_caches, synth_table,
                                                   tmp_path):
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.learn.head import HeadConfig
     from skinfeat.workflows.fit import fit_run
 
@@ -104,7 +104,7 @@ def test_raw_image_predict_equals_the_cached_path(family, folders, family_caches
     write_cache(cache, family_caches[family])
     fit_run(synth_table, cache, tmp_path / "run",
             RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=3)))
-    p = Predictor(tmp_path / "run")
+    p = Model(tmp_path / "run")
     rows = synth_table.iloc[:4]
     raw = p.predict_table(rows)
     cached = p.predict_table(rows, cache=[cache])
@@ -145,7 +145,7 @@ def test_a_moved_folder_is_the_same_encoder_and_predict_verifies_the_copy(
     with --weights-file and refuses a folder of other content."""
     import shutil
 
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.embed.cache import write_cache
     from skinfeat.embed.weights import WeightsUnavailable
     from skinfeat.learn.head import HeadConfig
@@ -159,13 +159,13 @@ def test_a_moved_folder_is_the_same_encoder_and_predict_verifies_the_copy(
     fit_run(synth_table, tmp_path / "c.h5", tmp_path / "run",
             RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=2)))
     rows = synth_table.iloc[:2]
-    want = Predictor(tmp_path / "run").predict_table(rows).proba
-    got = Predictor(tmp_path / "run", weights_file=copy).predict_table(rows).proba
+    want = Model(tmp_path / "run").predict_table(rows).proba
+    got = Model(tmp_path / "run", weights_file=copy).predict_table(rows).proba
     np.testing.assert_allclose(got, want, atol=1e-6)
     other = tmp_path / "other"
     save_tiny_clip(other)
     with pytest.raises(WeightsUnavailable, match="does not match"):
-        Predictor(tmp_path / "run", weights_file=other).predict_table(rows)
+        Model(tmp_path / "run", weights_file=other).predict_table(rows)
 
 
 def test_identity_is_typed_strict_and_reads_old_caches(synth_cache, tmp_path):

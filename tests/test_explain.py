@@ -16,7 +16,7 @@ from skinfeat.cli import main  # noqa: E402
 from skinfeat.data.metadata import MetadataEncoder  # noqa: E402
 from skinfeat.deploy.bundle import save_bundle  # noqa: E402
 from skinfeat.deploy.explain import Explainer  # noqa: E402
-from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.deploy.model import Model  # noqa: E402
 from skinfeat.embed.extract import Embedder  # noqa: E402
 from skinfeat.embed.transform import TransformSpec  # noqa: E402
 from skinfeat.learn.head import FusionHead  # noqa: E402
@@ -60,7 +60,7 @@ def to_input(images: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def quadrant_model(tmp_path_factory):
-    """A CNN + fusion head trained on quadrant images, saved as a bundle, loaded by Predictor."""
+    """A CNN + fusion head trained on quadrant images, saved as a bundle, loaded by Model."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     y = np.arange(160) % 2
@@ -92,8 +92,8 @@ def quadrant_model(tmp_path_factory):
                       "backbone": {"backbone": "tiny-cnn", "weights": {"kind": "file"},
                                    "preprocessing": SPEC.to_dict(), "precision": "fp32"}},
                 state=head.state_dict())
-    p = Predictor(run)
-    # The bundle cannot rebuild a test's CNN from a timm name: hand the Predictor its backbone.
+    p = Model(run)
+    # The bundle cannot rebuild a test's CNN from a timm name: hand the Model its backbone.
     p._embedders = [(Embedder(cnn.eval(), torch.device("cpu"), "fp32"), SPEC)]
     images_dir = run / "images"
     images_dir.mkdir()
@@ -134,7 +134,7 @@ def test_an_ignored_field_gets_zero_attribution(quadrant_model):
 
 
 def test_lightgbm_attribution_uses_its_own_contributions(ship_runs, synth_table):
-    p = Predictor(ship_runs["lgbm"])
+    p = Model(ship_runs["lgbm"])
     ex = Explainer(p)
     row = synth_table.iloc[0]
     res = ex.explain(row["path"], {"age": row["age"], "sex": row["sex"],

@@ -15,7 +15,7 @@ pytest.importorskip("pytorch_grad_cam")
 from test_encoders import FAMILIES  # noqa: E402
 
 from skinfeat.deploy.explain import Explainer, cam_target, explanation_figure  # noqa: E402
-from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.deploy.model import Model  # noqa: E402
 from skinfeat.embed.extract import extract  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
@@ -40,7 +40,7 @@ def test_a_vit_family_gets_a_heatmap_from_its_token_grid(family, synth_table, tm
     folder = tmp_path / f"tiny-{family}"
     FAMILIES[family](folder)
     run = trained_run(synth_table, f"{family}:{folder}", tmp_path)
-    p = Predictor(run)
+    p = Model(run)
     embedder, _ = p._backbone()
     layer, reshape = cam_target(embedder.net.model)
     assert reshape is not None          # tokens are folded into the patch grid
@@ -59,13 +59,13 @@ def test_a_vit_family_gets_a_heatmap_from_its_token_grid(family, synth_table, tm
 
 
 def test_timm_keeps_its_last_stage(ship_runs):
-    embedder, _ = Predictor(ship_runs["head"])._backbone()
+    embedder, _ = Model(ship_runs["head"])._backbone()
     layer, reshape = cam_target(embedder.net.model)
     assert reshape is None and isinstance(layer, torch.nn.Module)
 
 
 def test_a_long_banner_wraps_inside_the_figure(ship_runs, synth_table):
-    res = Explainer(Predictor(ship_runs["head"])).explain(synth_table["path"].iloc[0])
+    res = Explainer(Model(ship_runs["head"])).explain(synth_table["path"].iloc[0])
     weights = "local folder " + "/very/long/path/to/a/checkpoint" * 8 + " (sha256 0123456789ab)"
     fig = explanation_figure(res, weights, random_weights=True)
     fig.canvas.draw()
@@ -94,7 +94,7 @@ def test_heatmap_changes_when_the_backbone_is_randomised(tmp_path):
     data = skinfeat.load_dataset(SAMPLE)
     table = data.table.groupby("dx", group_keys=False).head(10).reset_index(drop=True)
     run = trained_run(table, f"local-dir:{REAL}", tmp_path)
-    p = Predictor(run)
+    p = Model(run)
     ex = Explainer(p)
     paths = list(table["path"].iloc[::10][:3])
     before = [ex.explain(path).cams for path in paths]
@@ -122,7 +122,7 @@ def test_the_overlay_is_the_models_input_for_both_resize_modes(ship_runs, synth_
     from skinfeat.embed.transform import load_image, to_tensor
 
     path = synth_table["path"].iloc[0]
-    p = Predictor(ship_runs["head"])
+    p = Model(ship_runs["head"])
     _, spec = p._backbone()
     res = Explainer(p).explain(path)
     img = load_image(path, spec)

@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 from skinfeat.api import load_model  # noqa: E402
 from skinfeat.cli import main  # noqa: E402
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
-from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.deploy.model import Model  # noqa: E402
 from skinfeat.embed.transform import preprocess  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
@@ -38,7 +38,7 @@ def exported(ship_runs, tmp_path_factory):
 
 
 def test_onnx_runtime_equals_predict(exported, ship_runs, synth_table):
-    p = Predictor(ship_runs["head"])
+    p = Model(ship_runs["head"])
     rows = synth_table.iloc[:6][["image_id", "path", "age", "sex", "localization"]].astype(object)
     rows.iloc[1, 2:] = None                                   # all metadata missing
     rows.iloc[2, 3] = None                                    # sex missing
@@ -50,7 +50,7 @@ def test_onnx_runtime_equals_predict(exported, ship_runs, synth_table):
 
 
 def test_the_graph_and_its_json_carry_what_a_caller_needs(exported, ship_runs):
-    p = Predictor(ship_runs["head"])
+    p = Model(ship_runs["head"])
     side = json.loads(exported.with_suffix(".json").read_text())
     graph = onnx.load(str(exported))
     stored = json.loads({e.key: e.value for e in graph.metadata_props}["skinfeat"])

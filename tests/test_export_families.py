@@ -16,7 +16,7 @@ from test_encoders import SIZE, save_tiny_clip, save_tiny_vit  # noqa: E402
 from test_local_dir import save_timm_folder  # noqa: E402
 
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
-from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.deploy.model import Model  # noqa: E402
 from skinfeat.embed.extract import extract  # noqa: E402
 from skinfeat.embed.transform import preprocess  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
@@ -78,7 +78,7 @@ def family_run(synth_table, tmp_path_factory):
 
 def onnx_equals_torch_on_raw_images(run, synth_table, out) -> None:
     run_cli("export", "--model", run, "--onnx", out)
-    p = Predictor(run)
+    p = Model(run)
     rows = synth_table.iloc[:6][["image_id", "path", "age", "sex", "localization"]].astype(object)
     rows.iloc[1, 2:] = None                                   # all metadata missing
     rows.iloc[2, 3] = None                                    # sex missing
@@ -94,7 +94,7 @@ def onnx_equals_torch_on_raw_images(run, synth_table, out) -> None:
 def test_each_family_exports_and_onnx_runtime_equals_the_torch_bundle(case, family_run,
                                                                      synth_table, tmp_path):
     run = family_run(case)
-    family = Predictor(run).identity["family"]
+    family = Model(run).identity["family"]
     assert family == case.split("-")[0]
     onnx_equals_torch_on_raw_images(run, synth_table, tmp_path / "m.onnx")
 

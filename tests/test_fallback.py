@@ -14,7 +14,7 @@ from test_byo import write_foreign_cache
 
 from skinfeat.data.datasets import load_dataset
 from skinfeat.deploy.bundle import BundleError, load_typed
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.model import Model
 from skinfeat.embed.cache import read_cache
 from skinfeat.learn.cv import CVConfig, run_cv
 from skinfeat.learn.fallback import fallback_rows, image_part
@@ -132,11 +132,11 @@ def test_bundle_round_trip_and_reports(blanked, tmp_path):
     assert "image-only fallback" in (out / "report.md").read_text()
 
     table = _table(root)
-    p = Predictor(out)
+    p = Model(out)
     preds = p.predict_table(table, cache=root / "cache.h5")
     want = np.array([blank[i] for i in table["image_id"]])
     assert preds.fell_back == int(want.sum())
-    fb = Predictor(out / "fallback").predict_table(table, cache=root / "cache.h5")
+    fb = Model(out / "fallback").predict_table(table, cache=root / "cache.h5")
     np.testing.assert_array_equal(preds.proba[want], fb.proba[want])
     np.testing.assert_array_equal(preds.decided[want], fb.decided[want])
     p.fallback = None   # the fused model alone: the rows with metadata are its own
@@ -151,7 +151,7 @@ def test_bundle_round_trip_and_reports(blanked, tmp_path):
     assert "image-only fallback:" in (ev / "evaluate_report.md").read_text()
     # The dataset / dx_type columns change nothing (they are not inputs).
     other = table.assign(dataset="elsewhere", dx_type="histo")
-    again = Predictor(out).predict_table(other, cache=root / "cache.h5")
+    again = Model(out).predict_table(other, cache=root / "cache.h5")
     np.testing.assert_array_equal(again.proba, preds.proba)
 
 
@@ -163,7 +163,7 @@ def test_no_fallback_bundle_is_an_old_bundle(blanked, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert "fallback" not in config and not (out / "fallback").exists()
     assert config["run"]["fallback"] is False
-    p = Predictor(out)
+    p = Model(out)
     assert p.fallback is None
     table = _table(root)
     preds = p.predict_table(table, cache=root / "cache.h5")
@@ -182,7 +182,7 @@ def test_a_broken_fallback_reference_is_refused(blanked, tmp_path):
                          ("nothing_here", "no nothing_here/config.json")):
         (out / "config.json").write_text(json.dumps({**config, "fallback": bad}))
         with pytest.raises(BundleError, match=message):
-            Predictor(out)
+            Model(out)
     (out / "config.json").write_text(json.dumps(config))
     assert load_typed(out)[1].fallback == "fallback"
 
@@ -205,7 +205,7 @@ def test_cv_reuses_the_image_only_fold_model(blanked, tmp_path):
     both = run_cv(data, contents, CVConfig(folds=2, seeds=(0,), models=("head",),
                                            inputs=("image", "fused"),
                                            recipe=RunConfig(params=head)))
-    oof = both["oof"]
+    oof = both.oof
     img = oof[oof["inputs"] == "image"].set_index("image_id")
     fused = oof[oof["inputs"] == "fused"].set_index("image_id")
     cols = [c for c in oof.columns if c.startswith("p_")]
@@ -215,12 +215,12 @@ def test_cv_reuses_the_image_only_fold_model(blanked, tmp_path):
                                   img.loc[fused.index[missing], cols].to_numpy())
     assert (np.abs(fused.loc[~missing, cols].to_numpy()
                    - img.loc[fused.index[~missing], cols].to_numpy()).max() > 1e-4)
-    fell = {r["inputs"]: sum(x["fell_back"] for x in both["records"] if x["inputs"] ==
-                             r["inputs"]) for r in both["records"]}
+    fell = {r["inputs"]: sum(x["fell_back"] for x in both.records if x["inputs"] ==
+                             r["inputs"]) for r in both.records}
     assert fell == {"image": 0, "fused": int(missing.sum())}
     alone = run_cv(data, contents, CVConfig(folds=2, seeds=(0,), models=("head",),
                                             inputs=("fused",), recipe=RunConfig(params=head)))
-    assert sum(r["fell_back"] for r in alone["records"]) == int(missing.sum())
+    assert sum(r["fell_back"] for r in alone.records) == int(missing.sum())
 
 
 def test_cv_saved_fused_folds_carry_their_fallback(blanked, tmp_path):
@@ -234,12 +234,12 @@ def test_cv_saved_fused_folds_carry_their_fallback(blanked, tmp_path):
     image_fold = out / "models" / "head_image" / "seed42_fold0"
     table = _table(root)
     want = np.array([blank[i] for i in table["image_id"]])
-    got = Predictor(fold).predict_table(table, cache=root / "cache.h5")
-    ref = Predictor(image_fold).predict_table(table, cache=root / "cache.h5")
+    got = Model(fold).predict_table(table, cache=root / "cache.h5")
+    ref = Model(image_fold).predict_table(table, cache=root / "cache.h5")
     np.testing.assert_array_equal(got.proba[want], ref.proba[want])
     assert got.fell_back == int(want.sum())
     assert "Image-only fallback (head, fused)" in (out / "cv_report.md").read_text()
-    ens = Predictor(out / "models" / "head_fused").predict_table(table, cache=root / "cache.h5")
+    ens = Model(out / "models" / "head_fused").predict_table(table, cache=root / "cache.h5")
     assert np.isfinite(ens.proba).all()
 
 
@@ -248,7 +248,7 @@ def test_explain_scores_a_row_without_metadata_by_the_fallback(ship_runs, synth_
     fallback's probabilities and decision; with metadata -> the fused head's."""
     from skinfeat.deploy.explain import Explainer
 
-    p = Predictor(ship_runs["head"])
+    p = Model(ship_runs["head"])
     assert p.fallback is not None
     path = str(synth_table["path"].iloc[0])
     emb, _ = p.embed([path])

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from test_encoders import FAMILIES  # noqa: E402
 
 from skinfeat.api import evaluate_model  # noqa: E402
-from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.deploy.model import Model  # noqa: E402
 from skinfeat.deploy.serve import create_app  # noqa: E402
 from skinfeat.embed.extract import extract  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
@@ -54,7 +54,7 @@ def test_evaluate_on_raw_images_equals_evaluate_on_the_cache(family_run, synth_d
 
 def test_serve_answers_as_predict_image(family_run, synth_table):
     family, run, _ = family_run
-    predictor = Predictor(run)
+    predictor = Model(run)
     row = synth_table.iloc[3]
     with TestClient(create_app(predictor)) as client:
         r = client.post("/api/predict",
@@ -62,7 +62,8 @@ def test_serve_answers_as_predict_image(family_run, synth_table):
                         data={"age": "50", "sex": "male", "localization": "back"})
     assert r.status_code == 200, r.text
     out = r.json()
-    want = predictor.predict_image(row["path"], age=50, sex="male", localization="back")
+    want = predictor.predict_image(row["path"], age=50, sex="male",
+                                   localization="back").probabilities
     np.testing.assert_allclose([out["probabilities"][c] for c in want], list(want.values()),
                                atol=1e-6)
     png = base64.b64decode(out["cams"][out["prediction"]].split(",", 1)[1])

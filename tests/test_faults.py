@@ -26,14 +26,14 @@ from safetensors.torch import load_file, save_file
 from test_bad_input import EXTRACT, assert_ok, assert_one_line_error, cli
 from test_datasets import ROWS, make_dir
 
-from skinfeat.data.datasets import CLASSES, index_images, load_ham10000
+from skinfeat.data.datasets import CLASSES, index_images, load_dataset
 from skinfeat.data.metadata import MetadataEncoder
 from skinfeat.deploy.bundle import (
     BundleError,
     atomic_write,
-    load_config,
     load_into,
     load_state,
+    load_typed,
     save_bundle,
 )
 from skinfeat.embed.cache import CacheError, CacheWriter, read_cache
@@ -85,7 +85,7 @@ def copies_of(synth_dir: Path, root: Path, copies: int) -> pd.DataFrame:
         parts.append(meta.assign(image_id=meta["image_id"] + f"_{k}",
                                  lesion_id=meta["lesion_id"] + f"_{k}"))
     pd.concat(parts).to_csv(root / "HAM10000_metadata.csv", index=False)
-    return load_ham10000(root)
+    return load_dataset(root, "ham10000").table
 
 
 def test_kill_during_extract_resumes_to_the_same_cache(synth_dir, tmp_path):
@@ -158,14 +158,14 @@ def assert_artifacts_whole(out: Path, n_images: int) -> None:
         assert all(n in ("model.safetensors", "config.json") or n.startswith(".")
                    or n.endswith(".tmp") for n in inner), inner
         if "config.json" in inner:
-            load_config(out / "fallback")
+            load_typed(out / "fallback")
             assert load_state(out / "fallback")
-    if "config.json" in names and load_config(out).get("fallback"):
+    if "config.json" in names and load_typed(out)[0].get("fallback"):
         assert (out / "fallback" / "config.json").is_file()
     if "splits.csv" in names:
         assert len(pd.read_csv(out / "splits.csv")) == n_images
     if "config.json" in names:  # written last of the bundle: the weights must be there
-        load_config(out)
+        load_typed(out)
         assert "model.safetensors" in names
     if "model.safetensors" in names:
         assert load_state(out)
@@ -353,7 +353,7 @@ def head_from(config: dict) -> FusionHead:
 
 def test_an_intact_bundle_round_trips(tmp_path):
     small_bundle(tmp_path)
-    config = load_config(tmp_path)
+    config = load_typed(tmp_path)[0]
     model = head_from(config)
     load_into(model, load_state(tmp_path), tmp_path)
     saved = load_file(str(tmp_path / "model.safetensors"))
@@ -429,7 +429,7 @@ def test_a_broken_config_is_a_clear_error(tmp_path, text, pattern):
     small_bundle(tmp_path)
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(BundleError, match=pattern) as info:
-        load_config(tmp_path)
+        load_typed(tmp_path)
     assert "config.json" in str(info.value)
 
 
@@ -438,13 +438,13 @@ def test_other_format_and_missing_files_are_clear_errors(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "format": "other/9"}))
     with pytest.raises(BundleError, match="unsupported bundle format 'other/9'"):
-        load_config(tmp_path)
+        load_typed(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(BundleError, match="weights file missing"):
         load_state(tmp_path)
     (tmp_path / "config.json").unlink()
     with pytest.raises(BundleError, match="no trained model here"):
-        load_config(tmp_path)
+        load_typed(tmp_path)
 
 
 def test_nothing_in_the_package_unpickles():

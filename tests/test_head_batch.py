@@ -190,8 +190,8 @@ def test_batched_cv_equals_sequential_cv(synth_table, synth_cache):
         params=HeadConfig(max_epochs=6, patience=2)))
     batched = run_cv(synth_table, contents, cfg)
     sequential = run_cv(synth_table, contents, replace(cfg, batched=False))
-    assert len(batched["records"]) == len(sequential["records"]) == 3 * 3
-    for a, b in zip(batched["records"], sequential["records"], strict=False):
+    assert len(batched.records) == len(sequential.records) == 3 * 3
+    for a, b in zip(batched.records, sequential.records, strict=False):
         assert (a["fold"], a["inputs"], a["best_epoch"]) == (b["fold"], b["inputs"],
                                                              b["best_epoch"])
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):

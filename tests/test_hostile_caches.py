@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from hostile import ok, refused
 
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.model import Model
 from skinfeat.embed.cache import CacheContents, fuse_caches, merge_caches, read_cache
 from skinfeat.embed.sources import check_sources
 
@@ -314,7 +314,7 @@ def test_a_valid_foreign_cache_with_views_and_attributes_trains_and_predicts(byo
 def test_fused_caches_in_the_right_order_predict_identically(byo, tmp_path):
     """The CLI's probabilities equal the model applied to the two caches joined by hand in
     training order, and copies with other names and fewer rows give the same rows."""
-    p = Predictor(byo["fused"])
+    p = Model(byo["fused"])
     table = pd.read_csv(byo["rows"], dtype=str)
     a, b = read_cache(byo["a"]), read_cache(byo["b"])
     joined = np.concatenate([a.embeddings[a.rows_for(table["image_id"])],

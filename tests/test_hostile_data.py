@@ -23,7 +23,7 @@ from conftest import TINY
 from hostile import ok, refused
 
 from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.model import Model
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
@@ -206,7 +206,7 @@ def test_image_only_set_fits_head_and_lgbm_predicts_and_evaluates(nometa, synth_
     assert len(preds) == 5 and preds["error"].isna().all()
     image = synth_table["path"].iloc[0]
     out = json.loads(ok("predict", "--model", run, "--image", image, "--json").stdout)
-    want = Predictor(run).predict_image(image)
+    want = Model(run).predict_image(image).probabilities
     np.testing.assert_allclose([out["probabilities"][c] for c in want], list(want.values()))
     assert out["metadata"] == {} and out["missing_metadata"] == []
     cached = preds.set_index("image_id").loc[synth_table["image_id"].iloc[0]]
@@ -227,7 +227,7 @@ def test_image_only_set_cross_validates_image_alone_with_a_note(nometa, tmp_path
                                                                "lgbm": ["image"]}
     assert "only the image input set" in (out / "cv_report.md").read_text()
     assert "head_image" in r.output
-    ens = Predictor(out / "models" / "head_image")
+    ens = Model(out / "models" / "head_image")
     assert len(ens.members) == 3 and ens.encoder.n_features == 0
     # fused asked for explicitly runs, and the report says it is the image alone.
     fused = tmp_path / "fused"
@@ -260,7 +260,7 @@ def test_image_only_model_exports_a_zero_width_meta_input_that_onnxruntime_runs(
     assert list(inputs) == ["image", "meta"] and inputs["meta"][1] == 0   # zero-width, kept
     side = json.loads(graph.with_suffix(".json").read_text())
     assert side["metadata"]["missing"] == [] and side["metadata"]["fields"] == []
-    p = Predictor(nometa["head"])
+    p = Model(nometa["head"])
     rows = synth_table.iloc[:4][["image_id", "path"]]
     want = p.predict_table(rows).proba
     _, spec = p._backbone()
@@ -278,7 +278,7 @@ def test_image_only_model_serves_with_no_fields(nometa, synth_table):
 
     from skinfeat.deploy.serve import create_app
 
-    p = Predictor(nometa["head"])
+    p = Model(nometa["head"])
     image = synth_table["path"].iloc[1]
     with TestClient(create_app(p)) as client:
         assert client.get("/api/info").json()["fields"] == []
@@ -288,7 +288,7 @@ def test_image_only_model_serves_with_no_fields(nometa, synth_table):
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["metadata"] == {} and out["attribution"] == {}
-        want = p.predict_image(image)
+        want = p.predict_image(image).probabilities
         np.testing.assert_allclose([out["probabilities"][c] for c in want], list(want.values()),
                                    atol=1e-6)
         r = client.post("/api/predict", data={"age": "50"},
@@ -356,7 +356,8 @@ def test_meta_nan_or_inf_is_missing_with_a_warning_and_counted(ship_runs, synth_
     assert warned, caplog.messages
     assert out["missing_metadata"] == ["age"]
     # Missing exactly as a blank age is: the same probabilities as leaving it out.
-    want = Predictor(ship_runs["head"]).predict_image(image, sex="female", localization="back")
+    want = Model(ship_runs["head"]).predict_image(image, sex="female",
+                                                  localization="back").probabilities
     np.testing.assert_allclose([out["probabilities"][c] for c in want], list(want.values()))
     text = ok("predict", "--model", ship_runs["head"], "--image", image, *given, "--meta",
               "sex=female", "--localization", "back").output
@@ -387,7 +388,7 @@ def test_serve_refuses_a_non_finite_number(ship_runs, synth_table):
     from skinfeat.deploy.serve import create_app
 
     image = Path(synth_table["path"].iloc[0]).read_bytes()
-    with TestClient(create_app(Predictor(ship_runs["head"]))) as client:
+    with TestClient(create_app(Model(ship_runs["head"]))) as client:
         for value in ("nan", "inf", "-Infinity"):
             r = client.post("/api/predict", data={"age": value},
                             files={"image": ("x.jpg", image, "image/jpeg")})

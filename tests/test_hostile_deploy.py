@@ -18,7 +18,7 @@ from hostile import ok, refused
 from torch import nn
 
 from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.model import Model
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
@@ -271,7 +271,7 @@ def test_fold_ensemble_export_equals_predict(cv_models, synth_table, tmp_path):
     out = tmp_path / "ensemble.onnx"
     r = ok("export", "--model", model, "--onnx", out)
     assert "one metadata input per member" in r.output
-    p = Predictor(model)
+    p = Model(model)
     assert len(p.members) == 3
     rows = synth_table.iloc[:10][["image_id", "path", "age", "sex", "localization"]]
     rows = rows.astype(object).reset_index(drop=True)

@@ -121,11 +121,11 @@ def test_group_context_csv_without_the_patient_column(context_run, tmp_path):
 
 
 def test_group_context_some_blank_patients_are_counted(context_run, caplog):
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     raw = pd.read_csv(context_run / "train-metadata.csv").iloc[:12]
     raw.loc[raw.index[:3], "patient_id"] = ""
     with caplog.at_level(logging.WARNING, logger="skinfeat"):
-        groups = Predictor(context_run / "run").groups_of(raw, "rows.csv")
+        groups = Model(context_run / "run").groups_of(raw, "rows.csv")
     assert len(groups) == 12
     assert "3 of 12 row(s) have a blank patient_id" in caplog.text
 

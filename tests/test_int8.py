@@ -130,10 +130,10 @@ def test_predict_on_an_int8_model_matches_the_cached_path(int8_run, int8_cache, 
     """
     from test_predict import cached_probabilities
 
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
 
     rows = synth_table.iloc[[3, 7]]
-    p = Predictor(int8_run)
+    p = Model(int8_run)
     got = p.predict_table(rows).proba
     want = cached_probabilities(int8_run, int8_cache, rows)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -144,13 +144,13 @@ def test_the_bundle_carries_its_int8_model(int8_run, int8_cache, synth_table, mo
     """A machine that never quantized (an empty store) predicts from the bundle's copy."""
     from test_predict import cached_probabilities
 
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
 
     copies = list((int8_run / "int8").glob("*/model.xml"))
     assert len(copies) == 1 and copies[0].with_suffix(".bin").is_file()
     monkeypatch.setenv("SKINFEAT_HOME", str(tmp_path / "empty"))
     rows = synth_table.iloc[[3, 7]]
-    got = Predictor(int8_run).predict_table(rows).proba
+    got = Model(int8_run).predict_table(rows).proba
     np.testing.assert_allclose(got, cached_probabilities(int8_run, int8_cache, rows), atol=1e-4,
                                rtol=0)
     assert not (tmp_path / "empty").exists()   # nothing was rebuilt
@@ -159,18 +159,18 @@ def test_the_bundle_carries_its_int8_model(int8_run, int8_cache, synth_table, mo
 def test_predict_without_the_quantized_model_says_how_to_rebuild(int8_run, int8_cache,
                                                                  synth_table, monkeypatch,
                                                                  tmp_path):
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
 
     bare = tmp_path / "bare"
     shutil.copytree(int8_run, bare, ignore=shutil.ignore_patterns("int8"))
     monkeypatch.setenv("SKINFEAT_HOME", str(tmp_path / "empty"))
     with pytest.raises(BundleError, match="rerun skinfeat extract --precision int8"):
-        Predictor(bare).predict_table(synth_table.iloc[[0]])
+        Model(bare).predict_table(synth_table.iloc[[0]])
 
 
 def test_a_fold_ensemble_holds_one_int8_copy_for_its_folds(int8_cache, synth_table, tmp_path,
                                                            monkeypatch):
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.learn.cv import CVConfig
     from skinfeat.learn.head import HeadConfig
     from skinfeat.learn.runconfig import RunConfig
@@ -185,6 +185,6 @@ def test_a_fold_ensemble_holds_one_int8_copy_for_its_folds(int8_cache, synth_tab
     assert not list(ensemble.glob("seed*/int8"))          # the folds share the ensemble's copy
     monkeypatch.setenv("SKINFEAT_HOME", str(tmp_path / "empty"))
     rows = synth_table.iloc[[1]]
-    assert np.isfinite(Predictor(ensemble).predict_table(rows).proba).all()
+    assert np.isfinite(Model(ensemble).predict_table(rows).proba).all()
     fold = next(ensemble.glob("seed*"))
-    assert np.isfinite(Predictor(fold).predict_table(rows).proba).all()
+    assert np.isfinite(Model(fold).predict_table(rows).proba).all()

@@ -145,3 +145,18 @@ def test_no_module_imports_a_higher_layer():
             if RANK[them] < RANK[me] or (me, them) in ONE_WAY:
                 upward.append(f"{module} imports {target} ({me} -> {them})")
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
+
+
+def test_the_documented_layout_matches_the_tree():
+    """docs/architecture.md's layer block names only paths that exist under ``skinfeat/``, and
+    every folder of the package (a subpackage, or ``static/``) is in it."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("## Layers", 1)[1].split("```", 2)[1]
+    named = set(re.findall(r"(?<![\w./-])((?:[a-z_]+/)*[a-z_]+(?:\.py|\.html|/))", block))
+    missing = sorted(n for n in named if not (PACKAGE / n).exists())
+    assert not missing, f"docs/architecture.md names what skinfeat/ lacks: {missing}"
+    folders = {str(p.relative_to(PACKAGE)) + "/" for p in PACKAGE.rglob("*")
+               if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= named, f"folders docs/architecture.md omits: {sorted(folders - named)}"

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from skinfeat.cli import main
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.model import Model
 from skinfeat.learn import linear
 from skinfeat.learn.linear import LinearConfig, LinearProbe, design
 from skinfeat.learn.runconfig import RunConfig
@@ -88,8 +88,8 @@ def test_fit_bundle_and_predict_on_cache_and_raw_images(linear_run, synth_table,
     out, res = linear_run
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "linear" and config["state"]["C"] > 0
-    assert (out / "model.safetensors").is_file() and "balanced_accuracy" in res["metrics"]
-    p = Predictor(out)
+    assert (out / "model.safetensors").is_file() and "balanced_accuracy" in res.metrics
+    p = Model(out)
     rows = synth_table.iloc[:6]
     cached = p.predict_table(rows, cache=synth_cache)
     raw = p.predict_table(rows)
@@ -112,7 +112,7 @@ def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, line
     assert "linear" in (tmp_path / "cv" / "cv_report.md").read_text()
     for name in ("head_fused", "linear_fused"):
         assert (tmp_path / "cv" / "models" / name / "config.json").is_file()
-    ens = Predictor(tmp_path / "cv" / "models" / "linear_fused")
+    ens = Model(tmp_path / "cv" / "models" / "linear_fused")
     assert len(ens.members) == 2 and all(m.model.kind == "linear" for m in ens.members)
     r = runner.invoke(main, ["export", "--model", str(linear_run[0]), "--onnx",
                              str(tmp_path / "m.onnx")])
@@ -123,7 +123,7 @@ def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, line
 def test_explain_and_evaluate(linear_run, synth_table, synth_dir, tmp_path):
     from skinfeat.deploy.explain import Explainer
 
-    p = Predictor(linear_run[0])
+    p = Model(linear_run[0])
     row = synth_table.iloc[0]
     meta = {"age": row["age"], "sex": row["sex"], "localization": row["localization"]}
     res = Explainer(p).explain(row["path"], meta)

@@ -79,9 +79,9 @@ def test_the_benchmark_uses_a_folders_own_weights(tmp_path):
                     not (SAMPLE / "HAM10000_metadata.csv").is_file(),
                     reason=f"real MobileNetV2 folder or HAM10000 sample not found ({REAL})")
 def test_real_mobilenetv2_folder_extracts_with_its_real_weights(tmp_path):
-    from skinfeat.data.datasets import load_ham10000
+    from skinfeat.data.datasets import load_dataset
 
-    table = load_ham10000(SAMPLE).sort_values("image_id").iloc[:6]
+    table = load_dataset(SAMPLE, "ham10000").table.sort_values("image_id").iloc[:6]
     c = extract(table, tmp_path / "real.h5", backbone=f"local-dir:{REAL}", precision="fp32",
                 num_workers=0).contents
     ident = c.identity

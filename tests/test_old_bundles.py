@@ -87,9 +87,9 @@ def test_previous_release_bundles_predict_identically(synth_dir, synth_table, tm
     assert done.stdout.strip().startswith(str(old)), done.stdout   # the old package ran
     before = json.loads((out / "proba.json").read_text())
 
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
 
     held_rows = pd.read_csv(tmp_path / "data" / "held.csv", dtype=object)
     for name, proba in before.items():
-        now = Predictor(out / name).predict_table(held_rows, cache=[str(tmp_path / "foreign.h5")])
+        now = Model(out / name).predict_table(held_rows, cache=[str(tmp_path / "foreign.h5")])
         np.testing.assert_allclose(now.proba, np.array(proba), rtol=0, atol=1e-6, err_msg=name)

@@ -37,7 +37,7 @@ def cv_out(synth_table, synth_cache, tmp_path_factory):
 def test_every_image_once_per_seed_model_and_inputs(cv_out, synth_table):
     out, res = cv_out
     oof = pd.read_csv(out / "oof_predictions.csv", dtype={"image_id": str, "group": str})
-    classes = res["classes"]
+    classes = res.run.classes
     assert list(oof.columns) == ["image_id", "group", "fold", "seed", "model", "inputs",
                                  *(f"p_{c}" for c in classes), "decision"]
     assert len(oof) == len(synth_table) * 2 * 2 * 2
@@ -53,12 +53,12 @@ def test_every_image_once_per_seed_model_and_inputs(cv_out, synth_table):
         rows = oof[oof["seed"] == seed]
         assert (rows["fold"] == rows["image_id"].map(fold_of)).all()
     # the frame in memory is the file
-    pd.testing.assert_frame_equal(res["oof"].reset_index(drop=True), oof, check_dtype=False)
+    pd.testing.assert_frame_equal(res.oof.reset_index(drop=True), oof, check_dtype=False)
 
 
 def test_probabilities_sum_to_one_and_decisions_are_classes(cv_out):
     _, res = cv_out
-    oof, classes = res["oof"], res["classes"]
+    oof, classes = res.oof, res.run.classes
     p = oof[[f"p_{c}" for c in classes]].to_numpy()
     assert np.all(p >= 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-6)
     assert set(oof["decision"]) <= set(classes)
@@ -96,7 +96,7 @@ def test_binary_decisions_use_the_fold_threshold(synth_dir, synth_cache, tmp_pat
     cv = skinfeat.cross_validate(data, synth_cache, folds=3, models=("lgbm",),
                                  inputs=("fused",), recipe=FAST, params=PARAMS,
                                  out=tmp_path)
-    oof, records = cv.oof, cv.raw["records"]
+    oof, records = cv.oof, cv.run.records
     positive = data.classes[1]
     assert len(oof) == len(data.table)
     for r in records:

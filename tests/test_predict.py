@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from skinfeat.cli import main
-from skinfeat.data.datasets import CLASSES
+from skinfeat.data.datasets import CLASSES, load_dataset
 from skinfeat.data.metadata import MetadataEncoder
-from skinfeat.deploy.bundle import BundleError, load_config, load_into, load_state
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.bundle import BundleError, load_into, load_state, load_typed
+from skinfeat.deploy.model import Model
 from skinfeat.embed.cache import read_cache
 from skinfeat.evaluate.metrics import softmax
 from skinfeat.learn.calibration import Calibrator
@@ -37,7 +37,7 @@ def runs(ship_runs) -> dict:
 
 def cached_probabilities(run, cache, table) -> np.ndarray:
     """What the trained model gives on the cached embeddings: the reference for predict."""
-    config = load_config(run)
+    config = load_typed(run)[0]
     contents = read_cache(cache)
     emb = contents.embeddings[contents.rows_for(table["image_id"].tolist())]
     meta = MetadataEncoder.from_dict(config["encoder"]).transform(table)
@@ -56,10 +56,11 @@ def cached_probabilities(run, cache, table) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["head", "lgbm"])
 def test_predict_one_image_matches_the_cached_path(runs, synth_table, synth_cache, kind):
     row = synth_table.iloc[[3]]
-    p = Predictor(runs[kind])
-    assert p.temperature == load_config(runs[kind])["temperature"]
+    p = Model(runs[kind])
+    assert p.temperature == load_typed(runs[kind])[0]["temperature"]
     r = row.iloc[0]
-    probs = p.predict_image(r["path"], age=r["age"], sex=r["sex"], localization=r["localization"])
+    probs = p.predict_image(r["path"], age=r["age"], sex=r["sex"],
+                            localization=r["localization"]).probabilities
     assert list(probs) == list(CLASSES)
     got = np.array(list(probs.values()))
     assert abs(got.sum() - 1) < 1e-6
@@ -86,15 +87,17 @@ def test_batch_csv_with_missing_metadata(runs, synth_table, tmp_path):
     assert (preds["error"] == "").all() and set(preds["decision"]) <= set(CLASSES)
     # A blank is missing, exactly as None or the set's own token ("unknown") is (the robust
     # encoding: a missing age is not the training mean, it also sets age's missing indicator).
-    p = Predictor(runs["head"])
-    want0 = p.predict_image(rows["path"].iloc[0], age=None, sex="female", localization="back")
-    want1 = p.predict_image(rows["path"].iloc[1], age=55, sex="unknown", localization="trunk")
+    p = Model(runs["head"])
+    want0 = p.predict_image(rows["path"].iloc[0], age=None, sex="female",
+                            localization="back").probabilities
+    want1 = p.predict_image(rows["path"].iloc[1], age=55, sex="unknown",
+                            localization="trunk").probabilities
     np.testing.assert_allclose(preds.loc[0, prob_cols], list(want0.values()), atol=1e-5)
     np.testing.assert_allclose(preds.loc[1, prob_cols], list(want1.values()), atol=1e-5)
     # No metadata at all (as for the ISIC 2018 test set): every field is treated as missing.
-    none = p.predict_image(rows["path"].iloc[2])
+    none = p.predict_image(rows["path"].iloc[2]).probabilities
     explicit = p.predict_image(rows["path"].iloc[2], age=None, sex="unknown",
-                               localization="unknown")
+                               localization="unknown").probabilities
     np.testing.assert_allclose(list(none.values()), list(explicit.values()), atol=1e-6)
 
 
@@ -125,9 +128,8 @@ def make_isic2018_test(synth_table, root):
 
 
 def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
-    from skinfeat.data.datasets import load_any
     data = make_isic2018_test(synth_table, tmp_path / "isic")
-    table = load_any(data)
+    table = load_dataset(data).table
     assert table["dx"].tolist() == synth_table["dx"].iloc[:40].tolist()
     # The set ships no metadata: the table has no fields, so every model field is missing.
     assert not {"age", "sex", "localization"} & set(table.columns)
@@ -151,21 +153,22 @@ def test_evaluate_isic2018_layout(runs, synth_table, tmp_path):
 
 
 def test_evaluate_generic_csv_flags_training_overlap(runs, synth_table, tmp_path):
-    from skinfeat.workflows.evaluate import evaluate_run
+    import skinfeat
     rows = synth_table.iloc[:30]
     rows[["path", "image_id", "dx", "age", "sex", "localization"]].rename(
         columns={"path": "image"}).to_csv(tmp_path / "ext.csv", index=False)
-    res = evaluate_run(runs["head"], tmp_path / "ext.csv")
-    assert res["out"] == runs["head"] / "eval-ext"
-    assert res["info"]["layout"] == "csv" and not res["info"]["metadata_missing"]
+    res = skinfeat.evaluate_model(runs["head"], tmp_path / "ext.csv")
+    assert res.out == runs["head"] / "eval-ext"
+    assert res.info["layout"] == "csv" and not res.info["metadata_missing"]
     # By default the images (and lesions) the model trained or early-stopped on are left out.
-    seen = res["info"]["seen_in_training"]
-    assert seen["images"] > 0 and res["info"]["n"] == 30 - seen["images"]
-    assert res["info"]["overlap_with_training"]["rows"] == 0
-    report = (res["out"] / "evaluate_report.md").read_text()
+    seen = res.info["seen_in_training"]
+    assert seen["images"] > 0 and res.info["n"] == 30 - seen["images"]
+    assert res.info["overlap_with_training"]["rows"] == 0
+    report = res.report_path.read_text()
     assert f"left out: {seen['images']} image(s)" in report and "majority baseline" in report
-    res = evaluate_run(runs["head"], tmp_path / "ext.csv", tmp_path / "all", include_seen=True)
-    assert res["info"]["n"] == 30 and res["info"]["overlap_with_training"]["rows"] == seen["images"]
+    res = skinfeat.evaluate_model(runs["head"], tmp_path / "ext.csv", tmp_path / "all",
+                                  include_seen=True)
+    assert res.info["n"] == 30 and res.info["overlap_with_training"]["rows"] == seen["images"]
     assert "optimistic" in (tmp_path / "all" / "evaluate_report.md").read_text()
 
 
@@ -186,22 +189,22 @@ def test_tampered_bundles_give_clear_errors(runs, tampered, synth_table):
     image = synth_table["path"].iloc[0]
     edit_config(tampered, lambda c: c["head"].update(embed_dim=c["head"]["embed_dim"] + 1))
     with pytest.raises(BundleError, match="do not match config.json"):
-        Predictor(tampered)
+        Model(tampered)
     r = cli("predict", "--model", str(tampered), "--image", image)
     assert r.exit_code == 1 and r.output.startswith("Error:") and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     shutil.copy(runs["head"] / "config.json", tampered / "config.json")
     edit_config(tampered, lambda c: c.pop("encoder"))
     with pytest.raises(BundleError, match="missing key.*encoder"):
-        Predictor(tampered)
+        Model(tampered)
     shutil.copy(runs["head"] / "config.json", tampered / "config.json")
     edit_config(tampered, lambda c: c["calibration"].update(temperature="hot"))
     with pytest.raises(BundleError, match="invalid calibration state"):
-        Predictor(tampered)
+        Model(tampered)
     shutil.copy(runs["head"] / "config.json", tampered / "config.json")
     edit_config(tampered, lambda c: c["calibration"].update(temperature=-1.0))
     with pytest.raises(BundleError, match="temperature must be a positive number"):
-        Predictor(tampered)
+        Model(tampered)
 
 
 def test_truncated_weights_and_wrong_backbone_source(runs, tmp_path, synth_table):
@@ -210,18 +213,18 @@ def test_truncated_weights_and_wrong_backbone_source(runs, tmp_path, synth_table
     data = (run / "model.safetensors").read_bytes()
     (run / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(BundleError, match="unreadable weights"):
-        Predictor(run)
+        Model(run)
     (run / "model.safetensors").write_bytes(data)
     image = synth_table["path"].iloc[0]
     edit_config(run, lambda c: c["backbone"].update(weights={"kind": "file", "sha256": "ab" * 32}))
     with pytest.raises(BundleError, match="--weights-file"):
-        Predictor(run).predict_image(image)
+        Model(run).predict_image(image)
     (tmp_path / "other.safetensors").write_bytes(b"not the checkpoint")
     with pytest.raises(BundleError, match="does not match"):
-        Predictor(run, weights_file=tmp_path / "other.safetensors").predict_image(image)
+        Model(run, weights_file=tmp_path / "other.safetensors").predict_image(image)
     edit_config(run, lambda c: c.update(backbone={}))
     with pytest.raises(BundleError, match="outside skinfeat"):
-        Predictor(run).predict_image(image)
+        Model(run).predict_image(image)
 
 
 def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
@@ -250,40 +253,42 @@ def test_offline_pretrained_weights_are_a_one_line_error():
 
 
 def test_layout_detection_and_malformed_ground_truth(synth_dir, synth_table, tmp_path):
-    from skinfeat.data.datasets import DataError, detect_layout, load_isic2018_test
-    assert detect_layout(synth_dir) == "ham10000"
+    from skinfeat.data.datasets import DataError, load_dataset
+    assert load_dataset(synth_dir, images=False).spec.name == "ham10000"
     data = make_isic2018_test(synth_table, tmp_path / "isic")
-    assert detect_layout(data) == "isic2018-test"
+    assert load_dataset(data, images=False).spec.name == "isic2018-test"
     gt = data / "ISIC2018_Task3_Test_GroundTruth.csv"
     frame = pd.read_csv(gt)
     frame.loc[2, "VASC"] = 1.0 - frame.loc[2, "VASC"]   # row 2 (file line 4) no longer one-hot
     frame.to_csv(gt, index=False)
     with pytest.raises(DataError, match="not one-hot.*line 4"):
-        load_isic2018_test(data)
+        load_dataset(data, "isic2018-test")
     with pytest.raises(DataError, match="no known dataset layout found"):
-        detect_layout(tmp_path / "isic" / "ISIC2018_Task3_Test_Input")
+        load_dataset(tmp_path / "isic" / "ISIC2018_Task3_Test_Input", images=False)
 
 
 def test_every_way_of_missing_metadata_at_predict_time_is_one_input(runs, synth_table, caplog):
     """Absent fields, blanks, None, the data set's token and a value never seen in training all
     reach the head as the same vector, so they give the same probabilities."""
-    p = Predictor(runs["head"])
+    p = Model(runs["head"])
     path = synth_table["path"].iloc[5]
-    absent = p.predict_image(path)
+    absent = p.predict_image(path).probabilities
     with caplog.at_level(logging.WARNING):
-        variants = [p.predict_image(path, age="", sex="", localization=""),
-                    p.predict_image(path, age=None, sex=None, localization=None),
-                    p.predict_image(path, age="unknown", sex="unknown", localization="unknown"),
-                    p.predict_image(path, age=float("nan"), sex="martian", localization="tail")]
+        variants = [p.predict_image(path, age="", sex="", localization="").probabilities,
+                    p.predict_image(path, age=None, sex=None, localization=None).probabilities,
+                    p.predict_image(path, age="unknown", sex="unknown",
+                                    localization="unknown").probabilities,
+                    p.predict_image(path, age=float("nan"), sex="martian",
+                                    localization="tail").probabilities]
     assert "never seen in training" in caplog.text and "'martian'" in caplog.text
     for got in variants:
         np.testing.assert_allclose(list(got.values()), list(absent.values()), atol=1e-7)
-    known = p.predict_image(path, age=40, sex="male", localization="back")
+    known = p.predict_image(path, age=40, sex="male", localization="back").probabilities
     assert max(abs(a - b) for a, b in zip(known.values(), absent.values(), strict=False)) > 1e-6
 
 
 def test_decisions_follow_the_balanced_rule(runs, synth_table, synth_cache):
-    p = Predictor(runs["head"])
+    p = Model(runs["head"])
     rows = synth_table.iloc[:20]
     contents = read_cache(synth_cache)
     logits = p.logits(contents.embeddings[contents.rows_for(rows["image_id"].tolist())], rows)

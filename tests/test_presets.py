@@ -155,8 +155,8 @@ def test_spec_file_round_trips_through_the_bundle(tmp_path, suffix):
         "--out", tmp_path / "run", "--epochs", "4")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert DatasetSpec.from_dict(config["dataset"]) == spec
-    from skinfeat.deploy.predict import Predictor
-    p = Predictor(tmp_path / "run")
+    from skinfeat.deploy.model import Model
+    p = Model(tmp_path / "run")
     assert p.spec == spec and p.fields == ("age_years", "body_site")
     image = next((root / "photos").glob("*.jpg"))
     r = cli("predict", "--model", tmp_path / "run", "--image", image, "--meta", "age_years=40")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from plugin_model import PriorConfig, PriorModel
 
 from skinfeat.cli import main
-from skinfeat.deploy.predict import Predictor
+from skinfeat.deploy.model import Model
 from skinfeat.embed.cache import read_cache
 from skinfeat.errors import SkinfeatError
 from skinfeat.learn.baseline import LGBMConfig, LGBMModel
@@ -105,7 +105,7 @@ def test_a_new_model_is_one_class_and_one_entry(monkeypatch, synth_table, synth_
     out = tmp_path / "prior"
     save_fit(out, fit, config)
     assert (out / "model.prior.txt").is_file()   # the text weights, in the file it names
-    p = Predictor(out)
+    p = Model(out)
     assert isinstance(p.model, PriorModel)
     preds = p.predict_table(table.iloc[rows["test"]], cache=synth_cache)
     np.testing.assert_allclose(preds.proba, fit.calibrator(fit.test_logits), atol=1e-9)

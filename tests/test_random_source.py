@@ -58,10 +58,10 @@ def test_serve_info_names_the_random_source(fused):
     pytest.importorskip("pytorch_grad_cam")
     from fastapi.testclient import TestClient
 
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.deploy.serve import create_app
 
-    with TestClient(create_app(Predictor(fused["run"], device="cpu"))) as client:
+    with TestClient(create_app(Model(fused["run"], device="cpu"))) as client:
         info = client.get("/api/info").json()
     assert info["random_weights"] is True
     named_only_random(info["random_note"])
@@ -80,10 +80,10 @@ def test_explain_refuses_a_fused_model_with_a_foreign_source(fused, tmp_path, sy
 
 
 def test_the_whole_model_wording_stays_when_every_source_is_random(ship_runs):
-    from skinfeat.deploy.predict import Predictor
+    from skinfeat.deploy.model import Model
     from skinfeat.evaluate.model_text import random_line, random_scope
 
-    p = Predictor(ship_runs["head"], device="cpu")
+    p = Model(ship_runs["head"], device="cpu")
     assert p.random_note("these probabilities mean nothing clinically.") == \
         "RANDOM backbone weights: these probabilities mean nothing clinically."
     both = {"fused": [{"backbone": "a", "weights": {"kind": "random"}},

@@ -20,7 +20,7 @@ pytest.importorskip("pytorch_grad_cam")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from skinfeat.cli import main  # noqa: E402
-from skinfeat.deploy.predict import Predictor  # noqa: E402
+from skinfeat.deploy.model import Model  # noqa: E402
 from skinfeat.deploy.serve import create_app  # noqa: E402
 
 pytestmark = pytest.mark.slow   # end to end: whole CLI / API runs
@@ -30,7 +30,7 @@ LIMIT = 300_000
 
 @pytest.fixture(scope="module")
 def predictor(ship_runs):
-    return Predictor(ship_runs["head"])
+    return Model(ship_runs["head"])
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ def test_predict_matches_the_library_and_never_uses_the_client_name(client, pred
                     data={"age": "55", "sex": "female", "localization": "back"})
     assert r.status_code == 200, r.text
     out = r.json()
-    want = predictor.predict_image(row["path"], age=55, sex="female", localization="back")
+    want = predictor.predict_image(row["path"], age=55, sex="female",
+                                   localization="back").probabilities
     np.testing.assert_allclose([out["probabilities"][c] for c in want], list(want.values()),
                                atol=1e-6)
     assert out["prediction"] == max(want, key=want.get) and len(out["top"]) == 3

@@ -68,7 +68,7 @@ def export(run, weights_file, device, batch_size, workers, onnx_path, opset) -> 
     click.echo(f"{graph}: {graph.stat().st_size / 1e6:.1f} MB; preprocessing, classes and "
                f"metadata encoding in {side} (and in the graph's metadata)")
     if model.members:
-        n = model.members
+        n = len(model.members)
         click.echo(f"a fold ensemble of {n} members: one shared backbone and one "
                    f"metadata input per member (meta_0 .. meta_{n - 1}), each "
                    f"encoded with its member's encoder (members[i].metadata in {side.name})")

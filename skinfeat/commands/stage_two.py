@@ -320,23 +320,25 @@ def cv(data_dir, caches, out, split, crossing_groups, subgroups, folds, seeds, j
     bar.close()
     if crossing is not None:
         crossing.save(out)
-    print_cv_summary(res.raw, out)
+    print_cv_summary(res, out)
 
 
-def print_cv_summary(res: dict, out: str | Path) -> None:
-    if res["info"]["random_weights"]:
+def print_cv_summary(res, out: str | Path) -> None:
+    """The mean +- std table of a ``CVResult``."""
+    if res.info["random_weights"]:
         click.echo("NOTE: RANDOM backbone weights: these numbers only show the pipeline works.")
-    cfg = res["config"]
-    click.echo(f"{res['dataset']}, task {res['task']}; {res['split']} split, {cfg['folds']} "
-               f"folds x {len(cfg['seeds'])} seed(s): {res['protocol']}")
+    run = res.run
+    cfg = run.config
+    click.echo(f"{run.dataset}, task {run.task}; {run.split} split, {cfg['folds']} "
+               f"folds x {len(cfg['seeds'])} seed(s): {run.protocol}")
     keys = ("auc", "pauc80", "balanced_accuracy", "sensitivity_at_90_specificity", "accuracy") \
-        if len(res["classes"]) == 2 else ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+        if len(run.classes) == 2 else ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
     click.echo(f"{'model':<7}{'inputs':<8}" + "".join(f"{k:>22}" for k in keys))
-    for model, by_inputs in res["summary"].items():
+    for model, by_inputs in run.summary.items():
         for inputs, e in by_inputs.items():
             click.echo(f"{model:<7}{inputs:<8}" + "".join(
                 f"{e[k]['mean']:>13.4f} ± {e[k]['std']:.4f}" for k in keys))
-    for name, where in res.get("models", {}).items():
+    for name, where in res.model_dirs.items():
         click.echo(f"models {name}: {where} (fold ensemble; each fold in its own folder)")
     click.echo(f"report: {Path(out) / 'cv_report.md'}")
 
@@ -389,9 +391,9 @@ def tune(data_dir, caches, out, trials, folds, test_size, split, inputs, storage
                    jobs=jobs or os.cpu_count() or 1, test_size=test_size, split=split,
                    metric=metric, prune=prune, progress=bar.update)
     bar.close()
-    metric = res["metric"]
-    click.echo(f"best trial {res['best']['number']}: CV {metric} {res['best']['value']:.4f}; "
-               f"held-out {metric} {res['held_out']['metrics'][metric]:.4f} "
-               f"({res['held_out']['n']} images)")
-    click.echo(f"config: {Path(out) / 'best_config.json'} (fit-head --config)")
-    click.echo(f"report: {Path(out) / 'tune_report.md'}")
+    metric = res.metric
+    click.echo(f"best trial {res.best['number']}: CV {metric} {res.best['value']:.4f}; "
+               f"held-out {metric} {res.held_out['metrics'][metric]:.4f} "
+               f"({res.held_out['n']} images)")
+    click.echo(f"config: {res.best_config} (fit-head --config)")
+    click.echo(f"report: {res.report_path}")

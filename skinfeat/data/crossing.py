@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..atomic import atomic_write
 from ..errors import InputError
-from .datasets import Dataset
+from .datasets import Dataset, load_dataset
 from .splits import parse_split
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,14 @@ class CrossingNote:
                 f"image(s)) with images in more than one {self.column} value {done}")
 
 
-def settle_crossing_groups(data: Dataset, split, how: str = "refuse"
+def settle_crossing_groups(data: Dataset | str | Path, split: str, how: str = "refuse"
                            ) -> tuple[Dataset, CrossingNote | None]:
-    """``data`` with the groups that cross a ``by:`` split's column settled by ``how``, and
-    what was done (None when nothing was: another split, ``refuse``, no crossing group)."""
+    """``data`` with the groups (lesions, patients) whose images sit in more than one value of
+    a ``by:COLUMN`` split's column settled by ``how`` (``--crossing-groups``: refuse, drop
+    them, or move each to its majority value), and a note of what was done (None: nothing:
+    another split, ``refuse``, no crossing group). ``data``: a Dataset or a path to one."""
+    if not isinstance(data, Dataset):
+        data = load_dataset(data, images=False)
     if how not in CROSSING_CHOICES:
         raise InputError(f"--crossing-groups {how!r}: use one of {', '.join(CROSSING_CHOICES)}")
     kind = parse_split(split)

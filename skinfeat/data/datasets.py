@@ -112,11 +112,6 @@ def detect(path: str | Path) -> tuple[str, Path]:
                     "image_id, dx) or --preset csv with --spec FILE")
 
 
-def detect_layout(path: str | Path) -> str:
-    """The preset name ``load_dataset`` would use for ``path``."""
-    return detect(path)[0]
-
-
 def table_file(path: Path, spec: DatasetSpec) -> Path:
     """The label table of ``spec`` at ``path`` (the file itself, or found in the folder)."""
     if path.is_file():
@@ -369,24 +364,6 @@ def load_dataset(path: str | Path, preset: str = "auto", spec: DatasetSpec | str
     log.info("%s (%s): %d images, %d %ss", source, spec.name, len(table),
              table["group_id"].nunique(), spec.group_name)
     return Dataset(table, spec, classes, task, source, dropped, described)
-
-
-def load_any(path: str | Path, layout: str = "auto") -> pd.DataFrame:
-    """The validated table of any supported labelled set (``layout``: a preset name or auto)."""
-    return load_dataset(path, layout).table
-
-
-def load_ham10000(root: str | Path) -> pd.DataFrame:
-    """Read a HAM10000 folder (Kaggle or Harvard Dataverse layout) into the validated table."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
-    return load_dataset(root, "ham10000").table
-
-
-def load_isic2018_test(root: str | Path) -> pd.DataFrame:
-    """The ISIC 2018 Task 3 test set (folder, or its ground-truth file): no metadata at all."""
-    return load_dataset(root, "isic2018-test").table
 
 
 def load_images(path: str | Path, spec: DatasetSpec | None = None,

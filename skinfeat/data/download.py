@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import SkinfeatError
+from ..errors import InputError, SkinfeatError
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,15 @@ def unpack_zip(archive: Path, dest: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("unpacked %s -> %s", archive.name, target)
     return target
+
+
+def unpack(root: str | Path) -> list[tuple[Path, Path]]:
+    """Extract the dataset zips in ``root`` in place: (zip, folder) per archive; none is an
+    error."""
+    zips = sorted(Path(root).glob("*.zip"))
+    if not zips:
+        raise InputError(f"{root}: no .zip files to unpack")
+    return [(z, unpack_zip(z, Path(root))) for z in zips]
 
 
 def download_ham10000(

@@ -8,12 +8,13 @@ always give the same groups (and the same folds for a seed).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .datasets import DataError
+from .datasets import DataError, Dataset
 
 PAIR_COLUMNS = ("image_id_a", "image_id_b")
 
@@ -115,10 +116,11 @@ def groups_frame(table: pd.DataFrame, merged: pd.Series) -> pd.DataFrame:
                          "merged_group_id": merged.to_numpy()})
 
 
-def drop_label_issues(table: pd.DataFrame,
-                      issues_file: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """``table`` without the images an audit's ``label_issues.csv`` lists (a copy; the dropped
-    ids in ``attrs["dropped_label_issues"]`` and returned). Refuses a file of another set."""
+def drop_label_issues(data: Dataset, issues_file: str | Path) -> Dataset:
+    """``data`` without the images an audit's ``label_issues.csv`` lists (its table and
+    described columns; the dropped ids in ``table.attrs["dropped_label_issues"]``). Refuses a
+    file of another set."""
+    table = data.table
     listed = read_audit_file(issues_file, "label_issues.csv", ("image_id",),
                              "--drop-label-issues")
     ids = table["image_id"].astype(str)
@@ -128,4 +130,6 @@ def drop_label_issues(table: pd.DataFrame,
                         "set (an audit of another set?)")
     out = table[~drop].reset_index(drop=True)
     out.attrs = {**table.attrs, "dropped_label_issues": ids[drop].tolist()}
-    return out, ids[drop].tolist()
+    described = None if data.described is None else \
+        data.described[~drop.to_numpy()].reset_index(drop=True)
+    return replace(data, table=out, described=described)

@@ -72,11 +72,6 @@ def bundle_quantized(out: Path, identity: dict | None) -> None:
                         ident.get("backbone"))
 
 
-def load_config(run: Path) -> dict:
-    """A bundle's ``config.json`` as a table, parsed and checked (``load_typed``)."""
-    return load_typed(run)[0]
-
-
 def load_typed(run: Path) -> tuple[dict, BundleConfig | EnsembleConfig]:
     """A bundle's ``config.json``: the table as written and its typed config (``bundle_config``);
     every error names the file (and the key)."""

@@ -177,22 +177,42 @@ class EnsembleConfig(_Config):
 
 
 def migrate(d: Any) -> Any:
-    """An older ``config.json`` table (``OLDER``) upgraded to ``FORMAT``; others as they are.
+    """An older ``config.json`` table upgraded to ``FORMAT``, in the one place that knows the
+    older shapes (a copy; a current table is returned as it is, the same object):
 
-    skinfeat-bundle/1 -> 2: a model's own state moved from a key named after the model
-    (``lgbm``: LightGBM's config and PCA, ``linear``: the probe's C) to ``state``, and the
-    LightGBM model file keeps its name (``LGBMModel.weights_file``).
+    - skinfeat-bundle/1 -> 2: a model's own state moved from a key named after the model
+      (``lgbm``: LightGBM's config and PCA, ``linear``: the probe's C) to ``state``, and the
+      LightGBM model file keeps its name (``LGBMModel.weights_file``);
+    - bundles made before the dataset description and task were stored: HAM10000, every class
+      (``dataset``, ``task``);
+    - bundles made before ``calibration``: their ``temperature`` alone (temperature scaling).
     """
-    if not isinstance(d, Mapping) or d.get("format") not in OLDER:
+    if not isinstance(d, Mapping):
+        return d
+    single = d.get("model_type") != "ensemble"
+    old = d.get("format") in OLDER
+    described = d.get("dataset") is not None and d.get("task") is not None
+    calibrated = not single or d.get("calibration") is not None
+    if not old and described and calibrated:
         return d
     d = dict(d)
-    if d.get("model_type") != "ensemble":
-        for old in ("lgbm", "linear"):
-            if old in d:
-                state = d.pop(old)
-                if d.get("model_type") == old:
+    if old and single:
+        for kind in ("lgbm", "linear"):
+            if kind in d:
+                state = d.pop(kind)
+                if d.get("model_type") == kind:
                     d["state"] = state
-    d["format"] = FORMAT
+    if old:
+        d["format"] = FORMAT
+    if d.get("dataset") is None:
+        from ..data.presets import PRESETS
+
+        d["dataset"] = PRESETS["ham10000"].to_dict()
+    if d.get("task") is None:
+        d["task"] = {"kind": "multiclass", "positive": None}
+    if not calibrated:
+        t = d.get("temperature")
+        d["calibration"] = {"method": "temperature", "temperature": 1.0 if t is None else t}
     return d
 
 

@@ -162,7 +162,7 @@ class Explanation:
 
 
 class Explainer:
-    """Explanations for a ``Predictor``'s model: heatmaps and metadata attribution."""
+    """Explanations for a ``Model``: heatmaps and metadata attribution."""
 
     def __init__(self, predictor):
         self.p = predictor

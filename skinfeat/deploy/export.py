@@ -151,7 +151,7 @@ class ExportGraph(nn.Module):
     """Backbone (pooled) once, then every member's calibrated head on its own metadata input.
 
     One member is a single model. Several are a fold ensemble, combined as
-    ``Predictor.logits`` / ``calibrate`` do: the ensemble calibration of
+    ``Model.logits`` / ``calibrate`` do: the ensemble calibration of
     log(max(mean of the members' probabilities, 1e-12))."""
 
     def __init__(self, features: nn.Module, members: Sequence[CalibratedHead | WithFallback],

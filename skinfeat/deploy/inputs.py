@@ -101,7 +101,7 @@ def is_array(value: Any) -> bool:
 
 def prediction_table(predictor, images: Any, embeddings: Any, metadata: Any, image_ids: Any
                      ) -> tuple[pd.DataFrame, dict]:
-    """``Model.predict``'s arguments -> the table ``Predictor.predict_table`` scores and its
+    """``Model.predict``'s arguments -> the table ``Model.predict_table`` scores and its
     keyword arguments: image files, caches (rows looked up by image id) or an in-memory (N, D)
     array aligned with the metadata rows."""
     if (images is None) == (embeddings is None):

@@ -1,6 +1,6 @@
 """Loading a bundle: parse its typed config, load the stage-two model (or an ensemble's
 members), the metadata encoder and the calibrator, and rebuild the backbone that filled the
-training cache. ``predict.Predictor`` adds the prediction (embed, calibrate, decide) on top.
+training cache. ``model.Model`` adds the prediction (embed, calibrate, decide) on top.
 
 An image goes through exactly what filled the training cache: the backbone rebuilt from the
 bundle's identity (timm name; random weights from the stored seed, timm's pretrained weights, or
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.datasets import HAM10000
 from ..data.metadata import MetadataEncoder
 from ..data.spec import DatasetSpec, SpecError, Task
 from ..embed.backbone import create_backbone
@@ -95,13 +94,11 @@ def load_stage_two(run: Path, config: BundleConfig,
 
 
 def bundle_spec(config: BundleConfig | EnsembleConfig, source: Path) -> tuple[DatasetSpec, Task]:
-    """The dataset description and task the model was trained with (HAM10000 for bundles made
-    before descriptions were stored)."""
+    """The dataset description and task the model was trained with (an older bundle's were
+    filled in by ``bundle_config.migrate``)."""
     try:   # each error names the file and the key (dataset.classes, task.kind, ...)
-        spec = DatasetSpec.from_dict(config.dataset, str(source), "dataset") \
-            if config.dataset is not None else HAM10000
-        task = Task.from_dict(config.task, str(source), "task") \
-            if config.task is not None else Task()
+        spec = DatasetSpec.from_dict(config.dataset or {}, str(source), "dataset")
+        task = Task.from_dict(config.task or {}, str(source), "task")
     except SpecError as exc:
         raise BundleError(str(exc)) from exc
     return spec, task
@@ -137,12 +134,11 @@ def weight_source(identity: dict, weights_file: str | Path | None, source: Path)
 
 
 def bundle_calibrator(config: BundleConfig, source: Path) -> Calibrator:
-    """The calibration fitted on the validation split at training time (older bundles: their
-    temperature alone); its vectors must have one entry per class."""
-    key = "calibration" if config.calibration is not None else "temperature"
+    """The calibration fitted on the validation split at training time (an older bundle's
+    temperature was made one by ``bundle_config.migrate``); its vectors must have one entry
+    per class."""
     try:
-        return Calibrator.from_dict(getattr(config, key), n_classes=len(config.classes),
-                                    key=key)
+        return Calibrator.from_dict(config.calibration, n_classes=len(config.classes))
     except ValueError as exc:
         raise BundleError(f"{source}: {exc}") from exc
 
@@ -253,9 +249,10 @@ class LoadedBundle:
     def random_weights(self) -> bool:
         return random_weights(self.identity)
 
-    def random_note(self, whole: str) -> str:
-        """The RANDOM-weights line (``model_text.random_line``): the whole model, or only the
-        fused sources that were random, by name; "" for real weights."""
+    def random_note(self, whole: str = "these probabilities mean nothing clinically.") -> str:
+        """What had random weights, in one line (``model_text.random_line``): the whole model
+        (``RANDOM backbone weights: {whole}``) or only the fused sources that were random, by
+        name; "" for real weights."""
         return random_line(self.identity, whole, self.random_weights)
 
     @property

@@ -230,3 +230,12 @@ def create_app(predictor, *, max_upload_bytes: int = 20_000_000, top_k: int = 3)
 
     app.add_middleware(BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD)
     return app
+
+
+def serve(model, *, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_bytes: int = 20_000_000, top_k: int = 3) -> None:
+    """``create_app(model)`` on uvicorn until stopped (``skinfeat.serve``)."""
+    import uvicorn
+
+    app = create_app(model, max_upload_bytes=max_upload_bytes, top_k=top_k)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -166,9 +166,3 @@ def checklist_lines(summary: dict, spec: DatasetSpec | None = None,
     lines += [f"| {item} | {str(text).replace('|', '/')} |" for item, text in rows]
     lines += ["", "### Open questions (for the author)", ""] + [f"- [ ] {q}" for q in open_items]
     return lines
-
-
-def checklist_section(summary: dict, spec: DatasetSpec | None = None,
-                      evaluations: Sequence[dict] = ()) -> str:
-    """``checklist_lines`` as one markdown string."""
-    return "\n".join(checklist_lines(summary, spec, evaluations)) + "\n"

@@ -158,9 +158,10 @@ class Calibrator:
                 "bias": self.bias, "decision_offset": self.decision_offset}
 
     @classmethod
-    def from_dict(cls, state: dict | float | None, n_classes: int | None = None,
+    def from_dict(cls, state: dict, n_classes: int | None = None,
                   key: str = "calibration") -> Calibrator:
-        """From ``to_dict``; a bare number (an old bundle's ``temperature``) is temperature only.
+        """From ``to_dict`` (an older bundle's bare ``temperature`` was made such a table by
+        ``deploy.bundle_config.migrate``).
 
         Every value is checked, since a bundle's config.json may have been edited: a temperature
         of 0 or a NaN bias would make every probability NaN. With ``n_classes``, the vectors must
@@ -174,15 +175,8 @@ class Calibrator:
             return isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and bool(np.isfinite(value))
 
-        if state is None or isinstance(state, (int, float)):
-            t = 1.0 if state is None else state
-            if not finite(t) or t <= 0:
-                raise bad("", "temperature must be a positive number", t)
-            cal = cls("temperature")
-            cal.temperature = float(t)
-            return cal
         if not isinstance(state, dict):
-            raise bad("", "expected a table or a temperature", state)
+            raise bad("", "expected a table (method, temperature, ...)", state)
         known = ("method", "temperature", "adjust", "bias", "decision_offset")   # to_dict's
         unknown = sorted(str(k) for k in state if k not in known)
         if unknown:   # strict, as every typed schema: a misspelt key is an error, not a default

@@ -13,19 +13,20 @@ fold by fold.
 
 Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once on
 joblib's workers (``parallel.run_unordered``: loky processes by default, as scikit-learn's
-``n_jobs``), one thread each. That is how the CV uses every core: batch-64 head steps are far too
-small for intra-op threads, and on a busy machine OpenMP threads wait on each other at every
-barrier (on a shared 2-core machine, LightGBM on 2 threads ran 10x to 100x slower than on 1). Under
+``n_jobs``), one thread each. That is how the CV uses every core: batch-64 head steps are far
+too small for intra-op threads, and on a busy machine OpenMP threads wait on each other at
+every barrier (on a shared 2-core machine, LightGBM on 2 threads ran 10x to 100x slower than
+on 1). Under
 ``joblib.parallel_backend("dask")`` (or "ray", or "threading") the folds run on that backend
-instead. Head fits always run on one torch thread (``head.one_thread``) and LightGBM's results do
-not depend on its thread count, so the metrics do not depend on ``jobs`` or the backend.
+instead. Head fits always run on one torch thread (``head.one_thread``) and LightGBM's results
+do not depend on its thread count, so the metrics do not depend on ``jobs`` or the backend.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -68,6 +69,14 @@ class CVConfig:
     # Each model's config (kind -> config); a model not here takes the recipe's own config if
     # it is the recipe's model, else its defaults (``runconfig.model_params``).
     params: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, recipe: RunConfig, folds: int, split: str, seeds, models, inputs,
+           params: dict | None) -> CVConfig:
+        """The API's arguments as a config (``seeds=None``: the recipe's seed alone)."""
+        return cls(folds=folds, split=split, seeds=tuple(seeds or (recipe.seed,)),
+                   models=tuple(models), inputs=tuple(inputs) if inputs else None,
+                   recipe=recipe, params=dict(params or {}))
 
     def model_config(self, model: str):
         if model in self.params:
@@ -212,10 +221,45 @@ class FoldsReady:
     oof: pd.DataFrame
 
 
+@dataclass(frozen=True, eq=False)   # tables inside: compare their fields, not the runs
+class CVRun:
+    """``run_cv``'s result: the protocol, the per-fit ``records`` (plain rows: seed, fold,
+    model, inputs, best_epoch, temperature, threshold, metrics, fell_back), the out-of-fold
+    predictions and the mean +- std ``summary[model][inputs]``. ``to_dict`` gives its fields
+    as cv_metrics.json holds them (the tables left out)."""
+    split: str
+    protocol: str
+    config: dict                  # CVConfig.to_dict(): folds and inputs as run
+    dataset: str
+    task: str
+    classes: list[str]
+    group: str
+    reference_recipe: bool
+    headline: list[str]
+    images: int
+    lesions: int
+    views: int
+    embed_dim: int
+    folds_table: pd.DataFrame = field(repr=False)   # image_id, group_id, dx, fold_seedS
+    records: list[dict] = field(repr=False)
+    oof: pd.DataFrame = field(repr=False)           # oof_frame's
+    summary: dict = field(repr=False)
+    model_notes: dict = field(default_factory=dict)
+    batched_models: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    majority_baseline: dict = field(default_factory=dict)
+
+    TABLES = ("folds_table", "oof")
+
+    def to_dict(self) -> dict:
+        """The JSON fields, in cv_metrics.json's order (shallow: no table is copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.TABLES}
+
+
 @dataclass(frozen=True)
 class CVDone:
     """The last event of ``iter_cv``: the whole result (``run_cv``'s)."""
-    result: dict
+    result: CVRun
 
 
 def fold_tasks(data: Dataset, folds: list[Fold], cfg: CVConfig,
@@ -263,7 +307,7 @@ def input_sets(cfg: CVConfig, data: Dataset) -> tuple[CVConfig, list[str]]:
 
 def run_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig, *,
            jobs: int = 1, source: str = "cache", progress: Callable[[int], None] | None = None,
-           on_start: Callable[[int], None] | None = None) -> dict:
+           on_start: Callable[[int], None] | None = None) -> CVRun:
     """Cross-validate every model x input set; per-fit records plus mean +- std summaries
     (``iter_cv``'s result, its events left aside)."""
     for event in iter_cv(data, contents, cfg, jobs=jobs, source=source, progress=progress,
@@ -312,12 +356,11 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                 made.append(task)   # before it is handed out: its number is its place here
                 yield task
 
-    sets = cfg.inputs
-    assert sets is not None   # settled by input_sets
-    n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(sets)
+    assert cfg.inputs is not None   # settled by input_sets
+    n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
     if on_start:
         on_start(n_fits)
-    n_tasks = len(cfg.seeds) * len(sets) * sum(
+    n_tasks = len(cfg.seeds) * len(cfg.inputs) * sum(
         1 if model_class(m).batched and cfg.batched else cfg.folds for m in cfg.models)
     handed: set = set()
 
@@ -329,7 +372,7 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                            and r["inputs"] == inputs), key=lambda r: r["fold"])
 
         for model in cfg.models:
-            for inputs in sets:
+            for inputs in cfg.inputs:
                 rs = of(model, inputs)
                 if (model, inputs) in handed or len(rs) != cfg.folds:
                     continue
@@ -358,29 +401,27 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                 yield event
     records = [r for i in range(len(results)) for r in results[i]]
     records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
-                                sets.index(r["inputs"])))
+                                cfg.inputs.index(r["inputs"])))
     y = table["label"].to_numpy()
     reuse_fallbacks(records, y, classes)
     oof = oof_frame(table, records, classes)
     majority = [majority_baseline(y[f.train], y[f.test], classes) for f in folds]
     keys = headline(len(classes))
-    yield CVDone({"split": cfg.split, "protocol": protocol(cfg.split, data.spec.group_name),
-            "config": cfg.to_dict(),
-            "dataset": data.spec.name, "task": str(data.task), "classes": classes,
-            "group": data.spec.group_name,
-            "reference_recipe": data.spec.reference_recipe and not data.task.binary,
-            "headline": list(keys),
-            "images": int(len(table)), "lesions": int(table["group_id"].nunique()),
-            "views": int(image.shape[1] - 1) if image.ndim == 3 else 0,
-            "embed_dim": int(image.shape[-1]),
-            "folds_table": table[["image_id", "group_id", "dx"]].assign(
-                **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
-            "records": records, "oof": oof, "summary": summarize(records, cfg, classes),
-            "model_notes": {m: model_class(m).report_line(cfg.model_config(m))
-                            for m in cfg.models},
-            "batched_models": [m for m in cfg.models if model_class(m).batched],
-            "notes": notes,
-            "majority_baseline": {k: _mean_std([m[k] for m in majority]) for k in keys}})
+    yield CVDone(CVRun(
+        split=cfg.split, protocol=protocol(cfg.split, data.spec.group_name),
+        config=cfg.to_dict(), dataset=data.spec.name, task=str(data.task), classes=classes,
+        group=data.spec.group_name,
+        reference_recipe=data.spec.reference_recipe and not data.task.binary,
+        headline=list(keys), images=int(len(table)),
+        lesions=int(table["group_id"].nunique()),
+        views=int(image.shape[1] - 1) if image.ndim == 3 else 0,
+        embed_dim=int(image.shape[-1]),
+        folds_table=table[["image_id", "group_id", "dx"]].assign(
+            **{f"fold_seed{s}": fold_of_row for s, fold_of_row in ids.items()}),
+        records=records, oof=oof, summary=summarize(records, cfg, classes),
+        model_notes={m: model_class(m).report_line(cfg.model_config(m)) for m in cfg.models},
+        batched_models=[m for m in cfg.models if model_class(m).batched], notes=notes,
+        majority_baseline={k: _mean_std([m[k] for m in majority]) for k in keys}))
 
 
 def with_fallback(record: dict, image: dict) -> dict:

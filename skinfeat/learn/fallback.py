@@ -17,13 +17,13 @@ fold's image-only model instead (no extra training).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from .calibration import Calibrator
 from .models import model_class
-from .protocol import StageTwoModel, with_fields
+from .protocol import StageTwoModel
 from .runconfig import RunConfig
 
 
@@ -58,11 +58,6 @@ def image_part(part: tuple) -> tuple:
     """(image, meta, y) with the metadata zeroed: the fallback member's input in a batched fit."""
     image, meta, y = part
     return image, np.zeros_like(meta), y
-
-
-def image_recipe(recipe: RunConfig) -> RunConfig:
-    """The fallback's recipe: the fused recipe on the image alone (its bundle's ``run``)."""
-    return replace(recipe, fallback=False, params=with_fields(recipe.params, inputs="image"))
 
 
 def combine(rows: np.ndarray, fused: tuple[np.ndarray, ...],

@@ -58,11 +58,3 @@ def model_class(kind: str) -> type[StageTwoModel]:
     if kind not in models:
         raise InputError(f"--model must be one of {', '.join(models)}, got {kind!r}")
     return models[kind]
-
-
-def kind_of(config) -> str:
-    """The kind whose config class ``config`` is an instance of."""
-    for kind, cls in registry().items():
-        if type(config) is cls.config_class:
-            return kind
-    raise InputError(f"{type(config).__name__} is no registered model's config")

@@ -199,3 +199,23 @@ def model_params(kinds, recipe: RunConfig, *flags: dict, tables: Mapping | None 
             tables.get(kind) or model_class(kind).config_class()
         out[kind] = with_fields(base, **values, seed=recipe.seed)
     return out
+
+
+def recipe_of(config: str | Path | None, run: Mapping, *flags: dict) -> RunConfig:
+    """``skinfeat.make_recipe``: defaults < the ``config`` file < ``run`` and the model
+    ``flags``; with ``run["encoding"] == "reference"`` and no file, the model's reference
+    defaults (its config class's ``reference()``) are the base."""
+    base = read_config_file(config) if config else RunConfig()
+    if not config and run.get("encoding") == "reference":
+        kind = run.get("model") or base.model
+        config_class = model_class(kind).config_class
+        if hasattr(config_class, "reference"):
+            base = replace(base, model=kind, params=config_class.reference())
+    return merge(base, dict(run), *flags)
+
+
+def model_configs_of(models, recipe: RunConfig, config: str | Path | None,
+                     *flags: dict) -> dict:
+    """``skinfeat.model_configs``: ``model_params`` with the ``config`` file's model tables."""
+    return model_params(models, recipe, *flags,
+                        tables=read_model_tables(config) if config else None)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from ..data.datasets import Dataset
 from ..data.duplicate_groups import groups_frame, merge_groups
 from ..data.splits import fold_ids
 from ..embed.cache import CacheError, comparable, examples, identity_diff, read_cache
+from ..embed.embedding_cache import PathLike
 from ..errors import InputError
 from ..evaluate import audit_findings as findings
 from ..evaluate.audit_labels import label_issues as rank_label_issues
@@ -36,6 +36,7 @@ from ..evaluate.audit_search import (
     search,
 )
 from ..evaluate.audit_sheets import pair_sheet, single_sheet
+from .results import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,19 @@ def quick_probe(data: Dataset, x: np.ndarray, folds: int = 5, seed: int = 42) ->
     return proba
 
 
+def dataset_with_images(data: Dataset | str | Path) -> Dataset:
+    """The data set with its image files when they are there (the audit's perceptual hashes
+    and contact sheets use them), else its tables alone."""
+    from ..data.datasets import DataError, load_dataset
+
+    if isinstance(data, Dataset):
+        return data
+    try:
+        return load_dataset(data)
+    except DataError:
+        return load_dataset(data, images=False)
+
+
 def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None = None,
               against_cache: Path | None = None, threshold: float = DEFAULT_THRESHOLD,
               oof: Path | None = None, labels: bool = True, duplicates: bool = True,
@@ -176,7 +190,7 @@ def _write(out: Path, pairs, issues, outlier_table, groups, paths, top) -> list[
     for name, frame in (("duplicates", pairs), ("outliers", outlier_table), ("groups", groups),
                         ("label_issues", issues)):
         if frame is not None:
-            write_artifact(out / f"{name}.csv", partial(frame.to_csv, index=False))
+            write_artifact(out / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False))
     made = [pair_sheet(pairs, paths, out / "duplicates.png", top=min(top, 24))]
     if issues is not None:
         made.append(single_sheet(issues, paths, out / "label_issues.png",
@@ -228,3 +242,25 @@ def report_text(summary: dict, pairs: pd.DataFrame, issues, outlier_table, sheet
               "merged_group_id as the group column.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in sheets]
     return "\n".join(lines) + "\n"
+
+
+def audit(data: Dataset | PathLike, cache: PathLike, *, against: Dataset | PathLike | None = None,
+          against_cache: PathLike | None = None, out: PathLike | None = None,
+          threshold: float | None = None, oof: PathLike | None = None, labels: bool = True,
+          duplicates: bool = True, outliers: bool = True, top: int = 50,
+          method: str = "auto") -> AuditResult:
+    """Audit a data set from its cached embeddings (``skinfeat audit``): near-duplicate pairs
+    (cosine >= ``threshold``, default calibrated: docs/audit.md) classified as same group,
+    different groups, conflicting labels or (with ``against`` + ``against_cache``, another set)
+    across sets; label issues from ``oof`` (cv's oof_predictions.csv) or a quick linear-probe
+    cv; k-NN outliers. Writes the audit folder (``out``; None: temporary) and returns an
+    ``AuditResult``; nothing in the data set is changed. ``method``: auto (exact up to 150k
+    rows, then faiss), exact or approximate."""
+    where, owner = run_folder(out, "audit")
+    res = run_audit(dataset_with_images(data), Path(cache), where,
+                    against=None if against is None else dataset_with_images(against),
+                    against_cache=None if against_cache is None else Path(against_cache),
+                    threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                    oof=None if oof is None else Path(oof), labels=labels,
+                    duplicates=duplicates, outliers=outliers, top=top, method=method)
+    return replace(res, _owner=owner)

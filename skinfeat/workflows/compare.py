@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,16 @@ import pandas as pd
 
 from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
+from ..deploy.inputs import cache_paths, dataset_or_path, recipe_or_default
+from ..embed.embedding_cache import Caches, PathLike
 from ..errors import InputError
 from ..evaluate.compare_stats import P_VALUE_METHOD, check_metric, paired_difference, seed_mean
 from ..evaluate.report import metric_label, new_figure
 from ..learn.cv import CVConfig
+from ..learn.runconfig import RunConfig
 from ..learn.train import as_dataset
 from .cv import cv_run
+from .results import CompareResult, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,7 @@ def _arrays(oof: pd.DataFrame, entry: dict, classes: list[str], order: pd.Index,
 def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out: str | Path,
                 cfg: CVConfig, *, metric: str = "balanced_accuracy", n_boot: int = 2000,
                 jobs: int = 1, progress: Callable[[int], None] | None = None,
-                on_start: Callable[[int], None] | None = None) -> dict:
+                on_start: Callable[[int], None] | None = None) -> CompareResult:
     """CV of every cache x model on identical folds, then the table, the paired differences
     against the first entry, ``compare_report.md``, ``compare_leaderboard.csv``,
     ``compare_forest.png`` and ``compare.json`` in ``out``."""
@@ -123,12 +128,12 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
         results[label] = cv_run(data, [cache], runs[label], cfg, jobs=jobs, progress=progress,
                                 on_start=first_start if i == 0 else None)
     _same_folds(runs)
-    first = next(iter(results.values()))
-    classes, headline = first["classes"], first["headline"]
-    inputs, seeds = first["config"]["inputs"], first["config"]["seeds"]
+    first = next(iter(results.values())).run
+    classes, headline = first.classes, first.headline
+    inputs, seeds = first.config["inputs"], first.config["seeds"]
     entries = _entries(runs, cfg.models, inputs)
     oofs = {label: _read_oof(where / "oof_predictions.csv") for label, where in runs.items()}
-    scored = first["folds_table"]["image_id"].astype(str)
+    scored = first.folds_table["image_id"].astype(str)
     order = pd.Index(sorted(scored))
     truth = data.table.assign(image_id=data.table["image_id"].astype(str)) \
         .drop_duplicates("image_id").set_index("image_id")
@@ -137,7 +142,7 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     arrays = [_arrays(oofs[e["cache"]], e, classes, order, seeds) for e in entries]
     rows = []
     for e, arr in zip(entries, arrays, strict=False):
-        summary = results[e["cache"]]["summary"][e["model"]][e["inputs"]]
+        summary = results[e["cache"]].run.summary[e["model"]][e["inputs"]]
         row = {k: e[k] for k in ("entry", "cache", "model", "inputs")}
         for k in headline:
             row[f"{k}_mean"], row[f"{k}_std"] = summary[k]["mean"], summary[k]["std"]
@@ -149,17 +154,16 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     frame = pd.DataFrame(rows)
     res = {"metric": metric, "n_boot": n_boot, "p_value_method": P_VALUE_METHOD,
            "reference": entries[0]["entry"], "classes": classes, "headline": list(headline),
-           "dataset": first["dataset"], "task": first["task"], "split": first["split"],
-           "protocol": first["protocol"], "group": first["group"], "folds": cfg.folds,
+           "dataset": first.dataset, "task": first.task, "split": first.split,
+           "protocol": first.protocol, "group": first.group, "folds": cfg.folds,
            "seeds": list(seeds), "images": int(len(order)),
            "groups": int(len(set(groups))),
-           "random_weights": any(bool(r.get("info", {}).get("random_weights"))
-                                 for r in results.values()),
+           "random_weights": any(bool(r.info.get("random_weights")) for r in results.values()),
            "caches": dict(zip(runs, caches, strict=False)),
            "runs": {k: str(v) for k, v in runs.items()},
            "table": frame}
     write_compare(out, res)
-    return res
+    return CompareResult(frame, metric, res["reference"], res, out)
 
 
 def diff_base(metric: str, y: np.ndarray, arr: tuple[np.ndarray, np.ndarray]) -> float:
@@ -246,3 +250,21 @@ def save_forest_png(frame: pd.DataFrame, res: dict, path: Path) -> None:
     ax.set_xlabel("difference (95 % interval over groups)", fontsize=9)
     fig.tight_layout()
     write_artifact(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+def compare(data: Dataset | PathLike, caches: Caches, *,
+            models: Sequence[str] = ("linear",), inputs: str = "image", folds: int = 5,
+            metric: str = "balanced_accuracy", recipe: RunConfig | None = None,
+            params: dict | None = None,
+            seeds: Sequence[int] | None = None, split: str = "group", n_boot: int = 2000,
+            jobs: int = 1, out: PathLike | None = None,
+            progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> CompareResult:
+    """Encoders (one cache each, not fused) and / or models on identical grouped folds
+    (``skinfeat compare``): cv per cache, then the paired group-bootstrap difference of each
+    entry against the first in ``metric`` (balanced_accuracy; auc or pauc80 when binary)."""
+    cfg = CVConfig.of(recipe_or_default(recipe), folds, split, seeds, models, (inputs,), params)
+    where, owner = run_folder(out, "compare")
+    res = compare_run(dataset_or_path(data), cache_paths(caches), where, cfg, metric=metric,
+                      n_boot=n_boot, jobs=jobs, progress=progress, on_start=on_start)
+    return replace(res, _owner=owner)

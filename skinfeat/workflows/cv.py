@@ -15,13 +15,24 @@ from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..data.splits import parse_split, save_split
 from ..deploy.bundle import QUANTIZED, load_typed, write_bundle
-from ..deploy.bundle_config import BundleConfig, EnsembleConfig
+from ..deploy.bundle_config import EnsembleConfig
+from ..deploy.inputs import cache_paths, dataset_or_path, recipe_or_default
 from ..embed.cache import cache_label, read_caches
-from ..learn.cv import CVConfig, FoldFitted, FoldsReady, align_dataset, input_sets, iter_cv
+from ..embed.embedding_cache import Caches, PathLike
+from ..learn.cv import (
+    CVConfig,
+    CVRun,
+    FoldFitted,
+    FoldsReady,
+    align_dataset,
+    input_sets,
+    iter_cv,
+)
 from ..learn.protocol import with_fields
 from ..learn.runconfig import RunConfig
 from ..learn.train import FALLBACK_DIR, as_dataset, bundle_config
 from .fit import cache_sources, save_fit
+from .results import CVResult, run_folder
 
 
 def model_dir(out: Path, model: str, inputs: str) -> Path:
@@ -56,9 +67,9 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
            cfg: CVConfig, *,
            jobs: int = 1, progress: Callable[[int], None] | None = None,
            on_start: Callable[[int], None] | None = None, save_models: bool = False,
-           subgroups: str | Sequence[str] | None = None) -> dict:
+           subgroups: str | Sequence[str] | None = None) -> CVResult:
     """Run the CV on a cache file (or several, fused per image); write cv_metrics.json,
-    cv_report.md, cv_folds.csv, oof_predictions.csv (``res["oof"]``) and PNGs.
+    cv_report.md, cv_folds.csv, oof_predictions.csv (``CVResult.oof``) and PNGs.
     ``save_models``: every fold's bundle and, per model and input set, an ensemble bundle of
     its folds (``models/MODEL_INPUTS/``). ``subgroups``: the fields of the out-of-fold
     subgroup tables (None: the default fields, "none": no tables; ``analyse_subgroups``)."""
@@ -84,30 +95,30 @@ def cv_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
         elif isinstance(event, FoldsReady):
             tables.add(event.model, event.inputs, event.oof)
         else:
-            res = event.result
-    res["info"] = {**info, "sources": cache_sources(contents, cache_path)}
+            run = event.result
+    folds = run.folds_table.copy()
     for key in ("merged_groups", "dropped_label_issues"):   # an audit's changes: the report
         if key in data.table.attrs:                          # says them (write_cv_report)
-            res["folds_table"].attrs[key] = data.table.attrs[key]
+            folds.attrs[key] = data.table.attrs[key]
+    models = {}
     if save_models:
-        attach_fallbacks(out, res)
-        res["models"] = write_ensembles(out, res, replace(cfg, inputs=tuple(
-            res["config"]["inputs"]), folds=res["config"]["folds"]))
-    res["sources_split"] = fold_sources(data, contents, source, res)
-    res["subgroups"] = tables.all(res)
-    write_cv_report(out, res)
-    oof = res["oof"]
-    write_artifact(out / "oof_predictions.csv", lambda tmp: oof.to_csv(tmp, index=False))
+        attach_fallbacks(out, run)
+        models = write_ensembles(out, run, replace(cfg, inputs=tuple(run.config["inputs"]),
+                                                   folds=run.config["folds"]))
+    res = CVResult(run, {**info, "sources": cache_sources(contents, cache_path)}, out, folds,
+                   models, fold_sources(data, contents, source, run), tables.all(run))
+    write_cv_report(out, res.raw)
+    write_artifact(out / "oof_predictions.csv", lambda tmp: run.oof.to_csv(tmp, index=False))
     return res
 
 
-def fold_sources(data: Dataset, contents, source: str, res: dict) -> dict | None:
+def fold_sources(data: Dataset, contents, source: str, run: CVRun) -> dict | None:
     """A ``by:COLUMN`` CV's sources: which value each fold scored (trained on the others)."""
-    split = parse_split(res["split"])
+    split = parse_split(run.split)
     if not split.by:
         return None
     full = align_dataset(data, contents, source)[0].with_described()
-    folds = res["folds_table"][f"fold_seed{res['config']['seeds'][0]}"].to_numpy()
+    folds = run.folds_table[f"fold_seed{run.config['seeds'][0]}"].to_numpy()
     values = full[split.column].astype(str).to_numpy()
     return {"column": split.column,
             "scored_on": {int(k): sorted(set(values[folds == k])) for k in sorted(set(folds))}}
@@ -147,25 +158,25 @@ class SubgroupTables:
             rows, self.full, rows["label"].to_numpy(), proba, y_pred,
             self.data.spec, classes, self.fields, self.out / subgroup_dir(model, inputs))
 
-    def all(self, res: dict) -> dict:
+    def all(self, run: CVRun) -> dict:
         if not self.wanted:
             return {}
-        oof = res["oof"]
-        oof = oof[oof["seed"] == res["config"]["seeds"][0]]
-        for model, by_inputs in res["summary"].items():
+        oof = run.oof
+        oof = oof[oof["seed"] == run.config["seeds"][0]]
+        for model, by_inputs in run.summary.items():
             for inputs in by_inputs:
                 if inputs not in self.made.get(model, {}):
                     self.add(model, inputs, oof[(oof["model"] == model)
                                                 & (oof["inputs"] == inputs)])
         return {model: {inputs: self.made[model][inputs] for inputs in by_inputs}
-                for model, by_inputs in res["summary"].items()}
+                for model, by_inputs in run.summary.items()}
 
 
-def attach_fallbacks(out: Path, res: dict) -> None:
+def attach_fallbacks(out: Path, run: CVRun) -> None:
     """A fused fold bundle whose fallback was the same fold's image-only model (the records
     that fell back to it, ``learn.cv.reuse_fallbacks``) gets a copy of that bundle as its
     ``fallback/`` folder, so predict scores those rows as the CV did."""
-    for r in res["records"]:
+    for r in run.records:
         if r["inputs"] != "fused" or "reused_fallback" not in r:
             continue
         name = fold_name(r["seed"], r["fold"])
@@ -175,22 +186,20 @@ def attach_fallbacks(out: Path, res: dict) -> None:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(image, target, ignore=shutil.ignore_patterns("splits.csv", QUANTIZED))
         table, config = load_typed(fused)
-        assert isinstance(config, BundleConfig)   # a fold's bundle: one model
         write_bundle(fused, replace(config, fallback=FALLBACK_DIR), quantized=False)
 
 
-def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
+def write_ensembles(out: Path, run: CVRun, cfg: CVConfig) -> dict[str, str]:
     """Per model and input set, an ensemble bundle over its fold bundles (predict and evaluate
-    average the members' calibrated probabilities; see ``predict.Predictor``)."""
+    average the members' calibrated probabilities; see ``deploy.model.Model``)."""
     made = {}
-    table = res["folds_table"]
-    assert cfg.inputs is not None   # settled by learn.cv.input_sets
+    table = run.folds_table
+    assert cfg.inputs is not None   # the run's own
     for model in cfg.models:
         for inputs in cfg.inputs:
             where = model_dir(out, model, inputs)
             members = [fold_name(seed, k) for seed in cfg.seeds for k in range(cfg.folds)]
             first = load_typed(where / members[0])[1]
-            assert isinstance(first, BundleConfig)   # a fold's bundle: one model
             write_bundle(where, EnsembleConfig.of_members(
                 first, members, inputs=inputs, split=f"{cfg.split} cv, {cfg.folds} folds",
                 seeds=list(cfg.seeds), combine=ENSEMBLE_RULE))
@@ -205,3 +214,28 @@ def write_ensembles(out: Path, res: dict, cfg: CVConfig) -> dict[str, str]:
 ENSEMBLE_RULE = ("mean of the members' calibrated probabilities; decisions by the balanced rule "
                  "with the mean of the members' log class weights (a binary model: the mean "
                  "of their thresholds)")
+
+
+def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
+                   models: Sequence[str] = ("head", "lgbm"),
+                   inputs: Sequence[str] | None = None,
+                   recipe: RunConfig | None = None, params: dict | None = None,
+                   seeds: Sequence[int] | None = None,
+                   split: str = "group", jobs: int = 1, save_models: bool = False,
+                   out: PathLike | None = None,
+                   progress: Callable[[int], None] | None = None,
+                   on_start: Callable[[int], None] | None = None,
+                   subgroups: str | Sequence[str] | None = None) -> CVResult:
+    """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``), each
+    fit by ``recipe``; ``params``: each model's config by kind (a model not there: the
+    recipe's own if it is the recipe's model, else its defaults); ``inputs=None``: every set
+    the data has (image, meta, fused; a set without metadata fields: image). Writes
+    ``oof_predictions.csv`` (``CVResult.oof``).
+    ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
+    of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
+    cfg = CVConfig.of(recipe_or_default(recipe), folds, split, seeds, models, inputs, params)
+    where, owner = run_folder(out, "cv")
+    res = cv_run(dataset_or_path(data), cache_paths(caches), where, cfg, jobs=jobs,
+                 progress=progress, on_start=on_start, save_models=save_models,
+                 subgroups=subgroups)
+    return replace(res, _owner=owner)

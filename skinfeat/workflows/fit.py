@@ -14,7 +14,9 @@ from ..data.datasets import Dataset
 from ..data.splits import assign_split, parse_split, protocol, source_sides
 from ..deploy.bundle import write_bundle
 from ..deploy.bundle_config import BundleConfig
+from ..deploy.inputs import cache_paths, dataset_or_path, recipe_or_default
 from ..embed.cache import CacheContents, cache_label, read_caches
+from ..embed.embedding_cache import Caches, PathLike
 from ..errors import InputError
 from ..evaluate.metrics import majority_baseline
 from ..learn.cv import align_dataset
@@ -31,6 +33,7 @@ from ..learn.train import (
     prepare_split,
 )
 from ..version import __version__
+from .results import FitResult, run_folder
 from .summary import RunSummary
 
 
@@ -64,10 +67,10 @@ def fallback_config(config: BundleConfig, fit: SplitFit) -> BundleConfig:
 
 def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
             recipe: RunConfig | None = None, *, calibrate: bool = True,
-            subgroups: str | Sequence[str] | None = None) -> dict:
+            subgroups: str | Sequence[str] | None = None) -> FitResult:
     """Train one model on one split by ``recipe`` (its model config on its ``seed``);
-    write bundle, metrics.json, report.md and figures to ``out``. Returns ``{"metrics",
-    "baseline", "info"}``, ``info`` a ``RunSummary``.
+    write bundle, metrics.json, report.md and figures to ``out``. Returns a ``FitResult``
+    (metrics, baseline, ``info`` a ``RunSummary``, the model).
 
     ``cache_path``: one cache file or several (fused per image, in order). ``recipe.split=
     "none"`` trains on every row but an inner validation part (``val_size``, grouped) that
@@ -135,7 +138,7 @@ def fit_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path,
     write_run_report(out, fit.metrics, baseline, info, y_true=y[scored],
                      logits=fit.test_logits, calibrator=fit.calibrator, y_pred=fit.test_pred,
                      groups=table["group_id"].to_numpy()[scored], subgroups=found)
-    return {"metrics": fit.metrics, "baseline": baseline, "info": info}
+    return FitResult(fit.metrics, baseline, info, out)
 
 
 def fallback_note(fit: SplitFit) -> str:
@@ -155,3 +158,16 @@ def cache_sources(contents: CacheContents, paths) -> list[dict]:
     return [{"cache": cache_label(paths),
              "backbone": contents.identity.get("backbone", "outside skinfeat"),
              "dim": contents.dim}]
+
+
+def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = None,
+        out: PathLike | None = None,
+        subgroups: str | Sequence[str] | None = None) -> FitResult:
+    """Stage two on one split (``skinfeat fit-head``): train, calibrate on validation, score
+    on the held-out test part (``recipe.split="none"``: every row trains; ``"by:COLUMN=VALUE"``:
+    that value is the test part). ``subgroups``: the fields of the report's subgroup tables
+    (None: the default ones, "none": no tables)."""
+    where, owner = run_folder(out, "fit")
+    res = fit_run(dataset_or_path(data), cache_paths(caches), where,
+                  recipe_or_default(recipe).check(), subgroups=subgroups)
+    return replace(res, _owner=owner)

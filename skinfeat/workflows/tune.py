@@ -14,10 +14,13 @@ import pandas as pd
 from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..data.splits import fold_ids, holdout_mask
+from ..deploy.inputs import cache_paths, dataset_or_path, recipe_or_default
 from ..embed.cache import cache_label, read_caches
+from ..embed.embedding_cache import Caches, PathLike
 from ..errors import InputError
 from ..learn.cv import iter_folds
 from ..learn.head import one_thread
+from ..learn.runconfig import RunConfig
 from ..learn.train import align_embeddings, as_dataset, check_inputs, fit_split
 from ..learn.tune import (
     Search,
@@ -30,10 +33,11 @@ from ..learn.tune import (
     trial_recipe,
 )
 from ..learn.tune_storage import storage_of
+from .results import TuneResult
 
 
 def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: TuneConfig, *,
-             progress: Callable[[int], None] | None = None) -> dict:
+             progress: Callable[[int], None] | None = None) -> TuneResult:
     """Search, choose, score once on the held-out part; write the report, the history plot,
     ``tune_metrics.json`` and ``best_config.json`` (a ``fit-head --config`` file)."""
     import optuna
@@ -83,16 +87,17 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
     write_text(out / "best_config.json", json.dumps({"run": chosen.to_dict()}, indent=2))
     history = [{"number": t.number, "value": t.value, "state": t.state.name,
                 "params": t.params, **t.user_attrs} for t in study.trials]
-    res = {"metric": metric, "best": {"number": best.number, "value": best.value,
-                                      "params": best.params, "head": asdict(best_head)},
-           "start": next((h for h in history if h["number"] == 0), None),
-           "held_out": {"n": int(test.sum()), "groups": int(table.loc[test, "group_id"].nunique()),
-                        "metrics": final.metrics},
-           "history": history, "config": cfg.to_dict(),
-           "sizes": {"search": int(len(rest)), "held_out": int(test.sum())},
-           "dataset": data.spec.name, "task": str(data.task), "group": data.spec.group_name,
-           "info": contents.provenance(cache_label(cache_path))}
-    write_tune_report(out, res)
+    res = TuneResult(
+        metric=metric, best={"number": best.number, "value": best.value,
+                             "params": best.params, "head": asdict(best_head)},
+        start=next((h for h in history if h["number"] == 0), None),
+        held_out={"n": int(test.sum()), "groups": int(table.loc[test, "group_id"].nunique()),
+                  "metrics": final.metrics},
+        history=history, config=cfg.to_dict(),
+        sizes={"search": int(len(rest)), "held_out": int(test.sum())},
+        dataset=data.spec.name, task=str(data.task), group=data.spec.group_name,
+        info=contents.provenance(cache_label(cache_path)), out=out)
+    write_tune_report(out, res.to_dict())
     return res
 
 
@@ -147,3 +152,20 @@ def write_tune_report(out: Path, res: dict) -> None:
               for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc")
               if held["metrics"].get(k) is not None]
     write_text(out / "tune_report.md", "\n".join(lines) + "\n")
+
+
+def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int = 50,
+         folds: int = 5, recipe: RunConfig | None = None, storage: str | None = None,
+         study_name: str = "skinfeat-tune", jobs: int = 1, test_size: float = 0.2,
+         split: str = "group", metric: str | None = None, prune: bool = True,
+         progress: Callable[[int], None] | None = None) -> TuneResult:
+    """Optuna search over the head's settings, grouped CV per trial on the rows outside a held-
+    out test part that scores the chosen recipe once (``skinfeat tune``; needs the ``tune``
+    extra). Trials are ranked by ``metric`` (None: balanced_accuracy, or auc when binary;
+    pauc80 and auc need a binary task); ``prune`` stops trials whose validation loss trails the
+    median at the same epoch. Returns the best trial, the held-out score and
+    ``out/best_config.json`` (a ``TuneResult``)."""
+    cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
+                     storage=storage, study_name=study_name, start=recipe_or_default(recipe),
+                     jobs=jobs, metric=metric, prune=prune)
+    return tune_run(dataset_or_path(data), cache_paths(caches), out, cfg, progress=progress)
