@@ -1,8 +1,8 @@
 """Stage two's speed on HAM10000's real metadata (10,015 rows) with synthetic 768-d embeddings.
 
     .venv/bin/python benchmarks/stage_two.py [--jobs N] [--before REF] [--repeat N]
-                                             [--before-tune] [--skip-full-cv]
-                                             [--skip-lgbm-compare]
+                                             [--before-tune] [--skip-sequential-cv]
+                                             [--skip-full-cv] [--skip-lgbm-compare]
 
 Times a full ``fit-head`` (reference head, early stopping, bundle and report), ``cv --folds 5
 --models head`` over the three input sets (batched fold heads, and fold by fold), ``cv --folds
@@ -348,6 +348,8 @@ def main() -> int:
     parser.add_argument("--sequential-tune-trials", type=int, default=10,
                         help="trials run twice with one worker, sequential and batched heads "
                         "(0 to skip)")
+    parser.add_argument("--skip-sequential-cv", action="store_true",
+                        help="skip cv-head fold by fold (the batched cv's comparison)")
     parser.add_argument("--skip-full-cv", action="store_true",
                         help="skip cv with head and LightGBM (30 fits)")
     parser.add_argument("--skip-lgbm-compare", action="store_true",
@@ -377,7 +379,8 @@ def main() -> int:
 
         alternate("fit-head")
         alternate("cv-head", jobs=jobs)
-        this.run("cv-head-seq", jobs=jobs)
+        if not args.skip_sequential_cv:
+            this.run("cv-head-seq", jobs=jobs)
         if not args.skip_full_cv:
             this.run("cv", jobs=jobs)
         both = trees if args.before_tune else [this]
