@@ -112,13 +112,15 @@ def film_gate(gamma: torch.Tensor) -> torch.Tensor:
 
 
 class StackableLinear(nn.Linear):
-    """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (bound in by
-    ``torch.func.functional_call`` in ``head_batch``) and (k, B, in) inputs, one batched product
-    for all k. This is how the one training loop trains k heads with the head's own
-    ``forward``."""
+    """``nn.Linear`` that also runs k stacked weight sets: given (k, out, in) weights (the
+    parameters ``head_batch`` registers on its template head) and (k, B, in) inputs, one batched
+    product for all k. This is how the one training loop trains k heads with the head's own
+    ``forward``. A stack of one given (B, in) inputs is a plain layer on its one slice."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dim() == 3:
+            if x.dim() == 2 and len(self.weight) == 1:
+                return F.linear(x, self.weight[0], self.bias[0])
             return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
         return F.linear(x, self.weight, self.bias)
 

@@ -5,10 +5,12 @@ Each split's head is what it would be trained alone, up to float rounding: the s
 weights (each built from the same seed), the same dropout masks and the same shuffles (each
 split draws from its own generators), its own Adam state and step count, its own early
 stopping. What is shared is the work: the k weight sets are stacked along a first axis and the
-step runs the module's own ``forward`` on them (``torch.func.functional_call`` on a template
-head, whose layers take stacked weights, ``head.StackableLinear``): one batched matrix product
-per layer and one optimizer update for all splits, instead of k small steps whose cost is
-mostly per-op overhead on a CPU.
+step runs the module's own ``forward`` on them (a template head whose parameters are the
+stacked tensors, registered as its ``nn.Parameter`` attributes; its layers take stacked weights,
+``head.StackableLinear``): one batched matrix product per layer and one optimizer update for all
+splits, instead of k small steps whose cost is mostly per-op overhead on a CPU. (Binding them
+per step with ``torch.func.functional_call`` instead walks the module tree and swaps and
+restores every parameter on every call: +0.15 ms a step, 5 % of a fit-head.)
 
 Splits differ in size, so at the end of an epoch some splits have no batch left: they sit that
 step out (no update, no optimizer step). A split whose metadata encoder saw fewer categories
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.func import functional_call
+from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
@@ -237,15 +239,23 @@ def _image_rows(image, cfg: HeadConfig) -> tuple[torch.Tensor, torch.Tensor | No
         return torch.from_numpy(base), torch.from_numpy(image.index)
 
 
-def _stack(splits: list[_Split]) -> dict[str, torch.Tensor]:
+def _stack(splits: list[_Split]) -> dict[str, nn.Parameter]:
     """The splits' parameters stacked on a first axis (metadata inputs padded with zeros)."""
     out = {}
     for name in splits[0].model.state_dict():
         parts = [s.model.state_dict()[name] for s in splits]
         if name == "meta_mlp.fc1.weight" and any(s.pad for s in splits):
             parts = [F.pad(p, (0, s.pad)) for p, s in zip(parts, splits, strict=False)]
-        out[name] = torch.stack(parts).clone().requires_grad_(True)
+        out[name] = nn.Parameter(torch.stack(parts))
     return out
+
+
+def _bind(model: FusionHead, params: dict[str, nn.Parameter]) -> None:
+    """Make the stacked tensors the template's parameters (plain attribute assignment, which
+    registers an ``nn.Parameter``), so that ``model(...)`` runs on them."""
+    for name, param in params.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, param)
 
 
 class _Noise:
@@ -277,19 +287,16 @@ class _Noise:
                      for m, scale in zip(self.masks, self.scale, strict=False))
 
 
-def _forward(model: FusionHead, params: dict, image: torch.Tensor, meta: torch.Tensor,
+def _forward(model: FusionHead, image: torch.Tensor, meta: torch.Tensor,
              masks: tuple | None = None) -> torch.Tensor:
-    """``model.forward`` on k stacked weight sets: (k, B, D), (k, B, M) -> (k, B, classes),
-    through ``torch.func.functional_call`` (the template's own weights are left as they are).
-    The layers run stacked weights as batched products (``StackableLinear``); ``model`` stays
-    in eval mode: the step's dropout comes in as ``masks``. One member (a single fit) runs on
-    views of its weights, as a plain module."""
+    """``model.forward`` on its k stacked weight sets (``_bind``): (k, B, D), (k, B, M) ->
+    (k, B, classes). The layers run stacked weights as batched products (``StackableLinear``);
+    ``model`` stays in eval mode: the step's dropout comes in as ``masks``. One member (a single
+    fit) runs as a plain module, each layer on its weights' only slice."""
     if image.shape[0] == 1:
-        one = {name: p[0] for name, p in params.items()}
         masks = None if masks is None else tuple(None if m is None else m[0] for m in masks)
-        return functional_call(model, one, (image[0], meta[0], masks),
-                               tie_weights=False).unsqueeze(0)
-    return functional_call(model, params, (image, meta, masks), tie_weights=False)
+        return model(image[0], meta[0], masks).unsqueeze(0)
+    return model(image, meta, masks)
 
 
 def _state(params: dict, k: int, pad: int) -> dict[str, torch.Tensor]:
@@ -321,6 +328,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
     # at the end); eval mode, as dropout comes in as masks.
     model = copy.deepcopy(splits[0].model).eval()
     params = _stack(splits)
+    _bind(model, params)
     opt = Adam(params.values(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,
                stacked=k_all)
     bs = cfg.batch_size
@@ -339,7 +347,8 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             break
         if live != group:   # drop the stopped splits from the stack: no more work for them
             pos = [group.index(k) for k in live]
-            params = {n: p.detach()[pos].clone().requires_grad_(True) for n, p in params.items()}
+            params = {n: nn.Parameter(p.detach()[pos]) for n, p in params.items()}
+            _bind(model, params)
             opt.keep(pos, params.values())
             val_img, val_meta = val_img[pos], val_meta[pos]
             group, buffers = live, None
@@ -365,7 +374,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
                 else:
                     w[i] = 0.0
             masks = noise.draw(members, active, n_rows)
-            logits = _forward(model, params, img, meta, masks)
+            logits = _forward(model, img, meta, masks)
             ce = F.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1),
                                  reduction="none").view(kk, -1) * w
             per_split = ce.sum(1) / torch.tensor([max(n, 1) for n in n_rows],
@@ -377,7 +386,7 @@ def _fit_heads(parts, n_classes: int, cfg: HeadConfig, meta_fields) -> list[FitR
             for i in active:
                 totals[i] += done[i] * n_rows[i]
         with torch.no_grad():
-            val_logits = _forward(model, params, val_img, val_meta)
+            val_logits = _forward(model, val_img, val_meta)
         for i, s in enumerate(members):
             vl = val_logits[i, :len(s.vy)]
             val_loss = float(F.cross_entropy(vl, s.vy))

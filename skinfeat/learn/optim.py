@@ -46,26 +46,30 @@ class Adam:
         grads = [p.grad for p in self.params]
         if self.stacked is None:
             self.steps[0] += 1
-            self._update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps[0])
+            self._update(self.params, grads, self.exp_avg, self.exp_avg_sq,
+                         [self.steps[0]] * len(self.params))
             return
         active = [True] * self.stacked if active is None else active
         for k, on in enumerate(active):
             self.steps[k] += bool(on)
         if all(active) and len(set(self.steps)) == 1:
-            self._update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps[0])
+            self._update(self.params, grads, self.exp_avg, self.exp_avg_sq,
+                         [self.steps[0]] * len(self.params))
             return
-        # Models out of step (some sat a step out): each active one updated on its own slice
-        # with its own step count (bias corrections), inactive ones left as they are.
-        for k, on in enumerate(active):
-            if on:
-                self._update([p[k] for p in self.params], [g[k] for g in grads],
-                             [m[k] for m in self.exp_avg], [v[k] for v in self.exp_avg_sq],
-                             self.steps[k])
+        # Models out of step (some sat a step out): each active one's slices with its own step
+        # count (bias corrections), in one call; inactive ones left as they are.
+        on = [k for k, a in enumerate(active) if a]
+        self._update([p[k] for k in on for p in self.params], [g[k] for k in on for g in grads],
+                     [m[k] for k in on for m in self.exp_avg],
+                     [v[k] for k in on for v in self.exp_avg_sq],
+                     [self.steps[k] for k in on for _ in self.params])
 
-    def _update(self, params, grads, exp_avg, exp_avg_sq, step: int) -> None:
-        # The step count as torch's optimizer keeps it: one float32 tensor per parameter, which
-        # the functional call advances by one before the update.
-        steps = [torch.tensor(float(step - 1)) for _ in params]
-        adam(params, grads, exp_avg, exp_avg_sq, [], steps, fused=True, amsgrad=False,
+    def _update(self, params, grads, exp_avg, exp_avg_sq, steps: list[int]) -> None:
+        # The step counts as torch's optimizer keeps them: a float32 tensor per parameter
+        # (here views of one tensor: one allocation), which the call advances by one before
+        # the update. The call's own cost (grouping the tensors, advancing the counts) is
+        # ~50 us a step more than the private kernel alone (measured on one head step).
+        counts = torch.tensor(steps, dtype=torch.float32).sub_(1).unbind()
+        adam(params, grads, exp_avg, exp_avg_sq, [], list(counts), fused=True, amsgrad=False,
              beta1=self.beta1, beta2=self.beta2, lr=self.lr, weight_decay=self.weight_decay,
              eps=self.eps, maximize=False)
