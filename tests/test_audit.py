@@ -335,3 +335,37 @@ def test_cv_drop_label_issues_reports_what_it_dropped(dup_set, tmp_path):
     scored = set(pd.read_csv(out / "cv_folds.csv")["image_id"])
     assert not scored & set(gone)
     assert len(scored) == len(pd.read_csv(dup_set["train"] / "HAM10000_metadata.csv")) - 3
+
+
+def one_pair_file(dup_set, tmp_path):
+    """A duplicates.csv joining one train image's lesion with its copy's (1 group merged)."""
+    dup = tmp_path / "duplicates.csv"
+    pd.DataFrame({"image_id_a": [dup_set["meta"].image_id[0]], "image_id_b": ["COPY_0"],
+                  "kind": ["different_groups"]}).to_csv(dup, index=False)
+    return dup
+
+
+@pytest.mark.slow   # one Optuna trial on 2 folds, then the chosen head once
+def test_tune_records_the_merge_count(dup_set, tmp_path):
+    pytest.importorskip("optuna")
+    out = tmp_path / "tune"
+    run_cli("tune", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out", out,
+            "--trials", "1", "--folds", "2", "--max-epochs", "1", "--jobs", "1",
+            "--merge-duplicate-groups", one_pair_file(dup_set, tmp_path))
+    assert json.loads((out / "tune_metrics.json").read_text())["merged_groups"] == 1
+    assert "1 group(s) merged into others" in (out / "tune_report.md").read_text()
+
+
+@pytest.mark.slow   # two caches x the head on 2 folds
+def test_compare_records_the_merge_count(dup_set, tmp_path):
+    other = tmp_path / "again.h5"
+    shutil.copyfile(dup_set["train_cache"], other)      # a second entry to compare with
+    out = tmp_path / "cmp"
+    run_cli("compare", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--cache",
+            other, "--models", "head", "--max-epochs", "1", "--folds", "2", "--n-boot", "20",
+            "--jobs", "1", "--out", out, "--merge-duplicate-groups",
+            one_pair_file(dup_set, tmp_path))
+    assert json.loads((out / "compare.json").read_text())["merged_groups"] == 1
+    assert "1 group(s) merged into others" in (out / "compare_report.md").read_text()
+    folds = pd.read_csv(out / "cv" / "again" / "cv_folds.csv")
+    assert (folds["merged_groups"] == 1).all()
