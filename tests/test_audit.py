@@ -165,7 +165,10 @@ def dup_set(synth_dir, tmp_path_factory):
             "test_cache": root.parent / "test.h5", "meta": meta}
 
 
-def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path):
+def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path, monkeypatch):
+    # The cosine rule alone: with random weights every embedding is alike, and the synthetic
+    # blobs of one class share their perceptual hash, so the hash rule would join them all.
+    monkeypatch.setattr("skinfeat.workflows.audit.HASH_RULE_LIMIT", 0)
     out = tmp_path / "audit"
     r = run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"],
                 "--against", dup_set["test"], "--against-cache", dup_set["test_cache"],
@@ -369,3 +372,46 @@ def test_compare_records_the_merge_count(dup_set, tmp_path):
     assert "1 group(s) merged into others" in (out / "compare_report.md").read_text()
     folds = pd.read_csv(out / "cv" / "again" / "cv_folds.csv")
     assert (folds["merged_groups"] == 1).all()
+
+
+def test_hash_rule_finds_a_resized_copy_below_the_cosine_threshold(synth_dir, tmp_path):
+    """A copy resized and re-encoded at JPEG quality 30 whose embedding moved to cosine 0.8
+    (below the 0.92 threshold) is flagged by its perceptual hash; a distinct image at the same
+    cosine is not; both are found by neither rule on the cosine alone."""
+    pytest.importorskip("imagehash")
+    import skinfeat
+    from skinfeat.evaluate.audit_hash import phash
+    from skinfeat.workflows.audit import DEFAULT_THRESHOLD, HASH_BITS, HASH_COSINE
+
+    root = tmp_path / "set"
+    shutil.copytree(synth_dir, root)
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    ids = list(meta.image_id)
+    path = {i: next(root.glob(f"*/{i}.jpg")) for i in ids}
+    with Image.open(path[ids[0]]) as img:
+        w, h = img.size
+        img.convert("RGB").resize((w // 2, h // 2)).resize((w, h)).save(
+            root / "HAM10000_images_part_1" / "COPY.jpg", quality=30)
+    pd.concat([meta, meta.iloc[:1].assign(image_id="COPY", lesion_id="HAM_COPY")]) \
+        .to_csv(root / "HAM10000_metadata.csv", index=False)
+    far = next(i for i in ids[1:] if phash(str(path[i])) - phash(str(path[ids[0]])) > 20)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(ids) + 1, 64))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cos = (HASH_COSINE + DEFAULT_THRESHOLD) / 2            # between the two rules' cosines
+    for row in (len(ids), ids.index(far)):                  # the copy, and a distinct image
+        other = emb[row] - (emb[row] @ emb[0]) * emb[0]
+        emb[row] = cos * emb[0] + np.sqrt(1 - cos ** 2) * other / np.linalg.norm(other)
+    cache = tmp_path / "c.h5"
+    write_cache(cache, CacheContents(np.array(ids + ["COPY"], dtype=object),
+                                     emb.astype(np.float32), None))
+    res = skinfeat.audit(root, cache, out=tmp_path / "audit", labels=False, outliers=False)
+    pairs = {frozenset(p): (r, d) for p, r, d in zip(
+        zip(res.duplicates.image_id_a, res.duplicates.image_id_b, strict=True),
+        res.duplicates.rule, res.duplicates.phash_distance, strict=True)}
+    rule, bits = pairs[frozenset((ids[0], "COPY"))]
+    assert rule == "cosine+phash" and bits <= HASH_BITS
+    assert frozenset((ids[0], far)) not in pairs
+    assert res.counts["different_groups"] == 1 and res.counts["merged_groups"] == 1
+    report = (tmp_path / "audit" / "audit_report.md").read_text()
+    assert "cosine+phash: 1 pairs" in report
