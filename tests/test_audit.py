@@ -415,3 +415,23 @@ def test_hash_rule_finds_a_resized_copy_below_the_cosine_threshold(synth_dir, tm
     assert res.counts["different_groups"] == 1 and res.counts["merged_groups"] == 1
     report = (tmp_path / "audit" / "audit_report.md").read_text()
     assert "cosine+phash: 1 pairs" in report
+
+
+def test_close_hash_pairs_match_brute_force():
+    from skinfeat.evaluate.audit_hash import bit_distance, close_pairs
+
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**63, 300, dtype=np.uint64)
+    for k in range(40):                     # near copies: 0 to 6 bits flipped
+        flips = rng.choice(64, k % 7, replace=False)
+        words[260 + k] = words[k] ^ np.uint64(sum(1 << int(f) for f in flips))
+    d = bit_distance(words[:, None], words[None, :])
+    for bits in (0, 3, 4):
+        i, j, dist = close_pairs(words, bits)
+        bi, bj = np.nonzero(np.triu(d <= bits, 1))
+        assert set(zip(i.tolist(), j.tolist(), strict=True)) == \
+            set(zip(bi.tolist(), bj.tolist(), strict=True))
+        assert (dist <= bits).all() and len(i) > 0
+    i, j, _ = close_pairs(words[260:], 4, words[:260])      # across two sets
+    assert {(a, b) for a, b in zip(i.tolist(), j.tolist(), strict=True)} == \
+        {(k, k) for k in range(40) if k % 7 <= 4}
