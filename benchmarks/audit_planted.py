@@ -20,7 +20,8 @@ JPEG-re-encoded ones (test-set contamination).
 ``measure``: per alteration, recall (copy paired with its original) and precision (of the
 pairs flagged among the originals and that alteration's copies, the share that are planted
 copies): "before", the cosine rule alone at a sweep of thresholds; "after", at the default
-threshold with the perceptual-hash rule added (``HASH_COSINE``, ``HASH_BITS``); the cosine of
+threshold with the perceptual-hash rule added (``HASH_COSINE``, ``HASH_BITS``,
+``HASH_CORRELATION``); the cosine of
 each copy to its original against the highest cosine of each original to any other distinct
 lesion (the calibration); and the across-set audit (test vs train), before and after.
 
@@ -147,8 +148,14 @@ def measure(out: Path, thresholds: list[float]) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import skinfeat
     from skinfeat.embed.cache import read_cache
+    from skinfeat.evaluate.audit_hash import thumbnail_correlation
     from skinfeat.evaluate.audit_search import normalise
-    from skinfeat.workflows.audit import DEFAULT_THRESHOLD, HASH_BITS, HASH_COSINE
+    from skinfeat.workflows.audit import (
+        DEFAULT_THRESHOLD,
+        HASH_BITS,
+        HASH_CORRELATION,
+        HASH_COSINE,
+    )
 
     truth = pd.read_csv(out / "truth.csv")
     c = read_cache(out / "train.h5")
@@ -162,15 +169,32 @@ def measure(out: Path, thresholds: list[float]) -> dict:
     np.fill_diagonal(so, -1)
     upper = np.triu(np.ones_like(sim, dtype=bool), 1)
     distinct = upper & is_orig[:, None] & is_orig[None, :]
-    after_rule = (sim >= DEFAULT_THRESHOLD) | ((sim >= HASH_COSINE) & (bits <= HASH_BITS))
+    after_rule = (sim >= DEFAULT_THRESHOLD) & upper
+    ci, cj = np.nonzero(upper & (sim >= HASH_COSINE) & (sim < DEFAULT_THRESHOLD)
+                        & (bits <= HASH_BITS))
+    images = out / "train" / "HAM10000_images_part_1"
+    corr = thumbnail_correlation([(str(images / f"{ids[a]}.jpg"), str(images / f"{ids[b]}.jpg"))
+                                  for a, b in zip(ci, cj, strict=True)])
+    after_rule[ci[corr >= HASH_CORRELATION], cj[corr >= HASH_CORRELATION]] = True
+    truth_pairs = {frozenset((pos[a], pos[b])) for a, b in zip(truth["original"], truth["copy"],
+                                                               strict=True) if b in pos}
+    planted_c = np.array([frozenset((a, b)) in truth_pairs for a, b in zip(ci, cj, strict=True)],
+                         dtype=bool)
     result = {"originals": int(is_orig.sum()),
               "distinct_max_cosine": np.quantile(so.max(1), [0.5, 0.99, 1.0]).round(4).tolist(),
               "distinct_pairs": int(distinct.sum()),
               "distinct_pairs_flagged_after": int((after_rule & distinct).sum()),
               "distinct_min_phash_at_hash_cosine": int(bits[distinct & (sim >= HASH_COSINE)]
                                                        .min()),
+              "hash_candidates": int(len(ci)),
+              "hash_candidates_distinct": int((~planted_c).sum()),
+              "hash_candidates_distinct_max_correlation": round(float(np.nanmax(
+                  corr[~planted_c], initial=-1.0)), 4),
+              "hash_candidates_planted_min_correlation": round(float(np.nanmin(
+                  corr[planted_c], initial=2.0)), 4),
               "rule": {"threshold": DEFAULT_THRESHOLD, "hash_cosine": HASH_COSINE,
-                       "hash_bits": HASH_BITS}, "per_alteration": {}}
+                       "hash_bits": HASH_BITS, "thumbnail_correlation": HASH_CORRELATION},
+              "per_alteration": {}}
     for how, t in truth[~truth["alteration"].str.startswith("test")].groupby("alteration"):
         copies = np.array([pos[i] for i in t["copy"]])
         orig = np.array([pos[i] for i in t["original"]])

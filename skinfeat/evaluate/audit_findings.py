@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .audit_hash import bit_distance, close_pairs, hash_words
+from .audit_hash import bit_distance, close_pairs, hash_words, thumbnail_correlation
 from .audit_search import ScanResult, outlier_scores, robust_z
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,13 @@ def add_phash(frame: pd.DataFrame, paths: dict[str, str],
     return frame.assign(phash_distance=distance)
 
 
-def hash_hits(words: np.ndarray, ok: np.ndarray, x: np.ndarray, *, bits: int,
-              min_cosine: float, threshold: float, words_b: np.ndarray | None = None,
-              ok_b: np.ndarray | None = None, y: np.ndarray | None = None) -> ScanResult:
+def hash_hits(words: np.ndarray, ok: np.ndarray, x: np.ndarray, locators: list, *, bits: int,
+              min_cosine: float, min_correlation: float, threshold: float,
+              words_b: np.ndarray | None = None, ok_b: np.ndarray | None = None,
+              y: np.ndarray | None = None, locators_b: list | None = None) -> ScanResult:
     """The pairs that only the hash rule flags: perceptual hashes at most ``bits`` apart,
-    cosine in [``min_cosine``, ``threshold``) (within one set, or against ``words_b`` / ``y``)."""
+    cosine in [``min_cosine``, ``threshold``), grey thumbnails correlated at
+    ``min_correlation`` or more (within one set, or against ``words_b`` / ``y``)."""
     same = words_b is None
     ia = np.flatnonzero(ok)
     ib = ia if same else np.flatnonzero(ok_b)
@@ -83,6 +85,10 @@ def hash_hits(words: np.ndarray, ok: np.ndarray, x: np.ndarray, *, bits: int,
     i, j = ia[i], ib[j]
     cos = np.einsum("ij,ij->i", x[i], (x if same else y)[j]).astype(np.float32)
     keep = (cos >= min_cosine) & (cos < threshold)
+    i, j, cos = i[keep], j[keep], cos[keep]
+    other = locators if same else locators_b
+    corr = thumbnail_correlation([(locators[a], other[b]) for a, b in zip(i, j, strict=True)])
+    keep = corr >= min_correlation
     return ScanResult(i[keep], j[keep], cos[keep], np.zeros((0, 0), np.float32),
                       method="phash")
 
