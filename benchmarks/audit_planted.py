@@ -17,11 +17,13 @@ saturation x1.2, hue-free) a copy of ``--per-alteration`` of them under a new le
 real lesions, ``--test-shared`` byte-identical copies of train originals and as many
 JPEG-re-encoded ones (test-set contamination).
 
-``measure``: per alteration, recall (copy paired with its original at the threshold) and
-precision (of the pairs flagged among the originals and that alteration's copies, the share
-that are planted copies), at a sweep of thresholds; the cosine of each copy to its original
-against the highest cosine of each original to any other distinct lesion (the calibration);
-and the across-set audit (test vs train).
+``measure``: per alteration, recall (copy paired with its original) and precision (of the
+pairs flagged among the originals and that alteration's copies, the share that are planted
+copies): "before", the cosine rule alone at a sweep of thresholds; "after", at the default
+threshold with the perceptual-hash rule added (``HASH_COSINE``, ``HASH_BITS``,
+``HASH_CORRELATION``); the cosine of
+each copy to its original against the highest cosine of each original to any other distinct
+lesion (the calibration); and the across-set audit (test vs train), before and after.
 
 ``flipped``: 5 % of the labels of the cached HAM10000 embeddings flipped at random to another
 class; the recall (and precision) of the label-issue ranking of a quick linear-probe cv.
@@ -119,56 +121,112 @@ def build(out: Path, originals: int, per_alteration: int, test_distinct: int,
           f"copies in all), test {len(test)}")
 
 
+def hash_bits(folder: Path, ids: list[str]) -> np.ndarray:
+    """Hamming distances (bits) between the 64-bit perceptual hashes of the images ``ids``
+    in ``folder``, all pairs (``len(ids)`` squared)."""
+    from skinfeat.evaluate.audit_hash import phash
+
+    images = folder / "HAM10000_images_part_1"
+    words = np.array([int(str(phash(str(images / f"{i}.jpg"))), 16) for i in ids],
+                     dtype=np.uint64)
+    xor = (words[:, None] ^ words[None, :]).view(np.uint8).reshape(len(ids), len(ids), 8)
+    return np.unpackbits(xor, axis=2).sum(2)
+
+
+def rates(flag: np.ndarray, truth: np.ndarray) -> dict:
+    """Recall and precision of the flagged pairs against the planted ones."""
+    tp = int((flag & truth).sum())
+    fp = int((flag & ~truth).sum())
+    return {"recall": round(tp / max(1, truth.sum()), 4),
+            "precision": round(tp / (tp + fp), 4) if tp + fp else None, "false_pairs": fp}
+
+
 def measure(out: Path, thresholds: list[float]) -> dict:
+    """Per alteration: the cosine rule alone ("before") at a sweep of thresholds, and at the
+    default threshold with the hash rule added ("after": cosine >= HASH_COSINE and phash
+    distance <= HASH_BITS), among the originals and that alteration's copies."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import skinfeat
     from skinfeat.embed.cache import read_cache
+    from skinfeat.evaluate.audit_hash import thumbnail_correlation
     from skinfeat.evaluate.audit_search import normalise
+    from skinfeat.workflows.audit import (
+        DEFAULT_THRESHOLD,
+        HASH_BITS,
+        HASH_CORRELATION,
+        HASH_COSINE,
+    )
 
     truth = pd.read_csv(out / "truth.csv")
     c = read_cache(out / "train.h5")
     ids = list(c.image_ids.astype(str))
     pos = {i: k for k, i in enumerate(ids)}
     x = normalise(c.embeddings)
-    originals = [i for i in ids if i.startswith("ISIC_")]
-    xo = x[[pos[i] for i in originals]]
-    sim = xo @ xo.T
-    np.fill_diagonal(sim, -1)
-    distinct_max = sim.max(1)          # each original's most similar other (distinct) lesion
-    result = {"originals": len(originals),
-              "distinct_max_cosine": np.quantile(distinct_max, [0.5, 0.99, 1.0]).round(4).tolist(),
-              "distinct_pairs": int(len(originals) * (len(originals) - 1) / 2),
+    sim = x @ x.T
+    bits = hash_bits(out / "train", ids)
+    is_orig = np.array([i.startswith("ISIC_") for i in ids])
+    so = sim[np.ix_(is_orig, is_orig)].copy()
+    np.fill_diagonal(so, -1)
+    upper = np.triu(np.ones_like(sim, dtype=bool), 1)
+    distinct = upper & is_orig[:, None] & is_orig[None, :]
+    after_rule = (sim >= DEFAULT_THRESHOLD) & upper
+    ci, cj = np.nonzero(upper & (sim >= HASH_COSINE) & (sim < DEFAULT_THRESHOLD)
+                        & (bits <= HASH_BITS))
+    images = out / "train" / "HAM10000_images_part_1"
+    corr = thumbnail_correlation([(str(images / f"{ids[a]}.jpg"), str(images / f"{ids[b]}.jpg"))
+                                  for a, b in zip(ci, cj, strict=True)])
+    after_rule[ci[corr >= HASH_CORRELATION], cj[corr >= HASH_CORRELATION]] = True
+    truth_pairs = {frozenset((pos[a], pos[b])) for a, b in zip(truth["original"], truth["copy"],
+                                                               strict=True) if b in pos}
+    planted_c = np.array([frozenset((a, b)) in truth_pairs for a, b in zip(ci, cj, strict=True)],
+                         dtype=bool)
+    result = {"originals": int(is_orig.sum()),
+              "distinct_max_cosine": np.quantile(so.max(1), [0.5, 0.99, 1.0]).round(4).tolist(),
+              "distinct_pairs": int(distinct.sum()),
+              "distinct_pairs_flagged_after": int((after_rule & distinct).sum()),
+              "distinct_min_phash_at_hash_cosine": int(bits[distinct & (sim >= HASH_COSINE)]
+                                                       .min()),
+              "hash_candidates": int(len(ci)),
+              "hash_candidates_distinct": int((~planted_c).sum()),
+              "hash_candidates_distinct_max_correlation": round(float(np.nanmax(
+                  corr[~planted_c], initial=-1.0)), 4),
+              "hash_candidates_planted_min_correlation": round(float(np.nanmin(
+                  corr[planted_c], initial=2.0)), 4),
+              "rule": {"threshold": DEFAULT_THRESHOLD, "hash_cosine": HASH_COSINE,
+                       "hash_bits": HASH_BITS, "thumbnail_correlation": HASH_CORRELATION},
               "per_alteration": {}}
     for how, t in truth[~truth["alteration"].str.startswith("test")].groupby("alteration"):
-        copies = [pos[i] for i in t["copy"]]
-        orig = [pos[i] for i in t["original"]]
-        cos_copy = np.sum(x[copies] * x[orig], axis=1)
-        per = {"copies": len(t), "copy_cosine": np.quantile(cos_copy, [0.0, 0.01, 0.5])
-               .round(4).tolist(),
-               }
-        xc = x[copies]
+        copies = np.array([pos[i] for i in t["copy"]])
+        orig = np.array([pos[i] for i in t["original"]])
+        rows = is_orig.copy()
+        rows[copies] = True
+        scope = upper & rows[:, None] & rows[None, :]     # originals + this alteration's copies
+        planted = np.zeros_like(scope)
+        planted[np.minimum(orig, copies), np.maximum(orig, copies)] = True
+        cos_copy, bit_copy = sim[orig, copies], bits[orig, copies]
+        per = {"copies": len(t),
+               "copy_cosine_min_median": [round(float(cos_copy.min()), 4),
+                                          round(float(np.median(cos_copy)), 4)],
+               "copy_phash_median_max": [float(np.median(bit_copy)), int(bit_copy.max())]}
         for th in thresholds:
-            tp = int((cos_copy >= th).sum())
-            # flagged pairs among originals + these copies, minus the planted ones = false
-            n_oo = int((np.triu(sim, 1) >= th).sum())
-            n_co = int(((xc @ xo.T) >= th).sum()) - tp
-            n_cc = int((np.triu(xc @ xc.T, 1) >= th).sum())
-            fp = n_oo + n_co + n_cc
-            per[f"{th:g}"] = {"recall": round(tp / len(t), 4),
-                              "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-                              "false_pairs": fp}
+            per[f"before_{th:g}"] = rates((sim >= th) & scope, planted & scope)
+        per["after"] = rates(after_rule & scope, planted & scope)
         result["per_alteration"][how] = per
     audit = skinfeat.audit(out / "test", out / "test.h5", against=out / "train",
                            against_cache=out / "train.h5", out=out / "audit-test-vs-train")
     across = audit.duplicates[audit.duplicates["kind"] == "across_sets"]
-    found = set(zip(across["image_id_a"], across["image_id_b"], strict=True)) | \
-        set(zip(across["image_id_b"], across["image_id_a"], strict=True))
+    found = {frozenset(p) for p in zip(across["image_id_a"], across["image_id_b"], strict=True)}
+    by_cosine = {frozenset(p) for p, r in zip(zip(across["image_id_a"], across["image_id_b"],
+                                                  strict=True), across["rule"], strict=True)
+                 if r == "cosine"}
     for how, t in truth[truth["alteration"].str.startswith("test")].groupby("alteration"):
-        hit = sum((a, b) in found for a, b in zip(t["copy"], t["original"], strict=True))
-        result["per_alteration"][how] = {"copies": len(t), "recall": round(hit / len(t), 4)}
-    result["across_set_pairs"] = int(len(across))
-    result["across_set_true"] = int(sum((a, b) in found for a, b in
-                                        zip(truth["copy"], truth["original"], strict=True)))
+        pairs = [frozenset(p) for p in zip(t["copy"], t["original"], strict=True)]
+        result["per_alteration"][how] = {
+            "copies": len(t), "before": round(sum(p in by_cosine for p in pairs) / len(t), 4),
+            "after": round(sum(p in found for p in pairs) / len(t), 4)}
+    planted_pairs = {frozenset(p) for p in zip(truth["copy"], truth["original"], strict=True)}
+    result["across_set_pairs"] = {"before": len(by_cosine), "after": len(found),
+                                  "planted_after": len(found & planted_pairs)}
     train_audit = skinfeat.audit(out / "train", out / "train.h5", out=out / "audit-train")
     result["train_audit_counts"] = train_audit.counts
     print(json.dumps(result, indent=1))

@@ -165,7 +165,10 @@ def dup_set(synth_dir, tmp_path_factory):
             "test_cache": root.parent / "test.h5", "meta": meta}
 
 
-def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path):
+def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path, monkeypatch):
+    # The cosine rule alone: with random weights every embedding is alike, and the synthetic
+    # blobs of one class share their perceptual hash, so the hash rule would join them all.
+    monkeypatch.setattr("skinfeat.workflows.audit.HASH_RULE_LIMIT", 0)
     out = tmp_path / "audit"
     r = run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"],
                 "--against", dup_set["test"], "--against-cache", dup_set["test_cache"],
@@ -212,8 +215,10 @@ def test_the_audit_page_python_example_runs(tmp_path, monkeypatch):
                      weights="random", image_size=64, num_workers=0)
     # The default threshold is calibrated on real weights; random test_convnext embeddings are
     # all alike, so here only identical embeddings count as duplicates.
+    # The hash rule is off for the same reason: the synthetic blobs of one class share a hash.
     import skinfeat.workflows.audit as audit_workflow
     monkeypatch.setattr(audit_workflow, "DEFAULT_THRESHOLD", 0.99999)
+    monkeypatch.setattr(audit_workflow, "HASH_RULE_LIMIT", 0)
     scope: dict = {}
     exec(compile(code, "docs/audit.md", "exec"), scope)
     assert scope["res"].out.name == "audit" and (tmp_path / "runs" / "audit").is_dir()
@@ -236,7 +241,9 @@ def test_audit_api_returns_a_frozen_typed_result(dup_set):
     assert (res.out / "duplicates.csv").is_file()
 
 
-def test_cv_merge_duplicate_groups_says_how_many(dup_set, tmp_path):
+def test_cv_merge_duplicate_groups_says_how_many(dup_set, tmp_path, monkeypatch):
+    # The cosine rule alone (random weights: see test_audit_cli_flags_planted_copies...)
+    monkeypatch.setattr("skinfeat.workflows.audit.HASH_RULE_LIMIT", 0)
     audit = tmp_path / "audit"
     run_cli("audit", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
             audit, "--threshold", "0.99999", "--no-labels")
@@ -335,3 +342,100 @@ def test_cv_drop_label_issues_reports_what_it_dropped(dup_set, tmp_path):
     scored = set(pd.read_csv(out / "cv_folds.csv")["image_id"])
     assert not scored & set(gone)
     assert len(scored) == len(pd.read_csv(dup_set["train"] / "HAM10000_metadata.csv")) - 3
+
+
+def one_pair_file(dup_set, tmp_path):
+    """A duplicates.csv joining one train image's lesion with its copy's (1 group merged)."""
+    dup = tmp_path / "duplicates.csv"
+    pd.DataFrame({"image_id_a": [dup_set["meta"].image_id[0]], "image_id_b": ["COPY_0"],
+                  "kind": ["different_groups"]}).to_csv(dup, index=False)
+    return dup
+
+
+@pytest.mark.slow   # one Optuna trial on 2 folds, then the chosen head once
+def test_tune_records_the_merge_count(dup_set, tmp_path):
+    pytest.importorskip("optuna")
+    out = tmp_path / "tune"
+    run_cli("tune", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out", out,
+            "--trials", "1", "--folds", "2", "--max-epochs", "1", "--jobs", "1",
+            "--merge-duplicate-groups", one_pair_file(dup_set, tmp_path))
+    assert json.loads((out / "tune_metrics.json").read_text())["merged_groups"] == 1
+    assert "1 group(s) merged into others" in (out / "tune_report.md").read_text()
+
+
+@pytest.mark.slow   # two caches x the head on 2 folds
+def test_compare_records_the_merge_count(dup_set, tmp_path):
+    other = tmp_path / "again.h5"
+    shutil.copyfile(dup_set["train_cache"], other)      # a second entry to compare with
+    out = tmp_path / "cmp"
+    run_cli("compare", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--cache",
+            other, "--models", "head", "--max-epochs", "1", "--folds", "2", "--n-boot", "20",
+            "--jobs", "1", "--out", out, "--merge-duplicate-groups",
+            one_pair_file(dup_set, tmp_path))
+    assert json.loads((out / "compare.json").read_text())["merged_groups"] == 1
+    assert "1 group(s) merged into others" in (out / "compare_report.md").read_text()
+    folds = pd.read_csv(out / "cv" / "again" / "cv_folds.csv")
+    assert (folds["merged_groups"] == 1).all()
+
+
+def test_hash_rule_finds_a_resized_copy_below_the_cosine_threshold(synth_dir, tmp_path):
+    """A copy resized and re-encoded at JPEG quality 30 whose embedding moved to cosine 0.8
+    (below the 0.92 threshold) is flagged by its perceptual hash; a distinct image at the same
+    cosine is not; both are found by neither rule on the cosine alone."""
+    pytest.importorskip("imagehash")
+    import skinfeat
+    from skinfeat.evaluate.audit_hash import phash
+    from skinfeat.workflows.audit import DEFAULT_THRESHOLD, HASH_BITS, HASH_COSINE
+
+    root = tmp_path / "set"
+    shutil.copytree(synth_dir, root)
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    ids = list(meta.image_id)
+    path = {i: next(root.glob(f"*/{i}.jpg")) for i in ids}
+    with Image.open(path[ids[0]]) as img:
+        w, h = img.size
+        img.convert("RGB").resize((w // 2, h // 2)).resize((w, h)).save(
+            root / "HAM10000_images_part_1" / "COPY.jpg", quality=30)
+    pd.concat([meta, meta.iloc[:1].assign(image_id="COPY", lesion_id="HAM_COPY")]) \
+        .to_csv(root / "HAM10000_metadata.csv", index=False)
+    far = next(i for i in ids[1:] if phash(str(path[i])) - phash(str(path[ids[0]])) > 20)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(ids) + 1, 64))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cos = (HASH_COSINE + DEFAULT_THRESHOLD) / 2            # between the two rules' cosines
+    for row in (len(ids), ids.index(far)):                  # the copy, and a distinct image
+        other = emb[row] - (emb[row] @ emb[0]) * emb[0]
+        emb[row] = cos * emb[0] + np.sqrt(1 - cos ** 2) * other / np.linalg.norm(other)
+    cache = tmp_path / "c.h5"
+    write_cache(cache, CacheContents(np.array(ids + ["COPY"], dtype=object),
+                                     emb.astype(np.float32), None))
+    res = skinfeat.audit(root, cache, out=tmp_path / "audit", labels=False, outliers=False)
+    pairs = {frozenset(p): (r, d) for p, r, d in zip(
+        zip(res.duplicates.image_id_a, res.duplicates.image_id_b, strict=True),
+        res.duplicates.rule, res.duplicates.phash_distance, strict=True)}
+    rule, bits = pairs[frozenset((ids[0], "COPY"))]
+    assert rule == "cosine+phash" and bits <= HASH_BITS
+    assert frozenset((ids[0], far)) not in pairs
+    assert res.counts["different_groups"] == 1 and res.counts["merged_groups"] == 1
+    report = (tmp_path / "audit" / "audit_report.md").read_text()
+    assert "cosine+phash: 1 pairs" in report
+
+
+def test_close_hash_pairs_match_brute_force():
+    from skinfeat.evaluate.audit_hash import bit_distance, close_pairs
+
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**63, 300, dtype=np.uint64)
+    for k in range(40):                     # near copies: 0 to 6 bits flipped
+        flips = rng.choice(64, k % 7, replace=False)
+        words[260 + k] = words[k] ^ np.uint64(sum(1 << int(f) for f in flips))
+    d = bit_distance(words[:, None], words[None, :])
+    for bits in (0, 3, 4):
+        i, j, dist = close_pairs(words, bits)
+        bi, bj = np.nonzero(np.triu(d <= bits, 1))
+        assert set(zip(i.tolist(), j.tolist(), strict=True)) == \
+            set(zip(bi.tolist(), bj.tolist(), strict=True))
+        assert (dist <= bits).all() and len(i) > 0
+    i, j, _ = close_pairs(words[260:], 4, words[:260])      # across two sets
+    assert {(a, b) for a, b in zip(i.tolist(), j.tolist(), strict=True)} == \
+        {(k, k) for k in range(40) if k % 7 <= 4}

@@ -3,16 +3,12 @@ where the image files exist) and ranked outliers, as the tables the audit writes
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ..data.images import open_image
+from .audit_hash import bit_distance, close_pairs, hash_words, thumbnail_correlation
 from .audit_search import ScanResult, outlier_scores, robust_z
-
-if TYPE_CHECKING:
-    from imagehash import ImageHash
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +20,7 @@ KIND_TEXT = {"across_sets": "across sets (contamination: the same image in both 
                                  "on both sides)",
              "same_group": "same group (expected: images of one lesion)"}
 OUTLIER_Z = 6.0          # robust z-score of the k-NN distance past which a row is flagged
-PHASH_LIMIT = 20_000     # images hashed at most (the pairs' images, closest pairs first)
+PHASH_LIMIT = 20_000     # images hashed at most for the pairs (closest pairs first)
 
 
 def pair_frame(a: pd.DataFrame, b: pd.DataFrame | None, hits: ScanResult,
@@ -51,39 +47,59 @@ def pair_frame(a: pd.DataFrame, b: pd.DataFrame | None, hits: ScanResult,
     return frame.sort_values("cosine", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def phash(locator: str) -> ImageHash:
-    import imagehash
-
-    with open_image(locator) as img:
-        return imagehash.phash(img.convert("RGB"))
-
-
-def add_phash(frame: pd.DataFrame, paths: dict[str, str]) -> pd.DataFrame:
+def add_phash(frame: pd.DataFrame, paths: dict[str, str],
+              words: dict[str, np.uint64] | None = None) -> pd.DataFrame:
     """Hamming distance (0-64 bits) of the perceptual hashes of each pair's images, where both
-    files exist (else NaN): a second opinion that does not depend on the encoder."""
+    files exist (else NaN): a second opinion that does not depend on the encoder. ``words``:
+    hashes already computed (image id -> 64-bit word); the others are computed here."""
     if frame.empty or not paths:
         return frame
-    try:
-        import imagehash  # noqa: F401
-    except ImportError:
+    if not can_hash():
         log.warning("imagehash not installed (pip install 'skinfeat[audit]'): no perceptual-hash "
                     "check of the pairs")
         return frame
-    hashes: dict[str, ImageHash] = {}
+    known = dict(words or {})
     distance = []
     for a, b in zip(frame["image_id_a"], frame["image_id_b"], strict=True):
-        pa, pb = paths.get(a), paths.get(b)
-        if not pa or not pb or len(hashes) >= PHASH_LIMIT:
-            distance.append(np.nan)
-            continue
-        try:
-            for key, p in ((a, pa), (b, pb)):
-                if key not in hashes:
-                    hashes[key] = phash(p)
-            distance.append(float(hashes[a] - hashes[b]))
-        except (OSError, ValueError, KeyError):
-            distance.append(np.nan)
+        for key in (a, b):
+            if key not in known and paths.get(key) and len(known) < PHASH_LIMIT:
+                word, ok = hash_words([paths[key]])
+                known[key] = word[0] if ok[0] else None
+        wa, wb = known.get(a), known.get(b)
+        distance.append(np.nan if wa is None or wb is None else
+                        float(bit_distance(np.array([wa]), np.array([wb]))[0]))
     return frame.assign(phash_distance=distance)
+
+
+def hash_hits(words: np.ndarray, ok: np.ndarray, x: np.ndarray, locators: list, *, bits: int,
+              min_cosine: float, min_correlation: float, threshold: float,
+              words_b: np.ndarray | None = None, ok_b: np.ndarray | None = None,
+              y: np.ndarray | None = None, locators_b: list | None = None) -> ScanResult:
+    """The pairs that only the hash rule flags: perceptual hashes at most ``bits`` apart,
+    cosine in [``min_cosine``, ``threshold``), grey thumbnails correlated at
+    ``min_correlation`` or more (within one set, or against ``words_b`` / ``y``)."""
+    same = words_b is None
+    ia = np.flatnonzero(ok)
+    ib = ia if same else np.flatnonzero(ok_b)
+    i, j, _ = close_pairs(words[ia], bits, None if same else words_b[ib])
+    i, j = ia[i], ib[j]
+    cos = np.einsum("ij,ij->i", x[i], (x if same else y)[j]).astype(np.float32)
+    keep = (cos >= min_cosine) & (cos < threshold)
+    i, j, cos = i[keep], j[keep], cos[keep]
+    other = locators if same else locators_b
+    corr = thumbnail_correlation([(locators[a], other[b]) for a, b in zip(i, j, strict=True)])
+    keep = corr >= min_correlation
+    return ScanResult(i[keep], j[keep], cos[keep], np.zeros((0, 0), np.float32),
+                      method="phash")
+
+
+def can_hash() -> bool:
+    """Whether the perceptual hashes can be computed (imagehash, the audit extra)."""
+    try:
+        import imagehash  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def outlier_frame(table: pd.DataFrame, knn: np.ndarray, top: int) -> pd.DataFrame:

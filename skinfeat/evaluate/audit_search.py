@@ -1,12 +1,13 @@
-"""Near-duplicate and outlier search on embeddings (pure numpy; faiss only when asked for).
+"""Near-duplicate and outlier search on embeddings (torch matrix products; faiss only past
+``EXACT_LIMIT`` rows or when asked for).
 
-``scan`` is exact: the L2-normalised rows are compared block by block (matrix products of
-``block`` x ``block`` rows, so memory stays at a few ``block``-squared float32 arrays whatever
-the row count), keeping every pair at or above the cosine threshold and each row's ``k`` highest
-cosines to other rows (the k-nearest-neighbour distances that rank outliers). Within one set only
-the upper triangle of blocks is computed (each pair once). ``scan_approximate`` does the same
-through a faiss inverted-file index (optional dependency), for sets past ``EXACT_LIMIT`` rows,
-and ``approximate_recall`` measures it against the exact search on a sample of query rows.
+``scan`` is exact: the L2-normalised rows are compared block by block (float32 matrix products
+of ``block`` x ``block`` rows, so memory stays at a few ``block``-squared arrays whatever the row
+count), keeping every pair at or above the cosine threshold and each row's ``k`` highest cosines
+to other rows (the k-nearest-neighbour distances that rank outliers). Within one set only the
+upper triangle of blocks is computed (each pair once). ``scan_approximate`` does the same through
+a faiss inverted-file index (optional dependency), and ``approximate_recall`` measures it against
+the exact search on a sample of query rows.
 """
 from __future__ import annotations
 
@@ -44,30 +45,12 @@ def check_threshold(threshold: float, name: str = "--threshold") -> float:
     return float(threshold)
 
 
-def _top_k(current: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
-    """The k highest of ``current`` (rows x k) and ``sims`` (rows x m), per row (a full
-    partition: each row block's first block only)."""
-    both = np.concatenate([current, sims], axis=1)
-    if both.shape[1] > k:
-        both = np.partition(both, both.shape[1] - k, axis=1)[:, -k:]
-    return both
-
-
-def _update_top_k(knn: np.ndarray, sims: np.ndarray, axis: int) -> None:
-    """Fold a block of cosines into ``knn`` in place (``axis=0``: ``knn`` belongs to the
-    block's rows; 1: to its columns). Only the cosines above a row's current k-th best are
-    looked at: after the first block that is a few per row, so this costs far less than a
-    partition of every block."""
-    k = knn.shape[1]
-    kth = knn.min(axis=1)
-    if axis == 0:
-        rows, cols = np.nonzero(sims > kth[:, None])
-        owner, vals = rows, sims[rows, cols]
-    else:
-        rows, cols = np.nonzero(sims > kth[None, :])
-        owner, vals = cols, sims[rows, cols]
+def _merge_top_k(knn: np.ndarray, owner: np.ndarray, vals: np.ndarray) -> None:
+    """Fold candidate cosines ``vals`` of rows ``owner`` into ``knn`` (rows x k, descending)
+    in place: each touched row keeps the k highest of its old ones and its candidates."""
     if not len(owner):
         return
+    k = knn.shape[1]
     touched = np.unique(owner)
     owner = np.concatenate([owner, np.repeat(touched, k)])
     vals = np.concatenate([vals, knn[touched].ravel()])
@@ -78,43 +61,65 @@ def _update_top_k(knn: np.ndarray, sims: np.ndarray, axis: int) -> None:
     knn[touched] = vals[rank < k].reshape(len(touched), k)
 
 
+def _blocks(n: int, m: int, block: int, same: bool) -> list[tuple[int, int]]:
+    """The (row, column) block starts to compute: within one set the diagonal blocks first
+    (they start every row's top k), then each block above the diagonal once."""
+    if not same:
+        return [(a, b) for a in range(0, n, block) for b in range(0, m, block)]
+    return [(a, a) for a in range(0, n, block)] + \
+        [(a, b) for a in range(0, n, block) for b in range(a + block, m, block)]
+
+
 def scan(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None, k: int = DEFAULT_K,
          block: int = 4096) -> ScanResult:
-    """Exact search of the normalised rows ``x`` (against ``y`` when given, else within ``x``)."""
+    """Exact search of the normalised rows ``x`` (against ``y`` when given, else within ``x``).
+
+    Each block of cosines is one float32 matrix product (torch: its BLAS uses every intra-op
+    thread), then one comparison with a per-row floor (the lower of the threshold and the
+    row's current k-th best cosine) and one with a per-column floor (within one set: the block
+    also stands for its mirror image). Only the entries above a floor leave the block, so
+    the memory is a few ``block``-squared arrays whatever the row count."""
+    import torch
+
     threshold = check_threshold(threshold)
     same = y is None
-    y = x if y is None else y
-    n, m = len(x), len(y)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = xt if same else torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    n, m = len(xt), len(yt)
     k = max(0, min(k, m - 1 if same else m))
     knn = np.full((n, k), -np.inf, dtype=np.float32)
     found_i, found_j, found_c = [], [], []
-
-    def pairs(sims, a, b, upper):
-        ii, jj = np.nonzero(sims >= threshold)
-        if upper:
-            keep = ii < jj
-            ii, jj = ii[keep], jj[keep]
-        found_i.append(ii + a)
-        found_j.append(jj + b)
-        found_c.append(sims[ii, jj])
-
-    # Within one set: the diagonal blocks first (a full partition starts each row's top k),
-    # then each off-diagonal block once, for its rows and its columns.
-    order = [(a, a) for a in range(0, n, block)] + \
-        [(a, b) for a in range(0, n, block) for b in range(a + block, m, block)] if same else \
-        [(a, b) for a in range(0, n, block) for b in range(0, m, block)]
-    for a, b in order:
-        sims = x[a:a + block] @ y[b:b + block].T
-        if same and a == b:
-            np.fill_diagonal(sims, -np.inf)    # a row is not its own neighbour
-        if k and (a == b if same else b == 0):
-            knn[a:a + block] = _top_k(knn[a:a + block], sims, k)
-        elif k:
-            _update_top_k(knn[a:a + block], sims, axis=0)
-            if same:
-                _update_top_k(knn[b:b + block], sims, axis=1)
-        pairs(sims, a, b, same and a == b)
-    knn = -np.sort(-knn, axis=1)
+    with torch.inference_mode():
+        for a, b in _blocks(n, m, block, same):
+            sims = xt[a:a + block] @ yt[b:b + block].T
+            rows, cols = len(sims), sims.shape[1]
+            diagonal = same and a == b
+            if diagonal:
+                sims.fill_diagonal_(-np.inf)    # a row is not its own neighbour
+            first = diagonal if same else b == 0
+            if k and first:                      # the block's top k start each row's list
+                top = torch.topk(sims, min(k, cols), dim=1).values.numpy()
+                _merge_top_k(knn[a:a + rows], np.repeat(np.arange(rows), top.shape[1]),
+                             top.ravel())
+            floor = np.full(rows, threshold, dtype=np.float32) if not k or first else \
+                np.minimum(knn[a:a + rows, -1], threshold)
+            ii, jj = torch.nonzero(sims >= torch.from_numpy(floor)[:, None],
+                                   as_tuple=True)
+            vals = sims[ii, jj].numpy()
+            ii, jj = ii.numpy(), jj.numpy()
+            if k and not first:
+                better = vals > knn[a + ii, -1]
+                _merge_top_k(knn[a:a + rows], ii[better], vals[better])
+            if same and not diagonal and k:      # the mirror block: the columns' own top k
+                kth = torch.from_numpy(knn[b:b + cols, -1].copy())
+                ci, cj = torch.nonzero(sims > kth[None, :], as_tuple=True)
+                _merge_top_k(knn[b:b + cols], cj.numpy(), sims[ci, cj].numpy())
+            hit = vals >= threshold
+            if diagonal:
+                hit &= ii < jj
+            found_i.append(ii[hit] + a)
+            found_j.append(jj[hit] + b)
+            found_c.append(vals[hit])
     return ScanResult(np.concatenate(found_i or [np.zeros(0, int)]).astype(np.int64),
                       np.concatenate(found_j or [np.zeros(0, int)]).astype(np.int64),
                       np.concatenate(found_c or [np.zeros(0, np.float32)]).astype(np.float32),
@@ -132,26 +137,41 @@ def _faiss():
 
 def scan_approximate(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None,
                      k: int = DEFAULT_K, neighbours: int = 32, nprobe: int = 8,
-                     seed: int = 0) -> ScanResult:
+                     chunk: int = 32_768, seed: int = 0) -> ScanResult:
     """The same as ``scan`` through a faiss IVF-Flat inner-product index (normalised rows:
     inner product = cosine). Each query keeps its ``neighbours`` nearest, so a row with more
-    near-copies than that reports only the closest ones."""
+    near-copies than that reports only the closest ones.
+
+    About ``4 sqrt(n)`` lists (2,533 at 401k rows), ``nprobe`` of them probed: each query
+    scans about ``2 nprobe / sqrt(n)`` of the rows. The queries' lists are found once (one
+    matrix product with the centroids), and the queries are searched in that order, so that
+    consecutive queries scan the same lists while they are still in the CPU's cache: an IVF
+    scan is otherwise bound by memory bandwidth, not arithmetic."""
     faiss = _faiss()
     threshold = check_threshold(threshold)
     same = y is None
     ref = np.ascontiguousarray(x if same else y, dtype=np.float32)
-    # sqrt(n) lists, 8 probed: each query scans about 8 / sqrt(n) of the rows (5k of 401k)
-    n_list = int(max(1, min(4096, np.sqrt(len(ref)))))
+    queries = ref if same else np.ascontiguousarray(x, dtype=np.float32)
+    n_list = int(max(1, min(8192, 4 * np.sqrt(len(ref)), len(ref) // 39)))
     quantizer = faiss.IndexFlatIP(ref.shape[1])
     index = faiss.IndexIVFFlat(quantizer, ref.shape[1], n_list, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10                   # k-means: 10 rounds place the lists well enough
+    index.cp.max_points_per_centroid = 40
     rng = np.random.default_rng(seed)
-    sample = ref[rng.choice(len(ref), min(len(ref), 40 * n_list), replace=False)]
-    index.train(sample)
+    index.train(ref[np.sort(rng.choice(len(ref), min(len(ref), 40 * n_list), replace=False))])
     index.add(ref)
-    index.nprobe = nprobe
-    want = max(neighbours, k) + (1 if same else 0)
-    sims, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), want)
-    rows = np.repeat(np.arange(len(x)), want).reshape(len(x), want)
+    index.nprobe = nprobe = min(nprobe, n_list)
+    want = min(max(neighbours, k) + (1 if same else 0), len(ref))
+    sims = np.empty((len(queries), want), dtype=np.float32)
+    idx = np.empty((len(queries), want), dtype=np.int64)
+    for a in range(0, len(queries), chunk):     # bounded memory for the coarse assignment
+        part = queries[a:a + chunk]
+        coarse_d, coarse_i = quantizer.search(part, nprobe)
+        order = np.argsort(coarse_i[:, 0], kind="stable")
+        d, i = index.search_preassigned(np.ascontiguousarray(part[order]), want,
+                                        coarse_i[order], coarse_d[order])
+        sims[a + order], idx[a + order] = d, i
+    rows = np.repeat(np.arange(len(queries)), want).reshape(len(queries), want)
     valid = idx >= 0
     if same:
         valid &= idx != rows
@@ -173,26 +193,20 @@ def approximate_recall(x: np.ndarray, found: ScanResult, threshold: float, *,
     (1.0 when those rows have no pair at the threshold)."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
-    ref = x if y is None else y
-    qi_parts: list[np.ndarray] = []
-    qj_parts: list[np.ndarray] = []
-    for a in range(0, len(rows), 256):    # in parts: 256 x rows cosines at a time
-        part = rows[a:a + 256]
-        sims = x[part] @ ref.T
-        if y is None:
-            sims[np.arange(len(part)), part] = -np.inf
-        i, j = np.nonzero(sims >= threshold)
-        qi_parts.append(part[i])
-        qj_parts.append(j)
-    qi, qj = np.concatenate(qi_parts), np.concatenate(qj_parts)
+    exact = scan(x[rows], threshold, y=x if y is None else y, k=0)
+    qi, qj = rows[exact.i], exact.j
+    if y is None:
+        keep = qi != qj                   # a row is not its own pair
+        qi, qj = qi[keep], qj[keep]
     if not len(qi):
         return 1.0
     if y is None:
-        exact = set(zip(np.minimum(qi, qj).tolist(), np.maximum(qi, qj).tolist(), strict=False))
+        exact_pairs = set(zip(np.minimum(qi, qj).tolist(), np.maximum(qi, qj).tolist(),
+                              strict=False))
     else:
-        exact = set(zip(qi.tolist(), qj.tolist(), strict=False))
+        exact_pairs = set(zip(qi.tolist(), qj.tolist(), strict=False))
     have = set(zip(found.i.tolist(), found.j.tolist(), strict=False))
-    return len(exact & have) / len(exact)
+    return len(exact_pairs & have) / len(exact_pairs)
 
 
 def search(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None,

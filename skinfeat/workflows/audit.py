@@ -45,6 +45,19 @@ log = logging.getLogger(__name__)
 # (benchmarks/audit_planted.py; docs/audit.md). Plain cosine: centring the embeddings first
 # separated altered copies from distinct lesions less well there.
 DEFAULT_THRESHOLD = 0.92
+# The second rule, where the image files exist: a pair below the threshold but at or above
+# HASH_COSINE is flagged when its images' 64-bit perceptual hashes differ by at most HASH_BITS
+# bits and their 64 x 64 grey thumbnails correlate at HASH_CORRELATION or more. Resizing and
+# strong JPEG re-encoding move MobileNetV2's embedding of these small images more than their
+# hash. On the planted set every resized and JPEG-q35 copy was within 4 bits of its original
+# (thumbnail correlation >= 0.986), none of the 114,635 distinct-lesion pairs at cosine >= 0.60
+# within 5 bits; on the real HAM10000, 201 pairs across lesion ids were within 4 bits, nearly
+# all of them distinct lesions (centred brown discs), whose thumbnails correlated at 0.969 at
+# most; the one copy among them at 0.998 (docs/audit.md).
+HASH_COSINE = 0.60
+HASH_BITS = 4
+HASH_CORRELATION = 0.98
+HASH_RULE_LIMIT = 150_000   # images hashed at most for the rule (about 1 ms each, small images)
 PROBE_DIM = 128          # the quick linear probe's PCA width
 
 
@@ -145,6 +158,8 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
     x, y = normalise(raw), None if raw_b is None else normalise(raw_b)
     table = data.table
     paths = findings.image_paths(table)
+    if against is not None:
+        paths = {**findings.image_paths(against.table), **paths}
     hits = search(x, threshold if duplicates else 1.0, k=k if outliers else 0, method=method) \
         if duplicates or outliers else ScanResult(*(np.zeros(0, np.int64),) * 3,
                                                   knn=np.zeros((len(x), 0), np.float32))
@@ -156,10 +171,15 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
     if against is not None and duplicates:
         across = search(x, threshold, y=y, k=0, method=method)
         pairs = pd.concat([pairs, findings.pair_frame(table, against.table, across)],
-                          ignore_index=True).sort_values("cosine", ascending=False,
-                                                         kind="stable", ignore_index=True)
-        paths = {**findings.image_paths(against.table), **paths}
-    pairs = findings.add_phash(pairs, paths)
+                          ignore_index=True)
+    pairs = pairs.assign(rule="cosine")
+    hashing = duplicates and bool(paths) and findings.can_hash() and \
+        len(paths) <= HASH_RULE_LIMIT
+    words: dict = {}
+    if hashing:
+        pairs, words = _hash_rule(pairs, table, x, paths, threshold, against, y)
+    pairs = findings.add_phash(pairs.sort_values("cosine", ascending=False, kind="stable",
+                                                 ignore_index=True), paths, words)
     joined = pairs[pairs["kind"].isin(["different_groups", "conflicting_labels"])]
     merged, n_merged = merge_groups(table["group_id"], table["image_id"],
                                     list(zip(joined["image_id_a"], joined["image_id_b"],
@@ -176,6 +196,8 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
                "against": None if against is None else str(against.source),
                "against_cache": None if against_cache is None else str(against_cache),
                "threshold": threshold, "method": hits.method, "approximate_recall": recall,
+               "hash_rule": {"cosine": HASH_COSINE, "phash_bits": HASH_BITS,
+                             "thumbnail_correlation": HASH_CORRELATION} if hashing else None,
                "k": k, "label_source": None if not labels else str(oof) if oof else
                "quick linear probe (PCA 128 + logistic regression, 5 grouped folds)",
                "counts": counts}
@@ -184,6 +206,33 @@ def run_audit(data: Dataset, cache: Path, out: Path, *, against: Dataset | None 
                                                     sheets, top))
     return AuditResult(out, threshold, hits.method, counts, pairs, issues, outlier_table, groups,
                        recall, tuple(sheets))
+
+
+def _hash_rule(pairs: pd.DataFrame, table: pd.DataFrame, x: np.ndarray, paths: dict,
+               threshold: float, against: Dataset | None, y: np.ndarray | None
+               ) -> tuple[pd.DataFrame, dict]:
+    """``pairs`` with the pairs only the hash rule flags added (rule ``cosine+phash``), and
+    every image's hash (image id -> 64-bit word)."""
+    ids = table["image_id"].astype(str).tolist()
+    locators = [paths.get(i) for i in ids]
+    words, ok = findings.hash_words(locators)
+    known = {i: w for i, w, o in zip(ids, words, ok, strict=True) if o}
+    rule = {"bits": HASH_BITS, "min_cosine": HASH_COSINE, "threshold": threshold,
+            "min_correlation": HASH_CORRELATION}
+    found = [findings.pair_frame(table, None, findings.hash_hits(words, ok, x, locators,
+                                                                 **rule))]
+    if against is not None and y is not None:
+        ids_b = against.table["image_id"].astype(str).tolist()
+        locators_b = [paths.get(i) for i in ids_b]
+        words_b, ok_b = findings.hash_words(locators_b)
+        known.update({i: w for i, w, o in zip(ids_b, words_b, ok_b, strict=True) if o})
+        found.append(findings.pair_frame(table, against.table, findings.hash_hits(
+            words, ok, x, locators, words_b=words_b, ok_b=ok_b, y=y, locators_b=locators_b,
+            **rule)))
+    log.info("hash rule: %d images hashed, %d pairs below the cosine threshold flagged",
+             len(known), sum(len(f) for f in found))
+    return pd.concat([pairs, *(f.assign(rule="cosine+phash") for f in found)],
+                     ignore_index=True), known
 
 
 def _write(out: Path, pairs, issues, outlier_table, groups, paths, top) -> list[Path]:
@@ -212,7 +261,14 @@ def report_text(summary: dict, pairs: pd.DataFrame, issues, outlier_table, sheet
              f"{summary['threshold']} "
              f"({summary['method']} search"
              + (f", recall against exact on a sample {summary['approximate_recall']:.3f}"
-                if summary["approximate_recall"] is not None else "") + ").", "",
+                if summary["approximate_recall"] is not None else "") + ")"
+             + (f"; below that, pairs at cosine >= {summary['hash_rule']['cosine']} whose "
+                f"images' perceptual hashes differ by at most "
+                f"{summary['hash_rule']['phash_bits']} bits and whose grey thumbnails "
+                f"correlate at >= {summary['hash_rule']['thumbnail_correlation']} "
+                f"(rule cosine+phash: "
+                f"{int((pairs['rule'] == 'cosine+phash').sum())} pairs)"
+                if summary["hash_rule"] else "") + ".", "",
              "| finding | count |", "|---|---|"]
     lines += [f"| pairs: {findings.KIND_TEXT[kind]} | {c[kind]} |" for kind in findings.KINDS]
     lines += [f"| groups merged by joining flagged pairs (groups.csv) | {c['merged_groups']} |",
@@ -223,10 +279,10 @@ def report_text(summary: dict, pairs: pd.DataFrame, issues, outlier_table, sheet
     shown = pairs[pairs["kind"] != "same_group"].head(10)
     if len(shown):
         lines += ["## Closest pairs across groups or sets", "",
-                  "| a | b | kind | cosine | phash bits |", "|---|---|---|---|---|"]
+                  "| a | b | kind | cosine | phash bits | rule |", "|---|---|---|---|---|---|"]
         lines += [f"| {r.image_id_a} ({r.group_a}, {r.label_a}) | {r.image_id_b} ({r.group_b}, "
                   f"{r.label_b}) | {r.kind} | {r.cosine:.4f} | "
-                  f"{'-' if pd.isna(r.phash_distance) else int(r.phash_distance)} |"
+                  f"{'-' if pd.isna(r.phash_distance) else int(r.phash_distance)} | {r.rule} |"
                   for r in shown.itertuples()]
         lines.append("")
     if issues is not None and len(issues):

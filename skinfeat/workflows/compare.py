@@ -107,6 +107,7 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
     against the first entry, ``compare_report.md``, ``compare_leaderboard.csv``,
     ``compare_forest.png`` and ``compare.json`` in ``out``."""
     data = as_dataset(data)
+    merged = data.table.attrs.get("merged_groups")   # --merge-duplicate-groups: the report says it
     caches = [str(c) for c in caches]
     if not caches:
         raise InputError("compare needs at least one cache")
@@ -157,7 +158,7 @@ def compare_run(data: Dataset | pd.DataFrame, caches: Sequence[str | Path], out:
            "dataset": first.dataset, "task": first.task, "split": first.split,
            "protocol": first.protocol, "group": first.group, "folds": cfg.folds,
            "seeds": list(seeds), "images": int(len(order)),
-           "groups": int(len(set(groups))),
+           "groups": int(len(set(groups))), "merged_groups": merged,
            "random_weights": any(bool(r.info.get("random_weights")) for r in results.values()),
            "caches": dict(zip(runs, caches, strict=False)),
            "runs": {k: str(v) for k, v in runs.items()},
@@ -203,8 +204,12 @@ def report_lines(res: dict) -> list[str]:
     lines += [f"{res['dataset']}, task {res['task']}; {res['images']} images in "
               f"{res['groups']} {res['group']}s; {res['split']} split, {res['folds']} folds x "
               f"{len(res['seeds'])} seed(s) {res['seeds']}, the same folds for every entry "
-              f"({res['protocol']}).", "",
-              "## Every entry: mean ± sd over folds", ""]
+              f"({res['protocol']}).", ""]
+    if res.get("merged_groups") is not None:
+        lines += [f"Groups joined before splitting (skinfeat audit, --merge-duplicate-groups): "
+                  f"{res['merged_groups']} group(s) merged into others by near-duplicate "
+                  "pairs; every entry's folds use the joined groups.", ""]
+    lines += ["## Every entry: mean ± sd over folds", ""]
     keys = res["headline"]
     lines += ["| entry | " + " | ".join(metric_label(k)[0] for k in keys) + " |",
               "|---|" + "---|" * len(keys)]

@@ -141,13 +141,14 @@ class TuneResult:
     dataset: str = ""
     task: str = ""
     group: str = ""
+    merged_groups: int | None = None   # groups joined by --merge-duplicate-groups (None: off)
     info: dict = field(default_factory=dict, repr=False)
     out: Path | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("metric", "best", "start", "held_out", "history",
                                                "config", "sizes", "dataset", "task", "group",
-                                               "info")}
+                                               "merged_groups", "info")}
 
     @property
     def best_config(self) -> Path | None:

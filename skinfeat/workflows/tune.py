@@ -44,6 +44,7 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
 
     cfg.check()
     data = as_dataset(data)
+    merged = data.table.attrs.get("merged_groups")   # --merge-duplicate-groups: the report says it
     if data.spec.evaluation_only:
         raise InputError(f"{data.spec.name} is a test set: evaluate models on it, do not tune")
     check_inputs(data, cfg.start_head.inputs)
@@ -96,9 +97,17 @@ def tune_run(data: Dataset | pd.DataFrame, cache_path, out: str | Path, cfg: Tun
         history=history, config=cfg.to_dict(),
         sizes={"search": int(len(rest)), "held_out": int(test.sum())},
         dataset=data.spec.name, task=str(data.task), group=data.spec.group_name,
+        merged_groups=merged,
         info=contents.provenance(cache_label(cache_path)), out=out)
     write_tune_report(out, res.to_dict())
     return res
+
+
+def merged_lines(merged: int | None) -> list[str]:
+    """The report's line for groups an audit joined before the split (none without one)."""
+    return [] if merged is None else [
+        f"- groups joined before splitting (skinfeat audit, --merge-duplicate-groups): "
+        f"{merged} group(s) merged into others by near-duplicate pairs"]
 
 
 def write_tune_report(out: Path, res: dict) -> None:
@@ -133,6 +142,7 @@ def write_tune_report(out: Path, res: dict) -> None:
              f"on the other {res['sizes']['search']} images (early stopping and calibration "
              "on an inner validation part of each fold's training rows); the chosen "
              "configuration is trained on those rows and scored once on the held-out part",
+             *merged_lines(res.get("merged_groups")),
              f"- {len(done)} finished trials"
              + (f", {pruned} pruned (their folds' validation loss trailed the median at the "
                 "same epoch)" if pruned else "") + f" (Optuna TPE, seed {cfg['seed']}"
