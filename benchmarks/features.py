@@ -7,8 +7,14 @@ real MobileNetV2 weights, then stage two on each, lesion-grouped CV with paired 
 
 Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seconds and the load):
 
-* ``extract``: stage one once per option (``OPTIONS``) into ``WORK/IMAGES-OPTION.h5`` (an
-  existing cache is resumed, i.e. kept), timed against the default in the same run;
+* ``pass``: the pooling, layer and view-average options of ``--options`` from one pass of the
+  encoder per view (``features_pass.py``), into ``WORK/IMAGES-OPTION.h5``, with the identities
+  ``skinfeat extract`` gives them (on a shared 2-core machine a full-set extract takes tens of
+  minutes per option);
+* ``verify``: each option through ``skinfeat.extract`` on ``--verify-images`` images in one run:
+  seconds, the ratio to the default's, the cosine to the pass's rows and the identity check;
+* ``extract``: stage one once per option with ``skinfeat extract`` (the options the pass does
+  not cover, e.g. ``size288``; an existing cache is resumed, i.e. kept);
 * ``ladder``: majority class; the reference recipe on the leaky image-level folds; the reference
   architecture and encoder on lesion-grouped folds; the default head; the linear probe (image
   and fused), all on the default cache, ``skinfeat cv``, mean ± sd over seeds;
@@ -30,6 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SKINFEAT = [sys.executable, "-m", "skinfeat.cli"]
 
 # option -> extract flags (the default: none)
@@ -157,7 +164,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=0)
-    ap.add_argument("--steps", default="extract,ladder,compare")
+    ap.add_argument("--steps", default="pass,verify,ladder,compare")
+    ap.add_argument("--verify-images", type=int, default=64)
     args = ap.parse_args()
     args.options = [o for o in args.options.split(",") if o]
     unknown = sorted(set(args.options) - set(OPTIONS))
@@ -169,6 +177,20 @@ def main() -> None:
     print(cpu_lines())
     print(f"{load()}; cores {os.cpu_count()}; work {args.work}")
     steps = set(args.steps.split(","))
+    table = None
+    if steps & {"pass", "verify"}:
+        from features_pass import IN_PASS, shared_pass, verify
+
+        from skinfeat.data.datasets import load_dataset
+        table = load_dataset(data_args(args)[1]).table
+        backbone = f"local-dir:{args.data / 'mobilenetv2_100.coral_in1k'}"
+        paths = {o: cache_path(args, o) for o in args.options if o in IN_PASS}
+    if "pass" in steps:
+        print(f"\none pass for {', '.join(paths)}  [{load()}]", flush=True)
+        took = shared_pass(table, backbone, paths)
+        print(f"  {took['wall']:.1f} s wall, {took['cpu']:.1f} s CPU (this process)  [{load()}]")
+    if "verify" in steps:
+        verify(table, backbone, paths, args.options, args.work, args.verify_images)
     if "extract" in steps:
         extract_step(args)
     if "ladder" in steps:

@@ -71,7 +71,7 @@ def _final(model: Any, feats: torch.Tensor, pool: str) -> torch.Tensor:
     return model.forward_head(feats, pre_logits=True)
 
 
-def _same_stage(inter: torch.Tensor, final: torch.Tensor) -> bool:
+def same_stage(inter: torch.Tensor, final: torch.Tensor) -> bool:
     """Is the last intermediate the stage the final features come from (ConvNeXt, ResNet, ViT),
     rather than one before an extra head convolution (MobileNet, EfficientNet)?"""
     if final.ndim == 4:
@@ -91,7 +91,7 @@ def timm_pooled(model: Any, x: torch.Tensor, pool: str = "avg",
     except (AttributeError, NotImplementedError, TypeError) as exc:
         raise InputError(f"--layers {layers}: {type(model).__name__} has no timm "
                          "forward_intermediates; use --layers last") from exc
-    if inters and _same_stage(inters[-1], final):
+    if inters and same_stage(inters[-1], final):
         inters = inters[:-1]
     earlier = [pool_map(t, pool) if t.ndim == 4 else t.float().mean(dim=1)   # NLC tokens
                for t in inters[-(n - 1):]]
