@@ -20,7 +20,10 @@ Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seco
   and fused), all on the default cache, ``skinfeat cv``, mean ± sd over seeds;
 * ``compare``: ``skinfeat compare`` of every option cache x model against today's default (the
   default cache, the head), image-only and fused: paired differences with 95 % intervals from a
-  lesion bootstrap of the pooled out-of-fold predictions.
+  lesion bootstrap of the pooled out-of-fold predictions;
+* ``head``: the head candidate of docs/features.md (``HEAD_CANDIDATE``) against the default head
+  on the first option's cache, two ``skinfeat cv`` runs on the same folds, paired as ``compare``
+  pairs (``compare`` shares one recipe between its entries).
 
 MobileNetV2 stands in for ConvNeXt-Tiny, which cannot be downloaded here: one encoder's result.
 """
@@ -153,6 +156,48 @@ def compare_step(args) -> None:
              "--out", str(args.work / f"compare-{inputs}")])
 
 
+HEAD_CANDIDATE = ["--lr", "3e-4", "--max-epochs", "80", "--patience", "10"]
+
+
+def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000) -> str:
+    """``b - a`` balanced accuracy of two cv runs on the same folds, with compare's statistics
+    (a lesion bootstrap of the pooled out-of-fold predictions, mean over seeds)."""
+    import numpy as np
+    import pandas as pd
+
+    from skinfeat.evaluate.compare_stats import paired_difference
+    from skinfeat.workflows.compare import _arrays, _read_oof, _same_folds
+
+    _same_folds({"a": run_a, "b": run_b})
+    metrics = json.loads((run_a / "cv_metrics.json").read_text())
+    classes, seeds = metrics["classes"], metrics["config"]["seeds"]
+    truth = pd.read_csv(run_a / "cv_folds.csv", dtype={"image_id": str, "group_id": str}) \
+        .drop_duplicates("image_id").set_index("image_id").sort_index()
+    y = truth["dx"].map({c: k for k, c in enumerate(classes)}).to_numpy(np.int64)
+    entry = {"model": model, "inputs": inputs}
+    a, b = (_arrays(_read_oof(r / "oof_predictions.csv"), {**entry, "run": r}, classes,
+                    truth.index, seeds) for r in (run_a, run_b))
+    d = paired_difference("balanced_accuracy", y, truth["group_id"].to_numpy(), a, b,
+                          n_boot=n_boot)
+    return (f"{100 * d.estimate:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] pts, "
+            f"p={d.p_value:.4f}")
+
+
+def head_step(args) -> None:
+    option = args.options[0]
+    for inputs in ("image", "fused"):
+        runs = []
+        for name, extra in (("default", []), ("candidate", HEAD_CANDIDATE)):
+            out = f"head-{option}-{inputs}-{name}"
+            run(["cv", *data_args(args), "--cache", str(cache_path(args, option)),
+                 "--folds", str(args.folds), "--seeds", args.seeds, "--jobs", str(args.jobs),
+                 "--models", "head", "--inputs", inputs, "--out", str(args.work / out), *extra],
+                quiet=True)
+            runs.append(args.work / out)
+        print(f"head {' '.join(HEAD_CANDIDATE)} - default head, {inputs}: "
+              f"{pair(runs[0], runs[1], 'head', inputs)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
@@ -197,6 +242,8 @@ def main() -> None:
         ladder_step(args)
     if "compare" in steps:
         compare_step(args)
+    if "head" in steps:
+        head_step(args)
 
 
 if __name__ == "__main__":
