@@ -1,7 +1,8 @@
 """The linear probe's 5-fold CV on HAM10000's real MobileNetV2 embeddings: before and after.
 
     PYTHONPATH=. .venv/bin/python benchmarks/linear_probe.py [--folds 5] [--seed 42]
-        [--data ../shared/data] [--before REF] [--threads N] [--sklearn-folds N]
+        [--data ../shared/data] [--before REF] [--threads N] [--max-folds N]
+        [--sklearn-folds N]
 
 "After" is this tree's ``LinearProbe``; ``--before REF`` (a git ref, e.g. ``main``) also times
 that commit's ``LinearProbe``, its ``skinfeat`` package checked out of git into a temporary
@@ -85,7 +86,8 @@ def worker(args) -> None:
     cfg = LinearConfig(inputs="image", seed=args.seed, cs=C_GRID)
     empty = np.zeros((len(y), 0))
     for fold in make_folds(table, args.folds, "group", args.seed):
-        if args.sklearn and fold.fold >= args.sklearn:
+        if (args.sklearn and fold.fold >= args.sklearn) or \
+                (args.max_folds and fold.fold >= args.max_folds):
             break
         tr, te = np.concatenate([fold.train, fold.val]), fold.test
         t, cpu = time.perf_counter(), time.process_time()
@@ -110,7 +112,8 @@ def run(name: str, tree: Path | None, args, extra: tuple[str, ...] = ()) -> list
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     cmd = [sys.executable, __file__, "--worker", "--data", str(args.data), "--folds",
-           str(args.folds), "--seed", str(args.seed), "--threads", str(args.threads), *extra]
+           str(args.folds), "--seed", str(args.seed), "--threads", str(args.threads),
+           "--max-folds", str(args.max_folds), *extra]
     print(f"{name}: load before {os.getloadavg()}", flush=True)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -148,6 +151,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--max-folds", type=int, default=0,
+                    help="time the first N outer folds only (0: all); on a busy machine")
     ap.add_argument("--before", default=None, help="a git ref whose probe to time too")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--sklearn-folds", type=int, default=0,
