@@ -1,7 +1,7 @@
 """The ensemble's two combinations against its members, on HAM10000's real MobileNetV2 embeddings.
 
     PYTHONPATH=. .venv/bin/python benchmarks/ensemble.py [--data ../shared/data] [--folds 5]
-        [--seed 42] [--inputs image] [--max-folds N]
+        [--seed 42] [--inputs image] [--max-folds N] [--combine stack]
 
 Per lesion-grouped outer fold (``skinfeat.learn.cv.make_folds``, as ``skinfeat cv`` makes them:
 the model trains on the fold's training rows, early-stops and calibrates on its inner
@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--max-folds", type=int, default=0, help="the first N folds only")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--inputs", default="image", choices=("image", "fused"))
+    ap.add_argument("--combine", default="stack", choices=("logmean", "stack"),
+                    help="logmean: fit without the stacker (a quarter of the fits)")
     args = ap.parse_args()
     flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     print("\n".join(line for line in flags.splitlines()
@@ -52,7 +54,7 @@ def main() -> None:
     data = load_dataset(args.data / "HAM10000_metadata_full.csv", "ham10000", images=False)
     data, image = align_dataset(data, read_cache(args.data / "ham10000-mobilenetv2-embeddings.h5"))
     cfg = CVConfig(folds=args.folds, seeds=(args.seed,), models=("ensemble",),
-                   inputs=(args.inputs,), params={"ensemble": EnsembleConfig(combine="stack")})
+                   inputs=(args.inputs,), params={"ensemble": EnsembleConfig(combine=args.combine)})
     recipe = cfg.task_recipe("ensemble", args.inputs, args.seed)
     scores: dict[str, list[float]] = {}
     folds = make_folds(data.with_described(), args.folds, "group", args.seed)
@@ -67,8 +69,8 @@ def main() -> None:
         fit_s, fit_cpu = time.perf_counter() - t, time.process_time() - cpu
         logmean = copy.copy(model)
         logmean.stacker_ = None
-        named = [(m.kind, m) for m in model.members_] + [("ensemble logmean", logmean),
-                                                         ("ensemble stack", model)]
+        named = [(m.kind, m) for m in model.members_] + [("ensemble logmean", logmean)] + \
+            ([("ensemble stack", model)] if model.stacker_ is not None else [])
         row = {}
         for name, m in named:
             row[name] = finish_split(data, enc, m, recipe).metrics["balanced_accuracy"]

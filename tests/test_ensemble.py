@@ -153,7 +153,7 @@ def test_cli_fit_head_cv_predict_evaluate_explain_export(synth_dir, synth_cache,
     assert config["model_type"] == "ensemble" and config["state"]["members"] == \
         ["head", "linear", "lgbm"] and config["run"]["ensemble"]["combine"] == "logmean"
     assert (fit / "lgbm" / "model.lgbm.txt").is_file() and (fit / "head" / "member.json").is_file()
-    assert "ensemble (head+linear+lgbm, logmean)" in (fit / "report.md").read_text()
+    assert "model: **ensemble**" in (fit / "report.md").read_text()
 
     p = Predictor(fit)
     rows = synth_table.iloc[:5]
