@@ -61,9 +61,9 @@ def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
         for tr, te in StratifiedGroupKFold(cfg.inner_folds, shuffle=True,
                                            random_state=cfg.seed).split(x, y, g):
             seen.append(set(g[tr]) & set(g[te]))
-        found = real(x, y, g, cfg)
-        seen.append((found.c, found.scores))
-        return found
+        best, scores = real(x, y, g, cfg)
+        seen.append((best, scores))
+        return best, scores
 
     monkeypatch.setattr(linear, "choose_c", spy)
     probe = LinearProbe(LinearConfig()).fit(train, train, groups, n_classes=3)

@@ -73,29 +73,3 @@ def test_absent_class_is_never_predicted_and_scores_hold():
     want = balanced_accuracy_score(yt, ref.predict((xt - mean) / scale))
     assert set(pred) <= {0, 1, 3}
     assert abs(balanced_accuracy_score(yt, pred) - want) <= 0.005
-
-
-def test_warm_starts_and_members_stopping_alone_keep_sklearns_minimizer():
-    """The search's shortcuts: each member leaves the batch at its own convergence, and a fit
-    may start from a nearby solution (another fold's, with fewer classes): the minimizer stays
-    sklearn's, in fewer iterations than from zero."""
-    x, y, _ = _data(n=300, d=16, k=3, seed=7, signal=0.8)
-    mean, scale = standardize(x)
-    xs = (x - mean) / scale
-    cs = [1e-3, 1e-1, 10.0]
-    nearby = fit_logistic(xs[:200], y[:200], cs, 3, tol=1e-7, dtype="float64")
-    cold = fit_logistic(xs, y, cs, 3, tol=1e-7, dtype="float64")
-    warm = fit_logistic(xs, y, cs, 3, tol=1e-7, dtype="float64", init=nearby[:2])
-    assert 0 < warm[2] <= cold[2]
-    for i, c in enumerate(cs):
-        ref = LogisticRegression(C=c, class_weight="balanced", tol=1e-10,
-                                 max_iter=10_000).fit(xs, y)
-        atol = 2e-4 * max(1, np.abs(ref.coef_).max())
-        for coef, intercept, _ in (cold, warm):
-            np.testing.assert_allclose(coef[i], ref.coef_, atol=atol)
-            np.testing.assert_allclose(intercept[i], ref.intercept_, atol=atol)
-    # a start with fewer classes than the fit: the others start at 0 and stay absent
-    four = fit_logistic(xs, y, cs[:1], 4, tol=1e-7, dtype="float64",
-                        init=(nearby[0][:1], nearby[1][:1]))
-    np.testing.assert_allclose(four[0][0][:3], cold[0][0], atol=2e-4)
-    assert np.isneginf(four[1][0][3]) and not four[0][0][3].any()

@@ -51,28 +51,34 @@ class LinearConfig:
 def design(image: np.ndarray | None, meta: np.ndarray, inputs: str) -> np.ndarray:
     """The probe's columns, before standardization: embedding, then metadata (float64)."""
     image = image[:, 0] if image is not None and image.ndim == 3 else image
-    parts = ([image] if inputs in ("fused", "image") else []) + \
-        ([meta] if inputs in ("fused", "meta") else [])
+    parts = []
+    if inputs in ("fused", "image"):
+        if image is None:
+            raise InputError(f"inputs {inputs} need the image embeddings; none were given")
+        parts.append(image)
+    if inputs in ("fused", "meta"):
+        parts.append(meta)
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
-def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cfg: LinearConfig):
+def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
+             cfg: LinearConfig) -> tuple[float, dict[float, float]]:
     """The grid's C with the best mean balanced accuracy over an inner grouped CV (ties: the
     smaller C, the stronger penalty); the grid's first-best alone when folds cannot be made.
-    Every C of an inner fold is fitted in one torch batch (``linear_search.search_c``, whose
-    ``Search`` this returns: with the preconditioner and start of the final fit)."""
-    from .linear_search import search_c
+    Every C of an inner fold is fitted in one torch batch (``linear_search``)."""
+    from .linear_search import choose_c_grouped
 
     cs = sorted(cfg.cs)
-    found = search_c(x, y, groups, cs, cfg.inner_folds, cfg.seed, max_iter=cfg.max_iter)
-    if not found.scores:
-        return found
-    log.info("linear: C=%g chosen by %d-fold grouped CV (balanced accuracy %.3f)", found.c,
-             found.folds, found.scores[found.c])
-    if len(cs) > 2 and found.c in (cs[0], cs[-1]):
+    best, scores, k = choose_c_grouped(x, y, groups, cs, cfg.inner_folds, cfg.seed,
+                                       max_iter=cfg.max_iter)
+    if not scores:
+        return best, scores
+    log.info("linear: C=%g chosen by %d-fold grouped CV (balanced accuracy %.3f)", best, k,
+             scores[best])
+    if len(cs) > 2 and best in (cs[0], cs[-1]):
         log.warning("linear: the chosen C=%g is at the edge of the grid (%g..%g); a wider grid "
-                    "may score better", found.c, cs[0], cs[-1])
-    return found
+                    "may score better", best, cs[0], cs[-1])
+    return best, scores
 
 
 class LinearProbe(StageTwoModel):
@@ -102,14 +108,11 @@ class LinearProbe(StageTwoModel):
                              "metadata encoder made none (no field has a value in the training "
                              "rows)")
         n_classes = default_classes(y, n_classes)
-        found = choose_c(x, y, groups, cfg)
-        c = found.c
+        c, _ = choose_c(x, y, groups, cfg)
         mean, scale = standardize(x)
-        # started at the inner folds' mean solution, preconditioned by their basis: the same
-        # minimizer as from zero (strictly convex), in fewer float64 iterations
         coef, intercept, _ = fit_logistic((x - mean) / scale, y, [c], n_classes,
                                           max_iter=cfg.max_iter, tol=FINAL_TOL,
-                                          dtype="float64", basis=found.basis, init=found.start)
+                                          dtype="float64")
         classes = np.unique(y)
         coef, intercept = coef[0][classes], intercept[0][classes]
         if len(classes) == 2:   # sklearn's binary form: one decision value, z1 - z0

@@ -7,7 +7,7 @@ left out, as sklearn's ``classes_`` leaves it out), scaled by the summed row wei
     mean_w(cross-entropy) + ||W||^2 / (2 C sum(w))
 
 It is strictly convex, so any solver that converges gives sklearn's minimizer. Two things make it
-fast where sklearn took minutes on 10,015 x 1,280 real embeddings (and two more below):
+fast where sklearn took minutes on 10,015 x 1,280 real embeddings:
 
 - every C of the grid is one member of a batch: one matrix product ``X @ [W_1 .. W_n]`` reads the
   rows once for all of them (a product with 7 columns is bound by memory, with 49 it is not);
@@ -18,15 +18,9 @@ fast where sklearn took minutes on 10,015 x 1,280 real embeddings (and two more 
   correlated: the unpreconditioned problem is badly conditioned at large C).
 
 Convergence is sklearn's rule, ``max |grad W| <= tol`` on the scaled objective (1e-4, its default),
-or ``max_iter`` iterations, checked for each member: a member that meets it leaves the batch
-(the strong penalties converge in a few dozen iterations, the weak ones take hundreds, and the
-rows are then read for fewer columns). Each inner fold starts from the previous fold's solutions
-and the final fit from the inner folds' mean at the chosen C: nearby points of a strictly
-convex objective, so the minimizer is the same and the iterations fewer.
+or ``max_iter`` iterations.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,20 +51,14 @@ def _preconditioner(xs, dtype):
 
 def fit_logistic(xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
                  sample_weight: np.ndarray | None = None, max_iter: int = 1000,
-                 tol: float = 1e-4, dtype: str = "float32", basis=None, init=None,
+                 tol: float = 1e-4, dtype: str = "float32", basis=None,
                  ) -> tuple[np.ndarray, np.ndarray, int]:
     """Multinomial logistic regressions on standardized ``xs``, one per C in ``cs``, batched.
 
     Returns ``coef`` (len(cs), n_classes, F), ``intercept`` (len(cs), n_classes) and the L-BFGS
-    iterations run (by the member that ran longest). Classes that ``y`` lacks get coefficient 0
-    and an intercept of -inf (they are never predicted, as sklearn leaves them out). ``basis``
-    is a precomputed ``(V, lambda)`` of a similar design (the preconditioner only: any basis
-    gives the same minimizer). ``init``: a ``(coef, intercept)`` to start from (a nearby
-    solution: the same C on other rows of the same data), in this function's output shapes.
-
-    A member stops when its own gradient meets ``tol``: the batch shrinks to the members still
-    running (small C converge in a few dozen iterations, large ones take hundreds), so late
-    iterations read the rows for fewer columns."""
+    iterations run. Classes that ``y`` lacks get coefficient 0 and an intercept of -inf (they are
+    never predicted, as sklearn leaves them out). ``basis`` is a precomputed ``(V, lambda)`` of a
+    similar design (the preconditioner only: any basis gives the same minimizer)."""
     import torch
 
     dt = getattr(torch, dtype)
@@ -91,88 +79,58 @@ def fit_logistic(xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
     vec, lam = vec.to(dt), lam.to(dt)
     p = (CURVATURE * lam[:, None] + inv_c[None, :]).rsqrt()                   # (F, M)
     pb = CURVATURE ** -0.5                                                     # the intercept's
+    u = torch.zeros(f, m, k, dtype=dt, requires_grad=True)
+    b = torch.zeros(m, k, dtype=dt, requires_grad=True)
     mask = torch.where(present, 0.0, -torch.inf).to(dt)
-    u_all, b_all = torch.zeros(f, m, k, dtype=dt), torch.zeros(m, k, dtype=dt)
-    if init is not None:   # W = V diag(p) U, so U = diag(1 / p) V^T W
-        coef0, b0 = np.zeros((m, k, f)), np.zeros((m, k))   # classes beyond init's: 0
-        given = np.asarray(init[0]).shape[1]
-        coef0[:, :given], b0[:, :given] = init[0], np.asarray(init[1], np.float64)
-        w0 = torch.as_tensor(coef0, dtype=dt).permute(2, 0, 1).reshape(f, m * k)  # (F, M*K)
-        u_all = (vec.T @ w0).reshape(f, m, k) / p[:, :, None]
-        b_all = torch.as_tensor(np.where(np.isfinite(b0), b0, 0.0) / pb, dtype=dt)
 
-    def weights(u, pm):
-        return vec @ (pm[:, :, None] * u).reshape(f, -1)                      # (F, M'*K)
+    def weights(u):
+        return vec @ (p[:, :, None] * u).reshape(f, m * k)                     # (F, M*K)
 
-    def objective(u, b, pm, ic):
-        big = weights(u, pm)
-        z = (x @ big).reshape(n, -1, k) + pb * b + mask
-        own = z.gather(2, yt[:, None, None].expand(n, z.shape[1], 1))[..., 0]
-        ce = torch.logsumexp(z, dim=2) - own
-        data = (wt[:, None] * ce).sum(0)                                       # (M',)
-        penalty = 0.5 * ic * big.reshape(f, -1, k).square().sum((0, 2))
+    def objective(u, b):
+        big = weights(u)
+        z = (x @ big).reshape(n, m, k) + pb * b + mask
+        ce = torch.logsumexp(z, dim=2) - z.gather(2, yt[:, None, None].expand(n, m, 1))[..., 0]
+        data = (wt[:, None] * ce).sum(0)                                       # (M,)
+        penalty = 0.5 * inv_c * big.reshape(f, m, k).square().sum((0, 2))
         return (data + penalty).sum()
 
-    iters, active = 0, torch.arange(m)
-    while len(active) and iters < max_iter:
-        pm, ic = p[:, active], inv_c[active]
-        u = u_all[:, active].clone().requires_grad_(True)
-        b = b_all[active].clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([u, b], lr=1, max_iter=20, history_size=20,
-                                tolerance_grad=0.0, tolerance_change=0.0,
-                                line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([u, b], lr=1, max_iter=20, history_size=20,
+                            tolerance_grad=0.0, tolerance_change=0.0,
+                            line_search_fn="strong_wolfe")
 
-        def closure(u=u, b=b, pm=pm, ic=ic, opt=opt):
-            opt.zero_grad()
-            loss = objective(u, b, pm, ic)
-            loss.backward()
-            return loss
+    def closure():
+        opt.zero_grad()
+        loss = objective(u, b)
+        loss.backward()
+        return loss
 
-        ran, done = 0, torch.zeros(len(active), dtype=torch.bool)
-        while iters + ran < max_iter and not done.any():
-            opt.param_groups[0]["max_iter"] = min(20, max_iter - iters - ran)
-            opt.step(closure)
-            ran = opt.state[opt._params[0]]["n_iter"]
-            closure()   # the gradient at the point reached (the line search's last may differ)
-            with torch.no_grad():   # sklearn's rule per member, on the original coordinates
-                gw = (vec @ (u.grad / pm[:, :, None]).reshape(f, -1)).reshape(f, -1, k)
-                gb = (b.grad / pb)[:, present]
-                worst = torch.maximum(gw.abs().amax((0, 2)), gb.abs().amax(1))
-            done = worst <= tol
-        iters += ran
-        with torch.no_grad():
-            u_all[:, active], b_all[active] = u.detach(), b.detach()
-        active = active[~done]
+    iters = 0
+    while iters < max_iter:
+        opt.param_groups[0]["max_iter"] = min(20, max_iter - iters)
+        opt.step(closure)
+        iters = opt.state[opt._params[0]]["n_iter"]
+        with torch.no_grad():   # sklearn's rule, on the gradient in the original coordinates
+            gw = vec @ (u.grad / p[:, :, None]).reshape(f, m * k)
+            gb = b.grad / pb
+            worst = max(float(gw.abs().max()), float(gb[:, present].abs().max()))
+        if worst <= tol:
+            break
     with torch.no_grad():
-        coef = weights(u_all, p).reshape(f, m, k).permute(1, 2, 0)
-        intercept = pb * b_all + mask
+        coef = weights(u).reshape(f, m, k).permute(1, 2, 0)
+        intercept = pb * b + mask
     return coef.double().numpy(), intercept.double().numpy(), int(iters)
 
 
-@dataclass(frozen=True)
-class Search:
-    """What the grouped search over C found: the C, its mean score per C, the inner folds
-    used, and what the final fit at that C starts from: the preconditioner of the first inner
-    fold's rows (``basis``) and the inner folds' mean solution at C (``start``; None without
-    folds)."""
-    c: float
-    scores: dict
-    folds: int
-    basis: tuple | None = None
-    start: tuple | None = None
-
-
-def search_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs, inner_folds: int,
-             seed: int, *, max_iter: int = 1000, tol: float = 1e-4) -> Search:
+def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs,
+                     inner_folds: int, seed: int, *, max_iter: int = 1000, tol: float = 1e-4,
+                     ) -> tuple[float, dict[float, float], int]:
     """The grid's C with the best mean balanced accuracy over an inner grouped CV (ties: the
     smaller C, the stronger penalty), as the probe's search always chose it; the grid's middle
-    alone when folds cannot be made.
+    alone when folds cannot be made. Returns (C, {C: mean score}, inner folds used).
 
     Folds are sklearn's ``StratifiedGroupKFold(inner_folds, shuffle=True, random_state=seed)``;
     each fold's columns are standardized on its training rows; every C of a fold is fitted in
-    one batch (balanced class weights of the fold's training rows), each started from the
-    previous fold's solution at the same C (the same objective on two thirds of the same rows:
-    close, so fewer iterations; the minimizer does not depend on the start)."""
+    one batch (balanced class weights of the fold's training rows)."""
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -184,43 +142,27 @@ def search_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs, inner_
     counts = np.bincount(y)
     k = min(inner_folds, len(np.unique(groups)), max(int(counts[counts > 0].min()), 2))
     if len(cs) == 1 or k < 2 or len(np.unique(y)) < 2:
-        return Search(cs[len(cs) // 2], {}, 0)
+        return cs[len(cs) // 2], {}, 0
     folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(x, y, groups))
     n_classes = int(y.max()) + 1
     per_c: dict[float, list[float]] = {c: [] for c in cs}
-    basis, last, fitted = None, None, []
+    basis = None
     for tr, te in track(folds, total=len(folds), desc=f"linear C search ({len(cs)} C)"):
         if len(np.unique(y[tr])) < 2:
             continue
         mean, scale = standardize(x[tr])
-        xs = (x[tr] - mean) / scale
         if basis is None:   # one preconditioner for every fold: their rows are alike
             import torch
-            basis = _preconditioner(torch.as_tensor(xs, dtype=torch.float32), torch.float32)
-        coef, intercept, _ = fit_logistic(xs, y[tr], cs, n_classes, max_iter=max_iter, tol=tol,
-                                          basis=basis, init=last)
-        last = (coef, intercept)
-        fitted.append(last)
+            basis = _preconditioner(torch.as_tensor((x[tr] - mean) / scale,
+                                                    dtype=torch.float32), torch.float32)
+        coef, intercept, _ = fit_logistic((x[tr] - mean) / scale, y[tr], cs, n_classes,
+                                          max_iter=max_iter, tol=tol, basis=basis)
         z = np.einsum("nf,mkf->mnk", (x[te] - mean) / scale, coef) + intercept[:, None, :]
         for c, pred in zip(cs, z.argmax(axis=2), strict=False):
             per_c[c].append(balanced_accuracy_score(y[te], pred))
     scores = {c: float(np.mean(v)) if v else -np.inf for c, v in per_c.items()}
     best = max(cs, key=lambda c: (scores[c], -c))
-    i = cs.index(best)
-    start = None
-    if fitted:
-        b = np.array([fit[1][i] for fit in fitted])
-        start = (np.mean([fit[0][i:i + 1] for fit in fitted], axis=0),
-                 np.where(np.isfinite(b).all(0), b.mean(0), -np.inf)[None])
-    return Search(best, scores, k, basis, start)
-
-
-def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs,
-                     inner_folds: int, seed: int, *, max_iter: int = 1000, tol: float = 1e-4,
-                     ) -> tuple[float, dict[float, float], int]:
-    """``search_c`` as (C, {C: mean score}, inner folds used)."""
-    s = search_c(x, y, groups, cs, inner_folds, seed, max_iter=max_iter, tol=tol)
-    return s.c, s.scores, s.folds
+    return best, scores, k
 
 
 def choose_c_sklearn(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs,
