@@ -51,13 +51,8 @@ class LinearConfig:
 def design(image: np.ndarray | None, meta: np.ndarray, inputs: str) -> np.ndarray:
     """The probe's columns, before standardization: embedding, then metadata (float64)."""
     image = image[:, 0] if image is not None and image.ndim == 3 else image
-    parts = []
-    if inputs in ("fused", "image"):
-        if image is None:
-            raise InputError(f"inputs {inputs} need the image embeddings; none were given")
-        parts.append(image)
-    if inputs in ("fused", "meta"):
-        parts.append(meta)
+    parts = ([image] if inputs in ("fused", "image") else []) + \
+        ([meta] if inputs in ("fused", "meta") else [])
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
