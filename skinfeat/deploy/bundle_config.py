@@ -184,7 +184,7 @@ def migrate(d: Any) -> Any:
     if not isinstance(d, Mapping) or d.get("format") not in OLDER:
         return d
     d = dict(d)
-    if d.get("model_type") != "ensemble":
+    if not fold_ensemble(d):
         for old in ("lgbm", "linear"):
             if old in d:
                 state = d.pop(old)
@@ -194,8 +194,14 @@ def migrate(d: Any) -> Any:
     return d
 
 
+def fold_ensemble(d: Any) -> bool:
+    """Is this ``config.json`` table a fold ensemble's? Its ``model_type`` is ``ensemble`` and
+    it lists ``members`` folders; a bundle of the ensemble *model* (``--model ensemble``,
+    ``learn/ensemble.py``) has the same ``model_type`` and a ``state`` instead."""
+    return isinstance(d, Mapping) and d.get("model_type") == "ensemble" and "members" in d
+
+
 def parse_config(d: Any, source: str) -> BundleConfig | EnsembleConfig:
     """``config.json``'s table as the shape its ``model_type`` names."""
-    cls = EnsembleConfig if isinstance(d, Mapping) and d.get("model_type") == "ensemble" \
-        else BundleConfig
+    cls = EnsembleConfig if fold_ensemble(d) else BundleConfig
     return cls.from_dict(d, source)
