@@ -125,6 +125,8 @@ LADDER = [
      ["--models", "head", "--inputs", "fused", "--encoding", "reference"]),
     ("default head", "ladder-head", ["--models", "head", "--inputs", "image,fused"]),
     ("linear probe", "ladder-linear", ["--models", "linear", "--inputs", "image,fused"]),
+    ("ensemble (head + linear + lgbm)", "ladder-ensemble",
+     ["--models", "ensemble", "--inputs", "image,fused"]),
 ]
 
 
@@ -205,7 +207,8 @@ def main() -> None:
     ap.add_argument("--images", choices=("full", "sample"), default="full")
     ap.add_argument("--options", default="default,gem,last3,views",
                     help=f"comma list of {', '.join(OPTIONS)} (the first is the reference)")
-    ap.add_argument("--models", default="head,linear")
+    ap.add_argument("--models", default="head,linear,ensemble",
+                    help="compare's models (ensemble: --model ensemble, head + linear + lgbm)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=0)
