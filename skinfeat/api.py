@@ -77,19 +77,23 @@ def _dataset(data: Dataset | PathLike) -> Dataset:
 
 def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAULT_BACKBONE,
             weights: str = "pretrained", weights_file: PathLike | None = None,
-            precision: str = "auto", device: str = "auto", image_size: int | None = None,
+            precision: str = "auto", device: str = "auto", image_size: int | str | None = None,
             batch_size: int | None = None, num_workers: int | None = None,
             resize: str = "squash", views: str = "none", shard: tuple[int, int] | None = None,
             compile: str = "auto", calibration_images: int | None = None,
-            pool: str | None = None, progress: Callable[[int], None] | None = None,
+            pool: str | None = None, layers: str = "last", average_views: str = "none",
+            progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> EmbeddingCache:
     """Stage one: embed every image of ``data`` once into ``cache`` (resumable; images already
     cached are skipped). ``weights``: pretrained (timm / Hugging Face hub, or its local cache) or
     random (a smoke test); ``weights_file``: a local checkpoint instead. ``views``: none, flip,
     rot90 or all (embeddings of flipped / rotated copies too); ``shard=(i, n)``: only shard
-    ``i`` of ``n``; ``pool``: the family's pooling (timm avg; open_clip proj, cls, mean; hf cls,
-    mean; None: the family's default). The result's ``run`` holds this run's counts and
-    failures."""
+    ``i`` of ``n``; ``pool``: the family's pooling (timm avg, gem, avgmax; open_clip proj, cls,
+    mean; hf cls, mean; None: the family's default); ``layers``: last, last2 or last3 stages
+    pooled and concatenated (timm, hf); ``image_size``: pixels, ``train`` (the encoder's
+    training size, the default) or ``test`` (timm's ``test_input_size``); ``average_views``:
+    none, flip, rot90 or all, views averaged into the one stored embedding. Every option is in
+    the cache identity. The result's ``run`` holds this run's counts and failures."""
     from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS
     from .embed.extract import extract as run_extract
     from .embed.weights import resolve_weights
@@ -101,6 +105,7 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
                       precision=precision, device=device, image_size=image_size,
                       batch_size=batch_size, num_workers=num_workers, resize=resize,
                       views=VIEW_PRESETS[views], shard=shard, compile=compile, pool=pool,
+                      layers=layers, average_views=VIEW_PRESETS[average_views],
                       calibration_images=CALIBRATION_IMAGES if calibration_images is None
                       else calibration_images,
                       progress=progress, on_start=on_start)

@@ -127,6 +127,39 @@ def test_pooling_is_part_of_the_identity(folders, synth_table, tmp_path):
         extract(sub, tmp_path / "c.h5", backbone=spec, pool="avg", num_workers=0)
 
 
+def test_layers_of_a_transformers_encoder_and_refusals_elsewhere(folders, synth_table,
+                                                                 tmp_path):
+    """--layers last2 on a transformers ViT: the hidden state before the last layer's, pooled
+    like it, each standardised; predict embeds raw images the same way. open_clip and a
+    projection refuse it in one line."""
+    from skinfeat.deploy.model import Model as Predictor
+    from skinfeat.errors import InputError
+    from skinfeat.learn.head import HeadConfig
+    from skinfeat.workflows.fit import fit_run
+
+    hf = f"hf:{folders['hf']}"
+    res = extract(synth_table, tmp_path / "l.h5", backbone=hf, pool="mean", layers="last2",
+                  precision="fp32", num_workers=0)
+    c = res.contents
+    assert c.dim == 64 and c.identity["layers"] == "last2" and c.identity["pool"] == "mean"
+    earlier, last = c.embeddings[:, :32], c.embeddings[:, 32:]
+    np.testing.assert_allclose(earlier.mean(1), 0, atol=1e-4)
+    np.testing.assert_allclose(last.std(1), 1, atol=1e-3)
+    fit_run(synth_table, tmp_path / "l.h5", tmp_path / "run",
+            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=2)))
+    p = Predictor(tmp_path / "run")
+    rows = synth_table.iloc[:3]
+    np.testing.assert_allclose(p.predict_table(rows).proba,
+                               p.predict_table(rows, cache=[tmp_path / "l.h5"]).proba,
+                               atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="--layers last2: a open_clip encoder offers last"):
+        extract(synth_table.iloc[:2], tmp_path / "o.h5", layers="last2", precision="fp32",
+                backbone=f"open_clip:{folders['open_clip']}", num_workers=0)
+    with pytest.raises(InputError, match="--pool gem: a hf encoder pools by"):
+        extract(synth_table.iloc[:2], tmp_path / "g.h5", backbone=hf, pool="gem",
+                num_workers=0)
+
+
 def test_another_folder_at_the_same_path_is_another_encoder(folders, synth_table, tmp_path):
     sub = synth_table.iloc[:4]
     folder = tmp_path / "derm-clip"

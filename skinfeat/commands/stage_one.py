@@ -53,10 +53,20 @@ def rank_device(device: str, precision: str) -> str:
 @weights_options
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="squash", show_default=True,
               help="squash: whole image to NxN (the reference); crop: timm eval transform.")
-@click.option("--image-size", type=int, help="Input size [default: the model's].")
-@click.option("--pool", type=click.Choice(["avg", "cls", "mean", "proj"]), default=None,
+@click.option("--size", "size", default=None, metavar="train|test|N",
+              help="Input side: train (the size the encoder was trained at) [default], test "
+              "(timm's test_input_size, e.g. 288 for convnext_tiny.fb_in1k) or N pixels.")
+@click.option("--image-size", "image_size", type=int, hidden=True,
+              help="Input size in pixels (older spelling of --size N).")
+@click.option("--pool", type=click.Choice(["avg", "gem", "avgmax", "cls", "mean", "proj"]),
+              default=None,
               help="Pooling, per family [default: timm avg, open_clip proj (CLIP's projected "
-              "embedding), hf cls]; cls / mean: the class token / mean of the patch tokens.")
+              "embedding), hf cls]; timm CNNs: gem (generalised mean, p=3), avgmax; cls / "
+              "mean: the class token / mean of the patch tokens.")
+@click.option("--layers", type=click.Choice(["last", "last2", "last3"]), default="last",
+              show_default=True,
+              help="Pool the last 1, 2 or 3 stages (timm, hf), each standardised per image, "
+              "concatenated.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 where native (AMX / avx512-bf16 CPUs, CUDA), fp16 on Apple and "
               "older CUDA GPUs, else fp32. int8: OpenVINO post-training quantization calibrated "
@@ -71,13 +81,17 @@ def rank_device(device: str, precision: str) -> str:
               help="DataLoader decode workers [default: cores - 1, at most 4 (8 on a GPU)].")
 @click.option("--views", type=click.Choice(["none", "flip", "rot90", "all"]), default="none",
               show_default=True, help="Also store embeddings of flipped/rotated copies.")
+@click.option("--average-views", type=click.Choice(["none", "flip", "rot90", "all"]),
+              default="none", show_default=True,
+              help="Store the mean of the image's and these copies' embeddings as its one "
+              "embedding (all: flip and three rotations).")
 @click.option("--shard", help="Embed only shard I of N (I/N); automatic under torchrun.")
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]),
               default="auto", show_default=True,
               help="torch.compile the backbone (auto: from 2,000 images to embed).")
-def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image_size, pool,
-            precision, calibration_images, device, batch_size, workers, views, shard, compile_mode,
-            **kwargs) -> None:
+def extract(data_dir, cache_path, backbone, weights, weights_file, resize, size, image_size,
+            pool, layers, precision, calibration_images, device, batch_size, workers, views,
+            average_views, shard, compile_mode, **kwargs) -> None:
     """Stage one: embed every image of a dataset once into the HDF5 cache (resumable).
 
     Any preset works, test sets (isic2018-test) and CSV tables included, so evaluation sets are
@@ -94,10 +108,11 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, image
         click.echo("NOTE: random backbone weights: embeddings carry no ImageNet knowledge.")
     bar = progress_bar("extract")
     res = run_extract(data, cache_path, backbone=backbone, weights=weights,
-                      weights_file=weights_file, resize=resize, image_size=image_size,
+                      weights_file=weights_file, resize=resize, image_size=size or image_size,
                       precision=precision, device=rank_device(device, precision),
                       batch_size=batch_size, num_workers=workers, views=views, shard=shard_t,
-                      compile=compile_mode, pool=pool,
+                      compile=compile_mode, pool=pool, layers=layers,
+                      average_views=average_views,
                       calibration_images=calibration_images, progress=bar.update,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo)).run
     assert res is not None   # extract always records its run

@@ -119,6 +119,16 @@ def recipe_options(f):
                      "whose every metadata field is missing (not with --encoding reference "
                      "or --group-context) [default: on]."),
     ]
+    opts += [   # the ensemble's (--model ensemble; learn/ensemble.py)
+        click.option("--members", "head__members",
+                     callback=lambda c, p, v: model_list(c, p, v),
+                     help="--model ensemble: comma list of its member models, each with its "
+                     "defaults [default: head,linear,lgbm]."),
+        click.option("--combine", "head__combine", type=click.Choice(["logmean", "stack"]),
+                     help="--model ensemble: the mean of the members' calibrated "
+                     "log-probabilities, or a logistic regression on them fitted on inner "
+                     "out-of-fold predictions [default: logmean]."),
+    ]
     opts += [_option("", fl, HEAD_HELP.get(fl.name, fl.name)) for fl in fields(HeadConfig)
              if fl.name not in SHARED]
     opts += [_option("lgbm-", fl, LGBM_HELP.get(fl.name, fl.name)) for fl in fields(LGBMConfig)

@@ -48,8 +48,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None = None,
-                text: str | None = None, weights_file: str = WEIGHTS) -> None:
-    """Write weights (a state dict or ``text``, to ``weights_file``) first and config last, each
+                text: str | None = None, weights_file: str = WEIGHTS,
+                files: dict[str, str | dict] | None = None) -> None:
+    """Write weights (a state dict or ``text``, to ``weights_file``; or ``files``: a model's
+    folder of them, relative path -> text or state dict) first and config last, each
     atomically: a config means a complete bundle."""
     out.mkdir(parents=True, exist_ok=True)
     if state is not None:
@@ -57,6 +59,14 @@ def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None =
         atomic_write(out / weights_file, lambda tmp: save_file(tensors, str(tmp)))
     if text is not None:
         atomic_write_text(out / weights_file, text)
+    for name, content in (files or {}).items():
+        path = out / inside(name, out / CONFIG)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            atomic_write_text(path, content)
+        else:
+            tensors = {k: v.detach().contiguous() for k, v in content.items()}
+            atomic_write(path, lambda tmp, t=tensors: save_file(t, str(tmp)))
     atomic_write_text(out / CONFIG, json.dumps({"format": FORMAT, **config}, indent=2))
 
 
@@ -130,8 +140,30 @@ def write_bundle(out: Path, config: BundleConfig | EnsembleConfig, model=None,
         save_bundle(out, d)
     elif model.weights_format == "text":
         save_bundle(out, d, text=weights, weights_file=model.file_name())
+    elif model.weights_format == "folder":   # an ensemble: each member in a folder of its own
+        save_bundle(out, d, files=weights)
     else:
         save_bundle(out, d, state=weights, weights_file=model.file_name())
+
+
+def inside(name: str, source: Path) -> str:
+    """``name``, a path inside the bundle (folders joined by /), never one that leaves it."""
+    parts = name.split("/")
+    if not name or "\\" in name or any(p in ("", ".", "..") for p in parts) or \
+            Path(name).is_absolute():
+        raise BundleError(f"{source}: expected a file inside the bundle, got {name!r}")
+    return name
+
+
+def read_file(run: Path, name: str) -> str | dict[str, torch.Tensor]:
+    """A file of a ``folder`` model's bundle (``to_bundle``'s files): a state dict for
+    ``.safetensors``, else its text."""
+    path = Path(run) / inside(name, Path(run) / CONFIG)
+    if name.endswith(".safetensors"):
+        return load_state(path.parent, path.name)
+    if not path.is_file():
+        raise BundleError(f"{path}: file missing")
+    return path.read_text(encoding="utf-8")
 
 
 def load_state(run: Path, weights_file: str = WEIGHTS) -> dict[str, torch.Tensor]:

@@ -189,7 +189,7 @@ def migrate(d: Any) -> Any:
     """
     if not isinstance(d, Mapping):
         return d
-    single = d.get("model_type") != "ensemble"
+    single = not fold_ensemble(d)
     old = d.get("format") in OLDER
     described = d.get("dataset") is not None and d.get("task") is not None
     calibrated = not single or d.get("calibration") is not None
@@ -216,8 +216,14 @@ def migrate(d: Any) -> Any:
     return d
 
 
+def fold_ensemble(d: Any) -> bool:
+    """Is this ``config.json`` table a fold ensemble's? Its ``model_type`` is ``ensemble`` and
+    it lists ``members`` folders; a bundle of the ensemble *model* (``--model ensemble``,
+    ``learn/ensemble.py``) has the same ``model_type`` and a ``state`` instead."""
+    return isinstance(d, Mapping) and d.get("model_type") == "ensemble" and "members" in d
+
+
 def parse_config(d: Any, source: str) -> BundleConfig | EnsembleConfig:
     """``config.json``'s table as the shape its ``model_type`` names."""
-    cls = EnsembleConfig if isinstance(d, Mapping) and d.get("model_type") == "ensemble" \
-        else BundleConfig
+    cls = EnsembleConfig if fold_ensemble(d) else BundleConfig
     return cls.from_dict(d, source)

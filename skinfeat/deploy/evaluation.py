@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..data.datasets import DataError, load_dataset
+from ..deploy.bundle_config import fold_ensemble
 from ..deploy.decision import calibration_text
 from ..errors import InputError
 from ..evaluate.metrics import bootstrap_ci, calibrated_metrics, headline, majority_baseline
@@ -199,7 +200,7 @@ def evaluate_run(model, data: str | Path, out: str | Path | None = None, *,
 
 def model_kind(info: dict) -> str:
     head = info["head"]
-    if info["model_type"] == "ensemble":
+    if fold_ensemble(info):
         return (f"fold ensemble of {info.get('members', '?')} {head.get('members')} models, "
                 "calibrated probabilities averaged")
     from ..learn.models import model_class

@@ -278,6 +278,9 @@ def export_graph(predictor) -> ExportGraph:
     if predictor.views or any(m.views for m in models):
         raise BundleError(f"{predictor.run}: this model averages over test-time views (--tta); "
                           "export supports single-view models only")
+    if any(src.get("average_views") for src in predictor.sources):
+        raise BundleError(f"{predictor.run}: its embeddings average views of each image "
+                          "(--average-views); export supports single-view embeddings only")
     embedder, _ = predictor._backbone()
     combined = Calibration(predictor.calibrator, len(predictor.classes)) \
         if predictor.members else None

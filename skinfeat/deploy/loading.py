@@ -10,7 +10,8 @@ a local checkpoint whose sha256 must match), the stored ``TransformSpec``, and s
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from .bundle import (
     load_into,
     load_state,
     load_typed,
+    read_file,
 )
 
 log = logging.getLogger(__name__)
@@ -71,11 +73,14 @@ def load_stage_two(run: Path, config: BundleConfig,
         raise BundleError(f"{source}: unknown model_type {kind!r} (expected one of "
                           f"{', '.join(models)})")
     cls = models[kind]
-    if cls.weights_format == "text":
+    weights: str | dict | Callable
+    if cls.weights_format == "folder":   # an ensemble: its members' files, read when asked
+        path, weights = source, partial(read_file, run)
+    elif cls.weights_format == "text":
         path = run / cls.file_name()
         if not path.is_file():
             raise BundleError(f"{path}: {cls.title} model file missing")
-        weights: str | dict = path.read_text(encoding="utf-8")
+        weights = path.read_text(encoding="utf-8")
     else:
         path, weights = source, load_state(run, cls.file_name())
     try:

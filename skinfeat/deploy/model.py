@@ -77,6 +77,7 @@ class Model(LoadedBundle):
             shape = (len(paths), 1 + len(self.views), dim) if self.views else (len(paths), dim)
             out = np.zeros(shape, dtype=np.float32)
             for batch in embed_files(embedder, paths, spec, views=self.views,
+                                     average_views=self.sources[i].get("average_views", ()),
                                      batch_size=self.batch_size,
                                      num_workers=self.num_workers):
                 for j, reason in batch.failed.items():

@@ -145,6 +145,9 @@ class CalibrationIdentity:
     sha256: str
 
 
+_LATER_DEFAULTS: dict = {"layers": "last", "average_views": []}
+
+
 @dataclass(frozen=True)
 class CacheIdentity:
     """What makes two embeddings comparable; a cache refuses rows of another identity."""
@@ -153,8 +156,11 @@ class CacheIdentity:
     preprocessing: PreprocessingIdentity
     precision: str
     family: Literal[FAMILIES] = "timm"  # type: ignore[valid-type]  # Literal[TUPLE]: see schema.py
-    pool: str = "avg"                     # timm: avg; open_clip: proj|cls|mean; hf: cls|mean|proj
+    pool: str = "avg"     # timm: avg|gem|avgmax; open_clip: proj|cls|mean; hf: cls|mean|proj
+    layers: str = "last"                  # last|last2|last3: stages pooled (pooling.py)
     views: tuple[str, ...] = ()
+    # views whose embeddings were averaged with the image's into the stored embedding
+    average_views: tuple[str, ...] = ()
     view_transform: str | None = None
     calibration: CalibrationIdentity | None = None
     shard: str | None = None
@@ -164,9 +170,12 @@ class CacheIdentity:
     format: str = IDENTITY_FORMAT
 
     def to_dict(self) -> dict:
-        """The JSON object stored in caches and bundles (unset optional keys left out)."""
+        """The JSON object stored in caches and bundles (unset optional keys left out, and
+        the stage-one options added later left out at their defaults, so a default cache's
+        identity reads as it did before they existed)."""
         d = dump(self)
-        return {k: v for k, v in d.items() if v is not None}
+        return {k: v for k, v in d.items() if v is not None
+                and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
 
     @classmethod
     def from_dict(cls, data: dict, source: str | Path = "identity") -> CacheIdentity:

@@ -37,6 +37,7 @@ import torch
 from ..atomic import atomic_dir
 from ..errors import SkinfeatError
 from .encoders.base import FamilyEncoder
+from .pooling import timm_pooled
 from .transform import TransformSpec, preprocess
 from .weights import sha256_file
 
@@ -60,23 +61,22 @@ class QuantizedModelMissing(EngineUnavailable):
 class PooledFeatures(torch.nn.Module):
     """Backbone -> one vector per image.
 
-    Pooling is a plain global average of the last feature map, as Keras' ``pooling="avg"`` in
-    the reference; timm's pre-logits output would add ConvNeXt's head LayerNorm, which the
-    reference does not have. Models whose features are not a 2-D map (ViTs) use timm's head pooling.
-    open_clip and transformers encoders pool as their ``--pool`` says (``FamilyEncoder.pooled``).
+    A timm model pools as ``pool`` and ``layers`` say (``pooling.timm_pooled``): by default a
+    plain global average of the last feature map, as Keras' ``pooling="avg"`` in the reference;
+    timm's pre-logits output would add ConvNeXt's head LayerNorm, which the reference does not
+    have. Models whose features are not a 2-D map (ViTs) use timm's head pooling.
+    open_clip and transformers encoders pool as they were set (``FamilyEncoder.set_options``).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, pool: str | None = None, layers: str = "last"):
         super().__init__()
         self.model: Any = model   # a timm model (untyped forward_features) or a FamilyEncoder
+        self.pool, self.layers = pool or "avg", layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.model, FamilyEncoder):
             return self.model.pooled(x)
-        feats = self.model.forward_features(x)
-        if feats.ndim == 4:
-            return feats.mean(dim=(2, 3))
-        return self.model.forward_head(feats, pre_logits=True)
+        return timm_pooled(self.model, x, self.pool, self.layers)
 
 
 class Embedder:
@@ -89,9 +89,10 @@ class Embedder:
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str,
-                 compile: bool = False):
+                 compile: bool = False, *, pool: str | None = None, layers: str = "last"):
         self.device, self.precision = device, precision
-        self.net = PooledFeatures(model.to(device).to(memory_format=torch.channels_last)).eval()
+        self.net = PooledFeatures(model.to(device).to(memory_format=torch.channels_last),
+                                  pool, layers).eval()
         self.compiled = torch.compile(self.net, dynamic=False) if compile else None
         self.batch_size: int | None = None
 
@@ -164,6 +165,8 @@ def calibration_identity(files: Sequence[tuple[str, str]]) -> dict:
 
 def quantized_key(identity: dict) -> str:
     wanted = {k: identity.get(k) for k in _MODEL_KEYS}
+    if identity.get("layers", "last") != "last":   # absent before --layers: old keys unchanged
+        wanted["layers"] = identity["layers"]
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -208,15 +211,17 @@ def openvino_telemetry_off():
 
 
 def build_int8_model(model: torch.nn.Module, spec: TransformSpec,
-                     files: Sequence[tuple[str, str]], out: Path) -> None:
+                     files: Sequence[tuple[str, str]], out: Path, *, pool: str | None = None,
+                     layers: str = "last") -> None:
     """Convert to OpenVINO, quantize with NNCF on the calibration images, save IR to ``out``;
     with OpenVINO's telemetry off (``openvino_telemetry_off``)."""
     with openvino_telemetry_off():
-        quantize_int8_model(model, spec, files, out)
+        quantize_int8_model(model, spec, files, out, pool=pool, layers=layers)
 
 
 def quantize_int8_model(model: torch.nn.Module, spec: TransformSpec,
-                        files: Sequence[tuple[str, str]], out: Path) -> None:
+                        files: Sequence[tuple[str, str]], out: Path, *, pool: str | None = None,
+                        layers: str = "last") -> None:
     import nncf
     import openvino as ov
 
@@ -228,7 +233,7 @@ def quantize_int8_model(model: torch.nn.Module, spec: TransformSpec,
             continue
     if not images:
         raise QuantizedModelMissing("no calibration image could be read")
-    net = PooledFeatures(model.float().cpu()).eval()
+    net = PooledFeatures(model.float().cpu(), pool, layers).eval()
     with torch.inference_mode():
         ov_model = ov.convert_model(net, example_input=torch.from_numpy(images[0]),
                                     input=[(-1, 3, spec.size, spec.size)])
@@ -293,7 +298,8 @@ def int8_embedder(model: torch.nn.Module, identity: dict, spec: TransformSpec,
             if not xml.is_file():
                 log.info("quantizing %s to int8 on %d calibration images -> %s",
                          identity.get("backbone"), len(files), xml.parent)
-                build_int8_model(model, spec, files, xml)
+                build_int8_model(model, spec, files, xml, pool=identity.get("pool"),
+                                 layers=identity.get("layers") or "last")
     return Int8Embedder(xml)
 
 
@@ -302,9 +308,11 @@ def make_embedder(model: torch.nn.Module, device: torch.device, identity: dict,
                   calibration: Sequence[tuple[str, str]] | None = None,
                   bundled: Sequence[Path] = ()):
     """The engine for a cache identity: int8 through OpenVINO, everything else through torch.
-    An open_clip / transformers encoder pools as the identity's ``pool`` says."""
+    Every encoder pools as the identity's ``pool`` and ``layers`` say."""
+    pool, layers = identity.get("pool"), identity.get("layers") or "last"
     if isinstance(model, FamilyEncoder):
-        model.set_pool(identity.get("pool"))
+        model.set_options(pool, layers)
     if identity.get("precision") == "int8":
         return int8_embedder(model, identity, spec, calibration, bundled)
-    return Embedder(model, device, str(identity.get("precision", "fp32")), compile=compile)
+    return Embedder(model, device, str(identity.get("precision", "fp32")), compile=compile,
+                    pool=pool, layers=layers)

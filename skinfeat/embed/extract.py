@@ -30,6 +30,7 @@ from .engines import (  # noqa: F401
     make_embedder,
     require_int8,
 )
+from .pooling import stage_count
 from .transform import TransformSpec, load_image, to_tensor, transform_for
 from .weights import WeightSource
 
@@ -100,7 +101,8 @@ def cache_identity(backbone: str, weights: WeightSource, spec: TransformSpec, pr
                    views: Sequence[str], shard: tuple[int, int] | None = None,
                    calibration: dict | None = None, *, family: str = "timm",
                    pool: str | None = None, embed_dim: int | None = None,
-                   location: str | None = None) -> dict:
+                   location: str | None = None, layers: str = "last",
+                   average_views: Sequence[str] = ()) -> dict:
     """What makes two embeddings comparable (a ``CacheIdentity``, as its dict); a cache refuses
     rows of another identity.
 
@@ -108,8 +110,9 @@ def cache_identity(backbone: str, weights: WeightSource, spec: TransformSpec, pr
     ident = {"backbone": backbone, "family": family, "weights": weights.identity(),
              "preprocessing": spec.to_dict(), "pool": pool or DEFAULT_POOL[family],
              "precision": precision, "views": list(views), "embed_dim": embed_dim,
-             "skinfeat_version": __version__, "location": location}
-    if views:
+             "skinfeat_version": __version__, "location": location, "layers": layers,
+             "average_views": list(average_views)}
+    if views or average_views:
         ident["view_transform"] = VIEW_TRANSFORM
     if calibration is not None:
         ident["calibration"] = calibration
@@ -124,6 +127,20 @@ def encoder_width(model: torch.nn.Module) -> int | None:
     return int(width) if isinstance(width, int) else None
 
 
+def pooled_width(model: torch.nn.Module, spec: TransformSpec, pool: str | None,
+                 layers: str) -> int | None:
+    """The embedding width under ``pool`` and ``layers``: the encoder's own for the defaults,
+    else from one blank image through it (which refuses, in one line, a pool or layers the
+    model cannot give before the cache is touched)."""
+    if layers == "last" and pool in (None, "avg") and not isinstance(model, FamilyEncoder):
+        return encoder_width(model)
+    if isinstance(model, FamilyEncoder):
+        return model.num_features
+    with torch.inference_mode():
+        out = PooledFeatures(model, pool, layers)(torch.zeros(1, 3, spec.size, spec.size))
+    return int(out.shape[-1])
+
+
 @dataclass
 class EmbeddedBatch:
     """One DataLoader batch embedded: ``rows`` index the input paths; unreadable ones are in
@@ -136,12 +153,17 @@ class EmbeddedBatch:
 
 
 def embed_files(embedder: Embedder | Int8Embedder, paths: Sequence[str], spec: TransformSpec, *,
-                views: Sequence[str] = (), batch_size: int = 32,
-                num_workers: int = 0) -> Iterator[EmbeddedBatch]:
+                views: Sequence[str] = (), batch_size: int = 32, num_workers: int = 0,
+                average_views: Sequence[str] = ()) -> Iterator[EmbeddedBatch]:
     """Decode (in DataLoader workers) and embed image files batch by batch, streaming: stage
-    one and predict share this loop, so a raw image is embedded exactly as the cache was filled."""
-    loader = DataLoader(ImageFiles(list(paths), spec, views), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=embedder.device.type == "cuda")
+    one and predict share this loop, so a raw image is embedded exactly as the cache was filled.
+
+    ``average_views``: the embedding is the mean of the image's and these views' embeddings
+    (one vector per image, for stage-two models without test-time views)."""
+    views, average_views = tuple(views), tuple(average_views)
+    loader = DataLoader(ImageFiles(list(paths), spec, views + average_views),
+                        batch_size=batch_size, num_workers=num_workers,
+                        pin_memory=embedder.device.type == "cuda")
     for idx, x, reasons in loader:
         ok = torch.tensor([r == "" for r in reasons], dtype=torch.bool)
         failed = {int(i): r for i, r in zip(idx.tolist(), reasons, strict=False) if r}
@@ -149,6 +171,11 @@ def embed_files(embedder: Embedder | Int8Embedder, paths: Sequence[str], spec: T
         if ok.any():
             x = x[ok]
             emb = embedder(x[:, 0]).numpy()
+            if average_views:
+                first = 1 + len(views)
+                emb = np.mean([emb] + [embedder(x[:, first + k]).numpy()
+                                       for k in range(len(average_views))], axis=0,
+                              dtype=np.float64).astype(np.float32)
             if views:
                 vemb = np.stack([embedder(x[:, 1 + k]).numpy() for k in range(len(views))], 1)
         yield EmbeddedBatch(idx[ok].numpy(), emb, vemb, failed, len(reasons))
@@ -191,10 +218,11 @@ def resume_calibration(cache_path: str | os.PathLike, identity: dict) -> dict | 
 
 def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
             weights: WeightSource = WeightSource("pretrained"), resize: str = "squash",
-            image_size: int | None = None, precision: str = "auto", device: str = "auto",
+            image_size: int | str | None = None, precision: str = "auto", device: str = "auto",
             batch_size: int | None = None, num_workers: int | None = None,
             views: Sequence[str] = (), shard: tuple[int, int] | None = None,
-            pool: str | None = None, compile: str = "auto",
+            pool: str | None = None, layers: str = "last", average_views: Sequence[str] = (),
+            compile: str = "auto",
             calibration_images: int = CALIBRATION_IMAGES,
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> ExtractResult:
@@ -205,23 +233,31 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     ``precision="int8"``: OpenVINO int8, calibrated on ``calibration_images`` images of the whole
     ``table`` (before sharding, so every shard gets the same model).
     ``backbone``: a timm name, ``open_clip:...``, ``hf:...`` or ``local-dir:FOLDER``
-    (``encoders.parse_backbone``); ``pool``: the family's pooling [default: its first choice].
+    (``encoders.parse_backbone``); ``pool``: the family's pooling [default: its first choice];
+    ``layers``: last, last2 or last3 stages pooled (``pooling``); ``image_size``: pixels, or
+    ``train`` / ``test`` (``transform.transform_for``); ``average_views``: views averaged with
+    the image into its one embedding (not with ``views``).
     """
     # int8 runs on the CPU whatever GPU is present; an explicit GPU device is an error.
     dev = (torch.device("cpu") if precision == "int8" and device == "auto"
            else resolve_device(device))
     prec = resolve_precision(precision, dev)
-    unknown = sorted(set(views) - set(VIEW_NAMES))
+    unknown = sorted((set(views) | set(average_views)) - set(VIEW_NAMES))
     if unknown:
         raise InputError(f"unknown view(s) {unknown}; expected some of {VIEW_NAMES}")
+    if views and average_views:
+        raise InputError("--views with --average-views: store the views, or average them into "
+                         "the embedding, not both")
+    stage_count(layers)   # an unknown --layers fails before the backbone is built
     ref, weights = resolve_backbone(backbone, weights)
     if pool is not None and pool not in POOLS[ref.family]:
         raise InputError(f"--pool {pool}: a {ref.family} encoder pools by one of "
                          f"{', '.join(POOLS[ref.family])}")
     model = create_backbone(ref.name, weights)
     if isinstance(model, FamilyEncoder):
-        model.set_pool(pool)
+        model.set_options(pool, layers)
     spec = transform_for(model, resize, image_size)
+    width = pooled_width(model, spec, pool, layers)   # also refuses a pool the model lacks
     calib_files, calibration = None, None
     if prec == "int8":
         require_int8()
@@ -229,8 +265,9 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
                                         calibration_images)
         calibration = calibration_identity(calib_files)
     identity = cache_identity(ref.name, weights, spec, prec, views, shard, calibration,
-                              family=ref.family, pool=pool, embed_dim=encoder_width(model),
-                              location=ref.location)
+                              family=ref.family, pool=pool, embed_dim=width,
+                              location=ref.location, layers=layers,
+                              average_views=average_views)
     if prec == "int8":
         kept = resume_calibration(cache_path, identity)
         if kept is not None and kept != calibration:
@@ -254,6 +291,7 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
             workers = default_workers(dev) if num_workers is None else num_workers
             ids, paths = todo["image_id"].tolist(), todo["path"].tolist()
             for batch in embed_files(embedder, paths, spec, views=views,
+                                     average_views=average_views,
                                      batch_size=batch_size or default_batch_size(dev),
                                      num_workers=workers):
                 for j, reason in batch.failed.items():

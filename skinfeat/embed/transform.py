@@ -47,24 +47,47 @@ class TransformSpec:
         return cls(**d)
 
 
+SIZES = ("train", "test")
+
+
 def transform_for(model: torch.nn.Module, resize: str = "squash",
-                  image_size: int | None = None) -> TransformSpec:
+                  image_size: int | str | None = None) -> TransformSpec:
     """The transform from the model's pretrained config (mean, std, size, crop_pct): timm's
     data config, or an open_clip / transformers encoder's own (``FamilyEncoder.data_config``,
-    whose interpolation holds for both resize modes)."""
+    whose interpolation holds for both resize modes).
+
+    ``image_size`` (``--size``): a side in pixels; ``train`` or None, the size the encoder was
+    trained at; ``test``, the size its timm config recommends for evaluation
+    (``pretrained_cfg["test_input_size"]``, e.g. 288 for convnext_tiny.fb_in1k, with its
+    ``test_crop_pct``), refused for an encoder without one."""
     import timm
 
     from .encoders.base import FamilyEncoder
 
     if resize not in RESIZE_MODES:
         raise InputError(f"--resize must be one of {RESIZE_MODES}, got {resize!r}")
+    size = None if image_size in (None, "train") else image_size
+    if isinstance(size, str) and size != "test":
+        if not size.isdigit():
+            raise InputError(f"--size {size}: expected train, test or a side in pixels")
+        size = int(size)
+    if isinstance(size, int) and not 16 <= size <= 4096:
+        raise InputError(f"--size {size}: expected a side between 16 and 4096 pixels")
     if isinstance(model, FamilyEncoder):
+        if size == "test":
+            raise InputError(f"--size test: a {model.family} encoder has no test size in its "
+                             "config; pass --size N")
         cfg = model.data_config()
-        return TransformSpec(size=int(image_size or cfg["size"]), resize=resize,
+        return TransformSpec(size=int(size or cfg["size"]), resize=resize,
                              crop_pct=float(cfg["crop_pct"]), interpolation=cfg["interpolation"],
                              mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
-    cfg = timm.data.resolve_model_data_config(model)
-    size = int(image_size or cfg["input_size"][-1])
+    pretrained = getattr(model, "pretrained_cfg", None) or {}
+    if size == "test" and not pretrained.get("test_input_size"):
+        name = pretrained.get("architecture") or type(model).__name__
+        raise InputError(f"--size test: {name} has no test_input_size in its pretrained "
+                         "config; pass --size N")
+    cfg = timm.data.resolve_model_data_config(model, use_test_size=size == "test")
+    size = int(cfg["input_size"][-1] if size in (None, "test") else size)
     # The reference squashed with a plain bilinear resize; timm's eval transform uses the
     # model's own interpolation.
     interpolation = "bilinear" if resize == "squash" else str(cfg.get("interpolation", "bicubic"))

@@ -42,7 +42,9 @@ class StageTwoModel(ABC):
     kind: ClassVar[str]                  # the bundle's model_type, the recipe's ``model``
     title: ClassVar[str]                 # for messages: "fusion head", "LightGBM", ...
     config_class: ClassVar[type]         # its own config dataclass
-    weights_format: ClassVar[str]        # "safetensors" (a state dict) or "text" (a blob)
+    # "safetensors" (a state dict), "text" (a blob) or "folder" (several files: ``to_bundle``
+    # gives {relative path: text or state dict}, ``from_bundle`` a function reading one back)
+    weights_format: ClassVar[str]
     weights_file: ClassVar[str | None] = None   # None: model.safetensors or model.KIND.txt
     batched: ClassVar[bool] = False      # fit_batched trains several as one (cv batches folds)
     exportable: ClassVar[str | None] = None   # None: ONNX export works; else why it cannot

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import MissingFileError
+from ..pooling import TIMM_POOLS
 from ..weights import OFFLINE_ROUTES, WeightSource, WeightsUnavailable
 from .base import FamilyEncoder
 from .local import CONTENT_SUFFIXES, content_files, detect_family, folder_sha256, timm_folder_name  # noqa: F401
@@ -29,7 +30,7 @@ __all__ = ["FamilyEncoder", "BackboneRef", "parse_backbone", "resolve_backbone",
 FAMILY_PACKAGES = {"timm": "timm", "open_clip": "open_clip_torch", "hf": "transformers"}
 _MODULES = {"timm": "timm", "open_clip": "open_clip", "hf": "transformers"}
 DEFAULT_POOL = {"timm": "avg", "open_clip": "proj", "hf": "cls"}
-POOLS = {"timm": ("avg",), "open_clip": ("proj", "cls", "mean"), "hf": ("cls", "mean", "proj")}
+POOLS = {"timm": TIMM_POOLS, "open_clip": ("proj", "cls", "mean"), "hf": ("cls", "mean", "proj")}
 
 
 @dataclass(frozen=True)

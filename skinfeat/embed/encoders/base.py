@@ -18,10 +18,13 @@ class FamilyEncoder(torch.nn.Module):
     """A frozen image tower: ``pooled(x)`` is one vector per image under ``self.pool``."""
     family: str = ""
     pools: tuple[str, ...] = ()
+    # ``--layers`` choices: the final layer only, unless a family pools earlier ones too
+    layer_choices: tuple[str, ...] = ("last",)
 
     def __init__(self, pool: str | None = None):
         super().__init__()
         self.pool = pool or self.pools[0]
+        self.layers = "last"
 
     def set_pool(self, pool: str | None) -> None:
         """Choose the pooling (``--pool``); an unknown one is a one-line error."""
@@ -30,6 +33,16 @@ class FamilyEncoder(torch.nn.Module):
             raise InputError(f"--pool {pool}: a {self.family} encoder pools by one of "
                              f"{', '.join(self.pools)}")
         self.pool = pool
+
+    def set_options(self, pool: str | None, layers: str | None = None) -> None:
+        """``--pool`` and ``--layers``; a choice this encoder does not offer is a one-line
+        error."""
+        self.set_pool(pool)
+        layers = layers or "last"
+        if layers not in self.layer_choices:
+            raise InputError(f"--layers {layers}: a {self.family} encoder offers "
+                             f"{', '.join(self.layer_choices)} here")
+        self.layers = layers
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:   # pragma: no cover - abstract
         raise NotImplementedError

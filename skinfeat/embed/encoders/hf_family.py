@@ -5,6 +5,9 @@
 hidden state (ViT, DINOv2, CLIP's class token); ``mean``, the mean of the other tokens; ``proj``,
 CLIP's projected image embedding (``visual_projection`` of the pooled output). Models whose
 last hidden state is a feature map (ConvNeXt) give its spatial mean under ``cls`` and ``mean``.
+``--layers last2`` / ``last3`` add the hidden states of the one / two layers before the last,
+pooled the same way (``output_hidden_states``), each standardised per image
+(``pooling.concat_stages``); not with ``proj``, which exists for the last layer only.
 Preprocessing comes from the model's image processor (``preprocessor_config.json``).
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import torch
 
 from ...errors import InputError
+from ..pooling import LAYERS, concat_stages, stage_count
 from .base import FamilyEncoder, first_layernorm, freeze, seeded
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,7 @@ _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}   # PIL's codes, as proc
 class HFEncoder(FamilyEncoder):
     family = "hf"
     pools = ("cls", "mean", "proj")
+    layer_choices = LAYERS
 
     def __init__(self, model: torch.nn.Module, processor, pool: str | None = None):
         super().__init__(pool)
@@ -39,15 +44,30 @@ class HFEncoder(FamilyEncoder):
             raise InputError("--pool proj: this transformers model has no image projection "
                              "(only CLIP-like models do); use --pool cls or mean")
 
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.tower(pixel_values=x)
-        if self.pool == "proj":
-            assert self.projection is not None   # set_pool refuses proj without one
-            return self.projection(out.pooler_output)
-        h = out.last_hidden_state
+    def set_options(self, pool: str | None, layers: str | None = None) -> None:
+        super().set_options(pool, layers)
+        if self.layers != "last" and self.pool == "proj":
+            raise InputError(f"--layers {self.layers}: --pool proj projects the last layer "
+                             "only; use --pool cls or mean")
+
+    def _pool_hidden(self, h: torch.Tensor) -> torch.Tensor:
         if h.ndim == 4:                     # a feature map (N, C, H, W)
             return h.mean(dim=(2, 3))
         return h[:, 0] if self.pool == "cls" else h[:, 1:].mean(dim=1)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        n = stage_count(self.layers)
+        out = self.tower(pixel_values=x, output_hidden_states=n > 1)
+        if self.pool == "proj":
+            assert self.projection is not None   # set_pool refuses proj without one
+            return self.projection(out.pooler_output)
+        last = self._pool_hidden(out.last_hidden_state)
+        if n == 1:
+            return last
+        # hidden_states: the embeddings, then every layer's output (the last one before the
+        # final norm that last_hidden_state has): the n - 1 layers before the last
+        earlier = [self._pool_hidden(h) for h in out.hidden_states[-n:-1]]
+        return concat_stages([*earlier, last])
 
     def cam_layer(self) -> torch.nn.Module:
         # Where transformers keeps the blocks moved between versions (encoder.layer in 4.x ViT,

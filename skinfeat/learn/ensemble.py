@@ -1,0 +1,353 @@
+"""An ensemble of stage-two models of the registry (``--model ensemble``).
+
+``EnsembleModel(EnsembleConfig(members=("head", "linear", "lgbm"))).fit(train, val, groups)``
+trains every member on the same training rows, each with its own defaults on the ensemble's
+inputs and seed, and calibrates each on ``val`` (logit adjustment by its training class weights,
+then a temperature: ``Calibrator``), so that their probabilities are comparable. They are
+combined by
+
+- ``logmean``: the mean of the members' calibrated log-probabilities (a geometric mean of
+  their probabilities, renormalised by the softmax); or
+- ``stack``: a multinomial logistic regression (balanced class weights, C = 1, on
+  standardized columns) on the members' calibrated log-probabilities, fitted on inner
+  out-of-fold predictions of the training rows (``inner_folds`` grouped folds: each member
+  refitted on the other folds' rows, calibrated on ``val``, then predicting the fold).
+
+The ensemble's logits live where its members' do, on the balanced training prior: ``logmean``
+adds back the log of the training class weights (``class_weights_``), and the stacker is
+trained class-balanced, so the run's calibration (``logit_adjust``) and balanced decision rule
+treat it as they treat a head.
+
+In a bundle each member is a folder of its own (``head/``, ``linear/``, ``lgbm/``): its
+weights, as the member's class writes them, and ``member.json`` with its config, state and
+calibration (``weights_format = "folder"``). Explain uses the differentiable members only (the
+mean of their calibrated log-probabilities), and says so; ONNX export refuses unless every
+member exports.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..schema import Ge, validate
+from .calibration import Calibrator
+from .head import balanced_class_weights
+from .models import model_class, register
+from .protocol import Part, StageTwoModel, default_classes, with_fields
+from .rows import Rows, as_rows, chunked
+
+log = logging.getLogger(__name__)
+
+MEMBERS = ("head", "linear", "lgbm")
+STACK_C = 1.0        # the stacker's inverse penalty: M * K columns of log-probabilities
+ABSENT = -50.0       # the logit of a class the training rows lack (probability ~1e-22)
+MEMBER_FILE = "member.json"
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """The ensemble's recipe: its members (kinds of the registry, each with its defaults on
+    the ensemble's inputs and seed), how their calibrated probabilities are combined, and the
+    stacker's inner folds."""
+    inputs: Literal["fused", "image", "meta"] = "fused"
+    members: tuple[str, ...] = MEMBERS
+    combine: Literal["logmean", "stack"] = "logmean"
+    inner_folds: Annotated[int, Ge(2)] = 3    # combine="stack": out-of-fold predictions
+    seed: int = 42
+    num_threads: Annotated[int, Ge(0)] = 0    # handed to a member that has threads (LightGBM)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "members": list(self.members)}
+
+    def check(self) -> None:
+        validate(self)
+        if not self.members:
+            raise InputError("ensemble members: give at least one model")
+        repeated = sorted({m for m in self.members if self.members.count(m) > 1})
+        if repeated:
+            raise InputError(f"ensemble members: {', '.join(repeated)} given more than once")
+        for kind in self.members:
+            if kind == EnsembleModel.kind:
+                raise InputError("ensemble members: an ensemble cannot be a member")
+            model_class(kind)   # one line naming the choices
+
+
+def member_config(config: EnsembleConfig, kind: str):
+    """A member's config: its class's defaults on the ensemble's inputs, seed and threads."""
+    return with_fields(model_class(kind).config_class(), inputs=config.inputs,
+                       seed=config.seed, num_threads=config.num_threads or None)
+
+
+def _take(part: Part, rows: np.ndarray) -> Part:
+    """Rows ``rows`` (positions) of a part, its image still without a copy."""
+    image, meta, y = part
+    image = as_rows(image)
+    return Rows(image.base, image.index[rows]), np.asarray(meta)[rows], np.asarray(y)[rows]
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _log_w(class_weights) -> np.ndarray:
+    w = np.asarray(class_weights, np.float64)
+    return np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), 0.0)
+
+
+class EnsembleModel(StageTwoModel):
+    """Fitted state: ``members_`` (fitted models, in ``config.members`` order),
+    ``calibrators_`` (each member's, fitted on val), ``class_weights_`` (balanced, of the
+    training rows), ``stacker_`` (``combine="stack"``: standardization mean and scale,
+    coefficients (K, M * K) and intercepts (K,)), ``n_classes_``."""
+    kind = "ensemble"
+    title = "ensemble"
+    config_class = EnsembleConfig
+    weights_format = "folder"
+
+    members_: list[StageTwoModel] | None = None
+    calibrators_: list[Calibrator] | None = None
+    stacker_: dict | None = None
+    n_classes_: int | None = None
+
+    # -- capabilities: the members' ------------------------------------------------------------
+    @property
+    def differentiable(self) -> bool:   # type: ignore[override]
+        """True when a member is: explain uses those members (see ``torch_module``)."""
+        return any(m.differentiable for m in self._members())
+
+    @property
+    def exportable(self) -> str | None:   # type: ignore[override]
+        """None when every member exports (the ONNX graph is then the whole ensemble)."""
+        refused = [m for m in self._members() if m.exportable]
+        if not refused:
+            return None
+        return (f"an ensemble whose member(s) {', '.join(m.kind for m in refused)} do not "
+                f"export ({refused[0].exportable})")
+
+    def _members(self) -> list[StageTwoModel]:
+        if self.members_ is not None:
+            return self.members_
+        return [model_class(k)(member_config(self.config, k)) for k in self.config.members]
+
+    # -- fit -------------------------------------------------------------------------------
+    def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
+            n_classes: int | None = None, meta_fields=None) -> EnsembleModel:
+        cfg = self.config
+        cfg.check()
+        y = np.asarray(train[2])
+        n_classes = default_classes(y, n_classes)
+        folds = self._inner_folds(y, groups) if cfg.combine == "stack" else []
+        parts = [_take(train, tr) for tr, _ in folds] + [train]
+        part_groups = [None if groups is None else np.asarray(groups)[tr] for tr, _ in folds]
+        part_groups.append(groups)
+        members, calibrators, oof = [], [], []
+        for kind in cfg.members:
+            cls = model_class(kind)
+            # a head's fits (inner folds and the final one) train as one batched network
+            fitted = cls.fit_batched(member_config(cfg, kind), parts, [val] * len(parts),
+                                     part_groups, n_classes=n_classes,
+                                     meta_fields=[meta_fields] * len(parts))
+            cals = [_calibrate(m, val) for m in fitted]
+            column = np.zeros((len(y), n_classes))
+            for (_, te), m, cal in zip(folds, fitted, cals, strict=False):
+                column[te] = _member_log_proba(m, cal, _take(train, te)[:2])
+            members.append(fitted[-1])
+            calibrators.append(cals[-1])
+            oof.append(column)
+            log.info("ensemble: member %s fitted", kind)
+        self.members_, self.calibrators_, self.n_classes_ = members, calibrators, n_classes
+        self.class_weights_ = balanced_class_weights(y, n_classes).tolist()
+        if cfg.combine == "stack":
+            self.stacker_ = _fit_stacker(np.concatenate(oof, axis=1), y, n_classes)
+        return self
+
+    def _inner_folds(self, y: np.ndarray, groups: np.ndarray | None) -> list:
+        """The stacker's grouped folds of the training rows (StratifiedGroupKFold); fewer
+        groups than folds: refused in one line."""
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        k = self.config.inner_folds
+        if len(np.unique(groups)) < k:
+            raise InputError(f"ensemble combine=stack: {k} inner folds need at least {k} "
+                             f"groups in the training rows, got {len(np.unique(groups))}")
+        folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=self.config.seed)
+                     .split(np.zeros(len(y)), y, groups))
+        return folds
+
+    # -- predict ----------------------------------------------------------------------------
+    def member_log_probas(self, image, meta, tta: bool = False) -> list[np.ndarray]:
+        """Each member's calibrated log-probabilities, (N, K) each."""
+        return [_member_log_proba(m, c, (image, meta), tta)
+                for m, c in zip(self.members_, self.calibrators_, strict=True)]
+
+    def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
+        logs = self.member_log_probas(image, meta, tta)
+        if self.stacker_ is None:
+            return np.mean(logs, axis=0) + _log_w(self.class_weights_)
+        s = self.stacker_
+        x = (np.concatenate(logs, axis=1) - s["mean"]) / s["scale"]
+        return x @ s["coef"].T + s["intercept"]
+
+    @classmethod
+    def describe(cls, config: EnsembleConfig) -> str:
+        return f"ensemble ({'+'.join(config.members)}, {config.combine})"
+
+    @classmethod
+    def report_line(cls, c: EnsembleConfig) -> str:
+        how = ("the mean of their calibrated log-probabilities" if c.combine == "logmean" else
+               f"a logistic regression on their calibrated log-probabilities, fitted on "
+               f"{c.inner_folds}-fold inner grouped out-of-fold predictions")
+        return (f"members {', '.join(c.members)} (each with its defaults), each calibrated on "
+                f"val, combined by {how}")
+
+    @property
+    def chosen(self) -> dict:
+        return {f"{m.kind}.{k}": v for m in self.members_ or [] for k, v in m.chosen.items()}
+
+    # -- bundle -------------------------------------------------------------------------------
+    def to_bundle(self) -> tuple[dict, dict]:
+        """(state, files): each member's weights and ``member.json`` in a folder named after
+        its kind."""
+        files: dict = {}
+        for m, cal in zip(self.members_, self.calibrators_, strict=True):
+            state, weights = m.to_bundle()
+            files[f"{m.kind}/{MEMBER_FILE}"] = json.dumps(
+                {"model_type": m.kind, "head": m.config_dict(), "state": state,
+                 "calibration": cal.to_dict(), "best_epoch": m.best_epoch_,
+                 "class_weights": m.class_weights_}, indent=2, default=_plain)
+            files[f"{m.kind}/{m.file_name()}"] = weights
+        stacker = None if self.stacker_ is None else \
+            {k: np.asarray(v).tolist() for k, v in self.stacker_.items()}
+        return {"members": [m.kind for m in self.members_],
+                "class_weights": list(self.class_weights_), "stacker": stacker}, files
+
+    @classmethod
+    def from_bundle(cls, config: dict, weights: Callable, dims: tuple[int, int, int],
+                    load_state: Callable | None = None) -> EnsembleModel:
+        """``weights(path)``: a file of the bundle's folder, by its path there (text, or a
+        safetensors state dict)."""
+        cfg = cls.config_from(config["head"])
+        state, n_classes = config["state"], dims[2]
+        if list(state["members"]) != list(cfg.members):
+            raise InputError(f"state.members {state['members']} differ from head.members "
+                             f"{list(cfg.members)}")
+        model = cls(cfg)
+        model.members_, model.calibrators_ = [], []
+        for kind in cfg.members:
+            info = json.loads(weights(f"{kind}/{MEMBER_FILE}"))
+            if info.get("model_type") != kind:
+                raise InputError(f"{kind}/{MEMBER_FILE}: model_type {info.get('model_type')!r}, "
+                                 f"expected {kind!r}")
+            member_cls = model_class(kind)
+            member = member_cls.from_bundle(info, weights(f"{kind}/{member_cls.file_name()}"),
+                                            dims, load_state)
+            member.best_epoch_ = info.get("best_epoch")
+            member.class_weights_ = info.get("class_weights")
+            model.members_.append(member)
+            model.calibrators_.append(Calibrator.from_dict(
+                info["calibration"], n_classes=n_classes, key=f"{kind}/{MEMBER_FILE}"))
+        model.class_weights_ = [float(w) for w in state["class_weights"]]
+        model.n_classes_ = n_classes
+        if len(model.class_weights_) != n_classes:
+            raise InputError(f"state.class_weights has {len(model.class_weights_)} entries, "
+                             f"expected {n_classes}")
+        if state.get("stacker") is not None:
+            s = {k: np.asarray(v, np.float64) for k, v in state["stacker"].items()}
+            width = len(cfg.members) * n_classes
+            if s["coef"].shape != (n_classes, width) or s["intercept"].shape != (n_classes,) \
+                    or s["mean"].shape != (width,) or s["scale"].shape != (width,):
+                raise InputError(f"state.stacker: expected coef ({n_classes}, {width}), got "
+                                 f"{s['coef'].shape}")
+            model.stacker_ = s
+        return model
+
+    # -- torch: explain and export ----------------------------------------------------------------
+    def torch_module(self) -> torch.nn.Module:
+        """The ensemble as (image, meta) -> logits over its differentiable members: all of
+        them (then it equals ``logits``, and exports), or, for explain, those that are (the
+        mean of their calibrated log-probabilities), with a warning naming the others."""
+        pick = [i for i, m in enumerate(self.members_) if m.differentiable]
+        if not pick:
+            raise NotImplementedError("no member of this ensemble is differentiable")
+        left = [m.kind for m in self.members_ if not m.differentiable]
+        if left:
+            log.warning("ensemble: the heatmap uses the differentiable member(s) %s only "
+                        "(the mean of their calibrated log-probabilities); %s left out",
+                        ", ".join(self.members_[i].kind for i in pick), ", ".join(left))
+        stacker = self.stacker_ if not left else None
+        return EnsembleModule([self.members_[i].torch_module() for i in pick],
+                              [self.calibrators_[i] for i in pick], self.class_weights_,
+                              stacker).eval()
+
+
+class EnsembleModule(torch.nn.Module):
+    """Members' modules, their calibrations and the combination, as one torch module."""
+
+    def __init__(self, nets: list, calibrators: list[Calibrator], class_weights,
+                 stacker: dict | None):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+        k = len(class_weights)
+        for i, cal in enumerate(calibrators):
+            adjust = np.zeros(k) if cal.adjust is None else np.asarray(cal.adjust)
+            bias = np.zeros(k) if cal.bias is None else np.asarray(cal.bias)
+            self.register_buffer(f"adjust{i}", torch.as_tensor(adjust, dtype=torch.float32))
+            self.register_buffer(f"bias{i}", torch.as_tensor(bias, dtype=torch.float32))
+            self.register_buffer(f"temperature{i}", torch.tensor(float(cal.temperature)))
+        self.register_buffer("log_w", torch.as_tensor(_log_w(class_weights), dtype=torch.float32))
+        self.stacked = stacker is not None
+        if stacker is not None:
+            for name in ("mean", "scale", "coef", "intercept"):
+                self.register_buffer(name, torch.as_tensor(stacker[name], dtype=torch.float32))
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        logs = []
+        for i, net in enumerate(self.nets):
+            z = (net(image, meta) - getattr(self, f"adjust{i}")) / getattr(self, f"temperature{i}")
+            logs.append(torch.log_softmax(z + getattr(self, f"bias{i}"), dim=1))
+        if self.stacked:
+            x = (torch.cat(logs, dim=1) - self.mean) / self.scale
+            return x @ self.coef.T + self.intercept
+        return torch.stack(logs).mean(0) + self.log_w
+
+
+def _plain(value):
+    """A numpy scalar or array as JSON holds it."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _calibrate(model: StageTwoModel, val: Part) -> Calibrator:
+    """A member's calibration on val: logit adjustment by its class weights, then T."""
+    z = chunked(lambda i, m: model.logits(i, m), val[0], val[1])
+    return Calibrator("logit_adjust").fit(z, np.asarray(val[2]),
+                                          class_weights=model.class_weights_)
+
+
+def _member_log_proba(model: StageTwoModel, cal: Calibrator, part,
+                      tta: bool = False) -> np.ndarray:
+    z = chunked(lambda i, m: model.logits(i, m, tta=tta), part[0], part[1])
+    return _log_softmax(cal.logits(z))
+
+
+def _fit_stacker(x: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    """The multinomial logistic regression on the members' out-of-fold log-probabilities
+    (standardized; balanced class weights; a class the rows lack gets the ABSENT logit)."""
+    from .linear_search import fit_logistic, standardize
+
+    mean, scale = standardize(x)
+    coef, intercept, _ = fit_logistic((x - mean) / scale, y, [STACK_C], n_classes,
+                                      tol=1e-6, dtype="float64")
+    return {"mean": mean, "scale": scale, "coef": coef[0],
+            "intercept": np.where(np.isfinite(intercept[0]), intercept[0], ABSENT)}
+
+
+register(EnsembleModel)
