@@ -62,6 +62,11 @@ class Rows:
         return out if dtype is None else out.astype(dtype, copy=False)
 
 
+def as_rows(image: np.ndarray | Rows) -> Rows:
+    """``image`` as Rows (an array: all of its rows)."""
+    return image if isinstance(image, Rows) else Rows(image, np.arange(len(image)))
+
+
 def chunked(fn, image: np.ndarray | Rows, *rest: np.ndarray, size: int = CHUNK) -> np.ndarray:
     """``fn(image_chunk, *rest_chunks)`` over chunks of rows, concatenated: a pass over a side
     holds one gathered chunk at a time, never the side. Row-wise ``fn`` only (logits)."""
