@@ -182,7 +182,7 @@ def write_card(run: Model | PathLike) -> Path:
     path."""
     from .evaluate.card import rewrite_card
 
-    return rewrite_card(Path(getattr(run, "path", run)))
+    return rewrite_card(Path(run) if isinstance(run, (str, Path)) else run.path)
 
 
 def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000,

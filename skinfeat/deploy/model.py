@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..data.datasets import DataError, clean_metadata, load_images
 from ..embed.extract import embed_files
+from ..errors import InputError
 from ..learn.context import context_matrix
 from ..learn.fallback import fallback_rows
 from .bundle import CONFIG, BundleError
@@ -42,6 +43,9 @@ class Model(LoadedBundle):
     repo id); the backbone is rebuilt on the first raw image."""
 
     _owner: object = None   # keeps a temporary run folder alive (the API's ``out=None``)
+    # LoadedBundle loads its members and fallback as its own class (``type(self)``): Models.
+    members: Sequence[Model]
+    fallback: Model | None
 
     @property
     def path(self) -> Path:
@@ -82,7 +86,7 @@ class Model(LoadedBundle):
                                      num_workers=self.num_workers):
                 for j, reason in batch.failed.items():
                     errors[j] = reason
-                if len(batch.rows):
+                if batch.embeddings is not None:   # None: no row of the batch was read
                     if batch.embeddings.shape[-1] != dim:
                         raise BundleError(f"{self.run / CONFIG}: backbone "
                                           f"{self.sources[i]['backbone']} gives "
@@ -185,8 +189,8 @@ class Model(LoadedBundle):
         proba = self.calibrate(logits)
         decided = self.decide(proba)
         rows = self.fallback_rows(table)
-        if rows.any():
-            fb = self.fallback
+        fb = self.fallback
+        if fb is not None and rows.any():   # rows: all False without a fallback
             fb_logits = fb.logits(image[rows], table[rows].reset_index(drop=True))
             fb_proba = fb.calibrate(fb_logits)
             logits[rows], proba[rows], decided[rows] = fb_logits, fb_proba, fb.decide(fb_proba)
@@ -329,6 +333,8 @@ class Model(LoadedBundle):
         if image is not None:
             jobs = [(image, Path(image).stem, parse_meta(list(meta), self.spec))]
         else:
+            if csv is None:
+                raise InputError("explain_to: give an image or a csv")
             table = load_images(csv, self.spec)
             jobs = [(row["path"], row["image_id"], {f: row[f] for f in ex.fields if f in row})
                     for _, row in table.iterrows()]

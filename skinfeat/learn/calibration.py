@@ -158,7 +158,7 @@ class Calibrator:
                 "bias": self.bias, "decision_offset": self.decision_offset}
 
     @classmethod
-    def from_dict(cls, state: dict, n_classes: int | None = None,
+    def from_dict(cls, state: object, n_classes: int | None = None,
                   key: str = "calibration") -> Calibrator:
         """From ``to_dict`` (an older bundle's bare ``temperature`` was made such a table by
         ``deploy.bundle_config.migrate``).

@@ -356,11 +356,12 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                 made.append(task)   # before it is handed out: its number is its place here
                 yield task
 
-    assert cfg.inputs is not None   # settled by input_sets
-    n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(cfg.inputs)
+    sets = cfg.inputs
+    assert sets is not None   # settled by input_sets
+    n_fits = len(cfg.seeds) * cfg.folds * len(cfg.models) * len(sets)
     if on_start:
         on_start(n_fits)
-    n_tasks = len(cfg.seeds) * len(cfg.inputs) * sum(
+    n_tasks = len(cfg.seeds) * len(sets) * sum(
         1 if model_class(m).batched and cfg.batched else cfg.folds for m in cfg.models)
     handed: set = set()
 
@@ -372,7 +373,7 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                            and r["inputs"] == inputs), key=lambda r: r["fold"])
 
         for model in cfg.models:
-            for inputs in cfg.inputs:
+            for inputs in sets:
                 rs = of(model, inputs)
                 if (model, inputs) in handed or len(rs) != cfg.folds:
                     continue
@@ -401,7 +402,7 @@ def iter_cv(data: Dataset | pd.DataFrame, contents: CacheContents, cfg: CVConfig
                 yield event
     records = [r for i in range(len(results)) for r in results[i]]
     records.sort(key=lambda r: (r["seed"], r["fold"], cfg.models.index(r["model"]),
-                                cfg.inputs.index(r["inputs"])))
+                                sets.index(r["inputs"])))
     y = table["label"].to_numpy()
     reuse_fallbacks(records, y, classes)
     oof = oof_frame(table, records, classes)

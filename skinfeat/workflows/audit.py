@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,7 @@ def _write(out: Path, pairs, issues, outlier_table, groups, paths, top) -> list[
     for name, frame in (("duplicates", pairs), ("outliers", outlier_table), ("groups", groups),
                         ("label_issues", issues)):
         if frame is not None:
-            write_artifact(out / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False))
+            write_artifact(out / f"{name}.csv", partial(frame.to_csv, index=False))
     made = [pair_sheet(pairs, paths, out / "duplicates.png", top=min(top, 24))]
     if issues is not None:
         made.append(single_sheet(issues, paths, out / "label_issues.png",

@@ -15,7 +15,7 @@ from ..atomic import write_artifact, write_text
 from ..data.datasets import Dataset
 from ..data.splits import parse_split, save_split
 from ..deploy.bundle import QUANTIZED, load_typed, write_bundle
-from ..deploy.bundle_config import EnsembleConfig
+from ..deploy.bundle_config import BundleConfig, EnsembleConfig
 from ..deploy.inputs import cache_paths, dataset_or_path, recipe_or_default
 from ..embed.cache import cache_label, read_caches
 from ..embed.embedding_cache import Caches, PathLike
@@ -186,6 +186,7 @@ def attach_fallbacks(out: Path, run: CVRun) -> None:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(image, target, ignore=shutil.ignore_patterns("splits.csv", QUANTIZED))
         table, config = load_typed(fused)
+        assert isinstance(config, BundleConfig)   # a fold's bundle: one model
         write_bundle(fused, replace(config, fallback=FALLBACK_DIR), quantized=False)
 
 
@@ -200,6 +201,7 @@ def write_ensembles(out: Path, run: CVRun, cfg: CVConfig) -> dict[str, str]:
             where = model_dir(out, model, inputs)
             members = [fold_name(seed, k) for seed in cfg.seeds for k in range(cfg.folds)]
             first = load_typed(where / members[0])[1]
+            assert isinstance(first, BundleConfig)   # a fold's bundle: one model
             write_bundle(where, EnsembleConfig.of_members(
                 first, members, inputs=inputs, split=f"{cfg.split} cv, {cfg.folds} folds",
                 seeds=list(cfg.seeds), combine=ENSEMBLE_RULE))
