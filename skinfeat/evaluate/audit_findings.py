@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .audit_hash import bit_distance, close_pairs, hash_words, thumbnail_correlation
 from .audit_search import ScanResult, outlier_scores, robust_z
 
@@ -58,7 +59,7 @@ def add_phash(frame: pd.DataFrame, paths: dict[str, str],
         log.warning("imagehash not installed (pip install 'skinfeat[audit]'): no perceptual-hash "
                     "check of the pairs")
         return frame
-    known = dict(words or {})
+    known: dict[str, np.uint64 | None] = dict(words or {})
     distance = []
     for a, b in zip(frame["image_id_a"], frame["image_id_b"], strict=True):
         for key in (a, b):
@@ -78,15 +79,19 @@ def hash_hits(words: np.ndarray, ok: np.ndarray, x: np.ndarray, locators: list, 
     """The pairs that only the hash rule flags: perceptual hashes at most ``bits`` apart,
     cosine in [``min_cosine``, ``threshold``), grey thumbnails correlated at
     ``min_correlation`` or more (within one set, or against ``words_b`` / ``y``)."""
-    same = words_b is None
     ia = np.flatnonzero(ok)
-    ib = ia if same else np.flatnonzero(ok_b)
-    i, j, _ = close_pairs(words[ia], bits, None if same else words_b[ib])
+    if words_b is None:
+        ib, ref, other = ia, x, locators
+        i, j, _ = close_pairs(words[ia], bits)
+    else:
+        if ok_b is None or y is None or locators_b is None:
+            raise InputError("hash_hits: words_b needs ok_b, y and locators_b as well")
+        ib, ref, other = np.flatnonzero(ok_b), y, locators_b
+        i, j, _ = close_pairs(words[ia], bits, words_b[ib])
     i, j = ia[i], ib[j]
-    cos = np.einsum("ij,ij->i", x[i], (x if same else y)[j]).astype(np.float32)
+    cos = np.einsum("ij,ij->i", x[i], ref[j]).astype(np.float32)
     keep = (cos >= min_cosine) & (cos < threshold)
     i, j, cos = i[keep], j[keep], cos[keep]
-    other = locators if same else locators_b
     corr = thumbnail_correlation([(locators[a], other[b]) for a, b in zip(i, j, strict=True)])
     keep = corr >= min_correlation
     return ScanResult(i[keep], j[keep], cos[keep], np.zeros((0, 0), np.float32),

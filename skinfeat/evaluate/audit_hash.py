@@ -85,7 +85,7 @@ def close_pairs(a: np.ndarray, bits: int, b: np.ndarray | None = None
     """Every pair of words at most ``bits`` bits apart: ``(i, j, distance)`` with ``i < j``
     within ``a`` (``b`` None), else ``i`` in ``a`` and ``j`` in ``b``; each pair once."""
     same = b is None
-    ref = a if same else b
+    ref = a if b is None else b
     edges = np.linspace(0, 64, bits + 2).round().astype(np.uint64)
     found: list[np.ndarray] = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):

@@ -88,7 +88,9 @@ def scan(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None, k: int
     n, m = len(xt), len(yt)
     k = max(0, min(k, m - 1 if same else m))
     knn = np.full((n, k), -np.inf, dtype=np.float32)
-    found_i, found_j, found_c = [], [], []
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_c: list[np.ndarray] = []
     with torch.inference_mode():
         for a, b in _blocks(n, m, block, same):
             sims = xt[a:a + block] @ yt[b:b + block].T
@@ -103,10 +105,10 @@ def scan(x: np.ndarray, threshold: float, *, y: np.ndarray | None = None, k: int
                              top.ravel())
             floor = np.full(rows, threshold, dtype=np.float32) if not k or first else \
                 np.minimum(knn[a:a + rows, -1], threshold)
-            ii, jj = torch.nonzero(sims >= torch.from_numpy(floor)[:, None],
+            ti, tj = torch.nonzero(sims >= torch.from_numpy(floor)[:, None],
                                    as_tuple=True)
-            vals = sims[ii, jj].numpy()
-            ii, jj = ii.numpy(), jj.numpy()
+            vals = sims[ti, tj].numpy()
+            ii, jj = ti.numpy(), tj.numpy()
             if k and not first:
                 better = vals > knn[a + ii, -1]
                 _merge_top_k(knn[a:a + rows], ii[better], vals[better])

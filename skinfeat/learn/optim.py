@@ -58,11 +58,12 @@ class Adam:
             return
         # Models out of step (some sat a step out): each active one's slices with its own step
         # count (bias corrections), in one call; inactive ones left as they are.
-        on = [k for k, a in enumerate(active) if a]
-        self._update([p[k] for k in on for p in self.params], [g[k] for k in on for g in grads],
-                     [m[k] for k in on for m in self.exp_avg],
-                     [v[k] for k in on for v in self.exp_avg_sq],
-                     [self.steps[k] for k in on for _ in self.params])
+        live = [k for k, a in enumerate(active) if a]
+        self._update([p[k] for k in live for p in self.params],
+                     [g[k] for k in live for g in grads],
+                     [m[k] for k in live for m in self.exp_avg],
+                     [v[k] for k in live for v in self.exp_avg_sq],
+                     [self.steps[k] for k in live for _ in self.params])
 
     def _update(self, params, grads, exp_avg, exp_avg_sq, steps: list[int]) -> None:
         # The step counts as torch's optimizer keeps them: a float32 tensor per parameter

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,14 @@ HASH_BITS = 4
 HASH_CORRELATION = 0.98
 HASH_RULE_LIMIT = 150_000   # images hashed at most for the rule (about 1 ms each, small images)
 PROBE_DIM = 128          # the quick linear probe's PCA width
+
+
+class _HashRule(TypedDict):
+    """The hash rule's keyword arguments to ``hash_hits``."""
+    bits: int
+    min_cosine: float
+    min_correlation: float
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -218,8 +227,8 @@ def _hash_rule(pairs: pd.DataFrame, table: pd.DataFrame, x: np.ndarray, paths: d
     locators = [paths.get(i) for i in ids]
     words, ok = findings.hash_words(locators)
     known = {i: w for i, w, o in zip(ids, words, ok, strict=True) if o}
-    rule = {"bits": HASH_BITS, "min_cosine": HASH_COSINE, "threshold": threshold,
-            "min_correlation": HASH_CORRELATION}
+    rule = _HashRule(bits=HASH_BITS, min_cosine=HASH_COSINE, threshold=threshold,
+                    min_correlation=HASH_CORRELATION)
     found = [findings.pair_frame(table, None, findings.hash_hits(words, ok, x, locators,
                                                                  **rule))]
     if against is not None and y is not None:
