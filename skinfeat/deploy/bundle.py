@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -66,7 +67,7 @@ def save_bundle(out: Path, config: dict, state: dict[str, torch.Tensor] | None =
             atomic_write_text(path, content)
         else:
             tensors = {k: v.detach().contiguous() for k, v in content.items()}
-            atomic_write(path, lambda tmp, t=tensors: save_file(t, str(tmp)))
+            atomic_write(path, partial(_save_tensors, tensors))
     atomic_write_text(out / CONFIG, json.dumps({"format": FORMAT, **config}, indent=2))
 
 
@@ -190,3 +191,8 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
     if bad:  # NaN weights would give NaN probabilities for every image, silently
         raise BundleError(f"{source}: weights contain NaN or inf ({', '.join(bad[:3])})")
     model.load_state_dict(state)
+
+
+def _save_tensors(tensors: dict, tmp: Path) -> None:
+    """safetensors' ``save_file`` into ``atomic_write``'s temporary path."""
+    save_file(tensors, str(tmp))

@@ -173,9 +173,9 @@ def embed_files(embedder: Embedder | Int8Embedder, paths: Sequence[str], spec: T
             emb = embedder(x[:, 0]).numpy()
             if average_views:
                 first = 1 + len(views)
-                emb = np.mean([emb] + [embedder(x[:, first + k]).numpy()
-                                       for k in range(len(average_views))], axis=0,
-                              dtype=np.float64).astype(np.float32)
+                emb = np.asarray(np.mean([emb] + [embedder(x[:, first + k]).numpy()
+                                                  for k in range(len(average_views))], axis=0,
+                                         dtype=np.float64), dtype=np.float32)
             if views:
                 vemb = np.stack([embedder(x[:, 1 + k]).numpy() for k in range(len(views))], 1)
         yield EmbeddedBatch(idx[ok].numpy(), emb, vemb, failed, len(reasons))

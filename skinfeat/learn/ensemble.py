@@ -40,7 +40,7 @@ from ..schema import Ge, validate
 from .calibration import Calibrator
 from .head import balanced_class_weights
 from .models import model_class, register
-from .protocol import Part, StageTwoModel, default_classes, with_fields
+from .protocol import Part, StageTwoModel, default_classes, fitted, with_fields
 from .rows import Rows, as_rows, chunked
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,9 @@ class EnsembleModel(StageTwoModel):
     # -- predict ----------------------------------------------------------------------------
     def member_log_probas(self, image, meta, tta: bool = False) -> list[np.ndarray]:
         """Each member's calibrated log-probabilities, (N, K) each."""
+        members, calibrators = fitted(self, self.members_), fitted(self, self.calibrators_)
         return [_member_log_proba(m, c, (image, meta), tta)
-                for m, c in zip(self.members_, self.calibrators_, strict=True)]
+                for m, c in zip(members, calibrators, strict=True)]
 
     def logits(self, image: np.ndarray, meta: np.ndarray, tta: bool = False) -> np.ndarray:
         logs = self.member_log_probas(image, meta, tta)
@@ -218,7 +219,8 @@ class EnsembleModel(StageTwoModel):
         """(state, files): each member's weights and ``member.json`` in a folder named after
         its kind."""
         files: dict = {}
-        for m, cal in zip(self.members_, self.calibrators_, strict=True):
+        members, calibrators = fitted(self, self.members_), fitted(self, self.calibrators_)
+        for m, cal in zip(members, calibrators, strict=True):
             state, weights = m.to_bundle()
             files[f"{m.kind}/{MEMBER_FILE}"] = json.dumps(
                 {"model_type": m.kind, "head": m.config_dict(), "state": state,
@@ -227,8 +229,9 @@ class EnsembleModel(StageTwoModel):
             files[f"{m.kind}/{m.file_name()}"] = weights
         stacker = None if self.stacker_ is None else \
             {k: np.asarray(v).tolist() for k, v in self.stacker_.items()}
-        return {"members": [m.kind for m in self.members_],
-                "class_weights": list(self.class_weights_), "stacker": stacker}, files
+        return {"members": [m.kind for m in fitted(self, self.members_)],
+                "class_weights": list(fitted(self, self.class_weights_)),
+                "stacker": stacker}, files
 
     @classmethod
     def from_bundle(cls, config: dict, weights: Callable, dims: tuple[int, int, int],
@@ -275,17 +278,18 @@ class EnsembleModel(StageTwoModel):
         """The ensemble as (image, meta) -> logits over its differentiable members: all of
         them (then it equals ``logits``, and exports), or, for explain, those that are (the
         mean of their calibrated log-probabilities), with a warning naming the others."""
-        pick = [i for i, m in enumerate(self.members_) if m.differentiable]
+        members, calibrators = fitted(self, self.members_), fitted(self, self.calibrators_)
+        pick = [i for i, m in enumerate(members) if m.differentiable]
         if not pick:
             raise NotImplementedError("no member of this ensemble is differentiable")
-        left = [m.kind for m in self.members_ if not m.differentiable]
+        left = [m.kind for m in members if not m.differentiable]
         if left:
             log.warning("ensemble: the heatmap uses the differentiable member(s) %s only "
                         "(the mean of their calibrated log-probabilities); %s left out",
-                        ", ".join(self.members_[i].kind for i in pick), ", ".join(left))
+                        ", ".join(members[i].kind for i in pick), ", ".join(left))
         stacker = self.stacker_ if not left else None
-        return EnsembleModule([self.members_[i].torch_module() for i in pick],
-                              [self.calibrators_[i] for i in pick], self.class_weights_,
+        return EnsembleModule([members[i].torch_module() for i in pick],
+                              [calibrators[i] for i in pick], self.class_weights_,
                               stacker).eval()
 
 
@@ -309,15 +313,18 @@ class EnsembleModule(torch.nn.Module):
             for name in ("mean", "scale", "coef", "intercept"):
                 self.register_buffer(name, torch.as_tensor(stacker[name], dtype=torch.float32))
 
+    def _buffer(self, name: str) -> torch.Tensor:
+        return self.get_buffer(name)
+
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         logs = []
         for i, net in enumerate(self.nets):
-            z = (net(image, meta) - getattr(self, f"adjust{i}")) / getattr(self, f"temperature{i}")
-            logs.append(torch.log_softmax(z + getattr(self, f"bias{i}"), dim=1))
+            z = (net(image, meta) - self._buffer(f"adjust{i}")) / self._buffer(f"temperature{i}")
+            logs.append(torch.log_softmax(z + self._buffer(f"bias{i}"), dim=1))
         if self.stacked:
-            x = (torch.cat(logs, dim=1) - self.mean) / self.scale
-            return x @ self.coef.T + self.intercept
-        return torch.stack(logs).mean(0) + self.log_w
+            x = (torch.cat(logs, dim=1) - self._buffer("mean")) / self._buffer("scale")
+            return x @ self._buffer("coef").T + self._buffer("intercept")
+        return torch.stack(logs).mean(0) + self._buffer("log_w")
 
 
 def _plain(value):
