@@ -59,6 +59,9 @@ def hub_cache(tmp_path, monkeypatch, repo: str, run) -> str:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    # huggingface_hub 0.23 (the floor) reads the cache folder from a copy bound at its import
+    from huggingface_hub import _snapshot_download
+    monkeypatch.setattr(_snapshot_download, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
     return commit
 
 

@@ -92,8 +92,11 @@ def test_batch_csv_with_missing_metadata(runs, synth_table, tmp_path):
                             localization="back").probabilities
     want1 = p.predict_image(rows["path"].iloc[1], age=55, sex="unknown",
                             localization="trunk").probabilities
-    np.testing.assert_allclose(preds.loc[0, prob_cols], list(want0.values()), atol=1e-5)
-    np.testing.assert_allclose(preds.loc[1, prob_cols], list(want1.values()), atol=1e-5)
+    # float rows (pandas < 2.1 gives a row of this mixed-type frame the object dtype, which
+    # numpy < 2 cannot compare)
+    got = preds[prob_cols].to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(got[0], list(want0.values()), atol=1e-5)
+    np.testing.assert_allclose(got[1], list(want1.values()), atol=1e-5)
     # No metadata at all (as for the ISIC 2018 test set): every field is treated as missing.
     none = p.predict_image(rows["path"].iloc[2]).probabilities
     explicit = p.predict_image(rows["path"].iloc[2], age=None, sex="unknown",
