@@ -243,8 +243,8 @@ def test_cv_merge_duplicate_groups_says_how_many(dup_set, tmp_path):
     n = json.loads((audit / "audit.json").read_text())["counts"]["merged_groups"]
     out = tmp_path / "cv"
     r = run_cli("cv", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
-                out, "--models", "linear", "--folds", "3", "--merge-duplicate-groups",
-                audit / "duplicates.csv")
+                out, "--models", "linear", "--inputs", "image", "--folds", "3", "--jobs", "1",
+                "--merge-duplicate-groups", audit / "duplicates.csv")
     assert f"merged {n} group" in r.output
     assert f"{n} group(s) merged" in (out / "cv_report.md").read_text()
     split = pd.read_csv(out / "cv_folds.csv")
@@ -327,7 +327,7 @@ def test_cv_drop_label_issues_reports_what_it_dropped(dup_set, tmp_path):
     pd.DataFrame({"rank": [1, 2, 3], "image_id": gone}).to_csv(issues, index=False)
     out = tmp_path / "cv"
     r = run_cli("cv", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
-                out, "--models", "linear", "--inputs", "image", "--folds", "3",
+                out, "--models", "linear", "--inputs", "image", "--folds", "3", "--jobs", "1",
                 "--drop-label-issues", issues)
     assert "dropped 3 image(s)" in r.output and gone[0] in r.output
     report = (out / "cv_report.md").read_text()

@@ -93,7 +93,15 @@ def run_toml(code: str, where: Path) -> None:
         skinfeat.make_recipe(path)
 
 
-@pytest.mark.parametrize("page", RUNNABLE, ids=name)
+def end_to_end(page: Path) -> bool:
+    """A page whose runnable blocks run the pipeline (a shell session, or stage one from
+    Python) is an end-to-end test: slow."""
+    return any(kind == "exec" and (lang in ("bash", "sh", "shell") or "extract(" in code)
+               for lang, code, kind, _ in blocks(page))
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if end_to_end(p) else p
+                                  for p in RUNNABLE], ids=name)
 def test_runnable_examples(page, tmp_path, monkeypatch, cli_on_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -154,6 +162,7 @@ def test_the_site_shows_the_notebooks_outputs():
             f"{path.name}: store it executed (the site renders the stored outputs)"
 
 
+@pytest.mark.slow   # end to end: the tutorial's whole session in a kernel
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_tutorial_notebook_runs_end_to_end(path, tmp_path, cli_on_path):
     # cli_on_path: the kernel inherits PYTHONPATH, so it imports this tree

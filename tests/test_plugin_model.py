@@ -21,6 +21,7 @@ def prior():
     MODELS.pop("prior", None)
 
 
+@pytest.mark.slow   # end to end: whole CLI / API runs
 def test_cli_fit_head_cv_predict_evaluate(prior, synth_dir, synth_cache, synth_table, tmp_path):
     runner = CliRunner()
 
@@ -58,6 +59,7 @@ def test_cli_fit_head_cv_predict_evaluate(prior, synth_dir, synth_cache, synth_t
         "--out", tmp_path / "ev_cv", "--include-seen")
 
 
+@pytest.mark.slow   # end to end: whole CLI / API runs
 def test_api_fit_cross_validate_predict_evaluate(prior, synth_dir, synth_cache, tmp_path):
     import skinfeat
 
@@ -112,6 +114,7 @@ def test_the_models_page_shows_this_model_as_it_is():
     assert _models_page_blocks()[0].strip() == code
 
 
+@pytest.mark.slow   # end to end: whole CLI / API runs
 def test_the_models_page_api_example_runs(prior, synth_dir, synth_cache, tmp_path, monkeypatch):
     import skinfeat
 
