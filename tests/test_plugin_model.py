@@ -74,8 +74,11 @@ def test_api_fit_cross_validate_predict_evaluate(prior, synth_dir, synth_cache, 
     assert np.allclose(preds.proba, preds.proba[0]) and np.allclose(preds.proba.sum(1), 1)
 
     # two worker processes: the model registered here reaches them with their tasks
+    from skinfeat.learn.linear import LinearConfig
+
     cv = skinfeat.cross_validate(data, synth_cache, folds=2, models=("prior", "linear"),
                                  inputs=("image",), recipe=recipe, out=tmp_path / "cv",
+                                 params={"linear": LinearConfig(cs=(0.1,))},
                                  save_models=True, jobs=2)
     assert set(cv.table["model"]) == {"prior", "linear"}
     assert cv.raw["config"]["params"]["prior"]["smoothing"] == 2.0
