@@ -165,6 +165,14 @@ def dup_set(synth_dir, tmp_path_factory):
             "test_cache": root.parent / "test.h5", "meta": meta}
 
 
+def one_c(folder) -> str:
+    """A linear-probe recipe of one C: the cv runs below are about the groups, not the probe
+    (its default grid of seven Cs costs tens of CPU seconds per fold on 160 rows)."""
+    path = folder / "recipe.toml"
+    path.write_text('model = "linear"\n[linear]\ncs = [0.1]\n')
+    return str(path)
+
+
 def test_audit_cli_flags_planted_copies_and_writes_its_files(dup_set, tmp_path, monkeypatch):
     # The cosine rule alone: with random weights every embedding is alike, and the synthetic
     # blobs of one class share their perceptual hash, so the hash rule would join them all.
@@ -250,8 +258,8 @@ def test_cv_merge_duplicate_groups_says_how_many(dup_set, tmp_path, monkeypatch)
     n = json.loads((audit / "audit.json").read_text())["counts"]["merged_groups"]
     out = tmp_path / "cv"
     r = run_cli("cv", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
-                out, "--models", "linear", "--folds", "3", "--merge-duplicate-groups",
-                audit / "duplicates.csv")
+                out, "--models", "linear", "--inputs", "image", "--folds", "3", "--jobs", "1",
+                "--config", one_c(tmp_path), "--merge-duplicate-groups", audit / "duplicates.csv")
     assert f"merged {n} group" in r.output
     assert f"{n} group(s) merged" in (out / "cv_report.md").read_text()
     split = pd.read_csv(out / "cv_folds.csv")
@@ -334,8 +342,8 @@ def test_cv_drop_label_issues_reports_what_it_dropped(dup_set, tmp_path):
     pd.DataFrame({"rank": [1, 2, 3], "image_id": gone}).to_csv(issues, index=False)
     out = tmp_path / "cv"
     r = run_cli("cv", "--data", dup_set["train"], "--cache", dup_set["train_cache"], "--out",
-                out, "--models", "linear", "--inputs", "image", "--folds", "3",
-                "--drop-label-issues", issues)
+                out, "--models", "linear", "--inputs", "image", "--folds", "3", "--jobs", "1",
+                "--config", one_c(tmp_path), "--drop-label-issues", issues)
     assert "dropped 3 image(s)" in r.output and gone[0] in r.output
     report = (out / "cv_report.md").read_text()
     assert "3 image(s)" in report and all(g in report for g in gone)

@@ -93,7 +93,15 @@ def run_toml(code: str, where: Path) -> None:
         skinfeat.make_recipe(path)
 
 
-@pytest.mark.parametrize("page", RUNNABLE, ids=name)
+def end_to_end(page: Path) -> bool:
+    """A page whose runnable blocks run the pipeline (a shell session, or stage one from
+    Python) is an end-to-end test: slow."""
+    return any(kind == "exec" and (lang in ("bash", "sh", "shell") or "extract(" in code)
+               for lang, code, kind, _ in blocks(page))
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if end_to_end(p) else p
+                                  for p in RUNNABLE], ids=name)
 def test_runnable_examples(page, tmp_path, monkeypatch, cli_on_path):
     work = tmp_path / "work"
     work.mkdir()

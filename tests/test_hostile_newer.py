@@ -14,6 +14,7 @@ from hostile import refused
 from test_truthful_cli import HEAD, write_cache
 
 context_run = truthful.context_run   # the --group-context run fixture
+pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
 
 
 @pytest.fixture(scope="module")

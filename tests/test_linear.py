@@ -77,11 +77,16 @@ def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
     assert one.c_ == 0.5 and one.predict_proba(train[0], train[1])[:, 3].max() < 1e-12
 
 
+TWO_CS = LinearConfig(cs=(0.01, 0.1))
+
+
 @pytest.fixture(scope="module")
 def linear_run(synth_table, synth_cache, tmp_path_factory):
     from skinfeat.workflows.fit import fit_run
     out = tmp_path_factory.mktemp("linear") / "run"
-    return out, fit_run(synth_table, synth_cache, out, RunConfig(seed=0, model="linear"))
+    # two Cs, still searched: the default grid's largest Cs run the solver to its cap on 160 rows
+    return out, fit_run(synth_table, synth_cache, out, RunConfig(seed=0, model="linear",
+                                                                params=TWO_CS))
 
 
 def test_fit_bundle_and_predict_on_cache_and_raw_images(linear_run, synth_table, synth_cache):
@@ -100,14 +105,17 @@ def test_fit_bundle_and_predict_on_cache_and_raw_images(linear_run, synth_table,
 
 def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, linear_run, tmp_path):
     runner = CliRunner()
+    recipe = tmp_path / "recipe.toml"   # TWO_CS: the recipe's [linear] table reaches both
+    recipe.write_text('model = "linear"\n[linear]\ncs = [0.01, 0.1]\n')
     r = runner.invoke(main, ["fit-head", "--data", str(synth_dir), "--cache", str(synth_cache),
-                             "--out", str(tmp_path / "fit"), "--model", "linear"])
+                             "--out", str(tmp_path / "fit"), "--model", "linear",
+                             "--config", str(recipe)])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "fit" / "config.json").read_text())["model_type"] == "linear"
     r = runner.invoke(main, ["cv", "--data", str(synth_dir), "--cache", str(synth_cache),
                              "--out", str(tmp_path / "cv"), "--models", "head,linear",
                              "--folds", "2", "--inputs", "fused", "--save-models",
-                             "--max-epochs", "3"])
+                             "--max-epochs", "3", "--jobs", "1", "--config", str(recipe)])
     assert r.exit_code == 0, r.output
     assert "linear" in (tmp_path / "cv" / "cv_report.md").read_text()
     for name in ("head_fused", "linear_fused"):

@@ -55,6 +55,7 @@ def _scores(data, cfg: HeadConfig) -> tuple[float, float]:
     return float(np.mean(blank)), float(np.mean(given))
 
 
+@pytest.mark.slow   # benchmark-like: nine head fits on 1,200 rows, compared over seeds
 def test_whole_row_dropout_keeps_the_fused_head_at_image_level_without_metadata(data):
     image, _ = _scores(data, HeadConfig(inputs="image"))
     new_blank, new_given = _scores(data, HeadConfig())

@@ -21,6 +21,7 @@ def prior():
     MODELS.pop("prior", None)
 
 
+@pytest.mark.slow   # end to end: whole CLI / API runs
 def test_cli_fit_head_cv_predict_evaluate(prior, synth_dir, synth_cache, synth_table, tmp_path):
     runner = CliRunner()
 
@@ -58,6 +59,7 @@ def test_cli_fit_head_cv_predict_evaluate(prior, synth_dir, synth_cache, synth_t
         "--out", tmp_path / "ev_cv", "--include-seen")
 
 
+@pytest.mark.slow   # end to end: whole CLI / API runs
 def test_api_fit_cross_validate_predict_evaluate(prior, synth_dir, synth_cache, tmp_path):
     import skinfeat
 
@@ -72,8 +74,11 @@ def test_api_fit_cross_validate_predict_evaluate(prior, synth_dir, synth_cache, 
     assert np.allclose(preds.proba, preds.proba[0]) and np.allclose(preds.proba.sum(1), 1)
 
     # two worker processes: the model registered here reaches them with their tasks
+    from skinfeat.learn.linear import LinearConfig
+
     cv = skinfeat.cross_validate(data, synth_cache, folds=2, models=("prior", "linear"),
                                  inputs=("image",), recipe=recipe, out=tmp_path / "cv",
+                                 params={"linear": LinearConfig(cs=(0.1,))},
                                  save_models=True, jobs=2)
     assert set(cv.table["model"]) == {"prior", "linear"}
     assert cv.raw["config"]["params"]["prior"]["smoothing"] == 2.0
@@ -112,6 +117,7 @@ def test_the_models_page_shows_this_model_as_it_is():
     assert _models_page_blocks()[0].strip() == code
 
 
+@pytest.mark.slow   # end to end: whole CLI / API runs
 def test_the_models_page_api_example_runs(prior, synth_dir, synth_cache, tmp_path, monkeypatch):
     import skinfeat
 

@@ -87,9 +87,11 @@ def test_cli_shows_the_c_search_bar(synth_dir, synth_cache, tmp_path, monkeypatc
 
     real = console.tqdm_factory
     monkeypatch.setattr(console, "tqdm_factory", lambda: real(delay=0, disable=False))
+    recipe = tmp_path / "recipe.toml"   # two Cs: a search, without the default grid's cost
+    recipe.write_text('model = "linear"\n[linear]\ncs = [0.01, 0.1]\n')
     r = CliRunner().invoke(main, ["fit-head", "--data", str(synth_dir), "--cache",
                                   str(synth_cache), "--out", str(tmp_path / "fit"),
-                                  "--model", "linear"])
+                                  "--model", "linear", "--config", str(recipe)])
     assert r.exit_code == 0, r.output
     assert "linear C search" in r.stderr
     assert "linear C search" not in r.stdout

@@ -225,6 +225,7 @@ def test_the_bundle_fields_of_a_run_hold_no_subgroup_only_column(ship_runs):
         PRESETS["ham10000"].check_inputs(names)
 
 
+@pytest.mark.slow   # benchmark-like: all 10,015 real embeddings, 5 folds, 200 bootstraps
 @pytest.mark.skipif(not (SHARED / "HAM10000_metadata_with_dataset.csv").exists()
                     or not (SHARED / "ham10000-mobilenetv2-embeddings.h5").exists(),
                     reason="real HAM10000 embeddings not present")

@@ -159,6 +159,7 @@ def context_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow   # end to end: stage one and a --group-context fit on the CLI
 def test_group_context_refuses_an_all_blank_patient_column(context_run, tmp_path):
     raw = pd.read_csv(context_run / "train-metadata.csv").iloc[:12]
     raw["patient_id"] = ""

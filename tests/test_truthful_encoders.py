@@ -35,6 +35,7 @@ def extract_args(synth_dir, cache, *backbone):
             "--workers", "0", "--compile", "off", *backbone)
 
 
+@pytest.mark.slow   # encoder families: real encoders, exports, int8
 def test_weights_file_inside_a_timm_folder_uses_the_folders_config(synth_dir, tmp_path):
     folder = timm_folder(tmp_path / "tiny")
     run_cli(*extract_args(synth_dir, tmp_path / "ld.h5", "--backbone", f"local-dir:{folder}"))
@@ -56,6 +57,7 @@ def test_weights_file_of_another_models_folder_is_refused_naming_local_dir(synth
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.slow   # end to end: whole CLI / API runs
 def test_a_moved_folder_is_found_again_with_weights_file_folder(synth_dir, tmp_path):
     folder = timm_folder(tmp_path / "tiny")
     run_cli(*extract_args(synth_dir, tmp_path / "c.h5", "--backbone", f"local-dir:{folder}"))
@@ -88,6 +90,7 @@ def test_offline_hints_name_local_dir_first():
         assert "open_clip:FOLDER" in text and "hf:FOLDER" in text
 
 
+@pytest.mark.slow   # encoder families: real encoders, exports, int8
 @pytest.mark.skipif(not REAL.is_dir(), reason="the real MobileNetV2 folder is not beside the repo")
 def test_real_mobilenet_weights_file_equals_local_dir(tmp_path):
     """On real images, the checkpoint route gives the local-dir embeddings (it gave a median
