@@ -56,7 +56,9 @@ def imports(folder: Path) -> dict[str, str]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in ("skinfeat", "conftest"):
+                # _typeshed: the standard library's stubs, imported under TYPE_CHECKING only
+                if top not in sys.stdlib_module_names and top not in ("skinfeat", "conftest",
+                                                                      "_typeshed"):
                     found.setdefault(top, str(path.relative_to(folder.parent)))
     return found
 

@@ -237,7 +237,7 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
     of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
     cfg = CVConfig.of(recipe_or_default(recipe), folds, split, seeds, models, inputs, params)
     where, owner = run_folder(out, "cv")
-    res = cv_run(dataset_or_path(data), cache_paths(caches), where, cfg, jobs=jobs,
+    res = cv_run(dataset_or_path(data), cache_paths(caches, "caches"), where, cfg, jobs=jobs,
                  progress=progress, on_start=on_start, save_models=save_models,
                  subgroups=subgroups)
     return replace(res, _owner=owner)

@@ -168,6 +168,6 @@ def fit(data: Dataset | PathLike, caches: Caches, *, recipe: RunConfig | None = 
     that value is the test part). ``subgroups``: the fields of the report's subgroup tables
     (None: the default ones, "none": no tables)."""
     where, owner = run_folder(out, "fit")
-    res = fit_run(dataset_or_path(data), cache_paths(caches), where,
+    res = fit_run(dataset_or_path(data), cache_paths(caches, "caches"), where,
                   recipe_or_default(recipe).check(), subgroups=subgroups)
     return replace(res, _owner=owner)
