@@ -270,6 +270,6 @@ def compare(data: Dataset | PathLike, caches: Caches, *,
     entry against the first in ``metric`` (balanced_accuracy; auc or pauc80 when binary)."""
     cfg = CVConfig.of(recipe_or_default(recipe), folds, split, seeds, models, (inputs,), params)
     where, owner = run_folder(out, "compare")
-    res = compare_run(dataset_or_path(data), cache_paths(caches, "caches"), where, cfg, metric=metric,
-                      n_boot=n_boot, jobs=jobs, progress=progress, on_start=on_start)
+    res = compare_run(dataset_or_path(data), cache_paths(caches, "caches"), where, cfg,
+                      metric=metric, n_boot=n_boot, jobs=jobs, progress=progress, on_start=on_start)
     return replace(res, _owner=owner)

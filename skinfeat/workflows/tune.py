@@ -178,4 +178,5 @@ def tune(data: Dataset | PathLike, caches: Caches, out: PathLike, *, trials: int
     cfg = TuneConfig(trials=trials, folds=folds, test_size=test_size, split=split,
                      storage=storage, study_name=study_name, start=recipe_or_default(recipe),
                      jobs=jobs, metric=metric, prune=prune)
-    return tune_run(dataset_or_path(data), cache_paths(caches, "caches"), out, cfg, progress=progress)
+    return tune_run(dataset_or_path(data), cache_paths(caches, "caches"), out, cfg,
+                    progress=progress)
