@@ -76,8 +76,14 @@ def hash_words(locators: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bit_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances between 64-bit words, element by element."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
+    """Hamming distances between 64-bit words, element by element (``np.bitwise_count`` from
+    numpy 2.0; before it, the set bits of the words' bytes)."""
+    x = np.bitwise_xor(a, b)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    bits = np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1)
+    return bits.sum(axis=-1, dtype=np.int64)
 
 
 def close_pairs(a: np.ndarray, bits: int, b: np.ndarray | None = None
