@@ -92,24 +92,31 @@ def test_a_saved_folder_is_recorded_by_content_with_its_own_preprocessing(family
     assert "local folder" in family_caches[family].attrs["weights"]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_raw_image_predict_equals_the_cached_path(family, folders, family_caches, synth_table,
-                                                  tmp_path):
+def assert_raw_predict_equals_cached(table, cache, run) -> None:
+    """A head trained on ``cache`` embeds raw images of ``table`` as the cache was filled: its
+    predictions from the files equal those from the cache."""
     from skinfeat.deploy.model import Model
     from skinfeat.learn.head import HeadConfig
     from skinfeat.workflows.fit import fit_run
 
-    cache = tmp_path / "c.h5"
-    from skinfeat.embed.cache import write_cache
-    write_cache(cache, family_caches[family])
-    fit_run(synth_table, cache, tmp_path / "run",
+    fit_run(table, cache, run,
             RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=3)))
-    p = Model(tmp_path / "run")
-    rows = synth_table.iloc[:4]
+    p = Model(run)
+    rows = table.iloc[:4]
     raw = p.predict_table(rows)
     cached = p.predict_table(rows, cache=[cache])
     assert raw.ok.all()
     np.testing.assert_allclose(raw.proba, cached.proba, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_raw_image_predict_equals_the_cached_path(family, folders, family_caches, synth_table,
+                                                  tmp_path):
+    from skinfeat.embed.cache import write_cache
+
+    cache = tmp_path / "c.h5"
+    write_cache(cache, family_caches[family])
+    assert_raw_predict_equals_cached(synth_table, cache, tmp_path / "run")
 
 
 def test_pooling_is_part_of_the_identity(folders, synth_table, tmp_path):

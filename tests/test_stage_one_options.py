@@ -123,21 +123,11 @@ def test_token_models_refuse_map_pools_in_one_line(synth_table, tmp_path):
 
 def test_raw_image_predict_equals_the_cached_path_with_every_option(synth_table, tmp_path):
     """A bundle trained on an option cache embeds raw images as that cache was filled."""
-    from skinfeat.deploy.model import Model as Predictor
-    from skinfeat.learn.head import HeadConfig
-    from skinfeat.learn.runconfig import RunConfig
-    from skinfeat.workflows.fit import fit_run
+    from test_encoders import assert_raw_predict_equals_cached
 
     cache = tmp_path / "c.h5"
     extract(synth_table, cache, pool="gem", layers="last2", average_views=("rot90",), **KW)
-    fit_run(synth_table, cache, tmp_path / "run",
-            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=3)))
-    p = Predictor(tmp_path / "run")
-    rows = synth_table.iloc[:4]
-    raw = p.predict_table(rows)
-    cached = p.predict_table(rows, cache=[cache])
-    assert raw.ok.all()
-    np.testing.assert_allclose(raw.proba, cached.proba, atol=1e-5, rtol=0)
+    assert_raw_predict_equals_cached(synth_table, cache, tmp_path / "run")
 
 
 def test_cli_options(synth_dir, tmp_path):
