@@ -125,9 +125,9 @@ class MemorySampler(threading.Thread):
     once per process; ``worker_kb`` is the largest single process's peak RSS (VmHWM).
     """
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int | None = None) -> None:
         super().__init__(daemon=True)
-        self.root = root
+        self.root = os.getpid() if root is None else root   # None: this process (scale.py)
         self.total_kb = self.largest_kb = 0
         self.halt = threading.Event()
 
@@ -323,12 +323,6 @@ def cpu_flags() -> str:
         return "lscpu not available"
     lines = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.splitlines())}
     return f"{lines.get('Model name', '?')}; Flags: {lines.get('Flags', '?')}"
-
-
-def timed(fn):
-    start = time.perf_counter()
-    res = fn()
-    return time.perf_counter() - start, res
 
 
 def main() -> int:
