@@ -138,25 +138,44 @@ def shared_pass(table, backbone: str, paths: dict[str, Path], batch_size: int = 
 
 
 def verify(table, backbone: str, paths: dict[str, Path], options: list[str], work: Path,
-           n: int = 64) -> None:
+           n: int = 64, rounds: int = 2) -> None:
     """Per option: ``extract`` on the first ``n`` images (timed, in this process) against this
-    pass's rows of the same images."""
+    pass's rows of the same images. One untimed warm-up extract first (the first call pays the
+    model's loading and the allocator's growth), then ``rounds`` rounds, every other one in
+    reverse order (ABBA), so that a drift in the machine's load falls on every option alike; the
+    median CPU seconds per option are compared with the default's."""
     sub = table.iloc[:n]
     print(f"\nstage one per option, {n} images through skinfeat's extract (compile off, "
-          "decoding in this process), in one run; cosine to the one-pass cache:")
-    base = None
-    for o in options:
+          f"decoding in this process), one warm-up then {rounds} rounds (ABBA) in one run; "
+          "cosine to the one-pass cache:")
+
+    def run(o: str, images) -> tuple[float, float, float, object]:
         out = work / f"verify-{o}.h5"
         for stale in (out, Path(f"{out}.partial")):
             if stale.is_file():
                 stale.unlink()
         load = os.getloadavg()[0]
         t, cpu = time.perf_counter(), time.process_time()
-        res = extract(sub, out, backbone=backbone, num_workers=0, compile="off",
+        res = extract(images, out, backbone=backbone, num_workers=0, compile="off",
                       **EXTRACT_KW[o])
-        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-        base = base or cpu
-        line = f"  {o:8} {wall:7.1f} s wall {cpu:7.1f} s CPU  x{cpu / base:.2f}  load {load:.1f}"
+        return time.perf_counter() - t, time.process_time() - cpu, load, res
+
+    run(options[0], sub.iloc[:8])   # warm-up, untimed
+    times: dict[str, list[tuple[float, float, float]]] = {o: [] for o in options}
+    results = {}
+    for r in range(rounds):
+        for o in (options if r % 2 == 0 else options[::-1]):
+            wall, cpu, load, results[o] = run(o, sub)
+            times[o].append((wall, cpu, load))
+    base = float(np.median([c for _, c, _ in times[options[0]]]))
+    for o in options:
+        res = results[o]
+        wall = float(np.median([w for w, _, _ in times[o]]))
+        cpu = float(np.median([c for _, c, _ in times[o]]))
+        loads = [ld for _, _, ld in times[o]]
+        line = (f"  {o:8} {wall:7.1f} s wall {cpu:7.1f} s CPU  x{cpu / base:.2f}  "
+                f"(CPU per round: {', '.join(f'{c:.1f}' for _, c, _ in times[o])}; "
+                f"load {min(loads):.1f}-{max(loads):.1f})")
         if o in paths and paths[o].is_file():
             shared = read_cache(paths[o])
             a = res.contents.embeddings
