@@ -52,9 +52,13 @@ def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
     everyone = torch.arange(m_all)
     f, g, measure = fun(x, everyone)
     f, g, measure = f.clone(), g.clone(), measure.clone()
-    s_hist = torch.zeros(m_all, history, d, dtype=x.dtype)     # newest first
-    y_hist = torch.zeros(m_all, history, d, dtype=x.dtype)
-    rho = torch.zeros(m_all, history, dtype=x.dtype)            # 0: an empty slot
+    # the last ``history`` pairs in a ring shared by the members (slot ``ring`` is written
+    # next); a member that keeps no pair at a step (it was done, or its pair was not positive)
+    # gets an empty slot there (rho 0), which the recursion passes over
+    s_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
+    y_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
+    rho = torch.zeros(history, m_all, dtype=x.dtype)
+    ring = 0
     gamma = torch.ones(m_all, dtype=x.dtype)
     iters = torch.zeros(m_all, dtype=torch.long)
     stalled = torch.zeros(m_all, dtype=torch.bool)
@@ -65,18 +69,20 @@ def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
         if not active.any():
             break
         idx = active.nonzero()[:, 0]
-        gi, si, yi, ri = g[idx], s_hist[idx], y_hist[idx], rho[idx]
-        # the two-loop recursion, per member
-        q = -gi
+        gi = g[idx]
+        # the two-loop recursion, per member (on every member: cheaper than gathering)
+        q = -g
         alphas = []
-        for j in range(history):
-            a = ri[:, j] * (si[:, j] * q).sum(1)
-            q = q - a[:, None] * yi[:, j]
+        slots = [(ring - 1 - j) % history for j in range(history)]   # newest first
+        for j in slots:
+            a = rho[j] * (s_hist[j] * q).sum(1)
+            q = q - a[:, None] * y_hist[j]
             alphas.append(a)
-        r = gamma[idx, None] * q
-        for j in reversed(range(history)):
-            b = ri[:, j] * (yi[:, j] * r).sum(1)
-            r = r + (alphas[j] - b)[:, None] * si[:, j]
+        r = gamma[:, None] * q
+        for j, a in zip(reversed(slots), reversed(alphas), strict=True):
+            b = rho[j] * (y_hist[j] * r).sum(1)
+            r = r + (a - b)[:, None] * s_hist[j]
+        r = r[idx]
         slope = (gi * r).sum(1)
         uphill = slope >= 0   # not a descent direction (rounding): the scaled gradient instead
         if uphill.any():
@@ -108,20 +114,21 @@ def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
             searching = rest
         ok_idx = idx[accepted]
         stalled[idx[~accepted]] = True
-        if not len(ok_idx):
-            continue
-        s = step[accepted, None] * r[accepted]
-        yv = new_g[accepted] - g[ok_idx]
-        sy, yy = (s * yv).sum(1), (yv * yv).sum(1)
-        x[ok_idx] = x[ok_idx] + s
-        f[ok_idx], g[ok_idx], measure[ok_idx] = (new_f[accepted], new_g[accepted],
-                                                 new_measure[accepted])
-        iters[ok_idx] += 1
-        good = sy > 1e-10 * yy    # the curvature pair is kept only when positive
-        keep = ok_idx[good]
-        if len(keep):
-            s_hist[keep] = torch.cat([s[good, None], s_hist[keep, :-1]], 1)
-            y_hist[keep] = torch.cat([yv[good, None], y_hist[keep, :-1]], 1)
-            rho[keep] = torch.cat([(1 / sy[good])[:, None], rho[keep, :-1]], 1)
+        s_hist[ring].zero_()
+        y_hist[ring].zero_()
+        rho[ring].zero_()
+        if len(ok_idx):
+            s = step[accepted, None] * r[accepted]
+            yv = new_g[accepted] - g[ok_idx]
+            sy, yy = (s * yv).sum(1), (yv * yv).sum(1)
+            x[ok_idx] = x[ok_idx] + s
+            f[ok_idx], g[ok_idx], measure[ok_idx] = (new_f[accepted], new_g[accepted],
+                                                     new_measure[accepted])
+            iters[ok_idx] += 1
+            good = sy > 1e-10 * yy    # the curvature pair is kept only when positive
+            keep = ok_idx[good]
+            s_hist[ring, keep], y_hist[ring, keep] = s[good], yv[good]
+            rho[ring, keep] = 1 / sy[good]
             gamma[keep] = sy[good] / yy[good]
+        ring = (ring + 1) % history
     return Result(x, f, measure, iters, measure <= tol, evaluations)
