@@ -4,9 +4,9 @@ The protocol of the foundation-encoder papers' tables: the embedding (with the e
 for inputs ``fused``; the metadata alone for ``meta``) standardized on the training rows, then
 scikit-learn's ``LogisticRegression`` objective (multinomial, balanced class weights; binomial
 for two classes), solved by preconditioned L-BFGS on torch (``linear_search``: the same
-minimizer, about 30x faster than sklearn's search). Its inverse regularization ``C`` is chosen
-by an inner grouped CV on the training rows (``StratifiedGroupKFold`` over lesions / patients,
-balanced accuracy; every C of a fold in one batch); ``val`` is left to calibration. Inference is
+minimizer). Its inverse regularization ``C`` is chosen by an inner grouped CV on the training
+rows (sklearn's ``StratifiedGroupKFold`` folds over lesions / patients, balanced accuracy; every
+C of a fold in one batch, each its own L-BFGS); ``val`` is left to calibration. Inference is
 plain numpy on the stored mean, scale, coefficients and intercepts.
 """
 from __future__ import annotations
