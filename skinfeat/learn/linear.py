@@ -112,7 +112,7 @@ class LinearProbe(StageTwoModel):
         mean, scale = standardize(x)
         xs = (x - mean) / scale
         basis = preconditioner(xs)   # one eigendecomposition for the search and the fit
-        c, _ = choose_c(x, y, groups, cfg, basis)
+        c, _ = choose_c(x, y, groups, cfg, basis=basis)
         stats: dict = {}
         coef, intercept, _ = fit_logistic(xs, y, [c], n_classes, max_iter=cfg.max_iter,
                                           tol=FINAL_TOL, basis=basis, stats=stats)
