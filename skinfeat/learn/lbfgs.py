@@ -6,8 +6,8 @@ convergence measure each (the linear probe's is sklearn's ``max |gradient|``). W
 shares is the evaluation (one matrix product reads the data once for all members); the rest is
 per member, as if each ran alone:
 
-- its own curvature history (the last ``history`` pairs), its own initial scaling
-  ``s.y / y.y`` and its own step length;
+- its own curvature history (its pairs of the last ``history`` steps, in a ring the batch
+  shares), its own initial scaling ``s.y / y.y`` and its own step length;
 - a member stops when its measure reaches ``tol`` (or at ``max_iter``, or when its line search
   cannot make progress: scipy's L-BFGS-B stops there too) and leaves the evaluation; the others
   go on with their histories intact (a member leaving the batch costs the others nothing).
