@@ -1,7 +1,7 @@
 """The linear probe's 5-fold CV on HAM10000's real MobileNetV2 embeddings: before and after.
 
     PYTHONPATH=. .venv/bin/python benchmarks/linear_probe.py [--folds 5] [--seed 42]
-        [--data ../shared/data] [--before REF] [--threads N] [--max-folds N]
+        [--data ../shared/data] [--before REF] [--threads N] [--jobs N] [--max-folds N]
         [--sklearn-folds N]
 
 "After" is this tree's ``LinearProbe``; ``--before REF`` (a git ref, e.g. ``main``) also times
@@ -9,7 +9,9 @@ that commit's ``LinearProbe``, its ``skinfeat`` package checked out of git into 
 folder. Each runs in a subprocess of its own, one after the other, on the same lesion-grouped
 outer folds (``skinfeat.learn.cv.make_folds``, as ``skinfeat cv`` makes them; the probe trains
 on the folds' training and validation rows, its inner CV on them) and scores the same test rows
-(balanced accuracy of the argmax, before calibration). ``--sklearn-folds N`` adds the probe as
+(balanced accuracy of the argmax, before calibration). ``--jobs N`` fits N outer folds at a
+time on joblib's workers, one torch thread each, as ``skinfeat cv`` runs its folds; the wall
+time of all the fitting is then the number to compare. ``--sklearn-folds N`` adds the probe as
 it was before its search moved to torch (scikit-learn's ``StandardScaler +
 LogisticRegression(lbfgs, balanced)`` per C and inner fold; minutes per fold) on the first N
 folds. Prints the CPU's lscpu flags, the load average before and after each run, per-fold
@@ -72,54 +74,76 @@ def sklearn_probe(x, y, groups, cs, inner_folds, seed, max_iter):
     return best, pipe(best).fit(x, y)
 
 
-def worker(args) -> None:
-    """One probe on every outer fold; a JSON line per fold."""
+def fit_fold(task, x) -> dict:
+    """One outer fold: the probe (or sklearn's) on its training rows, scored on its test rows.
+    Module-level, so that ``--jobs`` can send it to joblib's workers (as ``skinfeat cv`` does)."""
     import torch
     from sklearn.metrics import balanced_accuracy_score
 
+    from skinfeat.learn.linear import LinearProbe
+
+    fold, tr, te, y, groups, cfg, sklearn = task
+    empty = np.zeros((len(y), 0))
+    t, cpu = time.perf_counter(), time.process_time()
+    if sklearn:
+        c, pipe = sklearn_probe(x[tr], y[tr], groups[tr], cfg.cs, cfg.inner_folds,
+                                cfg.seed, cfg.max_iter)
+        pred = pipe.predict(x[te])
+    else:
+        probe = LinearProbe(cfg).fit((x[tr], empty[tr], y[tr]), None, groups[tr],
+                                     n_classes=int(y.max()) + 1)
+        c, pred = probe.c_, probe.predict_proba(x[te], empty[te]).argmax(1)
+    return {"fold": fold, "s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu,
+            "c": c, "bacc": balanced_accuracy_score(y[te], pred),
+            "threads": torch.get_num_threads(), "load": os.getloadavg()[0]}
+
+
+def worker(args) -> None:
+    """One probe on every outer fold (``--jobs`` at a time); a JSON line per fold, then one
+    with the wall time of all the fitting."""
+    import torch
+
     from skinfeat.learn.cv import make_folds
-    from skinfeat.learn.linear import C_GRID, LinearConfig, LinearProbe
+    from skinfeat.learn.linear import C_GRID, LinearConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     table, x, y, groups = load(args.data)
     cfg = LinearConfig(inputs="image", seed=args.seed, cs=C_GRID)
-    empty = np.zeros((len(y), 0))
-    for fold in make_folds(table, args.folds, "group", args.seed):
-        if (args.sklearn and fold.fold >= args.sklearn) or \
-                (args.max_folds and fold.fold >= args.max_folds):
-            break
-        tr, te = np.concatenate([fold.train, fold.val]), fold.test
-        t, cpu = time.perf_counter(), time.process_time()
-        if args.sklearn:
-            c, pipe = sklearn_probe(x[tr], y[tr], groups[tr], cfg.cs, cfg.inner_folds,
-                                    cfg.seed, cfg.max_iter)
-            pred = pipe.predict(x[te])
-        else:
-            probe = LinearProbe(cfg).fit((x[tr], empty[tr], y[tr]), None, groups[tr],
-                                         n_classes=int(y.max()) + 1)
-            c, pred = probe.c_, probe.predict_proba(x[te], empty[te]).argmax(1)
-        print(json.dumps({"fold": fold.fold, "s": time.perf_counter() - t,
-                          "cpu_s": time.process_time() - cpu, "c": c,
-                          "bacc": balanced_accuracy_score(y[te], pred),
-                          "threads": torch.get_num_threads(),
-                          "load": os.getloadavg()[0]}), flush=True)
+    last = min(n for n in (args.folds, args.sklearn, args.max_folds) if n) if \
+        (args.sklearn or args.max_folds) else args.folds
+    tasks = [(fold.fold, np.concatenate([fold.train, fold.val]), fold.test, y, groups, cfg,
+              args.sklearn) for fold in make_folds(table, args.folds, "group", args.seed)
+             if fold.fold < last]
+    t = time.perf_counter()
+    if args.jobs > 1:   # as skinfeat cv runs its folds: joblib's workers, one thread each
+        from skinfeat.learn.parallel import run_unordered
+        for _, row in run_unordered(fit_fold, tasks, x, args.jobs):
+            print(json.dumps(row), flush=True)
+    else:
+        for task in tasks:
+            print(json.dumps(fit_fold(task, x)), flush=True)
+    print(json.dumps({"fitting_wall_s": time.perf_counter() - t, "jobs": args.jobs}), flush=True)
 
 
 def run(name: str, tree: Path | None, args, extra: tuple[str, ...] = ()) -> list[dict]:
     """The worker in a subprocess on ``tree``'s skinfeat (None: this tree's)."""
-    env = {**os.environ, **({"LINEAR_PROBE_TREE": str(tree)} if tree else {})}
+    # PYTHONPATH too: joblib's workers import that skinfeat, not the installed one
+    env = {**os.environ, "PYTHONPATH": str(tree or ROOT),
+           **({"LINEAR_PROBE_TREE": str(tree)} if tree else {})}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     cmd = [sys.executable, __file__, "--worker", "--data", str(args.data), "--folds",
            str(args.folds), "--seed", str(args.seed), "--threads", str(args.threads),
-           "--max-folds", str(args.max_folds), *extra]
+           "--max-folds", str(args.max_folds), "--jobs", str(args.jobs), *extra]
     print(f"{name}: load before {os.getloadavg()}", flush=True)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    rows = []
+    rows, fitting = [], None
     for line in proc.stdout:
-        if line.startswith("{"):
+        if line.startswith('{"fitting_wall_s"'):
+            fitting = json.loads(line)["fitting_wall_s"]
+        elif line.startswith("{"):
             rows.append(json.loads(line))
             print(f"  {name} " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                              for k, v in rows[-1].items()}), flush=True)
@@ -127,8 +151,10 @@ def run(name: str, tree: Path | None, args, extra: tuple[str, ...] = ()) -> list
         raise SystemExit(f"{name}: the worker failed (exit {proc.returncode})")
     wall = time.perf_counter() - t
     b = 100 * np.array([r["bacc"] for r in rows])
+    rows.sort(key=lambda r: r["fold"])
     print(f"{name}: {wall:.1f} s wall (process, with loading), "
-          f"{sum(r['s'] for r in rows):.1f} s wall fitting, "
+          f"{fitting:.1f} s wall fitting all folds on {args.jobs} job(s), "
+          f"{sum(r['s'] for r in rows):.1f} s wall fitting summed over folds, "
           f"{sum(r['cpu_s'] for r in rows):.1f} s CPU; balanced accuracy {b.mean():.2f} ± "
           f"{b.std(ddof=1) if len(b) > 1 else 0:.2f} % over {len(rows)} folds; C per fold "
           f"{[r['c'] for r in rows]}; load after {os.getloadavg()}", flush=True)
@@ -155,6 +181,9 @@ def main() -> None:
                     help="time the first N outer folds only (0: all); on a busy machine")
     ap.add_argument("--before", default=None, help="a git ref whose probe to time too")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="outer folds at a time, on joblib's workers with one torch thread "
+                         "each, as `skinfeat cv --jobs N` runs them (1: one after the other)")
     ap.add_argument("--sklearn-folds", type=int, default=0,
                     help="also time the sklearn probe on the first N folds")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
