@@ -203,7 +203,7 @@ def scan_approximate(x: np.ndarray, threshold: float, *, y: np.ndarray | None = 
     same = y is None
     ref = np.ascontiguousarray(x if same else y, dtype=np.float32)
     n, m = len(x), len(ref)
-    n_list = int(n_list or max(1, min(round(2 * np.sqrt(m)), m // 40)))
+    n_list = int(min(n_list or max(1, min(round(2 * np.sqrt(m)), m // 40)), m))
     nprobe = max(1, min(nprobe, n_list))
     k = max(0, min(k, m - 1 if same else m))
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
