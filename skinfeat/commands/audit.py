@@ -31,7 +31,8 @@ from .common import dataset_options, load_data, pop_dataset_options
 @click.option("--top", type=int, default=50, show_default=True,
               help="Outliers listed; pairs and images shown in the contact sheets.")
 @click.option("--method", type=click.Choice(["auto", "exact", "approximate"]), default="auto",
-              show_default=True, help="auto: exact up to 150k rows, then a faiss index.")
+              show_default=True, help="auto: exact up to the cost of a 100k-row set, then "
+                                      "approximate (faiss k-means lists).")
 def audit(data_dir, cache, against_dir, against_cache, out, threshold, oof, labels, top, method,
           **kwargs) -> None:
     """Audit a data set before trusting a score: writes audit_report.md, duplicates.csv,

@@ -320,8 +320,8 @@ def audit(data: Dataset | PathLike, cache: PathLike, *, against: Dataset | PathL
     different groups, conflicting labels or (with ``against`` + ``against_cache``, another set)
     across sets; label issues from ``oof`` (cv's oof_predictions.csv) or a quick linear-probe
     cv; k-NN outliers. Writes the audit folder (``out``; None: temporary) and returns an
-    ``AuditResult``; nothing in the data set is changed. ``method``: auto (exact up to 150k
-    rows, then faiss), exact or approximate."""
+    ``AuditResult``; nothing in the data set is changed. ``method``: auto (exact up to the
+    cost of a 100k-row set, then approximate on faiss k-means lists), exact or approximate."""
     where, owner = run_folder(out, "audit")
     res = run_audit(dataset_with_images(data), Path(cache), where,
                     against=None if against is None else dataset_with_images(against),
