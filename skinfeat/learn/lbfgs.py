@@ -16,6 +16,10 @@ The line search backtracks from the step 1 (Armijo's sufficient decrease; on flo
 optimum, where a loss difference is below rounding, the step is taken when the directional
 derivative at the trial point shows it has not overshot: Hager and Zhang's approximate Wolfe
 condition). Only the members still searching are evaluated again.
+
+``minimize(fun, None, tol, start=result)`` continues an earlier run where it stopped, with its
+histories (``Result.state``): the linear probe's search runs every C to a loose tolerance and
+then tightens only the contenders' (``tol`` may be one value per member).
 """
 from __future__ import annotations
 
@@ -38,31 +42,40 @@ class Result:
     iterations: object
     converged: object
     evaluations: int
+    state: tuple = ()   # (gradients, the histories, ring, scalings, stalled): for ``start``
 
 
-def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
-             history: int = HISTORY) -> Result:
+def minimize(fun: Callable, x0, tol, *, max_iter: int = 1000, history: int = HISTORY,
+             start: Result | None = None) -> Result:
     """Minimize M independent functions from ``x0`` (M, D). ``fun(x, idx) -> (f, g, measure)``
     for members ``idx`` (a long tensor) at ``x`` (len(idx), D): values (m,), gradients (m, D),
-    convergence measures (m,). A member is done when its measure is <= ``tol``."""
+    convergence measures (m,). A member is done when its measure is <= ``tol`` (a number, or one
+    per member). ``start``: an earlier result of the same functions to continue (``x0`` is then
+    ignored): its points, histories and iteration counts (``max_iter`` counts them too)."""
     import torch
 
-    x = x0.clone()
-    m_all, d = x.shape
-    everyone = torch.arange(m_all)
-    f, g, measure = fun(x, everyone)
-    f, g, measure = f.clone(), g.clone(), measure.clone()
-    # the last ``history`` pairs in a ring shared by the members (slot ``ring`` is written
-    # next); a member that keeps no pair at a step (it was done, or its pair was not positive)
-    # gets an empty slot there (rho 0), which the recursion passes over
-    s_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
-    y_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
-    rho = torch.zeros(history, m_all, dtype=x.dtype)
-    ring = 0
-    gamma = torch.ones(m_all, dtype=x.dtype)
-    iters = torch.zeros(m_all, dtype=torch.long)
-    stalled = torch.zeros(m_all, dtype=torch.bool)
-    evaluations = 1
+    if start is None:
+        x = x0.clone()
+        m_all, d = x.shape
+        f, g, measure = fun(x, torch.arange(m_all))
+        f, g, measure = f.clone(), g.clone(), measure.clone()
+        # the last ``history`` pairs in a ring shared by the members (slot ``ring`` is written
+        # next); a member that keeps no pair at a step (it was done, or its pair was not
+        # positive) gets an empty slot there (rho 0), which the recursion passes over
+        s_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
+        y_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
+        rho = torch.zeros(history, m_all, dtype=x.dtype)
+        ring = 0
+        gamma = torch.ones(m_all, dtype=x.dtype)
+        iters = torch.zeros(m_all, dtype=torch.long)
+        stalled = torch.zeros(m_all, dtype=torch.bool)
+        evaluations = 1
+    else:   # the same tensors, continued in place (the earlier result is used up)
+        x, f, measure, iters, evaluations = (start.x, start.f, start.measure, start.iterations,
+                                             start.evaluations)
+        g, s_hist, y_hist, rho, ring, gamma, stalled = start.state
+        history = len(s_hist)
+    tol = torch.as_tensor(tol, dtype=measure.dtype)
     rounding = 100 * torch.finfo(x.dtype).eps   # relative: loss differences below cannot tell
     while True:
         active = (measure > tol) & (iters < max_iter) & ~stalled
@@ -131,4 +144,5 @@ def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
             rho[ring, keep] = 1 / sy[good]
             gamma[keep] = sy[good] / yy[good]
         ring = (ring + 1) % history
-    return Result(x, f, measure, iters, measure <= tol, evaluations)
+    return Result(x, f, measure, iters, measure <= tol, evaluations,
+                  (g, s_hist, y_hist, rho, ring, gamma, stalled))

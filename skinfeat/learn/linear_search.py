@@ -70,6 +70,92 @@ def preconditioner(xs: np.ndarray):
     return _preconditioner(torch.as_tensor(xs, dtype=torch.float32), torch.float32)
 
 
+class LogisticBatch:
+    """The probe's objective on standardized rows ``xs``, one member per C in ``cs``, minimized
+    by per-member L-BFGS; ``solve`` may be called again with a tighter tolerance (for some
+    members, or all) and continues where the last call stopped, histories and all."""
+
+    def __init__(self, xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
+                 sample_weight: np.ndarray | None = None, dtype: str = "float32", basis=None):
+        import torch
+
+        dt = getattr(torch, dtype)
+        x = torch.as_tensor(np.ascontiguousarray(xs), dtype=dt)
+        n, f = x.shape
+        w = balanced_weights(y) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        total = float(w.sum())
+        present = torch.zeros(n_classes, dtype=torch.bool)
+        present[np.unique(y)] = True
+        k = n_classes
+        # two classes: sklearn fits one vector w = W1 - W0 with penalty ||w||^2 / 2C; the
+        # symmetric pair's minimizer has W0 = -W1, so ||W0||^2 + ||W1||^2 = ||w||^2 / 2: the
+        # pair needs 2 / C
+        twice = 2.0 if int(present.sum()) == 2 else 1.0
+        self.inv_c = torch.as_tensor([twice / (c * total) for c in cs], dtype=dt)     # (M,)
+        vec, lam = basis if basis is not None else _preconditioner(x, dt)
+        self.vec, lam = vec.to(dt), lam.to(dt)
+        self.p = (CURVATURE * lam[None, :] + self.inv_c[:, None]).rsqrt()[:, None, :]  # (M,1,F)
+        self.pb = CURVATURE ** -0.5                                             # the intercept's
+        self.mask = torch.where(present, 0.0, -torch.inf).to(dt)[:, None]       # (K, 1)
+        # rows in both layouts: a product with few columns is several times faster as a wide
+        # one (W^T @ X^T and R^T @ X) than as a tall one (X @ W, X^T @ R) in MKL on one thread
+        self.x, self.xt = x, x.T.contiguous()                                  # (N, F), (F, N)
+        self.onehot = torch.zeros(k, n, dtype=dt)                              # (K, N)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        self.onehot[self.y, torch.arange(n)] = 1.0
+        self.wt = torch.as_tensor(w / total, dtype=dt)
+        self.present, self.shape = present, (len(cs), k, f)
+        self.result = None
+
+    def _weights(self, theta, idx):
+        """W^T (m*K, F) of members ``idx`` from their coordinates ``theta`` (m, K*F + K)."""
+        _, k, f = self.shape
+        return (self.p[idx] * theta[:, :k * f].view(len(idx), k, f)).view(-1, f) @ self.vec.T
+
+    def _objective(self, theta, idx):
+        import torch
+
+        (_, k, f), n, m = self.shape, len(self.y), len(idx)
+        kf, wt = k * f, self.wt
+        wt_ = self._weights(theta, idx)
+        z = (wt_ @ self.xt).view(m, k, n) + self.pb * theta[:, kf:, None] + self.mask
+        lse = torch.logsumexp(z, dim=1)                                        # (m, N)
+        ce = lse - z.gather(1, self.y[None, None, :].expand(m, 1, n))[:, 0]
+        resid = wt * (torch.exp(z - lse[:, None]) - self.onehot)               # (m, K, N)
+        ic = self.inv_c[idx]
+        value = (wt * ce).sum(1) + 0.5 * ic * wt_.view(m, kf).square().sum(1)
+        gw = (resid.view(m * k, n) @ self.x).view(m, k, f) + ic[:, None, None] * wt_.view(m, k, f)
+        gb = resid.sum(2)                                                      # (m, K)
+        # sklearn's rule: the largest gradient entry in the original coordinates
+        measure = torch.maximum(gw.abs().amax((1, 2)), gb[:, self.present].abs().amax(1))
+        gu = self.p[idx] * (gw.view(m * k, f) @ self.vec).view(m, k, f)
+        return value, torch.cat([gu.view(m, kf), self.pb * gb], 1), measure
+
+    def solve(self, tol, *, max_iter: int = 1000):
+        """Run every member until its gradient measure is <= ``tol`` (one value, or one per
+        member) or ``max_iter`` iterations in all; from zero the first time, then onwards."""
+        import torch
+
+        from .lbfgs import minimize
+
+        m, k, f = self.shape
+        with torch.no_grad():
+            self.result = minimize(self._objective, torch.zeros(m, k * f + k, dtype=self.x.dtype),
+                                   tol, max_iter=max_iter, start=self.result)
+        return self.result
+
+    def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """``coef`` (M, K, F) and ``intercept`` (M, K) at the current points, float64."""
+        import torch
+
+        m, k, f = self.shape
+        theta = self.result.x
+        with torch.no_grad():
+            coef = self._weights(theta, torch.arange(m)).view(m, k, f)
+            intercept = self.pb * theta[:, k * f:] + self.mask[:, 0]
+        return coef.double().numpy(), intercept.double().numpy()
+
+
 def fit_logistic(xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
                  sample_weight: np.ndarray | None = None, max_iter: int = 1000,
                  tol: float = 1e-4, dtype: str = "float32", basis=None, stats: dict | None = None,
@@ -83,64 +169,14 @@ def fit_logistic(xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
     same minimizer). Each C is its own L-BFGS (``lbfgs.minimize``: its own history and steps,
     leaving the batch when it converges); they share each evaluation's matrix products. ``stats``,
     when given, receives each member's iterations, whether it converged and the evaluations."""
-    import torch
-
-    from .lbfgs import minimize
-
-    dt = getattr(torch, dtype)
-    x = torch.as_tensor(np.ascontiguousarray(xs), dtype=dt)
-    n, f = x.shape
-    w = balanced_weights(y) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    total = float(w.sum())
-    wt = torch.as_tensor(w / total, dtype=dt)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    present = torch.zeros(n_classes, dtype=torch.bool)
-    present[np.unique(y)] = True
-    m_all, k = len(cs), n_classes
-    # two classes: sklearn fits one vector w = W1 - W0 with penalty ||w||^2 / 2C; the symmetric
-    # pair's minimizer has W0 = -W1, so ||W0||^2 + ||W1||^2 = ||w||^2 / 2: the pair needs 2 / C
-    twice = 2.0 if int(present.sum()) == 2 else 1.0
-    inv_c = torch.as_tensor([twice / (c * total) for c in cs], dtype=dt)      # (M,)
-    vec, lam = basis if basis is not None else _preconditioner(x, dt)
-    vec, lam = vec.to(dt), lam.to(dt)
-    p = (CURVATURE * lam[None, :] + inv_c[:, None]).rsqrt()[:, None, :]       # (M, 1, F)
-    pb = CURVATURE ** -0.5                                                     # the intercept's
-    mask = torch.where(present, 0.0, -torch.inf).to(dt)[:, None]               # (K, 1)
-    # rows in both layouts: a product with few columns is several times faster as a wide one
-    # (W^T @ X^T and R^T @ X) than as a tall one (X @ W, X^T @ R) in MKL on one thread
-    xt = x.T.contiguous()                                                      # (F, N)
-    onehot = torch.zeros(k, n, dtype=dt)                                       # (K, N)
-    onehot[yt, torch.arange(n)] = 1.0
-    kf = k * f
-
-    def weights(theta, idx):
-        """W^T (m*K, F) of members ``idx`` from their coordinates ``theta`` (m, K*F + K)."""
-        return (p[idx] * theta[:, :kf].view(len(idx), k, f)).view(-1, f) @ vec.T
-
-    def objective(theta, idx):
-        m = len(idx)
-        wt_ = weights(theta, idx)
-        z = (wt_ @ xt).view(m, k, n) + pb * theta[:, kf:, None] + mask
-        lse = torch.logsumexp(z, dim=1)                                        # (m, N)
-        ce = lse - z.gather(1, yt[None, None, :].expand(m, 1, n))[:, 0]
-        resid = wt * (torch.exp(z - lse[:, None]) - onehot)                    # (m, K, N)
-        ic = inv_c[idx]
-        value = (wt * ce).sum(1) + 0.5 * ic * wt_.view(m, kf).square().sum(1)
-        gw = (resid.view(m * k, n) @ x).view(m, k, f) + ic[:, None, None] * wt_.view(m, k, f)
-        gb = resid.sum(2)                                                      # (m, K)
-        # sklearn's rule: the largest gradient entry in the original coordinates
-        measure = torch.maximum(gw.abs().amax((1, 2)), gb[:, present].abs().amax(1))
-        gu = p[idx] * (gw.view(m * k, f) @ vec).view(m, k, f)
-        return value, torch.cat([gu.view(m, kf), pb * gb], 1), measure
-
-    with torch.no_grad():
-        res = minimize(objective, torch.zeros(m_all, kf + k, dtype=dt), tol, max_iter=max_iter)
-        coef = weights(res.x, torch.arange(m_all)).view(m_all, k, f)
-        intercept = pb * res.x[:, kf:] + mask[:, 0]
+    batch = LogisticBatch(xs, y, cs, n_classes, sample_weight=sample_weight, dtype=dtype,
+                          basis=basis)
+    res = batch.solve(tol, max_iter=max_iter)
     if stats is not None:
         stats.update(iterations=res.iterations.tolist(), converged=res.converged.tolist(),
                      evaluations=res.evaluations)
-    return coef.double().numpy(), intercept.double().numpy(), int(res.iterations.max())
+    coef, intercept = batch.coefficients()
+    return coef, intercept, int(res.iterations.max())
 
 
 def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs,
