@@ -79,13 +79,20 @@ def test_absent_class_is_never_predicted_and_scores_hold():
 
 
 def test_search_scores_are_the_minimizers():
-    """The search's tolerance (SEARCH_TOL) gives every C the score of its converged fit (1e-6;
-    1e-8 gives the same scores) within half a point. At sklearn's 1e-4 this data set's C = 100
-    scored 0.7 point off: there the stopping point, not the minimizer, decided the score."""
+    """The search's tolerance (SEARCH_TOL) gives every C the score of its converged fit (1e-6
+    for every C; 1e-8 gives the same scores) within half a point, and the same C. At sklearn's
+    1e-4 this data set's C = 100, the best, scored 0.7 point off: there the stopping point, not
+    the minimizer, decided the score; the search continues such contenders to SEARCH_TOL."""
     from skinfeat.learn.linear_search import SEARCH_TOL
 
     x, y, groups = _data(k=5, seed=3, signal=1.0)
-    _, got, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3)
-    _, exact, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, tol=1e-6)
+    got_c, got, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3)
+    exact_c, exact, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, tol=1e-6, coarse_tol=1e-6)
     assert SEARCH_TOL < 1e-4
-    assert max(abs(got[c] - exact[c]) for c in C_GRID) <= 0.005, (got, exact)
+    assert got_c == exact_c and max(abs(got[c] - exact[c]) for c in C_GRID) <= 0.005, (got, exact)
+    # the contenders (the best and its neighbour, here) were continued: their scores are the
+    # tight fits' scores exactly, while the loose fit's C = 100 scores apart
+    _, tight, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, coarse_tol=SEARCH_TOL)
+    _, loose, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, tol=1e-4)
+    assert got[100.0] == tight[100.0] and got[10.0] == tight[10.0], (got, tight)
+    assert abs(loose[100.0] - exact[100.0]) > 0.005, (loose, exact)
