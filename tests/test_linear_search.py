@@ -96,3 +96,27 @@ def test_search_scores_are_the_minimizers():
     _, loose, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, tol=1e-4)
     assert got[100.0] == tight[100.0] and got[10.0] == tight[10.0], (got, tight)
     assert abs(loose[100.0] - exact[100.0]) > 0.005, (loose, exact)
+
+
+def test_warm_start_is_the_inner_fits_in_the_outer_standardization():
+    """``warm_start`` moves an inner fold's fit at the chosen C to the outer rows'
+    standardization unchanged (the same logits on every row); the final fit from the folds'
+    mean reaches the cold fit's minimizer in fewer iterations."""
+    from skinfeat.learn.linear_search import warm_start
+
+    x, y, groups = _data(n=600, d=40, k=5, seed=3, signal=1.0)
+    solutions = []
+    c, _, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, solutions=solutions)
+    assert len(solutions) == 3
+    mean, scale = standardize(x)
+    xs = (x - mean) / scale
+    for m_f, s_f, coef, intercept in solutions:
+        w, b = warm_start([(m_f, s_f, coef, intercept)], mean, scale)
+        np.testing.assert_allclose(xs @ w[0].T + b[0], ((x - m_f) / s_f) @ coef.T + intercept,
+                                   rtol=1e-9, atol=1e-9)
+    cold, warm = {}, {}
+    want, _, _ = fit_logistic(xs, y, [c], 5, tol=1e-6, dtype="float64", stats=cold)
+    got, _, _ = fit_logistic(xs, y, [c], 5, tol=1e-6, dtype="float64", stats=warm,
+                             warm=warm_start(solutions, mean, scale))
+    assert warm["converged"][0] and warm["iterations"][0] < cold["iterations"][0], (warm, cold)
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())

@@ -137,17 +137,25 @@ class LogisticBatch:
         gu = self.p[idx] * (gw.view(m * k, f) @ self.vec).view(m, k, f)
         return value, torch.cat([gu.view(m, kf), self.pb * gb], 1), measure
 
-    def solve(self, tol, *, max_iter: int = 1000):
+    def solve(self, tol, *, max_iter: int = 1000, warm=None):
         """Run every member until its gradient measure is <= ``tol`` (one value, or one per
-        member) or ``max_iter`` iterations in all; from zero the first time, then onwards."""
+        member) or ``max_iter`` iterations in all; the first time from zero, or from ``warm``
+        coefficients ``(coef (M, K, F), intercept (M, K))``, then onwards."""
         import torch
 
         from .lbfgs import minimize
 
         m, k, f = self.shape
+        dt = self.x.dtype
+        x0 = torch.zeros(m, k * f + k, dtype=dt)
+        if warm is not None and self.result is None:   # W = V diag(p) U: U = (W V) / p
+            coef = torch.as_tensor(warm[0], dtype=dt)
+            x0[:, :k * f] = ((coef @ self.vec) / self.p).reshape(m, k * f)
+            intercept = torch.as_tensor(warm[1], dtype=dt)
+            x0[:, k * f:] = torch.where(intercept.isfinite(), intercept, 0.0) / self.pb
         with torch.no_grad():
-            self.result = minimize(self._objective, torch.zeros(m, k * f + k, dtype=self.x.dtype),
-                                   tol, max_iter=max_iter, start=self.result)
+            self.result = minimize(self._objective, x0, tol, max_iter=max_iter,
+                                   start=self.result)
         return self.result
 
     def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +173,7 @@ class LogisticBatch:
 def fit_logistic(xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
                  sample_weight: np.ndarray | None = None, max_iter: int = 1000,
                  tol: float = 1e-4, dtype: str = "float32", basis=None, stats: dict | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray, int]:
+                 warm=None) -> tuple[np.ndarray, np.ndarray, int]:
     """Multinomial logistic regressions on standardized ``xs``, one per C in ``cs``, batched.
 
     Returns ``coef`` (len(cs), n_classes, F), ``intercept`` (len(cs), n_classes) and the most
@@ -174,10 +182,11 @@ def fit_logistic(xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
     precomputed ``(V, lambda)`` of a similar design (the preconditioner only: any basis gives the
     same minimizer). Each C is its own L-BFGS (``lbfgs.minimize``: its own history and steps,
     leaving the batch when it converges); they share each evaluation's matrix products. ``stats``,
-    when given, receives each member's iterations, whether it converged and the evaluations."""
+    when given, receives each member's iterations, whether it converged and the evaluations.
+    ``warm``: coefficients ``(coef, intercept)`` to start from (``warm_start``), else zero."""
     batch = LogisticBatch(xs, y, cs, n_classes, sample_weight=sample_weight, dtype=dtype,
                           basis=basis)
-    res = batch.solve(tol, max_iter=max_iter)
+    res = batch.solve(tol, max_iter=max_iter, warm=warm)
     if stats is not None:
         stats.update(iterations=res.iterations.tolist(), converged=res.converged.tolist(),
                      evaluations=res.evaluations)
@@ -188,7 +197,8 @@ def fit_logistic(xs: np.ndarray, y: np.ndarray, cs, n_classes: int, *,
 def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs,
                      inner_folds: int, seed: int, *, max_iter: int = 1000,
                      tol: float = SEARCH_TOL, coarse_tol: float = COARSE_TOL,
-                     basis=None) -> tuple[float, dict[float, float], int]:
+                     basis=None, solutions: list | None = None,
+                     ) -> tuple[float, dict[float, float], int]:
     """The grid's C with the best mean balanced accuracy over an inner grouped CV (ties: the
     smaller C, the stronger penalty), as the probe's search always chose it; the grid's middle
     alone when folds cannot be made. Returns (C, {C: mean score}, inner folds used).
@@ -200,7 +210,8 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
     ``CONTENDER_MARGIN``) are then continued to ``tol`` and scored again, until the contenders
     of the refined scores are all refined. The other Cs' scores are their loose fits'.
     ``basis``: the preconditioner (``preconditioner``) of rows like these; by default the
-    first fold's."""
+    first fold's. ``solutions``, when given, receives each inner fold's fit at the chosen C:
+    ``(mean, scale, coef (K, F), intercept (K,))`` in its own standardization."""
     from sklearn.metrics import balanced_accuracy_score
 
     from ..data.splits import stratified_group_folds
@@ -226,11 +237,11 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
             basis = preconditioner((x[tr] - mean) / scale)
         batch = LogisticBatch((x[tr] - mean) / scale, y[tr], cs, n_classes, basis=basis)
         batch.solve(coarse, max_iter=max_iter)
-        fitted.append([batch, (x[te] - mean) / scale, y[te], None])
+        fitted.append([batch, (x[te] - mean) / scale, y[te], None, mean, scale])
 
     def score(members):
         for fold in fitted:
-            batch, xt, yt, got = fold
+            batch, xt, yt, got = fold[:4]
             coef, intercept = batch.coefficients()
             m, kk, f = coef.shape
             z = (xt @ coef.reshape(m * kk, f).T).reshape(-1, m, kk)
@@ -259,7 +270,25 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
             batch.solve(tols, max_iter=max_iter)
         scores = score(todo)
     best = max(cs, key=lambda c: (scores[c], -c))
+    if solutions is not None:
+        for batch, *_, mean, scale in fitted:
+            coef, intercept = batch.coefficients()
+            solutions.append((mean, scale, coef[cs.index(best)], intercept[cs.index(best)]))
     return best, scores, k
+
+
+def warm_start(solutions: list, mean: np.ndarray, scale: np.ndarray):
+    """The mean of the inner folds' fits (``choose_c_grouped``'s ``solutions``), each moved to
+    the standardization ``mean`` / ``scale``: a start for the fit on all the rows at that C
+    (near its minimizer, so fewer iterations; the minimizer itself does not depend on it).
+    ``(coef (1, K, F), intercept (1, K))``; a class some fold lacked starts at 0."""
+    coefs, intercepts = [], []
+    for m_f, s_f, coef, intercept in solutions:
+        # (x - m_f) / s_f @ W^T + b == (x - mean) / scale @ (W * scale / s_f)^T + b'
+        coefs.append(coef * (scale / s_f))
+        b = intercept + coef @ ((mean - m_f) / s_f)
+        intercepts.append(np.where(np.isfinite(intercept), b, 0.0))
+    return np.mean(coefs, axis=0)[None], np.mean(intercepts, axis=0)[None]
 
 
 def choose_c_sklearn(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs,
