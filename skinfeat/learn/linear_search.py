@@ -25,7 +25,9 @@ fast where sklearn took minutes on 10,015 x 1,280 real embeddings:
   eigendecomposition per outer fold serves its inner folds and its final fit.
 
 Convergence is sklearn's rule, ``max |grad W| <= tol`` on the scaled objective, or ``max_iter``
-iterations: ``tol`` is sklearn's 1e-4 by default, ``SEARCH_TOL`` (1e-5) in the search over C.
+iterations: ``tol`` is sklearn's 1e-4 by default, ``SEARCH_TOL`` (1e-5) in the search over C,
+which runs every C to 1e-4 first and continues only the contenders to 1e-5 (``LogisticBatch``
+keeps each member's L-BFGS history between the two).
 """
 from __future__ import annotations
 
