@@ -41,6 +41,23 @@ def test_members_run_as_if_alone():
         torch.testing.assert_close(solo.x[0], together.x[i], rtol=1e-9, atol=1e-12)
 
 
+def test_continued_run_is_one_run():
+    """Stopped at a loose tolerance and continued (``start``) to a tight one, for some members:
+    those run exactly as one run to the tight tolerance (histories kept), the others stay."""
+    fun, m, d = _logistic_batch()
+    once = minimize(fun, torch.zeros(m, d, dtype=torch.float64), 1e-9, history=5)
+    loose = minimize(fun, torch.zeros(m, d, dtype=torch.float64), 1e-3, history=5)
+    stopped = loose.iterations.clone()
+    assert (stopped < once.iterations).all()
+    tols = torch.tensor([1e-9, 1e-3, 1e-9, 1e-3], dtype=torch.float64)
+    both = minimize(fun, None, tols, start=loose)
+    assert both.converged.all()
+    for i in (0, 2):
+        assert int(both.iterations[i]) == int(once.iterations[i])
+        torch.testing.assert_close(both.x[i], once.x[i], rtol=1e-9, atol=1e-12)
+    assert (both.iterations[[1, 3]] == stopped[[1, 3]]).all()
+
+
 def test_max_iter_stops_unconverged():
     fun, m, d = _logistic_batch()
     capped = minimize(fun, torch.zeros(m, d, dtype=torch.float64), 1e-12, max_iter=2)

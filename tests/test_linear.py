@@ -57,12 +57,12 @@ def test_c_is_chosen_by_grouped_inner_cv(monkeypatch):
     seen = []
     real = linear.choose_c
 
-    def spy(x, y, g, cfg, basis=None):
+    def spy(x, y, g, cfg, basis=None, solutions=None):
         from sklearn.model_selection import StratifiedGroupKFold
         for tr, te in StratifiedGroupKFold(cfg.inner_folds, shuffle=True,
                                            random_state=cfg.seed).split(x, y, g):
             seen.append(set(g[tr]) & set(g[te]))
-        best, scores = real(x, y, g, cfg, basis=basis)
+        best, scores = real(x, y, g, cfg, basis=basis, solutions=solutions)
         seen.append((best, scores))
         return best, scores
 

@@ -79,13 +79,44 @@ def test_absent_class_is_never_predicted_and_scores_hold():
 
 
 def test_search_scores_are_the_minimizers():
-    """The search's tolerance (SEARCH_TOL) gives every C the score of its converged fit (1e-6;
-    1e-8 gives the same scores) within half a point. At sklearn's 1e-4 this data set's C = 100
-    scored 0.7 point off: there the stopping point, not the minimizer, decided the score."""
+    """The search's tolerance (SEARCH_TOL) gives every C the score of its converged fit (1e-6
+    for every C; 1e-8 gives the same scores) within half a point, and the same C. At sklearn's
+    1e-4 this data set's C = 100, the best, scored 0.7 point off: there the stopping point, not
+    the minimizer, decided the score; the search continues such contenders to SEARCH_TOL."""
     from skinfeat.learn.linear_search import SEARCH_TOL
 
     x, y, groups = _data(k=5, seed=3, signal=1.0)
-    _, got, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3)
-    _, exact, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, tol=1e-6)
+    got_c, got, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3)
+    exact_c, exact, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, tol=1e-6, coarse_tol=1e-6)
     assert SEARCH_TOL < 1e-4
-    assert max(abs(got[c] - exact[c]) for c in C_GRID) <= 0.005, (got, exact)
+    assert got_c == exact_c and max(abs(got[c] - exact[c]) for c in C_GRID) <= 0.005, (got, exact)
+    # the contenders (the best and its neighbour, here) were continued: their scores are the
+    # tight fits' scores exactly, while the loose fit's C = 100 scores apart
+    _, tight, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, coarse_tol=SEARCH_TOL)
+    _, loose, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, tol=1e-4)
+    assert got[100.0] == tight[100.0] and got[10.0] == tight[10.0], (got, tight)
+    assert abs(loose[100.0] - exact[100.0]) > 0.005, (loose, exact)
+
+
+def test_warm_start_is_the_inner_fits_in_the_outer_standardization():
+    """``warm_start`` moves an inner fold's fit at the chosen C to the outer rows'
+    standardization unchanged (the same logits on every row); the final fit from the folds'
+    mean reaches the cold fit's minimizer in fewer iterations."""
+    from skinfeat.learn.linear_search import warm_start
+
+    x, y, groups = _data(n=600, d=40, k=5, seed=3, signal=1.0)
+    solutions = []
+    c, _, _ = choose_c_grouped(x, y, groups, C_GRID, 3, 3, solutions=solutions)
+    assert len(solutions) == 3
+    mean, scale = standardize(x)
+    xs = (x - mean) / scale
+    for m_f, s_f, coef, intercept in solutions:
+        w, b = warm_start([(m_f, s_f, coef, intercept)], mean, scale)
+        np.testing.assert_allclose(xs @ w[0].T + b[0], ((x - m_f) / s_f) @ coef.T + intercept,
+                                   rtol=1e-9, atol=1e-9)
+    cold, warm = {}, {}
+    want, _, _ = fit_logistic(xs, y, [c], 5, tol=1e-6, dtype="float64", stats=cold)
+    got, _, _ = fit_logistic(xs, y, [c], 5, tol=1e-6, dtype="float64", stats=warm,
+                             warm=warm_start(solutions, mean, scale))
+    assert warm["converged"][0] and warm["iterations"][0] < cold["iterations"][0], (warm, cold)
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())

@@ -6,8 +6,9 @@ convergence measure each (the linear probe's is sklearn's ``max |gradient|``). W
 shares is the evaluation (one matrix product reads the data once for all members); the rest is
 per member, as if each ran alone:
 
-- its own curvature history (its pairs of the last ``history`` steps, in a ring the batch
-  shares), its own initial scaling ``s.y / y.y`` and its own step length;
+- its own curvature history (its pairs of its last ``history`` steps, in a ring of its own:
+  the steps it did not run leave it as it was), its own initial scaling ``s.y / y.y`` and its
+  own step length;
 - a member stops when its measure reaches ``tol`` (or at ``max_iter``, or when its line search
   cannot make progress: scipy's L-BFGS-B stops there too) and leaves the evaluation; the others
   go on with their histories intact (a member leaving the batch costs the others nothing).
@@ -16,6 +17,10 @@ The line search backtracks from the step 1 (Armijo's sufficient decrease; on flo
 optimum, where a loss difference is below rounding, the step is taken when the directional
 derivative at the trial point shows it has not overshot: Hager and Zhang's approximate Wolfe
 condition). Only the members still searching are evaluated again.
+
+``minimize(fun, None, tol, start=result)`` continues an earlier run where it stopped, with its
+histories (``Result.state``): the linear probe's search runs every C to a loose tolerance and
+then tightens only the contenders' (``tol`` may be one value per member).
 """
 from __future__ import annotations
 
@@ -38,31 +43,40 @@ class Result:
     iterations: object
     converged: object
     evaluations: int
+    state: tuple = ()   # (gradients, the histories, ring, scalings, stalled): for ``start``
 
 
-def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
-             history: int = HISTORY) -> Result:
+def minimize(fun: Callable, x0, tol, *, max_iter: int = 1000, history: int = HISTORY,
+             start: Result | None = None) -> Result:
     """Minimize M independent functions from ``x0`` (M, D). ``fun(x, idx) -> (f, g, measure)``
     for members ``idx`` (a long tensor) at ``x`` (len(idx), D): values (m,), gradients (m, D),
-    convergence measures (m,). A member is done when its measure is <= ``tol``."""
+    convergence measures (m,). A member is done when its measure is <= ``tol`` (a number, or one
+    per member). ``start``: an earlier result of the same functions to continue (``x0`` is then
+    ignored): its points, histories and iteration counts (``max_iter`` counts them too)."""
     import torch
 
-    x = x0.clone()
-    m_all, d = x.shape
-    everyone = torch.arange(m_all)
-    f, g, measure = fun(x, everyone)
-    f, g, measure = f.clone(), g.clone(), measure.clone()
-    # the last ``history`` pairs in a ring shared by the members (slot ``ring`` is written
-    # next); a member that keeps no pair at a step (it was done, or its pair was not positive)
-    # gets an empty slot there (rho 0), which the recursion passes over
-    s_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
-    y_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
-    rho = torch.zeros(history, m_all, dtype=x.dtype)
-    ring = 0
-    gamma = torch.ones(m_all, dtype=x.dtype)
-    iters = torch.zeros(m_all, dtype=torch.long)
-    stalled = torch.zeros(m_all, dtype=torch.bool)
-    evaluations = 1
+    if start is None:
+        x = x0.clone()
+        m_all, d = x.shape
+        f, g, measure = fun(x, torch.arange(m_all))
+        f, g, measure = f.clone(), g.clone(), measure.clone()
+        # each member's last ``history`` pairs in a ring of its own (its slot ``ring[i]`` is
+        # written next); a step whose pair was not positive leaves an empty slot (rho 0), which
+        # the recursion passes over; a member that is done leaves its ring as it is
+        s_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
+        y_hist = torch.zeros(history, m_all, d, dtype=x.dtype)
+        rho = torch.zeros(history, m_all, dtype=x.dtype)
+        ring = torch.zeros(m_all, dtype=torch.long)
+        gamma = torch.ones(m_all, dtype=x.dtype)
+        iters = torch.zeros(m_all, dtype=torch.long)
+        stalled = torch.zeros(m_all, dtype=torch.bool)
+        evaluations = 1
+    else:   # the same tensors, continued in place (the earlier result is used up)
+        x, f, measure, iters, evaluations = (start.x, start.f, start.measure, start.iterations,
+                                             start.evaluations)
+        g, s_hist, y_hist, rho, ring, gamma, stalled = start.state
+        history = len(s_hist)
+    tol = torch.as_tensor(tol, dtype=measure.dtype)
     rounding = 100 * torch.finfo(x.dtype).eps   # relative: loss differences below cannot tell
     while True:
         active = (measure > tol) & (iters < max_iter) & ~stalled
@@ -70,19 +84,20 @@ def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
             break
         idx = active.nonzero()[:, 0]
         gi = g[idx]
-        # the two-loop recursion, per member (on every member: cheaper than gathering)
-        q = -g
-        alphas = []
-        slots = [(ring - 1 - j) % history for j in range(history)]   # newest first
-        for j in slots:
-            a = rho[j] * (s_hist[j] * q).sum(1)
-            q = q - a[:, None] * y_hist[j]
+        # the two-loop recursion, per member, on the members still running
+        q = -gi
+        alphas, pairs = [], []
+        for j in range(history):   # newest first
+            slot = (ring[idx] - 1 - j) % history
+            pair = (s_hist[slot, idx], y_hist[slot, idx], rho[slot, idx])
+            a = pair[2] * (pair[0] * q).sum(1)
+            q = q - a[:, None] * pair[1]
             alphas.append(a)
-        r = gamma[:, None] * q
-        for j, a in zip(reversed(slots), reversed(alphas), strict=True):
-            b = rho[j] * (y_hist[j] * r).sum(1)
-            r = r + (a - b)[:, None] * s_hist[j]
-        r = r[idx]
+            pairs.append(pair)
+        r = gamma[idx, None] * q
+        for (sj, yj, rj), a in zip(reversed(pairs), reversed(alphas), strict=True):
+            b = rj * (yj * r).sum(1)
+            r = r + (a - b)[:, None] * sj
         slope = (gi * r).sum(1)
         uphill = slope >= 0   # not a descent direction (rounding): the scaled gradient instead
         if uphill.any():
@@ -114,9 +129,10 @@ def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
             searching = rest
         ok_idx = idx[accepted]
         stalled[idx[~accepted]] = True
-        s_hist[ring].zero_()
-        y_hist[ring].zero_()
-        rho[ring].zero_()
+        slot = ring[idx]
+        s_hist[slot, idx] = 0
+        y_hist[slot, idx] = 0
+        rho[slot, idx] = 0
         if len(ok_idx):
             s = step[accepted, None] * r[accepted]
             yv = new_g[accepted] - g[ok_idx]
@@ -127,8 +143,9 @@ def minimize(fun: Callable, x0, tol: float, *, max_iter: int = 1000,
             iters[ok_idx] += 1
             good = sy > 1e-10 * yy    # the curvature pair is kept only when positive
             keep = ok_idx[good]
-            s_hist[ring, keep], y_hist[ring, keep] = s[good], yv[good]
-            rho[ring, keep] = 1 / sy[good]
+            s_hist[ring[keep], keep], y_hist[ring[keep], keep] = s[good], yv[good]
+            rho[ring[keep], keep] = 1 / sy[good]
             gamma[keep] = sy[good] / yy[good]
-        ring = (ring + 1) % history
-    return Result(x, f, measure, iters, measure <= tol, evaluations)
+        ring[idx] = (ring[idx] + 1) % history
+    return Result(x, f, measure, iters, measure <= tol, evaluations,
+                  (g, s_hist, y_hist, rho, ring, gamma, stalled))

@@ -63,15 +63,17 @@ def design(image: np.ndarray | None, meta: np.ndarray, inputs: str) -> np.ndarra
 
 
 def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
-             cfg: LinearConfig, basis=None) -> tuple[float, dict[float, float]]:
+             cfg: LinearConfig, basis=None, solutions: list | None = None,
+             ) -> tuple[float, dict[float, float]]:
     """The grid's C with the best mean balanced accuracy over an inner grouped CV (ties: the
     smaller C, the stronger penalty); the grid's first-best alone when folds cannot be made.
-    Every C of an inner fold is fitted in one torch batch (``linear_search``)."""
+    Every C of an inner fold is fitted in one torch batch (``linear_search``); ``solutions``
+    receives the inner folds' fits at the chosen C (``choose_c_grouped``)."""
     from .linear_search import choose_c_grouped
 
     cs = sorted(cfg.cs)
     best, scores, k = choose_c_grouped(x, y, groups, cs, cfg.inner_folds, cfg.seed,
-                                       max_iter=cfg.max_iter, basis=basis)
+                                       max_iter=cfg.max_iter, basis=basis, solutions=solutions)
     if not scores:
         return best, scores
     log.info("linear: C=%g chosen by %d-fold grouped CV (balanced accuracy %.3f)", best, k,
@@ -99,7 +101,7 @@ class LinearProbe(StageTwoModel):
     def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
             n_classes: int | None = None, meta_fields=None) -> LinearProbe:
         from .head import balanced_class_weights
-        from .linear_search import fit_logistic, preconditioner, standardize
+        from .linear_search import fit_logistic, preconditioner, standardize, warm_start
 
         cfg = self.config
         cfg.check()
@@ -112,10 +114,13 @@ class LinearProbe(StageTwoModel):
         mean, scale = standardize(x)
         xs = (x - mean) / scale
         basis = preconditioner(xs)   # one eigendecomposition for the search and the fit
-        c, _ = choose_c(x, y, groups, cfg, basis=basis)
+        solutions: list = []
+        c, _ = choose_c(x, y, groups, cfg, basis=basis, solutions=solutions)
         stats: dict = {}
-        coef, intercept, _ = fit_logistic(xs, y, [c], n_classes, max_iter=cfg.max_iter,
-                                          tol=FINAL_TOL, basis=basis, stats=stats)
+        # from the inner folds' fits at C (the minimizer is the same; the iterations fewer)
+        coef, intercept, _ = fit_logistic(
+            xs, y, [c], n_classes, max_iter=cfg.max_iter, tol=FINAL_TOL, basis=basis,
+            stats=stats, warm=warm_start(solutions, mean, scale) if solutions else None)
         if not stats["converged"][0]:
             log.warning("linear: the fit at C=%g stopped after %d iterations short of its "
                         "tolerance %g (max_iter %d)", c, stats["iterations"][0], FINAL_TOL,
