@@ -3,6 +3,7 @@ writes, refuse unknown keys and wrong types naming the file and the key, and the
 never leaves a bundle that would not load."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -62,8 +63,8 @@ def test_ensemble_config_of_members(ship_runs):
 
 def test_the_writer_refuses_before_writing(ship_runs, tmp_path):
     d = json.loads((ship_runs["head"] / "config.json").read_text())
-    bad = BundleConfig.from_dict(d)
-    bad.head = {**bad.head, "n_classes": 3}
+    good = BundleConfig.from_dict(d)
+    bad = dataclasses.replace(good, head={**good.head, "n_classes": 3})   # not checked
     with pytest.raises(BundleConfigError, match="head.n_classes"):
         write_bundle(tmp_path / "out", bad)
     assert not (tmp_path / "out").exists()

@@ -93,7 +93,7 @@ class _Config:
         return parse(cls, d, source, BundleConfigError)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class BundleConfig(_Config):
     """One stage-two model: everything predict needs, and the recipe it was made with."""
     format: Literal[FORMAT] = FORMAT  # type: ignore[valid-type]  # a constant: see schema.py
@@ -142,7 +142,7 @@ class BundleConfig(_Config):
         return HeadDims.of(self.head)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class EnsembleConfig(_Config):
     """A fold ensemble (``cv --save-models``): ``members`` are bundle folders beside this
     config; predict averages their calibrated probabilities (``combine`` says how)."""
