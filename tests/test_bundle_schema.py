@@ -3,6 +3,7 @@ writes, refuse unknown keys and wrong types naming the file and the key, and the
 never leaves a bundle that would not load."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -62,8 +63,8 @@ def test_ensemble_config_of_members(ship_runs):
 
 def test_the_writer_refuses_before_writing(ship_runs, tmp_path):
     d = json.loads((ship_runs["head"] / "config.json").read_text())
-    bad = BundleConfig.from_dict(d)
-    bad.head = {**bad.head, "n_classes": 3}
+    good = BundleConfig.from_dict(d)
+    bad = dataclasses.replace(good, head={**good.head, "n_classes": 3})   # not checked
     with pytest.raises(BundleConfigError, match="head.n_classes"):
         write_bundle(tmp_path / "out", bad)
     assert not (tmp_path / "out").exists()
@@ -124,3 +125,26 @@ def test_older_shapes_are_filled_in_by_migrate(ship_runs):
     assert new["calibration"] == {"method": "temperature", "temperature": t}
     assert "dataset" not in old   # the table read from the file is left as it was
     assert isinstance(parse_config(new, "config.json"), BundleConfig)
+
+
+def test_a_head_bundle_without_its_layer_fields_predicts_as_before(ship_runs, synth_table,
+                                                                    synth_cache, tmp_path):
+    """Fusion-head bundles made before the architecture was a recipe field lack ``head``,
+    ``inputs`` and the layer widths and dropouts; ``migrate`` alone fills in the layers every
+    head had then, and the bundle predicts as it did."""
+    import numpy as np
+
+    from skinfeat.deploy.bundle_config import HEAD_LAYERS, migrate
+    from skinfeat.deploy.model import Model
+
+    d = json.loads((ship_runs["head"] / "config.json").read_text())
+    assert {k: d["head"][k] for k in HEAD_LAYERS} == HEAD_LAYERS   # the run has those layers
+    old = {**d, "head": {k: v for k, v in d["head"].items() if k not in HEAD_LAYERS}}
+    new = migrate(old)
+    assert new["head"] == d["head"] and "inputs" not in old["head"]
+    shutil.copytree(ship_runs["head"], tmp_path / "old")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    rows = synth_table[["image_id", "path", "age", "sex", "localization"]].head(20)
+    want = Model(ship_runs["head"]).predict_table(rows, cache=synth_cache).proba
+    got = Model(tmp_path / "old").predict_table(rows, cache=synth_cache).proba
+    np.testing.assert_array_equal(got, want)

@@ -49,6 +49,36 @@ def test_configs_are_frozen(config):
         config.seed = 1
 
 
+def config_dataclasses() -> list[type]:
+    """Every dataclass of the package named ``...Config``, found in the source (so a new one
+    is checked without being listed here)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import skinfeat
+
+    root = Path(skinfeat.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Config") and any(
+                    ast.unparse(d).startswith("dataclass") for d in node.decorator_list):
+                found.append(getattr(importlib.import_module(module), node.name))
+    return found
+
+
+def test_every_config_dataclass_is_frozen():
+    found = config_dataclasses()
+    assert {"HeadConfig", "LGBMConfig", "LinearConfig", "RunConfig", "CVConfig", "TuneConfig",
+            "BundleConfig", "EnsembleConfig"} <= {c.__name__ for c in found}
+    for cls in found:
+        value = object.__new__(cls)   # no field values needed: assignment itself is refused
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, dataclasses.fields(cls)[0].name, None)
+
+
 def test_fit_returns_the_model_with_trailing_underscore_state():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 6)).astype(np.float32)

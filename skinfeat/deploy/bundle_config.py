@@ -24,6 +24,10 @@ from ..schema import Ge, Gt, Le, SchemaError, dump, parse
 FORMAT = "skinfeat-bundle/2"
 OLDER = ("skinfeat-bundle/1",)   # the formats ``migrate`` upgrades
 Table = dict[str, Any]
+# A fusion head's network, as every head before 59a615a had it (the published Keras recipe's
+# layers): bundles of then lack these keys of ``head`` (``migrate`` fills them in).
+HEAD_LAYERS = {"head": "reference", "inputs": "fused", "meta_width": 32, "meta_out": 16,
+               "dense_width": 64, "image_dropout": 0.3, "dropout": 0.4}
 
 
 class BundleError(SkinfeatError, ValueError):
@@ -89,7 +93,7 @@ class _Config:
         return parse(cls, d, source, BundleConfigError)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class BundleConfig(_Config):
     """One stage-two model: everything predict needs, and the recipe it was made with."""
     format: Literal[FORMAT] = FORMAT  # type: ignore[valid-type]  # a constant: see schema.py
@@ -138,7 +142,7 @@ class BundleConfig(_Config):
         return HeadDims.of(self.head)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class EnsembleConfig(_Config):
     """A fold ensemble (``cv --save-models``): ``members`` are bundle folders beside this
     config; predict averages their calibrated probabilities (``combine`` says how)."""
@@ -185,7 +189,9 @@ def migrate(d: Any) -> Any:
       LightGBM model file keeps its name (``LGBMModel.weights_file``);
     - bundles made before the dataset description and task were stored: HAM10000, every class
       (``dataset``, ``task``);
-    - bundles made before ``calibration``: their ``temperature`` alone (temperature scaling).
+    - bundles made before ``calibration``: their ``temperature`` alone (temperature scaling);
+    - fusion-head bundles made before the head's architecture was a recipe field: the layers
+      every head had then (``HEAD_LAYERS``), so the network is rebuilt as it was trained.
     """
     if not isinstance(d, Mapping):
         return d
@@ -193,9 +199,14 @@ def migrate(d: Any) -> Any:
     old = d.get("format") in OLDER
     described = d.get("dataset") is not None and d.get("task") is not None
     calibrated = not single or d.get("calibration") is not None
-    if not old and described and calibrated:
+    head = d.get("head")
+    layered = not (single and d.get("model_type") == "head" and isinstance(head, Mapping)) \
+        or all(head.get(k) is not None for k in HEAD_LAYERS)
+    if not old and described and calibrated and layered:
         return d
     d = dict(d)
+    if not layered:
+        d["head"] = {**head, **{k: v for k, v in HEAD_LAYERS.items() if head.get(k) is None}}
     if old and single:
         for kind in ("lgbm", "linear"):
             if kind in d:

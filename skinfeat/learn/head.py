@@ -185,13 +185,11 @@ class FusionHead(nn.Module):
 
     @classmethod
     def from_config(cls, embed_dim: int, meta_dim: int, n_classes: int,
-                    cfg: HeadConfig | dict) -> FusionHead:
-        """The head a config describes (a bundle's ``head`` dict: fields it lacks, from bundles
-        made before they existed, take the recipe's defaults)."""
-        d = cfg.to_dict() if isinstance(cfg, HeadConfig) else cfg
-        arch = {k: d[k] for k in cls.ARCHITECTURE if d.get(k) is not None}
-        return cls(embed_dim, meta_dim, n_classes, d.get("head", "reference"),
-                   d.get("inputs", "fused"), **arch)
+                    cfg: HeadConfig) -> FusionHead:
+        """The head a config describes (an older bundle's missing layer fields are filled in
+        on load, by ``deploy.bundle_config.migrate``)."""
+        return cls(embed_dim, meta_dim, n_classes, cfg.head, cfg.inputs,
+                   **{k: getattr(cfg, k) for k in cls.ARCHITECTURE})
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor,
                 masks: tuple[torch.Tensor | None, torch.Tensor | None] | None = None

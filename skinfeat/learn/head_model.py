@@ -84,11 +84,11 @@ class HeadModel(StageTwoModel):
     @classmethod
     def from_bundle(cls, config: dict, weights, dims: tuple[int, int, int],
                     load_state: Callable | None = None) -> HeadModel:
-        head = config["head"]
-        net = FusionHead.from_config(*dims, head)
+        cfg = cls.config_from(config["head"])
+        net = FusionHead.from_config(*dims, cfg)
         (load_state or (lambda m, s: m.load_state_dict(s)))(net, named_state(weights))
         net.eval()
-        return cls(cls.config_from(head), net)
+        return cls(cfg, net)
 
     def torch_module(self) -> FusionHead:
         return fitted(self, self.net)
@@ -98,7 +98,7 @@ class HeadModel(StageTwoModel):
         """This fused head, trained on all-zero metadata (learn/fallback.py), as the
         ``inputs="image"`` head it is: its metadata branch gives the constant
         ``m = meta_mlp(0)``, folded into the dense layer (exact up to float rounding)."""
-        net, cfg = fitted(self, self.net), {**self.config_dict(), "inputs": "image"}
+        net, cfg = fitted(self, self.net), replace(self.config, inputs="image")
         zero = torch.zeros(1, net.meta_mlp.fc1.in_features)
         m = net.meta_mlp(zero)[0]
         weight, bias = net.fuse.fc.weight, net.fuse.fc.bias
@@ -112,5 +112,5 @@ class HeadModel(StageTwoModel):
         out.fuse.fc.load_state_dict({"weight": w_image.clone(), "bias": new_bias.clone()})
         out.classifier.load_state_dict(net.classifier.state_dict())
         out.eval()
-        return type(self).fitted(replace(self.config, inputs="image"), out, self.best_epoch_,
+        return type(self).fitted(cfg, out, self.best_epoch_,
                                  self.epochs_run_, self.class_weights_)
