@@ -125,8 +125,6 @@ LADDER = [
      ["--models", "head", "--inputs", "fused", "--encoding", "reference"]),
     ("default head", "ladder-head", ["--models", "head", "--inputs", "image,fused"]),
     ("linear probe", "ladder-linear", ["--models", "linear", "--inputs", "image,fused"]),
-    ("ensemble (head + linear + lgbm)", "ladder-ensemble",
-     ["--models", "ensemble", "--inputs", "image,fused"]),
 ]
 
 
@@ -147,23 +145,32 @@ def ladder_step(args) -> None:
     for title, inputs, mean, sd, fold_sd in rows:
         print(f"  {title:58} {inputs:6} {100 * mean:5.1f} ± {100 * sd:.1f} %  "
               f"(folds: {100 * fold_sd:.1f})")
+    head, linear = args.work / "ladder-head", args.work / "ladder-linear"
+    for inputs in ("image", "fused"):
+        print(f"linear probe - default head, {inputs}: "
+              f"{pair(head, linear, 'head', inputs, model_b='linear')}", flush=True)
 
 
 def compare_step(args) -> None:
     caches = [str(cache_path(args, o)) for o in args.options]
-    for inputs in ("image", "fused"):
+    ensemble = (["--members", args.members, "--combine", args.combine]
+                if "ensemble" in args.models.split(",") else [])
+    tag = f"-{args.tag}" if args.tag else ""
+    for inputs in args.inputs:
         cache_flags = [flag for c in caches for flag in ("--cache", c)]
         run(["compare", *data_args(args), *cache_flags, "--models", args.models, "--inputs", inputs,
              "--folds", str(args.folds), "--seeds", args.seeds, "--jobs", str(args.jobs),
-             "--out", str(args.work / f"compare-{inputs}")])
+             *ensemble, "--out", str(args.work / f"compare-{inputs}{tag}")])
 
 
 HEAD_CANDIDATE = ["--lr", "3e-4", "--max-epochs", "80", "--patience", "10"]
 
 
-def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000) -> str:
-    """``b - a`` balanced accuracy of two cv runs on the same folds, with compare's statistics
-    (a lesion bootstrap of the pooled out-of-fold predictions, mean over seeds)."""
+def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000,
+         model_b: str | None = None) -> str:
+    """``b - a`` balanced accuracy of two cv runs on the same folds (``model`` in ``run_a``,
+    ``model_b``, default the same, in ``run_b``), with compare's statistics (a lesion bootstrap
+    of the pooled out-of-fold predictions, mean over seeds)."""
     import numpy as np
     import pandas as pd
 
@@ -176,9 +183,9 @@ def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000) 
     truth = pd.read_csv(run_a / "cv_folds.csv", dtype={"image_id": str, "group_id": str}) \
         .drop_duplicates("image_id").set_index("image_id").sort_index()
     y = truth["dx"].map({c: k for k, c in enumerate(classes)}).to_numpy(np.int64)
-    entry = {"model": model, "inputs": inputs}
-    a, b = (_arrays(_read_oof(r / "oof_predictions.csv"), {**entry, "run": r}, classes,
-                    truth.index, seeds) for r in (run_a, run_b))
+    a, b = (_arrays(_read_oof(r / "oof_predictions.csv"), {"model": m, "inputs": inputs, "run": r},
+                    classes, truth.index, seeds)
+            for r, m in ((run_a, model), (run_b, model_b or model)))
     d = paired_difference("balanced_accuracy", y, truth["group_id"].to_numpy(), a, b,
                           n_boot=n_boot)
     return (f"{100 * d.estimate:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] pts, "
@@ -187,7 +194,7 @@ def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000) 
 
 def head_step(args) -> None:
     option = args.options[0]
-    for inputs in ("image", "fused"):
+    for inputs in args.inputs:
         runs = []
         for name, extra in (("default", []), ("candidate", HEAD_CANDIDATE)):
             out = f"head-{option}-{inputs}-{name}"
@@ -208,7 +215,15 @@ def main() -> None:
     ap.add_argument("--options", default="default,gem,last3,views",
                     help=f"comma list of {', '.join(OPTIONS)} (the first is the reference)")
     ap.add_argument("--models", default="head,linear,ensemble",
-                    help="compare's models (ensemble: --model ensemble, head + linear + lgbm)")
+                    help="compare's models (ensemble: --model ensemble, with --members, --combine)")
+    ap.add_argument("--members", default="head,linear",
+                    help="compare, --models ensemble: its members")
+    ap.add_argument("--combine", choices=("logmean", "stack"), default="logmean",
+                    help="compare, --models ensemble: how the members are combined")
+    ap.add_argument("--inputs", default="image,fused",
+                    help="compare and head: the input sets, one run each")
+    ap.add_argument("--tag", default="",
+                    help="compare: its runs go to WORK/compare-INPUTS-TAG (default: no tag)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=0)
@@ -216,6 +231,7 @@ def main() -> None:
     ap.add_argument("--verify-images", type=int, default=64)
     args = ap.parse_args()
     args.options = [o for o in args.options.split(",") if o]
+    args.inputs = [i for i in args.inputs.split(",") if i]
     unknown = sorted(set(args.options) - set(OPTIONS))
     if unknown:
         ap.error(f"unknown option(s) {unknown}; choose from {', '.join(OPTIONS)}")
