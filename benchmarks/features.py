@@ -123,16 +123,22 @@ LADDER = [
       "--calibration", "temperature"]),
     ("reference architecture + encoder, honest", "ladder-reference",
      ["--models", "head", "--inputs", "fused", "--encoding", "reference"]),
-    ("default head", "ladder-head", ["--models", "head", "--inputs", "image,fused"]),
+    ("default head", "ladder-head-image", ["--models", "head", "--inputs", "image"]),
+    ("default head", "ladder-head-fused", ["--models", "head", "--inputs", "fused"]),
     ("linear probe", "ladder-linear", ["--models", "linear", "--inputs", "image,fused"]),
 ]
 
 
 def ladder_step(args) -> None:
-    rows = []
+    rows, heads = [], {}
     for title, out, extra in LADDER:
-        run(cv_args(args, out, extra), quiet=True)
-        metrics = json.loads((args.work / out / "cv_metrics.json").read_text())
+        where = args.work / out
+        if out.startswith("ladder-head-"):
+            inputs = out.rsplit("-", 1)[1]
+            where = heads[inputs] = default_head_run(args, "default", inputs) or where
+        if where == args.work / out:
+            run(cv_args(args, out, extra), quiet=True)
+        metrics = json.loads((where / "cv_metrics.json").read_text())
         if not rows:
             base = metrics["majority_baseline"]["balanced_accuracy"]
             rows.append(("majority class", "-", base["mean"], 0.0, base["std"]))
@@ -145,10 +151,10 @@ def ladder_step(args) -> None:
     for title, inputs, mean, sd, fold_sd in rows:
         print(f"  {title:58} {inputs:6} {100 * mean:5.1f} ± {100 * sd:.1f} %  "
               f"(folds: {100 * fold_sd:.1f})")
-    head, linear = args.work / "ladder-head", args.work / "ladder-linear"
-    for inputs in ("image", "fused"):
+    for inputs, head in heads.items():
         print(f"linear probe - default head, {inputs}: "
-              f"{pair(head, linear, 'head', inputs, model_b='linear')}", flush=True)
+              f"{pair(head, args.work / 'ladder-linear', 'head', inputs, model_b='linear')}",
+              flush=True)
 
 
 def compare_step(args) -> None:
@@ -192,17 +198,48 @@ def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000,
             f"p={d.p_value:.4f}")
 
 
+def default_head_run(args, option: str, inputs: str) -> Path | None:
+    """A cv run of today's default head on ``option``'s cache, these inputs, folds and seeds,
+    that the compare step already wrote (its per-cache run), or None: the head step and the
+    ladder reuse it rather than fit the same heads again."""
+    from dataclasses import asdict
+
+    from skinfeat.learn.head import HeadConfig
+
+    default = {k: v for k, v in asdict(HeadConfig()).items() if k not in ("inputs", "seed")}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for path in sorted(args.work.glob(f"compare-{inputs}*/cv/{args.images}-{option}")):
+        try:
+            metrics = json.loads((path / "cv_metrics.json").read_text())
+        except FileNotFoundError:
+            continue
+        cfg = metrics["config"]
+        recipe = cfg.get("recipe", {})
+        head = {k: v for k, v in recipe.get("head", {}).items() if k not in ("inputs", "seed")}
+        if (cfg["folds"] == args.folds and cfg["seeds"] == seeds and cfg["split"] == "group"
+                and inputs in cfg["inputs"] and "head" in cfg["models"] and head == default
+                and recipe.get("encoding") == "robust"
+                and recipe.get("calibration") == "logit_adjust"
+                and not recipe.get("tta") and not recipe.get("group_context")
+                and recipe.get("fallback")):
+            print(f"reusing the default head of {path}", flush=True)
+            return path
+    return None
+
+
 def head_step(args) -> None:
     option = args.options[0]
     for inputs in args.inputs:
         runs = []
         for name, extra in (("default", []), ("candidate", HEAD_CANDIDATE)):
             out = f"head-{option}-{inputs}-{name}"
-            run(["cv", *data_args(args), "--cache", str(cache_path(args, option)),
-                 "--folds", str(args.folds), "--seeds", args.seeds, "--jobs", str(args.jobs),
-                 "--models", "head", "--inputs", inputs, "--out", str(args.work / out), *extra],
-                quiet=True)
-            runs.append(args.work / out)
+            done = default_head_run(args, option, inputs) if name == "default" else None
+            if done is None:
+                run(["cv", *data_args(args), "--cache", str(cache_path(args, option)),
+                     "--folds", str(args.folds), "--seeds", args.seeds,
+                     "--jobs", str(args.jobs), "--models", "head", "--inputs", inputs,
+                     "--out", str(args.work / out), *extra], quiet=True)
+            runs.append(done or args.work / out)
         print(f"head {' '.join(HEAD_CANDIDATE)} - default head, {inputs}: "
               f"{pair(runs[0], runs[1], 'head', inputs)}", flush=True)
 
