@@ -85,6 +85,25 @@ def test_options_are_in_the_identity_and_caches_do_not_mix(synth_table, tmp_path
         extract(synth_table.iloc[:8], tmp_path / "plain.h5", **{**KW, "image_size": 96})
 
 
+@pytest.mark.parametrize("layers", ["last2", "last3"])
+def test_pooled_stages_trace_to_onnx_and_equal_torch(synth_table, tmp_path, layers):
+    """A bundle on a --layers last2/last3 cache exports: the standardisation of each stage
+    traces to ONNX (F.layer_norm's shape argument did not)."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from skinfeat.embed.engines import PooledFeatures
+
+    net = PooledFeatures(create_backbone(TINY, WeightSource("random")), "avg", layers).eval()
+    x = _batch(synth_table, transform_for(net.model, "squash", 64))
+    path = tmp_path / "m.onnx"
+    with torch.inference_mode():
+        want = net(x).numpy()
+    torch.onnx.export(net, (x,), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_average_views_store_the_mean_of_the_views(synth_table, tmp_path):
     sub = synth_table.iloc[:5]
     extract(sub, tmp_path / "v.h5", views=("flip", "rot90"), **KW)
