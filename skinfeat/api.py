@@ -91,8 +91,9 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
     ``i`` of ``n``; ``pool``: the family's pooling (timm avg, gem, avgmax; open_clip proj, cls,
     mean; hf cls, mean; None: the family's default); ``layers``: last, last2 or last3 stages
     pooled and concatenated (timm, hf; None: last3 for a timm model with three stages, last for
-    the other families, or what an existing ``cache`` was made with); ``image_size``: pixels, ``train`` (the encoder's
-    training size, the default) or ``test`` (timm's ``test_input_size``); ``average_views``:
+    the other families, or what an existing ``cache`` was made with); ``image_size``: pixels,
+    ``train`` (the encoder's training size, the default) or ``test`` (timm's
+    ``test_input_size``); ``average_views``:
     none, flip, rot90 or all, views averaged into the one stored embedding. Every option is in
     the cache identity. The result's ``run`` holds this run's counts and failures."""
     from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS
