@@ -16,14 +16,20 @@ Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seco
 * ``extract``: stage one once per option with ``skinfeat extract`` (the options the pass does
   not cover, e.g. ``size288``; an existing cache is resumed, i.e. kept);
 * ``ladder``: majority class; the reference recipe on the leaky image-level folds; the reference
-  architecture and encoder on lesion-grouped folds; the default head; the linear probe (image
-  and fused), all on the default cache, ``skinfeat cv``, mean ± sd over seeds;
-* ``compare``: ``skinfeat compare`` of every option cache x model against today's default (the
-  default cache, the head), image-only and fused: paired differences with 95 % intervals from a
-  lesion bootstrap of the pooled out-of-fold predictions;
-* ``head``: the head candidate of docs/features.md (``HEAD_CANDIDATE``) against the default head
-  on the first option's cache, two ``skinfeat cv`` runs on the same folds, paired as ``compare``
-  pairs (``compare`` shares one recipe between its entries).
+  architecture and encoder on lesion-grouped folds; the default head (image, fused); the linear
+  probe (image), all on the ``default`` cache, ``skinfeat cv``, mean ± sd over seeds, and the
+  probe paired with the head;
+* ``compare``: ``skinfeat compare`` of every option cache x model (``--models``; an ensemble's
+  ``--members`` and ``--combine``) against the first entry (the first option's cache, the
+  first model), for each of ``--inputs``: paired differences with 95 % intervals from a lesion
+  bootstrap of the pooled out-of-fold predictions, into ``WORK/compare-INPUTS[-TAG]``;
+* ``head``: the default head against ``HEAD_BEFORE`` (its defaults before issue 29) on the first
+  option's cache, two ``skinfeat cv`` runs on the same folds, paired as ``compare`` pairs
+  (``compare`` shares one recipe between its entries).
+
+``head`` and ``ladder`` reuse a cv run of the default head that ``compare`` already wrote (same
+folds, seeds and recipe). The ``default`` option is extract's default before issue 29 (``--layers
+last``): today's default for timm encoders is ``last3`` (docs/features.md).
 
 MobileNetV2 stands in for ConvNeXt-Tiny, which cannot be downloaded here: one encoder's result.
 """
@@ -42,9 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SKINFEAT = [sys.executable, "-m", "skinfeat.cli"]
 
-# option -> extract flags (the default: none)
+# option -> extract flags; "default" is extract's default before issue 29 (avg, --layers last),
+# the reference every option is paired against (last3 is today's default for timm encoders)
 OPTIONS = {
-    "default": [],
+    "default": ["--layers", "last"],
     "gem": ["--pool", "gem"],
     "avgmax": ["--pool", "avgmax"],
     "last2": ["--layers", "last2"],
@@ -172,7 +179,8 @@ def compare_step(args) -> None:
              *ensemble, "--out", str(args.work / f"compare-{inputs}{tag}")])
 
 
-HEAD_CANDIDATE = ["--lr", "3e-4", "--max-epochs", "80", "--patience", "10"]
+# the head's training defaults before issue 29 (its candidate, 3e-4 / 80 / 10, is today's default)
+HEAD_BEFORE = ["--lr", "1e-3", "--max-epochs", "40", "--patience", "5"]
 
 
 def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000,
@@ -234,7 +242,7 @@ def head_step(args) -> None:
     option = args.options[0]
     for inputs in args.inputs:
         runs = []
-        for name, extra in (("default", []), ("candidate", HEAD_CANDIDATE)):
+        for name, extra in (("before", HEAD_BEFORE), ("default", [])):
             out = f"head-{option}-{inputs}-{name}"
             done = default_head_run(args, option, inputs) if name == "default" else None
             if done is None:
@@ -243,7 +251,7 @@ def head_step(args) -> None:
                      "--jobs", str(args.jobs), "--models", "head", "--inputs", inputs,
                      "--out", str(args.work / out), *extra], quiet=True)
             runs.append(done or args.work / out)
-        print(f"head {' '.join(HEAD_CANDIDATE)} - default head, {inputs}: "
+        print(f"default head - head {' '.join(HEAD_BEFORE)}, {inputs}: "
               f"{pair(runs[0], runs[1], 'head', inputs)}", flush=True)
 
 
