@@ -16,14 +16,20 @@ Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seco
 * ``extract``: stage one once per option with ``skinfeat extract`` (the options the pass does
   not cover, e.g. ``size288``; an existing cache is resumed, i.e. kept);
 * ``ladder``: majority class; the reference recipe on the leaky image-level folds; the reference
-  architecture and encoder on lesion-grouped folds; the default head; the linear probe (image
-  and fused), all on the default cache, ``skinfeat cv``, mean ± sd over seeds;
-* ``compare``: ``skinfeat compare`` of every option cache x model against today's default (the
-  default cache, the head), image-only and fused: paired differences with 95 % intervals from a
-  lesion bootstrap of the pooled out-of-fold predictions;
-* ``head``: the head candidate of docs/features.md (``HEAD_CANDIDATE``) against the default head
-  on the first option's cache, two ``skinfeat cv`` runs on the same folds, paired as ``compare``
-  pairs (``compare`` shares one recipe between its entries).
+  architecture and encoder on lesion-grouped folds; the default head (image, fused); the linear
+  probe (image), all on the ``default`` cache, ``skinfeat cv``, mean ± sd over seeds, and the
+  probe paired with the head;
+* ``compare``: ``skinfeat compare`` of every option cache x model (``--models``; an ensemble's
+  ``--members`` and ``--combine``) against the first entry (the first option's cache, the
+  first model), for each of ``--inputs``: paired differences with 95 % intervals from a lesion
+  bootstrap of the pooled out-of-fold predictions, into ``WORK/compare-INPUTS[-TAG]``;
+* ``head``: the default head against ``HEAD_BEFORE`` (its defaults before issue 29) on the first
+  option's cache, two ``skinfeat cv`` runs on the same folds, paired as ``compare`` pairs
+  (``compare`` shares one recipe between its entries).
+
+``head`` and ``ladder`` reuse a cv run of the default head that ``compare`` already wrote (same
+folds, seeds and recipe). The ``default`` option is extract's default before issue 29 (``--layers
+last``): today's default for timm encoders is ``last3`` (docs/features.md).
 
 MobileNetV2 stands in for ConvNeXt-Tiny, which cannot be downloaded here: one encoder's result.
 """
@@ -42,9 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SKINFEAT = [sys.executable, "-m", "skinfeat.cli"]
 
-# option -> extract flags (the default: none)
+# option -> extract flags; "default" is extract's default before issue 29 (avg, --layers last),
+# the reference every option is paired against (last3 is today's default for timm encoders)
 OPTIONS = {
-    "default": [],
+    "default": ["--layers", "last"],
     "gem": ["--pool", "gem"],
     "avgmax": ["--pool", "avgmax"],
     "last2": ["--layers", "last2"],
@@ -123,18 +130,23 @@ LADDER = [
       "--calibration", "temperature"]),
     ("reference architecture + encoder, honest", "ladder-reference",
      ["--models", "head", "--inputs", "fused", "--encoding", "reference"]),
-    ("default head", "ladder-head", ["--models", "head", "--inputs", "image,fused"]),
-    ("linear probe", "ladder-linear", ["--models", "linear", "--inputs", "image,fused"]),
-    ("ensemble (head + linear + lgbm)", "ladder-ensemble",
-     ["--models", "ensemble", "--inputs", "image,fused"]),
+    ("default head", "ladder-head-image", ["--models", "head", "--inputs", "image"]),
+    ("default head", "ladder-head-fused", ["--models", "head", "--inputs", "fused"]),
+    # image only: its fused row costs as much again (~40 CPU s per fold on 2 busy cores)
+    ("linear probe", "ladder-linear", ["--models", "linear", "--inputs", "image"]),
 ]
 
 
 def ladder_step(args) -> None:
-    rows = []
+    rows, heads = [], {}
     for title, out, extra in LADDER:
-        run(cv_args(args, out, extra), quiet=True)
-        metrics = json.loads((args.work / out / "cv_metrics.json").read_text())
+        where = args.work / out
+        if out.startswith("ladder-head-"):
+            inputs = out.rsplit("-", 1)[1]
+            where = heads[inputs] = default_head_run(args, "default", inputs) or where
+        if where == args.work / out:
+            run(cv_args(args, out, extra), quiet=True)
+        metrics = json.loads((where / "cv_metrics.json").read_text())
         if not rows:
             base = metrics["majority_baseline"]["balanced_accuracy"]
             rows.append(("majority class", "-", base["mean"], 0.0, base["std"]))
@@ -147,23 +159,35 @@ def ladder_step(args) -> None:
     for title, inputs, mean, sd, fold_sd in rows:
         print(f"  {title:58} {inputs:6} {100 * mean:5.1f} ± {100 * sd:.1f} %  "
               f"(folds: {100 * fold_sd:.1f})")
+    for inputs, head in heads.items():
+        if inputs != "image":
+            continue
+        print(f"linear probe - default head, {inputs}: "
+              f"{pair(head, args.work / 'ladder-linear', 'head', inputs, model_b='linear')}",
+              flush=True)
 
 
 def compare_step(args) -> None:
     caches = [str(cache_path(args, o)) for o in args.options]
-    for inputs in ("image", "fused"):
+    ensemble = (["--members", args.members, "--combine", args.combine]
+                if "ensemble" in args.models.split(",") else [])
+    tag = f"-{args.tag}" if args.tag else ""
+    for inputs in args.inputs:
         cache_flags = [flag for c in caches for flag in ("--cache", c)]
         run(["compare", *data_args(args), *cache_flags, "--models", args.models, "--inputs", inputs,
              "--folds", str(args.folds), "--seeds", args.seeds, "--jobs", str(args.jobs),
-             "--out", str(args.work / f"compare-{inputs}")])
+             *ensemble, "--out", str(args.work / f"compare-{inputs}{tag}")])
 
 
-HEAD_CANDIDATE = ["--lr", "3e-4", "--max-epochs", "80", "--patience", "10"]
+# the head's training defaults before issue 29 (its candidate, 3e-4 / 80 / 10, is today's default)
+HEAD_BEFORE = ["--lr", "1e-3", "--max-epochs", "40", "--patience", "5"]
 
 
-def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000) -> str:
-    """``b - a`` balanced accuracy of two cv runs on the same folds, with compare's statistics
-    (a lesion bootstrap of the pooled out-of-fold predictions, mean over seeds)."""
+def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000,
+         model_b: str | None = None) -> str:
+    """``b - a`` balanced accuracy of two cv runs on the same folds (``model`` in ``run_a``,
+    ``model_b``, default the same, in ``run_b``), with compare's statistics (a lesion bootstrap
+    of the pooled out-of-fold predictions, mean over seeds)."""
     import numpy as np
     import pandas as pd
 
@@ -176,27 +200,58 @@ def pair(run_a: Path, run_b: Path, model: str, inputs: str, n_boot: int = 2000) 
     truth = pd.read_csv(run_a / "cv_folds.csv", dtype={"image_id": str, "group_id": str}) \
         .drop_duplicates("image_id").set_index("image_id").sort_index()
     y = truth["dx"].map({c: k for k, c in enumerate(classes)}).to_numpy(np.int64)
-    entry = {"model": model, "inputs": inputs}
-    a, b = (_arrays(_read_oof(r / "oof_predictions.csv"), {**entry, "run": r}, classes,
-                    truth.index, seeds) for r in (run_a, run_b))
+    a, b = (_arrays(_read_oof(r / "oof_predictions.csv"), {"model": m, "inputs": inputs, "run": r},
+                    classes, truth.index, seeds)
+            for r, m in ((run_a, model), (run_b, model_b or model)))
     d = paired_difference("balanced_accuracy", y, truth["group_id"].to_numpy(), a, b,
                           n_boot=n_boot)
     return (f"{100 * d.estimate:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] pts, "
             f"p={d.p_value:.4f}")
 
 
+def default_head_run(args, option: str, inputs: str) -> Path | None:
+    """A cv run of today's default head on ``option``'s cache, these inputs, folds and seeds,
+    that the compare step already wrote (its per-cache run), or None: the head step and the
+    ladder reuse it rather than fit the same heads again."""
+    from dataclasses import asdict
+
+    from skinfeat.learn.head import HeadConfig
+
+    default = {k: v for k, v in asdict(HeadConfig()).items() if k not in ("inputs", "seed")}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for path in sorted(args.work.glob(f"compare-{inputs}*/cv/{args.images}-{option}")):
+        try:
+            metrics = json.loads((path / "cv_metrics.json").read_text())
+        except FileNotFoundError:
+            continue
+        cfg = metrics["config"]
+        recipe = cfg.get("recipe", {})
+        head = {k: v for k, v in recipe.get("head", {}).items() if k not in ("inputs", "seed")}
+        if (cfg["folds"] == args.folds and cfg["seeds"] == seeds and cfg["split"] == "group"
+                and inputs in cfg["inputs"] and "head" in cfg["models"] and head == default
+                and recipe.get("encoding") == "robust"
+                and recipe.get("calibration") == "logit_adjust"
+                and not recipe.get("tta") and not recipe.get("group_context")
+                and recipe.get("fallback")):
+            print(f"reusing the default head of {path}", flush=True)
+            return path
+    return None
+
+
 def head_step(args) -> None:
     option = args.options[0]
-    for inputs in ("image", "fused"):
+    for inputs in args.inputs:
         runs = []
-        for name, extra in (("default", []), ("candidate", HEAD_CANDIDATE)):
+        for name, extra in (("before", HEAD_BEFORE), ("default", [])):
             out = f"head-{option}-{inputs}-{name}"
-            run(["cv", *data_args(args), "--cache", str(cache_path(args, option)),
-                 "--folds", str(args.folds), "--seeds", args.seeds, "--jobs", str(args.jobs),
-                 "--models", "head", "--inputs", inputs, "--out", str(args.work / out), *extra],
-                quiet=True)
-            runs.append(args.work / out)
-        print(f"head {' '.join(HEAD_CANDIDATE)} - default head, {inputs}: "
+            done = default_head_run(args, option, inputs) if name == "default" else None
+            if done is None:
+                run(["cv", *data_args(args), "--cache", str(cache_path(args, option)),
+                     "--folds", str(args.folds), "--seeds", args.seeds,
+                     "--jobs", str(args.jobs), "--models", "head", "--inputs", inputs,
+                     "--out", str(args.work / out), *extra], quiet=True)
+            runs.append(done or args.work / out)
+        print(f"default head - head {' '.join(HEAD_BEFORE)}, {inputs}: "
               f"{pair(runs[0], runs[1], 'head', inputs)}", flush=True)
 
 
@@ -208,7 +263,15 @@ def main() -> None:
     ap.add_argument("--options", default="default,gem,last3,views",
                     help=f"comma list of {', '.join(OPTIONS)} (the first is the reference)")
     ap.add_argument("--models", default="head,linear,ensemble",
-                    help="compare's models (ensemble: --model ensemble, head + linear + lgbm)")
+                    help="compare's models (ensemble: --model ensemble, with --members, --combine)")
+    ap.add_argument("--members", default="head,linear",
+                    help="compare, --models ensemble: its members")
+    ap.add_argument("--combine", choices=("logmean", "stack"), default="logmean",
+                    help="compare, --models ensemble: how the members are combined")
+    ap.add_argument("--inputs", default="image,fused",
+                    help="compare and head: the input sets, one run each")
+    ap.add_argument("--tag", default="",
+                    help="compare: its runs go to WORK/compare-INPUTS-TAG (default: no tag)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=0)
@@ -216,6 +279,7 @@ def main() -> None:
     ap.add_argument("--verify-images", type=int, default=64)
     args = ap.parse_args()
     args.options = [o for o in args.options.split(",") if o]
+    args.inputs = [i for i in args.inputs.split(",") if i]
     unknown = sorted(set(args.options) - set(OPTIONS))
     if unknown:
         ap.error(f"unknown option(s) {unknown}; choose from {', '.join(OPTIONS)}")

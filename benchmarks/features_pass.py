@@ -38,9 +38,10 @@ from skinfeat.embed.pooling import concat_stages, pool_map, same_stage
 from skinfeat.embed.transform import transform_for
 from skinfeat.embed.weights import WeightSource
 
-# option -> extract()'s keyword arguments (``benchmarks/features.py`` OPTIONS has the flags)
+# option -> extract()'s keyword arguments (``benchmarks/features.py`` OPTIONS has the flags);
+# "default" is the default before issue 29 (--layers last), the options' reference
 EXTRACT_KW: dict[str, dict] = {
-    "default": {}, "gem": {"pool": "gem"}, "avgmax": {"pool": "avgmax"},
+    "default": {"layers": "last"}, "gem": {"pool": "gem"}, "avgmax": {"pool": "avgmax"},
     "last2": {"layers": "last2"}, "last3": {"layers": "last3"},
     "flip": {"average_views": ("flip",)}, "views": {"average_views": VIEW_NAMES},
     "size288": {"image_size": 288},

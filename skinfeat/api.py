@@ -81,7 +81,7 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
             batch_size: int | None = None, num_workers: int | None = None,
             resize: str = "squash", views: str = "none", shard: tuple[int, int] | None = None,
             compile: str = "auto", calibration_images: int | None = None,
-            pool: str | None = None, layers: str = "last", average_views: str = "none",
+            pool: str | None = None, layers: str | None = None, average_views: str = "none",
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> EmbeddingCache:
     """Stage one: embed every image of ``data`` once into ``cache`` (resumable; images already
@@ -90,8 +90,10 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
     rot90 or all (embeddings of flipped / rotated copies too); ``shard=(i, n)``: only shard
     ``i`` of ``n``; ``pool``: the family's pooling (timm avg, gem, avgmax; open_clip proj, cls,
     mean; hf cls, mean; None: the family's default); ``layers``: last, last2 or last3 stages
-    pooled and concatenated (timm, hf); ``image_size``: pixels, ``train`` (the encoder's
-    training size, the default) or ``test`` (timm's ``test_input_size``); ``average_views``:
+    pooled and concatenated (timm, hf; None: last3 for a timm model with three stages, last for
+    the other families, or what an existing ``cache`` was made with); ``image_size``: pixels,
+    ``train`` (the encoder's training size, the default) or ``test`` (timm's
+    ``test_input_size``); ``average_views``:
     none, flip, rot90 or all, views averaged into the one stored embedding. Every option is in
     the cache identity. The result's ``run`` holds this run's counts and failures."""
     from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS

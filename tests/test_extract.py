@@ -18,7 +18,10 @@ from skinfeat.embed.extract import Embedder, extract
 from skinfeat.embed.transform import preprocess, transform_for
 from skinfeat.embed.weights import WeightSource
 
-KW = dict(backbone=TINY, weights=WeightSource("random"), precision="fp32", num_workers=0)
+# layers="last": these tests compare with the plain embedder (Embedder's default); the last3
+# default of timm encoders is tested in test_stage_one_options
+KW = dict(backbone=TINY, weights=WeightSource("random"), precision="fp32", num_workers=0,
+          layers="last")
 
 
 def test_views_are_an_extra_axis(synth_table, tmp_path):
@@ -130,7 +133,7 @@ def test_cache_info_lists_identity_and_failures(synth_cache):
 def test_real_convnext_tiny_gives_768_dims(synth_table, tmp_path):
     sub = synth_table.iloc[:6]
     res = extract(sub, tmp_path / "ct.h5", backbone="convnext_tiny", weights=WeightSource("random"),
-                  precision="fp32", num_workers=0, batch_size=3)
+                  precision="fp32", num_workers=0, batch_size=3, layers="last")
     c = res.contents
     assert c.embeddings.shape == (6, 768) and np.isfinite(c.embeddings).all()
     assert c.identity["preprocessing"]["size"] == 224
@@ -162,7 +165,7 @@ def test_local_weights_file_is_loaded_and_stamped(synth_table, tmp_path):
     source = resolve_weights(weights_file=tmp_path / "w.safetensors")
     sub = synth_table.iloc[:4]
     c = extract(sub, tmp_path / "f.h5", backbone=TINY, weights=source, precision="fp32",
-                num_workers=0).contents
+                num_workers=0, layers="last").contents
     assert c.identity["weights"]["kind"] == "file" and len(c.identity["weights"]["sha256"]) == 64
     model = create_backbone(TINY, WeightSource("random"))
     model.load_state_dict({k: v for k, v in full.state_dict().items()

@@ -85,7 +85,9 @@ def test_real_mobilenetv2_folder_extracts_with_its_real_weights(tmp_path):
     c = extract(table, tmp_path / "real.h5", backbone=f"local-dir:{REAL}", precision="fp32",
                 num_workers=0).contents
     ident = c.identity
-    assert ident["backbone"] == "mobilenetv2_100.coral_in1k" and c.dim == 1280
+    # the default --layers of a timm encoder: last3, 96 + 320 + 1,280 columns
+    assert ident["backbone"] == "mobilenetv2_100.coral_in1k" and c.dim == 96 + 320 + 1280
+    assert ident["layers"] == "last3"
     assert ident["weights"]["kind"] == "local" and not random_weights(ident)
     assert ident["weights"]["sha256"] == folder_sha256(REAL)
     assert "RANDOM" not in c.attrs["weights"] and "local folder" in c.attrs["weights"]

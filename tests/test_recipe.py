@@ -143,3 +143,16 @@ def test_evaluate_returns_a_typed_result(ship_runs, synth_dir, synth_cache):
     again = skinfeat.evaluate_model(ship_runs["head"], synth_dir, res.out / "again",
                                     embeddings=[synth_cache])
     assert again.metrics["balanced_accuracy"] == res.metrics["balanced_accuracy"]
+
+
+def test_the_reference_recipe_keeps_its_step_size_when_the_default_head_changes():
+    """Issue 29 chose a smaller step and longer early stopping for the default head; the
+    published recipe (--encoding reference) keeps Adam 1e-3, 40 epochs, patience 5."""
+    published = (1e-3, 40, 5)
+    ref = make_recipe(run={"encoding": "reference"}).params
+    assert (ref.lr, ref.max_epochs, ref.patience) == published
+    default = make_recipe(run={}).params
+    assert (default.lr, default.max_epochs, default.patience) == (3e-4, 80, 10)
+    # a flag still wins over the reference's values
+    flagged = make_recipe(run={"encoding": "reference"}, head={"lr": 2e-3}).params
+    assert (flagged.lr, flagged.max_epochs) == (2e-3, 40)

@@ -69,8 +69,8 @@ def test_layers_concatenate_the_last_stages_each_standardised(synth_table, name,
 
 def test_options_are_in_the_identity_and_caches_do_not_mix(synth_table, tmp_path):
     sub = synth_table.iloc[:6]
-    plain = extract(sub, tmp_path / "plain.h5", **KW).contents
-    # a default cache's identity reads as before the options existed
+    plain = extract(sub, tmp_path / "plain.h5", layers="last", **KW).contents
+    # a cache of the options' first values reads as before the options existed
     assert "layers" not in plain.identity and "average_views" not in plain.identity
     gem = extract(sub, tmp_path / "gem.h5", pool="gem", layers="last2", **KW).contents
     assert gem.identity["pool"] == "gem" and gem.identity["layers"] == "last2"
@@ -83,6 +83,47 @@ def test_options_are_in_the_identity_and_caches_do_not_mix(synth_table, tmp_path
         extract(synth_table.iloc[:8], tmp_path / "plain.h5", average_views=("flip",), **KW)
     with pytest.raises(CacheError, match="size"):
         extract(synth_table.iloc[:8], tmp_path / "plain.h5", **{**KW, "image_size": 96})
+
+
+def test_timm_default_is_last3_and_a_cache_of_the_old_default_keeps_its_layers(synth_table,
+                                                                               tmp_path):
+    """--layers' default (issue 29's paired compare): last3 for a timm model; a cache made with
+    the earlier default (last, no key in its identity) grows as it was made, and a model trained
+    on it embeds raw images as it was filled."""
+    from test_encoders import assert_raw_predict_equals_cached
+
+    from skinfeat.embed.extract import default_layers
+
+    new = extract(synth_table.iloc[:4], tmp_path / "new.h5", **KW).contents
+    assert new.identity["layers"] == "last3" and new.dim == 32 + 48 + 64
+    old = tmp_path / "old.h5"
+    extract(synth_table.iloc[:4], old, layers="last", **KW)
+    grown = extract(synth_table, old, **KW)
+    assert grown.embedded == len(synth_table) - 4 and grown.skipped == 4
+    assert "layers" not in grown.contents.identity and grown.contents.dim == 64
+    assert_raw_predict_equals_cached(synth_table, old, tmp_path / "run")
+    # no timm forward_intermediates (or fewer than three stages): the last layer only
+    spec = transform_for(create_backbone(TINY, WeightSource("random")), "squash", 64)
+    assert default_layers(torch.nn.Flatten(), spec, None, tmp_path / "none.h5") == "last"
+
+
+@pytest.mark.parametrize("layers", ["last2", "last3"])
+def test_pooled_stages_trace_to_onnx_and_equal_torch(synth_table, tmp_path, layers):
+    """A bundle on a --layers last2/last3 cache exports: the standardisation of each stage
+    traces to ONNX (F.layer_norm's shape argument did not)."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from skinfeat.embed.engines import PooledFeatures
+
+    net = PooledFeatures(create_backbone(TINY, WeightSource("random")), "avg", layers).eval()
+    x = _batch(synth_table, transform_for(net.model, "squash", 64))
+    path = tmp_path / "m.onnx"
+    with torch.inference_mode():
+        want = net(x).numpy()
+    torch.onnx.export(net, (x,), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_average_views_store_the_mean_of_the_views(synth_table, tmp_path):

@@ -63,10 +63,10 @@ def rank_device(device: str, precision: str) -> str:
               help="Pooling, per family [default: timm avg, open_clip proj (CLIP's projected "
               "embedding), hf cls]; timm CNNs: gem (generalised mean, p=3), avgmax; cls / "
               "mean: the class token / mean of the patch tokens.")
-@click.option("--layers", type=click.Choice(["last", "last2", "last3"]), default="last",
-              show_default=True,
+@click.option("--layers", type=click.Choice(["last", "last2", "last3"]), default=None,
               help="Pool the last 1, 2 or 3 stages (timm, hf), each standardised per image, "
-              "concatenated.")
+              "concatenated [default: last3 for timm encoders (last where a model has fewer "
+              "stages), last for open_clip and hf; an existing cache keeps its own].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 where native (AMX / avx512-bf16 CPUs, CUDA), fp16 on Apple and "
               "older CUDA GPUs, else fp32. int8: OpenVINO post-training quantization calibrated "

@@ -127,6 +127,31 @@ def encoder_width(model: torch.nn.Module) -> int | None:
     return int(width) if isinstance(width, int) else None
 
 
+# ``--layers``' default for a timm encoder: its last three stages, each standardised, side by
+# side. Chosen by issue 29's paired compare (MobileNetV2 on all 10,015 HAM10000 images,
+# lesion-grouped 5 folds x 3 seeds, the default head): image features +1.33 [+0.17, +2.51]
+# points of balanced accuracy, fused -0.48 [-1.56, +0.63] (docs/features.md). A timm model
+# without three stages, and the open_clip and transformers families, pool the last layer only.
+TIMM_DEFAULT_LAYERS = "last3"
+
+
+def default_layers(model: torch.nn.Module, spec: TransformSpec, pool: str | None,
+                   cache_path: str | os.PathLike) -> str:
+    """``--layers`` when not given: the layers an existing cache was made with (so a cache of
+    an earlier default keeps growing as it was made), else ``TIMM_DEFAULT_LAYERS`` for a timm
+    model that has that many stages, else ``last``."""
+    have = stored_identity(cache_path)
+    if have and "backbone" in have:      # a skinfeat cache (no key: made before --layers)
+        return have.get("layers") or "last"
+    if isinstance(model, FamilyEncoder):
+        return "last"
+    try:
+        pooled_width(model, spec, pool, TIMM_DEFAULT_LAYERS)
+    except InputError:
+        return "last"
+    return TIMM_DEFAULT_LAYERS
+
+
 def pooled_width(model: torch.nn.Module, spec: TransformSpec, pool: str | None,
                  layers: str) -> int | None:
     """The embedding width under ``pool`` and ``layers``: the encoder's own for the defaults,
@@ -221,8 +246,8 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
             image_size: int | str | None = None, precision: str = "auto", device: str = "auto",
             batch_size: int | None = None, num_workers: int | None = None,
             views: Sequence[str] = (), shard: tuple[int, int] | None = None,
-            pool: str | None = None, layers: str = "last", average_views: Sequence[str] = (),
-            compile: str = "auto",
+            pool: str | None = None, layers: str | None = None,
+            average_views: Sequence[str] = (), compile: str = "auto",
             calibration_images: int = CALIBRATION_IMAGES,
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> ExtractResult:
@@ -234,7 +259,8 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     ``table`` (before sharding, so every shard gets the same model).
     ``backbone``: a timm name, ``open_clip:...``, ``hf:...`` or ``local-dir:FOLDER``
     (``encoders.parse_backbone``); ``pool``: the family's pooling [default: its first choice];
-    ``layers``: last, last2 or last3 stages pooled (``pooling``); ``image_size``: pixels, or
+    ``layers``: last, last2 or last3 stages pooled (``pooling``; None: ``default_layers``,
+    last3 for a timm model, last for the other families); ``image_size``: pixels, or
     ``train`` / ``test`` (``transform.transform_for``); ``average_views``: views averaged with
     the image into its one embedding (not with ``views``).
     """
@@ -248,15 +274,18 @@ def extract(table: pd.DataFrame, cache_path: str | os.PathLike, *, backbone: str
     if views and average_views:
         raise InputError("--views with --average-views: store the views, or average them into "
                          "the embedding, not both")
-    stage_count(layers)   # an unknown --layers fails before the backbone is built
+    if layers is not None:
+        stage_count(layers)   # an unknown --layers fails before the backbone is built
     ref, weights = resolve_backbone(backbone, weights)
     if pool is not None and pool not in POOLS[ref.family]:
         raise InputError(f"--pool {pool}: a {ref.family} encoder pools by one of "
                          f"{', '.join(POOLS[ref.family])}")
     model = create_backbone(ref.name, weights)
+    spec = transform_for(model, resize, image_size)
+    if layers is None:
+        layers = default_layers(model, spec, pool, cache_path)
     if isinstance(model, FamilyEncoder):
         model.set_options(pool, layers)
-    spec = transform_for(model, resize, image_size)
     width = pooled_width(model, spec, pool, layers)   # also refuses a pool the model lacks
     calib_files, calibration = None, None
     if prec == "int8":

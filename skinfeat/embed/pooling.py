@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 
@@ -53,8 +52,12 @@ def pool_map(feats: torch.Tensor, pool: str) -> torch.Tensor:
 
 def standardise(v: torch.Tensor) -> torch.Tensor:
     """Each row to zero mean and unit variance over its channels (no learnt scale; a tiny eps,
-    so that a stage of small activations is not shrunk)."""
-    return F.layer_norm(v.float(), v.shape[-1:], eps=1e-12)
+    so that a stage of small activations is not shrunk): ``F.layer_norm`` without weights,
+    written out, because ``layer_norm``'s shape argument, read from the input, does not trace
+    to ONNX (a bundle on ``--layers last2/last3`` could not be exported)."""
+    v = v.float()
+    centred = v - v.mean(dim=-1, keepdim=True)
+    return centred / torch.sqrt((centred * centred).mean(dim=-1, keepdim=True) + 1e-12)
 
 
 def concat_stages(parts: list[torch.Tensor]) -> torch.Tensor:
