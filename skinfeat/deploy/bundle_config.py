@@ -205,7 +205,7 @@ def migrate(d: Any) -> Any:
     if not old and described and calibrated and layered:
         return d
     d = dict(d)
-    if not layered:
+    if not layered and isinstance(head, Mapping):
         d["head"] = {**head, **{k: v for k, v in HEAD_LAYERS.items() if head.get(k) is None}}
     if old and single:
         for kind in ("lgbm", "linear"):

@@ -26,6 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 C1 = 1e-4          # Armijo's sufficient decrease
 MAX_TRIALS = 20    # line-search evaluations per iteration before a member stops
@@ -37,11 +41,11 @@ class Result:
     """The minimizers (M, D), the values (M,), the measures (M,), the iterations run by each
     member (M,) and whether each reached ``tol`` (M,), all torch tensors; ``evaluations``: the
     calls of ``fun`` (each over the members still running)."""
-    x: object
-    f: object
-    measure: object
-    iterations: object
-    converged: object
+    x: torch.Tensor
+    f: torch.Tensor
+    measure: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
     evaluations: int
     state: tuple = ()   # (gradients, the histories, ring, scalings, stalled): for ``start``
 

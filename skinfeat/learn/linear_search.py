@@ -31,7 +31,12 @@ keeps each member's L-BFGS history between the two).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .lbfgs import Result
 
 CURVATURE = 0.1   # c0: the softmax's typical curvature, for the preconditioner only
 # The search's gradient tolerance, 10x tighter than sklearn's 1e-4: the rule is absolute, and at
@@ -113,7 +118,7 @@ class LogisticBatch:
         self.onehot[self.y, torch.arange(n)] = 1.0
         self.wt = torch.as_tensor(w / total, dtype=dt)
         self.present, self.shape = present, (len(cs), k, f)
-        self.result = None
+        self.result: Result | None = None
 
     def _weights(self, theta, idx):
         """W^T (m*K, F) of members ``idx`` from their coordinates ``theta`` (m, K*F + K)."""
@@ -165,6 +170,8 @@ class LogisticBatch:
         import torch
 
         m, k, f = self.shape
+        if self.result is None:
+            raise RuntimeError("LogisticBatch.coefficients before minimize")
         theta = self.result.x
         with torch.no_grad():
             coef = self._weights(theta, torch.arange(m)).view(m, k, f)
