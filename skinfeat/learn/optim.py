@@ -36,8 +36,11 @@ class Adam:
         """Stacked models: keep those at ``positions`` (their state), now stacked as ``params``
         (the old parameters indexed the same way): finished models stop costing work."""
         self.params = [p for p in params if p.requires_grad]
-        self.exp_avg = [m[positions].clone() for m in self.exp_avg]
-        self.exp_avg_sq = [v[positions].clone() for v in self.exp_avg_sq]
+        # each state in its parameter's memory layout (that of the fused update's other inputs)
+        self.exp_avg = [torch.empty_like(p).copy_(m[positions])
+                        for p, m in zip(self.params, self.exp_avg, strict=True)]
+        self.exp_avg_sq = [torch.empty_like(p).copy_(v[positions])
+                           for p, v in zip(self.params, self.exp_avg_sq, strict=True)]
         self.steps = [self.steps[i] for i in positions]
         self.stacked = len(positions)
 
