@@ -10,10 +10,11 @@ Where the tasks run:
 - By default (no ``joblib.parallel_backend`` chosen, or loky chosen): here and on ``jobs - 1``
   of joblib's loky worker processes (its reusable executor, as ``Parallel`` uses), each taking
   the next task when it is free. This process would otherwise sit idle while ``jobs`` workers
-  each import torch and the package (about 7 CPU-seconds and 0.4 GB each): on 2 cores, one
-  worker fewer made ``cv --models head`` 3 s faster (benchmarks/stage_two.py, cv-head). The
-  workers start (and import what ``fn`` needs) while this process carves the first task and
-  runs it; a task is handed to a worker only once it is ready.
+  each import torch and the package (seconds of CPU and 0.4 GB each): one worker fewer took
+  ``cv --models head`` at ``--jobs 2`` from 38.2 to 32.0 CPU-seconds and 1.52 to 1.10 GB
+  (benchmarks/stage_two.py's cv-head; docs/performance.md). The workers start (and import
+  what ``fn`` needs) while this process carves the first task and runs it; a task is handed to
+  a worker only once it is warm.
 - Under the caller's ``joblib.parallel_backend`` (threads, Dask, Ray): ``joblib.Parallel`` with
   ``jobs`` workers of that backend, and none of the tasks here.
 
@@ -24,7 +25,6 @@ pickled by name into the workers).
 from __future__ import annotations
 
 import functools
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -58,9 +58,8 @@ def _run_saved(index: int, fn: Callable[[Any, np.ndarray], T], task: Any,
     return index, fn(task, _mapped(path))
 
 
-def _warm_up(fn: Callable) -> int:
+def _warm_up(fn: Callable) -> None:
     """Nothing: unpickling ``fn`` in a fresh worker imports its module (torch, the package)."""
-    return os.getpid()
 
 
 def callers_backend() -> bool:
