@@ -171,6 +171,42 @@ def test_batched_heads_equal_independent_fits(cfg, views):
                                    [h["val_loss"] for h in b.history], rtol=1e-5)
 
 
+@pytest.mark.parametrize("head", ["film", "reference"])
+def test_wide_weights_laid_out_as_their_gradients_train_bit_identically(head, monkeypatch):
+    """The stacked weights as wide as the embedding are stored transposed, so that autograd
+    hands over their gradients without a copy (``head_batch._laid_out``): the same weights, bit
+    for bit, as the contiguous layout, including after members stop early (their rows dropped
+    from the stack) and with padded metadata columns."""
+    rng = np.random.default_rng(3)
+    dims = (9, 7, 9)
+    parts = []
+    for n, v, m in zip((300, 333, 270), (80, 61, 90), dims, strict=False):
+        (ti, tm, ty), (vi, vm, vy) = _part(rng, n, m), _part(rng, v, m)
+        wide = rng.normal(size=(n + v, 96)).astype(np.float32)   # 128-d embeddings
+        parts.append(((np.hstack([ti, wide[:n]]), tm, ty), (np.hstack([vi, wide[n:]]), vm, vy)))
+    fields = [[(0, 1), (1, 4), (4, m)] for m in dims]
+    cfg = HeadConfig(head=head, max_epochs=12, patience=1, meta_dropout=0.3, lr=0.02,
+                     stop_on="loss")
+    transposed = []
+    real = head_batch._laid_out
+
+    def spy(stacked):
+        out = real(stacked)
+        transposed.append(not out.is_contiguous())
+        return out
+
+    monkeypatch.setattr(head_batch, "_laid_out", spy)
+    ours = fit_heads(parts, 5, cfg, fields)
+    assert any(transposed)   # the layout was in effect
+    assert len({len(r.history) for r in ours}) > 1   # members stopped at different epochs
+    monkeypatch.setattr(head_batch, "_laid_out", lambda stacked: stacked.contiguous())
+    plain = fit_heads(parts, 5, cfg, fields)
+    for a, b in zip(ours, plain, strict=False):
+        assert a.best_epoch == b.best_epoch and a.history == b.history
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
 def test_splits_of_very_different_sizes():
     """A small split sits out most steps of each epoch (no update, no Adam step), with high
     dropout: still its own independent fit."""

@@ -11,14 +11,14 @@ together as one batched network (``head_batch``; ``CVConfig.batched=False`` trai
 one, with per-fold metrics equal up to float rounding: tests/test_head_batch.py); LightGBM fits
 fold by fold.
 
-Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once on
-joblib's workers (``parallel.run_unordered``: loky processes by default, as scikit-learn's
-``n_jobs``), one thread each. That is how the CV uses every core: batch-64 head steps are far
-too small for intra-op threads, and on a busy machine OpenMP threads wait on each other at
-every barrier (on a shared 2-core machine, LightGBM on 2 threads ran 10x to 100x slower than
-on 1). Under
-``joblib.parallel_backend("dask")`` (or "ray", or "threading") the folds run on that backend
-instead. Head fits always run on one torch thread (``head.one_thread``) and LightGBM's results
+Each task seeds itself, so tasks are independent of their order and ``jobs`` run at once
+(``parallel.run_unordered``: by default this process and ``jobs - 1`` of joblib's loky worker
+processes, ``jobs`` as scikit-learn's ``n_jobs``), one thread each. That is how the CV uses
+every core: batch-64 head steps are far too small for intra-op threads, and on a busy machine
+OpenMP threads wait on each other at every barrier (on a shared 2-core machine, LightGBM on 2
+threads ran 10x to 100x slower than on 1). Under ``joblib.parallel_backend("dask")`` (or
+"ray", or "threading") the folds run on that backend's workers instead. Head fits always run
+on one torch thread (``head.one_thread``) and LightGBM's results
 do not depend on its thread count, so the metrics do not depend on ``jobs`` or the backend.
 """
 from __future__ import annotations
