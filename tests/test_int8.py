@@ -25,7 +25,8 @@ from skinfeat.embed.weights import WeightSource  # noqa: E402
 
 pytestmark = pytest.mark.slow   # encoder families: real encoders, exports, int8
 
-KW = dict(backbone=TINY, weights=WeightSource("random"), num_workers=0, batch_size=8)
+KW = dict(backbone=TINY, weights=WeightSource("random"), num_workers=0, batch_size=8,
+          layers="last")   # synth_cache's layers (the default before last3)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
