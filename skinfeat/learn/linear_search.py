@@ -242,9 +242,10 @@ def choose_c_grouped(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, cs
         if len(np.unique(y[tr])) < 2:
             continue
         mean, scale = standardize(x[tr])
+        xs = (x[tr] - mean) / scale
         if basis is None:   # one preconditioner for every fold: their rows are alike
-            basis = preconditioner((x[tr] - mean) / scale)
-        batch = LogisticBatch((x[tr] - mean) / scale, y[tr], cs, n_classes, basis=basis)
+            basis = preconditioner(xs)
+        batch = LogisticBatch(xs, y[tr], cs, n_classes, basis=basis)
         batch.solve(coarse, max_iter=max_iter)
         fitted.append([batch, (x[te] - mean) / scale, y[te], None, mean, scale])
 
