@@ -74,3 +74,13 @@ def test_predict_keeps_the_balanced_decision():
     assert balanced(cal.predict(test_logits)) > balanced(cal(test_logits).argmax(1)) + 0.05
     assert abs(balanced(cal.predict(test_logits)) - balanced(test_logits.argmax(1))) < 0.02
     assert Calibrator("temperature").fit(val_logits, val_y, w).decision_offset is None
+
+
+def test_a_present_class_given_probability_zero_has_an_unbounded_prior_ratio():
+    """A subgroup where the model gives a present class exactly 0 (underflow: the default
+    ensemble's geometric mean on separable rows) raised ZeroDivisionError in fit-head's
+    subgroup tables before."""
+    y = np.array([0, 1, 1, 0])
+    proba = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    out = classwise_calibration(y, proba, ["a", "b"])
+    assert out["max_prior_ratio"] == np.inf and np.isfinite(out["classwise_ece"])

@@ -297,8 +297,11 @@ def classwise_calibration(y_true: np.ndarray, proba: np.ndarray, classes: Sequen
                            "n_bins_used": int((counts > 0).sum())}
     eces = [v["ece"] for v in per_class.values()]
     ratio = [v["mean_proba"] / v["prevalence"] for v in per_class.values() if v["prevalence"] > 0]
+    # a present class given probability 0 throughout (underflow) is off by an unbounded factor
+    worst = (max(max(ratio), 1 / min(ratio)) if min(ratio) > 0 else math.inf) if ratio \
+        else math.nan
     return {"per_class": per_class, "classwise_ece": float(np.mean(eces)),
-            "max_prior_ratio": float(max(max(ratio), 1 / min(ratio))) if ratio else math.nan}
+            "max_prior_ratio": float(worst)}
 
 
 def calibrated_metrics(y_true: np.ndarray, logits: np.ndarray, proba: np.ndarray,
