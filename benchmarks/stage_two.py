@@ -177,7 +177,10 @@ _HEAD = json.loads(os.environ.get("STAGE_TWO_HEAD") or "null")
 def recipe():
     from skinfeat.learn.runconfig import RunConfig
 
-    return None if _HEAD is None else RunConfig.from_dict({"head": _HEAD})
+    # the head, on both trees (the default model became the head + linear ensemble after the
+    # targets were set: benchmarks/default_model.py times that)
+    return RunConfig.from_dict({"model": "head"} if _HEAD is None
+                               else {"model": "head", "head": _HEAD})
 
 
 def pick(obj, *path):
@@ -232,7 +235,8 @@ if __name__ == "__main__":
                 "balanced_accuracy": pick(r, "metrics", "balanced_accuracy")}
     elif step.startswith("cv"):
         pinned = {} if _HEAD is None else {"recipe": recipe()}
-        cfg = CVConfig(folds=FOLDS, **pinned) if step == "cv" else \
+        # "cv": head + LightGBM, what the target was set on (the default became the ensemble)
+        cfg = CVConfig(folds=FOLDS, models=("head", "lgbm"), **pinned) if step == "cv" else \
             CVConfig(folds=FOLDS, models=("head",), batched=step != "cv-head-seq", **pinned)
         r = cv_run(table, cache, Path(out), cfg, jobs=jobs)
         note = {"fused": pick(r, "summary", "head", "fused", "balanced_accuracy")

@@ -50,6 +50,7 @@ _LAZY = {"RunConfig": "learn.runconfig", "Recipe": ("learn.runconfig", "RunConfi
          "HeadConfig": "learn.head", "LGBMConfig": "learn.baseline",
          "LinearConfig": "learn.linear", "StageTwoModel": "learn.protocol",
          "register_model": ("learn.models", "register"), "model_names": "learn.models",
+         "default_models": "learn.models", "EnsembleConfig": "learn.ensemble",
          "FusionHeadClassifier": "learn.sklearn", "Model": "deploy.model",
          "load_model": "deploy.model",
          "Predictions": "deploy.predict", "ImagePrediction": "deploy.predict",

@@ -89,7 +89,8 @@ def run_demo(out: Path, *, n_images: int = 1000, backbone: str = "convnext_tiny.
         bar.close()
     echo(f"      {cache_path}: {len(res.contents.image_ids)} embeddings ({res.precision}), "
          f"stage one {time.perf_counter() - t1:.1f} s")
-    echo("[3/3] stage two: fusion head on the cached embeddings, lesion-grouped split")
+    echo("[3/3] stage two: the default model (fusion head + linear probe) on the cached "
+         "embeddings, lesion-grouped split")
     result = fit_run(data, cache_path, out)
     echo(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return result

@@ -2,10 +2,11 @@
 package and ``skinfeat.api`` read, so neither imports the other for it."""
 
 PUBLIC = ("AuditResult", "CVResult", "CompareResult", "Dataset", "DatasetSpec", "EmbeddingCache",
-          "EvaluationResult", "FitResult", "FusionHeadClassifier", "HeadConfig",
+          "EnsembleConfig", "EvaluationResult", "FitResult", "FusionHeadClassifier", "HeadConfig",
           "ImagePrediction", "LGBMConfig", "LinearConfig", "Model", "Predictions", "Recipe",
           "RunConfig", "RunSummary", "SkinfeatError", "StageTwoModel", "Task", "TuneResult",
-          "audit", "backbones", "check_dataset", "compare", "cross_validate", "download_ham10000",
+          "audit", "backbones", "check_dataset", "compare", "cross_validate", "default_models",
+          "download_ham10000",
           "drop_label_issues", "evaluate_model", "extract", "fit", "load_dataset", "load_model",
           "make_recipe", "merge_caches", "merge_duplicate_groups", "model_configs", "model_names",
           "open_cache", "register_model", "run_demo", "serve", "settle_crossing_groups", "tune",

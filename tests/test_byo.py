@@ -165,7 +165,8 @@ def test_two_caches_fuse_and_raw_images_equal_the_cached_path(synth_dir, synth_t
 
 def test_config_file_reproduces_a_run_and_flags_win(synth_dir, synth_cache, tmp_path):
     first = tmp_path / "a"
-    cli("fit-head", "--data", synth_dir, "--cache", synth_cache, "--out", first, "--lr", "0.003",
+    cli("fit-head", "--data", synth_dir, "--cache", synth_cache, "--out", first, "--model", "head",
+        "--lr", "0.003",
         "--dense-width", "16", "--meta-width", "8", "--meta-out", "4", "--max-epochs", "6",
         "--image-dropout", "0.1", "--weight-decay", "0.001", "--lgbm-num-leaves", "7")
     run = json.loads((first / "config.json").read_text())["run"]

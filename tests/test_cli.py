@@ -25,8 +25,9 @@ def test_extract_fit_head_report(synth_dir, tmp_path):
     out = tmp_path / "run"
     r = run("fit-head", "--data", str(synth_dir), "--cache", str(cache), "--out", str(out))
     assert r.exit_code == 0, r.output
-    for name in ("model.safetensors", "config.json", "metrics.json", "report.md",
-                 "confusion.png", "splits.csv", "README.md", "reliability.png"):
+    for name in ("head/model.safetensors", "linear/model.safetensors", "config.json",
+                 "metrics.json", "report.md", "confusion.png", "splits.csv", "README.md",
+                 "reliability.png"):   # the default model: the head + linear probe ensemble
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["model"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "weighted_f1",

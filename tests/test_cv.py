@@ -172,16 +172,17 @@ def test_cli_cv_writes_report(synth_dir, synth_cache, tmp_path):
                                   "--seeds", "0,1", "--inputs", "meta,fused", "--jobs", "1"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    for name in ("cv_report.md", "cv_metrics.json", "cv_folds.csv", "confusion_head_fused.png",
-                 "confusion_lgbm_meta.png"):
+    for name in ("cv_report.md", "cv_metrics.json", "cv_folds.csv",
+                 "confusion_ensemble_fused.png", "confusion_lgbm_meta.png"):
         assert (out / name).is_file(), name
     report = (out / "cv_report.md").read_text()
     assert "RANDOM backbone weights" in report and "lesion-grouped" in report
     assert "73.24 %" in report and "Spread across seeds" in report
     assert "never the scored fold" in report and "## Per fold" in report
     summary = json.loads((out / "cv_metrics.json").read_text())["summary"]
-    assert set(summary) == {"head", "lgbm"} and set(summary["head"]) == {"meta", "fused"}
-    assert set(summary["head"]["fused"]["balanced_accuracy"]) == {"mean", "std"}
+    # the default models: the recipe's (the head + linear probe ensemble) and LightGBM
+    assert set(summary) == {"ensemble", "lgbm"} and set(summary["ensemble"]) == {"meta", "fused"}
+    assert set(summary["ensemble"]["fused"]["balanced_accuracy"]) == {"mean", "std"}
     assert "balanced_accuracy" in r.output and "cv_report.md" in r.output
 
 

@@ -90,11 +90,19 @@ def test_fallback_rows_are_the_all_missing_encoding():
     assert not fallback_rows(meta, np.zeros(0)).any()   # no fields: nothing falls back
 
 
-def test_split_fit_scores_missing_rows_with_the_image_only_model(blanked):
+@pytest.mark.parametrize("model", ["head", "ensemble"])
+def test_split_fit_scores_missing_rows_with_the_image_only_model(blanked, model):
+    """The head, and the default ensemble (head + linear probe: each member folds its own
+    image-only model), score the rows without metadata with their image-only fallback."""
+    from skinfeat.learn.ensemble import EnsembleConfig
+
     root, blank = blanked
     data, image = _dataset(root)
     rows = _rows(len(data.table))
-    fit = fit_split(data, image, rows, RunConfig(seed=1, params=HeadConfig(seed=1, epochs=4)))
+    params = HeadConfig(seed=1, epochs=4) if model == "head" else \
+        EnsembleConfig(seed=1, settings={"epochs": 4})
+    fit = fit_split(data, image, rows, RunConfig(seed=1, params=params))
+    assert fit.model.kind == model
     test = data.table.iloc[rows["test"]]
     want = np.array([blank[i] for i in test["image_id"]])
     assert fit.fallback is not None and 0 < want.sum() < len(want)

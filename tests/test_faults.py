@@ -40,6 +40,7 @@ from skinfeat.embed.cache import CacheError, CacheWriter, read_cache
 from skinfeat.embed.extract import extract
 from skinfeat.embed.weights import WeightSource
 from skinfeat.learn.baseline import LGBMConfig
+from skinfeat.learn.ensemble import EnsembleConfig
 from skinfeat.learn.head import FusionHead, HeadConfig
 from skinfeat.learn.runconfig import RunConfig
 from skinfeat.workflows.fit import fit_run
@@ -144,29 +145,44 @@ def test_kill_during_extract_resumes_to_the_same_cache(synth_dir, tmp_path):
 
 
 
+MEMBER_DIRS = {"head", "linear", "lgbm"}   # the default ensemble's member folders
+
+
+def assert_weights_whole(out: Path, names: set) -> None:
+    """A bundle whose config.json is written has its weights: model.safetensors, or (the
+    default ensemble) each member's folder with its member.json and weights."""
+    config = json.loads((out / "config.json").read_text())
+    if config["model_type"] != "ensemble":
+        assert "model.safetensors" in names
+        return
+    for kind in config["state"]["members"]:
+        inner = {p.name for p in (out / kind).iterdir()}
+        assert "member.json" in inner and any(n.startswith("model.") for n in inner), inner
+
+
 def assert_artifacts_whole(out: Path, n_images: int) -> None:
     """Every artifact present is complete; anything else is a temp file awaiting its rename."""
     names = {p.name for p in out.iterdir()}
     for extra in names - set(RUN_ARTIFACTS):
         if extra.startswith("subgroups_") and extra.endswith(".png"):   # a forest plot per field
             continue                                                    # (written atomically)
-        if extra == "fallback":   # the fused head's image-only fallback: a bundle of its own
+        if extra == "fallback" or extra in MEMBER_DIRS:   # the fallback's bundle, members
             continue
         assert extra.startswith(".") or extra.endswith(".tmp"), extra
     if "fallback" in names:   # written before the model's config.json, config last
         inner = {p.name for p in (out / "fallback").iterdir()}
-        assert all(n in ("model.safetensors", "config.json") or n.startswith(".")
-                   or n.endswith(".tmp") for n in inner), inner
+        assert all(n in ("model.safetensors", "config.json") or n in MEMBER_DIRS
+                   or n.startswith(".") or n.endswith(".tmp") for n in inner), inner
         if "config.json" in inner:
             load_typed(out / "fallback")
-            assert load_state(out / "fallback")
+            assert_weights_whole(out / "fallback", inner)
     if "config.json" in names and load_typed(out)[0].get("fallback"):
         assert (out / "fallback" / "config.json").is_file()
     if "splits.csv" in names:
         assert len(pd.read_csv(out / "splits.csv")) == n_images
     if "config.json" in names:  # written last of the bundle: the weights must be there
         load_typed(out)
-        assert "model.safetensors" in names
+        assert_weights_whole(out, names)
     if "model.safetensors" in names:
         assert load_state(out)
     if "metrics.json" in names:
@@ -185,17 +201,19 @@ def test_kill_during_fit_head_leaves_no_half_written_artifact(synth_dir, synth_c
                                                                synth_table, tmp_path):
     out = tmp_path / "run"
     proc = skinfeat_process("fit-head", "--data", synth_dir, "--cache", synth_cache, "--out", out)
-    # Killed while the bundle and the report are being written.
-    kill_when(proc, lambda: (out / "model.safetensors").exists(),
+    # Killed while the bundle and the report are being written (the default model's first
+    # weights: its fallback's head member, fallback/head/model.safetensors).
+    kill_when(proc, lambda: out.is_dir() and any(out.rglob("model.safetensors")),
               lambda: out.is_dir() and assert_artifacts_whole(out, len(synth_table)))
     assert_artifacts_whole(out, len(synth_table))
     r = cli("fit-head", "--data", synth_dir, "--cache", synth_cache, "--out", out, "--epochs", "5")
     assert_ok(r)
     assert_artifacts_whole(out, len(synth_table))
-    assert set(RUN_ARTIFACTS) <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    assert set(RUN_ARTIFACTS) - {"model.safetensors"} <= names and {"head", "linear"} <= names
 
 
-@pytest.mark.parametrize("model", ["head", "lgbm"])
+@pytest.mark.parametrize("model", ["head", "lgbm", "ensemble"])
 def test_every_run_artifact_arrives_by_atomic_rename(synth_table, synth_cache, tmp_path,
                                                      monkeypatch, model):
     renamed: list[str] = []
@@ -207,19 +225,25 @@ def test_every_run_artifact_arrives_by_atomic_rename(synth_table, synth_cache, t
 
     monkeypatch.setattr(os, "replace", recording_replace)
     # One LightGBM thread: on a busy 2-core machine its spinning OpenMP threads crawl.
-    fit_run(synth_table, synth_cache, tmp_path, RunConfig(
-        model=model, params=HeadConfig(max_epochs=3) if model == "head"
-        else LGBMConfig(num_threads=1)),
-        calibrate=False)
+    params = {"head": HeadConfig(max_epochs=3), "lgbm": LGBMConfig(num_threads=1),
+              "ensemble": EnsembleConfig(settings={"max_epochs": 3})}[model]
+    fit_run(synth_table, synth_cache, tmp_path, RunConfig(model=model, params=params),
+            calibrate=False)
     written = {p.name for p in tmp_path.iterdir()}
-    expected = set(RUN_ARTIFACTS) - ({"model.safetensors"} if model == "lgbm" else set()) \
-        | ({"model.lgbm.txt"} if model == "lgbm" else {"fallback"})   # the head's fallback
+    members = {"head", "linear"} if model == "ensemble" else set()   # a folder each
+    expected = set(RUN_ARTIFACTS) - ({"model.safetensors"} if model != "head" else set()) \
+        | ({"model.lgbm.txt"} if model == "lgbm" else {"fallback"}) | members
     plots = {n for n in written if n.startswith("subgroups_") and n.endswith(".png")}
     assert written - plots == expected and plots   # + a subgroup forest plot per field
-    if model == "head":   # a folder: its files arrive by rename, like the others
+    if model != "lgbm":   # folders: their files arrive by rename, like the others
         inner = {p.name for p in (tmp_path / "fallback").iterdir()}
-        assert inner == {"config.json", "model.safetensors"} and inner <= set(renamed)
-        written -= {"fallback"}
+        assert inner == {"config.json"} | (members or {"model.safetensors"})
+        for folder in [tmp_path / m for m in members] + [tmp_path / "fallback" / m
+                                                         for m in members]:
+            files = {p.name for p in folder.iterdir()}
+            assert files == {"member.json", "model.safetensors"} and files <= set(renamed)
+        assert inner - members <= set(renamed)
+        written -= {"fallback"} | members
     assert written <= set(renamed)  # nothing reached its final name except by a rename
 
 

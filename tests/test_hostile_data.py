@@ -223,11 +223,11 @@ def test_image_only_set_cross_validates_image_alone_with_a_note(nometa, tmp_path
            "3", "--jobs", "1", "--save-models", *FAST)
     res = json.loads((out / "cv_metrics.json").read_text())
     assert res["config"]["inputs"] == ["image"]
-    assert {m: list(v) for m, v in res["summary"].items()} == {"head": ["image"],
+    assert {m: list(v) for m, v in res["summary"].items()} == {"ensemble": ["image"],
                                                                "lgbm": ["image"]}
     assert "only the image input set" in (out / "cv_report.md").read_text()
-    assert "head_image" in r.output
-    ens = Model(out / "models" / "head_image")
+    assert "ensemble_image" in r.output
+    ens = Model(out / "models" / "ensemble_image")   # 3 folds' head + linear ensembles
     assert len(ens.members) == 3 and ens.encoder.n_features == 0
     # fused asked for explicitly runs, and the report says it is the image alone.
     fused = tmp_path / "fused"

@@ -199,11 +199,12 @@ def test_cv_and_tune_read_config_files_the_same_way(command, run, synth_dir, syn
 def test_edited_run_config_names_the_run_key(run, synth_dir, synth_cache, tmp_path):
     """A run's own config.json as --config: its "run" entry is parsed, keys named run.*."""
     config = json.loads((run / "config.json").read_text())
-    config["run"]["head"]["patience"] = "5"
+    # the default model: the head member's settings live in the ensemble's table
+    config["run"]["ensemble"]["settings"]["patience"] = "5"
     bad = write(tmp_path / "config.json", json.dumps(config))
     refused(["fit-head", "--data", synth_dir, "--cache", synth_cache, "--out", tmp_path / "x",
-             "--config", bad], "config.json", "key 'run.head.patience'", "an integer >= 1",
-            protect=[run])
+             "--config", bad], "config.json", "key 'run.ensemble.settings.patience'",
+            "an integer >= 1", protect=[run])
     del config["run"]
     write(bad, json.dumps(config))
     refused(["fit-head", "--data", synth_dir, "--cache", synth_cache, "--out", tmp_path / "x",
@@ -264,7 +265,7 @@ def test_a_bundle_config_is_a_valid_spec_and_recipe(run):
     config = json.loads((run / "config.json").read_text())
     assert load_spec(run / "config.json") == DatasetSpec.from_dict(config["dataset"])
     cfg = read_config_file(run / "config.json")
-    assert cfg.to_dict() == config["run"] and cfg.params.epochs == 2
+    assert cfg.to_dict() == config["run"] and cfg.params.settings == {"epochs": 2}
 
 
 def test_toml_recipe_under_run_table_and_int_for_float(tmp_path):

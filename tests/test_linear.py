@@ -106,7 +106,8 @@ def test_fit_bundle_and_predict_on_cache_and_raw_images(linear_run, synth_table,
     np.testing.assert_allclose(cached.proba.sum(1), 1, atol=1e-6)
 
 
-def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, linear_run, tmp_path):
+def test_cli_fit_head_cv_predict_and_export(synth_dir, synth_cache, linear_run, synth_table,
+                                           tmp_path):
     runner = CliRunner()
     recipe = tmp_path / "recipe.toml"   # TWO_CS: the recipe's [linear] table reaches both
     recipe.write_text('model = "linear"\n[linear]\ncs = [0.01, 0.1]\n')
@@ -125,10 +126,22 @@ def test_cli_fit_head_cv_predict_and_export_refusal(synth_dir, synth_cache, line
         assert (tmp_path / "cv" / "models" / name / "config.json").is_file()
     ens = Model(tmp_path / "cv" / "models" / "linear_fused")
     assert len(ens.members) == 2 and all(m.model.kind == "linear" for m in ens.members)
+    # export: the probe is a torch module too; ONNX Runtime gives predict's probabilities,
+    # a row with every metadata field missing included
+    pytest.importorskip("onnxruntime")
+    from skinfeat.deploy.export import onnx_probabilities
+    from skinfeat.embed.transform import preprocess
+
     r = runner.invoke(main, ["export", "--model", str(linear_run[0]), "--onnx",
                              str(tmp_path / "m.onnx")])
-    assert r.exit_code == 1 and "linear probe" in r.output
-    assert not (tmp_path / "m.onnx").exists()
+    assert r.exit_code == 0, r.output
+    p = Model(linear_run[0])
+    rows = synth_table.iloc[:4][["image_id", "path", "age", "sex", "localization"]].astype(object)
+    rows.iloc[1, 2:] = None
+    _, spec = p._backbone()
+    image = np.stack([preprocess(path, spec).numpy() for path in rows["path"]])
+    got = onnx_probabilities(tmp_path / "m.onnx", image, p.encode_metadata(rows))
+    np.testing.assert_allclose(got, p.predict_table(rows).proba, atol=1e-4, rtol=0)
 
 
 def test_explain_and_evaluate(linear_run, synth_table, synth_dir, tmp_path):
@@ -137,10 +150,9 @@ def test_explain_and_evaluate(linear_run, synth_table, synth_dir, tmp_path):
     p = Model(linear_run[0])
     row = synth_table.iloc[0]
     meta = {"age": row["age"], "sex": row["sex"], "localization": row["localization"]}
-    res = Explainer(p).explain(row["path"], meta)
-    assert res.method == "scorecam" and set(res.attribution) == set(p.fields)
-    with pytest.raises(Exception, match="linear probe model is not differentiable"):
-        Explainer(p).explain(row["path"], meta, method="gradcam")
+    res = Explainer(p).explain(row["path"], meta)   # differentiable: gradients, as a head's
+    assert res.method == "gradcam" and set(res.attribution) == set(p.fields)
+    assert Explainer(p).explain(row["path"], meta, method="scorecam").method == "scorecam"
     r = CliRunner().invoke(main, ["evaluate", "--model", str(linear_run[0]), "--data",
                                   str(synth_dir), "--out", str(tmp_path / "ev"),
                                   "--include-seen"])

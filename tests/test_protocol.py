@@ -30,8 +30,9 @@ def test_the_registry_and_capabilities():
     assert all(issubclass(c, StageTwoModel) and model_class(k) is c and c.kind == k
                for k, c in MODELS.items())
     built_in = {k: MODELS[k] for k in ("head", "lgbm", "linear")}
-    assert [k for k, c in built_in.items() if c.exportable is None] == ["head"]
-    assert [k for k, c in built_in.items() if c.differentiable] == ["head"]
+    assert [k for k, c in built_in.items() if c.exportable is None] == ["head", "linear"]
+    assert [k for k, c in built_in.items() if c.differentiable] == ["head", "linear"]
+    assert [k for k, c in built_in.items() if c.folds_fallback] == ["head", "linear"]
     assert [k for k, c in built_in.items() if c.batched] == ["head"]
     assert all(isinstance(c.exportable, str) and "\n" not in c.exportable
                for c in built_in.values() if c.exportable)

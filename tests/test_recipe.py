@@ -151,7 +151,7 @@ def test_the_reference_recipe_keeps_its_step_size_when_the_default_head_changes(
     published = (1e-3, 40, 5)
     ref = make_recipe(run={"encoding": "reference"}).params
     assert (ref.lr, ref.max_epochs, ref.patience) == published
-    default = make_recipe(run={}).params
+    default = make_recipe(run={"model": "head"}).params   # also the default ensemble's head
     assert (default.lr, default.max_epochs, default.patience) == (3e-4, 80, 10)
     # a flag still wins over the reference's values
     flagged = make_recipe(run={"encoding": "reference"}, head={"lr": 2e-3}).params

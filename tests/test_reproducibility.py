@@ -38,10 +38,16 @@ def test_two_fit_runs_with_one_seed_are_identical(synth_table, synth_cache, tmp_
     metrics = [json.loads((out / "metrics.json").read_text()) for out in runs]
     assert metrics[0]["model"] == metrics[1]["model"]
     assert metrics[0]["bootstrap_ci95"] == metrics[1]["bootstrap_ci95"]
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the default model's members: the head's and the linear probe's weights, each identical
+    for member in ("head", "linear"):
+        wa = load_file(str(a / member / "model.safetensors"))
+        wb = load_file(str(b / member / "model.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert (a / member / "member.json").read_bytes() == \
+            (b / member / "member.json").read_bytes()
     # Not vacuous: another seed gives another split and other weights.
     fit_run(synth_table, synth_cache, tmp_path / "c", RunConfig(seed=8))
     assert (tmp_path / "c" / "splits.csv").read_bytes() != (a / "splits.csv").read_bytes()
-    wc = load_file(str(tmp_path / "c" / "model.safetensors"))
+    wa = load_file(str(a / "head" / "model.safetensors"))
+    wc = load_file(str(tmp_path / "c" / "head" / "model.safetensors"))
     assert not torch.equal(wa["classifier.weight"], wc["classifier.weight"])

@@ -38,7 +38,7 @@ def compare(data_dir, caches, out, split, crossing_groups, folds, seeds, jobs, m
 
     table, crossing = settle_crossing(load_data(data_dir, pop_dataset_options(kwargs),
                                                 images=False), split, crossing_groups)
-    recipe, params = cv_recipe(config_file, kwargs, models)
+    recipe, models, params = cv_recipe(config_file, kwargs, models)
     bar = progress_bar("compare", unit="fit")
     res = run_compare(table, caches_of(caches, data_dir), models=models, inputs=inputs,
                       folds=folds, metric=metric, recipe=recipe, params=params, seeds=seeds,

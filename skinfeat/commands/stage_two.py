@@ -123,7 +123,7 @@ def recipe_options(f):
         click.option("--members", "head__members",
                      callback=lambda c, p, v: model_list(c, p, v),
                      help="--model ensemble: comma list of its member models, each with its "
-                     "defaults [default: head,linear,lgbm]."),
+                     "defaults and the flags it has (--lr: the head's) [default: head,linear]."),
         click.option("--combine", "head__combine", type=click.Choice(["logmean", "stack"]),
                      help="--model ensemble: the mean of the members' calibrated "
                      "log-probabilities, or a logistic regression on them fitted on inner "
@@ -191,7 +191,10 @@ subgroups_option = click.option(
 @click.option("--val-size", type=float, help="Validation share of the rows [default: 0.1].")
 @click.option("--inputs", type=click.Choice(["fused", "image", "meta"]),
               help="[default: fused]")
-@click.option("--model", type=ModelChoice(), help="A model of the registry [default: head].")
+@click.option("--model", type=ModelChoice(), help="A model of the registry: ensemble (the "
+              "fusion head and a linear probe, their calibrated log-probabilities averaged), "
+              "head, linear, lgbm, or one registered [default: ensemble; head with --encoding "
+              "reference].")
 @click.option("--select-on", type=click.Choice(["val", "test"]),
               help="Split that picks the epoch; 'test' reproduces the reference's flaw "
               "[default: val].")
@@ -199,7 +202,8 @@ subgroups_option = click.option(
 @subgroups_option
 @recipe_options
 def fit_head(data_dir, caches, out, config_file, subgroups, crossing_groups, **kwargs) -> None:
-    """Stage two: train the fusion head (or LightGBM) on cached embeddings + metadata."""
+    """Stage two: train a model (by default the fusion head + linear probe ensemble) on
+    cached embeddings + metadata."""
     from ..api import fit
 
     head, lgbm = pop_recipe(kwargs)
@@ -285,16 +289,17 @@ def cv_options(f):
     return f
 
 
-def cv_recipe(config_file, kwargs: dict, models: tuple[str, ...]):
-    """The recipe of the cv command (file < flags) and each model's config, its flags removed
-    from ``kwargs``."""
-    from ..api import model_configs
+def cv_recipe(config_file, kwargs: dict, models: tuple[str, ...] | None):
+    """The recipe of the cv command (file < flags), its models (None: the recipe's model and
+    LightGBM) and each model's config, its flags removed from ``kwargs``."""
+    from ..api import default_models, model_configs
 
     head, lgbm = pop_recipe(kwargs)
     run = {k: kwargs.pop(k) for k in ("seed", "encoding", "calibration", "tta",
                                        "group_context", "fallback")}
     recipe = run_config(config_file, run, head, lgbm)
-    return recipe, model_configs(models, recipe, config_file, head=head, lgbm=lgbm)
+    models = models or default_models(recipe.model)
+    return recipe, models, model_configs(models, recipe, config_file, head=head, lgbm=lgbm)
 
 
 @click.command("cv")
@@ -303,9 +308,11 @@ def cv_recipe(config_file, kwargs: dict, models: tuple[str, ...]):
 @click.option("--inputs", callback=comma_list(("image", "meta", "fused")),
               help="Comma list of input sets, each trained on the same folds [default: "
               "image,meta,fused; a set without metadata fields: image].")
-@click.option("--models", default="head,lgbm", show_default=True, callback=model_list,
-              help="Comma list of the registry's models: head (fusion head), lgbm (LightGBM), "
-              "linear (linear probe), or one registered.")
+@click.option("--models", callback=model_list,
+              help="Comma list of the registry's models: ensemble (head + linear probe), head "
+              "(fusion head), linear (linear probe), lgbm (LightGBM), or one registered "
+              "[default: the recipe's model and lgbm: ensemble,lgbm; head,lgbm with "
+              "--encoding reference].")
 @click.option("--drop-label-issues", type=click.Path(exists=True),
               help="An audit's label_issues.csv (or its folder): leave those images out; the "
               "report lists them (skinfeat audit).")
@@ -314,12 +321,13 @@ def cv_recipe(config_file, kwargs: dict, models: tuple[str, ...]):
 @recipe_options
 def cv(data_dir, caches, out, split, crossing_groups, subgroups, folds, seeds, jobs, inputs,
        models, save_models, config_file, **kwargs) -> None:
-    """Stage two, k-fold CV: fusion head and LightGBM on identical folds, per input set."""
+    """Stage two, k-fold CV: the default model (or --models) and LightGBM on identical folds,
+    per input set."""
     from ..api import cross_validate
 
     table, crossing = settle_crossing(load_data(data_dir, pop_dataset_options(kwargs),
                                                 images=False), split, crossing_groups)
-    recipe, params = cv_recipe(config_file, kwargs, models)
+    recipe, models, params = cv_recipe(config_file, kwargs, models)
     bar = progress_bar("cv", unit="fit")
     res = cross_validate(table, caches_of(caches, data_dir), folds=folds, models=models,
                          inputs=inputs, recipe=recipe, params=params, seeds=seeds, split=split,

@@ -28,7 +28,7 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,9 +38,6 @@ from torch import nn
 from ..errors import InputError
 from .bundle import BundleError
 from .decision import predictor_rule
-
-if TYPE_CHECKING:
-    from ..learn.head import FusionHead
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +100,10 @@ def decider(p) -> Decide:
 class CalibratedHead(nn.Module):
     """One model's head and calibration: (pooled features, encoded meta) -> probabilities."""
 
-    def __init__(self, head: FusionHead, calibrator):
+    def __init__(self, head: nn.Module, calibrator, n_classes: int):
         super().__init__()
         self.head = head
-        self.calibration = Calibration(calibrator, head.classifier.out_features)
+        self.calibration = Calibration(calibrator, n_classes)
 
     def forward(self, features: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         logits = self.head(features, meta)
@@ -140,11 +137,12 @@ class WithFallback(nn.Module):
 
 def calibrated_head(p) -> CalibratedHead | WithFallback:
     """A loaded model's calibrated head, with its fallback if it has one."""
-    own = CalibratedHead(p.model.torch_module(), p.calibrator)
+    k = len(p.classes)
+    own = CalibratedHead(p.model.torch_module(), p.calibrator, k)
     if p.fallback is None:
         return own
     return WithFallback(own, CalibratedHead(p.fallback.model.torch_module(),
-                                            p.fallback.calibrator), p.encoder.missing_row())
+                                            p.fallback.calibrator, k), p.encoder.missing_row())
 
 
 class ExportGraph(nn.Module):

@@ -40,7 +40,7 @@ from ..schema import dump
 from .fallback import applies
 from .fallback import combine as combine_rows
 from .head import INPUTS
-from .models import DEFAULT_MODELS, model_class, model_names, registry
+from .models import default_models, model_class, model_names, registry
 from .parallel import run_unordered
 from .protocol import StageTwoModel, with_fields
 from .runconfig import RunConfig
@@ -61,7 +61,9 @@ class CVConfig:
     folds: int = 5
     split: str = "group"                   # or "image"; "lesion" is the older spelling
     seeds: tuple[int, ...] = (42,)
-    models: tuple[str, ...] = DEFAULT_MODELS   # kinds of the model registry (learn.models)
+    # kinds of the model registry (learn.models); empty: the recipe's model (the default
+    # ensemble; the head of the reference recipe) and LightGBM (``default_models``)
+    models: tuple[str, ...] = ()
     inputs: tuple[str, ...] | None = None  # None: every set the data has (see input_sets)
     recipe: RunConfig = field(default_factory=RunConfig)
     val_fraction: float = VAL_FRACTION
@@ -69,6 +71,10 @@ class CVConfig:
     # Each model's config (kind -> config); a model not here takes the recipe's own config if
     # it is the recipe's model, else its defaults (``runconfig.model_params``).
     params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            object.__setattr__(self, "models", default_models(self.recipe.model))
 
     @classmethod
     def of(cls, recipe: RunConfig, folds: int, split: str, seeds, models, inputs,

@@ -37,11 +37,12 @@ class Fallback:
 
 def applies(recipe: RunConfig, has_fields: bool) -> bool:
     """Does this recipe's model carry a fallback? A fused model that can fold one
-    (``folds_fallback``: the head) with metadata fields, unless turned off
+    (``can_fold_fallback``: the head, the linear probe, an ensemble of those) with metadata
+    fields, unless turned off
     (``fallback=False``), the reference recipe (``encoding="reference"``: it stays the
     published one; its "unknown" is a category, not missing) or ``--group-context`` (its
     context features carry information even when every field is missing)."""
-    return (recipe.fallback and model_class(recipe.model).folds_fallback
+    return (recipe.fallback and model_class(recipe.model).can_fold_fallback(recipe.params)
             and recipe.params.inputs == "fused" and recipe.encoding != "reference"
             and not recipe.group_context and has_fields)
 

@@ -92,9 +92,9 @@ class LinearProbe(StageTwoModel):
     title = "linear probe"
     config_class = LinearConfig
     weights_format = "safetensors"
-    exportable = ("a linear probe (predict with skinfeat; ONNX export covers fusion-head "
-                  "models)")
-    differentiable = False
+    exportable = None
+    differentiable = True
+    folds_fallback = True
 
     STATE = ("mean_", "scale_", "coef_", "intercept_", "classes_")   # the safetensors weights
 
@@ -176,6 +176,29 @@ class LinearProbe(StageTwoModel):
             return log_proba(self.predict_proba(image, meta, tta=True))
         return self._logits_one(image, meta)
 
+    def torch_module(self):
+        """The probe as a torch module (``linear_module.LinearModule``)."""
+        from .linear_module import LinearModule
+        return LinearModule(self.config.inputs, self.mean_, self.scale_, self.coef_,
+                            self.intercept_, self.classes_, int(self.n_classes_), ABSENT)
+
+    def image_only(self, embed_dim: int, n_classes: int) -> LinearProbe:
+        """This fused probe, fitted on all-zero metadata (learn/fallback.py), as the
+        ``inputs="image"`` probe it is: the metadata columns' constant contribution (zero
+        rows, standardized) folded into the intercepts (exact up to float rounding)."""
+        from dataclasses import replace
+
+        if self.config.inputs != "fused":
+            raise InputError(f"image_only folds a fused probe; this one is {self.config.inputs}")
+        mean, scale = self.mean_[embed_dim:], self.scale_[embed_dim:]
+        constant = self.coef_[:, embed_dim:] @ ((0.0 - mean) / scale)
+        out = type(self)(replace(self.config, inputs="image"))
+        out._set(self.c_, self.mean_[:embed_dim], self.scale_[:embed_dim],
+                 self.coef_[:, :embed_dim], self.intercept_ + constant, self.classes_, n_classes)
+        out.class_weights_ = self.class_weights_
+        out.best_epoch_ = self.best_epoch_
+        return out
+
     def to_bundle(self) -> tuple[dict, dict]:
         import torch
 
@@ -203,3 +226,4 @@ class LinearProbe(StageTwoModel):
         model = cls(cfg)
         model._set(float(config["state"]["C"]), **w, n_classes=n_classes)
         return model
+

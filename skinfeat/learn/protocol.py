@@ -147,6 +147,18 @@ class StageTwoModel(ABC):
         """An ``nn.Module`` (image, meta) -> logits, for a differentiable / exportable model."""
         raise NotImplementedError(f"{self.kind} has no torch module")
 
+    @classmethod
+    def config_with(cls, config, values: dict):
+        """``config`` with a run's settings (flags, a file's values, the shared ``inputs`` and
+        ``seed``) that it has fields for; None values are not given."""
+        return with_fields(config, **values)
+
+    @classmethod
+    def can_fold_fallback(cls, config) -> bool:
+        """Can a model of this config carry the missing-metadata fallback? ``folds_fallback``;
+        a model made of others (the ensemble) asks its members."""
+        return cls.folds_fallback
+
     def image_only(self, embed_dim: int, n_classes: int) -> StageTwoModel:
         """This model, fitted on all-zero metadata, as the exact ``inputs="image"`` model it is
         (``folds_fallback`` models only)."""

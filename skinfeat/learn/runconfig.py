@@ -22,7 +22,7 @@ from ..data.metadata import ENCODINGS
 from ..data.splits import ALIASES, parse_split
 from ..schema import Gt, Lt, SchemaError, dump, parse, read_settings, validate
 from .calibration import METHODS
-from .models import model_class, registry
+from .models import DEFAULT_MODEL, REFERENCE_MODEL, model_class, registry
 from .protocol import with_fields
 
 SPLITS = ("group", "lesion", "image", "none")   # + by:COLUMN=VALUE; lesion: the older group
@@ -34,7 +34,7 @@ class ConfigError(SchemaError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: str = "head"   # a kind of the model registry (learn.models)
+    model: str = DEFAULT_MODEL   # a kind of the model registry (learn.models)
     split: str = "group"   # group (by group_id) | image (reference) | none | by:COLUMN=VALUE
     seed: int = 42
     select_on: Literal["val", "test"] = "val"   # test: the reference's flaw
@@ -56,8 +56,16 @@ class RunConfig:
         with contextlib.suppress(ValueError):   # check() names the key
             split = str(parse_split(split))
         object.__setattr__(self, "split", split)
-        if self.params is None and isinstance(self.model, str) and self.model in registry():
+        models = registry()
+        if self.params is None and isinstance(self.model, str) and self.model in models:
             object.__setattr__(self, "params", model_class(self.model).config_class())
+        elif self.model == DEFAULT_MODEL and type(self.params) is not \
+                models[DEFAULT_MODEL].config_class:
+            # RunConfig(params=HeadConfig(...)) without a model: the model that config is of
+            # (the head, as before the ensemble became the default)
+            kinds = [k for k, c in models.items() if type(self.params) is c.config_class]
+            if len(kinds) == 1:
+                object.__setattr__(self, "model", kinds[0])
 
     def to_dict(self) -> dict:
         d = dump(self)
@@ -73,7 +81,7 @@ class RunConfig:
         if not isinstance(d, Mapping) or "params" in d:
             return parse(cls, d, source, ConfigError, at)   # the error names the key
         prefix, models = (at + "." if at else ""), registry()
-        kind = d.get("model", cls.model)
+        kind = d.get("model", _legacy_model(d))
         if not isinstance(kind, str) or kind not in models:
             raise ConfigError(f"expected one of {', '.join(models)}, got {kind!r}",
                               prefix + "model", source)
@@ -87,7 +95,7 @@ class RunConfig:
             if other != kind and other in d:
                 parse(models[other].config_class, d[other], source, ConfigError, prefix + other)
         rest = {k: v for k, v in d.items() if k not in models}
-        return parse(cls, {**rest, "params": params}, source, ConfigError, at)
+        return parse(cls, {**rest, "model": kind, "params": params}, source, ConfigError, at)
 
     def seeded(self) -> RunConfig:
         """This recipe with its model on the recipe's seed: ``seed`` is the one seed of a run
@@ -163,6 +171,15 @@ def _recipe_table(path: str | Path) -> tuple:
     return d, at
 
 
+def _legacy_model(d: Mapping) -> str:
+    """The model of a recipe without a ``model`` key: the head where the recipe is the
+    reference one or sets the head's table (every recipe before the ensemble became the
+    default, in issue 29, meant the head), else the default model."""
+    if d.get("encoding") == "reference" or REFERENCE_MODEL in d:
+        return REFERENCE_MODEL
+    return DEFAULT_MODEL
+
+
 def merge(base: RunConfig, run: dict, *flags: dict) -> RunConfig:
     """``base`` with the given (not None) values replaced: command-line flags over a file.
     ``flags``: model settings; each sets the field of that name of the recipe's model config,
@@ -175,7 +192,7 @@ def merge(base: RunConfig, run: dict, *flags: dict) -> RunConfig:
     values = {k: v for f in flags for k, v in f.items()}
     for kind, cls in registry().items():   # a flag is checked by every model that has it
         _check_params(with_fields(cls.config_class(), **values), kind)
-    cfg = replace(cfg, params=with_fields(cfg.params, **values))
+    cfg = replace(cfg, params=model_class(cfg.model).config_with(cfg.params, values))
     return cfg.seeded().check()
 
 
@@ -197,7 +214,7 @@ def model_params(kinds, recipe: RunConfig, *flags: dict, tables: Mapping | None 
     for kind in kinds:
         base = recipe.params if kind == recipe.model else \
             tables.get(kind) or model_class(kind).config_class()
-        out[kind] = with_fields(base, **values, seed=recipe.seed)
+        out[kind] = model_class(kind).config_with(base, {**values, "seed": recipe.seed})
     return out
 
 
@@ -207,7 +224,7 @@ def recipe_of(config: str | Path | None, run: Mapping, *flags: dict) -> RunConfi
     defaults (its config class's ``reference()``) are the base."""
     base = read_config_file(config) if config else RunConfig()
     if not config and run.get("encoding") == "reference":
-        kind = run.get("model") or base.model
+        kind = run.get("model") or REFERENCE_MODEL
         config_class = model_class(kind).config_class
         if hasattr(config_class, "reference"):
             base = replace(base, model=kind, params=config_class.reference())

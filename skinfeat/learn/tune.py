@@ -66,11 +66,17 @@ class TuneConfig:
 
     @property
     def start_head(self) -> HeadConfig:
-        """The head config trial 0 starts from: the start recipe's, if it is a head's, else
-        the defaults on its inputs (tune searches the head)."""
+        """The head config trial 0 starts from: the start recipe's, if it is a head's; the
+        head member's of an ensemble (the default model: its flags are the head's); else the
+        defaults on its inputs (tune searches the head)."""
+        from .ensemble import EnsembleConfig, member_config
+
         params = self.start.params
-        return params if isinstance(params, HeadConfig) else \
-            HeadConfig(inputs=params.inputs, seed=self.start.seed)
+        if isinstance(params, HeadConfig):
+            return params
+        if isinstance(params, EnsembleConfig) and HeadModel.kind in params.members:
+            return replace(member_config(params, HeadModel.kind), seed=self.start.seed)
+        return HeadConfig(inputs=params.inputs, seed=self.start.seed)
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "start"}, "seed": self.seed,

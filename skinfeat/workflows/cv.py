@@ -28,6 +28,7 @@ from ..learn.cv import (
     input_sets,
     iter_cv,
 )
+from ..learn.models import default_models
 from ..learn.protocol import with_fields
 from ..learn.runconfig import RunConfig
 from ..learn.train import FALLBACK_DIR, as_dataset, bundle_config
@@ -219,7 +220,7 @@ ENSEMBLE_RULE = ("mean of the members' calibrated probabilities; decisions by th
 
 
 def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
-                   models: Sequence[str] = ("head", "lgbm"),
+                   models: Sequence[str] | None = None,
                    inputs: Sequence[str] | None = None,
                    recipe: RunConfig | None = None, params: dict | None = None,
                    seeds: Sequence[int] | None = None,
@@ -229,13 +230,17 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
                    on_start: Callable[[int], None] | None = None,
                    subgroups: str | Sequence[str] | None = None) -> CVResult:
     """Grouped k-fold CV of every model x input set on identical folds (``skinfeat cv``), each
-    fit by ``recipe``; ``params``: each model's config by kind (a model not there: the
-    recipe's own if it is the recipe's model, else its defaults); ``inputs=None``: every set
+    fit by ``recipe``; ``models=None``: the recipe's model (the ensemble by default; the head
+    with ``encoding="reference"``) and LightGBM; ``params``: each model's config by kind (a
+    model not there: the recipe's own if it is the recipe's model, else its defaults);
+    ``inputs=None``: every set
     the data has (image, meta, fused; a set without metadata fields: image). Writes
     ``oof_predictions.csv`` (``CVResult.oof``).
     ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
     of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
-    cfg = CVConfig.of(recipe_or_default(recipe), folds, split, seeds, models, inputs, params)
+    recipe = recipe_or_default(recipe)
+    models = default_models(recipe.model) if models is None else models
+    cfg = CVConfig.of(recipe, folds, split, seeds, models, inputs, params)
     where, owner = run_folder(out, "cv")
     res = cv_run(dataset_or_path(data), cache_paths(caches, "caches"), where, cfg, jobs=jobs,
                  progress=progress, on_start=on_start, save_models=save_models,
