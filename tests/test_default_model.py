@@ -131,3 +131,26 @@ def test_fit_head_by_default_fits_the_ensemble_with_a_fallback_and_exports(
     image = np.stack([preprocess(path, spec).numpy() for path in rows["path"]])
     got = onnx_probabilities(tmp_path / "m.onnx", image, p.encode_metadata(rows))
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_the_probe_fits_on_one_thread_and_restores_the_callers(monkeypatch):
+    """As the head and cv's workers: a fit-head probe equals the cv one, and its many small
+    L-BFGS products do not wait on intra-op threads (benchmarks/default_model.py)."""
+    from skinfeat.learn import linear_search
+
+    seen, real = [], linear_search.LogisticBatch.solve
+
+    def spy(self, *args, **kw):
+        seen.append(torch.get_num_threads())
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(linear_search.LogisticBatch, "solve", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        image, meta, y = _data()
+        LinearProbe(LinearConfig(cs=(0.01, 1.0))).fit((image, meta, y), (image, meta, y),
+                                                       np.arange(len(y)) % 30, n_classes=4)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -260,11 +260,12 @@ def export_graph(predictor) -> ExportGraph:
     """The module to export, or a one-line refusal where the graph could not equal predict."""
     models = predictor.members or [predictor]
     refused = [m for m in models if m.model.exportable]
-    if refused:   # the model says why (LightGBM: onnxmltools; a linear probe: not yet)
+    if refused:   # the model says why (LightGBM: onnxmltools; an ensemble: its members)
         reason = refused[0].model.exportable
         members = f" (members {', '.join(m.run.name for m in refused)})" \
             if predictor.members else ""
-        raise BundleError(f"{predictor.run}: ONNX export covers fusion-head models; this one "
+        raise BundleError(f"{predictor.run}: ONNX export covers torch models (head, linear "
+                          "probe, their ensemble); this one "
                           f"is {reason}{members}")
     if predictor.group_context:
         # The graph maps one image and its metadata to probabilities; the context features

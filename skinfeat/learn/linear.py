@@ -100,6 +100,14 @@ class LinearProbe(StageTwoModel):
 
     def fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
             n_classes: int | None = None, meta_fields=None) -> LinearProbe:
+        """On one torch thread, as the head trains and as cv's workers run it: L-BFGS steps
+        are many small products that intra-op threads only slow down on a busy machine, and a
+        fit-head probe then equals the cv one bit for bit (benchmarks/default_model.py)."""
+        from .head import one_thread
+        return one_thread(self._fit)(train, val, groups, n_classes=n_classes)
+
+    def _fit(self, train: Part, val: Part, groups: np.ndarray | None = None, *,
+             n_classes: int | None = None) -> LinearProbe:
         from .head import balanced_class_weights
         from .linear_search import fit_logistic, preconditioner, standardize, warm_start
 
