@@ -49,7 +49,7 @@ def fit(name: str, data: Path, out: Path, inputs: str, extra: list[str]) -> dict
             raise SystemExit(f"{name}: fit-head failed (exit {proc.returncode}):\n"
                              f"{log.read()[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    bacc = metrics.get("metrics", metrics).get("balanced_accuracy")
+    bacc = metrics["model"]["balanced_accuracy"]
     config = json.loads((out / "config.json").read_text())
     row = {"model": name, "model_type": config["model_type"], "wall_s": wall,
            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_gb": usage.ru_maxrss / 2**20,

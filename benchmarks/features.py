@@ -17,7 +17,8 @@ Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seco
   not cover, e.g. ``size288``; an existing cache is resumed, i.e. kept);
 * ``ladder``: majority class; the reference recipe on the leaky image-level folds; the reference
   architecture and encoder on lesion-grouped folds; the default head (image, fused); the linear
-  probe (image), all on the ``default`` cache, ``skinfeat cv``, mean ± sd over seeds, and the
+  probe (image), all on the ``default`` cache; then today's default, the head + linear probe
+  ensemble on the ``last3`` cache (image, fused); ``skinfeat cv``, mean ± sd over seeds, and the
   probe paired with the head;
 * ``compare``: ``skinfeat compare`` of every option cache x model (``--models``; an ensemble's
   ``--members`` and ``--combine``) against the first entry (the first option's cache, the
@@ -117,8 +118,8 @@ def extract_step(args) -> None:
         print(f"  {option:10} {wall:8.1f} s wall {cpu:8.1f} s CPU{ratio}")
 
 
-def cv_args(args, out: str, extra: list[str]) -> list[str]:
-    return ["cv", *data_args(args), "--cache", str(cache_path(args, "default")),
+def cv_args(args, out: str, extra: list[str], option: str = "default") -> list[str]:
+    return ["cv", *data_args(args), "--cache", str(cache_path(args, option)),
             "--folds", str(args.folds),
             "--seeds", args.seeds, "--jobs", str(args.jobs), "--out", str(args.work / out),
             *extra]
@@ -134,18 +135,23 @@ LADDER = [
     ("default head", "ladder-head-fused", ["--models", "head", "--inputs", "fused"]),
     # image only: its fused row costs as much again (~40 CPU s per fold on 2 busy cores)
     ("linear probe", "ladder-linear", ["--models", "linear", "--inputs", "image"]),
+    # today's default: extract's --layers last3 cache, cv's default model (head + linear)
+    ("the default (last3 cache)", "ladder-default-image", ["--models", "ensemble", "--inputs",
+                                                           "image"], "last3"),
+    ("the default (last3 cache)", "ladder-default-fused", ["--models", "ensemble", "--inputs",
+                                                           "fused"], "last3"),
 ]
 
 
 def ladder_step(args) -> None:
     rows, heads = [], {}
-    for title, out, extra in LADDER:
+    for title, out, extra, *option in LADDER:
         where = args.work / out
         if out.startswith("ladder-head-"):
             inputs = out.rsplit("-", 1)[1]
             where = heads[inputs] = default_head_run(args, "default", inputs) or where
         if where == args.work / out:
-            run(cv_args(args, out, extra), quiet=True)
+            run(cv_args(args, out, extra, *option), quiet=True)
         metrics = json.loads((where / "cv_metrics.json").read_text())
         if not rows:
             base = metrics["majority_baseline"]["balanced_accuracy"]
