@@ -84,9 +84,7 @@ class EnsembleConfig:
             if kind == EnsembleModel.kind:
                 raise InputError("ensemble members: an ensemble cannot be a member")
             model_class(kind)   # one line naming the choices
-        unknown = sorted(k for k in self.settings
-                         if not any(k in _field_names(model_class(m).config_class)
-                                    for m in self.members))
+        unknown = sorted(set(self.settings) - _member_fields(self.members))
         if unknown:
             raise InputError(f"ensemble settings: no member ({', '.join(self.members)}) has "
                              f"the field(s) {', '.join(unknown)}")
@@ -109,6 +107,11 @@ def member_config(config: EnsembleConfig, kind: str):
 
 def _field_names(config_class) -> set[str]:
     return {f.name for f in fields(config_class)}
+
+
+def _member_fields(members) -> set[str]:
+    """Every field name the members' config classes have."""
+    return set().union(*(_field_names(model_class(m).config_class) for m in members))
 
 
 def _take(part: Part, rows: np.ndarray) -> Part:
@@ -163,10 +166,9 @@ class EnsembleModel(StageTwoModel):
         """The ensemble's own fields from ``values``, and into ``settings`` the others that a
         member has a field for (``lr``: the head's), so no flag is silently dropped."""
         config = with_fields(config, **values)
-        own = _field_names(type(config))
-        extra = {k: v for k, v in values.items() if v is not None and k not in own
-                 and any(k in _field_names(model_class(m).config_class)
-                         for m in config.members)}
+        own, theirs = _field_names(type(config)), _member_fields(config.members)
+        extra = {k: v for k, v in values.items()
+                 if v is not None and k not in own and k in theirs}
         return replace(config, settings={**config.settings, **extra}) if extra else config
 
     def _members(self) -> list[StageTwoModel]:
@@ -202,8 +204,6 @@ class EnsembleModel(StageTwoModel):
         """This fused ensemble, its members fitted on all-zero metadata (learn/fallback.py), as
         the ``inputs="image"`` ensemble it is: each member's ``image_only``, with the same
         calibrations, class weights and stacker (the members' logits are unchanged)."""
-        from dataclasses import replace
-
         members = fitted(self, self.members_)
         out = type(self)(replace(self.config, inputs="image"))
         out.members_ = [m.image_only(embed_dim, n_classes) for m in members]

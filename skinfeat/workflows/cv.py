@@ -28,7 +28,6 @@ from ..learn.cv import (
     input_sets,
     iter_cv,
 )
-from ..learn.models import default_models
 from ..learn.protocol import with_fields
 from ..learn.runconfig import RunConfig
 from ..learn.train import FALLBACK_DIR, as_dataset, bundle_config
@@ -238,9 +237,9 @@ def cross_validate(data: Dataset | PathLike, caches: Caches, *, folds: int = 5,
     ``oof_predictions.csv`` (``CVResult.oof``).
     ``split``: lesion, image or ``by:COLUMN`` (each value one fold); ``subgroups``: the fields
     of the out-of-fold subgroup tables (None: the default ones, "none": no tables)."""
-    recipe = recipe_or_default(recipe)
-    models = default_models(recipe.model) if models is None else models
-    cfg = CVConfig.of(recipe, folds, split, seeds, models, inputs, params)
+    # no models: CVConfig's default, the recipe's model and LightGBM (``default_models``)
+    cfg = CVConfig.of(recipe_or_default(recipe), folds, split, seeds, models or (), inputs,
+                      params)
     where, owner = run_folder(out, "cv")
     res = cv_run(dataset_or_path(data), cache_paths(caches, "caches"), where, cfg, jobs=jobs,
                  progress=progress, on_start=on_start, save_models=save_models,
