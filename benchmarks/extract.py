@@ -5,7 +5,8 @@
 
 Prints the machine's CPU flags, then for every precision the machine offers (CPU: fp32, bf16
 where native, int8 where OpenVINO is installed; CUDA: fp32 and bf16 / fp16; Apple: fp32, fp16),
-with the machine's own numbers (shared machines are noisy: read the ratios):
+with the machine's own numbers (shared machines are noisy: read the ratios), for one encoder
+pass per image (``--average-views none``; extract's default averages five views, five passes):
   1. throughput vs fp32 eager, interleaved batch by batch so every engine sees the same load:
      decode + model (stage one's loop with in-process decoding, a lower bound: real runs overlap
      decoding in workers) and the model alone; plus whole extract passes (decode workers, cache),
@@ -145,7 +146,7 @@ from skinfeat.embed.extract import extract
 t = load_dataset({str(data)!r}, "ham10000").table.sort_values('image_id').iloc[:{limit}]
 with tempfile.TemporaryDirectory() as d:
     extract(t, d + '/c.h5', backbone={backbone!r}, weights=WeightSource('random'),
-            precision='auto', compile='off', num_workers=1)
+            precision='auto', compile='off', num_workers=1, average_views=())
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -239,8 +240,11 @@ def main() -> None:
     os.environ["SKINFEAT_HOME"] = home.name
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        # one encoder pass per image, the unit every ratio and target here is about:
+        # extract's default averages five views (the image, its flip, three turns), x5 passes
         kw = dict(backbone=args.backbone, weights=args.source, batch_size=args.batch_size,
-                  device=str(device), calibration_images=args.calibration_images)
+                  device=str(device), calibration_images=args.calibration_images,
+                  average_views=())
         runs = {}
         for prec in precisions:  # fp32 eager first: the reference every ratio divides by
             runs[prec] = timed_extract(table, tmp / f"{prec}.h5", precision=prec,

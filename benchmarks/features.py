@@ -2,7 +2,7 @@
 real MobileNetV2 weights, then stage two on each, lesion-grouped CV with paired intervals.
 
     PYTHONPATH=. .venv/bin/python benchmarks/features.py [--data ../shared/data]
-        [--work /tmp/feat29] [--images full|sample] [--options default,gem,last3,views]
+        [--work /tmp/feat29] [--images full|sample] [--options default,last3,views]
         [--models head,linear] [--folds 5] [--seeds 0,1,2] [--steps extract,ladder,compare]
 
 Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seconds and the load):
@@ -17,9 +17,11 @@ Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seco
   not cover, e.g. ``size288``; an existing cache is resumed, i.e. kept);
 * ``ladder``: majority class; the reference recipe on the leaky image-level folds; the reference
   architecture and encoder on lesion-grouped folds; the default head (image, fused); the linear
-  probe (image), all on the ``default`` cache; then today's default, the head + linear probe
-  ensemble on the ``last3`` cache (image, fused); ``skinfeat cv``, mean ± sd over seeds, and the
-  probe paired with the head;
+  probe (image), all on the ``default`` cache; then cv's default model, the head + linear probe
+  ensemble, on the ``last3`` cache (one view) and on the ``views`` cache (today's default
+  extraction: ``last3``, the image's flip and quarter turns averaged), image and fused; ``skinfeat
+  cv``, mean ± sd over seeds, and the probe paired with the head (the ladder needs the
+  ``default``, ``last3`` and ``views`` caches);
 * ``compare``: ``skinfeat compare`` of every option cache x model (``--models``; an ensemble's
   ``--members`` and ``--combine``) against the first entry (the first option's cache, the
   first model), for each of ``--inputs``: paired differences with 95 % intervals from a lesion
@@ -30,7 +32,7 @@ Steps (each prints the exact ``skinfeat`` command it runs, its wall and CPU seco
 
 ``head`` and ``ladder`` reuse a cv run of the default head that ``compare`` already wrote (same
 folds, seeds and recipe). The ``default`` option is extract's default before issue 29 (``--layers
-last``): today's default for timm encoders is ``last3`` (docs/features.md).
+last``, one view): today's default for timm encoders is ``views`` (docs/features.md).
 
 MobileNetV2 stands in for ConvNeXt-Tiny, which cannot be downloaded here: one encoder's result.
 """
@@ -49,17 +51,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SKINFEAT = [sys.executable, "-m", "skinfeat.cli"]
 
-# option -> extract flags; "default" is extract's default before issue 29 (avg, --layers last),
-# the reference every option is paired against (last3 is today's default for timm encoders)
+# option -> extract flags; "default" is extract's default before issue 29 (avg, --layers last,
+# one view), the reference every option is paired against; "views" is today's default for timm
+# encoders (--layers last3, --average-views all), "last3" the same with one view
+ONE_VIEW = ["--average-views", "none"]
 OPTIONS = {
-    "default": ["--layers", "last"],
-    "gem": ["--pool", "gem"],
-    "avgmax": ["--pool", "avgmax"],
-    "last2": ["--layers", "last2"],
-    "last3": ["--layers", "last3"],
+    "default": ["--layers", "last", *ONE_VIEW],
+    "gem": ["--pool", "gem", *ONE_VIEW],
+    "avgmax": ["--pool", "avgmax", *ONE_VIEW],
+    "last2": ["--layers", "last2", *ONE_VIEW],
+    "last3": ["--layers", "last3", *ONE_VIEW],
     "flip": ["--average-views", "flip"],
-    "views": ["--average-views", "all"],
-    "size288": ["--size", "288"],
+    "rot90": ["--average-views", "rot90"],
+    "views": ["--layers", "last3", "--average-views", "all"],
+    "size288": ["--size", "288", *ONE_VIEW],
 }
 
 
@@ -135,11 +140,16 @@ LADDER = [
     ("default head", "ladder-head-fused", ["--models", "head", "--inputs", "fused"]),
     # image only: its fused row costs as much again (~40 CPU s per fold on 2 busy cores)
     ("linear probe", "ladder-linear", ["--models", "linear", "--inputs", "image"]),
-    # today's default: extract's --layers last3 cache, cv's default model (head + linear)
-    ("the default (last3 cache)", "ladder-default-image", ["--models", "ensemble", "--inputs",
-                                                           "image"], "last3"),
-    ("the default (last3 cache)", "ladder-default-fused", ["--models", "ensemble", "--inputs",
-                                                           "fused"], "last3"),
+    # cv's default model (head + linear) on one view of --layers last3
+    ("head + linear, last3, one view", "ladder-ensemble-image",
+     ["--models", "ensemble", "--inputs", "image"], "last3"),
+    ("head + linear, last3, one view", "ladder-ensemble-fused",
+     ["--models", "ensemble", "--inputs", "fused"], "last3"),
+    # today's default: extract's default cache (last3, five views averaged), cv's default model
+    ("the default (last3, views averaged)", "ladder-default-image",
+     ["--models", "ensemble", "--inputs", "image"], "views"),
+    ("the default (last3, views averaged)", "ladder-default-fused",
+     ["--models", "ensemble", "--inputs", "fused"], "views"),
 ]
 
 
@@ -266,7 +276,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/feat29"))
     ap.add_argument("--images", choices=("full", "sample"), default="full")
-    ap.add_argument("--options", default="default,gem,last3,views",
+    ap.add_argument("--options", default="default,last3,views",
                     help=f"comma list of {', '.join(OPTIONS)} (the first is the reference)")
     ap.add_argument("--models", default="head,linear,ensemble",
                     help="compare's models (ensemble: --model ensemble, with --members, --combine)")

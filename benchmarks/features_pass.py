@@ -46,6 +46,8 @@ EXTRACT_KW: dict[str, dict] = {
     "flip": {"average_views": ("flip",)}, "views": {"average_views": VIEW_NAMES},
     "size288": {"image_size": 288},
 }
+for _kw in EXTRACT_KW.values():      # one view unless asked: extract averages five by default
+    _kw.setdefault("average_views", ())
 IN_PASS = ("default", "gem", "avgmax", "last2", "last3", "flip", "views")
 
 
@@ -105,7 +107,8 @@ def shared_pass(table, backbone: str, paths: dict[str, Path], batch_size: int = 
         todo = table[~table["image_id"].isin(set.intersection(*(w.done for w in
                                                                   writers.values())))]
         ids = todo["image_id"].tolist()
-        loader = DataLoader(ImageFiles(todo["path"].tolist(), spec, views),
+        # the copies turn the squashed tensor, as extract makes averaged views (TURNED_TENSOR)
+        loader = DataLoader(ImageFiles(todo["path"].tolist(), spec, views, turned=True),
                             batch_size=batch_size, num_workers=workers)
         for n, (idx, x, reasons) in enumerate(loader):
             ok = np.array([r == "" for r in reasons])

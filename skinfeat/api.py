@@ -82,7 +82,8 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
             batch_size: int | None = None, num_workers: int | None = None,
             resize: str = "squash", views: str = "none", shard: tuple[int, int] | None = None,
             compile: str = "auto", calibration_images: int | None = None,
-            pool: str | None = None, layers: str | None = None, average_views: str = "none",
+            pool: str | None = None, layers: str | None = None,
+            average_views: str | None = None,
             progress: Callable[[int], None] | None = None,
             on_start: Callable[[int, int], None] | None = None) -> EmbeddingCache:
     """Stage one: embed every image of ``data`` once into ``cache`` (resumable; images already
@@ -95,9 +96,10 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
     the other families, or what an existing ``cache`` was made with); ``image_size``: pixels,
     ``train`` (the encoder's training size, the default) or ``test`` (timm's
     ``test_input_size``); ``average_views``:
-    none, flip, rot90 or all, views averaged into the one stored embedding. Every option is in
+    none, flip, rot90 or all, views averaged into the one stored embedding (None: all for a new
+    cache, an existing cache's own, none with ``views``). Every option is in
     the cache identity. The result's ``run`` holds this run's counts and failures."""
-    from .embed.extract import CALIBRATION_IMAGES, VIEW_PRESETS
+    from .embed.extract import CALIBRATION_IMAGES, view_preset
     from .embed.extract import extract as run_extract
     from .embed.weights import resolve_weights
 
@@ -107,8 +109,9 @@ def extract(data: Dataset | PathLike, cache: PathLike, *, backbone: str = DEFAUL
                                               else None),
                       precision=precision, device=device, image_size=image_size,
                       batch_size=batch_size, num_workers=num_workers, resize=resize,
-                      views=VIEW_PRESETS[views], shard=shard, compile=compile, pool=pool,
-                      layers=layers, average_views=VIEW_PRESETS[average_views],
+                      views=view_preset(views), shard=shard, compile=compile, pool=pool,
+                      layers=layers, average_views=None if average_views is None
+                      else view_preset(average_views, "average_views"),
                       calibration_images=CALIBRATION_IMAGES if calibration_images is None
                       else calibration_images,
                       progress=progress, on_start=on_start)

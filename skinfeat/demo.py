@@ -78,10 +78,14 @@ def run_demo(out: Path, *, n_images: int = 1000, backbone: str = "convnext_tiny.
         echo(f"      {why}")
     cache_path = out / f"cache-{backbone}-{source.kind}-{precision}.h5"
     echo(f"[2/3] stage one: {len(table)} images through {backbone} ({source.describe()}; "
-         f"precision {precision})")
+         f"precision {precision}; one view: `skinfeat extract` averages five by default)")
     bar = progress("extract") if progress else None
     # int8 calibrates on the default 300 images: the setting benchmarks/extract.py validated.
+    # One view, not extract's default five (the image averaged with its flip and quarter turns):
+    # they pay on real photos and trained weights (docs/features.md), not on synthetic images,
+    # and would make the demo's stage one five times as long.
     res = extract(table, cache_path, backbone=backbone, weights=source, precision=precision,
+                  average_views=(),
                   progress=bar.update if bar is not None else None,
                   on_start=(lambda todo, skipped: setattr(bar, "total", todo))
                   if bar is not None else None)

@@ -48,10 +48,12 @@ def synth_cache(synth_dir, synth_table, tmp_path_factory) -> Path:
     from skinfeat.embed.extract import extract
     from skinfeat.embed.weights import WeightSource
     path = tmp_path_factory.mktemp("cache") / "synth.h5"
-    # --layers last: a cache of the default before last3 (as users' existing caches are), so
-    # every test on it checks that such caches keep working; test_stage_one_options covers last3
+    # --layers last, one view: a cache of the defaults before issue 29 (as users' existing
+    # caches are), so every test on it checks that such caches keep working;
+    # test_stage_one_options covers last3 and the views average, test_export and test_explain
+    # models on the default extraction
     extract(synth_table, path, backbone=TINY, weights=WeightSource("random"), precision="fp32",
-            num_workers=0, layers="last")
+            num_workers=0, layers="last", average_views=())
     return path
 
 

@@ -37,7 +37,7 @@ def test_partial_then_resume_equals_one_pass(synth_cache, synth_table, tmp_path)
     path = tmp_path / "c.h5"
     half = synth_table.iloc[: len(synth_table) // 2]
     kw = dict(backbone=TINY, weights=WeightSource("random"), precision="fp32", num_workers=0,
-              layers="last")   # synth_cache's layers
+              layers="last", average_views=())   # synth_cache's layers and one view
     extract(half, path, **kw)
     res = extract(synth_table, path, **kw)
     assert res.skipped == len(half) and res.embedded == len(synth_table) - len(half)

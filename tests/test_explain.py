@@ -182,3 +182,34 @@ def test_explain_cli_single_image_batch_and_errors(ship_runs, synth_table, tmp_p
     r = CliRunner().invoke(main, ["explain", "--model", str(ship_runs["lgbm"]), "--image", image,
                                   "--method", "gradcam", "--out", str(out)])
     assert r.exit_code == 2 and "not differentiable" in r.output
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam"])
+def test_a_view_averaged_model_gets_one_map_per_view(synth_table, tmp_path, method):
+    """The model scores the mean of the image's and its flip's embeddings, so it cannot tell an
+    image from its mirror image: its heatmap of the mirror image is the mirror of its heatmap
+    (a map of one view, as before the views were averaged, is not)."""
+    from conftest import TINY
+
+    from skinfeat.embed.extract import extract
+    from skinfeat.embed.transform import preprocess
+    from skinfeat.embed.turns import turn
+    from skinfeat.embed.weights import WeightSource
+    from skinfeat.learn.head import HeadConfig
+    from skinfeat.learn.runconfig import RunConfig
+    from skinfeat.workflows.fit import fit_run
+
+    cache = tmp_path / "c.h5"
+    extract(synth_table, cache, backbone=TINY, weights=WeightSource("random"), precision="fp32",
+            num_workers=0, image_size=64, average_views=("flip",))
+    fit_run(synth_table, cache, tmp_path / "run",
+            RunConfig(seed=0, model="head", params=HeadConfig(seed=0, max_epochs=3)))
+    p = Model(tmp_path / "run")
+    assert p.average_views == ("flip",)
+    ex, (_, spec) = Explainer(p), p._backbone()
+    x = preprocess(synth_table["path"].iloc[0], spec)[None]
+    meta = p.encode_metadata(synth_table.iloc[:1])
+    heat = ex.heatmap(x, meta, 1, method)
+    mirrored = ex.heatmap(turn(x, "flip"), meta, 1, method)
+    assert heat.shape == (64, 64) and heat.max() > 0 and not np.allclose(heat, heat[:, ::-1])
+    np.testing.assert_allclose(mirrored, heat[:, ::-1], atol=1e-5)

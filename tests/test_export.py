@@ -98,3 +98,49 @@ def test_docs_onnx_example_runs_and_matches_predict(exported, ship_runs, synth_t
     np.testing.assert_allclose(list(got.values()), list(want.probabilities.values()), atol=1e-4)
     graph, by_hand, rule = decided.split(" ", 2)
     assert graph == by_hand == want.prediction and rule == want.rule
+
+
+def _view_run(table, tmp_path, **extract_kw) -> Path:
+    """A default-model run on a tiny-encoder cache of ``table`` made with ``extract_kw``."""
+    from conftest import TINY
+
+    from skinfeat.embed.extract import extract
+    from skinfeat.embed.weights import WeightSource
+    from skinfeat.learn.runconfig import RunConfig
+    from skinfeat.workflows.fit import fit_run
+
+    cache = tmp_path / "c.h5"
+    extract(table, cache, backbone=TINY, weights=WeightSource("random"), precision="fp32",
+            num_workers=0, image_size=64, **extract_kw)
+    fit_run(table, cache, tmp_path / "run", RunConfig(seed=0))
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("views", [None, ("rot90",)], ids=["default-all", "rot90"])
+def test_a_view_averaged_model_exports_and_equals_predict(views, synth_table, tmp_path):
+    """The graph turns the squashed image tensor as stage one turned the decoded image, and
+    averages the embeddings (the default extraction: the image, its flip and three turns)."""
+    kw = {} if views is None else {"average_views": views}
+    run = _view_run(synth_table, tmp_path, **kw)
+    p = Model(run)
+    assert p.average_views == (("flip", "rot90", "rot180", "rot270") if views is None else views)
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(main, ["export", "--model", str(run), "--onnx", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.with_suffix(".json").read_text())["average_views"] == \
+        list(p.average_views)
+    rows = synth_table.iloc[:8][["image_id", "path", "age", "sex", "localization"]].astype(object)
+    rows.iloc[1, 2:] = None                                   # all metadata missing
+    want = p.predict_table(rows).proba
+    _, spec = p._backbone()
+    image = np.stack([preprocess(path, spec).numpy() for path in rows["path"]])
+    got = onnx_probabilities(out, image, p.encode_metadata(rows))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_a_view_averaged_model_on_a_crop_cache_is_refused(synth_table, tmp_path):
+    run = _view_run(synth_table.iloc[:60], tmp_path, resize="crop", average_views=("flip",))
+    r = CliRunner().invoke(main, ["export", "--model", str(run), "--onnx",
+                                  str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "--resize squash" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()

@@ -17,8 +17,8 @@ from test_local_dir import save_timm_folder  # noqa: E402
 
 from skinfeat.deploy.export import onnx_probabilities  # noqa: E402
 from skinfeat.deploy.model import Model  # noqa: E402
-from skinfeat.embed.extract import extract  # noqa: E402
-from skinfeat.embed.transform import preprocess  # noqa: E402
+from skinfeat.embed.extract import VIEW_NAMES, extract  # noqa: E402
+from skinfeat.embed.transform import TransformSpec, preprocess  # noqa: E402
 from skinfeat.learn.head import HeadConfig  # noqa: E402
 from skinfeat.learn.runconfig import RunConfig  # noqa: E402
 from skinfeat.workflows.fit import fit_run  # noqa: E402
@@ -104,6 +104,39 @@ def test_real_mobilenetv2_weights_export(family_run, synth_table, tmp_path):
     if not REAL.is_dir():
         pytest.skip(f"{REAL} not here")
     onnx_equals_torch_on_raw_images(family_run("timm-real"), synth_table, tmp_path / "m.onnx")
+
+
+def test_the_graph_averages_views_of_real_images_as_the_cache_did(tmp_path):
+    """On real photos (200x150, squashed) and trained weights, turning the squashed tensor is
+    not the same as turning the decoded photo (8-bit rounding between the resize's axes: up to
+    1.5 % of an embedding); the default extraction turns the tensor, so the graph's view
+    average equals the cache."""
+    if not REAL.is_dir() or not SAMPLE.is_dir():
+        pytest.skip(f"{REAL} or {SAMPLE} not here")
+    from skinfeat.data.datasets import load_dataset
+    from skinfeat.embed.backbone import create_backbone
+    from skinfeat.embed.cache import read_cache
+    from skinfeat.embed.encoders import resolve_backbone
+    from skinfeat.embed.engines import Embedder
+    from skinfeat.embed.turns import ViewAveraged
+    from skinfeat.embed.weights import WeightSource
+
+    table = load_dataset(SAMPLE, "ham10000").table.iloc[:12]
+    cache = tmp_path / "c.h5"
+    res = extract(table, cache, backbone=f"local-dir:{REAL}", precision="fp32", num_workers=0)
+    cached = read_cache(cache)
+    assert cached.identity["average_views"] == ["flip", "rot90", "rot180", "rot270"]
+    spec = TransformSpec.from_dict(cached.identity["preprocessing"])
+    ref, weights = resolve_backbone(f"local-dir:{REAL}", WeightSource("pretrained"))
+    net = Embedder(create_backbone(ref.name, weights), torch.device("cpu"), "fp32",
+                   layers=cached.identity["layers"]).net
+    x = torch.stack([preprocess(p, spec) for p in table["path"]])
+    with torch.inference_mode():
+        graph = ViewAveraged(net, VIEW_NAMES)(x).numpy()
+    order = [list(cached.image_ids).index(i) for i in table["image_id"]]
+    want = cached.embeddings[order]
+    rel = np.linalg.norm(graph - want, axis=1) / np.linalg.norm(want, axis=1)
+    assert res.embedded == 12 and rel.max() < 1e-5, rel.max()
 
 
 def test_a_graph_that_does_not_trace_is_refused_in_one_line(family_run, tmp_path, capfd):

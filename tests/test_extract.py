@@ -95,7 +95,8 @@ def test_two_shards_merged_equal_one_process(synth_dir, synth_cache, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "skinfeat.cli", "extract", "--data",
                                str(synth_dir), "--cache", str(tmp_path / f"s{i}.h5"), "--backbone",
                                TINY, "--weights", "random", "--precision", "fp32", "--workers", "0",
-                               "--shard", f"{i}/2", "--layers", "last"],   # synth_cache's layers
+                               "--shard", f"{i}/2", "--layers", "last",  # synth_cache's
+                               "--average-views", "none"],              # layers, one view
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for i in range(2)]
     for p in procs:
@@ -166,7 +167,7 @@ def test_local_weights_file_is_loaded_and_stamped(synth_table, tmp_path):
     source = resolve_weights(weights_file=tmp_path / "w.safetensors")
     sub = synth_table.iloc[:4]
     c = extract(sub, tmp_path / "f.h5", backbone=TINY, weights=source, precision="fp32",
-                num_workers=0, layers="last").contents
+                num_workers=0, layers="last", average_views=()).contents
     assert c.identity["weights"]["kind"] == "file" and len(c.identity["weights"]["sha256"]) == 64
     model = create_backbone(TINY, WeightSource("random"))
     model.load_state_dict({k: v for k, v in full.state_dict().items()

@@ -385,6 +385,15 @@ def test_check_sources_warns_on_rounding_and_refuses_nothing_else(caplog):
     with caplog.at_level(logging.WARNING, logger="skinfeat"):
         check_sources(ident, 4, ["c.h5"], [part])
     assert "another rounding" in caplog.text and "bf16" in caplog.text
+    # views averaged from the decoded image (before the squashed tensor was turned): the same
+    # encoder and views, rounded otherwise
+    averaged = {**ident, "average_views": ["flip"], "view_transform": "image-before-resize"}
+    turned = CacheContents(np.array(["x"], dtype=object), np.ones((1, 4), np.float32),
+                           identity={**averaged, "view_transform": "squashed-tensor-turned"})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skinfeat"):
+        check_sources(averaged, 4, ["t.h5"], [turned])
+    assert "another rounding" in caplog.text and "squashed-tensor-turned" in caplog.text
 
 
 def test_merge_keeps_identical_overlapping_ids_once(tmp_path):

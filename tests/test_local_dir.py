@@ -45,7 +45,7 @@ def test_a_timm_folder_is_recorded_by_content_under_a_portable_name(synth_table,
     save_timm_folder(folder, seed=0)
     sub = synth_table.iloc[:4]
     c = extract(sub, tmp_path / "c.h5", backbone=f"local-dir:{folder}", precision="fp32",
-                num_workers=0, layers="last").contents   # the Embedder's pooled output
+                num_workers=0, layers="last", average_views=()).contents  # the Embedder's output
     ident = c.identity
     # architecture.tag from its config.json, not the absolute path
     assert ident["backbone"] == TAGGED and ident["family"] == "timm"

@@ -69,7 +69,7 @@ def test_layers_concatenate_the_last_stages_each_standardised(synth_table, name,
 
 def test_options_are_in_the_identity_and_caches_do_not_mix(synth_table, tmp_path):
     sub = synth_table.iloc[:6]
-    plain = extract(sub, tmp_path / "plain.h5", layers="last", **KW).contents
+    plain = extract(sub, tmp_path / "plain.h5", layers="last", average_views=(), **KW).contents
     # a cache of the options' first values reads as before the options existed
     assert "layers" not in plain.identity and "average_views" not in plain.identity
     gem = extract(sub, tmp_path / "gem.h5", pool="gem", layers="last2", **KW).contents
@@ -132,11 +132,51 @@ def test_average_views_store_the_mean_of_the_views(synth_table, tmp_path):
     extract(sub, tmp_path / "m.h5", average_views=("flip", "rot90"), **KW)
     views, mean = read_cache(tmp_path / "v.h5"), read_cache(tmp_path / "m.h5")
     assert mean.identity["average_views"] == ["flip", "rot90"] and not mean.views
-    assert mean.identity["view_transform"] == "image-before-resize"
+    # averaged views turn the squashed tensor (as export's graph does); stored views, and
+    # averaged ones under the centre crop, turn the decoded image
+    assert mean.identity["view_transform"] == "squashed-tensor-turned"
+    assert views.identity["view_transform"] == "image-before-resize"
+    crop = extract(sub.iloc[:2], tmp_path / "c.h5", average_views=("flip",),
+                   **{**KW, "resize": "crop"}).contents
+    assert crop.identity["view_transform"] == "image-before-resize"
     want = (views.embeddings + views.view_embeddings.sum(1)) / 3
     np.testing.assert_allclose(mean.embeddings, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="--average-views"):
         extract(sub, tmp_path / "x.h5", views=("flip",), average_views=("flip",), **KW)
+
+
+def test_default_averages_all_views_for_a_new_cache_and_an_old_cache_keeps_its_own(
+        synth_table, tmp_path):
+    """--average-views' default (issue 29's paired compare): the image, its flip and three
+    quarter turns for a new cache; a cache made before (one view, no key in its identity) grows
+    as it was made; stored --views turn the default off."""
+    from skinfeat.embed.extract import VIEW_NAMES
+
+    sub = synth_table.iloc[:4]
+    new = extract(sub, tmp_path / "new.h5", **KW).contents
+    assert new.identity["average_views"] == list(VIEW_NAMES)
+    old = tmp_path / "old.h5"
+    extract(sub.iloc[:2], old, average_views=(), **KW)
+    grown = extract(sub, old, **KW)          # no CacheError: the cache keeps its one view
+    assert grown.skipped == 2 and "average_views" not in grown.contents.identity
+    stored = extract(sub, tmp_path / "views.h5", views=("flip",), **KW).contents
+    assert stored.views == ["flip"] and "average_views" not in stored.identity
+
+
+def test_tensor_turns_equal_the_decoded_image_views():
+    """explain and export turn the resized tensor the way stage one turns the decoded image."""
+    from PIL import Image
+
+    from skinfeat.embed.extract import VIEW_NAMES, apply_view
+    from skinfeat.embed.turns import turn, turn_back
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]          # (1, 3, 5, 7)
+    for view in VIEW_NAMES:
+        want = np.asarray(apply_view(Image.fromarray(pixels), view))
+        got = turn(x, view)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=view)
+        assert torch.equal(turn_back(turn(x, view), view), x), view
 
 
 def test_size_train_test_and_pixels():
@@ -175,7 +215,12 @@ def test_cli_options(synth_dir, tmp_path):
     out = run_cli("extract", "--data", synth_dir, "--cache", tmp_path / "c.h5", *EXTRACT_TINY,
                   "--size", "64", "--pool", "avgmax", "--layers", "last3",
                   "--average-views", "flip")
-    assert "of dim 144" in out.output
+    assert "of dim 144" in out.output and "views averaged: image, flip)" in out.output
+    assert "NOTE: each embedding averages" not in out.output          # --average-views given
+    default = run_cli("extract", "--data", synth_dir, "--cache", tmp_path / "e.h5",
+                      *EXTRACT_TINY, "--size", "64")
+    assert "five encoder passes per image" in default.output
+    assert "views averaged: image, flip, rot90, rot180, rot270)" in default.output
     ident = read_cache(tmp_path / "c.h5").identity
     assert (ident["pool"], ident["layers"], ident["average_views"],
             ident["preprocessing"]["size"]) == ("avgmax", "last3", ["flip"], 64)

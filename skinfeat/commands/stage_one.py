@@ -82,9 +82,10 @@ def rank_device(device: str, precision: str) -> str:
 @click.option("--views", type=click.Choice(["none", "flip", "rot90", "all"]), default="none",
               show_default=True, help="Also store embeddings of flipped/rotated copies.")
 @click.option("--average-views", type=click.Choice(["none", "flip", "rot90", "all"]),
-              default="none", show_default=True,
+              default=None,
               help="Store the mean of the image's and these copies' embeddings as its one "
-              "embedding (all: flip and three rotations).")
+              "embedding (all: flip and three rotations, five encoder passes per image) "
+              "[default: all; none with --views; an existing cache keeps its own].")
 @click.option("--shard", help="Embed only shard I of N (I/N); automatic under torchrun.")
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]),
               default="auto", show_default=True,
@@ -106,6 +107,10 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, size,
         cache_path = cache_path.with_name(f"{cache_path.stem}.shard{shard_t[0]}of{shard_t[1]}.h5")
     if weights == "random" and not weights_file:
         click.echo("NOTE: random backbone weights: embeddings carry no ImageNet knowledge.")
+    fresh = not cache_path.exists() and not Path(f"{cache_path}.partial").exists()
+    if average_views is None and views == "none" and fresh:   # a cache keeps its own
+        click.echo("NOTE: each embedding averages the image with its flip and three quarter "
+                   "turns: five encoder passes per image (--average-views none: one).")
     bar = progress_bar("extract")
     res = run_extract(data, cache_path, backbone=backbone, weights=weights,
                       weights_file=weights_file, resize=resize, image_size=size or image_size,
@@ -117,9 +122,11 @@ def extract(data_dir, cache_path, backbone, weights, weights_file, resize, size,
                       on_start=lambda todo, skipped: setattr(bar, "total", todo)).run
     assert res is not None   # extract always records its run
     bar.close()
+    averaged = res.contents.identity.get("average_views")
     click.echo(f"{cache_path}: {len(res.contents.image_ids)} embeddings of dim "
                f"{res.contents.dim} ({res.embedded} new, {res.skipped} already cached; "
-               f"{res.precision} on {res.device})")
+               f"{res.precision} on {res.device}"
+               + (f"; views averaged: image, {', '.join(averaged)}" if averaged else "") + ")")
     if res.failures:
         click.echo(f"{len(res.failures)} image(s) could not be read and were skipped:")
         for iid, why in sorted(res.failures.items())[:20]:

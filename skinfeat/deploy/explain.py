@@ -4,7 +4,9 @@ The heatmap comes from ``pytorch-grad-cam`` (Gildenblat et al., the ``grad-cam``
 maintained, many CAM variants behind one interface, plain PyTorch hooks), computed on the frozen
 backbone's last stage through the pooling and the trained head, so it shows what moved *this*
 model's logit, not the backbone's ImageNet classes. A LightGBM model is not differentiable, so
-it gets a gradient-free method (Score-CAM by default).
+it gets a gradient-free method (Score-CAM by default). A model on view-averaged embeddings
+(``--average-views``, the default) gets the mean of one map per turned copy, each turned back
+onto the image.
 
 Metadata attribution: for a fusion head, each field in turn is set to missing (the encoder's own
 missing representation) and the change in every calibrated class probability is reported. For
@@ -26,6 +28,7 @@ from torch import nn
 
 from ..data.datasets import DataError
 from ..embed.transform import load_image, to_tensor
+from ..embed.turns import turn, turn_back
 from ..errors import SkinfeatError
 from .decision import Decision, predictor_rule
 
@@ -91,6 +94,22 @@ class ImageToLogits(nn.Module):
             # hooked activations at all.
             x = x.detach().requires_grad_(True)
         return self.head(self.features(x), meta)
+
+
+class OneOfViews(nn.Module):
+    """A view-averaged embedding as a function of one view's image: (net(x) + rest) / n, with
+    ``rest`` the sum of the other views' embeddings (fixed), so a CAM hooked into ``net`` sees
+    one forward pass of the copy it explains."""
+
+    rest: torch.Tensor      # a buffer (register_buffer below), declared for the type checker
+
+    def __init__(self, net: nn.Module, rest: torch.Tensor, n: int):
+        super().__init__()
+        self.net, self.n = net, n
+        self.register_buffer("rest", rest)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x) + self.rest) / self.n
 
 
 def class_activation(net: nn.Module, layer: nn.Module, x: torch.Tensor, target: int,
@@ -196,11 +215,29 @@ class Explainer:
         """``scorer``: the model that scored the row (the image-only fallback, for a row with
         every metadata field missing), else the model itself."""
         embedder, _ = self.p._backbone()
-        net = ImageToLogits(embedder.net, self._head(method, scorer),
-                            torch.as_tensor(meta, dtype=torch.float32,
-                                            device=embedder.device)).eval()
+        head = self._head(method, scorer)
+        meta_t = torch.as_tensor(meta, dtype=torch.float32, device=embedder.device)
         layer, reshape = cam_target(embedder.net.model)
-        return class_activation(net, layer, x.to(embedder.device), target, method, reshape)
+        x = x.to(embedder.device)
+        views = self.p.average_views
+        if not views:
+            net = ImageToLogits(embedder.net, head, meta_t).eval()
+            return class_activation(net, layer, x, target, method, reshape)
+        # The model scores the mean of the embeddings of the image and its turned copies: one
+        # map per copy, each of that model's logit with the other copies' embeddings held
+        # fixed, turned back onto the image and averaged.
+        with torch.no_grad():
+            embs = [embedder.net(x)] + [embedder.net(turn(x, v)) for v in views]
+        total, heats = torch.stack(embs).sum(dim=0), []
+        for i, view in enumerate(("",) + views):
+            one = OneOfViews(embedder.net, total - embs[i], len(embs))
+            net = ImageToLogits(one, head, meta_t).eval()
+            heat = class_activation(net, layer, turn(x, view) if view else x, target, method,
+                                    reshape)
+            heats.append(turn_back(torch.from_numpy(heat), view).numpy() if view else heat)
+        mean = np.mean(heats, axis=0)
+        top = float(mean.max())
+        return mean / top if top > 0 else mean
 
     def attribution(self, embedding: np.ndarray, table: pd.DataFrame) -> tuple[dict, str]:
         """Per field, how much its value moved each class (see the module docstring)."""

@@ -270,6 +270,13 @@ class LoadedBundle:
         """The identity of each embedding source, in the order their embeddings are joined."""
         return source_identities(self.identity)
 
+    @property
+    def average_views(self) -> tuple[str, ...]:
+        """The views a single-source model's embeddings average (``--average-views``), which
+        explain and export make from the resized image (``embed.turns``); () for one view."""
+        return tuple(self.sources[0].get("average_views") or ()) \
+            if len(self.sources) == 1 else ()
+
     def _backbones(self) -> list[tuple[Embedder | Int8Embedder, TransformSpec]]:
         """Every source's backbone, rebuilt from the bundle (a fused model has several)."""
         if self._embedders is None:

@@ -82,6 +82,7 @@ class Model(LoadedBundle):
             out = np.zeros(shape, dtype=np.float32)
             for batch in embed_files(embedder, paths, spec, views=self.views,
                                      average_views=self.sources[i].get("average_views", ()),
+                                     view_transform=self.sources[i].get("view_transform"),
                                      batch_size=self.batch_size,
                                      num_workers=self.num_workers):
                 for j, reason in batch.failed.items():

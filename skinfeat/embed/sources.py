@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 # Identity keys that do not change which encoder made an embedding: the rows or views a cache
 # holds (a shard, its views), or only its rounding (the precision, an int8 model's calibration
-# sample: an evaluation set's int8 cache is calibrated on its own images).
-ROW_KEYS = ("shard", "views", "view_transform")
-ROUNDING_KEYS = ("precision", "calibration")
+# sample: an evaluation set's int8 cache is calibrated on its own images; how the views were
+# turned: the decoded image or the squashed tensor, extract.TURNED_TENSOR).
+ROW_KEYS = ("shard", "views")
+ROUNDING_KEYS = ("precision", "calibration", "view_transform")
 
 
 def encoder_identity(identity: dict) -> dict:
