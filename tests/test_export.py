@@ -37,16 +37,21 @@ def exported(ship_runs, tmp_path_factory):
     return out
 
 
-def test_onnx_runtime_equals_predict(exported, ship_runs, synth_table):
-    p = Model(ship_runs["head"])
-    rows = synth_table.iloc[:6][["image_id", "path", "age", "sex", "localization"]].astype(object)
+def assert_graph_equals_predict(graph: Path, p: Model, table: pd.DataFrame, n: int = 6) -> None:
+    """ONNX Runtime's probabilities on the preprocessed images of ``table``'s first ``n`` rows
+    equal predict's on the files, rows with every metadata field or the sex missing included."""
+    rows = table.iloc[:n][["image_id", "path", "age", "sex", "localization"]].astype(object)
     rows.iloc[1, 2:] = None                                   # all metadata missing
     rows.iloc[2, 3] = None                                    # sex missing
     want = p.predict_table(rows).proba
     _, spec = p._backbone()
     image = np.stack([preprocess(path, spec).numpy() for path in rows["path"]])
-    got = onnx_probabilities(exported, image, p.encode_metadata(rows))
+    got = onnx_probabilities(graph, image, p.encode_metadata(rows))
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_onnx_runtime_equals_predict(exported, ship_runs, synth_table):
+    assert_graph_equals_predict(exported, Model(ship_runs["head"]), synth_table)
 
 
 def test_the_graph_and_its_json_carry_what_a_caller_needs(exported, ship_runs):
@@ -129,13 +134,7 @@ def test_a_view_averaged_model_exports_and_equals_predict(views, synth_table, tm
     assert r.exit_code == 0, r.output
     assert json.loads(out.with_suffix(".json").read_text())["average_views"] == \
         list(p.average_views)
-    rows = synth_table.iloc[:8][["image_id", "path", "age", "sex", "localization"]].astype(object)
-    rows.iloc[1, 2:] = None                                   # all metadata missing
-    want = p.predict_table(rows).proba
-    _, spec = p._backbone()
-    image = np.stack([preprocess(path, spec).numpy() for path in rows["path"]])
-    got = onnx_probabilities(out, image, p.encode_metadata(rows))
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert_graph_equals_predict(out, p, synth_table, n=8)
 
 
 def test_a_view_averaged_model_on_a_crop_cache_is_refused(synth_table, tmp_path):
