@@ -185,7 +185,7 @@ def default_layers(model: torch.nn.Module, spec: TransformSpec, pool: str | None
 # passes), their embeddings averaged into the one stored vector. Chosen by issue 29's paired
 # compare (MobileNetV2 on all 10,015 HAM10000 images, lesion-grouped 5 folds x 3 seeds, the
 # default model, against the single view): image features +3.76 [+2.70, +4.89] points of
-# balanced accuracy (62.2 %), fused +4.19 [+2.99, +5.44] (64.9 %), at 4.2x stage one's time
+# balanced accuracy (62.2 %), fused +4.19 [+2.99, +5.44] (64.8 %), at 4.2x stage one's time
 # (docs/features.md). A dermoscopic photo has no up or left, so every encoder family gets it.
 DEFAULT_AVERAGE_VIEWS = VIEW_NAMES
 
