@@ -18,7 +18,13 @@ import pytest
 from hostile import ok, refused
 
 from skinfeat.deploy.model import Model
-from skinfeat.embed.cache import CacheContents, fuse_caches, merge_caches, read_cache
+from skinfeat.embed.cache import (
+    CacheContents,
+    CacheError,
+    fuse_caches,
+    merge_caches,
+    read_cache,
+)
 from skinfeat.embed.sources import check_sources
 
 pytestmark = pytest.mark.slow   # hostile input and faults: one CLI run per bad input
@@ -374,6 +380,28 @@ def test_flat_profiles_fall_back_to_file_names_then_a_warning(byo, synth_dir, tm
     with caplog.at_level(logging.WARNING, logger="skinfeat"):
         ok(*predict_args(run, byo["rows"], other, tmp_path / "p.csv"))
     assert "their order cannot be checked" in caplog.text
+
+
+def test_a_cache_of_other_stage_one_options_is_refused_with_the_flags_that_match():
+    """Issue 29 changed extract's defaults (--layers last3, --average-views all): a model
+    trained on a cache of the earlier defaults, given a cache of today's, is told how to
+    extract one that matches."""
+    trained = {"backbone": "enc", "weights": {"kind": "random"}, "precision": "fp32"}
+    today = CacheContents(np.array(["x"], dtype=object), np.ones((1, 4), np.float32),
+                          identity={**trained, "layers": "last3",
+                                    "average_views": ["flip", "rot90", "rot180", "rot270"]})
+    with pytest.raises(CacheError, match="another encoder") as err:
+        check_sources(trained, 4, ["new.h5"], [today])
+    assert str(err.value).endswith("skinfeat extract ... --layers last --average-views none")
+    wider = CacheContents(today.image_ids, np.ones((1, 8), np.float32), identity=today.identity)
+    with pytest.raises(CacheError, match="8-d embeddings, but the model takes 4-d") as err:
+        check_sources(trained, 4, ["new.h5"], [wider])    # last3 is wider: the width says so
+    assert str(err.value).endswith("--layers last --average-views none")
+    other = CacheContents(today.image_ids, today.embeddings,
+                          identity={**trained, "backbone": "enc-2"})
+    with pytest.raises(CacheError) as err:
+        check_sources(trained, 4, ["o.h5"], [other])
+    assert "skinfeat extract" not in str(err.value)      # another encoder: no flags can help
 
 
 def test_check_sources_warns_on_rounding_and_refuses_nothing_else(caplog):

@@ -36,6 +36,27 @@ def encoder_identity(identity: dict) -> dict:
     return {k: v for k, v in comparable(identity).items() if k not in ROW_KEYS + ROUNDING_KEYS}
 
 
+def extract_hint(have: dict, had: dict) -> str:
+    """Where two encoder identities differ only in stage-one options (the defaults changed
+    under issue 29: ``--layers last3``, ``--average-views all``), the flags that extract a cache
+    the way the model's was: "" otherwise."""
+    differ = {k for k in set(have) | set(had) if have.get(k) != had.get(k)}
+    if not differ or not differ <= {"layers", "average_views", "pool"}:
+        return ""
+    views = list(had.get("average_views") or [])
+    named = {(): "none", ("flip",): "flip", ("rot90",): "rot90",
+             ("flip", "rot90", "rot180", "rot270"): "all"}.get(tuple(views))
+    flags = []
+    if "pool" in differ and had.get("pool"):
+        flags.append(f"--pool {had['pool']}")
+    if "layers" in differ:       # no key: a cache made before --layers, i.e. last
+        flags.append(f"--layers {had.get('layers') or 'last'}")
+    if "average_views" in differ and named:
+        flags.append(f"--average-views {named}")
+    return (f"; extract this set as the model's cache was made: skinfeat extract ... "
+            f"{' '.join(flags)}" if flags else "")
+
+
 def look_alike(identities: list[dict], dims: list[int]) -> list[list[int]]:
     """Groups of sources (indices) that neither their width nor their identity tell apart,
     e.g. two plain h5py files of one width: a swap of them is invisible to both checks."""
@@ -111,16 +132,17 @@ def check_sources(recorded: dict, dim: int, paths: list[str],
                              f"model's source {j + 1} and must come {_nth(j + 1)}; pass the "
                              f"caches in training order: {order}")
         where = f"the model's source {i + 1} ({describe(i)})" if len(want) > 1 else "the model"
+        have, had = encoder_identity(part.identity), encoder_identity(want[i])
         if part.dim != dims[i]:
             raise CacheError(f"{path}: {part.dim}-d embeddings, but {where} takes "
                              f"{dims[i]}-d ones" + (f"; pass the caches in training order: "
-                                                   f"{order}" if len(want) > 1 else ""))
-        have, had = encoder_identity(part.identity), encoder_identity(want[i])
+                                                   f"{order}" if len(want) > 1 else "")
+                             + extract_hint(have, had))
         diff = "; ".join(f"{k}: {json.dumps(have.get(k))[:60]} here, "
                          f"{json.dumps(had.get(k))[:60]} in training"
                          for k in sorted(set(have) | set(had)) if have.get(k) != had.get(k))
         raise CacheError(f"{path}: made with another encoder than {where} was trained on "
-                         f"({diff})")
+                         f"({diff})" + extract_hint(have, had))
     for path, part, ident in zip(paths, parts, want, strict=False):
         drift = {k: (part.identity.get(k), ident.get(k)) for k in ROUNDING_KEYS
                  if part.identity.get(k) != ident.get(k)}
