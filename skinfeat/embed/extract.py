@@ -32,21 +32,10 @@ from .engines import (  # noqa: F401
 )
 from .pooling import stage_count
 from .transform import TransformSpec, load_image, to_tensor, transform_for
-from .turns import turn
+from .turns import VIEW_NAMES, VIEW_PRESETS, turn, view_preset  # noqa: F401  (their home)
 from .weights import WeightSource
 
 log = logging.getLogger(__name__)
-
-VIEW_NAMES = ("flip", "rot90", "rot180", "rot270")
-VIEW_PRESETS = {"none": (), "flip": ("flip",), "rot90": ("rot90",), "all": VIEW_NAMES}
-
-
-def view_preset(name: str, option: str = "views") -> tuple[str, ...]:
-    """The views a preset name (``VIEW_PRESETS``) stands for; another name is refused."""
-    if name not in VIEW_PRESETS:
-        raise InputError(f"{option} must be one of {', '.join(VIEW_PRESETS)}, got {name!r}")
-    return VIEW_PRESETS[name]
-
 
 # torch.compile costs ~30 s once on 2 cores and then roughly doubles bf16 throughput: worth it
 # from a few thousand images on.

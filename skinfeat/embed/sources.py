@@ -36,16 +36,16 @@ def encoder_identity(identity: dict) -> dict:
     return {k: v for k, v in comparable(identity).items() if k not in ROW_KEYS + ROUNDING_KEYS}
 
 
-def extract_hint(have: dict, had: dict) -> str:
-    """Where two encoder identities differ only in stage-one options (the defaults changed
-    under issue 29: ``--layers last3``, ``--average-views all``), the flags that extract a cache
-    the way the model's was: "" otherwise."""
-    differ = {k for k in set(have) | set(had) if have.get(k) != had.get(k)}
+def extract_hint(had: dict, differ: set[str]) -> str:
+    """Where a cache's encoder identity differs from the model's (``had``) only in the keys
+    ``differ`` of stage-one options (the defaults changed under issue 29: ``--layers last3``,
+    ``--average-views all``), the flags that extract a cache the way the model's was: ""
+    otherwise."""
+    from .turns import preset_name
+
     if not differ or not differ <= {"layers", "average_views", "pool"}:
         return ""
-    views = list(had.get("average_views") or [])
-    named = {(): "none", ("flip",): "flip", ("rot90",): "rot90",
-             ("flip", "rot90", "rot180", "rot270"): "all"}.get(tuple(views))
+    named = preset_name(had.get("average_views") or ())
     flags = []
     if "pool" in differ and had.get("pool"):
         flags.append(f"--pool {had['pool']}")
@@ -133,16 +133,16 @@ def check_sources(recorded: dict, dim: int, paths: list[str],
                              f"caches in training order: {order}")
         where = f"the model's source {i + 1} ({describe(i)})" if len(want) > 1 else "the model"
         have, had = encoder_identity(part.identity), encoder_identity(want[i])
+        differ = {k for k in set(have) | set(had) if have.get(k) != had.get(k)}
         if part.dim != dims[i]:
             raise CacheError(f"{path}: {part.dim}-d embeddings, but {where} takes "
                              f"{dims[i]}-d ones" + (f"; pass the caches in training order: "
                                                    f"{order}" if len(want) > 1 else "")
-                             + extract_hint(have, had))
+                             + extract_hint(had, differ))
         diff = "; ".join(f"{k}: {json.dumps(have.get(k))[:60]} here, "
-                         f"{json.dumps(had.get(k))[:60]} in training"
-                         for k in sorted(set(have) | set(had)) if have.get(k) != had.get(k))
+                         f"{json.dumps(had.get(k))[:60]} in training" for k in sorted(differ))
         raise CacheError(f"{path}: made with another encoder than {where} was trained on "
-                         f"({diff})" + extract_hint(have, had))
+                         f"({diff})" + extract_hint(had, differ))
     for path, part, ident in zip(paths, parts, want, strict=False):
         drift = {k: (part.identity.get(k), ident.get(k)) for k in ROUNDING_KEYS
                  if part.identity.get(k) != ident.get(k)}

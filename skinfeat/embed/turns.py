@@ -1,11 +1,13 @@
-"""The views of ``--average-views`` on image tensors (..., H, W), for the places that hold the
-resized tensor instead of the decoded image: the ONNX graph and explain's heatmaps.
+"""The views of ``--views`` / ``--average-views``: their names and presets, and the views made
+on image tensors (..., H, W), as stage one makes averaged views under the squash and as the
+ONNX graph and explain's heatmaps, which hold the resized tensor, make them.
 
-Stage one turns the decoded image before the resize (``extract.apply_view``). Under ``--resize
-squash`` a flip or quarter turn commutes with the resize up to the 8-bit rounding between the
-resize's two axes, so turning the squashed tensor gives nearly the same embedding (measured in
-``tests/test_export.py`` and ``docs/deploy.md``); under the centre crop it shifts the crop by a
-pixel, so the graph is refused there. Written with ``flip`` and ``transpose`` only:
+Stored ``--views``, and averaged views under the centre crop, turn the decoded image before the
+resize (``extract.apply_view``): there turning the cropped tensor would shift the crop by a
+pixel, so the graph is refused for them. Under ``--resize squash`` a flip or quarter turn
+commutes with the resize up to the 8-bit rounding between the resize's two axes, which is why
+averaged views there turn the squashed tensor (``extract.TURNED_TENSOR``) and the graph equals
+predict (``tests/test_export.py``). Written with ``flip`` and ``transpose`` only:
 ``torch.rot90`` has no ONNX symbolic.
 """
 from __future__ import annotations
@@ -15,7 +17,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
+
+VIEW_NAMES = ("flip", "rot90", "rot180", "rot270")
+VIEW_PRESETS = {"none": (), "flip": ("flip",), "rot90": ("rot90",), "all": VIEW_NAMES}
 QUARTER_TURNS = {"rot90": 1, "rot180": 2, "rot270": 3}
+
+
+def view_preset(name: str, option: str = "views") -> tuple[str, ...]:
+    """The views a preset name (``VIEW_PRESETS``) stands for; another name is refused."""
+    if name not in VIEW_PRESETS:
+        raise InputError(f"{option} must be one of {', '.join(VIEW_PRESETS)}, got {name!r}")
+    return VIEW_PRESETS[name]
+
+
+def preset_name(views) -> str | None:
+    """The preset name of a list of views (``view_preset``'s inverse); None where no preset
+    is that list."""
+    return next((k for k, v in VIEW_PRESETS.items() if v == tuple(views)), None)
 
 
 def turn(x: torch.Tensor, view: str) -> torch.Tensor:
@@ -42,7 +61,7 @@ class ViewAveraged(nn.Module):
 
     def __init__(self, net: nn.Module, views: Sequence[str]):
         super().__init__()
-        unknown = [v for v in views if v != "flip" and v not in QUARTER_TURNS]
+        unknown = [v for v in views if v not in VIEW_NAMES]
         if unknown:
             raise ValueError(f"unknown view(s) {unknown}")
         self.net, self.views = net, tuple(views)
